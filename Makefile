@@ -1,0 +1,72 @@
+# stockcore: `make run` serves with local PostgreSQL and Redis; `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard protos/stockcore/v1/*.proto)
+GEN := clients/gen/stockcore/v1
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k reserve"`.
+PYTEST_ARGS ?=
+
+.PHONY: run test proto deps redis lint fmt bench clean-data help
+
+help:
+	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464)"
+	@echo "make test   - set up and run the whole suite"
+	@echo "make bench  - print the Reserve/Commit benchmark table"
+	@echo "make lint   - ruff and mypy"
+
+$(VENV)/.deps: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	touch $@
+
+# Stubs are generated, never edited; they are rebuilt whenever a .proto is newer.
+$(GEN)/.stamp: $(PROTOS) $(VENV)/.deps
+	rm -rf clients/gen && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=clients/gen --grpc_python_out=clients/gen \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=clients/gen $(PROTOS)
+	touch clients/gen/stockcore/__init__.py $(GEN)/__init__.py clients/gen/stockcore/py.typed
+	touch $@
+
+proto: $(GEN)/.stamp
+
+$(VENV)/.installed: $(GEN)/.stamp pyproject.toml
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# Redis is needed only when no STOCKCORE_REDIS_URL names an existing server.
+redis:
+	@if [ -z "$$STOCKCORE_REDIS_URL" ] && ! command -v redis-server >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's redis-server"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else \
+			echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server)" \
+			     "or set STOCKCORE_REDIS_URL to an existing server" >&2; exit 1; \
+		fi; \
+	fi
+
+deps: $(VENV)/.installed redis
+
+run: deps
+	$(PY) -m server dev
+
+test: deps
+	PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-0} $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check server clients loadtests tests
+	$(VENV)/bin/ruff format --check server clients loadtests tests
+	$(VENV)/bin/mypy
+
+fmt: deps
+	$(VENV)/bin/ruff format server clients loadtests tests
+	$(VENV)/bin/ruff check --fix server clients loadtests tests
+
+bench: deps
+	$(PY) -m loadtests.bench
+
+clean-data:
+	rm -rf .data

@@ -1,0 +1,1 @@
+"""Callers of stockcore: the typed async client and the stockctl command-line tool."""

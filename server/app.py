@@ -1,0 +1,184 @@
+"""Wiring: storage, the inventory core and the gRPC server, with health, reflection
+and metrics; one or several worker processes sharing the port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass, field
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from stockcore.v1 import inventory_pb2, inventory_pb2_grpc
+
+from server import logs
+from server.config import Settings
+from server.domain.errors import Unavailable
+from server.inventory.core import InventoryCore
+from server.inventory.mirror import Mirror
+from server.rpc.interceptors import ObservedErrors
+from server.rpc.inventory_servicer import InventoryServicer
+from server.storage.migrations import migrate
+from server.storage.postgres import StockStore
+from server.storage.redis_gate import AdmissionGate
+
+log = logging.getLogger(__name__)
+
+INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
+# Health of the Redis admission gate: NOT_SERVING while PostgreSQL serves alone.
+ADMISSION_GATE = "stockcore.admission_gate"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def run_migrations(settings: Settings) -> None:
+    """Apply pending migrations to the configured database."""
+    assert settings.pg_dsn is not None
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        applied = await migrate(conn, settings.shard_count)
+        if applied:
+            log.info("migrations applied", extra={"applied": ",".join(applied)})
+    finally:
+        await conn.close()
+
+
+@dataclass
+class App:
+    """A running server and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    core: InventoryCore
+    store: StockStore
+    gate: AdmissionGate | None
+    health: health.aio.HealthServicer
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Refuse new calls, let calls in flight finish, then close storage."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.core.stop()
+        if self.gate is not None:
+            await self.gate.close()
+        await self.store.close()
+
+
+async def _report_health(app: App, interval: float) -> None:
+    """Keep the health statuses true: the service needs PostgreSQL; the gate, Redis."""
+    while True:
+        try:
+            await app.store.ping()
+            service = _SERVING
+        except Unavailable:
+            service = _NOT_SERVING
+        await app.health.set(INVENTORY_SERVICE, service)
+        await app.health.set("", service)
+        await app.health.set(ADMISSION_GATE, _SERVING if app.core.mirror.usable else _NOT_SERVING)
+        await asyncio.sleep(interval)
+
+
+async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
+    """Build and start the server on settings.grpc_host:grpc_port (0 picks a free port)."""
+    assert settings.pg_dsn is not None, "pg_dsn must be set"
+    store = await StockStore.connect(
+        settings.pg_dsn,
+        shard_count=settings.shard_count,
+        pool_size=settings.pg_pool_size,
+        timeout=settings.db_timeout_s,
+    )
+    gate = AdmissionGate.from_url(settings.redis_url) if settings.redis_url else None
+    core = InventoryCore(settings, store, Mirror(gate, store, settings))
+    await core.start()
+
+    server = grpc.aio.server(
+        interceptors=[ObservedErrors()],
+        options=[
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ],
+    )
+    inventory_pb2_grpc.add_InventoryServiceServicer_to_server(
+        InventoryServicer(core, settings), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [INVENTORY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    await server.start()
+    app = App(server, port, core, store, gate, health_servicer)
+    await health_servicer.set(ADMISSION_GATE, _SERVING if core.mirror.usable else _NOT_SERVING)
+    app._tasks.append(asyncio.create_task(_report_health(app, 0.5), name="health"))
+    log.info(
+        "serving",
+        extra={"address": f"{settings.grpc_host}:{port}", "redis_gate": core.mirror.usable},
+    )
+    return app
+
+
+async def serve_one(settings: Settings, worker: int = 0) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port + worker, addr=settings.grpc_host)
+    app = await create_server(settings, reuse_port=settings.workers > 1)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down")
+    await app.stop()
+
+
+def _worker_main(settings: Settings, worker: int) -> None:
+    import uvloop
+
+    logs.configure(settings.log_level, settings.log_json, worker)
+    uvloop.run(serve_one(settings, worker))
+
+
+def serve(settings: Settings) -> None:
+    """Migrate, then serve in settings.workers processes sharing the port."""
+    import uvloop
+
+    uvloop.run(run_migrations(settings))
+    if settings.workers == 1:
+        uvloop.run(serve_one(settings))
+        return
+    # Workers are spawned, not forked: gRPC's core must not cross a fork.
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker_main, args=(settings, i), daemon=True)
+        for i in range(settings.workers)
+    ]
+    for process in workers:
+        process.start()
+    stop = [False]
+
+    def forward(signum: int, _frame: object) -> None:
+        stop[0] = True
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for process in workers:
+        process.join()
+    if not stop[0]:
+        raise SystemExit("a worker exited unexpectedly")

@@ -1,0 +1,119 @@
+"""Settings: the only place that reads environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+
+class SettingsError(ValueError):
+    """A setting is missing or out of range."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs, validated once at start-up and passed down."""
+
+    # None means "start a project-owned server" (only `python -m server dev` does that).
+    pg_dsn: str | None = None
+    redis_url: str | None = None
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    metrics_port: int = 9464  # 0 disables the HTTP metrics endpoint
+    workers: int = 1
+    shard_count: int = 16
+    pg_pool_size: int = 8
+    batch_max: int = 256
+    default_ttl_s: float = 300.0
+    min_ttl_s: float = 1.0
+    max_ttl_s: float = 86_400.0
+    expiry_interval_s: float = 0.25
+    redis_probe_interval_s: float = 0.5
+    # A pending Redis hold older than this belongs to a request that died mid-flight.
+    pending_grace_s: float = 30.0
+    # How long a known reservation id stays in Redis after its hold expires.
+    known_id_retention_s: float = 86_400.0
+    db_timeout_s: float = 10.0
+    log_level: str = "INFO"
+    log_json: bool = True
+    data_dir: str = ".data"
+    dev_pg_port: int = 54329
+    dev_redis_port: int = 56389
+    demo_catalogue: bool = True
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self) -> Settings:
+        """Raise SettingsError for values the server cannot run with."""
+        checks = [
+            (1 <= self.grpc_port <= 65535 or self.grpc_port == 0, "grpc_port must be 0-65535"),
+            (0 <= self.metrics_port <= 65535, "metrics_port must be 0-65535"),
+            (1 <= self.workers <= 64, "workers must be 1-64"),
+            (1 <= self.shard_count <= 1024, "shard_count must be 1-1024"),
+            (1 <= self.pg_pool_size <= 100, "pg_pool_size must be 1-100"),
+            (1 <= self.batch_max <= 10_000, "batch_max must be 1-10000"),
+            (
+                0 < self.min_ttl_s <= self.default_ttl_s <= self.max_ttl_s,
+                "need min <= default <= max ttl",
+            ),
+            (
+                0 < self.expiry_interval_s <= 1.0,
+                "expiry_interval_s must be in (0, 1] to expire within 2 s",
+            ),
+            (self.pending_grace_s > self.db_timeout_s, "pending_grace_s must exceed db_timeout_s"),
+            (self.workers == 1 or self.grpc_port != 0, "several workers need a fixed grpc_port"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+        return self
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """Return a copy with the given fields changed, validated."""
+        return replace(self, **changes).validate()  # type: ignore[arg-type]
+
+
+_ENV = {
+    "STOCKCORE_PG_DSN": ("pg_dsn", str),
+    "STOCKCORE_REDIS_URL": ("redis_url", str),
+    "STOCKCORE_GRPC_HOST": ("grpc_host", str),
+    "STOCKCORE_GRPC_PORT": ("grpc_port", int),
+    "STOCKCORE_METRICS_PORT": ("metrics_port", int),
+    "STOCKCORE_WORKERS": ("workers", int),
+    "STOCKCORE_SHARDS": ("shard_count", int),
+    "STOCKCORE_PG_POOL_SIZE": ("pg_pool_size", int),
+    "STOCKCORE_BATCH_MAX": ("batch_max", int),
+    "STOCKCORE_DEFAULT_TTL": ("default_ttl_s", float),
+    "STOCKCORE_MAX_TTL": ("max_ttl_s", float),
+    "STOCKCORE_EXPIRY_INTERVAL": ("expiry_interval_s", float),
+    "STOCKCORE_LOG_LEVEL": ("log_level", str),
+    "STOCKCORE_LOG_JSON": ("log_json", bool),
+    "STOCKCORE_DATA_DIR": ("data_dir", str),
+    "STOCKCORE_DEV_PG_PORT": ("dev_pg_port", int),
+    "STOCKCORE_DEV_REDIS_PORT": ("dev_redis_port", int),
+    "STOCKCORE_DEMO_CATALOGUE": ("demo_catalogue", bool),
+}
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from STOCKCORE_* variables, validated."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name, (attr, kind) in _ENV.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[attr] = _parse_bool(raw) if kind is bool else kind(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from exc
+    return Settings(**values).validate()  # type: ignore[arg-type]

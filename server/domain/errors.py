@@ -1,0 +1,101 @@
+"""Expected failures, as types. Anything else is a bug and surfaces as INTERNAL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class DomainError(Exception):
+    """Base of every expected failure."""
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field of a request."""
+
+    field: str
+    description: str
+
+
+class InvalidArgument(DomainError):
+    """The request itself is malformed; retrying it unchanged cannot succeed."""
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        self.violations = tuple(violations)
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+
+class NotFound(DomainError):
+    """A named SKU or reservation does not exist."""
+
+    def __init__(self, kind: str, names: Sequence[str]) -> None:
+        self.kind = kind
+        self.names = tuple(names)
+        super().__init__(f"unknown {kind}: {', '.join(self.names)}")
+
+
+class AlreadyExists(DomainError):
+    """An idempotency id was reused with different content."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(
+            f"{kind} {name!r} already exists with different content; use a new id for a new request"
+        )
+
+
+@dataclass(frozen=True)
+class Shortage:
+    """A SKU that cannot cover a requested quantity."""
+
+    sku: str
+    requested: int
+    available: int
+
+
+class InsufficientStock(DomainError):
+    """Some lines cannot be held; nothing was held."""
+
+    def __init__(self, shortages: Sequence[Shortage]) -> None:
+        self.shortages = tuple(shortages)
+        super().__init__(
+            "insufficient stock: "
+            + ", ".join(
+                f"{s.sku} (available {s.available}, requested {s.requested})"
+                for s in self.shortages
+            )
+        )
+
+
+class IllegalTransition(DomainError):
+    """The reservation is not in a state that allows the operation."""
+
+    def __init__(self, subject: str, current: str, wanted: str, reason: str) -> None:
+        self.subject = subject
+        self.current = current
+        self.wanted = wanted
+        super().__init__(reason)
+
+
+class StockFloorViolation(DomainError):
+    """An adjustment would leave on_hand below reserved or below zero."""
+
+    def __init__(self, sku: str, on_hand: int, reserved: int, delta: int) -> None:
+        self.sku = sku
+        self.on_hand = on_hand
+        self.reserved = reserved
+        self.delta = delta
+        super().__init__(
+            f"adjustment of {delta:+d} on {sku} would leave on_hand {on_hand + delta} "
+            f"below reserved {reserved}"
+        )
+
+
+class Unavailable(DomainError):
+    """A dependency (PostgreSQL) is unreachable; the request may be retried with the same id."""
+
+
+class DeadlineExpired(DomainError):
+    """The caller's deadline passed before the request was applied; nothing was applied."""

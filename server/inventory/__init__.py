@@ -1,0 +1,1 @@
+"""The inventory core: batching requests through the Redis gate into PostgreSQL."""

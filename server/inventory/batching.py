@@ -1,0 +1,124 @@
+"""Coalescing of concurrent requests: while one batch is in flight, the next gathers.
+
+One Redis script run and one PostgreSQL transaction (one WAL flush) then serve many
+requests, which is what lets Python keep up with the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from server.domain.errors import DeadlineExpired
+from server.metrics import BATCH_SIZE
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+# What a batch handler returns: one result (or expected error) per request, in order,
+# and optional follow-up work done after the callers have their answers.
+BatchOutcome = tuple[list["Res | BaseException"], Callable[[], Awaitable[None]] | None]
+
+
+@dataclass(slots=True)
+class _Pending(Generic[Req, Res]):
+    item: Req
+    future: asyncio.Future[Res]
+    deadline: float | None
+
+
+class Batcher(Generic[Req, Res]):
+    """Feeds queued requests to `handler` in batches of at most `max_batch`."""
+
+    def __init__(
+        self,
+        name: str,
+        handler: Callable[
+            [Sequence[Req]],
+            Awaitable[tuple[list[Res | BaseException], Callable[[], Awaitable[None]] | None]],
+        ],
+        *,
+        max_batch: int,
+        concurrency: int = 1,
+    ) -> None:
+        self.name = name
+        self._handler = handler
+        self._max_batch = max_batch
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queue: list[_Pending[Req, Res]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start the flusher task."""
+        self._task = asyncio.create_task(self._flush_forever(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        """Finish batches in flight, then stop; queued requests are refused."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(asyncio.CancelledError())
+        self._queue.clear()
+
+    async def submit(self, item: Req, deadline: float | None = None) -> Res:
+        """Queue `item` and wait for its result; `deadline` is a time.monotonic() value."""
+        future: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(item, future, deadline))
+        self._wake.set()
+        return await future
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            await self._slots.acquire()
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            if not self._queue:
+                self._wake.clear()
+            task = asyncio.create_task(self._flush(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _flush(self, batch: list[_Pending[Req, Res]]) -> None:
+        try:
+            now = time.monotonic()
+            live: list[_Pending[Req, Res]] = []
+            for pending in batch:
+                if pending.future.done():
+                    continue  # the caller went away before anything was applied
+                if pending.deadline is not None and pending.deadline <= now:
+                    pending.future.set_exception(
+                        DeadlineExpired("deadline passed before the request was applied")
+                    )
+                    continue
+                live.append(pending)
+            if not live:
+                return
+            BATCH_SIZE.labels(self.name).observe(len(live))
+            try:
+                results, after = await self._handler([p.item for p in live])
+            except BaseException as exc:
+                for pending in live:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            for pending, result in zip(live, results, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result(result)
+            if after is not None:
+                await after()
+        finally:
+            self._slots.release()

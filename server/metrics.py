@@ -1,0 +1,60 @@
+"""Prometheus metrics of the server, defined once."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+RPC_DURATION = Histogram(
+    "stockcore_rpc_duration_seconds",
+    "Server-side latency of each RPC, by method and gRPC status code.",
+    ["method", "code"],
+    buckets=_LATENCY_BUCKETS,
+)
+HOLDS = Counter(
+    "stockcore_holds_total",
+    "Reserve outcomes: admitted (held in PostgreSQL), rejected_by_gate (sold out in Redis, "
+    "PostgreSQL untouched), rejected_by_database, repeated, conflicting.",
+    ["result"],
+)
+REDIS_FALLBACK = Gauge(
+    "stockcore_redis_fallback",
+    "1 while the Redis admission gate is unusable and PostgreSQL alone serves requests.",
+)
+REDIS_RESYNCS = Counter(
+    "stockcore_redis_resyncs_total", "Full rebuilds of the Redis mirror from PostgreSQL."
+)
+EXPIRY_LAG = Histogram(
+    "stockcore_expiry_lag_seconds",
+    "How long after its expiry time a hold was released by the server.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
+)
+EXPIRED = Counter("stockcore_holds_expired_total", "Holds released by expiry.")
+BATCH_SIZE = Histogram(
+    "stockcore_batch_size",
+    "Requests coalesced into one Redis script run and one PostgreSQL transaction.",
+    ["operation"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+STALE_PENDING = Counter(
+    "stockcore_stale_pending_total",
+    "Redis pending holds dropped because their request died in flight.",
+)

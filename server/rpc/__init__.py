@@ -1,0 +1,1 @@
+"""The gRPC edge: servicers that convert and delegate, the error table, interceptors."""

@@ -1,0 +1,47 @@
+"""Protobuf <-> domain conversion for the inventory API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+from stockcore.v1 import inventory_pb2 as pb
+
+from server.domain.inventory import Reservation, StockLevel
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A protobuf Timestamp, or None for None."""
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def reservation(value: Reservation) -> pb.Reservation:
+    """The wire form of a reservation."""
+    message = pb.Reservation(
+        reservation_id=value.reservation_id,
+        status=int(value.status),
+        lines=[pb.Line(sku=line.sku, quantity=line.quantity) for line in value.lines],
+        create_time=timestamp(value.created_at),
+        expire_time=timestamp(value.expires_at),
+    )
+    if value.finished_at is not None:
+        message.finish_time.CopyFrom(timestamp(value.finished_at))
+    return message
+
+
+def stock_level(value: StockLevel) -> pb.StockLevel:
+    """The wire form of a stock level."""
+    return pb.StockLevel(
+        sku=value.sku, on_hand=value.on_hand, reserved=value.reserved, available=value.available
+    )
+
+
+def ttl_seconds(request: pb.ReserveRequest) -> float | None:
+    """The requested TTL in seconds, or None when unset."""
+    if not request.HasField("ttl"):
+        return None
+    return request.ttl.seconds + request.ttl.nanos / 1e9

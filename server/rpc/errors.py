@@ -1,0 +1,131 @@
+"""The one table from domain errors to gRPC status codes, with google.rpc details."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from server.domain.errors import (
+    AlreadyExists,
+    DeadlineExpired,
+    DomainError,
+    IllegalTransition,
+    InsufficientStock,
+    InvalidArgument,
+    NotFound,
+    StockFloorViolation,
+    Unavailable,
+)
+
+DOMAIN = "stockcore.v1"
+
+STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    InsufficientStock: grpc.StatusCode.FAILED_PRECONDITION,
+    IllegalTransition: grpc.StatusCode.FAILED_PRECONDITION,
+    StockFloorViolation: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_code_for(exc: DomainError) -> grpc.StatusCode:
+    """The gRPC code of a domain error (by type, most specific first)."""
+    for kind in type(exc).__mro__:
+        code = STATUS_OF.get(kind)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def _details(exc: DomainError) -> list[any_pb2.Any]:
+    reason = type(exc).__name__.upper()
+    details: list[any_pb2.Any] = []
+    if isinstance(exc, InvalidArgument):
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in exc.violations
+                    ]
+                )
+            )
+        )
+    elif isinstance(exc, InsufficientStock):
+        reason = "INSUFFICIENT_STOCK"
+        details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type="INSUFFICIENT_STOCK",
+                            subject=s.sku,
+                            description=f"available {s.available}, requested {s.requested}",
+                        )
+                        for s in exc.shortages
+                    ]
+                )
+            )
+        )
+    elif isinstance(exc, IllegalTransition):
+        reason = "ILLEGAL_TRANSITION"
+        details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type="STATUS",
+                            subject=exc.subject,
+                            description=f"status is {exc.current}",
+                        )
+                    ]
+                )
+            )
+        )
+    elif isinstance(exc, StockFloorViolation):
+        reason = "STOCK_FLOOR"
+        details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type="STOCK_FLOOR",
+                            subject=exc.sku,
+                            description=f"on_hand {exc.on_hand}, reserved {exc.reserved}, delta {exc.delta}",
+                        )
+                    ]
+                )
+            )
+        )
+    elif isinstance(exc, NotFound):
+        details.extend(
+            _pack(error_details_pb2.ResourceInfo(resource_type=exc.kind, resource_name=name))
+            for name in exc.names
+        )
+    elif isinstance(exc, Unavailable):
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 100_000_000})))
+    details.insert(0, _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)))
+    return details
+
+
+def to_status(exc: DomainError) -> grpc.Status:
+    """A grpc.Status carrying a google.rpc.Status with details, for abort_with_status."""
+    code = status_code_for(exc)
+    message = str(exc)
+    rich = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=message, details=_details(exc)
+    )
+    return rpc_status.to_status(rich)

@@ -1,0 +1,108 @@
+"""stockcore.v1.InventoryService: validates, converts and delegates to the inventory core."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from stockcore.v1 import inventory_pb2 as pb
+from stockcore.v1 import inventory_pb2_grpc as pb_grpc
+
+from server.config import Settings
+from server.domain.inventory import adjust_command, distinct_skus, require_id, reserve_command
+from server.inventory.core import InventoryCore
+from server.rpc import convert
+
+CALLER_KEY = "stockcore-caller"
+MAX_CALLER = 100
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
+    """Who is calling: the stockcore-caller metadata value, else the peer address."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CALLER_KEY and isinstance(value, str) and value:
+            return value[:MAX_CALLER]
+    return f"peer:{context.peer()}"[:MAX_CALLER]
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:  # type: ignore[type-arg]
+    """The caller's deadline as a time.monotonic() value, or None."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return time.monotonic() + remaining
+
+
+class InventoryServicer(pb_grpc.InventoryServiceServicer):
+    """Adapts gRPC calls to InventoryCore; domain errors are mapped by the interceptor."""
+
+    def __init__(self, core: InventoryCore, settings: Settings) -> None:
+        self._core = core
+        self._settings = settings
+
+    async def Reserve(
+        self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReserveResponse:  # type: ignore[type-arg]
+        """Hold every line or none."""
+        command = reserve_command(
+            request.reservation_id,
+            [(line.sku, line.quantity) for line in request.lines],
+            convert.ttl_seconds(request),
+            caller_of(context),
+            default_ttl_s=self._settings.default_ttl_s,
+            min_ttl_s=self._settings.min_ttl_s,
+            max_ttl_s=self._settings.max_ttl_s,
+        )
+        held = await self._core.reserve(command, deadline_of(context))
+        return pb.ReserveResponse(reservation=convert.reservation(held))
+
+    async def Commit(
+        self, request: pb.CommitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CommitResponse:  # type: ignore[type-arg]
+        """Turn a hold into a deduction."""
+        rid = require_id(request.reservation_id, "reservation_id")
+        done = await self._core.commit(rid, caller_of(context), deadline_of(context))
+        return pb.CommitResponse(reservation=convert.reservation(done))
+
+    async def Release(
+        self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseResponse:  # type: ignore[type-arg]
+        """Give a hold back."""
+        rid = require_id(request.reservation_id, "reservation_id")
+        done = await self._core.release(rid, caller_of(context), deadline_of(context))
+        return pb.ReleaseResponse(reservation=convert.reservation(done))
+
+    async def GetReservation(
+        self,
+        request: pb.GetReservationRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.GetReservationResponse:
+        """Read one reservation."""
+        rid = require_id(request.reservation_id, "reservation_id")
+        found = await self._core.get_reservation(rid)
+        return pb.GetReservationResponse(reservation=convert.reservation(found))
+
+    async def GetStock(
+        self, request: pb.GetStockRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStockResponse:  # type: ignore[type-arg]
+        """Read many SKUs' levels."""
+        levels = await self._core.get_stock(distinct_skus(request.skus))
+        return pb.GetStockResponse(levels=[convert.stock_level(level) for level in levels])
+
+    async def AdjustStock(
+        self,
+        request: pb.AdjustStockRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.AdjustStockResponse:
+        """Restock, shrinkage, count corrections."""
+        which = request.WhichOneof("change")
+        command = adjust_command(
+            request.sku,
+            request.delta if which == "delta" else None,
+            request.on_hand if which == "on_hand" else None,
+            request.reason,
+            request.idempotency_key,
+            caller_of(context),
+        )
+        level, applied = await self._core.adjust(command)
+        return pb.AdjustStockResponse(level=convert.stock_level(level), applied_delta=applied)

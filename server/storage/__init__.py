@@ -1,0 +1,1 @@
+"""Storage adapters: PostgreSQL (the durable authority) and Redis (the admission gate)."""
