@@ -7,6 +7,7 @@ crashed test run never leaves servers behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -15,12 +16,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _child_setup(uid: int | None, gid: int | None, death_signal: int) -> Callable[[], None]:
@@ -315,3 +318,92 @@ def local_servers(
             redis.stop()
         if pg is not None:
             pg.stop()
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalStockcore:
+    """`python -m server serve` on 127.0.0.1:port as a child process, dying with its parent
+    (so tests and benchmarks can kill -9 it and start it again)."""
+
+    def __init__(
+        self,
+        pg_dsn: str,
+        redis_url: str,
+        shards: int,
+        data_dir: Path | str = ".data",
+        **extra_env: str,
+    ) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "STOCKCORE_PG_DSN": pg_dsn,
+            "STOCKCORE_REDIS_URL": redis_url,
+            "STOCKCORE_GRPC_PORT": str(self.port),
+            "STOCKCORE_METRICS_PORT": "0",
+            "STOCKCORE_SHARDS": str(shards),
+            "STOCKCORE_LOG_JSON": "false",
+            "STOCKCORE_LOG_LEVEL": "WARNING",
+            **extra_env,
+        }
+        self.log = Path(data_dir) / f"server-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        """host:port."""
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start and wait until the health service says SERVING."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server", "serve"],
+                cwd=_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_child_setup(None, None, signal.SIGKILL),
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while loop.time() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError("server did not become healthy")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        """Graceful stop."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

@@ -326,6 +326,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     a       stockcore.adjustments;
     s       stockcore.stock;
+    after   stockcore.stock;
     v_delta bigint;
 BEGIN
     SELECT * INTO a FROM stockcore.adjustments WHERE idempotency_key = p_key;
@@ -342,11 +343,12 @@ BEGIN
     UPDATE stockcore.stock
        SET on_hand = on_hand + v_delta, version = version + 1, updated_at = now()
      WHERE shard = p_shard AND sku = p_sku AND on_hand + v_delta >= reserved
-    RETURNING * INTO s;
+    RETURNING * INTO after;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 3::smallint, v_delta, s.on_hand, s.reserved, s.version;
         RETURN;
     END IF;
+    s := after;
 
     INSERT INTO stockcore.movements
            (sku, kind, on_hand_delta, reserved_delta, adjustment_key, reason, caller)

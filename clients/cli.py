@@ -1,0 +1,425 @@
+"""stockctl: read and change stockcore inventory from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TextIO, assert_never
+
+from clients.errors import FailedPrecondition, InvalidArgument, NotFound, StockcoreError
+from clients.inventory import InventoryClient, Reservation, StockLevel, check_caller
+
+#: Environment variable naming the server when --target is not given.
+TARGET_ENV = "STOCKCORE_TARGET"
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_CALLER = "stockctl"
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit statuses, distinct per kind of failure so scripts can branch on them."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    FAILED_PRECONDITION = 4
+    INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    """Settings shared by every command."""
+
+    target: str
+    timeout: float
+    caller: str
+    json: bool
+
+
+@dataclass(frozen=True)
+class GetStock:
+    """`stock get`: read the stock of some SKUs."""
+
+    skus: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AdjustStock:
+    """`stock adjust`: change a SKU's on_hand by a delta or to a counted value."""
+
+    sku: str
+    delta: int | None
+    on_hand: int | None
+    reason: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """`reserve`: hold stock under a reservation id."""
+
+    reservation_id: str
+    lines: tuple[tuple[str, int], ...]
+    ttl: float | None
+
+
+@dataclass(frozen=True)
+class Commit:
+    """`commit`: turn a hold into a deduction."""
+
+    reservation_id: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """`release`: give a hold back."""
+
+    reservation_id: str
+
+
+@dataclass(frozen=True)
+class GetReservation:
+    """`reservation get`: read one reservation."""
+
+    reservation_id: str
+
+
+Command = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
+
+
+def parse_line(text: str) -> tuple[str, int]:
+    """Parse a SKU=QTY argument into (sku, quantity); quantity must be a positive integer."""
+    sku, sep, quantity = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SKU=QTY")
+    if not sku.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} has no SKU before '='")
+    try:
+        amount = int(quantity)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: quantity must be an integer") from None
+    if amount < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: quantity must be at least 1")
+    return sku, amount
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    # The comparison also rejects NaN; inf has no deadline to give the server.
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+    return seconds
+
+
+def _caller(text: str) -> str:
+    try:
+        return check_caller(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _nonzero_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("a delta of 0 changes nothing")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: on_hand cannot be negative")
+    return value
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, default_target: str | None) -> None:
+    # Subcommands repeat the global options so they may also follow the command; there they
+    # default to SUPPRESS, which leaves the top-level parser's value in place.
+    top = default_target is not None
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--target",
+        default=default(default_target),
+        help=f"server address (default: ${TARGET_ENV}, else {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=default(DEFAULT_TIMEOUT),
+        help=f"deadline per command in seconds, retries included (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--caller",
+        type=_caller,
+        default=default(DEFAULT_CALLER),
+        help=f"name recorded on the stock movements caused (default {DEFAULT_CALLER})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print machine-readable JSON",
+    )
+
+
+def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
+    """Build the stockctl argument parser; `default_target` is used when --target is absent."""
+    parser = argparse.ArgumentParser(
+        prog="stockctl", description="Read and change stockcore inventory."
+    )
+    _add_global_options(parser, default_target=default_target)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def leaf(
+        group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=summary, description=summary)
+        _add_global_options(sub, default_target=None)
+        return sub
+
+    stock = commands.add_parser("stock", help="read or adjust stock levels")
+    stock_commands = stock.add_subparsers(dest="stock_command", required=True, metavar="COMMAND")
+    get = leaf(stock_commands, "get", "show on_hand, reserved and available of SKUs")
+    get.add_argument("skus", nargs="+", metavar="SKU")
+    get.set_defaults(make=lambda ns: GetStock(skus=tuple(ns.skus)))
+
+    adjust = leaf(stock_commands, "adjust", "change a SKU's on_hand (creates unknown SKUs)")
+    adjust.add_argument("sku", metavar="SKU")
+    change = adjust.add_mutually_exclusive_group(required=True)
+    change.add_argument("--delta", type=_nonzero_int, metavar="N", help="add N (or remove -N)")
+    change.add_argument(
+        "--set", dest="on_hand", type=_non_negative_int, metavar="N", help="set on_hand to N"
+    )
+    adjust.add_argument("--reason", required=True, help="why: restock, shrinkage, count ...")
+    adjust.add_argument(
+        "--key",
+        metavar="K",
+        help="idempotency key; reuse it to retry safely (default: a new random UUID)",
+    )
+    adjust.set_defaults(
+        make=lambda ns: AdjustStock(
+            sku=ns.sku,
+            delta=ns.delta,
+            on_hand=ns.on_hand,
+            reason=ns.reason,
+            idempotency_key=ns.key if ns.key is not None else str(uuid.uuid4()),
+        )
+    )
+
+    reserve = leaf(commands, "reserve", "hold stock: every line or none")
+    reserve.add_argument("reservation_id", metavar="ID")
+    reserve.add_argument("lines", nargs="+", type=parse_line, metavar="SKU=QTY")
+    reserve.add_argument(
+        "--ttl", type=_positive_seconds, metavar="SECONDS", help="hold duration (server default)"
+    )
+    reserve.set_defaults(
+        make=lambda ns: Reserve(reservation_id=ns.reservation_id, lines=tuple(ns.lines), ttl=ns.ttl)
+    )
+
+    commit = leaf(commands, "commit", "turn a held reservation into a deduction")
+    commit.add_argument("reservation_id", metavar="ID")
+    commit.set_defaults(make=lambda ns: Commit(reservation_id=ns.reservation_id))
+
+    release = leaf(commands, "release", "give a held reservation back")
+    release.add_argument("reservation_id", metavar="ID")
+    release.set_defaults(make=lambda ns: Release(reservation_id=ns.reservation_id))
+
+    reservation = commands.add_parser("reservation", help="read reservations")
+    reservation_commands = reservation.add_subparsers(
+        dest="reservation_command", required=True, metavar="COMMAND"
+    )
+    show = leaf(reservation_commands, "get", "show a reservation with its lines and times")
+    show.add_argument("reservation_id", metavar="ID")
+    show.set_defaults(make=lambda ns: GetReservation(reservation_id=ns.reservation_id))
+    return parser
+
+
+def parse_args(
+    argv: Sequence[str], *, default_target: str = DEFAULT_TARGET
+) -> tuple[GlobalOptions, Command]:
+    """Parse a command line; exits with status 2 and a usage message when it is invalid."""
+    ns = build_parser(default_target=default_target).parse_args(argv)
+    options = GlobalOptions(target=ns.target, timeout=ns.timeout, caller=ns.caller, json=ns.json)
+    command: Command = ns.make(ns)
+    return options, command
+
+
+def exit_code_for(error: StockcoreError) -> ExitCode:
+    """The exit status for a failed command."""
+    if isinstance(error, NotFound):
+        return ExitCode.NOT_FOUND
+    if isinstance(error, FailedPrecondition):
+        return ExitCode.FAILED_PRECONDITION
+    # The server judged the command's own arguments invalid: a usage error found later.
+    if isinstance(error, InvalidArgument):
+        return ExitCode.USAGE
+    return ExitCode.ERROR
+
+
+def format_error(error: StockcoreError, *, as_json: bool) -> str:
+    """Describe a failed command for stderr: code, message, shortages and invalid fields."""
+    if as_json:
+        body: dict[str, object] = {"code": error.code.name, "message": error.message}
+        if error.shortages:
+            body["shortages"] = error.shortages
+        if error.field_violations:
+            body["field_violations"] = [
+                {"field": v.field, "description": v.description} for v in error.field_violations
+            ]
+        return json.dumps({"error": body})
+    lines = [f"stockctl: {error.code.name}: {error.message}"]
+    lines += [f"  short {sku}: available {n}" for sku, n in error.shortages.items()]
+    lines += [f"  invalid {v.field}: {v.description}" for v in error.field_violations]
+    return "\n".join(lines)
+
+
+def _time(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _level_data(level: StockLevel) -> dict[str, object]:
+    return {
+        "sku": level.sku,
+        "on_hand": level.on_hand,
+        "reserved": level.reserved,
+        "available": level.available,
+    }
+
+
+def _reservation_data(reservation: Reservation) -> dict[str, object]:
+    return {
+        "reservation_id": reservation.reservation_id,
+        "status": reservation.status.name,
+        "lines": [{"sku": line.sku, "quantity": line.quantity} for line in reservation.lines],
+        "create_time": _time(reservation.create_time),
+        "expire_time": _time(reservation.expire_time),
+        "finish_time": _time(reservation.finish_time),
+    }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(header), *([str(cell) for cell in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    # Text left, numbers right, so columns of quantities line up by digit.
+    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(width) if is_number else cell.ljust(width)
+            for cell, width, is_number in zip(row, widths, numeric, strict=True)
+        ).rstrip()
+        for row in cells
+    )
+
+
+def format_levels(levels: Sequence[StockLevel]) -> str:
+    """Stock levels as a table."""
+    return _table(
+        ("SKU", "ON_HAND", "RESERVED", "AVAILABLE"),
+        [(lv.sku, lv.on_hand, lv.reserved, lv.available) for lv in levels],
+    )
+
+
+def format_reservation(reservation: Reservation) -> str:
+    """A reservation as a block of fields followed by a table of its lines."""
+    fields = _table(
+        ("reservation", reservation.reservation_id),
+        [
+            ("status", reservation.status.name),
+            ("created", _time(reservation.create_time)),
+            ("expires", _time(reservation.expire_time)),
+            ("finished", _time(reservation.finish_time) or "-"),
+        ],
+    )
+    lines = _table(("SKU", "QUANTITY"), [(line.sku, line.quantity) for line in reservation.lines])
+    return f"{fields}\n\n{lines}"
+
+
+async def execute(client: InventoryClient, command: Command) -> tuple[object, str]:
+    """Perform a command; return its result as JSON-ready data and as readable text."""
+    match command:
+        case GetStock(skus=skus):
+            levels = await client.get_stock(skus)
+            return [_level_data(level) for level in levels], format_levels(levels)
+        case AdjustStock():
+            outcome = await client.adjust_stock(
+                command.sku,
+                delta=command.delta,
+                on_hand=command.on_hand,
+                reason=command.reason,
+                idempotency_key=command.idempotency_key,
+            )
+            data = {
+                "level": _level_data(outcome.level),
+                "applied_delta": outcome.applied_delta,
+                "idempotency_key": command.idempotency_key,
+            }
+            text = (
+                f"{format_levels([outcome.level])}\n\n"
+                f"applied delta    {outcome.applied_delta:+d}\n"
+                f"idempotency key  {command.idempotency_key}"
+            )
+            return data, text
+        case Reserve(reservation_id=reservation_id, lines=lines, ttl=ttl):
+            reservation = await client.reserve(reservation_id, lines, ttl)
+        case Commit(reservation_id=reservation_id):
+            reservation = await client.commit(reservation_id)
+        case Release(reservation_id=reservation_id):
+            reservation = await client.release(reservation_id)
+        case GetReservation(reservation_id=reservation_id):
+            reservation = await client.get_reservation(reservation_id)
+        case _:
+            assert_never(command)
+    return _reservation_data(reservation), format_reservation(reservation)
+
+
+async def run(options: GlobalOptions, command: Command, *, out: TextIO) -> None:
+    """Connect with `options`, perform `command` and print its result to `out`."""
+    async with InventoryClient(
+        options.target, caller=options.caller, default_timeout=options.timeout
+    ) as client:
+        data, text = await execute(client, command)
+    print(json.dumps(data, indent=2) if options.json else text, file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of stockctl; returns the process exit status."""
+    # The environment is read here only; everything below gets its settings as arguments.
+    default_target = os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    options, command = parse_args(
+        sys.argv[1:] if argv is None else argv, default_target=default_target
+    )
+    try:
+        asyncio.run(run(options, command, out=sys.stdout))
+    except StockcoreError as error:
+        print(format_error(error, as_json=options.json), file=sys.stderr)
+        return exit_code_for(error)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

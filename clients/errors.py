@@ -1,0 +1,246 @@
+"""The client's error types, and the one conversion from gRPC transport errors into them."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple, cast
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+# googleapis-common-protos ships .pyi files but no py.typed marker, so mypy will not read them;
+# every value taken from these messages is converted to a plain str/int below.
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+
+#: Trailing metadata key under which gRPC carries a serialised google.rpc.Status.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+#: PreconditionFailure violation type the server uses for a SKU that cannot cover a request.
+INSUFFICIENT_STOCK = "INSUFFICIENT_STOCK"
+
+_AVAILABLE = re.compile(r"\bavailable\s+(\d+)")
+
+
+class StatusCode(enum.IntEnum):
+    """gRPC status codes, numbered as on the wire."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+    @classmethod
+    def from_grpc(cls, code: grpc.StatusCode) -> StatusCode:
+        """Return the member with the same name as a grpc.StatusCode."""
+        return cls[code.name]
+
+
+class FieldViolation(NamedTuple):
+    """One invalid request field, as (field, description)."""
+
+    field: str
+    description: str
+
+
+class PreconditionViolation(NamedTuple):
+    """One unmet precondition, as (type, subject, description)."""
+
+    type: str
+    subject: str
+    description: str
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why an error happened, as a stable machine-readable reason within a domain."""
+
+    reason: str
+    domain: str
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+class StockcoreError(Exception):
+    """A call to stockcore failed; subclasses name the codes callers commonly handle."""
+
+    def __init__(
+        self,
+        code: StatusCode,
+        message: str,
+        *,
+        precondition_violations: Iterable[PreconditionViolation] = (),
+        field_violations: Iterable[FieldViolation] = (),
+        error_info: ErrorInfo | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.precondition_violations = tuple(precondition_violations)
+        self._field_violations = tuple(field_violations)
+        self.error_info = error_info
+
+    @property
+    def field_violations(self) -> list[FieldViolation]:
+        """Invalid request fields named by a google.rpc.BadRequest detail, in server order."""
+        return list(self._field_violations)
+
+    @property
+    def shortages(self) -> dict[str, int]:
+        """Available quantity of each SKU the server reported as short, by SKU."""
+        short: dict[str, int] = {}
+        for violation in self.precondition_violations:
+            if violation.type != INSUFFICIENT_STOCK:
+                continue
+            match = _AVAILABLE.search(violation.description)
+            # A description in another shape still leaves the violation itself readable above.
+            if match is not None:
+                short[violation.subject] = int(match.group(1))
+        return short
+
+
+class InvalidArgument(StockcoreError):
+    """The request is malformed; sending it again unchanged cannot succeed."""
+
+
+class NotFound(StockcoreError):
+    """A named SKU or reservation does not exist."""
+
+
+class AlreadyExists(StockcoreError):
+    """An idempotency id was reused with different content."""
+
+
+class FailedPrecondition(StockcoreError):
+    """The system is not in a state that allows the operation (e.g. commit after release)."""
+
+
+class InsufficientStock(FailedPrecondition):
+    """Some lines could not be held; nothing was held. See `shortages`."""
+
+
+class Unavailable(StockcoreError):
+    """The service could not be reached or could not serve; retrying with the same id is safe."""
+
+
+class DeadlineExceeded(StockcoreError):
+    """The call's deadline passed before an answer arrived."""
+
+
+_CLASS_BY_CODE: dict[StatusCode, type[StockcoreError]] = {
+    StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    StatusCode.NOT_FOUND: NotFound,
+    StatusCode.ALREADY_EXISTS: AlreadyExists,
+    StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    StatusCode.UNAVAILABLE: Unavailable,
+    StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def make_error(
+    code: StatusCode,
+    message: str,
+    *,
+    precondition_violations: Iterable[PreconditionViolation] = (),
+    field_violations: Iterable[FieldViolation] = (),
+    error_info: ErrorInfo | None = None,
+) -> StockcoreError:
+    """Build the most specific StockcoreError subclass for a code and its details."""
+    violations = tuple(precondition_violations)
+    cls = _CLASS_BY_CODE.get(code, StockcoreError)
+    if code is StatusCode.FAILED_PRECONDITION and (
+        any(v.type == INSUFFICIENT_STOCK for v in violations)
+        or (error_info is not None and error_info.reason == INSUFFICIENT_STOCK)
+    ):
+        cls = InsufficientStock
+    return cls(
+        code,
+        message,
+        precondition_violations=violations,
+        field_violations=field_violations,
+        error_info=error_info,
+    )
+
+
+def error_from_status(
+    code: StatusCode,
+    message: str,
+    trailing_metadata: Iterable[tuple[str, str | bytes]],
+) -> StockcoreError:
+    """Build the error for a failed call from its status and trailing metadata."""
+    precondition: list[PreconditionViolation] = []
+    fields: list[FieldViolation] = []
+    info: ErrorInfo | None = None
+    for status in _rich_status(code, trailing_metadata):
+        for detail in status.details:
+            if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+                failure = error_details_pb2.PreconditionFailure()
+                detail.Unpack(failure)
+                precondition.extend(
+                    PreconditionViolation(str(v.type), str(v.subject), str(v.description))
+                    for v in failure.violations
+                )
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                fields.extend(
+                    FieldViolation(str(v.field), str(v.description)) for v in bad.field_violations
+                )
+            elif info is None and detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                raw = error_details_pb2.ErrorInfo()
+                detail.Unpack(raw)
+                info = ErrorInfo(
+                    reason=str(raw.reason),
+                    domain=str(raw.domain),
+                    metadata={str(k): str(v) for k, v in raw.metadata.items()},
+                )
+    return make_error(
+        code,
+        message,
+        precondition_violations=precondition,
+        field_violations=fields,
+        error_info=info,
+    )
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> StockcoreError:
+    """Convert a failed grpc.aio call into the matching StockcoreError."""
+    # grpc-stubs describes the sync API's metadata objects here; grpc.aio hands back a
+    # grpc.aio.Metadata, which iterates as (key, value) pairs.
+    trailing = cast(Iterable[tuple[str, str | bytes]], error.trailing_metadata() or ())
+    return error_from_status(StatusCode.from_grpc(error.code()), error.details() or "", trailing)
+
+
+def _rich_status(
+    code: StatusCode, trailing_metadata: Iterable[tuple[str, str | bytes]]
+) -> list[status_pb2.Status]:
+    """Return the google.rpc.Status carried in the trailer, if it belongs to this status."""
+    for key, value in trailing_metadata:
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            # A garbled trailer must not hide the status code, which is what callers act on.
+            return []
+        # A proxy may replace the status while passing the trailer through; details of
+        # another status would then describe the wrong failure.
+        if status.code != code.value:
+            return []
+        return [status]
+    return []

@@ -1,0 +1,415 @@
+"""Typed async client of stockcore.v1.InventoryService, with deadlines and safe retries."""
+
+# `timeout` parameters here become the gRPC deadline the server sees and enforces too, which
+# wrapping the call in asyncio.timeout() would not convey.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import NamedTuple, Self, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf import duration_pb2, timestamp_pb2
+from stockcore.v1 import inventory_pb2 as pb
+from stockcore.v1 import inventory_pb2_grpc as pb_grpc
+
+from clients.errors import StatusCode, from_rpc_error, make_error
+
+_T = TypeVar("_T")
+_Request = TypeVar("_Request")
+
+#: Metadata key naming the calling service; the server records it on every stock movement.
+CALLER_METADATA_KEY = "stockcore-caller"
+
+#: Channel options used unless the caller passes its own.
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # Ping while calls are in flight, so a peer that vanished without closing the connection
+    # fails them as UNAVAILABLE (retryable) within ~40 s even under long deadlines.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    # Servers reject pings on idle connections by default (GOAWAY "too_many_pings").
+    ("grpc.keepalive_permit_without_calls", 0),
+    # A restarted server should be reconnected to within one call's retry budget; the
+    # default backoff starts at 1 s and grows to 120 s.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and after how long a failed call is sent again."""
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    # Mutations carry their idempotency id, so resending one the server may have applied is
+    # safe; but a write that ran out of time is left to the caller, who knows its own budget.
+    write_codes: frozenset[StatusCode] = frozenset({StatusCode.UNAVAILABLE})
+    read_codes: frozenset[StatusCode] = frozenset(
+        {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not 0 < self.initial_backoff <= self.max_backoff:
+            raise ValueError("need 0 < initial_backoff <= max_backoff")
+        if not (math.isfinite(self.max_backoff) and self.multiplier >= 1):
+            raise ValueError("max_backoff must be finite and multiplier at least 1")
+
+    def retries(self, code: StatusCode, *, read: bool) -> bool:
+        """Whether a failure with this code is worth sending again."""
+        return code in (self.read_codes if read else self.write_codes)
+
+    def backoff_ceiling(self, attempt: int) -> float:
+        """The longest wait after failed attempt number `attempt` (1-based)."""
+        if attempt < 1:
+            raise ValueError("attempt numbers start at 1")
+        try:
+            grown = self.initial_backoff * self.multiplier ** (attempt - 1)
+        except OverflowError:
+            grown = math.inf
+        return min(self.max_backoff, grown)
+
+    def backoff(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """A wait drawn uniformly below the ceiling, so many clients do not retry in step."""
+        return self.backoff_ceiling(attempt) * rand()
+
+    def retry_delay(
+        self,
+        code: StatusCode,
+        *,
+        attempt: int,
+        read: bool,
+        remaining: float,
+        rand: Callable[[], float] = random.random,
+    ) -> float | None:
+        """The wait before the next attempt, or None when the failure should be raised."""
+        if attempt >= self.max_attempts or not self.retries(code, read=read):
+            return None
+        delay = self.backoff(attempt, rand)
+        # Sleeping through the rest of the deadline would only turn this error into a timeout.
+        if delay >= remaining:
+            return None
+        return delay
+
+
+DEFAULT_RETRY_POLICY = RetryPolicy()
+
+
+async def call_with_retry(
+    send: Callable[[float], Awaitable[_T]],
+    *,
+    policy: RetryPolicy,
+    read: bool,
+    timeout: float,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> _T:
+    """Await `send(seconds_left)` until it succeeds, fails for good, or `timeout` is spent."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    attempt = 1
+    while True:
+        try:
+            return await send(deadline - loop.time())
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            delay = policy.retry_delay(
+                error.code, attempt=attempt, read=read, remaining=deadline - loop.time()
+            )
+            if delay is None:
+                raise error from exc
+        await sleep(delay)
+        attempt += 1
+
+
+class ReservationStatus(enum.Enum):
+    """Where a reservation stands in its life."""
+
+    # Also stands for a status added to the API after this client was built.
+    UNKNOWN = 0
+    HELD = 1
+    COMMITTED = 2
+    RELEASED = 3
+    EXPIRED = 4
+
+    @classmethod
+    def _missing_(cls, value: object) -> ReservationStatus:
+        return cls.UNKNOWN
+
+
+class Line(NamedTuple):
+    """A quantity of one SKU."""
+
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A hold on stock and what became of it; times are timezone-aware UTC."""
+
+    reservation_id: str
+    status: ReservationStatus
+    lines: tuple[Line, ...]
+    create_time: datetime
+    expire_time: datetime
+    finish_time: datetime | None = None
+
+    @property
+    def quantities(self) -> dict[str, int]:
+        """Held quantity by SKU."""
+        return dict(self.lines)
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    """One SKU's stock: available is on_hand minus reserved."""
+
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+
+
+@dataclass(frozen=True)
+class StockAdjustment:
+    """The outcome of an adjustment: the level right after it and the change it made."""
+
+    level: StockLevel
+    applied_delta: int
+
+
+class InventoryClient:
+    """Async client of the inventory service over one reused channel; create it inside a loop."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        caller: str,
+        default_timeout: float = 5.0,
+        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
+    ) -> None:
+        check_caller(caller)
+        _check_timeout(default_timeout)
+        self._default_timeout = default_timeout
+        self._retry = retry
+        self._metadata = ((CALLER_METADATA_KEY, caller),)
+        options = list(channel_options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        # The generated stub is untyped; each method is pinned to its message types here.
+        stub = pb_grpc.InventoryServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._reserve: grpc.aio.UnaryUnaryMultiCallable[pb.ReserveRequest, pb.ReserveResponse]
+        self._reserve = stub.Reserve
+        self._commit: grpc.aio.UnaryUnaryMultiCallable[pb.CommitRequest, pb.CommitResponse]
+        self._commit = stub.Commit
+        self._release: grpc.aio.UnaryUnaryMultiCallable[pb.ReleaseRequest, pb.ReleaseResponse]
+        self._release = stub.Release
+        self._get_reservation: grpc.aio.UnaryUnaryMultiCallable[
+            pb.GetReservationRequest, pb.GetReservationResponse
+        ]
+        self._get_reservation = stub.GetReservation
+        self._get_stock: grpc.aio.UnaryUnaryMultiCallable[pb.GetStockRequest, pb.GetStockResponse]
+        self._get_stock = stub.GetStock
+        self._adjust_stock: grpc.aio.UnaryUnaryMultiCallable[
+            pb.AdjustStockRequest, pb.AdjustStockResponse
+        ]
+        self._adjust_stock = stub.AdjustStock
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str,
+        *,
+        caller: str,
+        default_timeout: float = 5.0,
+        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
+    ) -> Self:
+        """Open a client and wait up to `default_timeout` for its channel; Unavailable if not."""
+        client = cls(
+            target,
+            caller=caller,
+            default_timeout=default_timeout,
+            retry=retry,
+            credentials=credentials,
+            channel_options=channel_options,
+        )
+        try:
+            async with asyncio.timeout(default_timeout):
+                await client._channel.channel_ready()
+        except TimeoutError:
+            await client.close()
+            raise make_error(
+                StatusCode.UNAVAILABLE,
+                f"could not connect to {target} within {default_timeout:g} s",
+            ) from None
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def close(self) -> None:
+        """Close the channel, cancelling calls still in flight."""
+        await self._channel.close(grace=None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def reserve(
+        self,
+        reservation_id: str,
+        lines: Mapping[str, int] | Sequence[tuple[str, int]],
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Reservation:
+        """Hold every line for `ttl` seconds (server default when None), or none of them."""
+        pairs = lines.items() if isinstance(lines, Mapping) else lines
+        request = pb.ReserveRequest(
+            reservation_id=reservation_id,
+            lines=[pb.Line(sku=sku, quantity=quantity) for sku, quantity in pairs],
+            ttl=None if ttl is None else _duration(ttl),
+        )
+        response = await self._call(self._reserve, request, read=False, timeout=timeout)
+        return _reservation(response.reservation)
+
+    async def commit(self, reservation_id: str, *, timeout: float | None = None) -> Reservation:
+        """Turn a held reservation into a deduction from on-hand."""
+        request = pb.CommitRequest(reservation_id=reservation_id)
+        response = await self._call(self._commit, request, read=False, timeout=timeout)
+        return _reservation(response.reservation)
+
+    async def release(self, reservation_id: str, *, timeout: float | None = None) -> Reservation:
+        """Give a held reservation's stock back; a finished one is returned as it is."""
+        request = pb.ReleaseRequest(reservation_id=reservation_id)
+        response = await self._call(self._release, request, read=False, timeout=timeout)
+        return _reservation(response.reservation)
+
+    async def get_reservation(
+        self, reservation_id: str, *, timeout: float | None = None
+    ) -> Reservation:
+        """Read one reservation with its lines and times."""
+        request = pb.GetReservationRequest(reservation_id=reservation_id)
+        response = await self._call(self._get_reservation, request, read=True, timeout=timeout)
+        return _reservation(response.reservation)
+
+    async def get_stock(
+        self, skus: Iterable[str], *, timeout: float | None = None
+    ) -> list[StockLevel]:
+        """Read the stock of each distinct SKU, in request order."""
+        if isinstance(skus, str):
+            # A bare string is an iterable of one-letter SKUs, which is never what was meant.
+            raise TypeError("get_stock takes a collection of SKUs, not a single string")
+        request = pb.GetStockRequest(skus=list(skus))
+        response = await self._call(self._get_stock, request, read=True, timeout=timeout)
+        return [_stock_level(level) for level in response.levels]
+
+    async def adjust_stock(
+        self,
+        sku: str,
+        *,
+        delta: int | None = None,
+        on_hand: int | None = None,
+        reason: str,
+        idempotency_key: str,
+        timeout: float | None = None,
+    ) -> StockAdjustment:
+        """Change on_hand by `delta` or set it to `on_hand` (exactly one); creates unknown SKUs."""
+        request = pb.AdjustStockRequest(sku=sku, reason=reason, idempotency_key=idempotency_key)
+        if delta is not None and on_hand is None:
+            request.delta = delta
+        elif on_hand is not None and delta is None:
+            request.on_hand = on_hand
+        else:
+            raise ValueError("pass exactly one of delta and on_hand")
+        response = await self._call(self._adjust_stock, request, read=False, timeout=timeout)
+        return StockAdjustment(_stock_level(response.level), response.applied_delta)
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _T],
+        request: _Request,
+        *,
+        read: bool,
+        timeout: float | None,
+    ) -> _T:
+        budget = self._default_timeout if timeout is None else timeout
+        _check_timeout(budget)
+
+        async def send(seconds_left: float) -> _T:
+            # Every attempt resends this same request, idempotency id included.
+            return await method(request, timeout=seconds_left, metadata=self._metadata)
+
+        return await call_with_retry(send, policy=self._retry, read=read, timeout=budget)
+
+
+def check_caller(caller: str) -> str:
+    """Return `caller` if it can be sent as the caller name, else raise ValueError."""
+    # gRPC metadata values must be printable ASCII; anything else fails every call.
+    if not caller or not all(" " <= ch <= "~" for ch in caller):
+        raise ValueError("caller must be non-empty printable ASCII")
+    return caller
+
+
+def _check_timeout(seconds: float) -> None:
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError("timeout must be a positive number of seconds")
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    if not math.isfinite(seconds):
+        raise ValueError("ttl must be a finite number of seconds")
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _utc(timestamp: timestamp_pb2.Timestamp) -> datetime:
+    return timestamp.ToDatetime(tzinfo=UTC)
+
+
+def _reservation(message: pb.Reservation) -> Reservation:
+    return Reservation(
+        reservation_id=message.reservation_id,
+        status=ReservationStatus(message.status),
+        lines=tuple(Line(line.sku, line.quantity) for line in message.lines),
+        create_time=_utc(message.create_time),
+        expire_time=_utc(message.expire_time),
+        finish_time=_utc(message.finish_time) if message.HasField("finish_time") else None,
+    )
+
+
+def _stock_level(message: pb.StockLevel) -> StockLevel:
+    return StockLevel(
+        sku=message.sku,
+        on_hand=message.on_hand,
+        reserved=message.reserved,
+        available=message.available,
+    )

@@ -1,0 +1,1 @@
+"""Benchmark tooling: a closed-loop load driver, the empty-call ceiling and the classic designs."""

@@ -1,0 +1,35 @@
+"""An in-process server on a free loopback port, and a channel to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from stockcore.v1 import inventory_pb2_grpc
+
+from server.app import App, create_server
+from server.config import Settings
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[App]:
+    """A started server; stopped after the test."""
+    started = await create_server(settings)
+    try:
+        yield started
+    finally:
+        await started.stop(grace=0.5)
+
+
+@pytest.fixture
+async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the server."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> inventory_pb2_grpc.InventoryServiceStub:
+    """The inventory stub."""
+    return inventory_pb2_grpc.InventoryServiceStub(channel)

@@ -1,0 +1,291 @@
+"""The conservation test: many clients hammer a few hot SKUs with random reserves,
+commits, releases, short holds and adjustments, against a server in its own process.
+At checkpoints (clients paused) and at the end every invariant is checked against
+PostgreSQL, the Redis mirror and what the clients saw acknowledged. Variants kill -9
+Redis, then the server, mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import asyncpg
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from google.protobuf import duration_pb2
+from stockcore.v1 import inventory_pb2 as pb
+from stockcore.v1 import inventory_pb2_grpc as pb_grpc
+
+from tests.conftest import SHARDS, Servers
+from server.devservers import LocalStockcore
+
+pytestmark = pytest.mark.slow
+
+HOT = ("HOT-A", "HOT-B", "HOT-C", "HOT-D")
+INITIAL = 300
+CLIENTS = 64
+DURATION = 20.0
+T = TypeVar("T")
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+DEFINITE = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
+
+
+@dataclass
+class Seen:
+    """What clients saw acknowledged."""
+
+    reservations: dict[str, dict[str, int]] = field(default_factory=dict)
+    commits: set[str] = field(default_factory=set)
+    releases: set[str] = field(default_factory=set)
+    ops: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Run:
+    """Shared state of one run: pause/resume for checkpoints, in-flight count."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.seen = Seen()
+        self.running = asyncio.Event()
+        self.running.set()
+        self.inflight = 0
+        self.done = False
+
+    async def quiesce(self) -> None:
+        """Pause clients and wait for calls in flight to finish."""
+        self.running.clear()
+        while self.inflight:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # let follow-up Redis settles land
+
+
+async def call(run: Run, fn: Callable[[], Awaitable[T]], budget: float = 60.0) -> T | grpc.StatusCode:
+    """Call until answered: retry UNAVAILABLE with the same id (the server may be down);
+    return the status code of a definite refusal."""
+    deadline = time.monotonic() + budget
+    while True:
+        try:
+            return await fn()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in DEFINITE:
+                return exc.code()
+            if exc.code() not in RETRYABLE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def client(run: Run, index: int, stub: pb_grpc.InventoryServiceStub) -> None:
+    rng = random.Random(index)
+    held: list[str] = []
+    seq = 0
+    while not run.done:
+        await run.running.wait()
+        if run.done:
+            return
+        run.inflight += 1
+        try:
+            seq += 1
+            roll = rng.random()
+            if roll < 0.5 or not held:
+                rid = f"c{index}-{seq}"
+                lines = {sku: rng.randint(1, 3) for sku in rng.sample(HOT, rng.randint(1, 2))}
+                ttl = duration_pb2.Duration(seconds=rng.choice((1, 2, 3, 30)))
+                request = pb.ReserveRequest(
+                    reservation_id=rid, lines=[pb.Line(sku=s, quantity=q) for s, q in lines.items()], ttl=ttl
+                )
+                reply = await call(run, lambda: stub.Reserve(request, timeout=5))
+                if isinstance(reply, pb.ReserveResponse):
+                    assert {line.sku: line.quantity for line in reply.reservation.lines} == lines
+                    run.seen.reservations[rid] = lines
+                    held.append(rid)
+                    run.seen.ops["reserved"] += 1
+                else:
+                    assert reply == grpc.StatusCode.FAILED_PRECONDITION
+                    run.seen.ops["rejected"] += 1
+            elif roll < 0.75:
+                rid = held.pop(rng.randrange(len(held)))
+                reply = await call(run, lambda: stub.Commit(pb.CommitRequest(reservation_id=rid), timeout=5))
+                if isinstance(reply, pb.CommitResponse):
+                    assert reply.reservation.status == pb.RESERVATION_STATUS_COMMITTED
+                    run.seen.commits.add(rid)
+                    run.seen.ops["committed"] += 1
+                else:
+                    run.seen.ops["commit_refused"] += 1
+            elif roll < 0.95:
+                rid = held.pop(rng.randrange(len(held)))
+                reply = await call(run, lambda: stub.Release(pb.ReleaseRequest(reservation_id=rid), timeout=5))
+                assert isinstance(reply, pb.ReleaseResponse), reply
+                run.seen.releases.add(rid)
+                run.seen.ops["released"] += 1
+            else:
+                sku = rng.choice(HOT)
+                request = pb.AdjustStockRequest(
+                    sku=sku, delta=rng.choice((-5, -2, 3, 5, 10)), reason="cycle count",
+                    idempotency_key=f"adj-c{index}-{seq}",
+                )
+                reply = await call(run, lambda: stub.AdjustStock(request, timeout=5))
+                run.seen.ops["adjusted" if isinstance(reply, pb.AdjustStockResponse) else "adjust_refused"] += 1
+        finally:
+            run.inflight -= 1
+
+
+async def check_invariants(servers: Servers, run: Run, *, final: bool) -> None:
+    """Every invariant, from one PostgreSQL snapshot, plus the Redis mirror."""
+    conn = await asyncpg.connect(servers.pg_dsn)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            stock = {r["sku"]: r for r in await conn.fetch("SELECT * FROM stockcore.stock")}
+            reservations = {
+                r["reservation_id"]: r for r in await conn.fetch("SELECT * FROM stockcore.reservations")
+            }
+            ledger = {
+                r["sku"]: r
+                for r in await conn.fetch(
+                    "SELECT sku, sum(on_hand_delta) AS oh, sum(reserved_delta) AS rs"
+                    " FROM stockcore.movements GROUP BY sku"
+                )
+            }
+            adjusted = {
+                r["sku"]: r["total"]
+                for r in await conn.fetch(
+                    "SELECT sku, sum(applied_delta) AS total FROM stockcore.adjustments GROUP BY sku"
+                )
+            }
+            late = await conn.fetchval(
+                "SELECT count(*) FROM stockcore.reservations"
+                " WHERE status = 1 AND expires_at < now() - interval '2 seconds'"
+            )
+    finally:
+        await conn.close()
+
+    committed: dict[str, int] = defaultdict(int)
+    held: dict[str, int] = defaultdict(int)
+    for r in reservations.values():
+        for sku, qty in zip(r["skus"], r["quantities"], strict=True):
+            if r["status"] == 2:
+                committed[sku] += qty
+            elif r["status"] == 1:
+                held[sku] += qty
+    for sku in HOT:
+        row = stock[sku]
+        assert row["on_hand"] == adjusted[sku] - committed[sku], sku
+        assert row["reserved"] == held[sku], sku
+        assert row["on_hand"] - row["reserved"] >= 0, sku
+        assert committed[sku] <= adjusted[sku], f"oversold {sku}"
+        assert (ledger[sku]["oh"], ledger[sku]["rs"]) == (row["on_hand"], row["reserved"]), sku
+    assert late == 0, "a hold outlived its expiry by more than 2 s"
+
+    for rid, lines in run.seen.reservations.items():
+        assert rid in reservations, f"acknowledged reservation {rid} lost"
+        found = dict(zip(reservations[rid]["skus"], reservations[rid]["quantities"], strict=True))
+        assert found == lines, rid
+    for rid in run.seen.commits:
+        assert reservations[rid]["status"] == 2, f"acknowledged commit {rid} lost"
+    for rid in run.seen.releases:
+        assert reservations[rid]["status"] in (3, 4), f"acknowledged release {rid} lost"
+
+    # The mirror converges on PostgreSQL once pending holds settle (dead requests'
+    # pending holds are dropped after the grace period).
+    client = aioredis.Redis.from_url(servers.redis_url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            conn = await asyncpg.connect(servers.pg_dsn)
+            try:
+                rows = {
+                    r["sku"]: (r["on_hand"], r["reserved"], 0)
+                    for r in await conn.fetch("SELECT sku, on_hand, reserved FROM stockcore.stock")
+                }
+            finally:
+                await conn.close()
+            mirrored = {}
+            for sku in HOT:
+                values = await client.hmget(f"sc:s:{sku}", "oh", "rs", "pd")
+                mirrored[sku] = tuple(int(v or 0) for v in values)
+            if all(mirrored[sku] == rows[sku] for sku in HOT):
+                break
+            assert time.monotonic() < deadline, f"Redis {mirrored} disagrees with PostgreSQL {rows}"
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()
+
+
+async def hammer(servers: Servers, disruption: Callable[[LocalStockcore], Awaitable[None]] | None) -> Run:
+    server = LocalStockcore(
+        servers.pg_dsn, servers.redis_url, SHARDS,
+        STOCKCORE_PENDING_GRACE="3", STOCKCORE_DB_TIMEOUT="2", STOCKCORE_EXPIRY_INTERVAL="0.2",
+        STOCKCORE_REDIS_PROBE_INTERVAL="0.2",
+    )
+    await server.start()
+    try:
+        run = Run(server.target)
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.InventoryServiceStub(channel)
+            for sku in HOT:
+                await stub.AdjustStock(
+                    pb.AdjustStockRequest(sku=sku, on_hand=INITIAL, reason="initial", idempotency_key=f"init-{sku}")
+                )
+            clients = [asyncio.create_task(client(run, i, stub)) for i in range(CLIENTS)]
+            started = time.monotonic()
+            checkpoints = [5.0, 13.0]
+            disrupted = False
+            while time.monotonic() - started < DURATION:
+                await asyncio.sleep(0.25)
+                elapsed = time.monotonic() - started
+                if disruption is not None and not disrupted and elapsed > 7.0:
+                    disrupted = True
+                    await disruption(server)
+                if checkpoints and elapsed > checkpoints[0]:
+                    checkpoints.pop(0)
+                    await run.quiesce()
+                    await check_invariants(servers, run, final=False)
+                    run.running.set()
+            run.done = True
+            run.running.set()
+            await asyncio.gather(*clients)
+            await run.quiesce()
+            await asyncio.sleep(3.5)  # every short hold has expired and been swept
+            await check_invariants(servers, run, final=True)
+        return run
+    finally:
+        server.stop()
+
+
+def _assert_busy(run: Run) -> None:
+    ops = run.seen.ops
+    assert ops["reserved"] > 500 and ops["committed"] > 100 and ops["rejected"] > 0, dict(ops)
+
+
+async def test_conservation_under_contention(clean: Servers) -> None:
+    run = await hammer(clean, None)
+    _assert_busy(run)
+
+
+async def test_conservation_when_redis_is_killed(clean: Servers) -> None:
+    if clean.redis is None:
+        pytest.skip("Redis is external (STOCKCORE_REDIS_URL); this test needs to kill its own")
+    redis_server = clean.redis
+
+    async def kill_redis(_: LocalStockcore) -> None:
+        redis_server.kill()
+        await asyncio.sleep(2.0)
+        redis_server.start()
+
+    run = await hammer(clean, kill_redis)
+    _assert_busy(run)
+
+
+async def test_conservation_when_server_is_killed(clean: Servers) -> None:
+    async def kill_server(server: LocalStockcore) -> None:
+        server.kill()
+        await asyncio.sleep(1.0)
+        await server.start()
+
+    run = await hammer(clean, kill_server)
+    _assert_busy(run)
