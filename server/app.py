@@ -23,7 +23,7 @@ from server.config import Settings
 from server.domain.errors import Unavailable
 from server.inventory.core import InventoryCore
 from server.inventory.mirror import Mirror
-from server.rpc.interceptors import ObservedErrors
+from server.rpc.observe import observe_servicer
 from server.rpc.inventory_servicer import InventoryServicer
 from server.storage.migrations import migrate
 from server.storage.postgres import StockStore
@@ -31,7 +31,8 @@ from server.storage.redis_gate import AdmissionGate
 
 log = logging.getLogger(__name__)
 
-INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
+_INVENTORY = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
+INVENTORY_SERVICE = _INVENTORY.full_name
 # Health of the Redis admission gate: NOT_SERVING while PostgreSQL serves alone.
 ADMISSION_GATE = "stockcore.admission_gate"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -103,16 +104,15 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     await core.start()
 
     server = grpc.aio.server(
-        interceptors=[ObservedErrors()],
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ],
     )
-    inventory_pb2_grpc.add_InventoryServiceServicer_to_server(
-        InventoryServicer(core, settings), server
-    )
+    servicer = InventoryServicer(core, settings)
+    observe_servicer(servicer, _INVENTORY.methods_by_name)
+    inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

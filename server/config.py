@@ -119,4 +119,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
             values[attr] = _parse_bool(raw) if kind is bool else kind(raw)
         except ValueError as exc:
             raise SettingsError(f"{name}: {exc}") from exc
-    return Settings(**values).validate()  # type: ignore[arg-type]
+    try:
+        return Settings(**values).validate()  # type: ignore[arg-type]
+    except SettingsError as exc:
+        named = [name for name, (attr, _) in _ENV.items() if attr in str(exc).split()[0]]
+        raise SettingsError(f"{exc} (from {', '.join(named) or 'defaults'})") from exc

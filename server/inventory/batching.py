@@ -7,14 +7,16 @@ requests, which is what lets Python keep up with the network.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from server.domain.errors import DeadlineExpired
+from server.domain.errors import DeadlineExpired, Unavailable
 from server.metrics import BATCH_SIZE
 
+log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 
@@ -52,6 +54,7 @@ class Batcher(Generic[Req, Res]):
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     def start(self) -> None:
         """Start the flusher task."""
@@ -63,13 +66,16 @@ class Batcher(Generic[Req, Res]):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await asyncio.gather(*self._running, return_exceptions=True)
+        self._stopped = True
         for pending in self._queue:
             if not pending.future.done():
-                pending.future.set_exception(asyncio.CancelledError())
+                pending.future.set_exception(Unavailable("server shutting down; retry elsewhere"))
         self._queue.clear()
 
     async def submit(self, item: Req, deadline: float | None = None) -> Res:
         """Queue `item` and wait for its result; `deadline` is a time.monotonic() value."""
+        if self._stopped:
+            raise Unavailable("server shutting down; retry elsewhere")
         future: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(item, future, deadline))
         self._wake.set()
@@ -110,6 +116,16 @@ class Batcher(Generic[Req, Res]):
                         pending.future.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                return
+            if len(results) != len(live):
+                log.error(
+                    "batch handler answered %d of %d requests", len(results), len(live),
+                    extra={"batcher": self.name},
+                )
+                bug = RuntimeError(f"{self.name} batch answered {len(results)} of {len(live)} requests")
+                for pending in live:
+                    if not pending.future.done():
+                        pending.future.set_exception(bug)
                 return
             for pending, result in zip(live, results, strict=True):
                 if pending.future.done():

@@ -42,6 +42,16 @@ def status_code_for(exc: DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# ErrorInfo.reason values are part of the API: callers may match on them.
+_REASONS: dict[type[DomainError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    NotFound: "NOT_FOUND",
+    AlreadyExists: "ALREADY_EXISTS",
+    Unavailable: "UNAVAILABLE",
+    DeadlineExpired: "DEADLINE_EXPIRED",
+}
+
+
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
@@ -49,7 +59,7 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def _details(exc: DomainError) -> list[any_pb2.Any]:
-    reason = type(exc).__name__.upper()
+    reason = _REASONS.get(type(exc), "ERROR")
     details: list[any_pb2.Any] = []
     if isinstance(exc, InvalidArgument):
         details.append(

@@ -1,0 +1,42 @@
+"""Storage adapters over the real servers, opened on empty state and closed after each test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from server.storage.postgres import StockStore
+from server.storage.redis_gate import AdmissionGate
+from tests.conftest import SHARDS, Servers
+
+
+@pytest.fixture
+async def store(clean: Servers) -> AsyncIterator[StockStore]:
+    """A StockStore on the empty test database."""
+    opened = await StockStore.connect(clean.pg_dsn, shard_count=SHARDS, pool_size=4, timeout=5)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def db(clean: Servers) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection, for raw SQL that goes around the store."""
+    conn = await asyncpg.connect(clean.pg_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def gate(clean: Servers) -> AsyncIterator[AdmissionGate]:
+    """An AdmissionGate on the empty test Redis."""
+    opened = AdmissionGate.from_url(clean.redis_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -1,0 +1,238 @@
+"""Settings from STOCKCORE_* environment variables, and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from server.config import Settings, SettingsError, from_env
+
+
+def test_no_variables_give_the_defaults() -> None:
+    assert from_env({}) == Settings()
+
+
+def test_defaults_are_valid() -> None:
+    assert Settings().validate() == Settings()
+
+
+def test_empty_variables_are_ignored() -> None:
+    assert from_env({"STOCKCORE_GRPC_PORT": "", "STOCKCORE_LOG_JSON": ""}) == Settings()
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    assert from_env({"PATH": "/bin", "STOCKCORE_NOT_A_SETTING": "x"}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "attr", "raw", "expected"),
+    [
+        (
+            "STOCKCORE_PG_DSN",
+            "pg_dsn",
+            "postgresql://u@db:5432/stock",
+            "postgresql://u@db:5432/stock",
+        ),
+        ("STOCKCORE_REDIS_URL", "redis_url", "redis://cache:6379/2", "redis://cache:6379/2"),
+        ("STOCKCORE_GRPC_HOST", "grpc_host", "0.0.0.0", "0.0.0.0"),
+        ("STOCKCORE_LOG_LEVEL", "log_level", "DEBUG", "DEBUG"),
+        ("STOCKCORE_DATA_DIR", "data_dir", "/var/lib/stockcore", "/var/lib/stockcore"),
+        ("STOCKCORE_GRPC_PORT", "grpc_port", "6000", 6000),
+        ("STOCKCORE_GRPC_PORT", "grpc_port", "0", 0),
+        ("STOCKCORE_METRICS_PORT", "metrics_port", "0", 0),
+        ("STOCKCORE_WORKERS", "workers", "4", 4),
+        ("STOCKCORE_SHARDS", "shard_count", "64", 64),
+        ("STOCKCORE_PG_POOL_SIZE", "pg_pool_size", " 20 ", 20),
+        ("STOCKCORE_BATCH_MAX", "batch_max", "512", 512),
+        ("STOCKCORE_DEV_PG_PORT", "dev_pg_port", "5433", 5433),
+        ("STOCKCORE_DEV_REDIS_PORT", "dev_redis_port", "6380", 6380),
+        ("STOCKCORE_DEFAULT_TTL", "default_ttl_s", "90", 90.0),
+        ("STOCKCORE_DEFAULT_TTL", "default_ttl_s", "1.5", 1.5),
+        ("STOCKCORE_MAX_TTL", "max_ttl_s", "3600", 3600.0),
+        ("STOCKCORE_EXPIRY_INTERVAL", "expiry_interval_s", "0.05", 0.05),
+        ("STOCKCORE_EXPIRY_INTERVAL", "expiry_interval_s", "1e-1", 0.1),
+    ],
+)
+def test_variable_sets_its_setting(variable: str, attr: str, raw: str, expected: object) -> None:
+    settings = from_env({variable: raw})
+
+    assert getattr(settings, attr) == expected
+    assert type(getattr(settings, attr)) is type(expected)
+
+
+@pytest.mark.parametrize("variable", ["STOCKCORE_LOG_JSON", "STOCKCORE_DEMO_CATALOGUE"])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("True", True),
+        ("YES", True),
+        (" on ", True),
+        ("0", False),
+        ("false", False),
+        ("FALSE", False),
+        ("no", False),
+        ("Off", False),
+    ],
+)
+def test_boolean_variable_accepts_common_spellings(variable: str, raw: str, expected: bool) -> None:
+    attr = {"STOCKCORE_LOG_JSON": "log_json", "STOCKCORE_DEMO_CATALOGUE": "demo_catalogue"}
+    assert getattr(from_env({variable: raw}), attr[variable]) is expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("STOCKCORE_GRPC_PORT", "http"),
+        ("STOCKCORE_GRPC_PORT", "50051.0"),
+        ("STOCKCORE_METRICS_PORT", "9464x"),
+        ("STOCKCORE_WORKERS", "two"),
+        ("STOCKCORE_SHARDS", "1e3"),
+        ("STOCKCORE_PG_POOL_SIZE", "   "),
+        ("STOCKCORE_BATCH_MAX", "0x10"),
+        ("STOCKCORE_DEV_PG_PORT", "-"),
+        ("STOCKCORE_DEV_REDIS_PORT", "6379/tcp"),
+        ("STOCKCORE_DEFAULT_TTL", "5m"),
+        ("STOCKCORE_MAX_TTL", "one day"),
+        ("STOCKCORE_EXPIRY_INTERVAL", "250ms"),
+        ("STOCKCORE_LOG_JSON", "maybe"),
+        ("STOCKCORE_LOG_JSON", "2"),
+        ("STOCKCORE_DEMO_CATALOGUE", "enabled"),
+    ],
+)
+def test_unparseable_value_raises_naming_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_env({variable: raw})
+
+    assert str(caught.value).startswith(f"{variable}: ")
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+def test_settings_error_is_a_value_error() -> None:
+    assert issubclass(SettingsError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "message"),
+    [
+        ("STOCKCORE_SHARDS", "0", "shard_count must be 1-1024"),
+        ("STOCKCORE_WORKERS", "65", "workers must be 1-64"),
+        ("STOCKCORE_GRPC_PORT", "70000", "grpc_port must be 0-65535"),
+        ("STOCKCORE_DEFAULT_TTL", "nan", "need min <= default <= max ttl"),
+        ("STOCKCORE_MAX_TTL", "60", "need min <= default <= max ttl"),
+        ("STOCKCORE_EXPIRY_INTERVAL", "2", "expiry_interval_s must be in (0, 1]"),
+    ],
+)
+def test_out_of_range_value_from_the_environment_is_refused(
+    variable: str, raw: str, message: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        from_env({variable: raw})
+
+
+def test_process_environment_is_read_when_none_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKCORE_SHARDS", "32")
+    monkeypatch.setenv("STOCKCORE_LOG_JSON", "off")
+
+    settings = from_env()
+
+    assert (settings.shard_count, settings.log_json) == (32, False)
+
+
+def test_given_mapping_takes_the_place_of_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STOCKCORE_SHARDS", "32")
+
+    assert from_env({}).shard_count == Settings().shard_count
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"grpc_port": -1}, "grpc_port must be 0-65535"),
+        ({"grpc_port": 65536}, "grpc_port must be 0-65535"),
+        ({"metrics_port": -1}, "metrics_port must be 0-65535"),
+        ({"metrics_port": 65536}, "metrics_port must be 0-65535"),
+        ({"workers": 0}, "workers must be 1-64"),
+        ({"workers": 65}, "workers must be 1-64"),
+        ({"shard_count": 0}, "shard_count must be 1-1024"),
+        ({"shard_count": 1025}, "shard_count must be 1-1024"),
+        ({"pg_pool_size": 0}, "pg_pool_size must be 1-100"),
+        ({"pg_pool_size": 101}, "pg_pool_size must be 1-100"),
+        ({"batch_max": 0}, "batch_max must be 1-10000"),
+        ({"batch_max": 10_001}, "batch_max must be 1-10000"),
+        ({"min_ttl_s": 0.0}, "need min <= default <= max ttl"),
+        ({"min_ttl_s": 301.0}, "need min <= default <= max ttl"),
+        ({"default_ttl_s": 86_401.0}, "need min <= default <= max ttl"),
+        ({"max_ttl_s": 299.0}, "need min <= default <= max ttl"),
+        ({"expiry_interval_s": 0.0}, "expiry_interval_s must be in"),
+        ({"expiry_interval_s": 1.01}, "expiry_interval_s must be in"),
+        ({"pending_grace_s": 10.0}, "pending_grace_s must exceed db_timeout_s"),
+        ({"db_timeout_s": 30.0}, "pending_grace_s must exceed db_timeout_s"),
+        ({"workers": 2, "grpc_port": 0}, "several workers need a fixed grpc_port"),
+    ],
+)
+def test_out_of_range_setting_is_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        dataclasses.replace(Settings(), **changes).validate()  # type: ignore[arg-type]
+
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"grpc_port": 0},
+        {"grpc_port": 1},
+        {"grpc_port": 65535},
+        {"metrics_port": 0},
+        {"metrics_port": 65535},
+        {"workers": 1},
+        {"workers": 64},
+        {"shard_count": 1},
+        {"shard_count": 1024},
+        {"pg_pool_size": 1},
+        {"pg_pool_size": 100},
+        {"batch_max": 1},
+        {"batch_max": 10_000},
+        {"min_ttl_s": 300.0, "default_ttl_s": 300.0, "max_ttl_s": 300.0},
+        {"min_ttl_s": 0.001},
+        {"expiry_interval_s": 1.0},
+        {"expiry_interval_s": 0.001},
+        {"pending_grace_s": 10.001, "db_timeout_s": 10.0},
+        {"workers": 8, "grpc_port": 50051},
+    ],
+)
+def test_setting_at_its_bounds_is_accepted(changes: dict[str, object]) -> None:
+    settings = dataclasses.replace(Settings(), **changes)  # type: ignore[arg-type]
+
+    assert settings.validate() is settings
+
+
+def test_validate_returns_the_same_settings() -> None:
+    settings = Settings(shard_count=4)
+
+    assert settings.validate() is settings
+
+
+def test_overrides_return_a_changed_copy() -> None:
+    base = Settings()
+
+    changed = base.with_overrides(shard_count=4, log_json=False)
+
+    assert (changed.shard_count, changed.log_json) == (4, False)
+    assert base.shard_count == Settings().shard_count
+
+
+def test_overrides_are_validated() -> None:
+    with pytest.raises(SettingsError, match="shard_count"):
+        Settings().with_overrides(shard_count=0)
+
+
+def test_settings_are_immutable() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().shard_count = 2  # type: ignore[misc]

@@ -1,0 +1,207 @@
+"""The table from domain errors to gRPC status codes, and the google.rpc details sent."""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from server.domain.errors import (
+    AlreadyExists,
+    DeadlineExpired,
+    DomainError,
+    FieldViolation,
+    IllegalTransition,
+    InsufficientStock,
+    InvalidArgument,
+    NotFound,
+    Shortage,
+    StockFloorViolation,
+    Unavailable,
+)
+from server.rpc.errors import DOMAIN, STATUS_OF, status_code_for, to_status
+
+DETAILS_KEY = "grpc-status-details-bin"
+M = TypeVar("M", bound=Message)
+
+EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
+    (
+        InvalidArgument([FieldViolation("sku", "must not be empty")]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    (NotFound("sku", ["A"]), grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists("reservation", "r-1"), grpc.StatusCode.ALREADY_EXISTS),
+    (InsufficientStock([Shortage("A", 5, 2)]), grpc.StatusCode.FAILED_PRECONDITION),
+    (
+        IllegalTransition("r-1", "RELEASED", "COMMITTED", "cannot commit"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    (StockFloorViolation("A", 5, 4, -3), grpc.StatusCode.FAILED_PRECONDITION),
+    (Unavailable("database unreachable"), grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED),
+]
+
+
+def rich_status(exc: DomainError) -> tuple[grpc.Status, status_pb2.Status]:
+    status = to_status(exc)
+    metadata = dict(status.trailing_metadata)
+    assert set(metadata) == {DETAILS_KEY}
+    return status, status_pb2.Status.FromString(metadata[DETAILS_KEY])
+
+
+def unpack(rich: status_pb2.Status, kind: type[M]) -> list[M]:
+    found = []
+    for detail in rich.details:
+        if detail.Is(kind.DESCRIPTOR):
+            message = kind()
+            assert detail.Unpack(message)
+            found.append(message)
+    return found
+
+
+def error_info(rich: status_pb2.Status) -> error_details_pb2.ErrorInfo:
+    infos = unpack(rich, error_details_pb2.ErrorInfo)
+    assert len(infos) == 1
+    return infos[0]
+
+
+@pytest.mark.parametrize(("exc", "code"), EXAMPLES, ids=[type(exc).__name__ for exc, _ in EXAMPLES])
+def test_domain_error_maps_to_its_status_code(exc: DomainError, code: grpc.StatusCode) -> None:
+    assert status_code_for(exc) is code
+
+
+def test_every_domain_error_type_has_a_status_code() -> None:
+    assert set(STATUS_OF) == {type(exc) for exc, _ in EXAMPLES}
+
+
+def test_subclass_of_a_domain_error_takes_its_parents_code() -> None:
+    class ReservationNotFound(NotFound):
+        pass
+
+    assert status_code_for(ReservationNotFound("reservation", ["r-1"])) is (
+        grpc.StatusCode.NOT_FOUND
+    )
+
+
+def test_unmapped_domain_error_is_internal() -> None:
+    assert status_code_for(DomainError("surprise")) is grpc.StatusCode.INTERNAL
+
+
+@pytest.mark.parametrize(("exc", "code"), EXAMPLES, ids=[type(exc).__name__ for exc, _ in EXAMPLES])
+def test_status_carries_code_message_and_rich_status(
+    exc: DomainError, code: grpc.StatusCode
+) -> None:
+    status, rich = rich_status(exc)
+
+    assert status.code is code
+    assert status.details == str(exc)
+    assert rich.code == getattr(code_pb2, code.name)
+    assert rich.code == code.value[0]
+    assert rich.message == str(exc)
+
+
+@pytest.mark.parametrize(("exc", "code"), EXAMPLES, ids=[type(exc).__name__ for exc, _ in EXAMPLES])
+def test_status_details_start_with_error_info_in_the_stockcore_domain(
+    exc: DomainError, code: grpc.StatusCode
+) -> None:
+    _, rich = rich_status(exc)
+
+    first = error_details_pb2.ErrorInfo()
+    assert rich.details[0].Unpack(first)
+    assert first.domain == DOMAIN == "stockcore.v1"
+    assert re.fullmatch(r"[A-Z][A-Z0-9_]*", first.reason)
+
+
+def test_invalid_argument_lists_every_field_violation_as_bad_request() -> None:
+    exc = InvalidArgument(
+        [
+            FieldViolation("reservation_id", "must not be empty"),
+            FieldViolation("lines[1].quantity", "must be 1 to 1000000, got 0"),
+        ]
+    )
+
+    _, rich = rich_status(exc)
+
+    (bad_request,) = unpack(rich, error_details_pb2.BadRequest)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("reservation_id", "must not be empty"),
+        ("lines[1].quantity", "must be 1 to 1000000, got 0"),
+    ]
+
+
+def test_insufficient_stock_lists_one_precondition_violation_per_short_sku() -> None:
+    exc = InsufficientStock([Shortage("A-1", requested=5, available=2), Shortage("B-2", 9, 0)])
+
+    _, rich = rich_status(exc)
+
+    (failure,) = unpack(rich, error_details_pb2.PreconditionFailure)
+    assert [(v.type, v.subject, v.description) for v in failure.violations] == [
+        ("INSUFFICIENT_STOCK", "A-1", "available 2, requested 5"),
+        ("INSUFFICIENT_STOCK", "B-2", "available 0, requested 9"),
+    ]
+    assert error_info(rich).reason == "INSUFFICIENT_STOCK"
+
+
+def test_illegal_transition_names_the_reservation_and_its_status() -> None:
+    exc = IllegalTransition("r-1", "RELEASED", "COMMITTED", "cannot commit 'r-1': it is RELEASED")
+
+    _, rich = rich_status(exc)
+
+    (failure,) = unpack(rich, error_details_pb2.PreconditionFailure)
+    assert [(v.type, v.subject, v.description) for v in failure.violations] == [
+        ("STATUS", "r-1", "status is RELEASED"),
+    ]
+    assert error_info(rich).reason == "ILLEGAL_TRANSITION"
+
+
+def test_stock_floor_violation_names_the_sku_and_its_levels() -> None:
+    _, rich = rich_status(StockFloorViolation("A-1", on_hand=5, reserved=4, delta=-3))
+
+    (failure,) = unpack(rich, error_details_pb2.PreconditionFailure)
+    assert [(v.type, v.subject, v.description) for v in failure.violations] == [
+        ("STOCK_FLOOR", "A-1", "on_hand 5, reserved 4, delta -3"),
+    ]
+    assert error_info(rich).reason == "STOCK_FLOOR"
+
+
+def test_not_found_names_each_missing_resource() -> None:
+    _, rich = rich_status(NotFound("sku", ["A-1", "B-2"]))
+
+    infos = unpack(rich, error_details_pb2.ResourceInfo)
+    assert [(i.resource_type, i.resource_name) for i in infos] == [
+        ("sku", "A-1"),
+        ("sku", "B-2"),
+    ]
+
+
+def test_unavailable_suggests_a_retry_delay() -> None:
+    _, rich = rich_status(Unavailable("database unreachable"))
+
+    (retry,) = unpack(rich, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToMilliseconds() == 100
+
+
+def test_errors_without_structured_details_carry_only_error_info() -> None:
+    for exc in (AlreadyExists("reservation", "r-1"), DeadlineExpired("too late")):
+        _, rich = rich_status(exc)
+
+        assert len(rich.details) == 1
+        assert error_info(rich).domain == DOMAIN
+
+
+def test_each_error_type_has_its_own_error_info_reason() -> None:
+    reasons = {error_info(rich_status(exc)[1]).reason for exc, _ in EXAMPLES}
+
+    assert len(reasons) == len(EXAMPLES)
+
+
+def test_unmapped_domain_error_becomes_an_internal_status() -> None:
+    status, rich = rich_status(DomainError("surprise"))
+
+    assert status.code is grpc.StatusCode.INTERNAL
+    assert rich.code == code_pb2.INTERNAL
+    assert error_info(rich).domain == DOMAIN
