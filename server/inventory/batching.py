@@ -119,10 +119,14 @@ class Batcher(Generic[Req, Res]):
                 return
             if len(results) != len(live):
                 log.error(
-                    "batch handler answered %d of %d requests", len(results), len(live),
+                    "batch handler answered %d of %d requests",
+                    len(results),
+                    len(live),
                     extra={"batcher": self.name},
                 )
-                bug = RuntimeError(f"{self.name} batch answered {len(results)} of {len(live)} requests")
+                bug = RuntimeError(
+                    f"{self.name} batch answered {len(results)} of {len(live)} requests"
+                )
                 for pending in live:
                     if not pending.future.done():
                         pending.future.set_exception(bug)

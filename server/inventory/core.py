@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import Any
 
 from server.config import Settings
 from server.domain.errors import (
@@ -51,18 +52,20 @@ class InventoryCore:
         self.store = store
         self.mirror = mirror
         self._reserver: Batcher[ReserveCommand, Reservation] = Batcher(
-            "reserve", self._reserve_batch, max_batch=settings.batch_max, concurrency=2
+            "reserve", self.hold, max_batch=settings.batch_max, concurrency=2
         )
         self._finishers: dict[Finish, Batcher[tuple[str, str], Reservation]] = {
             finish: Batcher(
                 finish.name.lower(),
-                partial(self._finish_batch, finish),
+                partial(self.finish, finish),
                 max_batch=settings.batch_max,
                 concurrency=2,
             )
             for finish in (Finish.COMMIT, Finish.RELEASE)
         }
         self._tasks: list[asyncio.Task[None]] = []
+        # Work that must commit with each expiry (orders register theirs before start()).
+        self.expiry_hooks: list[Within[FinishResult]] = []
 
     async def start(self) -> None:
         """Load the gate, then start the batchers, the expiry sweeper and the gate probe."""
@@ -71,7 +74,9 @@ class InventoryCore:
         for finisher in self._finishers.values():
             finisher.start()
         self._tasks = [
-            asyncio.create_task(expiry.run(self.store, self.mirror, self.settings), name="expiry"),
+            asyncio.create_task(
+                expiry.run(self.store, self.mirror, self.settings, self.expiry_hooks), name="expiry"
+            ),
             asyncio.create_task(self.mirror.run(), name="redis-probe"),
         ]
 
@@ -131,9 +136,12 @@ class InventoryCore:
             )
         return result.level, result.applied_delta
 
-    async def _reserve_batch(
-        self, commands: Sequence[ReserveCommand]
+    async def hold(
+        self, commands: Sequence[ReserveCommand], within: Within[ReserveResult] | None = None
     ) -> tuple[list[Reservation | BaseException], Followup]:
+        """Gate, then hold in PostgreSQL, a batch of reservations; `within` joins the
+        PostgreSQL transaction. Returns per-command outcomes and the Redis follow-up,
+        to run once callers have their answers."""
         results: list[Reservation | BaseException | None] = [None] * len(commands)
         admitted: list[str] = []
         to_database = list(range(len(commands)))
@@ -160,7 +168,7 @@ class InventoryCore:
         if to_database:
             try:
                 outcomes, levels = await self.store.reserve_batch(
-                    [commands[i] for i in to_database]
+                    [commands[i] for i in to_database], _realign(within, to_database, len(commands))
                 )
             except Unavailable as exc:
                 for i in to_database:
@@ -195,12 +203,17 @@ class InventoryCore:
 
         return results, settle  # type: ignore[return-value]
 
-    async def _finish_batch(
-        self, finish: Finish, requests: Sequence[tuple[str, str]]
+    async def finish(
+        self,
+        finish: Finish,
+        requests: Sequence[tuple[str, str]],
+        within: Within[FinishResult] | None = None,
     ) -> tuple[list[Reservation | BaseException], Followup]:
+        """Commit or release a batch of (reservation id, caller); `within` joins the
+        PostgreSQL transaction. Returns outcomes and the Redis follow-up."""
         ids = [rid for rid, _ in requests]
         outcomes, levels = await self.store.finish_batch(
-            ids, finish, [caller for _, caller in requests]
+            ids, finish, [caller for _, caller in requests], within
         )
         results: list[Reservation | BaseException] = []
         for rid, outcome in zip(ids, outcomes, strict=True):
@@ -218,3 +231,20 @@ class InventoryCore:
             await self.mirror.settle(levels=levels)
 
         return results, settle
+
+
+def _realign(
+    within: Within[ReserveResult] | None, positions: Sequence[int], size: int
+) -> Within[ReserveResult] | None:
+    """Adapt `within` to a sub-batch: it sees one result per original command, None
+    (typed as absent) for commands the gate already turned away."""
+    if within is None:
+        return None
+
+    async def realigned(conn: Any, results: list[ReserveResult]) -> None:
+        full: list[Any] = [None] * size
+        for position, result in zip(positions, results, strict=True):
+            full[position] = result
+        await within(conn, full)
+
+    return realigned

@@ -22,7 +22,9 @@ from server.rpc.errors import status_code_for, to_status
 log = logging.getLogger(__name__)
 
 
-def observe(method: str, inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+def observe(
+    method: str, inner: Callable[[Any, Any], Awaitable[Any]]
+) -> Callable[[Any, Any], Awaitable[Any]]:
     """Wrap one unary-unary servicer method."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
 

@@ -4,6 +4,7 @@ inside one of the batch functions of sql/001_inventory.sql."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ from server.domain.sharding import shard_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
+
+_NO_TRANSACTION = contextlib.nullcontext()
+
+# Work a caller adds to a batch's transaction: it sees the batch's results, in order.
+Within = Callable[[asyncpg.Connection, list[R]], Awaitable[None]]
 
 # Errors after which the same statement may succeed when simply run again.
 _RETRYABLE = (
@@ -130,6 +137,43 @@ def _levels(rows: Sequence[asyncpg.Record]) -> list[MirrorLevel]:
     ]
 
 
+def _reserve_results(
+    rows: Sequence[asyncpg.Record],
+    commands: Sequence[ReserveCommand],
+    order: Sequence[int],
+    ids: Sequence[str],
+) -> list[ReserveResult]:
+    results: list[ReserveResult | None] = [None] * len(commands)
+    shortages: dict[int, list[Shortage]] = {}
+    unknown: dict[int, list[str]] = {}
+    for row in rows:
+        if row["kind"] == 2:
+            cmd = commands[order[row["idx"] - 1]]
+            if row["code"] == 4:
+                unknown.setdefault(row["idx"], []).append(row["sku"])
+            else:
+                wanted = next(line.quantity for line in cmd.lines if line.sku == row["sku"])
+                shortages.setdefault(row["idx"], []).append(
+                    Shortage(row["sku"], wanted, max(row["on_hand"] - row["reserved"], 0))
+                )
+    for row in rows:
+        if row["kind"] != 1:
+            continue
+        pos = order[row["idx"] - 1]
+        code = ReserveCode(row["code"])
+        reservation = (
+            None if code is ReserveCode.REJECTED else _reservation(ids[row["idx"] - 1], row)
+        )
+        results[pos] = ReserveResult(
+            code,
+            reservation,
+            tuple(shortages.get(row["idx"], ())),
+            tuple(unknown.get(row["idx"], ())),
+        )
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset: no session state is ever set."""
 
@@ -191,9 +235,14 @@ class StockStore:
         raise AssertionError("unreachable")
 
     async def reserve_batch(
-        self, commands: Sequence[ReserveCommand]
+        self,
+        commands: Sequence[ReserveCommand],
+        within: Within[ReserveResult] | None = None,
     ) -> tuple[list[ReserveResult], list[MirrorLevel]]:
-        """Hold stock for each command, all lines or none, in one transaction."""
+        """Hold stock for each command, all lines or none, in one transaction.
+
+        `within(conn, results)` runs in that same transaction after the holds, so a
+        caller's own rows (an order and its event) commit or vanish with them."""
         order = sorted(range(len(commands)), key=lambda i: commands[i].reservation_id)
         ids, fps, ttls, callers, first, count = [], [], [], [], [], []
         shards: list[int] = []
@@ -212,77 +261,68 @@ class StockStore:
                 skus.append(line.sku)
                 qtys.append(line.quantity)
 
-        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(  # type: ignore[no-any-return]
-                "SELECT * FROM stockcore.reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                ids,
-                fps,
-                ttls,
-                callers,
-                first,
-                count,
-                shards,
-                skus,
-                qtys,
-            )
+        def parse(rows: list[asyncpg.Record]) -> list[ReserveResult]:
+            return _reserve_results(rows, commands, order, ids)
 
-        rows = await self._run(work)
-        results: list[ReserveResult | None] = [None] * len(commands)
-        shortages: dict[int, list[Shortage]] = {}
-        unknown: dict[int, list[str]] = {}
-        for row in rows:
-            if row["kind"] == 2:
-                cmd = commands[order[row["idx"] - 1]]
-                if row["code"] == 4:
-                    unknown.setdefault(row["idx"], []).append(row["sku"])
-                else:
-                    wanted = next(line.quantity for line in cmd.lines if line.sku == row["sku"])
-                    shortages.setdefault(row["idx"], []).append(
-                        Shortage(row["sku"], wanted, max(row["on_hand"] - row["reserved"], 0))
-                    )
-        for row in rows:
-            if row["kind"] != 1:
-                continue
-            pos = order[row["idx"] - 1]
-            code = ReserveCode(row["code"])
-            reservation = (
-                None if code is ReserveCode.REJECTED else _reservation(ids[row["idx"] - 1], row)
-            )
-            results[pos] = ReserveResult(
-                code,
-                reservation,
-                tuple(shortages.get(row["idx"], ())),
-                tuple(unknown.get(row["idx"], ())),
-            )
-        assert all(r is not None for r in results)
-        return results, _levels(rows)  # type: ignore[return-value]
+        async def work(conn: asyncpg.Connection) -> tuple[list[ReserveResult], list[MirrorLevel]]:
+            # Alone, the one statement is its own transaction: no BEGIN/COMMIT round trips.
+            async with conn.transaction() if within is not None else _NO_TRANSACTION:
+                rows = await conn.fetch(
+                    "SELECT * FROM stockcore.reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    ids,
+                    fps,
+                    ttls,
+                    callers,
+                    first,
+                    count,
+                    shards,
+                    skus,
+                    qtys,
+                )
+                results = parse(rows)
+                if within is not None:
+                    await within(conn, results)
+            return results, _levels(rows)
+
+        return await self._run(work)
 
     async def finish_batch(
-        self, ids: Sequence[str], finish: Finish, callers: Sequence[str]
+        self,
+        ids: Sequence[str],
+        finish: Finish,
+        callers: Sequence[str],
+        within: Within[FinishResult] | None = None,
     ) -> tuple[list[FinishResult], list[MirrorLevel]]:
-        """Commit, release or expire HELD reservations in one transaction."""
+        """Commit, release or expire HELD reservations in one transaction; `within`
+        runs in the same transaction, as for reserve_batch."""
         order = sorted(range(len(ids)), key=lambda i: ids[i])
         sorted_ids = [ids[i] for i in order]
         sorted_callers = [callers[i] for i in order]
 
-        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(  # type: ignore[no-any-return]
-                "SELECT * FROM stockcore.finish_batch($1, $2, $3)",
-                sorted_ids,
-                int(finish),
-                sorted_callers,
-            )
+        async def work(conn: asyncpg.Connection) -> tuple[list[FinishResult], list[MirrorLevel]]:
+            async with conn.transaction() if within is not None else _NO_TRANSACTION:
+                rows = await conn.fetch(
+                    "SELECT * FROM stockcore.finish_batch($1, $2, $3)",
+                    sorted_ids,
+                    int(finish),
+                    sorted_callers,
+                )
+                results: list[FinishResult | None] = [None] * len(ids)
+                for row in rows:
+                    if row["kind"] != 1:
+                        continue
+                    idx = row["idx"] - 1
+                    code = FinishCode(row["code"])
+                    found = (
+                        None if code is FinishCode.UNKNOWN else _reservation(sorted_ids[idx], row)
+                    )
+                    results[order[idx]] = FinishResult(code, found)
+                done: list[FinishResult] = results  # type: ignore[assignment]
+                if within is not None:
+                    await within(conn, done)
+            return done, _levels(rows)
 
-        rows = await self._run(work)
-        results: list[FinishResult | None] = [None] * len(ids)
-        for row in rows:
-            if row["kind"] != 1:
-                continue
-            idx = row["idx"] - 1
-            code = FinishCode(row["code"])
-            reservation = None if code is FinishCode.UNKNOWN else _reservation(sorted_ids[idx], row)
-            results[order[idx]] = FinishResult(code, reservation)
-        return results, _levels(rows)  # type: ignore[return-value]
+        return await self._run(work)
 
     async def adjust(self, cmd: AdjustCommand) -> AdjustResult:
         """Apply one adjustment; a refused one changes nothing."""
