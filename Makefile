@@ -53,8 +53,8 @@ deps: $(VENV)/.installed redis
 run: deps
 	$(PY) -m server dev
 
-test: deps
-	PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-0} $(PY) -m pytest $(PYTEST_ARGS)
+test: deps lint
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check server clients loadtests tests

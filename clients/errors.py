@@ -12,9 +12,9 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-# googleapis-common-protos ships .pyi files but no py.typed marker, so mypy will not read them;
+# googleapis-common-protos has no py.typed marker; mypy is told to skip it (pyproject.toml),
 # every value taken from these messages is converted to a plain str/int below.
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2
 
 #: Trailing metadata key under which gRPC carries a serialised google.rpc.Status.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"

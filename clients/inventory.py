@@ -2,7 +2,6 @@
 
 # `timeout` parameters here become the gRPC deadline the server sees and enforces too, which
 # wrapping the call in asyncio.timeout() would not convey.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 

@@ -75,7 +75,8 @@ class _SoldOut:
 
     async def __call__(self, worker: int) -> object:
         request = pb.ReserveRequest(
-            reservation_id=f"so-{os.getpid()}-{next(self._ids)}", lines=[pb.Line(sku=SOLD_OUT, quantity=1)]
+            reservation_id=f"so-{os.getpid()}-{next(self._ids)}",
+            lines=[pb.Line(sku=SOLD_OUT, quantity=1)],
         )
         try:
             await self._stub.Reserve(request, timeout=10)
@@ -119,7 +120,9 @@ async def _stockcore_sale(target: str, concurrency: int, duration: float, per_sk
         skus = [f"SALE-{random.getrandbits(32):x}-{i}" for i in range(4)]
         for sku in skus:
             await stub.AdjustStock(
-                pb.AdjustStockRequest(sku=sku, on_hand=per_sku, reason="bench", idempotency_key=f"init-{sku}")
+                pb.AdjustStockRequest(
+                    sku=sku, on_hand=per_sku, reason="bench", idempotency_key=f"init-{sku}"
+                )
             )
         offered = list(skus)
         stop = asyncio.Event()
@@ -135,7 +138,8 @@ async def _stockcore_sale(target: str, concurrency: int, duration: float, per_sk
             rid = f"sale-{next(ids)}"
             try:
                 await stub.Reserve(
-                    pb.ReserveRequest(reservation_id=rid, lines=[pb.Line(sku=sku, quantity=1)]), timeout=10
+                    pb.ReserveRequest(reservation_id=rid, lines=[pb.Line(sku=sku, quantity=1)]),
+                    timeout=10,
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
@@ -147,11 +151,15 @@ async def _stockcore_sale(target: str, concurrency: int, duration: float, per_sk
             sold += 1
             return "sold"
 
-        run = await run_closed_loop(buy, concurrency=concurrency, duration=duration, warmup=0.0, stop=stop)
+        run = await run_closed_loop(
+            buy, concurrency=concurrency, duration=duration, warmup=0.0, stop=stop
+        )
         levels = (await stub.GetStock(pb.GetStockRequest(skus=skus))).levels
         deducted = sum(per_sku - level.on_hand for level in levels)
         assert deducted == sold, f"stock moved by {deducted} but {sold} sales were acknowledged"
-        return Sale(run.ops_per_s, run.p50_ms, run.p99_ms, sold, max(0, sold - 4 * per_sku), 4 * per_sku)
+        return Sale(
+            run.ops_per_s, run.p50_ms, run.p99_ms, sold, max(0, sold - 4 * per_sku), 4 * per_sku
+        )
 
 
 def _row(cells: list[str]) -> str:
@@ -168,11 +176,16 @@ async def _prepare(dsn: str, target: str) -> None:
         for sku in HOT:
             await stub.AdjustStock(
                 pb.AdjustStockRequest(
-                    sku=sku, on_hand=DEEP_STOCK, reason="bench", idempotency_key=f"bench-{sku}-{random.random()}"
+                    sku=sku,
+                    on_hand=DEEP_STOCK,
+                    reason="bench",
+                    idempotency_key=f"bench-{sku}-{random.random()}",
                 )
             )
         await stub.AdjustStock(
-            pb.AdjustStockRequest(sku=SOLD_OUT, on_hand=0, reason="bench", idempotency_key=f"so-{random.random()}")
+            pb.AdjustStockRequest(
+                sku=SOLD_OUT, on_hand=0, reason="bench", idempotency_key=f"so-{random.random()}"
+            )
         )
 
 
@@ -185,7 +198,9 @@ def _describe_machine() -> str:
                 break
     except OSError:
         pass
-    pg = subprocess.run(["postgres", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    pg = subprocess.run(
+        ["postgres", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     return f"{os.cpu_count()} cores, {cpu}; Python {platform.python_version()}; {pg}"
 
 
@@ -197,7 +212,9 @@ async def _migrate(dsn: str) -> None:
         await conn.close()
 
 
-def run_bench(pg_dsn: str, redis_url: str, levels: list[int], duration: float, data_dir: Path) -> None:
+def run_bench(
+    pg_dsn: str, redis_url: str, levels: list[int], duration: float, data_dir: Path
+) -> None:
     """Run every measurement and print the tables."""
     asyncio.run(_migrate(pg_dsn))
     server = LocalStockcore(pg_dsn, redis_url, SHARDS, data_dir)
@@ -207,40 +224,103 @@ def run_bench(pg_dsn: str, redis_url: str, levels: list[int], duration: float, d
         loop.run_until_complete(_prepare(pg_dsn, server.target))
         print(f"machine: {_describe_machine()}")
         print(f"each cell: one closed-loop run of {duration:g} s, load from one separate process\n")
-        print(_row(["callers", "empty call/s", "Reserve+Commit call/s", "ratio", "p50 ms", "p99 ms",
-                    "sold-out reject/s", "ratio", "p50 ms", "p99 ms"]))
+        print(
+            _row(
+                [
+                    "callers",
+                    "empty call/s",
+                    "Reserve+Commit call/s",
+                    "ratio",
+                    "p50 ms",
+                    "p99 ms",
+                    "sold-out reject/s",
+                    "ratio",
+                    "p50 ms",
+                    "p99 ms",
+                ]
+            )
+        )
         print(_row(["---"] * 10))
         for concurrency in levels:
             ceiling = measure_ceiling(concurrency, duration, 1)
             rc = run_in_processes(
                 functools.partial(open_alternating, server.target),
-                processes=1, concurrency=concurrency, duration=duration,
+                processes=1,
+                concurrency=concurrency,
+                duration=duration,
             )
             so = run_in_processes(
                 functools.partial(open_sold_out, server.target),
-                processes=1, concurrency=concurrency, duration=duration,
+                processes=1,
+                concurrency=concurrency,
+                duration=duration,
             )
             _check(rc, {"reserve", "commit"})
             _check(so, {"rejected"})
-            print(_row([
-                str(concurrency), f"{ceiling.ops_per_s:,.0f}",
-                f"{rc.ops_per_s:,.0f}", f"{rc.ops_per_s / ceiling.ops_per_s:.0%}", _ms(rc.p50_ms), _ms(rc.p99_ms),
-                f"{so.ops_per_s:,.0f}", f"{so.ops_per_s / ceiling.ops_per_s:.0%}", _ms(so.p50_ms), _ms(so.p99_ms),
-            ]), flush=True)
+            print(
+                _row(
+                    [
+                        str(concurrency),
+                        f"{ceiling.ops_per_s:,.0f}",
+                        f"{rc.ops_per_s:,.0f}",
+                        f"{rc.ops_per_s / ceiling.ops_per_s:.0%}",
+                        _ms(rc.p50_ms),
+                        _ms(rc.p99_ms),
+                        f"{so.ops_per_s:,.0f}",
+                        f"{so.ops_per_s / ceiling.ops_per_s:.0%}",
+                        _ms(so.p50_ms),
+                        _ms(so.p99_ms),
+                    ]
+                ),
+                flush=True,
+            )
 
         contention = 64
-        print(f"\nhot-SKU contention: {contention} buyers, 4 SKUs x 200 units, one unit per purchase, until sold out\n")
+        print(
+            f"\nhot-SKU contention: {contention} buyers, 4 SKUs x 200 units, one unit per purchase, until sold out\n"
+        )
         print(_row(["design", "attempts/s", "p50 ms", "p99 ms", "sold", "stock", "oversold"]))
         print(_row(["---"] * 7))
         sale = loop.run_until_complete(_stockcore_sale(server.target, contention, 30.0, 200))
-        print(_row(["stockcore (Reserve+Commit)", f"{sale.attempts_per_s:,.0f}", _ms(sale.p50_ms),
-                    _ms(sale.p99_ms), str(sale.sold), str(sale.initial), str(sale.oversold)]), flush=True)
+        print(
+            _row(
+                [
+                    "stockcore (Reserve+Commit)",
+                    f"{sale.attempts_per_s:,.0f}",
+                    _ms(sale.p50_ms),
+                    _ms(sale.p99_ms),
+                    str(sale.sold),
+                    str(sale.initial),
+                    str(sale.oversold),
+                ]
+            ),
+            flush=True,
+        )
         for design in ("select-check-update", "select-for-update"):
             result: ClassicResult = loop.run_until_complete(
-                run_classic(pg_dsn, design, concurrency=contention, duration=30.0, hot_skus=4, stock_per_sku=200)
+                run_classic(
+                    pg_dsn,
+                    design,
+                    concurrency=contention,
+                    duration=30.0,
+                    hot_skus=4,
+                    stock_per_sku=200,
+                )
             )
-            print(_row([design, f"{result.attempts_per_s:,.0f}", _ms(result.p50_ms), _ms(result.p99_ms),
-                        str(result.sold), str(result.initial_stock), str(result.oversold)]), flush=True)
+            print(
+                _row(
+                    [
+                        design,
+                        f"{result.attempts_per_s:,.0f}",
+                        _ms(result.p50_ms),
+                        _ms(result.p99_ms),
+                        str(result.sold),
+                        str(result.initial_stock),
+                        str(result.oversold),
+                    ]
+                ),
+                flush=True,
+            )
     finally:
         server.stop()
         loop.close()
@@ -262,7 +342,9 @@ def main() -> None:
     data_dir = Path(".data/bench").resolve()
     pg_dsn = os.environ.get("STOCKCORE_PG_DSN")
     redis_url = os.environ.get("STOCKCORE_REDIS_URL")
-    with local_servers(data_dir, 54339, 56399, want_pg=pg_dsn is None, want_redis=redis_url is None) as (pg, rd):
+    with local_servers(
+        data_dir, 54339, 56399, want_pg=pg_dsn is None, want_redis=redis_url is None
+    ) as (pg, rd):
         run_bench(pg_dsn or pg.dsn, redis_url or rd.url, levels, args.duration, data_dir)  # type: ignore[union-attr]
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from stockcore.v1 import inventory_pb2, inventory_pb2_grpc
@@ -23,8 +24,8 @@ from server.config import Settings
 from server.domain.errors import Unavailable
 from server.inventory.core import InventoryCore
 from server.inventory.mirror import Mirror
-from server.rpc.observe import observe_servicer
 from server.rpc.inventory_servicer import InventoryServicer
+from server.rpc.observe import observe_servicer
 from server.storage.migrations import migrate
 from server.storage.postgres import StockStore
 from server.storage.redis_gate import AdmissionGate
@@ -60,7 +61,7 @@ class App:
     core: InventoryCore
     store: StockStore
     gate: AdmissionGate | None
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -112,8 +113,8 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     )
     servicer = InventoryServicer(core, settings)
     observe_servicer(servicer, _INVENTORY.methods_by_name)
-    inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [INVENTORY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server

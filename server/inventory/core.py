@@ -36,7 +36,16 @@ from server.inventory import expiry
 from server.inventory.batching import Batcher
 from server.inventory.mirror import Mirror
 from server.metrics import HOLDS
-from server.storage.postgres import AdjustCode, FinishCode, MirrorLevel, ReserveCode, StockStore
+from server.storage.postgres import (
+    AdjustCode,
+    FinishCode,
+    FinishResult,
+    MirrorLevel,
+    ReserveCode,
+    ReserveResult,
+    StockStore,
+    Within,
+)
 from server.storage.redis_gate import AdmitCode
 
 log = logging.getLogger(__name__)

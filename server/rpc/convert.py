@@ -27,13 +27,14 @@ def reservation(value: Reservation) -> pb.Reservation:
     """The wire form of a reservation."""
     message = pb.Reservation(
         reservation_id=value.reservation_id,
-        status=int(value.status),
+        status=pb.ReservationStatus.ValueType(int(value.status)),
         lines=[pb.Line(sku=line.sku, quantity=line.quantity) for line in value.lines],
         create_time=timestamp(value.created_at),
         expire_time=timestamp(value.expires_at),
     )
-    if value.finished_at is not None:
-        message.finish_time.CopyFrom(timestamp(value.finished_at))
+    finished = timestamp(value.finished_at)
+    if finished is not None:
+        message.finish_time.CopyFrom(finished)
     return message
 
 

@@ -36,7 +36,7 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
 def status_code_for(exc: DomainError) -> grpc.StatusCode:
     """The gRPC code of a domain error (by type, most specific first)."""
     for kind in type(exc).__mro__:
-        code = STATUS_OF.get(kind)  # type: ignore[call-overload]
+        code = STATUS_OF.get(kind)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL

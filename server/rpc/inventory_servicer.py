@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import grpc
 from stockcore.v1 import inventory_pb2 as pb
@@ -17,7 +18,7 @@ CALLER_KEY = "stockcore-caller"
 MAX_CALLER = 100
 
 
-def caller_of(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
+def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """Who is calling: the stockcore-caller metadata value, else the peer address."""
     for key, value in context.invocation_metadata() or ():
         if key == CALLER_KEY and isinstance(value, str) and value:
@@ -25,7 +26,7 @@ def caller_of(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-ar
     return f"peer:{context.peer()}"[:MAX_CALLER]
 
 
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:  # type: ignore[type-arg]
+def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     """The caller's deadline as a time.monotonic() value, or None."""
     remaining = context.time_remaining()
     if remaining is None:
@@ -41,8 +42,8 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
         self._settings = settings
 
     async def Reserve(
-        self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ReserveResponse:  # type: ignore[type-arg]
+        self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReserveResponse:
         """Hold every line or none."""
         command = reserve_command(
             request.reservation_id,
@@ -57,16 +58,16 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
         return pb.ReserveResponse(reservation=convert.reservation(held))
 
     async def Commit(
-        self, request: pb.CommitRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CommitResponse:  # type: ignore[type-arg]
+        self, request: pb.CommitRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CommitResponse:
         """Turn a hold into a deduction."""
         rid = require_id(request.reservation_id, "reservation_id")
         done = await self._core.commit(rid, caller_of(context), deadline_of(context))
         return pb.CommitResponse(reservation=convert.reservation(done))
 
     async def Release(
-        self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ReleaseResponse:  # type: ignore[type-arg]
+        self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReleaseResponse:
         """Give a hold back."""
         rid = require_id(request.reservation_id, "reservation_id")
         done = await self._core.release(rid, caller_of(context), deadline_of(context))
@@ -75,7 +76,7 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
     async def GetReservation(
         self,
         request: pb.GetReservationRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.GetReservationResponse:
         """Read one reservation."""
         rid = require_id(request.reservation_id, "reservation_id")
@@ -83,8 +84,8 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
         return pb.GetReservationResponse(reservation=convert.reservation(found))
 
     async def GetStock(
-        self, request: pb.GetStockRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetStockResponse:  # type: ignore[type-arg]
+        self, request: pb.GetStockRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetStockResponse:
         """Read many SKUs' levels."""
         levels = await self._core.get_stock(distinct_skus(request.skus))
         return pb.GetStockResponse(levels=[convert.stock_level(level) for level in levels])
@@ -92,7 +93,7 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
     async def AdjustStock(
         self,
         request: pb.AdjustStockRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.AdjustStockResponse:
         """Restock, shrinkage, count corrections."""
         which = request.WhichOneof("change")

@@ -399,7 +399,7 @@ class StockStore:
         after: tuple[int, str] = (-1, "")
         while True:
             rows = await self._run(
-                lambda c: c.fetch(
+                lambda c, after=after: c.fetch(  # type: ignore[misc]
                     "SELECT shard, sku, on_hand, reserved, version FROM stockcore.stock"
                     " WHERE (shard, sku) > ($1, $2) ORDER BY shard, sku LIMIT $3",
                     after[0],

@@ -119,7 +119,7 @@ class AdmissionGate:
             )
         except _ERRORS as exc:
             raise GateUnavailable(str(exc)) from exc
-        return [i.decode() for i in ids]
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def is_ready(self) -> bool:
         """Whether the mirror was fully loaded since this Redis server started."""
@@ -161,4 +161,5 @@ class AdmissionGate:
             raise GateUnavailable(str(exc)) from exc
         if values[0] is None:
             return None
-        return int(values[0]), int(values[1]), int(values[2] or 0), int(values[3])
+        on_hand, reserved, pending, version = (int(v or 0) for v in values)
+        return on_hand, reserved, pending, version

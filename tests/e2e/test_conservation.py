@@ -22,8 +22,8 @@ from google.protobuf import duration_pb2
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
-from tests.conftest import SHARDS, Servers
 from server.devservers import LocalStockcore
+from tests.conftest import SHARDS, Servers
 
 pytestmark = pytest.mark.slow
 
@@ -60,12 +60,14 @@ class Run:
     async def quiesce(self) -> None:
         """Pause clients and wait for calls in flight to finish."""
         self.running.clear()
-        while self.inflight:
+        while self.inflight:  # noqa: ASYNC110 - a counter, polled briefly at checkpoints
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.3)  # let follow-up Redis settles land
 
 
-async def call(run: Run, fn: Callable[[], Awaitable[T]], budget: float = 60.0) -> T | grpc.StatusCode:
+async def call(
+    run: Run, fn: Callable[[], Awaitable[T]], budget: float = 60.0
+) -> T | grpc.StatusCode:
     """Call until answered: retry UNAVAILABLE with the same id (the server may be down);
     return the status code of a definite refusal."""
     deadline = time.monotonic() + budget
@@ -97,9 +99,11 @@ async def client(run: Run, index: int, stub: pb_grpc.InventoryServiceStub) -> No
                 lines = {sku: rng.randint(1, 3) for sku in rng.sample(HOT, rng.randint(1, 2))}
                 ttl = duration_pb2.Duration(seconds=rng.choice((1, 2, 3, 30)))
                 request = pb.ReserveRequest(
-                    reservation_id=rid, lines=[pb.Line(sku=s, quantity=q) for s, q in lines.items()], ttl=ttl
+                    reservation_id=rid,
+                    lines=[pb.Line(sku=s, quantity=q) for s, q in lines.items()],
+                    ttl=ttl,
                 )
-                reply = await call(run, lambda: stub.Reserve(request, timeout=5))
+                reply = await call(run, lambda request=request: stub.Reserve(request, timeout=5))
                 if isinstance(reply, pb.ReserveResponse):
                     assert {line.sku: line.quantity for line in reply.reservation.lines} == lines
                     run.seen.reservations[rid] = lines
@@ -110,7 +114,10 @@ async def client(run: Run, index: int, stub: pb_grpc.InventoryServiceStub) -> No
                     run.seen.ops["rejected"] += 1
             elif roll < 0.75:
                 rid = held.pop(rng.randrange(len(held)))
-                reply = await call(run, lambda: stub.Commit(pb.CommitRequest(reservation_id=rid), timeout=5))
+                reply = await call(
+                    run,
+                    lambda rid=rid: stub.Commit(pb.CommitRequest(reservation_id=rid), timeout=5),
+                )
                 if isinstance(reply, pb.CommitResponse):
                     assert reply.reservation.status == pb.RESERVATION_STATUS_COMMITTED
                     run.seen.commits.add(rid)
@@ -119,18 +126,27 @@ async def client(run: Run, index: int, stub: pb_grpc.InventoryServiceStub) -> No
                     run.seen.ops["commit_refused"] += 1
             elif roll < 0.95:
                 rid = held.pop(rng.randrange(len(held)))
-                reply = await call(run, lambda: stub.Release(pb.ReleaseRequest(reservation_id=rid), timeout=5))
+                reply = await call(
+                    run,
+                    lambda rid=rid: stub.Release(pb.ReleaseRequest(reservation_id=rid), timeout=5),
+                )
                 assert isinstance(reply, pb.ReleaseResponse), reply
                 run.seen.releases.add(rid)
                 run.seen.ops["released"] += 1
             else:
                 sku = rng.choice(HOT)
                 request = pb.AdjustStockRequest(
-                    sku=sku, delta=rng.choice((-5, -2, 3, 5, 10)), reason="cycle count",
+                    sku=sku,
+                    delta=rng.choice((-5, -2, 3, 5, 10)),
+                    reason="cycle count",
                     idempotency_key=f"adj-c{index}-{seq}",
                 )
-                reply = await call(run, lambda: stub.AdjustStock(request, timeout=5))
-                run.seen.ops["adjusted" if isinstance(reply, pb.AdjustStockResponse) else "adjust_refused"] += 1
+                reply = await call(
+                    run, lambda request=request: stub.AdjustStock(request, timeout=5)
+                )
+                run.seen.ops[
+                    "adjusted" if isinstance(reply, pb.AdjustStockResponse) else "adjust_refused"
+                ] += 1
         finally:
             run.inflight -= 1
 
@@ -142,7 +158,8 @@ async def check_invariants(servers: Servers, run: Run, *, final: bool) -> None:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             stock = {r["sku"]: r for r in await conn.fetch("SELECT * FROM stockcore.stock")}
             reservations = {
-                r["reservation_id"]: r for r in await conn.fetch("SELECT * FROM stockcore.reservations")
+                r["reservation_id"]: r
+                for r in await conn.fetch("SELECT * FROM stockcore.reservations")
             }
             ledger = {
                 r["sku"]: r
@@ -216,10 +233,16 @@ async def check_invariants(servers: Servers, run: Run, *, final: bool) -> None:
         await client.aclose()
 
 
-async def hammer(servers: Servers, disruption: Callable[[LocalStockcore], Awaitable[None]] | None) -> Run:
+async def hammer(
+    servers: Servers, disruption: Callable[[LocalStockcore], Awaitable[None]] | None
+) -> Run:
     server = LocalStockcore(
-        servers.pg_dsn, servers.redis_url, SHARDS,
-        STOCKCORE_PENDING_GRACE="3", STOCKCORE_DB_TIMEOUT="2", STOCKCORE_EXPIRY_INTERVAL="0.2",
+        servers.pg_dsn,
+        servers.redis_url,
+        SHARDS,
+        STOCKCORE_PENDING_GRACE="3",
+        STOCKCORE_DB_TIMEOUT="2",
+        STOCKCORE_EXPIRY_INTERVAL="0.2",
         STOCKCORE_REDIS_PROBE_INTERVAL="0.2",
     )
     await server.start()
@@ -229,7 +252,9 @@ async def hammer(servers: Servers, disruption: Callable[[LocalStockcore], Awaita
             stub = pb_grpc.InventoryServiceStub(channel)
             for sku in HOT:
                 await stub.AdjustStock(
-                    pb.AdjustStockRequest(sku=sku, on_hand=INITIAL, reason="initial", idempotency_key=f"init-{sku}")
+                    pb.AdjustStockRequest(
+                        sku=sku, on_hand=INITIAL, reason="initial", idempotency_key=f"init-{sku}"
+                    )
                 )
             clients = [asyncio.create_task(client(run, i, stub)) for i in range(CLIENTS)]
             started = time.monotonic()

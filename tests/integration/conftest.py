@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
 from server.storage.postgres import StockStore
 from server.storage.redis_gate import AdmissionGate
@@ -40,3 +41,13 @@ async def gate(clean: Servers) -> AsyncIterator[AdmissionGate]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def redis_client(clean: Servers) -> AsyncIterator[aioredis.Redis]:
+    """A plain Redis client, for commands that go around the gate."""
+    client = aioredis.Redis.from_url(clean.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,318 @@
+"""Mirror against real servers: rebuilding Redis from PostgreSQL and bypassing a dead gate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from server.config import Settings
+from server.domain.inventory import AdjustCommand, Finish, Line, ReserveCommand
+from server.domain.sharding import shard_of
+from server.inventory.mirror import Mirror
+from server.storage.postgres import MirrorLevel, StockStore
+from server.storage.redis_gate import AdmissionGate, AdmitCode
+from tests.conftest import SHARDS
+
+CLOSED_PORT_URL = "redis://127.0.0.1:1"
+
+
+def hold(rid: str, *lines: tuple[str, int]) -> ReserveCommand:
+    """A reserve command holding for an hour."""
+    return ReserveCommand(rid, tuple(Line(sku, qty) for sku, qty in lines), 3_600_000, "tests")
+
+
+async def stock_up(store: StockStore, levels: dict[str, int]) -> None:
+    """Create SKUs in PostgreSQL only."""
+    for sku, units in levels.items():
+        await store.adjust(AdjustCommand(sku, units, None, "initial", f"initial-{sku}", "tests"))
+
+
+async def database_levels(db: asyncpg.Connection) -> dict[str, tuple[int, int, int]]:
+    """(on_hand, reserved, version) of every SKU in PostgreSQL."""
+    rows = await db.fetch("SELECT sku, on_hand, reserved, version FROM stockcore.stock")
+    return {r["sku"]: (r["on_hand"], r["reserved"], r["version"]) for r in rows}
+
+
+async def mirrored_levels(gate: AdmissionGate, skus: list[str]) -> dict[str, object]:
+    """(on_hand, reserved, version) of each SKU as Redis mirrors it, or None."""
+    found: dict[str, object] = {}
+    for sku in skus:
+        level = await gate.level(sku)
+        found[sku] = None if level is None else (level[0], level[1], level[3])
+    return found
+
+
+async def assert_redis_agrees_with_postgres(gate: AdmissionGate, db: asyncpg.Connection) -> None:
+    """Every SKU in PostgreSQL is mirrored with its current level and version."""
+    expected = await database_levels(db)
+    assert expected
+    assert await mirrored_levels(gate, sorted(expected)) == expected
+
+
+@pytest.fixture
+async def mirror(gate: AdmissionGate, store: StockStore, settings: Settings) -> Mirror:
+    """A mirror over the test gate, not yet loaded."""
+    return Mirror(gate, store, settings)
+
+
+@pytest.fixture
+async def dead_gate() -> AsyncIterator[AdmissionGate]:
+    """A gate pointed at a port nothing listens on."""
+    opened = AdmissionGate.from_url(CLOSED_PORT_URL)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_resync_loads_every_sku_level_and_marks_ready(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore, db: asyncpg.Connection
+) -> None:
+    await stock_up(store, {f"SKU-{i:02}": 10 + i for i in range(30)})
+    await store.reserve_batch(
+        [hold("r-1", ("SKU-01", 2), ("SKU-02", 3)), hold("r-2", ("SKU-03", 4))]
+    )
+    await store.finish_batch(["r-2"], Finish.COMMIT, ["tests"])
+    assert await gate.is_ready() is False
+
+    assert await mirror.resync() is True
+
+    assert await gate.is_ready() is True
+    await assert_redis_agrees_with_postgres(gate, db)
+    # The ids PostgreSQL knows are known to the gate too.
+    verdicts = await gate.admit(
+        [hold("r-1", ("SKU-01", 1)), hold("r-2", ("SKU-03", 1)), hold("r-3", ("SKU-04", 1))],
+        int(time.time() * 1000) + 60_000,
+    )
+    assert [v.code for v in verdicts] == [AdmitCode.KNOWN, AdmitCode.KNOWN, AdmitCode.ADMITTED]
+    # The loader's lock is given back.
+    assert await gate.try_lock("resync", "someone-else", 1000) is True
+
+
+async def test_resync_loads_skus_beyond_one_chunk(
+    mirror: Mirror, gate: AdmissionGate, db: asyncpg.Connection
+) -> None:
+    skus = [f"BULK-{i:05}" for i in range(5_003)]
+    await db.copy_records_to_table(
+        "stock",
+        schema_name="stockcore",
+        columns=["shard", "sku", "on_hand", "reserved", "version"],
+        records=[(shard_of(sku, SHARDS), sku, i % 50 + 1, 0, 3) for i, sku in enumerate(skus)],
+    )
+
+    assert await mirror.resync() is True
+
+    levels = await mirrored_levels(gate, skus)
+    assert levels == {sku: (i % 50 + 1, 0, 3) for i, sku in enumerate(skus)}
+
+
+async def test_check_loads_the_gate_before_using_it(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore, db: asyncpg.Connection
+) -> None:
+    await stock_up(store, {"A": 5})
+    assert mirror.usable is False
+    assert await mirror.admit([hold("r-1", ("A", 1))]) is None
+    changed = mirror.subscribe()
+
+    await mirror.check()
+
+    assert mirror.usable is True
+    assert changed.is_set()
+    await assert_redis_agrees_with_postgres(gate, db)
+    verdicts = await mirror.admit([hold("r-1", ("A", 1)), hold("r-2", ("A", 5))])
+    assert verdicts is not None
+    assert [v.code for v in verdicts] == [AdmitCode.ADMITTED, AdmitCode.REJECTED]
+    assert verdicts[1].available == {"A": 4}
+
+
+async def test_check_rebuilds_the_mirror_after_redis_lost_its_data(
+    mirror: Mirror,
+    gate: AdmissionGate,
+    store: StockStore,
+    db: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+) -> None:
+    await stock_up(store, {"A": 5, "B": 7})
+    await mirror.check()
+    assert mirror.usable is True
+
+    await redis_client.flushall()
+    # PostgreSQL moves on while Redis is empty.
+    await store.reserve_batch([hold("r-1", ("A", 2))])
+    await stock_up(store, {"C": 3})
+    assert await gate.is_ready() is False
+    assert await gate.level("A") is None
+
+    await mirror.check()
+
+    assert mirror.usable is True
+    assert await gate.is_ready() is True
+    await assert_redis_agrees_with_postgres(gate, db)
+    verdicts = await mirror.admit([hold("r-1", ("A", 1)), hold("r-2", ("A", 4))])
+    assert verdicts is not None
+    assert [v.code for v in verdicts] == [AdmitCode.KNOWN, AdmitCode.REJECTED]
+    assert verdicts[1].available == {"A": 3}
+
+
+async def test_an_unreachable_gate_makes_the_mirror_unusable_and_admit_answer_none(
+    mirror: Mirror,
+    gate: AdmissionGate,
+    dead_gate: AdmissionGate,
+    store: StockStore,
+) -> None:
+    await stock_up(store, {"A": 5})
+    await mirror.check()
+    assert mirror.usable is True
+    changed = mirror.subscribe()
+    mirror.gate = dead_gate
+
+    assert await mirror.admit([hold("r-1", ("A", 1))]) is None
+
+    assert mirror.usable is False
+    assert changed.is_set()
+    # While unusable nothing reaches the gate and nothing raises.
+    await mirror.settle(clear=["r-1"], levels=[MirrorLevel("A", 5, 0, 9)])
+    await mirror.check()
+    assert mirror.usable is False
+    assert await mirror.admit([hold("r-1", ("A", 1))]) is None
+    # Back on a live Redis, the next probe rebuilds and turns the gate on again.
+    mirror.gate = gate
+    await mirror.check()
+    assert mirror.usable is True
+
+
+async def test_a_gate_that_fails_on_settle_is_bypassed(
+    mirror: Mirror, dead_gate: AdmissionGate, store: StockStore
+) -> None:
+    await stock_up(store, {"A": 5})
+    await mirror.check()
+    mirror.gate = dead_gate
+
+    await mirror.settle(levels=[MirrorLevel("A", 5, 1, 9)])
+
+    assert mirror.usable is False
+    assert await mirror.admit([hold("r-1", ("A", 1))]) is None
+
+
+async def test_a_mirror_starting_on_an_unreachable_gate_stays_unusable(
+    dead_gate: AdmissionGate, store: StockStore, settings: Settings
+) -> None:
+    await stock_up(store, {"A": 5})
+    mirror = Mirror(dead_gate, store, settings)
+
+    await mirror.check()
+
+    assert mirror.usable is False
+    assert await mirror.admit([hold("r-1", ("A", 1))]) is None
+
+
+async def test_resync_makes_redis_agree_with_postgres(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore, db: asyncpg.Connection
+) -> None:
+    await stock_up(store, {f"SKU-{i}": 20 for i in range(6)})
+    await mirror.check()
+    # Changes Redis never hears of, as during an outage, and a stale level it did hear of.
+    await store.reserve_batch(
+        [hold("r-1", ("SKU-0", 3), ("SKU-1", 4)), hold("r-2", ("SKU-1", 1), ("SKU-2", 20))]
+    )
+    await store.finish_batch(["r-1"], Finish.COMMIT, ["tests"])
+    await store.finish_batch(["r-2"], Finish.RELEASE, ["tests"])
+    await store.adjust(AdjustCommand("SKU-3", None, 7, "recount", "k-1", "tests"))
+    await stock_up(store, {"NEW-1": 4})
+    await gate.settle(levels=[MirrorLevel("SKU-4", 1, 1, 1)])
+    assert await mirrored_levels(gate, ["SKU-0", "NEW-1"]) == {"SKU-0": (20, 0, 2), "NEW-1": None}
+
+    assert await mirror.resync() is True
+
+    await assert_redis_agrees_with_postgres(gate, db)
+
+
+async def test_resync_is_skipped_while_another_process_holds_the_lock(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore
+) -> None:
+    await stock_up(store, {"A": 5})
+    assert await gate.try_lock("resync", "another-process", 60_000) is True
+
+    assert await mirror.resync() is False
+    await mirror.check()
+
+    assert await gate.is_ready() is False
+    assert await gate.level("A") is None
+    assert mirror.usable is False
+
+
+async def test_check_drops_pending_holds_of_dead_requests(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore
+) -> None:
+    await stock_up(store, {"A": 10})
+    await mirror.check()
+    now = int(time.time() * 1000)
+    await gate.admit([hold("r-dead", ("A", 4))], now - 1_000)
+    await gate.admit([hold("r-alive", ("A", 3))], now + 60_000)
+
+    await mirror.check()
+
+    assert await gate.stale_pending(now + 120_000) == ["r-alive"]
+    level = await gate.level("A")
+    assert level is not None
+    assert level[2] == 3
+
+
+async def test_mirror_admit_gives_pending_holds_the_grace_period(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore, settings: Settings
+) -> None:
+    await stock_up(store, {"A": 10})
+    await mirror.check()
+    before = int(time.time() * 1000)
+
+    verdicts = await mirror.admit([hold("r-1", ("A", 4))])
+
+    assert verdicts is not None
+    assert verdicts[0].code is AdmitCode.ADMITTED
+    grace_ms = int(settings.pending_grace_s * 1000)
+    assert await gate.stale_pending(before + grace_ms - 1_000) == []
+    assert await gate.stale_pending(before + grace_ms + 1_000) == ["r-1"]
+
+
+@asynccontextmanager
+async def writes_refused(redis_client: aioredis.Redis) -> AsyncIterator[None]:
+    """Redis at its memory limit with no eviction: every write is refused with OOM."""
+    saved = {
+        name: (await redis_client.config_get(name))[name]
+        for name in ("maxmemory", "maxmemory-policy")
+    }
+    await redis_client.config_set("maxmemory-policy", "noeviction")
+    await redis_client.config_set("maxmemory", 1)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            await redis_client.config_set(name, value)
+
+
+async def test_a_redis_refusing_writes_makes_admit_answer_none(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore, redis_client: aioredis.Redis
+) -> None:
+    await stock_up(store, {"A": 5})
+    await mirror.check()
+    assert mirror.usable is True
+    async with writes_refused(redis_client):
+        verdicts = await mirror.admit([hold("r-1", ("A", 1))])
+
+        assert verdicts is None
+        assert mirror.usable is False
+
+
+async def test_check_survives_a_redis_that_refuses_writes(
+    mirror: Mirror, store: StockStore, redis_client: aioredis.Redis
+) -> None:
+    await stock_up(store, {"A": 5})
+    async with writes_refused(redis_client):
+        await mirror.check()
+
+        assert mirror.usable is False
