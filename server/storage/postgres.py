@@ -154,7 +154,7 @@ def _reserve_results(
             else:
                 wanted = next(line.quantity for line in cmd.lines if line.sku == row["sku"])
                 shortages.setdefault(row["idx"], []).append(
-                    Shortage(row["sku"], wanted, max(row["on_hand"] - row["reserved"], 0))
+                    Shortage(row["sku"], wanted, max(row["on_hand"] - (row["reserved"] or 0), 0))
                 )
     for row in rows:
         if row["kind"] != 1:
@@ -329,18 +329,7 @@ class StockStore:
 
         async def work(conn: asyncpg.Connection) -> asyncpg.Record:
             async with conn.transaction():
-                row = await conn.fetchrow(
-                    "SELECT * FROM stockcore.adjust_stock($1, $2, $3, $4, $5, $6, $7, $8)",
-                    cmd.idempotency_key,
-                    cmd.fingerprint,
-                    shard_of(cmd.sku, self.shard_count),
-                    cmd.sku,
-                    cmd.delta,
-                    cmd.on_hand,
-                    cmd.reason,
-                    cmd.caller,
-                )
-                assert row is not None
+                row = await self._adjust_row(conn, cmd)
                 if row["code"] == AdjustCode.REFUSED:
                     # Undo the row a refused adjustment of an unknown SKU created.
                     raise _Refused(row)
@@ -350,12 +339,42 @@ class StockStore:
             row = await self._run(work)
         except _Refused as refused:
             row = refused.row
-        return AdjustResult(
-            AdjustCode(row["code"]),
-            row["applied"],
-            StockLevel(cmd.sku, row["on_hand"], row["reserved"]),
-            row["version"],
+        return _adjust_result(cmd, row)
+
+    async def adjust_on(self, conn: asyncpg.Connection, cmd: AdjustCommand) -> AdjustResult:
+        """Apply one adjustment on `conn`, inside the caller's transaction (which must
+        roll back a REFUSED one); for changes that commit together with stock."""
+        return _adjust_result(cmd, await self._adjust_row(conn, cmd))
+
+    async def _adjust_row(self, conn: asyncpg.Connection, cmd: AdjustCommand) -> asyncpg.Record:
+        row = await conn.fetchrow(
+            "SELECT * FROM stockcore.adjust_stock($1, $2, $3, $4, $5, $6, $7, $8)",
+            cmd.idempotency_key,
+            cmd.fingerprint,
+            shard_of(cmd.sku, self.shard_count),
+            cmd.sku,
+            cmd.delta,
+            cmd.on_hand,
+            cmd.reason,
+            cmd.caller,
         )
+        assert row is not None
+        return row
+
+    async def transaction(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `work` in one transaction on a pooled connection, retried whole after a
+        transient conflict (so `work` must not keep state between attempts); an
+        unreachable database is Unavailable."""
+
+        async def wrapped(conn: asyncpg.Connection) -> T:
+            async with conn.transaction():
+                return await work(conn)
+
+        return await self._run(wrapped)
+
+    async def read(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `work` (reads) on a pooled connection, with the same error translation."""
+        return await self._run(work)
 
     async def get_stock(self, skus: Sequence[str]) -> dict[str, StockLevel]:
         """Levels of the known SKUs among `skus`."""
@@ -435,6 +454,15 @@ class StockStore:
         """Run a read-only query (for checks and reports)."""
         rows: list[asyncpg.Record] = await self._run(lambda c: c.fetch(query, *args))
         return rows
+
+
+def _adjust_result(cmd: AdjustCommand, row: asyncpg.Record) -> AdjustResult:
+    return AdjustResult(
+        AdjustCode(row["code"]),
+        row["applied"],
+        StockLevel(cmd.sku, row["on_hand"], row["reserved"]),
+        row["version"],
+    )
 
 
 class _Refused(Exception):

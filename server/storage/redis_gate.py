@@ -45,7 +45,8 @@ def _script(name: str) -> str:
     return (resources.files("server.storage") / "lua" / name).read_text()
 
 
-_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# Any Redis failure (unreachable, out of memory, read-only replica ...) only bypasses the gate.
+_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
 class AdmissionGate:

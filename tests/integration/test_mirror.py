@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -292,7 +293,7 @@ async def writes_refused(redis_client: aioredis.Redis) -> AsyncIterator[None]:
         yield
     finally:
         for name, value in saved.items():
-            await redis_client.config_set(name, value)
+            await redis_client.config_set(name, str(value))
 
 
 async def test_a_redis_refusing_writes_makes_admit_answer_none(
@@ -316,3 +317,44 @@ async def test_check_survives_a_redis_that_refuses_writes(
         await mirror.check()
 
         assert mirror.usable is False
+
+
+async def test_a_redis_refusing_writes_makes_settle_bypass_the_gate(
+    mirror: Mirror, store: StockStore, redis_client: aioredis.Redis
+) -> None:
+    await stock_up(store, {"A": 5})
+    await mirror.check()
+    async with writes_refused(redis_client):
+        await mirror.settle(levels=[MirrorLevel("A", 6, 0, 9)])
+
+        assert mirror.usable is False
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
+    """Whether `condition` holds within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await condition():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_the_probe_rebuilds_the_mirror_once_redis_accepts_writes_again(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore, redis_client: aioredis.Redis
+) -> None:
+    await stock_up(store, {"A": 5})
+    probe = asyncio.create_task(mirror.run())
+    try:
+        assert await eventually(gate.is_ready)
+        async with writes_refused(redis_client):
+            # Losing the marker asks for a rebuild, which cannot write for now.
+            await redis_client.delete(gate.prefix + "ready")
+            await asyncio.sleep(0.5)
+
+        rebuilt = await eventually(gate.is_ready)
+        died_of = probe.exception() if probe.done() else None
+        assert (rebuilt, died_of) == (True, None)
+    finally:
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import asyncpg
 import pytest
@@ -60,6 +61,20 @@ async def row(db: asyncpg.Connection, sku: str) -> tuple[int, int, int] | None:
         "SELECT on_hand, reserved, version FROM stockcore.stock WHERE sku = $1", sku
     )
     return None if found is None else (found["on_hand"], found["reserved"], found["version"])
+
+
+async def units(db: asyncpg.Connection, sku: str) -> tuple[int, int]:
+    """(on_hand, reserved) of a SKU that must exist."""
+    found = await row(db, sku)
+    assert found is not None, f"{sku} has no stock row"
+    return found[0], found[1]
+
+
+async def version(db: asyncpg.Connection, sku: str) -> int:
+    """The row version of a SKU that must exist."""
+    found = await row(db, sku)
+    assert found is not None, f"{sku} has no stock row"
+    return found[2]
 
 
 async def movements(db: asyncpg.Connection, reservation_id: str) -> list[tuple[str, str, int, int]]:
@@ -124,7 +139,7 @@ async def test_reserve_batch_holds_every_line_of_a_reservation_or_none(
     # A could be covered; B and C could not, given what the feasible one took first.
     assert rejected.shortages == (Shortage("B", 4, 3), Shortage("C", 3, 2))
     assert rejected.unknown_skus == ()
-    assert [(await row(db, s))[:2] for s in "ABC"] == [(10, 3), (5, 2), (2, 0)]  # type: ignore[index]
+    assert [await units(db, s) for s in "ABC"] == [(10, 3), (5, 2), (2, 0)]
     assert await db.fetchval("SELECT array_agg(reservation_id) FROM stockcore.reservations") == [
         "r-1-feasible"
     ]
@@ -166,7 +181,7 @@ async def test_rejected_reservation_reports_unknown_skus_as_unknown(
     assert results[1].code is ReserveCode.REJECTED
     assert results[1].unknown_skus == ("PHANTOM",)
     assert results[1].shortages == (Shortage("A", 9, 5),)
-    assert (await row(db, "A"))[:2] == (5, 0)  # type: ignore[index]
+    assert await units(db, "A") == (5, 0)
     assert await row(db, "GHOST") is None
     assert await row(db, "PHANTOM") is None
     assert await count(db, "reservations") == 0
@@ -179,14 +194,14 @@ async def test_repeating_a_reservation_returns_the_first_one(
     await stock_up(store, {"A": 5})
     command = hold("r-1", ("A", 2))
     (first,), _ = await store.reserve_batch([command])
-    version = await row(db, "A")
+    before = await row(db, "A")
 
     (again,), levels = await store.reserve_batch([command])
 
     assert first.code is ReserveCode.HELD
     assert again.code is ReserveCode.REPEAT
     assert again.reservation == first.reservation
-    assert await row(db, "A") == version
+    assert await row(db, "A") == before
     assert await movements(db, "r-1") == [("reserve", "A", 0, 2)]
     await assert_levels_are_current(db, levels)
 
@@ -205,7 +220,7 @@ async def test_repeating_a_finished_reservation_reports_it_as_finished(
     assert again.reservation is not None
     assert again.reservation.status is ReservationStatus.COMMITTED
     assert again.reservation.finished_at is not None
-    assert (await row(db, "A"))[:2] == (3, 0)  # type: ignore[index]
+    assert await units(db, "A") == (3, 0)
 
 
 async def test_reusing_a_reservation_id_for_other_content_conflicts(
@@ -242,7 +257,7 @@ async def test_one_id_twice_in_a_batch_is_held_once(
         ReserveCode.REPEAT,
         ReserveCode.CONFLICT,
     ]
-    assert (await row(db, "A"))[:2] == (5, 2)  # type: ignore[index]
+    assert await units(db, "A") == (5, 2)
     await assert_ledger_matches_stock(db)
 
 
@@ -257,8 +272,8 @@ async def test_reservations_in_one_batch_competing_for_the_last_units_hold_exact
     codes = [r.code for r in results]
     assert codes == [ReserveCode.HELD] * 5 + [ReserveCode.REJECTED] * 3
     assert all(r.shortages == (Shortage("LAST", 1, 0),) for r in results[5:])
-    assert (await row(db, "LAST"))[:2] == (5, 5)  # type: ignore[index]
-    assert (await row(db, "PLENTY"))[:2] == (100, 15)  # type: ignore[index]
+    assert await units(db, "LAST") == (5, 5)
+    assert await units(db, "PLENTY") == (100, 15)
     assert await count(db, "reservations") == 5
     await assert_levels_are_current(db, levels)
     await assert_ledger_matches_stock(db)
@@ -268,14 +283,13 @@ async def test_reserve_bumps_the_version_of_each_held_sku_once(
     store: StockStore, db: asyncpg.Connection
 ) -> None:
     await stock_up(store, {"A": 5, "B": 5, "C": 5})
-    before = {sku: await row(db, sku) for sku in "ABC"}
+    before = {sku: await version(db, sku) for sku in "ABC"}
 
     await store.reserve_batch([hold("r-1", ("A", 1), ("B", 2))])
 
-    after = {sku: await row(db, sku) for sku in "ABC"}
-    assert after["A"] == (5, 1, before["A"][2] + 1)  # type: ignore[index]
-    assert after["B"] == (5, 2, before["B"][2] + 1)  # type: ignore[index]
-    assert after["C"] == before["C"]
+    assert await row(db, "A") == (5, 1, before["A"] + 1)
+    assert await row(db, "B") == (5, 2, before["B"] + 1)
+    assert await row(db, "C") == (5, 0, before["C"])
 
 
 # --- finish_batch --------------------------------------------------------------------
@@ -286,7 +300,7 @@ async def test_commit_deducts_the_held_units_from_on_hand(
 ) -> None:
     await stock_up(store, {"A": 10, "B": 4})
     await store.reserve_batch([hold("r-1", ("A", 3), ("B", 4))])
-    before = {sku: await row(db, sku) for sku in "AB"}
+    before = {sku: await version(db, sku) for sku in "AB"}
 
     (result,), levels = await store.finish_batch(["r-1"], Finish.COMMIT, ["checkout"])
 
@@ -294,8 +308,8 @@ async def test_commit_deducts_the_held_units_from_on_hand(
     assert result.reservation is not None
     assert result.reservation.status is ReservationStatus.COMMITTED
     assert result.reservation.finished_at is not None
-    assert await row(db, "A") == (7, 0, before["A"][2] + 1)  # type: ignore[index]
-    assert await row(db, "B") == (0, 0, before["B"][2] + 1)  # type: ignore[index]
+    assert await row(db, "A") == (7, 0, before["A"] + 1)
+    assert await row(db, "B") == (0, 0, before["B"] + 1)
     assert (await movements(db, "r-1"))[2:] == [
         ("commit", "A", -3, -3),
         ("commit", "B", -4, -4),
@@ -311,14 +325,14 @@ async def test_commit_deducts_the_held_units_from_on_hand(
 async def test_release_gives_the_held_units_back(store: StockStore, db: asyncpg.Connection) -> None:
     await stock_up(store, {"A": 10})
     await store.reserve_batch([hold("r-1", ("A", 3))])
-    version = (await row(db, "A"))[2]  # type: ignore[index]
+    was = await version(db, "A")
 
     (result,), levels = await store.finish_batch(["r-1"], Finish.RELEASE, ["tests"])
 
     assert result.code is FinishCode.APPLIED
     assert result.reservation is not None
     assert result.reservation.status is ReservationStatus.RELEASED
-    assert await row(db, "A") == (10, 0, version + 1)
+    assert await row(db, "A") == (10, 0, was + 1)
     assert (await movements(db, "r-1"))[-1] == ("release", "A", 0, -3)
     await assert_levels_are_current(db, levels)
     await assert_ledger_matches_stock(db)
@@ -349,7 +363,7 @@ async def test_a_lapsed_hold_is_expired_whatever_finish_is_asked(
     await store.reserve_batch(
         [hold(f"r-{finish.name}", ("A", 2), ttl_ms=1000) for finish in Finish]
     )
-    assert (await row(db, "A"))[:2] == (10, 6)  # type: ignore[index]
+    assert await units(db, "A") == (10, 6)
     assert await store.due_expiries(10) == []
     await asyncio.sleep(1.2)
     assert sorted(await store.due_expiries(10)) == sorted(f"r-{f.name}" for f in Finish)
@@ -362,7 +376,7 @@ async def test_a_lapsed_hold_is_expired_whatever_finish_is_asked(
         assert result.reservation.status is ReservationStatus.EXPIRED
         assert (await movements(db, f"r-{finish.name}"))[-1] == ("expire", "A", 0, -2)
 
-    assert (await row(db, "A"))[:2] == (10, 0)  # type: ignore[index]
+    assert await units(db, "A") == (10, 0)
     assert await store.due_expiries(10) == []
     await assert_ledger_matches_stock(db)
 
@@ -406,40 +420,49 @@ async def test_finishing_unknown_reservations_reports_them_unknown(
     assert results[2].reservation is None
     assert results[1].reservation is not None
     assert results[1].reservation.reservation_id == "r-known"
-    assert (await row(db, "A"))[:2] == (10, 0)  # type: ignore[index]
+    assert await units(db, "A") == (10, 0)
 
 
 async def test_every_change_writes_movements_that_sum_to_the_stock_row(
     store: StockStore, db: asyncpg.Connection
 ) -> None:
     await stock_up(store, {"A": 20, "B": 20, "C": 20})
-    await store.reserve_batch(
-        [
-            hold("r-1", ("A", 2), ("B", 3)),
-            hold("r-2", ("B", 1), ("C", 5)),
-            hold("r-3", ("A", 4), ("C", 1)),
-            hold("r-4", ("A", 50)),
-        ]
-    )
-    await store.finish_batch(["r-1"], Finish.COMMIT, ["tests"])
-    await store.finish_batch(["r-2"], Finish.RELEASE, ["tests"])
-    await store.adjust(change("A", "recount-A", on_hand=30))
-    await store.adjust(change("C", "damaged-C", delta=-3))
-    await store.adjust(change("D", "new-D", delta=8))
+    versions = {sku: await version(db, sku) for sku in "ABC"}
 
-    # Versions: 1 on creation, then one per change (initial delta, holds, finishes, sets).
-    assert await row(db, "A") == (30, 4, 6)
-    assert await row(db, "B") == (17, 0, 6)
-    assert await row(db, "C") == (17, 1, 6)
-    assert await row(db, "D") == (8, 0, 2)
+    async def changed(touched: str) -> None:
+        """Each call moves the version of exactly the SKUs it touched, by one."""
+        for sku in "ABC":
+            versions[sku] += sku in touched
+        assert {sku: await version(db, sku) for sku in "ABC"} == versions
+        await assert_ledger_matches_stock(db)
+
+    await store.reserve_batch([hold("r-1", ("A", 2), ("B", 3))])
+    await changed("AB")
+    await store.reserve_batch([hold("r-2", ("B", 1), ("C", 5))])
+    await changed("BC")
+    await store.reserve_batch([hold("r-3", ("A", 4), ("C", 1))])
+    await changed("AC")
+    await store.reserve_batch([hold("r-4", ("A", 50))])
+    await changed("")
+    await store.finish_batch(["r-1"], Finish.COMMIT, ["tests"])
+    await changed("AB")
+    await store.finish_batch(["r-2"], Finish.RELEASE, ["tests"])
+    await changed("BC")
+    await store.adjust(change("A", "recount-A", on_hand=30))
+    await changed("A")
+    await store.adjust(change("C", "damaged-C", delta=-3))
+    await changed("C")
+    await store.adjust(change("D", "new-D", delta=8))
+    await changed("")
+
+    assert [await units(db, sku) for sku in "ABCD"] == [(30, 4), (17, 0), (17, 1), (8, 0)]
     kinds = await db.fetch("SELECT kind, count(*) FROM stockcore.movements GROUP BY kind")
-    assert dict((r["kind"], r["count"]) for r in kinds) == {
+    assert {r["kind"]: r["count"] for r in kinds} == {
         "adjust": 6,
         "reserve": 6,
         "commit": 2,
         "release": 2,
     }
-    await assert_ledger_matches_stock(db)
 
 
 # --- the ledger and the stock constraints --------------------------------------------
@@ -488,18 +511,18 @@ async def test_stock_rows_refuse_any_update_below_the_reserved_floor(
 async def test_adjust_by_delta_changes_on_hand(store: StockStore, db: asyncpg.Connection) -> None:
     await stock_up(store, {"A": 10})
     await store.reserve_batch([hold("r-1", ("A", 4))])
-    version = (await row(db, "A"))[2]  # type: ignore[index]
+    was = await version(db, "A")
 
     added = await store.adjust(change("A", "k-add", delta=5))
     removed = await store.adjust(change("A", "k-remove", delta=-11))
 
     assert added.code is AdjustCode.APPLIED
     assert added.applied_delta == 5
-    assert (added.level.on_hand, added.level.reserved, added.version) == (15, 4, version + 1)
+    assert (added.level.on_hand, added.level.reserved, added.version) == (15, 4, was + 1)
     assert removed.code is AdjustCode.APPLIED
     assert removed.applied_delta == -11
-    assert (removed.level.on_hand, removed.level.reserved, removed.version) == (4, 4, version + 2)
-    assert await row(db, "A") == (4, 4, version + 2)
+    assert (removed.level.on_hand, removed.level.reserved, removed.version) == (4, 4, was + 2)
+    assert await row(db, "A") == (4, 4, was + 2)
     await assert_ledger_matches_stock(db)
 
 
@@ -530,7 +553,7 @@ async def test_adjust_to_an_absolute_on_hand_applies_the_difference(
 
 @pytest.mark.parametrize("adjustment", [{"delta": 7}, {"on_hand": 7}])
 async def test_adjust_creates_an_unknown_sku(
-    store: StockStore, db: asyncpg.Connection, adjustment: dict[str, int]
+    store: StockStore, db: asyncpg.Connection, adjustment: dict[str, Any]
 ) -> None:
     result = await store.adjust(change("NEW-1", "k-new", **adjustment))
 
@@ -547,7 +570,7 @@ async def test_adjust_creates_an_unknown_sku(
 
 @pytest.mark.parametrize("adjustment", [{"delta": -7}, {"on_hand": 2}])
 async def test_adjust_below_reserved_is_refused_and_leaves_no_trace(
-    store: StockStore, db: asyncpg.Connection, adjustment: dict[str, int]
+    store: StockStore, db: asyncpg.Connection, adjustment: dict[str, Any]
 ) -> None:
     await stock_up(store, {"A": 10})
     await store.reserve_batch([hold("r-1", ("A", 4))])
@@ -618,13 +641,13 @@ async def test_repeating_an_adjustment_applies_it_once(
     ],
 )
 async def test_reusing_an_adjustment_key_for_other_content_conflicts(
-    store: StockStore, db: asyncpg.Connection, other: dict[str, object]
+    store: StockStore, db: asyncpg.Connection, other: dict[str, Any]
 ) -> None:
     await stock_up(store, {"A": 10, "B": 10})
     await store.adjust(change("A", "k-1", delta=5))
     before = [await row(db, sku) for sku in "AB"]
 
-    result = await store.adjust(change(key="k-1", **other))  # type: ignore[arg-type]
+    result = await store.adjust(change(key="k-1", **other))
 
     assert result.code is AdjustCode.CONFLICT
     assert [await row(db, sku) for sku in "AB"] == before
@@ -640,7 +663,7 @@ async def test_concurrent_repeats_of_an_adjustment_apply_it_once(
     results = await asyncio.gather(*(store.adjust(command) for _ in range(8)))
 
     assert sorted(r.code for r in results) == [AdjustCode.APPLIED] + [AdjustCode.REPEAT] * 7
-    assert (await row(db, "A"))[0] == 11  # type: ignore[index]
+    assert (await units(db, "A"))[0] == 11
     await assert_ledger_matches_stock(db)
 
 
@@ -721,13 +744,13 @@ async def test_concurrent_batches_locking_in_opposite_orders_never_deadlock_or_o
     )
     held_units = {r["sku"]: r["units"] for r in held}
     for sku in skus:
-        on_hand, reserved, _ = await row(db, sku)  # type: ignore[misc]
+        on_hand, reserved = await units(db, sku)
         assert on_hand == 40
         assert reserved == held_units.get(sku, 0)
         assert reserved <= on_hand
     # Every reservation wants HOT-2 and HOT-3, and there are far more than 40 of them.
-    assert (await row(db, "HOT-2"))[1] == 40  # type: ignore[index]
-    assert (await row(db, "HOT-3"))[1] == 40  # type: ignore[index]
+    assert (await units(db, "HOT-2"))[1] == 40
+    assert (await units(db, "HOT-3"))[1] == 40
     await assert_ledger_matches_stock(db)
 
 
@@ -761,7 +784,7 @@ async def test_concurrent_reserves_and_releases_of_shared_skus_never_deadlock(
 
     assert [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()] == []
     for sku in skus:
-        assert (await row(db, sku))[:2] == (1000, 60)  # type: ignore[index]
+        assert await units(db, sku) == (1000, 60)
     await assert_ledger_matches_stock(db)
 
 
@@ -783,5 +806,41 @@ async def test_concurrent_reserves_with_one_id_hold_it_once(
     codes = [results[0].code for results, _ in outcomes]
     assert codes.count(ReserveCode.HELD) == 8
     assert codes.count(ReserveCode.REPEAT) == 56
-    assert (await row(db, "A"))[:2] == (100, 24)  # type: ignore[index]
+    assert await units(db, "A") == (100, 24)
+    await assert_ledger_matches_stock(db)
+
+
+async def test_an_id_taken_by_a_concurrent_batch_leaves_its_units_to_the_rest_of_the_batch(
+    store: StockStore, db: asyncpg.Connection
+) -> None:
+    await stock_up(store, {"A": 10, "B": 10})
+    rival = hold("r-x", ("B", 1))
+    ours = hold("r-x", ("A", 2))
+    # Another transaction holds r-x for other content and has not committed yet.
+    open_tx = db.transaction()
+    await open_tx.start()
+    await db.fetch(
+        "SELECT * FROM stockcore.reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        [rival.reservation_id],
+        [rival.fingerprint],
+        [rival.ttl_ms],
+        [rival.caller],
+        [1],
+        [1],
+        [shard_of("B", SHARDS)],
+        ["B"],
+        [1],
+    )
+    try:
+        batch = asyncio.create_task(store.reserve_batch([ours, hold("r-y", ("A", 9))]))
+        await asyncio.sleep(0.3)
+        assert not batch.done(), "the batch should wait for the rival's id"
+    finally:
+        await open_tx.commit()
+    (taken, other), _ = await asyncio.wait_for(batch, 10)
+
+    assert taken.code is ReserveCode.CONFLICT
+    # r-x holds nothing of A, so all 10 units were there for r-y.
+    assert (other.code, other.shortages) == (ReserveCode.HELD, ())
+    assert await units(db, "A") == (10, 9)
     await assert_ledger_matches_stock(db)

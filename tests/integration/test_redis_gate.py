@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import pytest
 import redis.asyncio as aioredis
@@ -289,7 +289,7 @@ async def test_a_lock_lapses_after_its_ttl(gate: AdmissionGate) -> None:
 
 async def test_every_call_on_an_unreachable_redis_raises_gate_unavailable(clean: Servers) -> None:
     gate = AdmissionGate.from_url(CLOSED_PORT_URL)
-    calls = {
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
         "admit": lambda: gate.admit([hold("r-1", ("A", 1))], later_ms()),
         "settle": lambda: gate.settle(clear=["r-1"]),
         "stale_pending": lambda: gate.stale_pending(now_ms()),
@@ -303,7 +303,7 @@ async def test_every_call_on_an_unreachable_redis_raises_gate_unavailable(clean:
     try:
         for name, call in calls.items():
             try:
-                await call()  # type: ignore[operator]
+                await call()
             except GateUnavailable:
                 continue
             silent.append(name)

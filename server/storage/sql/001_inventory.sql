@@ -117,106 +117,122 @@ CREATE TYPE stockcore.batch_row AS (
 -- Hold stock for many reservations in one transaction. Reservation i owns lines
 -- p_first[i] .. p_first[i] + p_count[i] - 1 of the line arrays; lines are distinct SKUs.
 -- Codes (kind 1): 0 held, 1 repeat of an earlier identical request, 2 id taken by a
--- different request, 3 rejected (kind 2 rows follow: code 3 short, code 4 unknown SKU).
+-- different request, 3 rejected (kind 2 rows follow: code 3 short, with the units
+-- available to it in on_hand; code 4 unknown SKU).
+--
+-- The batch's stock rows are locked first, in one global order (so batches never
+-- deadlock), and read once; reservations are then admitted in turn against what is
+-- left (each row inserted as it is admitted), and each SKU gets ONE conditional
+-- UPDATE for the batch's total. Updating a
+-- hot row once per batch, not once per reservation, keeps its version chain short.
 CREATE FUNCTION stockcore.reserve_batch(
     p_ids text[], p_fingerprints bytea[], p_ttl_ms bigint[], p_callers text[],
     p_first int[], p_count int[], p_shards smallint[], p_skus text[], p_qtys bigint[]
 ) RETURNS SETOF stockcore.batch_row
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Custom plans of statements on the partitioned stock table are re-planned on every
+-- call, and planning them costs more than running them.
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
-    v_now    timestamptz := now();
-    r        stockcore.reservations;
-    o        stockcore.batch_row;
-    lo       int;
-    hi       int;
-    failed   int;
-    s        stockcore.stock;
+    v_now      timestamptz := now();
+    u_skus     text[];
+    u_left     bigint[];
+    r          stockcore.reservations;
+    o          stockcore.batch_row;
+    k          int;
+    fits       boolean;
+    taken_idx  int[] := '{}';
+    later_idx  int[] := '{}';
+    v_rows     int;
+    v_skus     int;
 BEGIN
-    -- Every batch locks its stock rows in one global order, so batches never deadlock.
-    PERFORM 1 FROM stockcore.stock st
-      JOIN (SELECT DISTINCT u.sh, u.sk FROM unnest(p_shards, p_skus) AS u(sh, sk)) t
-        ON st.shard = t.sh AND st.sku = t.sk
-     ORDER BY st.shard, st.sku
-       FOR UPDATE OF st;
+    SELECT array_agg(l.sku ORDER BY l.shard, l.sku), array_agg(l.on_hand - l.reserved ORDER BY l.shard, l.sku)
+      INTO u_skus, u_left
+      FROM (SELECT st.shard, st.sku, st.on_hand, st.reserved
+              FROM stockcore.stock st
+              JOIN (SELECT DISTINCT u.sh, u.sk FROM unnest(p_shards, p_skus) AS u(sh, sk)) t
+                ON st.shard = t.sh AND st.sku = t.sk
+             ORDER BY st.shard, st.sku
+               FOR UPDATE OF st) l;
 
     FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
-        lo := p_first[i];
-        hi := p_first[i] + p_count[i] - 1;
-        o := ROW(1, i, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
-
+        -- Also finds an id held earlier in this batch: the row is already written.
         SELECT * INTO r FROM stockcore.reservations WHERE reservation_id = p_ids[i];
-        IF NOT FOUND THEN
-            failed := NULL;
-            FOR j IN lo .. hi LOOP
-                UPDATE stockcore.stock
-                   SET reserved = reserved + p_qtys[j], version = version + 1, updated_at = v_now
-                 WHERE shard = p_shards[j] AND sku = p_skus[j] AND on_hand - reserved >= p_qtys[j];
-                IF NOT FOUND THEN
-                    failed := j;
-                    EXIT;
-                END IF;
-            END LOOP;
-
-            IF failed IS NOT NULL THEN
-                -- Give back the lines held so far; the transaction still holds their locks.
-                FOR j IN lo .. failed - 1 LOOP
-                    UPDATE stockcore.stock
-                       SET reserved = reserved - p_qtys[j], version = version + 1, updated_at = v_now
-                     WHERE shard = p_shards[j] AND sku = p_skus[j] AND reserved >= p_qtys[j];
-                END LOOP;
-                o.code := 3;
-                RETURN NEXT o;
-                FOR j IN lo .. hi LOOP
-                    SELECT * INTO s FROM stockcore.stock WHERE shard = p_shards[j] AND sku = p_skus[j];
-                    IF NOT FOUND THEN
-                        RETURN NEXT ROW(2, i, 4, NULL, NULL, NULL, NULL, NULL, NULL, p_skus[j], NULL, NULL, NULL)::stockcore.batch_row;
-                    ELSIF s.on_hand - s.reserved < p_qtys[j] THEN
-                        RETURN NEXT ROW(2, i, 3, NULL, NULL, NULL, NULL, NULL, NULL, p_skus[j], s.on_hand, s.reserved, s.version)::stockcore.batch_row;
-                    END IF;
-                END LOOP;
-                CONTINUE;
+        IF FOUND THEN
+            RETURN NEXT ROW(1, i, CASE WHEN r.fingerprint = p_fingerprints[i] THEN 1 ELSE 2 END,
+                            r.status, r.created_at, r.expires_at, r.finished_at, r.skus,
+                            r.quantities, NULL, NULL, NULL, NULL)::stockcore.batch_row;
+            CONTINUE;
+        END IF;
+        fits := true;
+        FOR j IN p_first[i] .. p_first[i] + p_count[i] - 1 LOOP
+            k := array_position(u_skus, p_skus[j]);
+            IF k IS NULL OR u_left[k] < p_qtys[j] THEN
+                fits := false;
             END IF;
-
+        END LOOP;
+        IF fits THEN
             INSERT INTO stockcore.reservations
                    (reservation_id, status, shards, skus, quantities, fingerprint, caller,
                     created_at, expires_at)
-            VALUES (p_ids[i], 1, p_shards[lo:hi], p_skus[lo:hi], p_qtys[lo:hi], p_fingerprints[i],
+            VALUES (p_ids[i], 1, p_shards[p_first[i] : p_first[i] + p_count[i] - 1],
+                    p_skus[p_first[i] : p_first[i] + p_count[i] - 1],
+                    p_qtys[p_first[i] : p_first[i] + p_count[i] - 1], p_fingerprints[i],
                     p_callers[i], v_now, v_now + p_ttl_ms[i] * interval '1 millisecond')
-            ON CONFLICT (reservation_id) DO NOTHING
-            RETURNING * INTO r;
-            IF FOUND THEN
-                INSERT INTO stockcore.movements
-                       (sku, kind, on_hand_delta, reserved_delta, reservation_id, caller, created_at)
-                SELECT p_skus[j], 'reserve', 0, p_qtys[j], p_ids[i], p_callers[i], v_now
-                  FROM generate_series(lo, hi) AS j;
-                o.code := 0;
-                o.status := r.status;
-                o.created_at := r.created_at;
-                o.expires_at := r.expires_at;
-                o.skus := r.skus;
-                o.quantities := r.quantities;
-                RETURN NEXT o;
+            ON CONFLICT (reservation_id) DO NOTHING;
+            IF NOT FOUND THEN
+                later_idx := later_idx || i;  -- a concurrent transaction created it first
                 CONTINUE;
             END IF;
-
-            -- A concurrent transaction inserted the same id first: undo ours, report theirs.
-            FOR j IN lo .. hi LOOP
-                UPDATE stockcore.stock
-                   SET reserved = reserved - p_qtys[j], version = version + 1, updated_at = v_now
-                 WHERE shard = p_shards[j] AND sku = p_skus[j] AND reserved >= p_qtys[j];
+            FOR j IN p_first[i] .. p_first[i] + p_count[i] - 1 LOOP
+                k := array_position(u_skus, p_skus[j]);
+                u_left[k] := u_left[k] - p_qtys[j];
             END LOOP;
-            SELECT * INTO r FROM stockcore.reservations WHERE reservation_id = p_ids[i];
+            taken_idx := taken_idx || i;
+            CONTINUE;
         END IF;
-
-        o.code := CASE WHEN r.fingerprint = p_fingerprints[i] THEN 1 ELSE 2 END;
-        o.status := r.status;
-        o.created_at := r.created_at;
-        o.expires_at := r.expires_at;
-        o.finished_at := r.finished_at;
-        o.skus := r.skus;
-        o.quantities := r.quantities;
-        RETURN NEXT o;
+        RETURN NEXT ROW(1, i, 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::stockcore.batch_row;
+        FOR j IN p_first[i] .. p_first[i] + p_count[i] - 1 LOOP
+            k := array_position(u_skus, p_skus[j]);
+            IF k IS NULL THEN
+                RETURN NEXT ROW(2, i, 4, NULL, NULL, NULL, NULL, NULL, NULL, p_skus[j], NULL, NULL, NULL)::stockcore.batch_row;
+            ELSIF u_left[k] < p_qtys[j] THEN
+                RETURN NEXT ROW(2, i, 3, NULL, NULL, NULL, NULL, NULL, NULL, p_skus[j],
+                                greatest(u_left[k], 0), NULL, NULL)::stockcore.batch_row;
+            END IF;
+        END LOOP;
     END LOOP;
+
+    UPDATE stockcore.stock st
+       SET reserved = st.reserved + d.q, version = st.version + 1, updated_at = v_now
+      FROM (SELECT p_shards[j] AS sh, p_skus[j] AS sk, sum(p_qtys[j]) AS q
+              FROM unnest(taken_idx) AS a(i),
+                   generate_series(p_first[a.i], p_first[a.i] + p_count[a.i] - 1) AS j
+             GROUP BY 1, 2) d
+     WHERE st.shard = d.sh AND st.sku = d.sk AND st.on_hand - st.reserved >= d.q;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    SELECT count(DISTINCT p_skus[j]) INTO v_skus
+      FROM unnest(taken_idx) AS a(i), generate_series(p_first[a.i], p_first[a.i] + p_count[a.i] - 1) AS j;
+    IF v_rows <> v_skus THEN
+        RAISE EXCEPTION 'stock changed under the batch lock' USING ERRCODE = 'data_corrupted';
+    END IF;
+
+    INSERT INTO stockcore.movements
+           (sku, kind, on_hand_delta, reserved_delta, reservation_id, caller, created_at)
+    SELECT p_skus[j], 'reserve', 0, p_qtys[j], p_ids[a.i], p_callers[a.i], v_now
+      FROM unnest(taken_idx) AS a(i), generate_series(p_first[a.i], p_first[a.i] + p_count[a.i] - 1) AS j;
+
+    -- Held here (code 0); or found taken by a concurrent transaction (code 1 or 2,
+    -- by fingerprint).
+    RETURN QUERY
+        SELECT 1::smallint, a.i,
+               (CASE WHEN a.i = ANY (taken_idx) THEN 0
+                     WHEN rr.fingerprint = p_fingerprints[a.i] THEN 1 ELSE 2 END)::smallint,
+               rr.status, rr.created_at, rr.expires_at, rr.finished_at, rr.skus, rr.quantities,
+               NULL::text, NULL::bigint, NULL::bigint, NULL::bigint
+          FROM unnest(taken_idx || later_idx) AS a(i)
+          JOIN stockcore.reservations rr ON rr.reservation_id = p_ids[a.i];
 
     RETURN QUERY
         SELECT 3::smallint, NULL::int, NULL::smallint, NULL::smallint, NULL::timestamptz,
@@ -229,88 +245,93 @@ END $$;
 
 -- End HELD reservations: p_target 2 commits, 3 releases, 4 expires (only when due).
 -- A commit or release that finds the hold past its expiry expires it instead.
--- Codes (kind 1): 0 applied, 1 left as it was (see status), 4 unknown reservation.
+-- Codes (kind 1): 0 applied (only the first request of an id in the batch), 1 left
+-- as it was (see status), 4 unknown reservation. Each SKU gets one UPDATE per batch.
 CREATE FUNCTION stockcore.finish_batch(p_ids text[], p_target smallint, p_callers text[])
 RETURNS SETOF stockcore.batch_row
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     v_now     timestamptz := now();
-    r         stockcore.reservations;
-    o         stockcore.batch_row;
-    v_status  smallint;
-    v_kind    text;
-    v_count   int;
-    t_shards  smallint[] := '{}';
-    t_skus    text[] := '{}';
+    ch_ids    text[];
+    ch_status smallint[];
+    ch_caller text[];
+    v_rows    int;
+    v_skus    int;
 BEGIN
     -- Lock order everywhere: reservations by id, then stock rows by (shard, sku).
     PERFORM 1 FROM stockcore.reservations
      WHERE reservation_id = ANY (p_ids) ORDER BY reservation_id FOR UPDATE;
+
+    -- A hold past its expiry is expired, whatever the caller asked; expiry of a hold
+    -- not yet due changes nothing.
+    SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}'), coalesce(array_agg(c.st ORDER BY c.id), '{}'),
+           coalesce(array_agg(c.caller ORDER BY c.id), '{}')
+      INTO ch_ids, ch_status, ch_caller
+      FROM (SELECT rr.reservation_id AS id,
+                   (CASE WHEN rr.expires_at <= v_now AND p_target IN (2, 3) THEN 4 ELSE p_target END)::smallint AS st,
+                   (array_agg(u.caller ORDER BY u.idx))[1] AS caller
+              FROM stockcore.reservations rr
+              JOIN unnest(p_ids, p_callers) WITH ORDINALITY AS u(id, caller, idx) ON u.id = rr.reservation_id
+             WHERE rr.status = 1 AND (p_target <> 4 OR rr.expires_at <= v_now)
+             GROUP BY rr.reservation_id, rr.expires_at) c;
+
     PERFORM 1 FROM stockcore.stock st
       JOIN (SELECT DISTINCT u.sh, u.sk
               FROM stockcore.reservations rr, unnest(rr.shards, rr.skus) AS u(sh, sk)
-             WHERE rr.reservation_id = ANY (p_ids) AND rr.status = 1) t
+             WHERE rr.reservation_id = ANY (ch_ids)) t
         ON st.shard = t.sh AND st.sku = t.sk
      ORDER BY st.shard, st.sku
        FOR UPDATE OF st;
 
-    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
-        o := ROW(1, i, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
-        SELECT * INTO r FROM stockcore.reservations WHERE reservation_id = p_ids[i];
-        IF NOT FOUND THEN
-            o.code := 4;
-            RETURN NEXT o;
-            CONTINUE;
-        END IF;
-        o.code := 1;
-        IF r.status = 1 THEN
-            v_status := p_target;
-            -- A hold past its expiry is expired, whatever the caller asked.
-            IF v_status IN (2, 3) AND r.expires_at <= v_now THEN
-                v_status := 4;
-            END IF;
-            IF v_status <> 4 OR r.expires_at <= v_now THEN
-                UPDATE stockcore.stock st
-                   SET on_hand = st.on_hand - CASE WHEN v_status = 2 THEN u.q ELSE 0 END,
-                       reserved = st.reserved - u.q,
-                       version = st.version + 1,
-                       updated_at = v_now
-                  FROM unnest(r.shards, r.skus, r.quantities) AS u(sh, sk, q)
-                 WHERE st.shard = u.sh AND st.sku = u.sk AND st.reserved >= u.q AND st.on_hand >= u.q;
-                GET DIAGNOSTICS v_count = ROW_COUNT;
-                IF v_count <> cardinality(r.skus) THEN
-                    RAISE EXCEPTION 'stock of reservation % does not cover its hold', r.reservation_id
-                        USING ERRCODE = 'data_corrupted';
-                END IF;
-                UPDATE stockcore.reservations SET status = v_status, finished_at = v_now
-                 WHERE reservation_id = r.reservation_id
-                RETURNING * INTO r;
-                v_kind := CASE v_status WHEN 2 THEN 'commit' WHEN 3 THEN 'release' ELSE 'expire' END;
-                INSERT INTO stockcore.movements
-                       (sku, kind, on_hand_delta, reserved_delta, reservation_id, caller, created_at)
-                SELECT u.sk, v_kind, CASE WHEN v_status = 2 THEN -u.q ELSE 0 END, -u.q,
-                       r.reservation_id, p_callers[i], v_now
-                  FROM unnest(r.skus, r.quantities) AS u(sk, q);
-                t_shards := t_shards || r.shards;
-                t_skus := t_skus || r.skus;
-                o.code := 0;
-            END IF;
-        END IF;
-        o.status := r.status;
-        o.created_at := r.created_at;
-        o.expires_at := r.expires_at;
-        o.finished_at := r.finished_at;
-        o.skus := r.skus;
-        o.quantities := r.quantities;
-        RETURN NEXT o;
-    END LOOP;
+    UPDATE stockcore.stock st
+       SET on_hand = st.on_hand - d.oh, reserved = st.reserved - d.rs,
+           version = st.version + 1, updated_at = v_now
+      FROM (SELECT u.sh, u.sk, sum(CASE WHEN c.st = 2 THEN u.q ELSE 0 END) AS oh, sum(u.q) AS rs
+              FROM unnest(ch_ids, ch_status) AS c(id, st)
+              JOIN stockcore.reservations rr ON rr.reservation_id = c.id,
+                   unnest(rr.shards, rr.skus, rr.quantities) AS u(sh, sk, q)
+             GROUP BY u.sh, u.sk) d
+     WHERE st.shard = d.sh AND st.sku = d.sk AND st.reserved >= d.rs AND st.on_hand >= d.oh;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    SELECT count(DISTINCT u.sk) INTO v_skus
+      FROM stockcore.reservations rr, unnest(rr.skus) AS u(sk)
+     WHERE rr.reservation_id = ANY (ch_ids);
+    IF v_rows <> v_skus THEN
+        RAISE EXCEPTION 'stock does not cover the holds being finished' USING ERRCODE = 'data_corrupted';
+    END IF;
+
+    UPDATE stockcore.reservations rr SET status = c.st, finished_at = v_now
+      FROM unnest(ch_ids, ch_status) AS c(id, st)
+     WHERE rr.reservation_id = c.id;
+
+    INSERT INTO stockcore.movements
+           (sku, kind, on_hand_delta, reserved_delta, reservation_id, caller, created_at)
+    SELECT u.sk, CASE c.st WHEN 2 THEN 'commit' WHEN 3 THEN 'release' ELSE 'expire' END,
+           CASE WHEN c.st = 2 THEN -u.q ELSE 0 END, -u.q, c.id, c.caller, v_now
+      FROM unnest(ch_ids, ch_status, ch_caller) AS c(id, st, caller)
+      JOIN stockcore.reservations rr ON rr.reservation_id = c.id,
+           unnest(rr.skus, rr.quantities) AS u(sk, q);
+
+    RETURN QUERY
+        SELECT 1::smallint, u.idx::int,
+               (CASE WHEN rr.reservation_id IS NULL THEN 4
+                     WHEN u.id = ANY (ch_ids) AND u.idx = min(u.idx) OVER (PARTITION BY u.id) THEN 0
+                     ELSE 1 END)::smallint,
+               rr.status, rr.created_at, rr.expires_at, rr.finished_at, rr.skus, rr.quantities,
+               NULL::text, NULL::bigint, NULL::bigint, NULL::bigint
+          FROM unnest(p_ids) WITH ORDINALITY AS u(id, idx)
+          LEFT JOIN stockcore.reservations rr ON rr.reservation_id = u.id;
 
     RETURN QUERY
         SELECT 3::smallint, NULL::int, NULL::smallint, NULL::smallint, NULL::timestamptz,
                NULL::timestamptz, NULL::timestamptz, NULL::text[], NULL::bigint[],
                st.sku, st.on_hand, st.reserved, st.version
           FROM stockcore.stock st
-          JOIN (SELECT DISTINCT u.sh, u.sk FROM unnest(t_shards, t_skus) AS u(sh, sk)) t
+          JOIN (SELECT DISTINCT u.sh, u.sk
+                  FROM stockcore.reservations rr, unnest(rr.shards, rr.skus) AS u(sh, sk)
+                 WHERE rr.reservation_id = ANY (ch_ids)) t
             ON st.shard = t.sh AND st.sku = t.sk;
 END $$;
 
