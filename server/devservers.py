@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+# Resolved once here: looking symbols up in a freshly forked child is not safe.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,7 +38,7 @@ def _child_setup(uid: int | None, gid: int | None, death_signal: int) -> Callabl
             os.setgid(gid)
             os.setuid(uid)
         # Set after the credential change: changing credentials clears the setting.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        _prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
 
     return setup
 

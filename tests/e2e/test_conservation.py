@@ -314,3 +314,17 @@ async def test_conservation_when_server_is_killed(clean: Servers) -> None:
 
     run = await hammer(clean, kill_server)
     _assert_busy(run)
+
+
+async def test_conservation_when_postgres_is_killed(clean: Servers) -> None:
+    if clean.pg is None:
+        pytest.skip("PostgreSQL is external (STOCKCORE_PG_DSN); this test needs to kill its own")
+    postgres = clean.pg
+
+    async def kill_postgres(_: LocalStockcore) -> None:
+        postgres.kill()
+        await asyncio.sleep(1.0)
+        postgres.start()  # crash recovery replays the WAL (clients wait meanwhile)
+
+    run = await hammer(clean, kill_postgres)
+    _assert_busy(run)

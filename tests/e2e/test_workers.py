@@ -1,0 +1,52 @@
+"""Several worker processes share one port, each with its own metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+from stockcore.v1 import inventory_pb2 as pb
+from stockcore.v1 import inventory_pb2_grpc as pb_grpc
+
+from server.devservers import LocalStockcore, free_port
+from tests.conftest import SHARDS, Servers
+
+
+def _served(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("stockcore_rpc_duration_seconds_count{") and 'method="GetStock"' in line
+    )
+
+
+async def test_two_workers_share_the_port_and_both_serve(clean: Servers) -> None:
+    metrics = free_port()
+    server = LocalStockcore(
+        clean.pg_dsn,
+        clean.redis_url,
+        SHARDS,
+        STOCKCORE_WORKERS="2",
+        STOCKCORE_METRICS_PORT=str(metrics),
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            await pb_grpc.InventoryServiceStub(channel).AdjustStock(
+                pb.AdjustStockRequest(sku="W-1", on_hand=3, reason="restock", idempotency_key="w1")
+            )
+        for i in range(40):  # new connections are spread over the workers by the kernel
+            options = [("grpc.use_local_subchannel_pool", 1), ("grpc.primary_user_agent", f"c{i}")]
+            async with grpc.aio.insecure_channel(server.target, options=options) as channel:
+                reply = await pb_grpc.InventoryServiceStub(channel).GetStock(
+                    pb.GetStockRequest(skus=["W-1"])
+                )
+                assert reply.levels[0].available == 3
+        counts = await asyncio.gather(
+            asyncio.to_thread(_served, metrics), asyncio.to_thread(_served, metrics + 1)
+        )
+        assert sum(counts) == 40 and min(counts) > 0, counts
+    finally:
+        server.stop()
