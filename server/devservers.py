@@ -155,9 +155,13 @@ class LocalPostgres:
         logf.close()
         _wait_for_port(self.port, self.proc, log, 60)
         self._wait_ready(bindir)
-        exists = subprocess.run(
+        self._create_database(bindir)
+
+    def _psql(self, bindir: Path, sql: str) -> str:
+        psql = bindir / "psql"
+        done = subprocess.run(
             [
-                str(bindir.parent / "bin" / "psql") if (bindir / "psql").exists() else "psql",
+                str(psql) if psql.exists() else "psql",
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -167,30 +171,18 @@ class LocalPostgres:
                 "-d",
                 "postgres",
                 "-tAc",
-                f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
+                sql,
             ],
             check=True,
             capture_output=True,
             text=True,
-        ).stdout.strip()
+        )
+        return done.stdout.strip()
+
+    def _create_database(self, bindir: Path) -> None:
+        exists = self._psql(bindir, f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'")
         if exists != "1":
-            subprocess.run(
-                [
-                    "psql",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    self.user,
-                    "-d",
-                    "postgres",
-                    "-c",
-                    f'CREATE DATABASE "{self.database}"',
-                ],
-                check=True,
-                capture_output=True,
-            )
+            self._psql(bindir, f'CREATE DATABASE "{self.database}"')
 
     def _wait_ready(self, bindir: Path) -> None:
         isready = bindir / "pg_isready"
