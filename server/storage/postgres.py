@@ -51,6 +51,7 @@ _UNREACHABLE = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.QueryCanceledError,
+    asyncpg.InternalClientError,
 )
 
 
@@ -224,7 +225,14 @@ class StockStore:
         for attempt in range(attempts):
             try:
                 async with self._pool.acquire() as conn:
-                    return await work(conn)
+                    try:
+                        return await work(conn)
+                    except _UNREACHABLE:
+                        # A connection that failed mid-operation may be in any state:
+                        # the pool must open a new one rather than reuse it (sessions
+                        # are not reset on release).
+                        conn.terminate()
+                        raise
             except _RETRYABLE as exc:
                 if attempt == attempts - 1:
                     raise

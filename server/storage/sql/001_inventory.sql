@@ -129,11 +129,7 @@ CREATE FUNCTION stockcore.reserve_batch(
     p_ids text[], p_fingerprints bytea[], p_ttl_ms bigint[], p_callers text[],
     p_first int[], p_count int[], p_shards smallint[], p_skus text[], p_qtys bigint[]
 ) RETURNS SETOF stockcore.batch_row
-LANGUAGE plpgsql
--- Custom plans of statements on the partitioned stock table are re-planned on every
--- call, and planning them costs more than running them.
-SET plan_cache_mode = force_generic_plan
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_now      timestamptz := now();
     u_skus     text[];
@@ -249,9 +245,7 @@ END $$;
 -- as it was (see status), 4 unknown reservation. Each SKU gets one UPDATE per batch.
 CREATE FUNCTION stockcore.finish_batch(p_ids text[], p_target smallint, p_callers text[])
 RETURNS SETOF stockcore.batch_row
-LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_now     timestamptz := now();
     ch_ids    text[];
