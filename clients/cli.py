@@ -16,6 +16,8 @@ from typing import TextIO, assert_never
 
 from clients.errors import FailedPrecondition, InvalidArgument, NotFound, StockcoreError
 from clients.inventory import InventoryClient, Reservation, StockLevel, check_caller
+from clients.order_cli import ORDER_COMMANDS, OrderCommand, add_order_commands, execute_order
+from clients.orders import OrderClient
 
 #: Environment variable naming the server when --target is not given.
 TARGET_ENV = "STOCKCORE_TARGET"
@@ -93,7 +95,8 @@ class GetReservation:
     reservation_id: str
 
 
-Command = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
+StockCommand = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
+Command = StockCommand | OrderCommand
 
 
 def parse_line(text: str) -> tuple[str, int]:
@@ -186,7 +189,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, default_target: str 
 def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     """Build the stockctl argument parser; `default_target` is used when --target is absent."""
     parser = argparse.ArgumentParser(
-        prog="stockctl", description="Read and change stockcore inventory."
+        prog="stockctl", description="Read and change stockcore inventory and orders."
     )
     _add_global_options(parser, default_target=default_target)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -252,6 +255,8 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
     show = leaf(reservation_commands, "get", "show a reservation with its lines and times")
     show.add_argument("reservation_id", metavar="ID")
     show.set_defaults(make=lambda ns: GetReservation(reservation_id=ns.reservation_id))
+
+    add_order_commands(commands, leaf)
     return parser
 
 
@@ -357,7 +362,7 @@ def format_reservation(reservation: Reservation) -> str:
     return f"{fields}\n\n{lines}"
 
 
-async def execute(client: InventoryClient, command: Command) -> tuple[object, str]:
+async def execute(client: InventoryClient, command: StockCommand) -> tuple[object, str]:
     """Perform a command; return its result as JSON-ready data and as readable text."""
     match command:
         case GetStock(skus=skus):
@@ -397,6 +402,12 @@ async def execute(client: InventoryClient, command: Command) -> tuple[object, st
 
 async def run(options: GlobalOptions, command: Command, *, out: TextIO) -> None:
     """Connect with `options`, perform `command` and print its result to `out`."""
+    if isinstance(command, ORDER_COMMANDS):
+        async with OrderClient(
+            options.target, caller=options.caller, default_timeout=options.timeout
+        ) as orders:
+            await execute_order(orders, command, out=out, as_json=options.json)
+        return
     async with InventoryClient(
         options.target, caller=options.caller, default_timeout=options.timeout
     ) as client:

@@ -204,7 +204,7 @@ class InventoryClient:
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
     ) -> None:
         check_caller(caller)
-        _check_timeout(default_timeout)
+        check_timeout(default_timeout)
         self._default_timeout = default_timeout
         self._retry = retry
         self._metadata = ((CALLER_METADATA_KEY, caller),)
@@ -294,7 +294,7 @@ class InventoryClient:
         request = pb.ReserveRequest(
             reservation_id=reservation_id,
             lines=[pb.Line(sku=sku, quantity=quantity) for sku, quantity in pairs],
-            ttl=None if ttl is None else _duration(ttl),
+            ttl=None if ttl is None else to_duration(ttl),
         )
         response = await self._call(self._reserve, request, read=False, timeout=timeout)
         return _reservation(response.reservation)
@@ -360,7 +360,7 @@ class InventoryClient:
         timeout: float | None,
     ) -> _T:
         budget = self._default_timeout if timeout is None else timeout
-        _check_timeout(budget)
+        check_timeout(budget)
 
         async def send(seconds_left: float) -> _T:
             # Every attempt resends this same request, idempotency id included.
@@ -377,12 +377,14 @@ def check_caller(caller: str) -> str:
     return caller
 
 
-def _check_timeout(seconds: float) -> None:
+def check_timeout(seconds: float) -> None:
+    """Raise ValueError unless `seconds` is a usable deadline."""
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ValueError("timeout must be a positive number of seconds")
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
+def to_duration(seconds: float) -> duration_pb2.Duration:
+    """A protobuf Duration of a finite number of seconds."""
     if not math.isfinite(seconds):
         raise ValueError("ttl must be a finite number of seconds")
     duration = duration_pb2.Duration()
@@ -390,7 +392,8 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
-def _utc(timestamp: timestamp_pb2.Timestamp) -> datetime:
+def to_datetime(timestamp: timestamp_pb2.Timestamp) -> datetime:
+    """An aware UTC datetime of a protobuf Timestamp."""
     return timestamp.ToDatetime(tzinfo=UTC)
 
 
@@ -399,9 +402,9 @@ def _reservation(message: pb.Reservation) -> Reservation:
         reservation_id=message.reservation_id,
         status=ReservationStatus(message.status),
         lines=tuple(Line(line.sku, line.quantity) for line in message.lines),
-        create_time=_utc(message.create_time),
-        expire_time=_utc(message.expire_time),
-        finish_time=_utc(message.finish_time) if message.HasField("finish_time") else None,
+        create_time=to_datetime(message.create_time),
+        expire_time=to_datetime(message.expire_time),
+        finish_time=to_datetime(message.finish_time) if message.HasField("finish_time") else None,
     )
 
 

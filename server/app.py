@@ -17,16 +17,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from stockcore.v1 import inventory_pb2, inventory_pb2_grpc
+from stockcore.v1 import inventory_pb2, inventory_pb2_grpc, orders_pb2, orders_pb2_grpc
 
 from server import logs
 from server.config import Settings
 from server.domain.errors import Unavailable
 from server.inventory.core import InventoryCore
 from server.inventory.mirror import Mirror
+from server.orders.relay import Relay
+from server.orders.service import OrderCore
+from server.rpc import orders_convert
 from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import observe_servicer
+from server.rpc.orders_servicer import OrderServicer
+from server.storage.event_stream import EventStream
 from server.storage.migrations import migrate
+from server.storage.orders_pg import OrderStore
 from server.storage.postgres import StockStore
 from server.storage.redis_gate import AdmissionGate
 
@@ -34,6 +40,8 @@ log = logging.getLogger(__name__)
 
 _INVENTORY = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 INVENTORY_SERVICE = _INVENTORY.full_name
+_ORDERS = orders_pb2.DESCRIPTOR.services_by_name["OrderService"]
+ORDER_SERVICE = _ORDERS.full_name
 # Health of the Redis admission gate: NOT_SERVING while PostgreSQL serves alone.
 ADMISSION_GATE = "stockcore.admission_gate"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -62,7 +70,11 @@ class App:
     store: StockStore
     gate: AdmissionGate | None
     health: health_aio.HealthServicer
+    orders: OrderCore
+    relay: Relay
+    event_stream: EventStream | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _relay_task: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let calls in flight finish, then close storage."""
@@ -71,10 +83,27 @@ class App:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_relay()
+        await self.orders.stop()
         await self.core.stop()
+        if self.event_stream is not None:
+            await self.event_stream.close()
         if self.gate is not None:
             await self.gate.close()
         await self.store.close()
+
+    async def _stop_relay(self) -> None:
+        task = self._relay_task
+        if task is None:
+            return
+        self.relay.stop()
+        # A cancellation is only the fallback (see server/orders/relay.py).
+        for _ in range(10):
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if done:
+                return
+            task.cancel()
+        log.error("the order event relay did not stop")
 
 
 async def _report_health(app: App, interval: float) -> None:
@@ -86,6 +115,7 @@ async def _report_health(app: App, interval: float) -> None:
         except Unavailable:
             service = _NOT_SERVING
         await app.health.set(INVENTORY_SERVICE, service)
+        await app.health.set(ORDER_SERVICE, service)
         await app.health.set("", service)
         await app.health.set(ADMISSION_GATE, _SERVING if app.core.mirror.usable else _NOT_SERVING)
         await asyncio.sleep(interval)
@@ -102,7 +132,16 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     )
     gate = AdmissionGate.from_url(settings.redis_url) if settings.redis_url else None
     core = InventoryCore(settings, store, Mirror(gate, store, settings))
+    order_store = OrderStore(store, orders_convert.event_payload)
+    orders = OrderCore(settings, core, order_store)  # joins the core's expiry and guards
     await core.start()
+    orders.start()
+    event_stream = (
+        EventStream.from_url(settings.redis_url, settings.event_stream_maxlen)
+        if settings.redis_url
+        else None
+    )
+    relay = Relay(settings, event_stream, orders_convert.stamp)
 
     server = grpc.aio.server(
         options=[
@@ -114,16 +153,20 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     servicer = InventoryServicer(core, settings)
     observe_servicer(servicer, _INVENTORY.methods_by_name)
     inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    order_servicer = OrderServicer(orders, settings)
+    observe_servicer(order_servicer, _ORDERS.methods_by_name)
+    orders_pb2_grpc.add_OrderServiceServicer_to_server(order_servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [INVENTORY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [INVENTORY_SERVICE, ORDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
-    app = App(server, port, core, store, gate, health_servicer)
+    app = App(server, port, core, store, gate, health_servicer, orders, relay, event_stream)
     await health_servicer.set(ADMISSION_GATE, _SERVING if core.mirror.usable else _NOT_SERVING)
     app._tasks.append(asyncio.create_task(_report_health(app, 0.5), name="health"))
+    app._relay_task = asyncio.create_task(relay.run(), name="order-relay")
     log.info(
         "serving",
         extra={"address": f"{settings.grpc_host}:{port}", "redis_gate": core.mirror.usable},

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+
+CARRIER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 
 
 class SettingsError(ValueError):
@@ -41,6 +44,17 @@ class Settings:
     dev_pg_port: int = 54329
     dev_redis_port: int = 56389
     demo_catalogue: bool = True
+    # Carriers whose pick-ups ShipOrder accepts.
+    carriers: tuple[str, ...] = ("sf-express", "jd-logistics", "cainiao", "ups", "dhl", "fedex")
+    # How often the outbox relay looks for new order events, and how often a process
+    # that is not the relay asks whether it may take over.
+    relay_interval_s: float = 0.05
+    relay_standby_interval_s: float = 1.0
+    relay_batch: int = 500
+    # Approximate length the Redis event stream is trimmed to.
+    event_stream_maxlen: int = 1_000_000
+    # How often WatchOrders streams look for newly sequenced events.
+    watch_poll_interval_s: float = 0.05
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> Settings:
@@ -62,6 +76,18 @@ class Settings:
             ),
             (self.pending_grace_s > self.db_timeout_s, "pending_grace_s must exceed db_timeout_s"),
             (self.workers == 1 or self.grpc_port != 0, "several workers need a fixed grpc_port"),
+            (
+                bool(self.carriers) and all(CARRIER_PATTERN.fullmatch(c) for c in self.carriers),
+                "carriers must be a non-empty list of names of [a-z0-9._-]",
+            ),
+            (0 < self.relay_interval_s <= 1.0, "relay_interval_s must be in (0, 1]"),
+            (
+                0 < self.relay_standby_interval_s <= 10.0,
+                "relay_standby_interval_s must be in (0, 10]",
+            ),
+            (1 <= self.relay_batch <= 10_000, "relay_batch must be 1-10000"),
+            (self.event_stream_maxlen >= 1000, "event_stream_maxlen must be at least 1000"),
+            (0 < self.watch_poll_interval_s <= 1.0, "watch_poll_interval_s must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -73,7 +99,11 @@ class Settings:
         return replace(self, **changes).validate()  # type: ignore[arg-type]
 
 
-_ENV = {
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+_ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_PG_DSN": ("pg_dsn", str),
     "STOCKCORE_REDIS_URL": ("redis_url", str),
     "STOCKCORE_GRPC_HOST": ("grpc_host", str),
@@ -95,6 +125,12 @@ _ENV = {
     "STOCKCORE_DEV_PG_PORT": ("dev_pg_port", int),
     "STOCKCORE_DEV_REDIS_PORT": ("dev_redis_port", int),
     "STOCKCORE_DEMO_CATALOGUE": ("demo_catalogue", bool),
+    "STOCKCORE_CARRIERS": ("carriers", _parse_list),
+    "STOCKCORE_RELAY_INTERVAL": ("relay_interval_s", float),
+    "STOCKCORE_RELAY_STANDBY_INTERVAL": ("relay_standby_interval_s", float),
+    "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
+    "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
+    "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
 }
 
 

@@ -58,3 +58,26 @@ STALE_PENDING = Counter(
     "stockcore_stale_pending_total",
     "Redis pending holds dropped because their request died in flight.",
 )
+ORDER_TRANSITIONS = Counter(
+    "stockcore_order_transitions_total",
+    "Order status changes committed, by the status entered (PENDING_PAYMENT: created).",
+    ["status"],
+)
+EVENT_PUBLICATION_LAG = Histogram(
+    "stockcore_order_event_publication_lag_seconds",
+    "From an order event's commit to its publication on the Redis stream.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+EVENTS_PUBLISHED = Counter(
+    "stockcore_order_events_published_total",
+    "Order events added to the Redis stream (a retry after a crash may add one again).",
+)
+EVENTS_UNPUBLISHED = Gauge(
+    "stockcore_order_events_unpublished",
+    "Order events committed but not yet published, as last counted by the relay.",
+)
+RELAY_ACTIVE = Gauge(
+    "stockcore_order_relay_active",
+    "1 in the process that holds the outbox sequencer lock, 0 in those standing by.",
+)
+WATCH_STREAMS = Gauge("stockcore_order_watch_streams", "Open WatchOrders streams.")

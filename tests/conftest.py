@@ -74,7 +74,9 @@ async def reset_state(pg_dsn: str, redis_url: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
     try:
         await conn.execute(
-            "TRUNCATE stockcore.stock, stockcore.reservations, stockcore.movements, stockcore.adjustments"
+            "TRUNCATE stockcore.stock, stockcore.reservations, stockcore.movements,"
+            " stockcore.adjustments, stockcore.orders, stockcore.order_history,"
+            " stockcore.payments, stockcore.order_events"
         )
     finally:
         await conn.close()

@@ -70,13 +70,27 @@ class InsufficientStock(DomainError):
 
 
 class IllegalTransition(DomainError):
-    """The reservation is not in a state that allows the operation."""
+    """A reservation or order is not in a state that allows the operation; `allowed`
+    names the states it may move to next, when the caller can act on them."""
 
-    def __init__(self, subject: str, current: str, wanted: str, reason: str) -> None:
+    def __init__(
+        self, subject: str, current: str, wanted: str, reason: str, allowed: Sequence[str] = ()
+    ) -> None:
         self.subject = subject
         self.current = current
         self.wanted = wanted
+        self.allowed = tuple(allowed)
         super().__init__(reason)
+
+
+class PaymentMismatch(DomainError):
+    """A payment's amount or currency differs from the order's; nothing was changed."""
+
+    def __init__(self, order_id: str, expected: str, paid: str) -> None:
+        self.order_id = order_id
+        self.expected = expected
+        self.paid = paid
+        super().__init__(f"payment of {paid} does not match order {order_id!r} total {expected}")
 
 
 class StockFloorViolation(DomainError):

@@ -51,6 +51,7 @@ from server.storage.redis_gate import AdmitCode
 log = logging.getLogger(__name__)
 
 Followup = Callable[[], Awaitable[None]] | None
+FinishGuard = Callable[[Sequence[str]], Awaitable[dict[str, IllegalTransition]]]
 
 
 class InventoryCore:
@@ -66,7 +67,7 @@ class InventoryCore:
         self._finishers: dict[Finish, Batcher[tuple[str, str], Reservation]] = {
             finish: Batcher(
                 finish.name.lower(),
-                partial(self.finish, finish),
+                partial(self._finish_unowned, finish),
                 max_batch=settings.batch_max,
                 concurrency=2,
             )
@@ -75,6 +76,9 @@ class InventoryCore:
         self._tasks: list[asyncio.Task[None]] = []
         # Work that must commit with each expiry (orders register theirs before start()).
         self.expiry_hooks: list[Within[FinishResult]] = []
+        # Owners of reservations that Commit and Release may not finish (an order's hold
+        # ends only through the order); each maps ids to a refusal for those it owns.
+        self.finish_guards: list[FinishGuard] = []
 
     async def start(self) -> None:
         """Load the gate, then start the batchers, the expiry sweeper and the gate probe."""
@@ -240,6 +244,26 @@ class InventoryCore:
             await self.mirror.settle(levels=levels)
 
         return results, settle
+
+    async def _finish_unowned(
+        self, finish: Finish, requests: Sequence[tuple[str, str]]
+    ) -> tuple[list[Reservation | BaseException], Followup]:
+        """`finish` for callers of Commit and Release: reservations a guard claims are
+        refused, the rest finished."""
+        refused: dict[str, IllegalTransition] = {}
+        for guard in self.finish_guards:
+            refused.update(await guard([rid for rid, _ in requests]))
+        if not refused:
+            return await self.finish(finish, requests)
+        results: dict[int, Reservation | BaseException] = {
+            i: refused[rid] for i, (rid, _) in enumerate(requests) if rid in refused
+        }
+        kept = [i for i in range(len(requests)) if i not in results]
+        followup: Followup = None
+        if kept:
+            done, followup = await self.finish(finish, [requests[i] for i in kept])
+            results.update(zip(kept, done, strict=True))
+        return [results[i] for i in range(len(requests))], followup
 
 
 def _realign(

@@ -15,6 +15,7 @@ from server.domain.errors import (
     InsufficientStock,
     InvalidArgument,
     NotFound,
+    PaymentMismatch,
     StockFloorViolation,
     Unavailable,
 )
@@ -28,6 +29,7 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     InsufficientStock: grpc.StatusCode.FAILED_PRECONDITION,
     IllegalTransition: grpc.StatusCode.FAILED_PRECONDITION,
     StockFloorViolation: grpc.StatusCode.FAILED_PRECONDITION,
+    PaymentMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -99,7 +101,8 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
                         error_details_pb2.PreconditionFailure.Violation(
                             type="STATUS",
                             subject=exc.subject,
-                            description=f"status is {exc.current}",
+                            description=f"status is {exc.current}"
+                            + (f"; allowed next: {', '.join(exc.allowed)}" if exc.allowed else ""),
                         )
                     ]
                 )
@@ -115,6 +118,21 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
                             type="STOCK_FLOOR",
                             subject=exc.sku,
                             description=f"on_hand {exc.on_hand}, reserved {exc.reserved}, delta {exc.delta}",
+                        )
+                    ]
+                )
+            )
+        )
+    elif isinstance(exc, PaymentMismatch):
+        reason = "PAYMENT_MISMATCH"
+        details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type="PAYMENT_MISMATCH",
+                            subject=exc.order_id,
+                            description=f"order total {exc.expected}, paid {exc.paid}",
                         )
                     ]
                 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import grpc
@@ -13,25 +12,9 @@ from server.config import Settings
 from server.domain.inventory import adjust_command, distinct_skus, require_id, reserve_command
 from server.inventory.core import InventoryCore
 from server.rpc import convert
+from server.rpc.metadata import CALLER_KEY, caller_of, deadline_of
 
-CALLER_KEY = "stockcore-caller"
-MAX_CALLER = 100
-
-
-def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Who is calling: the stockcore-caller metadata value, else the peer address."""
-    for key, value in context.invocation_metadata() or ():
-        if key == CALLER_KEY and isinstance(value, str) and value:
-            return value[:MAX_CALLER]
-    return f"peer:{context.peer()}"[:MAX_CALLER]
-
-
-def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    """The caller's deadline as a time.monotonic() value, or None."""
-    remaining = context.time_remaining()
-    if remaining is None:
-        return None
-    return time.monotonic() + remaining
+__all__ = ["CALLER_KEY", "InventoryServicer", "caller_of", "deadline_of"]
 
 
 class InventoryServicer(pb_grpc.InventoryServiceServicer):

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from stockcore.v1 import inventory_pb2_grpc
+from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 
 from server.app import App, create_server
 from server.config import Settings
@@ -33,3 +33,16 @@ async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
 def stub(channel: grpc.aio.Channel) -> inventory_pb2_grpc.InventoryServiceStub:
     """The inventory stub."""
     return inventory_pb2_grpc.InventoryServiceStub(channel)
+
+
+@pytest.fixture
+def orders(channel: grpc.aio.Channel) -> orders_pb2_grpc.OrderServiceStub:
+    """The order stub."""
+    return orders_pb2_grpc.OrderServiceStub(channel)
+
+
+@pytest.fixture
+def dsn(settings: Settings) -> str:
+    """The test database, for checks that read it directly."""
+    assert settings.pg_dsn is not None
+    return settings.pg_dsn

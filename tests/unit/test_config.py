@@ -236,3 +236,47 @@ def test_overrides_are_validated() -> None:
 def test_settings_are_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().shard_count = 2  # type: ignore[misc]
+
+
+def test_carriers_come_from_a_comma_separated_list() -> None:
+    settings = from_env({"STOCKCORE_CARRIERS": " dhl, ups ,,sf-express "})
+
+    assert settings.carriers == ("dhl", "ups", "sf-express")
+
+
+def test_the_default_carriers_are_the_documented_ones() -> None:
+    assert Settings().carriers == ("sf-express", "jd-logistics", "cainiao", "ups", "dhl", "fedex")
+
+
+@pytest.mark.parametrize(
+    ("variable", "attr", "raw", "expected"),
+    [
+        ("STOCKCORE_RELAY_INTERVAL", "relay_interval_s", "0.1", 0.1),
+        ("STOCKCORE_RELAY_STANDBY_INTERVAL", "relay_standby_interval_s", "2", 2.0),
+        ("STOCKCORE_RELAY_BATCH", "relay_batch", "100", 100),
+        ("STOCKCORE_EVENT_STREAM_MAXLEN", "event_stream_maxlen", "50000", 50_000),
+        ("STOCKCORE_WATCH_POLL_INTERVAL", "watch_poll_interval_s", "0.1", 0.1),
+    ],
+)
+def test_order_variables_set_their_settings(
+    variable: str, attr: str, raw: str, expected: object
+) -> None:
+    assert getattr(from_env({variable: raw}), attr) == expected
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"carriers": ()}, "carriers must be"),
+        ({"carriers": ("DHL",)}, "carriers must be"),
+        ({"carriers": ("has space",)}, "carriers must be"),
+        ({"relay_interval_s": 0.0}, "relay_interval_s must be"),
+        ({"relay_standby_interval_s": 11.0}, "relay_standby_interval_s must be"),
+        ({"relay_batch": 0}, "relay_batch must be"),
+        ({"event_stream_maxlen": 999}, "event_stream_maxlen must be"),
+        ({"watch_poll_interval_s": 2.0}, "watch_poll_interval_s must be"),
+    ],
+)
+def test_out_of_range_order_settings_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        dataclasses.replace(Settings(), **changes).validate()  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from server.domain.errors import (
     InsufficientStock,
     InvalidArgument,
     NotFound,
+    PaymentMismatch,
     Shortage,
     StockFloorViolation,
     Unavailable,
@@ -41,6 +42,7 @@ EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
     (StockFloorViolation("A", 5, 4, -3), grpc.StatusCode.FAILED_PRECONDITION),
+    (PaymentMismatch("o-1", "500 EUR", "400 EUR"), grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable("database unreachable"), grpc.StatusCode.UNAVAILABLE),
     (DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
@@ -156,6 +158,27 @@ def test_illegal_transition_names_the_reservation_and_its_status() -> None:
         ("STATUS", "r-1", "status is RELEASED"),
     ]
     assert error_info(rich).reason == "ILLEGAL_TRANSITION"
+
+
+def test_illegal_order_transition_also_names_the_allowed_next_statuses() -> None:
+    exc = IllegalTransition("o-1", "PAID", "EXPIRED", "cannot", ["SHIPPED", "CANCELLED"])
+
+    _, rich = rich_status(exc)
+
+    (failure,) = unpack(rich, error_details_pb2.PreconditionFailure)
+    assert [(v.subject, v.description) for v in failure.violations] == [
+        ("o-1", "status is PAID; allowed next: SHIPPED, CANCELLED"),
+    ]
+
+
+def test_payment_mismatch_names_the_order_and_both_amounts() -> None:
+    _, rich = rich_status(PaymentMismatch("o-1", "500 EUR", "400 EUR"))
+
+    (failure,) = unpack(rich, error_details_pb2.PreconditionFailure)
+    assert [(v.type, v.subject, v.description) for v in failure.violations] == [
+        ("PAYMENT_MISMATCH", "o-1", "order total 500 EUR, paid 400 EUR"),
+    ]
+    assert error_info(rich).reason == "PAYMENT_MISMATCH"
 
 
 def test_stock_floor_violation_names_the_sku_and_its_levels() -> None:

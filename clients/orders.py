@@ -1,0 +1,507 @@
+"""Typed async client of stockcore.v1.OrderService, with deadlines, safe retries and a
+WatchOrders stream that resumes by itself after a disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Self, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf import timestamp_pb2
+from stockcore.v1 import orders_pb2 as pb
+from stockcore.v1 import orders_pb2_grpc as pb_grpc
+
+from clients.errors import StatusCode, from_rpc_error, make_error
+from clients.inventory import (
+    CALLER_METADATA_KEY,
+    DEFAULT_CHANNEL_OPTIONS,
+    DEFAULT_RETRY_POLICY,
+    RetryPolicy,
+    call_with_retry,
+    check_caller,
+    check_timeout,
+    to_datetime,
+    to_duration,
+)
+
+_T = TypeVar("_T")
+_Request = TypeVar("_Request")
+
+#: Metadata key of the request id the server records on the status history.
+REQUEST_ID_METADATA_KEY = "x-request-id"
+
+
+class OrderStatus(enum.Enum):
+    """Where an order stands."""
+
+    # Also stands for a status added to the API after this client was built.
+    UNKNOWN = 0
+    PENDING_PAYMENT = 1
+    PAID = 2
+    SHIPPED = 3
+    IN_TRANSIT = 4
+    DELIVERED = 5
+    CANCELLED = 6
+    EXPIRED = 7
+
+    @classmethod
+    def _missing_(cls, value: object) -> OrderStatus:
+        return cls.UNKNOWN
+
+
+class EventType(enum.Enum):
+    """What happened to an order."""
+
+    # Also stands for an event type added to the API after this client was built.
+    UNKNOWN = 0
+    ORDER_CREATED = 1
+    ORDER_PAID = 2
+    ORDER_CANCELLED = 3
+    ORDER_EXPIRED = 4
+    ORDER_SHIPPED = 5
+    ORDER_IN_TRANSIT = 6
+    ORDER_DELIVERED = 7
+
+    @classmethod
+    def _missing_(cls, value: object) -> EventType:
+        return cls.UNKNOWN
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    """One SKU of an order; money in minor units of the order currency."""
+
+    sku: str
+    quantity: int
+    unit_price_minor: int
+    line_total_minor: int = 0
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """What carriers told the server about the parcel; times are timezone-aware UTC."""
+
+    carrier: str
+    tracking_no: str
+    carrier_ack_id: str
+    ship_time: datetime | None
+    in_transit_time: datetime | None
+    delivered_time: datetime | None
+    last_sync_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Order:
+    """An order as the server stores it."""
+
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    currency_code: str
+    lines: tuple[OrderLine, ...]
+    total_minor: int
+    create_time: datetime
+    payment_deadline: datetime
+    update_time: datetime
+    payment_id: str
+    paid_minor: int
+    shipment: Shipment | None
+    refund_owed_minor: int
+    cancel_reason: str
+    version: int
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """One row of an order's status history; from_status is None for the creation."""
+
+    from_status: OrderStatus | None
+    to_status: OrderStatus
+    change_time: datetime
+    caller: str
+    reason: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    """One change of one order; de-duplicate by event_id, resume by cursor."""
+
+    event_id: str
+    cursor: int
+    type: EventType
+    order_id: str
+    order_version: int
+    occur_time: datetime
+    order: Order
+    change: StatusChange
+
+
+@dataclass(frozen=True)
+class OrderPage:
+    """One page of ListOrders; next_page_token is empty on the last page."""
+
+    orders: tuple[Order, ...]
+    next_page_token: str
+
+
+class OrderClient:
+    """Async client of the order service over one reused channel; create it inside a loop."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        caller: str,
+        default_timeout: float = 5.0,
+        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
+    ) -> None:
+        check_caller(caller)
+        check_timeout(default_timeout)
+        self._caller = caller
+        self._default_timeout = default_timeout
+        self._retry = retry
+        options = list(channel_options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        # The generated stub is untyped; each method is pinned to its message types here.
+        stub = pb_grpc.OrderServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._create: grpc.aio.UnaryUnaryMultiCallable[
+            pb.CreateOrderRequest, pb.CreateOrderResponse
+        ] = stub.CreateOrder
+        self._get: grpc.aio.UnaryUnaryMultiCallable[pb.GetOrderRequest, pb.GetOrderResponse] = (
+            stub.GetOrder
+        )
+        self._list: grpc.aio.UnaryUnaryMultiCallable[
+            pb.ListOrdersRequest, pb.ListOrdersResponse
+        ] = stub.ListOrders
+        self._pay: grpc.aio.UnaryUnaryMultiCallable[
+            pb.ConfirmPaymentRequest, pb.ConfirmPaymentResponse
+        ] = stub.ConfirmPayment
+        self._cancel: grpc.aio.UnaryUnaryMultiCallable[
+            pb.CancelOrderRequest, pb.CancelOrderResponse
+        ] = stub.CancelOrder
+        self._ship: grpc.aio.UnaryUnaryMultiCallable[pb.ShipOrderRequest, pb.ShipOrderResponse] = (
+            stub.ShipOrder
+        )
+        self._in_transit: grpc.aio.UnaryUnaryMultiCallable[
+            pb.RecordInTransitRequest, pb.RecordInTransitResponse
+        ] = stub.RecordInTransit
+        self._delivered: grpc.aio.UnaryUnaryMultiCallable[
+            pb.RecordDeliveryRequest, pb.RecordDeliveryResponse
+        ] = stub.RecordDelivery
+        self._watch: grpc.aio.UnaryStreamMultiCallable[pb.WatchOrdersRequest, pb.OrderEvent] = (
+            stub.WatchOrders
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str,
+        *,
+        caller: str,
+        default_timeout: float = 5.0,
+        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
+    ) -> Self:
+        """Open a client and wait up to `default_timeout` for its channel; Unavailable if not."""
+        client = cls(
+            target,
+            caller=caller,
+            default_timeout=default_timeout,
+            retry=retry,
+            credentials=credentials,
+            channel_options=channel_options,
+        )
+        try:
+            async with asyncio.timeout(default_timeout):
+                await client._channel.channel_ready()
+        except TimeoutError:
+            await client.close()
+            raise make_error(
+                StatusCode.UNAVAILABLE,
+                f"could not connect to {target} within {default_timeout:g} s",
+            ) from None
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def close(self) -> None:
+        """Close the channel, cancelling calls (and watches) still in flight."""
+        await self._channel.close(grace=None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def create_order(
+        self,
+        order_id: str,
+        customer_id: str,
+        lines: Iterable[tuple[str, int, int]],
+        currency_code: str,
+        payment_window: float | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Order:
+        """Hold stock for (sku, quantity, unit price) lines and create the order; a retry
+        with the same id and content returns the order as it is now."""
+        request = pb.CreateOrderRequest(
+            order_id=order_id,
+            customer_id=customer_id,
+            lines=[pb.OrderLine(sku=s, quantity=q, unit_price_minor=p) for s, q, p in lines],
+            currency_code=currency_code,
+            payment_window=None if payment_window is None else to_duration(payment_window),
+        )
+        reply = await self._call(self._create, request, read=False, timeout=timeout)
+        return order_from_message(reply.order)
+
+    async def get_order(
+        self, order_id: str, *, timeout: float | None = None
+    ) -> tuple[Order, list[StatusChange]]:
+        """An order and its status history, oldest first."""
+        request = pb.GetOrderRequest(order_id=order_id)
+        reply = await self._call(self._get, request, read=True, timeout=timeout)
+        return order_from_message(reply.order), [_change(c) for c in reply.history]
+
+    async def list_orders(
+        self,
+        customer_id: str,
+        *,
+        status: OrderStatus | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> OrderPage:
+        """One page of a customer's orders, newest first."""
+        request = pb.ListOrdersRequest(
+            customer_id=customer_id,
+            status=pb.OrderStatus.ValueType(status.value if status else 0),
+            created_after=None if created_after is None else _timestamp(created_after),
+            created_before=None if created_before is None else _timestamp(created_before),
+            page_size=page_size,
+            page_token=page_token,
+        )
+        reply = await self._call(self._list, request, read=True, timeout=timeout)
+        return OrderPage(tuple(order_from_message(o) for o in reply.orders), reply.next_page_token)
+
+    async def confirm_payment(
+        self,
+        order_id: str,
+        payment_id: str,
+        amount_minor: int,
+        currency_code: str,
+        *,
+        timeout: float | None = None,
+    ) -> Order:
+        """Report a payment of the order total; idempotent on payment_id."""
+        request = pb.ConfirmPaymentRequest(
+            order_id=order_id,
+            payment_id=payment_id,
+            amount_minor=amount_minor,
+            currency_code=currency_code,
+        )
+        reply = await self._call(self._pay, request, read=False, timeout=timeout)
+        return order_from_message(reply.order)
+
+    async def cancel_order(
+        self, order_id: str, reason: str, *, timeout: float | None = None
+    ) -> Order:
+        """Cancel an order that has not shipped."""
+        request = pb.CancelOrderRequest(order_id=order_id, reason=reason)
+        reply = await self._call(self._cancel, request, read=False, timeout=timeout)
+        return order_from_message(reply.order)
+
+    async def ship_order(
+        self,
+        order_id: str,
+        carrier: str,
+        tracking_no: str,
+        carrier_ack_id: str,
+        *,
+        timeout: float | None = None,
+    ) -> Order:
+        """Record a carrier's acknowledged pick-up."""
+        request = pb.ShipOrderRequest(
+            order_id=order_id,
+            carrier=carrier,
+            tracking_no=tracking_no,
+            carrier_ack_id=carrier_ack_id,
+        )
+        reply = await self._call(self._ship, request, read=False, timeout=timeout)
+        return order_from_message(reply.order)
+
+    async def record_in_transit(
+        self, order_id: str, event_time: datetime, *, timeout: float | None = None
+    ) -> Order:
+        """Record the carrier's in-transit scan at its time (timezone-aware)."""
+        request = pb.RecordInTransitRequest(order_id=order_id, event_time=_timestamp(event_time))
+        reply = await self._call(self._in_transit, request, read=False, timeout=timeout)
+        return order_from_message(reply.order)
+
+    async def record_delivery(
+        self, order_id: str, event_time: datetime, *, timeout: float | None = None
+    ) -> Order:
+        """Record the carrier's delivery at its time (timezone-aware)."""
+        request = pb.RecordDeliveryRequest(order_id=order_id, event_time=_timestamp(event_time))
+        reply = await self._call(self._delivered, request, read=False, timeout=timeout)
+        return order_from_message(reply.order)
+
+    async def watch(
+        self,
+        *,
+        customer_id: str = "",
+        order_id: str = "",
+        types: Iterable[EventType] = (),
+        after_cursor: int = 0,
+        resume: bool = True,
+    ) -> AsyncIterator[OrderEvent]:
+        """Order events after `after_cursor`, then live ones, for as long as the caller
+        reads. With `resume`, a dropped stream (UNAVAILABLE) is reopened after the last
+        event seen, so nothing is missed or repeated; other errors are raised."""
+        cursor = after_cursor
+        wanted = [pb.EventType.ValueType(t.value) for t in types]
+        failures = 0
+        while True:
+            request = pb.WatchOrdersRequest(
+                customer_id=customer_id, order_id=order_id, types=wanted, after_cursor=cursor
+            )
+            call = self._watch(request, metadata=self._metadata())
+            try:
+                async for message in call:
+                    failures = 0
+                    event = event_from_message(message)
+                    cursor = event.cursor
+                    yield event
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc)
+                failures += 1
+                if not resume or error.code is not StatusCode.UNAVAILABLE:
+                    raise error from exc
+                await asyncio.sleep(self._retry.backoff(min(failures, self._retry.max_attempts)))
+            finally:
+                call.cancel()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((CALLER_METADATA_KEY, self._caller), (REQUEST_ID_METADATA_KEY, uuid.uuid4().hex))
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _T],
+        request: _Request,
+        *,
+        read: bool,
+        timeout: float | None,
+    ) -> _T:
+        budget = self._default_timeout if timeout is None else timeout
+        check_timeout(budget)
+        # One request id for every attempt, so the server's history ties retries together.
+        metadata = self._metadata()
+
+        async def send(seconds_left: float) -> _T:
+            return await method(request, timeout=seconds_left, metadata=metadata)
+
+        return await call_with_retry(send, policy=self._retry, read=read, timeout=budget)
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    if moment.tzinfo is None:
+        raise ValueError("times must be timezone-aware")
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _optional_time(message: pb.Shipment, name: str) -> datetime | None:
+    if not message.HasField(name):  # type: ignore[arg-type]
+        return None
+    value: timestamp_pb2.Timestamp = getattr(message, name)
+    return to_datetime(value)
+
+
+def order_from_message(message: pb.Order) -> Order:
+    """An Order from its wire form."""
+    shipment = None
+    if message.HasField("shipment"):
+        parcel = message.shipment
+        shipment = Shipment(
+            carrier=parcel.carrier,
+            tracking_no=parcel.tracking_no,
+            carrier_ack_id=parcel.carrier_ack_id,
+            ship_time=_optional_time(parcel, "ship_time"),
+            in_transit_time=_optional_time(parcel, "in_transit_time"),
+            delivered_time=_optional_time(parcel, "delivered_time"),
+            last_sync_time=_optional_time(parcel, "last_sync_time"),
+        )
+    return Order(
+        order_id=message.order_id,
+        customer_id=message.customer_id,
+        status=OrderStatus(message.status),
+        currency_code=message.currency_code,
+        lines=tuple(
+            OrderLine(line.sku, line.quantity, line.unit_price_minor, line.line_total_minor)
+            for line in message.lines
+        ),
+        total_minor=message.total_minor,
+        create_time=to_datetime(message.create_time),
+        payment_deadline=to_datetime(message.payment_deadline),
+        update_time=to_datetime(message.update_time),
+        payment_id=message.payment_id,
+        paid_minor=message.paid_minor,
+        shipment=shipment,
+        refund_owed_minor=message.refund_owed_minor,
+        cancel_reason=message.cancel_reason,
+        version=message.version,
+    )
+
+
+def _change(message: pb.StatusChange) -> StatusChange:
+    return StatusChange(
+        from_status=OrderStatus(message.from_status) if message.from_status else None,
+        to_status=OrderStatus(message.to_status),
+        change_time=to_datetime(message.change_time),
+        caller=message.caller,
+        reason=message.reason,
+        request_id=message.request_id,
+    )
+
+
+def event_from_message(message: pb.OrderEvent) -> OrderEvent:
+    """An OrderEvent from its wire form."""
+    return OrderEvent(
+        event_id=message.event_id,
+        cursor=message.cursor,
+        type=EventType(message.type),
+        order_id=message.order_id,
+        order_version=message.order_version,
+        occur_time=to_datetime(message.occur_time),
+        order=order_from_message(message.order),
+        change=_change(message.change),
+    )
+
+
+def decode_event(data: bytes) -> OrderEvent:
+    """An OrderEvent from its serialized form (as published on the Redis stream)."""
+    return event_from_message(pb.OrderEvent.FromString(data))

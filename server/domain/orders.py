@@ -1,0 +1,595 @@
+"""Orders: the status machine (one table, the only place transitions are decided), the
+values an order is made of, the validated requests that change orders, and the
+transitions they make. Queries that read orders are in order_queries."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import IntEnum
+
+from server.domain.errors import (
+    FieldViolation,
+    IllegalTransition,
+    InvalidArgument,
+    PaymentMismatch,
+)
+from server.domain.inventory import (
+    MAX_REASON,
+    Line,
+    ReserveCommand,
+    check_id,
+    merge_lines,
+    ttl_ms,
+)
+
+MAX_UNIT_PRICE = 10**10
+# Totals are stored as PostgreSQL bigint; 100 lines of 10^6 units at 10^10 stay far below.
+MAX_TOTAL = 2**63 - 1
+MAX_CARRIER_ACK = 128
+MAX_CARRIER_SKEW = timedelta(minutes=5)
+
+CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
+TRACKING_PATTERN = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+class OrderStatus(IntEnum):
+    """Where an order stands; the values are stored in PostgreSQL and sent on the wire."""
+
+    PENDING_PAYMENT = 1
+    PAID = 2
+    SHIPPED = 3
+    IN_TRANSIT = 4
+    DELIVERED = 5
+    CANCELLED = 6
+    EXPIRED = 7
+
+
+class EventType(IntEnum):
+    """What happened to an order; the values are stored and sent on the wire."""
+
+    ORDER_CREATED = 1
+    ORDER_PAID = 2
+    ORDER_CANCELLED = 3
+    ORDER_EXPIRED = 4
+    ORDER_SHIPPED = 5
+    ORDER_IN_TRANSIT = 6
+    ORDER_DELIVERED = 7
+
+
+INITIAL_STATUS = OrderStatus.PENDING_PAYMENT
+CREATED_EVENT = EventType.ORDER_CREATED
+
+# THE status machine: from each status, the statuses it may move to and the event each
+# move emits. A status with no entries is final. Nothing else decides a transition.
+TRANSITIONS: Mapping[OrderStatus, Mapping[OrderStatus, EventType]] = {
+    OrderStatus.PENDING_PAYMENT: {
+        OrderStatus.PAID: EventType.ORDER_PAID,
+        OrderStatus.CANCELLED: EventType.ORDER_CANCELLED,
+        OrderStatus.EXPIRED: EventType.ORDER_EXPIRED,
+    },
+    OrderStatus.PAID: {
+        OrderStatus.SHIPPED: EventType.ORDER_SHIPPED,
+        OrderStatus.CANCELLED: EventType.ORDER_CANCELLED,
+    },
+    OrderStatus.SHIPPED: {
+        OrderStatus.IN_TRANSIT: EventType.ORDER_IN_TRANSIT,
+        # The carrier may report the delivery before any in-transit scan.
+        OrderStatus.DELIVERED: EventType.ORDER_DELIVERED,
+    },
+    OrderStatus.IN_TRANSIT: {OrderStatus.DELIVERED: EventType.ORDER_DELIVERED},
+    OrderStatus.DELIVERED: {},
+    OrderStatus.CANCELLED: {},
+    OrderStatus.EXPIRED: {},
+}
+
+
+def allowed_next(status: OrderStatus) -> tuple[OrderStatus, ...]:
+    """The statuses an order in `status` may move to."""
+    return tuple(TRANSITIONS[status])
+
+
+def decide(order_id: str, path: Sequence[OrderStatus], wanted: OrderStatus) -> EventType | None:
+    """The event of moving an order that went through `path` to `wanted`; None when that
+    move was already made (a repeat: answer with the order as it is). Raises
+    IllegalTransition naming the current status and the allowed next ones otherwise."""
+    current = path[-1]
+    if wanted in path:
+        return None
+    event = TRANSITIONS[current].get(wanted)
+    if event is None:
+        allowed = [status.name for status in allowed_next(current)]
+        raise IllegalTransition(
+            order_id,
+            current.name,
+            wanted.name,
+            f"order {order_id!r} is {current.name} and cannot become {wanted.name};"
+            f" allowed next: {', '.join(allowed) or 'none (final)'}",
+            allowed,
+        )
+    return event
+
+
+def status_diagram() -> str:
+    """The status machine as a Mermaid stateDiagram, generated from TRANSITIONS."""
+    rows = ["stateDiagram-v2", f"    [*] --> {INITIAL_STATUS.name}: {CREATED_EVENT.name}"]
+    for source, targets in TRANSITIONS.items():
+        for target, event in targets.items():
+            rows.append(f"    {source.name} --> {target.name}: {event.name}")
+    rows += [f"    {status.name} --> [*]" for status, targets in TRANSITIONS.items() if not targets]
+    return "\n".join(rows) + "\n"
+
+
+# --- values -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    """One SKU of an order, priced in minor units of the order currency."""
+
+    sku: str
+    quantity: int
+    unit_price_minor: int
+
+    @property
+    def total_minor(self) -> int:
+        """quantity * unit price."""
+        return self.quantity * self.unit_price_minor
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    """What carriers told us about an order's parcel."""
+
+    carrier: str
+    tracking_no: str
+    carrier_ack_id: str
+    shipped_at: datetime
+    in_transit_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order as stored; `path` is every status it has been in, oldest first."""
+
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    currency: str
+    lines: tuple[OrderLine, ...]
+    total_minor: int
+    created_at: datetime
+    payment_deadline: datetime
+    updated_at: datetime
+    path: tuple[OrderStatus, ...]
+    fingerprint: bytes
+    payment_id: str = ""
+    paid_minor: int = 0
+    shipment: Shipment | None = None
+    last_sync_at: datetime | None = None
+    refund_owed_minor: int = 0
+    cancel_reason: str = ""
+
+    @property
+    def version(self) -> int:
+        """Number of status changes so far, the creation included."""
+        return len(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a change, and under which request id."""
+
+    caller: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """One row of an order's status history; from_status is None for the creation."""
+
+    order_id: str
+    version: int
+    from_status: OrderStatus | None
+    to_status: OrderStatus
+    changed_at: datetime
+    caller: str
+    reason: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    """One change of one order, as written to the outbox."""
+
+    type: EventType
+    order: Order
+    change: StatusChange
+
+    @property
+    def event_id(self) -> str:
+        """Unique and stable: "<order_id>/<order_version>"."""
+        return f"{self.order.order_id}/{self.order.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A transition made: the order after it, its history row and its event."""
+
+    order: Order
+    change: StatusChange
+    event: OrderEvent
+
+
+def _step(
+    before: OrderStatus | None, after: Order, event: EventType, reason: str, actor: Actor
+) -> Step:
+    change = StatusChange(
+        after.order_id,
+        after.version,
+        before,
+        after.status,
+        after.updated_at,
+        actor.caller,
+        reason,
+        actor.request_id,
+    )
+    return Step(after, change, OrderEvent(event, after, change))
+
+
+def _advance(
+    order: Order,
+    wanted: OrderStatus,
+    at: datetime,
+    actor: Actor,
+    reason: str,
+    amend: Callable[[Order], Order] = lambda order: order,
+) -> Step | None:
+    event = decide(order.order_id, order.path, wanted)
+    if event is None:
+        return None
+    after = amend(replace(order, status=wanted, path=(*order.path, wanted), updated_at=at))
+    return _step(order.status, after, event, reason, actor)
+
+
+# --- requests -----------------------------------------------------------------------
+
+
+def _violation(field: str, description: str) -> FieldViolation:
+    return FieldViolation(field, description)
+
+
+def check_currency(value: str, field: str) -> list[FieldViolation]:
+    """Violations of the ISO 4217 code format."""
+    if CURRENCY_PATTERN.fullmatch(value) is None:
+        return [_violation(field, "must be an ISO 4217 code of three upper-case letters")]
+    return []
+
+
+def check_reason(value: str, field: str = "reason") -> list[FieldViolation]:
+    """Violations of a free-text reason."""
+    if not value.strip() or len(value) > MAX_REASON:
+        return [_violation(field, f"must be 1-{MAX_REASON} characters, not only spaces")]
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOrder:
+    """A validated CreateOrder: lines merged per SKU and sorted, prices checked."""
+
+    order_id: str
+    customer_id: str
+    currency: str
+    lines: tuple[OrderLine, ...]
+    ttl_ms: int
+    actor: Actor
+
+    @property
+    def total_minor(self) -> int:
+        """The order total, computed here and nowhere else."""
+        return sum(line.total_minor for line in self.lines)
+
+    @property
+    def fingerprint(self) -> bytes:
+        """What makes two CreateOrder requests with one id the same request."""
+        body = "|".join(f"{x.sku}={x.quantity}@{x.unit_price_minor}" for x in self.lines)
+        text = f"order|{self.customer_id}|{self.currency}|{body}|{self.ttl_ms}"
+        return hashlib.sha256(text.encode()).digest()[:16]
+
+    @property
+    def reserve(self) -> ReserveCommand:
+        """The hold this order needs: one reservation, whose id is the order id."""
+        return ReserveCommand(
+            self.order_id,
+            tuple(Line(line.sku, line.quantity) for line in self.lines),
+            self.ttl_ms,
+            self.actor.caller,
+        )
+
+    def created(self, created_at: datetime, deadline: datetime) -> Step:
+        """The order this request creates, once its hold is taken."""
+        order = Order(
+            order_id=self.order_id,
+            customer_id=self.customer_id,
+            status=INITIAL_STATUS,
+            currency=self.currency,
+            lines=self.lines,
+            total_minor=self.total_minor,
+            created_at=created_at,
+            payment_deadline=deadline,
+            updated_at=created_at,
+            path=(INITIAL_STATUS,),
+            fingerprint=self.fingerprint,
+        )
+        return _step(None, order, CREATED_EVENT, "created", self.actor)
+
+
+def create_order(
+    order_id: str,
+    customer_id: str,
+    lines: Sequence[tuple[str, int, int]],
+    currency: str,
+    payment_window_s: float | None,
+    actor: Actor,
+    *,
+    default_ttl_s: float,
+    min_ttl_s: float,
+    max_ttl_s: float,
+) -> CreateOrder:
+    """Validate a CreateOrder request (lines are (sku, quantity, unit price)), reporting
+    every violation at once."""
+    violations = check_id(order_id, "order_id") + check_id(customer_id, "customer_id")
+    try:
+        merged = merge_lines([(sku, quantity) for sku, quantity, _ in lines])
+    except InvalidArgument as exc:
+        violations += exc.violations
+        merged = ()
+    prices: dict[str, tuple[int, int]] = {}
+    for index, (sku, _, price) in enumerate(lines):
+        field = f"lines[{index}].unit_price_minor"
+        if not 0 <= price <= MAX_UNIT_PRICE:
+            violations.append(_violation(field, f"must be 0 to {MAX_UNIT_PRICE}, got {price}"))
+            continue
+        first = prices.setdefault(sku, (index, price))
+        if first[1] != price:
+            violations.append(
+                _violation(field, f"differs from lines[{first[0]}], which has the same SKU")
+            )
+    violations += check_currency(currency, "currency_code")
+    try:
+        ttl = ttl_ms(payment_window_s, default_s=default_ttl_s, min_s=min_ttl_s, max_s=max_ttl_s)
+    except InvalidArgument as exc:
+        violations += [_violation("payment_window", v.description) for v in exc.violations]
+        ttl = 0
+    priced = tuple(
+        OrderLine(line.sku, line.quantity, prices[line.sku][1])
+        for line in merged
+        if line.sku in prices
+    )
+    if sum(line.total_minor for line in priced) > MAX_TOTAL:
+        violations.append(_violation("lines", f"the order total exceeds {MAX_TOTAL} minor units"))
+    if violations:
+        raise InvalidArgument(violations)
+    return CreateOrder(order_id, customer_id, currency, priced, ttl, actor)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmPayment:
+    """A validated ConfirmPayment."""
+
+    order_id: str
+    payment_id: str
+    amount_minor: int
+    currency: str
+    actor: Actor
+
+
+def confirm_payment(
+    order_id: str, payment_id: str, amount_minor: int, currency: str, actor: Actor
+) -> ConfirmPayment:
+    """Validate a ConfirmPayment request."""
+    violations = check_id(order_id, "order_id") + check_id(payment_id, "payment_id")
+    if not 0 <= amount_minor <= MAX_TOTAL:
+        violations.append(_violation("amount_minor", f"must be 0 to {MAX_TOTAL}"))
+    violations += check_currency(currency, "currency_code")
+    if violations:
+        raise InvalidArgument(violations)
+    return ConfirmPayment(order_id, payment_id, amount_minor, currency, actor)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    """A validated CancelOrder."""
+
+    order_id: str
+    reason: str
+    actor: Actor
+
+
+def cancel_order(order_id: str, reason: str, actor: Actor) -> CancelOrder:
+    """Validate a CancelOrder request."""
+    violations = check_id(order_id, "order_id") + check_reason(reason)
+    if violations:
+        raise InvalidArgument(violations)
+    return CancelOrder(order_id, reason, actor)
+
+
+@dataclass(frozen=True, slots=True)
+class ShipOrder:
+    """A validated ShipOrder: the carrier is allowed and acknowledged the tracking number."""
+
+    order_id: str
+    carrier: str
+    tracking_no: str
+    carrier_ack_id: str
+    actor: Actor
+
+
+def ship_order(
+    order_id: str,
+    carrier: str,
+    tracking_no: str,
+    carrier_ack_id: str,
+    actor: Actor,
+    *,
+    carriers: Iterable[str],
+) -> ShipOrder:
+    """Validate a ShipOrder request against the carrier allow-list."""
+    allowed = tuple(carriers)
+    violations = check_id(order_id, "order_id")
+    if carrier not in allowed:
+        violations.append(_violation("carrier", f"must be one of {', '.join(allowed)}"))
+    if not tracking_no:
+        violations.append(_violation("tracking_no", "must not be empty"))
+    elif TRACKING_PATTERN.fullmatch(tracking_no) is None:
+        violations.append(_violation("tracking_no", "must be 1-64 characters of [A-Za-z0-9-]"))
+    if not carrier_ack_id.strip():
+        violations.append(_violation("carrier_ack_id", "must not be empty"))
+    elif len(carrier_ack_id) > MAX_CARRIER_ACK or not carrier_ack_id.isprintable():
+        violations.append(
+            _violation("carrier_ack_id", f"must be 1-{MAX_CARRIER_ACK} printable characters")
+        )
+    if violations:
+        raise InvalidArgument(violations)
+    return ShipOrder(order_id, carrier, tracking_no, carrier_ack_id, actor)
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierReport:
+    """A validated carrier event (in transit, delivered) with the carrier's time."""
+
+    order_id: str
+    event_time: datetime
+    actor: Actor
+
+
+def carrier_report(
+    order_id: str, event_time: datetime | None, actor: Actor, *, now: datetime
+) -> CarrierReport:
+    """Validate a carrier event: the time is required and not more than 5 min ahead."""
+    violations = check_id(order_id, "order_id")
+    if event_time is None:
+        violations.append(_violation("event_time", "must be set to the carrier's event time"))
+    elif event_time > now + MAX_CARRIER_SKEW:
+        violations.append(_violation("event_time", "must not be more than 5 minutes ahead"))
+    if violations or event_time is None:
+        raise InvalidArgument(violations)
+    return CarrierReport(order_id, event_time, actor)
+
+
+# --- transitions of an order --------------------------------------------------------
+
+
+def pay(order: Order, payment: ConfirmPayment, at: datetime) -> Step | None:
+    """Move to PAID; None when this payment already paid it. A payment that does not
+    match the order is PaymentMismatch; a different payment after one is illegal."""
+    if (payment.amount_minor, payment.currency) != (order.total_minor, order.currency):
+        raise PaymentMismatch(
+            order.order_id,
+            f"{order.total_minor} {order.currency}",
+            f"{payment.amount_minor} {payment.currency}",
+        )
+    step = _advance(
+        order,
+        OrderStatus.PAID,
+        at,
+        payment.actor,
+        f"payment {payment.payment_id}",
+        lambda o: replace(o, payment_id=payment.payment_id, paid_minor=payment.amount_minor),
+    )
+    if step is None and order.payment_id != payment.payment_id:
+        raise IllegalTransition(
+            order.order_id,
+            order.status.name,
+            OrderStatus.PAID.name,
+            f"order {order.order_id!r} was already paid by another payment",
+            [status.name for status in allowed_next(order.status)],
+        )
+    return step
+
+
+def cancel(order: Order, request: CancelOrder, at: datetime) -> Step | None:
+    """Move to CANCELLED; a paid order then owes its payment back."""
+    return _advance(
+        order,
+        OrderStatus.CANCELLED,
+        at,
+        request.actor,
+        request.reason,
+        lambda o: replace(o, cancel_reason=request.reason, refund_owed_minor=o.paid_minor),
+    )
+
+
+def expire(order: Order, at: datetime, actor: Actor) -> Step | None:
+    """Move to EXPIRED: the payment window closed."""
+    return _advance(order, OrderStatus.EXPIRED, at, actor, "payment window closed")
+
+
+def ship(order: Order, request: ShipOrder, at: datetime) -> Step | None:
+    """Move to SHIPPED; a repeat must name the same parcel."""
+    shipment = Shipment(request.carrier, request.tracking_no, request.carrier_ack_id, at)
+    step = _advance(
+        order,
+        OrderStatus.SHIPPED,
+        at,
+        request.actor,
+        f"picked up by {request.carrier}",
+        lambda o: replace(o, shipment=shipment, last_sync_at=at),
+    )
+    if step is None:
+        shipped = order.shipment
+        assert shipped is not None
+        if (shipped.carrier, shipped.tracking_no) != (request.carrier, request.tracking_no):
+            raise IllegalTransition(
+                order.order_id,
+                order.status.name,
+                OrderStatus.SHIPPED.name,
+                f"order {order.order_id!r} was already shipped as {shipped.carrier}"
+                f" {shipped.tracking_no}",
+                [status.name for status in allowed_next(order.status)],
+            )
+    return step
+
+
+def record_in_transit(order: Order, report: CarrierReport, at: datetime) -> Step | None:
+    """Move to IN_TRANSIT at the carrier's time."""
+    return _carrier_step(
+        order,
+        report,
+        at,
+        OrderStatus.IN_TRANSIT,
+        lambda s: replace(s, in_transit_at=report.event_time),
+    )
+
+
+def record_delivery(order: Order, report: CarrierReport, at: datetime) -> Step | None:
+    """Move to DELIVERED at the carrier's time."""
+    return _carrier_step(
+        order,
+        report,
+        at,
+        OrderStatus.DELIVERED,
+        lambda s: replace(s, delivered_at=report.event_time),
+    )
+
+
+def _carrier_step(
+    order: Order,
+    report: CarrierReport,
+    at: datetime,
+    wanted: OrderStatus,
+    record: Callable[[Shipment], Shipment],
+) -> Step | None:
+    shipped = order.shipment
+    reason = f"carrier reported {wanted.name} at {report.event_time.isoformat()}"
+
+    def amend(after: Order) -> Order:
+        # Only orders that shipped get this far: the machine refuses the rest.
+        assert shipped is not None
+        return replace(after, shipment=record(shipped), last_sync_at=at)
+
+    return _advance(order, wanted, at, report.actor, reason, amend)

@@ -1,0 +1,1 @@
+"""Orders: the order core, the outbox relay and the event feed of WatchOrders."""

@@ -1,0 +1,121 @@
+"""The outbox relay: one sequencer per database gives committed order events their
+cursors, then publishes them to the Redis stream, at least once, in cursor order.
+
+Every server process runs a relay; the one holding the sequencer lock (a PostgreSQL
+advisory lock of its own session) works, the others stand by and try for the lock now
+and then, so a crashed relay is replaced within a standby interval (the lock dies with
+its session). An event is marked published only after Redis took it: a crash in
+between publishes it again, with the same event_id, which consumers de-duplicate on.
+
+The relay is stopped by `stop()`, not by cancelling its task: redis-py's socket writes
+go through asyncio.wait_for, which on Python 3.11 can swallow a cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+from server.config import Settings
+from server.domain.errors import Unavailable
+from server.metrics import (
+    EVENT_PUBLICATION_LAG,
+    EVENTS_PUBLISHED,
+    EVENTS_UNPUBLISHED,
+    RELAY_ACTIVE,
+)
+from server.storage.event_stream import EventStream, StreamUnavailable
+from server.storage.outbox_pg import OutboxSession, StoredEvent
+
+log = logging.getLogger(__name__)
+
+# Adds the cursor to a stored event's bytes (the wire format is the gRPC edge's).
+Stamp = Callable[[bytes, int], bytes]
+
+
+class Relay:
+    """Sequences and publishes order events while it holds the sequencer lock."""
+
+    def __init__(self, settings: Settings, stream: EventStream | None, stamp: Stamp) -> None:
+        assert settings.pg_dsn is not None
+        self._settings = settings
+        self._stream = stream
+        self._stamp = stamp
+        self._stream_failing = False
+        self._stopping = asyncio.Event()
+        # Whether this relay holds the sequencer lock (and so is the one working).
+        self.active = False
+
+    async def run(self) -> None:
+        """Relay until stopped: stand by until the lock is ours, then work until it is
+        lost (and stand by again)."""
+        while not self._stopping.is_set():
+            try:
+                await self._hold_and_work()
+            except Unavailable as exc:
+                log.warning("order event relay lost the database", extra={"error": str(exc)})
+            except Exception:
+                log.exception("order event relay failed")
+            finally:
+                self.active = False
+                RELAY_ACTIVE.set(0)
+            await self._pause(self._settings.relay_standby_interval_s)
+
+    def stop(self) -> None:
+        """Ask `run` to return after the step in flight (which gives the lock back)."""
+        self._stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    async def _hold_and_work(self) -> None:
+        assert self._settings.pg_dsn is not None
+        session = await OutboxSession.open(self._settings.pg_dsn, self._settings.db_timeout_s)
+        try:
+            # Another process relays meanwhile; the lock is tried again after each pause.
+            while not await session.try_lock():
+                await self._pause(self._settings.relay_standby_interval_s)
+                if self._stopping.is_set():
+                    return
+            self.active = True
+            RELAY_ACTIVE.set(1)
+            log.info("order event relay active")
+            while not self._stopping.is_set():
+                if not await self.step(session):
+                    await self._pause(self._settings.relay_interval_s)
+        finally:
+            await session.close()
+
+    async def step(self, session: OutboxSession) -> bool:
+        """Sequence, then publish, one batch each; True when more work is waiting."""
+        limit = self._settings.relay_batch
+        sequenced = await session.sequence(limit)
+        events = await session.unpublished(limit)
+        published = await self._publish(session, events) if events else 0
+        EVENTS_UNPUBLISHED.set(await session.backlog())
+        return sequenced == limit or published == limit
+
+    async def _publish(self, session: OutboxSession, events: Sequence[StoredEvent]) -> int:
+        if self._stream is None:
+            return 0
+        try:
+            await self._stream.publish(
+                [(event.event_id, self._stamp(event.payload, event.cursor)) for event in events]
+            )
+        except StreamUnavailable as exc:
+            if not self._stream_failing:
+                log.warning("order events cannot be published", extra={"error": str(exc)})
+            self._stream_failing = True
+            return 0
+        if self._stream_failing:
+            log.info("order events are published again")
+            self._stream_failing = False
+        published_at = await session.mark_published([event.id for event in events])
+        for event in events:
+            EVENT_PUBLICATION_LAG.observe(max((published_at - event.created_at).total_seconds(), 0))
+        EVENTS_PUBLISHED.inc(len(events))
+        return len(events)

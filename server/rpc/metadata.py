@@ -1,0 +1,47 @@
+"""What a call says about itself in its metadata: who calls, under which request id,
+and by when it needs an answer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import grpc
+
+from server.domain.orders import Actor
+
+CALLER_KEY = "stockcore-caller"
+REQUEST_ID_KEY = "x-request-id"
+MAX_CALLER = 100
+MAX_REQUEST_ID = 128
+
+
+def _value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
+    for name, value in context.invocation_metadata() or ():
+        if name == key and isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who is calling: the stockcore-caller metadata value, else the peer address."""
+    return (_value(context, CALLER_KEY) or f"peer:{context.peer()}")[:MAX_CALLER]
+
+
+def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's x-request-id (cut to 128 characters), else a new one."""
+    return _value(context, REQUEST_ID_KEY)[:MAX_REQUEST_ID] or uuid.uuid4().hex
+
+
+def actor_of(context: grpc.aio.ServicerContext[Any, Any]) -> Actor:
+    """Caller and request id together, as history rows record them."""
+    return Actor(caller_of(context), request_id_of(context))
+
+
+def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """The caller's deadline as a time.monotonic() value, or None."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return time.monotonic() + remaining

@@ -1,0 +1,129 @@
+"""The relay's side of the order event outbox (sql/002_orders.sql): a PostgreSQL session
+of its own that holds the sequencer lock for as long as it lives, gives committed events
+their cursors and records their publication."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+import asyncpg
+
+from server.domain.errors import Unavailable
+from server.storage.postgres import _UNREACHABLE
+
+T = TypeVar("T")
+
+# Any fixed number, distinct from the migrators' lock.
+_LOCK_KEY = 0x57C0_E7E5
+
+# Gap-free cursors, continuing from the highest given, in id order. Only the holder of
+# the sequencer lock runs this, and UNIQUE (cursor) refuses any second sequencer.
+_SEQUENCE = """
+UPDATE stockcore.order_events e
+   SET cursor = n.last + n.rn
+  FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn,
+               (SELECT coalesce(max(cursor), 0) FROM stockcore.order_events) AS last
+          FROM stockcore.order_events
+         WHERE published_at IS NULL AND cursor IS NULL
+         ORDER BY id LIMIT $1) n
+ WHERE e.id = n.id
+RETURNING e.cursor
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A sequenced outbox row waiting for publication."""
+
+    id: int
+    cursor: int
+    event_id: str
+    payload: bytes
+    created_at: datetime
+
+
+class OutboxSession:
+    """One relay's connection; closing it (or losing it) gives the sequencer lock back.
+    Every method raises Unavailable when the database cannot be reached."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, dsn: str, timeout: float) -> OutboxSession:
+        """Connect a new session."""
+        try:
+            conn = await asyncpg.connect(
+                dsn,
+                timeout=timeout,
+                command_timeout=timeout,
+                server_settings={"application_name": "stockcore-relay"},
+            )
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
+        return cls(conn)
+
+    async def close(self) -> None:
+        """End the session, at once if the server does not answer."""
+        if self._conn.is_closed():
+            return
+        try:
+            await self._conn.close(timeout=2)
+        except (TimeoutError, *_UNREACHABLE):
+            self._conn.terminate()
+
+    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        try:
+            return await work(self._conn)
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
+
+    async def try_lock(self) -> bool:
+        """Take the sequencer lock if no other session holds it."""
+        taken: bool = await self._run(
+            lambda c: c.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY)
+        )
+        return taken
+
+    async def sequence(self, limit: int) -> int:
+        """Give the next cursors to up to `limit` unsequenced events; return how many."""
+        rows = await self._run(lambda c: c.fetch(_SEQUENCE, limit))
+        return len(rows)
+
+    async def unpublished(self, limit: int) -> list[StoredEvent]:
+        """Sequenced events not yet published, in cursor order."""
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT id, cursor, event_id, payload, created_at FROM stockcore.order_events"
+                " WHERE published_at IS NULL AND cursor IS NOT NULL ORDER BY cursor LIMIT $1",
+                limit,
+            )
+        )
+        return [
+            StoredEvent(r["id"], r["cursor"], r["event_id"], bytes(r["payload"]), r["created_at"])
+            for r in rows
+        ]
+
+    async def mark_published(self, ids: Sequence[int]) -> datetime:
+        """Record events as published; returns the database time of the record."""
+        now: datetime = await self._run(
+            lambda c: c.fetchval(
+                "WITH done AS (UPDATE stockcore.order_events SET published_at = now()"
+                " WHERE id = ANY($1::bigint[]) AND published_at IS NULL RETURNING 1)"
+                " SELECT now()",
+                list(ids),
+            )
+        )
+        return now
+
+    async def backlog(self) -> int:
+        """How many events wait to be sequenced or published."""
+        count: int = await self._run(
+            lambda c: c.fetchval(
+                "SELECT count(*) FROM stockcore.order_events WHERE published_at IS NULL"
+            )
+        )
+        return count

@@ -1,0 +1,653 @@
+"""OrderService over a real gRPC channel: every transition of the status table, legal
+or not, and every RPC's answers to good, bad and unknown input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from stockcore.v1 import inventory_pb2 as ipb
+from stockcore.v1 import orders_pb2 as pb
+from stockcore.v1 import orders_pb2_grpc
+
+from server.app import ORDER_SERVICE
+from server.domain.orders import INITIAL_STATUS, TRANSITIONS, OrderStatus, allowed_next
+from tests.e2e.order_invariants import check_orders_agree
+from tests.e2e.test_inventory_api import details_of, rpc_error
+
+Stub = orders_pb2_grpc.OrderServiceStub
+
+
+def _paths() -> dict[OrderStatus, tuple[OrderStatus, ...]]:
+    """A shortest way from creation to each status, found through the table itself."""
+    paths = {INITIAL_STATUS: (INITIAL_STATUS,)}
+    queue = deque([INITIAL_STATUS])
+    while queue:
+        status = queue.popleft()
+        for target in TRANSITIONS[status]:
+            if target not in paths:
+                paths[target] = (*paths[status], target)
+                queue.append(target)
+    return paths
+
+
+PATHS = _paths()
+PAIRS = [(current, wanted) for current in OrderStatus for wanted in OrderStatus]
+
+
+async def stock(inventory, sku: str, on_hand: int) -> None:
+    await inventory.AdjustStock(
+        ipb.AdjustStockRequest(
+            sku=sku, on_hand=on_hand, reason="restock", idempotency_key=f"set-{sku}-{on_hand}"
+        )
+    )
+
+
+async def levels(inventory, sku: str) -> tuple[int, int]:
+    (level,) = (await inventory.GetStock(ipb.GetStockRequest(skus=[sku]))).levels
+    return level.on_hand, level.reserved
+
+
+def create_request(
+    order_id: str,
+    *lines: tuple[str, int, int],
+    customer: str = "cust-1",
+    window: float | None = None,
+    currency: str = "EUR",
+) -> pb.CreateOrderRequest:
+    request = pb.CreateOrderRequest(
+        order_id=order_id,
+        customer_id=customer,
+        currency_code=currency,
+        lines=[
+            pb.OrderLine(sku=s, quantity=q, unit_price_minor=p)
+            for s, q, p in lines or [("A", 2, 150)]
+        ],
+    )
+    if window is not None:
+        request.payment_window.CopyFrom(duration_pb2.Duration(seconds=int(window)))
+    return request
+
+
+def now_stamp(delta: timedelta = timedelta()) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(datetime.now(UTC) + delta)
+    return stamp
+
+
+async def get(orders: Stub, order_id: str) -> pb.Order:
+    return (await orders.GetOrder(pb.GetOrderRequest(order_id=order_id))).order
+
+
+async def attempt(
+    orders: Stub, order: pb.Order, wanted: OrderStatus, create: pb.CreateOrderRequest
+) -> pb.Order:
+    """Ask for `wanted` the way a caller would; EXPIRED is asked for by letting the
+    payment deadline pass."""
+    oid = order.order_id
+    match wanted:
+        case OrderStatus.PENDING_PAYMENT:
+            return (await orders.CreateOrder(create)).order
+        case OrderStatus.PAID:
+            request = pb.ConfirmPaymentRequest(
+                order_id=oid,
+                payment_id=f"pay-{oid}",
+                amount_minor=order.total_minor,
+                currency_code=order.currency_code,
+            )
+            return (await orders.ConfirmPayment(request)).order
+        case OrderStatus.CANCELLED:
+            return (
+                await orders.CancelOrder(pb.CancelOrderRequest(order_id=oid, reason="test"))
+            ).order
+        case OrderStatus.SHIPPED:
+            request = pb.ShipOrderRequest(
+                order_id=oid, carrier="dhl", tracking_no=f"T-{oid}", carrier_ack_id="ack-1"
+            )
+            return (await orders.ShipOrder(request)).order
+        case OrderStatus.IN_TRANSIT:
+            request = pb.RecordInTransitRequest(order_id=oid, event_time=now_stamp())
+            return (await orders.RecordInTransit(request)).order
+        case OrderStatus.DELIVERED:
+            request = pb.RecordDeliveryRequest(order_id=oid, event_time=now_stamp())
+            return (await orders.RecordDelivery(request)).order
+        case OrderStatus.EXPIRED:
+            # An unpaid order must expire soon after its deadline (allowing for a busy
+            # machine); any other must still be as it was well after it.
+            unpaid = order.status == pb.ORDER_STATUS_PENDING_PAYMENT
+            wait = timedelta(seconds=6 if unpaid else 1.5)
+            deadline = order.payment_deadline.ToDatetime(tzinfo=UTC) + wait
+            while True:
+                current = await get(orders, oid)
+                if current.status == pb.ORDER_STATUS_EXPIRED or datetime.now(UTC) > deadline:
+                    return current
+                await asyncio.sleep(0.1)
+    raise AssertionError(wanted)
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted"), PAIRS, ids=[f"{a.name}-to-{b.name}" for a, b in PAIRS]
+)
+async def test_every_transition_of_the_table_is_allowed_or_refused_as_the_table_says(
+    dsn: str, stub, orders: Stub, current: OrderStatus, wanted: OrderStatus
+) -> None:
+    await stock(stub, "A", 10)
+    # A short window lets EXPIRED be reached (or be shown not to happen) in the test.
+    needs_expiry = OrderStatus.EXPIRED in (current, wanted)
+    create = create_request("o-1", window=1 if needs_expiry else None)
+    order = (await orders.CreateOrder(create)).order
+    for step in PATHS[current][1:]:
+        order = await attempt(orders, order, step, create)
+        assert order.status == step
+    before = await get(orders, "o-1")
+
+    if wanted in TRANSITIONS[current]:
+        after = await attempt(orders, before, wanted, create)
+        assert after.status == wanted
+        assert after.version == before.version + 1
+        reply = await orders.GetOrder(pb.GetOrderRequest(order_id="o-1"))
+        last = reply.history[-1]
+        assert (last.from_status, last.to_status) == (current, wanted)
+    elif wanted in PATHS[current] or wanted is current:
+        # A transition already made: the order comes back as it is.
+        again = await attempt(orders, before, wanted, create)
+        assert again == before
+    elif wanted is OrderStatus.EXPIRED:
+        # Only the clock asks for expiry: a deadline passing changes nothing here.
+        assert await attempt(orders, before, wanted, create) == before
+    else:
+        error = await rpc_error(attempt(orders, before, wanted, create))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        allowed = [s.name for s in allowed_next(current)]
+        assert current.name in error.details()
+        (failure,) = details_of(error, error_details_pb2.PreconditionFailure)
+        (violation,) = failure.violations
+        assert violation.subject == "o-1"
+        assert violation.description == f"status is {current.name}" + (
+            f"; allowed next: {', '.join(allowed)}" if allowed else ""
+        )
+        assert await get(orders, "o-1") == before
+    await check_orders_agree(dsn)
+
+
+async def test_create_holds_stock_and_payment_commits_it(dsn: str, stub, orders: Stub) -> None:
+    await stock(stub, "A", 10)
+    await stock(stub, "B", 5)
+    order = (await orders.CreateOrder(create_request("o-1", ("B", 1, 999), ("A", 3, 250)))).order
+    assert order.status == pb.ORDER_STATUS_PENDING_PAYMENT
+    assert [(x.sku, x.quantity, x.line_total_minor) for x in order.lines] == [
+        ("A", 3, 750),
+        ("B", 1, 999),
+    ]
+    assert (order.total_minor, order.version) == (1749, 1)
+    assert order.payment_deadline.ToDatetime() - order.create_time.ToDatetime() == timedelta(
+        seconds=300
+    )
+    assert await levels(stub, "A") == (10, 3)
+    paid = (
+        await orders.ConfirmPayment(
+            pb.ConfirmPaymentRequest(
+                order_id="o-1", payment_id="p-1", amount_minor=1749, currency_code="EUR"
+            )
+        )
+    ).order
+    assert (paid.status, paid.payment_id, paid.paid_minor) == (pb.ORDER_STATUS_PAID, "p-1", 1749)
+    assert await levels(stub, "A") == (7, 0)
+    assert await levels(stub, "B") == (4, 0)
+    await check_orders_agree(dsn)
+
+
+async def test_history_records_caller_reason_and_request_id(orders: Stub, stub) -> None:
+    await stock(stub, "A", 10)
+    metadata = (("stockcore-caller", "checkout"), ("x-request-id", "req-42"))
+    await orders.CreateOrder(create_request("o-1"), metadata=metadata)
+    await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-1", reason="changed mind"))
+    reply = await orders.GetOrder(pb.GetOrderRequest(order_id="o-1"))
+    first, second = reply.history
+    assert (first.from_status, first.to_status, first.caller, first.request_id) == (
+        pb.ORDER_STATUS_UNSPECIFIED,
+        pb.ORDER_STATUS_PENDING_PAYMENT,
+        "checkout",
+        "req-42",
+    )
+    assert (second.to_status, second.reason) == (pb.ORDER_STATUS_CANCELLED, "changed mind")
+    assert second.caller.startswith("peer:") and len(second.request_id) == 32
+    assert reply.order.cancel_reason == "changed mind"
+
+
+async def test_a_repeated_create_returns_the_stored_order_and_other_content_is_already_exists(
+    orders: Stub, stub
+) -> None:
+    await stock(stub, "A", 10)
+    first = (await orders.CreateOrder(create_request("o-1"))).order
+    await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-1", reason="test"))
+    again = (await orders.CreateOrder(create_request("o-1"))).order
+    assert again.status == pb.ORDER_STATUS_CANCELLED and again.create_time == first.create_time
+    for changed in (
+        create_request("o-1", ("A", 3, 150)),
+        create_request("o-1", ("A", 2, 151)),
+        create_request("o-1", customer="cust-2"),
+        create_request("o-1", currency="USD"),
+    ):
+        error = await rpc_error(orders.CreateOrder(changed))
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS, changed
+    assert await levels(stub, "A") == (10, 0)
+
+
+async def test_an_id_already_used_by_a_plain_reservation_is_already_exists(
+    orders: Stub, stub
+) -> None:
+    await stock(stub, "A", 10)
+    await stub.Reserve(
+        ipb.ReserveRequest(reservation_id="o-1", lines=[ipb.Line(sku="A", quantity=2)])
+    )
+    error = await rpc_error(orders.CreateOrder(create_request("o-1")))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_short_stock_fails_naming_each_short_sku_and_creates_nothing(
+    orders: Stub, stub
+) -> None:
+    await stock(stub, "A", 1)
+    await stock(stub, "B", 5)
+    error = await rpc_error(orders.CreateOrder(create_request("o-1", ("A", 2, 1), ("B", 1, 1))))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    (failure,) = details_of(error, error_details_pb2.PreconditionFailure)
+    assert [(v.subject, v.description) for v in failure.violations] == [
+        ("A", "available 1, requested 2")
+    ]
+    assert (await rpc_error(get(orders, "o-1"))).code() == grpc.StatusCode.NOT_FOUND
+    error = await rpc_error(orders.CreateOrder(create_request("o-2", ("NOPE", 1, 1))))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "NOPE" in error.details()
+
+
+async def test_an_amount_or_currency_mismatch_fails_and_leaves_the_hold(
+    dsn: str, orders: Stub, stub
+) -> None:
+    await stock(stub, "A", 10)
+    await orders.CreateOrder(create_request("o-1"))
+    for amount, currency in ((299, "EUR"), (301, "EUR"), (300, "USD")):
+        error = await rpc_error(
+            orders.ConfirmPayment(
+                pb.ConfirmPaymentRequest(
+                    order_id="o-1", payment_id="p-1", amount_minor=amount, currency_code=currency
+                )
+            )
+        )
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        (failure,) = details_of(error, error_details_pb2.PreconditionFailure)
+        assert failure.violations[0].type == "PAYMENT_MISMATCH"
+    assert (await get(orders, "o-1")).status == pb.ORDER_STATUS_PENDING_PAYMENT
+    assert await levels(stub, "A") == (10, 2)
+    await check_orders_agree(dsn)
+
+
+async def test_payment_is_idempotent_on_its_id(dsn: str, orders: Stub, stub) -> None:
+    await stock(stub, "A", 10)
+    await orders.CreateOrder(create_request("o-1"))
+    await orders.CreateOrder(create_request("o-2"))
+    pay = pb.ConfirmPaymentRequest(
+        order_id="o-1", payment_id="p-1", amount_minor=300, currency_code="EUR"
+    )
+    first = (await orders.ConfirmPayment(pay)).order
+    assert (await orders.ConfirmPayment(pay)).order == first
+    other = pb.ConfirmPaymentRequest(
+        order_id="o-1", payment_id="p-2", amount_minor=300, currency_code="EUR"
+    )
+    error = await rpc_error(orders.ConfirmPayment(other))
+    assert (
+        error.code() == grpc.StatusCode.FAILED_PRECONDITION and "another payment" in error.details()
+    )
+    reused = pb.ConfirmPaymentRequest(
+        order_id="o-2", payment_id="p-1", amount_minor=300, currency_code="EUR"
+    )
+    assert (await rpc_error(orders.ConfirmPayment(reused))).code() == grpc.StatusCode.ALREADY_EXISTS
+    assert await levels(stub, "A") == (8, 2)
+    await check_orders_agree(dsn)
+
+
+async def test_cancelling_a_paid_order_returns_its_stock_and_owes_a_refund(
+    dsn: str, orders: Stub, stub
+) -> None:
+    await stock(stub, "A", 10)
+    await stock(stub, "B", 10)
+    await orders.CreateOrder(create_request("o-1", ("A", 2, 150), ("B", 1, 50)))
+    await orders.ConfirmPayment(
+        pb.ConfirmPaymentRequest(
+            order_id="o-1", payment_id="p-1", amount_minor=350, currency_code="EUR"
+        )
+    )
+    assert await levels(stub, "A") == (8, 0)
+    cancelled = (
+        await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-1", reason="refund"))
+    ).order
+    assert (cancelled.status, cancelled.refund_owed_minor) == (pb.ORDER_STATUS_CANCELLED, 350)
+    assert await levels(stub, "A") == (10, 0)
+    assert await levels(stub, "B") == (10, 0)
+    again = (await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-1", reason="refund"))).order
+    assert again == cancelled
+    assert await levels(stub, "A") == (10, 0)
+    # The Redis mirror heard of the returned units: the gate admits them again.
+    await orders.CreateOrder(create_request("o-2", ("A", 10, 1)))
+    await check_orders_agree(dsn)
+
+
+async def paid_order(orders: Stub, stub, oid: str = "o-1") -> None:
+    await stock(stub, "A", 10)
+    await orders.CreateOrder(create_request(oid))
+    await orders.ConfirmPayment(
+        pb.ConfirmPaymentRequest(
+            order_id=oid, payment_id=f"p-{oid}", amount_minor=300, currency_code="EUR"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("carrier", "tracking", "ack", "fields"),
+    [
+        ("pigeon", "T-1", "ack", ["carrier"]),
+        ("dhl", "", "ack", ["tracking_no"]),
+        ("dhl", "T 1", "ack", ["tracking_no"]),
+        ("dhl", "T-1", "", ["carrier_ack_id"]),
+        ("", "", "", ["carrier", "tracking_no", "carrier_ack_id"]),
+    ],
+)
+async def test_shipping_needs_an_allowed_carrier_a_tracking_number_and_an_ack(
+    orders: Stub, stub, carrier: str, tracking: str, ack: str, fields: list[str]
+) -> None:
+    await paid_order(orders, stub)
+    request = pb.ShipOrderRequest(
+        order_id="o-1", carrier=carrier, tracking_no=tracking, carrier_ack_id=ack
+    )
+    error = await rpc_error(orders.ShipOrder(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == fields
+    assert (await get(orders, "o-1")).status == pb.ORDER_STATUS_PAID
+
+
+async def test_shipping_again_with_another_parcel_is_refused(orders: Stub, stub) -> None:
+    await paid_order(orders, stub)
+    first = pb.ShipOrderRequest(
+        order_id="o-1", carrier="dhl", tracking_no="T-1", carrier_ack_id="a"
+    )
+    shipped = (await orders.ShipOrder(first)).order
+    assert (await orders.ShipOrder(first)).order == shipped
+    other = pb.ShipOrderRequest(
+        order_id="o-1", carrier="ups", tracking_no="T-2", carrier_ack_id="a"
+    )
+    assert (await rpc_error(orders.ShipOrder(other))).code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_carrier_events_keep_the_carrier_times_and_the_last_sync_time(
+    orders: Stub, stub
+) -> None:
+    await paid_order(orders, stub)
+    await orders.ShipOrder(
+        pb.ShipOrderRequest(
+            order_id="o-1", carrier="sf-express", tracking_no="SF1", carrier_ack_id="a"
+        )
+    )
+    scanned = now_stamp(timedelta(hours=-2))
+    moving = (
+        await orders.RecordInTransit(pb.RecordInTransitRequest(order_id="o-1", event_time=scanned))
+    ).order
+    assert moving.shipment.in_transit_time == scanned
+    delivered_at = now_stamp(timedelta(minutes=4))  # carrier clocks run a little ahead
+    done = (
+        await orders.RecordDelivery(
+            pb.RecordDeliveryRequest(order_id="o-1", event_time=delivered_at)
+        )
+    ).order
+    assert done.status == pb.ORDER_STATUS_DELIVERED
+    assert done.shipment.delivered_time == delivered_at
+    assert done.shipment.last_sync_time.ToDatetime() >= moving.shipment.last_sync_time.ToDatetime()
+    assert done.shipment.last_sync_time == done.update_time
+
+
+async def test_raw_commit_or_release_of_an_order_hold_is_refused(orders: Stub, stub) -> None:
+    await stock(stub, "A", 10)
+    await orders.CreateOrder(create_request("o-1"))
+    await stub.Reserve(
+        ipb.ReserveRequest(reservation_id="cart-1", lines=[ipb.Line(sku="A", quantity=1)])
+    )
+    for call in (
+        stub.Commit(ipb.CommitRequest(reservation_id="o-1")),
+        stub.Release(ipb.ReleaseRequest(reservation_id="o-1")),
+    ):
+        error = await rpc_error(call)
+        assert (
+            error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            and "OrderService" in error.details()
+        )
+    # Plain reservations are untouched by the guard.
+    await stub.Commit(ipb.CommitRequest(reservation_id="cart-1"))
+    assert (await get(orders, "o-1")).status == pb.ORDER_STATUS_PENDING_PAYMENT
+    assert await levels(stub, "A") == (9, 2)
+
+
+UNKNOWN = [
+    ("GetOrder", pb.GetOrderRequest(order_id="nope")),
+    (
+        "ConfirmPayment",
+        pb.ConfirmPaymentRequest(
+            order_id="nope", payment_id="p", amount_minor=1, currency_code="EUR"
+        ),
+    ),
+    ("CancelOrder", pb.CancelOrderRequest(order_id="nope", reason="r")),
+    (
+        "ShipOrder",
+        pb.ShipOrderRequest(order_id="nope", carrier="dhl", tracking_no="T", carrier_ack_id="a"),
+    ),
+    ("RecordInTransit", pb.RecordInTransitRequest(order_id="nope", event_time=now_stamp())),
+    ("RecordDelivery", pb.RecordDeliveryRequest(order_id="nope", event_time=now_stamp())),
+]
+
+
+@pytest.mark.parametrize(("method", "request_"), UNKNOWN, ids=[m for m, _ in UNKNOWN])
+async def test_an_unknown_order_is_not_found(orders: Stub, method: str, request_) -> None:
+    error = await rpc_error(getattr(orders, method)(request_))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "nope" in error.details()
+
+
+def _line(sku: str = "A", quantity: int = 1, price: int = 1) -> pb.OrderLine:
+    return pb.OrderLine(sku=sku, quantity=quantity, unit_price_minor=price)
+
+
+def _create(**changes) -> pb.CreateOrderRequest:
+    fields = {"order_id": "o", "customer_id": "c", "currency_code": "EUR", "lines": [_line()]}
+    fields.update(changes)
+    return pb.CreateOrderRequest(**fields)
+
+
+BAD_REQUESTS = [
+    ("CreateOrder", _create(order_id=""), "order_id"),
+    ("CreateOrder", _create(order_id="has space"), "order_id"),
+    ("CreateOrder", _create(customer_id=""), "customer_id"),
+    ("CreateOrder", _create(lines=[]), "lines"),
+    ("CreateOrder", _create(lines=[_line(f"S{i}") for i in range(101)]), "lines"),
+    ("CreateOrder", _create(lines=[_line(quantity=0)]), "lines[0].quantity"),
+    ("CreateOrder", _create(lines=[_line("bad sku")]), "lines[0].sku"),
+    ("CreateOrder", _create(lines=[_line(price=-1)]), "lines[0].unit_price_minor"),
+    ("CreateOrder", _create(lines=[_line(price=10**10 + 1)]), "lines[0].unit_price_minor"),
+    ("CreateOrder", _create(lines=[_line(price=1), _line(price=2)]), "lines[1].unit_price_minor"),
+    ("CreateOrder", _create(currency_code="eur"), "currency_code"),
+    ("CreateOrder", _create(currency_code=""), "currency_code"),
+    ("CreateOrder", _create(payment_window=duration_pb2.Duration(seconds=0)), "payment_window"),
+    (
+        "CreateOrder",
+        _create(payment_window=duration_pb2.Duration(seconds=90_000)),
+        "payment_window",
+    ),
+    ("GetOrder", pb.GetOrderRequest(order_id=""), "order_id"),
+    ("ListOrders", pb.ListOrdersRequest(customer_id=""), "customer_id"),
+    ("ListOrders", pb.ListOrdersRequest(customer_id="c", page_size=-1), "page_size"),
+    ("ListOrders", pb.ListOrdersRequest(customer_id="c", page_size=501), "page_size"),
+    ("ListOrders", pb.ListOrdersRequest(customer_id="c", status=99), "status"),  # type: ignore[arg-type]
+    ("ListOrders", pb.ListOrdersRequest(customer_id="c", page_token="junk"), "page_token"),
+    (
+        "ListOrders",
+        pb.ListOrdersRequest(
+            customer_id="c", created_after=now_stamp(), created_before=now_stamp(timedelta(days=-1))
+        ),
+        "created_before",
+    ),
+    (
+        "ConfirmPayment",
+        pb.ConfirmPaymentRequest(order_id="", payment_id="p", amount_minor=1, currency_code="EUR"),
+        "order_id",
+    ),
+    (
+        "ConfirmPayment",
+        pb.ConfirmPaymentRequest(order_id="o", payment_id="", amount_minor=1, currency_code="EUR"),
+        "payment_id",
+    ),
+    (
+        "ConfirmPayment",
+        pb.ConfirmPaymentRequest(
+            order_id="o", payment_id="p", amount_minor=-1, currency_code="EUR"
+        ),
+        "amount_minor",
+    ),
+    (
+        "ConfirmPayment",
+        pb.ConfirmPaymentRequest(order_id="o", payment_id="p", amount_minor=1, currency_code="E"),
+        "currency_code",
+    ),
+    ("CancelOrder", pb.CancelOrderRequest(order_id="", reason="r"), "order_id"),
+    ("CancelOrder", pb.CancelOrderRequest(order_id="o", reason=""), "reason"),
+    ("CancelOrder", pb.CancelOrderRequest(order_id="o", reason="x" * 201), "reason"),
+    (
+        "ShipOrder",
+        pb.ShipOrderRequest(order_id="", carrier="dhl", tracking_no="T", carrier_ack_id="a"),
+        "order_id",
+    ),
+    (
+        "ShipOrder",
+        pb.ShipOrderRequest(order_id="o", carrier="pigeon", tracking_no="T", carrier_ack_id="a"),
+        "carrier",
+    ),
+    (
+        "ShipOrder",
+        pb.ShipOrderRequest(order_id="o", carrier="dhl", tracking_no="", carrier_ack_id="a"),
+        "tracking_no",
+    ),
+    (
+        "ShipOrder",
+        pb.ShipOrderRequest(order_id="o", carrier="dhl", tracking_no="T", carrier_ack_id=""),
+        "carrier_ack_id",
+    ),
+    ("RecordInTransit", pb.RecordInTransitRequest(order_id="o"), "event_time"),
+    (
+        "RecordInTransit",
+        pb.RecordInTransitRequest(order_id="o", event_time=now_stamp(timedelta(hours=1))),
+        "event_time",
+    ),
+    ("RecordInTransit", pb.RecordInTransitRequest(order_id="", event_time=now_stamp()), "order_id"),
+    ("RecordDelivery", pb.RecordDeliveryRequest(order_id="o"), "event_time"),
+    (
+        "RecordDelivery",
+        pb.RecordDeliveryRequest(order_id="o", event_time=now_stamp(timedelta(hours=1))),
+        "event_time",
+    ),
+    ("RecordDelivery", pb.RecordDeliveryRequest(order_id="", event_time=now_stamp()), "order_id"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "field"), BAD_REQUESTS, ids=[f"{m}-{f}" for m, _, f in BAD_REQUESTS]
+)
+async def test_bad_input_is_invalid_argument_naming_the_field(
+    orders: Stub, method, request_, field
+) -> None:
+    error = await rpc_error(getattr(orders, method)(request_))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert field in [v.field for v in bad.field_violations], bad
+
+
+BAD_WATCHES = [
+    (pb.WatchOrdersRequest(after_cursor=-1), "after_cursor"),
+    (pb.WatchOrdersRequest(types=[99]), "types[0]"),  # type: ignore[list-item]
+    (pb.WatchOrdersRequest(types=[pb.EVENT_TYPE_UNSPECIFIED]), "types[0]"),
+    (pb.WatchOrdersRequest(customer_id="bad id"), "customer_id"),
+    (pb.WatchOrdersRequest(order_id="bad id"), "order_id"),
+]
+
+
+@pytest.mark.parametrize(("request_", "field"), BAD_WATCHES, ids=[f for _, f in BAD_WATCHES])
+async def test_a_bad_watch_is_invalid_argument_naming_the_field(
+    orders: Stub, request_, field
+) -> None:
+    async def first() -> None:
+        async for _ in orders.WatchOrders(request_):
+            break
+
+    error = await rpc_error(first())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == [field]
+
+
+async def test_list_orders_pages_stay_stable_while_new_orders_arrive(orders: Stub, stub) -> None:
+    await stock(stub, "A", 1000)
+    for i in range(23):
+        await orders.CreateOrder(create_request(f"o-{i:02}"))
+    await orders.CreateOrder(create_request("other", customer="cust-2"))
+    await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-05", reason="r"))
+
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await orders.ListOrders(
+            pb.ListOrdersRequest(customer_id="cust-1", page_size=5, page_token=token)
+        )
+        seen += [o.order_id for o in page.orders]
+        pages += 1
+        # Orders created meanwhile are newer than every page handed out.
+        await orders.CreateOrder(create_request(f"new-{pages}"))
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"o-{i:02}" for i in reversed(range(23))]
+    assert pages == 5
+
+    cancelled = await orders.ListOrders(
+        pb.ListOrdersRequest(customer_id="cust-1", status=pb.ORDER_STATUS_CANCELLED)
+    )
+    assert [o.order_id for o in cancelled.orders] == ["o-05"]
+    newest = await orders.ListOrders(pb.ListOrdersRequest(customer_id="cust-1", page_size=500))
+    assert len(newest.orders) == 23 + pages and not newest.next_page_token
+    middle = newest.orders[10].create_time
+    after = await orders.ListOrders(
+        pb.ListOrdersRequest(customer_id="cust-1", created_after=middle, page_size=500)
+    )
+    before = await orders.ListOrders(
+        pb.ListOrdersRequest(customer_id="cust-1", created_before=middle, page_size=500)
+    )
+    assert len(after.orders) + len(before.orders) == len(newest.orders)
+    assert all(o.create_time.ToDatetime() >= middle.ToDatetime() for o in after.orders)
+    first = await orders.ListOrders(pb.ListOrdersRequest(customer_id="cust-1", page_size=5))
+    elsewhere = pb.ListOrdersRequest(
+        customer_id="cust-2", page_size=5, page_token=first.next_page_token
+    )
+    assert (
+        await rpc_error(orders.ListOrders(elsewhere))
+    ).code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_order_service_health_is_served(channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for _ in range(20):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=ORDER_SERVICE))
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("OrderService never reported SERVING")

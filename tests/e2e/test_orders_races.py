@@ -1,0 +1,138 @@
+"""Races on one order are decided exactly once: two payments, a cancel against a payment,
+expiry against a payment. Afterwards stock, holds, order status and events agree."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import grpc
+from stockcore.v1 import orders_pb2 as pb
+from stockcore.v1 import orders_pb2_grpc
+
+from tests.e2e.order_invariants import check_orders_agree
+from tests.e2e.test_orders_api import create_request, levels, stock
+
+Stub = orders_pb2_grpc.OrderServiceStub
+ORDERS = 24
+
+
+def payment(oid: str, payment_id: str) -> pb.ConfirmPaymentRequest:
+    return pb.ConfirmPaymentRequest(
+        order_id=oid, payment_id=payment_id, amount_minor=300, currency_code="EUR"
+    )
+
+
+async def outcome(call) -> pb.Order | grpc.StatusCode:
+    try:
+        reply = await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return reply.order
+
+
+async def test_two_payments_of_one_order_are_decided_once(dsn: str, orders: Stub, stub) -> None:
+    await stock(stub, "A", 1000)
+    for i in range(ORDERS):
+        await orders.CreateOrder(create_request(f"o-{i}"))
+    results = await asyncio.gather(
+        *(
+            outcome(orders.ConfirmPayment(payment(f"o-{i}", f"p-{i}-{side}")))
+            for i in range(ORDERS)
+            for side in ("a", "b")
+        )
+    )
+    for i in range(ORDERS):
+        a, b = results[2 * i], results[2 * i + 1]
+        won = [r for r in (a, b) if isinstance(r, pb.Order)]
+        assert len(won) == 1, (a, b)
+        assert grpc.StatusCode.FAILED_PRECONDITION in (a, b)
+        order = (await orders.GetOrder(pb.GetOrderRequest(order_id=f"o-{i}"))).order
+        assert (order.status, order.payment_id) == (pb.ORDER_STATUS_PAID, won[0].payment_id)
+    assert await levels(stub, "A") == (1000 - 2 * ORDERS, 0)
+    await check_orders_agree(dsn)
+
+
+async def test_one_payment_sent_twice_at_once_succeeds_twice_and_pays_once(
+    dsn: str, orders: Stub, stub
+) -> None:
+    await stock(stub, "A", 1000)
+    for i in range(ORDERS):
+        await orders.CreateOrder(create_request(f"o-{i}"))
+    results = await asyncio.gather(
+        *(
+            outcome(orders.ConfirmPayment(payment(f"o-{i}", f"p-{i}")))
+            for i in range(ORDERS)
+            for _ in range(2)
+        )
+    )
+    for i in range(ORDERS):
+        a, b = results[2 * i], results[2 * i + 1]
+        assert isinstance(a, pb.Order) and isinstance(b, pb.Order)
+        assert a.payment_id == b.payment_id == f"p-{i}" and a.version == b.version == 2
+    assert await levels(stub, "A") == (1000 - 2 * ORDERS, 0)
+    await check_orders_agree(dsn)
+
+
+async def test_a_cancel_racing_a_payment_is_decided_once(dsn: str, orders: Stub, stub) -> None:
+    await stock(stub, "A", 1000)
+    for i in range(ORDERS):
+        await orders.CreateOrder(create_request(f"o-{i}"))
+    calls = []
+    for i in range(ORDERS):
+        cancel = orders.CancelOrder(pb.CancelOrderRequest(order_id=f"o-{i}", reason="race"))
+        pay = orders.ConfirmPayment(payment(f"o-{i}", f"p-{i}"))
+        # Alternate who is sent first, so both orders of arrival are exercised.
+        calls += [outcome(cancel), outcome(pay)] if i % 2 else [outcome(pay), outcome(cancel)]
+    results = await asyncio.gather(*calls)
+    paid_first = 0
+    for i in range(ORDERS):
+        pair = results[2 * i : 2 * i + 2] if i % 2 else results[2 * i : 2 * i + 2][::-1]
+        cancelled, paid = pair
+        assert isinstance(cancelled, pb.Order) and cancelled.status == pb.ORDER_STATUS_CANCELLED
+        order = (await orders.GetOrder(pb.GetOrderRequest(order_id=f"o-{i}"))).order
+        assert order.status == pb.ORDER_STATUS_CANCELLED
+        if isinstance(paid, pb.Order):
+            # The payment came first: the cancel then undid a paid order.
+            paid_first += 1
+            assert order.payment_id == f"p-{i}" and order.refund_owed_minor == 300
+        else:
+            assert paid == grpc.StatusCode.FAILED_PRECONDITION
+            assert order.payment_id == "" and order.refund_owed_minor == 0
+    assert await levels(stub, "A") == (1000, 0)
+    await check_orders_agree(dsn)
+
+
+async def test_expiry_racing_a_payment_is_decided_once(dsn: str, orders: Stub, stub) -> None:
+    await stock(stub, "A", 1000)
+    created = [
+        (await orders.CreateOrder(create_request(f"o-{i}", window=1))).order for i in range(ORDERS)
+    ]
+
+    async def pay_near_deadline(order: pb.Order, offset: float) -> pb.Order | grpc.StatusCode:
+        deadline = order.payment_deadline.ToDatetime(tzinfo=UTC)
+        await asyncio.sleep(max((deadline - datetime.now(UTC)).total_seconds() + offset, 0))
+        return await outcome(orders.ConfirmPayment(payment(order.order_id, f"p-{order.order_id}")))
+
+    # Payments land from a little before to a little after each deadline, while the
+    # expiry sweep runs every 0.1 s.
+    offsets = [-0.25 + 0.5 * i / (ORDERS - 1) for i in range(ORDERS)]
+    results = await asyncio.gather(
+        *(pay_near_deadline(o, d) for o, d in zip(created, offsets, strict=True))
+    )
+    await asyncio.sleep(2.5)  # every hold left unpaid has been swept
+
+    counts = {"paid": 0, "expired": 0}
+    for order, result in zip(created, results, strict=True):
+        final = (await orders.GetOrder(pb.GetOrderRequest(order_id=order.order_id))).order
+        if isinstance(result, pb.Order):
+            assert final.status == pb.ORDER_STATUS_PAID
+            counts["paid"] += 1
+        else:
+            assert result == grpc.StatusCode.FAILED_PRECONDITION
+            assert final.status == pb.ORDER_STATUS_EXPIRED
+            counts["expired"] += 1
+    on_hand, reserved = await levels(stub, "A")
+    assert (on_hand, reserved) == (1000 - 2 * counts["paid"], 0)
+    snapshot = await check_orders_agree(dsn)
+    assert snapshot.late_holds == 0 and snapshot.overdue_orders == 0

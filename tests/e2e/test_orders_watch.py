@@ -1,0 +1,168 @@
+"""WatchOrders over gRPC: events in cursor order, filters, live tailing, and a resume
+after a disconnect that misses nothing and repeats nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from stockcore.v1 import orders_pb2 as pb
+from stockcore.v1 import orders_pb2_grpc
+
+from tests.e2e.test_orders_api import create_request, stock
+
+Stub = orders_pb2_grpc.OrderServiceStub
+
+
+async def read(orders: Stub, count: int, timeout: float = 10.0, **request) -> list[pb.OrderEvent]:
+    """The first `count` events of a new stream, then the stream is dropped."""
+    call = orders.WatchOrders(pb.WatchOrdersRequest(**request))
+    got: list[pb.OrderEvent] = []
+    try:
+        async with asyncio.timeout(timeout):
+            async for event in call:
+                got.append(event)
+                if len(got) == count:
+                    break
+    finally:
+        call.cancel()
+    return got
+
+
+async def _any(orders: Stub, request: dict) -> bool:
+    try:
+        return bool(await read(orders, 1, timeout=0.5, **request))
+    except TimeoutError:
+        return False
+
+
+async def make_history(orders: Stub, stub, customers: int = 3, each: int = 4) -> int:
+    """Orders of several customers, some paid and some cancelled; returns the event count."""
+    await stock(stub, "A", 10_000)
+    events = 0
+    for c in range(customers):
+        for i in range(each):
+            oid = f"c{c}-o{i}"
+            await orders.CreateOrder(create_request(oid, customer=f"cust-{c}"))
+            events += 1
+            if i % 2 == 0:
+                await orders.ConfirmPayment(
+                    pb.ConfirmPaymentRequest(
+                        order_id=oid, payment_id=f"p-{oid}", amount_minor=300, currency_code="EUR"
+                    )
+                )
+                events += 1
+            elif i % 3 == 0:
+                await orders.CancelOrder(pb.CancelOrderRequest(order_id=oid, reason="r"))
+                events += 1
+    return events
+
+
+async def test_a_watch_from_the_start_gets_every_event_with_gap_free_cursors(
+    orders: Stub, stub
+) -> None:
+    total = await make_history(orders, stub)
+    events = await read(orders, total)
+    assert [e.cursor for e in events] == list(range(1, total + 1))
+    assert len({e.event_id for e in events}) == total
+    for e in events:
+        assert e.event_id == f"{e.order_id}/{e.order_version}"
+        assert e.order.version == e.order_version and e.change.to_status == e.order.status
+    per_order: dict[str, list[int]] = {}
+    for e in events:
+        per_order.setdefault(e.order_id, []).append(e.order_version)
+    assert all(versions == sorted(versions) for versions in per_order.values())
+    assert not await _any(orders, {"after_cursor": total})
+
+
+async def test_a_resumed_watch_misses_nothing_and_repeats_nothing(orders: Stub, stub) -> None:
+    total = await make_history(orders, stub)
+    first = await read(orders, 5)
+    # While nobody watches, more happens.
+    for i in range(4):
+        await orders.CreateOrder(create_request(f"late-{i}"))
+    resumed = await read(orders, total + 4 - 5, after_cursor=first[-1].cursor)
+    assert [e.cursor for e in first + resumed] == list(range(1, total + 5))
+    assert {e.event_id for e in first}.isdisjoint({e.event_id for e in resumed})
+    assert not await _any(orders, {"after_cursor": resumed[-1].cursor})
+
+
+async def test_a_watch_tails_events_as_they_happen(orders: Stub, stub) -> None:
+    await stock(stub, "A", 100)
+    await orders.CreateOrder(create_request("before"))
+    call = orders.WatchOrders(pb.WatchOrdersRequest(customer_id="cust-1"))
+    try:
+        stream = call.__aiter__()
+        async with asyncio.timeout(10):
+            old = await stream.__anext__()
+            assert old.order_id == "before"
+            for i in range(3):
+                await orders.CreateOrder(create_request(f"live-{i}"))
+                live = await stream.__anext__()
+                assert (live.order_id, live.type) == (f"live-{i}", pb.EVENT_TYPE_ORDER_CREATED)
+                assert live.cursor == old.cursor + 1
+                old = live
+    finally:
+        call.cancel()
+
+
+async def test_watch_filters_by_customer_order_and_type(orders: Stub, stub) -> None:
+    total = await make_history(orders, stub)
+    everything = await read(orders, total)
+    mine = [e for e in everything if e.order.customer_id == "cust-1"]
+    assert [e.cursor for e in await read(orders, len(mine), customer_id="cust-1")] == [
+        e.cursor for e in mine
+    ]
+    one = [e for e in everything if e.order_id == "c2-o0"]
+    assert [e.cursor for e in await read(orders, len(one), order_id="c2-o0")] == [
+        e.cursor for e in one
+    ]
+    paid = [e for e in everything if e.type == pb.EVENT_TYPE_ORDER_PAID]
+    got = await read(orders, len(paid), types=[pb.EVENT_TYPE_ORDER_PAID])
+    assert [e.cursor for e in got] == [e.cursor for e in paid]
+    assert not await _any(
+        orders, {"types": [pb.EVENT_TYPE_ORDER_PAID], "after_cursor": got[-1].cursor}
+    )
+    both = await read(orders, 1, customer_id="cust-0", types=[pb.EVENT_TYPE_ORDER_CANCELLED])
+    assert [(e.order.customer_id, e.type) for e in both] == [
+        ("cust-0", pb.EVENT_TYPE_ORDER_CANCELLED)
+    ]
+
+
+async def test_an_unknown_filter_target_streams_nothing_rather_than_failing(
+    orders: Stub, stub
+) -> None:
+    await make_history(orders, stub, customers=1, each=1)
+    assert not await _any(orders, {"order_id": "nope"})
+    assert not await _any(orders, {"customer_id": "nobody"})
+
+
+async def test_many_watchers_see_the_same_sequence(orders: Stub, stub) -> None:
+    await stock(stub, "A", 1000)
+
+    async def create_some() -> None:
+        for i in range(20):
+            await orders.CreateOrder(create_request(f"o-{i}"))
+
+    readers = [asyncio.create_task(read(orders, 20)) for _ in range(5)]
+    await asyncio.sleep(0.2)
+    await create_some()
+    seen = await asyncio.gather(*readers)
+    assert all([e.event_id for e in s] == [e.event_id for e in seen[0]] for s in seen)
+    assert [e.cursor for e in seen[0]] == list(range(1, 21))
+
+
+async def test_a_closed_server_ends_open_watches(settings) -> None:
+    from server.app import create_server
+
+    app = await create_server(settings)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        call = orders_pb2_grpc.OrderServiceStub(channel).WatchOrders(pb.WatchOrdersRequest())
+        reader = asyncio.ensure_future(call.read())
+        await asyncio.sleep(0.2)
+        await app.stop(grace=0.2)
+        try:
+            async with asyncio.timeout(5):
+                await reader
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)

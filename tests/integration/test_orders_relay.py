@@ -1,0 +1,248 @@
+"""The outbox relay against real PostgreSQL and Redis: gap-free cursors in commit
+order, one sequencer at a time, publication at least once, and lag measured."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from stockcore.v1 import orders_pb2 as pb
+
+from clients.events import OrderEventConsumer
+from clients.orders import OrderEvent
+from server.config import Settings
+from server.domain.errors import Unavailable
+from server.domain.orders import Actor, Step, create_order
+from server.orders.relay import Relay
+from server.rpc.orders_convert import event_payload, stamp
+from server.storage.event_stream import STREAM, EventStream
+from server.storage.orders_pg import OrderStore
+from server.storage.outbox_pg import OutboxSession
+from server.storage.postgres import StockStore
+from tests.conftest import Servers
+
+ACTOR = Actor("tests", "req")
+LIMITS = {"default_ttl_s": 300.0, "min_ttl_s": 1.0, "max_ttl_s": 86_400.0}
+
+
+@pytest.fixture
+def orders(store: StockStore) -> OrderStore:
+    """An OrderStore over the test database."""
+    return OrderStore(store, event_payload)
+
+
+@pytest.fixture
+def relay_settings(clean: Servers) -> Settings:
+    """Settings with a quick relay."""
+    return Settings(
+        pg_dsn=clean.pg_dsn,
+        redis_url=clean.redis_url,
+        relay_interval_s=0.02,
+        relay_standby_interval_s=0.1,
+        relay_batch=50,
+    ).validate()
+
+
+@pytest.fixture
+async def session(clean: Servers) -> AsyncIterator[OutboxSession]:
+    """A relay session of its own."""
+    opened = await OutboxSession.open(clean.pg_dsn, 5)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def stream(clean: Servers) -> AsyncIterator[EventStream]:
+    """The event stream on the test Redis."""
+    opened = EventStream.from_url(clean.redis_url, maxlen=10_000)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def create(
+    orders: OrderStore, *ids: str, conn: asyncpg.Connection | None = None
+) -> list[Step]:
+    """Orders (and their ORDER_CREATED events), committed in one transaction."""
+    now = await orders.stock.now()
+    steps = [
+        create_order(oid, "c-1", [("A", 1, 10)], "EUR", None, ACTOR, **LIMITS).created(
+            now, now + timedelta(minutes=5)
+        )
+        for oid in ids
+    ]
+    if conn is not None:
+        await orders.insert_created(conn, steps)
+    else:
+        await orders.stock.transaction(lambda c: orders.insert_created(c, steps))
+    return steps
+
+
+async def stream_events(client: aioredis.Redis) -> list[pb.OrderEvent]:
+    return [pb.OrderEvent.FromString(fields[b"event"]) for _, fields in await client.xrange(STREAM)]
+
+
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def test_cursors_are_gap_free_in_commit_order_even_when_ids_interleave(
+    orders: OrderStore, clean: Servers, session: OutboxSession, db: asyncpg.Connection
+) -> None:
+    early = await asyncpg.connect(clean.pg_dsn)
+    try:
+        # The first transaction takes the lower id but commits last.
+        async with early.transaction():
+            await create(orders, "first-begun", conn=early)
+            await create(orders, "second-begun")
+            assert await session.sequence(100) == 1
+        assert await session.sequence(100) == 1
+    finally:
+        await early.close()
+    await create(orders, "third")
+    assert await session.sequence(100) == 1
+    rows = await db.fetch("SELECT event_id, cursor FROM stockcore.order_events ORDER BY cursor")
+    assert [(r["event_id"], r["cursor"]) for r in rows] == [
+        ("second-begun/1", 1),
+        ("first-begun/1", 2),
+        ("third/1", 3),
+    ]
+
+
+async def test_every_event_is_published_once_with_its_cursor_and_its_lag_measured(
+    orders: OrderStore,
+    relay_settings: Settings,
+    session: OutboxSession,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+) -> None:
+    await create(orders, *(f"o-{i}" for i in range(120)))
+    lags_before = sample("stockcore_order_event_publication_lag_seconds_count")
+    relay = Relay(relay_settings, stream, stamp)
+
+    while await relay.step(session):
+        pass
+
+    events = await stream_events(redis_client)
+    assert [e.cursor for e in events] == list(range(1, 121))
+    assert [e.event_id for e in events] == [f"o-{i}/1" for i in range(120)]
+    assert await session.backlog() == 0
+    assert sample("stockcore_order_events_unpublished") == 0
+    assert sample("stockcore_order_event_publication_lag_seconds_count") == lags_before + 120
+
+
+class _DiesBeforeMarking(OutboxSession):
+    """A session lost right after its first XADD, as a crash there would lose it."""
+
+    died = False
+
+    async def mark_published(self, ids: Sequence[int]) -> datetime:
+        if not self.died:
+            self.died = True
+            raise Unavailable("killed after publishing")
+        return await super().mark_published(ids)
+
+
+async def test_a_crash_between_publishing_and_marking_publishes_again_and_consumers_see_each_once(
+    orders: OrderStore,
+    relay_settings: Settings,
+    clean: Servers,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+) -> None:
+    await create(orders, "o-1", "o-2", "o-3")
+    dying = await _DiesBeforeMarking.open(clean.pg_dsn, 5)
+    relay = Relay(relay_settings, stream, stamp)
+    try:
+        with pytest.raises(Unavailable):
+            await relay.step(dying)
+        await relay.step(dying)
+    finally:
+        await dying.close()
+
+    events = await stream_events(redis_client)
+    assert [e.event_id for e in events] == ["o-1/1", "o-2/1", "o-3/1"] * 2
+    consumer = OrderEventConsumer(redis_client, group="billing", consumer="b-1")
+    await consumer.ensure_group()
+    handled: list[str] = []
+
+    async def handle(event: OrderEvent) -> None:
+        handled.append(event.event_id)
+
+    while deliveries := await consumer.fetch(block_ms=10):
+        await consumer.handle(deliveries, handle)
+    assert handled == ["o-1/1", "o-2/1", "o-3/1"]
+
+
+async def test_events_wait_while_redis_is_unreachable_and_are_published_after(
+    orders: OrderStore,
+    relay_settings: Settings,
+    session: OutboxSession,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+) -> None:
+    await create(orders, "o-1", "o-2")
+    down = EventStream.from_url("redis://127.0.0.1:1/0", maxlen=10_000, timeout=0.2)
+    try:
+        assert not await Relay(relay_settings, down, stamp).step(session)
+    finally:
+        await down.close()
+    assert sample("stockcore_order_events_unpublished") == 2
+    assert await stream_events(redis_client) == []
+
+    await Relay(relay_settings, stream, stamp).step(session)
+    assert [e.event_id for e in await stream_events(redis_client)] == ["o-1/1", "o-2/1"]
+
+
+async def relays_holding_the_lock(conn: asyncpg.Connection) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+        " WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'stockcore-relay'"
+    )
+    return count
+
+
+async def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(
+    orders: OrderStore,
+    relay_settings: Settings,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+    db: asyncpg.Connection,
+) -> None:
+    relays = [Relay(relay_settings, stream, stamp) for _ in range(3)]
+    tasks = {relay: asyncio.create_task(relay.run()) for relay in relays}
+    try:
+        for round_ in range(3):
+            await create(orders, f"o-{round_}")
+            await eventually(lambda n=round_ + 1: published(redis_client, n))
+            working = [relay for relay in relays if relay.active]
+            assert len(working) == 1
+            assert await relays_holding_the_lock(db) == 1
+            # The working relay goes away; one standing by takes over within its interval.
+            working[0].stop()
+            await asyncio.wait_for(tasks[working[0]], 5)
+            relays.remove(working[0])
+    finally:
+        for relay in relays:
+            relay.stop()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+    assert [e.event_id for e in await stream_events(redis_client)] == ["o-0/1", "o-1/1", "o-2/1"]
+    assert await relays_holding_the_lock(db) == 0
+
+
+async def published(client: aioredis.Redis, count: int) -> bool:
+    return int(await client.xlen(STREAM)) >= count
+
+
+async def eventually(condition, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await condition():  # noqa: ASYNC110 - polls another process
+            await asyncio.sleep(0.05)

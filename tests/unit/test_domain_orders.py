@@ -1,0 +1,374 @@
+"""The order status machine, its guards, and the validation of every order request."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.domain.errors import IllegalTransition, InvalidArgument, PaymentMismatch
+from server.domain.inventory import MAX_LINES, MAX_QUANTITY
+from server.domain.orders import (
+    CREATED_EVENT,
+    INITIAL_STATUS,
+    MAX_TOTAL,
+    MAX_UNIT_PRICE,
+    TRANSITIONS,
+    Actor,
+    EventType,
+    Order,
+    OrderStatus,
+    allowed_next,
+    cancel,
+    cancel_order,
+    carrier_report,
+    confirm_payment,
+    create_order,
+    decide,
+    expire,
+    pay,
+    record_delivery,
+    record_in_transit,
+    ship,
+    ship_order,
+    status_diagram,
+)
+
+ACTOR = Actor("tests", "req-1")
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+CARRIERS = ("dhl", "ups")
+LIMITS = {"default_ttl_s": 300.0, "min_ttl_s": 1.0, "max_ttl_s": 86_400.0}
+
+
+def paths_to_every_status() -> dict[OrderStatus, tuple[OrderStatus, ...]]:
+    """A shortest path from creation to each status, found through the table itself."""
+    paths = {INITIAL_STATUS: (INITIAL_STATUS,)}
+    queue = deque([INITIAL_STATUS])
+    while queue:
+        status = queue.popleft()
+        for target in TRANSITIONS[status]:
+            if target not in paths:
+                paths[target] = (*paths[status], target)
+                queue.append(target)
+    return paths
+
+
+PATHS = paths_to_every_status()
+PAIRS = [(a, b) for a in OrderStatus for b in OrderStatus]
+
+
+def make_order(**changes: object) -> Order:
+    command = create_order(
+        "o-1", "c-1", [("A", 2, 150), ("B", 1, 1000)], "EUR", None, ACTOR, **LIMITS
+    )
+    order = command.created(NOW, NOW + timedelta(minutes=5)).order
+    return replace(order, **changes)  # type: ignore[arg-type]
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+def test_every_status_is_reachable_from_creation() -> None:
+    assert set(PATHS) == set(OrderStatus)
+
+
+def test_every_event_type_is_emitted_by_creation_or_some_transition() -> None:
+    emitted = {CREATED_EVENT} | {e for targets in TRANSITIONS.values() for e in targets.values()}
+    assert emitted == set(EventType)
+
+
+def test_the_machine_has_no_backward_moves() -> None:
+    # Acyclic: repeatedly removing statuses nothing leads into empties the table.
+    remaining = set(OrderStatus)
+    while remaining:
+        sources = {s for s in remaining if not any(s in TRANSITIONS[o] for o in remaining)}
+        assert sources, f"a cycle among {sorted(s.name for s in remaining)}"
+        remaining -= sources
+    assert all(INITIAL_STATUS not in targets for targets in TRANSITIONS.values())
+
+
+def test_the_issue_statuses_move_as_specified() -> None:
+    s = OrderStatus
+    assert {k: set(v) for k, v in TRANSITIONS.items()} == {
+        s.PENDING_PAYMENT: {s.PAID, s.CANCELLED, s.EXPIRED},
+        s.PAID: {s.SHIPPED, s.CANCELLED},
+        s.SHIPPED: {s.IN_TRANSIT, s.DELIVERED},
+        s.IN_TRANSIT: {s.DELIVERED},
+        s.DELIVERED: set(),
+        s.CANCELLED: set(),
+        s.EXPIRED: set(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted"), PAIRS, ids=[f"{a.name}->{b.name}" for a, b in PAIRS]
+)
+def test_decide_follows_the_table_for_every_pair(current: OrderStatus, wanted: OrderStatus) -> None:
+    path = PATHS[current]
+    if wanted in path:
+        assert decide("o-1", path, wanted) is None
+    elif wanted in TRANSITIONS[current]:
+        assert decide("o-1", path, wanted) is TRANSITIONS[current][wanted]
+    else:
+        with pytest.raises(IllegalTransition) as raised:
+            decide("o-1", path, wanted)
+        assert raised.value.current == current.name
+        assert raised.value.allowed == tuple(s.name for s in allowed_next(current))
+        assert current.name in str(raised.value)
+        for name in raised.value.allowed:
+            assert name in str(raised.value)
+
+
+def test_a_final_status_says_nothing_may_follow() -> None:
+    with pytest.raises(IllegalTransition, match=r"allowed next: none \(final\)"):
+        decide("o-1", PATHS[OrderStatus.EXPIRED], OrderStatus.PAID)
+
+
+def test_the_diagram_has_one_arrow_per_transition_and_marks_start_and_finals() -> None:
+    lines = status_diagram().splitlines()
+    assert lines[0] == "stateDiagram-v2"
+    arrows = [line.strip() for line in lines[1:]]
+    assert "[*] --> PENDING_PAYMENT: ORDER_CREATED" in arrows
+    for source, targets in TRANSITIONS.items():
+        for target, event in targets.items():
+            assert f"{source.name} --> {target.name}: {event.name}" in arrows
+        if not targets:
+            assert f"{source.name} --> [*]" in arrows
+    assert len(arrows) == 1 + sum(len(t) or 1 for t in TRANSITIONS.values())
+
+
+# --- transitions of an order ------------------------------------------------------------
+
+
+def test_creation_starts_pending_with_version_one_and_a_created_event() -> None:
+    order = make_order()
+    assert (order.status, order.version, order.total_minor) == (INITIAL_STATUS, 1, 1300)
+    assert [line.total_minor for line in order.lines] == [300, 1000]
+
+
+def test_payment_moves_to_paid_and_records_payment_history_and_event() -> None:
+    order = make_order()
+    payment = confirm_payment("o-1", "p-1", 1300, "EUR", ACTOR)
+    step = pay(order, payment, NOW)
+    assert step is not None
+    assert (step.order.status, step.order.payment_id, step.order.version) == (
+        OrderStatus.PAID,
+        "p-1",
+        2,
+    )
+    assert (step.change.from_status, step.change.to_status) == (
+        OrderStatus.PENDING_PAYMENT,
+        OrderStatus.PAID,
+    )
+    assert (step.change.caller, step.change.request_id) == ("tests", "req-1")
+    assert (step.event.type, step.event.event_id) == (EventType.ORDER_PAID, "o-1/2")
+
+
+@pytest.mark.parametrize(("amount", "currency"), [(1299, "EUR"), (1301, "EUR"), (1300, "USD")])
+def test_a_payment_that_differs_from_the_order_is_a_mismatch(amount: int, currency: str) -> None:
+    with pytest.raises(PaymentMismatch):
+        pay(make_order(), confirm_payment("o-1", "p-1", amount, currency, ACTOR), NOW)
+
+
+def test_the_same_payment_again_is_a_repeat_and_another_payment_is_illegal() -> None:
+    step = pay(make_order(), confirm_payment("o-1", "p-1", 1300, "EUR", ACTOR), NOW)
+    assert step is not None
+    paid = step.order
+    assert pay(paid, confirm_payment("o-1", "p-1", 1300, "EUR", ACTOR), NOW) is None
+    with pytest.raises(IllegalTransition, match="another payment"):
+        pay(paid, confirm_payment("o-1", "p-2", 1300, "EUR", ACTOR), NOW)
+
+
+def test_cancelling_a_paid_order_owes_its_payment_back() -> None:
+    step = pay(make_order(), confirm_payment("o-1", "p-1", 1300, "EUR", ACTOR), NOW)
+    assert step is not None
+    cancelled = cancel(step.order, cancel_order("o-1", "changed mind", ACTOR), NOW)
+    assert cancelled is not None
+    assert (cancelled.order.refund_owed_minor, cancelled.order.cancel_reason) == (
+        1300,
+        "changed mind",
+    )
+    unpaid = cancel(make_order(), cancel_order("o-1", "changed mind", ACTOR), NOW)
+    assert unpaid is not None and unpaid.order.refund_owed_minor == 0
+
+
+def test_carrier_steps_keep_carrier_times_and_the_last_sync_time() -> None:
+    step = pay(make_order(), confirm_payment("o-1", "p-1", 1300, "EUR", ACTOR), NOW)
+    assert step is not None
+    shipped = ship(
+        step.order, ship_order("o-1", "dhl", "T-1", "ack", ACTOR, carriers=CARRIERS), NOW
+    )
+    assert shipped is not None
+    later = NOW + timedelta(hours=1)
+    scanned = NOW - timedelta(minutes=10)
+    moving = record_in_transit(shipped.order, carrier_report("o-1", scanned, ACTOR, now=NOW), later)
+    assert moving is not None
+    assert moving.order.shipment is not None
+    assert (moving.order.shipment.in_transit_at, moving.order.last_sync_at) == (scanned, later)
+    done = record_delivery(moving.order, carrier_report("o-1", later, ACTOR, now=later), later)
+    assert done is not None and done.order.shipment is not None
+    assert done.order.shipment.delivered_at == later
+    assert done.order.path == (
+        OrderStatus.PENDING_PAYMENT,
+        OrderStatus.PAID,
+        OrderStatus.SHIPPED,
+        OrderStatus.IN_TRANSIT,
+        OrderStatus.DELIVERED,
+    )
+    assert (
+        record_in_transit(done.order, carrier_report("o-1", later, ACTOR, now=later), later) is None
+    )
+
+
+def test_shipping_again_with_another_parcel_is_illegal() -> None:
+    step = pay(make_order(), confirm_payment("o-1", "p-1", 1300, "EUR", ACTOR), NOW)
+    assert step is not None
+    shipped = ship(step.order, ship_order("o-1", "dhl", "T-1", "a", ACTOR, carriers=CARRIERS), NOW)
+    assert shipped is not None
+    again = ship_order("o-1", "dhl", "T-1", "a", ACTOR, carriers=CARRIERS)
+    assert ship(shipped.order, again, NOW) is None
+    with pytest.raises(IllegalTransition, match="already shipped"):
+        ship(shipped.order, ship_order("o-1", "ups", "T-2", "a", ACTOR, carriers=CARRIERS), NOW)
+
+
+def test_expiry_of_an_unpaid_order_is_recorded_and_of_a_paid_one_is_illegal() -> None:
+    expired = expire(make_order(), NOW, ACTOR)
+    assert expired is not None and expired.event.type is EventType.ORDER_EXPIRED
+    step = pay(make_order(), confirm_payment("o-1", "p-1", 1300, "EUR", ACTOR), NOW)
+    assert step is not None
+    with pytest.raises(IllegalTransition):
+        expire(step.order, NOW, ACTOR)
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def fields_of(raised: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
+    return [v.field for v in raised.value.violations]
+
+
+def test_create_order_reports_every_violation_at_once() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        create_order(
+            "",
+            "bad customer",
+            [("A", 0, 1), ("-bad", 1, -1), ("C", 1, MAX_UNIT_PRICE + 1)],
+            "eur",
+            0.5,
+            ACTOR,
+            **LIMITS,
+        )
+    assert fields_of(raised) == [
+        "order_id",
+        "customer_id",
+        "lines[0].quantity",
+        "lines[1].sku",
+        "lines[1].unit_price_minor",
+        "lines[2].unit_price_minor",
+        "currency_code",
+        "payment_window",
+    ]
+
+
+def test_create_order_needs_lines_and_at_most_the_line_limit() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        create_order("o", "c", [], "EUR", None, ACTOR, **LIMITS)
+    assert fields_of(raised) == ["lines"]
+    many = [(f"S{i}", 1, 1) for i in range(MAX_LINES + 1)]
+    with pytest.raises(InvalidArgument) as raised:
+        create_order("o", "c", many, "EUR", None, ACTOR, **LIMITS)
+    assert "lines" in fields_of(raised)
+
+
+def test_duplicate_skus_merge_when_priced_alike_and_are_refused_otherwise() -> None:
+    merged = create_order(
+        "o", "c", [("B", 1, 5), ("A", 2, 7), ("B", 3, 5)], "EUR", 60, ACTOR, **LIMITS
+    )
+    assert [(x.sku, x.quantity, x.unit_price_minor) for x in merged.lines] == [
+        ("A", 2, 7),
+        ("B", 4, 5),
+    ]
+    assert (merged.total_minor, merged.ttl_ms) == (34, 60_000)
+    with pytest.raises(InvalidArgument) as raised:
+        create_order("o", "c", [("B", 1, 5), ("B", 1, 6)], "EUR", None, ACTOR, **LIMITS)
+    assert fields_of(raised) == ["lines[1].unit_price_minor"]
+
+
+def test_the_fingerprint_covers_prices_customer_currency_and_window_but_not_line_order() -> None:
+    def fingerprint(
+        *lines: tuple[str, int, int],
+        customer: str = "c",
+        currency: str = "EUR",
+        window: float | None = None,
+    ) -> bytes:
+        return create_order(
+            "o", customer, list(lines), currency, window, ACTOR, **LIMITS
+        ).fingerprint
+
+    base = fingerprint(("A", 1, 5), ("B", 2, 6))
+    assert fingerprint(("B", 2, 6), ("A", 1, 5)) == base
+    assert fingerprint(("A", 1, 5), ("B", 2, 7)) != base
+    assert fingerprint(("A", 1, 5), ("B", 2, 6), customer="d") != base
+    assert fingerprint(("A", 1, 5), ("B", 2, 6), currency="USD") != base
+    assert fingerprint(("A", 1, 5), ("B", 2, 6), window=60) != base
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["A", "B", "C", "D"]),
+            st.integers(1, 10_000),
+            st.integers(0, MAX_UNIT_PRICE),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_totals_are_exact_integers_within_the_bound(lines: list[tuple[str, int, int]]) -> None:
+    prices = {sku: price for sku, _, price in reversed(lines)}
+    priced = [(sku, qty, prices[sku]) for sku, qty, _ in lines]
+    command = create_order("o", "c", priced, "EUR", None, ACTOR, **LIMITS)
+    assert command.total_minor == sum(qty * price for _, qty, price in priced)
+    assert 0 <= command.total_minor <= MAX_TOTAL
+
+
+def test_the_largest_possible_order_still_fits_its_total() -> None:
+    lines = [(f"S{i}", MAX_QUANTITY, MAX_UNIT_PRICE) for i in range(MAX_LINES)]
+    command = create_order("o", "c", lines, "EUR", None, ACTOR, **LIMITS)
+    assert command.total_minor == MAX_LINES * MAX_QUANTITY * MAX_UNIT_PRICE <= MAX_TOTAL
+
+
+def test_confirm_payment_validates_ids_amount_and_currency() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        confirm_payment("", "has space", -1, "EURO", ACTOR)
+    assert fields_of(raised) == ["order_id", "payment_id", "amount_minor", "currency_code"]
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "x" * 201])
+def test_cancel_needs_a_reason_of_sensible_length(reason: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        cancel_order("o", reason, ACTOR)
+    assert fields_of(raised) == ["reason"]
+
+
+def test_ship_order_requires_an_allowed_carrier_a_tracking_number_and_an_ack() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        ship_order("o", "pigeon", "", "", ACTOR, carriers=CARRIERS)
+    assert fields_of(raised) == ["carrier", "tracking_no", "carrier_ack_id"]
+    with pytest.raises(InvalidArgument) as raised:
+        ship_order("o", "dhl", "has space", "a" * 129, ACTOR, carriers=CARRIERS)
+    assert fields_of(raised) == ["tracking_no", "carrier_ack_id"]
+    assert ship_order("o", "dhl", "JD-0001", "ack 1", ACTOR, carriers=CARRIERS).carrier == "dhl"
+
+
+def test_carrier_times_are_required_and_not_far_in_the_future() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        carrier_report("o", None, ACTOR, now=NOW)
+    assert fields_of(raised) == ["event_time"]
+    with pytest.raises(InvalidArgument):
+        carrier_report("o", NOW + timedelta(minutes=5, seconds=1), ACTOR, now=NOW)
+    assert carrier_report("o", NOW + timedelta(minutes=4), ACTOR, now=NOW).event_time > NOW
