@@ -16,6 +16,7 @@ import itertools
 import os
 import platform
 import random
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +214,12 @@ async def _migrate(dsn: str) -> None:
 
 
 def run_bench(
-    pg_dsn: str, redis_url: str, levels: list[int], duration: float, data_dir: Path
+    pg_dsn: str,
+    redis_url: str,
+    levels: list[int],
+    duration: float,
+    data_dir: Path,
+    contention: bool = True,
 ) -> None:
     """Run every measurement and print the tables."""
     asyncio.run(_migrate(pg_dsn))
@@ -275,13 +281,15 @@ def run_bench(
                 flush=True,
             )
 
-        contention = 64
+        if not contention:
+            return
+        buyers = 64
         print(
-            f"\nhot-SKU contention: {contention} buyers, 4 SKUs x 200 units, one unit per purchase, until sold out\n"
+            f"\nhot-SKU contention: {buyers} buyers, 4 SKUs x 200 units, one unit per purchase, until sold out\n"
         )
         print(_row(["design", "attempts/s", "p50 ms", "p99 ms", "sold", "stock", "oversold"]))
         print(_row(["---"] * 7))
-        sale = loop.run_until_complete(_stockcore_sale(server.target, contention, 30.0, 200))
+        sale = loop.run_until_complete(_stockcore_sale(server.target, buyers, 30.0, 200))
         print(
             _row(
                 [
@@ -301,7 +309,7 @@ def run_bench(
                 run_classic(
                     pg_dsn,
                     design,
-                    concurrency=contention,
+                    concurrency=buyers,
                     duration=30.0,
                     hot_skus=4,
                     stock_per_sku=200,
@@ -337,15 +345,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--levels", default="16,64,128", help="comma-separated caller counts")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument(
+        "--skip-contention",
+        action="store_true",
+        help="leave out the hot-SKU comparison with classic designs",
+    )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     data_dir = Path(".data/bench").resolve()
     pg_dsn = os.environ.get("STOCKCORE_PG_DSN")
     redis_url = os.environ.get("STOCKCORE_REDIS_URL")
+    if pg_dsn is None:
+        # Every run starts from an empty cluster: no bloat or schema left by earlier runs.
+        shutil.rmtree(data_dir, ignore_errors=True)
     with local_servers(
         data_dir, 54339, 56399, want_pg=pg_dsn is None, want_redis=redis_url is None
     ) as (pg, rd):
-        run_bench(pg_dsn or pg.dsn, redis_url or rd.url, levels, args.duration, data_dir)  # type: ignore[union-attr]
+        run_bench(
+            pg_dsn or pg.dsn,
+            redis_url or rd.url,
+            levels,
+            args.duration,
+            data_dir,
+            not args.skip_contention,
+        )  # type: ignore[union-attr]
 
 
 if __name__ == "__main__":

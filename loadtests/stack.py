@@ -1,0 +1,138 @@
+"""The system under test of a load run, and the catalogue it is loaded with.
+
+Without STOCKCORE_TARGET, a fresh stack is started under the given data folder: PostgreSQL
+and Redis (unless STOCKCORE_PG_DSN / STOCKCORE_REDIS_URL name existing ones) and the real
+server as a child process, all on loopback and all dying with this process. With
+STOCKCORE_TARGET=host:port the run goes to that server; STOCKCORE_PG_DSN and
+STOCKCORE_REDIS_URL then only enable the read-only checks after the run, and
+STOCKCORE_SERVER_PID lets the run sample that server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from stockcore.v1 import inventory_pb2 as pb
+from stockcore.v1 import inventory_pb2_grpc as pb_grpc
+
+from server.devservers import LocalStockcore, free_port, local_servers
+
+SHARDS = 16
+
+_SEED_CONCURRENCY = 64
+_CALLER = [("stockcore-caller", "loadtests-seed")]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where the server is, and what the run may read after it."""
+
+    target: str
+    pg_dsn: str | None
+    redis_url: str | None
+    server_pid: int | None
+    owned: bool
+    """Started by this run (fresh), rather than named by the environment."""
+    service_pids: dict[str, int] = field(default_factory=dict)
+    """Root processes to sample: "server", and "postgres" and "redis" when started here."""
+
+
+@contextlib.contextmanager
+def open_stack(
+    data_dir: Path, *, server_workers: int = 1, extra_env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """The servers named by the environment, or a fresh local stack under `data_dir`."""
+    pg_dsn = os.environ.get("STOCKCORE_PG_DSN") or None
+    redis_url = os.environ.get("STOCKCORE_REDIS_URL") or None
+    target = os.environ.get("STOCKCORE_TARGET") or None
+    if target is not None:
+        pid = os.environ.get("STOCKCORE_SERVER_PID")
+        pids = {"server": int(pid)} if pid else {}
+        yield Stack(target, pg_dsn, redis_url, int(pid) if pid else None, False, pids)
+        return
+    data_dir = data_dir.resolve()  # PostgreSQL is started with its socket folder there
+    shutil.rmtree(data_dir, ignore_errors=True)
+    with local_servers(
+        data_dir, free_port(), free_port(), want_pg=pg_dsn is None, want_redis=redis_url is None
+    ) as (pg, redis):
+        pg_dsn = pg_dsn or (pg.dsn if pg else None)
+        redis_url = redis_url or (redis.url if redis else None)
+        assert pg_dsn is not None and redis_url is not None
+        server = LocalStockcore(
+            pg_dsn,
+            redis_url,
+            SHARDS,
+            data_dir,
+            STOCKCORE_WORKERS=str(server_workers),
+            STOCKCORE_DEMO_CATALOGUE="false",
+            **(extra_env or {}),
+        )
+        asyncio.run(server.start(timeout=120.0))
+        try:
+            assert server.proc is not None
+            pids = {"server": server.proc.pid}
+            if pg is not None and pg.proc is not None:
+                pids["postgres"] = pg.proc.pid
+            if redis is not None and redis.proc is not None:
+                pids["redis"] = redis.proc.pid
+            yield Stack(server.target, pg_dsn, redis_url, server.proc.pid, True, pids)
+        finally:
+            server.stop()
+
+
+async def stock_catalogue(
+    target: str, skus: Sequence[str], on_hand: int, *, key: str, concurrency: int = 0
+) -> None:
+    """Set every SKU's on_hand through AdjustStock (idempotent on `key` and the SKU)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.InventoryServiceStub(channel)
+        queue = iter(skus)
+
+        async def adjust_all() -> None:
+            for sku in queue:
+                await stub.AdjustStock(
+                    pb.AdjustStockRequest(
+                        sku=sku,
+                        on_hand=on_hand,
+                        reason="load test stock",
+                        idempotency_key=f"{key}:{sku}",
+                    ),
+                    timeout=30.0,
+                    metadata=_CALLER,
+                )
+
+        workers = concurrency or min(_SEED_CONCURRENCY, len(skus))
+        await asyncio.gather(*(adjust_all() for _ in range(max(1, workers))))
+
+
+async def read_stock(target: str, skus: Sequence[str]) -> list[pb.StockLevel]:
+    """Every SKU's level, 1,000 per GetStock call."""
+    levels: list[pb.StockLevel] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.InventoryServiceStub(channel)
+        it = iter(skus)
+        while chunk := list(itertools.islice(it, 1000)):
+            reply = await stub.GetStock(pb.GetStockRequest(skus=chunk), timeout=30.0)
+            levels.extend(reply.levels)
+    return levels
+
+
+async def wait_for_no_holds(target: str, skus: Sequence[str], timeout: float) -> bool:
+    """Wait until none of `skus` has units held; False if some still are after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        levels = await read_stock(target, skus)
+        if all(level.reserved == 0 for level in levels):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(1.0)
