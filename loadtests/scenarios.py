@@ -9,7 +9,9 @@ STOCKCORE_TARGET, STOCKCORE_PG_DSN, STOCKCORE_REDIS_URL; see loadtests/stack.py)
 catalogue through AdjustStock, runs the Locust scenario headless with --processes load
 processes, samples the memory and CPU of every process under test, checks the server's
 invariants after the run, and writes Locust's CSV and HTML report, the raw call log, a
-summary and PNG plots to .reports/<scenario>-<time>/. The exit code is 1 when a check fails.
+summary and PNG plots to .reports/<scenario>-<time>/. The exit code is 1 when a check of
+correctness fails (oversell, ledger, holds left, failed calls); performance targets are
+reported as MET or MISSED.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class Run:
         self.say(f"- {'PASS' if ok else 'FAIL'}: {what}")
         if not ok:
             self.failed.append(what)
+
+    def target(self, met: bool, what: str) -> None:
+        """Record a performance target: reported, but only checks decide the exit code."""
+        self.say(f"- {'MET' if met else 'MISSED'}: {what}")
 
     def finish(self) -> int:
         """Write summary.md; the exit code."""
@@ -218,21 +224,21 @@ def day(args: argparse.Namespace) -> int:
     run.say("", "## Processes (CPU on the plateau)", "")
     run.say(*report.table(report.RESOURCE_HEADER, report.resource_rows(sampler, p0, p1)))
     run.say("", "## Targets", "")
-    run.check(
+    run.target(
         figures.achieved_peak_per_s >= 0.95 * figures.target_peak_per_s,
         f"orders created on the plateau {figures.achieved_peak_per_s:,.1f}/s >= 95% of "
         f"{figures.target_peak_per_s:,.1f}/s asked",
     )
-    run.check(
+    run.target(
         figures.create_peak.mean_ms <= 10.0,
         f"order creation mean at the peak {figures.create_peak.mean_ms:.1f} ms <= 10 ms",
     )
-    run.check(
+    run.target(
         figures.create_peak.p99_ms <= 30.0,
         f"order creation p99 at the peak {figures.create_peak.p99_ms:.1f} ms <= 30 ms",
     )
     run.check(figures.failures == 0, f"failed calls (not expected rejections): {figures.failures}")
-    run.check(
+    run.target(
         server_rss <= 150.0,
         f"server RSS per process, max over the run: {server_rss:,.0f} MB <= 150 MB",
     )
@@ -430,17 +436,17 @@ def knee_run(args: argparse.Namespace) -> int:
     if rows:
         create = knee.best_within(rows, args.p99_bound, checkout=False)
         checkout = knee.best_within(rows, args.p99_bound, checkout=True)
-        run.check(
+        run.target(
             create is not None and create.create.ops_per_s >= 1000,
             "closed loop, order creation >= 1,000/s with p99 <= bound: "
             + (f"{create.create.ops_per_s:,.0f}/s at {create.callers} callers (p99 {create.create.p99_ms:.0f} ms; empty call {create.empty.ops_per_s:,.0f}/s)" if create else "none within the bound"),
         )  # fmt: skip
-        run.check(
+        run.target(
             checkout is not None and checkout.checkout.ops_per_s >= 500,
             "closed loop, checkouts >= 500/s with p99 <= bound: "
             + (f"{checkout.checkout.ops_per_s:,.0f}/s at {checkout.callers} callers (p99 {checkout.checkout.p99_ms:.0f} ms; empty call {checkout.empty.ops_per_s:,.0f}/s)" if checkout else "none within the bound"),
         )  # fmt: skip
-    run.check(
+    run.target(
         server_rss <= 150.0,
         f"server RSS per process, max over the run: {server_rss:,.0f} MB <= 150 MB",
     )
