@@ -190,8 +190,9 @@ class StockAdjustment:
     applied_delta: int
 
 
-class InventoryClient:
-    """Async client of the inventory service over one reused channel; create it inside a loop."""
+class ChannelClient:
+    """What every stockcore client shares: one reused channel, the caller's name, a default
+    deadline and the retry policy. Create it inside a running event loop."""
 
     def __init__(
         self,
@@ -207,30 +208,12 @@ class InventoryClient:
         check_timeout(default_timeout)
         self._default_timeout = default_timeout
         self._retry = retry
-        self._metadata = ((CALLER_METADATA_KEY, caller),)
+        self._caller = caller
         options = list(channel_options)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-        # The generated stub is untyped; each method is pinned to its message types here.
-        stub = pb_grpc.InventoryServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._reserve: grpc.aio.UnaryUnaryMultiCallable[pb.ReserveRequest, pb.ReserveResponse]
-        self._reserve = stub.Reserve
-        self._commit: grpc.aio.UnaryUnaryMultiCallable[pb.CommitRequest, pb.CommitResponse]
-        self._commit = stub.Commit
-        self._release: grpc.aio.UnaryUnaryMultiCallable[pb.ReleaseRequest, pb.ReleaseResponse]
-        self._release = stub.Release
-        self._get_reservation: grpc.aio.UnaryUnaryMultiCallable[
-            pb.GetReservationRequest, pb.GetReservationResponse
-        ]
-        self._get_reservation = stub.GetReservation
-        self._get_stock: grpc.aio.UnaryUnaryMultiCallable[pb.GetStockRequest, pb.GetStockResponse]
-        self._get_stock = stub.GetStock
-        self._adjust_stock: grpc.aio.UnaryUnaryMultiCallable[
-            pb.AdjustStockRequest, pb.AdjustStockResponse
-        ]
-        self._adjust_stock = stub.AdjustStock
 
     @classmethod
     async def connect(
@@ -267,7 +250,7 @@ class InventoryClient:
         return client
 
     async def close(self) -> None:
-        """Close the channel, cancelling calls still in flight."""
+        """Close the channel, cancelling calls (and streams) still in flight."""
         await self._channel.close(grace=None)
 
     async def __aenter__(self) -> Self:
@@ -280,6 +263,48 @@ class InventoryClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class InventoryClient(ChannelClient):
+    """Async client of the inventory service over one reused channel; create it inside a loop."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        caller: str,
+        default_timeout: float = 5.0,
+        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
+    ) -> None:
+        super().__init__(
+            target,
+            caller=caller,
+            default_timeout=default_timeout,
+            retry=retry,
+            credentials=credentials,
+            channel_options=channel_options,
+        )
+        self._metadata = ((CALLER_METADATA_KEY, caller),)
+        # The generated stub is untyped; each method is pinned to its message types here.
+        stub = pb_grpc.InventoryServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._reserve: grpc.aio.UnaryUnaryMultiCallable[pb.ReserveRequest, pb.ReserveResponse]
+        self._reserve = stub.Reserve
+        self._commit: grpc.aio.UnaryUnaryMultiCallable[pb.CommitRequest, pb.CommitResponse]
+        self._commit = stub.Commit
+        self._release: grpc.aio.UnaryUnaryMultiCallable[pb.ReleaseRequest, pb.ReleaseResponse]
+        self._release = stub.Release
+        self._get_reservation: grpc.aio.UnaryUnaryMultiCallable[
+            pb.GetReservationRequest, pb.GetReservationResponse
+        ]
+        self._get_reservation = stub.GetReservation
+        self._get_stock: grpc.aio.UnaryUnaryMultiCallable[pb.GetStockRequest, pb.GetStockResponse]
+        self._get_stock = stub.GetStock
+        self._adjust_stock: grpc.aio.UnaryUnaryMultiCallable[
+            pb.AdjustStockRequest, pb.AdjustStockResponse
+        ]
+        self._adjust_stock = stub.AdjustStock
 
     async def reserve(
         self,

@@ -9,8 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 import grpc
 import grpc.aio
@@ -18,14 +17,14 @@ from google.protobuf import timestamp_pb2
 from stockcore.v1 import orders_pb2 as pb
 from stockcore.v1 import orders_pb2_grpc as pb_grpc
 
-from clients.errors import StatusCode, from_rpc_error, make_error
+from clients.errors import StatusCode, from_rpc_error
 from clients.inventory import (
     CALLER_METADATA_KEY,
     DEFAULT_CHANNEL_OPTIONS,
     DEFAULT_RETRY_POLICY,
+    ChannelClient,
     RetryPolicy,
     call_with_retry,
-    check_caller,
     check_timeout,
     to_datetime,
     to_duration,
@@ -152,7 +151,7 @@ class OrderPage:
     next_page_token: str
 
 
-class OrderClient:
+class OrderClient(ChannelClient):
     """Async client of the order service over one reused channel; create it inside a loop."""
 
     def __init__(
@@ -165,16 +164,14 @@ class OrderClient:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
     ) -> None:
-        check_caller(caller)
-        check_timeout(default_timeout)
-        self._caller = caller
-        self._default_timeout = default_timeout
-        self._retry = retry
-        options = list(channel_options)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        super().__init__(
+            target,
+            caller=caller,
+            default_timeout=default_timeout,
+            retry=retry,
+            credentials=credentials,
+            channel_options=channel_options,
+        )
         # The generated stub is untyped; each method is pinned to its message types here.
         stub = pb_grpc.OrderServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._create: grpc.aio.UnaryUnaryMultiCallable[
@@ -204,55 +201,6 @@ class OrderClient:
         self._watch: grpc.aio.UnaryStreamMultiCallable[pb.WatchOrdersRequest, pb.OrderEvent] = (
             stub.WatchOrders
         )
-
-    @classmethod
-    async def connect(
-        cls,
-        target: str,
-        *,
-        caller: str,
-        default_timeout: float = 5.0,
-        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
-        credentials: grpc.ChannelCredentials | None = None,
-        channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
-    ) -> Self:
-        """Open a client and wait up to `default_timeout` for its channel; Unavailable if not."""
-        client = cls(
-            target,
-            caller=caller,
-            default_timeout=default_timeout,
-            retry=retry,
-            credentials=credentials,
-            channel_options=channel_options,
-        )
-        try:
-            async with asyncio.timeout(default_timeout):
-                await client._channel.channel_ready()
-        except TimeoutError:
-            await client.close()
-            raise make_error(
-                StatusCode.UNAVAILABLE,
-                f"could not connect to {target} within {default_timeout:g} s",
-            ) from None
-        except BaseException:
-            await client.close()
-            raise
-        return client
-
-    async def close(self) -> None:
-        """Close the channel, cancelling calls (and watches) still in flight."""
-        await self._channel.close(grace=None)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def create_order(
         self,
