@@ -43,6 +43,24 @@ def _child_setup(uid: int | None, gid: int | None, death_signal: int) -> Callabl
     return setup
 
 
+def _kill(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL `proc` and reap it."""
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
+    """Send `sig`, wait up to `grace` seconds, then SIGKILL."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -206,20 +224,12 @@ class LocalPostgres:
 
     def kill(self) -> None:
         """Kill the postmaster with SIGKILL, as a crash would (children follow it)."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        _kill(self.proc)
+        self.proc = None
 
     def stop(self) -> None:
         """Fast shutdown."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, signal.SIGINT, 30)
         self.proc = None
 
 
@@ -277,20 +287,12 @@ class LocalRedis:
 
     def kill(self) -> None:
         """Kill with SIGKILL, as a crash would."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        _kill(self.proc)
+        self.proc = None
 
     def stop(self) -> None:
         """Shut down."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, signal.SIGTERM, 10)
         self.proc = None
 
 
@@ -386,18 +388,10 @@ class LocalStockcore:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        _kill(self.proc)
+        self.proc = None
 
     def stop(self) -> None:
         """Graceful stop."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, signal.SIGTERM, 15)
         self.proc = None

@@ -194,8 +194,7 @@ class OrderCore:
                 else:
                     answers.append(_disagreement(order, result))
             await self.store.write_steps(conn, steps)
-            for payment in paid:
-                await self.store.insert_payment(conn, payment, now)
+            await self.store.insert_payments(conn, paid, now)
             decided[:] = answers
             written[:] = steps
 

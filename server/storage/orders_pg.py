@@ -235,24 +235,28 @@ class OrderStore:
         now: datetime = rows[0]["db_now"] if rows else await conn.fetchval("SELECT now()")
         return {r["order_id"]: order_from_row(r) for r in rows}, now
 
-    async def insert_payment(
-        self, conn: asyncpg.Connection, payment: ConfirmPayment, at: datetime
-    ) -> bool:
-        """Record the payment that paid an order; False if its id was already recorded."""
-        inserted = await conn.fetchval(
+    async def insert_payments(
+        self, conn: asyncpg.Connection, payments: Sequence[ConfirmPayment], at: datetime
+    ) -> None:
+        """Record the payments that paid orders, in one statement; an id already recorded
+        is left as it was."""
+        if not payments:
+            return
+        await conn.execute(
             "INSERT INTO stockcore.payments"
             " (payment_id, order_id, amount_minor, currency, caller, request_id, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (payment_id) DO NOTHING"
-            " RETURNING true",
-            payment.payment_id,
-            payment.order_id,
-            payment.amount_minor,
-            payment.currency,
-            payment.actor.caller,
-            payment.actor.request_id,
+            " SELECT p.id, p.order_id, p.amount, p.currency, p.caller, p.request_id, $7"
+            " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])"
+            " AS p(id, order_id, amount, currency, caller, request_id)"
+            " ON CONFLICT (payment_id) DO NOTHING",
+            [p.payment_id for p in payments],
+            [p.order_id for p in payments],
+            [p.amount_minor for p in payments],
+            [p.currency for p in payments],
+            [p.actor.caller for p in payments],
+            [p.actor.request_id for p in payments],
             at,
         )
-        return bool(inserted)
 
     # --- reads ----------------------------------------------------------------------
 
