@@ -9,8 +9,8 @@ and the raw call logs land in the run's folder.
 
 from __future__ import annotations
 
-import functools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtests.driver import die_with_parent
-from server.devservers import free_port
+from server.devservers import free_port, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILES = Path(__file__).resolve().parent / "locust"
@@ -98,13 +97,13 @@ class SwarmProcesses:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
-        return subprocess.Popen(
+        return spawn(
             command,
+            death_signal=signal.SIGTERM,
             cwd=ROOT,
             env=env,
             stdout=None if show_stdout else log,
             stderr=log,
-            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
 
     def start(self) -> None:

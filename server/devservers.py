@@ -3,13 +3,19 @@
 They listen on loopback only, keep their data under a git-ignored folder, and die
 with the process that started them (the kernel's parent-death signal), so a
 crashed test run never leaves servers behind.
+
+Children are started without any Python code between fork and exec: the starting
+process may have gRPC, asyncio and driver threads, and running Python in a child forked
+from it can crash (CPython's docs say so for `preexec_fn`). Credentials and the
+parent-death signal are set by util-linux `setpriv`, which the child execs first; a new
+session comes from `subprocess`'s own C code. Without `preexec_fn`, `user=` or `group=`,
+CPython starts the child with vfork, so no fork handler of any library runs either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import pwd
 import shutil
@@ -18,36 +24,95 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-_PR_SET_PDEATHSIG = 1
-# Resolved once here: looking symbols up in a freshly forked child is not safe.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-def _child_setup(uid: int | None, gid: int | None, death_signal: int) -> Callable[[], None]:
-    """Return a preexec function: drop to uid/gid, then die with the parent."""
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """An unprivileged account a child switches to before it execs its program."""
 
-    def setup() -> None:
-        os.setsid()
-        if gid is not None and uid is not None:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-        # Set after the credential change: changing credentials clears the setting.
-        _prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
-
-    return setup
+    uid: int
+    gid: int
 
 
-def _kill(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGKILL `proc` and reap it."""
-    if proc is not None:
-        proc.kill()
-        proc.wait()
+def _setpriv() -> str | None:
+    return shutil.which("setpriv")
+
+
+def child_argv(
+    argv: Sequence[str], death_signal: signal.Signals, run_as: RunAs | None = None
+) -> list[str]:
+    """`argv` prefixed so that the child takes `run_as`'s credentials and gets
+    `death_signal` when the thread that started it exits.
+
+    Linux sends the parent-death signal when the *thread* that started the child exits,
+    so children that must outlive a call are started from the main thread."""
+    setpriv = _setpriv()
+    if setpriv is None:
+        if run_as is not None:
+            raise RuntimeError(
+                "setpriv (util-linux) is needed to start servers as an unprivileged user: "
+                "install util-linux, or run as that user"
+            )
+        # Without setpriv (not Linux), children do not die with their starter; they are
+        # still stopped by the starter's own shutdown.
+        return list(argv)
+    prefix = [setpriv, "--pdeathsig", death_signal.name]
+    if run_as is not None:
+        # setpriv applies the death signal after the credential change, which clears it.
+        prefix += ["--reuid", str(run_as.uid), "--regid", str(run_as.gid), "--clear-groups"]
+    return [*prefix, "--", *argv]
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    death_signal: signal.Signals,
+    run_as: RunAs | None = None,
+    stdout: IO[bytes] | int | None = None,
+    stderr: IO[bytes] | int | None = None,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in a session of its own that dies with the calling thread (see
+    `child_argv`), with no Python code run in the child."""
+    return subprocess.Popen(
+        child_argv(argv, death_signal, run_as),
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _kill(proc: subprocess.Popen[bytes] | None, *, group: bool = False) -> None:
+    """SIGKILL `proc` (and with `group`, every process of its session) and reap it."""
+    if proc is None:
+        return
+    if group:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait()
+    if group:
+        _wait_group_gone(proc.pid, 10.0)
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Wait until no process is left in group `pgid` (killed members are reaped by init)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
@@ -61,15 +126,49 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
             proc.wait()
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+Probe = Callable[[], bool]
+
+
+def _failed_start(proc: subprocess.Popen[bytes], log: Path) -> RuntimeError:
+    return RuntimeError(f"server exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+
+
+def wait_until(
+    ready: Probe, proc: subprocess.Popen[bytes], log: Path, timeout: float, what: str
+) -> None:
+    """Block until `ready()` holds; fail at once if `proc` exits, or after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see {log}:\n{_tail(log)}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            raise _failed_start(proc, log)
+        if ready():
             return
         time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on 127.0.0.1:{port} within {timeout}s; see {log}")
+    raise RuntimeError(f"{what} not ready within {timeout}s; see {log}:\n{_tail(log)}")
+
+
+async def await_until(
+    ready: Probe, proc: subprocess.Popen[bytes], log: Path, timeout: float, what: str
+) -> None:
+    """`wait_until` for a running event loop: each probe runs in a thread, the waits
+    between probes are the loop's own, so other tasks keep running."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if proc.poll() is not None:
+            raise _failed_start(proc, log)
+        if await asyncio.to_thread(ready):
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{what} not ready within {timeout}s; see {log}:\n{_tail(log)}")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+    except OSError:
+        return False
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -87,6 +186,11 @@ def _pg_bindir() -> Path:
     if candidates:
         return candidates[0].parent
     raise RuntimeError("PostgreSQL server binaries not found: install postgresql (15 or newer)")
+
+
+def _bin(bindir: Path, name: str) -> str:
+    path = bindir / name
+    return str(path) if path.exists() else name
 
 
 @dataclass
@@ -108,88 +212,84 @@ class LocalPostgres:
         """The DSN of the project database."""
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
 
-    def _ids(self) -> tuple[int | None, int | None]:
+    @property
+    def log(self) -> Path:
+        """The server's log file."""
+        return self.datadir.parent / f"{self.datadir.name}.log"
+
+    def _run_as(self) -> RunAs | None:
         if os.geteuid() != 0:
-            return None, None
+            return None
         entry = pwd.getpwnam("postgres")  # PostgreSQL refuses to run as root
-        return entry.pw_uid, entry.pw_gid
+        return RunAs(entry.pw_uid, entry.pw_gid)
 
-    def _run(self, args: list[str]) -> None:
-        uid, gid = self._ids()
-        subprocess.run(
-            args, check=True, capture_output=True, preexec_fn=_child_setup(uid, gid, signal.SIGKILL)
-        )
-
-    def start(self) -> None:
-        """Create the cluster when missing, start it, and create the database."""
+    def start(self, timeout: float = 60.0) -> None:
+        """Create the cluster when missing, start it, and create the database (blocking)."""
         bindir = _pg_bindir()
-        uid, gid = self._ids()
-        self.datadir.mkdir(parents=True, exist_ok=True)
-        if uid is not None and gid is not None:
-            os.chown(self.datadir, uid, gid)
-        self.datadir.chmod(0o700)
-        if not (self.datadir / "PG_VERSION").exists():
-            self._run(
-                [
-                    str(bindir / "initdb"),
-                    "-D",
-                    str(self.datadir),
-                    "-U",
-                    self.user,
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--locale=C.UTF-8",
-                ]
-            )
-        log = self.datadir.parent / f"{self.datadir.name}.log"
-        logf = open(log, "ab")
-        if uid is not None and gid is not None:
-            os.chown(log, uid, gid)
-        self.proc = subprocess.Popen(
-            [
-                str(bindir / "postgres"),
-                "-D",
-                str(self.datadir),
-                "-p",
-                str(self.port),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                f"unix_socket_directories={self.datadir}",
-                "-c",
-                "max_connections=200",
-                "-c",
-                "shared_buffers=256MB",
-                "-c",
-                "max_prepared_transactions=64",
-                "-c",
-                "log_min_messages=warning",
-            ],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            # SIGINT is PostgreSQL's fast shutdown: it ends sessions and checkpoints.
-            preexec_fn=_child_setup(uid, gid, signal.SIGINT),
-        )
-        logf.close()
-        _wait_for_port(self.port, self.proc, log, 60)
-        self._wait_ready(bindir)
+        self._prepare(bindir)
+        self._launch(bindir)
+        assert self.proc is not None
+        wait_until(self._ready, self.proc, self.log, timeout, "PostgreSQL")
         self._create_database(bindir)
 
+    async def restart(self, timeout: float = 60.0) -> None:
+        """Start the existing cluster again (after `kill` or `stop`) without blocking the
+        event loop; crash recovery replays the WAL before it accepts connections."""
+        bindir = _pg_bindir()
+        self._launch(bindir)
+        assert self.proc is not None
+        await await_until(self._ready, self.proc, self.log, timeout, "PostgreSQL")
+
+    def _prepare(self, bindir: Path) -> None:
+        run_as = self._run_as()
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        if run_as is not None:
+            os.chown(self.datadir, run_as.uid, run_as.gid)
+        self.datadir.chmod(0o700)
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        initdb = [
+            _bin(bindir, "initdb"),
+            *("-D", str(self.datadir), "-U", self.user),
+            *("--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"),
+        ]
+        subprocess.run(child_argv(initdb, signal.SIGKILL, run_as), check=True, capture_output=True)
+
+    def _launch(self, bindir: Path) -> None:
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": str(self.datadir),
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+            "max_prepared_transactions": "64",
+            "log_min_messages": "warning",
+        }
+        argv = [_bin(bindir, "postgres"), "-D", str(self.datadir), "-p", str(self.port)]
+        for name, value in settings.items():
+            argv += ["-c", f"{name}={value}"]
+        run_as = self._run_as()
+        with open(self.log, "ab") as out:
+            if run_as is not None:
+                os.chown(self.log, run_as.uid, run_as.gid)
+            # SIGINT is PostgreSQL's fast shutdown: it ends sessions and checkpoints.
+            self.proc = spawn(
+                argv,
+                death_signal=signal.SIGINT,
+                run_as=run_as,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def _ready(self) -> bool:
+        isready = [_bin(_pg_bindir(), "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"]
+        return subprocess.run(isready, check=False).returncode == 0
+
     def _psql(self, bindir: Path, sql: str) -> str:
-        psql = bindir / "psql"
         done = subprocess.run(
             [
-                str(psql) if psql.exists() else "psql",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
-                "-d",
-                "postgres",
-                "-tAc",
-                sql,
+                _bin(bindir, "psql"),
+                *("-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", "postgres"),
+                *("-tAc", sql),
             ],
             check=True,
             capture_output=True,
@@ -202,29 +302,10 @@ class LocalPostgres:
         if exists != "1":
             self._psql(bindir, f'CREATE DATABASE "{self.database}"')
 
-    def _wait_ready(self, bindir: Path) -> None:
-        isready = bindir / "pg_isready"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ok = subprocess.run(
-                [
-                    str(isready) if isready.exists() else "pg_isready",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-q",
-                ],
-                check=False,
-            )
-            if ok.returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError("PostgreSQL did not become ready")
-
     def kill(self) -> None:
-        """Kill the postmaster with SIGKILL, as a crash would (children follow it)."""
-        _kill(self.proc)
+        """SIGKILL the postmaster and every backend, as a crash of the host would; returns
+        once they are gone, so a restart finds no old process attached to shared memory."""
+        _kill(self.proc, group=True)
         self.proc = None
 
     def stop(self) -> None:
@@ -249,8 +330,24 @@ class LocalRedis:
         """The redis:// URL of the server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
-        """Start redis-server."""
+    @property
+    def log(self) -> Path:
+        """The server's log file."""
+        return self.datadir / "redis.log"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start redis-server and wait until it listens (blocking)."""
+        self._launch()
+        assert self.proc is not None
+        wait_until(lambda: _listening(self.port), self.proc, self.log, timeout, "Redis")
+
+    async def restart(self, timeout: float = 30.0) -> None:
+        """Start redis-server again without blocking the event loop."""
+        self._launch()
+        assert self.proc is not None
+        await await_until(lambda: _listening(self.port), self.proc, self.log, timeout, "Redis")
+
+    def _launch(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -258,36 +355,20 @@ class LocalRedis:
                 "install it with your package manager, or set STOCKCORE_REDIS_URL"
             )
         self.datadir.mkdir(parents=True, exist_ok=True)
-        log = self.datadir / "redis.log"
-        logf = open(log, "ab")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.datadir),
-                "--protected-mode",
-                "yes",
-                "--daemonize",
-                "no",
-            ],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_child_setup(None, None, signal.SIGTERM),
-        )
-        logf.close()
-        _wait_for_port(self.port, self.proc, log, 30)
+        argv = [
+            binary,
+            *("--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(self.datadir)),
+            *("--protected-mode", "yes", "--daemonize", "no"),
+        ]
+        with open(self.log, "ab") as out:
+            self.proc = spawn(
+                argv, death_signal=signal.SIGTERM, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def kill(self) -> None:
         """Kill with SIGKILL, as a crash would."""
-        _kill(self.proc)
+        _kill(self.proc, group=True)
         self.proc = None
 
     def stop(self) -> None:
@@ -359,13 +440,13 @@ class LocalStockcore:
         """Start and wait until the health service says SERVING."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 [sys.executable, "-m", "server", "serve"],
+                death_signal=signal.SIGKILL,
                 cwd=_ROOT,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup(None, None, signal.SIGKILL),
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -376,7 +457,7 @@ class LocalStockcore:
             stub = health_pb2_grpc.HealthStub(channel)
             while loop.time() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+                    raise _failed_start(self.proc, self.log)
                 try:
                     reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -387,8 +468,8 @@ class LocalStockcore:
         raise RuntimeError("server did not become healthy")
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        _kill(self.proc)
+        """SIGKILL the server and its workers, as a crash would."""
+        _kill(self.proc, group=True)
         self.proc = None
 
     def stop(self) -> None:

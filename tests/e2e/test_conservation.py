@@ -24,6 +24,7 @@ from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from server.devservers import LocalStockcore
 from tests.conftest import SHARDS, Servers
+from tests.waiting import no_short_holds_left
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,7 @@ HOT = ("HOT-A", "HOT-B", "HOT-C", "HOT-D")
 INITIAL = 300
 CLIENTS = 64
 DURATION = 20.0
+SHORT_TTL_S = 3  # holds of 1-3 s expire during the run; 30 s ones outlive it
 T = TypeVar("T")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 DEFINITE = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
@@ -62,7 +64,6 @@ class Run:
         self.running.clear()
         while self.inflight:  # noqa: ASYNC110 - a counter, polled briefly at checkpoints
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # let follow-up Redis settles land
 
 
 async def call(
@@ -97,7 +98,7 @@ async def client(run: Run, index: int, stub: pb_grpc.InventoryServiceStub) -> No
             if roll < 0.5 or not held:
                 rid = f"c{index}-{seq}"
                 lines = {sku: rng.randint(1, 3) for sku in rng.sample(HOT, rng.randint(1, 2))}
-                ttl = duration_pb2.Duration(seconds=rng.choice((1, 2, 3, 30)))
+                ttl = duration_pb2.Duration(seconds=rng.choice((1, 2, SHORT_TTL_S, 30)))
                 request = pb.ReserveRequest(
                     reservation_id=rid,
                     lines=[pb.Line(sku=s, quantity=q) for s, q in lines.items()],
@@ -275,7 +276,7 @@ async def hammer(
             run.running.set()
             await asyncio.gather(*clients)
             await run.quiesce()
-            await asyncio.sleep(3.5)  # every short hold has expired and been swept
+            await no_short_holds_left(servers.pg_dsn, SHORT_TTL_S, timeout=30)
             await check_invariants(servers, run, final=True)
         return run
     finally:
@@ -299,8 +300,8 @@ async def test_conservation_when_redis_is_killed(clean: Servers) -> None:
 
     async def kill_redis(_: LocalStockcore) -> None:
         redis_server.kill()
-        await asyncio.sleep(2.0)
-        redis_server.start()
+        await asyncio.sleep(2.0)  # an outage, not a wait for something
+        await redis_server.restart()
 
     run = await hammer(clean, kill_redis)
     _assert_busy(run)
@@ -309,7 +310,7 @@ async def test_conservation_when_redis_is_killed(clean: Servers) -> None:
 async def test_conservation_when_server_is_killed(clean: Servers) -> None:
     async def kill_server(server: LocalStockcore) -> None:
         server.kill()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # an outage, not a wait for something
         await server.start()
 
     run = await hammer(clean, kill_server)
@@ -323,8 +324,8 @@ async def test_conservation_when_postgres_is_killed(clean: Servers) -> None:
 
     async def kill_postgres(_: LocalStockcore) -> None:
         postgres.kill()
-        await asyncio.sleep(1.0)
-        postgres.start()  # crash recovery replays the WAL (clients wait meanwhile)
+        await asyncio.sleep(1.0)  # an outage, not a wait for something
+        await postgres.restart()  # crash recovery replays the WAL (clients wait meanwhile)
 
     run = await hammer(clean, kill_postgres)
     _assert_busy(run)

@@ -16,6 +16,7 @@ from stockcore.v1 import inventory_pb2 as pb
 
 from server.app import ADMISSION_GATE, INVENTORY_SERVICE, create_server
 from server.config import Settings
+from tests.waiting import until
 
 
 async def adjust(stub, sku: str, on_hand: int) -> None:
@@ -173,12 +174,14 @@ async def test_holds_expire_across_a_server_restart(settings: Settings):
         await adjust(stub, "A", 5)
         await stub.Reserve(reserve_request("r1", ttl=1, A=5))
     await first.stop(grace=0)
-    await asyncio.sleep(1.5)  # the hold lapses while no server runs
+    await asyncio.sleep(1.5)  # the hold lapses while no server runs: time must pass
     second = await create_server(settings)
     try:
-        await asyncio.sleep(1.0)
-        found = await second.core.get_reservation("r1")
-        assert found.status.name == "EXPIRED"
+
+        async def expired() -> bool:
+            return (await second.core.get_reservation("r1")).status.name == "EXPIRED"
+
+        await until(expired, "the lapsed hold is swept by the new server", timeout=5)
         assert (await second.core.get_stock(["A"]))[0].available == 5
     finally:
         await second.stop(grace=0)

@@ -27,6 +27,7 @@ from clients.orders import OrderClient, OrderEvent
 from server.devservers import LocalStockcore
 from tests.conftest import SHARDS, Servers
 from tests.e2e.order_invariants import check_orders_agree
+from tests.waiting import no_short_holds_left
 
 pytestmark = pytest.mark.slow
 
@@ -142,12 +143,12 @@ async def test_a_killed_server_loses_no_acknowledged_order_hold_or_event(clean: 
             await asyncio.sleep(KILL_AT)
             before_kill = len(seen.created)
             server.kill()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # an outage, not a wait for something
             await server.start()
             await asyncio.sleep(DURATION - KILL_AT - 1.0)
             stop.set()
             await asyncio.gather(*shoppers)
-        await asyncio.sleep(3.5)  # every 1-2 s window left unpaid has been swept
+        await no_short_holds_left(clean.pg_dsn, 2, timeout=30)  # every unpaid window swept
 
         assert before_kill > 50 and len(seen.created) > before_kill + 50, (
             before_kill,

@@ -4,7 +4,8 @@ expiry against a payment. Afterwards stock, holds, order status and events agree
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import time
+from datetime import UTC
 
 import grpc
 from stockcore.v1 import orders_pb2 as pb
@@ -12,6 +13,7 @@ from stockcore.v1 import orders_pb2_grpc
 
 from tests.e2e.order_invariants import check_orders_agree
 from tests.e2e.test_orders_api import create_request, levels, stock
+from tests.waiting import database_clock_offset, no_short_holds_left
 
 Stub = orders_pb2_grpc.OrderServiceStub
 ORDERS = 24
@@ -108,19 +110,21 @@ async def test_expiry_racing_a_payment_is_decided_once(dsn: str, orders: Stub, s
     created = [
         (await orders.CreateOrder(create_request(f"o-{i}", window=1))).order for i in range(ORDERS)
     ]
+    # PostgreSQL's clock decides expiry, so payments are timed on it.
+    offset = await database_clock_offset(dsn)
 
-    async def pay_near_deadline(order: pb.Order, offset: float) -> pb.Order | grpc.StatusCode:
-        deadline = order.payment_deadline.ToDatetime(tzinfo=UTC)
-        await asyncio.sleep(max((deadline - datetime.now(UTC)).total_seconds() + offset, 0))
+    async def pay_near_deadline(order: pb.Order, skew: float) -> pb.Order | grpc.StatusCode:
+        deadline = order.payment_deadline.ToDatetime(tzinfo=UTC).timestamp()
+        await asyncio.sleep(max(deadline + skew - offset - time.time(), 0))
         return await outcome(orders.ConfirmPayment(payment(order.order_id, f"p-{order.order_id}")))
 
     # Payments land from a little before to a little after each deadline, while the
     # expiry sweep runs every 0.1 s.
-    offsets = [-0.25 + 0.5 * i / (ORDERS - 1) for i in range(ORDERS)]
+    skews = [-0.25 + 0.5 * i / (ORDERS - 1) for i in range(ORDERS)]
     results = await asyncio.gather(
-        *(pay_near_deadline(o, d) for o, d in zip(created, offsets, strict=True))
+        *(pay_near_deadline(o, d) for o, d in zip(created, skews, strict=True))
     )
-    await asyncio.sleep(2.5)  # every hold left unpaid has been swept
+    await no_short_holds_left(dsn, 1, timeout=10)  # every hold left unpaid has been swept
 
     counts = {"paid": 0, "expired": 0}
     for order, result in zip(created, results, strict=True):

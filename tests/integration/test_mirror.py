@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -18,6 +18,7 @@ from server.inventory.mirror import Mirror
 from server.storage.postgres import MirrorLevel, StockStore
 from server.storage.redis_gate import AdmissionGate, AdmitCode
 from tests.conftest import SHARDS
+from tests.waiting import eventually
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1"
 
@@ -328,16 +329,6 @@ async def test_a_redis_refusing_writes_makes_settle_bypass_the_gate(
         await mirror.settle(levels=[MirrorLevel("A", 6, 0, 9)])
 
         assert mirror.usable is False
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
-    """Whether `condition` holds within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await condition():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def test_the_probe_rebuilds_the_mirror_once_redis_accepts_writes_again(

@@ -25,6 +25,7 @@ from server.storage.orders_pg import OrderStore
 from server.storage.outbox_pg import OutboxSession
 from server.storage.postgres import StockStore
 from tests.conftest import Servers
+from tests.waiting import until
 
 ACTOR = Actor("tests", "req")
 LIMITS = {"default_ttl_s": 300.0, "min_ttl_s": 1.0, "max_ttl_s": 86_400.0}
@@ -222,7 +223,7 @@ async def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(
     try:
         for round_ in range(3):
             await create(orders, f"o-{round_}")
-            await eventually(lambda n=round_ + 1: published(redis_client, n))
+            await until(lambda n=round_ + 1: published(redis_client, n), f"{round_ + 1} published")
             working = [relay for relay in relays if relay.active]
             assert len(working) == 1
             assert await relays_holding_the_lock(db) == 1
@@ -240,9 +241,3 @@ async def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(
 
 async def published(client: aioredis.Redis, count: int) -> bool:
     return int(await client.xlen(STREAM)) >= count
-
-
-async def eventually(condition, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():  # noqa: ASYNC110 - polls another process
-            await asyncio.sleep(0.05)

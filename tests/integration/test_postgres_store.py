@@ -27,6 +27,7 @@ from server.storage.postgres import (
     StockStore,
 )
 from tests.conftest import SHARDS, Servers
+from tests.waiting import sql_is, until
 
 HOUR_MS = 3_600_000
 
@@ -365,8 +366,12 @@ async def test_a_lapsed_hold_is_expired_whatever_finish_is_asked(
     )
     assert await units(db, "A") == (10, 6)
     assert await store.due_expiries(10) == []
-    await asyncio.sleep(1.2)
-    assert sorted(await store.due_expiries(10)) == sorted(f"r-{f.name}" for f in Finish)
+    every = sorted(f"r-{f.name}" for f in Finish)
+
+    async def all_due() -> bool:
+        return sorted(await store.due_expiries(10)) == every
+
+    await until(all_due, "the 1 s holds are due", timeout=10)
 
     for finish in Finish:
         (result,), _ = await store.finish_batch([f"r-{finish.name}"], finish, ["tests"])
@@ -811,7 +816,7 @@ async def test_concurrent_reserves_with_one_id_hold_it_once(
 
 
 async def test_an_id_taken_by_a_concurrent_batch_leaves_its_units_to_the_rest_of_the_batch(
-    store: StockStore, db: asyncpg.Connection
+    store: StockStore, db: asyncpg.Connection, clean: Servers
 ) -> None:
     await stock_up(store, {"A": 10, "B": 10})
     rival = hold("r-x", ("B", 1))
@@ -833,7 +838,8 @@ async def test_an_id_taken_by_a_concurrent_batch_leaves_its_units_to_the_rest_of
     )
     try:
         batch = asyncio.create_task(store.reserve_batch([ours, hold("r-y", ("A", 9))]))
-        await asyncio.sleep(0.3)
+        waiting = "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        await until(lambda: sql_is(clean.pg_dsn, waiting, True), "the batch waits for the lock")
         assert not batch.done(), "the batch should wait for the rival's id"
     finally:
         await open_tx.commit()

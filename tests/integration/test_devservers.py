@@ -1,0 +1,175 @@
+"""The project's own servers start, restart and die with their starter, also from a process
+whose gRPC threads are busy (a child forked from such a process must not run Python)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from stockcore.v1 import inventory_pb2 as pb
+from stockcore.v1 import inventory_pb2_grpc as pb_grpc
+
+from server.app import create_server
+from server.config import Settings
+from server.devservers import LocalPostgres, LocalRedis, free_port
+from server.storage.migrations import migrate
+from tests.conftest import ROOT, SHARDS
+from tests.waiting import until
+
+pytestmark = pytest.mark.slow
+
+RESTARTS = 20
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A data folder of this test's own, removed afterwards."""
+    path = ROOT / ".data" / f"test-{os.getpid()}-restarts"
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def own_servers(scratch: Path) -> Iterator[tuple[LocalPostgres, LocalRedis]]:
+    """A PostgreSQL and a Redis that this test alone may kill."""
+    pg = LocalPostgres(scratch / "pg", free_port())
+    rd = LocalRedis(scratch / "redis", free_port())
+    pg.start()
+    rd.start()
+    try:
+        yield pg, rd
+    finally:
+        rd.stop()
+        pg.stop()
+
+
+@pytest.fixture
+async def busy_stub(
+    own_servers: tuple[LocalPostgres, LocalRedis],
+) -> AsyncIterator[pb_grpc.InventoryServiceStub]:
+    """An in-process grpc.aio server on those servers, and a client stub to it."""
+    pg, rd = own_servers
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        await migrate(conn, SHARDS)
+    finally:
+        await conn.close()
+    settings = Settings(
+        pg_dsn=pg.dsn,
+        redis_url=rd.url,
+        grpc_port=0,
+        metrics_port=0,
+        shard_count=SHARDS,
+        log_json=False,
+        db_timeout_s=2,
+        expiry_interval_s=0.1,
+        redis_probe_interval_s=0.1,
+    ).validate()
+    app = await create_server(settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield pb_grpc.InventoryServiceStub(channel)
+    finally:
+        await app.stop(grace=0.5)
+
+
+async def _keep_calling(stub: pb_grpc.InventoryServiceStub, stop: asyncio.Event) -> int:
+    """Call the server without pause (so gRPC's threads are busy at every fork)."""
+    calls = 0
+    while not stop.is_set():
+        try:
+            await stub.GetStock(pb.GetStockRequest(skus=["R-1"]), timeout=1)
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0)  # refused while a server is down: go on calling
+        calls += 1
+    return calls
+
+
+async def test_redis_and_postgres_restart_twenty_times_under_live_grpc_calls(
+    own_servers: tuple[LocalPostgres, LocalRedis], busy_stub: pb_grpc.InventoryServiceStub
+) -> None:
+    pg, rd = own_servers
+    await busy_stub.AdjustStock(
+        pb.AdjustStockRequest(sku="R-1", on_hand=5, reason="restock", idempotency_key="r1")
+    )
+    stop = asyncio.Event()
+    caller = asyncio.create_task(_keep_calling(busy_stub, stop))
+    try:
+        for round_ in range(RESTARTS):
+            rd.kill()
+            await rd.restart()
+            client = aioredis.Redis.from_url(rd.url)
+            try:
+                assert await client.ping(), f"Redis restart {round_ + 1}"
+            finally:
+                await client.aclose()
+            pg.kill()
+            await pg.restart()
+            conn = await asyncpg.connect(pg.dsn)
+            try:
+                assert await conn.fetchval("SELECT on_hand FROM stockcore.stock") == 5
+            finally:
+                await conn.close()
+
+            async def serves() -> bool:
+                try:
+                    reply = await busy_stub.GetStock(pb.GetStockRequest(skus=["R-1"]), timeout=1)
+                except grpc.aio.AioRpcError:
+                    return False
+                return reply.levels[0].on_hand == 5
+
+            await until(serves, f"the server serves after restart {round_ + 1}", timeout=20)
+    finally:
+        stop.set()
+        calls = await caller
+    assert calls > RESTARTS, "the client was not calling during the restarts"
+
+
+def test_a_started_server_dies_with_the_process_that_started_it(scratch: Path) -> None:
+    # A starter process starts Redis, prints its pid, and is then killed -9.
+    scratch.mkdir(parents=True)
+    port = free_port()
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path;"
+            " from server.devservers import LocalRedis;"
+            f" r = LocalRedis(Path({str(scratch)!r}), {port}); r.start();"
+            " print(r.proc.pid, flush=True); time.sleep(600)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert starter.stdout is not None
+        child = int(starter.stdout.readline())
+        os.kill(child, 0)  # running
+    finally:
+        starter.kill()
+        starter.wait()
+        if starter.stdout is not None:
+            starter.stdout.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("redis-server outlived the process that started it")
