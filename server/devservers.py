@@ -91,28 +91,52 @@ def spawn(
     )
 
 
-def _kill(proc: subprocess.Popen[bytes] | None, *, group: bool = False) -> None:
-    """SIGKILL `proc` (and with `group`, every process of its session) and reap it."""
+def _kill(proc: subprocess.Popen[bytes] | None, *, tree: bool = False) -> None:
+    """SIGKILL `proc` (and with `tree`, every process it started) and reap it; with
+    `tree`, return once they are all gone."""
     if proc is None:
         return
-    if group:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    doomed = _descendants(proc.pid) if tree else []
     proc.kill()
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
-    if group:
-        _wait_group_gone(proc.pid, 10.0)
-
-
-def _wait_group_gone(pgid: int, timeout: float) -> None:
-    """Wait until no process is left in group `pgid` (killed members are reaped by init)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
+    deadline = time.monotonic() + 10
+    while doomed and time.monotonic() < deadline:
+        doomed = [pid for pid in doomed if _alive(pid)]
         time.sleep(0.01)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (PostgreSQL's backends put themselves in sessions of
+    their own, so a process group does not find them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields follow the last ")".
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, waiting to be reaped by its new parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
@@ -281,7 +305,10 @@ class LocalPostgres:
             )
 
     def _ready(self) -> bool:
-        isready = [_bin(_pg_bindir(), "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"]
+        isready = [
+            _bin(_pg_bindir(), "pg_isready"),
+            *("-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-q"),
+        ]
         return subprocess.run(isready, check=False).returncode == 0
 
     def _psql(self, bindir: Path, sql: str) -> str:
@@ -305,7 +332,7 @@ class LocalPostgres:
     def kill(self) -> None:
         """SIGKILL the postmaster and every backend, as a crash of the host would; returns
         once they are gone, so a restart finds no old process attached to shared memory."""
-        _kill(self.proc, group=True)
+        _kill(self.proc, tree=True)
         self.proc = None
 
     def stop(self) -> None:
@@ -368,7 +395,7 @@ class LocalRedis:
 
     def kill(self) -> None:
         """Kill with SIGKILL, as a crash would."""
-        _kill(self.proc, group=True)
+        _kill(self.proc, tree=True)
         self.proc = None
 
     def stop(self) -> None:
@@ -469,7 +496,7 @@ class LocalStockcore:
 
     def kill(self) -> None:
         """SIGKILL the server and its workers, as a crash would."""
-        _kill(self.proc, group=True)
+        _kill(self.proc, tree=True)
         self.proc = None
 
     def stop(self) -> None:
