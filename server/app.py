@@ -26,6 +26,7 @@ from server.inventory.core import InventoryCore
 from server.inventory.mirror import Mirror
 from server.orders.relay import Relay
 from server.orders.service import OrderCore
+from server.orders.watch import EventFeed
 from server.rpc import orders_convert
 from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import observe_servicer
@@ -131,9 +132,16 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
         timeout=settings.db_timeout_s,
     )
     gate = AdmissionGate.from_url(settings.redis_url) if settings.redis_url else None
-    core = InventoryCore(settings, store, Mirror(gate, store, settings))
-    order_store = OrderStore(store, orders_convert.event_payload)
-    orders = OrderCore(settings, core, order_store)  # joins the core's expiry and guards
+    mirror = Mirror(gate, store, settings)
+    core = InventoryCore(settings, store, mirror)
+    order_store = OrderStore(store)
+    feed = EventFeed(
+        order_store,
+        settings.pg_dsn,
+        orders_convert.stored_event,
+        safety_interval=settings.watch_poll_interval_s,
+    )
+    orders = OrderCore(settings, mirror, order_store, feed)
     await core.start()
     orders.start()
     event_stream = (
@@ -141,7 +149,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
         if settings.redis_url
         else None
     )
-    relay = Relay(settings, event_stream, orders_convert.stamp)
+    relay = Relay(settings, event_stream, orders_convert.encoded_event)
 
     server = grpc.aio.server(
         options=[

@@ -46,15 +46,17 @@ class Settings:
     demo_catalogue: bool = True
     # Carriers whose pick-ups ShipOrder accepts.
     carriers: tuple[str, ...] = ("sf-express", "jd-logistics", "cainiao", "ups", "dhl", "fedex")
-    # How often the outbox relay looks for new order events, and how often a process
-    # that is not the relay asks whether it may take over.
-    relay_interval_s: float = 0.05
+    # The outbox relay wakes on every commit that wrote order events (LISTEN/NOTIFY);
+    # it also looks this often, as a safety net. relay_standby_interval_s: how often a
+    # process that is not the relay asks whether it may take over.
+    relay_interval_s: float = 1.0
     relay_standby_interval_s: float = 1.0
     relay_batch: int = 500
     # Approximate length the Redis event stream is trimmed to.
     event_stream_maxlen: int = 1_000_000
-    # How often WatchOrders streams look for newly sequenced events.
-    watch_poll_interval_s: float = 0.05
+    # WatchOrders wakes on every cursor the relay gives (LISTEN/NOTIFY); it also looks
+    # this often, as a safety net.
+    watch_poll_interval_s: float = 1.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> Settings:
@@ -80,14 +82,17 @@ class Settings:
                 bool(self.carriers) and all(CARRIER_PATTERN.fullmatch(c) for c in self.carriers),
                 "carriers must be a non-empty list of names of [a-z0-9._-]",
             ),
-            (0 < self.relay_interval_s <= 1.0, "relay_interval_s must be in (0, 1]"),
+            (0 < self.relay_interval_s <= 10.0, "relay_interval_s must be in (0, 10]"),
             (
                 0 < self.relay_standby_interval_s <= 10.0,
                 "relay_standby_interval_s must be in (0, 10]",
             ),
             (1 <= self.relay_batch <= 10_000, "relay_batch must be 1-10000"),
             (self.event_stream_maxlen >= 1000, "event_stream_maxlen must be at least 1000"),
-            (0 < self.watch_poll_interval_s <= 1.0, "watch_poll_interval_s must be in (0, 1]"),
+            (
+                0 < self.watch_poll_interval_s <= 10.0,
+                "watch_poll_interval_s must be in (0, 10]",
+            ),
         ]
         for ok, message in checks:
             if not ok:

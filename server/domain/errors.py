@@ -36,13 +36,18 @@ class NotFound(DomainError):
 
 
 class AlreadyExists(DomainError):
-    """An idempotency id was reused with different content."""
+    """An idempotency id was reused with different content; `owner` names what the id
+    belongs to when that is something else (the order a payment id paid)."""
 
-    def __init__(self, kind: str, name: str) -> None:
+    def __init__(self, kind: str, name: str, owner: str | None = None) -> None:
         self.kind = kind
         self.name = name
+        self.owner = owner
         super().__init__(
-            f"{kind} {name!r} already exists with different content; use a new id for a new request"
+            f"{kind} {name!r} already belongs to {owner}; a {kind} id is used once"
+            if owner
+            else f"{kind} {name!r} already exists with different content;"
+            " use a new id for a new request"
         )
 
 

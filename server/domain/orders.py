@@ -1,13 +1,15 @@
-"""Orders: the status machine (one table, the only place transitions are decided), the
-values an order is made of, the validated requests that change orders, and the
-transitions they make. Queries that read orders are in order_queries."""
+"""Orders: the status machine (one table, the only place transitions are written down),
+the values an order is made of, the validated requests that change orders, and the
+errors a refused change is answered with. The changes themselves are made by the order
+functions in PostgreSQL (server/storage/sql/003_checkout.sql), which apply this table
+under the order's lock. Queries that read orders are in order_queries."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
 
@@ -216,46 +218,6 @@ class OrderEvent:
         return f"{self.order.order_id}/{self.order.version}"
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """A transition made: the order after it, its history row and its event."""
-
-    order: Order
-    change: StatusChange
-    event: OrderEvent
-
-
-def _step(
-    before: OrderStatus | None, after: Order, event: EventType, reason: str, actor: Actor
-) -> Step:
-    change = StatusChange(
-        after.order_id,
-        after.version,
-        before,
-        after.status,
-        after.updated_at,
-        actor.caller,
-        reason,
-        actor.request_id,
-    )
-    return Step(after, change, OrderEvent(event, after, change))
-
-
-def _advance(
-    order: Order,
-    wanted: OrderStatus,
-    at: datetime,
-    actor: Actor,
-    reason: str,
-    amend: Callable[[Order], Order] = lambda order: order,
-) -> Step | None:
-    event = decide(order.order_id, order.path, wanted)
-    if event is None:
-        return None
-    after = amend(replace(order, status=wanted, path=(*order.path, wanted), updated_at=at))
-    return _step(order.status, after, event, reason, actor)
-
-
 # --- requests -----------------------------------------------------------------------
 
 
@@ -309,23 +271,6 @@ class CreateOrder:
             self.ttl_ms,
             self.actor.caller,
         )
-
-    def created(self, created_at: datetime, deadline: datetime) -> Step:
-        """The order this request creates, once its hold is taken."""
-        order = Order(
-            order_id=self.order_id,
-            customer_id=self.customer_id,
-            status=INITIAL_STATUS,
-            currency=self.currency,
-            lines=self.lines,
-            total_minor=self.total_minor,
-            created_at=created_at,
-            payment_deadline=deadline,
-            updated_at=created_at,
-            path=(INITIAL_STATUS,),
-            fingerprint=self.fingerprint,
-        )
-        return _step(None, order, CREATED_EVENT, "created", self.actor)
 
 
 def create_order(
@@ -387,6 +332,11 @@ class ConfirmPayment:
     currency: str
     actor: Actor
 
+    @property
+    def reason(self) -> str:
+        """What the status history says of the payment."""
+        return f"payment {self.payment_id}"
+
 
 def confirm_payment(
     order_id: str, payment_id: str, amount_minor: int, currency: str, actor: Actor
@@ -428,6 +378,11 @@ class ShipOrder:
     carrier_ack_id: str
     actor: Actor
 
+    @property
+    def reason(self) -> str:
+        """What the status history says of the pick-up."""
+        return f"picked up by {self.carrier}"
+
 
 def ship_order(
     order_id: str,
@@ -466,6 +421,10 @@ class CarrierReport:
     event_time: datetime
     actor: Actor
 
+    def reason(self, wanted: OrderStatus) -> str:
+        """What the status history says of the carrier's report."""
+        return f"carrier reported {wanted.name} at {self.event_time.isoformat()}"
+
 
 def carrier_report(
     order_id: str, event_time: datetime | None, actor: Actor, *, now: datetime
@@ -481,115 +440,51 @@ def carrier_report(
     return CarrierReport(order_id, event_time, actor)
 
 
-# --- transitions of an order --------------------------------------------------------
+# --- refusals ----------------------------------------------------------------------
+# The order functions in PostgreSQL apply TRANSITIONS (copied there at start-up) under
+# the order's lock; when they refuse, these say why, in the caller's terms.
 
 
-def pay(order: Order, payment: ConfirmPayment, at: datetime) -> Step | None:
-    """Move to PAID; None when this payment already paid it. A payment that does not
-    match the order is PaymentMismatch; a different payment after one is illegal."""
-    if (payment.amount_minor, payment.currency) != (order.total_minor, order.currency):
-        raise PaymentMismatch(
-            order.order_id,
-            f"{order.total_minor} {order.currency}",
-            f"{payment.amount_minor} {payment.currency}",
-        )
-    step = _advance(
-        order,
-        OrderStatus.PAID,
-        at,
-        payment.actor,
-        f"payment {payment.payment_id}",
-        lambda o: replace(o, payment_id=payment.payment_id, paid_minor=payment.amount_minor),
-    )
-    if step is None and order.payment_id != payment.payment_id:
-        raise IllegalTransition(
-            order.order_id,
-            order.status.name,
-            OrderStatus.PAID.name,
-            f"order {order.order_id!r} was already paid by another payment",
-            [status.name for status in allowed_next(order.status)],
-        )
-    return step
-
-
-def cancel(order: Order, request: CancelOrder, at: datetime) -> Step | None:
-    """Move to CANCELLED; a paid order then owes its payment back."""
-    return _advance(
-        order,
-        OrderStatus.CANCELLED,
-        at,
-        request.actor,
-        request.reason,
-        lambda o: replace(o, cancel_reason=request.reason, refund_owed_minor=o.paid_minor),
+def refusal(order: Order, wanted: OrderStatus) -> IllegalTransition:
+    """The error for a move of `order` to `wanted` that the status machine refuses."""
+    try:
+        decide(order.order_id, order.path, wanted)
+    except IllegalTransition as exc:
+        return exc
+    raise RuntimeError(
+        f"the database refused {order.order_id!r} {order.status.name} -> {wanted.name},"
+        " which the status machine allows"
     )
 
 
-def expire(order: Order, at: datetime, actor: Actor) -> Step | None:
-    """Move to EXPIRED: the payment window closed."""
-    return _advance(order, OrderStatus.EXPIRED, at, actor, "payment window closed")
-
-
-def ship(order: Order, request: ShipOrder, at: datetime) -> Step | None:
-    """Move to SHIPPED; a repeat must name the same parcel."""
-    shipment = Shipment(request.carrier, request.tracking_no, request.carrier_ack_id, at)
-    step = _advance(
-        order,
-        OrderStatus.SHIPPED,
-        at,
-        request.actor,
-        f"picked up by {request.carrier}",
-        lambda o: replace(o, shipment=shipment, last_sync_at=at),
-    )
-    if step is None:
-        shipped = order.shipment
-        assert shipped is not None
-        if (shipped.carrier, shipped.tracking_no) != (request.carrier, request.tracking_no):
-            raise IllegalTransition(
-                order.order_id,
-                order.status.name,
-                OrderStatus.SHIPPED.name,
-                f"order {order.order_id!r} was already shipped as {shipped.carrier}"
-                f" {shipped.tracking_no}",
-                [status.name for status in allowed_next(order.status)],
-            )
-    return step
-
-
-def record_in_transit(order: Order, report: CarrierReport, at: datetime) -> Step | None:
-    """Move to IN_TRANSIT at the carrier's time."""
-    return _carrier_step(
-        order,
-        report,
-        at,
-        OrderStatus.IN_TRANSIT,
-        lambda s: replace(s, in_transit_at=report.event_time),
+def paid_by_another(order: Order) -> IllegalTransition:
+    """A payment for an order another payment paid."""
+    return IllegalTransition(
+        order.order_id,
+        order.status.name,
+        OrderStatus.PAID.name,
+        f"order {order.order_id!r} was already paid by another payment",
+        [status.name for status in allowed_next(order.status)],
     )
 
 
-def record_delivery(order: Order, report: CarrierReport, at: datetime) -> Step | None:
-    """Move to DELIVERED at the carrier's time."""
-    return _carrier_step(
-        order,
-        report,
-        at,
-        OrderStatus.DELIVERED,
-        lambda s: replace(s, delivered_at=report.event_time),
-    )
-
-
-def _carrier_step(
-    order: Order,
-    report: CarrierReport,
-    at: datetime,
-    wanted: OrderStatus,
-    record: Callable[[Shipment], Shipment],
-) -> Step | None:
+def shipped_as_another(order: Order) -> IllegalTransition:
+    """A ShipOrder naming another parcel than the one the order shipped as."""
     shipped = order.shipment
-    reason = f"carrier reported {wanted.name} at {report.event_time.isoformat()}"
+    parcel = f"{shipped.carrier} {shipped.tracking_no}" if shipped else "another parcel"
+    return IllegalTransition(
+        order.order_id,
+        order.status.name,
+        OrderStatus.SHIPPED.name,
+        f"order {order.order_id!r} was already shipped as {parcel}",
+        [status.name for status in allowed_next(order.status)],
+    )
 
-    def amend(after: Order) -> Order:
-        # Only orders that shipped get this far: the machine refuses the rest.
-        assert shipped is not None
-        return replace(after, shipment=record(shipped), last_sync_at=at)
 
-    return _advance(order, wanted, at, report.actor, reason, amend)
+def mismatch(order: Order, payment: ConfirmPayment) -> PaymentMismatch:
+    """A payment whose amount or currency is not the order's."""
+    return PaymentMismatch(
+        order.order_id,
+        f"{order.total_minor} {order.currency}",
+        f"{payment.amount_minor} {payment.currency}",
+    )

@@ -20,10 +20,6 @@ log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 
-# What a batch handler returns: one result (or expected error) per request, in order,
-# and optional follow-up work done after the callers have their answers.
-BatchOutcome = tuple[list["Res | BaseException"], Callable[[], Awaitable[None]] | None]
-
 
 @dataclass(slots=True)
 class _Pending(Generic[Req, Res]):
@@ -33,15 +29,13 @@ class _Pending(Generic[Req, Res]):
 
 
 class Batcher(Generic[Req, Res]):
-    """Feeds queued requests to `handler` in batches of at most `max_batch`."""
+    """Feeds queued requests to `handler` in batches of at most `max_batch`; the handler
+    answers with one result (or expected error) per request, in order."""
 
     def __init__(
         self,
         name: str,
-        handler: Callable[
-            [Sequence[Req]],
-            Awaitable[tuple[list[Res | BaseException], Callable[[], Awaitable[None]] | None]],
-        ],
+        handler: Callable[[Sequence[Req]], Awaitable[list[Res | BaseException]]],
         *,
         max_batch: int,
         concurrency: int = 1,
@@ -109,7 +103,7 @@ class Batcher(Generic[Req, Res]):
                 return
             BATCH_SIZE.labels(self.name).observe(len(live))
             try:
-                results, after = await self._handler([p.item for p in live])
+                results = await self._handler([p.item for p in live])
             except BaseException as exc:
                 for pending in live:
                     if not pending.future.done():
@@ -138,7 +132,5 @@ class Batcher(Generic[Req, Res]):
                     pending.future.set_exception(result)
                 else:
                     pending.future.set_result(result)
-            if after is not None:
-                await after()
         finally:
             self._slots.release()

@@ -1,16 +1,18 @@
 """The inventory core: reserve, commit, release, read and adjust stock.
 
-Reserve: the Redis gate admits or rejects every line at once; admitted (and
-undecidable) requests then go to PostgreSQL in one transaction per batch, whose
-conditional UPDATEs decide for good. An answer is sent only after PostgreSQL
-committed, and Redis is told the outcome afterwards.
+Reserve: the Redis gate admits or rejects every line at once; admitted (and undecidable)
+requests then go to PostgreSQL, one statement per batch, whose conditional UPDATEs
+decide for good. The mirror is told the outcome before the callers get their answers,
+so a mirror read after an acknowledged change sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
+from datetime import datetime
+from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -20,7 +22,6 @@ from server.domain.errors import (
     IllegalTransition,
     InsufficientStock,
     NotFound,
-    Shortage,
     StockFloorViolation,
     Unavailable,
 )
@@ -32,26 +33,30 @@ from server.domain.inventory import (
     StockLevel,
     check_finish,
 )
-from server.inventory import expiry
+from server.inventory import expiry, gating
 from server.inventory.batching import Batcher
 from server.inventory.mirror import Mirror
 from server.metrics import HOLDS
 from server.storage.postgres import (
     AdjustCode,
     FinishCode,
-    FinishResult,
     MirrorLevel,
     ReserveCode,
-    ReserveResult,
     StockStore,
-    Within,
 )
-from server.storage.redis_gate import AdmitCode
 
 log = logging.getLogger(__name__)
 
-Followup = Callable[[], Awaitable[None]] | None
-FinishGuard = Callable[[Sequence[str]], Awaitable[dict[str, IllegalTransition]]]
+Answer = Reservation | BaseException
+
+
+class Consistency(Enum):
+    """How fresh a stock read must be."""
+
+    MIRROR = "mirror"
+    """The Redis mirror (PostgreSQL when the gate is bypassed or lacks a SKU)."""
+    STRONG = "strong"
+    """PostgreSQL itself."""
 
 
 class InventoryCore:
@@ -61,35 +66,38 @@ class InventoryCore:
         self.settings = settings
         self.store = store
         self.mirror = mirror
+        options = {"max_batch": settings.batch_max, "concurrency": 2}
         self._reserver: Batcher[ReserveCommand, Reservation] = Batcher(
-            "reserve", self.hold, max_batch=settings.batch_max, concurrency=2
+            "reserve", self._reserve_batch, **options
         )
         self._finishers: dict[Finish, Batcher[tuple[str, str], Reservation]] = {
-            finish: Batcher(
-                finish.name.lower(),
-                partial(self._finish_unowned, finish),
-                max_batch=settings.batch_max,
-                concurrency=2,
-            )
+            finish: Batcher(finish.name.lower(), partial(self._finish_batch, finish), **options)
             for finish in (Finish.COMMIT, Finish.RELEASE)
         }
+        self._reservation_reader: Batcher[str, Reservation] = Batcher(
+            "get_reservation", self._read_reservations, **options
+        )
+        self._mirror_reader: Batcher[tuple[str, ...], dict[str, StockLevel]] = Batcher(
+            "get_stock", self._read_mirror, **options
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        # Work that must commit with each expiry (orders register theirs before start()).
-        self.expiry_hooks: list[Within[FinishResult]] = []
-        # Owners of reservations that Commit and Release may not finish (an order's hold
-        # ends only through the order); each maps ids to a refusal for those it owns.
-        self.finish_guards: list[FinishGuard] = []
+
+    @property
+    def _batchers(self) -> list[Batcher[Any, Any]]:
+        return [
+            self._reserver,
+            *self._finishers.values(),
+            self._reservation_reader,
+            self._mirror_reader,
+        ]
 
     async def start(self) -> None:
         """Load the gate, then start the batchers, the expiry sweeper and the gate probe."""
         await self.mirror.check()
-        self._reserver.start()
-        for finisher in self._finishers.values():
-            finisher.start()
+        for batcher in self._batchers:
+            batcher.start()
         self._tasks = [
-            asyncio.create_task(
-                expiry.run(self.store, self.mirror, self.settings, self.expiry_hooks), name="expiry"
-            ),
+            asyncio.create_task(expiry.run(self.store, self.mirror, self.settings), name="expiry"),
             asyncio.create_task(self.mirror.run(), name="redis-probe"),
         ]
 
@@ -98,9 +106,8 @@ class InventoryCore:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._reserver.stop()
-        for finisher in self._finishers.values():
-            await finisher.stop()
+        for batcher in self._batchers:
+            await batcher.stop()
 
     async def reserve(self, command: ReserveCommand, deadline: float | None = None) -> Reservation:
         """Hold every line of `command`, or none."""
@@ -120,18 +127,25 @@ class InventoryCore:
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         """One reservation as stored."""
-        found = await self.store.get_reservation(reservation_id)
-        if found is None:
-            raise NotFound("reservation", [reservation_id])
-        return found
+        return await self._reservation_reader.submit(reservation_id)
 
-    async def get_stock(self, skus: Sequence[str]) -> list[StockLevel]:
+    async def get_stock(
+        self, skus: Sequence[str], consistency: Consistency = Consistency.MIRROR
+    ) -> list[StockLevel]:
         """Levels of `skus` in the given order; any unknown SKU fails the call."""
-        levels = await self.store.get_stock(skus)
-        missing = [sku for sku in skus if sku not in levels]
+        found: dict[str, StockLevel] = {}
+        if consistency is Consistency.MIRROR and self.mirror.usable:
+            found = await self._mirror_reader.submit(tuple(skus))
+        missing = [sku for sku in skus if sku not in found]
         if missing:
-            raise NotFound("sku", missing)
-        return [levels[sku] for sku in skus]
+            read = await self.store.get_stock(missing)
+            found.update(
+                (sku, StockLevel(sku, level.on_hand, level.reserved)) for sku, level in read.items()
+            )
+        unknown = [sku for sku in skus if sku not in found]
+        if unknown:
+            raise NotFound("sku", unknown)
+        return [found[sku] for sku in skus]
 
     async def adjust(self, command: AdjustCommand) -> tuple[StockLevel, int]:
         """Apply an adjustment; returns the level after it and the applied delta."""
@@ -149,45 +163,24 @@ class InventoryCore:
             )
         return result.level, result.applied_delta
 
-    async def hold(
-        self, commands: Sequence[ReserveCommand], within: Within[ReserveResult] | None = None
-    ) -> tuple[list[Reservation | BaseException], Followup]:
-        """Gate, then hold in PostgreSQL, a batch of reservations; `within` joins the
-        PostgreSQL transaction. Returns per-command outcomes and the Redis follow-up,
-        to run once callers have their answers."""
-        results: list[Reservation | BaseException | None] = [None] * len(commands)
-        admitted: list[str] = []
-        to_database = list(range(len(commands)))
-        verdicts = await self.mirror.admit(commands)
-        if verdicts is not None:
-            to_database = []
-            for i, verdict in enumerate(verdicts):
-                if verdict.code is AdmitCode.REJECTED:
-                    HOLDS.labels("rejected_by_gate").inc()
-                    results[i] = InsufficientStock(
-                        [
-                            Shortage(line.sku, line.quantity, verdict.available[line.sku])
-                            for line in commands[i].lines
-                            if line.sku in verdict.available
-                        ]
-                    )
-                    continue
-                if verdict.code is AdmitCode.ADMITTED:
-                    admitted.append(commands[i].reservation_id)
-                to_database.append(i)
-
-        known: list[tuple[str, int]] = []
+    async def _reserve_batch(self, commands: Sequence[ReserveCommand]) -> list[Answer]:
+        """Gate, then hold in PostgreSQL, a batch of reservations."""
+        gated = await gating.admit(self.mirror, commands)
+        results: list[Answer | None] = [None] * len(commands)
+        for i, refusal in gated.refused.items():
+            results[i] = refusal
+        held: list[tuple[str, datetime]] = []
         levels: list[MirrorLevel] = []
-        if to_database:
+        if gated.to_database:
             try:
                 outcomes, levels = await self.store.reserve_batch(
-                    [commands[i] for i in to_database], _realign(within, to_database, len(commands))
+                    [commands[i] for i in gated.to_database]
                 )
             except Unavailable as exc:
-                for i in to_database:
-                    results[i] = exc
                 outcomes = []
-            for i, outcome in zip(to_database, outcomes, strict=False):
+                for i in gated.to_database:
+                    results[i] = exc
+            for i, outcome in zip(gated.to_database, outcomes, strict=False):
                 command = commands[i]
                 if outcome.code is ReserveCode.HELD or outcome.code is ReserveCode.REPEAT:
                     assert outcome.reservation is not None
@@ -195,12 +188,7 @@ class InventoryCore:
                         "admitted" if outcome.code is ReserveCode.HELD else "repeated"
                     ).inc()
                     results[i] = outcome.reservation
-                    known.append(
-                        (
-                            command.reservation_id,
-                            self.mirror.forget_at_ms(outcome.reservation.expires_at),
-                        )
-                    )
+                    held.append((command.reservation_id, outcome.reservation.expires_at))
                 elif outcome.code is ReserveCode.CONFLICT:
                     HOLDS.labels("conflicting").inc()
                     results[i] = AlreadyExists("reservation", command.reservation_id)
@@ -210,74 +198,51 @@ class InventoryCore:
                 else:
                     HOLDS.labels("rejected_by_database").inc()
                     results[i] = InsufficientStock(outcome.shortages)
+        await gating.settle(self.mirror, gated, held, levels)
+        return results  # type: ignore[return-value]
 
-        async def settle() -> None:
-            await self.mirror.settle(clear=admitted, known=known, levels=levels)
-
-        return results, settle  # type: ignore[return-value]
-
-    async def finish(
-        self,
-        finish: Finish,
-        requests: Sequence[tuple[str, str]],
-        within: Within[FinishResult] | None = None,
-    ) -> tuple[list[Reservation | BaseException], Followup]:
-        """Commit or release a batch of (reservation id, caller); `within` joins the
-        PostgreSQL transaction. Returns outcomes and the Redis follow-up."""
+    async def _finish_batch(
+        self, finish: Finish, requests: Sequence[tuple[str, str]]
+    ) -> list[Answer]:
+        """Commit or release a batch of (reservation id, caller); an order's hold is
+        refused (it ends only through the order)."""
         ids = [rid for rid, _ in requests]
         outcomes, levels = await self.store.finish_batch(
-            ids, finish, [caller for _, caller in requests], within
+            ids, finish, [caller for _, caller in requests]
         )
-        results: list[Reservation | BaseException] = []
+        await self.mirror.settle(levels=levels)
+        results: list[Answer] = []
         for rid, outcome in zip(ids, outcomes, strict=True):
             if outcome.code is FinishCode.UNKNOWN or outcome.reservation is None:
                 results.append(NotFound("reservation", [rid]))
-                continue
-            try:
-                check_finish(rid, finish, outcome.reservation.status)
-            except IllegalTransition as exc:
-                results.append(exc)
+            elif outcome.code is FinishCode.ORDER_OWNED:
+                results.append(_order_owned(rid))
             else:
-                results.append(outcome.reservation)
+                try:
+                    check_finish(rid, finish, outcome.reservation.status)
+                except IllegalTransition as exc:
+                    results.append(exc)
+                else:
+                    results.append(outcome.reservation)
+        return results
 
-        async def settle() -> None:
-            await self.mirror.settle(levels=levels)
+    async def _read_mirror(
+        self, requests: Sequence[tuple[str, ...]]
+    ) -> list[dict[str, StockLevel] | BaseException]:
+        """One mirror read for a batch of GetStock requests."""
+        found = await self.mirror.levels(list({sku: None for skus in requests for sku in skus}))
+        return [{sku: found[sku] for sku in skus if sku in found} for skus in requests]
 
-        return results, settle
-
-    async def _finish_unowned(
-        self, finish: Finish, requests: Sequence[tuple[str, str]]
-    ) -> tuple[list[Reservation | BaseException], Followup]:
-        """`finish` for callers of Commit and Release: reservations a guard claims are
-        refused, the rest finished."""
-        refused: dict[str, IllegalTransition] = {}
-        for guard in self.finish_guards:
-            refused.update(await guard([rid for rid, _ in requests]))
-        if not refused:
-            return await self.finish(finish, requests)
-        results: dict[int, Reservation | BaseException] = {
-            i: refused[rid] for i, (rid, _) in enumerate(requests) if rid in refused
-        }
-        kept = [i for i in range(len(requests)) if i not in results]
-        followup: Followup = None
-        if kept:
-            done, followup = await self.finish(finish, [requests[i] for i in kept])
-            results.update(zip(kept, done, strict=True))
-        return [results[i] for i in range(len(requests))], followup
+    async def _read_reservations(self, ids: Sequence[str]) -> list[Answer]:
+        found = await self.store.get_reservations(ids)
+        return [found.get(rid) or NotFound("reservation", [rid]) for rid in ids]
 
 
-def _realign(
-    within: Within[ReserveResult] | None, positions: Sequence[int], size: int
-) -> Within[ReserveResult] | None:
-    """Adapt `within` to a sub-batch: it sees one result per original command, None
-    (typed as absent) for commands the gate already turned away."""
-    if within is None:
-        return None
-
-    async def realigned(conn: Any, results: list[ReserveResult]) -> None:
-        full: list[Any] = [None] * size
-        for position, result in zip(positions, results, strict=True):
-            full[position] = result
-        await within(conn, full)
-
-    return realigned
+def _order_owned(reservation_id: str) -> IllegalTransition:
+    return IllegalTransition(
+        reservation_id,
+        f"held by order {reservation_id}",
+        "finished",
+        f"reservation {reservation_id!r} is the hold of order {reservation_id!r}: use"
+        " ConfirmPayment or CancelOrder of OrderService",
+    )

@@ -1,19 +1,18 @@
-"""Releases HELD reservations past their expiry, in every worker, within a second."""
+"""Releases HELD reservations past their expiry, in every worker, within a second; an
+unpaid order expires with its hold, in the same statement."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
+import uuid
 
 from server.config import Settings
 from server.domain.errors import Unavailable
-from server.domain.inventory import Finish
+from server.domain.orders import OrderStatus
 from server.inventory.mirror import Mirror
-from server.metrics import EXPIRED, EXPIRY_LAG
-from server.storage.postgres import FinishCode, FinishResult, StockStore, Within
+from server.metrics import EXPIRED, EXPIRY_LAG, ORDER_TRANSITIONS
+from server.storage.postgres import StockStore
 
 log = logging.getLogger(__name__)
 
@@ -21,43 +20,23 @@ SWEEP_LIMIT = 500
 EXPIRY_CALLER = "stockcore-expiry"
 
 
-async def sweep_once(
-    store: StockStore, mirror: Mirror, hooks: Sequence[Within[FinishResult]] = ()
-) -> int:
-    """Expire up to SWEEP_LIMIT due holds; return how many were due. Each hook runs in
-    the expiring transaction (an order whose payment window closed expires with it)."""
-    due = await store.due_expiries(SWEEP_LIMIT)
-    if not due:
-        return 0
-
-    async def within(conn: Any, results: list[FinishResult]) -> None:
-        for hook in hooks:
-            await hook(conn, results)
-
-    results, levels = await store.finish_batch(
-        due, Finish.EXPIRE, [EXPIRY_CALLER] * len(due), within if hooks else None
-    )
-    now = datetime.now(UTC)
-    expired = 0
-    for result in results:
-        if result.code is FinishCode.APPLIED and result.reservation is not None:
-            expired += 1
-            EXPIRY_LAG.observe(max((now - result.reservation.expires_at).total_seconds(), 0.0))
-    EXPIRED.inc(expired)
-    await mirror.settle(levels=levels)
-    return len(due)
+async def sweep_once(store: StockStore, mirror: Mirror) -> int:
+    """Expire up to SWEEP_LIMIT due holds (and their unpaid orders); return how many
+    were due."""
+    sweep = await store.expire_due(SWEEP_LIMIT, EXPIRY_CALLER, f"expiry-{uuid.uuid4().hex}")
+    for lag in sweep.lags_s:
+        EXPIRY_LAG.observe(max(lag, 0.0))
+    EXPIRED.inc(sweep.holds_expired)
+    ORDER_TRANSITIONS.labels(OrderStatus.EXPIRED.name).inc(sweep.orders_expired)
+    await mirror.settle(levels=sweep.levels)
+    return sweep.due
 
 
-async def run(
-    store: StockStore,
-    mirror: Mirror,
-    settings: Settings,
-    hooks: Sequence[Within[FinishResult]] = (),
-) -> None:
+async def run(store: StockStore, mirror: Mirror, settings: Settings) -> None:
     """Sweep forever; a full sweep goes again at once."""
     while True:
         try:
-            while await sweep_once(store, mirror, hooks) == SWEEP_LIMIT:
+            while await sweep_once(store, mirror) == SWEEP_LIMIT:
                 pass
         except Unavailable as exc:
             log.warning("expiry sweep skipped: database unavailable", extra={"error": str(exc)})

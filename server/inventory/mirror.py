@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from server.config import Settings
-from server.domain.inventory import ReserveCommand
+from server.domain.inventory import ReserveCommand, StockLevel
 from server.metrics import REDIS_FALLBACK, REDIS_RESYNCS, STALE_PENDING
 from server.storage.postgres import MirrorLevel, StockStore
 from server.storage.redis_gate import Admission, AdmissionGate, GateUnavailable
@@ -67,6 +67,22 @@ class Mirror:
         except GateUnavailable as exc:
             self.failed(exc)
             return None
+
+    async def levels(self, skus: Sequence[str]) -> dict[str, StockLevel]:
+        """Levels of the mirrored SKUs among `skus`, as PostgreSQL last reported them;
+        empty when the gate is bypassed (callers then read PostgreSQL)."""
+        if self.gate is None or not self.usable:
+            return {}
+        try:
+            found = await self.gate.levels(skus)
+        except GateUnavailable as exc:
+            self.failed(exc)
+            return {}
+        if found is None:
+            return {}
+        return {
+            sku: StockLevel(sku, on_hand, reserved) for sku, (on_hand, reserved) in found.items()
+        }
 
     async def settle(
         self,

@@ -4,8 +4,11 @@ cursors, then publishes them to the Redis stream, at least once, in cursor order
 Every server process runs a relay; the one holding the sequencer lock (a PostgreSQL
 advisory lock of its own session) works, the others stand by and try for the lock now
 and then, so a crashed relay is replaced within a standby interval (the lock dies with
-its session). An event is marked published only after Redis took it: a crash in
-between publishes it again, with the same event_id, which consumers de-duplicate on.
+its session). The working relay LISTENs on stockcore_order_events, which every
+transaction that writes events notifies at commit, so it wakes at once; it also looks
+every relay interval, as a safety net. An event is marked published only after Redis
+took it: a crash in between publishes it again, with the same event_id, which consumers
+de-duplicate on.
 
 The relay is stopped by `stop()`, not by cancelling its task: redis-py's socket writes
 go through asyncio.wait_for, which on Python 3.11 can swallow a cancellation.
@@ -27,24 +30,28 @@ from server.metrics import (
     RELAY_ACTIVE,
 )
 from server.storage.event_stream import EventStream, StreamUnavailable
-from server.storage.outbox_pg import OutboxSession, StoredEvent
+from server.storage.orders_pg import StoredEvent
+from server.storage.outbox_pg import OutboxSession, Pending
 
 log = logging.getLogger(__name__)
 
-# Adds the cursor to a stored event's bytes (the wire format is the gRPC edge's).
-Stamp = Callable[[bytes, int], bytes]
+# The wire bytes of a stored event, cursor included (the wire format is the gRPC edge's).
+Encode = Callable[[StoredEvent], bytes]
+# Committing transactions notify this channel when they wrote order events.
+EVENTS_CHANNEL = "stockcore_order_events"
 
 
 class Relay:
     """Sequences and publishes order events while it holds the sequencer lock."""
 
-    def __init__(self, settings: Settings, stream: EventStream | None, stamp: Stamp) -> None:
+    def __init__(self, settings: Settings, stream: EventStream | None, encode: Encode) -> None:
         assert settings.pg_dsn is not None
         self._settings = settings
         self._stream = stream
-        self._stamp = stamp
+        self._encode = encode
         self._stream_failing = False
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
         # Whether this relay holds the sequencer lock (and so is the one working).
         self.active = False
 
@@ -66,11 +73,13 @@ class Relay:
     def stop(self) -> None:
         """Ask `run` to return after the step in flight (which gives the lock back)."""
         self._stopping.set()
+        self._wake.set()
 
     async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less when stopped or woken by a notification."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+                await self._wake.wait()
 
     async def _hold_and_work(self) -> None:
         assert self._settings.pg_dsn is not None
@@ -84,27 +93,32 @@ class Relay:
             self.active = True
             RELAY_ACTIVE.set(1)
             log.info("order event relay active")
+            await session.listen(EVENTS_CHANNEL, self._wake)
             while not self._stopping.is_set():
+                # Cleared before the step: a commit notified during it wakes the next.
+                self._wake.clear()
                 if not await self.step(session):
                     await self._pause(self._settings.relay_interval_s)
         finally:
             await session.close()
 
     async def step(self, session: OutboxSession) -> bool:
-        """Sequence, then publish, one batch each; True when more work is waiting."""
+        """Sequence and fetch, then publish, one batch; True when more work is waiting."""
         limit = self._settings.relay_batch
-        sequenced = await session.sequence(limit)
-        events = await session.unpublished(limit)
+        events = await session.next_events(limit)
         published = await self._publish(session, events) if events else 0
-        EVENTS_UNPUBLISHED.set(await session.backlog())
-        return sequenced == limit or published == limit
+        if published == len(events) < limit:
+            EVENTS_UNPUBLISHED.set(0)  # everything committed so far is out
+        else:
+            EVENTS_UNPUBLISHED.set(await session.backlog())
+        return published == limit
 
-    async def _publish(self, session: OutboxSession, events: Sequence[StoredEvent]) -> int:
+    async def _publish(self, session: OutboxSession, events: Sequence[Pending]) -> int:
         if self._stream is None:
             return 0
         try:
             await self._stream.publish(
-                [(event.event_id, self._stamp(event.payload, event.cursor)) for event in events]
+                [(pending.event.event_id, self._encode(pending.event)) for pending in events]
             )
         except StreamUnavailable as exc:
             if not self._stream_failing:

@@ -1,26 +1,25 @@
-"""The order core: every order status change happens here, each in one PostgreSQL
-transaction with its stock change (if any), its history row and its outbox event.
+"""The order core: batches order requests and maps what the order functions in
+PostgreSQL decided to answers.
 
-Creation, payment and cancellation of unpaid orders ride the inventory core's batches:
-their order rows are written by `within` work that joins the very transaction that
-holds, commits or releases the stock. Row locks on the orders decide every race once:
-two payments, a cancel against a payment, the expiry sweep against a payment.
+Each batch is one statement (server/storage/orders_pg.py): it locks the orders, their
+holds and their stock rows, decides every request by the status machine, writes the
+order, history, outbox and ledger rows and commits. Races (two payments, one payment
+for two orders, a cancel against a payment, expiry against a payment) are decided there,
+under the locks, once. CreateOrder goes through the Redis gate first, like Reserve.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from server.config import Settings
-from server.domain.errors import AlreadyExists, DomainError, IllegalTransition, NotFound
-from server.domain.inventory import AdjustCommand, Finish, ReservationStatus
+from server.domain.errors import AlreadyExists, DomainError, InsufficientStock, NotFound
 from server.domain.order_queries import ListOrders, WatchFilter
 from server.domain.orders import (
-    Actor,
     CancelOrder,
     CarrierReport,
     ConfirmPayment,
@@ -29,47 +28,36 @@ from server.domain.orders import (
     OrderStatus,
     ShipOrder,
     StatusChange,
-    Step,
-    cancel,
-    expire,
-    pay,
-    record_delivery,
-    record_in_transit,
-    ship,
+    mismatch,
+    paid_by_another,
+    refusal,
+    shipped_as_another,
 )
-from server.domain.sharding import shard_of
+from server.inventory import gating
 from server.inventory.batching import Batcher
-from server.inventory.core import Followup, InventoryCore
 from server.inventory.expiry import EXPIRY_CALLER
+from server.inventory.mirror import Mirror
 from server.metrics import ORDER_TRANSITIONS
 from server.orders.watch import EventFeed
-from server.storage.orders_pg import OrderStore
-from server.storage.postgres import (
-    AdjustCode,
-    FinishCode,
-    FinishResult,
-    MirrorLevel,
-    ReserveCode,
-    ReserveResult,
-)
+from server.storage.orders_pg import ChangeCode, Changed, CreateCode, OrderStore
+from server.storage.postgres import MirrorLevel
 
 log = logging.getLogger(__name__)
 
 Answer = Order | BaseException
-
-
-class _PaidMeanwhile(Exception):
-    """A cancel of an unpaid order found it paid: it is cancelled as a paid order."""
+Req = TypeVar("Req")
 
 
 class OrderCore:
-    """Orders over the inventory core, with the status machine deciding every change."""
+    """Orders, each change decided once by one statement per batch."""
 
-    def __init__(self, settings: Settings, inventory: InventoryCore, store: OrderStore) -> None:
+    def __init__(
+        self, settings: Settings, mirror: Mirror, store: OrderStore, feed: EventFeed[Any]
+    ) -> None:
         self.settings = settings
-        self.inventory = inventory
+        self.mirror = mirror
         self.store = store
-        self.feed = EventFeed(store, settings.watch_poll_interval_s)
+        self.feed = feed
         options: dict[str, Any] = {"max_batch": settings.batch_max, "concurrency": 2}
         self._creator: Batcher[CreateOrder, Order] = Batcher(
             "create_order", self._create_batch, **options
@@ -80,377 +68,217 @@ class OrderCore:
         self._canceller: Batcher[CancelOrder, Order] = Batcher(
             "cancel_order", self._cancel_batch, **options
         )
-        inventory.expiry_hooks.append(self._expire_lapsed)
-        inventory.finish_guards.append(self._refuse_owned)
+        self._shipper: Batcher[ShipOrder, Order] = Batcher(
+            "ship_order", self._ship_batch, **options
+        )
+        self._carrier: dict[OrderStatus, Batcher[CarrierReport, Order]] = {
+            wanted: Batcher(
+                f"record_{wanted.name.lower()}", partial(self._carrier_batch, wanted), **options
+            )
+            for wanted in (OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED)
+        }
+        self._reader: Batcher[str, tuple[Order, list[StatusChange]]] = Batcher(
+            "get_order", self._read_batch, **options
+        )
+        self._lister: Batcher[ListOrders, tuple[list[Order], str]] = Batcher(
+            "list_orders", self._list_batch, **options
+        )
+
+    @property
+    def _batchers(self) -> list[Batcher[Any, Any]]:
+        return [
+            self._creator,
+            self._payer,
+            self._canceller,
+            self._shipper,
+            *self._carrier.values(),
+            self._reader,
+            self._lister,
+        ]
 
     def start(self) -> None:
-        """Start the batchers (the inventory core is started by its owner)."""
-        for batcher in (self._creator, self._payer, self._canceller):
+        """Start the batchers."""
+        for batcher in self._batchers:
             batcher.start()
 
     async def stop(self) -> None:
         """Finish batches in flight; end watch streams."""
-        for batcher in (self._creator, self._payer, self._canceller):
+        for batcher in self._batchers:
             await batcher.stop()
         await self.feed.stop()
 
-    # --- creation -------------------------------------------------------------------
+    # --- changes --------------------------------------------------------------------
 
     async def create_order(self, command: CreateOrder, deadline: float | None = None) -> Order:
-        """Hold the order's stock and create it, in one transaction; a retry returns the
-        order as it is now."""
+        """Hold the order's stock and create it; a retry returns the order as it is now."""
         return await self._creator.submit(command, deadline)
-
-    async def _create_batch(self, commands: Sequence[CreateOrder]) -> tuple[list[Answer], Followup]:
-        decided: list[Answer | None] = [None] * len(commands)
-        made: list[int] = []
-
-        async def within(conn: Any, results: list[ReserveResult]) -> None:
-            answers: list[Answer | None] = [None] * len(commands)
-            steps: list[Step] = []
-            repeats: list[int] = []
-            for i, result in enumerate(results):
-                if result is None:
-                    continue  # turned away by the Redis gate
-                if result.code is ReserveCode.HELD:
-                    assert result.reservation is not None
-                    held = result.reservation
-                    step = commands[i].created(held.created_at, held.expires_at)
-                    steps.append(step)
-                    answers[i] = step.order
-                elif result.code is ReserveCode.REPEAT:
-                    repeats.append(i)
-            await self.store.insert_created(conn, steps)
-            if repeats:
-                found = await self.store.find([commands[i].order_id for i in repeats], conn)
-                for i in repeats:
-                    existing = found.get(commands[i].order_id)
-                    same = existing is not None and existing.fingerprint == commands[i].fingerprint
-                    answers[i] = existing if same else AlreadyExists("order", commands[i].order_id)
-            decided[:] = answers
-            made[:] = [i for i, r in enumerate(results) if r and r.code is ReserveCode.HELD]
-
-        held, followup = await self.inventory.hold([c.reserve for c in commands], within)
-        answers: list[Answer] = []
-        for i, outcome in enumerate(held):
-            if isinstance(outcome, AlreadyExists):
-                answers.append(AlreadyExists("order", commands[i].order_id))
-            elif isinstance(outcome, BaseException):
-                answers.append(outcome)
-            else:
-                answers.append(decided[i] or RuntimeError("order hold without an order row"))
-        fresh = sum(1 for i in made if isinstance(answers[i], Order))
-        ORDER_TRANSITIONS.labels(OrderStatus.PENDING_PAYMENT.name).inc(fresh)
-        return answers, followup
-
-    # --- payment --------------------------------------------------------------------
 
     async def confirm_payment(
         self, payment: ConfirmPayment, deadline: float | None = None
     ) -> Order:
-        """Commit the order's hold and mark it PAID. The amount is checked before any
-        stock is touched; a repeat of the payment that paid it returns the order."""
-        order, recorded = await self.store.find_with_payment(payment.order_id, payment.payment_id)
-        if order is None:
-            raise NotFound("order", [payment.order_id])
-        if recorded is not None and (
-            recorded.order_id,
-            recorded.amount_minor,
-            recorded.currency,
-        ) != (payment.order_id, payment.amount_minor, payment.currency):
-            raise AlreadyExists("payment", payment.payment_id)
-        if pay(order, payment, order.updated_at) is None:
-            return order
+        """Commit the order's hold and mark it PAID; a repeat of the payment that paid it
+        returns the order."""
         return await self._payer.submit(payment, deadline)
-
-    async def _pay_batch(self, payments: Sequence[ConfirmPayment]) -> tuple[list[Answer], Followup]:
-        decided: list[Answer] = []
-        written: list[Step] = []
-
-        async def within(conn: Any, results: list[FinishResult]) -> None:
-            orders, now = await self.store.lock(conn, [p.order_id for p in payments])
-            answers: list[Answer] = []
-            steps: list[Step] = []
-            paid: list[ConfirmPayment] = []
-            for payment, result in zip(payments, results, strict=True):
-                order = orders.get(payment.order_id)
-                if order is None or result.reservation is None:
-                    answers.append(NotFound("order", [payment.order_id]))
-                    continue
-                try:
-                    if _lapsed(result):
-                        order = self._expire_one(order, now, _expiry_actor(), steps, orders)
-                    step = pay(order, payment, now)
-                except DomainError as exc:
-                    answers.append(exc)
-                    continue
-                if step is None:
-                    answers.append(order)
-                elif _finished_as(result, ReservationStatus.COMMITTED):
-                    steps.append(step)
-                    orders[order.order_id] = step.order
-                    paid.append(payment)
-                    answers.append(step.order)
-                else:
-                    answers.append(_disagreement(order, result))
-            await self.store.write_steps(conn, steps)
-            await self.store.insert_payments(conn, paid, now)
-            decided[:] = answers
-            written[:] = steps
-
-        _, followup = await self.inventory.finish(
-            Finish.COMMIT, [(p.order_id, p.actor.caller) for p in payments], within
-        )
-        self._count(written)
-        return decided, followup
-
-    # --- cancellation ---------------------------------------------------------------
 
     async def cancel_order(self, request: CancelOrder, deadline: float | None = None) -> Order:
         """Cancel an order that has not shipped: an unpaid one gives its hold back, a paid
         one returns its stock by an adjustment and owes its payment back."""
-        order = await self._get(request.order_id)
-        if cancel(order, request, order.updated_at) is None:
-            return order
-        if order.status is OrderStatus.PENDING_PAYMENT:
-            try:
-                return await self._canceller.submit(request, deadline)
-            except _PaidMeanwhile:
-                pass
-        return await self._cancel_paid(request)
+        return await self._canceller.submit(request, deadline)
 
-    async def _cancel_batch(self, requests: Sequence[CancelOrder]) -> tuple[list[Answer], Followup]:
-        decided: list[Answer] = []
-        written: list[Step] = []
-
-        async def within(conn: Any, results: list[FinishResult]) -> None:
-            orders, now = await self.store.lock(conn, [r.order_id for r in requests])
-            answers: list[Answer] = []
-            steps: list[Step] = []
-            for request, result in zip(requests, results, strict=True):
-                order = orders.get(request.order_id)
-                if order is None or result.reservation is None:
-                    answers.append(NotFound("order", [request.order_id]))
-                    continue
-                try:
-                    if _lapsed(result):
-                        order = self._expire_one(order, now, _expiry_actor(), steps, orders)
-                    if order.status is OrderStatus.PAID:
-                        answers.append(_PaidMeanwhile())
-                        continue
-                    step = cancel(order, request, now)
-                except DomainError as exc:
-                    answers.append(exc)
-                    continue
-                if step is None:
-                    answers.append(order)
-                elif _finished_as(result, ReservationStatus.RELEASED):
-                    steps.append(step)
-                    orders[order.order_id] = step.order
-                    answers.append(step.order)
-                else:
-                    answers.append(_disagreement(order, result))
-            await self.store.write_steps(conn, steps)
-            decided[:] = answers
-            written[:] = steps
-
-        _, followup = await self.inventory.finish(
-            Finish.RELEASE, [(r.order_id, r.actor.caller) for r in requests], within
-        )
-        self._count(written)
-        return decided, followup
-
-    async def _cancel_paid(self, request: CancelOrder) -> Order:
-        """Cancel a paid order: its units go back on hand by adjustments (one per SKU, in
-        the global stock lock order) committed with the order change."""
-        levels: list[MirrorLevel] = []
-        steps: list[Step] = []
-
-        async def work(conn: Any) -> Order:
-            levels.clear()
-            steps.clear()
-            orders, now = await self.store.lock(conn, [request.order_id])
-            order = orders.get(request.order_id)
-            if order is None:
-                raise NotFound("order", [request.order_id])
-            step = cancel(order, request, now)
-            if step is None:
-                return order
-            if order.status is not OrderStatus.PAID:
-                raise RuntimeError(f"order {order.order_id!r} is {order.status.name}, not PAID")
-            shards = self.inventory.store.shard_count
-            for line in sorted(order.lines, key=lambda x: (shard_of(x.sku, shards), x.sku)):
-                adjustment = AdjustCommand(
-                    sku=line.sku,
-                    delta=line.quantity,
-                    on_hand=None,
-                    reason=f"order {order.order_id} cancelled after payment",
-                    idempotency_key=f"order-cancel:{order.order_id}:{line.sku}",
-                    caller=request.actor.caller,
-                )
-                result = await self.inventory.store.adjust_on(conn, adjustment)
-                if result.code is not AdjustCode.APPLIED or result.version is None:
-                    raise RuntimeError(f"returning stock of {order.order_id!r}: {result.code.name}")
-                level = result.level
-                levels.append(MirrorLevel(level.sku, level.on_hand, level.reserved, result.version))
-            await self.store.write_steps(conn, [step])
-            steps.append(step)
-            return step.order
-
-        order = await self.inventory.store.transaction(work)
-        self._count(steps)
-        if steps:
-            log.info(
-                "paid order cancelled; refund owed",
-                extra={"order_id": order.order_id, "refund_owed_minor": order.refund_owed_minor},
-            )
-        await self.inventory.mirror.settle(levels=levels)
-        return order
-
-    # --- shipping -------------------------------------------------------------------
-
-    async def ship_order(self, request: ShipOrder) -> Order:
+    async def ship_order(self, request: ShipOrder, deadline: float | None = None) -> Order:
         """PAID -> SHIPPED with the carrier's acknowledged tracking number."""
-        return await self._transition(
-            request.order_id, lambda order, now: ship(order, request, now)
-        )
+        return await self._shipper.submit(request, deadline)
 
-    async def record_in_transit(self, report: CarrierReport) -> Order:
+    async def record_in_transit(
+        self, report: CarrierReport, deadline: float | None = None
+    ) -> Order:
         """SHIPPED -> IN_TRANSIT at the carrier's time."""
-        return await self._transition(
-            report.order_id, lambda order, now: record_in_transit(order, report, now)
-        )
+        return await self._carrier[OrderStatus.IN_TRANSIT].submit(report, deadline)
 
-    async def record_delivery(self, report: CarrierReport) -> Order:
+    async def record_delivery(self, report: CarrierReport, deadline: float | None = None) -> Order:
         """SHIPPED or IN_TRANSIT -> DELIVERED at the carrier's time."""
-        return await self._transition(
-            report.order_id, lambda order, now: record_delivery(order, report, now)
+        return await self._carrier[OrderStatus.DELIVERED].submit(report, deadline)
+
+    async def _create_batch(self, commands: Sequence[CreateOrder]) -> list[Answer]:
+        gated = await gating.admit(self.mirror, [c.reserve for c in commands])
+        answers: list[Answer | None] = [None] * len(commands)
+        for i, refused in gated.refused.items():
+            answers[i] = refused
+        held: list[tuple[str, datetime]] = []
+        levels: list[MirrorLevel] = []
+        if gated.to_database:
+            batch = [commands[i] for i in gated.to_database]
+            try:
+                created, levels = await self.store.create(batch)
+            except DomainError as exc:
+                for i in gated.to_database:
+                    answers[i] = exc
+                created = []
+            for i, outcome in zip(gated.to_database, created, strict=False):
+                command = commands[i]
+                if outcome.code is CreateCode.REJECTED:
+                    answers[i] = (
+                        NotFound("sku", outcome.unknown_skus)
+                        if outcome.unknown_skus
+                        else InsufficientStock(outcome.shortages)
+                    )
+                elif outcome.code is CreateCode.CONFLICT or outcome.order is None:
+                    answers[i] = AlreadyExists("order", command.order_id)
+                else:
+                    if outcome.code is CreateCode.CREATED:
+                        ORDER_TRANSITIONS.labels(OrderStatus.PENDING_PAYMENT.name).inc()
+                    answers[i] = outcome.order
+                    held.append((command.order_id, outcome.order.payment_deadline))
+        await gating.settle(self.mirror, gated, held, levels)
+        return answers  # type: ignore[return-value]
+
+    async def _pay_batch(self, payments: Sequence[ConfirmPayment]) -> list[Answer]:
+        changed, levels = await self.store.pay(payments, EXPIRY_CALLER)
+        await self.mirror.settle(levels=levels)
+
+        def refused(payment: ConfirmPayment, outcome: Changed, order: Order) -> DomainError:
+            if outcome.code is ChangeCode.MISMATCH:
+                return mismatch(order, payment)
+            if outcome.code is ChangeCode.PAYMENT_TAKEN:
+                return AlreadyExists("payment", payment.payment_id, f"order {outcome.detail}")
+            if outcome.detail == "other-payment":
+                return paid_by_another(order)
+            return refusal(order, OrderStatus.PAID)
+
+        return self._answers(payments, changed, OrderStatus.PAID, refused)
+
+    async def _cancel_batch(self, requests: Sequence[CancelOrder]) -> list[Answer]:
+        changed, levels = await self.store.cancel(requests, EXPIRY_CALLER)
+        await self.mirror.settle(levels=levels)
+        paid = {
+            o.order.order_id
+            for o in changed
+            if o.code is ChangeCode.DONE and o.order and o.order.refund_owed_minor
+        }
+        for order_id in paid:
+            log.info("paid order cancelled; refund owed", extra={"order_id": order_id})
+        return self._answers(
+            requests,
+            changed,
+            OrderStatus.CANCELLED,
+            lambda _, __, order: refusal(order, OrderStatus.CANCELLED),
         )
 
-    async def _transition(
-        self, order_id: str, make: Callable[[Order, datetime], Step | None]
-    ) -> Order:
-        steps: list[Step] = []
+    async def _ship_batch(self, requests: Sequence[ShipOrder]) -> list[Answer]:
+        changed = await self.store.ship(requests)
+        return self._answers(
+            requests,
+            changed,
+            OrderStatus.SHIPPED,
+            lambda _, outcome, order: (
+                shipped_as_another(order)
+                if outcome.detail == "other-parcel"
+                else refusal(order, OrderStatus.SHIPPED)
+            ),
+        )
 
-        async def work(conn: Any) -> Order:
-            steps.clear()
-            orders, now = await self.store.lock(conn, [order_id])
-            order = orders.get(order_id)
-            if order is None:
-                raise NotFound("order", [order_id])
-            step = make(order, now)
-            if step is None:
-                return order
-            await self.store.write_steps(conn, [step])
-            steps.append(step)
-            return step.order
+    async def _carrier_batch(
+        self, wanted: OrderStatus, reports: Sequence[CarrierReport]
+    ) -> list[Answer]:
+        changed = await self.store.record_carrier(wanted, reports)
+        return self._answers(reports, changed, wanted, lambda _, __, order: refusal(order, wanted))
 
-        order = await self.inventory.store.transaction(work)
-        self._count(steps)
-        return order
-
-    # --- expiry ---------------------------------------------------------------------
-
-    async def _expire_lapsed(self, conn: Any, results: list[FinishResult]) -> None:
-        """Expiry hook: unpaid orders whose hold the sweep just expired expire with it,
-        in the same transaction."""
-        lapsed = [r.reservation.reservation_id for r in results if _lapsed(r) and r.reservation]
-        if not lapsed:
-            return
-        orders, now = await self.store.lock(conn, lapsed)
-        steps: list[Step] = []
-        actor = _expiry_actor()
-        for order in list(orders.values()):
-            try:
-                self._expire_one(order, now, actor, steps, orders)
-            except IllegalTransition:
-                # Raising would roll back the whole sweep, every other expiry with it.
+    def _answers(
+        self,
+        requests: Sequence[Req],
+        changed: Sequence[Changed],
+        wanted: OrderStatus,
+        refused: Callable[[Req, Changed, Order], DomainError],
+    ) -> list[Answer]:
+        """Map each request's outcome to its answer, counting the transitions made."""
+        answers: list[Answer] = []
+        for request, outcome in zip(requests, changed, strict=True):
+            order = outcome.order
+            if outcome.code is ChangeCode.UNKNOWN or order is None:
+                answers.append(NotFound("order", [getattr(request, "order_id", "")]))
+            elif outcome.code is ChangeCode.DONE:
+                ORDER_TRANSITIONS.labels(wanted.name).inc()
+                answers.append(order)
+            elif outcome.code is ChangeCode.REPEAT:
+                answers.append(order)
+            elif outcome.code is ChangeCode.DISAGREE:
                 log.error(
-                    "an expired hold's order cannot expire",
-                    extra={"order_id": order.order_id, "status": order.status.name},
+                    "order and its hold disagree",
+                    extra={"order_id": order.order_id, "hold": outcome.detail},
                 )
-        await self.store.write_steps(conn, steps)
-        self._count(steps)
-
-    @staticmethod
-    def _expire_one(
-        order: Order, now: datetime, actor: Actor, steps: list[Step], orders: dict[str, Order]
-    ) -> Order:
-        """Expire `order` unless it already is, noting the step; the order as it now is."""
-        step = expire(order, now, actor)
-        if step is None:
-            return order
-        steps.append(step)
-        orders[order.order_id] = step.order
-        return step.order
-
-    async def _refuse_owned(self, reservation_ids: Sequence[str]) -> dict[str, IllegalTransition]:
-        """Finish guard: an order's hold is committed or released only through the order."""
-        owned = await self.store.find(reservation_ids)
-        return {
-            rid: IllegalTransition(
-                rid,
-                f"held by order {rid} ({order.status.name})",
-                "finished",
-                f"reservation {rid!r} is the hold of order {rid!r}: use ConfirmPayment or"
-                " CancelOrder of OrderService",
-            )
-            for rid, order in owned.items()
-        }
+                answers.append(RuntimeError(f"order {order.order_id!r} disagrees with its hold"))
+            else:
+                if outcome.detail == "lapsed":
+                    ORDER_TRANSITIONS.labels(OrderStatus.EXPIRED.name).inc()
+                answers.append(refused(request, outcome, order))
+        return answers
 
     # --- reads ----------------------------------------------------------------------
 
-    async def _get(self, order_id: str) -> Order:
-        found = (await self.store.find([order_id])).get(order_id)
-        if found is None:
-            raise NotFound("order", [order_id])
-        return found
-
     async def get_order(self, order_id: str) -> tuple[Order, list[StatusChange]]:
         """An order with its status history."""
-        found = await self.store.get_with_history(order_id)
-        if found is None:
-            raise NotFound("order", [order_id])
-        return found
+        return await self._reader.submit(order_id)
 
     async def list_orders(self, query: ListOrders) -> tuple[list[Order], str]:
         """One page of a customer's orders and the token of the next ("" on the last)."""
-        orders, last = await self.store.page(query)
-        return orders, "" if last is None else query.token(last)
+        return await self._lister.submit(query)
 
-    def watch(self, wanted: WatchFilter) -> AsyncIterator[tuple[int, bytes]]:
-        """(cursor, stored event) of every event passing the filter after its cursor,
-        then of each new one as it is sequenced."""
+    def watch(self, wanted: WatchFilter) -> AsyncIterator[tuple[int, Any]]:
+        """(cursor, wire event) of every event passing the filter after its cursor, then
+        of each new one as it is sequenced."""
         return self.feed.stream(wanted)
 
-    @staticmethod
-    def _count(steps: Sequence[Step]) -> None:
-        for step in steps:
-            ORDER_TRANSITIONS.labels(step.order.status.name).inc()
+    async def _read_batch(
+        self, order_ids: Sequence[str]
+    ) -> list[tuple[Order, list[StatusChange]] | BaseException]:
+        found = await self.store.with_history(order_ids)
+        return [found.get(oid) or NotFound("order", [oid]) for oid in order_ids]
 
-
-def _lapsed(result: FinishResult) -> bool:
-    """Whether this finish met a hold past its expiry and expired it."""
-    return _finished_as(result, ReservationStatus.EXPIRED)
-
-
-def _finished_as(result: FinishResult, status: ReservationStatus) -> bool:
-    return (
-        result.code is FinishCode.APPLIED
-        and result.reservation is not None
-        and result.reservation.status is status
-    )
-
-
-def _expiry_actor() -> Actor:
-    return Actor(EXPIRY_CALLER, f"expiry-{uuid.uuid4().hex}")
-
-
-def _disagreement(order: Order, result: FinishResult) -> RuntimeError:
-    """An order whose hold was finished elsewhere: nothing is written for it."""
-    held = result.reservation.status.name if result.reservation else "unknown"
-    log.error(
-        "order and its hold disagree",
-        extra={"order_id": order.order_id, "status": order.status.name, "hold": held},
-    )
-    return RuntimeError(f"order {order.order_id!r} is {order.status.name} but its hold is {held}")
+    async def _list_batch(
+        self, queries: Sequence[ListOrders]
+    ) -> list[tuple[list[Order], str] | BaseException]:
+        pages = await self.store.pages(queries)
+        return [
+            (orders, "" if last is None else query.token(last))
+            for query, (orders, last) in zip(queries, pages, strict=True)
+        ]

@@ -138,6 +138,14 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
                 )
             )
         )
+    elif isinstance(exc, AlreadyExists) and exc.owner:
+        details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=exc.kind, resource_name=exc.name, owner=exc.owner
+                )
+            )
+        )
     elif isinstance(exc, NotFound):
         details.extend(
             _pack(error_details_pb2.ResourceInfo(resource_type=exc.kind, resource_name=name))

@@ -9,8 +9,9 @@ from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from server.config import Settings
+from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.inventory import adjust_command, distinct_skus, require_id, reserve_command
-from server.inventory.core import InventoryCore
+from server.inventory.core import Consistency, InventoryCore
 from server.rpc import convert
 from server.rpc.metadata import CALLER_KEY, caller_of, deadline_of
 
@@ -70,7 +71,18 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
         self, request: pb.GetStockRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetStockResponse:
         """Read many SKUs' levels."""
-        levels = await self._core.get_stock(distinct_skus(request.skus))
+        strong = request.consistency == pb.CONSISTENCY_STRONG
+        if request.consistency not in (
+            pb.CONSISTENCY_UNSPECIFIED,
+            pb.CONSISTENCY_MIRROR,
+            pb.CONSISTENCY_STRONG,
+        ):
+            raise InvalidArgument(
+                [FieldViolation("consistency", f"unknown consistency {request.consistency}")]
+            )
+        levels = await self._core.get_stock(
+            distinct_skus(request.skus), Consistency.STRONG if strong else Consistency.MIRROR
+        )
         return pb.GetStockResponse(levels=[convert.stock_level(level) for level in levels])
 
     async def AdjustStock(

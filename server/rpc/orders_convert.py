@@ -9,6 +9,7 @@ from stockcore.v1 import orders_pb2 as pb
 
 from server.domain.orders import Order, OrderEvent, StatusChange
 from server.rpc.convert import timestamp
+from server.storage.orders_pg import StoredEvent, event_from_body
 
 
 def order(value: Order) -> pb.Order:
@@ -65,29 +66,34 @@ def status_change(value: StatusChange) -> pb.StatusChange:
     )
 
 
-def event_payload(event: OrderEvent) -> bytes:
-    """The serialized OrderEvent the outbox stores; its cursor is given later."""
+def event(value: OrderEvent, cursor: int) -> pb.OrderEvent:
+    """The wire form of an order event at its cursor."""
     return pb.OrderEvent(
-        event_id=event.event_id,
-        type=pb.EventType.ValueType(int(event.type)),
-        order_id=event.order.order_id,
-        order_version=event.order.version,
-        occur_time=timestamp(event.change.changed_at),
-        order=order(event.order),
-        change=status_change(event.change),
-    ).SerializeToString()
+        event_id=value.event_id,
+        cursor=cursor,
+        type=pb.EventType.ValueType(int(value.type)),
+        order_id=value.order.order_id,
+        order_version=value.order.version,
+        occur_time=timestamp(value.change.changed_at),
+        order=order(value.order),
+        change=status_change(value.change),
+    )
 
 
-def stamped_event(payload: bytes, cursor: int) -> pb.OrderEvent:
-    """A stored event with its cursor set."""
-    message = pb.OrderEvent.FromString(payload)
-    message.cursor = cursor
+def stored_event(stored: StoredEvent) -> pb.OrderEvent:
+    """The wire form of an outbox row: rows written before the order functions kept the
+    serialized event (without its cursor); theirs keep a jsonb body."""
+    if stored.body is not None:
+        return event(event_from_body(stored.body, stored.type), stored.cursor)
+    assert stored.payload is not None
+    message = pb.OrderEvent.FromString(stored.payload)
+    message.cursor = stored.cursor
     return message
 
 
-def stamp(payload: bytes, cursor: int) -> bytes:
-    """A stored event's bytes with its cursor set, as published."""
-    return stamped_event(payload, cursor).SerializeToString()
+def encoded_event(stored: StoredEvent) -> bytes:
+    """The serialized wire form of an outbox row, as published to the event stream."""
+    return stored_event(stored).SerializeToString()
 
 
 def moment(value: timestamp_pb2.Timestamp) -> datetime:

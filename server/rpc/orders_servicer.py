@@ -111,7 +111,8 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             actor_of(context),
             carriers=self._settings.carriers,
         )
-        return pb.ShipOrderResponse(order=convert.order(await self._core.ship_order(command)))
+        order = await self._core.ship_order(command, deadline_of(context))
+        return pb.ShipOrderResponse(order=convert.order(order))
 
     async def RecordInTransit(
         self, request: pb.RecordInTransitRequest, context: Context
@@ -123,7 +124,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             actor_of(context),
             now=datetime.now(UTC),
         )
-        order = await self._core.record_in_transit(report)
+        order = await self._core.record_in_transit(report, deadline_of(context))
         return pb.RecordInTransitResponse(order=convert.order(order))
 
     async def RecordDelivery(
@@ -136,7 +137,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             actor_of(context),
             now=datetime.now(UTC),
         )
-        order = await self._core.record_delivery(report)
+        order = await self._core.record_delivery(report, deadline_of(context))
         return pb.RecordDeliveryResponse(order=convert.order(order))
 
     async def WatchOrders(
@@ -146,5 +147,5 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
         wanted = watch_filter(
             request.customer_id, request.order_id, list(request.types), request.after_cursor
         )
-        async for cursor, payload in self._core.watch(wanted):
-            yield convert.stamped_event(payload, cursor)
+        async for _, event in self._core.watch(wanted):
+            yield event

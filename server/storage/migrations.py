@@ -7,6 +7,8 @@ from importlib import resources
 
 import asyncpg
 
+from server.domain.orders import TRANSITIONS
+
 log = logging.getLogger(__name__)
 
 # Any fixed number: migrators in several processes take this lock in turn.
@@ -50,6 +52,24 @@ async def migrate(conn: asyncpg.Connection, shard_count: int) -> list[str]:
             applied.append(name)
             log.info("migration applied", extra={"migration": name})
         await conn.execute("SELECT stockcore.ensure_stock_shards($1)", shard_count)
+        await sync_transitions(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied
+
+
+async def sync_transitions(conn: asyncpg.Connection) -> None:
+    """Copy the status machine (server.domain.orders.TRANSITIONS, the one written by
+    hand) into stockcore.order_transitions, which the order functions decide by."""
+    rows = [
+        (int(source), int(target), int(event))
+        for source, targets in TRANSITIONS.items()
+        for target, event in targets.items()
+    ]
+    async with conn.transaction():
+        await conn.execute("DELETE FROM stockcore.order_transitions")
+        await conn.executemany(
+            "INSERT INTO stockcore.order_transitions (from_status, to_status, event_type)"
+            " VALUES ($1, $2, $3)",
+            rows,
+        )

@@ -1,40 +1,92 @@
-"""Orders in PostgreSQL (sql/002_orders.sql): writes that run on a connection inside the
-caller's transaction (the order core joins them to stock changes), and reads. The relay's
+"""Orders in PostgreSQL (sql/002_orders.sql, sql/003_checkout.sql): each change of a
+batch of orders is one call of an order function, which locks, decides, writes the order,
+history, outbox and ledger rows and answers with typed rows; and the reads. The relay's
 side of the outbox is in outbox_pg."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import IntEnum
+from typing import Any
 
 import asyncpg
 
+from server.domain.errors import Shortage
 from server.domain.order_queries import ListOrders, PagePosition, WatchFilter
 from server.domain.orders import (
+    CancelOrder,
+    CarrierReport,
     ConfirmPayment,
+    CreateOrder,
+    EventType,
     Order,
     OrderEvent,
     OrderLine,
     OrderStatus,
     Shipment,
+    ShipOrder,
     StatusChange,
-    Step,
 )
-from server.storage.postgres import StockStore
+from server.storage.postgres import HoldArrays, MirrorLevel, StockStore, mirror_levels, shortages_of
 
-# Serializes an event for the outbox (the wire format is the gRPC edge's business).
-EventEncoder = Callable[[OrderEvent], bytes]
+
+class CreateCode(IntEnum):
+    """What create_orders did with one request (codes of the SQL function)."""
+
+    CREATED = 0
+    REPEAT = 1
+    CONFLICT = 2
+    REJECTED = 3
+
+
+class ChangeCode(IntEnum):
+    """What an order function did with one request (codes of the SQL functions)."""
+
+    DONE = 0
+    REPEAT = 1
+    UNKNOWN = 2
+    MISMATCH = 3
+    PAYMENT_TAKEN = 4
+    REFUSED = 5
+    DISAGREE = 6
 
 
 @dataclass(frozen=True, slots=True)
-class PaymentRecord:
-    """A payment that paid an order."""
+class Created:
+    """The outcome of one CreateOrder: the order (created or as it is, on a repeat), or
+    why none was created."""
 
-    payment_id: str
+    code: CreateCode
+    order: Order | None
+    shortages: tuple[Shortage, ...] = ()
+    unknown_skus: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The outcome of one change of an order: the order after the call (None when it is
+    unknown) and, for some refusals, more about why."""
+
+    code: ChangeCode
+    order: Order | None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An outbox row: the event as protobuf bytes (rows written before 003) or as the
+    jsonb body the order functions write, with what WatchOrders filters on."""
+
+    cursor: int
+    event_id: str
     order_id: str
-    amount_minor: int
-    currency: str
+    customer_id: str
+    type: EventType
+    payload: bytes | None
+    body: str | None
 
 
 def order_from_row(row: asyncpg.Record) -> Order:
@@ -88,265 +140,285 @@ def _change_from_row(row: asyncpg.Record) -> StatusChange:
     )
 
 
-_INSERT_ORDER = """
-INSERT INTO stockcore.orders
-       (order_id, customer_id, status, path, version, currency, skus, quantities, unit_prices,
-        total_minor, fingerprint, created_at, payment_deadline, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+def change_from_row(row: asyncpg.Record) -> StatusChange:
+    """A StatusChange from a stockcore.order_history row."""
+    return StatusChange(
+        row["order_id"],
+        row["version"],
+        None if row["from_status"] is None else OrderStatus(row["from_status"]),
+        OrderStatus(row["to_status"]),
+        row["changed_at"],
+        row["caller"],
+        row["reason"],
+        row["request_id"],
+    )
+
+
+def _created(command: CreateOrder, row: asyncpg.Record) -> Created:
+    code = CreateCode(row["code"])
+    found = row["ord"]
+    if code is CreateCode.REJECTED:
+        return Created(
+            code,
+            None,
+            shortages_of(command.reserve, row["short_skus"], row["short_available"]),
+            tuple(row["unknown_skus"]),
+        )
+    return Created(code, None if found is None else order_from_row(found))
+
+
+def _changed(row: asyncpg.Record) -> Changed:
+    found = row["ord"]
+    return Changed(
+        ChangeCode(row["code"]), None if found is None else order_from_row(found), row["detail"]
+    )
+
+
+def _by_order_id(items: Sequence[Any]) -> list[int]:
+    """Positions of `items` (which have order_id) sorted by order id: the order functions
+    take batches in lock order."""
+    return sorted(range(len(items)), key=lambda i: items[i].order_id)
+
+
+_CREATE = (
+    "SELECT * FROM stockcore.create_orders"
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+)
+_PAY = "SELECT * FROM stockcore.pay_orders($1, $2, $3, $4, $5, $6, $7, $8)"
+_CANCEL = "SELECT * FROM stockcore.cancel_orders($1, $2, $3, $4, $5)"
+_ADVANCE = "SELECT * FROM stockcore.advance_orders($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+_WITH_HISTORY = """
+SELECT o AS ord,
+       (SELECT array_agg(h ORDER BY h.version) FROM stockcore.order_history h
+         WHERE h.order_id = o.order_id) AS history
+  FROM stockcore.orders o
+ WHERE o.order_id = ANY($1::text[])
 """
 
-# One statement for a batch of steps; each applies only to the version it was made from.
-_UPDATE_ORDERS = """
-UPDATE stockcore.orders o
-   SET status = u.status, path = o.path || u.status, version = o.version + 1,
-       updated_at = u.updated_at, payment_id = u.payment_id, paid_minor = u.paid_minor,
-       carrier = u.carrier, tracking_no = u.tracking_no, carrier_ack_id = u.carrier_ack_id,
-       shipped_at = u.shipped_at, in_transit_at = u.in_transit_at, delivered_at = u.delivered_at,
-       last_sync_at = u.last_sync_at, refund_owed_minor = u.refund_owed_minor,
-       cancel_reason = u.cancel_reason
-  FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::timestamptz[], $5::text[],
-              $6::bigint[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-              $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::bigint[],
-              $15::text[])
-       AS u(order_id, version, status, updated_at, payment_id, paid_minor, carrier, tracking_no,
-            carrier_ack_id, shipped_at, in_transit_at, delivered_at, last_sync_at,
-            refund_owed_minor, cancel_reason)
- WHERE o.order_id = u.order_id AND o.version = u.version - 1
-RETURNING o.order_id
+# Many ListOrders queries in one statement: each is a keyset page of one customer's
+# orders, newest first, read through orders_by_customer.
+_PAGES = """
+SELECT q.i, o::stockcore.orders AS ord
+  FROM unnest($1::text[], $2::smallint[], $3::timestamptz[], $4::timestamptz[],
+              $5::timestamptz[], $6::text[], $7::int[])
+       WITH ORDINALITY AS q(customer, status, after_t, before_t, pos_t, pos_id, lim, i)
+ CROSS JOIN LATERAL (
+       SELECT * FROM stockcore.orders o
+        WHERE o.customer_id = q.customer
+          AND (q.status IS NULL OR o.status = q.status)
+          AND (q.after_t IS NULL OR o.created_at >= q.after_t)
+          AND (q.before_t IS NULL OR o.created_at < q.before_t)
+          AND (q.pos_t IS NULL OR (o.created_at, o.order_id) < (q.pos_t, q.pos_id))
+        ORDER BY o.created_at DESC, o.order_id DESC
+        LIMIT q.lim) o
+ ORDER BY q.i, o.created_at DESC, o.order_id DESC
 """
 
-_INSERT_HISTORY = """
-INSERT INTO stockcore.order_history
-       (order_id, version, from_status, to_status, changed_at, caller, reason, request_id)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::smallint[],
-                     $5::timestamptz[], $6::text[], $7::text[], $8::text[])
-"""
+_EVENT_COLUMNS = "cursor, event_id, order_id, customer_id, type, payload, body::text AS body"
 
-_INSERT_EVENTS = """
-INSERT INTO stockcore.order_events
-       (event_id, order_id, order_version, type, customer_id, payload, created_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::smallint[], $5::text[],
-                     $6::bytea[], $7::timestamptz[])
-"""
+
+_BODY_TIMES = (
+    "created_at",
+    "payment_deadline",
+    "updated_at",
+    "shipped_at",
+    "in_transit_at",
+    "delivered_at",
+    "last_sync_at",
+)
+
+
+def event_from_body(body: str, event_type: EventType) -> OrderEvent:
+    """The OrderEvent an outbox body (jsonb written by the order functions) holds."""
+    data = json.loads(body)
+    order = data["order"]
+    for name in _BODY_TIMES:
+        if order.get(name) is not None:
+            order[name] = datetime.fromisoformat(order[name])
+    order["fingerprint"] = b""
+    change = data["change"]
+    change["changed_at"] = datetime.fromisoformat(change["changed_at"])
+    return OrderEvent(event_type, order_from_row(order), change_from_row(change))
+
+
+def stored_event(row: asyncpg.Record) -> StoredEvent:
+    """A StoredEvent from an order_events row (body as text)."""
+    payload = row["payload"]
+    return StoredEvent(
+        row["cursor"],
+        row["event_id"],
+        row["order_id"],
+        row["customer_id"],
+        EventType(row["type"]),
+        None if payload is None else bytes(payload),
+        row["body"],
+    )
 
 
 class OrderStore:
     """Orders, their history, payments and the event outbox."""
 
-    def __init__(self, stock: StockStore, encode: EventEncoder) -> None:
+    def __init__(self, stock: StockStore) -> None:
         self.stock = stock
-        self._encode = encode
 
-    # --- writes, on the caller's connection and transaction ---------------------
+    # --- changes: one statement per batch ------------------------------------------
 
-    async def insert_created(self, conn: asyncpg.Connection, steps: Sequence[Step]) -> None:
-        """Insert new orders with their first history row and ORDER_CREATED event."""
-        if not steps:
-            return
-        await conn.executemany(
-            _INSERT_ORDER,
-            [
-                (
-                    o.order_id,
-                    o.customer_id,
-                    int(o.status),
-                    [int(s) for s in o.path],
-                    o.version,
-                    o.currency,
-                    [line.sku for line in o.lines],
-                    [line.quantity for line in o.lines],
-                    [line.unit_price_minor for line in o.lines],
-                    o.total_minor,
-                    o.fingerprint,
-                    o.created_at,
-                    o.payment_deadline,
-                    o.updated_at,
-                )
-                for o in (step.order for step in steps)
-            ],
+    async def create(
+        self, commands: Sequence[CreateOrder]
+    ) -> tuple[list[Created], list[MirrorLevel]]:
+        """Hold each order's stock and create it, or say why not."""
+        arrays = HoldArrays.of([c.reserve for c in commands], self.stock.shard_count)
+        ordered = [commands[i] for i in arrays.order]
+        row = await self.stock.call(
+            _CREATE,
+            *arrays.args(),
+            [line.unit_price_minor for c in ordered for line in c.lines],
+            [c.customer_id for c in ordered],
+            [c.currency for c in ordered],
+            [c.total_minor for c in ordered],
+            [c.fingerprint for c in ordered],
+            [c.actor.request_id for c in ordered],
         )
-        await self._record(conn, steps)
+        results: list[Created | None] = [None] * len(commands)
+        for position, found in zip(arrays.order, row["results"], strict=True):
+            results[position] = _created(commands[position], found)
+        return results, mirror_levels(row["levels"])  # type: ignore[return-value]
 
-    async def write_steps(self, conn: asyncpg.Connection, steps: Sequence[Step]) -> None:
-        """Apply transitions to orders locked by `lock`, with history rows and events."""
-        if not steps:
-            return
-        orders = [step.order for step in steps]
-        shipments = [o.shipment for o in orders]
-        updated = await conn.fetch(
-            _UPDATE_ORDERS,
-            [o.order_id for o in orders],
-            [o.version for o in orders],
-            [int(o.status) for o in orders],
-            [o.updated_at for o in orders],
-            [o.payment_id or None for o in orders],
-            [o.paid_minor for o in orders],
-            [s.carrier if s else None for s in shipments],
-            [s.tracking_no if s else None for s in shipments],
-            [s.carrier_ack_id if s else None for s in shipments],
-            [s.shipped_at if s else None for s in shipments],
-            [s.in_transit_at if s else None for s in shipments],
-            [s.delivered_at if s else None for s in shipments],
-            [o.last_sync_at for o in orders],
-            [o.refund_owed_minor for o in orders],
-            [o.cancel_reason or None for o in orders],
+    async def pay(
+        self, payments: Sequence[ConfirmPayment], expiry_caller: str
+    ) -> tuple[list[Changed], list[MirrorLevel]]:
+        """Commit each order's hold and mark it PAID, or say why not."""
+        order = _by_order_id(payments)
+        batch = [payments[i] for i in order]
+        row = await self.stock.call(
+            _PAY,
+            [p.order_id for p in batch],
+            [p.payment_id for p in batch],
+            [p.amount_minor for p in batch],
+            [p.currency for p in batch],
+            [p.actor.caller for p in batch],
+            [p.actor.request_id for p in batch],
+            [p.reason for p in batch],
+            expiry_caller,
         )
-        if len(updated) != len(steps):
-            # The rows were locked before the steps were made: this is a bug, and raising
-            # rolls the whole transaction back.
-            raise RuntimeError(f"{len(steps) - len(updated)} order updates found another version")
-        await self._record(conn, steps)
+        return _in_request_order(order, row), mirror_levels(row["levels"])
 
-    async def _record(self, conn: asyncpg.Connection, steps: Sequence[Step]) -> None:
-        changes = [step.change for step in steps]
-        await conn.execute(
-            _INSERT_HISTORY,
-            [c.order_id for c in changes],
-            [c.version for c in changes],
-            [None if c.from_status is None else int(c.from_status) for c in changes],
-            [int(c.to_status) for c in changes],
-            [c.changed_at for c in changes],
-            [c.caller for c in changes],
-            [c.reason for c in changes],
-            [c.request_id for c in changes],
+    async def cancel(
+        self, requests: Sequence[CancelOrder], expiry_caller: str
+    ) -> tuple[list[Changed], list[MirrorLevel]]:
+        """Cancel each order (an unpaid one gives its hold back, a paid one its units)."""
+        order = _by_order_id(requests)
+        batch = [requests[i] for i in order]
+        row = await self.stock.call(
+            _CANCEL,
+            [r.order_id for r in batch],
+            [r.reason for r in batch],
+            [r.actor.caller for r in batch],
+            [r.actor.request_id for r in batch],
+            expiry_caller,
         )
-        events = [step.event for step in steps]
-        await conn.execute(
-            _INSERT_EVENTS,
-            [e.event_id for e in events],
-            [e.order.order_id for e in events],
-            [e.order.version for e in events],
-            [int(e.type) for e in events],
-            [e.order.customer_id for e in events],
-            [self._encode(e) for e in events],
-            [e.change.changed_at for e in events],
-        )
+        return _in_request_order(order, row), mirror_levels(row["levels"])
 
-    async def lock(
-        self, conn: asyncpg.Connection, order_ids: Sequence[str]
-    ) -> tuple[dict[str, Order], datetime]:
-        """Lock the named orders (in id order, so lockers never deadlock each other) and
-        return those that exist, with the transaction's time."""
-        rows = await conn.fetch(
-            "SELECT o.*, now() AS db_now FROM stockcore.orders o"
-            " WHERE o.order_id = ANY($1::text[]) ORDER BY o.order_id FOR UPDATE",
-            sorted(set(order_ids)),
+    async def ship(self, requests: Sequence[ShipOrder]) -> list[Changed]:
+        """Move each order to SHIPPED with its parcel."""
+        order = _by_order_id(requests)
+        batch = [requests[i] for i in order]
+        row = await self.stock.call(
+            _ADVANCE,
+            int(OrderStatus.SHIPPED),
+            [r.order_id for r in batch],
+            [r.carrier for r in batch],
+            [r.tracking_no for r in batch],
+            [r.carrier_ack_id for r in batch],
+            [None] * len(batch),
+            [r.actor.caller for r in batch],
+            [r.actor.request_id for r in batch],
+            [r.reason for r in batch],
         )
-        now: datetime = rows[0]["db_now"] if rows else await conn.fetchval("SELECT now()")
-        return {r["order_id"]: order_from_row(r) for r in rows}, now
+        return _in_request_order(order, row)
 
-    async def insert_payments(
-        self, conn: asyncpg.Connection, payments: Sequence[ConfirmPayment], at: datetime
-    ) -> None:
-        """Record the payments that paid orders, in one statement; an id already recorded
-        is left as it was."""
-        if not payments:
-            return
-        await conn.execute(
-            "INSERT INTO stockcore.payments"
-            " (payment_id, order_id, amount_minor, currency, caller, request_id, created_at)"
-            " SELECT p.id, p.order_id, p.amount, p.currency, p.caller, p.request_id, $7"
-            " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])"
-            " AS p(id, order_id, amount, currency, caller, request_id)"
-            " ON CONFLICT (payment_id) DO NOTHING",
-            [p.payment_id for p in payments],
-            [p.order_id for p in payments],
-            [p.amount_minor for p in payments],
-            [p.currency for p in payments],
-            [p.actor.caller for p in payments],
-            [p.actor.request_id for p in payments],
-            at,
+    async def record_carrier(
+        self, wanted: OrderStatus, reports: Sequence[CarrierReport]
+    ) -> list[Changed]:
+        """Move each order to IN_TRANSIT or DELIVERED at the carrier's time."""
+        order = _by_order_id(reports)
+        batch = [reports[i] for i in order]
+        none: list[str | None] = [None] * len(batch)
+        row = await self.stock.call(
+            _ADVANCE,
+            int(wanted),
+            [r.order_id for r in batch],
+            none,
+            none,
+            none,
+            [r.event_time for r in batch],
+            [r.actor.caller for r in batch],
+            [r.actor.request_id for r in batch],
+            [r.reason(wanted) for r in batch],
         )
+        return _in_request_order(order, row)
 
     # --- reads ----------------------------------------------------------------------
 
-    async def find(
-        self, order_ids: Sequence[str], conn: asyncpg.Connection | None = None
-    ) -> dict[str, Order]:
-        """The named orders that exist (on `conn` when given, else a pooled connection)."""
-
-        async def work(c: asyncpg.Connection) -> dict[str, Order]:
-            rows = await c.fetch(
-                "SELECT * FROM stockcore.orders WHERE order_id = ANY($1::text[])", list(order_ids)
-            )
-            return {r["order_id"]: order_from_row(r) for r in rows}
-
-        return await work(conn) if conn is not None else await self.stock.read(work)
-
-    async def get_with_history(self, order_id: str) -> tuple[Order, list[StatusChange]] | None:
-        """An order and its status history, oldest first, read in one snapshot."""
-
-        async def work(conn: asyncpg.Connection) -> tuple[Order, list[StatusChange]] | None:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                row = await conn.fetchrow(
-                    "SELECT * FROM stockcore.orders WHERE order_id = $1", order_id
-                )
-                if row is None:
-                    return None
-                history = await conn.fetch(
-                    "SELECT * FROM stockcore.order_history WHERE order_id = $1 ORDER BY version",
-                    order_id,
-                )
-            return order_from_row(row), [_change_from_row(h) for h in history]
-
-        return await self.stock.read(work)
-
-    async def find_with_payment(
-        self, order_id: str, payment_id: str
-    ) -> tuple[Order | None, PaymentRecord | None]:
-        """An order and the payment recorded under `payment_id` (for any order), if any."""
-
-        async def work(conn: asyncpg.Connection) -> tuple[Order | None, PaymentRecord | None]:
-            order = await conn.fetchrow(
-                "SELECT * FROM stockcore.orders WHERE order_id = $1", order_id
-            )
-            payment = await conn.fetchrow(
-                "SELECT * FROM stockcore.payments WHERE payment_id = $1", payment_id
-            )
-            return (
-                None if order is None else order_from_row(order),
-                None
-                if payment is None
-                else PaymentRecord(
-                    payment["payment_id"],
-                    payment["order_id"],
-                    payment["amount_minor"],
-                    payment["currency"],
-                ),
-            )
-
-        return await self.stock.read(work)
-
-    async def page(self, query: ListOrders) -> tuple[list[Order], PagePosition | None]:
-        """One page of a customer's orders, newest first, and where the next page starts
-        (None on the last page). Keyset paging: orders created meanwhile never shift it."""
-        after = query.after
+    async def find(self, order_ids: Sequence[str]) -> dict[str, Order]:
+        """The named orders that exist."""
         rows = await self.stock.read(
             lambda c: c.fetch(
-                "SELECT * FROM stockcore.orders WHERE customer_id = $1"
-                " AND ($2::smallint IS NULL OR status = $2)"
-                " AND ($3::timestamptz IS NULL OR created_at >= $3)"
-                " AND ($4::timestamptz IS NULL OR created_at < $4)"
-                " AND ($5::timestamptz IS NULL OR (created_at, order_id) < ($5, $6::text))"
-                " ORDER BY created_at DESC, order_id DESC LIMIT $7",
-                query.customer_id,
-                None if query.status is None else int(query.status),
-                query.created_after,
-                query.created_before,
-                None if after is None else after.created_at,
-                None if after is None else after.order_id,
-                query.page_size + 1,
+                "SELECT * FROM stockcore.orders WHERE order_id = ANY($1::text[])", list(order_ids)
             )
         )
-        orders = [order_from_row(r) for r in rows[: query.page_size]]
-        more = len(rows) > query.page_size
-        last = orders[-1] if more else None
-        return orders, None if last is None else PagePosition(last.created_at, last.order_id)
+        return {r["order_id"]: order_from_row(r) for r in rows}
+
+    async def with_history(
+        self, order_ids: Sequence[str]
+    ) -> dict[str, tuple[Order, list[StatusChange]]]:
+        """The named orders that exist, each with its status history, oldest first, read in
+        one statement (one snapshot)."""
+        rows = await self.stock.read(lambda c: c.fetch(_WITH_HISTORY, list(order_ids)))
+        found = {}
+        for row in rows:
+            order = order_from_row(row["ord"])
+            found[order.order_id] = (order, [change_from_row(h) for h in row["history"] or ()])
+        return found
+
+    async def pages(
+        self, queries: Sequence[ListOrders]
+    ) -> list[tuple[list[Order], PagePosition | None]]:
+        """One page per query, newest first, and where each next page starts (None on the
+        last page). Keyset paging: orders created meanwhile never shift a page."""
+        rows = await self.stock.read(
+            lambda c: c.fetch(
+                _PAGES,
+                [q.customer_id for q in queries],
+                [None if q.status is None else int(q.status) for q in queries],
+                [q.created_after for q in queries],
+                [q.created_before for q in queries],
+                [None if q.after is None else q.after.created_at for q in queries],
+                [None if q.after is None else q.after.order_id for q in queries],
+                [q.page_size + 1 for q in queries],
+            )
+        )
+        found: list[list[Order]] = [[] for _ in queries]
+        for row in rows:
+            found[row["i"] - 1].append(order_from_row(row["ord"]))
+        answers = []
+        for query, orders in zip(queries, found, strict=True):
+            page = orders[: query.page_size]
+            more = len(orders) > query.page_size
+            answers.append(
+                (page, PagePosition(page[-1].created_at, page[-1].order_id) if more else None)
+            )
+        return answers
+
+    async def page(self, query: ListOrders) -> tuple[list[Order], PagePosition | None]:
+        """One page of one query (see pages)."""
+        return (await self.pages([query]))[0]
 
     async def events(
         self, wanted: WatchFilter, after: int, upto: int, limit: int
-    ) -> list[tuple[int, bytes]]:
-        """(cursor, payload) of sequenced events in (after, upto] passing the filter."""
+    ) -> list[StoredEvent]:
+        """Sequenced events in (after, upto] passing the filter, in cursor order."""
         where = ["cursor > $1", "cursor <= $2"]
         args: list[object] = [after, upto]
         if wanted.customer_id:
@@ -360,12 +432,12 @@ class OrderStore:
             where.append(f"type = ANY(${len(args)}::smallint[])")
         args.append(limit)
         sql = (
-            "SELECT cursor, payload FROM stockcore.order_events WHERE "
+            f"SELECT {_EVENT_COLUMNS} FROM stockcore.order_events WHERE "
             + " AND ".join(where)
             + f" ORDER BY cursor LIMIT ${len(args)}"
         )
         rows = await self.stock.read(lambda c: c.fetch(sql, *args))
-        return [(r["cursor"], bytes(r["payload"])) for r in rows]
+        return [stored_event(r) for r in rows]
 
     async def last_cursor(self) -> int:
         """The highest cursor given so far (0 before any); every lower one is visible."""
@@ -373,3 +445,10 @@ class OrderStore:
             lambda c: c.fetchval("SELECT coalesce(max(cursor), 0) FROM stockcore.order_events")
         )
         return value
+
+
+def _in_request_order(order: Sequence[int], row: asyncpg.Record) -> list[Changed]:
+    results: list[Changed | None] = [None] * len(order)
+    for position, found in zip(order, row["results"], strict=True):
+        results[position] = _changed(found)
+    return results  # type: ignore[return-value]

@@ -1,9 +1,10 @@
-"""The relay's side of the order event outbox (sql/002_orders.sql): a PostgreSQL session
-of its own that holds the sequencer lock for as long as it lives, gives committed events
-their cursors and records their publication."""
+"""The relay's side of the order event outbox (sql/002_orders.sql, 003_checkout.sql): a
+PostgreSQL session of its own that holds the sequencer lock for as long as it lives,
+listens for committed events, gives them their cursors and records their publication."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +13,7 @@ from typing import TypeVar
 import asyncpg
 
 from server.domain.errors import Unavailable
+from server.storage.orders_pg import StoredEvent, stored_event
 from server.storage.postgres import _UNREACHABLE
 
 T = TypeVar("T")
@@ -19,30 +21,14 @@ T = TypeVar("T")
 # Any fixed number, distinct from the migrators' lock.
 _LOCK_KEY = 0x57C0_E7E5
 
-# Gap-free cursors, continuing from the highest given, in id order. Only the holder of
-# the sequencer lock runs this, and UNIQUE (cursor) refuses any second sequencer.
-_SEQUENCE = """
-UPDATE stockcore.order_events e
-   SET cursor = n.last + n.rn
-  FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn,
-               (SELECT coalesce(max(cursor), 0) FROM stockcore.order_events) AS last
-          FROM stockcore.order_events
-         WHERE published_at IS NULL AND cursor IS NULL
-         ORDER BY id LIMIT $1) n
- WHERE e.id = n.id
-RETURNING e.cursor
-"""
-
 
 @dataclass(frozen=True, slots=True)
-class StoredEvent:
+class Pending:
     """A sequenced outbox row waiting for publication."""
 
     id: int
-    cursor: int
-    event_id: str
-    payload: bytes
     created_at: datetime
+    event: StoredEvent
 
 
 class OutboxSession:
@@ -88,24 +74,15 @@ class OutboxSession:
         )
         return taken
 
-    async def sequence(self, limit: int) -> int:
-        """Give the next cursors to up to `limit` unsequenced events; return how many."""
-        rows = await self._run(lambda c: c.fetch(_SEQUENCE, limit))
-        return len(rows)
+    async def listen(self, channel: str, wake: asyncio.Event) -> None:
+        """Set `wake` whenever `channel` is notified (for as long as the session lives)."""
+        await self._run(lambda c: c.add_listener(channel, lambda *_: wake.set()))
 
-    async def unpublished(self, limit: int) -> list[StoredEvent]:
-        """Sequenced events not yet published, in cursor order."""
-        rows = await self._run(
-            lambda c: c.fetch(
-                "SELECT id, cursor, event_id, payload, created_at FROM stockcore.order_events"
-                " WHERE published_at IS NULL AND cursor IS NOT NULL ORDER BY cursor LIMIT $1",
-                limit,
-            )
-        )
-        return [
-            StoredEvent(r["id"], r["cursor"], r["event_id"], bytes(r["payload"]), r["created_at"])
-            for r in rows
-        ]
+    async def next_events(self, limit: int) -> list[Pending]:
+        """Give the next cursors to up to `limit` unsequenced events, and return the
+        sequenced events not yet published, in cursor order: one statement."""
+        rows = await self._run(lambda c: c.fetch("SELECT * FROM stockcore.next_events($1)", limit))
+        return [Pending(r["id"], r["created_at"], stored_event(r)) for r in rows]
 
     async def mark_published(self, ids: Sequence[int]) -> datetime:
         """Record events as published; returns the database time of the record."""

@@ -1,10 +1,9 @@
 """PostgreSQL, the durable authority: every stock change is a conditional UPDATE made
-inside one of the batch functions of sql/001_inventory.sql."""
+inside one of the batch functions of sql/003_checkout.sql, one statement per batch."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,12 +27,6 @@ from server.domain.sharding import shard_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-R = TypeVar("R")
-
-_NO_TRANSACTION = contextlib.nullcontext()
-
-# Work a caller adds to a batch's transaction: it sees the batch's results, in order.
-Within = Callable[[asyncpg.Connection, list[R]], Awaitable[None]]
 
 # Errors after which the same statement may succeed when simply run again.
 _RETRYABLE = (
@@ -56,7 +49,7 @@ _UNREACHABLE = (
 
 
 class ReserveCode(IntEnum):
-    """What reserve_batch did with one request (codes of the SQL function)."""
+    """What hold_stock did with one request (codes of the SQL function)."""
 
     HELD = 0
     REPEAT = 1
@@ -65,15 +58,16 @@ class ReserveCode(IntEnum):
 
 
 class FinishCode(IntEnum):
-    """What finish_batch did with one reservation (codes of the SQL function)."""
+    """What finish_holds did with one reservation (codes of the SQL function)."""
 
     APPLIED = 0
     UNCHANGED = 1
+    ORDER_OWNED = 2
     UNKNOWN = 4
 
 
 class AdjustCode(IntEnum):
-    """What adjust_stock did (codes of the SQL function)."""
+    """What adjust did (codes of the SQL function)."""
 
     APPLIED = 0
     REPEAT = 1
@@ -119,9 +113,22 @@ class AdjustResult:
     version: int | None
 
 
-def _reservation(reservation_id: str, row: asyncpg.Record) -> Reservation:
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """What one expiry sweep did: holds that were due, those it expired (with how late
+    each was), unpaid orders that expired with them, and the levels after."""
+
+    due: int
+    holds_expired: int
+    orders_expired: int
+    lags_s: tuple[float, ...]
+    levels: tuple[MirrorLevel, ...]
+
+
+def reservation_from_row(row: asyncpg.Record) -> Reservation:
+    """A Reservation from a stockcore.reservations row (or composite)."""
     return Reservation(
-        reservation_id=reservation_id,
+        reservation_id=row["reservation_id"],
         status=ReservationStatus(row["status"]),
         lines=tuple(Line(s, q) for s, q in zip(row["skus"], row["quantities"], strict=True)),
         created_at=row["created_at"],
@@ -130,49 +137,69 @@ def _reservation(reservation_id: str, row: asyncpg.Record) -> Reservation:
     )
 
 
-def _levels(rows: Sequence[asyncpg.Record]) -> list[MirrorLevel]:
-    return [
-        MirrorLevel(r["sku"], r["on_hand"], r["reserved"], r["version"])
-        for r in rows
-        if r["kind"] == 3
-    ]
+def mirror_levels(rows: Sequence[asyncpg.Record] | None) -> list[MirrorLevel]:
+    """MirrorLevels from stockcore.stock_level composites."""
+    return [MirrorLevel(r["sku"], r["on_hand"], r["reserved"], r["version"]) for r in rows or ()]
 
 
-def _reserve_results(
-    rows: Sequence[asyncpg.Record],
-    commands: Sequence[ReserveCommand],
-    order: Sequence[int],
-    ids: Sequence[str],
-) -> list[ReserveResult]:
-    results: list[ReserveResult | None] = [None] * len(commands)
-    shortages: dict[int, list[Shortage]] = {}
-    unknown: dict[int, list[str]] = {}
-    for row in rows:
-        if row["kind"] == 2:
-            cmd = commands[order[row["idx"] - 1]]
-            if row["code"] == 4:
-                unknown.setdefault(row["idx"], []).append(row["sku"])
-            else:
-                wanted = next(line.quantity for line in cmd.lines if line.sku == row["sku"])
-                shortages.setdefault(row["idx"], []).append(
-                    Shortage(row["sku"], wanted, max(row["on_hand"] - (row["reserved"] or 0), 0))
-                )
-    for row in rows:
-        if row["kind"] != 1:
-            continue
-        pos = order[row["idx"] - 1]
-        code = ReserveCode(row["code"])
-        reservation = (
-            None if code is ReserveCode.REJECTED else _reservation(ids[row["idx"] - 1], row)
+@dataclass(frozen=True, slots=True)
+class HoldArrays:
+    """Reservation requests as hold_stock's parallel arrays, sorted by id (repeats of an
+    id adjacent), with where each request of the caller's order went."""
+
+    order: list[int]
+    ids: list[str]
+    fingerprints: list[bytes]
+    ttls: list[int]
+    callers: list[str]
+    first: list[int]
+    count: list[int]
+    shards: list[int]
+    skus: list[str]
+    quantities: list[int]
+
+    @classmethod
+    def of(cls, commands: Sequence[ReserveCommand], shard_count: int) -> HoldArrays:
+        """Lay out `commands`."""
+        order = sorted(range(len(commands)), key=lambda i: commands[i].reservation_id)
+        arrays = cls(order, [], [], [], [], [], [], [], [], [])
+        for i in order:
+            cmd = commands[i]
+            arrays.ids.append(cmd.reservation_id)
+            arrays.fingerprints.append(cmd.fingerprint)
+            arrays.ttls.append(cmd.ttl_ms)
+            arrays.callers.append(cmd.caller)
+            arrays.first.append(len(arrays.skus) + 1)
+            arrays.count.append(len(cmd.lines))
+            for line in cmd.lines:
+                arrays.shards.append(shard_of(line.sku, shard_count))
+                arrays.skus.append(line.sku)
+                arrays.quantities.append(line.quantity)
+        return arrays
+
+    def args(self) -> tuple[object, ...]:
+        """hold_stock's first nine arguments."""
+        return (
+            self.ids,
+            self.fingerprints,
+            self.ttls,
+            self.callers,
+            self.first,
+            self.count,
+            self.shards,
+            self.skus,
+            self.quantities,
         )
-        results[pos] = ReserveResult(
-            code,
-            reservation,
-            tuple(shortages.get(row["idx"], ())),
-            tuple(unknown.get(row["idx"], ())),
-        )
-    assert all(r is not None for r in results)
-    return results  # type: ignore[return-value]
+
+
+def shortages_of(
+    command: ReserveCommand, skus: Sequence[str], available: Sequence[int]
+) -> tuple[Shortage, ...]:
+    """The Shortages of a rejected request, from the SQL function's arrays."""
+    wanted = {line.sku: line.quantity for line in command.lines}
+    return tuple(
+        Shortage(sku, wanted[sku], left) for sku, left in zip(skus, available, strict=True)
+    )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -242,184 +269,98 @@ class StockStore:
                 raise Unavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def reserve_batch(
-        self,
-        commands: Sequence[ReserveCommand],
-        within: Within[ReserveResult] | None = None,
-    ) -> tuple[list[ReserveResult], list[MirrorLevel]]:
-        """Hold stock for each command, all lines or none, in one transaction.
-
-        `within(conn, results)` runs in that same transaction after the holds, so a
-        caller's own rows (an order and its event) commit or vanish with them."""
-        order = sorted(range(len(commands)), key=lambda i: commands[i].reservation_id)
-        ids, fps, ttls, callers, first, count = [], [], [], [], [], []
-        shards: list[int] = []
-        skus: list[str] = []
-        qtys: list[int] = []
-        for i in order:
-            cmd = commands[i]
-            ids.append(cmd.reservation_id)
-            fps.append(cmd.fingerprint)
-            ttls.append(cmd.ttl_ms)
-            callers.append(cmd.caller)
-            first.append(len(skus) + 1)
-            count.append(len(cmd.lines))
-            for line in cmd.lines:
-                shards.append(shard_of(line.sku, self.shard_count))
-                skus.append(line.sku)
-                qtys.append(line.quantity)
-
-        def parse(rows: list[asyncpg.Record]) -> list[ReserveResult]:
-            return _reserve_results(rows, commands, order, ids)
-
-        async def work(conn: asyncpg.Connection) -> tuple[list[ReserveResult], list[MirrorLevel]]:
-            # Alone, the one statement is its own transaction: no BEGIN/COMMIT round trips.
-            async with conn.transaction() if within is not None else _NO_TRANSACTION:
-                rows = await conn.fetch(
-                    "SELECT * FROM stockcore.reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    ids,
-                    fps,
-                    ttls,
-                    callers,
-                    first,
-                    count,
-                    shards,
-                    skus,
-                    qtys,
-                )
-                results = parse(rows)
-                if within is not None:
-                    await within(conn, results)
-            return results, _levels(rows)
-
-        return await self._run(work)
-
-    async def finish_batch(
-        self,
-        ids: Sequence[str],
-        finish: Finish,
-        callers: Sequence[str],
-        within: Within[FinishResult] | None = None,
-    ) -> tuple[list[FinishResult], list[MirrorLevel]]:
-        """Commit, release or expire HELD reservations in one transaction; `within`
-        runs in the same transaction, as for reserve_batch."""
-        order = sorted(range(len(ids)), key=lambda i: ids[i])
-        sorted_ids = [ids[i] for i in order]
-        sorted_callers = [callers[i] for i in order]
-
-        async def work(conn: asyncpg.Connection) -> tuple[list[FinishResult], list[MirrorLevel]]:
-            async with conn.transaction() if within is not None else _NO_TRANSACTION:
-                rows = await conn.fetch(
-                    "SELECT * FROM stockcore.finish_batch($1, $2, $3)",
-                    sorted_ids,
-                    int(finish),
-                    sorted_callers,
-                )
-                results: list[FinishResult | None] = [None] * len(ids)
-                for row in rows:
-                    if row["kind"] != 1:
-                        continue
-                    idx = row["idx"] - 1
-                    code = FinishCode(row["code"])
-                    found = (
-                        None if code is FinishCode.UNKNOWN else _reservation(sorted_ids[idx], row)
-                    )
-                    results[order[idx]] = FinishResult(code, found)
-                done: list[FinishResult] = results  # type: ignore[assignment]
-                if within is not None:
-                    await within(conn, done)
-            return done, _levels(rows)
-
-        return await self._run(work)
-
-    async def adjust(self, cmd: AdjustCommand) -> AdjustResult:
-        """Apply one adjustment; a refused one changes nothing."""
-
-        async def work(conn: asyncpg.Connection) -> asyncpg.Record:
-            async with conn.transaction():
-                row = await self._adjust_row(conn, cmd)
-                if row["code"] == AdjustCode.REFUSED:
-                    # Undo the row a refused adjustment of an unknown SKU created.
-                    raise _Refused(row)
-                return row
-
-        try:
-            row = await self._run(work)
-        except _Refused as refused:
-            row = refused.row
-        return _adjust_result(cmd, row)
-
-    async def adjust_on(self, conn: asyncpg.Connection, cmd: AdjustCommand) -> AdjustResult:
-        """Apply one adjustment on `conn`, inside the caller's transaction (which must
-        roll back a REFUSED one); for changes that commit together with stock."""
-        return _adjust_result(cmd, await self._adjust_row(conn, cmd))
-
-    async def _adjust_row(self, conn: asyncpg.Connection, cmd: AdjustCommand) -> asyncpg.Record:
-        row = await conn.fetchrow(
-            "SELECT * FROM stockcore.adjust_stock($1, $2, $3, $4, $5, $6, $7, $8)",
-            cmd.idempotency_key,
-            cmd.fingerprint,
-            shard_of(cmd.sku, self.shard_count),
-            cmd.sku,
-            cmd.delta,
-            cmd.on_hand,
-            cmd.reason,
-            cmd.caller,
-        )
-        assert row is not None
+    async def call(self, sql: str, *args: object) -> asyncpg.Record:
+        """Run one statement that returns one row (a batch function), as its own
+        transaction: no BEGIN/COMMIT round trips."""
+        row: asyncpg.Record | None = await self._run(lambda c: c.fetchrow(sql, *args))
+        assert row is not None, sql
         return row
 
-    async def transaction(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `work` in one transaction on a pooled connection, retried whole after a
-        transient conflict (so `work` must not keep state between attempts); an
-        unreachable database is Unavailable."""
+    async def reserve_batch(
+        self, commands: Sequence[ReserveCommand]
+    ) -> tuple[list[ReserveResult], list[MirrorLevel]]:
+        """Hold stock for each command, all lines or none, in one statement."""
+        arrays = HoldArrays.of(commands, self.shard_count)
+        row = await self.call(_HOLD, *arrays.args())
+        results: list[ReserveResult | None] = [None] * len(commands)
+        for position, found in zip(arrays.order, row["results"], strict=True):
+            results[position] = _reserve_result(commands[position], found)
+        return results, mirror_levels(row["levels"])  # type: ignore[return-value]
 
-        async def wrapped(conn: asyncpg.Connection) -> T:
-            async with conn.transaction():
-                return await work(conn)
+    async def finish_batch(
+        self, ids: Sequence[str], finish: Finish, callers: Sequence[str]
+    ) -> tuple[list[FinishResult], list[MirrorLevel]]:
+        """Commit or release HELD reservations (not orders' holds) in one statement."""
+        if finish is Finish.EXPIRE:
+            raise ValueError("holds expire through expire_due")
+        order = sorted(range(len(ids)), key=lambda i: ids[i])
+        row = await self.call(
+            _FINISH, [ids[i] for i in order], int(finish), [callers[i] for i in order]
+        )
+        results: list[FinishResult | None] = [None] * len(ids)
+        for position, found in zip(order, row["results"], strict=True):
+            code = FinishCode(found["code"])
+            held = found["reservation"]
+            results[position] = FinishResult(
+                code, None if code is FinishCode.UNKNOWN else reservation_from_row(held)
+            )
+        return results, mirror_levels(row["levels"])  # type: ignore[return-value]
 
-        return await self._run(wrapped)
+    async def expire_due(self, limit: int, caller: str, request_id: str) -> Sweep:
+        """Expire up to `limit` lapsed holds, and the unpaid orders they belong to."""
+        row = await self.call(_EXPIRE, limit, caller, request_id)
+        return Sweep(
+            row["due"],
+            row["holds_expired"],
+            row["orders_expired"],
+            tuple(row["lag_seconds"]),
+            tuple(mirror_levels(row["levels"])),
+        )
+
+    async def adjust(self, cmd: AdjustCommand) -> AdjustResult:
+        """Apply one adjustment in one statement; a refused one changes nothing."""
+        row = await self._run(
+            lambda c: c.fetchrow(
+                "SELECT * FROM stockcore.adjust($1, $2, $3, $4, $5, $6, $7, $8)",
+                cmd.idempotency_key,
+                cmd.fingerprint,
+                shard_of(cmd.sku, self.shard_count),
+                cmd.sku,
+                cmd.delta,
+                cmd.on_hand,
+                cmd.reason,
+                cmd.caller,
+            )
+        )
+        assert row is not None
+        return AdjustResult(
+            AdjustCode(row["code"]),
+            row["applied"],
+            StockLevel(cmd.sku, row["on_hand"], row["reserved"]),
+            row["version"],
+        )
 
     async def read(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `work` (reads) on a pooled connection, with the same error translation."""
         return await self._run(work)
 
-    async def get_stock(self, skus: Sequence[str]) -> dict[str, StockLevel]:
-        """Levels of the known SKUs among `skus`."""
+    async def get_stock(self, skus: Sequence[str]) -> dict[str, MirrorLevel]:
+        """Levels of the known SKUs among `skus`, read from PostgreSQL."""
         shards = [shard_of(s, self.shard_count) for s in skus]
-
-        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(  # type: ignore[no-any-return]
-                "SELECT st.sku, st.on_hand, st.reserved FROM stockcore.stock st"
-                " JOIN unnest($1::smallint[], $2::text[]) AS u(sh, sk) ON st.shard = u.sh AND st.sku = u.sk",
-                shards,
-                list(skus),
-            )
-
-        return {
-            r["sku"]: StockLevel(r["sku"], r["on_hand"], r["reserved"])
-            for r in await self._run(work)
-        }
-
-    async def get_reservation(self, reservation_id: str) -> Reservation | None:
-        """One reservation, or None."""
-        row = await self._run(
-            lambda c: c.fetchrow(
-                "SELECT * FROM stockcore.reservations WHERE reservation_id = $1", reservation_id
-            )
+        rows = await self._run(
+            lambda c: c.fetch("SELECT * FROM stockcore.stock_levels($1, $2)", shards, list(skus))
         )
-        return None if row is None else _reservation(reservation_id, row)
+        return {level.sku: level for level in mirror_levels(rows)}
 
-    async def due_expiries(self, limit: int) -> list[str]:
-        """Ids of HELD reservations past their expiry, oldest first."""
+    async def get_reservations(self, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
+        """The named reservations that exist."""
         rows = await self._run(
             lambda c: c.fetch(
-                "SELECT reservation_id FROM stockcore.reservations"
-                " WHERE status = 1 AND expires_at <= now() ORDER BY expires_at LIMIT $1",
-                limit,
+                "SELECT * FROM stockcore.reservations WHERE reservation_id = ANY($1::text[])",
+                list(reservation_ids),
             )
         )
-        return [r["reservation_id"] for r in rows]
+        return {r["reservation_id"]: reservation_from_row(r) for r in rows}
 
     async def all_levels(self, chunk: int = 5000) -> AsyncIterator[list[MirrorLevel]]:
         """Every SKU's level, in chunks, for rebuilding the Redis mirror."""
@@ -464,18 +405,19 @@ class StockStore:
         return rows
 
 
-def _adjust_result(cmd: AdjustCommand, row: asyncpg.Record) -> AdjustResult:
-    return AdjustResult(
-        AdjustCode(row["code"]),
-        row["applied"],
-        StockLevel(cmd.sku, row["on_hand"], row["reserved"]),
-        row["version"],
-    )
+_HOLD = "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_FINISH = "SELECT * FROM stockcore.finish_holds($1, $2, $3)"
+_EXPIRE = "SELECT * FROM stockcore.expire_due($1, $2, $3)"
 
 
-class _Refused(Exception):
-    """Raised inside a transaction to roll back a refused adjustment."""
-
-    def __init__(self, row: asyncpg.Record) -> None:
-        self.row = row
-        super().__init__("adjustment refused")
+def _reserve_result(command: ReserveCommand, row: asyncpg.Record) -> ReserveResult:
+    code = ReserveCode(row["code"])
+    held = row["reservation"]
+    if code is ReserveCode.REJECTED:
+        return ReserveResult(
+            code,
+            None,
+            shortages_of(command, row["short_skus"], row["short_available"]),
+            tuple(row["unknown_skus"]),
+        )
+    return ReserveResult(code, reservation_from_row(held))

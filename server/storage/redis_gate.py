@@ -57,6 +57,7 @@ class AdmissionGate:
         self.prefix = prefix
         self._admit = client.register_script(_script("admit.lua"))
         self._settle = client.register_script(_script("settle.lua"))
+        self._levels = client.register_script(_script("levels.lua"))
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "sc:", timeout: float = 1.0) -> AdmissionGate:
@@ -111,6 +112,22 @@ class AdmissionGate:
             await self._settle(args=args)
         except _ERRORS as exc:
             raise GateUnavailable(str(exc)) from exc
+
+    async def levels(self, skus: Sequence[str]) -> dict[str, tuple[int, int]] | None:
+        """(on_hand, reserved) of the mirrored SKUs among `skus`, in one script run; None
+        when the mirror is not loaded."""
+        try:
+            reply = await self._levels(args=[self.prefix, *skus])
+        except _ERRORS as exc:
+            raise GateUnavailable(str(exc)) from exc
+        if not reply:
+            return None if skus else {}
+        found = {}
+        for i, sku in enumerate(skus):
+            on_hand, reserved = int(reply[2 * i]), int(reply[2 * i + 1])
+            if on_hand >= 0:
+                found[sku] = (on_hand, reserved)
+        return found
 
     async def stale_pending(self, now_ms: int, limit: int = 1000) -> list[str]:
         """Ids of pending holds whose deadline passed: their request died in flight."""

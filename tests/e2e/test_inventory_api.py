@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -192,6 +193,30 @@ async def test_get_stock_reads_many_skus_in_request_order(stub):
         await adjust(stub, sku, n)
     reply = await stub.GetStock(pb.GetStockRequest(skus=["C", "A", "C", "B"]))
     assert [(lv.sku, lv.available) for lv in reply.levels] == [("C", 3), ("A", 1), ("B", 2)]
+
+
+async def test_get_stock_reads_the_mirror_which_shows_every_acknowledged_change(stub, settings):
+    await adjust(stub, "A", 10)
+    await stub.Reserve(reserve_request("r1", A=3))
+    assert await levels(stub, "A") == {"A": (10, 3, 7)}
+    await stub.Commit(pb.CommitRequest(reservation_id="r1"))
+    assert await levels(stub, "A") == {"A": (7, 0, 7)}
+    # Change the mirror behind the server's back: the default read shows it, STRONG
+    # reads PostgreSQL.
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await client.hset("sc:s:A", mapping={"oh": 99, "rs": 1})
+    finally:
+        await client.aclose()
+    assert await levels(stub, "A") == {"A": (99, 1, 98)}
+    strong = await stub.GetStock(pb.GetStockRequest(skus=["A"], consistency=pb.CONSISTENCY_STRONG))
+    assert [(lv.on_hand, lv.reserved) for lv in strong.levels] == [(7, 0)]
+
+
+async def test_get_stock_refuses_an_unknown_consistency(stub):
+    await adjust(stub, "A", 1)
+    error = await rpc_error(stub.GetStock(pb.GetStockRequest(skus=["A"], consistency=7)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "consistency" in error.details()
 
 
 async def test_unknown_skus_and_reservations_are_not_found(stub):

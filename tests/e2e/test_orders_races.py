@@ -7,11 +7,16 @@ import asyncio
 import time
 from datetime import UTC
 
+import asyncpg
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from stockcore.v1 import inventory_pb2 as ipb
 from stockcore.v1 import orders_pb2 as pb
 from stockcore.v1 import orders_pb2_grpc
 
 from tests.e2e.order_invariants import check_orders_agree
+from tests.e2e.test_inventory_api import details_of
 from tests.e2e.test_orders_api import create_request, levels, stock
 from tests.waiting import database_clock_offset, no_short_holds_left
 
@@ -140,3 +145,153 @@ async def test_expiry_racing_a_payment_is_decided_once(dsn: str, orders: Stub, s
     assert (on_hand, reserved) == (1000 - 2 * counts["paid"], 0)
     snapshot = await check_orders_agree(dsn)
     assert snapshot.late_holds == 0 and snapshot.overdue_orders == 0
+
+
+# --- races closed under the locks: each run TRIALS times over a real channel ------------
+
+TRIALS = 40
+
+
+async def rpc_outcome(call):
+    """The reply, or the AioRpcError the call ended with."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+
+
+async def test_one_payment_id_sent_for_two_orders_at_once_pays_exactly_one(
+    dsn: str, orders: Stub, stub
+) -> None:
+    await stock(stub, "A", 10_000)
+    for i in range(TRIALS):
+        for side in "ab":
+            await orders.CreateOrder(create_request(f"o-{i}-{side}"))
+    results = await asyncio.gather(
+        *(
+            rpc_outcome(orders.ConfirmPayment(payment(f"o-{i}-{side}", f"P-{i}")))
+            for i in range(TRIALS)
+            for side in "ab"
+        )
+    )
+    for i in range(TRIALS):
+        pair = results[2 * i : 2 * i + 2]
+        won = [r for r in pair if isinstance(r, pb.ConfirmPaymentResponse)]
+        lost = [r for r in pair if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(won) == 1 and len(lost) == 1, pair
+        winner = won[0].order.order_id
+        assert lost[0].code() == grpc.StatusCode.ALREADY_EXISTS
+        (owner,) = details_of(lost[0], error_details_pb2.ResourceInfo)
+        assert (owner.resource_name, owner.owner) == (f"P-{i}", f"order {winner}")
+        loser = f"o-{i}-{'b' if winner.endswith('a') else 'a'}"
+        assert (await orders.GetOrder(pb.GetOrderRequest(order_id=loser))).order.status == (
+            pb.ORDER_STATUS_PENDING_PAYMENT
+        )
+    assert await levels(stub, "A") == (10_000 - 2 * TRIALS, 2 * TRIALS)
+    await check_orders_agree(dsn)
+
+
+async def test_a_release_racing_the_create_of_its_order_never_frees_the_orders_hold(
+    dsn: str, orders: Stub, stub
+) -> None:
+    await stock(stub, "A", 10_000)
+    calls = []
+    for i in range(TRIALS):
+        create = orders.CreateOrder(create_request(f"o-{i}"))
+        release = stub.Release(ipb.ReleaseRequest(reservation_id=f"o-{i}"))
+        calls += [rpc_outcome(create), rpc_outcome(release)]
+    results = await asyncio.gather(*calls)
+    for i in range(TRIALS):
+        created, released = results[2 * i], results[2 * i + 1]
+        assert isinstance(created, pb.CreateOrderResponse), created
+        # Before the order commits its hold is unknown; after, it is the order's.
+        assert isinstance(released, grpc.aio.AioRpcError), released
+        assert released.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+        if released.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            assert "hold of order" in released.details()
+        held = await stub.GetReservation(ipb.GetReservationRequest(reservation_id=f"o-{i}"))
+        assert held.reservation.status == ipb.RESERVATION_STATUS_HELD
+    assert await levels(stub, "A") == (10_000, 2 * TRIALS)
+    await check_orders_agree(dsn)
+
+
+async def test_a_commit_racing_the_expiry_of_its_hold_is_decided_once(dsn: str, stub) -> None:
+    await stock(stub, "A", 10_000)
+    held = []
+    for i in range(TRIALS):
+        reply = await stub.Reserve(
+            ipb.ReserveRequest(
+                reservation_id=f"r-{i}",
+                lines=[ipb.Line(sku="A", quantity=1)],
+                ttl=duration_pb2.Duration(seconds=1),
+            )
+        )
+        held.append(reply.reservation)
+    offset = await database_clock_offset(dsn)
+
+    async def commit_near_expiry(reservation, skew: float):
+        expires = reservation.expire_time.ToDatetime(tzinfo=UTC).timestamp()
+        await asyncio.sleep(max(expires + skew - offset - time.time(), 0))
+        return await rpc_outcome(
+            stub.Commit(ipb.CommitRequest(reservation_id=reservation.reservation_id))
+        )
+
+    # Commits land from a little before to a little after each expiry, while the
+    # sweep runs every 0.1 s.
+    skews = [-0.2 + 0.4 * i / (TRIALS - 1) for i in range(TRIALS)]
+    results = await asyncio.gather(
+        *(commit_near_expiry(r, s) for r, s in zip(held, skews, strict=True))
+    )
+    await no_short_holds_left(dsn, 1, timeout=10)
+    committed = 0
+    for reservation, result in zip(held, results, strict=True):
+        final = (
+            await stub.GetReservation(
+                ipb.GetReservationRequest(reservation_id=reservation.reservation_id)
+            )
+        ).reservation
+        if isinstance(result, ipb.CommitResponse):
+            assert final.status == ipb.RESERVATION_STATUS_COMMITTED
+            committed += 1
+        else:
+            assert result.code() == grpc.StatusCode.FAILED_PRECONDITION, result
+            assert final.status == ipb.RESERVATION_STATUS_EXPIRED
+    assert await levels(stub, "A") == (10_000 - committed, 0)
+    await check_orders_agree(dsn)
+
+
+async def test_the_same_create_order_sent_three_times_at_once_makes_one_order(
+    dsn: str, orders: Stub, stub
+) -> None:
+    await stock(stub, "A", 10_000)
+    results = await asyncio.gather(
+        *(
+            rpc_outcome(orders.CreateOrder(create_request(f"o-{i}", ("A", 3, 100))))
+            for i in range(TRIALS)
+            for _ in range(3)
+        ),
+        *(
+            rpc_outcome(orders.CreateOrder(create_request(f"o-{i}", ("A", 4, 100))))
+            for i in range(TRIALS)
+        ),
+    )
+    same, other = results[: 3 * TRIALS], results[3 * TRIALS :]
+    for i in range(TRIALS):
+        replies = same[3 * i : 3 * i + 3]
+        differing = other[i]
+        created = [r for r in (*replies, differing) if isinstance(r, pb.CreateOrderResponse)]
+        # Whichever content came first made the order; the rest agree with it or conflict.
+        assert {r.order.version for r in created} == {1}
+        assert len({tuple(line.quantity for line in r.order.lines) for r in created}) == 1
+        refused = [r for r in (*replies, differing) if isinstance(r, grpc.aio.AioRpcError)]
+        assert all(r.code() == grpc.StatusCode.ALREADY_EXISTS for r in refused)
+        assert len(created) in (1, 3)
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM stockcore.orders") == TRIALS
+        assert await conn.fetchval("SELECT count(*) FROM stockcore.order_events") == TRIALS
+        reserved = await conn.fetchval("SELECT sum(quantities[1]) FROM stockcore.reservations")
+    finally:
+        await conn.close()
+    assert await levels(stub, "A") == (10_000, reserved)
+    await check_orders_agree(dsn)

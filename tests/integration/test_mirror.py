@@ -227,7 +227,8 @@ async def test_resync_makes_redis_agree_with_postgres(
     await store.adjust(AdjustCommand("SKU-3", None, 7, "recount", "k-1", "tests"))
     await stock_up(store, {"NEW-1": 4})
     await gate.settle(levels=[MirrorLevel("SKU-4", 1, 1, 1)])
-    assert await mirrored_levels(gate, ["SKU-0", "NEW-1"]) == {"SKU-0": (20, 0, 2), "NEW-1": None}
+    # A SKU is created at version 1 with its first level.
+    assert await mirrored_levels(gate, ["SKU-0", "NEW-1"]) == {"SKU-0": (20, 0, 1), "NEW-1": None}
 
     assert await mirror.resync() is True
 

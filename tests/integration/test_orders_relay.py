@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -17,13 +17,14 @@ from clients.events import OrderEventConsumer
 from clients.orders import OrderEvent
 from server.config import Settings
 from server.domain.errors import Unavailable
-from server.domain.orders import Actor, Step, create_order
+from server.domain.inventory import AdjustCommand
+from server.domain.orders import Actor, create_order
 from server.orders.relay import Relay
-from server.rpc.orders_convert import event_payload, stamp
+from server.rpc.orders_convert import encoded_event
 from server.storage.event_stream import STREAM, EventStream
 from server.storage.orders_pg import OrderStore
 from server.storage.outbox_pg import OutboxSession
-from server.storage.postgres import StockStore
+from server.storage.postgres import HoldArrays, StockStore
 from tests.conftest import Servers
 from tests.waiting import until
 
@@ -32,9 +33,11 @@ LIMITS = {"default_ttl_s": 300.0, "min_ttl_s": 1.0, "max_ttl_s": 86_400.0}
 
 
 @pytest.fixture
-def orders(store: StockStore) -> OrderStore:
-    """An OrderStore over the test database."""
-    return OrderStore(store, event_payload)
+async def orders(store: StockStore) -> OrderStore:
+    """An OrderStore over the test database, with plenty of A."""
+    for sku in "AB":
+        await store.adjust(AdjustCommand(sku, None, 100_000, "initial", f"init-{sku}", "tests"))
+    return OrderStore(store)
 
 
 @pytest.fixture
@@ -70,25 +73,38 @@ async def stream(clean: Servers) -> AsyncIterator[EventStream]:
 
 
 async def create(
-    orders: OrderStore, *ids: str, conn: asyncpg.Connection | None = None
-) -> list[Step]:
-    """Orders (and their ORDER_CREATED events), committed in one transaction."""
-    now = await orders.stock.now()
-    steps = [
-        create_order(oid, "c-1", [("A", 1, 10)], "EUR", None, ACTOR, **LIMITS).created(
-            now, now + timedelta(minutes=5)
-        )
-        for oid in ids
+    orders: OrderStore, *ids: str, conn: asyncpg.Connection | None = None, sku: str = "A"
+) -> None:
+    """Orders (and their ORDER_CREATED events), committed in one statement; on `conn`
+    when given (inside a transaction the test holds open)."""
+    commands = [
+        create_order(oid, "c-1", [(sku, 1, 10)], "EUR", None, ACTOR, **LIMITS) for oid in ids
     ]
-    if conn is not None:
-        await orders.insert_created(conn, steps)
-    else:
-        await orders.stock.transaction(lambda c: orders.insert_created(c, steps))
-    return steps
+    if conn is None:
+        await orders.create(commands)
+        return
+    arrays = HoldArrays.of([c.reserve for c in commands], orders.stock.shard_count)
+    ordered = [commands[i] for i in arrays.order]
+    await conn.fetchrow(
+        "SELECT * FROM stockcore.create_orders"
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        *arrays.args(),
+        [line.unit_price_minor for c in ordered for line in c.lines],
+        [c.customer_id for c in ordered],
+        [c.currency for c in ordered],
+        [c.total_minor for c in ordered],
+        [c.fingerprint for c in ordered],
+        [c.actor.request_id for c in ordered],
+    )
 
 
 async def stream_events(client: aioredis.Redis) -> list[pb.OrderEvent]:
     return [pb.OrderEvent.FromString(fields[b"event"]) for _, fields in await client.xrange(STREAM)]
+
+
+async def waiting_ids(session: OutboxSession) -> list[str]:
+    """Sequence what is committed; the ids of every sequenced, unpublished event."""
+    return [pending.event.event_id for pending in await session.next_events(100)]
 
 
 def sample(name: str) -> float:
@@ -102,14 +118,15 @@ async def test_cursors_are_gap_free_in_commit_order_even_when_ids_interleave(
     try:
         # The first transaction takes the lower id but commits last.
         async with early.transaction():
+            # Another SKU: the open transaction holds A's row lock.
             await create(orders, "first-begun", conn=early)
-            await create(orders, "second-begun")
-            assert await session.sequence(100) == 1
-        assert await session.sequence(100) == 1
+            await create(orders, "second-begun", sku="B")
+            assert await waiting_ids(session) == ["second-begun/1"]
+        assert await waiting_ids(session) == ["second-begun/1", "first-begun/1"]
     finally:
         await early.close()
     await create(orders, "third")
-    assert await session.sequence(100) == 1
+    assert await waiting_ids(session) == ["second-begun/1", "first-begun/1", "third/1"]
     rows = await db.fetch("SELECT event_id, cursor FROM stockcore.order_events ORDER BY cursor")
     assert [(r["event_id"], r["cursor"]) for r in rows] == [
         ("second-begun/1", 1),
@@ -127,14 +144,15 @@ async def test_every_event_is_published_once_with_its_cursor_and_its_lag_measure
 ) -> None:
     await create(orders, *(f"o-{i}" for i in range(120)))
     lags_before = sample("stockcore_order_event_publication_lag_seconds_count")
-    relay = Relay(relay_settings, stream, stamp)
+    relay = Relay(relay_settings, stream, encoded_event)
 
     while await relay.step(session):
         pass
 
     events = await stream_events(redis_client)
     assert [e.cursor for e in events] == list(range(1, 121))
-    assert [e.event_id for e in events] == [f"o-{i}/1" for i in range(120)]
+    # One batch writes its events in order id order.
+    assert [e.event_id for e in events] == sorted(f"o-{i}/1" for i in range(120))
     assert await session.backlog() == 0
     assert sample("stockcore_order_events_unpublished") == 0
     assert sample("stockcore_order_event_publication_lag_seconds_count") == lags_before + 120
@@ -161,7 +179,7 @@ async def test_a_crash_between_publishing_and_marking_publishes_again_and_consum
 ) -> None:
     await create(orders, "o-1", "o-2", "o-3")
     dying = await _DiesBeforeMarking.open(clean.pg_dsn, 5)
-    relay = Relay(relay_settings, stream, stamp)
+    relay = Relay(relay_settings, stream, encoded_event)
     try:
         with pytest.raises(Unavailable):
             await relay.step(dying)
@@ -193,13 +211,13 @@ async def test_events_wait_while_redis_is_unreachable_and_are_published_after(
     await create(orders, "o-1", "o-2")
     down = EventStream.from_url("redis://127.0.0.1:1/0", maxlen=10_000, timeout=0.2)
     try:
-        assert not await Relay(relay_settings, down, stamp).step(session)
+        assert not await Relay(relay_settings, down, encoded_event).step(session)
     finally:
         await down.close()
     assert sample("stockcore_order_events_unpublished") == 2
     assert await stream_events(redis_client) == []
 
-    await Relay(relay_settings, stream, stamp).step(session)
+    await Relay(relay_settings, stream, encoded_event).step(session)
     assert [e.event_id for e in await stream_events(redis_client)] == ["o-1/1", "o-2/1"]
 
 
@@ -218,7 +236,7 @@ async def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(
     redis_client: aioredis.Redis,
     db: asyncpg.Connection,
 ) -> None:
-    relays = [Relay(relay_settings, stream, stamp) for _ in range(3)]
+    relays = [Relay(relay_settings, stream, encoded_event) for _ in range(3)]
     tasks = {relay: asyncio.create_task(relay.run()) for relay in relays}
     try:
         for round_ in range(3):
@@ -241,3 +259,27 @@ async def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(
 
 async def published(client: aioredis.Redis, count: int) -> bool:
     return int(await client.xlen(STREAM)) >= count
+
+
+async def test_the_relay_wakes_on_a_commit_rather_than_waiting_for_its_poll(
+    orders: OrderStore, clean: Servers, stream: EventStream, redis_client: aioredis.Redis
+) -> None:
+    slow_poll = Settings(
+        pg_dsn=clean.pg_dsn,
+        redis_url=clean.redis_url,
+        relay_interval_s=10.0,
+        relay_standby_interval_s=0.1,
+    ).validate()
+    relay = Relay(slow_poll, stream, encoded_event)
+    task = asyncio.create_task(relay.run())
+    try:
+        await until(lambda: asyncio.sleep(0, relay.active), "the relay is active", timeout=5)
+        await asyncio.sleep(0.2)  # let its first look find nothing; the next is 10 s away
+        for round_ in range(3):
+            started = asyncio.get_running_loop().time()
+            await create(orders, f"o-{round_}")
+            await until(lambda n=round_ + 1: published(redis_client, n), "published", timeout=5)
+            assert asyncio.get_running_loop().time() - started < 2.0
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 5)

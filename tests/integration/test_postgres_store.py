@@ -339,25 +339,31 @@ async def test_release_gives_the_held_units_back(store: StockStore, db: asyncpg.
     await assert_ledger_matches_stock(db)
 
 
-async def test_expire_leaves_a_hold_that_is_not_due_held(
+async def due(db: asyncpg.Connection) -> list[str]:
+    """HELD reservations past their expiry, by the database clock."""
+    rows = await db.fetch(
+        "SELECT reservation_id FROM stockcore.reservations"
+        " WHERE status = 1 AND expires_at <= now() ORDER BY reservation_id"
+    )
+    return [r["reservation_id"] for r in rows]
+
+
+async def test_a_sweep_leaves_a_hold_that_is_not_due_held(
     store: StockStore, db: asyncpg.Connection
 ) -> None:
     await stock_up(store, {"A": 10})
     await store.reserve_batch([hold("r-1", ("A", 3))])
     before = await row(db, "A")
 
-    (result,), levels = await store.finish_batch(["r-1"], Finish.EXPIRE, ["sweeper"])
+    sweep = await store.expire_due(10, "sweeper", "req-1")
 
-    assert result.code is FinishCode.UNCHANGED
-    assert result.reservation is not None
-    assert result.reservation.status is ReservationStatus.HELD
-    assert result.reservation.finished_at is None
-    assert levels == []
+    assert (sweep.due, sweep.holds_expired, sweep.orders_expired) == (0, 0, 0)
+    assert sweep.levels == ()
     assert await row(db, "A") == before
     assert await movements(db, "r-1") == [("reserve", "A", 0, 3)]
 
 
-async def test_a_lapsed_hold_is_expired_whatever_finish_is_asked(
+async def test_a_lapsed_hold_is_expired_by_a_commit_a_release_or_a_sweep(
     store: StockStore, db: asyncpg.Connection
 ) -> None:
     await stock_up(store, {"A": 10})
@@ -365,24 +371,29 @@ async def test_a_lapsed_hold_is_expired_whatever_finish_is_asked(
         [hold(f"r-{finish.name}", ("A", 2), ttl_ms=1000) for finish in Finish]
     )
     assert await units(db, "A") == (10, 6)
-    assert await store.due_expiries(10) == []
+    assert await due(db) == []
     every = sorted(f"r-{f.name}" for f in Finish)
 
     async def all_due() -> bool:
-        return sorted(await store.due_expiries(10)) == every
+        return await due(db) == every
 
     await until(all_due, "the 1 s holds are due", timeout=10)
 
-    for finish in Finish:
+    for finish in (Finish.COMMIT, Finish.RELEASE):
         (result,), _ = await store.finish_batch([f"r-{finish.name}"], finish, ["tests"])
 
         assert result.code is FinishCode.APPLIED
         assert result.reservation is not None
         assert result.reservation.status is ReservationStatus.EXPIRED
         assert (await movements(db, f"r-{finish.name}"))[-1] == ("expire", "A", 0, -2)
+    sweep = await store.expire_due(10, "sweeper", "req-1")
+    assert (sweep.due, sweep.holds_expired, sweep.orders_expired) == (1, 1, 0)
+    assert len(sweep.lags_s) == 1 and 0 <= sweep.lags_s[0] < 10
+    assert (await movements(db, "r-EXPIRE"))[-1] == ("expire", "A", 0, -2)
 
     assert await units(db, "A") == (10, 0)
-    assert await store.due_expiries(10) == []
+    assert await due(db) == []
+    await assert_levels_are_current(db, list(sweep.levels))
     await assert_ledger_matches_stock(db)
 
 
@@ -394,7 +405,7 @@ async def test_finishing_a_finished_reservation_changes_nothing(
     await store.finish_batch(["r-1"], Finish.COMMIT, ["tests"])
     before = await row(db, "A")
 
-    for finish in Finish:
+    for finish in (Finish.COMMIT, Finish.RELEASE):
         (result,), levels = await store.finish_batch(["r-1"], finish, ["tests"])
 
         assert result.code is FinishCode.UNCHANGED
@@ -569,7 +580,9 @@ async def test_adjust_creates_an_unknown_sku(
     assert await db.fetchval("SELECT shard FROM stockcore.stock WHERE sku = 'NEW-1'") == shard_of(
         "NEW-1", SHARDS
     )
-    assert await store.get_stock(["NEW-1", "NEVER"]) == {"NEW-1": result.level}
+    found = await store.get_stock(["NEW-1", "NEVER"])
+    assert list(found) == ["NEW-1"]
+    assert (found["NEW-1"].on_hand, found["NEW-1"].reserved) == (7, 0)
     await assert_ledger_matches_stock(db)
 
 
@@ -825,7 +838,7 @@ async def test_an_id_taken_by_a_concurrent_batch_leaves_its_units_to_the_rest_of
     open_tx = db.transaction()
     await open_tx.start()
     await db.fetch(
-        "SELECT * FROM stockcore.reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         [rival.reservation_id],
         [rival.fingerprint],
         [rival.ttl_ms],

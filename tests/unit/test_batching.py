@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
@@ -12,8 +12,7 @@ import pytest
 from server.domain.errors import DeadlineExpired, Unavailable
 from server.inventory.batching import Batcher
 
-Followup = Callable[[], Awaitable[None]] | None
-Outcome = tuple[list[str | BaseException], Followup]
+Outcome = list[str | BaseException]
 
 
 class Shelf:
@@ -28,7 +27,6 @@ class Shelf:
         self.gate = asyncio.Event()
         self.gate.set()
         self.entered = asyncio.Event()
-        self.followup: Followup = None
 
     async def __call__(self, items: Sequence[str]) -> Outcome:
         self.batches.append(list(items))
@@ -37,7 +35,7 @@ class Shelf:
         results: list[str | BaseException] = [
             ValueError(item) if item.startswith("fail:") else item.upper() for item in items
         ]
-        return results, self.followup
+        return results
 
     @property
     def seen(self) -> list[str]:
@@ -118,7 +116,7 @@ async def test_a_handler_crash_reaches_every_caller_of_that_batch() -> None:
         calls.append(list(items))
         if len(calls) == 1:
             raise crash
-        return [item.upper() for item in items], None
+        return [item.upper() for item in items]
 
     async with running(Batcher("test", crashing, max_batch=100)) as batcher:
         async with asyncio.timeout(1):
@@ -239,54 +237,6 @@ async def test_requests_arriving_during_a_batch_form_the_next_batch() -> None:
     assert shelf.batches == [["first"], ["later-0", "later-1", "later-2"]]
 
 
-async def test_the_followup_runs_after_the_callers_have_their_answers() -> None:
-    shelf = Shelf()
-    events: list[str] = []
-    answered = asyncio.Event()
-    followed = asyncio.Event()
-
-    async def followup() -> None:
-        await answered.wait()
-        events.append("followup")
-        followed.set()
-
-    shelf.followup = followup
-
-    async def call(item: str) -> None:
-        events.append(await batcher.submit(item))
-        if len(events) == 2:
-            answered.set()
-
-    async with running(Batcher("test", shelf, max_batch=100)) as batcher:
-        async with asyncio.timeout(1):
-            await asyncio.gather(call("a"), call("b"))
-            await followed.wait()
-
-    assert events == ["A", "B", "followup"]
-
-
-async def test_the_followup_holds_the_slot_until_it_is_done() -> None:
-    shelf = Shelf()
-    release = asyncio.Event()
-    finished: list[str] = []
-
-    async def followup() -> None:
-        await release.wait()
-        finished.append("followup")
-
-    shelf.followup = followup
-    async with running(Batcher("test", shelf, max_batch=100, concurrency=1)) as batcher:
-        async with asyncio.timeout(1):
-            assert await batcher.submit("a") == "A"
-            second = await queued(batcher, "b")
-            await asyncio.sleep(0.01)
-            assert shelf.batches == [["a"]]
-            release.set()
-            assert await second == "B"
-
-    assert finished == ["followup", "followup"]
-
-
 async def test_stop_waits_for_the_batch_in_flight_and_refuses_queued_items() -> None:
     shelf = Shelf()
     batcher: Batcher[str, str] = Batcher("test", shelf, max_batch=100)
@@ -330,7 +280,7 @@ async def test_batches_run_side_by_side_up_to_the_concurrency() -> None:
 
 async def test_a_handler_answering_too_few_results_fails_every_unanswered_caller() -> None:
     async def forgetful(items: Sequence[str]) -> Outcome:
-        return [item.upper() for item in items[:-1]], None
+        return [item.upper() for item in items[:-1]]
 
     async with running(Batcher("test", forgetful, max_batch=100)) as batcher:
         tasks = [asyncio.create_task(batcher.submit(item)) for item in ["a", "b", "c"]]

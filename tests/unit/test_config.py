@@ -274,7 +274,7 @@ def test_order_variables_set_their_settings(
         ({"relay_standby_interval_s": 11.0}, "relay_standby_interval_s must be"),
         ({"relay_batch": 0}, "relay_batch must be"),
         ({"event_stream_maxlen": 999}, "event_stream_maxlen must be"),
-        ({"watch_poll_interval_s": 2.0}, "watch_poll_interval_s must be"),
+        ({"watch_poll_interval_s": 11.0}, "watch_poll_interval_s must be"),
     ],
 )
 def test_out_of_range_order_settings_are_refused(changes: dict[str, object], message: str) -> None:

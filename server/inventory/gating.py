@@ -1,0 +1,61 @@
+"""The admission gate's part of a batch of holds (plain reservations or orders): what
+the Redis gate turned away before PostgreSQL, and what to tell the mirror after it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from server.domain.errors import InsufficientStock, Shortage
+from server.domain.inventory import ReserveCommand
+from server.inventory.mirror import Mirror
+from server.metrics import HOLDS
+from server.storage.postgres import MirrorLevel
+from server.storage.redis_gate import AdmitCode
+
+
+@dataclass
+class GatedBatch:
+    """A batch after the gate: positions PostgreSQL must decide, and the refusals the gate
+    already made (sold out as mirrored), by position."""
+
+    to_database: list[int]
+    refused: dict[int, InsufficientStock] = field(default_factory=dict)
+    # Ids the gate holds pending units for, which the settle must clear.
+    pending: list[str] = field(default_factory=list)
+
+
+async def admit(mirror: Mirror, commands: Sequence[ReserveCommand]) -> GatedBatch:
+    """Run the batch through the gate; with the gate bypassed, everything goes on."""
+    verdicts = await mirror.admit(commands)
+    if verdicts is None:
+        return GatedBatch(list(range(len(commands))))
+    batch = GatedBatch([])
+    for i, verdict in enumerate(verdicts):
+        if verdict.code is AdmitCode.REJECTED:
+            HOLDS.labels("rejected_by_gate").inc()
+            batch.refused[i] = InsufficientStock(
+                [
+                    Shortage(line.sku, line.quantity, verdict.available[line.sku])
+                    for line in commands[i].lines
+                    if line.sku in verdict.available
+                ]
+            )
+            continue
+        if verdict.code is AdmitCode.ADMITTED:
+            batch.pending.append(commands[i].reservation_id)
+        batch.to_database.append(i)
+    return batch
+
+
+async def settle(
+    mirror: Mirror,
+    batch: GatedBatch,
+    held: Sequence[tuple[str, datetime]],
+    levels: Sequence[MirrorLevel],
+) -> None:
+    """Tell the mirror what PostgreSQL decided: pending units cleared, the ids now held
+    (id, expiry) remembered, and the levels after."""
+    known = [(rid, mirror.forget_at_ms(expires_at)) for rid, expires_at in held]
+    await mirror.settle(clear=batch.pending, known=known, levels=levels)
