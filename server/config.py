@@ -28,6 +28,8 @@ class Settings:
     shard_count: int = 16
     pg_pool_size: int = 8
     batch_max: int = 256
+    # Batches of one kind in flight at once; the next batch gathers meanwhile.
+    batch_concurrency: int = 1
     default_ttl_s: float = 300.0
     min_ttl_s: float = 1.0
     max_ttl_s: float = 86_400.0
@@ -68,6 +70,7 @@ class Settings:
             (1 <= self.shard_count <= 1024, "shard_count must be 1-1024"),
             (1 <= self.pg_pool_size <= 100, "pg_pool_size must be 1-100"),
             (1 <= self.batch_max <= 10_000, "batch_max must be 1-10000"),
+            (1 <= self.batch_concurrency <= 16, "batch_concurrency must be 1-16"),
             (
                 0 < self.min_ttl_s <= self.default_ttl_s <= self.max_ttl_s,
                 "need min <= default <= max ttl",
@@ -118,6 +121,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_SHARDS": ("shard_count", int),
     "STOCKCORE_PG_POOL_SIZE": ("pg_pool_size", int),
     "STOCKCORE_BATCH_MAX": ("batch_max", int),
+    "STOCKCORE_BATCH_CONCURRENCY": ("batch_concurrency", int),
     "STOCKCORE_DEFAULT_TTL": ("default_ttl_s", float),
     "STOCKCORE_MAX_TTL": ("max_ttl_s", float),
     "STOCKCORE_EXPIRY_INTERVAL": ("expiry_interval_s", float),

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.config import Settings
-from server.devservers import LocalPostgres, LocalRedis
+from server.devservers import LocalPostgres, LocalRedis, free_port
 from server.storage.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +38,9 @@ def servers() -> Iterator[Servers]:
     pg_dsn = os.environ.get("STOCKCORE_PG_DSN")
     redis_url = os.environ.get("STOCKCORE_REDIS_URL")
     base = ROOT / ".data" / f"test-{os.getpid()}"
-    pg = None if pg_dsn else LocalPostgres(base / "pg", 55400 + os.getpid() % 500)
-    rd = None if redis_url else LocalRedis(base / "redis", 56400 + os.getpid() % 500)
+    # Free ports, not ones derived from the pid: another suite on the machine may hold those.
+    pg = None if pg_dsn else LocalPostgres(base / "pg", free_port())
+    rd = None if redis_url else LocalRedis(base / "redis", free_port())
     try:
         if pg is not None:
             pg.start()

@@ -66,7 +66,7 @@ class InventoryCore:
         self.settings = settings
         self.store = store
         self.mirror = mirror
-        options = {"max_batch": settings.batch_max, "concurrency": 2}
+        options = {"max_batch": settings.batch_max, "concurrency": settings.batch_concurrency}
         self._reserver: Batcher[ReserveCommand, Reservation] = Batcher(
             "reserve", self._reserve_batch, **options
         )

@@ -58,7 +58,10 @@ class OrderCore:
         self.mirror = mirror
         self.store = store
         self.feed = feed
-        options: dict[str, Any] = {"max_batch": settings.batch_max, "concurrency": 2}
+        options: dict[str, Any] = {
+            "max_batch": settings.batch_max,
+            "concurrency": settings.batch_concurrency,
+        }
         self._creator: Batcher[CreateOrder, Order] = Batcher(
             "create_order", self._create_batch, **options
         )

@@ -863,3 +863,39 @@ async def test_an_id_taken_by_a_concurrent_batch_leaves_its_units_to_the_rest_of
     assert (other.code, other.shortages) == (ReserveCode.HELD, ())
     assert await units(db, "A") == (10, 9)
     await assert_ledger_matches_stock(db)
+
+
+async def test_a_batch_whose_stock_fell_meanwhile_is_decided_again_with_the_rows_locked(
+    store: StockStore, db: asyncpg.Connection, clean: Servers
+) -> None:
+    await stock_up(store, {"A": 10})
+    rival = hold("r-x", ("A", 8))
+    # Another transaction takes 8 of the 10 units and has not committed yet: the batch
+    # reads 10 available without a lock, then waits for the row to take its units.
+    open_tx = db.transaction()
+    await open_tx.start()
+    await db.fetch(
+        "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        [rival.reservation_id],
+        [rival.fingerprint],
+        [rival.ttl_ms],
+        [rival.caller],
+        [1],
+        [1],
+        [shard_of("A", SHARDS)],
+        ["A"],
+        [8],
+    )
+    try:
+        batch = asyncio.create_task(store.reserve_batch([hold("r-y", ("A", 5))]))
+        waiting = "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        await until(lambda: sql_is(clean.pg_dsn, waiting, True), "the batch waits for the row")
+    finally:
+        await open_tx.commit()
+    (late,), levels = await asyncio.wait_for(batch, 10)
+
+    assert late.code is ReserveCode.REJECTED
+    assert late.shortages == (Shortage("A", 5, 2),)
+    assert await units(db, "A") == (10, 8)
+    await assert_levels_are_current(db, levels)
+    await assert_ledger_matches_stock(db)
