@@ -79,6 +79,7 @@ async def reset_state(pg_dsn: str, redis_url: str) -> None:
             " stockcore.adjustments, stockcore.orders, stockcore.order_history,"
             " stockcore.payments, stockcore.order_events"
         )
+        await conn.execute("UPDATE stockcore.outbox_state SET published_upto = 0")
     finally:
         await conn.close()
     client = aioredis.Redis.from_url(redis_url)

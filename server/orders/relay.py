@@ -6,8 +6,9 @@ advisory lock of its own session) works, the others stand by and try for the loc
 and then, so a crashed relay is replaced within a standby interval (the lock dies with
 its session). The working relay LISTENs on stockcore_order_events, which every
 transaction that writes events notifies at commit, so it wakes at once; it also looks
-every relay interval, as a safety net. An event is marked published only after Redis
-took it: a crash in between publishes it again, with the same event_id, which consumers
+every relay interval, as a safety net. How far publication got is recorded only after
+Redis took the events (by the next step's statement, or on its own when the relay goes
+idle): a crash in between publishes them again, with the same event_ids, which consumers
 de-duplicate on.
 
 The relay is stopped by `stop()`, not by cancelling its task: redis-py's socket writes
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from server.config import Settings
 from server.domain.errors import Unavailable
@@ -52,6 +54,9 @@ class Relay:
         self._stream_failing = False
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        # The highest cursor Redis took, and the highest recorded as published.
+        self._published_upto = 0
+        self._recorded_upto = 0
         # Whether this relay holds the sequencer lock (and so is the one working).
         self.active = False
 
@@ -68,7 +73,7 @@ class Relay:
             finally:
                 self.active = False
                 RELAY_ACTIVE.set(0)
-            await self._pause(self._settings.relay_standby_interval_s)
+            await self._sleep(self._settings.relay_standby_interval_s)
 
     def stop(self) -> None:
         """Ask `run` to return after the step in flight (which gives the lock back)."""
@@ -81,39 +86,57 @@ class Relay:
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
 
+    async def _sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less when stopped."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
     async def _hold_and_work(self) -> None:
         assert self._settings.pg_dsn is not None
         session = await OutboxSession.open(self._settings.pg_dsn, self._settings.db_timeout_s)
         try:
             # Another process relays meanwhile; the lock is tried again after each pause.
             while not await session.try_lock():
-                await self._pause(self._settings.relay_standby_interval_s)
+                await self._sleep(self._settings.relay_standby_interval_s)
                 if self._stopping.is_set():
                     return
             self.active = True
             RELAY_ACTIVE.set(1)
             log.info("order event relay active")
             await session.listen(EVENTS_CHANNEL, self._wake)
+            self._published_upto = self._recorded_upto = 0
             while not self._stopping.is_set():
                 # Cleared before the step: a commit notified during it wakes the next.
                 self._wake.clear()
-                if not await self.step(session):
-                    await self._pause(self._settings.relay_interval_s)
+                more = await self.step(session)
+                if self._stream_failing:
+                    # Commits keep notifying; Redis is tried again at the relay interval.
+                    await self._sleep(self._settings.relay_interval_s)
+                    continue
+                if more or self._wake.is_set():
+                    continue
+                if self._published_upto > self._recorded_upto:
+                    await session.record_published(self._published_upto)
+                    self._recorded_upto = self._published_upto
+                await self._pause(self._settings.relay_interval_s)
         finally:
             await session.close()
 
     async def step(self, session: OutboxSession) -> bool:
-        """Sequence and fetch, then publish, one batch; True when more work is waiting."""
+        """Record what was published, sequence and fetch, then publish, one batch; True
+        when more work is waiting."""
         limit = self._settings.relay_batch
-        events = await session.next_events(limit)
-        published = await self._publish(session, events) if events else 0
+        events = await session.next_events(limit, self._published_upto)
+        self._recorded_upto = max(self._recorded_upto, self._published_upto)
+        published = await self._publish(events) if events else 0
         if published == len(events) < limit:
             EVENTS_UNPUBLISHED.set(0)  # everything committed so far is out
         else:
             EVENTS_UNPUBLISHED.set(await session.backlog())
         return published == limit
 
-    async def _publish(self, session: OutboxSession, events: Sequence[Pending]) -> int:
+    async def _publish(self, events: Sequence[Pending]) -> int:
         if self._stream is None:
             return 0
         try:
@@ -128,7 +151,10 @@ class Relay:
         if self._stream_failing:
             log.info("order events are published again")
             self._stream_failing = False
-        published_at = await session.mark_published([event.id for event in events])
+        self._published_upto = events[-1].event.cursor
+        # The database clock stamped the commit, this one the publication: on one machine,
+        # or on hosts kept in step by NTP, they agree to well under a millisecond.
+        published_at = datetime.now(UTC)
         for event in events:
             EVENT_PUBLICATION_LAG.observe(max((published_at - event.created_at).total_seconds(), 0))
         EVENTS_PUBLISHED.inc(len(events))

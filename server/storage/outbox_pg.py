@@ -1,11 +1,12 @@
-"""The relay's side of the order event outbox (sql/002_orders.sql, 003_checkout.sql): a
-PostgreSQL session of its own that holds the sequencer lock for as long as it lives,
-listens for committed events, gives them their cursors and records their publication."""
+"""The relay's side of the order event outbox (sql/002_orders.sql, 005_outbox_watermark.sql):
+a PostgreSQL session of its own that holds the sequencer lock for as long as it lives,
+listens for committed events, gives them their cursors and records how far publication
+has got (one watermark, not a column per event)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -78,29 +79,22 @@ class OutboxSession:
         """Set `wake` whenever `channel` is notified (for as long as the session lives)."""
         await self._run(lambda c: c.add_listener(channel, lambda *_: wake.set()))
 
-    async def next_events(self, limit: int) -> list[Pending]:
-        """Give the next cursors to up to `limit` unsequenced events, and return the
-        sequenced events not yet published, in cursor order: one statement."""
-        rows = await self._run(lambda c: c.fetch("SELECT * FROM stockcore.next_events($1)", limit))
+    async def next_events(self, limit: int, published_upto: int = 0) -> list[Pending]:
+        """Record that every event up to cursor `published_upto` is published, give the
+        next cursors to up to `limit` unsequenced events, and return the sequenced events
+        not yet published, in cursor order: one statement."""
+        rows = await self._run(
+            lambda c: c.fetch("SELECT * FROM stockcore.relay_step($1, $2)", limit, published_upto)
+        )
         return [Pending(r["id"], r["created_at"], stored_event(r)) for r in rows]
 
-    async def mark_published(self, ids: Sequence[int]) -> datetime:
-        """Record events as published; returns the database time of the record."""
-        now: datetime = await self._run(
-            lambda c: c.fetchval(
-                "WITH done AS (UPDATE stockcore.order_events SET published_at = now()"
-                " WHERE id = ANY($1::bigint[]) AND published_at IS NULL RETURNING 1)"
-                " SELECT now()",
-                list(ids),
-            )
+    async def record_published(self, published_upto: int) -> None:
+        """Record that every event up to cursor `published_upto` is published."""
+        await self._run(
+            lambda c: c.execute("SELECT stockcore.record_published($1)", published_upto)
         )
-        return now
 
     async def backlog(self) -> int:
         """How many events wait to be sequenced or published."""
-        count: int = await self._run(
-            lambda c: c.fetchval(
-                "SELECT count(*) FROM stockcore.order_events WHERE published_at IS NULL"
-            )
-        )
+        count: int = await self._run(lambda c: c.fetchval("SELECT stockcore.outbox_backlog()"))
         return count
