@@ -158,6 +158,16 @@ def check_id(value: str, field: str) -> list[FieldViolation]:
     return []
 
 
+def check_reason(value: str, field: str = "reason") -> list[FieldViolation]:
+    """Violations of a free-text reason: 1-200 characters, not only spaces, and none of
+    them a control character (NUL, newlines, escapes): it lands in the audit trail."""
+    if not value.strip() or len(value) > MAX_REASON:
+        return [_violation(field, f"must be 1-{MAX_REASON} characters, not only spaces")]
+    if not value.isprintable():
+        return [_violation(field, "must not contain control characters (NUL, newlines, tabs ...)")]
+    return []
+
+
 def require_id(value: str, field: str) -> str:
     """Return `value` or raise InvalidArgument."""
     violations = check_id(value, field)
@@ -247,8 +257,7 @@ def adjust_command(
         )
     if on_hand is not None and not 0 <= on_hand <= MAX_ADJUSTMENT:
         violations.append(_violation("on_hand", f"must be 0 to {MAX_ADJUSTMENT}"))
-    if not reason.strip() or len(reason) > MAX_REASON:
-        violations.append(_violation("reason", f"must be 1-{MAX_REASON} characters"))
+    violations += check_reason(reason)
     if violations:
         raise InvalidArgument(violations)
     return AdjustCommand(sku, delta, on_hand, reason, idempotency_key, caller)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from server.domain.errors import DeadlineExpired, Unavailable
+from server.domain.errors import DeadlineExpired, DomainError, Unavailable
 from server.metrics import BATCH_SIZE
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,56 @@ class Batcher(Generic[Req, Res]):
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    async def _answer(self, live: list[_Pending[Req, Res]]) -> None:
+        """Run the handler on `live` and hand each caller its result. A batch that fails
+        as a whole with an unexpected error (not a domain error such as Unavailable) is
+        split in halves and each half run again, so one bad request fails alone: every
+        batch is one statement that applied nothing when it failed."""
+        try:
+            results = await self._handler([p.item for p in live])
+        except DomainError as exc:
+            self._fail(live, exc)
+            return
+        except asyncio.CancelledError as exc:
+            self._fail(live, exc)
+            raise
+        except Exception as exc:
+            if len(live) == 1:
+                self._fail(live, exc)
+                return
+            log.warning(
+                "batch failed; retrying it in halves to isolate the request",
+                extra={"batcher": self.name, "size": len(live), "error": repr(exc)},
+            )
+            half = len(live) // 2
+            await self._answer(live[:half])
+            await self._answer(live[half:])
+            return
+        if len(results) != len(live):
+            log.error(
+                "batch handler answered %d of %d requests",
+                len(results),
+                len(live),
+                extra={"batcher": self.name},
+            )
+            self._fail(
+                live, RuntimeError(f"{self.name} batch answered {len(results)} of {len(live)}")
+            )
+            return
+        for pending, result in zip(live, results, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+
+    @staticmethod
+    def _fail(live: list[_Pending[Req, Res]], exc: BaseException) -> None:
+        for pending in live:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
     async def _flush(self, batch: list[_Pending[Req, Res]]) -> None:
         try:
             now = time.monotonic()
@@ -102,35 +152,6 @@ class Batcher(Generic[Req, Res]):
             if not live:
                 return
             BATCH_SIZE.labels(self.name).observe(len(live))
-            try:
-                results = await self._handler([p.item for p in live])
-            except BaseException as exc:
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                return
-            if len(results) != len(live):
-                log.error(
-                    "batch handler answered %d of %d requests",
-                    len(results),
-                    len(live),
-                    extra={"batcher": self.name},
-                )
-                bug = RuntimeError(
-                    f"{self.name} batch answered {len(results)} of {len(live)} requests"
-                )
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(bug)
-                return
-            for pending, result in zip(live, results, strict=True):
-                if pending.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    pending.future.set_exception(result)
-                else:
-                    pending.future.set_result(result)
+            await self._answer(live)
         finally:
             self._slots.release()

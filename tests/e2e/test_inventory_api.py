@@ -323,6 +323,11 @@ BAD_REQUESTS = [
     ("AdjustStock", pb.AdjustStockRequest(sku="A", reason="r", idempotency_key="k"), "change"),
     (
         "AdjustStock",
+        pb.AdjustStockRequest(sku="A", delta=1, reason="count\x00", idempotency_key="k"),
+        "reason",
+    ),
+    (
+        "AdjustStock",
         pb.AdjustStockRequest(sku="A", delta=0, reason="r", idempotency_key="k"),
         "delta",
     ),

@@ -17,7 +17,14 @@ from stockcore.v1 import orders_pb2 as pb
 from stockcore.v1 import orders_pb2_grpc
 
 from server.app import ORDER_SERVICE
-from server.domain.orders import INITIAL_STATUS, TRANSITIONS, OrderStatus, allowed_next
+from server.domain.orders import (
+    INITIAL_STATUS,
+    TRANSITIONS,
+    Actor,
+    CancelOrder,
+    OrderStatus,
+    allowed_next,
+)
 from tests.e2e.order_invariants import check_orders_agree
 from tests.e2e.test_inventory_api import details_of, rpc_error
 
@@ -523,6 +530,8 @@ BAD_REQUESTS = [
     ("CancelOrder", pb.CancelOrderRequest(order_id="", reason="r"), "order_id"),
     ("CancelOrder", pb.CancelOrderRequest(order_id="o", reason=""), "reason"),
     ("CancelOrder", pb.CancelOrderRequest(order_id="o", reason="x" * 201), "reason"),
+    ("CancelOrder", pb.CancelOrderRequest(order_id="o", reason="late\x00payment"), "reason"),
+    ("CancelOrder", pb.CancelOrderRequest(order_id="o", reason="two\nlines"), "reason"),
     (
         "ShipOrder",
         pb.ShipOrderRequest(order_id="", carrier="dhl", tracking_no="T", carrier_ack_id="a"),
@@ -651,3 +660,27 @@ async def test_order_service_health_is_served(channel) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError("OrderService never reported SERVING")
+
+
+async def test_a_request_the_database_would_refuse_fails_alone_not_its_whole_batch(
+    orders: Stub, stub, app
+) -> None:
+    await stock(stub, "A", 100)
+    for i in range(8):
+        await orders.CreateOrder(create_request(f"o-{i}"))
+    # Reach past validation, as a request the database refuses would: NUL cannot be
+    # stored in a text column.
+    poisoned = CancelOrder("o-3", "bad\x00reason", Actor("tests", "req"))
+    replies = await asyncio.gather(
+        *(
+            app.orders.cancel_order(CancelOrder(f"o-{i}", "fine", Actor("tests", "req")))
+            if i != 3
+            else app.orders.cancel_order(poisoned)
+            for i in range(8)
+        ),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in replies].count("CharacterNotInRepertoireError") == 1
+    assert isinstance(replies[3], Exception)
+    assert all(r.status is OrderStatus.CANCELLED for i, r in enumerate(replies) if i != 3)
+    assert (await get(orders, "o-3")).status == pb.ORDER_STATUS_PENDING_PAYMENT

@@ -108,26 +108,60 @@ async def test_an_exception_result_goes_only_to_its_caller() -> None:
     assert results[2] == "C"
 
 
-async def test_a_handler_crash_reaches_every_caller_of_that_batch() -> None:
-    crash = RuntimeError("handler broke")
+async def test_one_request_that_breaks_its_batch_fails_alone() -> None:
     calls: list[list[str]] = []
 
-    async def crashing(items: Sequence[str]) -> Outcome:
+    async def poisoned(items: Sequence[str]) -> Outcome:
+        # Like one statement for the whole batch: one bad item fails all of it.
         calls.append(list(items))
-        if len(calls) == 1:
-            raise crash
+        if "bad" in items:
+            raise ValueError("bad input reached the database")
         return [item.upper() for item in items]
+
+    async with running(Batcher("test", poisoned, max_batch=100)) as batcher:
+        async with asyncio.timeout(1):
+            results = await asyncio.gather(
+                *(batcher.submit(item) for item in ["a", "b", "bad", "c"]), return_exceptions=True
+            )
+            after = await batcher.submit("d")
+
+    assert results[:2] == ["A", "B"] and results[3] == "C"
+    assert isinstance(results[2], ValueError)
+    assert after == "D"
+    # Split in halves until the bad one stands alone.
+    assert calls[:4] == [["a", "b", "bad", "c"], ["a", "b"], ["bad", "c"], ["bad"]]
+
+
+async def test_a_handler_that_always_crashes_reaches_every_caller() -> None:
+    crash = RuntimeError("handler broke")
+
+    async def crashing(items: Sequence[str]) -> Outcome:
+        raise crash
 
     async with running(Batcher("test", crashing, max_batch=100)) as batcher:
         async with asyncio.timeout(1):
             results = await asyncio.gather(
                 *(batcher.submit(item) for item in ["a", "b", "c"]), return_exceptions=True
             )
-            after_crash = await batcher.submit("d")
 
     assert results == [crash, crash, crash]
-    assert after_crash == "D"
-    assert calls == [["a", "b", "c"], ["d"]]
+
+
+async def test_an_unavailable_database_fails_the_batch_once_without_splitting_it() -> None:
+    calls: list[list[str]] = []
+
+    async def unreachable(items: Sequence[str]) -> Outcome:
+        calls.append(list(items))
+        raise Unavailable("PostgreSQL unavailable")
+
+    async with running(Batcher("test", unreachable, max_batch=100)) as batcher:
+        async with asyncio.timeout(1):
+            results = await asyncio.gather(
+                *(batcher.submit(item) for item in ["a", "b"]), return_exceptions=True
+            )
+
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert calls == [["a", "b"]]
 
 
 async def test_items_past_their_deadline_never_reach_the_handler() -> None:
