@@ -42,6 +42,7 @@ from server.storage.postgres import (
     FinishCode,
     MirrorLevel,
     ReserveCode,
+    ReserveResult,
     StockStore,
 )
 
@@ -171,34 +172,25 @@ class InventoryCore:
             results[i] = refusal
         held: list[tuple[str, datetime]] = []
         levels: list[MirrorLevel] = []
-        if gated.to_database:
-            try:
-                outcomes, levels = await self.store.reserve_batch(
-                    [commands[i] for i in gated.to_database]
-                )
-            except Unavailable as exc:
-                outcomes = []
-                for i in gated.to_database:
-                    results[i] = exc
-            for i, outcome in zip(gated.to_database, outcomes, strict=False):
-                command = commands[i]
-                if outcome.code is ReserveCode.HELD or outcome.code is ReserveCode.REPEAT:
-                    assert outcome.reservation is not None
-                    HOLDS.labels(
-                        "admitted" if outcome.code is ReserveCode.HELD else "repeated"
-                    ).inc()
-                    results[i] = outcome.reservation
-                    held.append((command.reservation_id, outcome.reservation.expires_at))
-                elif outcome.code is ReserveCode.CONFLICT:
-                    HOLDS.labels("conflicting").inc()
-                    results[i] = AlreadyExists("reservation", command.reservation_id)
-                elif outcome.unknown_skus:
-                    HOLDS.labels("rejected_by_database").inc()
-                    results[i] = NotFound("sku", outcome.unknown_skus)
-                else:
-                    HOLDS.labels("rejected_by_database").inc()
-                    results[i] = InsufficientStock(outcome.shortages)
-        await gating.settle(self.mirror, gated, held, levels)
+        try:
+            if gated.to_database:
+                try:
+                    outcomes, levels = await self.store.reserve_batch(
+                        [commands[i] for i in gated.to_database]
+                    )
+                except Unavailable as exc:
+                    outcomes = []
+                    for i in gated.to_database:
+                        results[i] = exc
+                for i, outcome in zip(gated.to_database, outcomes, strict=False):
+                    results[i] = _answer(commands[i], outcome)
+                    if outcome.reservation is not None and not isinstance(
+                        results[i], BaseException
+                    ):
+                        held.append((commands[i].reservation_id, outcome.reservation.expires_at))
+        finally:
+            # Also when the batch failed: its pending units go back to the gate.
+            await gating.settle(self.mirror, gated, held, levels)
         return results  # type: ignore[return-value]
 
     async def _finish_batch(
@@ -236,6 +228,21 @@ class InventoryCore:
     async def _read_reservations(self, ids: Sequence[str]) -> list[Answer]:
         found = await self.store.get_reservations(ids)
         return [found.get(rid) or NotFound("reservation", [rid]) for rid in ids]
+
+
+def _answer(command: ReserveCommand, outcome: ReserveResult) -> Answer:
+    """What PostgreSQL's outcome of one reservation means to its caller."""
+    if outcome.code is ReserveCode.HELD or outcome.code is ReserveCode.REPEAT:
+        assert outcome.reservation is not None
+        HOLDS.labels("admitted" if outcome.code is ReserveCode.HELD else "repeated").inc()
+        return outcome.reservation
+    if outcome.code is ReserveCode.CONFLICT:
+        HOLDS.labels("conflicting").inc()
+        return AlreadyExists("reservation", command.reservation_id)
+    HOLDS.labels("rejected_by_database").inc()
+    if outcome.unknown_skus:
+        return NotFound("sku", outcome.unknown_skus)
+    return InsufficientStock(outcome.shortages)
 
 
 def _order_owned(reservation_id: str) -> IllegalTransition:

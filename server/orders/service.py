@@ -149,30 +149,33 @@ class OrderCore:
             answers[i] = refused
         held: list[tuple[str, datetime]] = []
         levels: list[MirrorLevel] = []
-        if gated.to_database:
-            batch = [commands[i] for i in gated.to_database]
-            try:
-                created, levels = await self.store.create(batch)
-            except DomainError as exc:
-                for i in gated.to_database:
-                    answers[i] = exc
-                created = []
-            for i, outcome in zip(gated.to_database, created, strict=False):
-                command = commands[i]
-                if outcome.code is CreateCode.REJECTED:
-                    answers[i] = (
-                        NotFound("sku", outcome.unknown_skus)
-                        if outcome.unknown_skus
-                        else InsufficientStock(outcome.shortages)
-                    )
-                elif outcome.code is CreateCode.CONFLICT or outcome.order is None:
-                    answers[i] = AlreadyExists("order", command.order_id)
-                else:
-                    if outcome.code is CreateCode.CREATED:
-                        ORDER_TRANSITIONS.labels(OrderStatus.PENDING_PAYMENT.name).inc()
-                    answers[i] = outcome.order
-                    held.append((command.order_id, outcome.order.payment_deadline))
-        await gating.settle(self.mirror, gated, held, levels)
+        try:
+            if gated.to_database:
+                batch = [commands[i] for i in gated.to_database]
+                try:
+                    created, levels = await self.store.create(batch)
+                except DomainError as exc:
+                    for i in gated.to_database:
+                        answers[i] = exc
+                    created = []
+                for i, outcome in zip(gated.to_database, created, strict=False):
+                    command = commands[i]
+                    if outcome.code is CreateCode.REJECTED:
+                        answers[i] = (
+                            NotFound("sku", outcome.unknown_skus)
+                            if outcome.unknown_skus
+                            else InsufficientStock(outcome.shortages)
+                        )
+                    elif outcome.code is CreateCode.CONFLICT or outcome.order is None:
+                        answers[i] = AlreadyExists("order", command.order_id)
+                    else:
+                        if outcome.code is CreateCode.CREATED:
+                            ORDER_TRANSITIONS.labels(OrderStatus.PENDING_PAYMENT.name).inc()
+                        answers[i] = outcome.order
+                        held.append((command.order_id, outcome.order.payment_deadline))
+        finally:
+            # Also when the batch failed: its pending units go back to the gate.
+            await gating.settle(self.mirror, gated, held, levels)
         return answers  # type: ignore[return-value]
 
     async def _pay_batch(self, payments: Sequence[ConfirmPayment]) -> list[Answer]:
