@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from stockcore.v1 import inventory_pb2, inventory_pb2_grpc, orders_pb2, orders_pb2_grpc
+from stockcore.v1 import inventory_pb2, orders_pb2
 
 from server import logs
 from server.config import Settings
@@ -29,7 +29,7 @@ from server.orders.service import OrderCore
 from server.orders.watch import EventFeed
 from server.rpc import orders_convert
 from server.rpc.inventory_servicer import InventoryServicer
-from server.rpc.observe import observe_servicer
+from server.rpc.observe import service_handler
 from server.rpc.orders_servicer import OrderServicer
 from server.storage.event_stream import EventStream
 from server.storage.migrations import migrate
@@ -158,12 +158,12 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ],
     )
-    servicer = InventoryServicer(core, settings)
-    observe_servicer(servicer, _INVENTORY.methods_by_name)
-    inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    order_servicer = OrderServicer(orders, settings)
-    observe_servicer(order_servicer, _ORDERS.methods_by_name)
-    orders_pb2_grpc.add_OrderServiceServicer_to_server(order_servicer, server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers(
+        [
+            service_handler(InventoryServicer(core, settings), _INVENTORY),
+            service_handler(OrderServicer(orders, settings), _ORDERS),
+        ]
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

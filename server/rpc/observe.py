@@ -1,26 +1,56 @@
-"""Every RPC passes through here: domain errors become statuses with details, anything
-else becomes INTERNAL and is logged, and latency is recorded by method and code.
+"""Every RPC passes through here: a request that cannot be decoded is INVALID_ARGUMENT,
+domain errors become statuses with details, anything else becomes INTERNAL and is
+logged, and latency is recorded by method and code.
 
-The servicer's methods are wrapped once at start-up rather than through a grpc.aio
-server interceptor, which grpc.aio consults with an extra coroutine on every call.
+The service's method handlers are built here once at start-up, from its descriptor,
+rather than through a grpc.aio server interceptor, which grpc.aio consults with an extra
+coroutine on every call. Requests are decoded by a deserializer that never raises: a
+malformed message is the caller's fault, not an UNKNOWN error of the server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor, message, message_factory
 
-from server.domain.errors import DomainError
+from server.domain.errors import DomainError, FieldViolation, InvalidArgument
 from server.metrics import RPC_DURATION
 from server.rpc.errors import status_code_for, to_status
 
 log = logging.getLogger(__name__)
+
+
+class Malformed:
+    """What the tolerant deserializer hands over instead of a request it cannot decode."""
+
+    def __init__(self, kind: str, error: Exception) -> None:
+        self.violation = FieldViolation(
+            "request", f"is not a valid {kind}: {type(error).__name__}: {error}"
+        )
+
+
+def _tolerant(kind: type[message.Message]) -> Callable[[bytes], Any]:
+    name = kind.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return kind.FromString(data)
+        except Exception as exc:  # DecodeError, and whatever else bad bytes may raise
+            return Malformed(name, exc)
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise InvalidArgument([request.violation])
+    return request
 
 
 def observe(
@@ -33,7 +63,7 @@ def observe(
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return await inner(request, context)
+            return await inner(_decoded(request), context)
         except DomainError as exc:
             # Expected failures are answered by status, without raising through grpc:
             # a non-OK code makes grpc.aio discard the (absent) response.
@@ -70,7 +100,7 @@ def observe_stream(
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            async for item in inner(request, context):
+            async for item in inner(_decoded(request), context):
                 yield item
         except DomainError as exc:
             code = status_code_for(exc)
@@ -94,9 +124,26 @@ def observe_stream(
     return observed
 
 
-def observe_servicer(servicer: object, methods: Iterable[str]) -> None:
-    """Replace each named method of `servicer` by its observed wrapper."""
-    for name in methods:
-        method = getattr(servicer, name)
-        wrap = observe_stream if inspect.isasyncgenfunction(method) else observe
-        setattr(servicer, name, wrap(name, method))
+def service_handler(
+    servicer: object, service: descriptor.ServiceDescriptor
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The handlers of every method of `service`, each the servicer's method of that
+    name, observed, with requests decoded by the tolerant deserializer."""
+    handlers = {}
+    for method in service.methods:
+        inner = getattr(servicer, method.name)
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                observe_stream(method.name, inner),
+                request_deserializer=_tolerant(request),
+                response_serializer=response.SerializeToString,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                observe(method.name, inner),
+                request_deserializer=_tolerant(request),
+                response_serializer=response.SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -424,3 +424,21 @@ async def test_sold_out_requests_are_turned_away_by_the_gate(stub):
         error = await rpc_error(stub.Reserve(reserve_request(f"x{i}", A=1)))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert gate_rejections() == before + 5
+
+
+@pytest.mark.parametrize(
+    "method", ["/stockcore.v1.InventoryService/Reserve", "/stockcore.v1.OrderService/WatchOrders"]
+)
+async def test_an_undecodable_request_is_invalid_argument(channel, method):
+    # A field 1 (string) whose length runs past the end of the message.
+    garbage = b"\x0a\xff\x01abc"
+    if method.endswith("WatchOrders"):
+        call = channel.unary_stream(method, request_serializer=None, response_deserializer=None)
+        error = await rpc_error(call(garbage).read())
+    else:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        error = await rpc_error(call(garbage))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert bad.field_violations[0].field == "request"
+    assert "is not a valid stockcore.v1." in bad.field_violations[0].description
