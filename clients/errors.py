@@ -139,7 +139,8 @@ class Unavailable(StockcoreError):
 
 
 class DeadlineExceeded(StockcoreError):
-    """The call's deadline passed before an answer arrived."""
+    """The call's deadline passed before an answer arrived: the outcome is unknown, and a
+    retry with the same id returns it."""
 
 
 _CLASS_BY_CODE: dict[StatusCode, type[StockcoreError]] = {

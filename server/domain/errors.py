@@ -117,4 +117,6 @@ class Unavailable(DomainError):
 
 
 class DeadlineExpired(DomainError):
-    """The caller's deadline passed before the request was applied; nothing was applied."""
+    """The caller's deadline passed while the request waited for its batch: it was not
+    applied. (A deadline that passes once the batch is in PostgreSQL ends the call
+    without this error; that outcome is unknown until a retry with the same id.)"""

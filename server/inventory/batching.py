@@ -145,7 +145,9 @@ class Batcher(Generic[Req, Res]):
                     continue  # the caller went away before anything was applied
                 if pending.deadline is not None and pending.deadline <= now:
                     pending.future.set_exception(
-                        DeadlineExpired("deadline passed before the request was applied")
+                        DeadlineExpired(
+                            "the deadline passed while the request waited; it was not applied"
+                        )
                     )
                     continue
                 live.append(pending)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -442,3 +443,26 @@ async def test_an_undecodable_request_is_invalid_argument(channel, method):
     (bad,) = details_of(error, error_details_pb2.BadRequest)
     assert bad.field_violations[0].field == "request"
     assert "is not a valid stockcore.v1." in bad.field_violations[0].description
+
+
+async def test_a_reserve_past_its_deadline_may_still_commit_and_a_retry_returns_it(
+    stub, settings: Settings
+):
+    await adjust(stub, "A", 10)
+    assert settings.pg_dsn is not None
+    blocker = await asyncpg.connect(settings.pg_dsn)
+    try:
+        # The batch's stock update waits for this lock while the caller's deadline passes.
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM stockcore.stock WHERE sku = 'A' FOR UPDATE")
+        error = await rpc_error(stub.Reserve(reserve_request("r-late", A=2), timeout=0.5))
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await tx.commit()
+    finally:
+        await blocker.close()
+
+    # The outcome was unknown to the caller; the same request again tells it.
+    again = await stub.Reserve(reserve_request("r-late", A=2))
+    assert again.reservation.status == pb.RESERVATION_STATUS_HELD
+    assert await levels(stub, "A") == {"A": (10, 2, 8)}
