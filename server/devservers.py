@@ -343,13 +343,16 @@ class LocalPostgres:
 
 @dataclass
 class LocalRedis:
-    """A Redis server in `datadir`, listening on 127.0.0.1:`port`, without persistence.
+    """A Redis server in `datadir`, listening on 127.0.0.1:`port`.
 
-    Redis holds only what can be rebuilt from PostgreSQL, so it keeps nothing on disk.
+    Redis holds only what can be rebuilt from PostgreSQL, so it keeps nothing on disk,
+    unless `persistent` (an append-only file, as some operators run it: tests use it to
+    show that what survives a restart is not trusted blindly).
     """
 
     datadir: Path
     port: int
+    persistent: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -385,7 +388,8 @@ class LocalRedis:
         argv = [
             binary,
             *("--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(self.datadir)),
+            *("--save", "", "--appendonly", "yes" if self.persistent else "no"),
+            *("--appendfsync", "always", "--dir", str(self.datadir)),
             *("--protected-mode", "yes", "--daemonize", "no"),
         ]
         with open(self.log, "ab") as out:

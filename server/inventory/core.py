@@ -166,7 +166,7 @@ class InventoryCore:
 
     async def _reserve_batch(self, commands: Sequence[ReserveCommand]) -> list[Answer]:
         """Gate, then hold in PostgreSQL, a batch of reservations."""
-        gated = await gating.admit(self.mirror, commands)
+        gated = await gating.admit(self.mirror, self.store, commands)
         results: list[Answer | None] = [None] * len(commands)
         for i, refusal in gated.refused.items():
             results[i] = refusal

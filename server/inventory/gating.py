@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from server.domain.errors import InsufficientStock, Shortage
+from server.domain.errors import InsufficientStock, Shortage, Unavailable
 from server.domain.inventory import ReserveCommand
 from server.inventory.mirror import Mirror
 from server.metrics import HOLDS
-from server.storage.postgres import MirrorLevel
+from server.storage.postgres import MirrorLevel, StockStore
 from server.storage.redis_gate import AdmitCode
 
 
@@ -21,19 +21,42 @@ class GatedBatch:
     already made (sold out as mirrored), by position."""
 
     to_database: list[int]
-    refused: dict[int, InsufficientStock] = field(default_factory=dict)
+    refused: dict[int, InsufficientStock | Unavailable] = field(default_factory=dict)
     # Ids the gate holds pending units for, which the settle must clear.
     pending: list[str] = field(default_factory=list)
 
 
-async def admit(mirror: Mirror, commands: Sequence[ReserveCommand]) -> GatedBatch:
-    """Run the batch through the gate; with the gate bypassed, everything goes on."""
+async def admit(
+    mirror: Mirror, store: StockStore, commands: Sequence[ReserveCommand]
+) -> GatedBatch:
+    """Run the batch through the gate; with the gate bypassed, everything goes on.
+
+    The gate knows the ids it saw held, but not always every one (a hold made while it
+    was bypassed, or whose process died before telling it, or older than it keeps ids):
+    before a refusal is sent, one lookup asks PostgreSQL whether any refused id is held
+    already, and those go on to PostgreSQL, which answers a retry with its first outcome.
+    """
     verdicts = await mirror.admit(commands)
     if verdicts is None:
         return GatedBatch(list(range(len(commands))))
     batch = GatedBatch([])
+    refused = [i for i, v in enumerate(verdicts) if v.code is AdmitCode.REJECTED]
+    retries: set[str] | Unavailable = set()
+    if refused:
+        try:
+            retries = await store.existing_reservations(
+                [commands[i].reservation_id for i in refused]
+            )
+        except Unavailable as exc:
+            retries = exc
     for i, verdict in enumerate(verdicts):
         if verdict.code is AdmitCode.REJECTED:
+            if isinstance(retries, Unavailable):
+                batch.refused[i] = retries  # cannot tell a retry from a new request
+                continue
+            if commands[i].reservation_id in retries:
+                batch.to_database.append(i)
+                continue
             HOLDS.labels("rejected_by_gate").inc()
             batch.refused[i] = InsufficientStock(
                 [

@@ -1,8 +1,11 @@
 """Keeps the Redis gate in step with PostgreSQL and decides whether it may be used.
 
 Any Redis error turns the gate off in this process: requests then go to PostgreSQL
-alone (correct, slower). A probe turns it back on only after a full rebuild of the
-mirror from PostgreSQL, so nothing changed during the outage is missed.
+alone (correct, slower). Nothing PostgreSQL decides meanwhile is dropped: the SKUs whose
+levels this process could not tell Redis are remembered, and before the gate is used
+again (after the probe found the mirror loaded, or loaded it itself) their levels are
+read from PostgreSQL and written, version-stamped, to Redis. A full rebuild happens only
+when the mirror is not loaded on the Redis server at hand (see lua/ready.lua).
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from server.config import Settings
+from server.domain.errors import Unavailable
 from server.domain.inventory import ReserveCommand, StockLevel
 from server.metrics import REDIS_FALLBACK, REDIS_RESYNCS, STALE_PENDING
 from server.storage.postgres import MirrorLevel, StockStore
 from server.storage.redis_gate import Admission, AdmissionGate, GateUnavailable
 
 log = logging.getLogger(__name__)
+
+# SKUs remembered one by one while Redis is not told; past this, all are read again.
+_MAX_DIRTY = 100_000
+_CHUNK = 1000
 
 
 class Mirror:
@@ -34,6 +42,9 @@ class Mirror:
         self.usable = False
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Event] = []
+        # SKUs whose levels changed while Redis was not told (too many: read them all).
+        self._dirty: set[str] = set()
+        self._all_dirty = False
         REDIS_FALLBACK.set(1)
 
     def subscribe(self) -> asyncio.Event:
@@ -91,13 +102,45 @@ class Mirror:
         known: Sequence[tuple[str, int]] = (),
         levels: Sequence[MirrorLevel] = (),
     ) -> None:
-        """Tell the gate what PostgreSQL decided; a failure only bypasses the gate."""
-        if self.gate is None or not self.usable:
+        """Tell the gate what PostgreSQL decided; a failure only bypasses the gate, and
+        the SKUs it could not tell are caught up before the gate is used again."""
+        if self.gate is None:
+            return
+        if not self.usable:
+            self._remember(levels)
             return
         try:
             await self.gate.settle(clear=clear, known=known, levels=levels)
         except GateUnavailable as exc:
+            self._remember(levels)
             self.failed(exc)
+
+    def _remember(self, levels: Sequence[MirrorLevel]) -> None:
+        if self._all_dirty:
+            return
+        self._dirty.update(level.sku for level in levels)
+        if len(self._dirty) > _MAX_DIRTY:
+            self._dirty.clear()
+            self._all_dirty = True
+
+    async def _catch_up(self) -> int:
+        """Write to Redis what changed while it was not told; returns the SKUs written."""
+        assert self.gate is not None
+        written = 0
+        while self._dirty or self._all_dirty:
+            if self._all_dirty:
+                self._all_dirty = False
+                self._dirty.clear()
+                async for chunk in self._store.all_levels():
+                    await self.gate.settle(levels=chunk)
+                    written += len(chunk)
+                continue
+            skus, self._dirty = sorted(self._dirty), set()
+            for i in range(0, len(skus), _CHUNK):
+                found = await self._store.get_stock(skus[i : i + _CHUNK])
+                await self.gate.settle(levels=list(found.values()))
+                written += len(found)
+        return written
 
     def forget_at_ms(self, expires_at: datetime) -> int:
         """When the gate may forget a reservation id."""
@@ -134,21 +177,44 @@ class Mirror:
         return True
 
     async def check(self) -> None:
-        """One probe: rebuild when needed, drop pending holds of dead requests."""
+        """One probe: rebuild or catch up when needed, drop pending holds of dead
+        requests."""
         if self.gate is None:
             return
         try:
-            if not self.usable or not await self.gate.is_ready():
-                if await self.resync():
-                    self._set_usable(True)
+            ready = await self.gate.is_ready()
+            if not ready or not self.usable:
+                if not ready:
+                    # A rebuild reads everything: what changed before it started needs no
+                    # catching up; what changes while it reads is remembered from here on.
+                    self._set_usable(False)
+                    remembered = (set(self._dirty), self._all_dirty)
+                    self._dirty.clear()
+                    self._all_dirty = False
+                    if not await self.resync():
+                        # Another process is rebuilding; its read may have missed what
+                        # changed here: keep that remembered.
+                        self._dirty.update(remembered[0])
+                        self._all_dirty = self._all_dirty or remembered[1]
+                        return
+                await self._catch_up()
+                self._set_usable(True)
+                # Levels that changed between the catch-up and now were remembered.
+                await self._catch_up()
                 return
             stale = await self.gate.stale_pending(int(time.time() * 1000))
             if stale:
-                await self.gate.settle(clear=stale)
+                # Their requests died after the gate admitted them; any PostgreSQL did hold
+                # before the death is remembered as known, so a retry reaches PostgreSQL.
+                held = await self._store.get_reservations(stale)
+                known = [(rid, self.forget_at_ms(r.expires_at)) for rid, r in held.items()]
+                await self.gate.settle(clear=stale, known=known)
                 STALE_PENDING.inc(len(stale))
                 log.info("dropped pending holds of dead requests", extra={"count": len(stale)})
         except GateUnavailable as exc:
             self.failed(exc)
+        except Unavailable as exc:
+            log.warning("redis gate probe skipped: database unavailable", extra={"error": str(exc)})
 
     async def run(self) -> None:
         """Probe forever."""

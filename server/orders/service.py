@@ -143,7 +143,7 @@ class OrderCore:
         return await self._carrier[OrderStatus.DELIVERED].submit(report, deadline)
 
     async def _create_batch(self, commands: Sequence[CreateOrder]) -> list[Answer]:
-        gated = await gating.admit(self.mirror, [c.reserve for c in commands])
+        gated = await gating.admit(self.mirror, self.store.stock, [c.reserve for c in commands])
         answers: list[Answer | None] = [None] * len(commands)
         for i, refused in gated.refused.items():
             answers[i] = refused

@@ -362,6 +362,17 @@ class StockStore:
         )
         return {r["reservation_id"]: reservation_from_row(r) for r in rows}
 
+    async def existing_reservations(self, reservation_ids: Sequence[str]) -> set[str]:
+        """Which of the named reservations exist."""
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT reservation_id FROM stockcore.reservations"
+                " WHERE reservation_id = ANY($1::text[])",
+                list(reservation_ids),
+            )
+        )
+        return {r["reservation_id"] for r in rows}
+
     async def all_levels(self, chunk: int = 5000) -> AsyncIterator[list[MirrorLevel]]:
         """Every SKU's level, in chunks, for rebuilding the Redis mirror."""
         after: tuple[int, str] = (-1, "")

@@ -58,6 +58,7 @@ class AdmissionGate:
         self._admit = client.register_script(_script("admit.lua"))
         self._settle = client.register_script(_script("settle.lua"))
         self._levels = client.register_script(_script("levels.lua"))
+        self._ready = client.register_script(_script("ready.lua"))
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "sc:", timeout: float = 1.0) -> AdmissionGate:
@@ -140,16 +141,17 @@ class AdmissionGate:
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def is_ready(self) -> bool:
-        """Whether the mirror was fully loaded since this Redis server started."""
+        """Whether the mirror was fully loaded since this Redis server started (the marker
+        names the server's run_id: one that survived a restart or a failover is stale)."""
         try:
-            return bool(await self._client.exists(self.prefix + "ready"))
+            return bool(await self._ready(args=[self.prefix]))
         except _ERRORS as exc:
             raise GateUnavailable(str(exc)) from exc
 
     async def mark_ready(self, token: str) -> None:
-        """Declare the mirror loaded."""
+        """Declare the mirror loaded on this Redis server."""
         try:
-            await self._client.set(self.prefix + "ready", token)
+            await self._ready(args=[self.prefix, token])
         except _ERRORS as exc:
             raise GateUnavailable(str(exc)) from exc
 

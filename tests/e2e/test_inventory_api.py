@@ -39,6 +39,26 @@ def reserve_request(rid: str, ttl: int | None = None, **lines: int) -> pb.Reserv
     return request
 
 
+def order_request(oid: str, **lines: int):
+    from stockcore.v1 import orders_pb2
+
+    return orders_pb2.CreateOrderRequest(
+        order_id=oid,
+        customer_id="c-1",
+        currency_code="EUR",
+        lines=[
+            orders_pb2.OrderLine(sku=s, quantity=q, unit_price_minor=100) for s, q in lines.items()
+        ],
+    )
+
+
+@pytest.fixture
+def orders_stub(channel):
+    from stockcore.v1 import orders_pb2_grpc
+
+    return orders_pb2_grpc.OrderServiceStub(channel)
+
+
 async def levels(stub, *skus: str) -> dict[str, tuple[int, int, int]]:
     reply = await stub.GetStock(pb.GetStockRequest(skus=list(skus)))
     return {lv.sku: (lv.on_hand, lv.reserved, lv.available) for lv in reply.levels}
@@ -466,3 +486,31 @@ async def test_a_reserve_past_its_deadline_may_still_commit_and_a_retry_returns_
     again = await stub.Reserve(reserve_request("r-late", A=2))
     assert again.reservation.status == pb.RESERVATION_STATUS_HELD
     assert await levels(stub, "A") == {"A": (10, 2, 8)}
+
+
+async def test_a_retry_returns_its_hold_even_when_the_gate_forgot_the_id_and_stock_is_gone(
+    stub, orders_stub, settings: Settings
+):
+    await adjust(stub, "A", 5)
+    first = (await stub.Reserve(reserve_request("r-1", A=2))).reservation
+    created = (await orders_stub.CreateOrder(order_request("o-1", A=1))).order
+    await stub.Reserve(reserve_request("r-2", A=2))  # A is now sold out
+    # The gate loses the ids it knew (a hold made while it was bypassed, a process that
+    # died before telling it, an id older than it keeps): only PostgreSQL knows them.
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await client.delete("sc:r:r-1", "sc:r:o-1")
+    finally:
+        await client.aclose()
+
+    again = (await stub.Reserve(reserve_request("r-1", A=2))).reservation
+    assert (again.reservation_id, again.status, again.create_time) == (
+        "r-1",
+        pb.RESERVATION_STATUS_HELD,
+        first.create_time,
+    )
+    order_again = (await orders_stub.CreateOrder(order_request("o-1", A=1))).order
+    assert (order_again.order_id, order_again.version) == ("o-1", created.version)
+    # A new request for the sold-out SKU is still refused by the gate.
+    error = await rpc_error(stub.Reserve(reserve_request("r-3", A=1)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION

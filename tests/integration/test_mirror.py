@@ -16,7 +16,7 @@ from server.domain.inventory import AdjustCommand, Finish, Line, ReserveCommand
 from server.domain.sharding import shard_of
 from server.inventory.mirror import Mirror
 from server.storage.postgres import MirrorLevel, StockStore
-from server.storage.redis_gate import AdmissionGate, AdmitCode
+from server.storage.redis_gate import AdmissionGate, AdmitCode, GateUnavailable
 from tests.conftest import SHARDS
 from tests.waiting import eventually
 
@@ -350,3 +350,87 @@ async def test_the_probe_rebuilds_the_mirror_once_redis_accepts_writes_again(
     finally:
         probe.cancel()
         await asyncio.gather(probe, return_exceptions=True)
+
+
+# --- what the mirror must never lose (a gate that refuses what PostgreSQL would accept) ---
+
+
+async def test_changes_made_while_the_gate_is_bypassed_reach_redis_before_it_is_used_again(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore, db: asyncpg.Connection
+) -> None:
+    await stock_up(store, {"A": 5, "B": 5})
+    await mirror.check()
+    assert mirror.usable
+    mirror.failed(RuntimeError("a blip of this process's connection"))
+    # PostgreSQL restocks A while this process does not tell Redis.
+    result = await store.adjust(AdjustCommand("A", 10, None, "restock", "k-restock", "tests"))
+    assert result.version is not None
+    await mirror.settle(levels=[MirrorLevel("A", 15, 0, result.version)])
+    assert (await gate.level("A"))[:2] == (5, 0)  # type: ignore[index]
+
+    await mirror.check()  # the mirror is still loaded: only what changed is caught up
+
+    assert mirror.usable
+    await assert_redis_agrees_with_postgres(gate, db)
+
+
+async def test_a_change_made_while_a_rebuild_reads_is_not_lost(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore, db: asyncpg.Connection
+) -> None:
+    await stock_up(store, {f"SKU-{i:02}": 5 for i in range(12)})
+    read_everything = store.all_levels
+
+    async def chunks_with_a_change_between(chunk: int = 5000):  # type: ignore[no-untyped-def]
+        first = True
+        async for levels in read_everything(chunk=4):
+            yield levels
+            if first:
+                first = False
+                # SKU-00 was just read; PostgreSQL changes it before the rebuild ends.
+                result = await store.adjust(
+                    AdjustCommand("SKU-00", None, 1, "recount", "k-recount", "tests")
+                )
+                assert result.version is not None
+                await mirror.settle(levels=[MirrorLevel("SKU-00", 1, 0, result.version)])
+
+    store.all_levels = chunks_with_a_change_between  # type: ignore[method-assign]
+    try:
+        await mirror.check()
+    finally:
+        del store.all_levels  # type: ignore[attr-defined]
+
+    assert mirror.usable
+    await assert_redis_agrees_with_postgres(gate, db)
+
+
+async def test_a_ready_marker_that_survived_a_redis_restart_is_not_trusted(
+    store: StockStore, settings: Settings, db: asyncpg.Connection, tmp_path
+) -> None:
+    from server.devservers import LocalRedis, free_port
+
+    # Redis with an append-only file, as some operators run it: every key survives.
+    persistent = LocalRedis(tmp_path / "redis", free_port(), persistent=True)
+    persistent.start()
+    gate = AdmissionGate.from_url(persistent.url)
+    try:
+        await stock_up(store, {"A": 5})
+        mirror = Mirror(gate, store, settings)
+        await mirror.check()
+        assert await gate.is_ready()
+        # PostgreSQL moves on while Redis restarts with yesterday's levels.
+        await store.adjust(AdjustCommand("A", 20, None, "restock", "k-a", "tests"))
+        persistent.kill()
+        await persistent.restart()
+        with pytest.raises(GateUnavailable):  # the pooled connection died with the server
+            await gate.level("A")
+        assert (await gate.level("A"))[:2] == (5, 0)  # type: ignore[index]
+
+        assert not await gate.is_ready()
+        (verdict,) = await gate.admit([hold("r-1", ("A", 10))], 10**13)
+        assert verdict.code is AdmitCode.NOT_MIRRORED
+        await mirror.check()
+        assert await gate.is_ready()
+        await assert_redis_agrees_with_postgres(gate, db)
+    finally:
+        await gate.close()
+        persistent.stop()

@@ -3,12 +3,16 @@
 -- Per SKU the hash <prefix>s:<sku> mirrors PostgreSQL (oh = on_hand, rs = reserved,
 -- v = version) plus pd, the units of admitted holds not yet settled by PostgreSQL.
 -- Replies per reservation: {1} admitted (pending recorded), {2} id already known (ask
--- PostgreSQL), {3} cache not ready or SKU not mirrored (ask PostgreSQL),
--- {0, sku, available, ...} rejected with each short SKU.
+-- PostgreSQL), {3} mirror not loaded on this Redis server or SKU not mirrored (ask
+-- PostgreSQL), {0, sku, available, ...} rejected with each short SKU.
+-- The mirror counts as loaded only when <prefix>ready names this server's run_id (see
+-- ready.lua): a marker that outlived a restart or came with a failover is not trusted.
 local prefix = ARGV[1]
 local deadline = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-local ready = redis.call('EXISTS', prefix .. 'ready') == 1
+local marker = redis.call('GET', prefix .. 'ready')
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local ready = marker and string.sub(marker, 1, #run_id + 1) == run_id .. '|'
 local replies = {}
 local pos = 4
 for i = 1, n do

@@ -1,8 +1,10 @@
 -- Read mirrored levels: ARGV: prefix, then SKUs. Reply: {} when the mirror is not
--- loaded; else per SKU on_hand and reserved as PostgreSQL last reported them (-1, -1
--- for a SKU the mirror does not hold).
+-- loaded on this Redis server (see ready.lua); else per SKU on_hand and reserved as
+-- PostgreSQL last reported them (-1, -1 for a SKU the mirror does not hold).
 local prefix = ARGV[1]
-if redis.call('EXISTS', prefix .. 'ready') == 0 then
+local marker = redis.call('GET', prefix .. 'ready')
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if not marker or string.sub(marker, 1, #run_id + 1) ~= run_id .. '|' then
   return {}
 end
 local out = {}
