@@ -65,8 +65,10 @@ fmt: deps
 	$(VENV)/bin/ruff format server clients loadtests tests
 	$(VENV)/bin/ruff check --fix server clients loadtests tests
 
+# e.g. `make bench LEVELS=64,128 DURATION=5 SALE_UNITS=500`
 bench: deps
-	$(PY) -m loadtests.bench
+	$(PY) -m loadtests.bench $(call load_opt,LEVELS,levels) $(call load_opt,DURATION,duration) \
+		$(call load_opt,SALE_UNITS,sale-units)
 
 clean-data:
 	rm -rf .data

@@ -200,21 +200,6 @@ async def record_closed_loop(
     )
 
 
-async def run_closed_loop(
-    op: Op,
-    *,
-    concurrency: int,
-    duration: float,
-    warmup: float = 1.0,
-    stop: asyncio.Event | None = None,
-) -> RunResult:
-    """Run `concurrency` workers calling `op` back to back for `duration` seconds after `warmup`."""
-    recording = await record_closed_loop(
-        op, concurrency=concurrency, duration=duration, warmup=warmup, stop=stop
-    )
-    return merge([recording])
-
-
 def run_on_uvloop(main: Coroutine[Any, Any, _T]) -> _T:
     """Run `main` on a new uvloop event loop, or on asyncio's own when uvloop is missing."""
     try:

@@ -3,6 +3,7 @@ each kind from .reports/ into docs/benchmarks/ under a stable name for BENCHMARK
 
     docs/benchmarks/day.png    reference day: orders/s asked and served, p50/p99 over time
     docs/benchmarks/knee.png   closed-loop knee: rate and p99 by callers, beside the empty call
+    docs/benchmarks/bench.png  make bench: the ratio table and the hot-SKU sale, as bars
 
     python -m loadtests.plots                         # the newest run of each kind
     python -m loadtests.plots .reports/day-20261126-101500 .reports/knee-20261126-103000
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 PUBLISHED = ROOT / "docs" / "benchmarks"
 """Where `make plots` puts the plots BENCHMARKS.md shows."""
 
-KINDS = {"day": ("day", "report"), "knee": ("knee",)}
+KINDS = {"day": ("day", "report"), "knee": ("knee",), "bench": ("bench",)}
 """Each published plot (<kind>.png) and the run folders (<prefix>-<time>) that draw it."""
 
 
@@ -120,6 +121,51 @@ def plot_knee(rows: Sequence[KneeRow], labels: tuple[str, str], path: Path, titl
         axis.legend()
         axis.grid(alpha=0.3)
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_bench(
+    ratios: Sequence[tuple[int, float, float]],
+    sale: Sequence[tuple[str, float, int]],
+    path: Path,
+) -> bool:
+    """Left: Reserve+Commit and sold-out rejections as a share of the empty call, by callers
+    ((callers, ratio, ratio)). Right: the hot-SKU sale's purchases/s by design ((label,
+    purchases/s, units oversold))."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.4
+    positions = list(range(len(ratios)))
+    left.bar(
+        [x - width / 2 for x in positions],
+        [r[1] * 100 for r in ratios],
+        width,
+        label="Reserve+Commit",
+    )
+    left.bar(
+        [x + width / 2 for x in positions],
+        [r[2] * 100 for r in ratios],
+        width,
+        label="sold-out rejection",
+    )
+    left.set_xticks(positions, [str(r[0]) for r in ratios])
+    left.set_xlabel("callers")
+    left.set_ylabel("% of the empty call's rate, same run")
+    left.legend()
+    if sale:
+        labels = [f"{label}\n({oversold:,} oversold)" for label, _, oversold in sale]
+        right.barh(labels, [rate for _, rate, _ in sale])
+        right.invert_yaxis()
+        right.set_xlabel("purchases/s")
+        right.set_title("hot-SKU sale")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    fig.suptitle("make bench")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -20,13 +20,14 @@ def test_the_newest_run_of_each_kind_is_published_under_the_kinds_name(tmp_path:
     _run(reports, "report-20261126-100000", "day.png")  # load-report draws the day too
     _run(reports, "knee-20261126-080000", "knee.png")
     _run(reports, "knee-20261126-070000", "knee.png")
-    _run(reports, "knee-20261126-110000", "summary.md")  # a knee run without its plot
+    _run(reports, "bench-20261126-110000", "summary.md")  # a bench run without its plot
 
     copied = publish([], reports, docs)
 
     assert sorted(p.name for _, p in copied) == ["day.png", "knee.png"]
     assert (docs / "day.png").read_bytes() == b"report-20261126-100000"
     assert (docs / "knee.png").read_bytes() == b"knee-20261126-080000"
+    assert not (docs / "bench.png").exists()
 
 
 def test_named_runs_are_published_instead_of_the_newest(tmp_path: Path) -> None:
