@@ -9,7 +9,8 @@ PostgreSQL and Redis are project-owned (under .data/bench) unless STOCKCORE_PG_D
 STOCKCORE_REDIS_URL name servers; the stockcore server and the classic designs' gRPC edge
 run in processes of their own and every cell's load comes from another, as a caller's would
 (loadtests/driver.py, closed loop). The tables are printed and written with bench.png to
-.reports/bench-<time>/.
+.reports/bench-<time>/; the run fails if stockcore.invariant_violations() finds anything
+after it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import grpc
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
-from loadtests import classic, plots, report, sale
+from loadtests import classic, invariants, plots, report, sale
 from loadtests.ceiling import measure_ceiling
 from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
 from loadtests.edge import edge_server
@@ -353,6 +354,9 @@ def run_bench(
                 for design in classic.DESIGNS:
                     rows.append(_classic_sale(pg_dsn, design, runs, size))
                     _report_sale(run, rows[-1])
+        run.say("", "## After the run", "")
+        sql = asyncio.run(invariants.check_via_sql(pg_dsn))
+        run.check(sql.ok, sql.describe())
     finally:
         server.stop()
     sold = [(f"{r.design}, {r.runs}", r.purchases_per_s, r.oversold) for r in rows]
