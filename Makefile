@@ -8,12 +8,14 @@ GEN := clients/gen/stockcore/v1
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k reserve"`.
 PYTEST_ARGS ?=
 
-.PHONY: run test proto deps redis lint fmt bench clean-data help
+.PHONY: run test proto deps redis lint fmt bench plots clean-data help
 
 help:
 	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464)"
 	@echo "make test   - set up and run the whole suite"
-	@echo "make bench  - print the Reserve/Commit benchmark table"
+	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
+	@echo "make load-day, load-report, load-flash, load-knee, load-scale - load tests (BENCHMARKS.md)"
+	@echo "make plots  - copy the newest runs' key plots into docs/benchmarks/"
 	@echo "make lint   - ruff and mypy"
 
 $(VENV)/.deps: requirements.lock pyproject.toml
@@ -69,6 +71,11 @@ fmt: deps
 bench: deps
 	$(PY) -m loadtests.bench $(call load_opt,LEVELS,levels) $(call load_opt,DURATION,duration) \
 		$(call load_opt,SALE_UNITS,sale-units)
+
+# The key plot of the newest bench, day (or report) and knee runs in .reports/, copied to
+# docs/benchmarks/{bench,day,knee}.png for BENCHMARKS.md; RUNS= names run folders instead.
+plots: deps
+	$(PY) -m loadtests.plots $(RUNS)
 
 clean-data:
 	rm -rf .data
