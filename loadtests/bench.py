@@ -37,7 +37,6 @@ from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
 from loadtests.edge import edge_server
 from loadtests.stack import read_stock, stock_catalogue
 from server.devservers import LocalStockcore, local_servers
-from server.storage.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 16
@@ -224,31 +223,9 @@ def _sale_row(row: SaleRow) -> list[object]:
     ]
 
 
-async def _prepare(target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.InventoryServiceStub(channel)
-        for sku in HOT:
-            await stub.AdjustStock(
-                pb.AdjustStockRequest(
-                    sku=sku,
-                    on_hand=DEEP_STOCK,
-                    reason="bench",
-                    idempotency_key=f"bench-{sku}-{random.random()}",
-                )
-            )
-        await stub.AdjustStock(
-            pb.AdjustStockRequest(
-                sku=SOLD_OUT, on_hand=0, reason="bench", idempotency_key=f"so-{random.random()}"
-            )
-        )
-
-
-async def _migrate(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn, SHARDS)
-    finally:
-        await conn.close()
+async def _prepare(target: str, tag: str) -> None:
+    await stock_catalogue(target, HOT, DEEP_STOCK, key=f"bench-{tag}")
+    await stock_catalogue(target, [SOLD_OUT], 0, key=f"bench-{tag}")
 
 
 def _check(result: RunResult, allowed: set[str]) -> None:
@@ -291,11 +268,11 @@ def run_bench(
     size: SaleSize | None,
 ) -> None:
     """Run every measurement and report the tables."""
-    asyncio.run(_migrate(pg_dsn))
+    # The server migrates the database as it starts.
     server = LocalStockcore(pg_dsn, redis_url, SHARDS, data_dir)
     asyncio.run(server.start())
     try:
-        asyncio.run(_prepare(server.target))
+        asyncio.run(_prepare(server.target, run.tag))
         run.say(
             "# make bench",
             "",
