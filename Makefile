@@ -8,12 +8,14 @@ GEN := clients/gen/stockcore/v1
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k reserve"`.
 PYTEST_ARGS ?=
 
-.PHONY: run test proto deps redis lint fmt bench clean-data help
+.PHONY: run test proto deps redis lint fmt bench plots clean-data help
 
 help:
 	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464)"
 	@echo "make test   - set up and run the whole suite"
-	@echo "make bench  - print the Reserve/Commit benchmark table"
+	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
+	@echo "make load-day, load-report, load-flash, load-knee, load-scale - load tests (BENCHMARKS.md)"
+	@echo "make plots  - copy the newest runs' key plots into docs/benchmarks/"
 	@echo "make lint   - ruff and mypy"
 
 $(VENV)/.deps: requirements.lock pyproject.toml
@@ -65,16 +67,24 @@ fmt: deps
 	$(VENV)/bin/ruff format server clients loadtests tests
 	$(VENV)/bin/ruff check --fix server clients loadtests tests
 
+# e.g. `make bench LEVELS=64,128 DURATION=5 SALE_UNITS=500`
 bench: deps
-	$(PY) -m loadtests.bench
+	$(PY) -m loadtests.bench $(call load_opt,LEVELS,levels) $(call load_opt,DURATION,duration) \
+		$(call load_opt,SALE_UNITS,sale-units)
+
+# The key plot of the newest bench, day (or report) and knee runs in .reports/, copied to
+# docs/benchmarks/{bench,day,knee}.png for BENCHMARKS.md; RUNS= names run folders instead.
+plots: deps
+	$(PY) -m loadtests.plots $(RUNS)
 
 clean-data:
 	rm -rf .data
 
-# Load tests (Locust, headless; reports, CSV, HTML and plots under .reports/). Each starts a
-# fresh local stack unless STOCKCORE_TARGET names a server. Settable, e.g.
+# Load tests (reports and plots under .reports/). The day and the flash sale are Locust
+# scenarios (headless; its CSV and HTML report); the knee is the closed-loop driver. Each
+# starts a fresh local stack unless STOCKCORE_TARGET names a server. Settable, e.g.
 #   make load-day DURATION=180 SCALE=0.5 PROCESSES=2 API=inventory
-#   make load-flash USERS=2000 STOCK=1000     make load-knee P99_BOUND=100 LEVELS=16,64,128
+#   make load-flash USERS=2000 STOCK=1000     make load-knee LEVELS=16,64,128 DURATION=5
 LOAD := $(PY) -m loadtests.scenarios
 load_opt = $(if $($(1)),--$(2) $($(1)))
 LOAD_COMMON = $(call load_opt,API,api) $(call load_opt,PROCESSES,processes) \
@@ -96,11 +106,10 @@ load-flash: deps
 		$(call load_opt,STOCK,stock) $(call load_opt,DURATION,max-duration)
 
 load-knee: deps
-	$(LOAD) knee $(LOAD_COMMON) $(call load_opt,P99_BOUND,p99-bound) $(call load_opt,MODES,modes) \
-		$(call load_opt,RAMP_START,ramp-start) $(call load_opt,RAMP_STEP,ramp-step) \
-		$(call load_opt,STEP_SECONDS,step-seconds) $(call load_opt,PER_USER_RATE,per-user-rate) \
-		$(call load_opt,LEVELS,levels) \
-		$(call load_opt,CLOSED_PROCESSES,closed-processes) $(call load_opt,CLOSED_DURATION,closed-duration)
+	$(PY) -m loadtests.knee $(call load_opt,API,api) $(call load_opt,SERVER_WORKERS,server-workers) \
+		$(call load_opt,SKUS,catalogue) $(call load_opt,LEVELS,levels) \
+		$(call load_opt,DURATION,duration) $(call load_opt,PROCESSES,processes) \
+		$(call load_opt,P99_BOUND,p99-bound)
 
 load-scale: deps
 	$(PY) -m loadtests.scale $(call load_opt,SKUS,skus) $(call load_opt,HOLDS,holds)

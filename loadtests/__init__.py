@@ -1,2 +1,3 @@
-"""Benchmark and load tooling: a closed-loop load driver, the empty-call ceiling, the classic
-designs, and Locust scenarios (loadtests/locust) run end to end by loadtests.scenarios."""
+"""Benchmark and load tooling, one instrument per question: the closed-loop driver
+(driver.py) for the empty-call ceiling, `make bench` and the knee; Locust (locust/) for the
+scenarios, reported from Locust's own statistics; the invariants in SQL, after every run."""

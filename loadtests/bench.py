@@ -1,10 +1,16 @@
-"""`make bench`: Reserve/Commit throughput and latency beside the empty-call ceiling
-from the same run, sold-out rejections, and two classic designs under the same
-hot-SKU contention with their oversell counts.
+"""`make bench`: Reserve/Commit throughput and latency beside the empty-call ceiling from the
+same run, sold-out rejections, and a hot-SKU sale: stockcore against two classic designs,
+both behind the same gRPC edge and straight at PostgreSQL, with their oversell counts.
+
+    make bench                                              # 16, 64, 128 callers; the sale
+    python -m loadtests.bench --levels 64 --duration 5 --sale-units 500
 
 PostgreSQL and Redis are project-owned (under .data/bench) unless STOCKCORE_PG_DSN and
-STOCKCORE_REDIS_URL name servers; the stockcore server runs in its own process and the
-load comes from another, as a caller's would.
+STOCKCORE_REDIS_URL name servers; the stockcore server and the classic designs' gRPC edge
+run in processes of their own and every cell's load comes from another, as a caller's would
+(loadtests/driver.py, closed loop). The tables are printed and written with bench.png to
+.reports/bench-<time>/; the run fails if stockcore.invariant_violations() finds anything
+after it.
 """
 
 from __future__ import annotations
@@ -14,10 +20,9 @@ import asyncio
 import functools
 import itertools
 import os
-import platform
 import random
 import shutil
-import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,16 +31,23 @@ import grpc
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
+from loadtests import classic, invariants, plots, report, sale
 from loadtests.ceiling import measure_ceiling
-from loadtests.classic import ClassicResult, run_classic
-from loadtests.driver import Op, RunResult, run_in_processes
+from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
+from loadtests.edge import edge_server
+from loadtests.stack import read_stock, stock_catalogue
 from server.devservers import LocalStockcore, local_servers
-from server.storage.migrations import migrate
 
+ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 16
 HOT = [f"BENCH-HOT-{i}" for i in range(4)]
 SOLD_OUT = "BENCH-SOLD-OUT"
 DEEP_STOCK = 1_000_000_000
+SALE_SKUS = 4
+GRPC_EDGE = "gRPC edge"
+"""Where a design runs: behind a gRPC server, as stockcore does."""
+STRAIGHT = "straight at PostgreSQL"
+"""Where a design runs: in the load process, one statement or transaction per purchase."""
 
 
 class _Alternating:
@@ -92,7 +104,7 @@ class _SoldOut:
 
 
 async def open_alternating(target: str) -> Op:
-    """Op factory for Reserve/Commit (module level so worker processes can build it)."""
+    """Op factory for Reserve/Commit (module level so load processes can build it)."""
     return _Alternating(grpc.aio.insecure_channel(target), HOT)
 
 
@@ -101,237 +113,119 @@ async def open_sold_out(target: str) -> Op:
     return _SoldOut(grpc.aio.insecure_channel(target))
 
 
-@dataclass
-class Sale:
-    """stockcore under the classic designs' contention: reserve then commit one unit."""
+@dataclass(frozen=True)
+class SaleRow:
+    """One design in the hot-SKU sale."""
 
-    attempts_per_s: float
-    p50_ms: float
-    p99_ms: float
+    design: str
+    runs: str
+    """GRPC_EDGE or STRAIGHT."""
+    result: RunResult
     sold: int
+    """Units sold, as the design's own tables record them."""
+    stock: int
     oversold: int
-    initial: int
+
+    @property
+    def purchases_per_s(self) -> float:
+        """Purchases that went through, per second of the sale."""
+        return self.result.outcomes.get(sale.SOLD, 0) / self.result.window_s
+
+    @property
+    def sold_out(self) -> bool:
+        """Whether the buyers found every SKU sold out before the time limit."""
+        return self.result.outcomes.get(sale.SOLD_OUT, 0) > 0
 
 
-async def _stockcore_sale(target: str, concurrency: int, duration: float, per_sku: int) -> Sale:
-    from loadtests.driver import run_closed_loop
+@dataclass(frozen=True)
+class SaleSize:
+    """How big the sale is."""
 
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.InventoryServiceStub(channel)
-        skus = [f"SALE-{random.getrandbits(32):x}-{i}" for i in range(4)]
-        for sku in skus:
-            await stub.AdjustStock(
-                pb.AdjustStockRequest(
-                    sku=sku, on_hand=per_sku, reason="bench", idempotency_key=f"init-{sku}"
-                )
-            )
-        offered = list(skus)
-        stop = asyncio.Event()
-        ids = itertools.count()
-        sold = 0
+    units: int
+    """Per SKU."""
+    buyers: int
+    seconds: float
+    """The most a design may take to sell out."""
 
-        async def buy(worker: int) -> object:
-            nonlocal sold
-            if not offered:
-                stop.set()
-                return "sold-out"
-            sku = random.choice(offered)
-            rid = f"sale-{next(ids)}"
-            try:
-                await stub.Reserve(
-                    pb.ReserveRequest(reservation_id=rid, lines=[pb.Line(sku=sku, quantity=1)]),
-                    timeout=10,
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                    raise
-                if sku in offered:
-                    offered.remove(sku)
-                return "empty"
-            await stub.Commit(pb.CommitRequest(reservation_id=rid), timeout=10)
-            sold += 1
-            return "sold"
-
-        run = await run_closed_loop(
-            buy, concurrency=concurrency, duration=duration, warmup=0.0, stop=stop
-        )
-        levels = (await stub.GetStock(pb.GetStockRequest(skus=skus))).levels
-        deducted = sum(per_sku - level.on_hand for level in levels)
-        assert deducted == sold, f"stock moved by {deducted} but {sold} sales were acknowledged"
-        return Sale(
-            run.ops_per_s, run.p50_ms, run.p99_ms, sold, max(0, sold - 4 * per_sku), 4 * per_sku
+    def run(self, make_op: OpFactory) -> RunResult:
+        """The buyers' closed loop, from one load process, until sold out."""
+        return run_in_processes(
+            make_op,
+            processes=1,
+            concurrency=self.buyers,
+            duration=self.seconds,
+            warmup=0.0,
         )
 
 
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+def _stockcore_sale(target: str, size: SaleSize, tag: str) -> SaleRow:
+    skus = [f"SALE-{tag}-{i}" for i in range(SALE_SKUS)]
+    asyncio.run(stock_catalogue(target, skus, size.units, key=f"sale-{tag}"))
+    result = size.run(functools.partial(sale.open_stockcore, target, skus))
+    levels = asyncio.run(read_stock(target, skus))
+    sold = sum(size.units - level.on_hand for level in levels)
+    stock = SALE_SKUS * size.units
+    return SaleRow(
+        "stockcore (Reserve, then Commit)", GRPC_EDGE, result, sold, stock, max(0, sold - stock)
+    )
 
 
-def _ms(value: float) -> str:
-    return f"{value:.1f}"
-
-
-async def _prepare(dsn: str, target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.InventoryServiceStub(channel)
-        for sku in HOT:
-            await stub.AdjustStock(
-                pb.AdjustStockRequest(
-                    sku=sku,
-                    on_hand=DEEP_STOCK,
-                    reason="bench",
-                    idempotency_key=f"bench-{sku}-{random.random()}",
-                )
-            )
-        await stub.AdjustStock(
-            pb.AdjustStockRequest(
-                sku=SOLD_OUT, on_hand=0, reason="bench", idempotency_key=f"so-{random.random()}"
-            )
-        )
-
-
-def _describe_machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    pg = subprocess.run(
-        ["postgres", "--version"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return f"{os.cpu_count()} cores, {cpu}; Python {platform.python_version()}; {pg}"
-
-
-async def _migrate(dsn: str) -> None:
+async def _reset_classic(dsn: str, skus: Sequence[str], units: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await migrate(conn, SHARDS)
+        await classic.reset(conn, skus, units)
     finally:
         await conn.close()
 
 
-def run_bench(
-    pg_dsn: str,
-    redis_url: str,
-    levels: list[int],
-    duration: float,
-    data_dir: Path,
-    contention: bool = True,
-) -> None:
-    """Run every measurement and print the tables."""
-    asyncio.run(_migrate(pg_dsn))
-    server = LocalStockcore(pg_dsn, redis_url, SHARDS, data_dir)
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(server.start())
+async def _tally_classic(dsn: str, units: int) -> classic.Tally:
+    conn = await asyncpg.connect(dsn)
     try:
-        loop.run_until_complete(_prepare(pg_dsn, server.target))
-        print(f"machine: {_describe_machine()}")
-        print(f"each cell: one closed-loop run of {duration:g} s, load from one separate process\n")
-        print(
-            _row(
-                [
-                    "callers",
-                    "empty call/s",
-                    "Reserve+Commit call/s",
-                    "ratio",
-                    "p50 ms",
-                    "p99 ms",
-                    "sold-out reject/s",
-                    "ratio",
-                    "p50 ms",
-                    "p99 ms",
-                ]
-            )
-        )
-        print(_row(["---"] * 10))
-        for concurrency in levels:
-            ceiling = measure_ceiling(concurrency, duration, 1)
-            rc = run_in_processes(
-                functools.partial(open_alternating, server.target),
-                processes=1,
-                concurrency=concurrency,
-                duration=duration,
-            )
-            so = run_in_processes(
-                functools.partial(open_sold_out, server.target),
-                processes=1,
-                concurrency=concurrency,
-                duration=duration,
-            )
-            _check(rc, {"reserve", "commit"})
-            _check(so, {"rejected"})
-            print(
-                _row(
-                    [
-                        str(concurrency),
-                        f"{ceiling.ops_per_s:,.0f}",
-                        f"{rc.ops_per_s:,.0f}",
-                        f"{rc.ops_per_s / ceiling.ops_per_s:.0%}",
-                        _ms(rc.p50_ms),
-                        _ms(rc.p99_ms),
-                        f"{so.ops_per_s:,.0f}",
-                        f"{so.ops_per_s / ceiling.ops_per_s:.0%}",
-                        _ms(so.p50_ms),
-                        _ms(so.p99_ms),
-                    ]
-                ),
-                flush=True,
-            )
-
-        if not contention:
-            return
-        buyers = 64
-        print(
-            f"\nhot-SKU contention: {buyers} buyers, 4 SKUs x 200 units, one unit per purchase, until sold out\n"
-        )
-        print(_row(["design", "attempts/s", "p50 ms", "p99 ms", "sold", "stock", "oversold"]))
-        print(_row(["---"] * 7))
-        sale = loop.run_until_complete(_stockcore_sale(server.target, buyers, 30.0, 200))
-        print(
-            _row(
-                [
-                    "stockcore (Reserve+Commit)",
-                    f"{sale.attempts_per_s:,.0f}",
-                    _ms(sale.p50_ms),
-                    _ms(sale.p99_ms),
-                    str(sale.sold),
-                    str(sale.initial),
-                    str(sale.oversold),
-                ]
-            ),
-            flush=True,
-        )
-        for design in ("select-check-update", "select-for-update"):
-            result: ClassicResult = loop.run_until_complete(
-                run_classic(
-                    pg_dsn,
-                    design,
-                    concurrency=buyers,
-                    duration=30.0,
-                    hot_skus=4,
-                    stock_per_sku=200,
-                )
-            )
-            print(
-                _row(
-                    [
-                        design,
-                        f"{result.attempts_per_s:,.0f}",
-                        _ms(result.p50_ms),
-                        _ms(result.p99_ms),
-                        str(result.sold),
-                        str(result.initial_stock),
-                        str(result.oversold),
-                    ]
-                ),
-                flush=True,
-            )
+        return await classic.tally(conn, units)
     finally:
-        server.stop()
-        loop.close()
+        await conn.close()
+
+
+def _classic_sale(dsn: str, design: classic.Design, runs: str, size: SaleSize) -> SaleRow:
+    skus = [f"hot-{n}" for n in range(SALE_SKUS)]
+    asyncio.run(_reset_classic(dsn, skus, size.units))
+    if runs == GRPC_EDGE:
+        options = ["--dsn", dsn, "--design", design, "--pool", str(size.buyers)]
+        with edge_server("classic", *options) as target:
+            result = size.run(functools.partial(sale.open_edge, target, skus))
+    else:
+        result = size.run(functools.partial(sale.open_straight, dsn, design, skus, size.buyers))
+    counted = asyncio.run(_tally_classic(dsn, size.units))
+    return SaleRow(design, runs, result, counted.sold, SALE_SKUS * size.units, counted.oversold)
+
+
+def _report_sale(run: report.Run, row: SaleRow) -> None:
+    run.say(report.row(_sale_row(row)))
+    acknowledged = row.result.outcomes.get(sale.SOLD, 0)
+    if row.sold_out and acknowledged != row.sold:
+        run.check(
+            False,
+            f"{row.design}, {row.runs}: {acknowledged:,} purchases acknowledged to the buyers, "
+            f"{row.sold:,} recorded",
+        )
+
+
+def _sale_row(row: SaleRow) -> list[object]:
+    return [
+        row.design,
+        row.runs,
+        f"{row.purchases_per_s:,.0f}",
+        report.ms(row.result.p50_ms),
+        report.ms(row.result.p99_ms),
+        f"{row.sold:,}" + ("" if row.sold_out else " (not sold out)"),
+        f"{row.stock:,}",
+        f"{row.oversold:,}",
+    ]
+
+
+async def _prepare(target: str, tag: str) -> None:
+    await stock_catalogue(target, HOT, DEEP_STOCK, key=f"bench-{tag}")
+    await stock_catalogue(target, [SOLD_OUT], 0, key=f"bench-{tag}")
 
 
 def _check(result: RunResult, allowed: set[str]) -> None:
@@ -340,35 +234,147 @@ def _check(result: RunResult, allowed: set[str]) -> None:
         raise SystemExit(f"unexpected outcomes {unexpected}: {result.summary()}")
 
 
+RATIO_HEADER = [
+    "callers",
+    "empty call/s",
+    "Reserve+Commit call/s",
+    "ratio",
+    "p50 ms",
+    "p99 ms",
+    "sold-out reject/s",
+    "ratio",
+    "p50 ms",
+    "p99 ms",
+]
+SALE_HEADER = [
+    "design",
+    "where it runs",
+    "purchases/s",
+    "p50 ms",
+    "p99 ms",
+    "sold",
+    "stock",
+    "oversold",
+]
+
+
+def run_bench(
+    run: report.Run,
+    pg_dsn: str,
+    redis_url: str,
+    levels: list[int],
+    duration: float,
+    data_dir: Path,
+    size: SaleSize | None,
+) -> None:
+    """Run every measurement and report the tables."""
+    # The server migrates the database as it starts.
+    server = LocalStockcore(pg_dsn, redis_url, SHARDS, data_dir)
+    asyncio.run(server.start())
+    try:
+        asyncio.run(_prepare(server.target, run.tag))
+        run.say(
+            "# make bench",
+            "",
+            f"- machine: {report.describe_machine()}",
+            f"- each cell: one closed-loop run of {duration:g} s after 1 s warm-up, load from one "
+            "separate process; the empty call measured just before the cells beside it",
+            "",
+        )
+        ratios: list[tuple[int, float, float]] = []
+        run.say(*report.table(RATIO_HEADER, []))
+        for concurrency in levels:
+            ceiling = measure_ceiling(concurrency, duration, 1)
+            rc, so = (
+                run_in_processes(
+                    functools.partial(factory, server.target),
+                    processes=1,
+                    concurrency=concurrency,
+                    duration=duration,
+                )
+                for factory in (open_alternating, open_sold_out)
+            )
+            _check(rc, {"reserve", "commit"})
+            _check(so, {"rejected"})
+            ratios.append(
+                (concurrency, rc.ops_per_s / ceiling.ops_per_s, so.ops_per_s / ceiling.ops_per_s)
+            )
+            run.say(
+                report.row(
+                    [
+                        concurrency,
+                        f"{ceiling.ops_per_s:,.0f}",
+                        f"{rc.ops_per_s:,.0f}",
+                        f"{ratios[-1][1]:.0%}",
+                        report.ms(rc.p50_ms),
+                        report.ms(rc.p99_ms),
+                        f"{so.ops_per_s:,.0f}",
+                        f"{ratios[-1][2]:.0%}",
+                        report.ms(so.p50_ms),
+                        report.ms(so.p99_ms),
+                    ]
+                )
+            )
+        rows: list[SaleRow] = []
+        if size is not None:
+            run.say(
+                "",
+                f"hot-SKU sale: {size.buyers} buyers, {SALE_SKUS} SKUs x {size.units:,} units, one "
+                f"unit per purchase until sold out (at most {size.seconds:g} s), load from one "
+                "separate process; p50/p99 of every purchase attempt",
+                "",
+                *report.table(SALE_HEADER, []),
+            )
+            rows.append(_stockcore_sale(server.target, size, run.tag[-6:]))
+            _report_sale(run, rows[-1])
+            for runs in (GRPC_EDGE, STRAIGHT):
+                for design in classic.DESIGNS:
+                    rows.append(_classic_sale(pg_dsn, design, runs, size))
+                    _report_sale(run, rows[-1])
+        run.say("", "## After the run", "")
+        sql = asyncio.run(invariants.check_via_sql(pg_dsn))
+        run.check(sql.ok, sql.describe())
+    finally:
+        server.stop()
+    sold = [(f"{r.design}, {r.runs}", r.purchases_per_s, r.oversold) for r in rows]
+    if plots.plot_bench(ratios, sold, run.dir / "bench.png"):
+        run.say("", f"plot: {run.dir.name}/bench.png")
+
+
 def main() -> None:
     """Entry point of `make bench`."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--levels", default="16,64,128", help="comma-separated caller counts")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument(
-        "--skip-contention",
-        action="store_true",
-        help="leave out the hot-SKU comparison with classic designs",
-    )
+    parser.add_argument("--sale-units", type=int, default=2000, help="units of each sale SKU")
+    parser.add_argument("--sale-buyers", type=int, default=64, help="buyers in the sale")
+    parser.add_argument("--sale-seconds", type=float, default=120.0, help="most a sale may take")
+    parser.add_argument("--skip-contention", action="store_true", help="leave out the hot-SKU sale")
+    parser.add_argument("--reports", default=str(ROOT / ".reports"))
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    data_dir = Path(".data/bench").resolve()
+    size = (
+        None
+        if args.skip_contention
+        else SaleSize(args.sale_units, args.sale_buyers, args.sale_seconds)
+    )
+    data_dir = (ROOT / ".data" / "bench").resolve()
     pg_dsn = os.environ.get("STOCKCORE_PG_DSN")
     redis_url = os.environ.get("STOCKCORE_REDIS_URL")
     if pg_dsn is None:
         # Every run starts from an empty cluster: no bloat or schema left by earlier runs.
         shutil.rmtree(data_dir, ignore_errors=True)
+    run = report.Run("bench", Path(args.reports))
     with local_servers(
         data_dir, 54339, 56399, want_pg=pg_dsn is None, want_redis=redis_url is None
     ) as (pg, rd):
-        run_bench(
-            pg_dsn or pg.dsn,
-            redis_url or rd.url,
-            levels,
-            args.duration,
-            data_dir,
-            not args.skip_contention,
-        )  # type: ignore[union-attr]
+        pg_dsn = pg_dsn or (pg.dsn if pg else None)
+        redis_url = redis_url or (rd.url if rd else None)
+        assert pg_dsn is not None and redis_url is not None
+        run_bench(run, pg_dsn, redis_url, levels, args.duration, data_dir, size)
+    raise SystemExit(run.finish())
 
 
 if __name__ == "__main__":

@@ -1,30 +1,35 @@
 """Closed-loop load generation: each worker starts its next call as soon as its last one ends.
 
 One Python process saturates a core long before a gRPC server does, so `run_in_processes`
-spreads the same loop over several spawned processes and merges what they measured.
+spreads the same loop over load processes of its own (`python -m loadtests.driver`, started
+by server.devservers.spawn, so they die with the thread that started them) and merges what
+they measured. The driver keeps every latency and takes exact percentiles: it is the
+instrument of the closed-loop cells (empty call, make bench, the knee), not Locust.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
+import io
 import math
-import multiprocessing
 import os
+import pickle
 import signal
+import subprocess
 import sys
-import threading
+import tempfile
 import time
 import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+
+from server.devservers import spawn
 
 Op = Callable[[int], Awaitable[object]]
 """One operation; called with the worker's index, it may return an outcome label or raise."""
@@ -35,8 +40,8 @@ OpFactory = Callable[[], Awaitable[Op]]
 OK = "ok"
 """The outcome label of a call that returned something other than a string."""
 
+ROOT = Path(__file__).resolve().parent.parent
 _T = TypeVar("_T")
-_PR_SET_PDEATHSIG = 1
 # How long calls still in flight at the end of the window may take before they are cancelled.
 _DRAIN_TIMEOUT = 30.0
 # Spawning a process and importing grpc takes seconds on a loaded two-core machine.
@@ -117,11 +122,6 @@ def merge(recordings: Iterable[Recording]) -> RunResult:
     )
 
 
-def summarize(recording: Recording) -> RunResult:
-    """The result of a single loop."""
-    return merge([recording])
-
-
 def outcome_label(error: BaseException) -> str:
     """Label a failed call: the gRPC status code name, or else the exception's class name."""
     if isinstance(error, grpc.aio.AioRpcError):
@@ -200,21 +200,6 @@ async def record_closed_loop(
     )
 
 
-async def run_closed_loop(
-    op: Op,
-    *,
-    concurrency: int,
-    duration: float,
-    warmup: float = 1.0,
-    stop: asyncio.Event | None = None,
-) -> RunResult:
-    """Run `concurrency` workers calling `op` back to back for `duration` seconds after `warmup`."""
-    recording = await record_closed_loop(
-        op, concurrency=concurrency, duration=duration, warmup=warmup, stop=stop
-    )
-    return summarize(recording)
-
-
 def run_on_uvloop(main: Coroutine[Any, Any, _T]) -> _T:
     """Run `main` on a new uvloop event loop, or on asyncio's own when uvloop is missing."""
     try:
@@ -223,20 +208,6 @@ def run_on_uvloop(main: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel send SIGTERM to this process when its parent exits (Linux only)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        # The signal fires when the parent *thread* that started us exits, so processes should
-        # be started from a thread that outlives them (the main thread, typically).
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
-    # The parent may already have gone before the request above took effect.
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -254,37 +225,76 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-async def _run_loop_in_child(spec: _LoopSpec, barrier: threading.Barrier) -> Recording:
+class _Folder:
+    """The files a run and its load processes meet in: spec-N (what process N runs),
+    ready-N (it has built its op), go (everyone may start), result-N (what it measured)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def spec(self, n: int) -> Path:
+        return self.path / f"spec-{n}"
+
+    def ready(self, n: int) -> Path:
+        return self.path / f"ready-{n}"
+
+    def result(self, n: int) -> Path:
+        return self.path / f"result-{n}"
+
+    @property
+    def go(self) -> Path:
+        return self.path / "go"
+
+    @staticmethod
+    def write(path: Path, value: object) -> None:
+        """Write atomically: a reader never sees half a file."""
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(pickle.dumps(value))
+        partial.rename(path)
+
+
+class _SpecUnpickler(pickle.Unpickler):
+    """Finds what the starter pickled from its own `__main__` (the module it runs as, say
+    loadtests.bench) in that module, as multiprocessing does for its spawned children."""
+
+    def __init__(self, data: bytes, main_module: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self._main_module = main_module
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__main__" and self._main_module:
+            module = self._main_module
+        return super().find_class(module, name)
+
+
+async def _run_loop(folder: _Folder, n: int, main_module: str) -> Recording:
+    spec = _SpecUnpickler(folder.spec(n).read_bytes(), main_module).load()
+    assert isinstance(spec, _LoopSpec)
     op = await spec.make_op()
     try:
-        # Every process starts measuring at the same moment, so that their windows overlap and
-        # adding their throughputs is meaningful.
-        await asyncio.get_running_loop().run_in_executor(None, barrier.wait, _START_TIMEOUT)
+        folder.write(folder.ready(n), os.getpid())
+        # Every process starts measuring at the same moment, so that their windows overlap
+        # and adding their throughputs is meaningful.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _START_TIMEOUT
+        while not folder.go.exists():
+            if loop.time() > deadline:
+                raise TimeoutError("the run never said go")
+            await asyncio.sleep(0.005)
+        # An op over a finite supply (a sale) sets its `exhausted` event when nothing is left.
+        exhausted = getattr(op, "exhausted", None)
         return await record_closed_loop(
             op,
             concurrency=spec.workers,
             duration=spec.duration,
             warmup=spec.warmup,
+            stop=exhausted if isinstance(exhausted, asyncio.Event) else None,
             first_worker=spec.first_worker,
         )
     finally:
         close = getattr(op, "aclose", None)
         if close is not None:
             await close()
-
-
-def _loop_child(
-    spec: _LoopSpec, barrier: threading.Barrier, results: Connection, parent_pid: int
-) -> None:
-    die_with_parent(parent_pid)
-    try:
-        recording = run_on_uvloop(_run_loop_in_child(spec, barrier))
-        report: tuple[str, object] = ("ok", recording)
-    except Exception:
-        report = ("error", traceback.format_exc())
-    # The parent stops listening once another process has failed.
-    with contextlib.suppress(BrokenPipeError), results:
-        results.send(report)
 
 
 def run_in_processes(
@@ -295,65 +305,91 @@ def run_in_processes(
     duration: float,
     warmup: float = 1.0,
 ) -> RunResult:
-    """Run one closed loop of `concurrency` workers split over `processes` spawned processes.
+    """Run one closed loop of `concurrency` workers split over `processes` load processes.
 
     Each process builds its own event loop (uvloop when installed) and its own op by awaiting
-    `make_op()`; if the op has an `aclose` coroutine method it is awaited afterwards. Worker
+    `make_op()`; if the op has an `aclose` coroutine method it is awaited afterwards, and if
+    it has an `exhausted` asyncio.Event, setting it ends that process's loop early. Worker
     indexes are unique across processes. Throughputs add up; latencies pool for percentiles.
     """
     if processes < 1 or concurrency < processes:
         raise ValueError(f"need 1 <= processes <= concurrency, got {processes} and {concurrency}")
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(processes)
-    children: dict[Connection, multiprocessing.process.BaseProcess] = {}
-    recordings: list[Recording] = []
-    try:
-        first = 0
-        for number, workers in enumerate(_split(concurrency, processes)):
-            receiver, sender = context.Pipe(duplex=False)
-            spec = _LoopSpec(make_op, first, workers, duration, warmup)
-            child = context.Process(
-                target=_loop_child,
-                args=(spec, barrier, sender, os.getpid()),
-                name=f"load-{number}",
-                daemon=True,
+    children: list[subprocess.Popen[bytes]] = []
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+    main_module = main_spec.name if main_spec is not None else ""
+    with tempfile.TemporaryDirectory(prefix="stockcore-load-") as scratch:
+        folder = _Folder(Path(scratch))
+        try:
+            first = 0
+            for n, workers in enumerate(_split(concurrency, processes)):
+                folder.write(folder.spec(n), _LoopSpec(make_op, first, workers, duration, warmup))
+                first += workers
+                children.append(
+                    spawn(
+                        [sys.executable, "-m", "loadtests.driver", scratch, str(n), main_module],
+                        death_signal=signal.SIGTERM,
+                        cwd=ROOT,
+                    )
+                )
+            _await_files(children, [folder.ready(n) for n in range(processes)], folder)
+            folder.go.touch()
+            _await_files(
+                children,
+                [folder.result(n) for n in range(processes)],
+                folder,
+                timeout=_START_TIMEOUT + warmup + duration + _DRAIN_TIMEOUT,
             )
-            child.start()
-            # Only the child may hold the sending end, so that its death reads as EOF here.
-            sender.close()
-            children[receiver] = child
-            first += workers
-        deadline = time.monotonic() + _START_TIMEOUT + warmup + duration + _DRAIN_TIMEOUT
-        pending = list(children)
-        while pending:
-            ready = wait(pending, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise TimeoutError(f"{len(pending)} load processes did not report in time")
-            for done in ready:
-                assert isinstance(done, Connection)
-                pending.remove(done)
-                recordings.append(_receive(done, children[done]))
-    except BaseException:
-        # Release processes still waiting for the others to start.
-        barrier.abort()
-        raise
-    finally:
-        for pipe, process in children.items():
-            pipe.close()
-            process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-                process.join()
-    return merge(recordings)
+            return merge(_result(folder, n) for n in range(processes))
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+                child.wait()
 
 
-def _receive(receiver: Connection, child: multiprocessing.process.BaseProcess) -> Recording:
-    try:
-        status, payload = receiver.recv()
-    except EOFError:
-        child.join(timeout=10)
-        raise RuntimeError(f"{child.name} died with exit code {child.exitcode}") from None
+def _await_files(
+    children: Sequence[subprocess.Popen[bytes]],
+    wanted: Sequence[Path],
+    folder: _Folder,
+    timeout: float = _START_TIMEOUT,
+) -> None:
+    """Wait until every file in `wanted` exists; fail at once when a load process failed."""
+    deadline = time.monotonic() + timeout
+    checked: set[int] = set()
+    while not all(path.exists() for path in wanted):
+        for n, child in enumerate(children):
+            if n in checked or child.poll() is None:
+                continue
+            checked.add(n)
+            if not folder.result(n).exists():
+                raise RuntimeError(f"load process {n} died with exit code {child.returncode}")
+            _result(folder, n)  # raises when it failed
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"load processes did not write {[p.name for p in wanted]} in time")
+        time.sleep(0.01)
+
+
+def _result(folder: _Folder, n: int) -> Recording:
+    status, payload = pickle.loads(folder.result(n).read_bytes())
     if status != "ok":
-        raise RuntimeError(f"{child.name} failed:\n{payload}")
+        raise RuntimeError(f"load process {n} failed:\n{payload}")
     assert isinstance(payload, Recording)
     return payload
+
+
+def main() -> None:
+    """A load process of `run_in_processes`:
+    python -m loadtests.driver <folder> <number> <the starter's main module>."""
+    folder, n, main_module = _Folder(Path(sys.argv[1])), int(sys.argv[2]), sys.argv[3]
+    try:
+        report: tuple[str, object] = ("ok", run_on_uvloop(_run_loop(folder, n, main_module)))
+    except Exception:
+        report = ("error", traceback.format_exc())
+    folder.write(folder.result(n), report)
+
+
+if __name__ == "__main__":
+    # Run under the module's own name, so that what it pickles names loadtests.driver.
+    from loadtests.driver import main as _main
+
+    _main()

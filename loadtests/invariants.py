@@ -1,19 +1,19 @@
-"""What must hold on the server after a load run, read through the API and, when the DSN is
-known, straight from PostgreSQL in one read-only snapshot.
-
-Oversell is impossible when, for every SKU, on_hand >= 0 and on_hand >= reserved, reserved
-equals the units of its HELD reservations, and on_hand and reserved equal the sums of the
-movement ledger. Nothing here writes.
+"""What must hold on the server after a load run: the stock read through the API, and,
+when the DSN is known, stockcore.invariant_violations() (server/storage/sql/006_invariants.sql,
+the one invariant check the test suite asserts too) with a few figures of the same snapshot.
+Nothing here writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from loadtests.report import Run
 from loadtests.stack import read_stock
 
 
@@ -50,60 +50,33 @@ async def check_via_api(target: str, skus: Sequence[str]) -> ApiCheck:
 
 @dataclass(frozen=True)
 class SqlCheck:
-    """The whole stock table against the reservations and the movement ledger."""
+    """The invariants over the whole database, and what commits took from the SKUs asked about."""
 
     skus: int
-    negative_on_hand: int
-    over_reserved: int
-    reserved_not_held: int
-    """SKUs whose reserved differs from the units of their HELD reservations."""
-    off_ledger: int
-    """SKUs whose on_hand or reserved differs from the sums of their movements."""
-    overdue_holds: int
-    """HELD reservations more than 10 s past their expiry."""
+    orders: int
+    violations: list[tuple[str, str, str]]
+    """(check, subject, detail) rows of stockcore.invariant_violations()."""
     committed_units: dict[str, int] = field(default_factory=dict)
     """Units deducted by commits, for the SKUs asked about."""
 
     @property
     def ok(self) -> bool:
         """Every invariant holds."""
-        return not (
-            self.negative_on_hand
-            or self.over_reserved
-            or self.reserved_not_held
-            or self.off_ledger
-            or self.overdue_holds
+        return not self.violations
+
+    def describe(self, shown: int = 10) -> str:
+        """One line: how much was checked, and the first violations by check."""
+        head = (
+            f"stockcore.invariant_violations() over {self.skus:,} SKUs and {self.orders:,} orders"
+        )
+        if self.ok:
+            return f"{head}: none"
+        listed = "; ".join(f"{c} {s}: {d}" for c, s, d in self.violations[:shown])
+        more = len(self.violations) - shown
+        return f"{head}: {len(self.violations):,}: {listed}" + (
+            f" (+{more} more)" if more > 0 else ""
         )
 
-
-_CHECK = """
-WITH held AS (
-    SELECT line.sku, sum(line.quantity) AS units
-    FROM stockcore.reservations r, unnest(r.skus, r.quantities) AS line(sku, quantity)
-    WHERE r.status = 1
-    GROUP BY line.sku
-), ledger AS (
-    SELECT sku, sum(on_hand_delta) AS on_hand, sum(reserved_delta) AS reserved
-    FROM stockcore.movements
-    GROUP BY sku
-)
-SELECT
-    count(*) AS skus,
-    count(*) FILTER (WHERE s.on_hand < 0) AS negative_on_hand,
-    count(*) FILTER (WHERE s.reserved > s.on_hand) AS over_reserved,
-    count(*) FILTER (WHERE s.reserved <> coalesce(h.units, 0)) AS reserved_not_held,
-    count(*) FILTER (
-        WHERE s.on_hand <> coalesce(l.on_hand, 0) OR s.reserved <> coalesce(l.reserved, 0)
-    ) AS off_ledger
-FROM stockcore.stock s
-LEFT JOIN held h ON h.sku = s.sku
-LEFT JOIN ledger l ON l.sku = s.sku
-"""
-
-_OVERDUE = """
-SELECT count(*) FROM stockcore.reservations
-WHERE status = 1 AND expires_at < now() - interval '10 seconds'
-"""
 
 _COMMITTED = """
 SELECT sku, -sum(on_hand_delta) AS units FROM stockcore.movements
@@ -113,23 +86,22 @@ GROUP BY sku
 
 
 async def check_via_sql(dsn: str, commit_skus: Sequence[str] = ()) -> SqlCheck:
-    """Run every check in one read-only, repeatable-read transaction."""
+    """Run the invariant check and read the figures, in one read-only snapshot."""
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            row = await conn.fetchrow(_CHECK)
-            overdue = await conn.fetchval(_OVERDUE)
+            found = await conn.fetch(
+                'SELECT "check", subject, detail FROM stockcore.invariant_violations()'
+            )
+            skus = await conn.fetchval("SELECT count(*) FROM stockcore.stock")
+            orders = await conn.fetchval("SELECT count(*) FROM stockcore.orders")
             committed = await conn.fetch(_COMMITTED, list(commit_skus))
     finally:
         await conn.close()
-    assert row is not None
     return SqlCheck(
-        skus=row["skus"],
-        negative_on_hand=row["negative_on_hand"],
-        over_reserved=row["over_reserved"],
-        reserved_not_held=row["reserved_not_held"],
-        off_ledger=row["off_ledger"],
-        overdue_holds=overdue,
+        skus=skus,
+        orders=orders,
+        violations=[(r["check"], r["subject"], r["detail"]) for r in found],
         committed_units={r["sku"]: r["units"] for r in committed},
     )
 
@@ -158,3 +130,25 @@ async def buffer_stats(dsn: str) -> BufferStats:
         await conn.close()
     assert row is not None
     return BufferStats(row["blks_hit"], row["blks_read"])
+
+
+def check_after_run(
+    run: Run,
+    target: str,
+    pg_dsn: str | None,
+    skus: Sequence[str],
+    commit_skus: Sequence[str] = (),
+) -> SqlCheck | None:
+    """Record both checks as the run's PASS/FAIL lines; the SQL one's figures, when run."""
+    api = asyncio.run(check_via_api(target, skus))
+    run.check(
+        api.ok and api.skus == len(skus),
+        f"GetStock of all {api.skus:,} catalogue SKUs: {api.negative_on_hand} with on_hand < 0, "
+        f"{api.over_reserved} with reserved > on_hand (oversold: 0 required)",
+    )
+    if pg_dsn is None:
+        run.say("- SQL checks skipped: no STOCKCORE_PG_DSN")
+        return None
+    sql = asyncio.run(check_via_sql(pg_dsn, commit_skus))
+    run.check(sql.ok, sql.describe())
+    return sql

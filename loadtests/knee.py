@@ -1,13 +1,18 @@
-"""The throughput knee by closed loop: CreateOrder alone, and create-then-pay checkouts, at
-several caller counts, each beside the empty-call rate measured in the same run.
+"""`make load-knee`: the throughput knee by closed loop: CreateOrder alone, and create-then-pay
+checkouts, at several caller counts, each beside the empty-call rate measured in the same run.
 
-    python -m loadtests.knee --target 127.0.0.1:50051 --levels 16,64,128 --duration 5
+    python -m loadtests.knee --levels 16,32,64,128,256 --duration 5 --processes 1
 
-Each caller (an asyncio task; the tasks spread over --processes spawned processes) starts its
+Each caller (an asyncio task; the tasks spread over --processes load processes) starts its
 next operation as soon as the last one ends, so the server is as busy as those callers can
 make it: the rate where more callers only add latency is the knee. The empty call is a
-do-nothing gRPC method served by a server process like stockcore's, which bounds what any
-handler could reach with the same runtime on this machine.
+do-nothing gRPC method served by a server process like stockcore's (loadtests/edge.py), which
+bounds what any handler could reach with the same runtime on this machine. Rates and
+percentiles are the driver's own (loadtests/driver.py: every latency kept, exact percentiles).
+
+Like the Locust scenarios it starts a fresh local stack under .data/load (or uses the server
+named by STOCKCORE_TARGET, whose catalogue it stocks), checks the invariants after the run,
+and writes summary.md and knee.png to .reports/knee-<time>/.
 
 With --api inventory the same is measured on Reserve and Reserve+Commit.
 """
@@ -15,12 +20,15 @@ With --api inventory the same is measured on Reserve and Reserve+Commit.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import itertools
 import os
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.protobuf import duration_pb2
@@ -29,10 +37,16 @@ from stockcore.v1 import inventory_pb2_grpc as inv_grpc
 from stockcore.v1 import orders_pb2 as ords
 from stockcore.v1 import orders_pb2_grpc as ords_grpc
 
+from loadtests import invariants, plots, report
 from loadtests.ceiling import measure_ceiling
 from loadtests.driver import Op, RunResult, run_in_processes
 from loadtests.locust.options import catalogue
 from loadtests.locust.shop import CURRENCY, unit_price_minor
+from loadtests.stack import open_stack, stock_catalogue
+
+ROOT = Path(__file__).resolve().parent.parent
+# Deep enough that no SKU sells out however long the knee runs.
+DEEP_STOCK = 1_000_000_000
 
 _TIMEOUT = 10.0
 _CALLER = (("stockcore-caller", "loadtests-knee"),)
@@ -146,6 +160,7 @@ class KneeRow:
 
 
 def measure(
+    run: report.Run,
     target: str,
     *,
     api: str,
@@ -155,9 +170,9 @@ def measure(
     duration: float,
     processes: int,
 ) -> list[KneeRow]:
-    """Empty call, create alone and checkout at each caller count, printing as it goes."""
+    """Empty call, create alone and checkout at each caller count, reported as it goes."""
     rows: list[KneeRow] = []
-    print(table_header(api), flush=True)
+    run.say(*table_header(api))
     for callers in levels:
         empty = measure_ceiling(callers, duration, processes)
         results = [
@@ -171,17 +186,18 @@ def measure(
         ]
         row = KneeRow(callers, empty, results[0], results[1])
         rows.append(row)
-        print(format_row(row), flush=True)
+        run.say(format_row(row))
     return rows
 
 
-def table_header(api: str) -> str:
+def labels(api: str) -> tuple[str, str]:
+    """What create alone and a checkout are, in `api`."""
+    return ("CreateOrder", "checkout") if api == "orders" else ("Reserve", "Reserve+Commit")
+
+
+def table_header(api: str) -> list[str]:
     """The Markdown header of the knee table."""
-    create, checkout = (
-        ("CreateOrder", "checkout (create+pay)")
-        if api == "orders"
-        else ("Reserve", "Reserve+Commit")
-    )
+    create, checkout = labels(api)
     cells = [
         "callers",
         "empty call/s",
@@ -195,7 +211,7 @@ def table_header(api: str) -> str:
         "p99 ms",
         "non-OK",
     ]
-    return "| " + " | ".join(cells) + " |\n|" + "---|" * len(cells)
+    return report.table(cells, [])
 
 
 def format_row(row: KneeRow) -> str:
@@ -228,29 +244,80 @@ def best_within(rows: Sequence[KneeRow], p99_bound_ms: float, checkout: bool) ->
     return max(picked, key=lambda r: (r.checkout if checkout else r.create).ops_per_s, default=None)
 
 
-def main() -> None:
-    """Measure against a running server whose catalogue is already stocked."""
+def main() -> int:
+    """Entry point of `make load-knee`."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--target", required=True)
     parser.add_argument("--api", choices=["orders", "inventory"], default="orders")
-    parser.add_argument("--catalogue-prefix", default="LOAD")
-    parser.add_argument("--catalogue-size", type=int, default=1000)
-    parser.add_argument("--levels", default="16,64,128,256")
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--levels", default="16,32,64,128,256", help="caller counts")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
+    parser.add_argument("--processes", type=int, default=1, help="load processes per cell")
+    parser.add_argument("--p99-bound", type=float, default=100.0, help="ms, for the targets")
+    parser.add_argument("--server-workers", type=int, default=1, help="(fresh stack)")
+    parser.add_argument("--catalogue", type=int, default=1000, help="SKUs")
+    parser.add_argument("--reports", default=str(ROOT / ".reports"))
     args = parser.parse_args()
-    measure(
-        args.target,
-        api=args.api,
-        prefix=args.catalogue_prefix,
-        size=args.catalogue_size,
-        levels=[int(x) for x in args.levels.split(",")],
-        duration=args.duration,
-        processes=args.processes,
+    run = report.Run("knee", Path(args.reports))
+    prefix = f"KNEE{run.tag[-6:]}"
+    skus = catalogue(prefix, args.catalogue)
+    with open_stack(ROOT / ".data" / "load", server_workers=args.server_workers) as stack:
+        run.say(
+            f"# Throughput knee, closed loop beside the empty call ({args.api} API)",
+            "",
+            f"- command: `{' '.join(sys.argv[1:])}` (python -m loadtests.knee)",
+            f"- machine: {report.describe_machine()}",
+            "- the load processes, the server, PostgreSQL and Redis all share this machine's cores",
+            f"- server: {'fresh local stack' if stack.owned else 'existing, ' + stack.target}, "
+            f"{args.server_workers} worker process(es)",
+            f"- each cell: {args.duration:g} s after 1 s warm-up, {args.processes} load "
+            "process(es); rates and percentiles over every call of the window (the driver's)",
+            f"- load average before the run: {Path('/proc/loadavg').read_text().split()[:3]}",
+            "",
+        )
+        asyncio.run(stock_catalogue(stack.target, skus, DEEP_STOCK, key=run.tag))
+        sampler = stack.sampler([])
+        sampler.start()
+        try:
+            rows = measure(
+                run,
+                stack.target,
+                api=args.api,
+                prefix=prefix,
+                size=args.catalogue,
+                levels=[int(x) for x in args.levels.split(",")],
+                duration=args.duration,
+                processes=args.processes,
+            )
+        finally:
+            sampler.stop()
+        run.say("", "## After the run", "")
+        invariants.check_after_run(run, stack.target, stack.pg_dsn, skus)
+    server_rss, _ = sampler.max_rss_mb("server")
+    create_label, checkout_label = labels(args.api)
+    run.say("", "## Targets", "")
+    for name, checkout, wanted in ((create_label, False, 1000), (checkout_label, True, 500)):
+        best = best_within(rows, args.p99_bound, checkout)
+        result = None if best is None else best.checkout if checkout else best.create
+        run.target(
+            best is not None and result is not None and result.ops_per_s >= wanted,
+            f"closed loop, {name} >= {wanted:,}/s with p99 <= {args.p99_bound:g} ms: "
+            + (
+                f"{result.ops_per_s:,.0f}/s at {best.callers} callers (p99 {result.p99_ms:.0f} ms;"
+                f" empty call {best.empty.ops_per_s:,.0f}/s)"
+                if best is not None and result is not None
+                else "none within the bound"
+            ),
+        )
+    run.target(
+        server_rss <= 150.0,
+        f"server RSS per process, max over the run: {server_rss:,.0f} MB <= 150 MB",
     )
+    title = f"Throughput knee, closed loop beside the empty call ({args.api} API)"
+    if plots.plot_knee(rows, labels(args.api), run.dir / "knee.png", title):
+        run.say("", f"plot: {run.dir.name}/knee.png")
+    return run.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,8 +1,8 @@
-"""Tables and plots of a load run: the reference day beside the competitor's figures, the
-knee's staircase, and what the processes under test used.
-
-Tables are Markdown, printed and written to the run's folder; plots are PNG files there too
-(when matplotlib is installed; without it the tables are still written).
+"""A load run's folder and its tables: the summary printed and written to
+.reports/<run>/summary.md with its verdict (`Run`), Markdown tables of Locust's statistics
+and of the processes under test, and the reference day's headline figures beside the
+competitor's. Every latency and rate of a Locust scenario comes from Locust's own statistics
+(loadtests/locuststats.py); the tables name which statistic.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import math
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from loadtests.calls import Calls, Latency
-from loadtests.locust.daycurve import CompressedDay, DayCurve
-from loadtests.locust.steps import StepResult
+from loadtests.locuststats import AGGREGATED, Entry, Failure, History, Span, pooled_mean_ms
 from loadtests.sampler import ProcessSampler
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CREATE = ("OrderService/CreateOrder", "InventoryService/Reserve")
 """Order creation, in the orders API and in the holds-only API."""
@@ -69,7 +71,43 @@ def describe_machine() -> str:
     )
 
 
-def _ms(value: float) -> str:
+class Run:
+    """One run: its folder under `reports`, its printed and written summary, its verdict."""
+
+    def __init__(self, kind: str, reports: Path) -> None:
+        """Make the folder <reports>/<kind>-<time>."""
+        self.tag = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.dir = (reports / self.tag).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lines: list[str] = []
+        self.failed: list[str] = []
+
+    def say(self, *lines: str) -> None:
+        """Print and keep for summary.md."""
+        for line in lines:
+            print(line, flush=True)
+            self.lines.append(line)
+
+    def check(self, ok: bool, what: str) -> None:
+        """Record a pass/fail line: a failed check fails the run."""
+        self.say(f"- {'PASS' if ok else 'FAIL'}: {what}")
+        if not ok:
+            self.failed.append(what)
+
+    def target(self, met: bool, what: str) -> None:
+        """Record a performance target: reported, but only checks decide the exit code."""
+        self.say(f"- {'MET' if met else 'MISSED'}: {what}")
+
+    def finish(self) -> int:
+        """Write summary.md; the exit code."""
+        (self.dir / "summary.md").write_text("\n".join(self.lines) + "\n")
+        shown = self.dir.relative_to(ROOT) if self.dir.is_relative_to(ROOT) else self.dir
+        print(f"\nreport folder: {shown}")
+        return 1 if self.failed else 0
+
+
+def ms(value: float) -> str:
+    """Milliseconds for a table: one decimal below 100, none above, "-" for none."""
     if math.isnan(value):
         return "-"
     return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
@@ -85,32 +123,62 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
     return [row(header), row(["---"] * len(header)), *(row(r) for r in rows)]
 
 
-def latency_rows(calls: Calls, window_s: float) -> list[list[object]]:
-    """Per request name: calls, rate, mean, p50, p99, max, over `window_s`."""
+LATENCY_HEADER = ["request", "calls", "failed", "per s", "mean ms", "p50 ms", "p99 ms", "max ms"]
+"""Columns of `latency_rows`: Locust's figures over the whole run."""
+
+
+def latency_rows(stats: dict[str, Entry]) -> list[list[object]]:
+    """Per request name, Locust's whole-run statistics (its _stats.csv)."""
+    return [
+        [
+            e.name,
+            f"{e.requests:,}",
+            f"{e.failures:,}",
+            f"{e.per_s:,.1f}",
+            *map(ms, (e.mean_ms, e.p50_ms, e.p99_ms, e.max_ms)),
+        ]
+        for name, e in sorted(stats.items())
+        if name != AGGREGATED
+    ]
+
+
+SPAN_HEADER = ["request", "calls", "not failed /s", "mean ms", "p99 ms", "worst p99 ms"]
+"""Columns of `span_rows`."""
+
+
+def span_rows(history: History, start: float, end: float) -> list[list[object]]:
+    """Per request name over [start, end], from Locust's stats history: calls and mean from
+    its cumulative columns; p99 the median, and the worst, of its 10-second p99s."""
     rows: list[list[object]] = []
-    for name in sorted(set(calls.names)):
-        lat = calls.select([name]).latency(window_s)
-        rows.append(
-            [
-                name,
-                f"{lat.count:,}",
-                f"{lat.per_s:,.1f}",
-                _ms(lat.mean_ms),
-                _ms(lat.p50_ms),
-                _ms(lat.p99_ms),
-                _ms(lat.max_ms),
-            ]
-        )
+    for name in history.names:
+        span = history.span(name, start, end)
+        if span.calls:
+            rows.append(
+                [
+                    name,
+                    f"{span.calls:,}",
+                    f"{span.ok_per_s:,.1f}",
+                    *map(ms, (span.mean_ms, span.p99_ms, span.worst_p99_ms)),
+                ]
+            )
     return rows
 
 
-LATENCY_HEADER = ["request", "calls", "per s", "mean ms", "p50 ms", "p99 ms", "max ms"]
+def status_rows(stats: dict[str, Entry], failures: Sequence[Failure]) -> list[list[object]]:
+    """Non-OK outcomes: expected rejections (their own request names, "... [CODE]") and
+    failures by request name and status code."""
+    rows: list[list[object]] = [
+        [name, "expected rejection", f"{e.requests:,}"]
+        for name, e in sorted(stats.items())
+        if name.endswith("]")
+    ]
+    rows += [[f.name, f.error, f"{f.occurrences:,}"] for f in failures]
+    return rows
 
 
-def status_rows(calls: Calls) -> list[list[object]]:
-    """Non-OK outcomes by request name and status code."""
-    counts = calls.by_name_and_code()
-    return [[name, code, f"{n:,}"] for (name, code), n in sorted(counts.items()) if code != "OK"]
+def failed_calls(stats: dict[str, Entry]) -> int:
+    """Calls Locust counted as failed (expected rejections are not)."""
+    return sum(e.failures for name, e in stats.items() if name != AGGREGATED)
 
 
 def resource_rows(sampler: ProcessSampler, start: float, end: float) -> list[list[object]]:
@@ -122,13 +190,7 @@ def resource_rows(sampler: ProcessSampler, start: float, end: float) -> list[lis
         ours += 0.0 if math.isnan(cpu) else cpu
         single, total = sampler.max_rss_mb(group)
         rows.append(
-            [
-                group,
-                sampler.processes(group),
-                f"{single:,.0f}",
-                f"{total:,.0f}",
-                f"{cpu:,.0f}%",
-            ]
+            [group, sampler.processes(group), f"{single:,.0f}", f"{total:,.0f}", f"{cpu:,.0f}%"]
         )
     machine = sampler.machine_cpu_percent(start, end)
     rows.append(["other processes (not this run)", "", "", "", f"{machine - ours:,.0f}%"])
@@ -151,45 +213,48 @@ class DayFigures:
 
     target_peak_per_s: float
     achieved_peak_per_s: float
-    create_run: Latency
-    create_peak: Latency
-    queries_run: Latency
-    queries_peak: Latency
+    """Orders created on the plateau per second: CreateOrder's Total Request Count less
+    Total Failure Count in the stats history, from the plateau's start to its end."""
+    create_peak: Span
+    create_run: Entry
+    queries_peak: dict[str, Span]
+    queries_mean_ms: float
+    """Every buyer read on the plateau, from each read's cumulative count and mean."""
     failures: int
     buffer_hit_ratio: float
     payment_lag: tuple[float, float, float] | None
     server_rss_mb: float
 
 
+def plateau(plan: dict[str, Any]) -> tuple[float, float]:
+    """The plateau's start and end, Unix seconds."""
+    started = float(plan["started_at"])
+    first, last = plan["plateau"]
+    return started + float(first), started + float(last)
+
+
 def day_figures(
-    calls: Calls,
-    plan: dict[str, object],
+    stats: dict[str, Entry],
+    history: History,
+    plan: dict[str, Any],
     *,
     buffer_hit_ratio: float,
     payment_lag: tuple[float, float, float] | None,
     server_rss_mb: float,
 ) -> DayFigures:
-    """Headline figures: order creation and buyer queries over the run and on the plateau."""
-    started = float(plan["started_at"])  # type: ignore[arg-type]
-    plateau = plan["plateau"]
-    assert isinstance(plateau, list)
-    p0, p1 = started + plateau[0], started + plateau[1]
-    duration = float(plan["duration_s"])  # type: ignore[arg-type]
-    create = calls.select(CREATE)
-    queries = calls.select(QUERIES)
-    created_on_plateau = create.select(start=p0, end=p1, ok_only=True)
+    """Headline figures: order creation and buyer queries on the plateau, from Locust."""
+    p0, p1 = plateau(plan)
+    create = next((name for name in CREATE if name in stats), CREATE[0])
+    create_peak = history.span(create, p0, p1)
+    queries = {name: history.span(name, p0, p1) for name in QUERIES if name in stats}
     return DayFigures(
-        target_peak_per_s=float(plan["peak_per_s"]),  # type: ignore[arg-type]
-        achieved_peak_per_s=len(created_on_plateau) / (p1 - p0),
-        create_run=create.latency(duration),
-        create_peak=create.select(start=p0, end=p1).latency(p1 - p0),
-        queries_run=queries.latency(duration),
-        queries_peak=queries.select(start=p0, end=p1).latency(p1 - p0),
-        failures=sum(
-            n
-            for (name, code), n in calls.by_name_and_code().items()
-            if code != "OK" and "[" not in name
-        ),
+        target_peak_per_s=float(plan["peak_per_s"]),
+        achieved_peak_per_s=create_peak.ok_per_s,
+        create_peak=create_peak,
+        create_run=stats.get(create, Entry(create, 0, 0, *[math.nan] * 5)),
+        queries_peak=queries,
+        queries_mean_ms=pooled_mean_ms(list(queries.values())),
+        failures=failed_calls(stats),
         buffer_hit_ratio=buffer_hit_ratio,
         payment_lag=payment_lag,
         server_rss_mb=server_rss_mb,
@@ -204,18 +269,22 @@ def competitor_table(f: DayFigures) -> list[str]:
         if f.payment_lag
         else "no order events read (orders API not used or no Redis URL)"
     )
+    reads = ", ".join(
+        f"{name.split('/')[1]} {ms(span.p99_ms)}" for name, span in f.queries_peak.items()
+    )
     return table(
         ["", "competitor before", "competitor after", "stockcore, this run"],
         [
             [
                 "order creation mean",
                 *COMPETITOR["create_mean"],
-                f"{_ms(f.create_peak.mean_ms)} ms at the peak ({_ms(f.create_run.mean_ms)} ms over the run)",
+                f"{ms(f.create_peak.mean_ms)} ms at the peak ({ms(f.create_run.mean_ms)} ms over the run)",
             ],
             [
                 "order creation p99",
                 *COMPETITOR["create_p99"],
-                f"{_ms(f.create_peak.p99_ms)} ms at the peak ({_ms(f.create_run.p99_ms)} ms over the run)",
+                f"{ms(f.create_peak.p99_ms)} ms at the peak (median of Locust's 10 s p99s; worst "
+                f"{ms(f.create_peak.worst_p99_ms)} ms; {ms(f.create_run.p99_ms)} ms over the run)",
             ],
             [
                 "peak",
@@ -226,127 +295,9 @@ def competitor_table(f: DayFigures) -> list[str]:
             [
                 "buyer queries",
                 *COMPETITOR["queries"],
-                f"mean {_ms(f.queries_peak.mean_ms)} ms, p99 {_ms(f.queries_peak.p99_ms)} ms at the "
-                f"peak; PostgreSQL buffer hit {f.buffer_hit_ratio:.1%} (no query cache: reads "
-                "go to PostgreSQL)",
+                f"mean {ms(f.queries_mean_ms)} ms at the peak, p99 {reads or '-'} ms; PostgreSQL "
+                f"buffer hit {f.buffer_hit_ratio:.1%} (no query cache: reads go to PostgreSQL)",
             ],
             ["reconciliation", *COMPETITOR["reconciliation"], lag],
         ],
     )
-
-
-def plot_day(calls: Calls, plan: dict[str, object], sampler: ProcessSampler, path: Path) -> bool:
-    """Orders/s asked and served, calls/s, latency and server memory over the run."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    started = float(plan["started_at"])  # type: ignore[arg-type]
-    duration = float(plan["duration_s"])  # type: ignore[arg-type]
-    day = CompressedDay(
-        DayCurve(),
-        duration_s=duration,
-        peak_hold_s=float(plan["plateau"][1]) - float(plan["plateau"][0]),  # type: ignore[index]
-        scale=float(plan["scale"]),  # type: ignore[arg-type]
-    )
-    end = started + duration
-    create = calls.select(CREATE)
-    fig, (top, mid, low) = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
-    xs = [x / 2 for x in range(int(duration * 2) + 1)]
-    top.plot(xs, [day.rate(x) for x in xs], label="orders/s asked (shape)", color="black", lw=1)
-    served = create.select(ok_only=True).per_second(started, end)
-    top.plot([t + 0.5 for t, _ in served], [n for _, n in served], label="orders created /s", lw=1)
-    total = calls.per_second(started, end)
-    top.plot(
-        [t + 0.5 for t, _ in total], [n for _, n in total], label="all calls /s", lw=0.8, alpha=0.6
-    )
-    top.set_ylabel("per second")
-    top.legend(loc="upper left")
-    top.set_title("Reference day, compressed: throughput, latency and server memory")
-    for name, q, style in (("create", 50, "-"), ("create", 99, "-"), ("queries", 99, "--")):
-        selection = create if name == "create" else calls.select(QUERIES)
-        series = selection.percentile_series(started, end, q, bin_s=5.0)
-        mid.plot([t + 2.5 for t, _ in series], [v for _, v in series], style, label=f"{name} p{q}")
-    mid.set_ylabel("ms (5 s bins)")
-    mid.set_yscale("log")
-    mid.legend(loc="upper left")
-    for group in ("server", "postgres", "redis"):
-        samples = sampler.samples.get(group, [])
-        if samples:
-            low.plot(
-                [s.at - started for s in samples],
-                [sum(s.pss_kb.values()) / 1024 for s in samples],
-                label=f"{group} PSS MB",
-            )
-    low.set_ylabel("MB")
-    low.set_xlabel("seconds into the run")
-    low.legend(loc="upper left")
-    for axis in (top, mid, low):
-        axis.axvspan(*plan["plateau"], color="orange", alpha=0.1)  # type: ignore[misc]
-        axis.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def plot_knee(
-    steps: Sequence[StepResult],
-    closed_loop: Sequence[tuple[int, float, float, float]],
-    calls: Calls | None,
-    started: float,
-    ended: float,
-    path: Path,
-    title: str,
-) -> bool:
-    """The staircase (served vs offered, p99 vs offered, and over time) and the closed loop."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ((a, b), (c, d)) = plt.subplots(2, 2, figsize=(12, 8))
-    if steps:
-        offered = [s.offered for s in steps]
-        a.plot(offered, offered, ":", color="grey", label="served = offered")
-        a.plot(offered, [s.achieved for s in steps], "o-", label="served /s")
-        a.set_xlabel("offered /s")
-        a.set_ylabel("served /s")
-        a.legend()
-        b.plot(offered, [s.p99_ms for s in steps], "o-", color="red", label="p99")
-        b.set_xlabel("offered /s")
-        b.set_ylabel("p99 ms")
-        b.legend()
-    if calls is not None and len(calls):
-        per_s = calls.select(ok_only=True).per_second(started, ended)
-        c.plot([t for t, _ in per_s], [n for _, n in per_s], lw=0.8, label="served /s")
-        twin = c.twinx()
-        series = calls.percentile_series(started, ended, 99, bin_s=5.0)
-        twin.plot(
-            [t + 2.5 for t, _ in series], [v for _, v in series], color="red", lw=1, label="p99 ms"
-        )
-        twin.set_ylabel("p99 ms (5 s bins)")
-        c.set_xlabel("seconds into the Locust staircase")
-        c.set_ylabel("per second")
-        c.legend(loc="upper left")
-    if closed_loop:
-        levels = [str(x[0]) for x in closed_loop]
-        d.plot(levels, [x[1] for x in closed_loop], "o-", label="empty call /s")
-        d.plot(levels, [x[2] for x in closed_loop], "o-", label="CreateOrder /s")
-        d.plot(levels, [x[3] for x in closed_loop], "o-", label="checkouts /s")
-        d.set_xlabel("closed-loop callers")
-        d.set_ylabel("per second")
-        d.set_yscale("log")
-        d.legend()
-    for axis in (a, b, c, d):
-        axis.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True

@@ -7,7 +7,6 @@ its workers). Each sample reads VmRSS from /proc/<pid>/status and the CPU ticks 
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
@@ -174,14 +173,3 @@ class ProcessSampler:
         if len(series) < 2:
             return float("nan")
         return 100.0 * (series[-1][1] - series[0][1]) / (series[-1][0] - series[0][0])
-
-    def cpu_series(self, group: str) -> list[tuple[float, float]]:
-        """(time, % of one core) between consecutive samples."""
-        series = self.samples.get(group, [])
-        points = []
-        for before, after in itertools.pairwise(series):
-            used = sum(
-                after.cpu_s[pid] - before.cpu_s.get(pid, after.cpu_s[pid]) for pid in after.cpu_s
-            )
-            points.append((after.at, 100.0 * used / max(after.at - before.at, 1e-9)))
-        return points

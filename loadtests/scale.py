@@ -16,7 +16,9 @@ import functools
 import itertools
 import os
 import random
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from loadtests import knee, report
 from loadtests.driver import RunResult, run_in_processes
 from loadtests.locust.options import sku_name
 from loadtests.stack import open_stack, stock_catalogue
+from server.devservers import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 _CALLER = (("stockcore-caller", "loadtests-scale"),)
@@ -146,18 +149,35 @@ def _hold_range(target: str, seed: int, count: int, skus: int, key: str) -> int:
     return asyncio.run(_drain(target, requests, 64))
 
 
-def _in_processes(jobs: Sequence[functools.partial[int]]) -> int:
-    """Run each job in its own spawned process; the sum of what they return."""
-    import concurrent.futures
-    import multiprocessing
+def _in_processes(parts: Sequence[Sequence[str]]) -> int:
+    """Run `python -m loadtests.scale part <part...>` for each part at once, each a process
+    of its own; the sum of the counts they print."""
+    children = [
+        spawn(
+            [sys.executable, "-m", "loadtests.scale", "part", *part],
+            death_signal=signal.SIGTERM,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for part in parts
+    ]
+    total = 0
+    for child in children:
+        out, _ = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"a loading process exited with {child.returncode}")
+        total += int(out)
+    return total
 
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
-        return sum(pool.map(_call, jobs))
 
-
-def _call(job: functools.partial[int]) -> int:
-    return job()
+def _part(argv: Sequence[str]) -> None:
+    """One loading process: `load <target> <first> <last> <on_hand> <key>` or
+    `hold <target> <seed> <count> <skus> <key>`; prints how many calls it made."""
+    what, target, a, b, c, key = argv
+    if what == "load":
+        print(_load_range(target, int(a), int(b), int(c), key))
+    else:
+        print(_hold_range(target, int(a), int(b), int(c), key))
 
 
 def _latency(
@@ -177,6 +197,9 @@ def _mb(n: float) -> str:
 
 def main() -> None:
     """Load, hold, measure, print."""
+    if sys.argv[1:2] == ["part"]:
+        _part(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -227,7 +250,7 @@ def main() -> None:
         bounds = [args.skus * i // args.processes for i in range(args.processes + 1)]
         loaded = _in_processes(
             [
-                functools.partial(_load_range, stack.target, a, b, 10**6, "scale")
+                ["load", stack.target, str(a), str(b), str(10**6), "scale"]
                 for a, b in itertools.pairwise(bounds)
             ]
         )
@@ -240,7 +263,7 @@ def main() -> None:
         per = args.holds // args.processes
         held = _in_processes(
             [
-                functools.partial(_hold_range, stack.target, seed, per, args.skus, "scale-hold")
+                ["hold", stack.target, str(seed), str(per), str(args.skus), "scale-hold"]
                 for seed in range(args.processes)
             ]
         )

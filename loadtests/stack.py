@@ -23,6 +23,7 @@ import grpc
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
+from loadtests.sampler import ProcessSampler
 from server.devservers import LocalStockcore, free_port, local_servers
 
 SHARDS = 16
@@ -43,6 +44,17 @@ class Stack:
     """Started by this run (fresh), rather than named by the environment."""
     service_pids: dict[str, int] = field(default_factory=dict)
     """Root processes to sample: "server", and "postgres" and "redis" when started here."""
+
+    def sampler(self, load_pids: list[int]) -> ProcessSampler:
+        """A sampler of the services' processes and of the load processes in `load_pids`
+        (a list the caller fills in once they have started)."""
+
+        def roots() -> dict[str, list[int]]:
+            groups = {name: [pid] for name, pid in self.service_pids.items()}
+            groups["load"] = list(load_pids)
+            return groups
+
+        return ProcessSampler(roots)
 
 
 @contextlib.contextmanager

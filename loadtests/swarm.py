@@ -3,8 +3,9 @@
 One Locust process generates at most a few thousand gRPC calls per second (one core, gevent),
 so heavier scenarios spread their users over worker processes: the master (bound to
 127.0.0.1 only) runs the shape and merges statistics; each worker runs its share of users.
-Every process dies with the caller. Locust's CSV files and HTML report, each process's log
-and the raw call logs land in the run's folder.
+Every process dies with the caller. Locust's CSV files (with --csv-full-history: a row per
+request name every second) and HTML report, each process's log, the shape's plan and the
+business tallies land in the run's folder.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Swarm:
     """What to run."""
 
     locustfile: str
-    """File name under loadtests/locust/ (day.py, flash.py, ramp.py)."""
+    """File name under loadtests/locust/ (day.py, flash.py)."""
     target: str
     out_dir: Path
     processes: int = 1
@@ -50,8 +51,10 @@ class SwarmRun:
 
     exit_code: int
     csv_prefix: Path
+    """Locust's CSV files are <csv_prefix>_stats.csv, _stats_history.csv, _failures.csv."""
     html: Path
-    calls_dir: Path
+    run_dir: Path
+    """Where the plan and the tallies are."""
     started_at: float
     ended_at: float
     load_pids: list[int] = field(default_factory=list)
@@ -66,8 +69,8 @@ def _command(swarm: Swarm, role: list[str]) -> list[str]:
         str(LOCUSTFILES / swarm.locustfile),
         "--host",
         swarm.target,
-        "--calls-dir",
-        str(swarm.out_dir / "calls"),
+        "--run-dir",
+        str(swarm.out_dir),
         "--stop-timeout",
         "10",
         *role,
@@ -200,7 +203,7 @@ def run_swarm(swarm: Swarm, processes_seen: list[int] | None = None) -> SwarmRun
         exit_code=code,
         csv_prefix=procs.csv_prefix,
         html=procs.html,
-        calls_dir=swarm.out_dir / "calls",
+        run_dir=swarm.out_dir,
         started_at=started,
         ended_at=time.time(),
         load_pids=procs.load_pids,

@@ -35,11 +35,11 @@ from gevent.queue import Empty, Queue
 from locust import LoadTestShape, constant, events, task
 from locust.runners import MasterRunner
 
-from loadtests.locust import calllog
 from loadtests.locust.daycurve import CompressedDay, DayCurve
-from loadtests.locust.interceptor import RejectionMode, RejectionPolicy
-from loadtests.locust.options import add_common_options, catalogue, write_plan
+from loadtests.locust.interceptor import RejectionPolicy
+from loadtests.locust.options import add_common_options, catalogue
 from loadtests.locust.pacing import PoissonPacing
+from loadtests.locust.record import install_tally, write_plan
 from loadtests.locust.shop import Api, OrderIds, OrderShop, Outcome, make_shop, tally
 
 _REJECTED = frozenset({grpc.StatusCode.FAILED_PRECONDITION})
@@ -52,8 +52,7 @@ REJECTIONS = RejectionPolicy(
         "InventoryService/Reserve": _REJECTED,
         "InventoryService/Commit": _REJECTED,
         "InventoryService/Release": _REJECTED,
-    },
-    mode=RejectionMode.SUFFIX,
+    }
 )
 
 # Paid orders waiting for a warehouse user of this load process.
@@ -83,8 +82,8 @@ def _init(environment: Any, **_: Any) -> None:
     options = environment.parsed_options
     if options is None:
         return
-    calllog.install(environment, tally)
-    # Quitting listeners run last-added first: this one must run before the log is written.
+    install_tally(environment, tally)
+    # Quitting listeners run last-added first: this one must run before the tally is written.
     environment.events.quitting.add_listener(_left_unshipped)
     processes = options.expect_workers if isinstance(environment.runner, MasterRunner) else 1
     # Fixed users are dispatched first and round-robin, so each load process gets its share.
@@ -214,7 +213,7 @@ class ReferenceDay(LoadTestShape):
         if not self._planned:
             self._planned = True
             write_plan(
-                options.calls_dir,
+                options.run_dir,
                 {
                     "scenario": "day",
                     "started_at": time.time() - run_s,

@@ -32,9 +32,9 @@ from locust.exception import StopUser
 from locust.runners import WorkerRunner
 from stockcore.v1 import inventory_pb2, inventory_pb2_grpc
 
-from loadtests.locust import calllog
-from loadtests.locust.interceptor import RejectionMode, RejectionPolicy
+from loadtests.locust.interceptor import RejectionPolicy
 from loadtests.locust.options import add_common_options
+from loadtests.locust.record import install_tally
 from loadtests.locust.shop import Api, OrderIds, Outcome, make_shop, tally
 
 _REJECTED = frozenset({grpc.StatusCode.FAILED_PRECONDITION})
@@ -44,8 +44,7 @@ REJECTIONS = RejectionPolicy(
         "OrderService/ConfirmPayment": _REJECTED,
         "InventoryService/Reserve": _REJECTED,
         "InventoryService/Commit": _REJECTED,
-    },
-    mode=RejectionMode.SUFFIX,
+    }
 )
 _PAY = {Api.ORDERS: "OrderService/ConfirmPayment", Api.INVENTORY: "InventoryService/Commit"}
 _FAILURES_BEFORE_GIVING_UP = 3
@@ -63,7 +62,7 @@ def _options(parser: Any) -> None:
 @events.init.add_listener
 def _init(environment: Any, **_: Any) -> None:
     if environment.parsed_options is not None:
-        calllog.install(environment, tally)
+        install_tally(environment, tally)
 
 
 class FlashBuyer(GrpcUser):

@@ -7,13 +7,12 @@ A call is reported under its RPC name, "InventoryService/Reserve". A non-OK stat
 as a failure whose exception is a `GrpcStatusError`, which Locust lists by the status code
 name alone ("DEADLINE_EXCEEDED"). Expected business rejections (sold out is
 FAILED_PRECONDITION) are not failures: a `RejectionPolicy` says which codes of which RPCs are
-expected, and whether they are reported under a suffixed name ("OrderService/CreateOrder
-[FAILED_PRECONDITION]") or counted with the successes under the plain name.
+expected, and they are reported under a suffixed name ("OrderService/CreateOrder
+[FAILED_PRECONDITION]").
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,31 +42,21 @@ class GrpcStatusError(Exception):
     __str__ = __repr__
 
 
-class RejectionMode(enum.Enum):
-    """How an expected rejection is reported."""
-
-    SUFFIX = "suffix"
-    """Under the RPC name with the code appended in brackets, not as a failure."""
-    SUCCESS = "success"
-    """Under the plain RPC name, as a success."""
-
-
 @dataclass(frozen=True)
 class RejectionPolicy:
     """Which status codes of which RPCs are business outcomes rather than failures."""
 
     expected: Mapping[str, frozenset[grpc.StatusCode]] = field(default_factory=dict)
-    mode: RejectionMode = RejectionMode.SUFFIX
 
     def is_expected(self, name: str, code: grpc.StatusCode) -> bool:
         """Whether `code` from RPC `name` is an expected rejection."""
         return code in self.expected.get(name, frozenset())
 
-    def report_name(self, name: str, code: grpc.StatusCode) -> str:
-        """The request name an expected rejection is reported under."""
-        if self.mode is RejectionMode.SUFFIX:
-            return f"{name} [{code.name}]"
-        return name
+    @staticmethod
+    def report_name(name: str, code: grpc.StatusCode) -> str:
+        """The request name an expected rejection is reported under: the RPC's, with the
+        code appended in brackets, so Locust counts it apart from the calls that went through."""
+        return f"{name} [{code.name}]"
 
 
 def rpc_name(method: str | bytes) -> str:

@@ -6,8 +6,6 @@ Locust hands custom options from the master to its workers, so each scenario rea
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from loadtests.locust.shop import Api
@@ -28,7 +26,7 @@ def add_common_options(parser: Any) -> None:
     group.add_argument(
         "--payment-window", type=float, default=8.0, help="seconds an unpaid order holds stock"
     )
-    group.add_argument("--calls-dir", default="", help="write the raw call log here on exit")
+    group.add_argument("--run-dir", default="", help="write the plan and business tally here")
 
 
 def catalogue(prefix: str, size: int) -> list[str]:
@@ -39,11 +37,3 @@ def catalogue(prefix: str, size: int) -> list[str]:
 def sku_name(prefix: str, index: int) -> str:
     """The SKU with number `index` in catalogue `prefix`."""
     return f"{prefix}-{index:07d}"
-
-
-def write_plan(calls_dir: str, plan: dict[str, Any]) -> None:
-    """Record what the shape asked for (wall-clock times included), for the report."""
-    if calls_dir:
-        path = Path(calls_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "plan.json").write_text(json.dumps(plan, indent=2))

@@ -16,7 +16,7 @@ import random
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -27,7 +27,7 @@ CURRENCY = "CNY"
 
 tally: Counter[str] = Counter()
 """What this load process's users did, by business outcome (units paid, orders shipped ...),
-written beside the call log so a run can be reconciled with the server's stock."""
+written to the run's folder (record.py) so a run can be reconciled with the server's stock."""
 
 
 class Api(enum.Enum):
@@ -89,36 +89,6 @@ def _now() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     return stamp
-
-
-class Shop(Protocol):
-    """A buyer's calls."""
-
-    def browse(self, skus: list[str]) -> Outcome:
-        """Read stock levels, as a product page does."""
-        ...
-
-    def place(
-        self, order_id: str, customer_id: str, lines: list[tuple[str, int]], window_s: float
-    ) -> tuple[Outcome, Placed | None]:
-        """Create an order holding stock until the payment window closes."""
-        ...
-
-    def pay(self, placed: Placed) -> Outcome:
-        """Pay the order's total."""
-        ...
-
-    def cancel(self, placed: Placed, reason: str) -> Outcome:
-        """Cancel the order."""
-        ...
-
-    def look_up(self, placed: Placed) -> Outcome:
-        """Read the order back."""
-        ...
-
-    def list_mine(self, customer_id: str) -> Outcome:
-        """List the customer's recent orders."""
-        ...
 
 
 class InventoryReads:

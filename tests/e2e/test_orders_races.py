@@ -143,8 +143,7 @@ async def test_expiry_racing_a_payment_is_decided_once(dsn: str, orders: Stub, s
             counts["expired"] += 1
     on_hand, reserved = await levels(stub, "A")
     assert (on_hand, reserved) == (1000 - 2 * counts["paid"], 0)
-    snapshot = await check_orders_agree(dsn)
-    assert snapshot.late_holds == 0 and snapshot.overdue_orders == 0
+    await check_orders_agree(dsn)  # among the invariants: nothing left past its expiry
 
 
 # --- races closed under the locks: each run TRIALS times over a real channel ------------

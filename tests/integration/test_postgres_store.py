@@ -27,6 +27,7 @@ from server.storage.postgres import (
     StockStore,
 )
 from tests.conftest import SHARDS, Servers
+from tests.invariants import assert_invariants_hold
 from tests.waiting import sql_is, until
 
 HOUR_MS = 3_600_000
@@ -94,24 +95,6 @@ async def count(db: asyncpg.Connection, table: str) -> int:
     return value
 
 
-async def assert_ledger_matches_stock(db: asyncpg.Connection) -> None:
-    """Every SKU's movements sum to its stock row, and no movement lacks a row."""
-    rows = await db.fetch(
-        "SELECT coalesce(s.sku, m.sku) AS sku, s.on_hand, s.reserved, m.on_hand_sum, m.reserved_sum"
-        " FROM stockcore.stock s FULL JOIN ("
-        "   SELECT sku, sum(on_hand_delta)::bigint AS on_hand_sum,"
-        "          sum(reserved_delta)::bigint AS reserved_sum"
-        "     FROM stockcore.movements GROUP BY sku) m ON m.sku = s.sku"
-    )
-    assert rows, "no stock at all"
-    mismatched = [
-        dict(r)
-        for r in rows
-        if (r["on_hand"], r["reserved"]) != (r["on_hand_sum"], r["reserved_sum"])
-    ]
-    assert mismatched == []
-
-
 async def assert_levels_are_current(db: asyncpg.Connection, levels: list[MirrorLevel]) -> None:
     """Levels reported for the mirror are what the stock rows hold now."""
     for level in levels:
@@ -151,7 +134,7 @@ async def test_reserve_batch_holds_every_line_of_a_reservation_or_none(
     ]
     assert {level.sku for level in levels} == {"A", "B", "C"}
     await assert_levels_are_current(db, levels)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_rejected_reservation_leaves_stock_versions_untouched(
@@ -259,7 +242,7 @@ async def test_one_id_twice_in_a_batch_is_held_once(
         ReserveCode.CONFLICT,
     ]
     assert await units(db, "A") == (5, 2)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_reservations_in_one_batch_competing_for_the_last_units_hold_exactly_the_stock(
@@ -277,7 +260,7 @@ async def test_reservations_in_one_batch_competing_for_the_last_units_hold_exact
     assert await units(db, "PLENTY") == (100, 15)
     assert await count(db, "reservations") == 5
     await assert_levels_are_current(db, levels)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_reserve_bumps_the_version_of_each_held_sku_once(
@@ -320,7 +303,7 @@ async def test_commit_deducts_the_held_units_from_on_hand(
     ) == ["checkout"]
     assert {level.sku for level in levels} == {"A", "B"}
     await assert_levels_are_current(db, levels)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_release_gives_the_held_units_back(store: StockStore, db: asyncpg.Connection) -> None:
@@ -336,7 +319,7 @@ async def test_release_gives_the_held_units_back(store: StockStore, db: asyncpg.
     assert await row(db, "A") == (10, 0, was + 1)
     assert (await movements(db, "r-1"))[-1] == ("release", "A", 0, -3)
     await assert_levels_are_current(db, levels)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def due(db: asyncpg.Connection) -> list[str]:
@@ -394,7 +377,7 @@ async def test_a_lapsed_hold_is_expired_by_a_commit_a_release_or_a_sweep(
     assert await units(db, "A") == (10, 0)
     assert await due(db) == []
     await assert_levels_are_current(db, list(sweep.levels))
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_finishing_a_finished_reservation_changes_nothing(
@@ -450,7 +433,7 @@ async def test_every_change_writes_movements_that_sum_to_the_stock_row(
         for sku in "ABC":
             versions[sku] += sku in touched
         assert {sku: await version(db, sku) for sku in "ABC"} == versions
-        await assert_ledger_matches_stock(db)
+        await assert_invariants_hold(db)
 
     await store.reserve_batch([hold("r-1", ("A", 2), ("B", 3))])
     await changed("AB")
@@ -496,7 +479,7 @@ async def test_movements_refuse_update_and_delete(
         await db.execute("DELETE FROM stockcore.movements")
 
     assert await count(db, "movements") == before
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 @pytest.mark.parametrize(
@@ -539,7 +522,7 @@ async def test_adjust_by_delta_changes_on_hand(store: StockStore, db: asyncpg.Co
     assert removed.applied_delta == -11
     assert (removed.level.on_hand, removed.level.reserved, removed.version) == (4, 4, was + 2)
     assert await row(db, "A") == (4, 4, was + 2)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_adjust_to_an_absolute_on_hand_applies_the_difference(
@@ -564,7 +547,7 @@ async def test_adjust_to_an_absolute_on_hand_applies_the_difference(
         ("k-up", 9, "count", "tests"),
         ("k-same", 0, "count", "tests"),
     ]
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 @pytest.mark.parametrize("adjustment", [{"delta": 7}, {"on_hand": 7}])
@@ -583,7 +566,7 @@ async def test_adjust_creates_an_unknown_sku(
     found = await store.get_stock(["NEW-1", "NEVER"])
     assert list(found) == ["NEW-1"]
     assert (found["NEW-1"].on_hand, found["NEW-1"].reserved) == (7, 0)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 @pytest.mark.parametrize("adjustment", [{"delta": -7}, {"on_hand": 2}])
@@ -608,7 +591,7 @@ async def test_adjust_below_reserved_is_refused_and_leaves_no_trace(
     await store.finish_batch(["r-1"], Finish.RELEASE, ["tests"])
     retried = await store.adjust(change("A", "k-refused", **adjustment))
     assert retried.code is AdjustCode.APPLIED
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_negative_adjust_of_an_unknown_sku_is_refused_and_creates_nothing(
@@ -646,7 +629,7 @@ async def test_repeating_an_adjustment_applies_it_once(
         await db.fetchval("SELECT count(*) FROM stockcore.movements WHERE adjustment_key = 'k-1'")
         == 1
     )
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 @pytest.mark.parametrize(
@@ -669,7 +652,7 @@ async def test_reusing_an_adjustment_key_for_other_content_conflicts(
 
     assert result.code is AdjustCode.CONFLICT
     assert [await row(db, sku) for sku in "AB"] == before
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_concurrent_repeats_of_an_adjustment_apply_it_once(
@@ -682,7 +665,7 @@ async def test_concurrent_repeats_of_an_adjustment_apply_it_once(
 
     assert sorted(r.code for r in results) == [AdjustCode.APPLIED] + [AdjustCode.REPEAT] * 7
     assert (await units(db, "A"))[0] == 11
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 # --- shards, reads and the connection ------------------------------------------------
@@ -769,7 +752,7 @@ async def test_concurrent_batches_locking_in_opposite_orders_never_deadlock_or_o
     # Every reservation wants HOT-2 and HOT-3, and there are far more than 40 of them.
     assert (await units(db, "HOT-2"))[1] == 40
     assert (await units(db, "HOT-3"))[1] == 40
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_concurrent_reserves_and_releases_of_shared_skus_never_deadlock(
@@ -803,7 +786,7 @@ async def test_concurrent_reserves_and_releases_of_shared_skus_never_deadlock(
     assert [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()] == []
     for sku in skus:
         assert await units(db, sku) == (1000, 60)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_concurrent_reserves_with_one_id_hold_it_once(
@@ -825,7 +808,7 @@ async def test_concurrent_reserves_with_one_id_hold_it_once(
     assert codes.count(ReserveCode.HELD) == 8
     assert codes.count(ReserveCode.REPEAT) == 56
     assert await units(db, "A") == (100, 24)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_an_id_taken_by_a_concurrent_batch_leaves_its_units_to_the_rest_of_the_batch(
@@ -862,7 +845,7 @@ async def test_an_id_taken_by_a_concurrent_batch_leaves_its_units_to_the_rest_of
     # r-x holds nothing of A, so all 10 units were there for r-y.
     assert (other.code, other.shortages) == (ReserveCode.HELD, ())
     assert await units(db, "A") == (10, 9)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)
 
 
 async def test_a_batch_whose_stock_fell_meanwhile_is_decided_again_with_the_rows_locked(
@@ -898,4 +881,4 @@ async def test_a_batch_whose_stock_fell_meanwhile_is_decided_again_with_the_rows
     assert late.shortages == (Shortage("A", 5, 2),)
     assert await units(db, "A") == (10, 8)
     await assert_levels_are_current(db, levels)
-    await assert_ledger_matches_stock(db)
+    await assert_invariants_hold(db)

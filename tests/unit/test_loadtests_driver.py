@@ -1,7 +1,10 @@
-"""Percentiles, merging and outcome labels of the closed-loop driver."""
+"""The closed-loop driver: percentiles, merging, outcome labels, and loops run in load
+processes of their own."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 
 import grpc
@@ -9,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadtests.driver import OK, Recording, merge, outcome_label, percentile, summarize
+from loadtests.driver import OK, Recording, merge, outcome_label, percentile, run_in_processes
 
 _values = st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1)
 _quantiles = st.floats(min_value=0, max_value=100)
@@ -91,7 +94,7 @@ def test_merge_of_nothing_is_rejected() -> None:
 
 
 def test_summary_of_a_loop_that_completed_nothing_has_no_rate_and_no_latency() -> None:
-    result = summarize(Recording(latencies=[], outcomes={}, failures=0, window=0.0))
+    result = merge([Recording(latencies=[], outcomes={}, failures=0, window=0.0)])
 
     assert result.ops_per_s == 0.0
     assert result.count == 0
@@ -110,3 +113,49 @@ def test_failed_rpc_is_labelled_with_its_status_code() -> None:
 def test_other_failures_are_labelled_with_their_class() -> None:
     assert outcome_label(TimeoutError()) == "TimeoutError"
     assert outcome_label(KeyError("sku")) == "KeyError"
+
+
+class _Countdown:
+    """An op with a finite supply: it sets `exhausted` after `supply` calls in its process."""
+
+    def __init__(self, supply: int) -> None:
+        self.left = supply
+        self.exhausted = asyncio.Event()
+
+    async def __call__(self, worker: int) -> str:
+        await asyncio.sleep(0.001)
+        self.left -= 1
+        if self.left <= 0:
+            self.exhausted.set()
+        return f"worker-{worker}"
+
+
+async def open_countdown(supply: int) -> _Countdown:
+    """Op factory of `_Countdown` (module level, so a load process can build it)."""
+    return _Countdown(supply)
+
+
+async def open_failing() -> _Countdown:
+    """An op factory that fails in the load process."""
+    raise LookupError("no such catalogue")
+
+
+def test_loops_in_load_processes_pool_their_workers_and_stop_when_the_supply_runs_out() -> None:
+    result = run_in_processes(
+        functools.partial(open_countdown, 50),
+        processes=2,
+        concurrency=4,
+        duration=60.0,
+        warmup=0.0,
+    )
+
+    # Each process stops once its own 50 are spent; calls in flight when it did still count.
+    assert 100 <= result.count <= 100 + 4
+    assert set(result.outcomes) == {f"worker-{n}" for n in range(4)}
+    assert result.failures == 0
+    assert 0 < result.window_s < 30
+
+
+def test_a_load_process_that_fails_reports_its_error() -> None:
+    with pytest.raises(RuntimeError, match="no such catalogue"):
+        run_in_processes(open_failing, processes=1, concurrency=1, duration=1.0)

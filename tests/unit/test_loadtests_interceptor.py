@@ -13,7 +13,6 @@ from loadtests.locust.interceptor import (
     CallDetails,
     GrpcStatusError,
     LocustReporter,
-    RejectionMode,
     RejectionPolicy,
     rpc_name,
 )
@@ -109,15 +108,6 @@ def test_expected_rejection_is_reported_under_a_suffixed_name_not_as_a_failure()
     report, _, _ = _call(grpc.StatusCode.FAILED_PRECONDITION)
 
     assert report["name"] == "InventoryService/Reserve [FAILED_PRECONDITION]"
-    assert report["exception"] is None
-
-
-def test_expected_rejection_counts_as_a_plain_success_in_success_mode() -> None:
-    policy = RejectionPolicy(_SOLD_OUT.expected, RejectionMode.SUCCESS)
-
-    report, _, _ = _call(grpc.StatusCode.FAILED_PRECONDITION, policy)
-
-    assert report["name"] == "InventoryService/Reserve"
     assert report["exception"] is None
 
 

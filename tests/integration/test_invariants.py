@@ -1,0 +1,151 @@
+"""stockcore.invariant_violations(): silent on a database the store wrote, and each of its
+checks speaks up when the data it guards is broken (in a transaction rolled back after)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from server.domain.inventory import AdjustCommand, Finish, Line, ReserveCommand
+from server.domain.orders import Actor, cancel_order, confirm_payment, create_order
+from server.storage.orders_pg import OrderStore
+from server.storage.postgres import StockStore
+from tests.invariants import assert_invariants_hold, violations
+
+ROOT = Path(__file__).resolve().parents[2]
+ACTOR = Actor("tests", "req-1")
+EXPIRY = "stockcore-expiry"
+HOUR_MS = 3_600_000
+# A hold of the inventory API alone, one committed, and orders pending, paid, and
+# cancelled after payment (its units returned by adjustment, its payment owed back).
+HELD, COMMITTED = "h-held", "h-committed"
+PENDING, PAID, REFUNDED = "o-pending", "o-paid", "o-refunded"
+
+
+@pytest.fixture
+async def world(store: StockStore, db: asyncpg.Connection) -> asyncpg.Connection:
+    """A small database written by the store alone: stock, holds, orders, sequenced events."""
+    for sku in "AB":
+        await store.adjust(AdjustCommand(sku, None, 100, "initial", f"init-{sku}", "tests"))
+    await store.reserve_batch(
+        [
+            ReserveCommand(HELD, (Line("A", 1),), HOUR_MS, "tests"),
+            ReserveCommand(COMMITTED, (Line("B", 2),), HOUR_MS, "tests"),
+        ]
+    )
+    await store.finish_batch([COMMITTED], Finish.COMMIT, ["tests"])
+    orders = OrderStore(store)
+    limits = {"default_ttl_s": 300.0, "min_ttl_s": 1.0, "max_ttl_s": 86_400.0}
+    await orders.create(
+        [
+            create_order(oid, "c-1", [("A", 2, 150), ("B", 1, 100)], "EUR", None, ACTOR, **limits)
+            for oid in (PENDING, PAID, REFUNDED)
+        ]
+    )
+    await orders.pay(
+        [confirm_payment(oid, f"pay-{oid}", 400, "EUR", ACTOR) for oid in (PAID, REFUNDED)],
+        EXPIRY,
+    )
+    await orders.cancel([cancel_order(REFUNDED, "refund", ACTOR)], EXPIRY)
+    await db.fetch("SELECT * FROM stockcore.relay_step(100, 0)")
+    return db
+
+
+async def test_a_database_written_by_the_store_has_no_violations(world: asyncpg.Connection) -> None:
+    statuses = await world.fetch("SELECT order_id, status FROM stockcore.orders ORDER BY 1")
+    assert [(r["order_id"], r["status"]) for r in statuses] == [
+        (PAID, 2),
+        (PENDING, 1),
+        (REFUNDED, 6),
+    ]
+    assert await world.fetchval("SELECT count(cursor) FROM stockcore.order_events") == 6
+    await assert_invariants_hold(world)
+
+
+# Each check, and statements that break what it guards. Triggers that keep history and
+# events append-only, and the stock CHECKs, are set aside for the breaking transaction.
+BREAKAGES: dict[str, list[str]] = {
+    "on_hand_is_adjusted_less_committed": [
+        "INSERT INTO stockcore.adjustments (idempotency_key, fingerprint, sku, applied_delta,"
+        " on_hand_after, reserved_after, caller) VALUES ('ghost', '\\x00', 'A', 5, 0, 0, 't')"
+    ],
+    "reserved_is_held": [
+        f"UPDATE stockcore.reservations SET status = 3, finished_at = now()"
+        f" WHERE reservation_id = '{HELD}'"
+    ],
+    "stock_not_oversold": [
+        "ALTER TABLE stockcore.stock DROP CONSTRAINT stock_never_oversold",
+        "UPDATE stockcore.stock SET on_hand = reserved - 1 WHERE sku = 'A'",
+    ],
+    "ledger_matches_stock": [
+        "INSERT INTO stockcore.movements (sku, kind, on_hand_delta, reserved_delta, caller)"
+        " VALUES ('B', 'adjust', 1, 0, 't')"
+    ],
+    "hold_not_overdue": [
+        f"UPDATE stockcore.reservations SET expires_at = now() - interval '3 seconds'"
+        f" WHERE reservation_id = '{HELD}'"
+    ],
+    "order_has_hold": [f"DELETE FROM stockcore.reservations WHERE reservation_id = '{PENDING}'"],
+    "order_matches_hold": [
+        f"UPDATE stockcore.reservations SET quantities = '{{3,1}}' WHERE reservation_id = '{PAID}'"
+    ],
+    "order_status_matches_hold": [
+        f"UPDATE stockcore.reservations SET status = 3 WHERE reservation_id = '{PAID}'"
+    ],
+    "order_not_overdue": [
+        f"UPDATE stockcore.orders SET payment_deadline = now() - interval '3 seconds'"
+        f" WHERE order_id = '{PENDING}'"
+    ],
+    "order_history_complete": [
+        f"DELETE FROM stockcore.order_history WHERE order_id = '{PAID}' AND version = 2"
+    ],
+    "order_events_complete": [
+        f"UPDATE stockcore.order_events SET type = 3 WHERE order_id = '{PAID}'"
+        " AND order_version = 2"
+    ],
+    "event_has_order": [
+        f"UPDATE stockcore.order_events SET order_id = 'ghost' WHERE order_id = '{PENDING}'"
+    ],
+    "paid_order_has_payment": [
+        f"UPDATE stockcore.payments SET amount_minor = 399 WHERE order_id = '{PAID}'"
+    ],
+    "payment_has_paid_order": [
+        f"UPDATE stockcore.orders SET payment_id = 'other' WHERE order_id = '{PAID}'"
+    ],
+    "refund_owed": [
+        f"UPDATE stockcore.orders SET refund_owed_minor = 0 WHERE order_id = '{REFUNDED}'"
+    ],
+    "cancelled_units_returned": [
+        f"DELETE FROM stockcore.adjustments WHERE idempotency_key = 'order-cancel:{REFUNDED}:B'"
+    ],
+    "event_cursors_gap_free": [
+        "UPDATE stockcore.order_events SET cursor = cursor + 1"
+        " WHERE cursor = (SELECT max(cursor) FROM stockcore.order_events)"
+    ],
+}
+
+
+def test_every_check_of_the_function_has_a_breakage() -> None:
+    sql = (ROOT / "server/storage/sql/006_invariants.sql").read_text()
+    named = {line.split("'")[1] for line in sql.splitlines() if line.startswith("SELECT '")}
+    assert named == set(BREAKAGES)
+
+
+@pytest.mark.parametrize("check", sorted(BREAKAGES))
+async def test_each_check_reports_the_data_it_guards_when_broken(
+    world: asyncpg.Connection, check: str
+) -> None:
+    transaction = world.transaction()
+    await transaction.start()
+    try:
+        await world.execute("SET LOCAL session_replication_role = replica")
+        for statement in BREAKAGES[check]:
+            await world.execute(statement)
+        found = await violations(world)
+    finally:
+        await transaction.rollback()
+
+    assert check in {name for name, _, _ in found}, found
+    await assert_invariants_hold(world)
