@@ -52,6 +52,9 @@ class Settings:
     # it also looks this often, as a safety net. relay_standby_interval_s: how often a
     # process that is not the relay asks whether it may take over.
     relay_interval_s: float = 1.0
+    # Once woken, the relay waits this long for more commits to ride the same step: one
+    # statement and one XADD round trip per few milliseconds rather than per commit.
+    relay_gather_s: float = 0.005
     relay_standby_interval_s: float = 1.0
     relay_batch: int = 500
     # Approximate length the Redis event stream is trimmed to.
@@ -86,6 +89,7 @@ class Settings:
                 "carriers must be a non-empty list of names of [a-z0-9._-]",
             ),
             (0 < self.relay_interval_s <= 10.0, "relay_interval_s must be in (0, 10]"),
+            (0 <= self.relay_gather_s <= 0.1, "relay_gather_s must be 0-0.1"),
             (
                 0 < self.relay_standby_interval_s <= 10.0,
                 "relay_standby_interval_s must be in (0, 10]",
@@ -136,6 +140,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_DEMO_CATALOGUE": ("demo_catalogue", bool),
     "STOCKCORE_CARRIERS": ("carriers", _parse_list),
     "STOCKCORE_RELAY_INTERVAL": ("relay_interval_s", float),
+    "STOCKCORE_RELAY_GATHER": ("relay_gather_s", float),
     "STOCKCORE_RELAY_STANDBY_INTERVAL": ("relay_standby_interval_s", float),
     "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
     "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),

@@ -36,11 +36,12 @@ async def admit(
     before a refusal is sent, one lookup asks PostgreSQL whether any refused id is held
     already, and those go on to PostgreSQL, which answers a retry with its first outcome.
     """
-    verdicts = await mirror.admit(commands)
+    asked = [i for i, command in enumerate(commands) if not mirror.plentiful(command)]
+    verdicts = await mirror.admit([commands[i] for i in asked]) if asked else []
     if verdicts is None:
         return GatedBatch(list(range(len(commands))))
-    batch = GatedBatch([])
-    refused = [i for i, v in enumerate(verdicts) if v.code is AdmitCode.REJECTED]
+    batch = GatedBatch(sorted(set(range(len(commands))) - set(asked)))
+    refused = [asked[j] for j, v in enumerate(verdicts) if v.code is AdmitCode.REJECTED]
     retries: set[str] | Unavailable = set()
     if refused:
         try:
@@ -49,7 +50,7 @@ async def admit(
             )
         except Unavailable as exc:
             retries = exc
-    for i, verdict in enumerate(verdicts):
+    for i, verdict in zip(asked, verdicts, strict=True):
         if verdict.code is AdmitCode.REJECTED:
             if isinstance(retries, Unavailable):
                 batch.refused[i] = retries  # cannot tell a retry from a new request

@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 # SKUs remembered one by one while Redis is not told; past this, all are read again.
 _MAX_DIRTY = 100_000
 _CHUNK = 1000
+# A hold goes straight to PostgreSQL, past the gate, when each of its SKUs was seen, this
+# recently, with at least this many units available beyond it (see Mirror.plentiful).
+_PLENTY_FRESH_S = 0.25
+_PLENTY_UNITS = 50
+_PLENTY_FACTOR = 10
 
 
 class Mirror:
@@ -45,6 +50,8 @@ class Mirror:
         # SKUs whose levels changed while Redis was not told (too many: read them all).
         self._dirty: set[str] = set()
         self._all_dirty = False
+        # Units available per SKU as last seen here, and when (monotonic seconds).
+        self._seen: dict[str, tuple[int, float]] = {}
         REDIS_FALLBACK.set(1)
 
     def subscribe(self) -> asyncio.Event:
@@ -67,6 +74,27 @@ class Mirror:
                 "redis gate unusable, serving from PostgreSQL alone", extra={"error": str(exc)}
             )
         self._set_usable(False)
+
+    def plentiful(self, command: ReserveCommand) -> bool:
+        """Whether every line of `command` was seen moments ago with stock to spare: then
+        the gate, there to turn sold-out storms away from PostgreSQL, has nothing to do
+        for it, and PostgreSQL, which decides every hold anyway, is asked directly. A wrong
+        guess costs a PostgreSQL refusal, never an oversell."""
+        now = time.monotonic()
+        for line in command.lines:
+            seen = self._seen.get(line.sku)
+            if seen is None or now - seen[1] > _PLENTY_FRESH_S:
+                return False
+            if seen[0] - line.quantity < max(_PLENTY_UNITS, _PLENTY_FACTOR * line.quantity):
+                return False
+        return True
+
+    def _note(self, levels: Sequence[MirrorLevel]) -> None:
+        if len(self._seen) > _MAX_DIRTY:
+            self._seen.clear()  # a bound: entries matter for a quarter of a second
+        now = time.monotonic()
+        for level in levels:
+            self._seen[level.sku] = (level.on_hand - level.reserved, now)
 
     async def admit(self, commands: Sequence[ReserveCommand]) -> list[Admission] | None:
         """The gate's verdicts, or None when the gate is bypassed."""
@@ -91,6 +119,9 @@ class Mirror:
             return {}
         if found is None:
             return {}
+        now = time.monotonic()
+        for sku, (on_hand, reserved) in found.items():
+            self._seen[sku] = (on_hand - reserved, now)
         return {
             sku: StockLevel(sku, on_hand, reserved) for sku, (on_hand, reserved) in found.items()
         }
@@ -104,6 +135,7 @@ class Mirror:
     ) -> None:
         """Tell the gate what PostgreSQL decided; a failure only bypasses the gate, and
         the SKUs it could not tell are caught up before the gate is used again."""
+        self._note(levels)
         if self.gate is None:
             return
         if not self.usable:

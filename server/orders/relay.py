@@ -107,6 +107,8 @@ class Relay:
             await session.listen(EVENTS_CHANNEL, self._wake)
             self._published_upto = self._recorded_upto = 0
             while not self._stopping.is_set():
+                if self._wake.is_set():
+                    await self._sleep(self._settings.relay_gather_s)
                 # Cleared before the step: a commit notified during it wakes the next.
                 self._wake.clear()
                 more = await self.step(session)

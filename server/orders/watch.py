@@ -90,7 +90,7 @@ class EventFeed(Generic[W]):
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(
-                    self._dsn, server_settings={"application_name": "stockcore-feed"}
+                    self._dsn, server_settings={"application_name": "stockcore-feed", "jit": "off"}
                 )
                 await conn.add_listener(CURSOR_CHANNEL, lambda *_: self._wake.set())
                 if self._latest < 0:

@@ -229,15 +229,30 @@ _BODY_TIMES = (
 )
 
 
+# Columns an outbox body may leave out because they were null (sql/008_compact_events.sql).
+_BODY_NULLABLE = (
+    "payment_id",
+    "carrier",
+    "tracking_no",
+    "carrier_ack_id",
+    "shipped_at",
+    "in_transit_at",
+    "delivered_at",
+    "last_sync_at",
+    "cancel_reason",
+)
+
+
 def event_from_body(body: str, event_type: EventType) -> OrderEvent:
     """The OrderEvent an outbox body (jsonb written by the order functions) holds."""
     data = json.loads(body)
-    order = data["order"]
+    order = dict.fromkeys(_BODY_NULLABLE) | data["order"]
     for name in _BODY_TIMES:
-        if order.get(name) is not None:
+        if order[name] is not None:
             order[name] = datetime.fromisoformat(order[name])
     order["fingerprint"] = b""
-    change = data["change"]
+    change = {"from_status": None, "order_id": order["order_id"], "version": order["version"]}
+    change |= data["change"]
     change["changed_at"] = datetime.fromisoformat(change["changed_at"])
     return OrderEvent(event_type, order_from_row(order), change_from_row(change))
 

@@ -47,7 +47,7 @@ class OutboxSession:
                 dsn,
                 timeout=timeout,
                 command_timeout=timeout,
-                server_settings={"application_name": "stockcore-relay"},
+                server_settings={"application_name": "stockcore-relay", "jit": "off"},
             )
         except _UNREACHABLE as exc:
             raise Unavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc

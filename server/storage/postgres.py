@@ -223,7 +223,9 @@ class StockStore:
             min_size=min(2, pool_size),
             max_size=pool_size,
             command_timeout=timeout,
-            server_settings={"application_name": "stockcore"},
+            # JIT never pays off for statements that touch a batch's worth of rows, and its
+            # compile time (tens of ms) lands on whoever's batch triggered it.
+            server_settings={"application_name": "stockcore", "jit": "off"},
             # Connections hold no session state between uses; skipping asyncpg's
             # RESET ALL on release saves a round trip per batch.
             reset=_keep_session,

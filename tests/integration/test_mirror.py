@@ -434,3 +434,18 @@ async def test_a_ready_marker_that_survived_a_redis_restart_is_not_trusted(
     finally:
         await gate.close()
         persistent.stop()
+
+
+async def test_a_hold_on_plentiful_stock_goes_past_the_gate_and_a_scarce_one_through_it(
+    mirror: Mirror, gate: AdmissionGate, store: StockStore
+) -> None:
+    await stock_up(store, {"DEEP": 1000, "THIN": 30})
+    await mirror.check()
+    assert not mirror.plentiful(hold("r-0", ("DEEP", 1)))  # nothing seen here yet
+    await mirror.levels(["DEEP", "THIN"])
+
+    assert mirror.plentiful(hold("r-1", ("DEEP", 5)))
+    assert not mirror.plentiful(hold("r-2", ("DEEP", 5), ("THIN", 1)))  # 30 is not plenty
+    assert not mirror.plentiful(hold("r-3", ("DEEP", 120)))  # plenty for 5, not for 120
+    await asyncio.sleep(0.3)
+    assert not mirror.plentiful(hold("r-1", ("DEEP", 5)))  # seen too long ago
