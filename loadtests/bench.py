@@ -334,11 +334,38 @@ def run_bench(
         run.say("", "## After the run", "")
         sql = asyncio.run(invariants.check_via_sql(pg_dsn))
         run.check(sql.ok, sql.describe())
+        _targets(run, ratios, rows)
     finally:
         server.stop()
     sold = [(f"{r.design}, {r.runs}", r.purchases_per_s, r.oversold) for r in rows]
     if plots.plot_bench(ratios, sold, run.dir / "bench.png"):
         run.say("", f"plot: {run.dir.name}/bench.png")
+
+
+def _targets(run: report.Run, ratios: list[tuple[int, float, float]], rows: list[SaleRow]) -> None:
+    """The performance targets, from this run's own figures (ratios to the empty call
+    measured minutes earlier, and designs measured side by side)."""
+    run.say("", "## Targets", "")
+    at_64 = [r for r in ratios if r[0] == 64]
+    if at_64:
+        _, rc, so = at_64[0]
+        run.target(rc >= 0.5, f"Reserve+Commit at 64 callers: {rc:.0%} of the empty call >= 50%")
+        run.target(
+            so >= 0.7, f"sold-out rejections at 64 callers: {so:.0%} of the empty call >= 70%"
+        )
+    ours = [r for r in rows if r.design.startswith("stockcore")]
+    locks = [r for r in rows if r.design == "select-for-update" and r.runs == STRAIGHT]
+    if ours and locks:
+        us, them = ours[0], locks[0]
+        run.target(
+            us.purchases_per_s >= them.purchases_per_s
+            and us.result.p99_ms <= them.result.p99_ms
+            and us.oversold == 0,
+            f"hot-SKU sale: stockcore {us.purchases_per_s:,.0f} purchases/s (p99"
+            f" {us.result.p99_ms:.0f} ms, oversold {us.oversold}) >= SELECT ... FOR UPDATE"
+            f" straight at PostgreSQL {them.purchases_per_s:,.0f}/s (p99"
+            f" {them.result.p99_ms:.0f} ms), p99 no worse, 0 oversold",
+        )
 
 
 def main() -> None:

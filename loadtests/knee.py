@@ -296,7 +296,7 @@ def main() -> int:
     server_rss, _ = sampler.max_rss_mb("server")
     create_label, checkout_label = labels(args.api)
     run.say("", "## Targets", "")
-    for name, checkout, wanted in ((create_label, False, 1000), (checkout_label, True, 500)):
+    for name, checkout, wanted in ((create_label, False, 1500), (checkout_label, True, 600)):
         best = best_within(rows, args.p99_bound, checkout)
         result = None if best is None else best.checkout if checkout else best.create
         run.target(

@@ -178,17 +178,23 @@ def day(args: argparse.Namespace) -> int:
     run.say(*report.table(report.RESOURCE_HEADER, report.resource_rows(sampler, p0, p1)))
     run.say("", "## Targets", "")
     run.target(
-        figures.achieved_peak_per_s >= 0.95 * figures.target_peak_per_s,
-        f"orders created on the plateau {figures.achieved_peak_per_s:,.1f}/s >= 95% of "
+        figures.achieved_peak_per_s >= 0.99 * figures.target_peak_per_s,
+        f"orders created on the plateau {figures.achieved_peak_per_s:,.1f}/s >= 99% of "
         f"{figures.target_peak_per_s:,.1f}/s asked",
     )
     run.target(
-        figures.create_peak.mean_ms <= 10.0,
-        f"order creation mean at the peak {figures.create_peak.mean_ms:.1f} ms <= 10 ms",
+        figures.create_peak.mean_ms <= 25.0,
+        f"order creation mean at the peak {figures.create_peak.mean_ms:.1f} ms <= 25 ms",
     )
     run.target(
-        figures.create_peak.p99_ms <= 30.0,
-        f"order creation p99 at the peak {figures.create_peak.p99_ms:.1f} ms <= 30 ms",
+        figures.create_peak.p99_ms <= 100.0,
+        f"order creation p99 at the peak {figures.create_peak.p99_ms:.1f} ms <= 100 ms",
+    )
+    machine_ms = sampler.machine_cpu_percent(p0, p1) * 10 / max(figures.achieved_peak_per_s, 1e-9)
+    run.target(
+        machine_ms <= 5.5,
+        f"whole-machine CPU per order on the plateau {machine_ms:.1f} ms <= 5.5 ms"
+        " (load generator included)",
     )
     run.check(figures.failures == 0, f"failed calls (not expected rejections): {figures.failures}")
     run.target(
