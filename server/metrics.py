@@ -72,6 +72,15 @@ EVENTS_PUBLISHED = Counter(
     "stockcore_order_events_published_total",
     "Order events added to the Redis stream (a retry after a crash may add one again).",
 )
+EVENTS_REPUBLISHED = Counter(
+    "stockcore_order_events_republished_total",
+    "Order events published again because the Redis stream lost them.",
+)
+EVENT_GROUPS_LEFT_BEHIND = Counter(
+    "stockcore_order_event_groups_left_behind_total",
+    "Trims past the stream's hard cap that removed entries a consumer group had not read.",
+    ["group"],
+)
 EVENTS_UNPUBLISHED = Gauge(
     "stockcore_order_events_unpublished",
     "Order events committed but not yet published, as last counted by the relay.",

@@ -94,6 +94,18 @@ class OutboxSession:
             lambda c: c.execute("SELECT stockcore.record_published($1)", published_upto)
         )
 
+    async def published_upto(self) -> int:
+        """The highest cursor recorded as published."""
+        value: int = await self._run(lambda c: c.fetchval("SELECT stockcore.published_upto()"))
+        return value
+
+    async def rewind(self, published_upto: int) -> None:
+        """Record that only events up to `published_upto` are published (the stream lost
+        the rest): the next steps publish them again."""
+        await self._run(
+            lambda c: c.execute("SELECT stockcore.rewind_published($1)", published_upto)
+        )
+
     async def backlog(self) -> int:
         """How many events wait to be sequenced or published."""
         count: int = await self._run(lambda c: c.fetchval("SELECT stockcore.outbox_backlog()"))

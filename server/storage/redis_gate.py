@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from importlib import resources
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from server.domain.inventory import ReserveCommand
+from server.storage.lua_scripts import source
 from server.storage.postgres import MirrorLevel
 
 
@@ -41,10 +41,6 @@ class Admission:
     available: dict[str, int]
 
 
-def _script(name: str) -> str:
-    return (resources.files("server.storage") / "lua" / name).read_text()
-
-
 # Any Redis failure (unreachable, out of memory, read-only replica ...) only bypasses the gate.
 _ERRORS = (redis.exceptions.RedisError, OSError)
 
@@ -55,10 +51,10 @@ class AdmissionGate:
     def __init__(self, client: aioredis.Redis, prefix: str = "sc:") -> None:
         self._client = client
         self.prefix = prefix
-        self._admit = client.register_script(_script("admit.lua"))
-        self._settle = client.register_script(_script("settle.lua"))
-        self._levels = client.register_script(_script("levels.lua"))
-        self._ready = client.register_script(_script("ready.lua"))
+        self._admit = client.register_script(source("admit.lua"))
+        self._settle = client.register_script(source("settle.lua"))
+        self._levels = client.register_script(source("levels.lua"))
+        self._ready = client.register_script(source("ready.lua"))
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "sc:", timeout: float = 1.0) -> AdmissionGate:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from stockcore.v1 import orders_pb2 as pb
 
-from clients.events import OrderEventConsumer
+from clients.events import STREAM, OrderEventConsumer
 from clients.orders import OrderEvent
 from server.config import Settings
+from tests.conftest import Servers
 from tests.e2e.test_orders_api import create_request, stock
+from tests.waiting import until
 
 
 async def consume_until(
@@ -75,3 +78,39 @@ async def test_every_committed_event_is_published_and_counted_once(
     for event in handled:
         versions.setdefault(event.order_id, []).append(event.order_version)
     assert all(v == list(range(1, len(v) + 1)) for v in versions.values())
+
+
+async def test_events_a_redis_crash_lost_reach_the_stream_again(
+    clean: Servers, settings: Settings, orders, stub
+) -> None:
+    if clean.redis is None:
+        pytest.skip("Redis is external (STOCKCORE_REDIS_URL); this test needs to kill its own")
+    await stock(stub, "A", 1000)
+    for i in range(10):
+        await orders.CreateOrder(create_request(f"before-{i}"))
+    client = aioredis.Redis.from_url(clean.redis_url)
+    try:
+        await until(lambda: stream_holds(client, 10), "the first ten events are published")
+    finally:
+        await client.aclose()
+    # Redis runs without persistence here: kill -9 loses the stream and its marker.
+    clean.redis.kill()
+    await clean.redis.restart()
+    for i in range(10):
+        await orders.CreateOrder(create_request(f"after-{i}"))
+
+    client = aioredis.Redis.from_url(clean.redis_url)
+    try:
+        consumer = OrderEventConsumer(client, group="billing", consumer="b-1")
+        await consumer.ensure_group()
+        wanted = {f"before-{i}/1" for i in range(10)} | {f"after-{i}/1" for i in range(10)}
+        handled = await consume_until(consumer, wanted, timeout=30)
+    finally:
+        await client.aclose()
+    assert sorted(e.event_id for e in handled) == sorted(wanted)
+    cursors = [e.cursor for e in handled]
+    assert cursors == sorted(cursors)
+
+
+async def stream_holds(client: aioredis.Redis, count: int) -> bool:
+    return int(await client.xlen(STREAM)) >= count

@@ -274,3 +274,154 @@ async def test_the_relay_wakes_on_a_commit_rather_than_waiting_for_its_poll(
     finally:
         relay.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def relay_until_idle(relay: Relay, session: OutboxSession) -> None:
+    """Steps until nothing waits (a refused publish counts as waiting)."""
+    for _ in range(20):
+        if not await relay.step(session):
+            return
+    raise AssertionError("the relay still had work after 20 steps")
+
+
+async def test_events_a_redis_restart_lost_are_published_again_in_cursor_order(
+    orders: OrderStore,
+    relay_settings: Settings,
+    session: OutboxSession,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+) -> None:
+    relay = Relay(relay_settings, stream, encoded_event)
+    await create(orders, "o-1", "o-2", "o-3")
+    await relay_until_idle(relay, session)
+    await relay_until_idle(relay, session)  # records the watermark
+    assert await session.published_upto() == 3
+    republished = sample("stockcore_order_events_republished_total")
+
+    # Redis comes back empty (no persistence); then more orders are committed.
+    await redis_client.flushdb()
+    await create(orders, "o-4")
+    await relay_until_idle(relay, session)
+
+    events = await stream_events(redis_client)
+    assert [e.cursor for e in events] == [1, 2, 3, 4]
+    assert [e.event_id for e in events] == ["o-1/1", "o-2/1", "o-3/1", "o-4/1"]
+    assert sample("stockcore_order_events_republished_total") == republished + 3
+
+
+async def test_a_stream_from_an_older_snapshot_gets_what_it_missed_before_anything_newer(
+    orders: OrderStore,
+    relay_settings: Settings,
+    session: OutboxSession,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+) -> None:
+    relay = Relay(relay_settings, stream, encoded_event)
+    await create(orders, "o-1", "o-2")
+    await relay_until_idle(relay, session)
+    snapshot = [entry_id for entry_id, _ in await redis_client.xrange(STREAM)]
+    await create(orders, "o-3", "o-4")
+    await relay_until_idle(relay, session)
+    await relay_until_idle(relay, session)
+    # What a Redis restored from a snapshot taken after the first two holds.
+    newer = [entry_id for entry_id, _ in await redis_client.xrange(STREAM)][len(snapshot) :]
+    await redis_client.xdel(STREAM, *newer)
+    await redis_client.set(STREAM + ":published-upto", 2)
+
+    await create(orders, "o-5")
+    await relay_until_idle(relay, session)
+
+    assert [e.cursor for e in await stream_events(redis_client)] == [1, 2, 3, 4, 5]
+
+
+async def test_a_new_relay_finds_the_loss_at_activation(
+    orders: OrderStore,
+    relay_settings: Settings,
+    session: OutboxSession,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+) -> None:
+    await create(orders, "o-1", "o-2")
+    first = Relay(relay_settings, stream, encoded_event)
+    await relay_until_idle(first, session)
+    await relay_until_idle(first, session)
+    await redis_client.flushdb()
+
+    # Nothing new was committed: the relay that takes over republishes anyway.
+    await relay_until_idle(Relay(relay_settings, stream, encoded_event), session)
+    assert [e.cursor for e in await stream_events(redis_client)] == [1, 2]
+
+
+async def test_a_stream_written_before_markers_is_trusted_not_republished(
+    orders: OrderStore,
+    relay_settings: Settings,
+    session: OutboxSession,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+) -> None:
+    await create(orders, "o-1", "o-2")
+    earlier = Relay(relay_settings, stream, encoded_event)
+    await relay_until_idle(earlier, session)
+    await relay_until_idle(earlier, session)
+    await redis_client.delete(STREAM + ":published-upto")
+
+    await create(orders, "o-3")
+    await relay_until_idle(Relay(relay_settings, stream, encoded_event), session)
+    assert [e.cursor for e in await stream_events(redis_client)] == [1, 2, 3]
+
+
+async def fill(stream: EventStream, start: int, count: int) -> None:
+    """Entries with cursors start..start+count-1, in batches."""
+    for first in range(start, start + count, 500):
+        last = min(first + 500, start + count)
+        await stream.publish([(f"e-{c}", c, b"x") for c in range(first, last)])
+
+
+async def test_trimming_keeps_what_a_slow_group_has_not_read(
+    redis_client: aioredis.Redis, clean: Servers
+) -> None:
+    small = EventStream(redis_client, maxlen=1000, hard_cap=10)
+    await redis_client.xgroup_create(STREAM, "slow", id="0", mkstream=True)
+    await redis_client.xgroup_create(STREAM, "quick", id="0")
+    await fill(small, 1, 5000)
+    # "slow" read 300 entries and acknowledged 200; "quick" read and acknowledged all.
+    read = await redis_client.xreadgroup("slow", "s-1", {STREAM: ">"}, count=300)
+    ids = [entry_id for entry_id, _ in read[0][1]]
+    await redis_client.xack(STREAM, "slow", *ids[:200])
+    quick = await redis_client.xreadgroup("quick", "q-1", {STREAM: ">"}, count=5000)
+    await redis_client.xack(STREAM, "quick", *[entry_id for entry_id, _ in quick[0][1]])
+
+    trimmed = await small.trim()
+    assert trimmed.left_behind == ()
+    oldest = await redis_client.xrange(STREAM, "-", "+", count=1)
+    # Nothing "slow" still needs went: its first unacknowledged entry is entry 201.
+    assert int(oldest[0][1][b"cursor"]) <= 201
+    assert int(await redis_client.xlen(STREAM)) >= 4800
+
+    # Once "slow" has acknowledged everything, the stream is trimmed to about its length.
+    rest = await redis_client.xreadgroup("slow", "s-1", {STREAM: ">"}, count=5000)
+    await redis_client.xack(STREAM, "slow", *ids[200:], *[e for e, _ in rest[0][1]])
+    trimmed = await small.trim()
+    assert trimmed.removed > 0
+    assert 1000 <= int(await redis_client.xlen(STREAM)) < 2000
+
+
+async def test_past_the_hard_cap_trimming_goes_on_and_names_the_groups_left_behind(
+    redis_client: aioredis.Redis, clean: Servers
+) -> None:
+    small = EventStream(redis_client, maxlen=1000, hard_cap=2)
+    await redis_client.xgroup_create(STREAM, "stalled", id="0", mkstream=True)
+    await fill(small, 1, 5000)
+
+    trimmed = await small.trim()
+    assert trimmed.left_behind == ("stalled",)
+    assert int(await redis_client.xlen(STREAM)) < 3000
+
+
+async def test_without_groups_the_stream_is_trimmed_to_about_its_length(
+    redis_client: aioredis.Redis, clean: Servers
+) -> None:
+    small = EventStream(redis_client, maxlen=1000)
+    await fill(small, 1, 3000)
+    assert (await small.trim()).removed > 0
+    assert 1000 <= int(await redis_client.xlen(STREAM)) < 2000
