@@ -1,4 +1,5 @@
-"""stockctl: read and change stockcore inventory from a shell."""
+"""stockctl: read and change stockcore inventory and orders, and a consumer group's dead
+letters, from a shell."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO, assert_never
 
+import redis.exceptions
+
 from clients.errors import FailedPrecondition, InvalidArgument, NotFound, StockcoreError
+from clients.events_cli import (
+    EVENT_COMMANDS,
+    DeadLetterMissing,
+    EventCommand,
+    add_event_commands,
+    execute_events,
+)
 from clients.inventory import InventoryClient, Reservation, StockLevel, check_caller
 from clients.order_cli import ORDER_COMMANDS, OrderCommand, add_order_commands, execute_order
 from clients.orders import OrderClient
@@ -96,7 +106,7 @@ class GetReservation:
 
 
 StockCommand = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
-Command = StockCommand | OrderCommand
+Command = StockCommand | OrderCommand | EventCommand
 
 
 def parse_line(text: str) -> tuple[str, int]:
@@ -257,6 +267,7 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
     show.set_defaults(make=lambda ns: GetReservation(reservation_id=ns.reservation_id))
 
     add_order_commands(commands, leaf)
+    add_event_commands(commands, leaf)
     return parser
 
 
@@ -402,6 +413,9 @@ async def execute(client: InventoryClient, command: StockCommand) -> tuple[objec
 
 async def run(options: GlobalOptions, command: Command, *, out: TextIO) -> None:
     """Connect with `options`, perform `command` and print its result to `out`."""
+    if isinstance(command, EVENT_COMMANDS):
+        await execute_events(command, out=out, as_json=options.json)
+        return
     if isinstance(command, ORDER_COMMANDS):
         async with OrderClient(
             options.target, caller=options.caller, default_timeout=options.timeout
@@ -427,6 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StockcoreError as error:
         print(format_error(error, as_json=options.json), file=sys.stderr)
         return exit_code_for(error)
+    except DeadLetterMissing as missing:
+        print(f"stockctl: NOT_FOUND: {missing}", file=sys.stderr)
+        return ExitCode.NOT_FOUND
+    except (redis.exceptions.RedisError, OSError) as error:
+        print(f"stockctl: Redis: {type(error).__name__}: {error}", file=sys.stderr)
+        return ExitCode.ERROR
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
     return ExitCode.OK
