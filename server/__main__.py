@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from server import app, config, demo, logs
+from server.devcredentials import DevCredentials
 from server.devservers import local_servers
 from server.storage.postgres import StockStore
 
@@ -29,11 +30,30 @@ async def _load_demo(settings: config.Settings) -> None:
         await store.close()
 
 
+def with_dev_credentials(settings: config.Settings) -> config.Settings:
+    """Settings that serve TLS with the development certificate and check tokens against
+    the development key (made under the data folder if missing), where the environment
+    named no files and did not turn TLS or token checks off; reflection on unless set."""
+    credentials = DevCredentials(Path(settings.data_dir).resolve())
+    changes: dict[str, object] = {}
+    if not settings.plaintext and not settings.tls_cert_file:
+        changes["tls_cert_file"] = str(credentials.server_cert)
+        changes["tls_key_file"] = str(credentials.server_key)
+    if not settings.auth_disabled and not settings.auth_jwks_file:
+        changes["auth_jwks_file"] = str(credentials.jwks)
+    if changes:
+        credentials.ensure()
+    if settings.reflection is None:
+        changes["reflection"] = True
+    return settings.with_overrides(**changes)
+
+
 def dev(settings: config.Settings) -> None:
     """Start PostgreSQL and Redis unless the environment names servers, then serve."""
     import uvloop
 
     root = Path(settings.data_dir).resolve()
+    settings = with_dev_credentials(settings)
     with local_servers(
         root,
         settings.dev_pg_port,
@@ -54,11 +74,21 @@ def dev(settings: config.Settings) -> None:
             uvloop.run(_load_demo(settings))
         print(
             f"stockcore serving on {settings.grpc_host}:{settings.grpc_port}"
-            f" (metrics http://{settings.grpc_host}:{settings.metrics_port}/metrics); Ctrl-C stops",
+            f" ({'plaintext' if settings.plaintext else 'TLS, CA ' + _dev_ca(settings)};"
+            f" metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics); Ctrl-C stops\n"
+            "a development token for stockctl:"
+            " export STOCKCORE_TOKEN=$(.venv/bin/stockctl token issue --sub $USER --scopes all)",
             file=sys.stderr,
             flush=True,
         )
         app.serve(settings)
+
+
+def _dev_ca(settings: config.Settings) -> str:
+    credentials = DevCredentials(Path(settings.data_dir).resolve())
+    if settings.tls_cert_file == str(credentials.server_cert):
+        return str(credentials.ca_cert)
+    return "of the configured certificate"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
 
         uvloop.run(app.run_migrations(settings))
         return
+    problem = settings.security_problem()
+    if problem is not None:
+        parser.exit(2, f"invalid settings: {problem}\n")
     app.serve(settings)
 
 

@@ -90,3 +90,8 @@ RELAY_ACTIVE = Gauge(
     "1 in the process that holds the outbox sequencer lock, 0 in those standing by.",
 )
 WATCH_STREAMS = Gauge("stockcore_order_watch_streams", "Open WatchOrders streams.")
+CALLS_REFUSED = Counter(
+    "stockcore_calls_refused_total",
+    "Calls refused before they ran: UNAUTHENTICATED or PERMISSION_DENIED, by ErrorInfo reason.",
+    ["reason"],
+)

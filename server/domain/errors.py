@@ -120,3 +120,22 @@ class DeadlineExpired(DomainError):
     """The caller's deadline passed while the request waited for its batch: it was not
     applied. (A deadline that passes once the batch is in PostgreSQL ends the call
     without this error; that outcome is unknown until a retry with the same id.)"""
+
+
+class Unauthenticated(DomainError):
+    """The call carries no credentials the server accepts (no token, an expired one, one
+    that does not verify); `reason` says which, as ErrorInfo names it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class PermissionDenied(DomainError):
+    """The caller is who it says, but may not do this: a scope it lacks, or another
+    customer's data. `metadata` goes into ErrorInfo (the scope it needs, say)."""
+
+    def __init__(self, reason: str, message: str, metadata: dict[str, str] | None = None) -> None:
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        super().__init__(message)

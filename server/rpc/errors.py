@@ -16,7 +16,9 @@ from server.domain.errors import (
     InvalidArgument,
     NotFound,
     PaymentMismatch,
+    PermissionDenied,
     StockFloorViolation,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -32,6 +34,8 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     PaymentMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -63,7 +67,13 @@ def _pack(message: object) -> any_pb2.Any:
 def _details(exc: DomainError) -> list[any_pb2.Any]:
     reason = _REASONS.get(type(exc), "ERROR")
     details: list[any_pb2.Any] = []
-    if isinstance(exc, InvalidArgument):
+    metadata: dict[str, str] = {}
+    if isinstance(exc, Unauthenticated):
+        reason = exc.reason
+    elif isinstance(exc, PermissionDenied):
+        reason = exc.reason
+        metadata = exc.metadata
+    elif isinstance(exc, InvalidArgument):
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
@@ -153,7 +163,9 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
         )
     elif isinstance(exc, Unavailable):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 100_000_000})))
-    details.insert(0, _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)))
+    details.insert(
+        0, _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+    )
     return details
 
 

@@ -1,6 +1,8 @@
-"""Every RPC passes through here: a request that cannot be decoded is INVALID_ARGUMENT,
-domain errors become statuses with details, anything else becomes INTERNAL and is
-logged, and latency is recorded by method and code.
+"""Every RPC passes through here: the caller is admitted or refused (server/rpc/access.py,
+before anything else, so a refused call changes nothing and learns nothing of its
+request), a request that cannot be decoded is INVALID_ARGUMENT, domain errors become
+statuses with details, anything else becomes INTERNAL and is logged, and latency is
+recorded by method and code.
 
 The service's method handlers are built here once at start-up, from its descriptor,
 rather than through a grpc.aio server interceptor, which grpc.aio consults with an extra
@@ -21,6 +23,7 @@ from google.protobuf import descriptor, message, message_factory
 
 from server.domain.errors import DomainError, FieldViolation, InvalidArgument
 from server.metrics import RPC_DURATION
+from server.rpc.access import Gatekeeper, Rule
 from server.rpc.errors import status_code_for, to_status
 
 log = logging.getLogger(__name__)
@@ -54,15 +57,20 @@ def _decoded(request: Any) -> Any:
 
 
 def observe(
-    method: str, inner: Callable[[Any, Any], Awaitable[Any]]
+    method: str,
+    inner: Callable[[Any, Any], Awaitable[Any]],
+    gatekeeper: Gatekeeper,
+    rule: Rule,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     """Wrap one unary-unary servicer method."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
+    admit = gatekeeper.admit
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            admit(rule, context)
             return await inner(_decoded(request), context)
         except DomainError as exc:
             # Expected failures are answered by status, without raising through grpc:
@@ -90,16 +98,21 @@ def observe(
 
 
 def observe_stream(
-    method: str, inner: Callable[[Any, Any], AsyncIterator[Any]]
+    method: str,
+    inner: Callable[[Any, Any], AsyncIterator[Any]],
+    gatekeeper: Gatekeeper,
+    rule: Rule,
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     """Wrap one unary-stream servicer method (an async generator) the same way; its
     duration is the stream's lifetime."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
+    admit = gatekeeper.admit
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            admit(rule, context)
             async for item in inner(_decoded(request), context):
                 yield item
         except DomainError as exc:
@@ -125,24 +138,27 @@ def observe_stream(
 
 
 def service_handler(
-    servicer: object, service: descriptor.ServiceDescriptor
+    servicer: object, service: descriptor.ServiceDescriptor, gatekeeper: Gatekeeper
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """The handlers of every method of `service`, each the servicer's method of that
-    name, observed, with requests decoded by the tolerant deserializer."""
+    name, admitted by `gatekeeper` by its rule, observed, with requests decoded by the
+    tolerant deserializer. A method without a rule fails here, at start-up: nothing is
+    served that the access table does not name."""
     handlers = {}
     for method in service.methods:
         inner = getattr(servicer, method.name)
+        rule = gatekeeper.rule(f"/{service.full_name}/{method.name}")
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                observe_stream(method.name, inner),
+                observe_stream(method.name, inner, gatekeeper, rule),
                 request_deserializer=_tolerant(request),
                 response_serializer=response.SerializeToString,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                observe(method.name, inner),
+                observe(method.name, inner, gatekeeper, rule),
                 request_deserializer=_tolerant(request),
                 response_serializer=response.SerializeToString,
             )
