@@ -23,6 +23,7 @@ import itertools
 import os
 import random
 import shutil
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from loadtests import classic, invariants, plots, report, sale
 from loadtests.ceiling import measure_ceiling
 from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
 from loadtests.edge import edge_server
+from loadtests.sampler import cpu_seconds
 from loadtests.stack import PLAINTEXT_ENV, read_stock, stock_catalogue
 from server.devservers import LocalStockcore, local_servers
 
@@ -306,18 +308,46 @@ SECURITY_HEADER = [
     "plaintext call/s",
     "p50 ms",
     "p99 ms",
+    "server CPU µs/call",
     "TLS + token call/s",
     "p50 ms",
     "p99 ms",
-    "throughput cost",
+    "server CPU µs/call",
+    "CPU cost",
 ]
+_WARMUP_S = 1.0
+
+
+def _measured_cell(
+    factory: OpFactory, server: LocalStockcore, concurrency: int, duration: float
+) -> tuple[RunResult, float]:
+    """A closed-loop cell and the server's CPU microseconds per call in it (warm-up calls
+    counted at the measured rate): on a shared machine, CPU per call moves far less than
+    throughput does."""
+    assert server.proc is not None
+    before = cpu_seconds(server.proc.pid)
+    result = run_in_processes(
+        factory, processes=1, concurrency=concurrency, duration=duration, warmup=_WARMUP_S
+    )
+    after = cpu_seconds(server.proc.pid)
+    assert before is not None and after is not None, "the server went away"
+    calls = result.count + result.ops_per_s * _WARMUP_S
+    return result, (after - before) / calls * 1e6
+
+
+def _median(cells: list[tuple[RunResult, float]]) -> tuple[RunResult, float]:
+    """The round of median throughput, and the median CPU per call over the rounds."""
+    by_rate = sorted(cells, key=lambda cell: cell[0].ops_per_s)
+    return by_rate[len(by_rate) // 2][0], statistics.median(cpu for _, cpu in cells)
 
 
 def _security_cost(
-    run: report.Run, plaintext: LocalStockcore, levels: list[int], duration: float
+    run: report.Run, plaintext: LocalStockcore, levels: list[int], duration: float, rounds: int
 ) -> None:
     """The same calls over plaintext without token checks and over TLS with a verified
-    bearer token (a second server on the same databases), cell beside cell."""
+    bearer token (a second server on the same databases), cell beside cell, `rounds`
+    times alternately; each figure is the median of its rounds, so a burst of other work
+    on the machine moves one round, not the result."""
     secure = LocalStockcore(
         plaintext.env["STOCKCORE_PG_DSN"],
         plaintext.env["STOCKCORE_REDIS_URL"],
@@ -335,7 +365,9 @@ def _security_cost(
             "",
             "TLS (ECDSA P-256 certificate) and an Ed25519-signed bearer token checked on every"
             " call, beside plaintext without token checks: one channel per load process, one"
-            " token for all its calls (verified once, then found in the server's cache)",
+            " token for all its calls (verified once, then found in the server's cache);"
+            f" server CPU from /proc over the whole cell; medians of {rounds} alternating rounds"
+            f" (load average before: {os.getloadavg()[0]:.1f})",
             "",
             *report.table(SECURITY_HEADER, []),
         )
@@ -344,18 +376,22 @@ def _security_cost(
                 ("Reserve+Commit", open_alternating, {"reserve", "commit"}),
                 ("CreateOrder", open_creating, {"created"}),
             ):
-                plain, secured = (
-                    run_in_processes(
-                        functools.partial(factory, target, credentials),
-                        processes=1,
-                        concurrency=concurrency,
-                        duration=duration,
-                    )
-                    for target, credentials in (
-                        (plaintext.target, _PLAINTEXT),
-                        (secure.target, tls),
-                    )
-                )
+                cells: dict[str, list[tuple[RunResult, float]]] = {"plain": [], "tls": []}
+                for _ in range(rounds):
+                    for name, server, credentials in (
+                        ("plain", plaintext, _PLAINTEXT),
+                        ("tls", secure, tls),
+                    ):
+                        cells[name].append(
+                            _measured_cell(
+                                functools.partial(factory, server.target, credentials),
+                                server,
+                                concurrency,
+                                duration,
+                            )
+                        )
+                plain, plain_cpu = _median(cells["plain"])
+                secured, secured_cpu = _median(cells["tls"])
                 _check(plain, allowed)
                 _check(secured, allowed)
                 run.say(
@@ -366,10 +402,13 @@ def _security_cost(
                             f"{plain.ops_per_s:,.0f}",
                             report.ms(plain.p50_ms),
                             report.ms(plain.p99_ms),
+                            f"{plain_cpu:,.0f}",
                             f"{secured.ops_per_s:,.0f}",
                             report.ms(secured.p50_ms),
                             report.ms(secured.p99_ms),
-                            f"{1 - secured.ops_per_s / plain.ops_per_s:.1%}",
+                            f"{secured_cpu:,.0f}",
+                            f"{secured_cpu - plain_cpu:+,.0f} µs"
+                            f" ({secured_cpu / plain_cpu - 1:+.0%})",
                         ]
                     )
                 )
@@ -385,6 +424,7 @@ def run_bench(
     duration: float,
     data_dir: Path,
     size: SaleSize | None,
+    security_rounds: int = 3,
 ) -> None:
     """Run every measurement and report the tables."""
     # The server migrates the database as it starts.
@@ -434,7 +474,7 @@ def run_bench(
                     ]
                 )
             )
-        _security_cost(run, server, levels, duration)
+        _security_cost(run, server, levels, duration, security_rounds)
         rows: list[SaleRow] = []
         if size is not None:
             run.say(
@@ -499,6 +539,12 @@ def main() -> None:
     parser.add_argument("--sale-buyers", type=int, default=64, help="buyers in the sale")
     parser.add_argument("--sale-seconds", type=float, default=120.0, help="most a sale may take")
     parser.add_argument("--skip-contention", action="store_true", help="leave out the hot-SKU sale")
+    parser.add_argument(
+        "--security-rounds",
+        type=int,
+        default=3,
+        help="alternating plaintext / TLS + token rounds per cell (median reported)",
+    )
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -520,7 +566,9 @@ def main() -> None:
         pg_dsn = pg_dsn or (pg.dsn if pg else None)
         redis_url = redis_url or (rd.url if rd else None)
         assert pg_dsn is not None and redis_url is not None
-        run_bench(run, pg_dsn, redis_url, levels, args.duration, data_dir, size)
+        run_bench(
+            run, pg_dsn, redis_url, levels, args.duration, data_dir, size, args.security_rounds
+        )
     raise SystemExit(run.finish())
 
 
