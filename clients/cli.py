@@ -18,7 +18,14 @@ from typing import TextIO, assert_never
 import redis.exceptions
 
 from clients.credentials import Credentials
-from clients.errors import FailedPrecondition, InvalidArgument, NotFound, StockcoreError
+from clients.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StockcoreError,
+    Unauthenticated,
+)
 from clients.events_cli import (
     EVENT_COMMANDS,
     DeadLetterMissing,
@@ -45,6 +52,8 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     NOT_FOUND = 3
     FAILED_PRECONDITION = 4
+    NOT_ALLOWED = 5
+    """UNAUTHENTICATED or PERMISSION_DENIED: get a (fresh) token with the scope it names."""
     INTERRUPTED = 130
 
 
@@ -331,6 +340,8 @@ def exit_code_for(error: StockcoreError) -> ExitCode:
         return ExitCode.NOT_FOUND
     if isinstance(error, FailedPrecondition):
         return ExitCode.FAILED_PRECONDITION
+    if isinstance(error, Unauthenticated | PermissionDenied):
+        return ExitCode.NOT_ALLOWED
     # The server judged the command's own arguments invalid: a usage error found later.
     if isinstance(error, InvalidArgument):
         return ExitCode.USAGE

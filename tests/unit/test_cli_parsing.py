@@ -252,6 +252,8 @@ def test_missing_or_unknown_command_is_a_usage_error(
             ExitCode.FAILED_PRECONDITION,
         ),
         (StatusCode.INVALID_ARGUMENT, [], ExitCode.USAGE),
+        (StatusCode.UNAUTHENTICATED, [], ExitCode.NOT_ALLOWED),
+        (StatusCode.PERMISSION_DENIED, [], ExitCode.NOT_ALLOWED),
         (StatusCode.UNAVAILABLE, [], ExitCode.ERROR),
         (StatusCode.ALREADY_EXISTS, [], ExitCode.ERROR),
         (StatusCode.INTERNAL, [], ExitCode.ERROR),
