@@ -15,12 +15,10 @@ from server.auth import scopes
 from server.auth.tokens import TOKEN_EXPIRED, TOKEN_INVALID, KeySet, TokenVerifier
 from server.domain.errors import Unauthenticated
 
-NOW = time.time()
-
 
 class Clock:
     def __init__(self) -> None:
-        self.now = NOW
+        self.now = time.time()
         self.monotonic = time.monotonic()
 
 
@@ -52,7 +50,7 @@ def refusal_reason(check: TokenVerifier, token: str) -> str:
 def test_a_token_names_its_subject_and_scopes(tmp_path: Path, clock: Clock) -> None:
     private, public = new_signing_key("k1")
     write_jwks(tmp_path / "jwks.json", public)
-    token = issue_token(private, "checkout", ["inventory:hold", "orders:write"], now=NOW)
+    token = issue_token(private, "checkout", ["inventory:hold", "orders:write"], now=clock.now)
 
     principal = verifier(tmp_path / "jwks.json", clock).principal(token)
 
@@ -69,12 +67,14 @@ def test_a_new_key_verifies_once_published_and_a_removed_one_stops_at_once(
     path = tmp_path / "jwks.json"
     write_jwks(path, old_public)
     check = verifier(path, clock)
-    old_token = issue_token(old, "svc", ["inventory:read"], now=NOW)
+    old_token = issue_token(old, "svc", ["inventory:read"], now=clock.now)
     assert check.principal(old_token).subject == "svc"
 
     write_jwks(path, old_public, new_public)
     clock.monotonic += 1.5  # a kid not yet seen makes the file be read within a second
-    assert check.principal(issue_token(new, "svc", ["inventory:read"], now=NOW)).subject == "svc"
+    assert (
+        check.principal(issue_token(new, "svc", ["inventory:read"], now=clock.now)).subject == "svc"
+    )
 
     write_jwks(path, new_public)
     clock.monotonic += 5.5
@@ -87,7 +87,7 @@ def test_a_verified_token_is_not_verified_again(
     private, public = new_signing_key("k1")
     write_jwks(tmp_path / "jwks.json", public)
     check = verifier(tmp_path / "jwks.json", clock)
-    token = issue_token(private, "svc", ["inventory:read"], now=NOW)
+    token = issue_token(private, "svc", ["inventory:read"], now=clock.now)
     decoded: list[str] = []
     real_decode = jwt.decode
 
@@ -106,7 +106,7 @@ def test_a_cached_token_is_refused_once_it_expires(tmp_path: Path, clock: Clock)
     private, public = new_signing_key("k1")
     write_jwks(tmp_path / "jwks.json", public)
     check = verifier(tmp_path / "jwks.json", clock)
-    token = issue_token(private, "svc", ["inventory:read"], ttl_s=60, now=NOW)
+    token = issue_token(private, "svc", ["inventory:read"], ttl_s=60, now=clock.now)
     check.principal(token)
 
     clock.now += 61
@@ -119,7 +119,7 @@ def test_a_token_of_another_key_under_a_known_kid_is_invalid(tmp_path: Path, clo
     forged, _ = new_signing_key("k1")
     write_jwks(tmp_path / "jwks.json", public)
 
-    token = issue_token(forged, "svc", scopes.SERVICE_SCOPES, now=NOW)
+    token = issue_token(forged, "svc", scopes.SERVICE_SCOPES, now=clock.now)
 
     assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
 
@@ -132,8 +132,10 @@ def test_a_gateway_key_limited_to_customers_cannot_grant_service_scopes(
     write_jwks(tmp_path / "jwks.json", public)
     check = verifier(tmp_path / "jwks.json", clock)
 
-    shopper = issue_token(private, "shop-web", [scopes.CUSTOMER], customer_id="alice", now=NOW)
-    greedy = issue_token(private, "shop-web", [scopes.STOCK_ADJUST], now=NOW)
+    shopper = issue_token(
+        private, "shop-web", [scopes.CUSTOMER], customer_id="alice", now=clock.now
+    )
+    greedy = issue_token(private, "shop-web", [scopes.STOCK_ADJUST], now=clock.now)
 
     assert check.principal(shopper).caller == "shop-web for customer alice"
     assert refusal_reason(check, greedy) == TOKEN_INVALID
@@ -153,7 +155,7 @@ def test_a_customer_bound_token_carries_the_customer_scope_alone(
     private, public = new_signing_key("k1")
     write_jwks(tmp_path / "jwks.json", public)
 
-    token = issue_token(private, "shop-web", granted, customer_id=customer, now=NOW)
+    token = issue_token(private, "shop-web", granted, customer_id=customer, now=clock.now)
 
     assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
 
@@ -162,6 +164,6 @@ def test_a_token_for_another_audience_is_invalid(tmp_path: Path, clock: Clock) -
     private, public = new_signing_key("k1")
     write_jwks(tmp_path / "jwks.json", public)
 
-    token = issue_token(private, "svc", ["inventory:read"], audience="elsewhere", now=NOW)
+    token = issue_token(private, "svc", ["inventory:read"], audience="elsewhere", now=clock.now)
 
     assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
