@@ -62,11 +62,23 @@ class Stack:
         return ProcessSampler(roots)
 
 
+# A bound on calls in flight no load tool reaches.
+UNBOUNDED = 100_000
+
+
 @contextlib.contextmanager
 def open_stack(
-    data_dir: Path, *, server_workers: int = 1, extra_env: dict[str, str] | None = None
+    data_dir: Path,
+    *,
+    server_workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+    shed: bool = False,
 ) -> Iterator[Stack]:
-    """The servers named by the environment, or a fresh local stack under `data_dir`."""
+    """The servers named by the environment, or a fresh local stack under `data_dir`.
+
+    A local server is started without its bound on calls in flight unless `shed`: these
+    tools measure what the server does at each concurrency (their callers do not back
+    off when refused); `make load-overload` measures the bound itself."""
     pg_dsn = os.environ.get("STOCKCORE_PG_DSN") or None
     redis_url = os.environ.get("STOCKCORE_REDIS_URL") or None
     target = os.environ.get("STOCKCORE_TARGET") or None
@@ -91,6 +103,7 @@ def open_stack(
             STOCKCORE_WORKERS=str(server_workers),
             STOCKCORE_DEMO_CATALOGUE="false",
             **PLAINTEXT_ENV,
+            **({} if shed else {"STOCKCORE_MAX_IN_FLIGHT": str(UNBOUNDED)}),
             **(extra_env or {}),
         )
         asyncio.run(server.start(timeout=120.0))

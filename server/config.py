@@ -83,6 +83,13 @@ class Settings:
     # WatchOrders wakes on every cursor the relay gives (LISTEN/NOTIFY); it also looks
     # this often, as a safety net.
     watch_poll_interval_s: float = 1.0
+    # Unary calls one process works on at once; past it calls are refused at once with
+    # RESOURCE_EXHAUSTED and a retry delay (server/rpc/shedding.py). WatchOrders streams
+    # are bounded apart. The refusal budget: refusals per second per process above which
+    # the retry delay given grows.
+    max_in_flight: int = 64
+    max_watch_streams: int = 10_000
+    overload_refusal_budget: float = 200.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> Settings:
@@ -132,6 +139,9 @@ class Settings:
                 0.1 <= self.auth_reload_interval_s <= 3600,
                 "auth_reload_interval_s must be 0.1-3600",
             ),
+            (1 <= self.max_in_flight <= 100_000, "max_in_flight must be 1-100000"),
+            (1 <= self.max_watch_streams <= 1_000_000, "max_watch_streams must be 1-1000000"),
+            (self.overload_refusal_budget > 0, "overload_refusal_budget must be above 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -206,6 +216,9 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
     "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
     "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
+    "STOCKCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
+    "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
+    "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
 }
 
 

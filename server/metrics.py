@@ -95,3 +95,15 @@ CALLS_REFUSED = Counter(
     "Calls refused before they ran: UNAUTHENTICATED or PERMISSION_DENIED, by ErrorInfo reason.",
     ["reason"],
 )
+RPC_IN_FLIGHT = Gauge(
+    "stockcore_rpc_in_flight", "Unary calls admitted and not yet answered, in this process."
+)
+RPC_REFUSED = Counter(
+    "stockcore_rpc_refused_total",
+    "Calls refused with RESOURCE_EXHAUSTED before any work, by method.",
+    ["method"],
+)
+OVERLOAD_RETRY_DELAY = Gauge(
+    "stockcore_overload_retry_delay_seconds",
+    "The retry delay refused callers are given (before jitter), in this process.",
+)

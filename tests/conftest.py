@@ -127,6 +127,9 @@ def settings(clean: Servers, credentials: DevCredentials) -> Settings:
         tls_cert_file=str(credentials.server_cert),
         tls_key_file=str(credentials.server_key),
         auth_jwks_file=str(credentials.jwks),
+        # Tests of behaviour send hundreds of calls at once; the bound on calls in flight
+        # is tested on its own (tests/e2e/test_overload.py).
+        max_in_flight=10_000,
     ).validate()
 
 

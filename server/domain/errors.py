@@ -139,3 +139,24 @@ class PermissionDenied(DomainError):
         self.reason = reason
         self.metadata = dict(metadata or {})
         super().__init__(message)
+
+
+class Overloaded(DomainError):
+    """The server is at its bound of calls in flight: the call was refused before any
+    work (nothing was applied); send it again, with the same id, after `retry_after`."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            f"the server is at capacity; nothing was done: retry after {retry_after:.2f} s"
+        )
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Unavailable):
+    """The server process is shutting down and took no new work: nothing was applied;
+    send the call again, with the same id (a new connection reaches a live process)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this server process is shutting down; nothing was done: retry with the same id"
+        )

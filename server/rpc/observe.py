@@ -1,6 +1,7 @@
-"""Every RPC passes through here: the caller is admitted or refused (server/rpc/access.py,
-before anything else, so a refused call changes nothing and learns nothing of its
-request), a request that cannot be decoded is INVALID_ARGUMENT, domain errors become
+"""Every RPC passes through here: a call past the process's bound is refused at once
+(server/rpc/shedding.py); the caller is admitted or refused (server/rpc/access.py, before
+the request is decoded, so a refused call changes nothing and learns nothing of its
+request); a request that cannot be decoded is INVALID_ARGUMENT, domain errors become
 statuses with details, anything else becomes INTERNAL and is logged, and latency is
 recorded by method and code.
 
@@ -13,6 +14,7 @@ malformed message is the caller's fault, not an UNKNOWN error of the server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,10 +23,17 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, message, message_factory
 
-from server.domain.errors import DomainError, FieldViolation, InvalidArgument
-from server.metrics import RPC_DURATION
+from server.domain.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    Overloaded,
+    ShuttingDown,
+)
+from server.metrics import RPC_DURATION, RPC_REFUSED
 from server.rpc.access import Gatekeeper, Rule
 from server.rpc.errors import status_code_for, to_status
+from server.rpc.shedding import LoadShedder
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +65,60 @@ def _decoded(request: Any) -> Any:
     return request
 
 
+def _answer(context: grpc.aio.ServicerContext, exc: DomainError) -> None:  # type: ignore[type-arg]
+    # Expected failures are answered by status, without raising through grpc: a non-OK
+    # code makes grpc.aio discard the (absent) response.
+    _send(context, to_status(exc))
+
+
+def _send(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:  # type: ignore[type-arg]
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)
+
+
+@functools.lru_cache(maxsize=4096)
+def _refusal(delay_ms: int) -> grpc.Status:
+    # Refusals come by the thousand when they come: their statuses are built once per
+    # millisecond of delay.
+    return to_status(Overloaded(delay_ms / 1000))
+
+
+_SHUTTING_DOWN = to_status(ShuttingDown())
+
+
+def _refuse(context: grpc.aio.ServicerContext, shedder: LoadShedder) -> None:  # type: ignore[type-arg]
+    if shedder.draining:
+        _send(context, _SHUTTING_DOWN)
+    else:
+        _send(context, _refusal(max(1, round(shedder.retry_after() * 1000))))
+
+
 def observe(
     method: str,
     inner: Callable[[Any, Any], Awaitable[Any]],
+    shedder: LoadShedder,
     gatekeeper: Gatekeeper,
     rule: Rule,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     """Wrap one unary-unary servicer method."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
+    refused = RPC_REFUSED.labels(method)
     admit = gatekeeper.admit
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        if not shedder.enter():
+            refused.inc()
+            _refuse(context, shedder)
+            return None
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             admit(rule, context)
             return await inner(_decoded(request), context)
         except DomainError as exc:
-            # Expected failures are answered by status, without raising through grpc:
-            # a non-OK code makes grpc.aio discard the (absent) response.
             code = status_code_for(exc)
-            status = to_status(exc)
-            context.set_code(status.code)
-            context.set_details(status.details)
-            context.set_trailing_metadata(status.trailing_metadata)
+            _answer(context, exc)
             return None
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -92,6 +131,7 @@ def observe(
             log.exception("unexpected error", extra={"method": method})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
         finally:
+            shedder.leave()
             histograms[code].observe(time.perf_counter() - started)
 
     return observed
@@ -100,15 +140,21 @@ def observe(
 def observe_stream(
     method: str,
     inner: Callable[[Any, Any], AsyncIterator[Any]],
+    shedder: LoadShedder,
     gatekeeper: Gatekeeper,
     rule: Rule,
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     """Wrap one unary-stream servicer method (an async generator) the same way; its
     duration is the stream's lifetime."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
+    refused = RPC_REFUSED.labels(method)
     admit = gatekeeper.admit
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
+        if not shedder.open_stream():
+            refused.inc()
+            _refuse(context, shedder)
+            return
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -117,11 +163,16 @@ def observe_stream(
                 yield item
         except DomainError as exc:
             code = status_code_for(exc)
-            status = to_status(exc)
-            context.set_code(status.code)
-            context.set_details(status.details)
-            context.set_trailing_metadata(status.trailing_metadata)
-        except (asyncio.CancelledError, GeneratorExit):
+            _answer(context, exc)
+        except asyncio.CancelledError:
+            if not shedder.draining or context.cancelled():
+                code = grpc.StatusCode.CANCELLED
+                raise
+            # Ended by the server's shutdown (LoadShedder.drain): the caller resumes from
+            # its last cursor on a live process.
+            code = grpc.StatusCode.UNAVAILABLE
+            _send(context, _SHUTTING_DOWN)
+        except GeneratorExit:
             code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
@@ -132,18 +183,22 @@ def observe_stream(
             log.exception("unexpected error", extra={"method": method})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
         finally:
+            shedder.close_stream()
             histograms[code].observe(time.perf_counter() - started)
 
     return observed
 
 
 def service_handler(
-    servicer: object, service: descriptor.ServiceDescriptor, gatekeeper: Gatekeeper
+    servicer: object,
+    service: descriptor.ServiceDescriptor,
+    shedder: LoadShedder,
+    gatekeeper: Gatekeeper,
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """The handlers of every method of `service`, each the servicer's method of that
-    name, admitted by `gatekeeper` by its rule, observed, with requests decoded by the
-    tolerant deserializer. A method without a rule fails here, at start-up: nothing is
-    served that the access table does not name."""
+    name, admitted by `shedder` and then by `gatekeeper` by its rule, observed, with
+    requests decoded by the tolerant deserializer. A method without a rule fails here, at
+    start-up: nothing is served that the access table does not name."""
     handlers = {}
     for method in service.methods:
         inner = getattr(servicer, method.name)
@@ -152,13 +207,13 @@ def service_handler(
         response = message_factory.GetMessageClass(method.output_type)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                observe_stream(method.name, inner, gatekeeper, rule),
+                observe_stream(method.name, inner, shedder, gatekeeper, rule),
                 request_deserializer=_tolerant(request),
                 response_serializer=response.SerializeToString,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                observe(method.name, inner, gatekeeper, rule),
+                observe(method.name, inner, shedder, gatekeeper, rule),
                 request_deserializer=_tolerant(request),
                 response_serializer=response.SerializeToString,
             )

@@ -19,9 +19,11 @@ from server.domain.errors import (
     InsufficientStock,
     InvalidArgument,
     NotFound,
+    Overloaded,
     PaymentMismatch,
     PermissionDenied,
     Shortage,
+    ShuttingDown,
     StockFloorViolation,
     Unauthenticated,
     Unavailable,
@@ -52,6 +54,7 @@ EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
         PermissionDenied("SCOPE_MISSING", "needs a scope", {"required_scope": "stock:adjust"}),
         grpc.StatusCode.PERMISSION_DENIED,
     ),
+    (Overloaded(0.25), grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -249,3 +252,21 @@ def test_refusals_name_their_reason_and_what_was_missing_in_error_info() -> None
         "SCOPE_MISSING",
         {"required_scope": "stock:adjust"},
     )
+
+
+def test_a_refusal_at_capacity_says_when_to_come_back() -> None:
+    status, rich = rich_status(Overloaded(0.25))
+    assert status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    (retry,) = unpack(rich, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToMilliseconds() == 250
+    (info,) = unpack(rich, error_details_pb2.ErrorInfo)
+    assert info.reason == "OVERLOADED"
+
+
+def test_a_refusal_while_shutting_down_is_unavailable_with_a_retry_delay() -> None:
+    status, rich = rich_status(ShuttingDown())
+    assert status.code is grpc.StatusCode.UNAVAILABLE
+    (retry,) = unpack(rich, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToMilliseconds() == 500
+    (info,) = unpack(rich, error_details_pb2.ErrorInfo)
+    assert info.reason == "SHUTTING_DOWN"
