@@ -14,7 +14,8 @@ help:
 	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464)"
 	@echo "make test   - set up and run the whole suite"
 	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
-	@echo "make load-day, load-report, load-flash, load-knee, load-scale - load tests (BENCHMARKS.md)"
+	@echo "make load-day, load-report, load-flash, load-knee, load-scale, load-overload, load-fanout - load tests (BENCHMARKS.md)"
+	@echo "make chaos  - a seeded fault schedule under mixed load, then every check (RELIABILITY.md)"
 	@echo "make plots  - copy the newest runs' key plots into docs/benchmarks/"
 	@echo "make lint   - ruff and mypy"
 
@@ -104,7 +105,7 @@ LOAD_COMMON = $(call load_opt,API,api) $(call load_opt,PROCESSES,processes) \
 LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEAK_HOLD,peak-hold) \
 	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing)
 
-.PHONY: load-day load-flash load-knee load-report load-scale
+.PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout chaos
 
 load-day: deps
 	$(LOAD) day $(LOAD_DAY)
@@ -124,3 +125,20 @@ load-knee: deps
 
 load-scale: deps
 	$(PY) -m loadtests.scale $(call load_opt,SKUS,skus) $(call load_opt,HOLDS,holds)
+
+# Reserve at 1,500 callers with 2 s deadlines between two phases at 64: refusals, goodput, recovery.
+#   make load-overload CALLERS=1500 OVERLOAD=120
+# A seeded fault schedule (kill -9, SIGSTOP, slow PostgreSQL, Redis restarts) under mixed
+# load, then the invariants, every acknowledged outcome and the gate checked (RELIABILITY.md).
+#   make chaos SEED=7 DURATION=180
+chaos: deps
+	$(PY) -m loadtests.chaos $(call load_opt,SEED,seed) $(call load_opt,DURATION,duration)
+
+# 500 WatchOrders streams beside Reserve and CreateOrder: the writers' rate with and without.
+#   make load-fanout STREAMS=500
+load-fanout: deps
+	$(PY) -m loadtests.fanout $(call load_opt,STREAMS,streams)
+
+load-overload: deps
+	$(PY) -m loadtests.overload $(call load_opt,CALLERS,callers) $(call load_opt,OVERLOAD,overload) \
+		$(call load_opt,SKUS,catalogue)

@@ -32,6 +32,7 @@ from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import service_handler
 from server.rpc.orders_servicer import OrderServicer
 from server.rpc.shedding import LoadShedder
+from server.shutdown import cancel_and_wait
 from server.storage.event_stream import EventStream
 from server.storage.migrations import migrate
 from server.storage.orders_pg import OrderStore
@@ -93,9 +94,7 @@ class App:
             if not await self.shedder.wait_idle(grace):
                 log.warning("calls were still in flight or arriving when shutdown went on")
         await self.server.stop(grace)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, "the health reporter")
         await self._stop_relay()
         await self.orders.stop()
         await self.core.stop()

@@ -126,7 +126,7 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
         task = asyncio.create_task(watch())
         try:
             async with OrderClient(
-                f"127.0.0.1:{port}", credentials=credentials_for("shop")
+                f"127.0.0.1:{port}", credentials=credentials_for("shop"), default_timeout=15
             ) as shop:
                 for i in range(5):
                     await shop.create_order(f"before-{i}", "cust-1", [("A", 1, 10)], "EUR")
@@ -137,14 +137,14 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
             # While the watched server is down, another one takes orders.
             other = await create_server(settings)
             async with OrderClient(
-                f"127.0.0.1:{other.port}", credentials=credentials_for("shop")
+                f"127.0.0.1:{other.port}", credentials=credentials_for("shop"), default_timeout=15
             ) as shop:
                 for i in range(5):
                     await shop.create_order(f"during-{i}", "cust-1", [("A", 1, 10)], "EUR")
             await other.stop(grace=0.2)
             app = await create_server(fixed)
             async with OrderClient(
-                f"127.0.0.1:{port}", credentials=credentials_for("shop")
+                f"127.0.0.1:{port}", credentials=credentials_for("shop"), default_timeout=15
             ) as shop:
                 for i in range(5):
                     await shop.create_order(f"after-{i}", "cust-1", [("A", 1, 10)], "EUR")
