@@ -9,9 +9,14 @@ Knobs: `latency_s` (added before every answer, plus up to `latency_jitter_s`),
 request is answered 503 for that many seconds from now; 0 ends an outage),
 `malformed_rate` (share of successful answers sent as broken JSON, after applying),
 `lost_ack_rate` (share of requests applied whose connection is then dropped without an
-answer) and `poison` (order ids whose every answer is malformed in a way that stays
-malformed, until they are taken off the list). The API's own endpoints (under /v1) all go
-through them; /_faults and /_stats never do."""
+answer), `lose_next` (drop the answers of the next N requests applied) and `poison`
+(order ids whose every answer is malformed in a way that stays malformed, until they are
+taken off the list). The API's own endpoints (under /v1) all go through them; /_faults and
+/_stats never do.
+
+Rates are spread evenly rather than drawn at random: with `error_rate` 0.06, exactly 6 of
+every 100 requests fail (the 17th, the 34th ...), so a test or a load run sees the share it
+asked for, every time."""
 
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ class Faults:
     outage_until: float = 0.0
     malformed_rate: float = 0.0
     lost_ack_rate: float = 0.0
+    lose_next: int = 0
     poison: list[str] = field(default_factory=list)
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -59,6 +65,10 @@ class Faults:
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ValueError("poison must be a list of order ids")
                 self.poison = list(value)
+            elif name == "lose_next":
+                if int(value) < 0:
+                    raise ValueError("lose_next must be >= 0")
+                self.lose_next = int(value)
             elif name in {"latency_s", "latency_jitter_s"}:
                 if float(value) < 0:
                     raise ValueError(f"{name} must be >= 0")
@@ -93,20 +103,32 @@ class FaultState:
     faults: Faults = field(default_factory=Faults)
     served: Counter[str] = field(default_factory=Counter)
     rand: random.Random = field(default_factory=random.Random)
+    # Each rate's accumulated share: a fault is due each time it reaches 1.
+    credit: Counter[str] = field(default_factory=Counter)
+
+    def _due(self, knob: str, rate: float) -> bool:
+        self.credit[knob] += rate
+        if self.credit[knob] >= 1.0 - 1e-9:
+            self.credit[knob] -= 1.0
+            return True
+        return False
 
     def refuse(self) -> bool:
         """Whether this request is refused (outage or error rate), before it applies."""
-        return self.faults.in_outage or self.rand.random() < self.faults.error_rate
+        return self.faults.in_outage or self._due("error", self.faults.error_rate)
 
     def malformed(self, order_ids: list[str]) -> bool:
         """Whether this answer is sent broken."""
         if any(order_id in self.faults.poison for order_id in order_ids):
             return True
-        return self.rand.random() < self.faults.malformed_rate
+        return self._due("malformed", self.faults.malformed_rate)
 
     def lose_ack(self) -> bool:
         """Whether this request's answer is lost after it applied."""
-        return self.rand.random() < self.faults.lost_ack_rate
+        if self.faults.lose_next > 0:
+            self.faults.lose_next -= 1
+            return True
+        return self._due("lost", self.faults.lost_ack_rate)
 
 
 STATE_KEY: web.AppKey[FaultState] = web.AppKey("faults", FaultState)
@@ -167,7 +189,9 @@ async def put_faults(request: web.Request) -> web.Response:
         body = await request.json()
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
-        request.app[STATE_KEY].faults.update(body)
+        state = request.app[STATE_KEY]
+        state.faults.update(body)
+        state.credit.clear()
     except (ValueError, TypeError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
     return web.json_response(request.app[STATE_KEY].faults.view())
