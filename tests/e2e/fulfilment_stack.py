@@ -58,7 +58,9 @@ class Partners:
         await asyncio.gather(self.warehouse.stop(), self.primary.stop(), self.fallback.stop())
 
 
-async def start_partners(*, pack_s: float = 0.05, transit_s: float = 0.1, deliver_s: float = 0.2) -> Partners:
+async def start_partners(
+    *, pack_s: float = 0.05, transit_s: float = 0.1, deliver_s: float = 0.2
+) -> Partners:
     """A warehouse and the two carriers on free ports."""
     return Partners(
         await start(warehouse_app(pack_s=pack_s)),
@@ -119,7 +121,9 @@ async def running_worker(settings: Settings, name: str = "test-worker") -> Async
 async def stock(app: App, units: int = 1_000_000) -> None:
     """Put plenty of SKU on hand."""
     async with InventoryClient(f"127.0.0.1:{app.port}", caller="test") as inventory:
-        await inventory.adjust_stock(SKU, on_hand=units, reason="fulfilment tests", idempotency_key=f"fs-{units}")
+        await inventory.adjust_stock(
+            SKU, on_hand=units, reason="fulfilment tests", idempotency_key=f"fs-{units}"
+        )
 
 
 async def paid_orders(app: App, count: int, prefix: str = "ful") -> list[str]:

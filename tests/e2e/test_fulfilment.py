@@ -16,11 +16,15 @@ from tests.e2e.fulfilment_stack import (
     running_worker,
     start_partners,
     stock,
+    transitions,
     wait_statuses,
 )
+from tests.waiting import until
 
 
-async def test_a_paid_order_is_handed_off_booked_shipped_and_delivered(app: App, settings: Settings) -> None:
+async def test_a_paid_order_is_handed_off_booked_shipped_and_delivered(
+    app: App, settings: Settings
+) -> None:
     partners = await start_partners()
     try:
         await stock(app)
@@ -35,7 +39,9 @@ async def test_a_paid_order_is_handed_off_booked_shipped_and_delivered(app: App,
             (order_id, order.shipment.tracking_no)
         ]
         assert [c.to_status for c in history][-3:] == [
-            OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED
+            OrderStatus.SHIPPED,
+            OrderStatus.IN_TRANSIT,
+            OrderStatus.DELIVERED,
         ]
         row = (await fulfilment_rows(settings.pg_dsn or "", [order_id]))[order_id]
         assert row["stage"] == 6 and row["warehouse_ref"].startswith("WH-")
@@ -51,6 +57,152 @@ async def test_a_paid_order_is_handed_off_booked_shipped_and_delivered(app: App,
             ]
         finally:
             await conn.close()
-        assert steps == ["paid", "handed off", "packed", "bound", "booked", "shipped", "in transit", "delivered"]
+        assert steps == [
+            "paid",
+            "handed off",
+            "packed",
+            "bound",
+            "booked",
+            "shipped",
+            "in transit",
+            "delivered",
+        ]
+    finally:
+        await partners.stop()
+
+
+async def test_carrier_down_opens_the_breaker_after_5_failures_and_the_fallback_carries_every_new_order(
+    app: App, settings: Settings
+) -> None:
+    partners = await start_partners()
+    try:
+        await stock(app)
+        await partners.faults(partners.primary, outage_s=600)
+        # Rate triggers need 100 calls here: only the consecutive failures can open it.
+        config = fulfil_settings(settings, app, partners, breaker_min_calls=100)
+        async with running_worker(config):
+            ids = await paid_orders(app, 20)
+            await wait_statuses(
+                app, ids, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
+            )
+        assert await partners.bookings(partners.primary) == []
+        carried = {b["order_id"] for b in await partners.bookings(partners.fallback)}
+        assert carried == set(ids)
+        moves = await transitions(settings.pg_dsn or "", PRIMARY)
+        assert moves[0] == ("CLOSED", "OPEN", "5 consecutive failures")
+    finally:
+        await partners.stop()
+
+
+async def test_a_slow_carrier_opens_the_breaker_on_slow_calls(app: App, settings: Settings) -> None:
+    partners = await start_partners()
+    try:
+        await stock(app)
+        await partners.faults(partners.primary, latency_s=4.0)
+        config = fulfil_settings(
+            settings, app, partners, partner_timeout_s=6.0, fulfil_lease_s=30.0, breaker_min_calls=5
+        )
+        async with running_worker(config):
+            first = await paid_orders(app, 5)
+            await wait_statuses(
+                app, first, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}, 30
+            )
+            later = await paid_orders(app, 5)
+            await wait_statuses(
+                app, later, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}, 30
+            )
+        moves = await transitions(settings.pg_dsn or "", PRIMARY)
+        assert moves[0][:2] == ("CLOSED", "OPEN") and moves[0][2].startswith("slow calls 5/5"), (
+            moves
+        )
+        # Slow is not failed: the first five were booked by the slow carrier, once each.
+        assert {b["order_id"] for b in await partners.bookings(partners.primary)} == set(first)
+        assert {b["order_id"] for b in await partners.bookings(partners.fallback)} == set(later)
+    finally:
+        await partners.stop()
+
+
+async def test_six_percent_errors_over_the_window_open_the_breaker_on_rate(
+    app: App, settings: Settings
+) -> None:
+    partners = await start_partners()
+    try:
+        await stock(app)
+        await partners.faults(partners.primary, error_rate=0.06)
+        config = fulfil_settings(settings, app, partners, breaker_min_calls=20, breaker_open_s=60.0)
+        async with running_worker(config):
+            ids = await paid_orders(app, 60)
+            await wait_statuses(
+                app, ids, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
+            )
+        moves = await transitions(settings.pg_dsn or "", PRIMARY)
+        assert moves[0][:2] == ("CLOSED", "OPEN") and moves[0][2].startswith("error rate 2/"), moves
+        primary = {b["order_id"] for b in await partners.bookings(partners.primary)}
+        fallback = {b["order_id"] for b in await partners.bookings(partners.fallback)}
+        assert primary and fallback and not primary & fallback and primary | fallback == set(ids)
+    finally:
+        await partners.stop()
+
+
+async def test_a_recovered_carrier_is_probed_half_open_then_closed(
+    app: App, settings: Settings
+) -> None:
+    partners = await start_partners()
+    try:
+        await stock(app)
+        await partners.faults(partners.primary, outage_s=600)
+        config = fulfil_settings(
+            settings, app, partners, breaker_open_s=0.5, breaker_half_open_calls=2
+        )
+        async with running_worker(config):
+            down = await paid_orders(app, 5)
+            await wait_statuses(
+                app, down, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
+            )
+            await partners.faults(partners.primary, outage_s=0)
+            # Half-open probes ride on live traffic: new orders keep coming.
+            probing: list[str] = []
+
+            async def closed() -> bool:
+                probing.extend(await paid_orders(app, 2))
+                moves = await transitions(settings.pg_dsn or "", PRIMARY)
+                return ("HALF_OPEN", "CLOSED") in [m[:2] for m in moves]
+
+            await until(closed, "the primary's breaker closed again", 20)
+            up = await paid_orders(app, 5)
+            await wait_statuses(
+                app,
+                probing + up,
+                {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED},
+            )
+        moves = [m[:2] for m in await transitions(settings.pg_dsn or "", PRIMARY)]
+        assert moves[0] == ("CLOSED", "OPEN") and ("OPEN", "HALF_OPEN") in moves
+        assert moves[-1] == ("HALF_OPEN", "CLOSED")
+        assert set(up) <= {b["order_id"] for b in await partners.bookings(partners.primary)}
+    finally:
+        await partners.stop()
+
+
+async def test_a_lost_acknowledgement_is_retried_and_booked_once(
+    app: App, settings: Settings
+) -> None:
+    partners = await start_partners()
+    try:
+        await stock(app)
+        await partners.faults(partners.primary, lose_next=1)
+        async with running_worker(fulfil_settings(settings, app, partners)):
+            [order_id] = await paid_orders(app, 1)
+            await wait_statuses(
+                app,
+                [order_id],
+                {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED},
+            )
+        [booking] = await partners.bookings(partners.primary)
+        assert booking["order_id"] == order_id and booking["requests"] == 2
+        assert await partners.bookings(partners.fallback) == []
+        async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+            order, history = await orders.get_order(order_id)
+        assert order.shipment is not None and order.shipment.tracking_no == booking["tracking_no"]
+        assert [c.to_status for c in history].count(OrderStatus.SHIPPED) == 1
     finally:
         await partners.stop()
