@@ -104,10 +104,10 @@ class FaultState:
     served: Counter[str] = field(default_factory=Counter)
     rand: random.Random = field(default_factory=random.Random)
     # Each rate's accumulated share: a fault is due each time it reaches 1.
-    credit: Counter[str] = field(default_factory=Counter)
+    credit: dict[str, float] = field(default_factory=dict)
 
     def _due(self, knob: str, rate: float) -> bool:
-        self.credit[knob] += rate
+        self.credit[knob] = self.credit.get(knob, 0.0) + rate
         if self.credit[knob] >= 1.0 - 1e-9:
             self.credit[knob] -= 1.0
             return True

@@ -3,8 +3,15 @@ circuit breaker trigger, recovery, a lost acknowledgement, a poison reply and it
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
+from typing import Any
+
 import asyncpg
 
+from clients.cli import ExitCode
 from clients.orders import OrderClient, OrderStatus
 from server.app import App
 from server.config import Settings
@@ -204,5 +211,116 @@ async def test_a_lost_acknowledgement_is_retried_and_booked_once(
             order, history = await orders.get_order(order_id)
         assert order.shipment is not None and order.shipment.tracking_no == booking["tracking_no"]
         assert [c.to_status for c in history].count(OrderStatus.SHIPPED) == 1
+    finally:
+        await partners.stop()
+
+
+async def _stockctl(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "clients.cli", "fulfilment", *args, "--pg", dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_a_poison_reply_goes_to_the_dead_letters_and_a_replay_after_the_fix_ships_it(
+    app: App, settings: Settings
+) -> None:
+    dsn = settings.pg_dsn or ""
+    partners = await start_partners()
+    try:
+        await stock(app)
+        async with running_worker(fulfil_settings(settings, app, partners)):
+            [poisoned, healthy] = await paid_orders(app, 2)
+            await partners.faults(partners.primary, poison=[poisoned])
+
+            async def dead() -> bool:
+                return (await fulfilment_rows(dsn, [poisoned]))[poisoned]["stage"] == 9
+
+            await until(dead, "the poisoned order's booking in the dead letters", 30)
+            await wait_statuses(
+                app, [healthy], {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
+            )
+
+            listed = await _stockctl(dsn, "dlq", "list", "--json")
+            assert listed.returncode == 0, listed.stderr
+            [letter] = json.loads(listed.stdout)["dead_letters"]
+            assert letter["order_id"] == poisoned and letter["stage"] == "BOOKING"
+            assert letter["partner"] == PRIMARY and letter["attempts"] == 3
+            shown = await _stockctl(dsn, "dlq", "show", str(letter["id"]), "--json")
+            assert shown.returncode == 0, shown.stderr
+            history = [h["what"] for h in json.loads(shown.stdout)["history"]]
+            assert history[:4] == ["paid", "handed off", "packed", "bound"]
+            assert history[-1] == "dead"
+
+            # The carrier fixes its replies; the replay books the same key, with the same
+            # carrier, and the order ships.
+            await partners.faults(partners.primary, poison=[])
+            replayed = await _stockctl(dsn, "dlq", "replay", str(letter["id"]))
+            assert replayed.returncode == 0, replayed.stderr
+            assert f"order {poisoned}" in replayed.stdout
+            await wait_statuses(
+                app,
+                [poisoned],
+                {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED},
+            )
+            again = await _stockctl(dsn, "dlq", "replay", str(letter["id"]))
+            assert again.returncode == ExitCode.NOT_FOUND, again.stdout
+            waiting = await _stockctl(dsn, "dlq", "list")
+            assert waiting.stdout.strip().endswith("0 dead letters shown")
+        [booking] = [
+            b for b in await partners.bookings(partners.primary) if b["order_id"] == poisoned
+        ]
+        assert booking["requests"] >= 2
+        assert poisoned not in {b["order_id"] for b in await partners.bookings(partners.fallback)}
+    finally:
+        await partners.stop()
+
+
+async def test_stockctl_fulfilment_status_shows_stages_workers_and_breaker_moves(
+    app: App, settings: Settings
+) -> None:
+    dsn = settings.pg_dsn or ""
+    partners = await start_partners()
+    try:
+        await stock(app)
+        await partners.faults(partners.primary, outage_s=600)
+        config = fulfil_settings(settings, app, partners, breaker_open_s=60.0)
+        async with running_worker(config, name="status-worker"):
+            ids = await paid_orders(app, 8)
+            await wait_statuses(
+                app, ids, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
+            )
+
+            async def reported() -> bool:
+                done = await _stockctl(dsn, "status", "--json")
+                assert done.returncode == 0, done.stderr
+                data = json.loads(done.stdout)
+                workers = {w["worker"]: w for w in data["workers"]}
+                seen.update(data)
+                return (
+                    "status-worker" in workers
+                    and workers["status-worker"]["breakers"][PRIMARY]["state"] == "OPEN"
+                    and sum(data["stages"].values()) == len(ids)
+                )
+
+            seen: dict[str, Any] = {}
+            await until(reported, f"the status to show the open breaker: {seen}", 15)
+            assert seen["workers"][0]["alive"] and seen["dead_letters_waiting"] == 0
+            assert set(seen["stages"]) <= {"TRACKING", "DELIVERED"}
+            assert (
+                seen["recent_transitions"][-1]["from"],
+                seen["recent_transitions"][-1]["to"],
+            ) == (
+                "CLOSED",
+                "OPEN",
+            )
+            text = await _stockctl(dsn, "status")
+            assert f"{PRIMARY}" in text.stdout and "OPEN" in text.stdout
+        missing = await _stockctl(dsn, "show", "no-such-order")
+        assert missing.returncode == ExitCode.NOT_FOUND
     finally:
         await partners.stop()
