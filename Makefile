@@ -8,7 +8,7 @@ GEN := clients/gen/stockcore/v1
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k reserve"`.
 PYTEST_ARGS ?=
 
-.PHONY: run test proto deps redis lint fmt bench plots clean-data help
+.PHONY: run test proto deps redis promtool lint fmt bench plots clean-data help
 
 help:
 	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464)"
@@ -50,12 +50,23 @@ redis:
 		fi; \
 	fi
 
+# promtool (Debian's prometheus package) checks and unit-tests the shipped alert rules.
+promtool:
+	@if ! command -v promtool >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's prometheus (for promtool)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+		else \
+			echo "promtool is missing: install it (e.g. sudo apt-get install prometheus)" >&2; exit 1; \
+		fi; \
+	fi
+
 deps: $(VENV)/.installed redis
 
 run: deps
 	$(PY) -m server dev
 
-test: deps lint
+test: deps promtool lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
