@@ -237,6 +237,15 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+#: The value of a variable that names nothing (STOCKCORE_FALLBACK_CARRIER=none: no
+#: fallback), since an empty variable means the default.
+NONE = "none"
+
+
+def _parse_optional_name(raw: str) -> str:
+    return "" if raw.strip().lower() == NONE else raw.strip()
+
+
 _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_PG_DSN": ("pg_dsn", str),
     "STOCKCORE_REDIS_URL": ("redis_url", str),
@@ -271,7 +280,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_WAREHOUSE_URL": ("warehouse_url", str),
     "STOCKCORE_PRIMARY_CARRIER": ("primary_carrier", str),
     "STOCKCORE_PRIMARY_CARRIER_URL": ("primary_carrier_url", str),
-    "STOCKCORE_FALLBACK_CARRIER": ("fallback_carrier", str),
+    "STOCKCORE_FALLBACK_CARRIER": ("fallback_carrier", _parse_optional_name),
     "STOCKCORE_FALLBACK_CARRIER_URL": ("fallback_carrier_url", str),
     "STOCKCORE_FULFIL_METRICS_PORT": ("fulfil_metrics_port", int),
     "STOCKCORE_FULFIL_CONCURRENCY": ("fulfil_concurrency", int),
@@ -311,6 +320,25 @@ def _parse_bool(raw: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ValueError(f"not a boolean: {raw!r}")
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The STOCKCORE_* variables that `from_env` reads back as `settings` (for child
+    processes started with these settings)."""
+    env: dict[str, str] = {}
+    for name, (attr, kind) in _ENV.items():
+        value = getattr(settings, attr)
+        if kind is _parse_optional_name and value == "":
+            env[name] = NONE
+        elif value is None or value == "":
+            continue  # unset: the default
+        elif kind is bool:
+            env[name] = "1" if value else "0"
+        elif kind is _parse_list:
+            env[name] = ",".join(value)
+        else:
+            env[name] = str(value)
+    return env
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
