@@ -14,7 +14,7 @@ help:
 	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464)"
 	@echo "make test   - set up and run the whole suite"
 	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
-	@echo "make load-day, load-report, load-flash, load-knee, load-scale - load tests (BENCHMARKS.md)"
+	@echo "make load-day, load-report, load-flash, load-knee, load-scale, load-outage - load tests (BENCHMARKS.md)"
 	@echo "make plots  - copy the newest runs' key plots into docs/benchmarks/"
 	@echo "make lint   - ruff and mypy"
 
@@ -104,7 +104,7 @@ LOAD_COMMON = $(call load_opt,API,api) $(call load_opt,PROCESSES,processes) \
 LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEAK_HOLD,peak-hold) \
 	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing)
 
-.PHONY: load-day load-flash load-knee load-report load-scale
+.PHONY: load-day load-flash load-knee load-report load-scale load-outage
 
 load-day: deps
 	$(LOAD) day $(LOAD_DAY)
@@ -121,6 +121,13 @@ load-knee: deps
 		$(call load_opt,SKUS,catalogue) $(call load_opt,LEVELS,levels) \
 		$(call load_opt,DURATION,duration) $(call load_opt,PROCESSES,processes) \
 		$(call load_opt,P99_BOUND,p99-bound)
+
+# The primary carrier down on the day's plateau, e.g.
+#   make load-outage DURATION=180 OUTAGE_AT=60 OUTAGE=60 SCALE=0.2 WORKERS=2 PUBLISH=1
+load-outage: deps
+	$(PY) -m loadtests.outage $(call load_opt,DURATION,duration) $(call load_opt,OUTAGE_AT,outage-at) \
+		$(call load_opt,OUTAGE,outage) $(call load_opt,SCALE,scale) $(call load_opt,WORKERS,workers) \
+		$(call load_opt,PROCESSES,processes) $(call load_opt,DRAIN,drain) $(if $(PUBLISH),--publish)
 
 load-scale: deps
 	$(PY) -m loadtests.scale $(call load_opt,SKUS,skus) $(call load_opt,HOLDS,holds)

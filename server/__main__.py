@@ -37,9 +37,12 @@ async def _load_demo(settings: config.Settings) -> None:
 
 
 @contextlib.contextmanager
-def partners_and_worker(settings: config.Settings, logs_dir: Path) -> Iterator[None]:
-    """The simulated warehouse and carriers, and one fulfilment worker, as child processes
-    that die with this one (their logs under `logs_dir`)."""
+def partners_and_worker(
+    settings: config.Settings, logs_dir: Path, *, workers: int = 1
+) -> Iterator[None]:
+    """The simulated warehouse and carriers on the dev_*_port settings, and `workers`
+    fulfilment workers with `settings`, as child processes that die with this one (their
+    logs under `logs_dir`)."""
     me = [sys.executable, "-m", "server"]
     children = [
         ("warehouse", [*me, "simulate", "warehouse", "--port", str(settings.dev_warehouse_port)]),
@@ -59,8 +62,7 @@ def partners_and_worker(settings: config.Settings, logs_dir: Path) -> Iterator[N
         )  # fmt: skip
     env = {
         **os.environ,
-        "STOCKCORE_PG_DSN": settings.pg_dsn or "",
-        "STOCKCORE_REDIS_URL": settings.redis_url or "",
+        **config.to_env(settings),
         "STOCKCORE_WAREHOUSE_URL": f"http://127.0.0.1:{settings.dev_warehouse_port}",
         "STOCKCORE_PRIMARY_CARRIER_URL": f"http://127.0.0.1:{settings.dev_primary_carrier_port}",
         "STOCKCORE_FALLBACK_CARRIER_URL": f"http://127.0.0.1:{settings.dev_fallback_carrier_port}",
@@ -68,7 +70,8 @@ def partners_and_worker(settings: config.Settings, logs_dir: Path) -> Iterator[N
     logs_dir.mkdir(parents=True, exist_ok=True)
     started: list[subprocess.Popen[bytes]] = []
     try:
-        for name, argv in [*children, ("fulfil", [*me, "fulfil"])]:
+        fulfil = [(f"fulfil-{i}", [*me, "fulfil"]) for i in range(workers)]
+        for name, argv in [*children, *fulfil]:
             with open(logs_dir / f"{name}.log", "ab") as out:
                 started.append(
                     spawn(
