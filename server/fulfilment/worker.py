@@ -47,7 +47,7 @@ from server.metrics import (
     STALE_PUSHED,
     STALE_SCANS,
 )
-from server.storage.fulfilment_pg import BreakerTransitionRow, FulfilmentStore
+from server.storage.fulfilment_pg import BreakerTransitionRow, FulfilmentStore, StaleScan
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +301,8 @@ class Worker:
                 log.warning("the fulfilment heartbeat failed", exc_info=True)
             await self._sleep(_HEARTBEAT_S)
 
-    async def scan(self) -> None:
-        """One stale-sync scan."""
+    async def scan(self) -> StaleScan:
+        """One stale-sync scan; what it found and did."""
         found = await self._store.scan_stale(self.settings.stale_after_s, self.name)
         STALE_SCANS.inc()
         STALE_ORDERS.set(found.stale)
@@ -321,6 +321,7 @@ class Worker:
                 "stale_after": str(timedelta(seconds=self.settings.stale_after_s)),
             },
         )
+        return found
 
     async def _scan_loop(self) -> None:
         while not self._stopping.is_set():

@@ -99,23 +99,33 @@ def fulfil_settings(settings: Settings, app: App, partners: Partners, **changes:
 
 
 @asynccontextmanager
-async def running_worker(settings: Settings, name: str = "test-worker") -> AsyncIterator[Worker]:
-    """A worker running in this process until the block ends."""
+async def idle_worker(settings: Settings, name: str = "test-worker") -> AsyncIterator[Worker]:
+    """A worker with its connections open but none of its loops running, for a test that
+    calls one of its methods itself; closed when the block ends."""
     assert settings.pg_dsn is not None and settings.redis_url is not None
     store = await FulfilmentStore.connect(settings.pg_dsn, pool_size=4, timeout=10.0)
     client = aioredis.Redis.from_url(settings.redis_url)
     orders = order_client(settings)
     worker = Worker(settings, store, client, orders, name=name)
-    task = asyncio.create_task(worker.run())
     try:
         yield worker
     finally:
-        worker.stop()
-        await task
         await worker.close()
         await orders.close()
         await client.aclose()
         await store.close()
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings, name: str = "test-worker") -> AsyncIterator[Worker]:
+    """A worker running in this process until the block ends."""
+    async with idle_worker(settings, name) as worker:
+        task = asyncio.create_task(worker.run())
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            await task
 
 
 async def stock(app: App, units: int = 1_000_000) -> None:
