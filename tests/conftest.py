@@ -80,7 +80,9 @@ async def reset_state(pg_dsn: str, redis_url: str) -> None:
         await conn.execute(
             "TRUNCATE stockcore.stock, stockcore.reservations, stockcore.movements,"
             " stockcore.adjustments, stockcore.orders, stockcore.order_history,"
-            " stockcore.payments, stockcore.order_events"
+            " stockcore.payments, stockcore.order_events, stockcore.fulfilments,"
+            " stockcore.fulfilment_history, stockcore.fulfilment_dead_letters,"
+            " stockcore.fulfilment_workers, stockcore.fulfilment_breaker_transitions"
         )
         await conn.execute("UPDATE stockcore.outbox_state SET published_upto = 0")
     finally:
@@ -109,6 +111,21 @@ def credentials(tmp_path_factory: pytest.TempPathFactory) -> DevCredentials:
 def service_token(credentials: DevCredentials) -> str:
     """A token with every service scope, for the subject `tests`."""
     return callers.token(credentials)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def caller_environment(credentials: DevCredentials, service_token: str) -> Iterator[None]:
+    """What a deployed caller's environment names (clients/credentials.py), for callers
+    that read it, such as the fulfilment worker: the session's CA and service token."""
+    names = {"STOCKCORE_CA_FILE": str(credentials.ca_cert), "STOCKCORE_TOKEN": service_token}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

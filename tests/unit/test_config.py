@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.__main__ import with_dev_credentials
-from server.config import Settings, SettingsError, from_env
+from server.config import Settings, SettingsError, from_env, to_env
 
 
 def test_no_variables_give_the_defaults() -> None:
@@ -241,7 +241,9 @@ def test_settings_are_immutable() -> None:
 
 
 def test_carriers_come_from_a_comma_separated_list() -> None:
-    settings = from_env({"STOCKCORE_CARRIERS": " dhl, ups ,,sf-express "})
+    settings = from_env(
+        {"STOCKCORE_CARRIERS": " dhl, ups ,,sf-express ", "STOCKCORE_FALLBACK_CARRIER": "dhl"}
+    )
 
     assert settings.carriers == ("dhl", "ups", "sf-express")
 
@@ -316,3 +318,16 @@ def test_make_run_serves_plaintext_only_when_asked(tmp_path) -> None:
     settings = with_dev_credentials(Settings(data_dir=str(tmp_path), plaintext=True))
 
     assert settings.plaintext and not settings.tls_cert_file
+
+
+def test_to_env_round_trips_through_from_env() -> None:
+    changed = Settings().with_overrides(
+        pg_dsn="postgresql://db/x",
+        log_json=True,
+        breaker_slow_call_s=2.5,
+        fallback_carrier="",
+        fulfil_target="127.0.0.1:1234",
+    )
+    assert from_env(to_env(changed)) == changed
+    assert from_env(to_env(Settings())) == Settings()
+    assert from_env({"STOCKCORE_FALLBACK_CARRIER": "none"}).fallback_carrier == ""
