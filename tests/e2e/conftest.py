@@ -1,15 +1,19 @@
-"""An in-process server on a free loopback port, and a channel to it."""
+"""An in-process server on a free loopback port, and a channel to it: TLS with the test
+CA, and a token with every service scope sent on every call, as a real caller would."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
 from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 
+from clients.credentials import Credentials
 from server.app import App, create_server
 from server.config import Settings
+from server.devcredentials import DevCredentials
+from tests import callers
 
 
 @pytest.fixture
@@ -23,10 +27,18 @@ async def app(settings: Settings) -> AsyncIterator[App]:
 
 
 @pytest.fixture
-async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to the server."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+async def channel(
+    app: App, credentials: DevCredentials, service_token: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A TLS channel to the server whose calls carry the service token."""
+    async with callers.secure_channel(f"127.0.0.1:{app.port}", credentials, service_token) as ch:
         yield ch
+
+
+@pytest.fixture
+def caller_credentials(credentials: DevCredentials, service_token: str) -> Credentials:
+    """What the typed clients present: the test CA and the service token."""
+    return callers.client_credentials(credentials, service_token)
 
 
 @pytest.fixture
@@ -46,3 +58,16 @@ def dsn(settings: Settings) -> str:
     """The test database, for checks that read it directly."""
     assert settings.pg_dsn is not None
     return settings.pg_dsn
+
+
+@pytest.fixture
+def credentials_for(credentials: DevCredentials) -> Callable[..., Credentials]:
+    """What a typed client presents as `subject` (every service scope unless `scopes=`;
+    keyword arguments go to tests.callers.token)."""
+
+    def make(subject: str, **claims: object) -> Credentials:
+        return callers.client_credentials(
+            credentials, callers.token(credentials, subject, **claims)
+        )  # type: ignore[arg-type]
+
+    return make
