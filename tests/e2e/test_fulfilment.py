@@ -238,7 +238,9 @@ async def test_a_poison_reply_goes_to_the_dead_letters_and_a_replay_after_the_fi
             await partners.faults(partners.primary, poison=[poisoned])
 
             async def dead() -> bool:
-                return (await fulfilment_rows(dsn, [poisoned]))[poisoned]["stage"] == 9
+                # No row yet until a worker has taken the order from the stream.
+                row = (await fulfilment_rows(dsn, [poisoned])).get(poisoned)
+                return row is not None and row["stage"] == 9
 
             await until(dead, "the poisoned order's booking in the dead letters", 30)
             await wait_statuses(
