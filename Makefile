@@ -24,11 +24,20 @@ $(VENV)/.deps: requirements.lock pyproject.toml
 	$(PY) -m pip install -q -r requirements.lock
 	touch $@
 
-# Stubs are generated, never edited; they are rebuilt whenever a .proto is newer.
+# Where googleapis-common-protos keeps google/api/annotations.proto and google/rpc/*.proto.
+GOOGLEAPIS = $$($(PY) -c 'import google.api as a, pathlib; print(pathlib.Path(a.__path__[0]).parent.parent)')
+
+# Stubs are generated, never edited; they are rebuilt whenever a .proto is newer. The
+# descriptor set is what the gateway (Envoy's grpc_json_transcoder) reads: our services
+# with every import, and google/rpc/status.proto and error_details.proto, without which
+# error bodies print as `{}` or lose their details.
 $(GEN)/.stamp: $(PROTOS) $(VENV)/.deps
 	rm -rf clients/gen && mkdir -p $(GEN)
-	$(PY) -m grpc_tools.protoc -I protos --python_out=clients/gen --grpc_python_out=clients/gen \
+	$(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) \
+		--python_out=clients/gen --grpc_python_out=clients/gen \
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=clients/gen $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) --include_imports \
+		--descriptor_set_out=$(GEN)/descriptor.pb $(PROTOS) google/rpc/status.proto google/rpc/error_details.proto
 	touch clients/gen/stockcore/__init__.py $(GEN)/__init__.py clients/gen/stockcore/py.typed
 	touch $@
 
