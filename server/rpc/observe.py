@@ -65,14 +65,12 @@ def observe(
         try:
             return await inner(_decoded(request), context)
         except DomainError as exc:
-            # Expected failures are answered by status, without raising through grpc:
-            # a non-OK code makes grpc.aio discard the (absent) response.
+            # Aborting answers with status alone (a trailers-only response). Returning
+            # None with a code set sends headers and an empty body first, and then a
+            # gateway that transcodes to JSON (Envoy's grpc_json_transcoder) prints `{}`
+            # instead of the google.rpc.Status and its details.
             code = status_code_for(exc)
-            status = to_status(exc)
-            context.set_code(status.code)
-            context.set_details(status.details)
-            context.set_trailing_metadata(status.trailing_metadata)
-            return None
+            await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -104,10 +102,7 @@ def observe_stream(
                 yield item
         except DomainError as exc:
             code = status_code_for(exc)
-            status = to_status(exc)
-            context.set_code(status.code)
-            context.set_details(status.details)
-            context.set_trailing_metadata(status.trailing_metadata)
+            await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
             raise
