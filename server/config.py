@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 CARRIER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+# scheme://host[:port], as a browser sends it in Origin.
+ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 class SettingsError(ValueError):
@@ -62,6 +64,24 @@ class Settings:
     # WatchOrders wakes on every cursor the relay gives (LISTEN/NOTIFY); it also looks
     # this often, as a safety net.
     watch_poll_interval_s: float = 1.0
+    # The HTTP/JSON gateway (Envoy) that `python -m server dev` starts beside the server;
+    # gateway_port 0 starts none. gateway_admin_port 0 lets Envoy pick a free one.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    gateway_admin_port: int = 0
+    # Storefront origins allowed to call the gateway from a browser (CORS); the checkout
+    # page the gateway serves itself needs none.
+    gateway_origins: tuple[str, ...] = ()
+    # Larger request bodies are refused (413) before they reach the server.
+    gateway_max_request_bytes: int = 65_536
+    # Seconds a unary call may take through the gateway; it becomes the call's gRPC
+    # deadline. gateway_timeouts overrides it per RPC ("Reserve=2,GetStock=0.5").
+    gateway_timeout_s: float = 5.0
+    gateway_timeouts: Mapping[str, float] = field(default_factory=dict)
+    # Envoy's access log: a file path, or "-" for standard output.
+    gateway_access_log: str = "-"
+    # Envoy worker threads.
+    gateway_threads: int = 1
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> Settings:
@@ -100,6 +120,22 @@ class Settings:
                 0 < self.watch_poll_interval_s <= 10.0,
                 "watch_poll_interval_s must be in (0, 10]",
             ),
+            (0 <= self.gateway_port <= 65535, "gateway_port must be 0-65535"),
+            (0 <= self.gateway_admin_port <= 65535, "gateway_admin_port must be 0-65535"),
+            (
+                all(ORIGIN_PATTERN.fullmatch(o) for o in self.gateway_origins),
+                "gateway_origins must be origins such as https://shop.example.com",
+            ),
+            (
+                1024 <= self.gateway_max_request_bytes <= 64 * 1024 * 1024,
+                "gateway_max_request_bytes must be 1 KiB-64 MiB",
+            ),
+            (0 < self.gateway_timeout_s <= 300, "gateway_timeout_s must be in (0, 300]"),
+            (
+                all(0 < t <= 300 for t in self.gateway_timeouts.values()),
+                "gateway_timeouts must be in (0, 300] seconds",
+            ),
+            (1 <= self.gateway_threads <= 64, "gateway_threads must be 1-64"),
         ]
         for ok, message in checks:
             if not ok:
@@ -113,6 +149,17 @@ class Settings:
 
 def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _parse_timeouts(raw: str) -> dict[str, float]:
+    """`Reserve=2,GetStock=0.5` -> {"Reserve": 2.0, "GetStock": 0.5}."""
+    timeouts: dict[str, float] = {}
+    for item in _parse_list(raw):
+        name, sep, seconds = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected RPC=seconds, got {item!r}")
+        timeouts[name.strip()] = float(seconds)
+    return timeouts
 
 
 _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
@@ -145,6 +192,15 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
     "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
     "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
+    "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
+    "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
+    "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
+    "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", _parse_list),
+    "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
+    "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
+    "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", _parse_timeouts),
+    "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
+    "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
 }
 
 

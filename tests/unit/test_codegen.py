@@ -47,7 +47,9 @@ def test_gateway_descriptor_set_is_current(tmp_path: Path) -> None:
     )
     current = ROOT / "clients" / "gen" / "stockcore" / "v1" / "descriptor.pb"
     assert current.exists(), "the descriptor set is missing: run `make proto`"
-    assert current.read_bytes() == fresh.read_bytes(), "the descriptor set is stale: run `make proto`"
+    assert current.read_bytes() == fresh.read_bytes(), (
+        "the descriptor set is stale: run `make proto`"
+    )
 
 
 def test_descriptor_set_lets_the_gateway_print_error_details() -> None:
