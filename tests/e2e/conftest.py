@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,6 +12,8 @@ from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 
 from server.app import App, create_server
 from server.config import Settings
+from server.devservers import free_port
+from server.gateway.envoy import Gateway
 
 
 @pytest.fixture
@@ -46,3 +50,28 @@ def dsn(settings: Settings) -> str:
     """The test database, for checks that read it directly."""
     assert settings.pg_dsn is not None
     return settings.pg_dsn
+
+
+STOREFRONT = "https://shop.example.com"
+
+
+@pytest.fixture
+def gateway_settings(settings: Settings, tmp_path: Path) -> Settings:
+    """Settings for a gateway on a free loopback port: one storefront origin, a 16 KiB
+    body limit, AdjustStock given 0.5 s, the access log in a file."""
+    return replace(
+        settings,
+        gateway_access_log=str(tmp_path / "access.log"),
+        gateway_port=free_port(),
+        gateway_origins=(STOREFRONT,),
+        gateway_max_request_bytes=16_384,
+        gateway_timeouts={"AdjustStock": 0.5},
+    ).validate()
+
+
+@pytest.fixture
+def gateway(app: App, gateway_settings: Settings, tmp_path: Path) -> Iterator[Gateway]:
+    """Envoy in front of the test server; stopped after the test. Started from this
+    (the main) thread: Envoy dies with the thread that started it."""
+    with Gateway(gateway_settings, tmp_path / "gateway", grpc_port=app.port) as gw:
+        yield gw

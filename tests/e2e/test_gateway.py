@@ -1,0 +1,464 @@
+"""The HTTP/JSON gateway (Envoy's grpc_json_transcoder) in front of the real server,
+called over real HTTP: every route, errors with their details, the edge's limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import requests
+
+from server.gateway.bootstrap import describe_routes
+from server.gateway.envoy import Gateway
+from tests.e2e.conftest import STOREFRONT
+
+Json = dict[str, Any]
+
+
+def call(gateway: Gateway, method: str, path: str, **kwargs: Any) -> requests.Response:
+    """One request to the gateway (run in a thread: the server shares the test's loop)."""
+    kwargs.setdefault("timeout", 10)
+    return requests.request(method, gateway.url + path, **kwargs)
+
+
+async def http(gateway: Gateway, method: str, path: str, **kwargs: Any) -> requests.Response:
+    """`call` without blocking the in-process server."""
+    return await asyncio.to_thread(call, gateway, method, path, **kwargs)
+
+
+async def ok(gateway: Gateway, method: str, path: str, **kwargs: Any) -> Json:
+    """A call that must succeed; its JSON body."""
+    reply = await http(gateway, method, path, **kwargs)
+    assert reply.status_code == 200, reply.text
+    body: Json = reply.json()
+    return body
+
+
+async def stock(gateway: Gateway, sku: str, units: int) -> None:
+    await ok(
+        gateway,
+        "POST",
+        f"/v1/stock/{sku}:adjust",
+        json={"onHand": str(units), "reason": "count", "idempotencyKey": f"count-{sku}-{units}"},
+    )
+
+
+def detail(body: Json, kind: str) -> Json:
+    """The one detail of google.rpc type `kind` in a google.rpc.Status body."""
+    found = [d for d in body["details"] if d["@type"] == f"type.googleapis.com/google.rpc.{kind}"]
+    assert len(found) == 1, body
+    return found[0]
+
+
+async def test_inventory_routes_reserve_commit_release_read(gateway: Gateway) -> None:
+    adjusted = await ok(
+        gateway,
+        "POST",
+        "/v1/stock/SHOE-1:adjust",
+        json={"delta": "5", "reason": "restock", "idempotencyKey": "restock-1"},
+    )
+    assert adjusted["level"] == {"sku": "SHOE-1", "onHand": "5", "reserved": "0", "available": "5"}
+    await stock(gateway, "SHOE-2", 3)
+
+    held = await ok(
+        gateway,
+        "POST",
+        "/v1/reservations",
+        json={
+            "reservationId": "cart-1",
+            "lines": [{"sku": "SHOE-1", "quantity": "2"}],
+            "ttl": "60s",
+        },
+    )
+    assert held["reservation"]["status"] == "RESERVATION_STATUS_HELD"
+    levels = await ok(gateway, "GET", "/v1/stock?skus=SHOE-1&skus=SHOE-2")
+    assert {lv["sku"]: lv["available"] for lv in levels["levels"]} == {"SHOE-1": "3", "SHOE-2": "3"}
+    strong = await ok(gateway, "GET", "/v1/stock?skus=SHOE-1&consistency=CONSISTENCY_STRONG")
+    assert strong["levels"][0]["reserved"] == "2"
+
+    committed = await ok(gateway, "POST", "/v1/reservations/cart-1:commit", json={})
+    assert committed["reservation"]["status"] == "RESERVATION_STATUS_COMMITTED"
+    await ok(
+        gateway,
+        "POST",
+        "/v1/reservations",
+        json={"reservationId": "cart-2", "lines": [{"sku": "SHOE-2", "quantity": "1"}]},
+    )
+    released = await ok(gateway, "POST", "/v1/reservations/cart-2:release", json={})
+    assert released["reservation"]["status"] == "RESERVATION_STATUS_RELEASED"
+    read = await ok(gateway, "GET", "/v1/reservations/cart-1")
+    assert read["reservation"]["lines"] == [{"sku": "SHOE-1", "quantity": "2"}]
+    final = await ok(gateway, "GET", "/v1/stock?skus=SHOE-1&skus=SHOE-2")
+    assert [(lv["onHand"], lv["available"]) for lv in final["levels"]] == [("3", "3"), ("3", "3")]
+
+
+async def test_order_routes_walk_an_order_to_delivered(gateway: Gateway) -> None:
+    await stock(gateway, "BAG-1", 4)
+    created = await ok(
+        gateway,
+        "POST",
+        "/v1/orders",
+        json={
+            "orderId": "order-1",
+            "customerId": "alice",
+            "lines": [{"sku": "BAG-1", "quantity": "2", "unitPriceMinor": "1250"}],
+            "currencyCode": "EUR",
+            "paymentWindow": "120s",
+        },
+    )
+    assert created["order"]["status"] == "ORDER_STATUS_PENDING_PAYMENT"
+    assert created["order"]["totalMinor"] == "2500"
+    paid = await ok(
+        gateway,
+        "POST",
+        "/v1/orders/order-1:pay",
+        json={"paymentId": "psp-1", "amountMinor": "2500", "currencyCode": "EUR"},
+    )
+    assert paid["order"]["status"] == "ORDER_STATUS_PAID"
+    shipped = await ok(
+        gateway,
+        "POST",
+        "/v1/orders/order-1:ship",
+        json={"carrier": "dhl", "trackingNo": "JD1", "carrierAckId": "ack-1"},
+    )
+    assert shipped["order"]["status"] == "ORDER_STATUS_SHIPPED"
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    moving = await ok(
+        gateway, "POST", "/v1/orders/order-1:recordInTransit", json={"eventTime": now}
+    )
+    assert moving["order"]["status"] == "ORDER_STATUS_IN_TRANSIT"
+    done = await ok(gateway, "POST", "/v1/orders/order-1:recordDelivery", json={"eventTime": now})
+    assert done["order"]["status"] == "ORDER_STATUS_DELIVERED"
+
+    read = await ok(gateway, "GET", "/v1/orders/order-1")
+    assert [h["toStatus"] for h in read["history"]][-1] == "ORDER_STATUS_DELIVERED"
+    listed = await ok(gateway, "GET", "/v1/orders?customerId=alice&pageSize=10")
+    assert [o["orderId"] for o in listed["orders"]] == ["order-1"]
+
+    await ok(
+        gateway,
+        "POST",
+        "/v1/orders",
+        json={
+            "orderId": "order-2",
+            "customerId": "alice",
+            "lines": [{"sku": "BAG-1", "quantity": "1", "unitPriceMinor": "1250"}],
+            "currencyCode": "EUR",
+        },
+    )
+    cancelled = await ok(
+        gateway, "POST", "/v1/orders/order-2:cancel", json={"reason": "changed mind"}
+    )
+    assert cancelled["order"]["status"] == "ORDER_STATUS_CANCELLED"
+
+
+def _stream_lines(gateway: Gateway, path: str, wanted: int) -> Iterator[Json]:
+    with call(gateway, "GET", path, stream=True) as reply:
+        assert reply.status_code == 200, reply.text
+        for n, line in enumerate(reply.iter_lines()):
+            if line:
+                yield json.loads(line)
+            if n + 1 >= wanted:
+                return
+
+
+async def test_watch_orders_streams_events_as_they_happen(gateway: Gateway) -> None:
+    await stock(gateway, "HAT-1", 2)
+    body = {
+        "orderId": "order-w",
+        "customerId": "bob",
+        "lines": [{"sku": "HAT-1", "quantity": "1", "unitPriceMinor": "900"}],
+        "currencyCode": "EUR",
+    }
+    await ok(gateway, "POST", "/v1/orders", json=body)
+
+    def watch_two() -> list[Json]:
+        return list(_stream_lines(gateway, "/v1/orders:watch?customerId=bob", 2))
+
+    watching = asyncio.create_task(asyncio.to_thread(watch_two))
+    # The first event is already there; the second happens while the response streams.
+    await asyncio.sleep(0.5)
+    assert not watching.done()
+    pay = {"paymentId": "psp-w", "amountMinor": "900", "currencyCode": "EUR"}
+    await ok(gateway, "POST", "/v1/orders/order-w:pay", json=pay)
+    events = await asyncio.wait_for(watching, 10)
+    assert [e["type"] for e in events] == ["EVENT_TYPE_ORDER_CREATED", "EVENT_TYPE_ORDER_PAID"]
+    assert events[1]["order"]["status"] == "ORDER_STATUS_PAID"
+    assert int(events[1]["cursor"]) > int(events[0]["cursor"])
+    resumed = await asyncio.to_thread(
+        lambda: next(
+            _stream_lines(
+                gateway, f"/v1/orders:watch?customerId=bob&afterCursor={events[0]['cursor']}", 1
+            )
+        )
+    )
+    assert resumed["type"] == "EVENT_TYPE_ORDER_PAID"
+
+
+def test_every_rpc_has_a_route() -> None:
+    routes = describe_routes()
+    assert len(routes) == 15
+    assert routes["Reserve"] == ("POST", "/v1/reservations")
+    assert routes["Commit"] == ("POST", "/v1/reservations/{reservation_id}:commit")
+    assert routes["GetStock"] == ("GET", "/v1/stock")
+    assert routes["CreateOrder"] == ("POST", "/v1/orders")
+    assert routes["GetOrder"] == ("GET", "/v1/orders/{order_id}")
+    assert routes["ConfirmPayment"] == ("POST", "/v1/orders/{order_id}:pay")
+    assert routes["WatchOrders"] == ("GET", "/v1/orders:watch")
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+async def test_short_stock_is_400_naming_the_sku_and_what_is_left(gateway: Gateway) -> None:
+    await stock(gateway, "LAST-1", 1)
+    reply = await http(
+        gateway,
+        "POST",
+        "/v1/reservations",
+        json={"reservationId": "cart-s", "lines": [{"sku": "LAST-1", "quantity": "3"}]},
+    )
+    assert reply.status_code == 400
+    body = reply.json()
+    assert body["code"] == 9  # FAILED_PRECONDITION
+    assert detail(body, "ErrorInfo")["reason"] == "INSUFFICIENT_STOCK"
+    violation = detail(body, "PreconditionFailure")["violations"][0]
+    assert (violation["subject"], violation["description"]) == (
+        "LAST-1",
+        "available 1, requested 3",
+    )
+
+
+async def test_invalid_argument_is_400_with_field_violations(gateway: Gateway) -> None:
+    reply = await http(
+        gateway,
+        "POST",
+        "/v1/reservations",
+        json={"reservationId": "cart-i", "lines": [{"sku": "X", "quantity": "0"}]},
+    )
+    assert reply.status_code == 400
+    body = reply.json()
+    assert body["code"] == 3
+    fields = [v["field"] for v in detail(body, "BadRequest")["fieldViolations"]]
+    assert any("quantity" in f for f in fields), fields
+
+
+async def test_unknown_order_is_404_with_resource_info(gateway: Gateway) -> None:
+    reply = await http(gateway, "GET", "/v1/orders/nobody")
+    assert reply.status_code == 404
+    body = reply.json()
+    assert body["code"] == 5
+    info = detail(body, "ResourceInfo")
+    assert (info["resourceType"], info["resourceName"]) == ("order", "nobody")
+
+
+async def test_reused_id_with_other_content_is_409(gateway: Gateway) -> None:
+    await stock(gateway, "CAP-1", 5)
+    first = {"reservationId": "cart-d", "lines": [{"sku": "CAP-1", "quantity": "1"}]}
+    await ok(gateway, "POST", "/v1/reservations", json=first)
+    other = {"reservationId": "cart-d", "lines": [{"sku": "CAP-1", "quantity": "2"}]}
+    reply = await http(gateway, "POST", "/v1/reservations", json=other)
+    assert reply.status_code == 409
+    body = reply.json()
+    assert body["code"] == 6
+    assert detail(body, "ErrorInfo")["reason"] == "ALREADY_EXISTS"
+
+
+async def test_illegal_transition_is_400_naming_the_status(gateway: Gateway) -> None:
+    await stock(gateway, "MUG-1", 2)
+    order = {
+        "orderId": "order-t",
+        "customerId": "carol",
+        "lines": [{"sku": "MUG-1", "quantity": "1", "unitPriceMinor": "500"}],
+        "currencyCode": "EUR",
+    }
+    await ok(gateway, "POST", "/v1/orders", json=order)
+    reply = await http(
+        gateway,
+        "POST",
+        "/v1/orders/order-t:ship",
+        json={"carrier": "dhl", "trackingNo": "T", "carrierAckId": "a"},
+    )
+    assert reply.status_code == 400
+    body = reply.json()
+    assert body["code"] == 9
+    violation = detail(body, "PreconditionFailure")["violations"][0]
+    assert violation["description"].startswith("status is PENDING_PAYMENT")
+
+
+async def test_json_that_does_not_fit_the_request_is_400(gateway: Gateway) -> None:
+    reply = await http(gateway, "POST", "/v1/reservations", json={"noSuchField": 1})
+    assert reply.status_code == 400
+    assert reply.json()["code"] == 3
+
+
+async def test_unknown_path_is_404_as_json(gateway: Gateway) -> None:
+    reply = await http(gateway, "GET", "/v1/nothing-here")
+    assert reply.status_code == 404
+    assert reply.json()["code"] == 5
+
+
+# --- the edge ---------------------------------------------------------------------------
+
+
+async def test_cors_preflight_from_a_storefront_is_allowed(gateway: Gateway) -> None:
+    reply = await http(
+        gateway,
+        "OPTIONS",
+        "/v1/reservations",
+        headers={
+            "Origin": STOREFRONT,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+        },
+    )
+    assert reply.status_code == 200
+    assert reply.headers["access-control-allow-origin"] == STOREFRONT
+    assert "POST" in reply.headers["access-control-allow-methods"]
+    allowed = reply.headers["access-control-allow-headers"]
+    assert {"authorization", "idempotency-key"} <= {h.strip() for h in allowed.split(",")}
+
+    await stock(gateway, "CORS-1", 1)
+    real = await http(gateway, "GET", "/v1/stock?skus=CORS-1", headers={"Origin": STOREFRONT})
+    assert real.headers["access-control-allow-origin"] == STOREFRONT
+
+
+async def test_cors_preflight_from_another_origin_gets_no_grant(gateway: Gateway) -> None:
+    reply = await http(
+        gateway,
+        "OPTIONS",
+        "/v1/reservations",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in reply.headers
+
+
+async def test_oversized_body_is_refused_with_413(gateway: Gateway) -> None:
+    lines = [{"sku": f"SKU-{n:05d}", "quantity": "1"} for n in range(800)]
+    body = json.dumps({"reservationId": "cart-big", "lines": lines})
+    assert len(body) > gateway.settings.gateway_max_request_bytes
+    reply = await http(
+        gateway, "POST", "/v1/reservations", data=body, headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 413
+    assert reply.json()["code"] == 8
+    assert detail(reply.json(), "ErrorInfo")["reason"] == "PAYLOAD_TOO_LARGE"
+    # Nothing reached the server.
+    missing = await http(gateway, "GET", "/v1/reservations/cart-big")
+    assert missing.status_code == 404
+
+
+async def test_route_timeout_reaches_the_server_as_its_deadline(gateway: Gateway, dsn: str) -> None:
+    """AdjustStock has 0.5 s (gateway_settings); a row lock held by the test makes it wait:
+    the server's gRPC runtime ends the call at its deadline (grpc-timeout), before the
+    gateway's own timeout (0.25 s later) would answer with its UPSTREAM_TIMEOUT body."""
+    await stock(gateway, "SLOW-1", 1)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM stockcore.stock WHERE sku = 'SLOW-1' FOR UPDATE")
+            started = time.monotonic()
+            reply = await http(
+                gateway,
+                "POST",
+                "/v1/stock/SLOW-1:adjust",
+                json={"delta": "1", "reason": "restock", "idempotencyKey": "slow-1"},
+            )
+            took = time.monotonic() - started
+    finally:
+        await conn.close()
+    assert reply.status_code == 504, reply.text
+    body = reply.json()
+    assert (body["code"], body["message"]) == (4, "Deadline Exceeded")
+    assert body["details"] == []  # not the gateway's local reply, which has ErrorInfo
+    assert 0.45 <= took < 2.0
+
+
+async def test_idempotency_key_names_the_reservation(gateway: Gateway) -> None:
+    await stock(gateway, "IDEM-1", 5)
+    body = {"lines": [{"sku": "IDEM-1", "quantity": "2"}]}
+    headers = {"Idempotency-Key": "cart/42"}
+    first = await ok(gateway, "POST", "/v1/reservations", json=body, headers=headers)
+    again = await ok(gateway, "POST", "/v1/reservations", json=body, headers=headers)
+    assert first["reservation"]["reservationId"] == "cart/42"
+    assert again == first
+    levels = await ok(gateway, "GET", "/v1/stock?skus=IDEM-1")
+    assert levels["levels"][0]["available"] == "3"
+
+
+async def test_idempotency_key_names_the_payment(gateway: Gateway) -> None:
+    await stock(gateway, "IDEM-2", 1)
+    order = {
+        "orderId": "order-i",
+        "customerId": "dave",
+        "lines": [{"sku": "IDEM-2", "quantity": "1", "unitPriceMinor": "700"}],
+        "currencyCode": "EUR",
+    }
+    await ok(gateway, "POST", "/v1/orders", json=order)
+    pay = {"amountMinor": "700", "currencyCode": "EUR"}
+    headers = {"Idempotency-Key": "psp-77"}
+    paid = await ok(gateway, "POST", "/v1/orders/order-i:pay", json=pay, headers=headers)
+    assert paid["order"]["paymentId"] == "psp-77"
+
+
+async def test_idempotency_key_differing_from_the_body_is_refused(gateway: Gateway) -> None:
+    body = {"reservationId": "cart-a", "lines": [{"sku": "X", "quantity": "1"}]}
+    reply = await http(
+        gateway, "POST", "/v1/reservations", json=body, headers={"Idempotency-Key": "cart-b"}
+    )
+    assert reply.status_code == 400
+    assert reply.json()["code"] == 3
+
+
+async def test_request_id_is_kept_and_recorded_in_the_order_history(gateway: Gateway) -> None:
+    await stock(gateway, "RID-1", 1)
+    order = {
+        "orderId": "order-r",
+        "customerId": "erin",
+        "lines": [{"sku": "RID-1", "quantity": "1", "unitPriceMinor": "100"}],
+        "currencyCode": "EUR",
+    }
+    reply = await http(
+        gateway, "POST", "/v1/orders", json=order, headers={"X-Request-Id": "storefront-req-9"}
+    )
+    assert reply.status_code == 200
+    assert reply.headers["x-request-id"] == "storefront-req-9"
+    read = await ok(gateway, "GET", "/v1/orders/order-r")
+    assert read["history"][0]["requestId"] == "storefront-req-9"
+
+
+async def test_access_log_has_one_json_line_per_request(gateway: Gateway) -> None:
+    await http(gateway, "GET", "/v1/orders/logged", headers={"Authorization": "Bearer secret-1"})
+    log = Path(gateway.settings.gateway_access_log)
+    text = ""
+    for _ in range(50):  # Envoy flushes its access log on a timer
+        text = await asyncio.to_thread(lambda: log.read_text() if log.exists() else "")
+        if "/v1/orders/logged" in text:
+            break
+        await asyncio.sleep(0.1)
+    lines = [json.loads(line) for line in text.splitlines() if line]
+    entry = next(e for e in lines if e["path"] == "/v1/orders/logged")
+    assert (entry["method"], entry["status"], entry["rpc"]) == ("GET", 404, "GetOrder")
+    assert "secret-1" not in text
+
+
+async def test_checkout_page_is_served(gateway: Gateway) -> None:
+    page = await http(gateway, "GET", "/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script src="/checkout.js"' in page.text
+    script = await http(gateway, "GET", "/checkout.js")
+    assert script.status_code == 200 and "/v1/orders:watch" in script.text
+
+
+@pytest.mark.parametrize("path", ["/v1/stock?skus=A&bogus=1"])
+async def test_unknown_query_parameter_is_refused(gateway: Gateway, path: str) -> None:
+    reply = await http(gateway, "GET", path)
+    assert reply.status_code == 400

@@ -1,0 +1,84 @@
+"""Envoy's configuration as built from Settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server.config import Settings, SettingsError, from_env
+from server.gateway.bootstrap import bootstrap, rpc_timeouts
+
+Config = dict[str, Any]
+
+
+def _routes(config: Config) -> dict[str, Config]:
+    listener = config["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return {r["name"]: r for r in manager["route_config"]["virtual_hosts"][0]["routes"]}
+
+
+def test_route_timeout_is_sent_as_the_grpc_deadline() -> None:
+    settings = Settings(gateway_timeout_s=5.0, gateway_timeouts={"Reserve": 2.0}).validate()
+    routes = _routes(bootstrap(settings))
+    reserve = routes["Reserve"]
+    assert reserve["match"] == {"path": "/stockcore.v1.InventoryService/Reserve"}
+    assert reserve["request_headers_to_add"][0]["header"] == {
+        "key": "grpc-timeout",
+        "value": "2000m",
+    }
+    # The gateway waits a little longer, so the server's answer is the one callers see.
+    assert reserve["route"]["timeout"] == "2.250s"
+    assert routes["GetStock"]["request_headers_to_add"][0]["header"]["value"] == "5000m"
+
+
+def test_watch_orders_streams_without_a_deadline() -> None:
+    assert rpc_timeouts(Settings())["WatchOrders"] is None
+    watch = _routes(bootstrap(Settings()))["WatchOrders"]
+    assert watch["route"]["timeout"] == "0s"
+    assert "request_headers_to_add" not in watch
+
+
+def test_cors_allows_only_the_configured_origins() -> None:
+    settings = Settings(gateway_origins=("https://shop.example.com",)).validate()
+    listener = bootstrap(settings)["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    policy = manager["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]
+    assert policy["envoy.filters.http.cors"]["allow_origin_string_match"] == [
+        {"exact": "https://shop.example.com"}
+    ]
+
+
+def test_gateway_settings_come_from_the_environment() -> None:
+    settings = from_env(
+        {
+            "STOCKCORE_GATEWAY_PORT": "8081",
+            "STOCKCORE_GATEWAY_ORIGINS": "https://a.example, http://localhost:3000",
+            "STOCKCORE_GATEWAY_TIMEOUTS": "Reserve=2,GetStock=0.5",
+            "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": "4096",
+        }
+    )
+    assert settings.gateway_port == 8081
+    assert settings.gateway_origins == ("https://a.example", "http://localhost:3000")
+    assert settings.gateway_timeouts == {"Reserve": 2.0, "GetStock": 0.5}
+    assert settings.gateway_max_request_bytes == 4096
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"STOCKCORE_GATEWAY_ORIGINS": "shop.example.com"},
+        {"STOCKCORE_GATEWAY_TIMEOUTS": "Reserve"},
+        {"STOCKCORE_GATEWAY_TIMEOUTS": "Reserve=0"},
+        {"STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": "10"},
+        {"STOCKCORE_GATEWAY_PORT": "70000"},
+    ],
+)
+def test_bad_gateway_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        from_env(env)
+
+
+def test_unknown_rpc_in_timeouts_is_refused() -> None:
+    with pytest.raises(SettingsError, match="Reserv"):
+        bootstrap(Settings(gateway_timeouts={"Reserv": 1.0}))
