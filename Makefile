@@ -8,10 +8,11 @@ GEN := clients/gen/stockcore/v1
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k reserve"`.
 PYTEST_ARGS ?=
 
-.PHONY: run test proto deps redis lint fmt bench plots clean-data help
+.PHONY: run test proto deps redis browser lint fmt bench plots clean-data help
 
 help:
-	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464)"
+	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464), and"
+	@echo "             HTTP/JSON with the checkout page on http://127.0.0.1:8080/ (Envoy)"
 	@echo "make test   - set up and run the whole suite"
 	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
 	@echo "make load-day, load-report, load-flash, load-knee, load-scale - load tests (BENCHMARKS.md)"
@@ -59,12 +60,24 @@ redis:
 		fi; \
 	fi
 
+# The checkout page's browser test drives Debian's chromium through chromedriver; it
+# fails (never skips) without them.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's chromium and chromium-driver"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else \
+			echo "chromium or chromedriver is missing: sudo apt-get install chromium chromium-driver" >&2; exit 1; \
+		fi; \
+	fi
+
 deps: $(VENV)/.installed redis
 
 run: deps
 	$(PY) -m server dev
 
-test: deps lint
+test: deps browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps

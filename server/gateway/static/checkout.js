@@ -269,7 +269,7 @@ function tick() {
   hold.className = "hold" + (left <= 30 ? " ending" : "");
   const minutes = Math.floor(left / 60);
   const seconds = String(left % 60).padStart(2, "0");
-  hold.innerHTML = 'Held for you for <strong id="countdown"></strong>';
+  if (!$("countdown")) hold.innerHTML = 'Held for you for <strong id="countdown"></strong>';
   $("countdown").textContent = `${minutes}:${seconds}`;
 }
 
@@ -325,7 +325,7 @@ function onEvent(event, orderId) {
   if (event.order && order && order.orderId === orderId) {
     order = event.order;
     if (bare(order.status) === "EXPIRED") {
-      cart = {};
+      // The cart stays as it was, marked expired; adding to it holds everything again.
       notify("Your hold expired before payment; the items went back on sale.");
     }
     renderCart();
