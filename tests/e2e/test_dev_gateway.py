@@ -1,0 +1,80 @@
+"""`make run` (`python -m server dev`): Envoy starts beside the server, on the port the
+settings name, and Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from server.devservers import free_port
+from tests.conftest import ROOT, SHARDS, Servers
+
+
+def _envoy_pids(config_dir: Path) -> list[int]:
+    """Envoy processes whose configuration lives under config_dir."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"/envoy") and any(str(config_dir).encode() in a for a in argv):
+            found.append(int(proc.name))
+    return found
+
+
+def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "STOCKCORE_PG_DSN": clean.pg_dsn,
+        "STOCKCORE_REDIS_URL": clean.redis_url,
+        "STOCKCORE_SHARDS": str(SHARDS),
+        "STOCKCORE_GRPC_PORT": str(free_port()),
+        "STOCKCORE_METRICS_PORT": "0",
+        "STOCKCORE_GATEWAY_PORT": str(port),
+        "STOCKCORE_DATA_DIR": str(tmp_path),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "dev"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        reply = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                reply = requests.get(
+                    f"http://127.0.0.1:{port}/v1/stock?skus=DRESS-RED-M", timeout=2
+                )
+            except requests.ConnectionError:
+                reply = None
+            if reply is not None and reply.status_code != 503:  # 503: the server is starting
+                break
+            time.sleep(0.2)
+        assert reply is not None and reply.status_code == 200, reply
+        assert reply.json()["levels"][0]["sku"] == "DRESS-RED-M"  # the demo catalogue
+        assert len(_envoy_pids(tmp_path)) == 1
+
+        server.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert server.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while _envoy_pids(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _envoy_pids(tmp_path) == []
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
