@@ -87,6 +87,7 @@ class StockcoreError(Exception):
         precondition_violations: Iterable[PreconditionViolation] = (),
         field_violations: Iterable[FieldViolation] = (),
         error_info: ErrorInfo | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
@@ -94,6 +95,9 @@ class StockcoreError(Exception):
         self.precondition_violations = tuple(precondition_violations)
         self._field_violations = tuple(field_violations)
         self.error_info = error_info
+        #: Seconds the server asked the caller to wait before trying again
+        #: (google.rpc.RetryInfo), when it said.
+        self.retry_delay = retry_delay
 
     @property
     def field_violations(self) -> list[FieldViolation]:
@@ -138,6 +142,11 @@ class Unavailable(StockcoreError):
     """The service could not be reached or could not serve; retrying with the same id is safe."""
 
 
+class ResourceExhausted(StockcoreError):
+    """The server is at capacity and refused the call before doing anything; send it
+    again (with the same id) after `retry_delay` seconds."""
+
+
 class DeadlineExceeded(StockcoreError):
     """The call's deadline passed before an answer arrived: the outcome is unknown, and a
     retry with the same id returns it."""
@@ -150,6 +159,7 @@ _CLASS_BY_CODE: dict[StatusCode, type[StockcoreError]] = {
     StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     StatusCode.UNAVAILABLE: Unavailable,
     StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 
@@ -160,6 +170,7 @@ def make_error(
     precondition_violations: Iterable[PreconditionViolation] = (),
     field_violations: Iterable[FieldViolation] = (),
     error_info: ErrorInfo | None = None,
+    retry_delay: float | None = None,
 ) -> StockcoreError:
     """Build the most specific StockcoreError subclass for a code and its details."""
     violations = tuple(precondition_violations)
@@ -175,6 +186,7 @@ def make_error(
         precondition_violations=violations,
         field_violations=field_violations,
         error_info=error_info,
+        retry_delay=retry_delay,
     )
 
 
@@ -187,6 +199,7 @@ def error_from_status(
     precondition: list[PreconditionViolation] = []
     fields: list[FieldViolation] = []
     info: ErrorInfo | None = None
+    retry_delay: float | None = None
     for status in _rich_status(code, trailing_metadata):
         for detail in status.details:
             if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
@@ -202,6 +215,10 @@ def error_from_status(
                 fields.extend(
                     FieldViolation(str(v.field), str(v.description)) for v in bad.field_violations
                 )
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_delay = retry.retry_delay.ToNanoseconds() / 1e9
             elif info is None and detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 raw = error_details_pb2.ErrorInfo()
                 detail.Unpack(raw)
@@ -216,6 +233,7 @@ def error_from_status(
         precondition_violations=precondition,
         field_violations=fields,
         error_info=info,
+        retry_delay=retry_delay,
     )
 
 

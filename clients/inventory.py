@@ -21,7 +21,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
-from clients.errors import StatusCode, from_rpc_error, make_error
+from clients.errors import StatusCode, StockcoreError, from_rpc_error, make_error
+from clients.throttle import AdaptiveThrottle
 
 _T = TypeVar("_T")
 _Request = TypeVar("_Request")
@@ -54,9 +55,13 @@ class RetryPolicy:
     multiplier: float = 2.0
     # Mutations carry their idempotency id, so resending one the server may have applied is
     # safe; but a write that ran out of time is left to the caller, who knows its own budget.
-    write_codes: frozenset[StatusCode] = frozenset({StatusCode.UNAVAILABLE})
+    # RESOURCE_EXHAUSTED is a refusal before any work: it is sent again after the delay
+    # the server asked for (when it fits in the deadline), never sooner.
+    write_codes: frozenset[StatusCode] = frozenset(
+        {StatusCode.UNAVAILABLE, StatusCode.RESOURCE_EXHAUSTED}
+    )
     read_codes: frozenset[StatusCode] = frozenset(
-        {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED}
+        {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.RESOURCE_EXHAUSTED}
     )
 
     def __post_init__(self) -> None:
@@ -93,11 +98,15 @@ class RetryPolicy:
         read: bool,
         remaining: float,
         rand: Callable[[], float] = random.random,
+        server_delay: float | None = None,
     ) -> float | None:
-        """The wait before the next attempt, or None when the failure should be raised."""
+        """The wait before the next attempt, or None when the failure should be raised;
+        never shorter than a delay the server asked for."""
         if attempt >= self.max_attempts or not self.retries(code, read=read):
             return None
         delay = self.backoff(attempt, rand)
+        if server_delay is not None:
+            delay = max(delay, server_delay)
         # Sleeping through the rest of the deadline would only turn this error into a timeout.
         if delay >= remaining:
             return None
@@ -107,6 +116,15 @@ class RetryPolicy:
 DEFAULT_RETRY_POLICY = RetryPolicy()
 
 
+def _throttled(pushback: float | None) -> StockcoreError:
+    return make_error(
+        StatusCode.RESOURCE_EXHAUSTED,
+        "not sent: the server is refusing calls for being at capacity, and this client"
+        " sends only a little more than it accepts (adaptive throttling); nothing was done",
+        retry_delay=pushback,
+    )
+
+
 async def call_with_retry(
     send: Callable[[float], Awaitable[_T]],
     *,
@@ -114,21 +132,39 @@ async def call_with_retry(
     read: bool,
     timeout: float,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    throttle: AdaptiveThrottle | None = None,
 ) -> _T:
-    """Await `send(seconds_left)` until it succeeds, fails for good, or `timeout` is spent."""
+    """Await `send(seconds_left)` until it succeeds, fails for good, or `timeout` is spent;
+    with a `throttle`, an attempt it refuses fails as RESOURCE_EXHAUSTED without being
+    sent."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     attempt = 1
     while True:
-        try:
-            return await send(deadline - loop.time())
-        except grpc.aio.AioRpcError as exc:
-            error = from_rpc_error(exc)
-            delay = policy.retry_delay(
-                error.code, attempt=attempt, read=read, remaining=deadline - loop.time()
-            )
-            if delay is None:
-                raise error from exc
+        if throttle is not None and not throttle.admit():
+            error = _throttled(throttle.pushback)
+            cause: BaseException | None = None
+        else:
+            try:
+                result = await send(deadline - loop.time())
+            except grpc.aio.AioRpcError as exc:
+                error, cause = from_rpc_error(exc), exc
+                if throttle is not None:
+                    overloaded = error.code is StatusCode.RESOURCE_EXHAUSTED
+                    throttle.answered(not overloaded, error.retry_delay)
+            else:
+                if throttle is not None:
+                    throttle.answered(True)
+                return result
+        delay = policy.retry_delay(
+            error.code,
+            attempt=attempt,
+            read=read,
+            remaining=deadline - loop.time(),
+            server_delay=error.retry_delay,
+        )
+        if delay is None:
+            raise error from cause
         await sleep(delay)
         attempt += 1
 
@@ -209,6 +245,8 @@ class ChannelClient:
         self._default_timeout = default_timeout
         self._retry = retry
         self._caller = caller
+        # One per channel, shared by every call through it (clients/throttle.py).
+        self._throttle = AdaptiveThrottle()
         options = list(channel_options)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
@@ -391,7 +429,9 @@ class InventoryClient(ChannelClient):
             # Every attempt resends this same request, idempotency id included.
             return await method(request, timeout=seconds_left, metadata=self._metadata)
 
-        return await call_with_retry(send, policy=self._retry, read=read, timeout=budget)
+        return await call_with_retry(
+            send, policy=self._retry, read=read, timeout=budget, throttle=self._throttle
+        )
 
 
 def check_caller(caller: str) -> str:

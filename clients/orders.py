@@ -371,7 +371,9 @@ class OrderClient(ChannelClient):
         async def send(seconds_left: float) -> _T:
             return await method(request, timeout=seconds_left, metadata=metadata)
 
-        return await call_with_retry(send, policy=self._retry, read=read, timeout=budget)
+        return await call_with_retry(
+            send, policy=self._retry, read=read, timeout=budget, throttle=self._throttle
+        )
 
 
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:

@@ -62,6 +62,10 @@ class Stack:
         return ProcessSampler(roots)
 
 
+# A bound on calls in flight no load tool reaches.
+UNBOUNDED = 100_000
+
+
 @contextlib.contextmanager
 def open_stack(
     data_dir: Path,
@@ -69,10 +73,15 @@ def open_stack(
     server_workers: int = 1,
     extra_env: dict[str, str] | None = None,
     gateway: bool = False,
+    shed: bool = False,
 ) -> Iterator[Stack]:
     """The servers named by the environment, or a fresh local stack under `data_dir`; with
-    `gateway`, Envoy in front of the server (on a free port, its access log in `data_dir`)."""
-    with _open_stack(data_dir, server_workers, extra_env) as stack:
+    `gateway`, Envoy in front of the server (on a free port, its access log in `data_dir`).
+
+    A local server is started without its bound on calls in flight unless `shed`: these
+    tools measure what the server does at each concurrency (their callers do not back
+    off when refused); `make load-overload` measures the bound itself."""
+    with _open_stack(data_dir, server_workers, extra_env, shed) as stack:
         if not gateway:
             yield stack
             return
@@ -90,7 +99,7 @@ def open_stack(
 
 @contextlib.contextmanager
 def _open_stack(
-    data_dir: Path, server_workers: int, extra_env: dict[str, str] | None
+    data_dir: Path, server_workers: int, extra_env: dict[str, str] | None, shed: bool
 ) -> Iterator[Stack]:
     pg_dsn = os.environ.get("STOCKCORE_PG_DSN") or None
     redis_url = os.environ.get("STOCKCORE_REDIS_URL") or None
@@ -115,6 +124,7 @@ def _open_stack(
             data_dir,
             STOCKCORE_WORKERS=str(server_workers),
             STOCKCORE_DEMO_CATALOGUE="false",
+            **({} if shed else {"STOCKCORE_MAX_IN_FLIGHT": str(UNBOUNDED)}),
             **(extra_env or {}),
         )
         asyncio.run(server.start(timeout=120.0))

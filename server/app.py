@@ -4,10 +4,7 @@ and metrics; one or several worker processes sharing the port."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import multiprocessing
-import os
 import signal
 from dataclasses import dataclass, field
 
@@ -31,13 +28,18 @@ from server.rpc import orders_convert
 from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import service_handler
 from server.rpc.orders_servicer import OrderServicer
+from server.rpc.shedding import LoadShedder
 from server.storage.event_stream import EventStream
 from server.storage.migrations import migrate
 from server.storage.orders_pg import OrderStore
 from server.storage.postgres import StockStore
 from server.storage.redis_gate import AdmissionGate
+from server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+# How long a stopping process gives its calls in flight.
+SHUTDOWN_GRACE_S = 5.0
 
 _INVENTORY = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 INVENTORY_SERVICE = _INVENTORY.full_name
@@ -73,13 +75,20 @@ class App:
     health: health_aio.HealthServicer
     orders: OrderCore
     relay: Relay
+    shedder: LoadShedder | None = None
     event_stream: EventStream | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _relay_task: asyncio.Task[None] | None = None
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Refuse new calls, let calls in flight finish, then close storage."""
+    async def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
+        """Say NOT_SERVING, refuse new calls (UNAVAILABLE, nothing done) and end the
+        watch streams, let the calls in flight finish, then stop the server and close
+        storage."""
         await self.health.enter_graceful_shutdown()
+        if self.shedder is not None:
+            self.shedder.drain()
+            if not await self.shedder.wait_idle(grace):
+                log.warning("calls were still in flight or arriving when shutdown went on")
         await self.server.stop(grace)
         for task in self._tasks:
             task.cancel()
@@ -158,10 +167,15 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ],
     )
+    shedder = LoadShedder(
+        settings.max_in_flight,
+        settings.max_watch_streams,
+        refusal_budget=settings.overload_refusal_budget,
+    )
     server.add_generic_rpc_handlers(
         [
-            service_handler(InventoryServicer(core, settings), _INVENTORY),
-            service_handler(OrderServicer(orders, settings), _ORDERS),
+            service_handler(InventoryServicer(core, settings), _INVENTORY, shedder),
+            service_handler(OrderServicer(orders, settings), _ORDERS, shedder),
         ]
     )
     health_servicer = health_aio.HealthServicer()
@@ -171,7 +185,9 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     )
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
-    app = App(server, port, core, store, gate, health_servicer, orders, relay, event_stream)
+    app = App(
+        server, port, core, store, gate, health_servicer, orders, relay, shedder, event_stream
+    )
     await health_servicer.set(ADMISSION_GATE, _SERVING if core.mirror.usable else _NOT_SERVING)
     app._tasks.append(asyncio.create_task(_report_health(app, 0.5), name="health"))
     app._relay_task = asyncio.create_task(relay.run(), name="order-relay")
@@ -205,32 +221,17 @@ def _worker_main(settings: Settings, worker: int) -> None:
 
 def serve(settings: Settings) -> None:
     """Migrate, then serve in settings.workers processes sharing the port."""
+    import functools
+
     import uvloop
 
     uvloop.run(run_migrations(settings))
     if settings.workers == 1:
         uvloop.run(serve_one(settings))
         return
-    # Workers are spawned, not forked: gRPC's core must not cross a fork.
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=_worker_main, args=(settings, i), daemon=True)
-        for i in range(settings.workers)
-    ]
-    for process in workers:
-        process.start()
-    stop = [False]
-
-    def forward(signum: int, _frame: object) -> None:
-        stop[0] = True
-        for process in workers:
-            if process.is_alive() and process.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    for process in workers:
-        process.join()
-    if not stop[0]:
-        raise SystemExit("a worker exited unexpectedly")
+    supervisor = Supervisor(
+        functools.partial(_worker_main, settings), settings.workers, kill_after=SHUTDOWN_GRACE_S * 3
+    )
+    signal.signal(signal.SIGINT, supervisor.stop)
+    signal.signal(signal.SIGTERM, supervisor.stop)
+    supervisor.run()

@@ -82,6 +82,13 @@ class Settings:
     gateway_access_log: str = "-"
     # Envoy worker threads.
     gateway_threads: int = 1
+    # Unary calls one process works on at once; past it calls are refused at once with
+    # RESOURCE_EXHAUSTED and a retry delay (server/rpc/shedding.py). WatchOrders streams
+    # are bounded apart. The refusal budget: refusals per second per process above which
+    # the retry delay given grows.
+    max_in_flight: int = 64
+    max_watch_streams: int = 10_000
+    overload_refusal_budget: float = 200.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> Settings:
@@ -136,6 +143,9 @@ class Settings:
                 "gateway_timeouts must be in (0, 300] seconds",
             ),
             (1 <= self.gateway_threads <= 64, "gateway_threads must be 1-64"),
+            (1 <= self.max_in_flight <= 100_000, "max_in_flight must be 1-100000"),
+            (1 <= self.max_watch_streams <= 1_000_000, "max_watch_streams must be 1-1000000"),
+            (self.overload_refusal_budget > 0, "overload_refusal_budget must be above 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -201,6 +211,9 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", _parse_timeouts),
     "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
     "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
+    "STOCKCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
+    "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
+    "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
 }
 
 

@@ -96,7 +96,7 @@ def _kill(proc: subprocess.Popen[bytes] | None, *, tree: bool = False) -> None:
     `tree`, return once they are all gone."""
     if proc is None:
         return
-    doomed = _descendants(proc.pid) if tree else []
+    doomed = descendants(proc.pid) if tree else []
     proc.kill()
     for pid in doomed:
         with contextlib.suppress(ProcessLookupError):
@@ -108,7 +108,7 @@ def _kill(proc: subprocess.Popen[bytes] | None, *, tree: bool = False) -> None:
         time.sleep(0.01)
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below `pid` (PostgreSQL's backends put themselves in sessions of
     their own, so a process group does not find them)."""
     children: dict[int, list[int]] = {}
@@ -391,6 +391,8 @@ class LocalRedis:
             *("--save", "", "--appendonly", "yes" if self.persistent else "no"),
             *("--appendfsync", "always", "--dir", str(self.datadir)),
             *("--protected-mode", "yes", "--daemonize", "no"),
+            # DEBUG SLEEP from loopback: the tests make this Redis slow without killing it.
+            *("--enable-debug-command", "local"),
         ]
         with open(self.log, "ab") as out:
             self.proc = spawn(

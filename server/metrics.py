@@ -90,3 +90,15 @@ RELAY_ACTIVE = Gauge(
     "1 in the process that holds the outbox sequencer lock, 0 in those standing by.",
 )
 WATCH_STREAMS = Gauge("stockcore_order_watch_streams", "Open WatchOrders streams.")
+RPC_IN_FLIGHT = Gauge(
+    "stockcore_rpc_in_flight", "Unary calls admitted and not yet answered, in this process."
+)
+RPC_REFUSED = Counter(
+    "stockcore_rpc_refused_total",
+    "Calls refused with RESOURCE_EXHAUSTED before any work, by method.",
+    ["method"],
+)
+OVERLOAD_RETRY_DELAY = Gauge(
+    "stockcore_overload_retry_delay_seconds",
+    "The retry delay refused callers are given (before jitter), in this process.",
+)

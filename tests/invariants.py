@@ -3,7 +3,11 @@ one invariant check (server/storage/sql/006_invariants.sql), also run after load
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import asyncpg
+import redis.asyncio as aioredis
 
 _VIOLATIONS = 'SELECT "check", subject, detail FROM stockcore.invariant_violations()'
 
@@ -19,3 +23,32 @@ async def assert_invariants_hold(conn: asyncpg.Connection) -> None:
     assert found == [], "invariants violated:\n" + "\n".join(
         f"  {check} {subject}: {detail}" for check, subject, detail in found
     )
+
+
+async def assert_mirror_converges(pg_dsn: str, redis_url: str, timeout: float = 10.0) -> None:
+    """The Redis mirror agrees with PostgreSQL on every SKU, not only the hot ones, within
+    `timeout` (pending holds settle, dead requests' ones are dropped after the grace): a
+    mirror short of what PostgreSQL holds would make the gate refuse what PostgreSQL
+    accepts."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = await asyncpg.connect(pg_dsn)
+            try:
+                rows = {
+                    r["sku"]: (r["on_hand"], r["reserved"], 0)
+                    for r in await conn.fetch("SELECT sku, on_hand, reserved FROM stockcore.stock")
+                }
+            finally:
+                await conn.close()
+            mirrored = {}
+            for sku in rows:
+                values = await client.hmget(f"sc:s:{sku}", "oh", "rs", "pd")
+                mirrored[sku] = tuple(int(v or 0) for v in values)
+            if mirrored == rows:
+                return
+            assert time.monotonic() < deadline, f"Redis {mirrored} disagrees with PostgreSQL {rows}"
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()

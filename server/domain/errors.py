@@ -120,3 +120,24 @@ class DeadlineExpired(DomainError):
     """The caller's deadline passed while the request waited for its batch: it was not
     applied. (A deadline that passes once the batch is in PostgreSQL ends the call
     without this error; that outcome is unknown until a retry with the same id.)"""
+
+
+class Overloaded(DomainError):
+    """The server is at its bound of calls in flight: the call was refused before any
+    work (nothing was applied); send it again, with the same id, after `retry_after`."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            f"the server is at capacity; nothing was done: retry after {retry_after:.2f} s"
+        )
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Unavailable):
+    """The server process is shutting down and took no new work: nothing was applied;
+    send the call again, with the same id (a new connection reaches a live process)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this server process is shutting down; nothing was done: retry with the same id"
+        )

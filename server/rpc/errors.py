@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -15,7 +15,9 @@ from server.domain.errors import (
     InsufficientStock,
     InvalidArgument,
     NotFound,
+    Overloaded,
     PaymentMismatch,
+    ShuttingDown,
     StockFloorViolation,
     Unavailable,
 )
@@ -32,6 +34,7 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     PaymentMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -51,6 +54,8 @@ _REASONS: dict[type[DomainError], str] = {
     AlreadyExists: "ALREADY_EXISTS",
     Unavailable: "UNAVAILABLE",
     DeadlineExpired: "DEADLINE_EXPIRED",
+    Overloaded: "OVERLOADED",
+    ShuttingDown: "SHUTTING_DOWN",
 }
 
 
@@ -151,8 +156,16 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
             _pack(error_details_pb2.ResourceInfo(resource_type=exc.kind, resource_name=name))
             for name in exc.names
         )
+    elif isinstance(exc, ShuttingDown):
+        # Long enough for this process to be gone, and its callers' next attempts to
+        # open a connection to a live one.
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 500_000_000})))
     elif isinstance(exc, Unavailable):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 100_000_000})))
+    elif isinstance(exc, Overloaded):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     details.insert(0, _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)))
     return details
 

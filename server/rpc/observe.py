@@ -1,6 +1,7 @@
-"""Every RPC passes through here: a request that cannot be decoded is INVALID_ARGUMENT,
-domain errors become statuses with details, anything else becomes INTERNAL and is
-logged, and latency is recorded by method and code.
+"""Every RPC passes through here: a call past the process's bound is refused at once
+(server/rpc/shedding.py), a request that cannot be decoded is INVALID_ARGUMENT, domain
+errors become statuses with details, anything else becomes INTERNAL and is logged, and
+latency is recorded by method and code.
 
 The service's method handlers are built here once at start-up, from its descriptor,
 rather than through a grpc.aio server interceptor, which grpc.aio consults with an extra
@@ -11,17 +12,25 @@ malformed message is the caller's fault, not an UNKNOWN error of the server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import descriptor, message, message_factory
 
-from server.domain.errors import DomainError, FieldViolation, InvalidArgument
-from server.metrics import RPC_DURATION
+from server.domain.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    Overloaded,
+    ShuttingDown,
+)
+from server.metrics import RPC_DURATION, RPC_REFUSED
 from server.rpc.errors import status_code_for, to_status
+from server.rpc.shedding import LoadShedder
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +62,55 @@ def _decoded(request: Any) -> Any:
     return request
 
 
+async def _answer(context: grpc.aio.ServicerContext, status: grpc.Status) -> NoReturn:  # type: ignore[type-arg]
+    # Aborting answers with status alone (a trailers-only response). Setting the code and
+    # returning None sends headers and an empty body first; a gateway that transcodes to
+    # JSON (Envoy's grpc_json_transcoder) then prints `{}` instead of the google.rpc.Status
+    # and its details.
+    await context.abort_with_status(status)  # type: ignore[attr-defined]
+    raise AssertionError("abort_with_status returns only by raising")
+
+
+def _send(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:  # type: ignore[type-arg]
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)
+
+
+@functools.lru_cache(maxsize=4096)
+def _refusal(delay_ms: int) -> grpc.Status:
+    # Refusals come by the thousand when they come: their statuses are built once per
+    # millisecond of delay.
+    return to_status(Overloaded(delay_ms / 1000))
+
+
+_SHUTTING_DOWN = to_status(ShuttingDown())
+
+
+async def _refuse(context: grpc.aio.ServicerContext, shedder: LoadShedder) -> NoReturn:  # type: ignore[type-arg]
+    if shedder.draining:
+        await _answer(context, _SHUTTING_DOWN)
+    await _answer(context, _refusal(max(1, round(shedder.retry_after() * 1000))))
+
+
 def observe(
-    method: str, inner: Callable[[Any, Any], Awaitable[Any]]
+    method: str, inner: Callable[[Any, Any], Awaitable[Any]], shedder: LoadShedder
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     """Wrap one unary-unary servicer method."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
+    refused = RPC_REFUSED.labels(method)
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        if not shedder.enter():
+            refused.inc()
+            await _refuse(context, shedder)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             return await inner(_decoded(request), context)
         except DomainError as exc:
-            # Aborting answers with status alone (a trailers-only response). Returning
-            # None with a code set sends headers and an empty body first, and then a
-            # gateway that transcodes to JSON (Envoy's grpc_json_transcoder) prints `{}`
-            # instead of the google.rpc.Status and its details.
             code = status_code_for(exc)
-            await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+            await _answer(context, to_status(exc))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -82,19 +122,24 @@ def observe(
             log.exception("unexpected error", extra={"method": method})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
         finally:
+            shedder.leave()
             histograms[code].observe(time.perf_counter() - started)
 
     return observed
 
 
 def observe_stream(
-    method: str, inner: Callable[[Any, Any], AsyncIterator[Any]]
+    method: str, inner: Callable[[Any, Any], AsyncIterator[Any]], shedder: LoadShedder
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     """Wrap one unary-stream servicer method (an async generator) the same way; its
     duration is the stream's lifetime."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
+    refused = RPC_REFUSED.labels(method)
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
+        if not shedder.open_stream():
+            refused.inc()
+            await _refuse(context, shedder)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -102,8 +147,16 @@ def observe_stream(
                 yield item
         except DomainError as exc:
             code = status_code_for(exc)
-            await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
-        except (asyncio.CancelledError, GeneratorExit):
+            await _answer(context, to_status(exc))
+        except asyncio.CancelledError:
+            if not shedder.draining or context.cancelled():
+                code = grpc.StatusCode.CANCELLED
+                raise
+            # Ended by the server's shutdown (LoadShedder.drain): the caller resumes from
+            # its last cursor on a live process.
+            code = grpc.StatusCode.UNAVAILABLE
+            _send(context, _SHUTTING_DOWN)
+        except GeneratorExit:
             code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
@@ -114,16 +167,18 @@ def observe_stream(
             log.exception("unexpected error", extra={"method": method})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
         finally:
+            shedder.close_stream()
             histograms[code].observe(time.perf_counter() - started)
 
     return observed
 
 
 def service_handler(
-    servicer: object, service: descriptor.ServiceDescriptor
+    servicer: object, service: descriptor.ServiceDescriptor, shedder: LoadShedder
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """The handlers of every method of `service`, each the servicer's method of that
-    name, observed, with requests decoded by the tolerant deserializer."""
+    name, observed and admitted by `shedder`, with requests decoded by the tolerant
+    deserializer."""
     handlers = {}
     for method in service.methods:
         inner = getattr(servicer, method.name)
@@ -131,13 +186,13 @@ def service_handler(
         response = message_factory.GetMessageClass(method.output_type)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                observe_stream(method.name, inner),
+                observe_stream(method.name, inner, shedder),
                 request_deserializer=_tolerant(request),
                 response_serializer=response.SerializeToString,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                observe(method.name, inner),
+                observe(method.name, inner, shedder),
                 request_deserializer=_tolerant(request),
                 response_serializer=response.SerializeToString,
             )

@@ -18,14 +18,13 @@ from typing import TypeVar
 import asyncpg
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from google.protobuf import duration_pb2
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from server.devservers import LocalStockcore
 from tests.conftest import SHARDS, Servers
-from tests.invariants import assert_invariants_hold
+from tests.invariants import assert_invariants_hold, assert_mirror_converges
 from tests.waiting import no_short_holds_left
 
 pytestmark = pytest.mark.slow
@@ -39,7 +38,11 @@ CLIENTS = 64
 DURATION = 20.0
 SHORT_TTL_S = 3  # holds of 1-3 s expire during the run; 30 s ones outlive it
 T = TypeVar("T")
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # refused before any work: at capacity
+}
 DEFINITE = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
 
 
@@ -181,32 +184,7 @@ async def check_invariants(servers: Servers, run: Run, *, final: bool) -> None:
     for rid in run.seen.releases:
         assert reservations[rid]["status"] in (3, 4), f"acknowledged release {rid} lost"
 
-    # The mirror converges on PostgreSQL once pending holds settle (dead requests'
-    # pending holds are dropped after the grace period).
-    client = aioredis.Redis.from_url(servers.redis_url, decode_responses=True)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            conn = await asyncpg.connect(servers.pg_dsn)
-            try:
-                rows = {
-                    r["sku"]: (r["on_hand"], r["reserved"], 0)
-                    for r in await conn.fetch("SELECT sku, on_hand, reserved FROM stockcore.stock")
-                }
-            finally:
-                await conn.close()
-            # Every SKU, not only the hot ones: a mirror short of what PostgreSQL holds
-            # would make the gate refuse what PostgreSQL accepts.
-            mirrored = {}
-            for sku in rows:
-                values = await client.hmget(f"sc:s:{sku}", "oh", "rs", "pd")
-                mirrored[sku] = tuple(int(v or 0) for v in values)
-            if mirrored == rows:
-                break
-            assert time.monotonic() < deadline, f"Redis {mirrored} disagrees with PostgreSQL {rows}"
-            await asyncio.sleep(0.2)
-    finally:
-        await client.aclose()
+    await assert_mirror_converges(servers.pg_dsn, servers.redis_url)
 
 
 async def hammer(

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ import asyncpg
 import pytest
 import requests
 
+from server.app import create_server
+from server.config import Settings
+from server.devservers import free_port
 from server.gateway.bootstrap import describe_routes
 from server.gateway.envoy import Gateway
 from tests.e2e.conftest import STOREFRONT
@@ -462,3 +466,36 @@ async def test_checkout_page_is_served(gateway: Gateway) -> None:
 async def test_unknown_query_parameter_is_refused(gateway: Gateway, path: str) -> None:
     reply = await http(gateway, "GET", path)
     assert reply.status_code == 400
+
+
+async def test_overload_refusal_is_429_with_its_retry_delay(
+    settings: Settings, tmp_path: Path, dsn: str
+) -> None:
+    """One call in flight at most: while a row lock holds the first, the second is refused
+    by the server at once, and the gateway answers 429 with the server's RetryInfo."""
+    server = await create_server(replace(settings, max_in_flight=1))
+    gw_settings = replace(settings, gateway_port=free_port()).validate()
+    try:
+        with Gateway(gw_settings, tmp_path / "gw", grpc_port=server.port) as gw:
+            await stock(gw, "BUSY-1", 1)
+            conn = await asyncpg.connect(dsn)
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "SELECT 1 FROM stockcore.stock WHERE sku = 'BUSY-1' FOR UPDATE"
+                    )
+                    adjust = {"delta": "1", "reason": "restock", "idempotencyKey": "busy-1"}
+                    held = asyncio.create_task(
+                        http(gw, "POST", "/v1/stock/BUSY-1:adjust", json=adjust)
+                    )
+                    await asyncio.sleep(0.5)
+                    refused = await http(gw, "GET", "/v1/stock?skus=BUSY-1")
+            finally:
+                await conn.close()
+            assert (await held).status_code == 200
+    finally:
+        await server.stop(grace=0.5)
+    assert refused.status_code == 429, refused.text
+    body = refused.json()
+    assert body["code"] == 8
+    assert detail(body, "RetryInfo")["retryDelay"].endswith("s")

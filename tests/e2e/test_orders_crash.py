@@ -36,7 +36,11 @@ CLIENTS = 32
 DURATION = 12.0
 KILL_AT = 5.0
 T = TypeVar("T")
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # refused before any work: at capacity
+}
 
 
 @dataclass

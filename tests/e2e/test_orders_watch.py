@@ -166,3 +166,58 @@ async def test_a_closed_server_ends_open_watches(settings) -> None:
                 await reader
         except grpc.aio.AioRpcError as exc:
             assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+async def test_hundreds_of_pages_each_get_their_shoppers_events_and_only_those(
+    orders: Stub, stub
+) -> None:
+    # Checkout pages follow one shopper each: they are woken by that shopper's events
+    # only, so a lost wake-up would leave a page without its shopper's new order.
+    await stock(stub, "A", 10_000)
+    shoppers = 100
+    for c in range(shoppers):
+        await orders.CreateOrder(create_request(f"h-{c}", customer=f"shop-{c}"))
+    pages = [
+        asyncio.create_task(read(orders, 2, timeout=60, customer_id=f"shop-{c % shoppers}"))
+        for c in range(2 * shoppers)
+    ]
+    await asyncio.sleep(0.5)  # the pages are open, caught up, waiting
+    for c in range(shoppers):
+        await orders.CreateOrder(create_request(f"n-{c}", customer=f"shop-{c}"))
+    for c, page in enumerate(await asyncio.gather(*pages)):
+        assert [e.order_id for e in page] == [f"h-{c % shoppers}", f"n-{c % shoppers}"]
+
+
+async def test_pages_catching_up_read_postgresql_a_few_at_a_time(
+    app, orders: Stub, stub, monkeypatch
+) -> None:
+    # A crowd of pages opened at once from the start of a history reads PostgreSQL
+    # through a small gate, leaving the writers the rest of the pool.
+    from server.orders.watch import CATCH_UP_READERS
+
+    await stock(stub, "A", 10_000)
+    for i in range(60):
+        await orders.CreateOrder(create_request(f"o-{i}", customer=f"cust-{i % 30}"))
+    feed = app.orders.feed
+    await read(orders, 1)  # the feed is following the tail
+    feed._tail.clear()  # every page below starts behind the tail
+    feed._cursors.clear()
+    store = feed._store
+    real = store.events
+    reading = most = 0
+
+    async def counted(*args, **kwargs):
+        nonlocal reading, most
+        reading += 1
+        most = max(most, reading)
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            reading -= 1
+
+    monkeypatch.setattr(store, "events", counted)
+    pages = await asyncio.gather(
+        *(read(orders, 2, timeout=60, customer_id=f"cust-{i % 30}") for i in range(150))
+    )
+    assert all(len(p) == 2 for p in pages)
+    assert 1 <= most <= CATCH_UP_READERS, most

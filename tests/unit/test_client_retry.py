@@ -22,7 +22,11 @@ from clients.errors import (
 from clients.inventory import RetryPolicy, call_with_retry
 
 POLICY = RetryPolicy(max_attempts=4, initial_backoff=0.1, max_backoff=0.5, multiplier=2.0)
-RETRIED_FOR_READS = {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED}
+RETRIED_FOR_READS = {
+    StatusCode.UNAVAILABLE,
+    StatusCode.DEADLINE_EXCEEDED,
+    StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 def _top() -> float:
@@ -198,3 +202,24 @@ async def test_final_failures_are_raised_as_typed_errors_at_once(
         await call_with_retry(send, policy=POLICY, read=True, timeout=5.0, sleep=sleep)
     assert len(send.timeouts) == 1
     assert sleep.delays == []
+
+
+def test_a_refusal_at_capacity_is_retried_for_reads_and_writes_never_sooner_than_asked() -> None:
+    for read in (True, False):
+        assert POLICY.retries(StatusCode.RESOURCE_EXHAUSTED, read=read)
+        delay = POLICY.retry_delay(
+            StatusCode.RESOURCE_EXHAUSTED,
+            attempt=1,
+            read=read,
+            remaining=10.0,
+            rand=lambda: 0.0,
+            server_delay=0.75,
+        )
+        assert delay == 0.75
+    # A delay that does not fit in the deadline ends the call now.
+    assert (
+        POLICY.retry_delay(
+            StatusCode.RESOURCE_EXHAUSTED, attempt=1, read=True, remaining=0.5, server_delay=0.75
+        )
+        is None
+    )

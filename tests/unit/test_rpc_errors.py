@@ -19,8 +19,10 @@ from server.domain.errors import (
     InsufficientStock,
     InvalidArgument,
     NotFound,
+    Overloaded,
     PaymentMismatch,
     Shortage,
+    ShuttingDown,
     StockFloorViolation,
     Unavailable,
 )
@@ -45,6 +47,7 @@ EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
     (PaymentMismatch("o-1", "500 EUR", "400 EUR"), grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable("database unreachable"), grpc.StatusCode.UNAVAILABLE),
     (DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Overloaded(0.25), grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -228,3 +231,21 @@ def test_unmapped_domain_error_becomes_an_internal_status() -> None:
     assert status.code is grpc.StatusCode.INTERNAL
     assert rich.code == code_pb2.INTERNAL
     assert error_info(rich).domain == DOMAIN
+
+
+def test_a_refusal_at_capacity_says_when_to_come_back() -> None:
+    status, rich = rich_status(Overloaded(0.25))
+    assert status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    (retry,) = unpack(rich, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToMilliseconds() == 250
+    (info,) = unpack(rich, error_details_pb2.ErrorInfo)
+    assert info.reason == "OVERLOADED"
+
+
+def test_a_refusal_while_shutting_down_is_unavailable_with_a_retry_delay() -> None:
+    status, rich = rich_status(ShuttingDown())
+    assert status.code is grpc.StatusCode.UNAVAILABLE
+    (retry,) = unpack(rich, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToMilliseconds() == 500
+    (info,) = unpack(rich, error_details_pb2.ErrorInfo)
+    assert info.reason == "SHUTTING_DOWN"
