@@ -8,14 +8,16 @@ GEN := clients/gen/stockcore/v1
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k reserve"`.
 PYTEST_ARGS ?=
 
-.PHONY: run test proto deps redis browser lint fmt bench plots clean-data help
+.PHONY: run test proto deps redis browser promtool lint fmt bench plots clean-data help
 
 help:
 	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464), and"
 	@echo "             HTTP/JSON with the checkout page on http://127.0.0.1:8080/ (Envoy)"
 	@echo "make test   - set up and run the whole suite"
 	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
-	@echo "make load-day, load-report, load-flash, load-knee, load-scale - load tests (BENCHMARKS.md)"
+	@echo "make load-day, load-report, load-flash, load-knee, load-scale, load-overload, load-fanout,"
+	@echo "           load-outage - load tests (BENCHMARKS.md)"
+	@echo "make chaos  - a seeded fault schedule under mixed load, then every check (RELIABILITY.md)"
 	@echo "make plots  - copy the newest runs' key plots into docs/benchmarks/"
 	@echo "make lint   - ruff and mypy"
 
@@ -72,12 +74,23 @@ browser:
 		fi; \
 	fi
 
+# promtool (Debian's prometheus package) checks and unit-tests the shipped alert rules.
+promtool:
+	@if ! command -v promtool >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's prometheus (for promtool)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+		else \
+			echo "promtool is missing: install it (e.g. sudo apt-get install prometheus)" >&2; exit 1; \
+		fi; \
+	fi
+
 deps: $(VENV)/.installed redis
 
 run: deps
 	$(PY) -m server dev
 
-test: deps browser lint
+test: deps browser promtool lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
@@ -115,7 +128,7 @@ LOAD_COMMON = $(call load_opt,API,api) $(call load_opt,PROCESSES,processes) \
 LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEAK_HOLD,peak-hold) \
 	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing)
 
-.PHONY: load-day load-flash load-knee load-report load-scale
+.PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos
 
 load-day: deps
 	$(LOAD) day $(LOAD_DAY)
@@ -133,5 +146,29 @@ load-knee: deps
 		$(call load_opt,DURATION,duration) $(call load_opt,PROCESSES,processes) \
 		$(call load_opt,P99_BOUND,p99-bound)
 
+# The primary carrier down on the day's plateau, e.g.
+#   make load-outage DURATION=180 OUTAGE_AT=60 OUTAGE=60 SCALE=0.2 WORKERS=2 PUBLISH=1
+load-outage: deps
+	$(PY) -m loadtests.outage $(call load_opt,DURATION,duration) $(call load_opt,OUTAGE_AT,outage-at) \
+		$(call load_opt,OUTAGE,outage) $(call load_opt,SCALE,scale) $(call load_opt,WORKERS,workers) \
+		$(call load_opt,PROCESSES,processes) $(call load_opt,DRAIN,drain) $(if $(PUBLISH),--publish)
+
 load-scale: deps
 	$(PY) -m loadtests.scale $(call load_opt,SKUS,skus) $(call load_opt,HOLDS,holds)
+
+# A seeded fault schedule (kill -9, SIGSTOP, slow PostgreSQL, Redis restarts) under mixed
+# load, then the invariants, every acknowledged outcome and the gate checked (RELIABILITY.md).
+#   make chaos SEED=7 DURATION=180
+chaos: deps
+	$(PY) -m loadtests.chaos $(call load_opt,SEED,seed) $(call load_opt,DURATION,duration)
+
+# 500 WatchOrders streams beside Reserve and CreateOrder: the writers' rate with and without.
+#   make load-fanout STREAMS=500
+load-fanout: deps
+	$(PY) -m loadtests.fanout $(call load_opt,STREAMS,streams)
+
+# Reserve at 1,500 callers with 2 s deadlines between two phases at 64: refusals, goodput, recovery.
+#   make load-overload CALLERS=1500 OVERLOAD=120
+load-overload: deps
+	$(PY) -m loadtests.overload $(call load_opt,CALLERS,callers) $(call load_opt,OVERLOAD,overload) \
+		$(call load_opt,SKUS,catalogue)

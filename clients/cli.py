@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO, assert_never
 
+import asyncpg
 import redis.exceptions
 
 from clients.errors import FailedPrecondition, InvalidArgument, NotFound, StockcoreError
@@ -24,6 +25,13 @@ from clients.events_cli import (
     EventCommand,
     add_event_commands,
     execute_events,
+)
+from clients.fulfilment_cli import (
+    FULFILMENT_COMMANDS,
+    FulfilmentCommand,
+    FulfilmentMissing,
+    add_fulfilment_commands,
+    execute_fulfilment,
 )
 from clients.inventory import InventoryClient, Reservation, StockLevel, check_caller
 from clients.order_cli import ORDER_COMMANDS, OrderCommand, add_order_commands, execute_order
@@ -106,7 +114,7 @@ class GetReservation:
 
 
 StockCommand = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
-Command = StockCommand | OrderCommand | EventCommand
+Command = StockCommand | OrderCommand | EventCommand | FulfilmentCommand
 
 
 def parse_line(text: str) -> tuple[str, int]:
@@ -268,6 +276,7 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
 
     add_order_commands(commands, leaf)
     add_event_commands(commands, leaf)
+    add_fulfilment_commands(commands, leaf)
     return parser
 
 
@@ -416,6 +425,9 @@ async def run(options: GlobalOptions, command: Command, *, out: TextIO) -> None:
     if isinstance(command, EVENT_COMMANDS):
         await execute_events(command, out=out, as_json=options.json)
         return
+    if isinstance(command, FULFILMENT_COMMANDS):
+        await execute_fulfilment(command, out=out, as_json=options.json)
+        return
     if isinstance(command, ORDER_COMMANDS):
         async with OrderClient(
             options.target, caller=options.caller, default_timeout=options.timeout
@@ -441,9 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StockcoreError as error:
         print(format_error(error, as_json=options.json), file=sys.stderr)
         return exit_code_for(error)
-    except DeadLetterMissing as missing:
+    except (DeadLetterMissing, FulfilmentMissing) as missing:
         print(f"stockctl: NOT_FOUND: {missing}", file=sys.stderr)
         return ExitCode.NOT_FOUND
+    except asyncpg.PostgresError as error:
+        print(f"stockctl: PostgreSQL: {type(error).__name__}: {error}", file=sys.stderr)
+        return ExitCode.ERROR
     except (redis.exceptions.RedisError, OSError) as error:
         print(f"stockctl: Redis: {type(error).__name__}: {error}", file=sys.stderr)
         return ExitCode.ERROR

@@ -38,10 +38,10 @@ DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_timeout_ms", 10_000),
     # Servers reject pings on idle connections by default (GOAWAY "too_many_pings").
     ("grpc.keepalive_permit_without_calls", 0),
-    # A restarted server should be reconnected to within one call's retry budget; the
-    # default backoff starts at 1 s and grows to 120 s.
+    # A restarted server should be reconnected to within one call's retry budget (5 s by
+    # default); gRPC's own backoff starts at 1 s and grows to 120 s.
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 )
 
 

@@ -120,14 +120,14 @@ class Load:
     """The callers: caller i works while i < `active`."""
 
     def __init__(
-        self, target: str, skus: list[str], deadline: float, rec: Recorder, callers: int
+        self, target: str, skus: list[str], deadline: float, rec: Recorder, callers: int, k: float
     ) -> None:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = inv_grpc.InventoryServiceStub(self._channel)
         self._skus = skus
         self._deadline = deadline
         self._rec = rec
-        self._throttle = AdaptiveThrottle()
+        self._throttle = AdaptiveThrottle(k=k)
         self._policy = RetryPolicy(max_attempts=100)
         self._ids = itertools.count()
         self._prefix = f"ov-{os.getpid()}-{random.getrandbits(32):x}-"
@@ -226,6 +226,7 @@ class Plan:
     overload: float = 120.0
     after: float = 20.0
     deadline: float = 2.0
+    k: float = 2.0  # the client throttle's (clients/throttle.py)
 
 
 @dataclass(frozen=True)
@@ -238,16 +239,18 @@ class Result:
     after: PhaseFigures
     recovery_s: float | None
     recorder: Recorder
+    wall_start: float  # time.time() at the start of the "before" phase
 
 
 async def run(target: str, skus: list[str], plan: Plan) -> Result:
     """The three phases against `target`; per-second figures and their sums."""
     rec = Recorder(time.monotonic())
-    load = Load(target, skus, plan.deadline, rec, max(plan.callers, plan.base_callers))
+    load = Load(target, skus, plan.deadline, rec, max(plan.callers, plan.base_callers), plan.k)
     try:
         load.set_active(plan.base_callers)
         await asyncio.sleep(2.0)  # warm-up, not counted
         rec.start = time.monotonic()
+        wall_start = time.time()
         rec.seconds.clear()
         b_end = int(plan.before)
         await asyncio.sleep(plan.before)
@@ -267,6 +270,7 @@ async def run(target: str, skus: list[str], plan: Plan) -> Result:
         figures(rec, "after", o_end, a_end),
         recovery_time(rec, before, o_end, a_end),
         rec,
+        wall_start,
     )
 
 
@@ -371,16 +375,27 @@ def main() -> int:
     parser.add_argument("--overload", type=float, default=120.0, help="seconds")
     parser.add_argument("--after", type=float, default=20.0, help="seconds")
     parser.add_argument("--deadline", type=float, default=2.0, help="seconds per operation")
+    parser.add_argument("--k", type=float, default=2.0, help="the client throttle's k")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=0, help="the server's bound (default: its own)"
+    )
     parser.add_argument("--catalogue", type=int, default=1000, help="SKUs")
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
     args = parser.parse_args()
     plan = Plan(
-        args.base_callers, args.callers, args.before, args.overload, args.after, args.deadline
+        args.base_callers,
+        args.callers,
+        args.before,
+        args.overload,
+        args.after,
+        args.deadline,
+        args.k,
     )
     run_ = report.Run("overload", Path(args.reports))
     prefix = f"OVER{run_.tag[-6:]}"
     skus = catalogue(prefix, args.catalogue)
-    with open_stack(ROOT / ".data" / "load", shed=True) as stack:
+    bound = {"STOCKCORE_MAX_IN_FLIGHT": str(args.max_in_flight)} if args.max_in_flight else {}
+    with open_stack(ROOT / ".data" / "load", shed=True, extra_env=bound) as stack:
         run_.say(
             "# Overload: Reserve past capacity and back",
             "",
@@ -413,6 +428,19 @@ def main() -> int:
         ]
         rows = [result.before, result.overload, result.settled, result.after]
         run_.say(*report.table(header, [phase_row(p) for p in rows]), "")
+        # Where the CPU went: on two shared cores the callers' own work competes with the
+        # server's, and the server's per-call cost shows whether refusals ate capacity.
+        w = result.wall_start
+        for name, start, end in (
+            ("before", w, w + plan.before),
+            ("overload, after its first 5 s", w + plan.before + 5, w + plan.before + plan.overload),
+        ):
+            run_.say(
+                f"CPU, {name}:",
+                "",
+                *report.table(report.RESOURCE_HEADER, report.resource_rows(sampler, start, end)),
+                "",
+            )
         run_.say("", "## After the run", "")
         invariants.check_after_run(run_, stack.target, stack.pg_dsn, skus)
     write_timeline(result.recorder, run_.dir / "timeline.csv")

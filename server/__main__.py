@@ -1,6 +1,7 @@
-"""`python -m server`: serve, migrate, `dev` (local PostgreSQL and Redis, then serve, with
-the HTTP/JSON gateway beside), `gateway` (the gateway alone) or `gateway-config` (print
-Envoy's configuration, for running Envoy elsewhere)."""
+"""`python -m server`: serve, migrate, fulfil (the fulfilment worker), simulate (a simulated
+partner), `dev` (local PostgreSQL and Redis, the simulators and a fulfilment worker, then
+serve, with the HTTP/JSON gateway beside), `gateway` (the gateway alone) or
+`gateway-config` (print Envoy's configuration, for running Envoy elsewhere)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from server import app, config, demo, logs
-from server.devservers import local_servers
+from server.devservers import local_servers, spawn, stop_child
 from server.gateway.bootstrap import bootstrap
 from server.gateway.envoy import Gateway
 from server.storage.postgres import StockStore
@@ -36,6 +39,62 @@ async def _load_demo(settings: config.Settings) -> None:
         log.info("demo catalogue ready", extra={"newly_loaded": loaded})
     finally:
         await store.close()
+
+
+@contextlib.contextmanager
+def partners_and_worker(
+    settings: config.Settings, logs_dir: Path, *, workers: int = 1
+) -> Iterator[None]:
+    """The simulated warehouse and carriers on the dev_*_port settings, and `workers`
+    fulfilment workers with `settings`, as child processes that die with this one (their
+    logs under `logs_dir`)."""
+    me = [sys.executable, "-m", "server"]
+    children = [
+        ("warehouse", [*me, "simulate", "warehouse", "--port", str(settings.dev_warehouse_port)]),
+        (
+            settings.primary_carrier,
+            [*me, "simulate", "carrier", "--carrier", settings.primary_carrier,
+             "--port", str(settings.dev_primary_carrier_port)],
+        ),
+    ]  # fmt: skip
+    if settings.fallback_carrier:
+        children.append(
+            (
+                settings.fallback_carrier,
+                [*me, "simulate", "carrier", "--carrier", settings.fallback_carrier,
+                 "--port", str(settings.dev_fallback_carrier_port)],
+            )
+        )  # fmt: skip
+    env = {
+        **os.environ,
+        **config.to_env(settings),
+        "STOCKCORE_WAREHOUSE_URL": f"http://127.0.0.1:{settings.dev_warehouse_port}",
+        "STOCKCORE_PRIMARY_CARRIER_URL": f"http://127.0.0.1:{settings.dev_primary_carrier_port}",
+        "STOCKCORE_FALLBACK_CARRIER_URL": f"http://127.0.0.1:{settings.dev_fallback_carrier_port}",
+    }
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        fulfil = [(f"fulfil-{i}", [*me, "fulfil"]) for i in range(workers)]
+        for name, argv in [*children, *fulfil]:
+            with open(logs_dir / f"{name}.log", "ab") as out:
+                started.append(
+                    spawn(
+                        argv,
+                        death_signal=signal.SIGTERM,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        log.info(
+            "simulated partners and a fulfilment worker started",
+            extra={"logs": str(logs_dir), "warehouse": env["STOCKCORE_WAREHOUSE_URL"]},
+        )
+        yield
+    finally:
+        for proc in reversed(started):
+            stop_child(proc)
 
 
 def dev(settings: config.Settings) -> None:
@@ -66,11 +125,15 @@ def dev(settings: config.Settings) -> None:
                 f"stockcore serving on {settings.grpc_host}:{settings.grpc_port}"
                 f" (metrics http://{settings.grpc_host}:{settings.metrics_port}/metrics)"
                 + (f"; HTTP/JSON and the checkout page on {gateway.url}/" if gateway else "")
-                + "; Ctrl-C stops",
+                + f"; a warehouse on :{settings.dev_warehouse_port}, carriers"
+                f" {settings.primary_carrier} on :{settings.dev_primary_carrier_port} and"
+                f" {settings.fallback_carrier or '-'} on :{settings.dev_fallback_carrier_port},"
+                f" a fulfilment worker (logs in {root}/logs); Ctrl-C stops",
                 file=sys.stderr,
                 flush=True,
             )
-            app.serve(settings)
+            with partners_and_worker(settings, root / "logs"):
+                app.serve(settings)
 
 
 @contextlib.contextmanager
@@ -106,10 +169,17 @@ def gateway(settings: config.Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        from server.simulators import run as simulators
+
+        logging.basicConfig(level=logging.INFO)
+        simulators.main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="stockcore-server", description=__doc__)
     parser.add_argument(
         "command",
-        choices=["serve", "dev", "migrate", "gateway", "gateway-config"],
+        choices=["serve", "dev", "migrate", "fulfil", "gateway", "gateway-config"],
         nargs="?",
         default="serve",
     )
@@ -134,6 +204,15 @@ def main(argv: list[str] | None = None) -> None:
         import uvloop
 
         uvloop.run(app.run_migrations(settings))
+        return
+    if args.command == "fulfil":
+        import uvloop
+
+        from server.fulfilment.worker import run_worker
+
+        if settings.redis_url is None:
+            parser.exit(2, "STOCKCORE_REDIS_URL is not set: the worker reads the event stream\n")
+        uvloop.run(run_worker(settings))
         return
     app.serve(settings)
 

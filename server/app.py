@@ -29,6 +29,7 @@ from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import service_handler
 from server.rpc.orders_servicer import OrderServicer
 from server.rpc.shedding import LoadShedder
+from server.shutdown import cancel_and_wait
 from server.storage.event_stream import EventStream
 from server.storage.migrations import migrate
 from server.storage.orders_pg import OrderStore
@@ -90,9 +91,7 @@ class App:
             if not await self.shedder.wait_idle(grace):
                 log.warning("calls were still in flight or arriving when shutdown went on")
         await self.server.stop(grace)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, "the health reporter")
         await self._stop_relay()
         await self.orders.stop()
         await self.core.stop()
@@ -116,19 +115,24 @@ class App:
         log.error("the order event relay did not stop")
 
 
+async def _set_health(app: App) -> None:
+    """The health statuses as they are now: the services need PostgreSQL; the gate, Redis."""
+    try:
+        await app.store.ping()
+        service = _SERVING
+    except Unavailable:
+        service = _NOT_SERVING
+    await app.health.set(INVENTORY_SERVICE, service)
+    await app.health.set(ORDER_SERVICE, service)
+    await app.health.set("", service)
+    await app.health.set(ADMISSION_GATE, _SERVING if app.core.mirror.usable else _NOT_SERVING)
+
+
 async def _report_health(app: App, interval: float) -> None:
-    """Keep the health statuses true: the service needs PostgreSQL; the gate, Redis."""
+    """Keep the health statuses true."""
     while True:
-        try:
-            await app.store.ping()
-            service = _SERVING
-        except Unavailable:
-            service = _NOT_SERVING
-        await app.health.set(INVENTORY_SERVICE, service)
-        await app.health.set(ORDER_SERVICE, service)
-        await app.health.set("", service)
-        await app.health.set(ADMISSION_GATE, _SERVING if app.core.mirror.usable else _NOT_SERVING)
         await asyncio.sleep(interval)
+        await _set_health(app)
 
 
 async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
@@ -188,7 +192,9 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     app = App(
         server, port, core, store, gate, health_servicer, orders, relay, shedder, event_stream
     )
-    await health_servicer.set(ADMISSION_GATE, _SERVING if core.mirror.usable else _NOT_SERVING)
+    # Every status is set before the server is handed over, so a health check never finds
+    # a service unknown (NOT_FOUND) on a server that is up.
+    await _set_health(app)
     app._tasks.append(asyncio.create_task(_report_health(app, 0.5), name="health"))
     app._relay_task = asyncio.create_task(relay.run(), name="order-relay")
     log.info(

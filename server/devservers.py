@@ -150,6 +150,11 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
             proc.wait()
 
 
+def stop_child(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop a child started with `spawn`: SIGTERM, then SIGKILL after `grace` seconds."""
+    _stop(proc, signal.SIGTERM, grace)
+
+
 Probe = Callable[[], bool]
 
 

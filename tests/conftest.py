@@ -77,7 +77,9 @@ async def reset_state(pg_dsn: str, redis_url: str) -> None:
         await conn.execute(
             "TRUNCATE stockcore.stock, stockcore.reservations, stockcore.movements,"
             " stockcore.adjustments, stockcore.orders, stockcore.order_history,"
-            " stockcore.payments, stockcore.order_events"
+            " stockcore.payments, stockcore.order_events, stockcore.fulfilments,"
+            " stockcore.fulfilment_history, stockcore.fulfilment_dead_letters,"
+            " stockcore.fulfilment_workers, stockcore.fulfilment_breaker_transitions"
         )
         await conn.execute("UPDATE stockcore.outbox_state SET published_upto = 0")
     finally:

@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 from server.domain.errors import DeadlineExpired, DomainError, Unavailable
 from server.metrics import BATCH_SIZE
+from server.shutdown import cancel_and_wait
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -57,8 +58,7 @@ class Batcher(Generic[Req, Res]):
     async def stop(self) -> None:
         """Finish batches in flight, then stop; queued requests are refused."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task], "a batcher")
         await asyncio.gather(*self._running, return_exceptions=True)
         self._stopped = True
         for pending in self._queue:

@@ -37,6 +37,7 @@ from server.inventory import expiry, gating
 from server.inventory.batching import Batcher
 from server.inventory.mirror import Mirror
 from server.metrics import HOLDS
+from server.shutdown import cancel_and_wait
 from server.storage.postgres import (
     AdjustCode,
     FinishCode,
@@ -104,9 +105,7 @@ class InventoryCore:
 
     async def stop(self) -> None:
         """Finish batches in flight and stop background work."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, "inventory background tasks")
         for batcher in self._batchers:
             await batcher.stop()
 

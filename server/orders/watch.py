@@ -34,6 +34,7 @@ import asyncpg
 from server.domain.errors import Unavailable
 from server.domain.order_queries import WatchFilter
 from server.metrics import WATCH_STREAMS
+from server.shutdown import cancel_and_wait
 from server.storage.orders_pg import OrderStore, StoredEvent
 from server.storage.postgres import _UNREACHABLE
 
@@ -89,8 +90,7 @@ class EventFeed(Generic[W]):
     async def stop(self) -> None:
         """Stop following the tail."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task], "the order event feed")
             self._task = None
 
     async def _start(self) -> None:

@@ -42,6 +42,10 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         "STOCKCORE_METRICS_PORT": "0",
         "STOCKCORE_GATEWAY_PORT": str(port),
         "STOCKCORE_DATA_DIR": str(tmp_path),
+        # dev also starts the simulated partners: on ports of their own here.
+        "STOCKCORE_DEV_WAREHOUSE_PORT": str(free_port()),
+        "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": str(free_port()),
+        "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": str(free_port()),
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "server", "dev"],

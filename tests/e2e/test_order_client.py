@@ -121,7 +121,7 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
 
         task = asyncio.create_task(watch())
         try:
-            async with OrderClient(f"127.0.0.1:{port}", caller="shop") as shop:
+            async with OrderClient(f"127.0.0.1:{port}", caller="shop", default_timeout=15) as shop:
                 for i in range(5):
                     await shop.create_order(f"before-{i}", "cust-1", [("A", 1, 10)], "EUR")
             await _until(lambda: len(seen) == 5)
@@ -130,12 +130,14 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
             app = None
             # While the watched server is down, another one takes orders.
             other = await create_server(settings)
-            async with OrderClient(f"127.0.0.1:{other.port}", caller="shop") as shop:
+            async with OrderClient(
+                f"127.0.0.1:{other.port}", caller="shop", default_timeout=15
+            ) as shop:
                 for i in range(5):
                     await shop.create_order(f"during-{i}", "cust-1", [("A", 1, 10)], "EUR")
             await other.stop(grace=0.2)
             app = await create_server(fixed)
-            async with OrderClient(f"127.0.0.1:{port}", caller="shop") as shop:
+            async with OrderClient(f"127.0.0.1:{port}", caller="shop", default_timeout=15) as shop:
                 for i in range(5):
                     await shop.create_order(f"after-{i}", "cust-1", [("A", 1, 10)], "EUR")
             await _until(lambda: len(seen) >= 15, timeout=20)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from server.config import Settings, SettingsError, from_env
+from server.config import Settings, SettingsError, from_env, to_env
 
 
 def test_no_variables_give_the_defaults() -> None:
@@ -239,7 +239,9 @@ def test_settings_are_immutable() -> None:
 
 
 def test_carriers_come_from_a_comma_separated_list() -> None:
-    settings = from_env({"STOCKCORE_CARRIERS": " dhl, ups ,,sf-express "})
+    settings = from_env(
+        {"STOCKCORE_CARRIERS": " dhl, ups ,,sf-express ", "STOCKCORE_FALLBACK_CARRIER": "dhl"}
+    )
 
     assert settings.carriers == ("dhl", "ups", "sf-express")
 
@@ -280,3 +282,16 @@ def test_order_variables_set_their_settings(
 def test_out_of_range_order_settings_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         dataclasses.replace(Settings(), **changes).validate()  # type: ignore[arg-type]
+
+
+def test_to_env_round_trips_through_from_env() -> None:
+    changed = Settings().with_overrides(
+        pg_dsn="postgresql://db/x",
+        log_json=True,
+        breaker_slow_call_s=2.5,
+        fallback_carrier="",
+        fulfil_target="127.0.0.1:1234",
+    )
+    assert from_env(to_env(changed)) == changed
+    assert from_env(to_env(Settings())) == Settings()
+    assert from_env({"STOCKCORE_FALLBACK_CARRIER": "none"}).fallback_carrier == ""

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from server.config import Settings, SettingsError, from_env
+from server.config import Settings, SettingsError, from_env, to_env
 from server.gateway.bootstrap import bootstrap, rpc_timeouts
 
 Config = dict[str, Any]
@@ -82,3 +82,12 @@ def test_bad_gateway_settings_are_refused(env: dict[str, str]) -> None:
 def test_unknown_rpc_in_timeouts_is_refused() -> None:
     with pytest.raises(SettingsError, match="Reserv"):
         bootstrap(Settings(gateway_timeouts={"Reserv": 1.0}))
+
+
+def test_gateway_settings_round_trip_through_the_environment() -> None:
+    changed = Settings(
+        gateway_origins=("https://a.example", "http://localhost:3000"),
+        gateway_timeouts={"Reserve": 2.0, "GetStock": 0.25},
+        gateway_port=0,
+    )
+    assert from_env(to_env(changed)) == changed

@@ -25,10 +25,11 @@ def test_everything_is_sent_while_the_server_accepts() -> None:
     assert t.rejection_probability() == 0.0
 
 
-def test_what_is_sent_settles_near_k_times_what_the_server_accepts() -> None:
+@pytest.mark.parametrize("k", [1.1, 2.0])
+def test_what_is_sent_settles_near_k_times_what_the_server_accepts(k: float) -> None:
     clock = Clock()
     rng = random.Random(7)
-    t = AdaptiveThrottle(k=1.1, clock=clock, rand=rng.random)
+    t = AdaptiveThrottle(k=k, clock=clock, rand=rng.random)
     sent = accepted = 0
     tokens = 0.0
     for _ in range(20_000):  # a caller that wants 10,000 calls/s for 2 s
@@ -43,7 +44,8 @@ def test_what_is_sent_settles_near_k_times_what_the_server_accepts() -> None:
             accepted += 1
         t.answered(ok, None if ok else 0.25)
     assert accepted > 0
-    assert 1.0 <= sent / accepted <= 1.3
+    # Far below the 5x the caller wanted, and no more than k times what was accepted.
+    assert 1.0 <= sent / accepted <= k * 1.1
     assert t.pushback == 0.25
 
 

@@ -1,0 +1,197 @@
+"""A fulfilment test stack: the in-process server (the `app` fixture), simulated partners
+on free loopback ports, and workers in this process; helpers to place paid orders, to
+script faults and to wait for outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+
+from clients.inventory import InventoryClient
+from clients.orders import OrderClient, OrderStatus
+from server.app import App
+from server.config import Settings
+from server.fulfilment.worker import Worker, order_client
+from server.simulators.carrier import carrier_app
+from server.simulators.run import RunningSimulator, start
+from server.simulators.warehouse import warehouse_app
+from server.storage.fulfilment_pg import FulfilmentStore
+from tests.waiting import until
+
+PRIMARY = "sf-express"
+FALLBACK = "jd-logistics"
+SKU = "FULFIL-SKU-1"
+_ids = itertools.count(1)
+
+
+@dataclass
+class Partners:
+    """The simulators."""
+
+    warehouse: RunningSimulator
+    primary: RunningSimulator
+    fallback: RunningSimulator
+
+    async def faults(self, sim: RunningSimulator, **knobs: Any) -> dict[str, Any]:
+        """PUT /_faults on one simulator."""
+        async with aiohttp.ClientSession() as http, http.put(f"{sim.url}/_faults", json=knobs) as r:
+            assert r.status == 200, await r.text()
+            reply: dict[str, Any] = await r.json()
+            return reply
+
+    async def bookings(self, sim: RunningSimulator) -> list[dict[str, Any]]:
+        """GET /_bookings of a carrier."""
+        async with aiohttp.ClientSession() as http, http.get(f"{sim.url}/_bookings") as r:
+            found: list[dict[str, Any]] = (await r.json())["bookings"]
+            return found
+
+    async def stop(self) -> None:
+        """Stop all three."""
+        await asyncio.gather(self.warehouse.stop(), self.primary.stop(), self.fallback.stop())
+
+
+async def start_partners(
+    *, pack_s: float = 0.05, transit_s: float = 0.1, deliver_s: float = 0.2
+) -> Partners:
+    """A warehouse and the two carriers on free ports."""
+    return Partners(
+        await start(warehouse_app(pack_s=pack_s)),
+        await start(carrier_app(PRIMARY, transit_s=transit_s, deliver_s=deliver_s)),
+        await start(carrier_app(FALLBACK, transit_s=transit_s, deliver_s=deliver_s)),
+    )
+
+
+def fulfil_settings(settings: Settings, app: App, partners: Partners, **changes: Any) -> Settings:
+    """Settings for workers against this stack, scaled to test time."""
+    fast: dict[str, Any] = {
+        "fulfil_target": f"127.0.0.1:{app.port}",
+        "warehouse_url": partners.warehouse.url,
+        "primary_carrier": PRIMARY,
+        "primary_carrier_url": partners.primary.url,
+        "fallback_carrier": FALLBACK,
+        "fallback_carrier_url": partners.fallback.url,
+        "fulfil_metrics_port": 0,
+        "fulfil_poll_interval_s": 0.05,
+        "fulfil_lease_s": 5.0,
+        "fulfil_event_claim_idle_s": 2.0,
+        "partner_timeout_s": 1.0,
+        "partner_call_attempts": 2,
+        "partner_retry_initial_s": 0.01,
+        "partner_retry_max_s": 0.05,
+        "step_max_attempts": 3,
+        "step_backoff_initial_s": 0.05,
+        "step_backoff_max_s": 0.2,
+        "pack_poll_s": 0.05,
+        "track_poll_s": 0.1,
+        "breaker_open_s": 1.0,
+        "stale_scan_interval_s": 3600.0,
+    }
+    fast.update(changes)
+    return settings.with_overrides(**fast)
+
+
+@asynccontextmanager
+async def idle_worker(settings: Settings, name: str = "test-worker") -> AsyncIterator[Worker]:
+    """A worker with its connections open but none of its loops running, for a test that
+    calls one of its methods itself; closed when the block ends."""
+    assert settings.pg_dsn is not None and settings.redis_url is not None
+    store = await FulfilmentStore.connect(settings.pg_dsn, pool_size=4, timeout=10.0)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    orders = order_client(settings)
+    worker = Worker(settings, store, client, orders, name=name)
+    try:
+        yield worker
+    finally:
+        await worker.close()
+        await orders.close()
+        await client.aclose()
+        await store.close()
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings, name: str = "test-worker") -> AsyncIterator[Worker]:
+    """A worker running in this process until the block ends."""
+    async with idle_worker(settings, name) as worker:
+        task = asyncio.create_task(worker.run())
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            await task
+
+
+async def stock(app: App, units: int = 1_000_000) -> None:
+    """Put plenty of SKU on hand."""
+    async with InventoryClient(f"127.0.0.1:{app.port}", caller="test") as inventory:
+        await inventory.adjust_stock(
+            SKU, on_hand=units, reason="fulfilment tests", idempotency_key=f"fs-{units}"
+        )
+
+
+async def paid_orders(app: App, count: int, prefix: str = "ful") -> list[str]:
+    """Create and pay `count` orders; their ids."""
+    ids = [f"{prefix}-{next(_ids)}" for _ in range(count)]
+    async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+
+        async def one(order_id: str) -> None:
+            order = await orders.create_order(order_id, "cust-1", [(SKU, 1, 500)], "EUR", 600)
+            await orders.confirm_payment(order_id, f"pay-{order_id}", order.total_minor, "EUR")
+
+        await asyncio.gather(*(one(i) for i in ids))
+    return ids
+
+
+async def statuses(app: App, ids: Iterable[str]) -> dict[str, OrderStatus]:
+    """Each order's status."""
+    async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+        found = await asyncio.gather(*(orders.get_order(i) for i in ids))
+    return {order.order_id: order.status for order, _ in found}
+
+
+async def wait_statuses(
+    app: App, ids: Iterable[str], wanted: set[OrderStatus], timeout: float = 30.0
+) -> dict[str, OrderStatus]:
+    """Wait until every order is in one of `wanted`; their statuses."""
+    ids = list(ids)
+    seen: dict[str, OrderStatus] = {}
+
+    async def reached() -> bool:
+        seen.update(await statuses(app, ids))
+        return all(status in wanted for status in seen.values())
+
+    await until(reached, f"orders {sorted(s.name for s in wanted)}: {seen}", timeout)
+    return seen
+
+
+async def fulfilment_rows(dsn: str, ids: Iterable[str]) -> dict[str, asyncpg.Record]:
+    """The fulfilment rows of these orders."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT * FROM stockcore.fulfilments WHERE order_id = ANY($1)", list(ids)
+        )
+    finally:
+        await conn.close()
+    return {row["order_id"]: row for row in rows}
+
+
+async def transitions(dsn: str, partner: str) -> list[tuple[str, str, str]]:
+    """(from, to, reason) of a partner's breaker transitions, oldest first."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT from_state, to_state, reason FROM stockcore.fulfilment_breaker_transitions"
+            " WHERE partner = $1 ORDER BY id",
+            partner,
+        )
+    finally:
+        await conn.close()
+    return [(r["from_state"], r["to_state"], r["reason"]) for r in rows]
