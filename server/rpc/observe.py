@@ -90,7 +90,11 @@ _SHUTTING_DOWN = to_status(ShuttingDown())
 async def _refuse(context: grpc.aio.ServicerContext, shedder: LoadShedder) -> NoReturn:  # type: ignore[type-arg]
     if shedder.draining:
         await _answer(context, _SHUTTING_DOWN)
-    await _answer(context, _refusal(max(1, round(shedder.retry_after() * 1000))))
+    await _answer(context, _refusal(_delay_ms(shedder)))
+
+
+def _delay_ms(shedder: LoadShedder) -> int:
+    return max(1, round(shedder.retry_after() * 1000))
 
 
 def observe(
@@ -139,7 +143,8 @@ def observe_stream(
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
         if not shedder.open_stream():
             refused.inc()
-            await _refuse(context, shedder)
+            _send(context, _SHUTTING_DOWN if shedder.draining else _refusal(_delay_ms(shedder)))
+            return
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -147,7 +152,8 @@ def observe_stream(
                 yield item
         except DomainError as exc:
             code = status_code_for(exc)
-            await _answer(context, to_status(exc))
+            # A stream's status follows whatever it sent: it ends with the status set.
+            _send(context, to_status(exc))
         except asyncio.CancelledError:
             if not shedder.draining or context.cancelled():
                 code = grpc.StatusCode.CANCELLED
