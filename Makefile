@@ -8,7 +8,7 @@ GEN := clients/gen/stockcore/v1
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k reserve"`.
 PYTEST_ARGS ?=
 
-.PHONY: run test proto deps redis browser promtool lint fmt bench plots clean-data help
+.PHONY: run test proto deps redis browser promtool lint fmt bench plots clean-data help node-caller
 
 help:
 	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464), and"
@@ -90,8 +90,19 @@ deps: $(VENV)/.installed redis
 run: deps
 	$(PY) -m server dev
 
-test: deps browser promtool lint
+test: deps browser promtool lint node-caller
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The Node.js caller's packages (tests/e2e/test_node_caller.py), from npm, when node is here.
+NODE_CALLER := tests/e2e/node
+node-caller:
+	@if ! command -v npm >/dev/null; then \
+		echo "node/npm are not installed: the Node.js caller test will be skipped"; \
+	elif [ ! -f $(NODE_CALLER)/node_modules/.installed ] || \
+	     [ $(NODE_CALLER)/package-lock.json -nt $(NODE_CALLER)/node_modules/.installed ]; then \
+		npm ci --prefix $(NODE_CALLER) --no-audit --no-fund --silent && \
+		touch $(NODE_CALLER)/node_modules/.installed; \
+	fi
 
 lint: deps
 	$(VENV)/bin/ruff check server clients loadtests tests

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO, assert_never
@@ -18,7 +18,15 @@ from typing import TextIO, assert_never
 import asyncpg
 import redis.exceptions
 
-from clients.errors import FailedPrecondition, InvalidArgument, NotFound, StockcoreError
+from clients.credentials import Credentials
+from clients.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StockcoreError,
+    Unauthenticated,
+)
 from clients.events_cli import (
     EVENT_COMMANDS,
     DeadLetterMissing,
@@ -33,15 +41,15 @@ from clients.fulfilment_cli import (
     add_fulfilment_commands,
     execute_fulfilment,
 )
-from clients.inventory import InventoryClient, Reservation, StockLevel, check_caller
+from clients.inventory import InventoryClient, Reservation, StockLevel
 from clients.order_cli import ORDER_COMMANDS, OrderCommand, add_order_commands, execute_order
 from clients.orders import OrderClient
+from clients.token_cli import TOKEN_COMMANDS, TokenCommand, add_token_commands, execute_token
 
 #: Environment variable naming the server when --target is not given.
 TARGET_ENV = "STOCKCORE_TARGET"
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 5.0
-DEFAULT_CALLER = "stockctl"
 
 
 class ExitCode(enum.IntEnum):
@@ -52,17 +60,41 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     NOT_FOUND = 3
     FAILED_PRECONDITION = 4
+    NOT_ALLOWED = 5
+    """UNAUTHENTICATED or PERMISSION_DENIED: get a (fresh) token with the scope it names."""
     INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
 class GlobalOptions:
-    """Settings shared by every command."""
+    """Settings shared by every command. The TLS and token options override what
+    Credentials.from_env() finds (clients/credentials.py)."""
 
     target: str
     timeout: float
-    caller: str
     json: bool
+    token_file: str | None = None
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    plaintext: bool = False
+
+    def credentials(self, environ: Mapping[str, str]) -> Credentials:
+        """What to present to the server: the environment's, overridden by the options."""
+        env = dict(environ)
+        for name, value in (
+            ("STOCKCORE_TOKEN_FILE", self.token_file),
+            ("STOCKCORE_CA_FILE", self.ca_file),
+            ("STOCKCORE_CLIENT_CERT", self.client_cert),
+            ("STOCKCORE_CLIENT_KEY", self.client_key),
+        ):
+            if value is not None:
+                env[name] = value
+        if self.token_file is not None:
+            env.pop("STOCKCORE_TOKEN", None)
+        if self.plaintext:
+            env["STOCKCORE_PLAINTEXT"] = "true"
+        return Credentials.from_env(env)
 
 
 @dataclass(frozen=True)
@@ -114,7 +146,7 @@ class GetReservation:
 
 
 StockCommand = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
-Command = StockCommand | OrderCommand | EventCommand | FulfilmentCommand
+Command = StockCommand | OrderCommand | EventCommand | TokenCommand | FulfilmentCommand
 
 
 def parse_line(text: str) -> tuple[str, int]:
@@ -142,13 +174,6 @@ def _positive_seconds(text: str) -> float:
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
     return seconds
-
-
-def _caller(text: str) -> str:
-    try:
-        return check_caller(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _nonzero_int(text: str) -> int:
@@ -191,10 +216,24 @@ def _add_global_options(parser: argparse.ArgumentParser, *, default_target: str 
         help=f"deadline per command in seconds, retries included (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
-        "--caller",
-        type=_caller,
-        default=default(DEFAULT_CALLER),
-        help=f"name recorded on the stock movements caused (default {DEFAULT_CALLER})",
+        "--token-file",
+        default=default(None),
+        help="file holding the bearer token (default: $STOCKCORE_TOKEN, $STOCKCORE_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=default(None),
+        help="CA of the server's certificate (default: $STOCKCORE_CA_FILE, else .data/tls/ca.pem)",
+    )
+    parser.add_argument(
+        "--client-cert", default=default(None), help="this client's certificate (mutual TLS)"
+    )
+    parser.add_argument("--client-key", default=default(None), help="its private key (mutual TLS)")
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=default(False),
+        help="no TLS (a server started with STOCKCORE_PLAINTEXT=true)",
     )
     parser.add_argument(
         "--json",
@@ -276,6 +315,7 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
 
     add_order_commands(commands, leaf)
     add_event_commands(commands, leaf)
+    add_token_commands(commands, leaf)
     add_fulfilment_commands(commands, leaf)
     return parser
 
@@ -284,9 +324,22 @@ def parse_args(
     argv: Sequence[str], *, default_target: str = DEFAULT_TARGET
 ) -> tuple[GlobalOptions, Command]:
     """Parse a command line; exits with status 2 and a usage message when it is invalid."""
-    ns = build_parser(default_target=default_target).parse_args(argv)
-    options = GlobalOptions(target=ns.target, timeout=ns.timeout, caller=ns.caller, json=ns.json)
-    command: Command = ns.make(ns)
+    parser = build_parser(default_target=default_target)
+    ns = parser.parse_args(argv)
+    options = GlobalOptions(
+        target=ns.target,
+        timeout=ns.timeout,
+        json=ns.json,
+        token_file=ns.token_file,
+        ca_file=ns.ca_file,
+        client_cert=ns.client_cert,
+        client_key=ns.client_key,
+        plaintext=ns.plaintext,
+    )
+    try:
+        command: Command = ns.make(ns)
+    except ValueError as exc:
+        parser.error(str(exc))
     return options, command
 
 
@@ -296,6 +349,8 @@ def exit_code_for(error: StockcoreError) -> ExitCode:
         return ExitCode.NOT_FOUND
     if isinstance(error, FailedPrecondition):
         return ExitCode.FAILED_PRECONDITION
+    if isinstance(error, Unauthenticated | PermissionDenied):
+        return ExitCode.NOT_ALLOWED
     # The server judged the command's own arguments invalid: a usage error found later.
     if isinstance(error, InvalidArgument):
         return ExitCode.USAGE
@@ -420,22 +475,33 @@ async def execute(client: InventoryClient, command: StockCommand) -> tuple[objec
     return _reservation_data(reservation), format_reservation(reservation)
 
 
-async def run(options: GlobalOptions, command: Command, *, out: TextIO) -> None:
+async def run(
+    options: GlobalOptions,
+    command: Command,
+    *,
+    out: TextIO,
+    environ: Mapping[str, str] | None = None,
+) -> None:
     """Connect with `options`, perform `command` and print its result to `out`."""
+    env = os.environ if environ is None else environ
+    if isinstance(command, TOKEN_COMMANDS):
+        execute_token(command, out=out, environ=env)
+        return
     if isinstance(command, EVENT_COMMANDS):
         await execute_events(command, out=out, as_json=options.json)
         return
     if isinstance(command, FULFILMENT_COMMANDS):
         await execute_fulfilment(command, out=out, as_json=options.json)
         return
+    credentials = options.credentials(env)
     if isinstance(command, ORDER_COMMANDS):
         async with OrderClient(
-            options.target, caller=options.caller, default_timeout=options.timeout
+            options.target, credentials=credentials, default_timeout=options.timeout
         ) as orders:
             await execute_order(orders, command, out=out, as_json=options.json)
         return
     async with InventoryClient(
-        options.target, caller=options.caller, default_timeout=options.timeout
+        options.target, credentials=credentials, default_timeout=options.timeout
     ) as client:
         data, text = await execute(client, command)
     print(json.dumps(data, indent=2) if options.json else text, file=out)
@@ -459,8 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except asyncpg.PostgresError as error:
         print(f"stockctl: PostgreSQL: {type(error).__name__}: {error}", file=sys.stderr)
         return ExitCode.ERROR
-    except (redis.exceptions.RedisError, OSError) as error:
+    except redis.exceptions.RedisError as error:
         print(f"stockctl: Redis: {type(error).__name__}: {error}", file=sys.stderr)
+        return ExitCode.ERROR
+    except (OSError, ValueError) as error:
+        print(f"stockctl: {type(error).__name__}: {error}", file=sys.stderr)
         return ExitCode.ERROR
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED

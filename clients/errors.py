@@ -152,6 +152,17 @@ class DeadlineExceeded(StockcoreError):
     retry with the same id returns it."""
 
 
+class Unauthenticated(StockcoreError):
+    """The call carried no token the server accepts: none, an expired one (error_info
+    reason TOKEN_EXPIRED: get a fresh one), or one that does not verify (TOKEN_INVALID)."""
+
+
+class PermissionDenied(StockcoreError):
+    """The caller may not do this: a scope it lacks (reason SCOPE_MISSING, metadata
+    required_scope), or, for a customer's token, another customer's order (OTHER_CUSTOMER)
+    or an order already paid (PAID_ORDER)."""
+
+
 _CLASS_BY_CODE: dict[StatusCode, type[StockcoreError]] = {
     StatusCode.INVALID_ARGUMENT: InvalidArgument,
     StatusCode.NOT_FOUND: NotFound,
@@ -159,6 +170,8 @@ _CLASS_BY_CODE: dict[StatusCode, type[StockcoreError]] = {
     StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     StatusCode.UNAVAILABLE: Unavailable,
     StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    StatusCode.UNAUTHENTICATED: Unauthenticated,
+    StatusCode.PERMISSION_DENIED: PermissionDenied,
     StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 

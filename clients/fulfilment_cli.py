@@ -163,6 +163,12 @@ def add_fulfilment_commands(
     target = replay.add_mutually_exclusive_group(required=True)
     target.add_argument("dead_ids", type=_dead_id, nargs="*", default=[], metavar="ID")
     target.add_argument("--all", action="store_true", help="every dead letter waiting")
+    replay.add_argument(
+        "--caller",
+        default="stockctl",
+        help="who replays, recorded on the dead letters (this command writes to PostgreSQL"
+        " with your database credentials, not through the gRPC port's tokens)",
+    )
     replay.set_defaults(
         make=lambda ns: FulfilmentDlqReplay(ns.pg, () if ns.all else tuple(ns.dead_ids), ns.caller)
     )

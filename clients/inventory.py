@@ -21,14 +21,12 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
+from clients.credentials import Credentials
 from clients.errors import StatusCode, StockcoreError, from_rpc_error, make_error
 from clients.throttle import AdaptiveThrottle
 
 _T = TypeVar("_T")
 _Request = TypeVar("_Request")
-
-#: Metadata key naming the calling service; the server records it on every stock movement.
-CALLER_METADATA_KEY = "stockcore-caller"
 
 #: Channel options used unless the caller passes its own.
 DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -227,50 +225,50 @@ class StockAdjustment:
 
 
 class ChannelClient:
-    """What every stockcore client shares: one reused channel, the caller's name, a default
-    deadline and the retry policy. Create it inside a running event loop."""
+    """What every stockcore client shares: one reused channel (TLS unless the credentials
+    say plaintext), the bearer token sent on every call, a default deadline and the retry
+    policy. Without credentials, Credentials.from_env() (the development CA by default).
+    Create it inside a running event loop."""
 
     def __init__(
         self,
         target: str,
         *,
-        caller: str,
+        credentials: Credentials | None = None,
         default_timeout: float = 5.0,
         retry: RetryPolicy = DEFAULT_RETRY_POLICY,
-        credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
     ) -> None:
-        check_caller(caller)
         check_timeout(default_timeout)
         self._default_timeout = default_timeout
         self._retry = retry
-        self._caller = caller
+        self._credentials = Credentials.from_env() if credentials is None else credentials
+        self._token_metadata = self._credentials.metadata
         # One per channel, shared by every call through it (clients/throttle.py).
         self._throttle = AdaptiveThrottle()
-        options = list(channel_options)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self._channel = self._credentials.aio_channel(target, channel_options)
+
+    def use_token(self, token: str) -> None:
+        """Send `token` on the calls made from now on (a refreshed one, say)."""
+        self._credentials = self._credentials.with_token(token)
+        self._token_metadata = self._credentials.metadata
 
     @classmethod
     async def connect(
         cls,
         target: str,
         *,
-        caller: str,
+        credentials: Credentials | None = None,
         default_timeout: float = 5.0,
         retry: RetryPolicy = DEFAULT_RETRY_POLICY,
-        credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
     ) -> Self:
         """Open a client and wait up to `default_timeout` for its channel; Unavailable if not."""
         client = cls(
             target,
-            caller=caller,
+            credentials=credentials,
             default_timeout=default_timeout,
             retry=retry,
-            credentials=credentials,
             channel_options=channel_options,
         )
         try:
@@ -310,21 +308,18 @@ class InventoryClient(ChannelClient):
         self,
         target: str,
         *,
-        caller: str,
+        credentials: Credentials | None = None,
         default_timeout: float = 5.0,
         retry: RetryPolicy = DEFAULT_RETRY_POLICY,
-        credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
     ) -> None:
         super().__init__(
             target,
-            caller=caller,
+            credentials=credentials,
             default_timeout=default_timeout,
             retry=retry,
-            credentials=credentials,
             channel_options=channel_options,
         )
-        self._metadata = ((CALLER_METADATA_KEY, caller),)
         # The generated stub is untyped; each method is pinned to its message types here.
         stub = pb_grpc.InventoryServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._reserve: grpc.aio.UnaryUnaryMultiCallable[pb.ReserveRequest, pb.ReserveResponse]
@@ -425,21 +420,15 @@ class InventoryClient(ChannelClient):
         budget = self._default_timeout if timeout is None else timeout
         check_timeout(budget)
 
+        metadata = self._token_metadata
+
         async def send(seconds_left: float) -> _T:
             # Every attempt resends this same request, idempotency id included.
-            return await method(request, timeout=seconds_left, metadata=self._metadata)
+            return await method(request, timeout=seconds_left, metadata=metadata)
 
         return await call_with_retry(
             send, policy=self._retry, read=read, timeout=budget, throttle=self._throttle
         )
-
-
-def check_caller(caller: str) -> str:
-    """Return `caller` if it can be sent as the caller name, else raise ValueError."""
-    # gRPC metadata values must be printable ASCII; anything else fails every call.
-    if not caller or not all(" " <= ch <= "~" for ch in caller):
-        raise ValueError("caller must be non-empty printable ASCII")
-    return caller
 
 
 def check_timeout(seconds: float) -> None:

@@ -17,9 +17,9 @@ from google.protobuf import timestamp_pb2
 from stockcore.v1 import orders_pb2 as pb
 from stockcore.v1 import orders_pb2_grpc as pb_grpc
 
+from clients.credentials import Credentials
 from clients.errors import StatusCode, from_rpc_error
 from clients.inventory import (
-    CALLER_METADATA_KEY,
     DEFAULT_CHANNEL_OPTIONS,
     DEFAULT_RETRY_POLICY,
     ChannelClient,
@@ -158,18 +158,16 @@ class OrderClient(ChannelClient):
         self,
         target: str,
         *,
-        caller: str,
+        credentials: Credentials | None = None,
         default_timeout: float = 5.0,
         retry: RetryPolicy = DEFAULT_RETRY_POLICY,
-        credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
     ) -> None:
         super().__init__(
             target,
-            caller=caller,
+            credentials=credentials,
             default_timeout=default_timeout,
             retry=retry,
-            credentials=credentials,
             channel_options=channel_options,
         )
         # The generated stub is untyped; each method is pinned to its message types here.
@@ -353,7 +351,7 @@ class OrderClient(ChannelClient):
                 call.cancel()
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((CALLER_METADATA_KEY, self._caller), (REQUEST_ID_METADATA_KEY, uuid.uuid4().hex))
+        return (*self._token_metadata, (REQUEST_ID_METADATA_KEY, uuid.uuid4().hex))
 
     async def _call(
         self,

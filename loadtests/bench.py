@@ -1,6 +1,7 @@
 """`make bench`: Reserve/Commit throughput and latency beside the empty-call ceiling from the
 same run, sold-out rejections, and a hot-SKU sale: stockcore against two classic designs,
-both behind the same gRPC edge and straight at PostgreSQL, with their oversell counts.
+both behind the same gRPC edge and straight at PostgreSQL, with their oversell counts; and
+what TLS with a bearer token costs on Reserve+Commit and CreateOrder, beside plaintext.
 
     make bench                                              # 16, 64, 128 callers; the sale
     python -m loadtests.bench --levels 64 --duration 5 --sale-units 500
@@ -22,6 +23,7 @@ import itertools
 import os
 import random
 import shutil
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +32,17 @@ import asyncpg
 import grpc
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
+from stockcore.v1 import orders_pb2 as opb
+from stockcore.v1 import orders_pb2_grpc as opb_grpc
 
+from clients.credentials import Credentials
+from clients.tokens import SERVICE_SCOPES, issue_token, load_signing_key
 from loadtests import classic, invariants, plots, report, sale
 from loadtests.ceiling import measure_ceiling
 from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
 from loadtests.edge import edge_server
-from loadtests.stack import UNBOUNDED, read_stock, stock_catalogue
+from loadtests.sampler import cpu_seconds
+from loadtests.stack import PLAINTEXT_ENV, UNBOUNDED, read_stock, stock_catalogue
 from server.devservers import LocalStockcore, local_servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,12 +57,18 @@ STRAIGHT = "straight at PostgreSQL"
 """Where a design runs: in the load process, one statement or transaction per purchase."""
 
 
+_PLAINTEXT = Credentials(plaintext=True)
+
+
 class _Alternating:
     """Each worker reserves one unit of a hot SKU, then commits it: one call per op."""
 
-    def __init__(self, channel: grpc.aio.Channel, skus: list[str]) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, skus: list[str], metadata: tuple[tuple[str, str], ...]
+    ) -> None:
         self._channel = channel
         self._stub = pb_grpc.InventoryServiceStub(channel)
+        self._metadata = metadata
         self._skus = skus
         self._held: dict[int, str] = {}
         self._ids = itertools.count()
@@ -64,13 +77,15 @@ class _Alternating:
     async def __call__(self, worker: int) -> object:
         held = self._held.pop(worker, None)
         if held is not None:
-            await self._stub.Commit(pb.CommitRequest(reservation_id=held), timeout=10)
+            await self._stub.Commit(
+                pb.CommitRequest(reservation_id=held), timeout=10, metadata=self._metadata
+            )
             return "commit"
         rid = f"{self._prefix}{next(self._ids)}"
         request = pb.ReserveRequest(
             reservation_id=rid, lines=[pb.Line(sku=random.choice(self._skus), quantity=1)]
         )
-        await self._stub.Reserve(request, timeout=10)
+        await self._stub.Reserve(request, timeout=10, metadata=self._metadata)
         self._held[worker] = rid
         return "reserve"
 
@@ -103,9 +118,38 @@ class _SoldOut:
         await self._channel.close()
 
 
-async def open_alternating(target: str) -> Op:
+class _Creating:
+    """Each call creates an order of one unit of a hot SKU (left to expire unpaid)."""
+
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._channel = channel
+        self._stub = opb_grpc.OrderServiceStub(channel)
+        self._metadata = metadata
+        self._ids = itertools.count()
+        self._prefix = f"bo{os.getpid()}-{random.getrandbits(32):x}-"
+
+    async def __call__(self, worker: int) -> object:
+        request = opb.CreateOrderRequest(
+            order_id=f"{self._prefix}{next(self._ids)}",
+            customer_id=f"bench-{worker}",
+            currency_code="EUR",
+            lines=[opb.OrderLine(sku=random.choice(HOT), quantity=1, unit_price_minor=100)],
+        )
+        await self._stub.CreateOrder(request, timeout=10, metadata=self._metadata)
+        return "created"
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+
+async def open_alternating(target: str, credentials: Credentials = _PLAINTEXT) -> Op:
     """Op factory for Reserve/Commit (module level so load processes can build it)."""
-    return _Alternating(grpc.aio.insecure_channel(target), HOT)
+    return _Alternating(credentials.aio_channel(target), HOT, credentials.metadata)
+
+
+async def open_creating(target: str, credentials: Credentials = _PLAINTEXT) -> Op:
+    """Op factory for CreateOrder."""
+    return _Creating(credentials.aio_channel(target), credentials.metadata)
 
 
 async def open_sold_out(target: str) -> Op:
@@ -258,6 +302,120 @@ SALE_HEADER = [
 ]
 
 
+SECURITY_HEADER = [
+    "callers",
+    "call",
+    "plaintext call/s",
+    "p50 ms",
+    "p99 ms",
+    "server CPU µs/call",
+    "TLS + token call/s",
+    "p50 ms",
+    "p99 ms",
+    "server CPU µs/call",
+    "CPU cost",
+]
+_WARMUP_S = 1.0
+
+
+def _measured_cell(
+    factory: OpFactory, server: LocalStockcore, concurrency: int, duration: float
+) -> tuple[RunResult, float]:
+    """A closed-loop cell and the server's CPU microseconds per call in it (warm-up calls
+    counted at the measured rate): on a shared machine, CPU per call moves far less than
+    throughput does."""
+    assert server.proc is not None
+    before = cpu_seconds(server.proc.pid)
+    result = run_in_processes(
+        factory, processes=1, concurrency=concurrency, duration=duration, warmup=_WARMUP_S
+    )
+    after = cpu_seconds(server.proc.pid)
+    assert before is not None and after is not None, "the server went away"
+    calls = result.count + result.ops_per_s * _WARMUP_S
+    return result, (after - before) / calls * 1e6
+
+
+def _median(cells: list[tuple[RunResult, float]]) -> tuple[RunResult, float]:
+    """The round of median throughput, and the median CPU per call over the rounds."""
+    by_rate = sorted(cells, key=lambda cell: cell[0].ops_per_s)
+    return by_rate[len(by_rate) // 2][0], statistics.median(cpu for _, cpu in cells)
+
+
+def _security_cost(
+    run: report.Run, plaintext: LocalStockcore, levels: list[int], duration: float, rounds: int
+) -> None:
+    """The same calls over plaintext without token checks and over TLS with a verified
+    bearer token (a second server on the same databases), cell beside cell, `rounds`
+    times alternately; each figure is the median of its rounds, so a burst of other work
+    on the machine moves one round, not the result."""
+    secure = LocalStockcore(
+        plaintext.env["STOCKCORE_PG_DSN"],
+        plaintext.env["STOCKCORE_REDIS_URL"],
+        SHARDS,
+        plaintext.log.parent,
+        credentials=plaintext.credentials,
+    )
+    asyncio.run(secure.start())
+    try:
+        token = issue_token(
+            load_signing_key(secure.credentials.signing_key), "bench", SERVICE_SCOPES
+        )
+        tls = Credentials.from_files(token=token, ca_file=secure.credentials.ca_cert)
+        run.say(
+            "",
+            "TLS (ECDSA P-256 certificate) and an Ed25519-signed bearer token checked on every"
+            " call, beside plaintext without token checks: one channel per load process, one"
+            " token for all its calls (verified once, then found in the server's cache);"
+            f" server CPU from /proc over the whole cell; medians of {rounds} alternating rounds"
+            f" (load average before: {os.getloadavg()[0]:.1f})",
+            "",
+            *report.table(SECURITY_HEADER, []),
+        )
+        for concurrency in levels:
+            for label, factory, allowed in (
+                ("Reserve+Commit", open_alternating, {"reserve", "commit"}),
+                ("CreateOrder", open_creating, {"created"}),
+            ):
+                cells: dict[str, list[tuple[RunResult, float]]] = {"plain": [], "tls": []}
+                for _ in range(rounds):
+                    for name, server, credentials in (
+                        ("plain", plaintext, _PLAINTEXT),
+                        ("tls", secure, tls),
+                    ):
+                        cells[name].append(
+                            _measured_cell(
+                                functools.partial(factory, server.target, credentials),
+                                server,
+                                concurrency,
+                                duration,
+                            )
+                        )
+                plain, plain_cpu = _median(cells["plain"])
+                secured, secured_cpu = _median(cells["tls"])
+                _check(plain, allowed)
+                _check(secured, allowed)
+                run.say(
+                    report.row(
+                        [
+                            concurrency,
+                            label,
+                            f"{plain.ops_per_s:,.0f}",
+                            report.ms(plain.p50_ms),
+                            report.ms(plain.p99_ms),
+                            f"{plain_cpu:,.0f}",
+                            f"{secured.ops_per_s:,.0f}",
+                            report.ms(secured.p50_ms),
+                            report.ms(secured.p99_ms),
+                            f"{secured_cpu:,.0f}",
+                            f"{secured_cpu - plain_cpu:+,.0f} µs"
+                            f" ({secured_cpu / plain_cpu - 1:+.0%})",
+                        ]
+                    )
+                )
+    finally:
+        secure.stop()
+
+
 def run_bench(
     run: report.Run,
     pg_dsn: str,
@@ -266,12 +424,18 @@ def run_bench(
     duration: float,
     data_dir: Path,
     size: SaleSize | None,
+    security_rounds: int = 3,
 ) -> None:
     """Run every measurement and report the tables."""
     # The server migrates the database as it starts; its bound on calls in flight is
     # lifted, as for every closed-loop tool (loadtests/stack.py, open_stack).
     server = LocalStockcore(
-        pg_dsn, redis_url, SHARDS, data_dir, STOCKCORE_MAX_IN_FLIGHT=str(UNBOUNDED)
+        pg_dsn,
+        redis_url,
+        SHARDS,
+        data_dir,
+        STOCKCORE_MAX_IN_FLIGHT=str(UNBOUNDED),
+        **PLAINTEXT_ENV,
     )
     asyncio.run(server.start())
     try:
@@ -318,6 +482,7 @@ def run_bench(
                     ]
                 )
             )
+        _security_cost(run, server, levels, duration, security_rounds)
         rows: list[SaleRow] = []
         if size is not None:
             run.say(
@@ -382,6 +547,12 @@ def main() -> None:
     parser.add_argument("--sale-buyers", type=int, default=64, help="buyers in the sale")
     parser.add_argument("--sale-seconds", type=float, default=120.0, help="most a sale may take")
     parser.add_argument("--skip-contention", action="store_true", help="leave out the hot-SKU sale")
+    parser.add_argument(
+        "--security-rounds",
+        type=int,
+        default=3,
+        help="alternating plaintext / TLS + token rounds per cell (median reported)",
+    )
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -403,7 +574,9 @@ def main() -> None:
         pg_dsn = pg_dsn or (pg.dsn if pg else None)
         redis_url = redis_url or (rd.url if rd else None)
         assert pg_dsn is not None and redis_url is not None
-        run_bench(run, pg_dsn, redis_url, levels, args.duration, data_dir, size)
+        run_bench(
+            run, pg_dsn, redis_url, levels, args.duration, data_dir, size, args.security_rounds
+        )
     raise SystemExit(run.finish())
 
 

@@ -51,6 +51,7 @@ from clients.errors import from_rpc_error
 from loadtests import invariants, report
 from loadtests.driver import percentile, run_on_uvloop
 from loadtests.locust.shop import CURRENCY, unit_price_minor
+from loadtests.stack import PLAINTEXT_ENV
 from server.devservers import LocalPostgres, LocalRedis, LocalStockcore, descendants, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -587,6 +588,7 @@ def main() -> None:
         data,
         STOCKCORE_WORKERS="2",
         STOCKCORE_DEMO_CATALOGUE="false",
+        **PLAINTEXT_ENV,
     )
     try:
         asyncio.run(server.start(timeout=120.0))

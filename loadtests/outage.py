@@ -95,6 +95,9 @@ def fulfil_settings(stack_target: str, pg_dsn: str, redis_url: str) -> Settings:
         pg_dsn=pg_dsn,
         redis_url=redis_url,
         fulfil_target=stack_target,
+        # The stack's server is plaintext (loadtests/stack.py); the workers read this as
+        # STOCKCORE_PLAINTEXT and call it so.
+        plaintext=True,
         fulfil_metrics_port=0,
         dev_warehouse_port=free_port(),
         dev_primary_carrier_port=free_port(),

@@ -2,8 +2,9 @@
 
 Without STOCKCORE_TARGET, a fresh stack is started under the given data folder: PostgreSQL
 and Redis (unless STOCKCORE_PG_DSN / STOCKCORE_REDIS_URL name existing ones) and the real
-server as a child process, all on loopback and all dying with this process. With
-STOCKCORE_TARGET=host:port the run goes to that server; STOCKCORE_PG_DSN and
+server as a child process, all on loopback and all dying with this process. That server is
+plaintext without token checks (PLAINTEXT_ENV). With STOCKCORE_TARGET=host:port the run
+goes to that server, which must then serve plaintext as well; STOCKCORE_PG_DSN and
 STOCKCORE_REDIS_URL then only enable the read-only checks after the run, and
 STOCKCORE_SERVER_PID lets the run sample that server's memory.
 """
@@ -29,6 +30,10 @@ from server.devservers import LocalStockcore, free_port, local_servers
 from server.gateway.envoy import Gateway
 
 SHARDS = 16
+PLAINTEXT_ENV = {"STOCKCORE_PLAINTEXT": "true", "STOCKCORE_AUTH_DISABLED": "true"}
+"""How the load tools' own servers are started: plaintext without token checks, asked for
+explicitly, so the load runs measure the core alone and stay comparable with earlier runs;
+`make bench` measures what TLS and token checks add (loadtests/bench.py)."""
 
 _SEED_CONCURRENCY = 64
 _CALLER = [("stockcore-caller", "loadtests-seed")]
@@ -87,6 +92,8 @@ def open_stack(
             return
         host, _, port = stack.target.rpartition(":")
         settings = Settings(
+            # The load runs' servers serve plaintext (PLAINTEXT_ENV; STOCKCORE_TARGET must).
+            plaintext=True,
             grpc_host=host,
             gateway_port=free_port(),
             gateway_access_log=str(data_dir.resolve() / "gateway-access.log"),
@@ -124,6 +131,7 @@ def _open_stack(
             data_dir,
             STOCKCORE_WORKERS=str(server_workers),
             STOCKCORE_DEMO_CATALOGUE="false",
+            **PLAINTEXT_ENV,
             **({} if shed else {"STOCKCORE_MAX_IN_FLIGHT": str(UNBOUNDED)}),
             **(extra_env or {}),
         )

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from server import app, config, demo, logs
+from server.devcredentials import DevCredentials
 from server.devservers import local_servers, spawn, stop_child
 from server.gateway.bootstrap import bootstrap
 from server.gateway.envoy import Gateway
@@ -39,6 +40,27 @@ async def _load_demo(settings: config.Settings) -> None:
         log.info("demo catalogue ready", extra={"newly_loaded": loaded})
     finally:
         await store.close()
+
+
+def with_dev_credentials(settings: config.Settings) -> config.Settings:
+    """Settings that serve TLS with the development certificate and check tokens against
+    the development key (made under the data folder if missing), where the environment
+    named no files and did not turn TLS or token checks off, the gateway trusting the
+    development CA; reflection on unless set."""
+    credentials = DevCredentials(Path(settings.data_dir).resolve())
+    changes: dict[str, object] = {}
+    if not settings.plaintext and not settings.tls_cert_file:
+        changes["tls_cert_file"] = str(credentials.server_cert)
+        changes["tls_key_file"] = str(credentials.server_key)
+    if not settings.auth_disabled and not settings.auth_jwks_file:
+        changes["auth_jwks_file"] = str(credentials.jwks)
+    if changes.get("tls_cert_file") and not settings.gateway_upstream_ca_file:
+        changes["gateway_upstream_ca_file"] = str(credentials.ca_cert)
+    if changes:
+        credentials.ensure()
+    if settings.reflection is None:
+        changes["reflection"] = True
+    return settings.with_overrides(**changes)
 
 
 @contextlib.contextmanager
@@ -71,6 +93,7 @@ def partners_and_worker(
         "STOCKCORE_WAREHOUSE_URL": f"http://127.0.0.1:{settings.dev_warehouse_port}",
         "STOCKCORE_PRIMARY_CARRIER_URL": f"http://127.0.0.1:{settings.dev_primary_carrier_port}",
         "STOCKCORE_FALLBACK_CARRIER_URL": f"http://127.0.0.1:{settings.dev_fallback_carrier_port}",
+        **worker_credentials_env(settings),
     }
     logs_dir.mkdir(parents=True, exist_ok=True)
     started: list[subprocess.Popen[bytes]] = []
@@ -102,6 +125,7 @@ def dev(settings: config.Settings) -> None:
     import uvloop
 
     root = Path(settings.data_dir).resolve()
+    settings = with_dev_credentials(settings)
     with local_servers(
         root,
         settings.dev_pg_port,
@@ -123,12 +147,15 @@ def dev(settings: config.Settings) -> None:
         with _gateway(settings, root) as gateway:
             print(
                 f"stockcore serving on {settings.grpc_host}:{settings.grpc_port}"
-                f" (metrics http://{settings.grpc_host}:{settings.metrics_port}/metrics)"
+                f" ({'plaintext' if settings.plaintext else 'TLS, CA ' + _dev_ca(settings)};"
+                f" metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics)"
                 + (f"; HTTP/JSON and the checkout page on {gateway.url}/" if gateway else "")
                 + f"; a warehouse on :{settings.dev_warehouse_port}, carriers"
                 f" {settings.primary_carrier} on :{settings.dev_primary_carrier_port} and"
                 f" {settings.fallback_carrier or '-'} on :{settings.dev_fallback_carrier_port},"
-                f" a fulfilment worker (logs in {root}/logs); Ctrl-C stops",
+                f" a fulfilment worker (logs in {root}/logs); Ctrl-C stops\n"
+                "a development token for stockctl:"
+                " export STOCKCORE_TOKEN=$(.venv/bin/stockctl token issue --sub $USER --scopes all)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -154,7 +181,12 @@ def gateway(settings: config.Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with _gateway(settings, Path(settings.data_dir).resolve()) as running:
+    root = Path(settings.data_dir).resolve()
+    dev_ca = DevCredentials(root).ca_cert
+    if not settings.plaintext and not settings.gateway_upstream_ca_file and dev_ca.is_file():
+        # As stockctl does: a server started by `dev` on this machine uses the dev CA.
+        settings = settings.with_overrides(gateway_upstream_ca_file=str(dev_ca))
+    with _gateway(settings, root) as running:
         if running is None:
             raise SystemExit("STOCKCORE_GATEWAY_PORT is 0: no gateway to run")
         print(
@@ -165,6 +197,33 @@ def gateway(settings: config.Settings) -> None:
         while not stop.wait(0.5):
             if running.proc is not None and running.proc.poll() is not None:
                 raise SystemExit(f"Envoy exited with {running.proc.returncode}; see {running.log}")
+
+
+def worker_credentials_env(settings: config.Settings) -> dict[str, str]:
+    """What a fulfilment worker started by `dev` presents to the server (read by
+    Credentials.from_env): the development CA, and a token signed with the development key
+    for the scopes it uses, when the server uses the development credentials."""
+    from clients.tokens import issue_token, load_signing_key
+
+    credentials = DevCredentials(Path(settings.data_dir).resolve())
+    env: dict[str, str] = {}
+    if settings.tls_cert_file == str(credentials.server_cert):
+        env["STOCKCORE_CA_FILE"] = str(credentials.ca_cert)
+    if not settings.auth_disabled and settings.auth_jwks_file == str(credentials.jwks):
+        env["STOCKCORE_TOKEN"] = issue_token(
+            load_signing_key(credentials.signing_key),
+            "fulfilment-worker",
+            ("orders:read", "orders:write", "orders:fulfil"),
+            ttl_s=7 * 86400.0,
+        )
+    return env
+
+
+def _dev_ca(settings: config.Settings) -> str:
+    credentials = DevCredentials(Path(settings.data_dir).resolve())
+    if settings.tls_cert_file == str(credentials.server_cert):
+        return str(credentials.ca_cert)
+    return "of the configured certificate"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, "STOCKCORE_REDIS_URL is not set: the worker reads the event stream\n")
         uvloop.run(run_worker(settings))
         return
+    problem = settings.security_problem()
+    if problem is not None:
+        parser.exit(2, f"invalid settings: {problem}\n")
     app.serve(settings)
 
 

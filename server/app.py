@@ -17,7 +17,9 @@ from prometheus_client import start_http_server
 from stockcore.v1 import inventory_pb2, orders_pb2
 
 from server import logs
-from server.config import Settings
+from server.auth import tls
+from server.auth.tokens import verifier_from_settings
+from server.config import Settings, SettingsError
 from server.domain.errors import Unavailable
 from server.inventory.core import InventoryCore
 from server.inventory.mirror import Mirror
@@ -25,6 +27,7 @@ from server.orders.relay import Relay
 from server.orders.service import OrderCore
 from server.orders.watch import EventFeed
 from server.rpc import orders_convert
+from server.rpc.access import Gatekeeper
 from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import service_handler
 from server.rpc.orders_servicer import OrderServicer
@@ -136,8 +139,17 @@ async def _report_health(app: App, interval: float) -> None:
 
 
 async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
-    """Build and start the server on settings.grpc_host:grpc_port (0 picks a free port)."""
+    """Build and start the server on settings.grpc_host:grpc_port (0 picks a free port):
+    TLS unless plaintext was asked for, every call admitted by its scope."""
     assert settings.pg_dsn is not None, "pg_dsn must be set"
+    problem = settings.security_problem()
+    if problem is not None:
+        raise SettingsError(problem)
+    credentials = tls.server_credentials(settings)
+    gatekeeper = Gatekeeper(
+        None if settings.auth_disabled else verifier_from_settings(settings),
+        client_certificates=bool(settings.tls_client_ca_file),
+    )
     store = await StockStore.connect(
         settings.pg_dsn,
         shard_count=settings.shard_count,
@@ -178,16 +190,23 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     )
     server.add_generic_rpc_handlers(
         [
-            service_handler(InventoryServicer(core, settings), _INVENTORY, shedder),
-            service_handler(OrderServicer(orders, settings), _ORDERS, shedder),
+            service_handler(InventoryServicer(core, settings), _INVENTORY, shedder, gatekeeper),
+            service_handler(OrderServicer(orders, settings), _ORDERS, shedder, gatekeeper),
         ]
     )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [INVENTORY_SERVICE, ORDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            [INVENTORY_SERVICE, ORDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            server,
+        )
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    port = (
+        server.add_insecure_port(address)
+        if credentials is None
+        else server.add_secure_port(address, credentials)
     )
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
     app = App(
         server, port, core, store, gate, health_servicer, orders, relay, shedder, event_stream
@@ -199,15 +218,36 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     app._relay_task = asyncio.create_task(relay.run(), name="order-relay")
     log.info(
         "serving",
-        extra={"address": f"{settings.grpc_host}:{port}", "redis_gate": core.mirror.usable},
+        extra={
+            "address": f"{settings.grpc_host}:{port}",
+            "redis_gate": core.mirror.usable,
+            "tls": "off"
+            if credentials is None
+            else "mutual"
+            if settings.tls_client_ca_file
+            else "on",
+            "auth": "off" if settings.auth_disabled else "tokens",
+        },
     )
+    if credentials is None or settings.auth_disabled:
+        log.warning(
+            "serving without %s, as configured",
+            " or ".join(
+                what
+                for what, off in (
+                    ("TLS", credentials is None),
+                    ("token checks", settings.auth_disabled),
+                )
+                if off
+            ),
+        )
     return app
 
 
 async def serve_one(settings: Settings, worker: int = 0) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     if settings.metrics_port:
-        start_http_server(settings.metrics_port + worker, addr=settings.grpc_host)
+        start_http_server(settings.metrics_port + worker, addr=settings.metrics_host)
     app = await create_server(settings, reuse_port=settings.workers > 1)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

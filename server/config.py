@@ -26,6 +26,27 @@ class Settings:
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
     metrics_port: int = 9464  # 0 disables the HTTP metrics endpoint
+    # Metrics carry no secrets but tell a lot; they stay on loopback unless configured.
+    metrics_host: str = "127.0.0.1"
+    # TLS on the gRPC port: the server's certificate chain and key (PEM files). With a
+    # client CA, every connection must present a certificate it issued (mutual TLS).
+    # Serving without TLS must be asked for: plaintext=True.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    plaintext: bool = False
+    # Bearer tokens: JWTs verified with the keys of a JWKS file (by kid), for this
+    # audience, from these issuers (empty: any). auth_disabled admits every call unchecked,
+    # as the caller "unauthenticated"; it must be asked for.
+    auth_jwks_file: str = ""
+    auth_audience: str = "stockcore"
+    auth_issuers: tuple[str, ...] = ()
+    auth_leeway_s: float = 30.0
+    auth_cache_size: int = 10_000
+    auth_reload_interval_s: float = 5.0
+    auth_disabled: bool = False
+    # gRPC server reflection; None: on for `python -m server dev`, off for `serve`.
+    reflection: bool | None = None
     workers: int = 1
     shard_count: int = 16
     pg_pool_size: int = 8
@@ -82,6 +103,15 @@ class Settings:
     gateway_access_log: str = "-"
     # Envoy worker threads.
     gateway_threads: int = 1
+    # The gateway reaches the gRPC server over TLS unless the server is plaintext,
+    # trusting this CA (PEM; `dev` names the development CA) and checking that the
+    # server's certificate names gateway_upstream_server_name (empty: the gRPC host, an
+    # IP address matched as such). A server asking for client certificates (mutual TLS)
+    # gets gateway_upstream_cert_file and its key.
+    gateway_upstream_ca_file: str = ""
+    gateway_upstream_server_name: str = ""
+    gateway_upstream_cert_file: str = ""
+    gateway_upstream_key_file: str = ""
     # Unary calls one process works on at once; past it calls are refused at once with
     # RESOURCE_EXHAUSTED and a retry delay (server/rpc/shedding.py). WatchOrders streams
     # are bounded apart. The refusal budget: refusals per second per process above which
@@ -193,6 +223,21 @@ class Settings:
                 "gateway_timeouts must be in (0, 300] seconds",
             ),
             (1 <= self.gateway_threads <= 64, "gateway_threads must be 1-64"),
+            (
+                bool(self.gateway_upstream_cert_file) == bool(self.gateway_upstream_key_file),
+                "gateway_upstream_cert_file and gateway_upstream_key_file go together",
+            ),
+            (
+                not (self.plaintext and self.tls_client_ca_file),
+                "tls_client_ca_file needs TLS: mutual TLS cannot be plaintext",
+            ),
+            (bool(self.auth_audience), "auth_audience must not be empty"),
+            (0 <= self.auth_leeway_s <= 300, "auth_leeway_s must be 0-300"),
+            (1 <= self.auth_cache_size <= 1_000_000, "auth_cache_size must be 1-1000000"),
+            (
+                0.1 <= self.auth_reload_interval_s <= 3600,
+                "auth_reload_interval_s must be 0.1-3600",
+            ),
             (1 <= self.max_in_flight <= 100_000, "max_in_flight must be 1-100000"),
             (1 <= self.max_watch_streams <= 1_000_000, "max_watch_streams must be 1-1000000"),
             (self.overload_refusal_budget > 0, "overload_refusal_budget must be above 0"),
@@ -202,6 +247,22 @@ class Settings:
             if not ok:
                 raise SettingsError(message)
         return self
+
+    def security_problem(self) -> str | None:
+        """Why this server could not serve securely as configured, or None: TLS needs a
+        certificate and key unless plaintext was asked for, tokens need a key set unless
+        authentication was turned off."""
+        if not self.plaintext and not (self.tls_cert_file and self.tls_key_file):
+            return (
+                "TLS needs STOCKCORE_TLS_CERT and STOCKCORE_TLS_KEY (PEM files);"
+                " set STOCKCORE_PLAINTEXT=true only to serve without TLS"
+            )
+        if not self.auth_disabled and not self.auth_jwks_file:
+            return (
+                "token checks need STOCKCORE_AUTH_JWKS (a JWKS file of the signing keys);"
+                " set STOCKCORE_AUTH_DISABLED=true only to admit every call unchecked"
+            )
+        return None
 
     def _fulfilment_checks(self) -> list[tuple[bool, str]]:
         carriers = [self.primary_carrier] + (
@@ -309,6 +370,19 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_GRPC_HOST": ("grpc_host", str),
     "STOCKCORE_GRPC_PORT": ("grpc_port", int),
     "STOCKCORE_METRICS_PORT": ("metrics_port", int),
+    "STOCKCORE_METRICS_HOST": ("metrics_host", str),
+    "STOCKCORE_TLS_CERT": ("tls_cert_file", str),
+    "STOCKCORE_TLS_KEY": ("tls_key_file", str),
+    "STOCKCORE_TLS_CLIENT_CA": ("tls_client_ca_file", str),
+    "STOCKCORE_PLAINTEXT": ("plaintext", bool),
+    "STOCKCORE_AUTH_JWKS": ("auth_jwks_file", str),
+    "STOCKCORE_AUTH_AUDIENCE": ("auth_audience", str),
+    "STOCKCORE_AUTH_ISSUERS": ("auth_issuers", _parse_list),
+    "STOCKCORE_AUTH_LEEWAY": ("auth_leeway_s", float),
+    "STOCKCORE_AUTH_CACHE_SIZE": ("auth_cache_size", int),
+    "STOCKCORE_AUTH_RELOAD_INTERVAL": ("auth_reload_interval_s", float),
+    "STOCKCORE_AUTH_DISABLED": ("auth_disabled", bool),
+    "STOCKCORE_REFLECTION": ("reflection", bool),
     "STOCKCORE_WORKERS": ("workers", int),
     "STOCKCORE_SHARDS": ("shard_count", int),
     "STOCKCORE_PG_POOL_SIZE": ("pg_pool_size", int),
@@ -342,6 +416,10 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", _parse_timeouts),
     "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
     "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
+    "STOCKCORE_GATEWAY_UPSTREAM_CA": ("gateway_upstream_ca_file", str),
+    "STOCKCORE_GATEWAY_UPSTREAM_SERVER_NAME": ("gateway_upstream_server_name", str),
+    "STOCKCORE_GATEWAY_UPSTREAM_CERT": ("gateway_upstream_cert_file", str),
+    "STOCKCORE_GATEWAY_UPSTREAM_KEY": ("gateway_upstream_key_file", str),
     "STOCKCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
     "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
     "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),

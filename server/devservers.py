@@ -27,7 +27,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from server.devcredentials import DevCredentials
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -452,9 +454,17 @@ class LocalStockcore:
         redis_url: str,
         shards: int,
         data_dir: Path | str = ".data",
+        *,
+        credentials: DevCredentials | None = None,
+        mutual_tls: bool = False,
         **extra_env: str,
     ) -> None:
+        """A server with TLS and token checks by the development credentials (those of
+        `data_dir` unless given), with mutual TLS if asked; `extra_env` overrides any
+        STOCKCORE_* variable (STOCKCORE_PLAINTEXT=true, STOCKCORE_AUTH_DISABLED=true ...)."""
         self.port = free_port()
+        self.credentials = credentials or DevCredentials(Path(data_dir)).ensure()
+        self.mutual_tls = mutual_tls
         self.env = {
             **os.environ,
             "STOCKCORE_PG_DSN": pg_dsn,
@@ -464,6 +474,7 @@ class LocalStockcore:
             "STOCKCORE_SHARDS": str(shards),
             "STOCKCORE_LOG_JSON": "false",
             "STOCKCORE_LOG_LEVEL": "WARNING",
+            **self.credentials.server_env(mutual=mutual_tls),
             **extra_env,
         }
         self.log = Path(data_dir) / f"server-{self.port}.log"
@@ -473,6 +484,26 @@ class LocalStockcore:
     def target(self) -> str:
         """host:port."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def plaintext(self) -> bool:
+        """Whether it serves without TLS."""
+        return self.env.get("STOCKCORE_PLAINTEXT", "").lower() in {"1", "true", "yes", "on"}
+
+    def health_channel(self) -> Any:
+        """A grpc.aio channel fit for the health service (which needs no token)."""
+        import grpc
+
+        if self.plaintext:
+            return grpc.aio.insecure_channel(self.target)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.credentials.ca_cert.read_bytes(),
+            private_key=self.credentials.client_key.read_bytes() if self.mutual_tls else None,
+            certificate_chain=self.credentials.client_cert.read_bytes()
+            if self.mutual_tls
+            else None,
+        )
+        return grpc.aio.secure_channel(self.target, credentials)
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start and wait until the health service says SERVING."""
@@ -491,7 +522,7 @@ class LocalStockcore:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with self.health_channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while loop.time() < deadline:
                 if self.proc.poll() is not None:

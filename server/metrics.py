@@ -90,6 +90,11 @@ RELAY_ACTIVE = Gauge(
     "1 in the process that holds the outbox sequencer lock, 0 in those standing by.",
 )
 WATCH_STREAMS = Gauge("stockcore_order_watch_streams", "Open WatchOrders streams.")
+CALLS_REFUSED = Counter(
+    "stockcore_calls_refused_total",
+    "Calls refused before they ran: UNAUTHENTICATED or PERMISSION_DENIED, by ErrorInfo reason.",
+    ["reason"],
+)
 RPC_IN_FLIGHT = Gauge(
     "stockcore_rpc_in_flight", "Unary calls admitted and not yet answered, in this process."
 )

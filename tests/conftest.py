@@ -6,17 +6,20 @@ the Redis keys under the gate's prefix, so point those variables at scratch serv
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import grpc
 import pytest
 import redis.asyncio as aioredis
 
 from server.config import Settings
+from server.devcredentials import DevCredentials
 from server.devservers import LocalPostgres, LocalRedis, free_port
 from server.storage.migrations import migrate
+from tests import callers
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 8
@@ -98,9 +101,37 @@ async def clean(servers: Servers, migrated: str) -> AsyncIterator[Servers]:
     yield servers
 
 
+@pytest.fixture(scope="session")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> DevCredentials:
+    """A CA, server and client certificates and a token signing key for this session."""
+    return DevCredentials(tmp_path_factory.mktemp("credentials")).ensure()
+
+
+@pytest.fixture(scope="session")
+def service_token(credentials: DevCredentials) -> str:
+    """A token with every service scope, for the subject `tests`."""
+    return callers.token(credentials)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def caller_environment(credentials: DevCredentials, service_token: str) -> Iterator[None]:
+    """What a deployed caller's environment names (clients/credentials.py), for callers
+    that read it, such as the fulfilment worker: the session's CA and service token."""
+    names = {"STOCKCORE_CA_FILE": str(credentials.ca_cert), "STOCKCORE_TOKEN": service_token}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
-def settings(clean: Servers) -> Settings:
-    """Settings for an in-process server on a free loopback port."""
+def settings(clean: Servers, credentials: DevCredentials) -> Settings:
+    """Settings for an in-process server on a free loopback port, serving TLS with the
+    session's certificate and checking tokens against its signing key."""
     return Settings(
         pg_dsn=clean.pg_dsn,
         redis_url=clean.redis_url,
@@ -110,7 +141,25 @@ def settings(clean: Servers) -> Settings:
         log_json=False,
         expiry_interval_s=0.1,
         redis_probe_interval_s=0.1,
+        tls_cert_file=str(credentials.server_cert),
+        tls_key_file=str(credentials.server_key),
+        auth_jwks_file=str(credentials.jwks),
         # Tests of behaviour send hundreds of calls at once; the bound on calls in flight
         # is tested on its own (tests/e2e/test_overload.py).
         max_in_flight=10_000,
     ).validate()
+
+
+ChannelOpener = Callable[..., grpc.aio.Channel]
+
+
+@pytest.fixture
+def open_channel(credentials: DevCredentials, service_token: str) -> ChannelOpener:
+    """Opens TLS channels (to a port on loopback, or a host:port) whose calls carry the
+    service token; keyword arguments go to tests.callers.secure_channel."""
+
+    def open_(where: int | str, **options: object) -> grpc.aio.Channel:
+        target = where if isinstance(where, str) else f"127.0.0.1:{where}"
+        return callers.secure_channel(target, credentials, service_token, **options)  # type: ignore[arg-type]
+
+    return open_

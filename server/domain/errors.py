@@ -122,6 +122,25 @@ class DeadlineExpired(DomainError):
     without this error; that outcome is unknown until a retry with the same id.)"""
 
 
+class Unauthenticated(DomainError):
+    """The call carries no credentials the server accepts (no token, an expired one, one
+    that does not verify); `reason` says which, as ErrorInfo names it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class PermissionDenied(DomainError):
+    """The caller is who it says, but may not do this: a scope it lacks, or another
+    customer's data. `metadata` goes into ErrorInfo (the scope it needs, say)."""
+
+    def __init__(self, reason: str, message: str, metadata: dict[str, str] | None = None) -> None:
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        super().__init__(message)
+
+
 class Overloaded(DomainError):
     """The server is at its bound of calls in flight: the call was refused before any
     work (nothing was applied); send it again, with the same id, after `retry_after`."""

@@ -18,6 +18,7 @@ from server.domain.errors import (
     IllegalTransition,
     InvalidArgument,
     PaymentMismatch,
+    PermissionDenied,
 )
 from server.domain.inventory import (
     Line,
@@ -346,19 +347,23 @@ def confirm_payment(
 
 @dataclass(frozen=True, slots=True)
 class CancelOrder:
-    """A validated CancelOrder."""
+    """A validated CancelOrder; with `customer_id`, asked for by that customer, who may
+    cancel only their own order, and only before it is paid."""
 
     order_id: str
     reason: str
     actor: Actor
+    customer_id: str | None = None
 
 
-def cancel_order(order_id: str, reason: str, actor: Actor) -> CancelOrder:
+def cancel_order(
+    order_id: str, reason: str, actor: Actor, customer_id: str | None = None
+) -> CancelOrder:
     """Validate a CancelOrder request."""
     violations = check_id(order_id, "order_id") + check_reason(reason)
     if violations:
         raise InvalidArgument(violations)
-    return CancelOrder(order_id, reason, actor)
+    return CancelOrder(order_id, reason, actor, customer_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,4 +485,37 @@ def mismatch(order: Order, payment: ConfirmPayment) -> PaymentMismatch:
         order.order_id,
         f"{order.total_minor} {order.currency}",
         f"{payment.amount_minor} {payment.currency}",
+    )
+
+
+# --- a customer's own orders ----------------------------------------------------------
+# A token bound to one customer sees and changes only that customer's orders; these are
+# its refusals (ErrorInfo reasons, part of the API).
+
+OTHER_CUSTOMER = "OTHER_CUSTOMER"
+PAID_ORDER = "PAID_ORDER"
+
+
+def not_customers(customer_id: str, order_id: str) -> PermissionDenied:
+    """A customer's token named an order that is not that customer's. An order that does
+    not exist is refused the same way, so a shopper learns nothing of others' orders."""
+    return PermissionDenied(
+        OTHER_CUSTOMER, f"order {order_id!r} is not among customer {customer_id!r}'s orders"
+    )
+
+
+def other_customer(bound: str, requested: str) -> PermissionDenied:
+    """A customer's token asked about another customer."""
+    return PermissionDenied(
+        OTHER_CUSTOMER, f"the token acts for customer {bound!r}, not {requested!r}"
+    )
+
+
+def customer_cannot_cancel(order: Order) -> PermissionDenied:
+    """A customer asked to cancel their order after it was paid: only a service may (the
+    payment has to be refunded)."""
+    return PermissionDenied(
+        PAID_ORDER,
+        f"order {order.order_id!r} is {order.status.name}: a customer may cancel an order"
+        " only before it is paid",
     )

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from prometheus_client import start_http_server
 
+from clients.credentials import Credentials
 from clients.events import OrderEventConsumer
 from clients.inventory import RetryPolicy as ClientRetryPolicy
 from clients.orders import EventType, OrderClient, OrderEvent
@@ -53,17 +54,17 @@ log = logging.getLogger(__name__)
 
 #: The consumer group of the order event stream the workers share.
 GROUP = "fulfilment"
-CALLER = "fulfilment-worker"
 _WANTED = frozenset({EventType.ORDER_PAID, EventType.ORDER_CANCELLED})
 _HEARTBEAT_S = 1.0
 
 
 def order_client(settings: Settings) -> OrderClient:
-    """The worker's client of the order server: the one place it is built (credentials
-    belong here)."""
+    """The worker's client of the order server: the one place it is built. It presents
+    what the environment names (clients/credentials.py: STOCKCORE_TOKEN, STOCKCORE_CA_FILE,
+    ...); the token's subject, not a name of its own, is what the audit trail records."""
     return OrderClient(
         settings.order_target,
-        caller=CALLER,
+        credentials=Credentials.from_env(),
         default_timeout=10.0,
         retry=ClientRetryPolicy(max_attempts=4, initial_backoff=0.1, max_backoff=1.0),
     )

@@ -5,8 +5,10 @@ Everything Envoy does for stockcore is decided here: the JSON routes come from t
 writes), and this module adds the edge around them: CORS for the configured storefront
 origins, a request-size limit, per-RPC timeouts that reach the server as gRPC deadlines,
 the Idempotency-Key header, access logs, JSON bodies for the gateway's own errors, and
-the static checkout page. The one upstream cluster is built by `upstream_cluster`, the
-place where a TLS transport socket to the gRPC port belongs.
+the static checkout page. The one upstream cluster is built by `upstream_cluster`: TLS
+to the gRPC port, checked against the CA that signed the server's certificate, unless
+the server is plaintext. Request headers, Authorization among them, reach the server as
+call metadata.
 """
 
 from __future__ import annotations
@@ -390,12 +392,70 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _absolute_file(path: str, setting: str) -> str:
+    found = Path(path).resolve()
+    if not found.is_file():
+        raise SettingsError(f"{setting} names {path}, which is not a file")
+    return str(found)
+
+
+def upstream_tls(settings: Settings, host: str) -> Config | None:
+    """The TLS transport socket to the gRPC server (None when it serves plaintext): the
+    server's certificate must chain to gateway_upstream_ca_file and name the server (SNI
+    and a subject alternative name check; an IP address is checked as one, sent no SNI)."""
+    if settings.plaintext:
+        return None
+    if not settings.gateway_upstream_ca_file:
+        raise SettingsError(
+            "the gRPC server serves TLS: the gateway needs the CA that signed its certificate"
+            " (STOCKCORE_GATEWAY_UPSTREAM_CA), or STOCKCORE_PLAINTEXT=true for a plaintext server"
+        )
+    name = settings.gateway_upstream_server_name or host
+    common: Config = {
+        # gRPC is HTTP/2; ALPN says so.
+        "alpn_protocols": ["h2"],
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "validation_context": {
+            "trusted_ca": {
+                "filename": _absolute_file(
+                    settings.gateway_upstream_ca_file, "gateway_upstream_ca_file"
+                )
+            },
+            "match_typed_subject_alt_names": [
+                {"san_type": "IP_ADDRESS" if _is_ip(name) else "DNS", "matcher": {"exact": name}}
+            ],
+        },
+    }
+    if settings.gateway_upstream_cert_file:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {
+                    "filename": _absolute_file(
+                        settings.gateway_upstream_cert_file, "gateway_upstream_cert_file"
+                    )
+                },
+                "private_key": {
+                    "filename": _absolute_file(
+                        settings.gateway_upstream_key_file, "gateway_upstream_key_file"
+                    )
+                },
+            }
+        ]
+    context: Config = {
+        "@type": _type("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+        "common_tls_context": common,
+    }
+    if not _is_ip(name):
+        context["sni"] = name
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
 def upstream_cluster(settings: Settings, grpc_port: int) -> Config:
-    """The gRPC server as Envoy's one upstream: HTTP/2, limits wide enough for load runs.
-    A TLS transport socket (and the CA that signs the server's certificate) goes here."""
+    """The gRPC server as Envoy's one upstream: HTTP/2 over TLS (or plaintext, when the
+    server is), limits wide enough for load runs."""
     host = _upstream_host(settings.grpc_host)
     limits = {"max_connections": 1024, "max_pending_requests": 65536, "max_requests": 65536}
-    return {
+    cluster: Config = {
         "name": CLUSTER,
         "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
@@ -415,6 +475,10 @@ def upstream_cluster(settings: Settings, grpc_port: int) -> Config:
             ],
         },
     }
+    tls = upstream_tls(settings, host)
+    if tls is not None:
+        cluster["transport_socket"] = tls
+    return cluster
 
 
 def bootstrap(settings: Settings, *, grpc_port: int | None = None) -> Config:

@@ -28,7 +28,9 @@ from server.domain.orders import (
     OrderStatus,
     ShipOrder,
     StatusChange,
+    customer_cannot_cancel,
     mismatch,
+    not_customers,
     paid_by_another,
     refusal,
     shipped_as_another,
@@ -203,12 +205,22 @@ class OrderCore:
         }
         for order_id in paid:
             log.info("paid order cancelled; refund owed", extra={"order_id": order_id})
-        return self._answers(
-            requests,
-            changed,
-            OrderStatus.CANCELLED,
-            lambda _, __, order: refusal(order, OrderStatus.CANCELLED),
-        )
+        answers: list[Answer] = []
+        for request, outcome in zip(requests, changed, strict=True):
+            if outcome.code is ChangeCode.NOT_CUSTOMERS:
+                answers.append(not_customers(request.customer_id or "", request.order_id))
+            elif outcome.code is ChangeCode.PAID and outcome.order is not None:
+                answers.append(customer_cannot_cancel(outcome.order))
+            else:
+                answers.extend(
+                    self._answers(
+                        [request],
+                        [outcome],
+                        OrderStatus.CANCELLED,
+                        lambda _, __, order: refusal(order, OrderStatus.CANCELLED),
+                    )
+                )
+        return answers
 
     async def _ship_batch(self, requests: Sequence[ShipOrder]) -> list[Answer]:
         changed = await self.store.ship(requests)

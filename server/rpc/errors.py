@@ -17,8 +17,10 @@ from server.domain.errors import (
     NotFound,
     Overloaded,
     PaymentMismatch,
+    PermissionDenied,
     ShuttingDown,
     StockFloorViolation,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -34,6 +36,8 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     PaymentMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
@@ -68,7 +72,13 @@ def _pack(message: object) -> any_pb2.Any:
 def _details(exc: DomainError) -> list[any_pb2.Any]:
     reason = _REASONS.get(type(exc), "ERROR")
     details: list[any_pb2.Any] = []
-    if isinstance(exc, InvalidArgument):
+    metadata: dict[str, str] = {}
+    if isinstance(exc, Unauthenticated):
+        reason = exc.reason
+    elif isinstance(exc, PermissionDenied):
+        reason = exc.reason
+        metadata = exc.metadata
+    elif isinstance(exc, InvalidArgument):
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
@@ -166,7 +176,9 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(exc.retry_after * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    details.insert(0, _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)))
+    details.insert(
+        0, _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+    )
     return details
 
 

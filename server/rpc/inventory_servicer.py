@@ -13,9 +13,7 @@ from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.inventory import adjust_command, distinct_skus, require_id, reserve_command
 from server.inventory.core import Consistency, InventoryCore
 from server.rpc import convert
-from server.rpc.metadata import CALLER_KEY, caller_of, deadline_of
-
-__all__ = ["CALLER_KEY", "InventoryServicer", "caller_of", "deadline_of"]
+from server.rpc.metadata import caller, deadline_of
 
 
 class InventoryServicer(pb_grpc.InventoryServiceServicer):
@@ -33,7 +31,7 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
             request.reservation_id,
             [(line.sku, line.quantity) for line in request.lines],
             convert.ttl_seconds(request),
-            caller_of(context),
+            caller(),
             default_ttl_s=self._settings.default_ttl_s,
             min_ttl_s=self._settings.min_ttl_s,
             max_ttl_s=self._settings.max_ttl_s,
@@ -46,7 +44,7 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
     ) -> pb.CommitResponse:
         """Turn a hold into a deduction."""
         rid = require_id(request.reservation_id, "reservation_id")
-        done = await self._core.commit(rid, caller_of(context), deadline_of(context))
+        done = await self._core.commit(rid, caller(), deadline_of(context))
         return pb.CommitResponse(reservation=convert.reservation(done))
 
     async def Release(
@@ -54,7 +52,7 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
     ) -> pb.ReleaseResponse:
         """Give a hold back."""
         rid = require_id(request.reservation_id, "reservation_id")
-        done = await self._core.release(rid, caller_of(context), deadline_of(context))
+        done = await self._core.release(rid, caller(), deadline_of(context))
         return pb.ReleaseResponse(reservation=convert.reservation(done))
 
     async def GetReservation(
@@ -98,7 +96,7 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
             request.on_hand if which == "on_hand" else None,
             request.reason,
             request.idempotency_key,
-            caller_of(context),
+            caller(),
         )
         level, applied = await self._core.adjust(command)
         return pb.AdjustStockResponse(level=convert.stock_level(level), applied_delta=applied)

@@ -1,5 +1,5 @@
-"""What a call says about itself in its metadata: who calls, under which request id,
-and by when it needs an answer."""
+"""What a call says about itself: who calls (the principal its token or certificate
+proved, never a name it asserts), under which request id, and by when it needs an answer."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from typing import Any
 import grpc
 
 from server.domain.orders import Actor
+from server.rpc.access import current_principal
 
-CALLER_KEY = "stockcore-caller"
 REQUEST_ID_KEY = "x-request-id"
-MAX_CALLER = 100
 MAX_REQUEST_ID = 128
 
 
@@ -24,9 +23,9 @@ def _value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
     return ""
 
 
-def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Who is calling: the stockcore-caller metadata value, else the peer address."""
-    return (_value(context, CALLER_KEY) or f"peer:{context.peer()}")[:MAX_CALLER]
+def caller() -> str:
+    """Who is calling, as the audit trail records it (server/auth/principal.py)."""
+    return current_principal().caller
 
 
 def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -36,7 +35,7 @@ def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 def actor_of(context: grpc.aio.ServicerContext[Any, Any]) -> Actor:
     """Caller and request id together, as history rows record them."""
-    return Actor(caller_of(context), request_id_of(context))
+    return Actor(caller(), request_id_of(context))
 
 
 def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:

@@ -1,7 +1,9 @@
 """Every RPC passes through here: a call past the process's bound is refused at once
-(server/rpc/shedding.py), a request that cannot be decoded is INVALID_ARGUMENT, domain
-errors become statuses with details, anything else becomes INTERNAL and is logged, and
-latency is recorded by method and code.
+(server/rpc/shedding.py); the caller is admitted or refused (server/rpc/access.py, before
+the request is decoded, so a refused call changes nothing and learns nothing of its
+request); a request that cannot be decoded is INVALID_ARGUMENT, domain errors become
+statuses with details, anything else becomes INTERNAL and is logged, and latency is
+recorded by method and code.
 
 The service's method handlers are built here once at start-up, from its descriptor,
 rather than through a grpc.aio server interceptor, which grpc.aio consults with an extra
@@ -29,6 +31,7 @@ from server.domain.errors import (
     ShuttingDown,
 )
 from server.metrics import RPC_DURATION, RPC_REFUSED
+from server.rpc.access import Gatekeeper, Rule
 from server.rpc.errors import status_code_for, to_status
 from server.rpc.shedding import LoadShedder
 
@@ -98,11 +101,16 @@ def _delay_ms(shedder: LoadShedder) -> int:
 
 
 def observe(
-    method: str, inner: Callable[[Any, Any], Awaitable[Any]], shedder: LoadShedder
+    method: str,
+    inner: Callable[[Any, Any], Awaitable[Any]],
+    shedder: LoadShedder,
+    gatekeeper: Gatekeeper,
+    rule: Rule,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     """Wrap one unary-unary servicer method."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
     refused = RPC_REFUSED.labels(method)
+    admit = gatekeeper.admit
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
         if not shedder.enter():
@@ -111,6 +119,7 @@ def observe(
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            admit(rule, context)
             return await inner(_decoded(request), context)
         except DomainError as exc:
             code = status_code_for(exc)
@@ -133,12 +142,17 @@ def observe(
 
 
 def observe_stream(
-    method: str, inner: Callable[[Any, Any], AsyncIterator[Any]], shedder: LoadShedder
+    method: str,
+    inner: Callable[[Any, Any], AsyncIterator[Any]],
+    shedder: LoadShedder,
+    gatekeeper: Gatekeeper,
+    rule: Rule,
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     """Wrap one unary-stream servicer method (an async generator) the same way; its
     duration is the stream's lifetime."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
     refused = RPC_REFUSED.labels(method)
+    admit = gatekeeper.admit
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
         if not shedder.open_stream():
@@ -148,6 +162,7 @@ def observe_stream(
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            admit(rule, context)
             async for item in inner(_decoded(request), context):
                 yield item
         except DomainError as exc:
@@ -180,25 +195,30 @@ def observe_stream(
 
 
 def service_handler(
-    servicer: object, service: descriptor.ServiceDescriptor, shedder: LoadShedder
+    servicer: object,
+    service: descriptor.ServiceDescriptor,
+    shedder: LoadShedder,
+    gatekeeper: Gatekeeper,
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """The handlers of every method of `service`, each the servicer's method of that
-    name, observed and admitted by `shedder`, with requests decoded by the tolerant
-    deserializer."""
+    name, admitted by `shedder` and then by `gatekeeper` by its rule, observed, with
+    requests decoded by the tolerant deserializer. A method without a rule fails here, at
+    start-up: nothing is served that the access table does not name."""
     handlers = {}
     for method in service.methods:
         inner = getattr(servicer, method.name)
+        rule = gatekeeper.rule(f"/{service.full_name}/{method.name}")
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                observe_stream(method.name, inner, shedder),
+                observe_stream(method.name, inner, shedder, gatekeeper, rule),
                 request_deserializer=_tolerant(request),
                 response_serializer=response.SerializeToString,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                observe(method.name, inner, shedder),
+                observe(method.name, inner, shedder, gatekeeper, rule),
                 request_deserializer=_tolerant(request),
                 response_serializer=response.SerializeToString,
             )

@@ -11,6 +11,7 @@ from stockcore.v1 import orders_pb2 as pb
 from stockcore.v1 import orders_pb2_grpc as pb_grpc
 
 from server.config import Settings
+from server.domain.errors import NotFound
 from server.domain.inventory import require_id
 from server.domain.order_queries import list_orders, watch_filter
 from server.domain.orders import (
@@ -18,17 +19,23 @@ from server.domain.orders import (
     carrier_report,
     confirm_payment,
     create_order,
+    not_customers,
     ship_order,
 )
 from server.orders.service import OrderCore
 from server.rpc import orders_convert as convert
+from server.rpc.access import current_principal, own_customer
 from server.rpc.metadata import actor_of, deadline_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class OrderServicer(pb_grpc.OrderServiceServicer):
-    """Adapts gRPC calls to OrderCore; domain errors are mapped by the observe wrapper."""
+    """Adapts gRPC calls to OrderCore; domain errors are mapped by the observe wrapper.
+
+    A customer's token (server/rpc/access.py admits it to GetOrder, ListOrders,
+    CancelOrder and WatchOrders only) is narrowed here to its customer's orders, decided
+    by the server whatever the request names, and sees them without payment ids."""
 
     def __init__(self, core: OrderCore, settings: Settings) -> None:
         self._core = core
@@ -55,17 +62,31 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
 
     async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:
         """Read an order with its history."""
-        order, history = await self._core.get_order(require_id(request.order_id, "order_id"))
+        order_id = require_id(request.order_id, "order_id")
+        customer = current_principal().customer_id
+        if customer is None:
+            order, history = await self._core.get_order(order_id)
+            return pb.GetOrderResponse(
+                order=convert.order(order), history=[convert.status_change(c) for c in history]
+            )
+        try:
+            order, history = await self._core.get_order(order_id)
+        except NotFound:
+            raise not_customers(customer, order_id) from None
+        if order.customer_id != customer:
+            raise not_customers(customer, order_id)
         return pb.GetOrderResponse(
-            order=convert.order(order), history=[convert.status_change(c) for c in history]
+            order=convert.hide_payment_order(convert.order(order)),
+            history=[convert.hide_payment_change(convert.status_change(c)) for c in history],
         )
 
     async def ListOrders(
         self, request: pb.ListOrdersRequest, context: Context
     ) -> pb.ListOrdersResponse:
         """Page through a customer's orders."""
+        principal = current_principal()
         query = list_orders(
-            request.customer_id,
+            own_customer(request.customer_id, principal),
             request.status,
             convert.moment(request.created_after) if request.HasField("created_after") else None,
             convert.moment(request.created_before) if request.HasField("created_before") else None,
@@ -73,9 +94,10 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             request.page_token,
         )
         orders, token = await self._core.list_orders(query)
-        return pb.ListOrdersResponse(
-            orders=[convert.order(o) for o in orders], next_page_token=token
-        )
+        messages = [convert.order(o) for o in orders]
+        if principal.customer_id is not None:
+            messages = [convert.hide_payment_order(m) for m in messages]
+        return pb.ListOrdersResponse(orders=messages, next_page_token=token)
 
     async def ConfirmPayment(
         self, request: pb.ConfirmPaymentRequest, context: Context
@@ -94,10 +116,14 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
     async def CancelOrder(
         self, request: pb.CancelOrderRequest, context: Context
     ) -> pb.CancelOrderResponse:
-        """Cancel an order that has not shipped."""
-        command = cancel_order(request.order_id, request.reason, actor_of(context))
+        """Cancel an order that has not shipped (a customer: their own, unpaid)."""
+        customer = current_principal().customer_id
+        command = cancel_order(request.order_id, request.reason, actor_of(context), customer)
         order = await self._core.cancel_order(command, deadline_of(context))
-        return pb.CancelOrderResponse(order=convert.order(order))
+        message = convert.order(order)
+        return pb.CancelOrderResponse(
+            order=message if customer is None else convert.hide_payment_order(message)
+        )
 
     async def ShipOrder(
         self, request: pb.ShipOrderRequest, context: Context
@@ -143,9 +169,17 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
     async def WatchOrders(
         self, request: pb.WatchOrdersRequest, context: Context
     ) -> AsyncIterator[pb.OrderEvent]:
-        """Stream events after a cursor, then live ones."""
+        """Stream events after a cursor, then live ones (a customer: their orders' only)."""
+        principal = current_principal()
         wanted = watch_filter(
-            request.customer_id, request.order_id, list(request.types), request.after_cursor
+            own_customer(request.customer_id, principal),
+            request.order_id,
+            list(request.types),
+            request.after_cursor,
         )
+        if principal.customer_id is None:
+            async for _, event in self._core.watch(wanted):
+                yield event
+            return
         async for _, event in self._core.watch(wanted):
-            yield event
+            yield convert.hide_payment_event(event)

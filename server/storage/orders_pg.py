@@ -52,6 +52,8 @@ class ChangeCode(IntEnum):
     PAYMENT_TAKEN = 4
     REFUSED = 5
     DISAGREE = 6
+    NOT_CUSTOMERS = 7
+    PAID = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,7 @@ _CREATE = (
     "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
 )
 _PAY = "SELECT * FROM stockcore.pay_orders($1, $2, $3, $4, $5, $6, $7, $8)"
-_CANCEL = "SELECT * FROM stockcore.cancel_orders($1, $2, $3, $4, $5)"
+_CANCEL = "SELECT * FROM stockcore.cancel_orders_as($1, $2, $3, $4, $5, $6)"
 _ADVANCE = "SELECT * FROM stockcore.advance_orders($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 _WITH_HISTORY = """
@@ -322,7 +324,8 @@ class OrderStore:
     async def cancel(
         self, requests: Sequence[CancelOrder], expiry_caller: str
     ) -> tuple[list[Changed], list[MirrorLevel]]:
-        """Cancel each order (an unpaid one gives its hold back, a paid one its units)."""
+        """Cancel each order (an unpaid one gives its hold back, a paid one its units); a
+        request bound to a customer cancels only that customer's unpaid order."""
         order = _by_order_id(requests)
         batch = [requests[i] for i in order]
         row = await self.stock.call(
@@ -331,6 +334,7 @@ class OrderStore:
             [r.reason for r in batch],
             [r.actor.caller for r in batch],
             [r.actor.request_id for r in batch],
+            [r.customer_id for r in batch],
             expiry_caller,
         )
         return _in_request_order(order, row), mirror_levels(row["levels"])

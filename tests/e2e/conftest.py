@@ -1,8 +1,9 @@
-"""An in-process server on a free loopback port, and a channel to it."""
+"""An in-process server on a free loopback port, and a channel to it: TLS with the test
+CA, and a token with every service scope sent on every call, as a real caller would."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import grpc
 import pytest
 from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 
+from clients.credentials import Credentials
 from server.app import App, create_server
 from server.config import Settings
+from server.devcredentials import DevCredentials
 from server.devservers import free_port
 from server.gateway.envoy import Gateway
+from tests import callers
 
 
 @pytest.fixture
@@ -27,10 +31,18 @@ async def app(settings: Settings) -> AsyncIterator[App]:
 
 
 @pytest.fixture
-async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to the server."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+async def channel(
+    app: App, credentials: DevCredentials, service_token: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A TLS channel to the server whose calls carry the service token."""
+    async with callers.secure_channel(f"127.0.0.1:{app.port}", credentials, service_token) as ch:
         yield ch
+
+
+@pytest.fixture
+def caller_credentials(credentials: DevCredentials, service_token: str) -> Credentials:
+    """What the typed clients present: the test CA and the service token."""
+    return callers.client_credentials(credentials, service_token)
 
 
 @pytest.fixture
@@ -52,13 +64,27 @@ def dsn(settings: Settings) -> str:
     return settings.pg_dsn
 
 
+@pytest.fixture
+def credentials_for(credentials: DevCredentials) -> Callable[..., Credentials]:
+    """What a typed client presents as `subject` (every service scope unless `scopes=`;
+    keyword arguments go to tests.callers.token)."""
+
+    def make(subject: str, **claims: object) -> Credentials:
+        return callers.client_credentials(
+            credentials, callers.token(credentials, subject, **claims)
+        )  # type: ignore[arg-type]
+
+    return make
+
+
 STOREFRONT = "https://shop.example.com"
 
 
 @pytest.fixture
-def gateway_settings(settings: Settings, tmp_path: Path) -> Settings:
-    """Settings for a gateway on a free loopback port: one storefront origin, a 16 KiB
-    body limit, AdjustStock given 0.5 s, the access log in a file."""
+def gateway_settings(settings: Settings, credentials: DevCredentials, tmp_path: Path) -> Settings:
+    """Settings for a gateway on a free loopback port, reaching the test server over TLS
+    (trusting the test CA): one storefront origin, a 16 KiB body limit, AdjustStock given
+    0.5 s, the access log in a file."""
     return replace(
         settings,
         gateway_access_log=str(tmp_path / "access.log"),
@@ -66,6 +92,7 @@ def gateway_settings(settings: Settings, tmp_path: Path) -> Settings:
         gateway_origins=(STOREFRONT,),
         gateway_max_request_bytes=16_384,
         gateway_timeouts={"AdjustStock": 0.5},
+        gateway_upstream_ca_file=str(credentials.ca_cert),
     ).validate()
 
 

@@ -130,7 +130,7 @@ async def running_worker(settings: Settings, name: str = "test-worker") -> Async
 
 async def stock(app: App, units: int = 1_000_000) -> None:
     """Put plenty of SKU on hand."""
-    async with InventoryClient(f"127.0.0.1:{app.port}", caller="test") as inventory:
+    async with InventoryClient(f"127.0.0.1:{app.port}") as inventory:
         await inventory.adjust_stock(
             SKU, on_hand=units, reason="fulfilment tests", idempotency_key=f"fs-{units}"
         )
@@ -139,7 +139,7 @@ async def stock(app: App, units: int = 1_000_000) -> None:
 async def paid_orders(app: App, count: int, prefix: str = "ful") -> list[str]:
     """Create and pay `count` orders; their ids."""
     ids = [f"{prefix}-{next(_ids)}" for _ in range(count)]
-    async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+    async with OrderClient(f"127.0.0.1:{app.port}") as orders:
 
         async def one(order_id: str) -> None:
             order = await orders.create_order(order_id, "cust-1", [(SKU, 1, 500)], "EUR", 600)
@@ -151,7 +151,7 @@ async def paid_orders(app: App, count: int, prefix: str = "ful") -> list[str]:
 
 async def statuses(app: App, ids: Iterable[str]) -> dict[str, OrderStatus]:
     """Each order's status."""
-    async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+    async with OrderClient(f"127.0.0.1:{app.port}") as orders:
         found = await asyncio.gather(*(orders.get_order(i) for i in ids))
     return {order.order_id: order.status for order, _ in found}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 
@@ -18,11 +19,14 @@ from clients.errors import (
 )
 from clients.inventory import InventoryClient, ReservationStatus
 from server.app import App
+from server.devcredentials import DevCredentials
 
 
 @pytest.fixture
-async def client(app: App):
-    async with InventoryClient(f"127.0.0.1:{app.port}", caller="checkout-test") as c:
+async def client(app: App, credentials_for):
+    async with InventoryClient(
+        f"127.0.0.1:{app.port}", credentials=credentials_for("checkout-test")
+    ) as c:
         yield c
 
 
@@ -62,8 +66,11 @@ async def test_the_caller_name_is_recorded_on_movements(client: InventoryClient,
     assert {r["caller"] for r in rows} == {"checkout-test"}
 
 
-async def test_stockctl_reads_and_changes_stock(app: App) -> None:
+async def test_stockctl_reads_and_changes_stock(app: App, credentials: DevCredentials) -> None:
     target = f"127.0.0.1:{app.port}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STOCKCORE_")} | {
+        "STOCKCORE_CA_FILE": str(credentials.ca_cert)
+    }
 
     async def stockctl(*args: str) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(
@@ -72,7 +79,22 @@ async def test_stockctl_reads_and_changes_stock(app: App) -> None:
             capture_output=True,
             text=True,
             check=False,
+            env=env,
         )
+
+    # The token stockctl mints with the signing key is the one it then calls with.
+    issued = await stockctl(
+        "token",
+        "issue",
+        "--sub",
+        "ops",
+        "--scopes",
+        "all",
+        "--signing-key",
+        str(credentials.signing_key),
+    )
+    assert issued.returncode == 0, issued.stderr
+    env["STOCKCORE_TOKEN"] = issued.stdout.strip()
 
     done = await stockctl(
         "stock", "adjust", "CLI-1", "--set", "7", "--reason", "count", "--key", "c1"
@@ -87,3 +109,5 @@ async def test_stockctl_reads_and_changes_stock(app: App) -> None:
     assert refused.returncode == 4 and "CLI-1" in refused.stderr
     missing = await stockctl("reservation", "get", "nope")
     assert missing.returncode == 3
+    rows = await app.store.fetch("SELECT DISTINCT caller FROM stockcore.movements")
+    assert {r["caller"] for r in rows} == {"ops"}

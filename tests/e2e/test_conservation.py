@@ -22,8 +22,9 @@ from google.protobuf import duration_pb2
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
+from server.devcredentials import DevCredentials
 from server.devservers import LocalStockcore
-from tests.conftest import SHARDS, Servers
+from tests.conftest import SHARDS, ChannelOpener, Servers
 from tests.invariants import assert_invariants_hold, assert_mirror_converges
 from tests.waiting import no_short_holds_left
 
@@ -188,12 +189,16 @@ async def check_invariants(servers: Servers, run: Run, *, final: bool) -> None:
 
 
 async def hammer(
-    servers: Servers, disruption: Callable[[LocalStockcore], Awaitable[None]] | None
+    servers: Servers,
+    disruption: Callable[[LocalStockcore], Awaitable[None]] | None,
+    credentials: DevCredentials,
+    open_channel: ChannelOpener,
 ) -> Run:
     server = LocalStockcore(
         servers.pg_dsn,
         servers.redis_url,
         SHARDS,
+        credentials=credentials,
         STOCKCORE_PENDING_GRACE="3",
         STOCKCORE_DB_TIMEOUT="2",
         STOCKCORE_EXPIRY_INTERVAL="0.2",
@@ -202,7 +207,7 @@ async def hammer(
     await server.start()
     try:
         run = Run(server.target)
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with open_channel(server.target) as channel:
             stub = pb_grpc.InventoryServiceStub(channel)
             for sku in SKUS:
                 await stub.AdjustStock(
@@ -241,12 +246,16 @@ def _assert_busy(run: Run) -> None:
     assert ops["reserved"] > 500 and ops["committed"] > 100 and ops["rejected"] > 0, dict(ops)
 
 
-async def test_conservation_under_contention(clean: Servers) -> None:
-    run = await hammer(clean, None)
+async def test_conservation_under_contention(
+    clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
+) -> None:
+    run = await hammer(clean, None, credentials, open_channel)
     _assert_busy(run)
 
 
-async def test_conservation_when_redis_is_killed(clean: Servers) -> None:
+async def test_conservation_when_redis_is_killed(
+    clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
+) -> None:
     if clean.redis is None:
         pytest.skip("Redis is external (STOCKCORE_REDIS_URL); this test needs to kill its own")
     redis_server = clean.redis
@@ -256,21 +265,25 @@ async def test_conservation_when_redis_is_killed(clean: Servers) -> None:
         await asyncio.sleep(2.0)  # an outage, not a wait for something
         await redis_server.restart()
 
-    run = await hammer(clean, kill_redis)
+    run = await hammer(clean, kill_redis, credentials, open_channel)
     _assert_busy(run)
 
 
-async def test_conservation_when_server_is_killed(clean: Servers) -> None:
+async def test_conservation_when_server_is_killed(
+    clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
+) -> None:
     async def kill_server(server: LocalStockcore) -> None:
         server.kill()
         await asyncio.sleep(1.0)  # an outage, not a wait for something
         await server.start()
 
-    run = await hammer(clean, kill_server)
+    run = await hammer(clean, kill_server, credentials, open_channel)
     _assert_busy(run)
 
 
-async def test_conservation_when_postgres_is_killed(clean: Servers) -> None:
+async def test_conservation_when_postgres_is_killed(
+    clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
+) -> None:
     if clean.pg is None:
         pytest.skip("PostgreSQL is external (STOCKCORE_PG_DSN); this test needs to kill its own")
     postgres = clean.pg
@@ -280,5 +293,5 @@ async def test_conservation_when_postgres_is_killed(clean: Servers) -> None:
         await asyncio.sleep(1.0)  # an outage, not a wait for something
         await postgres.restart()  # crash recovery replays the WAL (clients wait meanwhile)
 
-    run = await hammer(clean, kill_postgres)
+    run = await hammer(clean, kill_postgres, credentials, open_channel)
     _assert_busy(run)

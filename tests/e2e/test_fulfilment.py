@@ -38,7 +38,7 @@ async def test_a_paid_order_is_handed_off_booked_shipped_and_delivered(
         async with running_worker(fulfil_settings(settings, app, partners)):
             [order_id] = await paid_orders(app, 1)
             await wait_statuses(app, [order_id], {OrderStatus.DELIVERED})
-        async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+        async with OrderClient(f"127.0.0.1:{app.port}") as orders:
             order, history = await orders.get_order(order_id)
         assert order.shipment is not None and order.shipment.carrier == PRIMARY
         booked = await partners.bookings(partners.primary)
@@ -207,7 +207,7 @@ async def test_a_lost_acknowledgement_is_retried_and_booked_once(
         [booking] = await partners.bookings(partners.primary)
         assert booking["order_id"] == order_id and booking["requests"] == 2
         assert await partners.bookings(partners.fallback) == []
-        async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+        async with OrderClient(f"127.0.0.1:{app.port}") as orders:
             order, history = await orders.get_order(order_id)
         assert order.shipment is not None and order.shipment.tracking_no == booking["tracking_no"]
         assert [c.to_status for c in history].count(OrderStatus.SHIPPED) == 1

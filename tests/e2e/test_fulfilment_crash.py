@@ -112,7 +112,7 @@ async def test_kill_9_of_workers_mid_batch_ships_every_paid_order_once(
         assert [o for o, n in per_order.items() if n > 1] == [], "booked twice"
         # The kills made the carrier see some bookings again (same key, same parcel).
         assert any(b["requests"] > 1 for b in primary), "no kill landed between send and record"
-        async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+        async with OrderClient(f"127.0.0.1:{app.port}") as orders:
             tracking = {b["order_id"]: b["tracking_no"] for b in primary + fallback}
             for order_id in paid:
                 order, history = await orders.get_order(order_id)

@@ -133,7 +133,7 @@ async def _cast(app: App, settings: Settings, partners: Partners) -> Cast:
         await until(lambda: _parked(dsn, paid, Stage.PACKING), "paid orders packing")
     # Paid while no worker runs: no fulfilment exists for it.
     [unheard] = await paid_orders(app, 1, "unheard")
-    async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+    async with OrderClient(f"127.0.0.1:{app.port}") as orders:
         await orders.create_order("pending-1", "cust-1", [(SKU, 1, 500)], "EUR", 600)
         await orders.create_order("cancelled-1", "cust-1", [(SKU, 1, 500)], "EUR", 600)
         await orders.cancel_order("cancelled-1", "changed my mind")
@@ -266,7 +266,7 @@ async def test_a_pushed_order_syncs_again_and_is_not_booked_twice(
         )
         assert all(b["requests"] == 1 for b in booked), booked
         assert await partners.bookings(partners.fallback) == []
-        async with OrderClient(f"127.0.0.1:{app.port}", caller="test") as orders:
+        async with OrderClient(f"127.0.0.1:{app.port}") as orders:
             for order_id in cast.pushable:
                 _, history = await orders.get_order(order_id)
                 assert [c.to_status for c in history].count(OrderStatus.SHIPPED) == 1

@@ -1,7 +1,8 @@
 """gRPC status -> HTTP status through the gateway, for every code in the README's table,
 with the google.rpc.Status body and its details; and the Authorization header arriving as
-call metadata. The real server does not answer some of these codes (401, 403, 429), so a
-stand-in InventoryService answers whatever code the reservation id names."""
+call metadata. The real server answers only some of these codes on demand, so a stand-in
+InventoryService (plaintext) answers whatever code the reservation id names; the secured
+server's own 401 and 403 are tested in test_gateway.py."""
 
 from __future__ import annotations
 
@@ -86,8 +87,10 @@ async def stand_in() -> AsyncIterator[tuple[StandIn, int]]:
 
 @pytest.fixture
 def plain_settings(tmp_path: Path) -> Settings:
+    """A plaintext upstream, as the stand-in serves: the real, secured server's answers
+    through the gateway are in test_gateway.py."""
     return Settings(
-        gateway_port=free_port(), gateway_access_log=str(tmp_path / "access.log")
+        plaintext=True, gateway_port=free_port(), gateway_access_log=str(tmp_path / "access.log")
     ).validate()
 
 

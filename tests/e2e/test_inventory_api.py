@@ -18,6 +18,7 @@ from stockcore.v1 import inventory_pb2 as pb
 
 from server.app import ADMISSION_GATE, INVENTORY_SERVICE, create_server
 from server.config import Settings
+from tests import callers
 from tests.waiting import until
 
 
@@ -187,9 +188,9 @@ async def test_hold_expires_within_two_seconds_and_commit_after_expiry_is_reject
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "EXPIRED" in error.details()
 
 
-async def test_holds_expire_across_a_server_restart(settings: Settings):
+async def test_holds_expire_across_a_server_restart(settings: Settings, open_channel):
     first = await create_server(settings)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+    async with open_channel(first.port) as channel:
         stub = pb.DESCRIPTOR and __import__(
             "stockcore.v1.inventory_pb2_grpc", fromlist=["x"]
         ).InventoryServiceStub(channel)
@@ -379,20 +380,38 @@ async def test_bad_input_is_invalid_argument_naming_the_field(stub, method, requ
     assert field in [v.field for v in bad.field_violations], bad
 
 
-async def test_health_and_reflection_are_served(app, channel):
-    health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", INVENTORY_SERVICE, ADMISSION_GATE):
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+async def test_health_is_served_over_tls_without_a_token(app, credentials):
+    async with callers.secure_channel(f"127.0.0.1:{app.port}", credentials, None) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", INVENTORY_SERVICE, ADMISSION_GATE):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+async def _listed_services(channel: grpc.aio.Channel) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
     async def ask():
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
     async for reply in stub.ServerReflectionInfo(ask()):
-        names = {s.name for s in reply.list_services_response.service}
+        return {s.name for s in reply.list_services_response.service}
+    return set()
+
+
+async def test_reflection_is_off_unless_set(app, channel):
+    error = await rpc_error(_listed_services(channel))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_reflection_is_served_without_a_token_when_set(settings, credentials):
+    app = await create_server(settings.with_overrides(reflection=True))
+    try:
+        async with callers.secure_channel(f"127.0.0.1:{app.port}", credentials, None) as channel:
+            names = await _listed_services(channel)
         assert {INVENTORY_SERVICE, "grpc.health.v1.Health"} <= names
-        break
+    finally:
+        await app.stop(grace=0.5)
 
 
 async def test_latency_is_recorded_by_method_and_code(stub):
@@ -409,11 +428,13 @@ async def test_latency_is_recorded_by_method_and_code(stub):
     assert (count("OK"), count("INVALID_ARGUMENT")) == (before_ok + 1, before_bad + 1)
 
 
-async def test_without_redis_the_service_serves_from_postgres_and_says_so(settings: Settings):
+async def test_without_redis_the_service_serves_from_postgres_and_says_so(
+    settings: Settings, open_channel
+):
     offline = settings.with_overrides(redis_url="redis://127.0.0.1:1/0")
     app = await create_server(offline)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with open_channel(app.port) as channel:
             stub = __import__(
                 "stockcore.v1.inventory_pb2_grpc", fromlist=["x"]
             ).InventoryServiceStub(channel)

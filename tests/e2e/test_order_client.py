@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -15,18 +16,21 @@ from clients.inventory import InventoryClient
 from clients.orders import EventType, OrderClient, OrderEvent, OrderStatus
 from server.app import App, create_server
 from server.config import Settings
+from server.devcredentials import DevCredentials
 from server.devservers import free_port
 
 
 @pytest.fixture
-async def client(app: App):
-    async with OrderClient(f"127.0.0.1:{app.port}", caller="shop-test") as c:
+async def client(app: App, credentials_for):
+    async with OrderClient(f"127.0.0.1:{app.port}", credentials=credentials_for("shop-test")) as c:
         yield c
 
 
 @pytest.fixture
-async def inventory(app: App):
-    async with InventoryClient(f"127.0.0.1:{app.port}", caller="shop-test") as c:
+async def inventory(app: App, credentials_for):
+    async with InventoryClient(
+        f"127.0.0.1:{app.port}", credentials=credentials_for("shop-test")
+    ) as c:
         await c.adjust_stock("A", on_hand=100, reason="restock", idempotency_key="k-a")
         yield c
 
@@ -103,15 +107,15 @@ async def test_client_raises_typed_errors(client: OrderClient, inventory) -> Non
 
 
 async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
-    settings: Settings,
+    settings: Settings, credentials_for
 ) -> None:
     port = free_port()
     fixed = settings.with_overrides(grpc_port=port)
     app: App | None = await create_server(fixed)
     seen: list[OrderEvent] = []
     async with (
-        OrderClient(f"127.0.0.1:{port}", caller="watcher") as watcher,
-        InventoryClient(f"127.0.0.1:{port}", caller="shop") as inventory,
+        OrderClient(f"127.0.0.1:{port}", credentials=credentials_for("watcher")) as watcher,
+        InventoryClient(f"127.0.0.1:{port}", credentials=credentials_for("shop")) as inventory,
     ):
         await inventory.adjust_stock("A", on_hand=100, reason="restock", idempotency_key="k")
 
@@ -121,7 +125,9 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
 
         task = asyncio.create_task(watch())
         try:
-            async with OrderClient(f"127.0.0.1:{port}", caller="shop", default_timeout=15) as shop:
+            async with OrderClient(
+                f"127.0.0.1:{port}", credentials=credentials_for("shop"), default_timeout=15
+            ) as shop:
                 for i in range(5):
                     await shop.create_order(f"before-{i}", "cust-1", [("A", 1, 10)], "EUR")
             await _until(lambda: len(seen) == 5)
@@ -131,13 +137,15 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
             # While the watched server is down, another one takes orders.
             other = await create_server(settings)
             async with OrderClient(
-                f"127.0.0.1:{other.port}", caller="shop", default_timeout=15
+                f"127.0.0.1:{other.port}", credentials=credentials_for("shop"), default_timeout=15
             ) as shop:
                 for i in range(5):
                     await shop.create_order(f"during-{i}", "cust-1", [("A", 1, 10)], "EUR")
             await other.stop(grace=0.2)
             app = await create_server(fixed)
-            async with OrderClient(f"127.0.0.1:{port}", caller="shop", default_timeout=15) as shop:
+            async with OrderClient(
+                f"127.0.0.1:{port}", credentials=credentials_for("shop"), default_timeout=15
+            ) as shop:
                 for i in range(5):
                     await shop.create_order(f"after-{i}", "cust-1", [("A", 1, 10)], "EUR")
             await _until(lambda: len(seen) >= 15, timeout=20)
@@ -158,8 +166,14 @@ async def _until(condition, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_stockctl_creates_pays_lists_and_watches_orders(app: App, inventory) -> None:
+async def test_stockctl_creates_pays_lists_and_watches_orders(
+    app: App, inventory, credentials: DevCredentials, service_token: str
+) -> None:
     target = f"127.0.0.1:{app.port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKCORE_")} | {
+        "STOCKCORE_CA_FILE": str(credentials.ca_cert),
+        "STOCKCORE_TOKEN": service_token,
+    }
 
     async def stockctl(*args: str) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(
@@ -169,6 +183,7 @@ async def test_stockctl_creates_pays_lists_and_watches_orders(app: App, inventor
             text=True,
             check=False,
             timeout=60,
+            env=env,
         )
 
     done = await stockctl(

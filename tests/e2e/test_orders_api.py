@@ -25,6 +25,7 @@ from server.domain.orders import (
     OrderStatus,
     allowed_next,
 )
+from tests import callers
 from tests.e2e.order_invariants import check_orders_agree
 from tests.e2e.test_inventory_api import details_of, rpc_error
 
@@ -216,8 +217,9 @@ async def test_create_holds_stock_and_payment_commits_it(dsn: str, stub, orders:
     await check_orders_agree(dsn)
 
 
-async def test_history_records_caller_reason_and_request_id(orders: Stub, stub) -> None:
+async def test_history_records_the_token_subject_reason_and_request_id(orders: Stub, stub) -> None:
     await stock(stub, "A", 10)
+    # A name the call asserts about itself is not who it is: the token's subject is.
     metadata = (("stockcore-caller", "checkout"), ("x-request-id", "req-42"))
     await orders.CreateOrder(create_request("o-1"), metadata=metadata)
     await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-1", reason="changed mind"))
@@ -226,11 +228,11 @@ async def test_history_records_caller_reason_and_request_id(orders: Stub, stub) 
     assert (first.from_status, first.to_status, first.caller, first.request_id) == (
         pb.ORDER_STATUS_UNSPECIFIED,
         pb.ORDER_STATUS_PENDING_PAYMENT,
-        "checkout",
+        callers.SUBJECT,
         "req-42",
     )
     assert (second.to_status, second.reason) == (pb.ORDER_STATUS_CANCELLED, "changed mind")
-    assert second.caller.startswith("peer:") and len(second.request_id) == 32
+    assert second.caller == callers.SUBJECT and len(second.request_id) == 32
     assert reply.order.cancel_reason == "changed mind"
 
 

@@ -24,8 +24,10 @@ from stockcore.v1 import orders_pb2 as pb
 
 from clients.events import OrderEventConsumer
 from clients.orders import OrderClient, OrderEvent
+from server.devcredentials import DevCredentials
 from server.devservers import LocalStockcore
-from tests.conftest import SHARDS, Servers
+from tests import callers
+from tests.conftest import SHARDS, ChannelOpener, Servers
 from tests.e2e.order_invariants import check_orders_agree
 from tests.waiting import no_short_holds_left
 
@@ -110,17 +112,25 @@ async def shopper(
                 seen.cancelled.add(oid)
 
 
-async def watch_everything(target: str, into: list[OrderEvent]) -> None:
-    async with OrderClient(target, caller="crash-watcher") as client:
+async def watch_everything(
+    target: str, credentials: DevCredentials, into: list[OrderEvent]
+) -> None:
+    bearer = callers.token(credentials, "crash-watcher")
+    async with OrderClient(
+        target, credentials=callers.client_credentials(credentials, bearer)
+    ) as client:
         async for event in client.watch():
             into.append(event)
 
 
-async def test_a_killed_server_loses_no_acknowledged_order_hold_or_event(clean: Servers) -> None:
+async def test_a_killed_server_loses_no_acknowledged_order_hold_or_event(
+    clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
+) -> None:
     server = LocalStockcore(
         clean.pg_dsn,
         clean.redis_url,
         SHARDS,
+        credentials=credentials,
         STOCKCORE_PENDING_GRACE="3",
         STOCKCORE_DB_TIMEOUT="2",
         STOCKCORE_EXPIRY_INTERVAL="0.2",
@@ -133,7 +143,7 @@ async def test_a_killed_server_loses_no_acknowledged_order_hold_or_event(clean: 
     watched: list[OrderEvent] = []
     stop = asyncio.Event()
     try:
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with open_channel(server.target) as channel:
             inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
             for sku in SKUS:
                 await inventory.AdjustStock(
@@ -141,7 +151,7 @@ async def test_a_killed_server_loses_no_acknowledged_order_hold_or_event(clean: 
                         sku=sku, on_hand=100_000, reason="initial", idempotency_key=f"init-{sku}"
                     )
                 )
-            watcher = asyncio.create_task(watch_everything(server.target, watched))
+            watcher = asyncio.create_task(watch_everything(server.target, credentials, watched))
             orders = orders_pb2_grpc.OrderServiceStub(channel)
             shoppers = [asyncio.create_task(shopper(i, orders, seen, stop)) for i in range(CLIENTS)]
             await asyncio.sleep(KILL_AT)

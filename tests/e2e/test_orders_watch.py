@@ -152,11 +152,11 @@ async def test_many_watchers_see_the_same_sequence(orders: Stub, stub) -> None:
     assert [e.cursor for e in seen[0]] == list(range(1, 21))
 
 
-async def test_a_closed_server_ends_open_watches(settings) -> None:
+async def test_a_closed_server_ends_open_watches(settings, open_channel) -> None:
     from server.app import create_server
 
     app = await create_server(settings)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+    async with open_channel(app.port) as channel:
         call = orders_pb2_grpc.OrderServiceStub(channel).WatchOrders(pb.WatchOrdersRequest())
         reader = asyncio.ensure_future(call.read())
         await asyncio.sleep(0.2)

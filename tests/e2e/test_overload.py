@@ -68,12 +68,12 @@ async def test_the_excess_is_refused_at_once_with_retry_info_and_nothing_done(
 
 
 async def test_the_typed_client_gets_every_call_through_by_waiting_as_told(
-    app: App, stub: inventory_pb2_grpc.InventoryServiceStub
+    app: App, stub: inventory_pb2_grpc.InventoryServiceStub, caller_credentials
 ) -> None:
     await _stock(stub, CALLERS)
     async with InventoryClient(
         f"127.0.0.1:{app.port}",
-        caller="overload-test",
+        credentials=caller_credentials,
         default_timeout=30,
         retry=RetryPolicy(max_attempts=50),
     ) as client:

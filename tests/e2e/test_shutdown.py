@@ -21,8 +21,9 @@ from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from clients.errors import from_rpc_error
+from server.devcredentials import DevCredentials
 from server.devservers import LocalStockcore
-from tests.conftest import SHARDS, Servers
+from tests.conftest import SHARDS, ChannelOpener, Servers
 
 CALLERS = 200
 # Refusals before any work: at the process's bound of calls in flight, or shutting down.
@@ -40,8 +41,8 @@ class Attempt:
     reason: str = ""
 
 
-async def _stock(target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def _stock(open_channel: ChannelOpener, target: str) -> None:
+    async with open_channel(target) as channel:
         stub = pb_grpc.InventoryServiceStub(channel)
         for sku in SKUS:
             await stub.AdjustStock(
@@ -76,8 +77,10 @@ async def _caller(
             attempts.append(Attempt(rid, sent, time.monotonic(), grpc.StatusCode.OK))
 
 
-async def _watch_health(target: str, seen: list[tuple[float, int]]) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def _watch_health(
+    open_channel: ChannelOpener, target: str, seen: list[tuple[float, int]]
+) -> None:
+    async with open_channel(target) as channel:
         with contextlib.suppress(grpc.aio.AioRpcError):
             async for reply in health_pb2_grpc.HealthStub(channel).Watch(
                 health_pb2.HealthCheckRequest(service="")
@@ -85,18 +88,20 @@ async def _watch_health(target: str, seen: list[tuple[float, int]]) -> None:
                 seen.append((time.monotonic(), reply.status))
 
 
-async def test_sigterm_under_200_callers_fails_no_admitted_call(clean: Servers) -> None:
-    server = LocalStockcore(clean.pg_dsn, clean.redis_url, SHARDS)
+async def test_sigterm_under_200_callers_fails_no_admitted_call(
+    clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
+) -> None:
+    server = LocalStockcore(clean.pg_dsn, clean.redis_url, SHARDS, credentials=credentials)
     await server.start()
     assert server.proc is not None
     proc = server.proc
-    await _stock(server.target)
+    await _stock(open_channel, server.target)
     health: list[tuple[float, int]] = []
-    watcher = asyncio.create_task(_watch_health(server.target, health))
+    watcher = asyncio.create_task(_watch_health(open_channel, server.target, health))
     attempts: list[Attempt] = []
     ids = itertools.count()
     until = asyncio.Event()
-    channels = [grpc.aio.insecure_channel(server.target) for _ in range(CHANNELS)]
+    channels = [open_channel(server.target) for _ in range(CHANNELS)]
     try:
         stubs = [pb_grpc.InventoryServiceStub(c) for c in channels]
         callers = [
@@ -174,13 +179,17 @@ async def _until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
     return True
 
 
-async def test_a_dead_worker_is_started_again_and_all_stop_together(clean: Servers) -> None:
-    server = LocalStockcore(clean.pg_dsn, clean.redis_url, SHARDS, STOCKCORE_WORKERS="2")
+async def test_a_dead_worker_is_started_again_and_all_stop_together(
+    clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
+) -> None:
+    server = LocalStockcore(
+        clean.pg_dsn, clean.redis_url, SHARDS, credentials=credentials, STOCKCORE_WORKERS="2"
+    )
     await server.start()
     assert server.proc is not None
     proc = server.proc
     try:
-        await _stock(server.target)
+        await _stock(open_channel, server.target)
         first = await _until(lambda: len(_workers(proc.pid)) == 2) and _workers(proc.pid)
         assert first and len(first) == 2
         victim = min(first)
@@ -191,7 +200,7 @@ async def test_a_dead_worker_is_started_again_and_all_stop_together(clean: Serve
         # The new worker serves: new connections land on both, every one answers.
         for i in range(20):
             options = [("grpc.use_local_subchannel_pool", 1), ("grpc.primary_user_agent", f"w{i}")]
-            async with grpc.aio.insecure_channel(server.target, options=options) as channel:
+            async with open_channel(server.target, options=options) as channel:
                 reply = await pb_grpc.InventoryServiceStub(channel).GetStock(
                     pb.GetStockRequest(skus=["T-0"]), timeout=10
                 )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 
-import grpc
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
+from server.devcredentials import DevCredentials
 from server.devservers import LocalStockcore, free_port
-from tests.conftest import SHARDS, Servers
+from tests.conftest import SHARDS, ChannelOpener, Servers
 
 
 def _served(port: int) -> float:
@@ -22,24 +22,27 @@ def _served(port: int) -> float:
     )
 
 
-async def test_two_workers_share_the_port_and_both_serve(clean: Servers) -> None:
+async def test_two_workers_share_the_port_and_both_serve(
+    clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
+) -> None:
     metrics = free_port()
     server = LocalStockcore(
         clean.pg_dsn,
         clean.redis_url,
         SHARDS,
+        credentials=credentials,
         STOCKCORE_WORKERS="2",
         STOCKCORE_METRICS_PORT=str(metrics),
     )
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with open_channel(server.target) as channel:
             await pb_grpc.InventoryServiceStub(channel).AdjustStock(
                 pb.AdjustStockRequest(sku="W-1", on_hand=3, reason="restock", idempotency_key="w1")
             )
         for i in range(40):  # new connections are spread over the workers by the kernel
             options = [("grpc.use_local_subchannel_pool", 1), ("grpc.primary_user_agent", f"c{i}")]
-            async with grpc.aio.insecure_channel(server.target, options=options) as channel:
+            async with open_channel(server.target, options=options) as channel:
                 reply = await pb_grpc.InventoryServiceStub(channel).GetStock(
                     pb.GetStockRequest(skus=["W-1"])
                 )

@@ -22,9 +22,10 @@ from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from server.app import create_server
 from server.config import Settings
+from server.devcredentials import DevCredentials
 from server.devservers import LocalPostgres, LocalRedis, free_port
 from server.storage.migrations import migrate
-from tests.conftest import ROOT, SHARDS
+from tests.conftest import ROOT, SHARDS, ChannelOpener
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -60,6 +61,8 @@ def own_servers(scratch: Path) -> Iterator[tuple[LocalPostgres, LocalRedis]]:
 @pytest.fixture
 async def busy_stub(
     own_servers: tuple[LocalPostgres, LocalRedis],
+    credentials: DevCredentials,
+    open_channel: ChannelOpener,
 ) -> AsyncIterator[pb_grpc.InventoryServiceStub]:
     """An in-process grpc.aio server on those servers, and a client stub to it."""
     pg, rd = own_servers
@@ -78,10 +81,13 @@ async def busy_stub(
         db_timeout_s=2,
         expiry_interval_s=0.1,
         redis_probe_interval_s=0.1,
+        tls_cert_file=str(credentials.server_cert),
+        tls_key_file=str(credentials.server_key),
+        auth_jwks_file=str(credentials.jwks),
     ).validate()
     app = await create_server(settings)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with open_channel(app.port) as channel:
             yield pb_grpc.InventoryServiceStub(channel)
     finally:
         await app.stop(grace=0.5)

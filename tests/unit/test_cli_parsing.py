@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clients.cli import (
-    DEFAULT_CALLER,
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
     AdjustStock,
@@ -82,9 +81,7 @@ def test_malformed_sku_qty_on_the_command_line_is_a_usage_error(
 def test_global_options_have_defaults() -> None:
     options, _ = parse_args(["commit", "r-1"])
 
-    assert options == GlobalOptions(
-        target=DEFAULT_TARGET, timeout=DEFAULT_TIMEOUT, caller=DEFAULT_CALLER, json=False
-    )
+    assert options == GlobalOptions(target=DEFAULT_TARGET, timeout=DEFAULT_TIMEOUT, json=False)
 
 
 def test_default_target_is_whatever_the_caller_passes_in() -> None:
@@ -100,16 +97,16 @@ def test_target_option_beats_the_default_target() -> None:
 
 
 def test_global_options_may_come_before_or_after_the_command() -> None:
-    before, _ = parse_args(["--json", "--timeout", "2.5", "--caller", "ops", "release", "r-1"])
-    after, _ = parse_args(["release", "r-1", "--json", "--timeout", "2.5", "--caller", "ops"])
+    before, _ = parse_args(["--json", "--timeout", "2.5", "--token-file", "t", "release", "r-1"])
+    after, _ = parse_args(["release", "r-1", "--json", "--timeout", "2.5", "--token-file", "t"])
 
-    assert before == after == GlobalOptions(DEFAULT_TARGET, 2.5, "ops", True)
+    assert before == after == GlobalOptions(DEFAULT_TARGET, 2.5, True, token_file="t")
 
 
 def test_global_options_after_a_nested_command_keep_unset_ones_at_default() -> None:
-    options, _ = parse_args(["--caller", "ops", "stock", "get", "A", "--json"])
+    options, _ = parse_args(["--plaintext", "stock", "get", "A", "--json"])
 
-    assert options == GlobalOptions(DEFAULT_TARGET, DEFAULT_TIMEOUT, "ops", True)
+    assert options == GlobalOptions(DEFAULT_TARGET, DEFAULT_TIMEOUT, True, plaintext=True)
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "soon"])
@@ -119,8 +116,27 @@ def test_timeout_must_be_a_positive_number(
     assert "--timeout" in _usage_error(["--timeout", timeout, "commit", "r-1"], capsys)
 
 
-def test_caller_must_be_printable_ascii(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "printable ASCII" in _usage_error(["--caller", "café", "commit", "r-1"], capsys)
+def test_the_caller_cannot_name_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    # Who calls is what the token proves; there is no option to assert a name.
+    assert "unrecognized arguments: --caller" in _usage_error(
+        ["commit", "r-1", "--caller", "ops"], capsys
+    )
+
+
+def test_options_override_the_environment_s_credentials(tmp_path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    options, _ = parse_args(["--token-file", str(token_file), "commit", "r-1"])
+
+    credentials = options.credentials({"STOCKCORE_TOKEN": "from-env", "STOCKCORE_PLAINTEXT": "1"})
+
+    assert credentials.token == "from-file" and credentials.plaintext
+
+
+def test_plaintext_must_be_asked_for() -> None:
+    options, _ = parse_args(["commit", "r-1"])
+
+    assert not options.credentials({"STOCKCORE_CA_FILE": ""}).plaintext
 
 
 def test_stock_get_collects_every_sku_in_order() -> None:
@@ -236,6 +252,8 @@ def test_missing_or_unknown_command_is_a_usage_error(
             ExitCode.FAILED_PRECONDITION,
         ),
         (StatusCode.INVALID_ARGUMENT, [], ExitCode.USAGE),
+        (StatusCode.UNAUTHENTICATED, [], ExitCode.NOT_ALLOWED),
+        (StatusCode.PERMISSION_DENIED, [], ExitCode.NOT_ALLOWED),
         (StatusCode.UNAVAILABLE, [], ExitCode.ERROR),
         (StatusCode.ALREADY_EXISTS, [], ExitCode.ERROR),
         (StatusCode.INTERNAL, [], ExitCode.ERROR),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
+from server.__main__ import with_dev_credentials
 from server.config import Settings, SettingsError, from_env, to_env
 
 
@@ -282,6 +284,40 @@ def test_order_variables_set_their_settings(
 def test_out_of_range_order_settings_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         dataclasses.replace(Settings(), **changes).validate()  # type: ignore[arg-type]
+
+
+def test_metrics_stay_on_loopback_and_reflection_off_unless_configured() -> None:
+    settings = Settings()
+
+    assert settings.metrics_host == "127.0.0.1"
+    assert not settings.reflection
+
+
+def test_serving_needs_certificates_and_a_key_set_unless_told_otherwise() -> None:
+    assert "STOCKCORE_TLS_CERT" in (Settings().security_problem() or "")
+    with_tls = Settings(tls_cert_file="c.pem", tls_key_file="k.pem")
+    assert "STOCKCORE_AUTH_JWKS" in (with_tls.security_problem() or "")
+    assert Settings(plaintext=True, auth_disabled=True).security_problem() is None
+
+
+def test_mutual_tls_cannot_be_plaintext() -> None:
+    with pytest.raises(SettingsError, match="mutual TLS"):
+        Settings(plaintext=True, tls_client_ca_file="ca.pem").validate()
+
+
+def test_make_run_serves_tls_with_development_credentials_and_reflection(tmp_path) -> None:
+    settings = with_dev_credentials(Settings(data_dir=str(tmp_path)))
+
+    assert settings.security_problem() is None and settings.reflection
+    assert Path(settings.tls_cert_file).is_file() and Path(settings.auth_jwks_file).is_file()
+    assert (tmp_path / "tls" / "ca.pem").is_file()
+    assert (tmp_path / "auth" / "signing-key.json").stat().st_mode & 0o077 == 0
+
+
+def test_make_run_serves_plaintext_only_when_asked(tmp_path) -> None:
+    settings = with_dev_credentials(Settings(data_dir=str(tmp_path), plaintext=True))
+
+    assert settings.plaintext and not settings.tls_cert_file
 
 
 def test_to_env_round_trips_through_from_env() -> None:

@@ -45,7 +45,7 @@ def test_show_and_dead_letter_commands_take_their_ids() -> None:
 
 def test_replay_names_ids_or_all_and_records_the_caller() -> None:
     pg = ["--pg", "postgresql://db/x"]
-    _, some = parse_args(["--caller", "ops-anna", "fulfilment", "dlq", "replay", "3", "4", *pg])
+    _, some = parse_args(["fulfilment", "dlq", "replay", "3", "4", "--caller", "ops-anna", *pg])
     assert some == FulfilmentDlqReplay("postgresql://db/x", (3, 4), "ops-anna")
     _, every = parse_args(["fulfilment", "dlq", "replay", "--all", *pg])
     assert every == FulfilmentDlqReplay("postgresql://db/x", (), "stockctl")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,9 @@ def _routes(config: Config) -> dict[str, Config]:
 
 
 def test_route_timeout_is_sent_as_the_grpc_deadline() -> None:
-    settings = Settings(gateway_timeout_s=5.0, gateway_timeouts={"Reserve": 2.0}).validate()
+    settings = Settings(
+        plaintext=True, gateway_timeout_s=5.0, gateway_timeouts={"Reserve": 2.0}
+    ).validate()
     routes = _routes(bootstrap(settings))
     reserve = routes["Reserve"]
     assert reserve["match"] == {"path": "/stockcore.v1.InventoryService/Reserve"}
@@ -34,13 +37,13 @@ def test_route_timeout_is_sent_as_the_grpc_deadline() -> None:
 
 def test_watch_orders_streams_without_a_deadline() -> None:
     assert rpc_timeouts(Settings())["WatchOrders"] is None
-    watch = _routes(bootstrap(Settings()))["WatchOrders"]
+    watch = _routes(bootstrap(Settings(plaintext=True)))["WatchOrders"]
     assert watch["route"]["timeout"] == "0s"
     assert "request_headers_to_add" not in watch
 
 
 def test_cors_allows_only_the_configured_origins() -> None:
-    settings = Settings(gateway_origins=("https://shop.example.com",)).validate()
+    settings = Settings(plaintext=True, gateway_origins=("https://shop.example.com",)).validate()
     listener = bootstrap(settings)["static_resources"]["listeners"][0]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     policy = manager["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]
@@ -91,3 +94,53 @@ def test_gateway_settings_round_trip_through_the_environment() -> None:
         gateway_port=0,
     )
     assert from_env(to_env(changed)) == changed
+
+
+def _cluster(config: Config) -> Config:
+    cluster: Config = config["static_resources"]["clusters"][0]
+    return cluster
+
+
+def test_plaintext_server_is_reached_in_plaintext() -> None:
+    assert "transport_socket" not in _cluster(bootstrap(Settings(plaintext=True)))
+
+
+def test_tls_server_is_reached_over_tls_checking_its_ip_address(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA certificate")
+    socket = _cluster(bootstrap(Settings(gateway_upstream_ca_file=str(ca))))["transport_socket"]
+    context = socket["typed_config"]
+    assert context["@type"].endswith("UpstreamTlsContext")
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["validation_context"]["trusted_ca"] == {"filename": str(ca)}
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}
+    ]
+    assert "sni" not in context  # no SNI for an IP address
+    assert "tls_certificates" not in common
+
+
+def test_tls_server_name_is_sent_as_sni_and_checked(tmp_path: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client-key.pem"):
+        (tmp_path / name).write_text(name)
+    settings = Settings(
+        gateway_upstream_ca_file=str(tmp_path / "ca.pem"),
+        gateway_upstream_server_name="localhost",
+        gateway_upstream_cert_file=str(tmp_path / "client.pem"),
+        gateway_upstream_key_file=str(tmp_path / "client-key.pem"),
+    ).validate()
+    context = _cluster(bootstrap(settings))["transport_socket"]["typed_config"]
+    assert context["sni"] == "localhost"
+    common = context["common_tls_context"]
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "localhost"}}
+    ]
+    assert common["tls_certificates"][0]["certificate_chain"]["filename"].endswith("client.pem")
+
+
+def test_tls_server_without_a_ca_for_the_gateway_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="STOCKCORE_GATEWAY_UPSTREAM_CA"):
+        bootstrap(Settings())
+    with pytest.raises(SettingsError, match="not a file"):
+        bootstrap(Settings(gateway_upstream_ca_file=str(tmp_path / "missing.pem")))

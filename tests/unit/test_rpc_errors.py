@@ -21,9 +21,11 @@ from server.domain.errors import (
     NotFound,
     Overloaded,
     PaymentMismatch,
+    PermissionDenied,
     Shortage,
     ShuttingDown,
     StockFloorViolation,
+    Unauthenticated,
     Unavailable,
 )
 from server.rpc.errors import DOMAIN, STATUS_OF, status_code_for, to_status
@@ -47,6 +49,11 @@ EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
     (PaymentMismatch("o-1", "500 EUR", "400 EUR"), grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable("database unreachable"), grpc.StatusCode.UNAVAILABLE),
     (DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Unauthenticated("TOKEN_EXPIRED", "the token has expired"), grpc.StatusCode.UNAUTHENTICATED),
+    (
+        PermissionDenied("SCOPE_MISSING", "needs a scope", {"required_scope": "stock:adjust"}),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
     (Overloaded(0.25), grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
@@ -231,6 +238,20 @@ def test_unmapped_domain_error_becomes_an_internal_status() -> None:
     assert status.code is grpc.StatusCode.INTERNAL
     assert rich.code == code_pb2.INTERNAL
     assert error_info(rich).domain == DOMAIN
+
+
+def test_refusals_name_their_reason_and_what_was_missing_in_error_info() -> None:
+    _, unauthenticated = rich_status(Unauthenticated("TOKEN_EXPIRED", "expired"))
+    _, denied = rich_status(
+        PermissionDenied("SCOPE_MISSING", "needs a scope", {"required_scope": "stock:adjust"})
+    )
+
+    assert error_info(unauthenticated).reason == "TOKEN_EXPIRED"
+    info = error_info(denied)
+    assert (info.reason, dict(info.metadata)) == (
+        "SCOPE_MISSING",
+        {"required_scope": "stock:adjust"},
+    )
 
 
 def test_a_refusal_at_capacity_says_when_to_come_back() -> None:

@@ -1,0 +1,91 @@
+"""Minting bearer tokens for stockcore: what `stockctl token issue` does, and what a
+checkout gateway does for each shopper (with its own key, limited to the `customer`
+scope in the server's key set).
+
+A token is a JWT signed with a private JWK whose `kid` the server's JWKS names:
+
+    {"sub": "checkout", "aud": "stockcore", "iat": ..., "exp": ...,
+     "scope": "inventory:hold orders:write"}              a service
+    {"sub": "shop-web", "aud": "stockcore", "iat": ..., "exp": ...,
+     "scope": "customer", "customer_id": "alice"}         a shopper, via the gateway
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+#: Where `make run` puts the development signing key, relative to the project folder.
+DEV_SIGNING_KEY = Path(".data") / "auth" / "signing-key.json"
+DEFAULT_AUDIENCE = "stockcore"
+CUSTOMER_SCOPE = "customer"
+SERVICE_SCOPES = (
+    "inventory:read",
+    "inventory:hold",
+    "stock:adjust",
+    "orders:write",
+    "orders:read",
+    "orders:watch",
+    "orders:fulfil",
+)
+"""Every scope of an internal service (server/auth/scopes.py is the server's list)."""
+
+
+def load_signing_key(path: str | Path) -> dict[str, Any]:
+    """A private JWK from a JSON file; ValueError when it is not one with a kid."""
+    key = json.loads(Path(path).read_text())
+    if not isinstance(key, dict) or not key.get("kid") or not (key.get("d") or key.get("k")):
+        raise ValueError(f"{path} is not a private JWK with a kid")
+    return key
+
+
+def issue_token(
+    signing_key: dict[str, Any],
+    subject: str,
+    scopes: Iterable[str],
+    *,
+    ttl_s: float = 3600.0,
+    customer_id: str | None = None,
+    audience: str = DEFAULT_AUDIENCE,
+    issuer: str | None = None,
+    now: float | None = None,
+) -> str:
+    """A signed JWT naming `subject` with `scopes`; bound to `customer_id` when given
+    (such a token carries the scope `customer` alone)."""
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be positive")
+    issued = int(time.time() if now is None else now)
+    granted = sorted(set(scopes))
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + round(ttl_s),
+        "scope": " ".join(granted),
+    }
+    if issuer is not None:
+        claims["iss"] = issuer
+    if customer_id is not None:
+        claims["customer_id"] = customer_id
+    key = jwt.PyJWK(signing_key)
+    return jwt.encode(
+        claims, key.key, algorithm=key.algorithm_name, headers={"kid": signing_key["kid"]}
+    )
+
+
+def new_signing_key(kid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new Ed25519 signing key as (private JWK, public JWK) naming `kid`: keep the first
+    secret, add the second to the server's JWKS file."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    okp = jwt.algorithms.OKPAlgorithm
+    private: dict[str, Any] = okp.to_jwk(key, as_dict=True)
+    public: dict[str, Any] = okp.to_jwk(key.public_key(), as_dict=True)
+    for jwk in (private, public):
+        jwk.update({"kid": kid, "alg": "EdDSA", "use": "sig"})
+    return private, public

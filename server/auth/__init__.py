@@ -1,0 +1,1 @@
+"""Who is calling: TLS on the port, bearer tokens with scopes, and the caller they name."""

@@ -1,0 +1,150 @@
+"""Who may call what: the one table from RPC to the scope it needs, and the one place
+that decides, before any servicer runs (so a refused call changes nothing).
+
+A call without a token, or with one that is expired or does not verify, is
+UNAUTHENTICATED; a verified caller without the RPC's scope is PERMISSION_DENIED; both
+carry google.rpc.ErrorInfo (domain stockcore.v1, the reasons below). A token bound to a
+customer (scope `customer`) is admitted only where the table says `own_orders`, and the
+servicer then narrows the call to that customer's orders (server/rpc/orders_servicer.py).
+Health and reflection are separate services: they need no token.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from server.auth import scopes
+from server.auth.principal import ANONYMOUS, Principal
+from server.auth.tls import certificate_subject
+from server.auth.tokens import TOKEN_MISSING, TokenVerifier
+from server.domain.errors import PermissionDenied, Unauthenticated
+from server.domain.orders import other_customer
+from server.metrics import CALLS_REFUSED
+
+# ErrorInfo reasons of PERMISSION_DENIED (part of the API).
+SCOPE_MISSING = "SCOPE_MISSING"
+CUSTOMER_TOKEN = "CUSTOMER_TOKEN"
+"""A customer-bound token called an RPC that is not about that customer's orders. (Its
+refusals within such an RPC are OTHER_CUSTOMER and PAID_ORDER: server/domain/orders.py.)"""
+
+AUTHORIZATION_KEY = "authorization"
+_BEARER = "bearer "
+
+_INVENTORY = "/stockcore.v1.InventoryService/"
+_ORDERS = "/stockcore.v1.OrderService/"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What an RPC needs: a service token with `scope`, or, where `own_orders`, a
+    customer-bound token (then only that customer's orders are seen or changed)."""
+
+    scope: str
+    own_orders: bool = False
+
+
+RULES: Mapping[str, Rule] = {
+    _INVENTORY + "Reserve": Rule(scopes.INVENTORY_HOLD),
+    _INVENTORY + "Commit": Rule(scopes.INVENTORY_HOLD),
+    _INVENTORY + "Release": Rule(scopes.INVENTORY_HOLD),
+    _INVENTORY + "GetReservation": Rule(scopes.INVENTORY_READ),
+    _INVENTORY + "GetStock": Rule(scopes.INVENTORY_READ),
+    _INVENTORY + "AdjustStock": Rule(scopes.STOCK_ADJUST),
+    _ORDERS + "CreateOrder": Rule(scopes.ORDERS_WRITE),
+    _ORDERS + "GetOrder": Rule(scopes.ORDERS_READ, own_orders=True),
+    _ORDERS + "ListOrders": Rule(scopes.ORDERS_READ, own_orders=True),
+    _ORDERS + "ConfirmPayment": Rule(scopes.ORDERS_WRITE),
+    _ORDERS + "CancelOrder": Rule(scopes.ORDERS_WRITE, own_orders=True),
+    _ORDERS + "ShipOrder": Rule(scopes.ORDERS_FULFIL),
+    _ORDERS + "RecordInTransit": Rule(scopes.ORDERS_FULFIL),
+    _ORDERS + "RecordDelivery": Rule(scopes.ORDERS_FULFIL),
+    _ORDERS + "WatchOrders": Rule(scopes.ORDERS_WATCH, own_orders=True),
+}
+"""Every RPC of the API; a method missing here cannot be served (service_handler refuses)."""
+
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("stockcore_principal")
+
+
+def current_principal() -> Principal:
+    """The caller of the call being handled (grpc.aio runs each call in its own task)."""
+    return _current.get()
+
+
+def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The token of the call's `authorization: Bearer <token>` metadata, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION_KEY and isinstance(value, str):
+            if value[: len(_BEARER)].lower() == _BEARER:
+                return value[len(_BEARER) :].strip() or None
+            return None
+    return None
+
+
+class Gatekeeper:
+    """Decides every call from RULES. With no verifier (STOCKCORE_AUTH_DISABLED) every
+    call is admitted, as the `unauthenticated` caller."""
+
+    def __init__(self, verifier: TokenVerifier | None, *, client_certificates: bool) -> None:
+        self._verifier = verifier
+        self._client_certificates = client_certificates
+
+    def rule(self, method: str) -> Rule:
+        """The rule of a full method name; KeyError for a method outside the table."""
+        return RULES[method]
+
+    def admit(self, rule: Rule, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        """The call's principal, made current for the servicer; raises Unauthenticated or
+        PermissionDenied when the call may not proceed."""
+        try:
+            principal = self._decide(rule, context)
+        except (Unauthenticated, PermissionDenied) as refused:
+            CALLS_REFUSED.labels(refused.reason).inc()
+            raise
+        _current.set(principal)
+        return principal
+
+    def _decide(self, rule: Rule, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        principal = self._authenticate(context)
+        if principal.customer_id is not None:
+            if not rule.own_orders:
+                raise PermissionDenied(
+                    CUSTOMER_TOKEN,
+                    "a customer's token may only read, watch and cancel that customer's orders",
+                )
+        elif self._verifier is not None and rule.scope not in principal.scopes:
+            raise PermissionDenied(
+                SCOPE_MISSING,
+                f"this call needs the scope {rule.scope!r}",
+                {"required_scope": rule.scope},
+            )
+        return principal
+
+    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        verifier = self._verifier
+        if verifier is None:
+            return ANONYMOUS
+        token = bearer_token(context)
+        if token is None:
+            raise Unauthenticated(
+                TOKEN_MISSING, "send a token as `authorization: Bearer <token>` metadata"
+            )
+        principal = verifier.principal(token)
+        if self._client_certificates:
+            principal = principal.with_certificate(certificate_subject(context))
+        return principal
+
+
+def own_customer(requested: str, principal: Principal) -> str:
+    """The customer a call is about: the bound customer of a customer's token (which may
+    name no other), else what the request named."""
+    bound = principal.customer_id
+    if bound is None:
+        return requested
+    if requested and requested != bound:
+        raise other_customer(bound, requested)
+    return bound

@@ -1,0 +1,363 @@
+"""Who may call what, over a real TLS channel: every RPC against every kind of caller, a
+refused call changing nothing, a customer's token confined to that customer's orders,
+and the audit trail naming the token's subject."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from stockcore.v1 import inventory_pb2 as ipb
+from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
+from stockcore.v1 import orders_pb2 as pb
+
+from clients.tokens import issue_token, load_signing_key, new_signing_key
+from server.app import App
+from server.auth import scopes
+from server.devcredentials import DevCredentials
+from server.rpc.access import RULES
+from tests import callers
+from tests.e2e.test_inventory_api import details_of
+from tests.e2e.test_orders_api import create_request, now_stamp
+
+ALICE = "alice"
+BOB = "bob"
+
+# What a refused call must leave untouched: every row of stock, holds, movements, orders,
+# their history, payments and events (the relay's publication marks aside: they move on
+# their own).
+_STATE = {
+    "stock": "SELECT sku, on_hand, reserved FROM stockcore.stock",
+    "reservations": "SELECT * FROM stockcore.reservations",
+    "movements": "SELECT * FROM stockcore.movements",
+    "adjustments": "SELECT * FROM stockcore.adjustments",
+    "orders": "SELECT * FROM stockcore.orders",
+    "order_history": "SELECT * FROM stockcore.order_history",
+    "payments": "SELECT * FROM stockcore.payments",
+    "order_events": "SELECT event_id, order_id, order_version, type FROM stockcore.order_events",
+}
+
+
+async def state(dsn: str) -> dict[str, list[str]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {
+            name: sorted(str(tuple(row)) for row in await conn.fetch(query))
+            for name, query in _STATE.items()
+        }
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Stubs:
+    inventory: inventory_pb2_grpc.InventoryServiceStub
+    orders: orders_pb2_grpc.OrderServiceStub
+
+    def method(self, name: str) -> Callable[..., object]:
+        service = self.inventory if hasattr(self.inventory, name) else self.orders
+        return getattr(service, name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def bare(app: App, credentials: DevCredentials) -> AsyncIterator[Stubs]:
+    """Stubs on a TLS channel that sends no token of its own: each call brings one."""
+    async with callers.secure_channel(f"127.0.0.1:{app.port}", credentials, None) as channel:
+        yield Stubs(
+            inventory_pb2_grpc.InventoryServiceStub(channel),
+            orders_pb2_grpc.OrderServiceStub(channel),
+        )
+
+
+def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
+    return () if token is None else (("authorization", f"Bearer {token}"),)
+
+
+async def setup(stubs: Stubs, service: str) -> None:
+    """Stock, two holds and orders of alice in each state a call below needs."""
+    md = bearer(service)
+    inv, orders = stubs.inventory, stubs.orders
+    await inv.AdjustStock(
+        ipb.AdjustStockRequest(sku="A", on_hand=100, reason="restock", idempotency_key="k"),
+        metadata=md,
+    )
+    for rid in ("r-1", "r-2"):
+        await inv.Reserve(
+            ipb.ReserveRequest(reservation_id=rid, lines=[ipb.Line(sku="A", quantity=1)]),
+            metadata=md,
+        )
+    for oid in ("o-open", "o-paid", "o-shipped", "o-moving"):
+        await orders.CreateOrder(create_request(oid, customer=ALICE), metadata=md)
+    for oid in ("o-paid", "o-shipped", "o-moving"):
+        await orders.ConfirmPayment(
+            pb.ConfirmPaymentRequest(
+                order_id=oid, payment_id=f"pay-{oid}", amount_minor=300, currency_code="EUR"
+            ),
+            metadata=md,
+        )
+    for oid in ("o-shipped", "o-moving"):
+        await orders.ShipOrder(
+            pb.ShipOrderRequest(
+                order_id=oid, carrier="dhl", tracking_no=f"T-{oid}", carrier_ack_id="ack"
+            ),
+            metadata=md,
+        )
+    await orders.RecordInTransit(
+        pb.RecordInTransitRequest(order_id="o-moving", event_time=now_stamp()), metadata=md
+    )
+    await orders.CreateOrder(create_request("o-bob", customer=BOB), metadata=md)
+
+
+# One well-formed request per RPC, about alice's data: a service with the scope may make
+# it; bob's token may not.
+REQUESTS: dict[str, object] = {
+    "Reserve": ipb.ReserveRequest(reservation_id="r-new", lines=[ipb.Line(sku="A", quantity=1)]),
+    "Commit": ipb.CommitRequest(reservation_id="r-1"),
+    "Release": ipb.ReleaseRequest(reservation_id="r-2"),
+    "GetReservation": ipb.GetReservationRequest(reservation_id="r-1"),
+    "GetStock": ipb.GetStockRequest(skus=["A"]),
+    "AdjustStock": ipb.AdjustStockRequest(
+        sku="A", delta=5, reason="found", idempotency_key="k-found"
+    ),
+    "CreateOrder": create_request("o-new", customer=ALICE),
+    "GetOrder": pb.GetOrderRequest(order_id="o-paid"),
+    "ListOrders": pb.ListOrdersRequest(customer_id=ALICE),
+    "ConfirmPayment": pb.ConfirmPaymentRequest(
+        order_id="o-open", payment_id="pay-o-open", amount_minor=300, currency_code="EUR"
+    ),
+    "CancelOrder": pb.CancelOrderRequest(order_id="o-open", reason="changed mind"),
+    "ShipOrder": pb.ShipOrderRequest(
+        order_id="o-paid", carrier="dhl", tracking_no="T-o-paid", carrier_ack_id="ack"
+    ),
+    "RecordInTransit": pb.RecordInTransitRequest(order_id="o-shipped", event_time=now_stamp()),
+    "RecordDelivery": pb.RecordDeliveryRequest(order_id="o-moving", event_time=now_stamp()),
+    "WatchOrders": pb.WatchOrdersRequest(customer_id=ALICE),
+}
+
+
+# The scope each RPC needs, as the README promises it (and whether a customer's token
+# may make the call about its own orders).
+SCOPE_OF = {
+    "Reserve": ("inventory:hold", False),
+    "Commit": ("inventory:hold", False),
+    "Release": ("inventory:hold", False),
+    "GetReservation": ("inventory:read", False),
+    "GetStock": ("inventory:read", False),
+    "AdjustStock": ("stock:adjust", False),
+    "CreateOrder": ("orders:write", False),
+    "GetOrder": ("orders:read", True),
+    "ListOrders": ("orders:read", True),
+    "ConfirmPayment": ("orders:write", False),
+    "CancelOrder": ("orders:write", True),
+    "ShipOrder": ("orders:fulfil", False),
+    "RecordInTransit": ("orders:fulfil", False),
+    "RecordDelivery": ("orders:fulfil", False),
+    "WatchOrders": ("orders:watch", True),
+}
+
+
+def test_the_access_table_names_every_rpc_with_its_scope() -> None:
+    table = {m.rsplit("/", 1)[1]: (r.scope, r.own_orders) for m, r in RULES.items()}
+    assert table == SCOPE_OF
+    assert set(REQUESTS) == set(SCOPE_OF)
+
+
+def rule_of(name: str):
+    (rule,) = [r for method, r in RULES.items() if method.endswith("/" + name)]
+    return rule
+
+
+async def call(stubs: Stubs, name: str, token: str | None) -> object:
+    """Make the call; a stream's first event stands for its answer."""
+    method = stubs.method(name)
+    if name != "WatchOrders":
+        return await method(REQUESTS[name], metadata=bearer(token), timeout=10)  # type: ignore[misc]
+    stream = method(REQUESTS[name], metadata=bearer(token), timeout=10)
+    try:
+        return await stream.read()  # type: ignore[attr-defined]
+    finally:
+        stream.cancel()  # type: ignore[attr-defined]
+
+
+async def refusal(awaitable: Awaitable[object]) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await awaitable
+    error = raised.value
+    (info,) = details_of(error, error_details_pb2.ErrorInfo)
+    assert info.domain == "stockcore.v1"
+    return error.code(), info.reason, dict(info.metadata)
+
+
+def tokens(credentials: DevCredentials, name: str) -> dict[str, str | None]:
+    """The callers of the matrix, by case."""
+    required = rule_of(name).scope
+    real_kid = load_signing_key(credentials.signing_key)["kid"]
+    forged, _ = new_signing_key(real_kid)  # the right key id, another key
+    return {
+        "no token": None,
+        "expired": callers.token(credentials, now=time.time() - 7200, ttl_s=600),
+        "wrong signature": issue_token(forged, callers.SUBJECT, scopes.SERVICE_SCOPES),
+        "wrong scope": callers.token(
+            credentials, scopes=[s for s in scopes.SERVICE_SCOPES if s != required]
+        ),
+        "other customer": callers.token(
+            credentials, "shop-web", [scopes.CUSTOMER], customer_id=BOB
+        ),
+        "right scope": callers.token(credentials, scopes=[required]),
+    }
+
+
+def expected_refusal(name: str, case: str) -> tuple[grpc.StatusCode, str]:
+    if case == "no token":
+        return grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING"
+    if case == "expired":
+        return grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED"
+    if case == "wrong signature":
+        return grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"
+    if case == "wrong scope":
+        return grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING"
+    assert case == "other customer"
+    if rule_of(name).own_orders:
+        return grpc.StatusCode.PERMISSION_DENIED, "OTHER_CUSTOMER"
+    return grpc.StatusCode.PERMISSION_DENIED, "CUSTOMER_TOKEN"
+
+
+REFUSED = ["no token", "expired", "wrong signature", "wrong scope", "other customer"]
+
+
+@pytest.mark.parametrize("name", list(REQUESTS))
+async def test_every_rpc_refuses_bad_callers_without_a_change_and_serves_the_right_one(
+    bare: Stubs, credentials: DevCredentials, service_token: str, dsn: str, name: str
+) -> None:
+    await setup(bare, service_token)
+    callers_by_case = tokens(credentials, name)
+    before = await state(dsn)
+
+    for case in REFUSED:
+        code, reason, metadata = await refusal(call(bare, name, callers_by_case[case]))
+        assert (code, reason) == expected_refusal(name, case), case
+        if reason == "SCOPE_MISSING":
+            assert metadata == {"required_scope": rule_of(name).scope}
+
+    assert await state(dsn) == before
+    answer = await call(bare, name, callers_by_case["right scope"])
+    assert answer is not None and answer is not grpc.aio.EOF
+
+
+async def test_a_customer_reads_its_own_orders_without_payment_ids(
+    bare: Stubs, credentials: DevCredentials, service_token: str
+) -> None:
+    await setup(bare, service_token)
+    alice = bearer(callers.token(credentials, "shop-web", [scopes.CUSTOMER], customer_id=ALICE))
+
+    reply = await bare.orders.GetOrder(pb.GetOrderRequest(order_id="o-paid"), metadata=alice)
+    listed = await bare.orders.ListOrders(pb.ListOrdersRequest(), metadata=alice)
+
+    assert reply.order.status == pb.ORDER_STATUS_PAID and reply.order.payment_id == ""
+    assert not any("pay-" in change.reason for change in reply.history)
+    assert {o.order_id for o in listed.orders} == {"o-open", "o-paid", "o-shipped", "o-moving"}
+    assert all(o.payment_id == "" and o.customer_id == ALICE for o in listed.orders)
+    # The same order through a service's token carries its payment id.
+    full = await bare.orders.GetOrder(
+        pb.GetOrderRequest(order_id="o-paid"), metadata=bearer(service_token)
+    )
+    assert full.order.payment_id == "pay-o-paid"
+
+
+async def test_a_customer_cancels_its_own_unpaid_order_but_not_a_paid_one(
+    bare: Stubs, credentials: DevCredentials, service_token: str, dsn: str
+) -> None:
+    await setup(bare, service_token)
+    alice = bearer(callers.token(credentials, "shop-web", [scopes.CUSTOMER], customer_id=ALICE))
+
+    cancelled = await bare.orders.CancelOrder(
+        pb.CancelOrderRequest(order_id="o-open", reason="changed mind"), metadata=alice
+    )
+    before = await state(dsn)
+    code, reason, _ = await refusal(
+        bare.orders.CancelOrder(
+            pb.CancelOrderRequest(order_id="o-paid", reason="x"), metadata=alice
+        )
+    )
+    missing = await refusal(
+        bare.orders.CancelOrder(pb.CancelOrderRequest(order_id="nope", reason="x"), metadata=alice)
+    )
+
+    assert cancelled.order.status == pb.ORDER_STATUS_CANCELLED
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PAID_ORDER")
+    # An order that does not exist looks like another customer's: nothing is learned.
+    assert missing[:2] == (grpc.StatusCode.PERMISSION_DENIED, "OTHER_CUSTOMER")
+    assert await state(dsn) == before
+    conn = await asyncpg.connect(dsn)
+    try:
+        callers_of = await conn.fetchval(
+            "SELECT caller FROM stockcore.order_history WHERE order_id = 'o-open'"
+            " ORDER BY changed_at DESC LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    assert callers_of == f"shop-web for customer {ALICE}"
+
+
+async def test_a_customer_watch_carries_only_its_own_orders_without_payment_ids(
+    bare: Stubs, credentials: DevCredentials, service_token: str
+) -> None:
+    await setup(bare, service_token)
+    alice = bearer(callers.token(credentials, "shop-web", [scopes.CUSTOMER], customer_id=ALICE))
+    await bare.orders.CreateOrder(
+        create_request("o-last", customer=ALICE), metadata=bearer(service_token)
+    )
+
+    seen: list[pb.OrderEvent] = []
+    stream = bare.orders.WatchOrders(pb.WatchOrdersRequest(), metadata=alice, timeout=20)
+    try:
+        async for event in stream:
+            seen.append(event)
+            if event.order_id == "o-last":
+                break
+    finally:
+        stream.cancel()
+
+    assert {e.order_id for e in seen} == {"o-open", "o-paid", "o-shipped", "o-moving", "o-last"}
+    assert all(e.order.customer_id == ALICE and e.order.payment_id == "" for e in seen)
+    assert not any("pay-" in e.change.reason for e in seen)
+
+
+async def test_the_audit_trail_names_the_token_subject_never_a_name_the_call_asserts(
+    bare: Stubs, credentials: DevCredentials, dsn: str
+) -> None:
+    checkout = callers.token(credentials, "checkout")
+    claimed = (*bearer(checkout), ("stockcore-caller", "someone-else"))
+    await bare.inventory.AdjustStock(
+        ipb.AdjustStockRequest(sku="A", on_hand=10, reason="restock", idempotency_key="k"),
+        metadata=claimed,
+    )
+    await bare.inventory.Reserve(
+        ipb.ReserveRequest(reservation_id="r-1", lines=[ipb.Line(sku="A", quantity=1)]),
+        metadata=claimed,
+    )
+    await bare.orders.CreateOrder(create_request("o-1"), metadata=claimed)
+    stream = bare.orders.WatchOrders(pb.WatchOrdersRequest(), metadata=claimed, timeout=10)
+    try:
+        event = await asyncio.wait_for(stream.read(), 10)
+    finally:
+        stream.cancel()
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        movements = {
+            r["caller"] for r in await conn.fetch("SELECT caller FROM stockcore.movements")
+        }
+        history = {
+            r["caller"] for r in await conn.fetch("SELECT caller FROM stockcore.order_history")
+        }
+    finally:
+        await conn.close()
+    assert movements == history == {"checkout"}
+    assert event.change.caller == "checkout"

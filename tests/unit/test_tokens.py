@@ -1,0 +1,169 @@
+"""Bearer tokens: verification by key id, rotation, the cache of verified tokens, and the
+limits a key and the customer claim put on the scopes a token may grant."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from clients.tokens import issue_token, new_signing_key
+from server.auth import scopes
+from server.auth.tokens import TOKEN_EXPIRED, TOKEN_INVALID, KeySet, TokenVerifier
+from server.domain.errors import Unauthenticated
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.monotonic = time.monotonic()
+
+
+def write_jwks(path: Path, *public_keys: dict[str, object]) -> None:
+    path.write_text(json.dumps({"keys": list(public_keys)}))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def verifier(path: Path, clock: Clock) -> TokenVerifier:
+    return TokenVerifier(
+        KeySet(str(path), reload_interval=5.0),
+        audience="stockcore",
+        leeway_s=0.0,
+        clock=lambda: clock.now,
+        monotonic=lambda: clock.monotonic,
+    )
+
+
+def refusal_reason(check: TokenVerifier, token: str) -> str:
+    with pytest.raises(Unauthenticated) as raised:
+        check.principal(token)
+    return raised.value.reason
+
+
+def test_a_token_names_its_subject_and_scopes(tmp_path: Path, clock: Clock) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+    token = issue_token(private, "checkout", ["inventory:hold", "orders:write"], now=clock.now)
+
+    principal = verifier(tmp_path / "jwks.json", clock).principal(token)
+
+    assert principal.subject == "checkout" and principal.customer_id is None
+    assert principal.scopes == {"inventory:hold", "orders:write"}
+    assert principal.caller == "checkout"
+
+
+def test_a_new_key_verifies_once_published_and_a_removed_one_stops_at_once(
+    tmp_path: Path, clock: Clock
+) -> None:
+    old, old_public = new_signing_key("2026-10")
+    new, new_public = new_signing_key("2026-11")
+    path = tmp_path / "jwks.json"
+    write_jwks(path, old_public)
+    check = verifier(path, clock)
+    old_token = issue_token(old, "svc", ["inventory:read"], now=clock.now)
+    assert check.principal(old_token).subject == "svc"
+
+    write_jwks(path, old_public, new_public)
+    clock.monotonic += 1.5  # a kid not yet seen makes the file be read within a second
+    assert (
+        check.principal(issue_token(new, "svc", ["inventory:read"], now=clock.now)).subject == "svc"
+    )
+
+    write_jwks(path, new_public)
+    clock.monotonic += 5.5
+    assert refusal_reason(check, old_token) == TOKEN_INVALID
+
+
+def test_a_verified_token_is_not_verified_again(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+    check = verifier(tmp_path / "jwks.json", clock)
+    token = issue_token(private, "svc", ["inventory:read"], now=clock.now)
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(*args: object, **kwargs: object) -> object:
+        decoded.append("x")
+        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    for _ in range(100):
+        check.principal(token)
+
+    assert len(decoded) == 1 and check.cached == 1
+
+
+def test_a_cached_token_is_refused_once_it_expires(tmp_path: Path, clock: Clock) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+    check = verifier(tmp_path / "jwks.json", clock)
+    token = issue_token(private, "svc", ["inventory:read"], ttl_s=60, now=clock.now)
+    check.principal(token)
+
+    clock.now += 61
+
+    assert refusal_reason(check, token) == TOKEN_EXPIRED
+
+
+def test_a_token_of_another_key_under_a_known_kid_is_invalid(tmp_path: Path, clock: Clock) -> None:
+    _, public = new_signing_key("k1")
+    forged, _ = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+
+    token = issue_token(forged, "svc", scopes.SERVICE_SCOPES, now=clock.now)
+
+    assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
+
+
+def test_a_gateway_key_limited_to_customers_cannot_grant_service_scopes(
+    tmp_path: Path, clock: Clock
+) -> None:
+    private, public = new_signing_key("gateway")
+    public["stockcore_scopes"] = [scopes.CUSTOMER]
+    write_jwks(tmp_path / "jwks.json", public)
+    check = verifier(tmp_path / "jwks.json", clock)
+
+    shopper = issue_token(
+        private, "shop-web", [scopes.CUSTOMER], customer_id="alice", now=clock.now
+    )
+    greedy = issue_token(private, "shop-web", [scopes.STOCK_ADJUST], now=clock.now)
+
+    assert check.principal(shopper).caller == "shop-web for customer alice"
+    assert refusal_reason(check, greedy) == TOKEN_INVALID
+
+
+@pytest.mark.parametrize(
+    ("granted", "customer"),
+    [
+        ([scopes.CUSTOMER], None),  # a customer scope without a customer
+        ([scopes.CUSTOMER, scopes.ORDERS_READ], "alice"),  # a customer's token with more
+        ([scopes.ORDERS_READ], "alice"),
+    ],
+)
+def test_a_customer_bound_token_carries_the_customer_scope_alone(
+    tmp_path: Path, clock: Clock, granted: list[str], customer: str | None
+) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+
+    token = issue_token(private, "shop-web", granted, customer_id=customer, now=clock.now)
+
+    assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
+
+
+def test_a_token_for_another_audience_is_invalid(tmp_path: Path, clock: Clock) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+
+    token = issue_token(private, "svc", ["inventory:read"], audience="elsewhere", now=clock.now)
+
+    assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
