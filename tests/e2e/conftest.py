@@ -4,11 +4,13 @@ CA, and a token with every service scope sent on every call, as a real caller wo
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import requests
 from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 
 from clients.credentials import Credentials
@@ -102,3 +104,40 @@ def gateway(app: App, gateway_settings: Settings, tmp_path: Path) -> Iterator[Ga
     (the main) thread: Envoy dies with the thread that started it."""
     with Gateway(gateway_settings, tmp_path / "gateway", grpc_port=app.port) as gw:
         yield gw
+
+
+@dataclass(frozen=True)
+class GatewayCaller:
+    """Calls the gateway over HTTP as a storefront back end does: `token` is the bearer
+    of every request that names no Authorization of its own (None: no token at all)."""
+
+    gateway: Gateway
+    token: str | None
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL."""
+        return self.gateway.url
+
+    @property
+    def settings(self) -> Settings:
+        """The gateway's settings."""
+        return self.gateway.settings
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request (blocking; run it in a thread beside an in-process server)."""
+        kwargs.setdefault("timeout", 10)
+        headers = dict(kwargs.pop("headers", None) or {})
+        if self.token is not None and "authorization" not in {h.lower() for h in headers}:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return requests.request(method, self.url + path, headers=headers, **kwargs)
+
+    def with_token(self, token: str | None) -> GatewayCaller:
+        """The same gateway, called with another token (or none)."""
+        return replace(self, token=token)
+
+
+@pytest.fixture
+def api(gateway: Gateway, service_token: str) -> GatewayCaller:
+    """The gateway, called with the service token."""
+    return GatewayCaller(gateway, service_token)
