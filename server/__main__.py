@@ -22,6 +22,7 @@ from server.devcredentials import DevCredentials
 from server.devservers import local_servers, spawn, stop_child
 from server.gateway.bootstrap import bootstrap
 from server.gateway.envoy import Gateway
+from server.gateway.page_token import dev_page_token
 from server.storage.postgres import StockStore
 
 log = logging.getLogger("stockcore")
@@ -144,7 +145,7 @@ def dev(settings: config.Settings) -> None:
         uvloop.run(app.run_migrations(settings))
         if settings.demo_catalogue:
             uvloop.run(_load_demo(settings))
-        with _gateway(settings, root) as gateway:
+        with _gateway(settings, root, page_token=dev_page_token(settings)) as gateway:
             print(
                 f"stockcore serving on {settings.grpc_host}:{settings.grpc_port}"
                 f" ({'plaintext' if settings.plaintext else 'TLS, CA ' + _dev_ca(settings)};"
@@ -164,13 +165,16 @@ def dev(settings: config.Settings) -> None:
 
 
 @contextlib.contextmanager
-def _gateway(settings: config.Settings, root: Path) -> Iterator[Gateway | None]:
-    """Envoy in front of the server while it serves (none when gateway_port is 0). It
-    dies with this process, and is stopped when serving ends."""
+def _gateway(
+    settings: config.Settings, root: Path, *, page_token: str | None = None
+) -> Iterator[Gateway | None]:
+    """Envoy in front of the server while it serves (none when gateway_port is 0), the
+    checkout page calling with `page_token`. It dies with this process, and is stopped
+    when serving ends."""
     if not settings.gateway_port:
         yield None
         return
-    with Gateway(settings, root / "gateway") as gateway:
+    with Gateway(settings, root / "gateway", page_token=page_token) as gateway:
         log.info("gateway ready", extra={"url": gateway.url, "admin": gateway.admin_url()})
         yield gateway
 

@@ -5,15 +5,16 @@ Everything Envoy does for stockcore is decided here: the JSON routes come from t
 writes), and this module adds the edge around them: CORS for the configured storefront
 origins, a request-size limit, per-RPC timeouts that reach the server as gRPC deadlines,
 the Idempotency-Key header, access logs, JSON bodies for the gateway's own errors, and
-the static checkout page. The one upstream cluster is built by `upstream_cluster`: TLS
-to the gRPC port, checked against the CA that signed the server's certificate, unless
-the server is plaintext. Request headers, Authorization among them, reach the server as
-call metadata.
+the static checkout page and the token it calls with. The one upstream cluster is built
+by `upstream_cluster`: TLS to the gRPC port, checked against the CA that signed the
+server's certificate, unless the server is plaintext. Request headers, Authorization
+among them, reach the server as call metadata.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
@@ -48,6 +49,8 @@ STATIC_FILES: dict[str, tuple[str, str]] = {
     "/checkout.css": ("checkout.css", "text/css; charset=utf-8"),
     "/catalogue.json": ("catalogue.json", "application/json"),
 }
+# Generated from the gateway's start-up arguments rather than read from static/.
+PAGE_CONFIG = "config.js"
 # Errors the gateway answers itself (no route, too large, server down, timeout) carry
 # the same google.rpc.Status JSON body as the server's: HTTP status -> (code, reason).
 LOCAL_ERRORS: dict[int, tuple[int, str]] = {
@@ -161,11 +164,20 @@ def _rpc_route(method: descriptor.MethodDescriptor, timeout: float | None) -> Co
     }
 
 
+def page_config_script(token: str | None) -> str:
+    """/config.js: what the checkout page calls the API with (a bearer token, or none)."""
+    return f"window.stockcoreConfig = {json.dumps({'token': token})};\n"
+
+
 def _static_route(path: str, name: str, content_type: str) -> Config:
+    return _page_route(path, name, {"filename": str(static_path(name))}, content_type)
+
+
+def _page_route(path: str, name: str, body: Config, content_type: str) -> Config:
     return {
         "name": f"static {name}",
         "match": {"path": path, "headers": [_method_is("GET")]},
-        "direct_response": {"status": 200, "body": {"filename": str(static_path(name))}},
+        "direct_response": {"status": 200, "body": body},
         # Not an API path: the transcoder must not refuse it as an unknown method.
         "typed_per_filter_config": {
             "envoy.filters.http.grpc_json_transcoder": {
@@ -175,7 +187,7 @@ def _static_route(path: str, name: str, content_type: str) -> Config:
         },
         "response_headers_to_add": [
             _header("content-type", content_type),
-            _header("cache-control", "no-cache"),
+            _header("cache-control", "no-store" if name == PAGE_CONFIG else "no-cache"),
             _header("x-content-type-options", "nosniff"),
             _header(
                 "content-security-policy",
@@ -193,12 +205,20 @@ def _header(key: str, value: str) -> Config:
     return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
-def routes(settings: Settings) -> list[Config]:
-    """The gRPC method routes (matched after transcoding), the checkout page, and a JSON
-    404 for any other path."""
+def routes(settings: Settings, page_token: str | None = None) -> list[Config]:
+    """The gRPC method routes (matched after transcoding), the checkout page with the
+    token it calls with (`page_token`), and a JSON 404 for any other path."""
     timeouts = rpc_timeouts(settings)
     found: list[Config] = [_rpc_route(m, timeouts[m.name]) for m in rpc_methods()]
     found += [_static_route(path, *file) for path, file in STATIC_FILES.items()]
+    found.append(
+        _page_route(
+            f"/{PAGE_CONFIG}",
+            PAGE_CONFIG,
+            {"inline_string": page_config_script(page_token)},
+            "text/javascript; charset=utf-8",
+        )
+    )
     # Everything else. The CORS filter, which runs before transcoding, acts only on a
     # route that forwards, so this one does; yet nothing is forwarded by it: a path the
     # transcoder maps is routed again as its gRPC method, and any other path is refused
@@ -333,7 +353,7 @@ def http_filters(settings: Settings) -> list[Config]:
     ]
 
 
-def connection_manager(settings: Settings) -> Config:
+def connection_manager(settings: Settings, page_token: str | None = None) -> Config:
     """The HTTP connection manager of the public listener."""
     return {
         "@type": _type(
@@ -364,7 +384,7 @@ def connection_manager(settings: Settings) -> Config:
                 {
                     "name": "stockcore",
                     "domains": ["*"],
-                    "routes": routes(settings),
+                    "routes": routes(settings, page_token),
                     "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy(settings)},
                 }
             ],
@@ -481,9 +501,12 @@ def upstream_cluster(settings: Settings, grpc_port: int) -> Config:
     return cluster
 
 
-def bootstrap(settings: Settings, *, grpc_port: int | None = None) -> Config:
+def bootstrap(
+    settings: Settings, *, grpc_port: int | None = None, page_token: str | None = None
+) -> Config:
     """The whole Envoy configuration; `grpc_port` overrides settings.grpc_port (a test
-    server on a port picked at start)."""
+    server on a port picked at start); `page_token` is the bearer token the checkout page
+    calls with (none: the page's calls are refused as unauthenticated)."""
     port = settings.grpc_port if grpc_port is None else grpc_port
     if not 1 <= port <= 65535:
         raise SettingsError("the gateway needs the gRPC server's port")
@@ -496,7 +519,7 @@ def bootstrap(settings: Settings, *, grpc_port: int | None = None) -> Config:
                 "filters": [
                     {
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": connection_manager(settings),
+                        "typed_config": connection_manager(settings, page_token),
                     }
                 ]
             }

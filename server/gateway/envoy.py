@@ -8,6 +8,7 @@ it dies with the thread that started it).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import urllib.error
@@ -32,12 +33,22 @@ def envoy_binary() -> Path:
 
 class Gateway:
     """Envoy in front of the gRPC server at 127.0.0.1:`grpc_port`, with its files in
-    `workdir` (configuration, admin address, log)."""
+    `workdir` (configuration, admin address, log); the checkout page calls with
+    `page_token`. The configuration file holds that token: it is written owner-only."""
 
-    def __init__(self, settings: Settings, workdir: Path | str, *, grpc_port: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path | str,
+        *,
+        grpc_port: int | None = None,
+        page_token: str | None = None,
+    ):
         self.settings = settings
         self.workdir = Path(workdir)
-        self.config: dict[str, Any] = bootstrap(settings, grpc_port=grpc_port)
+        self.config: dict[str, Any] = bootstrap(
+            settings, grpc_port=grpc_port, page_token=page_token
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +86,10 @@ class Gateway:
     def start(self, timeout: float = 30.0) -> None:
         """Write the configuration, start Envoy, and wait until it is ready (blocking)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(self.config, indent=1))
+        self.config_path.unlink(missing_ok=True)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.config, out, indent=1)
         self.admin_address_path.unlink(missing_ok=True)
         with open(self.log, "ab") as out:
             self.proc = spawn(

@@ -19,6 +19,7 @@ from server.config import Settings
 from server.devcredentials import DevCredentials
 from server.devservers import free_port
 from server.gateway.envoy import Gateway
+from server.gateway.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
 from tests import callers
 
 
@@ -99,10 +100,22 @@ def gateway_settings(settings: Settings, credentials: DevCredentials, tmp_path: 
 
 
 @pytest.fixture
-def gateway(app: App, gateway_settings: Settings, tmp_path: Path) -> Iterator[Gateway]:
-    """Envoy in front of the test server; stopped after the test. Started from this
-    (the main) thread: Envoy dies with the thread that started it."""
-    with Gateway(gateway_settings, tmp_path / "gateway", grpc_port=app.port) as gw:
+def page_token(credentials: DevCredentials) -> str:
+    """The checkout page's token as `make run` mints it (its subject and scopes), signed
+    by the test key."""
+    return callers.token(credentials, CHECKOUT_PAGE_SUBJECT, CHECKOUT_PAGE_SCOPES)
+
+
+@pytest.fixture
+def gateway(
+    app: App, gateway_settings: Settings, page_token: str, tmp_path: Path
+) -> Iterator[Gateway]:
+    """Envoy in front of the test server, the checkout page calling with `page_token`;
+    stopped after the test. Started from this (the main) thread: Envoy dies with the
+    thread that started it."""
+    with Gateway(
+        gateway_settings, tmp_path / "gateway", grpc_port=app.port, page_token=page_token
+    ) as gw:
         yield gw
 
 

@@ -1,5 +1,6 @@
 """The checkout page in a real browser: Debian's chromium, headless, driven by Selenium
-through chromedriver, against the gateway and the real server.
+through chromedriver, against the gateway and the real, secured server; the page calls
+with the token the gateway gives it (/config.js), as under `make run`.
 
 Chromium is required: `make test` installs it (as root) and this module fails, never
 skips, when it is missing. STOCKCORE_CHECKOUT_SCREENSHOT names a PNG file to write the
@@ -15,7 +16,6 @@ from dataclasses import replace
 from typing import TypeVar
 
 import pytest
-import requests
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -27,6 +27,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 from server import demo
 from server.config import Settings
 from server.gateway.envoy import Gateway
+from tests.e2e.conftest import GatewayCaller
 
 T = TypeVar("T")
 CHROMIUM = "/usr/bin/chromium"
@@ -67,13 +68,13 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
-def _stock_catalogue(gateway: Gateway, last_unit: str) -> None:
+def _stock_catalogue(api: GatewayCaller, last_unit: str) -> None:
     for sku, on_hand in demo.CATALOGUE.items():
         units = 1 if sku == last_unit else on_hand
-        reply = requests.post(
-            f"{gateway.url}/v1/stock/{sku}:adjust",
+        reply = api.request(
+            "POST",
+            f"/v1/stock/{sku}:adjust",
             json={"onHand": str(units), "reason": "count", "idempotencyKey": f"count-{sku}"},
-            timeout=10,
         )
         assert reply.status_code == 200, reply.text
 
@@ -146,9 +147,9 @@ def _reserve_count_down_pay(driver: WebDriver, gateway: Gateway) -> None:
 
 
 async def test_shopper_reserves_watches_the_countdown_pays_and_sees_paid(
-    gateway: Gateway, browser: WebDriver
+    gateway: Gateway, api: GatewayCaller, browser: WebDriver
 ) -> None:
-    await asyncio.to_thread(_stock_catalogue, gateway, "FLASH-SALE-1")
+    await asyncio.to_thread(_stock_catalogue, api, "FLASH-SALE-1")
     await asyncio.to_thread(_reserve_count_down_pay, browser, gateway)
 
 
@@ -173,9 +174,9 @@ def _second_shopper_sees_sold_out(driver: WebDriver, gateway: Gateway) -> None:
 
 
 async def test_second_shopper_sees_sold_out_on_the_last_unit(
-    gateway: Gateway, browser: WebDriver
+    gateway: Gateway, api: GatewayCaller, browser: WebDriver
 ) -> None:
-    await asyncio.to_thread(_stock_catalogue, gateway, "FLASH-SALE-1")
+    await asyncio.to_thread(_stock_catalogue, api, "FLASH-SALE-1")
     await asyncio.to_thread(_second_shopper_sees_sold_out, browser, gateway)
 
 
@@ -190,7 +191,7 @@ def _hold_expires(driver: WebDriver, gateway: Gateway) -> None:
 
 
 async def test_expired_hold_is_shown_and_the_order_expires(
-    gateway: Gateway, browser: WebDriver
+    gateway: Gateway, api: GatewayCaller, browser: WebDriver
 ) -> None:
-    await asyncio.to_thread(_stock_catalogue, gateway, "FLASH-SALE-1")
+    await asyncio.to_thread(_stock_catalogue, api, "FLASH-SALE-1")
     await asyncio.to_thread(_hold_expires, browser, gateway)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from server.config import Settings, SettingsError, from_env, to_env
-from server.gateway.bootstrap import bootstrap, rpc_timeouts
+from server.devcredentials import DevCredentials
+from server.gateway.bootstrap import bootstrap, page_config_script, rpc_timeouts
+from server.gateway.page_token import (
+    CHECKOUT_PAGE_SCOPES,
+    CHECKOUT_PAGE_SUBJECT,
+    dev_page_token,
+)
 
 Config = dict[str, Any]
 
@@ -144,3 +152,25 @@ def test_tls_server_without_a_ca_for_the_gateway_is_refused(tmp_path: Path) -> N
         bootstrap(Settings())
     with pytest.raises(SettingsError, match="not a file"):
         bootstrap(Settings(gateway_upstream_ca_file=str(tmp_path / "missing.pem")))
+
+
+def test_checkout_page_config_carries_its_token() -> None:
+    route = _routes(bootstrap(Settings(plaintext=True), page_token="a.b.c"))["static config.js"]
+    assert route["match"]["path"] == "/config.js"
+    assert route["direct_response"]["body"]["inline_string"] == page_config_script("a.b.c")
+    assert 'window.stockcoreConfig = {"token": "a.b.c"};' in page_config_script("a.b.c")
+    assert '{"token": null}' in page_config_script(None)
+
+
+def test_dev_page_token_only_for_a_loopback_gateway(tmp_path: Path) -> None:
+    credentials = DevCredentials(tmp_path).ensure()
+    settings = Settings(data_dir=str(tmp_path), auth_jwks_file=str(credentials.jwks))
+    token = dev_page_token(settings)
+    assert token is not None
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert (claims["sub"], claims["scope"]) == (
+        CHECKOUT_PAGE_SUBJECT,
+        " ".join(sorted(CHECKOUT_PAGE_SCOPES)),
+    )
+    assert dev_page_token(replace(settings, gateway_host="0.0.0.0")) is None
+    assert dev_page_token(replace(settings, auth_jwks_file=str(tmp_path / "other.json"))) is None

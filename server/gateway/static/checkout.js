@@ -38,9 +38,15 @@ function bare(status) {
   return (status || "").replace(/^ORDER_STATUS_/, "");
 }
 
+// The bearer token the page calls with, from /config.js (written by the gateway).
+function authorization() {
+  const token = (window.stockcoreConfig || {}).token;
+  return token ? { authorization: "Bearer " + token } : {};
+}
+
 // One API call: JSON in, JSON out; a non-2xx answer throws its google.rpc.Status.
 async function api(method, path, body, idempotencyKey) {
-  const headers = { "content-type": "application/json" };
+  const headers = { "content-type": "application/json", ...authorization() };
   if (idempotencyKey) headers["idempotency-key"] = idempotencyKey;
   const reply = await fetch(path, {
     method,
@@ -290,7 +296,7 @@ async function watch(orderId) {
     try {
       const reply = await fetch(
         `/v1/orders:watch?orderId=${encodeURIComponent(orderId)}&afterCursor=${cursor}`,
-        { signal: control.signal });
+        { signal: control.signal, headers: authorization() });
       if (!reply.ok) throw new Error(reply.statusText);
       const reader = reply.body.getReader();
       const decoder = new TextDecoder();
