@@ -242,9 +242,14 @@ class StockStore:
             )
         return store
 
-    async def close(self) -> None:
-        """Close the pool."""
-        await self._pool.close()
+    async def close(self, timeout: float = 10.0) -> None:
+        """Close the pool: wait up to `timeout` for connections in use to come back, then
+        terminate whatever is left (a wait without a bound could hold a shutdown forever)."""
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout)
+        except TimeoutError:
+            log.error("PostgreSQL pool did not close in time; terminating its connections")
+            self._pool.terminate()
 
     async def _run(
         self, work: Callable[[asyncpg.Connection], Awaitable[T]], attempts: int = 5
