@@ -8,10 +8,11 @@ GEN := clients/gen/stockcore/v1
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k reserve"`.
 PYTEST_ARGS ?=
 
-.PHONY: run test proto deps redis promtool lint fmt bench plots clean-data help node-caller
+.PHONY: run test proto deps redis browser promtool lint fmt bench plots clean-data help node-caller
 
 help:
-	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464)"
+	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464), and"
+	@echo "             HTTP/JSON with the checkout page on http://127.0.0.1:8080/ (Envoy)"
 	@echo "make test   - set up and run the whole suite"
 	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
 	@echo "make load-day, load-report, load-flash, load-knee, load-scale, load-overload, load-fanout,"
@@ -26,11 +27,20 @@ $(VENV)/.deps: requirements.lock pyproject.toml
 	$(PY) -m pip install -q -r requirements.lock
 	touch $@
 
-# Stubs are generated, never edited; they are rebuilt whenever a .proto is newer.
+# Where googleapis-common-protos keeps google/api/annotations.proto and google/rpc/*.proto.
+GOOGLEAPIS = $$($(PY) -c 'import google.api as a, pathlib; print(pathlib.Path(a.__path__[0]).parent.parent)')
+
+# Stubs are generated, never edited; they are rebuilt whenever a .proto is newer. The
+# descriptor set is what the gateway (Envoy's grpc_json_transcoder) reads: our services
+# with every import, and google/rpc/status.proto and error_details.proto, without which
+# error bodies print as `{}` or lose their details.
 $(GEN)/.stamp: $(PROTOS) $(VENV)/.deps
 	rm -rf clients/gen && mkdir -p $(GEN)
-	$(PY) -m grpc_tools.protoc -I protos --python_out=clients/gen --grpc_python_out=clients/gen \
+	$(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) \
+		--python_out=clients/gen --grpc_python_out=clients/gen \
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=clients/gen $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) --include_imports \
+		--descriptor_set_out=$(GEN)/descriptor.pb $(PROTOS) google/rpc/status.proto google/rpc/error_details.proto
 	touch clients/gen/stockcore/__init__.py $(GEN)/__init__.py clients/gen/stockcore/py.typed
 	touch $@
 
@@ -52,6 +62,18 @@ redis:
 		fi; \
 	fi
 
+# The checkout page's browser test drives Debian's chromium through chromedriver; it
+# fails (never skips) without them.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's chromium and chromium-driver"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else \
+			echo "chromium or chromedriver is missing: sudo apt-get install chromium chromium-driver" >&2; exit 1; \
+		fi; \
+	fi
+
 # promtool (Debian's prometheus package) checks and unit-tests the shipped alert rules.
 promtool:
 	@if ! command -v promtool >/dev/null; then \
@@ -68,7 +90,7 @@ deps: $(VENV)/.installed redis
 run: deps
 	$(PY) -m server dev
 
-test: deps promtool lint node-caller
+test: deps browser promtool lint node-caller
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The Node.js caller's packages (tests/e2e/test_node_caller.py), from npm, when node is here.

@@ -142,6 +142,48 @@ def latency_rows(stats: dict[str, Entry]) -> list[list[object]]:
     ]
 
 
+GATEWAY_HEADER = [
+    "request",
+    "gRPC calls",
+    "HTTP calls",
+    "gRPC mean ms",
+    "HTTP mean ms",
+    "added mean ms",
+    "gRPC p50 ms",
+    "HTTP p50 ms",
+    "added p50 ms",
+    "gRPC p99 ms",
+    "HTTP p99 ms",
+]
+"""Columns of `gateway_rows`."""
+
+
+def gateway_rows(stats: dict[str, Entry], http_prefix: str) -> list[list[object]]:
+    """Each request made both ways in one run: gRPC straight to the server beside HTTP/JSON
+    through the gateway (named `http_prefix` + the RPC), from Locust's _stats.csv."""
+    rows: list[list[object]] = []
+    for name, grpc_entry in sorted(stats.items()):
+        http_entry = stats.get(http_prefix + name)
+        if http_entry is None:
+            continue
+        rows.append(
+            [
+                name,
+                f"{grpc_entry.requests:,}",
+                f"{http_entry.requests:,}",
+                ms(grpc_entry.mean_ms),
+                ms(http_entry.mean_ms),
+                ms(http_entry.mean_ms - grpc_entry.mean_ms),
+                ms(grpc_entry.p50_ms),
+                ms(http_entry.p50_ms),
+                ms(http_entry.p50_ms - grpc_entry.p50_ms),
+                ms(grpc_entry.p99_ms),
+                ms(http_entry.p99_ms),
+            ]
+        )
+    return rows
+
+
 SPAN_HEADER = ["request", "calls", "not failed /s", "mean ms", "p99 ms", "worst p99 ms"]
 """Columns of `span_rows`."""
 

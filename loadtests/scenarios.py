@@ -20,9 +20,11 @@ import argparse
 import asyncio
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from loadtests import invariants, plots, report
+from loadtests.locust.http_shop import HTTP_PREFIX
 from loadtests.locust.options import catalogue
 from loadtests.locust.record import read_plan, read_tallies
 from loadtests.locuststats import History, read_failures, read_stats
@@ -78,10 +80,19 @@ def day(args: argparse.Namespace) -> int:
     run = Run("report" if args.compare else "day", Path(args.reports))
     prefix = f"DAY{run.tag[-6:]}"
     skus = catalogue(prefix, args.catalogue)
-    with open_stack(ROOT / ".data" / "load", server_workers=args.server_workers) as stack:
+    http = args.api == "http"
+    with open_stack(
+        ROOT / ".data" / "load", server_workers=args.server_workers, gateway=http
+    ) as stack:
         _common_head(
             run, args, stack, "Reference day (500,000 orders/day, 237 orders/s peak), compressed"
         )
+        if http:
+            run.say(
+                f"- gateway: Envoy at {stack.gateway_url}; half the buyers call it over "
+                "HTTP/JSON, half call the server over gRPC, at the same time",
+                "",
+            )
         asyncio.run(stock_catalogue(stack.target, skus, DEEP_STOCK, key=run.tag))
         buffers_before = (
             asyncio.run(invariants.buffer_stats(stack.pg_dsn)) if stack.pg_dsn else None
@@ -92,12 +103,14 @@ def day(args: argparse.Namespace) -> int:
             "--day-duration", str(args.duration), "--peak-hold", str(args.peak_hold),
             "--scale", str(args.scale), "--pacing", str(args.pacing),
         ]  # fmt: skip
+        if http:
+            options += ["--gateway-url", str(stack.gateway_url)]
         load_pids: list[int] = []
         sampler = stack.sampler(load_pids)
         swarm = _swarm(
             run,
             Swarm(
-                "day.py",
+                "day_http.py" if http else "day.py",
                 stack.target,
                 run.dir,
                 args.processes,
@@ -122,7 +135,7 @@ def day(args: argparse.Namespace) -> int:
         deducted = DEEP_STOCK * len(skus) - levels.on_hand
         plan = read_plan(swarm.run_dir)
         lag = None
-        if args.api == "orders" and stack.redis_url and plan:
+        if args.api != "inventory" and stack.redis_url and plan:
             found = payment_lag(stack.redis_url, float(plan["started_at"]), swarm.ended_at)
             lag = (found.p50_s, found.p99_s, found.max_s) if found else None
     tally = read_tallies(swarm.run_dir)
@@ -148,6 +161,12 @@ def day(args: argparse.Namespace) -> int:
         server_rss_mb=server_rss,
     )
     p0, p1 = report.plateau(plan)
+    if http:
+        # Orders come in by both ways; the latencies in the headline are gRPC's.
+        over_http = history.span(HTTP_PREFIX + report.CREATE[0], p0, p1)
+        figures = replace(
+            figures, achieved_peak_per_s=figures.achieved_peak_per_s + over_http.ok_per_s
+        )
     run.say("", "## Beside the reference" if args.compare else "## Headline", "")
     run.say(*report.competitor_table(figures))
     run.say(
@@ -169,6 +188,19 @@ def day(args: argparse.Namespace) -> int:
         "",
     )
     run.say(*report.table(report.SPAN_HEADER, report.span_rows(history, p0, p1)))
+    if http:
+        run.say("", "## The gateway's cost: each request over HTTP beside gRPC, same run", "")
+        run.say(*report.table(report.GATEWAY_HEADER, report.gateway_rows(stats, HTTP_PREFIX)))
+        spans = [history.span(n, p0, p1) for n in stats if n.startswith(HTTP_PREFIX)]
+        http_per_s = sum(sp.calls for sp in spans) / max(p1 - p0, 1e-9)
+        envoy_ms = sampler.cpu_percent("gateway", p0, p1) * 10 / max(http_per_s, 1e-9)
+        run.say(
+            "",
+            "From Locust's _stats.csv over the whole run; an HTTP request's time includes "
+            "JSON in the load process and Envoy's transcoding both ways. On the plateau "
+            f"Envoy served {http_per_s:,.1f} HTTP requests/s and used {envoy_ms:.2f} ms of "
+            "CPU per request (its 'gateway' row under Processes, over those requests).",
+        )
     run.say("", "## Non-OK outcomes (expected rejections are not failures)", "")
     outcomes = report.status_rows(stats, read_failures(swarm.csv_prefix))
     run.say(*(report.table(["request", "status", "calls"], outcomes) if outcomes else ["none"]))
@@ -211,6 +243,8 @@ def day(args: argparse.Namespace) -> int:
 
 def flash(args: argparse.Namespace) -> int:
     """One SKU, --stock units, --users buyers at once: exactly the stock must sell."""
+    if args.api == "http":
+        raise SystemExit("the flash sale runs over gRPC (--api orders or inventory)")
     run = Run("flash", Path(args.reports))
     sku = f"FLASH-{run.tag}"
     with open_stack(ROOT / ".data" / "load", server_workers=args.server_workers) as stack:
@@ -294,7 +328,12 @@ def main() -> None:
     )
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--api", choices=["orders", "inventory"], default="orders")
+    common.add_argument(
+        "--api",
+        choices=["orders", "inventory", "http"],
+        default="orders",
+        help="http (day only): half the buyers over HTTP/JSON through the gateway",
+    )
     common.add_argument("--processes", type=int, default=2, help="Locust load processes")
     common.add_argument(
         "--server-workers", type=int, default=1, help="server processes (fresh stack)"

@@ -17,7 +17,7 @@ import itertools
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -25,7 +25,9 @@ from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from loadtests.sampler import ProcessSampler
+from server.config import Settings
 from server.devservers import LocalStockcore, free_port, local_servers
+from server.gateway.envoy import Gateway
 
 SHARDS = 16
 PLAINTEXT_ENV = {"STOCKCORE_PLAINTEXT": "true", "STOCKCORE_AUTH_DISABLED": "true"}
@@ -48,7 +50,10 @@ class Stack:
     owned: bool
     """Started by this run (fresh), rather than named by the environment."""
     service_pids: dict[str, int] = field(default_factory=dict)
-    """Root processes to sample: "server", and "postgres" and "redis" when started here."""
+    """Root processes to sample: "server", and "postgres" and "redis" when started here,
+    and "gateway" (Envoy) when asked for."""
+    gateway_url: str | None = None
+    """The HTTP/JSON gateway in front of the server, when asked for."""
 
     def sampler(self, load_pids: list[int]) -> ProcessSampler:
         """A sampler of the services' processes and of the load processes in `load_pids`
@@ -72,13 +77,37 @@ def open_stack(
     *,
     server_workers: int = 1,
     extra_env: dict[str, str] | None = None,
+    gateway: bool = False,
     shed: bool = False,
 ) -> Iterator[Stack]:
-    """The servers named by the environment, or a fresh local stack under `data_dir`.
+    """The servers named by the environment, or a fresh local stack under `data_dir`; with
+    `gateway`, Envoy in front of the server (on a free port, its access log in `data_dir`).
 
     A local server is started without its bound on calls in flight unless `shed`: these
     tools measure what the server does at each concurrency (their callers do not back
     off when refused); `make load-overload` measures the bound itself."""
+    with _open_stack(data_dir, server_workers, extra_env, shed) as stack:
+        if not gateway:
+            yield stack
+            return
+        host, _, port = stack.target.rpartition(":")
+        settings = Settings(
+            # The load runs' servers serve plaintext (PLAINTEXT_ENV; STOCKCORE_TARGET must).
+            plaintext=True,
+            grpc_host=host,
+            gateway_port=free_port(),
+            gateway_access_log=str(data_dir.resolve() / "gateway-access.log"),
+        ).validate()
+        with Gateway(settings, data_dir.resolve() / "gateway", grpc_port=int(port)) as envoy:
+            assert envoy.proc is not None
+            pids = {**stack.service_pids, "gateway": envoy.proc.pid}
+            yield replace(stack, service_pids=pids, gateway_url=envoy.url)
+
+
+@contextlib.contextmanager
+def _open_stack(
+    data_dir: Path, server_workers: int, extra_env: dict[str, str] | None, shed: bool
+) -> Iterator[Stack]:
     pg_dsn = os.environ.get("STOCKCORE_PG_DSN") or None
     redis_url = os.environ.get("STOCKCORE_REDIS_URL") or None
     target = os.environ.get("STOCKCORE_TARGET") or None

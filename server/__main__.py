@@ -1,22 +1,28 @@
 """`python -m server`: serve, migrate, fulfil (the fulfilment worker), simulate (a simulated
-partner), or `dev` (local PostgreSQL and Redis, the simulators and a fulfilment worker,
-then serve)."""
+partner), `dev` (local PostgreSQL and Redis, the simulators and a fulfilment worker, then
+serve, with the HTTP/JSON gateway beside), `gateway` (the gateway alone) or
+`gateway-config` (print Envoy's configuration, for running Envoy elsewhere)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from server import app, config, demo, logs
 from server.devcredentials import DevCredentials
 from server.devservers import local_servers, spawn, stop_child
+from server.gateway.bootstrap import bootstrap
+from server.gateway.envoy import Gateway
+from server.gateway.page_token import dev_page_token
 from server.storage.postgres import StockStore
 
 log = logging.getLogger("stockcore")
@@ -40,7 +46,8 @@ async def _load_demo(settings: config.Settings) -> None:
 def with_dev_credentials(settings: config.Settings) -> config.Settings:
     """Settings that serve TLS with the development certificate and check tokens against
     the development key (made under the data folder if missing), where the environment
-    named no files and did not turn TLS or token checks off; reflection on unless set."""
+    named no files and did not turn TLS or token checks off, the gateway trusting the
+    development CA; reflection on unless set."""
     credentials = DevCredentials(Path(settings.data_dir).resolve())
     changes: dict[str, object] = {}
     if not settings.plaintext and not settings.tls_cert_file:
@@ -48,6 +55,8 @@ def with_dev_credentials(settings: config.Settings) -> config.Settings:
         changes["tls_key_file"] = str(credentials.server_key)
     if not settings.auth_disabled and not settings.auth_jwks_file:
         changes["auth_jwks_file"] = str(credentials.jwks)
+    if changes.get("tls_cert_file") and not settings.gateway_upstream_ca_file:
+        changes["gateway_upstream_ca_file"] = str(credentials.ca_cert)
     if changes:
         credentials.ensure()
     if settings.reflection is None:
@@ -136,21 +145,62 @@ def dev(settings: config.Settings) -> None:
         uvloop.run(app.run_migrations(settings))
         if settings.demo_catalogue:
             uvloop.run(_load_demo(settings))
+        with _gateway(settings, root, page_token=dev_page_token(settings)) as gateway:
+            print(
+                f"stockcore serving on {settings.grpc_host}:{settings.grpc_port}"
+                f" ({'plaintext' if settings.plaintext else 'TLS, CA ' + _dev_ca(settings)};"
+                f" metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics)"
+                + (f"; HTTP/JSON and the checkout page on {gateway.url}/" if gateway else "")
+                + f"; a warehouse on :{settings.dev_warehouse_port}, carriers"
+                f" {settings.primary_carrier} on :{settings.dev_primary_carrier_port} and"
+                f" {settings.fallback_carrier or '-'} on :{settings.dev_fallback_carrier_port},"
+                f" a fulfilment worker (logs in {root}/logs); Ctrl-C stops\n"
+                "a development token for stockctl:"
+                " export STOCKCORE_TOKEN=$(.venv/bin/stockctl token issue --sub $USER --scopes all)",
+                file=sys.stderr,
+                flush=True,
+            )
+            with partners_and_worker(settings, root / "logs"):
+                app.serve(settings)
+
+
+@contextlib.contextmanager
+def _gateway(
+    settings: config.Settings, root: Path, *, page_token: str | None = None
+) -> Iterator[Gateway | None]:
+    """Envoy in front of the server while it serves (none when gateway_port is 0), the
+    checkout page calling with `page_token`. It dies with this process, and is stopped
+    when serving ends."""
+    if not settings.gateway_port:
+        yield None
+        return
+    with Gateway(settings, root / "gateway", page_token=page_token) as gateway:
+        log.info("gateway ready", extra={"url": gateway.url, "admin": gateway.admin_url()})
+        yield gateway
+
+
+def gateway(settings: config.Settings) -> None:
+    """Run only the gateway, in front of the server at settings.grpc_host:grpc_port,
+    until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    root = Path(settings.data_dir).resolve()
+    dev_ca = DevCredentials(root).ca_cert
+    if not settings.plaintext and not settings.gateway_upstream_ca_file and dev_ca.is_file():
+        # As stockctl does: a server started by `dev` on this machine uses the dev CA.
+        settings = settings.with_overrides(gateway_upstream_ca_file=str(dev_ca))
+    with _gateway(settings, root) as running:
+        if running is None:
+            raise SystemExit("STOCKCORE_GATEWAY_PORT is 0: no gateway to run")
         print(
-            f"stockcore serving on {settings.grpc_host}:{settings.grpc_port}"
-            f" ({'plaintext' if settings.plaintext else 'TLS, CA ' + _dev_ca(settings)};"
-            f" metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics); a warehouse"
-            f" on :{settings.dev_warehouse_port}, carriers {settings.primary_carrier} on"
-            f" :{settings.dev_primary_carrier_port} and {settings.fallback_carrier or '-'} on"
-            f" :{settings.dev_fallback_carrier_port}, a fulfilment worker (logs in {root}/logs);"
-            " Ctrl-C stops\n"
-            "a development token for stockctl:"
-            " export STOCKCORE_TOKEN=$(.venv/bin/stockctl token issue --sub $USER --scopes all)",
+            f"gateway on {running.url}/ in front of {settings.grpc_host}:{settings.grpc_port}; Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )
-        with partners_and_worker(settings, root / "logs"):
-            app.serve(settings)
+        while not stop.wait(0.5):
+            if running.proc is not None and running.proc.poll() is not None:
+                raise SystemExit(f"Envoy exited with {running.proc.returncode}; see {running.log}")
 
 
 def worker_credentials_env(settings: config.Settings) -> dict[str, str]:
@@ -191,7 +241,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(prog="stockcore-server", description=__doc__)
     parser.add_argument(
-        "command", choices=["serve", "dev", "migrate", "fulfil"], nargs="?", default="serve"
+        "command",
+        choices=["serve", "dev", "migrate", "fulfil", "gateway", "gateway-config"],
+        nargs="?",
+        default="serve",
     )
     args = parser.parse_args(argv)
     try:
@@ -201,6 +254,12 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.log_json)
     if args.command == "dev":
         dev(settings)
+        return
+    if args.command == "gateway":
+        gateway(settings)
+        return
+    if args.command == "gateway-config":
+        print(json.dumps(bootstrap(settings), indent=1))
         return
     if settings.pg_dsn is None:
         parser.exit(2, "STOCKCORE_PG_DSN is not set (or use `dev` to start local servers)\n")

@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 CARRIER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+# scheme://host[:port], as a browser sends it in Origin.
+ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 class SettingsError(ValueError):
@@ -83,6 +85,33 @@ class Settings:
     # WatchOrders wakes on every cursor the relay gives (LISTEN/NOTIFY); it also looks
     # this often, as a safety net.
     watch_poll_interval_s: float = 1.0
+    # The HTTP/JSON gateway (Envoy) that `python -m server dev` starts beside the server;
+    # gateway_port 0 starts none. gateway_admin_port 0 lets Envoy pick a free one.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    gateway_admin_port: int = 0
+    # Storefront origins allowed to call the gateway from a browser (CORS); the checkout
+    # page the gateway serves itself needs none.
+    gateway_origins: tuple[str, ...] = ()
+    # Larger request bodies are refused (413) before they reach the server.
+    gateway_max_request_bytes: int = 65_536
+    # Seconds a unary call may take through the gateway; it becomes the call's gRPC
+    # deadline. gateway_timeouts overrides it per RPC ("Reserve=2,GetStock=0.5").
+    gateway_timeout_s: float = 5.0
+    gateway_timeouts: Mapping[str, float] = field(default_factory=dict)
+    # Envoy's access log: a file path, or "-" for standard output.
+    gateway_access_log: str = "-"
+    # Envoy worker threads.
+    gateway_threads: int = 1
+    # The gateway reaches the gRPC server over TLS unless the server is plaintext,
+    # trusting this CA (PEM; `dev` names the development CA) and checking that the
+    # server's certificate names gateway_upstream_server_name (empty: the gRPC host, an
+    # IP address matched as such). A server asking for client certificates (mutual TLS)
+    # gets gateway_upstream_cert_file and its key.
+    gateway_upstream_ca_file: str = ""
+    gateway_upstream_server_name: str = ""
+    gateway_upstream_cert_file: str = ""
+    gateway_upstream_key_file: str = ""
     # Unary calls one process works on at once; past it calls are refused at once with
     # RESOURCE_EXHAUSTED and a retry delay (server/rpc/shedding.py). WatchOrders streams
     # are bounded apart. The refusal budget: refusals per second per process above which
@@ -177,6 +206,26 @@ class Settings:
             (
                 0 < self.watch_poll_interval_s <= 10.0,
                 "watch_poll_interval_s must be in (0, 10]",
+            ),
+            (0 <= self.gateway_port <= 65535, "gateway_port must be 0-65535"),
+            (0 <= self.gateway_admin_port <= 65535, "gateway_admin_port must be 0-65535"),
+            (
+                all(ORIGIN_PATTERN.fullmatch(o) for o in self.gateway_origins),
+                "gateway_origins must be origins such as https://shop.example.com",
+            ),
+            (
+                1024 <= self.gateway_max_request_bytes <= 64 * 1024 * 1024,
+                "gateway_max_request_bytes must be 1 KiB-64 MiB",
+            ),
+            (0 < self.gateway_timeout_s <= 300, "gateway_timeout_s must be in (0, 300]"),
+            (
+                all(0 < t <= 300 for t in self.gateway_timeouts.values()),
+                "gateway_timeouts must be in (0, 300] seconds",
+            ),
+            (1 <= self.gateway_threads <= 64, "gateway_threads must be 1-64"),
+            (
+                bool(self.gateway_upstream_cert_file) == bool(self.gateway_upstream_key_file),
+                "gateway_upstream_cert_file and gateway_upstream_key_file go together",
             ),
             (
                 not (self.plaintext and self.tls_client_ca_file),
@@ -295,6 +344,17 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _parse_timeouts(raw: str) -> dict[str, float]:
+    """`Reserve=2,GetStock=0.5` -> {"Reserve": 2.0, "GetStock": 0.5}."""
+    timeouts: dict[str, float] = {}
+    for item in _parse_list(raw):
+        name, sep, seconds = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected RPC=seconds, got {item!r}")
+        timeouts[name.strip()] = float(seconds)
+    return timeouts
+
+
 #: The value of a variable that names nothing (STOCKCORE_FALLBACK_CARRIER=none: no
 #: fallback), since an empty variable means the default.
 NONE = "none"
@@ -347,6 +407,19 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
     "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
     "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
+    "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
+    "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
+    "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
+    "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", _parse_list),
+    "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
+    "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
+    "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", _parse_timeouts),
+    "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
+    "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
+    "STOCKCORE_GATEWAY_UPSTREAM_CA": ("gateway_upstream_ca_file", str),
+    "STOCKCORE_GATEWAY_UPSTREAM_SERVER_NAME": ("gateway_upstream_server_name", str),
+    "STOCKCORE_GATEWAY_UPSTREAM_CERT": ("gateway_upstream_cert_file", str),
+    "STOCKCORE_GATEWAY_UPSTREAM_KEY": ("gateway_upstream_key_file", str),
     "STOCKCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
     "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
     "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
@@ -410,6 +483,8 @@ def to_env(settings: Settings) -> dict[str, str]:
             env[name] = "1" if value else "0"
         elif kind is _parse_list:
             env[name] = ",".join(value)
+        elif kind is _parse_timeouts:
+            env[name] = ",".join(f"{rpc}={seconds!r}" for rpc, seconds in value.items())
         else:
             env[name] = str(value)
     return env

@@ -119,47 +119,53 @@ class Buyer(GrpcUser):
     @task
     def journey(self) -> None:
         """Browse, order, then pay, cancel or walk away; look the order up afterwards."""
-        options = self.options
-        customer = f"cust-{random.randrange(options.customers)}"
-        for _ in range(random.randint(1, 3)):
-            if self.shop.browse(random.sample(self.skus, random.randint(1, 4))) is not Outcome.DONE:
-                return
-        lines = [
-            (sku, random.choice((1, 1, 1, 2)))
-            for sku in random.sample(self.skus, random.choice((1, 1, 1, 2, 2, 3)))
-        ]
-        outcome, placed = self.shop.place(self.ids.next(), customer, lines, options.payment_window)
-        if placed is None:
-            tally[f"place_{outcome.value}"] += 1
+        buyer_journey(self.shop, self.api is not Api.INVENTORY, self.options, self.ids, self.skus)
+
+
+def buyer_journey(
+    shop: Any, orders_api: bool, options: Any, ids: OrderIds, skus: list[str]
+) -> None:
+    """One buyer's visit through `shop` (gRPC or HTTP), paid orders queued for shipping."""
+    customer = f"cust-{random.randrange(options.customers)}"
+    for _ in range(random.randint(1, 3)):
+        if shop.browse(random.sample(skus, random.randint(1, 4))) is not Outcome.DONE:
             return
-        tally["orders_placed"] += 1
-        gevent.sleep(random.uniform(0.2, 1.0))  # to the payment page and back
-        roll = random.random()
-        if roll >= options.pay_share + options.cancel_share:
-            tally["orders_abandoned"] += 1
-            return
-        if roll >= options.pay_share:
-            outcome = self.shop.cancel(placed, "changed my mind")
-            tally[f"cancel_{outcome.value}"] += 1
-            return
-        outcome = self.shop.pay(placed)
-        tally[f"pay_{outcome.value}"] += 1
-        if outcome is not Outcome.DONE:
-            return
-        tally["units_paid"] += placed.units
-        if random.random() < 0.6:
-            self.shop.look_up(placed)
-        if random.random() < 0.25:
-            self.shop.list_mine(customer)
-        # A hold cannot be released once committed: refunds exist only with orders.
-        if self.api is Api.ORDERS and random.random() < options.refund_share:
-            outcome = self.shop.cancel(placed, "refund requested")
-            tally[f"refund_{outcome.value}"] += 1
-            if outcome is Outcome.DONE:
-                tally["units_refunded"] += placed.units
-            return
-        if self.api is Api.ORDERS:
-            paid_orders.put(placed.order_id)
+    lines = [
+        (sku, random.choice((1, 1, 1, 2)))
+        for sku in random.sample(skus, random.choice((1, 1, 1, 2, 2, 3)))
+    ]
+    outcome, placed = shop.place(ids.next(), customer, lines, options.payment_window)
+    if placed is None:
+        tally[f"place_{outcome.value}"] += 1
+        return
+    tally["orders_placed"] += 1
+    gevent.sleep(random.uniform(0.2, 1.0))  # to the payment page and back
+    roll = random.random()
+    if roll >= options.pay_share + options.cancel_share:
+        tally["orders_abandoned"] += 1
+        return
+    if roll >= options.pay_share:
+        outcome = shop.cancel(placed, "changed my mind")
+        tally[f"cancel_{outcome.value}"] += 1
+        return
+    outcome = shop.pay(placed)
+    tally[f"pay_{outcome.value}"] += 1
+    if outcome is not Outcome.DONE:
+        return
+    tally["units_paid"] += placed.units
+    if random.random() < 0.6:
+        shop.look_up(placed)
+    if random.random() < 0.25:
+        shop.list_mine(customer)
+    # A hold cannot be released once committed: refunds exist only with orders.
+    if orders_api and random.random() < options.refund_share:
+        outcome = shop.cancel(placed, "refund requested")
+        tally[f"refund_{outcome.value}"] += 1
+        if outcome is Outcome.DONE:
+            tally["units_refunded"] += placed.units
+        return
+    if orders_api:
+        paid_orders.put(placed.order_id)
 
 
 class Warehouse(GrpcUser):

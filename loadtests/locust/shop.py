@@ -35,6 +35,8 @@ class Api(enum.Enum):
 
     ORDERS = "orders"
     INVENTORY = "inventory"
+    HTTP = "http"
+    """Half the buyers on OrderService over HTTP/JSON through the gateway, half over gRPC."""
 
 
 class Outcome(enum.Enum):
@@ -265,5 +267,5 @@ class HoldShop(InventoryReads):
 
 
 def make_shop(api: Api, inventory: Any, orders: Any) -> OrderShop | HoldShop:
-    """The shop for `api`."""
-    return OrderShop(inventory, orders) if api is Api.ORDERS else HoldShop(inventory)
+    """The gRPC shop for `api` (OrderShop for the gRPC half of an HTTP run)."""
+    return HoldShop(inventory) if api is Api.INVENTORY else OrderShop(inventory, orders)

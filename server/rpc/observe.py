@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import descriptor, message, message_factory
@@ -65,10 +65,13 @@ def _decoded(request: Any) -> Any:
     return request
 
 
-def _answer(context: grpc.aio.ServicerContext, exc: DomainError) -> None:  # type: ignore[type-arg]
-    # Expected failures are answered by status, without raising through grpc: a non-OK
-    # code makes grpc.aio discard the (absent) response.
-    _send(context, to_status(exc))
+async def _answer(context: grpc.aio.ServicerContext, status: grpc.Status) -> NoReturn:  # type: ignore[type-arg]
+    # Aborting answers with status alone (a trailers-only response). Setting the code and
+    # returning None sends headers and an empty body first; a gateway that transcodes to
+    # JSON (Envoy's grpc_json_transcoder) then prints `{}` instead of the google.rpc.Status
+    # and its details.
+    await context.abort_with_status(status)  # type: ignore[attr-defined]
+    raise AssertionError("abort_with_status returns only by raising")
 
 
 def _send(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:  # type: ignore[type-arg]
@@ -87,11 +90,14 @@ def _refusal(delay_ms: int) -> grpc.Status:
 _SHUTTING_DOWN = to_status(ShuttingDown())
 
 
-def _refuse(context: grpc.aio.ServicerContext, shedder: LoadShedder) -> None:  # type: ignore[type-arg]
+async def _refuse(context: grpc.aio.ServicerContext, shedder: LoadShedder) -> NoReturn:  # type: ignore[type-arg]
     if shedder.draining:
-        _send(context, _SHUTTING_DOWN)
-    else:
-        _send(context, _refusal(max(1, round(shedder.retry_after() * 1000))))
+        await _answer(context, _SHUTTING_DOWN)
+    await _answer(context, _refusal(_delay_ms(shedder)))
+
+
+def _delay_ms(shedder: LoadShedder) -> int:
+    return max(1, round(shedder.retry_after() * 1000))
 
 
 def observe(
@@ -109,8 +115,7 @@ def observe(
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
         if not shedder.enter():
             refused.inc()
-            _refuse(context, shedder)
-            return None
+            await _refuse(context, shedder)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -118,8 +123,7 @@ def observe(
             return await inner(_decoded(request), context)
         except DomainError as exc:
             code = status_code_for(exc)
-            _answer(context, exc)
-            return None
+            await _answer(context, to_status(exc))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -153,7 +157,7 @@ def observe_stream(
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
         if not shedder.open_stream():
             refused.inc()
-            _refuse(context, shedder)
+            _send(context, _SHUTTING_DOWN if shedder.draining else _refusal(_delay_ms(shedder)))
             return
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -163,7 +167,8 @@ def observe_stream(
                 yield item
         except DomainError as exc:
             code = status_code_for(exc)
-            _answer(context, exc)
+            # A stream's status follows whatever it sent: it ends with the status set.
+            _send(context, to_status(exc))
         except asyncio.CancelledError:
             if not shedder.draining or context.cancelled():
                 code = grpc.StatusCode.CANCELLED

@@ -3,16 +3,23 @@ CA, and a token with every service scope sent on every call, as a real caller wo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import requests
 from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 
 from clients.credentials import Credentials
 from server.app import App, create_server
 from server.config import Settings
 from server.devcredentials import DevCredentials
+from server.devservers import free_port
+from server.gateway.envoy import Gateway
+from server.gateway.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
 from tests import callers
 
 
@@ -71,3 +78,79 @@ def credentials_for(credentials: DevCredentials) -> Callable[..., Credentials]:
         )  # type: ignore[arg-type]
 
     return make
+
+
+STOREFRONT = "https://shop.example.com"
+
+
+@pytest.fixture
+def gateway_settings(settings: Settings, credentials: DevCredentials, tmp_path: Path) -> Settings:
+    """Settings for a gateway on a free loopback port, reaching the test server over TLS
+    (trusting the test CA): one storefront origin, a 16 KiB body limit, AdjustStock given
+    0.5 s, the access log in a file."""
+    return replace(
+        settings,
+        gateway_access_log=str(tmp_path / "access.log"),
+        gateway_port=free_port(),
+        gateway_origins=(STOREFRONT,),
+        gateway_max_request_bytes=16_384,
+        gateway_timeouts={"AdjustStock": 0.5},
+        gateway_upstream_ca_file=str(credentials.ca_cert),
+    ).validate()
+
+
+@pytest.fixture
+def page_token(credentials: DevCredentials) -> str:
+    """The checkout page's token as `make run` mints it (its subject and scopes), signed
+    by the test key."""
+    return callers.token(credentials, CHECKOUT_PAGE_SUBJECT, CHECKOUT_PAGE_SCOPES)
+
+
+@pytest.fixture
+def gateway(
+    app: App, gateway_settings: Settings, page_token: str, tmp_path: Path
+) -> Iterator[Gateway]:
+    """Envoy in front of the test server, the checkout page calling with `page_token`;
+    stopped after the test. Started from this (the main) thread: Envoy dies with the
+    thread that started it."""
+    with Gateway(
+        gateway_settings, tmp_path / "gateway", grpc_port=app.port, page_token=page_token
+    ) as gw:
+        yield gw
+
+
+@dataclass(frozen=True)
+class GatewayCaller:
+    """Calls the gateway over HTTP as a storefront back end does: `token` is the bearer
+    of every request that names no Authorization of its own (None: no token at all)."""
+
+    gateway: Gateway
+    token: str | None
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL."""
+        return self.gateway.url
+
+    @property
+    def settings(self) -> Settings:
+        """The gateway's settings."""
+        return self.gateway.settings
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request (blocking; run it in a thread beside an in-process server)."""
+        kwargs.setdefault("timeout", 10)
+        headers = dict(kwargs.pop("headers", None) or {})
+        if self.token is not None and "authorization" not in {h.lower() for h in headers}:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return requests.request(method, self.url + path, headers=headers, **kwargs)
+
+    def with_token(self, token: str | None) -> GatewayCaller:
+        """The same gateway, called with another token (or none)."""
+        return replace(self, token=token)
+
+
+@pytest.fixture
+def api(gateway: Gateway, service_token: str) -> GatewayCaller:
+    """The gateway, called with the service token."""
+    return GatewayCaller(gateway, service_token)

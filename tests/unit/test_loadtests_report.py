@@ -84,3 +84,16 @@ def test_a_failed_check_fails_the_run_and_a_missed_target_does_not(tmp_path: Pat
         "- PASS: exactly the stock sold",
         "- FAIL: no holds left",
     ]
+
+
+def test_gateway_rows_set_each_http_request_beside_its_grpc_twin() -> None:
+    from loadtests.report import gateway_rows
+
+    stats = {
+        CREATE: Entry(CREATE, 100, 0, 1.0, 10.0, 8.0, 30.0, 90.0),
+        "HTTP " + CREATE: Entry("HTTP " + CREATE, 90, 0, 1.0, 12.5, 9.0, 41.0, 95.0),
+        GET_STOCK: _entry(GET_STOCK, 50),  # no HTTP twin: not a row
+    }
+    assert gateway_rows(stats, "HTTP ") == [
+        [CREATE, "100", "90", "10.0", "12.5", "2.5", "8.0", "9.0", "1.0", "30.0", "41.0"]
+    ]

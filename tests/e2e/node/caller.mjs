@@ -14,7 +14,8 @@ const [target, caFile, token, protos, googleProtos, sku] = process.argv.slice(2)
 const options = { keepCase: true, longs: String, enums: String, defaults: true };
 const loaded = protoLoader.loadSync(
   ["stockcore/v1/inventory.proto"],
-  { ...options, includeDirs: [protos] },
+  // The google/api/annotations.proto they import (the HTTP routes) is among the Google protos.
+  { ...options, includeDirs: [protos, googleProtos] },
 );
 const api = grpc.loadPackageDefinition(loaded);
 

@@ -1,0 +1,562 @@
+"""Envoy's bootstrap configuration for the gateway, built from Settings.
+
+Everything Envoy does for stockcore is decided here: the JSON routes come from the
+`google.api.http` annotations in protos/ (through the descriptor set `make proto`
+writes), and this module adds the edge around them: CORS for the configured storefront
+origins, a request-size limit, per-RPC timeouts that reach the server as gRPC deadlines,
+the Idempotency-Key header, access logs, JSON bodies for the gateway's own errors, and
+the static checkout page and the token it calls with. The one upstream cluster is built
+by `upstream_cluster`: TLS to the gRPC port, checked against the CA that signed the
+server's certificate, unless the server is plaintext. Request headers, Authorization
+among them, reach the server as call metadata.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor
+from stockcore.v1 import inventory_pb2, orders_pb2
+
+from server.config import Settings, SettingsError
+
+Config = dict[str, Any]
+
+SERVICES: tuple[descriptor.ServiceDescriptor, ...] = (
+    inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"],
+    orders_pb2.DESCRIPTOR.services_by_name["OrderService"],
+)
+CLUSTER = "stockcore_grpc"
+# The server gets the route's timeout as its deadline; the gateway waits this much
+# longer, so the server's own DEADLINE_EXCEEDED (with its details) is what callers see.
+DEADLINE_MARGIN_S = 0.25
+# A server stream (WatchOrders) with no event for this long is closed; clients resume
+# with the last cursor they saw.
+STREAM_IDLE_TIMEOUT_S = 300
+# Headers a browser on a storefront origin may send, and read back.
+CORS_ALLOW_HEADERS = "authorization, content-type, idempotency-key, x-request-id"
+CORS_EXPOSE_HEADERS = "x-request-id, grpc-status, grpc-message"
+_STATIC = resources.files("server.gateway") / "static"
+# path -> (file under static/, content type)
+STATIC_FILES: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/checkout.js": ("checkout.js", "text/javascript; charset=utf-8"),
+    "/checkout.css": ("checkout.css", "text/css; charset=utf-8"),
+    "/catalogue.json": ("catalogue.json", "application/json"),
+}
+# Generated from the gateway's start-up arguments rather than read from static/.
+PAGE_CONFIG = "config.js"
+# Errors the gateway answers itself (no route, too large, server down, timeout) carry
+# the same google.rpc.Status JSON body as the server's: HTTP status -> (code, reason).
+LOCAL_ERRORS: dict[int, tuple[int, str]] = {
+    400: (3, "BAD_REQUEST"),  # INVALID_ARGUMENT: JSON that does not fit the request
+    404: (5, "NO_ROUTE"),  # NOT_FOUND
+    405: (12, "METHOD_NOT_ALLOWED"),  # UNIMPLEMENTED
+    408: (4, "REQUEST_TIMEOUT"),  # DEADLINE_EXCEEDED
+    413: (8, "PAYLOAD_TOO_LARGE"),  # RESOURCE_EXHAUSTED
+    431: (8, "HEADERS_TOO_LARGE"),  # RESOURCE_EXHAUSTED
+    500: (13, "GATEWAY_ERROR"),  # INTERNAL
+    502: (14, "BAD_UPSTREAM"),  # UNAVAILABLE
+    503: (14, "UPSTREAM_UNAVAILABLE"),  # UNAVAILABLE
+    504: (4, "UPSTREAM_TIMEOUT"),  # DEADLINE_EXCEEDED
+}
+GATEWAY_DOMAIN = "gateway.stockcore.v1"
+# One JSON object per request; never the Authorization header.
+ACCESS_LOG_FIELDS: dict[str, str] = {
+    "time": "%START_TIME%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "rpc": "%ROUTE_NAME%",
+    "status": "%RESPONSE_CODE%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "response_ms": "%RESPONSE_DURATION%",
+    "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "idempotency_key": "%REQ(IDEMPOTENCY-KEY)%",
+    "origin": "%REQ(ORIGIN)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+}
+
+
+def _type(name: str) -> str:
+    return f"type.googleapis.com/{name}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}s"
+
+
+def descriptor_path() -> Path:
+    """The descriptor set `make proto` writes beside the generated stubs."""
+    path = Path(str(resources.files("stockcore.v1") / "descriptor.pb"))
+    if not path.exists():
+        raise SettingsError(f"{path} is missing: run `make proto`")
+    return path
+
+
+def static_path(name: str) -> Path:
+    """A file of the checkout page."""
+    return Path(str(_STATIC / name))
+
+
+def lua_path() -> Path:
+    """The Idempotency-Key script."""
+    return Path(str(resources.files("server.gateway") / "idempotency.lua"))
+
+
+def rpc_methods() -> Iterator[descriptor.MethodDescriptor]:
+    """Every public RPC, in service order."""
+    for service in SERVICES:
+        yield from service.methods
+
+
+def rpc_timeouts(settings: Settings) -> dict[str, float | None]:
+    """Seconds each RPC may take through the gateway (None: a stream, no limit)."""
+    known = {method.name for method in rpc_methods()}
+    unknown = sorted(set(settings.gateway_timeouts) - known)
+    if unknown:
+        raise SettingsError(
+            f"gateway_timeouts names unknown RPCs: {', '.join(unknown)}"
+            f" (known: {', '.join(sorted(known))})"
+        )
+    return {
+        method.name: None
+        if method.server_streaming
+        else settings.gateway_timeouts.get(method.name, settings.gateway_timeout_s)
+        for method in rpc_methods()
+    }
+
+
+def _grpc_timeout(seconds: float) -> str:
+    """The grpc-timeout header value (milliseconds, at most 8 digits)."""
+    return f"{max(1, round(seconds * 1000))}m"
+
+
+def _rpc_route(method: descriptor.MethodDescriptor, timeout: float | None) -> Config:
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    if timeout is None:
+        action: Config = {
+            "cluster": CLUSTER,
+            "timeout": "0s",
+            "idle_timeout": _seconds(STREAM_IDLE_TIMEOUT_S),
+        }
+        return {"name": method.name, "match": {"path": path}, "route": action}
+    return {
+        "name": method.name,
+        "match": {"path": path},
+        "route": {"cluster": CLUSTER, "timeout": _seconds(timeout + DEADLINE_MARGIN_S)},
+        # Overwrites whatever a caller sent: the route decides the deadline.
+        "request_headers_to_add": [
+            {
+                "header": {"key": "grpc-timeout", "value": _grpc_timeout(timeout)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
+
+
+def page_config_script(token: str | None) -> str:
+    """/config.js: what the checkout page calls the API with (a bearer token, or none)."""
+    return f"window.stockcoreConfig = {json.dumps({'token': token})};\n"
+
+
+def _static_route(path: str, name: str, content_type: str) -> Config:
+    return _page_route(path, name, {"filename": str(static_path(name))}, content_type)
+
+
+def _page_route(path: str, name: str, body: Config, content_type: str) -> Config:
+    return {
+        "name": f"static {name}",
+        "match": {"path": path, "headers": [_method_is("GET")]},
+        "direct_response": {"status": 200, "body": body},
+        # Not an API path: the transcoder must not refuse it as an unknown method.
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": _type("envoy.config.route.v3.FilterConfig"),
+                "disabled": True,
+            }
+        },
+        "response_headers_to_add": [
+            _header("content-type", content_type),
+            _header("cache-control", "no-store" if name == PAGE_CONFIG else "no-cache"),
+            _header("x-content-type-options", "nosniff"),
+            _header(
+                "content-security-policy",
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+        ],
+    }
+
+
+def _method_is(method: str) -> Config:
+    return {"name": ":method", "string_match": {"exact": method}}
+
+
+def _header(key: str, value: str) -> Config:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def routes(settings: Settings, page_token: str | None = None) -> list[Config]:
+    """The gRPC method routes (matched after transcoding), the checkout page with the
+    token it calls with (`page_token`), and a JSON 404 for any other path."""
+    timeouts = rpc_timeouts(settings)
+    found: list[Config] = [_rpc_route(m, timeouts[m.name]) for m in rpc_methods()]
+    found += [_static_route(path, *file) for path, file in STATIC_FILES.items()]
+    found.append(
+        _page_route(
+            f"/{PAGE_CONFIG}",
+            PAGE_CONFIG,
+            {"inline_string": page_config_script(page_token)},
+            "text/javascript; charset=utf-8",
+        )
+    )
+    # Everything else. The CORS filter, which runs before transcoding, acts only on a
+    # route that forwards, so this one does; yet nothing is forwarded by it: a path the
+    # transcoder maps is routed again as its gRPC method, and any other path is refused
+    # by the transcoder (404) or answered by the CORS filter (a preflight).
+    found.append({"name": "unmapped", "match": {"prefix": "/"}, "route": {"cluster": CLUSTER}})
+    return found
+
+
+def cors_policy(settings: Settings) -> Config:
+    """CORS for the configured storefront origins (exact matches)."""
+    return {
+        "@type": _type("envoy.extensions.filters.http.cors.v3.CorsPolicy"),
+        "allow_origin_string_match": [{"exact": o} for o in settings.gateway_origins],
+        "allow_methods": "GET, POST, OPTIONS",
+        "allow_headers": CORS_ALLOW_HEADERS,
+        "expose_headers": CORS_EXPOSE_HEADERS,
+        "max_age": "600",
+        "allow_credentials": False,
+        # A preflight from an origin not allowed is answered here, without CORS headers.
+        "forward_not_matching_preflights": False,
+    }
+
+
+def transcoder(settings: Settings) -> Config:
+    """grpc_json_transcoder: JSON <-> protobuf by the proto annotations."""
+    return {
+        "@type": _type("envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"),
+        "proto_descriptor": str(descriptor_path()),
+        "services": [service.full_name for service in SERVICES],
+        "print_options": {
+            # A sold-out SKU prints "available": "0" rather than no field at all.
+            "always_print_primitive_fields": True,
+            # WatchOrders: one JSON object per line, readable as it arrives.
+            "stream_newline_delimited": True,
+        },
+        # Non-OK statuses become HTTP statuses with the google.rpc.Status as the body.
+        "convert_grpc_status": True,
+        # Ids may hold '/' and ':': clients percent-encode them in paths.
+        "url_unescape_spec": "ALL_CHARACTERS",
+        "request_validation_options": {
+            "reject_unknown_method": True,
+            "reject_unknown_query_parameters": True,
+        },
+        "case_insensitive_enum_parsing": True,
+    }
+
+
+def local_reply_config() -> Config:
+    """The gateway's own error responses as google.rpc.Status JSON."""
+    return {
+        "mappers": [
+            {
+                "filter": {
+                    "status_code_filter": {
+                        "comparison": {
+                            "op": "EQ",
+                            "value": {"default_value": status, "runtime_key": f"gw.lr.{status}"},
+                        }
+                    }
+                },
+                "body_format_override": {
+                    "json_format": {
+                        "code": code,
+                        "message": "%LOCAL_REPLY_BODY%",
+                        "details": [
+                            {
+                                "@type": _type("google.rpc.ErrorInfo"),
+                                "reason": reason,
+                                "domain": GATEWAY_DOMAIN,
+                                "metadata": {"detail": "%RESPONSE_CODE_DETAILS%"},
+                            }
+                        ],
+                    },
+                },
+            }
+            for status, (code, reason) in LOCAL_ERRORS.items()
+        ]
+    }
+
+
+def access_log(settings: Settings) -> Config:
+    """One JSON line per request, to a file or standard output."""
+    log_format = {"json_format": ACCESS_LOG_FIELDS}
+    if settings.gateway_access_log == "-":
+        return {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": _type("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
+                "log_format": log_format,
+            },
+        }
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": _type("envoy.extensions.access_loggers.file.v3.FileAccessLog"),
+            "path": settings.gateway_access_log,
+            "log_format": log_format,
+        },
+    }
+
+
+def http_filters(settings: Settings) -> list[Config]:
+    """CORS first (preflights never reach the server), then the Idempotency-Key script,
+    the request-size limit (413), the transcoder, and the router."""
+    return [
+        {
+            "name": "envoy.filters.http.cors",
+            "typed_config": {"@type": _type("envoy.extensions.filters.http.cors.v3.Cors")},
+        },
+        {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": _type("envoy.extensions.filters.http.lua.v3.Lua"),
+                "default_source_code": {"filename": str(lua_path())},
+            },
+        },
+        {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {
+                "@type": _type("envoy.extensions.filters.http.buffer.v3.Buffer"),
+                "max_request_bytes": settings.gateway_max_request_bytes,
+            },
+        },
+        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder(settings)},
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": _type("envoy.extensions.filters.http.router.v3.Router"),
+                "suppress_envoy_headers": True,
+            },
+        },
+    ]
+
+
+def connection_manager(settings: Settings, page_token: str | None = None) -> Config:
+    """The HTTP connection manager of the public listener."""
+    return {
+        "@type": _type(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        ),
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",
+        "server_name": "stockcore-gateway",
+        # The edge: the client's address is the connection's; x-envoy-* headers from
+        # clients are not trusted.
+        "use_remote_address": True,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        # A storefront's own x-request-id is kept (it names the change in the order
+        # history); otherwise Envoy makes one. Either way the response carries it.
+        "preserve_external_request_id": True,
+        "always_set_request_id_in_response": True,
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        "stream_idle_timeout": _seconds(STREAM_IDLE_TIMEOUT_S),
+        "request_headers_timeout": "10s",
+        "access_log": [access_log(settings)],
+        "local_reply_config": local_reply_config(),
+        "route_config": {
+            "name": "stockcore",
+            "max_direct_response_body_size_bytes": 1024 * 1024,
+            "virtual_hosts": [
+                {
+                    "name": "stockcore",
+                    "domains": ["*"],
+                    "routes": routes(settings, page_token),
+                    "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy(settings)},
+                }
+            ],
+        },
+        "http_filters": http_filters(settings),
+    }
+
+
+def _socket_address(host: str, port: int) -> Config:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _upstream_host(host: str) -> str:
+    """Where to reach the gRPC server: a wildcard listen address means this machine."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _absolute_file(path: str, setting: str) -> str:
+    found = Path(path).resolve()
+    if not found.is_file():
+        raise SettingsError(f"{setting} names {path}, which is not a file")
+    return str(found)
+
+
+def upstream_tls(settings: Settings, host: str) -> Config | None:
+    """The TLS transport socket to the gRPC server (None when it serves plaintext): the
+    server's certificate must chain to gateway_upstream_ca_file and name the server (SNI
+    and a subject alternative name check; an IP address is checked as one, sent no SNI)."""
+    if settings.plaintext:
+        return None
+    if not settings.gateway_upstream_ca_file:
+        raise SettingsError(
+            "the gRPC server serves TLS: the gateway needs the CA that signed its certificate"
+            " (STOCKCORE_GATEWAY_UPSTREAM_CA), or STOCKCORE_PLAINTEXT=true for a plaintext server"
+        )
+    name = settings.gateway_upstream_server_name or host
+    common: Config = {
+        # gRPC is HTTP/2; ALPN says so.
+        "alpn_protocols": ["h2"],
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "validation_context": {
+            "trusted_ca": {
+                "filename": _absolute_file(
+                    settings.gateway_upstream_ca_file, "gateway_upstream_ca_file"
+                )
+            },
+            "match_typed_subject_alt_names": [
+                {"san_type": "IP_ADDRESS" if _is_ip(name) else "DNS", "matcher": {"exact": name}}
+            ],
+        },
+    }
+    if settings.gateway_upstream_cert_file:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {
+                    "filename": _absolute_file(
+                        settings.gateway_upstream_cert_file, "gateway_upstream_cert_file"
+                    )
+                },
+                "private_key": {
+                    "filename": _absolute_file(
+                        settings.gateway_upstream_key_file, "gateway_upstream_key_file"
+                    )
+                },
+            }
+        ]
+    context: Config = {
+        "@type": _type("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+        "common_tls_context": common,
+    }
+    if not _is_ip(name):
+        context["sni"] = name
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def upstream_cluster(settings: Settings, grpc_port: int) -> Config:
+    """The gRPC server as Envoy's one upstream: HTTP/2 over TLS (or plaintext, when the
+    server is), limits wide enough for load runs."""
+    host = _upstream_host(settings.grpc_host)
+    limits = {"max_connections": 1024, "max_pending_requests": 65536, "max_requests": 65536}
+    cluster: Config = {
+        "name": CLUSTER,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _type("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+                # Bounded streams per connection: more connections under load, which
+                # SO_REUSEPORT spreads over the server's worker processes.
+                "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 64}},
+            }
+        },
+        "circuit_breakers": {"thresholds": [limits]},
+        "load_assignment": {
+            "cluster_name": CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(host, grpc_port)}}]}
+            ],
+        },
+    }
+    tls = upstream_tls(settings, host)
+    if tls is not None:
+        cluster["transport_socket"] = tls
+    return cluster
+
+
+def bootstrap(
+    settings: Settings, *, grpc_port: int | None = None, page_token: str | None = None
+) -> Config:
+    """The whole Envoy configuration; `grpc_port` overrides settings.grpc_port (a test
+    server on a port picked at start); `page_token` is the bearer token the checkout page
+    calls with (none: the page's calls are refused as unauthenticated)."""
+    port = settings.grpc_port if grpc_port is None else grpc_port
+    if not 1 <= port <= 65535:
+        raise SettingsError("the gateway needs the gRPC server's port")
+    listener = {
+        "name": "http",
+        "address": _socket_address(settings.gateway_host, settings.gateway_port),
+        "per_connection_buffer_limit_bytes": max(32768, settings.gateway_max_request_bytes),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": connection_manager(settings, page_token),
+                    }
+                ]
+            }
+        ],
+    }
+    return {
+        "node": {"id": "stockcore-gateway", "cluster": "stockcore"},
+        "admin": {"address": _socket_address("127.0.0.1", settings.gateway_admin_port)},
+        "static_resources": {
+            "listeners": [listener],
+            "clusters": [upstream_cluster(settings, port)],
+        },
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _type(
+                            "envoy.extensions.resource_monitors.downstream_connections.v3."
+                            "DownstreamConnectionsConfig"
+                        ),
+                        "max_active_downstream_connections": 10000,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def describe_routes() -> Mapping[str, tuple[str, str]]:
+    """RPC name -> (HTTP method, path template), from the proto annotations."""
+    from google.api import annotations_pb2, http_pb2
+
+    found: dict[str, tuple[str, str]] = {}
+    for method in rpc_methods():
+        rule: http_pb2.HttpRule = method.GetOptions().Extensions[annotations_pb2.http]
+        kind = rule.WhichOneof("pattern")
+        assert kind is not None, f"{method.full_name} has no google.api.http annotation"
+        found[method.name] = (kind.upper(), getattr(rule, kind))
+    return found

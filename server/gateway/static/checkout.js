@@ -1,0 +1,353 @@
+// The checkout page: stockcore's HTTP/JSON API through the gateway, nothing else.
+//
+// The cart is one order in PENDING_PAYMENT: adding a product creates the order (which
+// holds the stock until its payment deadline), changing the cart cancels it and creates
+// the next one. "Pay" is a simulated payment confirmed with ConfirmPayment, and the
+// order's status follows WatchOrders (a newline-delimited JSON stream).
+//
+// Query parameters: ?shopper=NAME (default: a random one per tab), ?hold=SECONDS (the
+// payment window, default 600).
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const shopper = params.get("shopper") || sessionStorage.getItem("shopper") || "shopper-" + randomId();
+sessionStorage.setItem("shopper", shopper);
+const holdSeconds = Math.max(1, Math.min(86400, Number(params.get("hold")) || 600));
+const STOCK_POLL_MS = 1000;
+
+const $ = (id) => document.getElementById(id);
+let catalogue = { currency: "EUR", products: [] };
+let available = {}; // sku -> units available now (null: not sold here)
+let cart = {}; // sku -> quantity
+let order = null; // the pending (or last) order
+let watching = null; // AbortController of the WatchOrders stream
+let busy = false;
+
+function randomId() {
+  const bytes = new Uint8Array(6);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function money(minor) {
+  return new Intl.NumberFormat("en", { style: "currency", currency: catalogue.currency })
+    .format(Number(minor) / 100);
+}
+
+function bare(status) {
+  return (status || "").replace(/^ORDER_STATUS_/, "");
+}
+
+// The bearer token the page calls with, from /config.js (written by the gateway).
+function authorization() {
+  const token = (window.stockcoreConfig || {}).token;
+  return token ? { authorization: "Bearer " + token } : {};
+}
+
+// One API call: JSON in, JSON out; a non-2xx answer throws its google.rpc.Status.
+async function api(method, path, body, idempotencyKey) {
+  const headers = { "content-type": "application/json", ...authorization() };
+  if (idempotencyKey) headers["idempotency-key"] = idempotencyKey;
+  const reply = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await reply.json().catch(() => ({}));
+  if (!reply.ok) {
+    const error = new Error(data.message || reply.statusText);
+    error.httpStatus = reply.status;
+    error.details = data.details || [];
+    throw error;
+  }
+  return data;
+}
+
+function detailsOf(error, type) {
+  return error.details.filter((d) => d["@type"] === "type.googleapis.com/google.rpc." + type);
+}
+
+function notify(text, kind) {
+  const notice = $("notice");
+  notice.textContent = text;
+  notice.className = "notice" + (kind ? " " + kind : "");
+  notice.hidden = !text;
+}
+
+// --- products and their availability ------------------------------------------------
+
+function renderProducts() {
+  const list = $("products");
+  for (const product of catalogue.products) {
+    let item = list.querySelector(`[data-sku="${product.sku}"]`);
+    if (!item) {
+      item = document.createElement("li");
+      item.className = "product";
+      item.dataset.sku = product.sku;
+      item.innerHTML = '<span class="name"></span><span class="price"></span>' +
+        '<span class="availability"></span><button type="button">Add to cart</button>';
+      item.querySelector(".name").textContent = product.name;
+      item.querySelector(".price").textContent = money(product.price_minor);
+      item.querySelector("button").addEventListener("click", () => addToCart(product.sku));
+      list.appendChild(item);
+    }
+    const units = available[product.sku];
+    const soldOut = units === 0;
+    const label = item.querySelector(".availability");
+    label.textContent = units === undefined ? "…" : units === null ? "not sold here"
+      : soldOut ? "Sold out" : units <= 5 ? `Only ${units} left` : `${units} available`;
+    label.className = "availability" + (soldOut || units === null ? " sold-out" : units <= 5 ? " low" : "");
+    item.classList.toggle("sold-out", soldOut);
+    item.querySelector("button").disabled = busy || !units;
+  }
+}
+
+async function refreshStock() {
+  let skus = catalogue.products.map((p) => p.sku).filter((sku) => available[sku] !== null);
+  while (skus.length) {
+    try {
+      const query = skus.map((sku) => "skus=" + encodeURIComponent(sku)).join("&");
+      const data = await api("GET", "/v1/stock?" + query);
+      for (const level of data.levels || []) available[level.sku] = Number(level.available);
+      break;
+    } catch (error) {
+      // An unknown SKU fails the whole read: mark it, and read the others again.
+      const unknown = detailsOf(error, "ResourceInfo").map((d) => d.resourceName);
+      if (error.httpStatus !== 404 || !unknown.length) throw error;
+      for (const sku of unknown) available[sku] = null;
+      skus = skus.filter((sku) => !unknown.includes(sku));
+    }
+  }
+  renderProducts();
+}
+
+async function pollStock() {
+  try {
+    await refreshStock();
+  } catch (error) {
+    notify("Availability is not reachable just now: " + error.message);
+  }
+  setTimeout(pollStock, STOCK_POLL_MS);
+}
+
+// --- the cart: one pending order ----------------------------------------------------
+
+function orderLines(lines) {
+  return Object.entries(lines).map(([sku, quantity]) => ({
+    sku,
+    quantity: String(quantity),
+    unitPriceMinor: String(catalogue.products.find((p) => p.sku === sku).price_minor),
+  }));
+}
+
+async function createOrder(lines) {
+  const id = "web-" + randomId();
+  const data = await api("POST", "/v1/orders", {
+    customerId: shopper,
+    lines: orderLines(lines),
+    currencyCode: catalogue.currency,
+    paymentWindow: holdSeconds + "s",
+  }, id);
+  return data.order;
+}
+
+async function withBusy(work) {
+  busy = true;
+  renderProducts();
+  renderCart();
+  try {
+    await work();
+  } finally {
+    busy = false;
+    renderProducts();
+    renderCart();
+  }
+}
+
+function addToCart(sku) {
+  return withBusy(async () => {
+    const next = { ...cart, [sku]: (cart[sku] || 0) + 1 };
+    const previous = order && bare(order.status) === "PENDING_PAYMENT" ? order : null;
+    if (previous) {
+      // The held units go back before the larger hold is taken, so a cart that holds a
+      // last unit can still grow.
+      await api("POST", `/v1/orders/${encodeURIComponent(previous.orderId)}:cancel`,
+        { reason: "cart changed" });
+    }
+    try {
+      order = await createOrder(next);
+      cart = next;
+      notify("");
+    } catch (error) {
+      const short = detailsOf(error, "PreconditionFailure").flatMap((d) => d.violations || []);
+      if (short.length) {
+        for (const v of short) {
+          const left = /available (\d+)/.exec(v.description);
+          if (left) available[v.subject] = Number(left[1]);
+        }
+        notify("Sold out: " + short.map((v) => `${v.subject} (${v.description})`).join(", "));
+      } else {
+        notify("Could not add to the cart: " + error.message);
+      }
+      order = null;
+      if (previous && Object.keys(cart).length) {
+        order = await createOrder(cart).catch(() => null);
+        if (!order) cart = {};
+      }
+    }
+    if (order) watch(order.orderId);
+    refreshStock().catch(() => {});
+  });
+}
+
+function emptyCart() {
+  return withBusy(async () => {
+    if (order && bare(order.status) === "PENDING_PAYMENT") {
+      await api("POST", `/v1/orders/${encodeURIComponent(order.orderId)}:cancel`,
+        { reason: "cart emptied" });
+    }
+    cart = {};
+    order = null;
+    stopWatching();
+    $("order").hidden = true;
+    refreshStock().catch(() => {});
+  });
+}
+
+function pay() {
+  return withBusy(async () => {
+    const paying = order;
+    try {
+      // The simulated payment provider approved payment `paymentId` for the total.
+      const data = await api("POST", `/v1/orders/${encodeURIComponent(paying.orderId)}:pay`, {
+        amountMinor: paying.totalMinor,
+        currencyCode: paying.currencyCode,
+      }, "sim-pay-" + paying.orderId);
+      order = data.order;
+      cart = {};
+      notify("Thank you! Payment received.", "info");
+    } catch (error) {
+      notify("Payment failed: " + error.message);
+    }
+  });
+}
+
+function renderCart() {
+  const lines = Object.entries(cart);
+  const pending = order && bare(order.status) === "PENDING_PAYMENT";
+  $("cart-empty").hidden = lines.length > 0;
+  $("cart").hidden = lines.length === 0;
+  $("cart-lines").replaceChildren(...lines.map(([sku, quantity]) => {
+    const li = document.createElement("li");
+    const product = catalogue.products.find((p) => p.sku === sku);
+    li.textContent = `${quantity} × ${product.name}`;
+    return li;
+  }));
+  $("cart-total").textContent = order ? money(order.totalMinor) : "";
+  $("pay").disabled = busy || !pending;
+  $("empty").disabled = busy;
+  if (order) {
+    $("order").hidden = false;
+    $("order-id").textContent = order.orderId;
+    $("order-status").textContent = bare(order.status);
+    $("order-status").dataset.status = bare(order.status);
+  }
+  tick();
+}
+
+// The hold's countdown, to the order's payment deadline.
+function tick() {
+  const hold = $("hold");
+  if (!order || !order.paymentDeadline) return;
+  const status = bare(order.status);
+  const left = Math.max(0, Math.ceil((Date.parse(order.paymentDeadline) - Date.now()) / 1000));
+  if (status === "EXPIRED" || (status === "PENDING_PAYMENT" && left === 0)) {
+    hold.className = "hold expired";
+    hold.textContent = "Your hold expired: the items went back on sale.";
+    $("pay").disabled = true;
+    return;
+  }
+  if (status !== "PENDING_PAYMENT") {
+    hold.className = "hold";
+    hold.textContent = "";
+    return;
+  }
+  hold.className = "hold" + (left <= 30 ? " ending" : "");
+  const minutes = Math.floor(left / 60);
+  const seconds = String(left % 60).padStart(2, "0");
+  if (!$("countdown")) hold.innerHTML = 'Held for you for <strong id="countdown"></strong>';
+  $("countdown").textContent = `${minutes}:${seconds}`;
+}
+
+// --- the order's status, live -------------------------------------------------------
+
+function stopWatching() {
+  if (watching) watching.abort();
+  watching = null;
+}
+
+async function watch(orderId) {
+  stopWatching();
+  const control = new AbortController();
+  watching = control;
+  $("order-history").replaceChildren();
+  let cursor = "0";
+  while (!control.signal.aborted) {
+    try {
+      const reply = await fetch(
+        `/v1/orders:watch?orderId=${encodeURIComponent(orderId)}&afterCursor=${cursor}`,
+        { signal: control.signal, headers: authorization() });
+      if (!reply.ok) throw new Error(reply.statusText);
+      const reader = reply.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffered += decoder.decode(value, { stream: true });
+        let newline;
+        while ((newline = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, newline).trim();
+          buffered = buffered.slice(newline + 1);
+          if (line) cursor = onEvent(JSON.parse(line), orderId) || cursor;
+        }
+      }
+    } catch (error) {
+      if (control.signal.aborted) return;
+    }
+    // The stream ended (idle timeout, server restart): resume after the last cursor.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+function onEvent(event, orderId) {
+  if (event.orderId !== orderId) return event.cursor;
+  if (event.change) {
+    const li = document.createElement("li");
+    const when = new Date(event.occurTime).toLocaleTimeString();
+    li.textContent = `${when}: ${bare(event.change.toStatus)}`;
+    $("order-history").appendChild(li);
+  }
+  if (event.order && order && order.orderId === orderId) {
+    order = event.order;
+    if (bare(order.status) === "EXPIRED") {
+      // The cart stays as it was, marked expired; adding to it holds everything again.
+      notify("Your hold expired before payment; the items went back on sale.");
+    }
+    renderCart();
+  }
+  return event.cursor;
+}
+
+async function start() {
+  $("shopper").textContent = shopper;
+  $("pay").addEventListener("click", pay);
+  $("empty").addEventListener("click", emptyCart);
+  catalogue = await (await fetch("/catalogue.json")).json();
+  renderProducts();
+  renderCart();
+  setInterval(tick, 250);
+  pollStock();
+}
+
+start();

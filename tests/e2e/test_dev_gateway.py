@@ -1,0 +1,110 @@
+"""`make run` (`python -m server dev`): Envoy starts beside the server, on the port the
+settings name, reaches it over TLS with the development CA, gives the checkout page a
+development token, and Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jwt
+import requests
+
+from server.devservers import free_port
+from server.gateway.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
+from tests.conftest import ROOT, SHARDS, Servers
+
+
+def _envoy_pids(config_dir: Path) -> list[int]:
+    """Envoy processes whose configuration lives under config_dir."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"/envoy") and any(str(config_dir).encode() in a for a in argv):
+            found.append(int(proc.name))
+    return found
+
+
+def _page_token(url: str, server: subprocess.Popen[bytes]) -> str:
+    """The token `dev` gave the checkout page, read as the page reads it (/config.js)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            reply = requests.get(f"{url}/config.js", timeout=2)
+        except requests.ConnectionError:
+            time.sleep(0.2)
+            continue
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["cache-control"] == "no-store"
+        prefix = "window.stockcoreConfig = "
+        assert reply.text.startswith(prefix)
+        token: str = json.loads(reply.text.removeprefix(prefix).strip().rstrip(";"))["token"]
+        return token
+    raise AssertionError(f"no gateway on {url} (the server exited with {server.returncode})")
+
+
+def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "STOCKCORE_PG_DSN": clean.pg_dsn,
+        "STOCKCORE_REDIS_URL": clean.redis_url,
+        "STOCKCORE_SHARDS": str(SHARDS),
+        "STOCKCORE_GRPC_PORT": str(free_port()),
+        "STOCKCORE_METRICS_PORT": "0",
+        "STOCKCORE_GATEWAY_PORT": str(port),
+        "STOCKCORE_DATA_DIR": str(tmp_path),
+        # dev also starts the simulated partners: on ports of their own here.
+        "STOCKCORE_DEV_WAREHOUSE_PORT": str(free_port()),
+        "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": str(free_port()),
+        "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": str(free_port()),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "dev"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        token = _page_token(url, server)
+        stock = f"{url}/v1/stock?skus=DRESS-RED-M"
+        reply = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None:
+            reply = requests.get(stock, headers={"Authorization": f"Bearer {token}"}, timeout=2)
+            if reply.status_code != 503:  # 503: the server is starting
+                break
+            time.sleep(0.2)
+        # Through Envoy, over TLS with the development CA, with the page's token.
+        assert reply is not None and reply.status_code == 200, reply
+        assert reply.json()["levels"][0]["sku"] == "DRESS-RED-M"  # the demo catalogue
+        assert requests.get(stock, timeout=2).status_code == 401
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["sub"] == CHECKOUT_PAGE_SUBJECT
+        assert set(claims["scope"].split()) == set(CHECKOUT_PAGE_SCOPES)
+        assert 8 * 3600 <= claims["exp"] - claims["iat"] <= 12 * 3600
+        assert len(_envoy_pids(tmp_path)) == 1
+
+        server.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert server.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while _envoy_pids(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _envoy_pids(tmp_path) == []
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

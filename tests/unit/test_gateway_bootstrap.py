@@ -1,0 +1,176 @@
+"""Envoy's configuration as built from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from server.config import Settings, SettingsError, from_env, to_env
+from server.devcredentials import DevCredentials
+from server.gateway.bootstrap import bootstrap, page_config_script, rpc_timeouts
+from server.gateway.page_token import (
+    CHECKOUT_PAGE_SCOPES,
+    CHECKOUT_PAGE_SUBJECT,
+    dev_page_token,
+)
+
+Config = dict[str, Any]
+
+
+def _routes(config: Config) -> dict[str, Config]:
+    listener = config["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return {r["name"]: r for r in manager["route_config"]["virtual_hosts"][0]["routes"]}
+
+
+def test_route_timeout_is_sent_as_the_grpc_deadline() -> None:
+    settings = Settings(
+        plaintext=True, gateway_timeout_s=5.0, gateway_timeouts={"Reserve": 2.0}
+    ).validate()
+    routes = _routes(bootstrap(settings))
+    reserve = routes["Reserve"]
+    assert reserve["match"] == {"path": "/stockcore.v1.InventoryService/Reserve"}
+    assert reserve["request_headers_to_add"][0]["header"] == {
+        "key": "grpc-timeout",
+        "value": "2000m",
+    }
+    # The gateway waits a little longer, so the server's answer is the one callers see.
+    assert reserve["route"]["timeout"] == "2.250s"
+    assert routes["GetStock"]["request_headers_to_add"][0]["header"]["value"] == "5000m"
+
+
+def test_watch_orders_streams_without_a_deadline() -> None:
+    assert rpc_timeouts(Settings())["WatchOrders"] is None
+    watch = _routes(bootstrap(Settings(plaintext=True)))["WatchOrders"]
+    assert watch["route"]["timeout"] == "0s"
+    assert "request_headers_to_add" not in watch
+
+
+def test_cors_allows_only_the_configured_origins() -> None:
+    settings = Settings(plaintext=True, gateway_origins=("https://shop.example.com",)).validate()
+    listener = bootstrap(settings)["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    policy = manager["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]
+    assert policy["envoy.filters.http.cors"]["allow_origin_string_match"] == [
+        {"exact": "https://shop.example.com"}
+    ]
+
+
+def test_gateway_settings_come_from_the_environment() -> None:
+    settings = from_env(
+        {
+            "STOCKCORE_GATEWAY_PORT": "8081",
+            "STOCKCORE_GATEWAY_ORIGINS": "https://a.example, http://localhost:3000",
+            "STOCKCORE_GATEWAY_TIMEOUTS": "Reserve=2,GetStock=0.5",
+            "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": "4096",
+        }
+    )
+    assert settings.gateway_port == 8081
+    assert settings.gateway_origins == ("https://a.example", "http://localhost:3000")
+    assert settings.gateway_timeouts == {"Reserve": 2.0, "GetStock": 0.5}
+    assert settings.gateway_max_request_bytes == 4096
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"STOCKCORE_GATEWAY_ORIGINS": "shop.example.com"},
+        {"STOCKCORE_GATEWAY_TIMEOUTS": "Reserve"},
+        {"STOCKCORE_GATEWAY_TIMEOUTS": "Reserve=0"},
+        {"STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": "10"},
+        {"STOCKCORE_GATEWAY_PORT": "70000"},
+    ],
+)
+def test_bad_gateway_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        from_env(env)
+
+
+def test_unknown_rpc_in_timeouts_is_refused() -> None:
+    with pytest.raises(SettingsError, match="Reserv"):
+        bootstrap(Settings(gateway_timeouts={"Reserv": 1.0}))
+
+
+def test_gateway_settings_round_trip_through_the_environment() -> None:
+    changed = Settings(
+        gateway_origins=("https://a.example", "http://localhost:3000"),
+        gateway_timeouts={"Reserve": 2.0, "GetStock": 0.25},
+        gateway_port=0,
+    )
+    assert from_env(to_env(changed)) == changed
+
+
+def _cluster(config: Config) -> Config:
+    cluster: Config = config["static_resources"]["clusters"][0]
+    return cluster
+
+
+def test_plaintext_server_is_reached_in_plaintext() -> None:
+    assert "transport_socket" not in _cluster(bootstrap(Settings(plaintext=True)))
+
+
+def test_tls_server_is_reached_over_tls_checking_its_ip_address(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA certificate")
+    socket = _cluster(bootstrap(Settings(gateway_upstream_ca_file=str(ca))))["transport_socket"]
+    context = socket["typed_config"]
+    assert context["@type"].endswith("UpstreamTlsContext")
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["validation_context"]["trusted_ca"] == {"filename": str(ca)}
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}
+    ]
+    assert "sni" not in context  # no SNI for an IP address
+    assert "tls_certificates" not in common
+
+
+def test_tls_server_name_is_sent_as_sni_and_checked(tmp_path: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client-key.pem"):
+        (tmp_path / name).write_text(name)
+    settings = Settings(
+        gateway_upstream_ca_file=str(tmp_path / "ca.pem"),
+        gateway_upstream_server_name="localhost",
+        gateway_upstream_cert_file=str(tmp_path / "client.pem"),
+        gateway_upstream_key_file=str(tmp_path / "client-key.pem"),
+    ).validate()
+    context = _cluster(bootstrap(settings))["transport_socket"]["typed_config"]
+    assert context["sni"] == "localhost"
+    common = context["common_tls_context"]
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "localhost"}}
+    ]
+    assert common["tls_certificates"][0]["certificate_chain"]["filename"].endswith("client.pem")
+
+
+def test_tls_server_without_a_ca_for_the_gateway_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="STOCKCORE_GATEWAY_UPSTREAM_CA"):
+        bootstrap(Settings())
+    with pytest.raises(SettingsError, match="not a file"):
+        bootstrap(Settings(gateway_upstream_ca_file=str(tmp_path / "missing.pem")))
+
+
+def test_checkout_page_config_carries_its_token() -> None:
+    route = _routes(bootstrap(Settings(plaintext=True), page_token="a.b.c"))["static config.js"]
+    assert route["match"]["path"] == "/config.js"
+    assert route["direct_response"]["body"]["inline_string"] == page_config_script("a.b.c")
+    assert 'window.stockcoreConfig = {"token": "a.b.c"};' in page_config_script("a.b.c")
+    assert '{"token": null}' in page_config_script(None)
+
+
+def test_dev_page_token_only_for_a_loopback_gateway(tmp_path: Path) -> None:
+    credentials = DevCredentials(tmp_path).ensure()
+    settings = Settings(data_dir=str(tmp_path), auth_jwks_file=str(credentials.jwks))
+    token = dev_page_token(settings)
+    assert token is not None
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert (claims["sub"], claims["scope"]) == (
+        CHECKOUT_PAGE_SUBJECT,
+        " ".join(sorted(CHECKOUT_PAGE_SCOPES)),
+    )
+    assert dev_page_token(replace(settings, gateway_host="0.0.0.0")) is None
+    assert dev_page_token(replace(settings, auth_jwks_file=str(tmp_path / "other.json"))) is None
