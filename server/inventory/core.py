@@ -49,6 +49,10 @@ from server.storage.postgres import (
 
 log = logging.getLogger(__name__)
 
+# How far back a starting process reads the SKUs changed by others (one that died may
+# not have told Redis): longer than a restart takes.
+RECENT_CHANGES_S = 300.0
+
 Answer = Reservation | BaseException
 
 
@@ -95,6 +99,7 @@ class InventoryCore:
 
     async def start(self) -> None:
         """Load the gate, then start the batchers, the expiry sweeper and the gate probe."""
+        await self.mirror.remember_recent(RECENT_CHANGES_S)
         await self.mirror.check()
         for batcher in self._batchers:
             batcher.start()

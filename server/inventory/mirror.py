@@ -148,12 +148,7 @@ class Mirror:
             self.failed(exc)
 
     def _remember(self, levels: Sequence[MirrorLevel]) -> None:
-        if self._all_dirty:
-            return
-        self._dirty.update(level.sku for level in levels)
-        if len(self._dirty) > _MAX_DIRTY:
-            self._dirty.clear()
-            self._all_dirty = True
+        self._remember_skus([level.sku for level in levels])
 
     async def _catch_up(self) -> int:
         """Write to Redis what changed while it was not told; returns the SKUs written."""
@@ -208,6 +203,28 @@ class Mirror:
         )
         return True
 
+    async def remember_recent(self, seconds: float) -> None:
+        """Mark the SKUs moved in the last `seconds` to be written to Redis again: a
+        process that died (kill -9, OOM) may have changed them in PostgreSQL without
+        telling Redis, and a mirror that stayed loaded would keep the old levels, so the
+        gate could refuse what PostgreSQL accepts. Called once as a process starts."""
+        if self.gate is None:
+            return
+        try:
+            self._remember_skus(await self._store.recently_moved_skus(seconds))
+        except Unavailable as exc:
+            # The whole mirror is rebuilt when it cannot be caught up precisely.
+            log.warning("recent changes unknown; the mirror is rebuilt", extra={"error": str(exc)})
+            self._all_dirty = True
+
+    def _remember_skus(self, skus: Sequence[str]) -> None:
+        if self._all_dirty:
+            return
+        self._dirty.update(skus)
+        if len(self._dirty) > _MAX_DIRTY:
+            self._dirty.clear()
+            self._all_dirty = True
+
     async def check(self) -> None:
         """One probe: rebuild or catch up when needed, drop pending holds of dead
         requests."""
@@ -237,10 +254,14 @@ class Mirror:
             stale = await self.gate.stale_pending(int(time.time() * 1000))
             if stale:
                 # Their requests died after the gate admitted them; any PostgreSQL did hold
-                # before the death is remembered as known, so a retry reaches PostgreSQL.
+                # before the death is remembered as known, so a retry reaches PostgreSQL,
+                # and its SKUs' levels are read again (the dead process may have committed
+                # them without telling Redis).
                 held = await self._store.get_reservations(stale)
                 known = [(rid, self.forget_at_ms(r.expires_at)) for rid, r in held.items()]
                 await self.gate.settle(clear=stale, known=known)
+                self._dirty.update(line.sku for r in held.values() for line in r.lines)
+                await self._catch_up()
                 STALE_PENDING.inc(len(stale))
                 log.info("dropped pending holds of dead requests", extra={"count": len(stale)})
         except GateUnavailable as exc:

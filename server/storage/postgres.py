@@ -359,6 +359,20 @@ class StockStore:
         )
         return {level.sku: level for level in mirror_levels(rows)}
 
+    async def recently_moved_skus(self, seconds: float, scan: int = 100_000) -> list[str]:
+        """SKUs with a movement in the last `seconds` (among the newest `scan` movements:
+        a backward walk of the primary key, no time index needed)."""
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT DISTINCT sku FROM (SELECT sku, created_at FROM stockcore.movements"
+                " ORDER BY movement_id DESC LIMIT $1) newest"
+                " WHERE created_at > now() - make_interval(secs => $2)",
+                scan,
+                seconds,
+            )
+        )
+        return [r["sku"] for r in rows]
+
     async def get_reservations(self, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
         """The named reservations that exist."""
         rows = await self._run(

@@ -449,3 +449,23 @@ async def test_a_hold_on_plentiful_stock_goes_past_the_gate_and_a_scarce_one_thr
     assert not mirror.plentiful(hold("r-3", ("DEEP", 120)))  # plenty for 5, not for 120
     await asyncio.sleep(0.3)
     assert not mirror.plentiful(hold("r-1", ("DEEP", 5)))  # seen too long ago
+
+
+async def test_a_starting_process_writes_again_what_a_dead_one_changed_without_telling_redis(
+    gate: AdmissionGate, store: StockStore, settings: Settings, db: asyncpg.Connection
+) -> None:
+    await stock_up(store, {"A": 5, "B": 5})
+    first = Mirror(gate, store, settings)
+    await first.check()
+    # A process commits a change in PostgreSQL and dies (kill -9) before its settle
+    # reaches Redis: the mirror stays loaded, with A's old level.
+    await store.adjust(AdjustCommand("A", 20, None, "restock", "k-a", "tests"))
+    assert (await gate.level("A"))[:2] == (5, 0)  # type: ignore[index]
+
+    # The process that starts next catches up what moved recently, before serving.
+    second = Mirror(gate, store, settings)
+    await second.remember_recent(300)
+    await second.check()
+    assert second.usable
+    assert (await gate.level("A"))[:2] == (25, 0)  # type: ignore[index]
+    await assert_redis_agrees_with_postgres(gate, db)
