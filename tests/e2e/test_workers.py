@@ -11,6 +11,7 @@ from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 from server.devcredentials import DevCredentials
 from server.devservers import LocalStockcore, free_port
 from tests.conftest import SHARDS, ChannelOpener, Servers
+from tests.waiting import until
 
 
 def _served(port: int) -> float:
@@ -40,16 +41,42 @@ async def test_two_workers_share_the_port_and_both_serve(
             await pb_grpc.InventoryServiceStub(channel).AdjustStock(
                 pb.AdjustStockRequest(sku="W-1", on_hand=3, reason="restock", idempotency_key="w1")
             )
-        for i in range(40):  # new connections are spread over the workers by the kernel
-            options = [("grpc.use_local_subchannel_pool", 1), ("grpc.primary_user_agent", f"c{i}")]
-            async with open_channel(server.target, options=options) as channel:
-                reply = await pb_grpc.InventoryServiceStub(channel).GetStock(
-                    pb.GetStockRequest(skus=["W-1"])
+
+        # Both workers start together, but health may answer from the first one up:
+        # wait for both metrics endpoints, then make new connections (the kernel spreads
+        # them over the listening workers) until each worker has served some.
+        async def both_up() -> bool:
+            try:
+                await asyncio.gather(
+                    asyncio.to_thread(_served, metrics), asyncio.to_thread(_served, metrics + 1)
                 )
-                assert reply.levels[0].available == 3
-        counts = await asyncio.gather(
-            asyncio.to_thread(_served, metrics), asyncio.to_thread(_served, metrics + 1)
-        )
-        assert sum(counts) == 40 and min(counts) > 0, counts
+            except OSError:
+                return False
+            return True
+
+        await until(both_up, "both workers' metrics endpoints answering", timeout=60)
+        made = 0
+
+        async def both_served() -> bool:
+            nonlocal made
+            for _ in range(10):
+                options = [
+                    ("grpc.use_local_subchannel_pool", 1),
+                    ("grpc.primary_user_agent", f"c{made}"),
+                ]
+                async with open_channel(server.target, options=options) as channel:
+                    reply = await pb_grpc.InventoryServiceStub(channel).GetStock(
+                        pb.GetStockRequest(skus=["W-1"])
+                    )
+                    assert reply.levels[0].available == 3
+                made += 1
+            counts = await asyncio.gather(
+                asyncio.to_thread(_served, metrics), asyncio.to_thread(_served, metrics + 1)
+            )
+            # Every call counted once, by the worker that served it.
+            assert sum(counts) == made, (counts, made)
+            return min(counts) > 0
+
+        await until(both_served, "both workers serving calls", timeout=60)
     finally:
         server.stop()
