@@ -24,13 +24,13 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from clients.tokens import new_signing_key
 
 CertificateKey = ec.EllipticCurvePrivateKey
 
@@ -145,17 +145,6 @@ def key_pem(key: CertificateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def new_signing_key(kid: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """An Ed25519 token signing key as (private JWK, public JWK), both naming `kid`."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    okp = jwt.algorithms.OKPAlgorithm
-    private: dict[str, Any] = okp.to_jwk(key, as_dict=True)
-    public: dict[str, Any] = okp.to_jwk(key.public_key(), as_dict=True)
-    for jwk in (private, public):
-        jwk.update({"kid": kid, "alg": "EdDSA", "use": "sig"})
-    return private, public
 
 
 def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
