@@ -179,7 +179,7 @@ load-fanout: deps
 	$(PY) -m loadtests.fanout $(call load_opt,STREAMS,streams)
 
 # Reserve at 1,500 callers with 2 s deadlines between two phases at 64: refusals, goodput, recovery.
-#   make load-overload CALLERS=1500 OVERLOAD=120
+#   make load-overload CALLERS=1500 OVERLOAD=120 NAIVE=0.05   (NAIVE: callers ignoring RetryInfo)
 load-overload: deps
 	$(PY) -m loadtests.overload $(call load_opt,CALLERS,callers) $(call load_opt,OVERLOAD,overload) \
-		$(call load_opt,SKUS,catalogue)
+		$(call load_opt,SKUS,catalogue) $(call load_opt,NAIVE,naive)

@@ -240,6 +240,8 @@ def error_from_status(
                     domain=str(raw.domain),
                     metadata={str(k): str(v) for k, v in raw.metadata.items()},
                 )
+    if retry_delay is None:
+        retry_delay = _pushback(trailing_metadata)
     return make_error(
         code,
         message,
@@ -248,6 +250,16 @@ def error_from_status(
         error_info=info,
         retry_delay=retry_delay,
     )
+
+
+def _pushback(trailing_metadata: Iterable[tuple[str, str | bytes]]) -> float | None:
+    """gRPC's own retry pushback (`grpc-retry-pushback-ms`), for a refusal that carries
+    no RetryInfo (a proxy's, say); a negative or unreadable value means none."""
+    for key, value in trailing_metadata:
+        if key == "grpc-retry-pushback-ms":
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            return int(text) / 1000 if text.isdigit() else None
+    return None
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> StockcoreError:

@@ -42,7 +42,7 @@ from loadtests.ceiling import measure_ceiling
 from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
 from loadtests.edge import edge_server
 from loadtests.sampler import cpu_seconds
-from loadtests.stack import PLAINTEXT_ENV, UNBOUNDED, read_stock, stock_catalogue
+from loadtests.stack import PLAINTEXT_ENV, UNSHED_ENV, read_stock, stock_catalogue
 from server.devservers import LocalStockcore, local_servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,6 +354,7 @@ def _security_cost(
         SHARDS,
         plaintext.log.parent,
         credentials=plaintext.credentials,
+        **UNSHED_ENV,
     )
     asyncio.run(secure.start())
     try:
@@ -434,7 +435,7 @@ def run_bench(
         redis_url,
         SHARDS,
         data_dir,
-        STOCKCORE_MAX_IN_FLIGHT=str(UNBOUNDED),
+        **UNSHED_ENV,
         **PLAINTEXT_ENV,
     )
     asyncio.run(server.start())

@@ -69,6 +69,10 @@ class Stack:
 
 # A bound on calls in flight no load tool reaches.
 UNBOUNDED = 100_000
+# A server that admits every call: no ceiling a load tool reaches, and a queue-delay
+# target (10 s, the most a setting allows) past every deadline. For the closed-loop tools,
+# which measure what the server does at each concurrency with callers that never back off.
+UNSHED_ENV = {"STOCKCORE_MAX_IN_FLIGHT": str(UNBOUNDED), "STOCKCORE_OVERLOAD_TARGET_S": "10"}
 
 
 @contextlib.contextmanager
@@ -83,9 +87,9 @@ def open_stack(
     """The servers named by the environment, or a fresh local stack under `data_dir`; with
     `gateway`, Envoy in front of the server (on a free port, its access log in `data_dir`).
 
-    A local server is started without its bound on calls in flight unless `shed`: these
+    A local server is started admitting every call (UNSHED_ENV) unless `shed`: these
     tools measure what the server does at each concurrency (their callers do not back
-    off when refused); `make load-overload` measures the bound itself."""
+    off when refused); `make load-overload` and the flash sale measure admission itself."""
     with _open_stack(data_dir, server_workers, extra_env, shed) as stack:
         if not gateway:
             yield stack
@@ -132,7 +136,7 @@ def _open_stack(
             STOCKCORE_WORKERS=str(server_workers),
             STOCKCORE_DEMO_CATALOGUE="false",
             **PLAINTEXT_ENV,
-            **({} if shed else {"STOCKCORE_MAX_IN_FLIGHT": str(UNBOUNDED)}),
+            **({} if shed else UNSHED_ENV),
             **(extra_env or {}),
         )
         asyncio.run(server.start(timeout=120.0))

@@ -26,6 +26,7 @@ from server.inventory.mirror import Mirror
 from server.orders.relay import Relay
 from server.orders.service import OrderCore
 from server.orders.watch import EventFeed
+from server.queue_delay import Queues
 from server.rpc import orders_convert
 from server.rpc.access import Gatekeeper
 from server.rpc.inventory_servicer import InventoryServicer
@@ -158,7 +159,8 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     )
     gate = AdmissionGate.from_url(settings.redis_url) if settings.redis_url else None
     mirror = Mirror(gate, store, settings)
-    core = InventoryCore(settings, store, mirror)
+    queues = Queues.create(settings.overload_target_s, settings.overload_interval_s)
+    core = InventoryCore(settings, store, mirror, queues)
     order_store = OrderStore(store)
     feed = EventFeed(
         order_store,
@@ -166,7 +168,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
         orders_convert.stored_event,
         safety_interval=settings.watch_poll_interval_s,
     )
-    orders = OrderCore(settings, mirror, order_store, feed)
+    orders = OrderCore(settings, mirror, order_store, feed, queues)
     await core.start()
     orders.start()
     event_stream = (
@@ -186,6 +188,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     shedder = LoadShedder(
         settings.max_in_flight,
         settings.max_watch_streams,
+        queues=queues,
         refusal_budget=settings.overload_refusal_budget,
     )
     server.add_generic_rpc_handlers(

@@ -112,11 +112,17 @@ class Settings:
     gateway_upstream_server_name: str = ""
     gateway_upstream_cert_file: str = ""
     gateway_upstream_key_file: str = ""
-    # Unary calls one process works on at once; past it calls are refused at once with
-    # RESOURCE_EXHAUSTED and a retry delay (server/rpc/shedding.py). WatchOrders streams
+    # Admission by waiting time (server/queue_delay.py): a class of calls (writes, reads)
+    # whose batches' oldest requests waited longer than the target for a whole interval
+    # has a standing queue, and its new calls are refused at once with RESOURCE_EXHAUSTED
+    # and a retry delay (server/rpc/shedding.py) until a batch starts within the target.
+    overload_target_s: float = 0.1
+    overload_interval_s: float = 0.5
+    # A ceiling on unary calls one process holds at once (a bound on memory, far above
+    # what the queues admit); past it calls are refused the same way. WatchOrders streams
     # are bounded apart. The refusal budget: refusals per second per process above which
     # the retry delay given grows.
-    max_in_flight: int = 64
+    max_in_flight: int = 5000
     max_watch_streams: int = 10_000
     overload_refusal_budget: float = 200.0
     # --- the fulfilment worker (python -m server fulfil) and its partners ---------------
@@ -239,6 +245,11 @@ class Settings:
                 "auth_reload_interval_s must be 0.1-3600",
             ),
             (1 <= self.max_in_flight <= 100_000, "max_in_flight must be 1-100000"),
+            (0 < self.overload_target_s <= 10, "overload_target_s must be above 0 and at most 10"),
+            (
+                0 < self.overload_interval_s <= 60,
+                "overload_interval_s must be above 0 and at most 60",
+            ),
             (1 <= self.max_watch_streams <= 1_000_000, "max_watch_streams must be 1-1000000"),
             (self.overload_refusal_budget > 0, "overload_refusal_budget must be above 0"),
             *self._fulfilment_checks(),
@@ -421,6 +432,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_GATEWAY_UPSTREAM_CERT": ("gateway_upstream_cert_file", str),
     "STOCKCORE_GATEWAY_UPSTREAM_KEY": ("gateway_upstream_key_file", str),
     "STOCKCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
+    "STOCKCORE_OVERLOAD_TARGET_S": ("overload_target_s", float),
+    "STOCKCORE_OVERLOAD_INTERVAL_S": ("overload_interval_s", float),
     "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
     "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
     "STOCKCORE_FULFIL_TARGET": ("fulfil_target", str),

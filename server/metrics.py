@@ -103,6 +103,18 @@ RPC_REFUSED = Counter(
     "Calls refused with RESOURCE_EXHAUSTED before any work, by method.",
     ["method"],
 )
+QUEUE_DELAY = Histogram(
+    "stockcore_queue_delay_seconds",
+    "How long the oldest request of each batch waited before its batch started, by class"
+    " of calls (server/queue_delay.py).",
+    ["klass"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+QUEUE_STANDING = Gauge(
+    "stockcore_queue_standing",
+    "1 while a class of calls has a standing queue and its new calls are refused, else 0.",
+    ["klass"],
+)
 OVERLOAD_RETRY_DELAY = Gauge(
     "stockcore_overload_retry_delay_seconds",
     "The retry delay refused callers are given (before jitter), in this process.",

@@ -144,9 +144,11 @@ def settings(clean: Servers, credentials: DevCredentials) -> Settings:
         tls_cert_file=str(credentials.server_cert),
         tls_key_file=str(credentials.server_key),
         auth_jwks_file=str(credentials.jwks),
-        # Tests of behaviour send hundreds of calls at once; the bound on calls in flight
-        # is tested on its own (tests/e2e/test_overload.py).
+        # Tests of behaviour send hundreds of calls at once and hold locks for seconds;
+        # the ceiling on calls in flight and admission by queue delay are tested on their
+        # own (tests/e2e/test_overload.py).
         max_in_flight=10_000,
+        overload_target_s=10.0,
     ).validate()
 
 

@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from server.domain.errors import DeadlineExpired, DomainError, Unavailable
+from server.domain.errors import DeadlineExpired, DomainError, Overloaded, Unavailable
 from server.metrics import BATCH_SIZE
+from server.queue_delay import QueueDelay
 from server.shutdown import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,16 @@ class _Pending(Generic[Req, Res]):
     item: Req
     future: asyncio.Future[Res]
     deadline: float | None
+    queued: float
 
 
 class Batcher(Generic[Req, Res]):
     """Feeds queued requests to `handler` in batches of at most `max_batch`; the handler
-    answers with one result (or expected error) per request, in order."""
+    answers with one result (or expected error) per request, in order.
+
+    Each batch reports how long its oldest request waited to `delay`, its class's
+    standing-queue test; while that class is standing, requests that waited past its
+    target are refused unapplied (Overloaded) instead of being run late."""
 
     def __init__(
         self,
@@ -40,8 +46,12 @@ class Batcher(Generic[Req, Res]):
         *,
         max_batch: int,
         concurrency: int = 1,
+        delay: QueueDelay | None = None,
     ) -> None:
         self.name = name
+        self._delay = delay
+        if delay is not None:
+            delay.watch(self.oldest_queued)
         self._handler = handler
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(concurrency)
@@ -50,6 +60,10 @@ class Batcher(Generic[Req, Res]):
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._stopped = False
+
+    def oldest_queued(self) -> float | None:
+        """When the oldest request still waiting for a batch was queued (monotonic)."""
+        return self._queue[0].queued if self._queue else None
 
     def start(self) -> None:
         """Start the flusher task."""
@@ -71,7 +85,7 @@ class Batcher(Generic[Req, Res]):
         if self._stopped:
             raise Unavailable("server shutting down; retry elsewhere")
         future: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, future, deadline))
+        self._queue.append(_Pending(item, future, deadline, time.monotonic()))
         self._wake.set()
         return await future
 
@@ -139,10 +153,17 @@ class Batcher(Generic[Req, Res]):
     async def _flush(self, batch: list[_Pending[Req, Res]]) -> None:
         try:
             now = time.monotonic()
+            delay = self._delay
+            if delay is not None and batch:
+                delay.head_waited(now - batch[0].queued, now)
             live: list[_Pending[Req, Res]] = []
             for pending in batch:
                 if pending.future.done():
                     continue  # the caller went away before anything was applied
+                if delay is not None and delay.too_late(now - pending.queued):
+                    # The edge gives it its retry delay (server/rpc/observe.py).
+                    pending.future.set_exception(Overloaded(0.0))
+                    continue
                 if pending.deadline is not None and pending.deadline <= now:
                     pending.future.set_exception(
                         DeadlineExpired(

@@ -37,6 +37,7 @@ from server.inventory import expiry, gating
 from server.inventory.batching import Batcher
 from server.inventory.mirror import Mirror
 from server.metrics import HOLDS
+from server.queue_delay import Queues
 from server.shutdown import cancel_and_wait
 from server.storage.postgres import (
     AdjustCode,
@@ -68,23 +69,31 @@ class Consistency(Enum):
 class InventoryCore:
     """Two-phase stock holds over the Redis gate and PostgreSQL."""
 
-    def __init__(self, settings: Settings, store: StockStore, mirror: Mirror) -> None:
+    def __init__(
+        self, settings: Settings, store: StockStore, mirror: Mirror, queues: Queues | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.mirror = mirror
-        options = {"max_batch": settings.batch_max, "concurrency": settings.batch_concurrency}
+        queues = queues or Queues.create(settings.overload_target_s, settings.overload_interval_s)
+        options: dict[str, Any] = {
+            "max_batch": settings.batch_max,
+            "concurrency": settings.batch_concurrency,
+        }
+        writes = {**options, "delay": queues.writes}
+        reads = {**options, "delay": queues.reads}
         self._reserver: Batcher[ReserveCommand, Reservation] = Batcher(
-            "reserve", self._reserve_batch, **options
+            "reserve", self._reserve_batch, **writes
         )
         self._finishers: dict[Finish, Batcher[tuple[str, str], Reservation]] = {
-            finish: Batcher(finish.name.lower(), partial(self._finish_batch, finish), **options)
+            finish: Batcher(finish.name.lower(), partial(self._finish_batch, finish), **writes)
             for finish in (Finish.COMMIT, Finish.RELEASE)
         }
         self._reservation_reader: Batcher[str, Reservation] = Batcher(
-            "get_reservation", self._read_reservations, **options
+            "get_reservation", self._read_reservations, **reads
         )
         self._mirror_reader: Batcher[tuple[str, ...], dict[str, StockLevel]] = Batcher(
-            "get_stock", self._read_mirror, **options
+            "get_stock", self._read_mirror, **reads
         )
         self._tasks: list[asyncio.Task[None]] = []
 

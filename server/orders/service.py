@@ -41,6 +41,7 @@ from server.inventory.expiry import EXPIRY_CALLER
 from server.inventory.mirror import Mirror
 from server.metrics import ORDER_TRANSITIONS
 from server.orders.watch import EventFeed
+from server.queue_delay import Queues
 from server.storage.orders_pg import ChangeCode, Changed, CreateCode, OrderStore
 from server.storage.postgres import MirrorLevel
 
@@ -54,16 +55,24 @@ class OrderCore:
     """Orders, each change decided once by one statement per batch."""
 
     def __init__(
-        self, settings: Settings, mirror: Mirror, store: OrderStore, feed: EventFeed[Any]
+        self,
+        settings: Settings,
+        mirror: Mirror,
+        store: OrderStore,
+        feed: EventFeed[Any],
+        queues: Queues | None = None,
     ) -> None:
         self.settings = settings
         self.mirror = mirror
         self.store = store
         self.feed = feed
-        options: dict[str, Any] = {
+        queues = queues or Queues.create(settings.overload_target_s, settings.overload_interval_s)
+        common: dict[str, Any] = {
             "max_batch": settings.batch_max,
             "concurrency": settings.batch_concurrency,
         }
+        options = {**common, "delay": queues.writes}
+        reads = {**common, "delay": queues.reads}
         self._creator: Batcher[CreateOrder, Order] = Batcher(
             "create_order", self._create_batch, **options
         )
@@ -83,10 +92,10 @@ class OrderCore:
             for wanted in (OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED)
         }
         self._reader: Batcher[str, tuple[Order, list[StatusChange]]] = Batcher(
-            "get_order", self._read_batch, **options
+            "get_order", self._read_batch, **reads
         )
         self._lister: Batcher[ListOrders, tuple[list[Order], str]] = Batcher(
-            "list_orders", self._list_batch, **options
+            "list_orders", self._list_batch, **reads
         )
 
     @property

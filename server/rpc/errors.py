@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -189,4 +191,19 @@ def to_status(exc: DomainError) -> grpc.Status:
     rich = status_pb2.Status(
         code=getattr(code_pb2, code.name), message=message, details=_details(exc)
     )
-    return rpc_status.to_status(rich)
+    status = rpc_status.to_status(rich)
+    if isinstance(exc, Overloaded):
+        # The delay also as gRPC's own retry pushback, which clients with a retry policy
+        # in their service config honour without reading the details.
+        pushback = ("grpc-retry-pushback-ms", str(max(0, round(exc.retry_after * 1000))))
+        return _WithMetadata(status.code, status.details, (*status.trailing_metadata, pushback))
+    return status
+
+
+class _WithMetadata(grpc.Status):
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[Any, ...]
+    ) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata

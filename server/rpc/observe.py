@@ -1,14 +1,15 @@
-"""Every RPC passes through here: a call past the process's bound is refused at once
-(server/rpc/shedding.py); the caller is admitted or refused (server/rpc/access.py, before
-the request is decoded, so a refused call changes nothing and learns nothing of its
-request); a request that cannot be decoded is INVALID_ARGUMENT, domain errors become
-statuses with details, anything else becomes INTERNAL and is logged, and latency is
-recorded by method and code.
+"""Every RPC passes through here: a call of a class with a standing queue, or past the
+process's ceiling, is refused at once (server/rpc/shedding.py); the caller is admitted or
+refused (server/rpc/access.py, before the request is decoded, so a refused call changes
+nothing and learns nothing of its request); a request that cannot be decoded is
+INVALID_ARGUMENT, domain errors become statuses with details, anything else becomes
+INTERNAL and is logged, and latency is recorded by method and code.
 
 The service's method handlers are built here once at start-up, from its descriptor,
 rather than through a grpc.aio server interceptor, which grpc.aio consults with an extra
-coroutine on every call. Requests are decoded by a deserializer that never raises: a
-malformed message is the caller's fault, not an UNKNOWN error of the server.
+coroutine on every call. Requests arrive as bytes and are decoded only once the call is
+admitted, so a refusal costs no decoding; decoding never raises: a malformed message is
+the caller's fault, not an UNKNOWN error of the server.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf import descriptor, message, message_factory
 
+from server.auth import scopes
 from server.domain.errors import (
     DomainError,
     FieldViolation,
@@ -31,11 +33,15 @@ from server.domain.errors import (
     ShuttingDown,
 )
 from server.metrics import RPC_DURATION, RPC_REFUSED
+from server.queue_delay import QueueDelay
 from server.rpc.access import Gatekeeper, Rule
 from server.rpc.errors import status_code_for, to_status
 from server.rpc.shedding import LoadShedder
 
 log = logging.getLogger(__name__)
+
+# Calls with these scopes only read: they queue apart from the writes.
+READ_SCOPES = frozenset({scopes.INVENTORY_READ, scopes.ORDERS_READ})
 
 
 class Malformed:
@@ -47,22 +53,17 @@ class Malformed:
         )
 
 
-def _tolerant(kind: type[message.Message]) -> Callable[[bytes], Any]:
+def _decoder(kind: type[message.Message]) -> Callable[[bytes], Any]:
     name = kind.DESCRIPTOR.full_name
+    parse = kind.FromString
 
-    def deserialize(data: bytes) -> Any:
+    def decode(data: bytes) -> Any:
         try:
-            return kind.FromString(data)
+            return parse(data)
         except Exception as exc:  # DecodeError, and whatever else bad bytes may raise
-            return Malformed(name, exc)
+            raise InvalidArgument([Malformed(name, exc).violation]) from None
 
-    return deserialize
-
-
-def _decoded(request: Any) -> Any:
-    if isinstance(request, Malformed):
-        raise InvalidArgument([request.violation])
-    return request
+    return decode
 
 
 async def _answer(context: grpc.aio.ServicerContext, status: grpc.Status) -> NoReturn:  # type: ignore[type-arg]
@@ -106,21 +107,29 @@ def observe(
     shedder: LoadShedder,
     gatekeeper: Gatekeeper,
     rule: Rule,
-) -> Callable[[Any, Any], Awaitable[Any]]:
-    """Wrap one unary-unary servicer method."""
+    decode: Callable[[bytes], Any],
+    klass: QueueDelay,
+) -> Callable[[bytes, Any], Awaitable[Any]]:
+    """Wrap one unary-unary servicer method of class `klass`."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
     refused = RPC_REFUSED.labels(method)
     admit = gatekeeper.admit
 
-    async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
-        if not shedder.enter():
+    async def observed(request: bytes, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        if not shedder.enter(klass):
             refused.inc()
             await _refuse(context, shedder)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             admit(rule, context)
-            return await inner(_decoded(request), context)
+            return await inner(decode(request), context)
+        except Overloaded:
+            # Queued past its class's target while the queue stood: nothing was applied.
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            refused.inc()
+            shedder.refused_late()
+            await _answer(context, _refusal(_delay_ms(shedder)))
         except DomainError as exc:
             code = status_code_for(exc)
             await _answer(context, to_status(exc))
@@ -147,14 +156,15 @@ def observe_stream(
     shedder: LoadShedder,
     gatekeeper: Gatekeeper,
     rule: Rule,
-) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    decode: Callable[[bytes], Any],
+) -> Callable[[bytes, Any], AsyncIterator[Any]]:
     """Wrap one unary-stream servicer method (an async generator) the same way; its
     duration is the stream's lifetime."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
     refused = RPC_REFUSED.labels(method)
     admit = gatekeeper.admit
 
-    async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
+    async def observed(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
         if not shedder.open_stream():
             refused.inc()
             _send(context, _SHUTTING_DOWN if shedder.draining else _refusal(_delay_ms(shedder)))
@@ -163,7 +173,7 @@ def observe_stream(
         code = grpc.StatusCode.OK
         try:
             admit(rule, context)
-            async for item in inner(_decoded(request), context):
+            async for item in inner(decode(request), context):
                 yield item
         except DomainError as exc:
             code = status_code_for(exc)
@@ -201,25 +211,25 @@ def service_handler(
     gatekeeper: Gatekeeper,
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """The handlers of every method of `service`, each the servicer's method of that
-    name, admitted by `shedder` and then by `gatekeeper` by its rule, observed, with
-    requests decoded by the tolerant deserializer. A method without a rule fails here, at
-    start-up: nothing is served that the access table does not name."""
+    name, admitted by `shedder` (by the queue of its class: reads or writes) and then by
+    `gatekeeper` by its rule, observed, with requests decoded once admitted. A method
+    without a rule fails here, at start-up: nothing is served that the access table does
+    not name."""
     handlers = {}
     for method in service.methods:
         inner = getattr(servicer, method.name)
         rule = gatekeeper.rule(f"/{service.full_name}/{method.name}")
-        request = message_factory.GetMessageClass(method.input_type)
+        decode = _decoder(message_factory.GetMessageClass(method.input_type))
         response = message_factory.GetMessageClass(method.output_type)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                observe_stream(method.name, inner, shedder, gatekeeper, rule),
-                request_deserializer=_tolerant(request),
+                observe_stream(method.name, inner, shedder, gatekeeper, rule, decode),
                 response_serializer=response.SerializeToString,
             )
         else:
+            klass = shedder.reads if rule.scope in READ_SCOPES else shedder.writes
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                observe(method.name, inner, shedder, gatekeeper, rule),
-                request_deserializer=_tolerant(request),
+                observe(method.name, inner, shedder, gatekeeper, rule, decode, klass),
                 response_serializer=response.SerializeToString,
             )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -1,8 +1,11 @@
-"""Load shedding: a bound on the unary calls one server process works on at once.
+"""Load shedding: which unary calls one server process admits.
 
-Past the bound a call is refused at once, before any work, with RESOURCE_EXHAUSTED and a
-google.rpc.RetryInfo saying when to come back: the calls already admitted keep the
-latency of a busy server rather than of a queue, and a refused call is known to have
+A call is admitted unless its class of calls (writes or reads) has a standing queue
+(server/queue_delay.py: its requests have waited past the target for a whole interval,
+and one waits past it now) or the process already holds `max_in_flight` calls (a ceiling on memory, far above what
+the queues admit in practice). A refused call is answered at once, before any work, with
+RESOURCE_EXHAUSTED, a google.rpc.RetryInfo and `grpc-retry-pushback-ms` saying when to
+come back: the calls admitted keep a short wait, and a refused call is known to have
 changed nothing (so any call may be sent again, with the same id).
 
 The retry delay follows the pressure. Refusals are counted per window; when they came
@@ -32,19 +35,21 @@ import time
 from collections.abc import Callable
 
 from server.metrics import OVERLOAD_RETRY_DELAY, RPC_IN_FLIGHT
+from server.queue_delay import QueueDelay, Queues
 
 # How often the retry delay is reconsidered.
 WINDOW_S = 0.5
 
 
 class LoadShedder:
-    """Counts the calls in flight and decides, per call, to admit or refuse it."""
+    """Decides, per call, to admit or refuse it, by its class's queue and the ceiling."""
 
     def __init__(
         self,
         max_in_flight: int,
         max_streams: int,
         *,
+        queues: Queues | None = None,
         refusal_budget: float = 200.0,
         base_delay: float = 0.05,
         max_delay: float = 2.0,
@@ -54,6 +59,9 @@ class LoadShedder:
         if max_in_flight < 1 or max_streams < 1:
             raise ValueError("the bounds must be at least 1")
         self.max_in_flight = max_in_flight
+        queues = queues or Queues.create(0.1, 0.5)
+        self.writes = queues.writes
+        self.reads = queues.reads
         self.max_streams = max_streams
         self.in_flight = 0
         self.streams = 0
@@ -70,9 +78,13 @@ class LoadShedder:
         self._refused_in_window = 0
         OVERLOAD_RETRY_DELAY.set(self.delay)
 
-    def enter(self) -> bool:
-        """Admit a unary call (True; `leave` must follow) or refuse it (False)."""
-        if self.in_flight < self.max_in_flight and not self.draining:
+    def enter(self, klass: QueueDelay | None = None) -> bool:
+        """Admit a unary call of `klass` (True; `leave` must follow) or refuse it (False)."""
+        if (
+            self.in_flight < self.max_in_flight
+            and not self.draining
+            and not (klass is not None and klass.refuses(self._clock()))
+        ):
             self.in_flight += 1
             RPC_IN_FLIGHT.inc()
             return True
@@ -83,6 +95,11 @@ class LoadShedder:
         """An admitted unary call ended."""
         self.in_flight -= 1
         RPC_IN_FLIGHT.dec()
+
+    def refused_late(self) -> None:
+        """An admitted call was refused, unapplied, for waiting past its class's target
+        in a standing queue (it still calls `leave`)."""
+        self._refused()
 
     def open_stream(self) -> bool:
         """Admit a streaming call (True; `close_stream` must follow) or refuse it. The

@@ -1,6 +1,6 @@
-"""A server past its bound on calls in flight refuses the excess at once with
-RESOURCE_EXHAUSTED and a RetryInfo, changes nothing for a refused call, and the typed
-client gets every operation through by waiting as told."""
+"""A server past its ceiling on calls in flight refuses the excess at once with RESOURCE_EXHAUSTED and a RetryInfo, changes
+nothing for a refused call, and the typed client gets every operation through by waiting
+as told."""
 
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from server.domain.errors import DeadlineExpired, Unavailable
+from server.domain.errors import DeadlineExpired, Overloaded, Unavailable
 from server.inventory.batching import Batcher
+from server.queue_delay import QueueDelay
 
 Outcome = list[str | BaseException]
 
@@ -328,3 +329,39 @@ async def test_a_handler_answering_too_few_results_fails_every_unanswered_caller
     assert not unanswered, "a caller without a result must get an error, not wait forever"
     # Results can no longer be matched to callers, so every caller hears of the bug.
     assert all(isinstance(outcome, RuntimeError) for outcome in outcomes), outcomes
+
+
+async def test_a_standing_queue_refuses_unapplied_what_waited_past_the_target() -> None:
+    shelf = Shelf()
+    delay = QueueDelay("test-batcher", target=0.02, interval=1.0)
+    async with running(Batcher("t", shelf, max_batch=10, delay=delay)) as batcher:
+        blocker = await in_flight(shelf, batcher, "blocker")
+        late = [asyncio.create_task(batcher.submit(f"late{i}")) for i in range(3)]
+        await asyncio.sleep(0.05)  # queued behind the batch in flight, past the target
+        # Batches have started past the target for a whole interval: the queue stands.
+        now = time.monotonic()
+        delay.head_waited(0.5, now - 1.0)
+        delay.head_waited(0.5, now)
+        assert delay.standing
+        shelf.gate.set()
+        assert await blocker == "BLOCKER"
+        outcomes = await asyncio.gather(*late, return_exceptions=True)
+        assert all(isinstance(o, Overloaded) for o in outcomes), outcomes
+        # The queue is empty again: the next request is served at once, and its batch,
+        # started within the target, ends the standing state.
+        assert await batcher.submit("fresh") == "FRESH"
+    assert not delay.standing
+    assert shelf.seen == ["blocker", "fresh"]
+
+
+async def test_a_burst_that_waits_past_the_target_once_is_served() -> None:
+    shelf = Shelf()
+    delay = QueueDelay("test-batcher", target=0.02, interval=1.0)
+    async with running(Batcher("t", shelf, max_batch=10, delay=delay)) as batcher:
+        blocker = await in_flight(shelf, batcher, "blocker")
+        burst = [asyncio.create_task(batcher.submit(f"b{i}")) for i in range(3)]
+        await asyncio.sleep(0.05)
+        shelf.gate.set()
+        assert await blocker == "BLOCKER"
+        assert await asyncio.gather(*burst) == ["B0", "B1", "B2"]
+    assert not delay.standing

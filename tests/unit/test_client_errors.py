@@ -239,3 +239,28 @@ def test_errors_built_by_hand_pick_the_same_classes() -> None:
 
     assert isinstance(error, InsufficientStock)
     assert error.shortages == {"A-1": 2}
+
+
+@pytest.mark.parametrize(("value", "delay"), [("250", 0.25), (b"1200", 1.2), ("-1", None)])
+def test_a_refusal_without_retry_info_takes_grpcs_retry_pushback(
+    value: str | bytes, delay: float | None
+) -> None:
+    refused = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("grpc-retry-pushback-ms", value)),
+        details="busy",
+    )
+
+    assert from_rpc_error(refused).retry_delay == delay
+
+
+def test_retry_info_wins_over_the_pushback() -> None:
+    error = _rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "busy",
+        error_details_pb2.RetryInfo(retry_delay={"nanos": 300_000_000}),
+    )
+    error.trailing_metadata().add("grpc-retry-pushback-ms", "5000")
+
+    assert from_rpc_error(error).retry_delay == 0.3

@@ -61,7 +61,9 @@ EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
 def rich_status(exc: DomainError) -> tuple[grpc.Status, status_pb2.Status]:
     status = to_status(exc)
     metadata = dict(status.trailing_metadata)
-    assert set(metadata) == {DETAILS_KEY}
+    # A refusal also carries gRPC's own retry pushback; nothing else rides beside the details.
+    assert set(metadata) - {"grpc-retry-pushback-ms"} == {DETAILS_KEY}
+    assert ("grpc-retry-pushback-ms" in metadata) is isinstance(exc, Overloaded)
     return status, status_pb2.Status.FromString(metadata[DETAILS_KEY])
 
 
@@ -259,6 +261,7 @@ def test_a_refusal_at_capacity_says_when_to_come_back() -> None:
     assert status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     (retry,) = unpack(rich, error_details_pb2.RetryInfo)
     assert retry.retry_delay.ToMilliseconds() == 250
+    assert dict(status.trailing_metadata)["grpc-retry-pushback-ms"] == "250"
     (info,) = unpack(rich, error_details_pb2.ErrorInfo)
     assert info.reason == "OVERLOADED"
 
