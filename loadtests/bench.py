@@ -43,7 +43,7 @@ from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
 from loadtests.edge import edge_server
 from loadtests.sampler import cpu_seconds
 from loadtests.stack import PLAINTEXT_ENV, UNBOUNDED, read_stock, stock_catalogue
-from server.devservers import LocalStockcore, local_servers
+from server.devservers import LocalStockcore, free_port, local_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 16
@@ -568,8 +568,9 @@ def main() -> None:
         # Every run starts from an empty cluster: no bloat or schema left by earlier runs.
         shutil.rmtree(data_dir, ignore_errors=True)
     run = report.Run("bench", Path(args.reports))
+    # Free ports: another checkout's bench, or the suite's, may run on the machine meanwhile.
     with local_servers(
-        data_dir, 54339, 56399, want_pg=pg_dsn is None, want_redis=redis_url is None
+        data_dir, free_port(), free_port(), want_pg=pg_dsn is None, want_redis=redis_url is None
     ) as (pg, rd):
         pg_dsn = pg_dsn or (pg.dsn if pg else None)
         redis_url = redis_url or (rd.url if rd else None)
