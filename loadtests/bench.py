@@ -38,6 +38,7 @@ from stockcore.v1 import orders_pb2_grpc as opb_grpc
 from clients.credentials import Credentials
 from clients.tokens import SERVICE_SCOPES, issue_token, load_signing_key
 from loadtests import classic, invariants, plots, report, sale
+from loadtests.arguments import caller_counts, positive_float, positive_int
 from loadtests.ceiling import measure_ceiling
 from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
 from loadtests.edge import edge_server
@@ -536,26 +537,39 @@ def _targets(run: report.Run, ratios: list[tuple[int, float, float]], rows: list
         )
 
 
-def main() -> None:
-    """Entry point of `make bench`."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make bench`; a bad number is a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--levels", default="16,64,128", help="comma-separated caller counts")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--sale-units", type=int, default=2000, help="units of each sale SKU")
-    parser.add_argument("--sale-buyers", type=int, default=64, help="buyers in the sale")
-    parser.add_argument("--sale-seconds", type=float, default=120.0, help="most a sale may take")
+    parser.add_argument(
+        "--levels", type=caller_counts, default="16,64,128", help="comma-separated caller counts"
+    )
+    parser.add_argument(
+        "--duration", type=positive_float, default=5.0, help="seconds per measurement"
+    )
+    parser.add_argument(
+        "--sale-units", type=positive_int, default=2000, help="units of each sale SKU"
+    )
+    parser.add_argument("--sale-buyers", type=positive_int, default=64, help="buyers in the sale")
+    parser.add_argument(
+        "--sale-seconds", type=positive_float, default=120.0, help="most a sale may take"
+    )
     parser.add_argument("--skip-contention", action="store_true", help="leave out the hot-SKU sale")
     parser.add_argument(
         "--security-rounds",
-        type=int,
+        type=positive_int,
         default=3,
         help="alternating plaintext / TLS + token rounds per cell (median reported)",
     )
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
-    args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Entry point of `make bench`."""
+    args = parse_args()
+    levels: list[int] = args.levels
     size = (
         None
         if args.skip_contention

@@ -32,6 +32,7 @@ from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from loadtests import knee, report
+from loadtests.arguments import non_negative_int, positive_float, positive_int
 from loadtests.driver import RunResult, run_in_processes
 from loadtests.locust.options import sku_name
 from loadtests.stack import open_stack, stock_catalogue
@@ -195,21 +196,26 @@ def _mb(n: float) -> str:
     return f"{n / 1024 / 1024:,.1f}"
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make load-scale`; a bad number is a usage error (exit 2)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--skus", type=positive_int, default=1_000_000)
+    parser.add_argument("--holds", type=non_negative_int, default=100_000)
+    parser.add_argument("--small", type=positive_int, default=1000, help="the comparison catalogue")
+    parser.add_argument("--callers", type=positive_int, default=32)
+    parser.add_argument("--duration", type=positive_float, default=5.0)
+    parser.add_argument("--processes", type=positive_int, default=2, help="processes loading SKUs")
+    return parser.parse_args(argv)
+
+
 def main() -> None:
     """Load, hold, measure, print."""
     if sys.argv[1:2] == ["part"]:
         _part(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--skus", type=int, default=1_000_000)
-    parser.add_argument("--holds", type=int, default=100_000)
-    parser.add_argument("--small", type=int, default=1000, help="the comparison catalogue")
-    parser.add_argument("--callers", type=int, default=32)
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--processes", type=int, default=2, help="processes loading SKUs")
-    args = parser.parse_args()
+    args = parse_args()
     out = ROOT / ".reports" / f"scale-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
