@@ -215,14 +215,20 @@ def table_header(api: str) -> list[str]:
     return report.table(cells, [])
 
 
+def non_ok(row: KneeRow) -> dict[str, int]:
+    """Calls of the row answered otherwise than created or paid, by outcome (the stock is
+    too deep for any to be refused)."""
+    found: dict[str, int] = {}
+    for result in (row.create, row.checkout):
+        for outcome, count in result.outcomes.items():
+            if outcome not in ("created", "paid"):
+                found[outcome] = found.get(outcome, 0) + count
+    return found
+
+
 def format_row(row: KneeRow) -> str:
     """One Markdown row of the knee table."""
-    bad = {
-        k: v
-        for result in (row.create, row.checkout)
-        for k, v in result.outcomes.items()
-        if k not in ("created", "paid")
-    }
+    bad = non_ok(row)
     cells = [
         row.callers,
         f"{row.empty.ops_per_s:,.0f}",
@@ -308,6 +314,11 @@ def main() -> int:
         finally:
             sampler.stop()
         run.say("", "## After the run", "")
+        unanswered = {f"{row.callers} callers": bad for row in rows if (bad := non_ok(row))}
+        run.check(
+            not unanswered,
+            "every call answered created or paid" + (f"; not: {unanswered}" if unanswered else ""),
+        )
         invariants.check_after_run(run, stack.target, stack.pg_dsn, skus)
     server_rss, _ = sampler.max_rss_mb("server")
     create_label, checkout_label = labels(args.api)
