@@ -113,15 +113,18 @@ fmt: deps
 	$(VENV)/bin/ruff format server clients loadtests tests
 	$(VENV)/bin/ruff check --fix server clients loadtests tests
 
-# e.g. `make bench LEVELS=64,128 DURATION=5 SALE_UNITS=500`
+# e.g. `make bench LEVELS=64,128 DURATION=5 SALE_UNITS=500 SECURITY_ROUNDS=1` (plaintext / TLS
+# rounds per cell, 3 by default); REPORTS= as for the load tests below.
 bench: deps
 	$(PY) -m loadtests.bench $(call load_opt,LEVELS,levels) $(call load_opt,DURATION,duration) \
-		$(call load_opt,SALE_UNITS,sale-units)
+		$(call load_opt,SALE_UNITS,sale-units) $(call load_opt,SECURITY_ROUNDS,security-rounds) \
+		$(REPORTS_OPT)
 
 # The key plot of the newest bench, day (or report) and knee runs in .reports/, copied to
-# docs/benchmarks/{bench,day,knee}.png for BENCHMARKS.md; RUNS= names run folders instead.
+# docs/benchmarks/{bench,day,knee}.png for BENCHMARKS.md; RUNS= names run folders instead,
+# REPORTS= looks for runs in another folder, INTO= copies into another folder.
 plots: deps
-	$(PY) -m loadtests.plots $(RUNS)
+	$(PY) -m loadtests.plots $(REPORTS_OPT) $(call load_opt,INTO,into) $(RUNS)
 
 clean-data:
 	rm -rf .data
@@ -131,8 +134,10 @@ clean-data:
 # starts a fresh local stack unless STOCKCORE_TARGET names a server. Settable, e.g.
 #   make load-day DURATION=180 SCALE=0.5 PROCESSES=2 API=inventory
 #   make load-flash USERS=2000 STOCK=1000     make load-knee LEVELS=16,64,128 DURATION=5
+# and for every load target REPORTS=folder, where the run folders go instead of .reports/.
 LOAD := $(PY) -m loadtests.scenarios
 load_opt = $(if $($(1)),--$(2) $($(1)))
+REPORTS_OPT = $(call load_opt,REPORTS,reports)
 LOAD_COMMON = $(call load_opt,API,api) $(call load_opt,PROCESSES,processes) \
 	$(call load_opt,SERVER_WORKERS,server-workers) $(call load_opt,WINDOW,payment-window) \
 	$(call load_opt,SKUS,catalogue)
@@ -142,44 +147,55 @@ LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEA
 .PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos
 
 load-day: deps
-	$(LOAD) day $(LOAD_DAY)
+	$(LOAD) $(REPORTS_OPT) day $(LOAD_DAY)
 
 load-report: deps
-	$(LOAD) day --compare $(LOAD_DAY)
+	$(LOAD) $(REPORTS_OPT) day --compare $(LOAD_DAY)
 
 load-flash: deps
-	$(LOAD) flash $(LOAD_COMMON) $(call load_opt,USERS,users) $(call load_opt,SPAWN_RATE,spawn-rate) \
+	$(LOAD) $(REPORTS_OPT) flash $(LOAD_COMMON) $(call load_opt,USERS,users) $(call load_opt,SPAWN_RATE,spawn-rate) \
 		$(call load_opt,STOCK,stock) $(call load_opt,DURATION,max-duration)
 
 load-knee: deps
 	$(PY) -m loadtests.knee $(call load_opt,API,api) $(call load_opt,SERVER_WORKERS,server-workers) \
 		$(call load_opt,SKUS,catalogue) $(call load_opt,LEVELS,levels) \
 		$(call load_opt,DURATION,duration) $(call load_opt,PROCESSES,processes) \
-		$(call load_opt,P99_BOUND,p99-bound)
+		$(call load_opt,P99_BOUND,p99-bound) $(REPORTS_OPT)
 
 # The primary carrier down on the day's plateau, e.g.
 #   make load-outage DURATION=180 OUTAGE_AT=60 OUTAGE=60 SCALE=0.2 WORKERS=2 PUBLISH=1
 load-outage: deps
 	$(PY) -m loadtests.outage $(call load_opt,DURATION,duration) $(call load_opt,OUTAGE_AT,outage-at) \
 		$(call load_opt,OUTAGE,outage) $(call load_opt,SCALE,scale) $(call load_opt,WORKERS,workers) \
-		$(call load_opt,PROCESSES,processes) $(call load_opt,DRAIN,drain) $(if $(PUBLISH),--publish)
+		$(call load_opt,PROCESSES,processes) $(call load_opt,DRAIN,drain) $(if $(PUBLISH),--publish) \
+		$(REPORTS_OPT)
 
+# CALLERS= closed-loop callers (32) and DURATION= seconds (5) of each latency measurement.
+#   make load-scale SKUS=1000000 HOLDS=100000
 load-scale: deps
-	$(PY) -m loadtests.scale $(call load_opt,SKUS,skus) $(call load_opt,HOLDS,holds)
+	$(PY) -m loadtests.scale $(call load_opt,SKUS,skus) $(call load_opt,HOLDS,holds) \
+		$(call load_opt,CALLERS,callers) $(call load_opt,DURATION,duration) $(REPORTS_OPT)
 
 # A seeded fault schedule (kill -9, SIGSTOP, slow PostgreSQL, Redis restarts) under mixed
 # load, then the invariants, every acknowledged outcome and the gate checked (RELIABILITY.md).
 #   make chaos SEED=7 DURATION=180
 chaos: deps
-	$(PY) -m loadtests.chaos $(call load_opt,SEED,seed) $(call load_opt,DURATION,duration)
+	$(PY) -m loadtests.chaos $(call load_opt,SEED,seed) $(call load_opt,DURATION,duration) \
+		$(REPORTS_OPT)
 
 # 500 WatchOrders streams beside Reserve and CreateOrder: the writers' rate with and without.
+# DURATION= seconds per phase (10), HISTORY= orders before the streams open (2,000, by the
+# hundred), CALLERS= Reserve callers (64).
 #   make load-fanout STREAMS=500
 load-fanout: deps
-	$(PY) -m loadtests.fanout $(call load_opt,STREAMS,streams)
+	$(PY) -m loadtests.fanout $(call load_opt,STREAMS,streams) $(call load_opt,DURATION,duration) \
+		$(call load_opt,HISTORY,history) $(call load_opt,CALLERS,callers) $(REPORTS_OPT)
 
 # Reserve at 1,500 callers with 2 s deadlines between two phases at 64: refusals, goodput, recovery.
-#   make load-overload CALLERS=1500 OVERLOAD=120 NAIVE=0.05   (NAIVE: callers ignoring RetryInfo)
+# BEFORE= and AFTER= are the seconds of the phases at 64 (20 each); NAIVE= makes the callers
+# ignore RetryInfo and send a refused call again after that many seconds.
+#   make load-overload CALLERS=1500 OVERLOAD=120 NAIVE=0.05
 load-overload: deps
 	$(PY) -m loadtests.overload $(call load_opt,CALLERS,callers) $(call load_opt,OVERLOAD,overload) \
-		$(call load_opt,SKUS,catalogue) $(call load_opt,NAIVE,naive)
+		$(call load_opt,BEFORE,before) $(call load_opt,AFTER,after) $(call load_opt,SKUS,catalogue) \
+		$(call load_opt,NAIVE,naive) $(REPORTS_OPT)

@@ -38,12 +38,13 @@ from stockcore.v1 import orders_pb2_grpc as opb_grpc
 from clients.credentials import Credentials
 from clients.tokens import SERVICE_SCOPES, issue_token, load_signing_key
 from loadtests import classic, invariants, plots, report, sale
+from loadtests.arguments import caller_counts, positive_float, positive_int
 from loadtests.ceiling import measure_ceiling
 from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
 from loadtests.edge import edge_server
 from loadtests.sampler import cpu_seconds
 from loadtests.stack import PLAINTEXT_ENV, UNSHED_ENV, read_stock, stock_catalogue
-from server.devservers import LocalStockcore, local_servers
+from server.devservers import LocalStockcore, free_port, local_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 16
@@ -537,26 +538,39 @@ def _targets(run: report.Run, ratios: list[tuple[int, float, float]], rows: list
         )
 
 
-def main() -> None:
-    """Entry point of `make bench`."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make bench`; a bad number is a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--levels", default="16,64,128", help="comma-separated caller counts")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--sale-units", type=int, default=2000, help="units of each sale SKU")
-    parser.add_argument("--sale-buyers", type=int, default=64, help="buyers in the sale")
-    parser.add_argument("--sale-seconds", type=float, default=120.0, help="most a sale may take")
+    parser.add_argument(
+        "--levels", type=caller_counts, default="16,64,128", help="comma-separated caller counts"
+    )
+    parser.add_argument(
+        "--duration", type=positive_float, default=5.0, help="seconds per measurement"
+    )
+    parser.add_argument(
+        "--sale-units", type=positive_int, default=2000, help="units of each sale SKU"
+    )
+    parser.add_argument("--sale-buyers", type=positive_int, default=64, help="buyers in the sale")
+    parser.add_argument(
+        "--sale-seconds", type=positive_float, default=120.0, help="most a sale may take"
+    )
     parser.add_argument("--skip-contention", action="store_true", help="leave out the hot-SKU sale")
     parser.add_argument(
         "--security-rounds",
-        type=int,
+        type=positive_int,
         default=3,
         help="alternating plaintext / TLS + token rounds per cell (median reported)",
     )
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
-    args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Entry point of `make bench`."""
+    args = parse_args()
+    levels: list[int] = args.levels
     size = (
         None
         if args.skip_contention
@@ -569,8 +583,9 @@ def main() -> None:
         # Every run starts from an empty cluster: no bloat or schema left by earlier runs.
         shutil.rmtree(data_dir, ignore_errors=True)
     run = report.Run("bench", Path(args.reports))
+    # Free ports: another checkout's bench, or the suite's, may run on the machine meanwhile.
     with local_servers(
-        data_dir, 54339, 56399, want_pg=pg_dsn is None, want_redis=redis_url is None
+        data_dir, free_port(), free_port(), want_pg=pg_dsn is None, want_redis=redis_url is None
     ) as (pg, rd):
         pg_dsn = pg_dsn or (pg.dsn if pg else None)
         redis_url = redis_url or (rd.url if rd else None)

@@ -36,6 +36,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from stockcore.v1 import orders_pb2_grpc as ords_grpc
 
 from clients.errors import from_rpc_error
 from loadtests import invariants, report
+from loadtests.arguments import positive_float, positive_int
 from loadtests.driver import percentile, run_on_uvloop
 from loadtests.locust.shop import CURRENCY, unit_price_minor
 from loadtests.stack import PLAINTEXT_ENV
@@ -560,18 +562,26 @@ async def run_chaos(args: argparse.Namespace, run: report.Run, stack) -> None:
     )
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make chaos`; a bad number is a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seed", type=int, default=None, help="random unless given")
-    parser.add_argument("--duration", type=float, default=180.0, help="seconds of load")
-    parser.add_argument("--gap", type=float, default=12.0, help="seconds between faults")
-    parser.add_argument("--callers", type=int, default=32)
-    parser.add_argument("--skus", type=int, default=100)
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds of retries per call")
+    parser.add_argument("--duration", type=positive_float, default=180.0, help="seconds of load")
+    parser.add_argument("--gap", type=positive_float, default=12.0, help="seconds between faults")
+    parser.add_argument("--callers", type=positive_int, default=32)
+    parser.add_argument("--skus", type=positive_int, default=100)
+    parser.add_argument(
+        "--budget", type=positive_float, default=60.0, help="seconds of retries per call"
+    )
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Entry point of `make chaos`."""
+    args = parse_args()
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1, 100_000)
     run = report.Run("chaos", Path(args.reports))

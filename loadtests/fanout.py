@@ -26,6 +26,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -36,6 +37,7 @@ from stockcore.v1 import orders_pb2 as ords
 from stockcore.v1 import orders_pb2_grpc as ords_grpc
 
 from loadtests import report
+from loadtests.arguments import non_negative_int, positive_float, positive_int
 from loadtests.driver import RunResult, merge, percentile, record_closed_loop, run_on_uvloop
 from loadtests.locust.options import catalogue
 from loadtests.locust.shop import CURRENCY, unit_price_minor
@@ -228,19 +230,27 @@ async def measure(args: argparse.Namespace, target: str, run: report.Run) -> boo
     return all(ok for ok, _ in checks)
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make load-fanout`; a bad number is a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--streams", type=int, default=500)
-    parser.add_argument("--callers", type=int, default=64)
-    parser.add_argument("--customers", type=int, default=500)
-    parser.add_argument("--orders-per-s", type=float, default=50.0)
-    parser.add_argument("--history", type=int, default=2000, help="orders before the streams")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
-    parser.add_argument("--catalogue", type=int, default=1000, help="SKUs")
+    parser.add_argument("--streams", type=non_negative_int, default=500)
+    parser.add_argument("--callers", type=positive_int, default=64)
+    parser.add_argument("--customers", type=positive_int, default=500)
+    parser.add_argument("--orders-per-s", type=positive_float, default=50.0)
+    parser.add_argument(
+        "--history", type=non_negative_int, default=2000, help="orders before the streams"
+    )
+    parser.add_argument("--duration", type=positive_float, default=10.0, help="seconds per phase")
+    parser.add_argument("--catalogue", type=positive_int, default=1000, help="SKUs")
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Entry point of `make load-fanout`."""
+    args = parse_args()
     run = report.Run("fanout", Path(args.reports))
     with open_stack(ROOT / ".data" / "load") as stack:
         run_on_uvloop(measure(args, stack.target, run))

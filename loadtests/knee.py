@@ -38,6 +38,7 @@ from stockcore.v1 import orders_pb2 as ords
 from stockcore.v1 import orders_pb2_grpc as ords_grpc
 
 from loadtests import invariants, plots, report
+from loadtests.arguments import caller_counts, positive_float, positive_int
 from loadtests.ceiling import measure_ceiling
 from loadtests.driver import Op, RunResult, run_in_processes
 from loadtests.locust.options import catalogue
@@ -214,14 +215,20 @@ def table_header(api: str) -> list[str]:
     return report.table(cells, [])
 
 
+def non_ok(row: KneeRow) -> dict[str, int]:
+    """Calls of the row answered otherwise than created or paid, by outcome (the stock is
+    too deep for any to be refused)."""
+    found: dict[str, int] = {}
+    for result in (row.create, row.checkout):
+        for outcome, count in result.outcomes.items():
+            if outcome not in ("created", "paid"):
+                found[outcome] = found.get(outcome, 0) + count
+    return found
+
+
 def format_row(row: KneeRow) -> str:
     """One Markdown row of the knee table."""
-    bad = {
-        k: v
-        for result in (row.create, row.checkout)
-        for k, v in result.outcomes.items()
-        if k not in ("created", "paid")
-    }
+    bad = non_ok(row)
     cells = [
         row.callers,
         f"{row.empty.ops_per_s:,.0f}",
@@ -244,20 +251,35 @@ def best_within(rows: Sequence[KneeRow], p99_bound_ms: float, checkout: bool) ->
     return max(picked, key=lambda r: (r.checkout if checkout else r.create).ops_per_s, default=None)
 
 
-def main() -> int:
-    """Entry point of `make load-knee`."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make load-knee`; a bad number is a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--api", choices=["orders", "inventory"], default="orders")
-    parser.add_argument("--levels", default="16,32,64,128,256", help="caller counts")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
-    parser.add_argument("--processes", type=int, default=1, help="load processes per cell")
-    parser.add_argument("--p99-bound", type=float, default=100.0, help="ms, for the targets")
-    parser.add_argument("--server-workers", type=int, default=1, help="(fresh stack)")
-    parser.add_argument("--catalogue", type=int, default=1000, help="SKUs")
+    parser.add_argument(
+        "--levels", type=caller_counts, default="16,32,64,128,256", help="caller counts"
+    )
+    parser.add_argument("--duration", type=positive_float, default=5.0, help="seconds per cell")
+    parser.add_argument("--processes", type=positive_int, default=1, help="load processes per cell")
+    parser.add_argument(
+        "--p99-bound", type=positive_float, default=100.0, help="ms, for the targets"
+    )
+    parser.add_argument("--server-workers", type=positive_int, default=1, help="(fresh stack)")
+    parser.add_argument("--catalogue", type=positive_int, default=1000, help="SKUs")
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if min(args.levels) < args.processes:
+        parser.error(
+            f"every level needs at least one caller per load process: --levels {min(args.levels)}"
+            f" is below --processes {args.processes}"
+        )
+    return args
+
+
+def main() -> int:
+    """Entry point of `make load-knee`."""
+    args = parse_args()
     run = report.Run("knee", Path(args.reports))
     prefix = f"KNEE{run.tag[-6:]}"
     skus = catalogue(prefix, args.catalogue)
@@ -285,13 +307,18 @@ def main() -> int:
                 api=args.api,
                 prefix=prefix,
                 size=args.catalogue,
-                levels=[int(x) for x in args.levels.split(",")],
+                levels=args.levels,
                 duration=args.duration,
                 processes=args.processes,
             )
         finally:
             sampler.stop()
         run.say("", "## After the run", "")
+        unanswered = {f"{row.callers} callers": bad for row in rows if (bad := non_ok(row))}
+        run.check(
+            not unanswered,
+            "every call answered created or paid" + (f"; not: {unanswered}" if unanswered else ""),
+        )
         invariants.check_after_run(run, stack.target, stack.pg_dsn, skus)
     server_rss, _ = sampler.max_rss_mb("server")
     create_label, checkout_label = labels(args.api)

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from typing import Any
 import asyncpg
 
 from loadtests import report
+from loadtests.arguments import non_negative_float, positive_float, positive_int
 from loadtests.locust.daycurve import DayCurve
 from loadtests.locust.options import catalogue
 from loadtests.locust.record import read_plan, read_tallies
@@ -360,26 +362,43 @@ def outage(args: argparse.Namespace) -> int:
     return run.finish()
 
 
-def main() -> None:
-    """Entry point of `make load-outage`."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make load-outage`; a bad number is a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
-    parser.add_argument("--duration", type=float, default=180.0, help="seconds of plateau load")
-    parser.add_argument("--outage-at", type=float, default=60.0, help="seconds into the load")
-    parser.add_argument("--outage", type=float, default=60.0, help="seconds the carrier is down")
-    parser.add_argument("--scale", type=float, default=0.2, help="factor on 237 orders/s")
-    parser.add_argument("--workers", type=int, default=2, help="fulfilment workers")
-    parser.add_argument("--processes", type=int, default=1, help="Locust load processes")
-    parser.add_argument("--drain", type=float, default=120.0, help="seconds to wait for shipping")
-    parser.add_argument("--payment-window", type=float, default=8.0)
-    parser.add_argument("--catalogue", type=int, default=1000, help="SKUs")
+    parser.add_argument(
+        "--duration", type=positive_float, default=180.0, help="seconds of plateau load"
+    )
+    parser.add_argument(
+        "--outage-at", type=non_negative_float, default=60.0, help="seconds into the load"
+    )
+    parser.add_argument(
+        "--outage", type=positive_float, default=60.0, help="seconds the carrier is down"
+    )
+    parser.add_argument("--scale", type=positive_float, default=0.2, help="factor on 237 orders/s")
+    parser.add_argument("--workers", type=positive_int, default=2, help="fulfilment workers")
+    parser.add_argument("--processes", type=positive_int, default=1, help="Locust load processes")
+    parser.add_argument(
+        "--drain", type=non_negative_float, default=120.0, help="seconds to wait for shipping"
+    )
+    parser.add_argument("--payment-window", type=positive_float, default=8.0)
+    parser.add_argument("--catalogue", type=positive_int, default=1000, help="SKUs")
     parser.add_argument(
         "--publish", action="store_true", help="copy the plot to docs/benchmarks/outage.png"
     )
-    args = parser.parse_args()
-    raise SystemExit(outage(args))
+    args = parser.parse_args(argv)
+    if args.outage_at >= args.duration:
+        parser.error(
+            f"--outage-at {args.outage_at:g} must fall within the load (--duration {args.duration:g})"
+        )
+    return args
+
+
+def main() -> None:
+    """Entry point of `make load-outage`."""
+    raise SystemExit(outage(parse_args()))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from clients.errors import StatusCode, from_rpc_error
 from clients.inventory import RetryPolicy
 from clients.throttle import AdaptiveThrottle
 from loadtests import invariants, report
+from loadtests.arguments import non_negative_int, positive_float, positive_int
 from loadtests.driver import percentile, run_on_uvloop
 from loadtests.locust.options import catalogue
 from loadtests.stack import open_stack, stock_catalogue
@@ -391,31 +393,46 @@ def phase_row(p: PhaseFigures) -> list[object]:
     ]
 
 
-def main() -> int:
-    """Entry point of `make load-overload`."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make load-overload`; a bad number is a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--callers", type=int, default=1500)
-    parser.add_argument("--base-callers", type=int, default=64)
-    parser.add_argument("--before", type=float, default=20.0, help="seconds")
-    parser.add_argument("--overload", type=float, default=120.0, help="seconds")
-    parser.add_argument("--after", type=float, default=20.0, help="seconds")
-    parser.add_argument("--deadline", type=float, default=2.0, help="seconds per operation")
-    parser.add_argument("--k", type=float, default=2.0, help="the client throttle's k")
+    parser.add_argument("--callers", type=positive_int, default=1500)
+    parser.add_argument("--base-callers", type=positive_int, default=64)
+    parser.add_argument("--before", type=positive_float, default=20.0, help="seconds")
+    parser.add_argument("--overload", type=positive_float, default=120.0, help="seconds")
+    parser.add_argument("--after", type=positive_float, default=20.0, help="seconds")
+    parser.add_argument(
+        "--deadline", type=positive_float, default=2.0, help="seconds per operation"
+    )
     parser.add_argument(
         "--naive",
-        type=float,
+        type=positive_float,
         metavar="SECONDS",
         help="naive callers: no client throttle, RetryInfo ignored, a refusal sent again"
         " after SECONDS (e.g. 0.05)",
     )
+    parser.add_argument("--k", type=positive_float, default=2.0, help="the client throttle's k")
     parser.add_argument(
-        "--max-in-flight", type=int, default=0, help="the server's bound (default: its own)"
+        "--max-in-flight",
+        type=non_negative_int,
+        default=0,
+        help="the server's bound (default: its own)",
     )
-    parser.add_argument("--catalogue", type=int, default=1000, help="SKUs")
+    parser.add_argument("--catalogue", type=positive_int, default=1000, help="SKUs")
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for option in ("before", "overload", "after"):
+        # Figures are kept per whole second: a phase shorter than one has none.
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1 second, got {getattr(args, option):g}")
+    return args
+
+
+def main() -> int:
+    """Entry point of `make load-overload`."""
+    args = parse_args()
     plan = Plan(
         args.base_callers,
         args.callers,

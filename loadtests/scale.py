@@ -5,7 +5,9 @@ memory and PostgreSQL memory and disk.
     python -m loadtests.scale --skus 1000000 --holds 100000
 
 Always a fresh local stack (under .data/scale): sizes are only comparable from empty. All SKUs
-are loaded through AdjustStock and all holds through Reserve, as callers would.
+are loaded through AdjustStock and all holds through Reserve, as callers would. The summary
+goes to .reports/scale-<time>/; the run fails when a measured call is not answered OK or
+stockcore.invariant_violations() finds anything after it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from google.protobuf import duration_pb2
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
-from loadtests import knee, report
+from loadtests import invariants, knee, report
+from loadtests.arguments import non_negative_int, positive_float, positive_int
 from loadtests.driver import RunResult, run_in_processes
 from loadtests.locust.options import sku_name
 from loadtests.stack import open_stack, stock_catalogue
@@ -195,32 +198,31 @@ def _mb(n: float) -> str:
     return f"{n / 1024 / 1024:,.1f}"
 
 
-def main() -> None:
-    """Load, hold, measure, print."""
-    if sys.argv[1:2] == ["part"]:
-        _part(sys.argv[2:])
-        return
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make load-scale`; a bad number is a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--skus", type=int, default=1_000_000)
-    parser.add_argument("--holds", type=int, default=100_000)
-    parser.add_argument("--small", type=int, default=1000, help="the comparison catalogue")
-    parser.add_argument("--callers", type=int, default=32)
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--processes", type=int, default=2, help="processes loading SKUs")
-    args = parser.parse_args()
-    out = ROOT / ".reports" / f"scale-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
+    parser.add_argument("--skus", type=positive_int, default=1_000_000)
+    parser.add_argument("--holds", type=non_negative_int, default=100_000)
+    parser.add_argument("--small", type=positive_int, default=1000, help="the comparison catalogue")
+    parser.add_argument("--callers", type=positive_int, default=32)
+    parser.add_argument("--duration", type=positive_float, default=5.0)
+    parser.add_argument("--processes", type=positive_int, default=2, help="processes loading SKUs")
+    parser.add_argument("--reports", default=str(ROOT / ".reports"))
+    return parser.parse_args(argv)
 
-    def say(*text: str) -> None:
-        for line in text:
-            print(line, flush=True)
-            lines.append(line)
 
+def main() -> int:
+    """Load, hold, measure, print; the exit code (1 when a check fails)."""
+    if sys.argv[1:2] == ["part"]:
+        _part(sys.argv[2:])
+        return 0
+    args = parse_args()
     if os.environ.get("STOCKCORE_TARGET"):
         raise SystemExit("load-scale measures sizes from empty: it always starts a fresh stack")
+    run = report.Run("scale", Path(args.reports))
+    say = run.say
     data = ROOT / ".data" / "scale"
     with open_stack(data) as stack:
         assert stack.pg_dsn and stack.redis_url
@@ -281,6 +283,7 @@ def main() -> None:
                     _latency(stack.target, api, "SCALE", args.skus, args.callers, args.duration),
                 )
             )
+        sql = asyncio.run(invariants.check_via_sql(stack.pg_dsn))
     say(
         f"## Latency, {args.callers} closed-loop callers, {args.duration:g} s each (one order line, random SKU)",
         "",
@@ -336,9 +339,21 @@ def main() -> None:
             ],
         )
     )
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print(f"\nreport: {out.relative_to(ROOT)}/summary.md")
+    run.say("", "## After the run", "")
+    unanswered = {
+        f"{cat}, {api}: {outcome}": count
+        for cat, api, r in rows
+        for outcome, count in r.outcomes.items()
+        if outcome != "created"
+    }
+    run.check(
+        not unanswered,
+        "every call of the latency runs answered OK"
+        + (f"; not: {unanswered}" if unanswered else ""),
+    )
+    run.check(sql.ok, sql.describe())
+    return run.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

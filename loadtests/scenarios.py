@@ -20,10 +20,12 @@ import argparse
 import asyncio
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from loadtests import invariants, plots, report
+from loadtests.arguments import positive_float, positive_int, share
 from loadtests.locust.http_shop import HTTP_PREFIX
 from loadtests.locust.options import catalogue
 from loadtests.locust.record import read_plan, read_tallies
@@ -243,8 +245,6 @@ def day(args: argparse.Namespace) -> int:
 
 def flash(args: argparse.Namespace) -> int:
     """One SKU, --stock units, --users buyers at once: exactly the stock must sell."""
-    if args.api == "http":
-        raise SystemExit("the flash sale runs over gRPC (--api orders or inventory)")
     run = Run("flash", Path(args.reports))
     sku = f"FLASH-{run.tag}"
     with open_stack(ROOT / ".data" / "load", server_workers=args.server_workers) as stack:
@@ -321,8 +321,9 @@ def flash(args: argparse.Namespace) -> int:
     return run.finish()
 
 
-def main() -> None:
-    """Entry point of `make load-day`, `load-report` and `load-flash`."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of `make load-day`, `load-report` and `load-flash`; a bad number is
+    a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -334,33 +335,44 @@ def main() -> None:
         default="orders",
         help="http (day only): half the buyers over HTTP/JSON through the gateway",
     )
-    common.add_argument("--processes", type=int, default=2, help="Locust load processes")
+    common.add_argument("--processes", type=positive_int, default=2, help="Locust load processes")
     common.add_argument(
-        "--server-workers", type=int, default=1, help="server processes (fresh stack)"
+        "--server-workers", type=positive_int, default=1, help="server processes (fresh stack)"
     )
-    common.add_argument("--payment-window", type=float, default=8.0)
-    common.add_argument("--catalogue", type=int, default=1000, help="SKUs")
+    common.add_argument("--payment-window", type=positive_float, default=8.0)
+    common.add_argument("--catalogue", type=positive_int, default=1000, help="SKUs")
     sub = parser.add_subparsers(dest="scenario", required=True)
 
     d = sub.add_parser("day", parents=[common], help="the reference day, compressed")
-    d.add_argument("--duration", type=float, default=240.0)
-    d.add_argument("--peak-hold", type=float, default=60.0)
-    d.add_argument("--scale", type=float, default=1.0)
-    d.add_argument("--pacing", type=float, default=2.0)
+    d.add_argument("--duration", type=positive_float, default=240.0)
+    d.add_argument("--peak-hold", type=positive_float, default=60.0)
+    d.add_argument("--scale", type=positive_float, default=1.0)
+    d.add_argument("--pacing", type=positive_float, default=2.0)
     d.add_argument(
         "--compare", action="store_true", help="title it as the report beside the competitor"
     )
     d.set_defaults(run=day)
 
     f = sub.add_parser("flash", parents=[common], help="a flash sale of one SKU")
-    f.add_argument("--users", type=int, default=2000)
-    f.add_argument("--spawn-rate", type=float, default=500.0)
-    f.add_argument("--stock", type=int, default=1000)
-    f.add_argument("--abandon-share", type=float, default=0.05)
-    f.add_argument("--max-duration", type=float, default=180.0)
+    f.add_argument("--users", type=positive_int, default=2000)
+    f.add_argument("--spawn-rate", type=positive_float, default=500.0)
+    f.add_argument("--stock", type=positive_int, default=1000)
+    f.add_argument("--abandon-share", type=share, default=0.05)
+    f.add_argument("--max-duration", type=positive_float, default=180.0)
     f.set_defaults(run=flash)
 
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.scenario == "day" and args.peak_hold >= args.duration:
+        # The compressed day needs time outside its plateau (daycurve.CompressedDay).
+        d.error(f"--peak-hold {args.peak_hold:g} must be shorter than --duration {args.duration:g}")
+    if args.scenario == "flash" and args.api == "http":
+        f.error("the flash sale runs over gRPC (--api orders or inventory)")
+    return args
+
+
+def main() -> None:
+    """Entry point of `make load-day`, `load-report` and `load-flash`."""
+    args = parse_args()
     raise SystemExit(args.run(args))
 
 
