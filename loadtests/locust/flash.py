@@ -10,7 +10,9 @@ it (or commits), except a few who walk away; their holds expire after --payment-
 the units go back on sale. A buyer turned away as sold out (FAILED_PRECONDITION, reported
 under the suffixed name "... [FAILED_PRECONDITION]", not a failure) looks at the stock: while
 units are still held by others it tries again a little later, once nothing is held or
-available it leaves.
+available it leaves. A call the server refuses for being at capacity (RESOURCE_EXHAUSTED,
+reported as "... [RESOURCE_EXHAUSTED]" and counted as `refused` in the tally) is sent again
+with the same id after the delay the refusal asks for, as the typed clients do.
 
 The master watches the SKU and ends the run when it is sold out with nothing held. On exit it
 checks through the API that exactly the stock was sold: on_hand 0, reserved 0, and as many
@@ -37,13 +39,14 @@ from loadtests.locust.options import add_common_options
 from loadtests.locust.record import install_tally
 from loadtests.locust.shop import Api, OrderIds, Outcome, make_shop, tally
 
-_REJECTED = frozenset({grpc.StatusCode.FAILED_PRECONDITION})
+_REJECTED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED})
 REJECTIONS = RejectionPolicy(
     expected={
         "OrderService/CreateOrder": _REJECTED,
         "OrderService/ConfirmPayment": _REJECTED,
         "InventoryService/Reserve": _REJECTED,
         "InventoryService/Commit": _REJECTED,
+        "InventoryService/GetStock": frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}),
     }
 )
 _PAY = {Api.ORDERS: "OrderService/ConfirmPayment", Api.INVENTORY: "InventoryService/Commit"}
@@ -83,15 +86,21 @@ class FlashBuyer(GrpcUser):
     def buy(self) -> None:
         """Try once; leave after buying, walking away, or seeing the sale over."""
         sku = self.options.flash_sku
-        outcome, placed = self.shop.place(
-            self.ids.next(), self.customer, [(sku, 1)], self.options.payment_window
-        )
+        order_id = self.ids.next()
+        while True:
+            outcome, placed = self.shop.place(
+                order_id, self.customer, [(sku, 1)], self.options.payment_window
+            )
+            if outcome is not Outcome.REFUSED:
+                break
+            self._wait_as_told()
         if placed is not None:
             tally["orders_placed"] += 1
             if random.random() < self.options.abandon_share:
                 tally["orders_abandoned"] += 1
                 raise StopUser
-            outcome = self.shop.pay(placed)
+            while (outcome := self.shop.pay(placed)) is Outcome.REFUSED:
+                self._wait_as_told()
             tally[f"pay_{outcome.value}"] += 1
             if outcome is Outcome.DONE:
                 tally["units_paid"] += placed.units
@@ -108,6 +117,11 @@ class FlashBuyer(GrpcUser):
             tally["buyers_gave_up"] += 1
             raise StopUser
         gevent.sleep(1.0)
+
+    def _wait_as_told(self) -> None:
+        """A refusal: nothing was applied; wait as long as it asked (jittered)."""
+        tally["refused"] += 1
+        gevent.sleep(self.shop.pushback * random.uniform(0.8, 1.2))
 
 
 def _stock(environment: Any, channel: grpc.Channel) -> inventory_pb2.StockLevel:

@@ -23,6 +23,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from stockcore.v1 import inventory_pb2 as inv
 from stockcore.v1 import orders_pb2 as ords
 
+from clients.errors import StatusCode, error_from_status
+
 CURRENCY = "CNY"
 
 tally: Counter[str] = Counter()
@@ -49,6 +51,9 @@ class Outcome(enum.Enum):
     """Anything else (already reported to Locust as a failure)."""
     AMBIGUOUS = "ambiguous"
     """The deadline passed: the server may or may not have applied it."""
+    REFUSED = "refused"
+    """The server was at capacity and applied nothing: send it again, with the same id,
+    after the shop's `pushback` (the server's RetryInfo delay)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ def _outcome(error: grpc.RpcError) -> Outcome:
     code = error.code()
     if code is grpc.StatusCode.FAILED_PRECONDITION:
         return Outcome.REJECTED
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Outcome.REFUSED
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return Outcome.AMBIGUOUS
     return Outcome.FAILED
@@ -93,8 +100,19 @@ def _now() -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def _pushback(error: grpc.RpcError) -> float:
+    """The delay a refusal asks for (RetryInfo, else gRPC's pushback), 0.1 s without one."""
+    refused = error_from_status(
+        StatusCode.from_grpc(error.code()), error.details() or "", error.trailing_metadata() or ()
+    )
+    return refused.retry_delay if refused.retry_delay is not None else 0.1
+
+
 class InventoryReads:
     """GetStock, common to both APIs."""
+
+    pushback: float = 0.1
+    """The delay the last refusal of place or pay asked for."""
 
     def __init__(self, inventory: Any) -> None:
         self.inventory = inventory
@@ -139,6 +157,7 @@ class OrderShop(InventoryReads):
         try:
             order = self.orders.CreateOrder(request).order
         except grpc.RpcError as error:
+            self.pushback = _pushback(error)
             return _outcome(error), None
         units = sum(line.quantity for line in order.lines)
         return Outcome.DONE, Placed(order_id, customer_id, order.total_minor, units)
@@ -154,6 +173,7 @@ class OrderShop(InventoryReads):
         try:
             self.orders.ConfirmPayment(request)
         except grpc.RpcError as error:
+            self.pushback = _pushback(error)
             return _outcome(error)
         return Outcome.DONE
 
@@ -233,6 +253,7 @@ class HoldShop(InventoryReads):
         try:
             self.inventory.Reserve(request)
         except grpc.RpcError as error:
+            self.pushback = _pushback(error)
             return _outcome(error), None
         total = sum(unit_price_minor(sku) * qty for sku, qty in lines)
         return Outcome.DONE, Placed(order_id, customer_id, total, sum(q for _, q in lines))
@@ -242,6 +263,7 @@ class HoldShop(InventoryReads):
         try:
             self.inventory.Commit(inv.CommitRequest(reservation_id=placed.order_id))
         except grpc.RpcError as error:
+            self.pushback = _pushback(error)
             return _outcome(error)
         return Outcome.DONE
 
