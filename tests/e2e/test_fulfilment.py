@@ -107,7 +107,15 @@ async def test_a_slow_carrier_opens_the_breaker_on_slow_calls(app: App, settings
         await stock(app)
         await partners.faults(partners.primary, latency_s=4.0)
         config = fulfil_settings(
-            settings, app, partners, partner_timeout_s=6.0, fulfil_lease_s=30.0, breaker_min_calls=5
+            settings,
+            app,
+            partners,
+            partner_timeout_s=6.0,
+            fulfil_lease_s=30.0,
+            breaker_min_calls=5,
+            # Open for the whole test: on a loaded machine the first five take long
+            # enough that a 30 s open time ends, and a probe would book a later order.
+            breaker_open_s=600.0,
         )
         async with running_worker(config):
             first = await paid_orders(app, 5)
