@@ -142,7 +142,7 @@ LOAD_COMMON = $(call load_opt,API,api) $(call load_opt,PROCESSES,processes) \
 	$(call load_opt,SERVER_WORKERS,server-workers) $(call load_opt,WINDOW,payment-window) \
 	$(call load_opt,SKUS,catalogue)
 LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEAK_HOLD,peak-hold) \
-	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing)
+	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing) $(if $(PROFILE),--profile)
 
 .PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos
 

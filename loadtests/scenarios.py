@@ -31,6 +31,7 @@ from loadtests.locust.options import catalogue
 from loadtests.locust.record import read_plan, read_tallies
 from loadtests.locuststats import Entry, History, read_failures, read_stats
 from loadtests.outbox import payment_lag
+from loadtests.profile import Profile
 from loadtests.report import Run
 from loadtests.sampler import ProcessSampler
 from loadtests.stack import Stack, open_stack, stock_catalogue, wait_for_no_holds
@@ -109,6 +110,13 @@ def day(args: argparse.Namespace) -> int:
             options += ["--gateway-url", str(stack.gateway_url)]
         load_pids: list[int] = []
         sampler = stack.sampler(load_pids)
+        profile = (
+            Profile(stack.service_pids["server"], stack.pg_dsn, run.dir, args.duration + 10)
+            if args.profile and "server" in stack.service_pids
+            else None
+        )
+        if profile is not None:
+            profile.start()
         swarm = _swarm(
             run,
             Swarm(
@@ -140,6 +148,10 @@ def day(args: argparse.Namespace) -> int:
         if args.api != "inventory" and stack.redis_url and plan:
             found = payment_lag(stack.redis_url, float(plan["started_at"]), swarm.ended_at)
             lag = (found.p50_s, found.p99_s, found.max_s) if found else None
+        if profile is not None:
+            counted = read_stats(swarm.csv_prefix)
+            created = next((counted[n] for n in report.CREATE if n in counted), None)
+            profile.report(run, created.ok if created is not None else 0)
     tally = read_tallies(swarm.run_dir)
     paid_units = tally["units_paid"] - tally["units_refunded"]
     ambiguous = tally["pay_ambiguous"] + tally["refund_ambiguous"] + tally["cancel_ambiguous"]
@@ -388,6 +400,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d.add_argument("--pacing", type=positive_float, default=2.0)
     d.add_argument(
         "--compare", action="store_true", help="title it as the report beside the competitor"
+    )
+    d.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the server with py-spy and count PostgreSQL's statements over the run",
     )
     d.set_defaults(run=day)
 

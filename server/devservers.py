@@ -295,6 +295,10 @@ class LocalPostgres:
             "max_prepared_transactions": "64",
             "log_min_messages": "warning",
         }
+        if (bindir.parent / "lib" / "pg_stat_statements.so").exists():
+            # Statement counts for profiles (loadtests/profile.py) and operators; the
+            # extension is created by whoever reads them.
+            settings["shared_preload_libraries"] = "pg_stat_statements"
         argv = [_bin(bindir, "postgres"), "-D", str(self.datadir), "-p", str(self.port)]
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]

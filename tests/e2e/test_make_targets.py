@@ -31,12 +31,11 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 _SHORT_DAY = ("DURATION=10", "PEAK_HOLD=3", "SCALE=0.05", "PROCESSES=1", "SKUS=50", "WINDOW=2")
-# Levels stay below the server's bound of 64 calls in flight (`make bench`'s TLS cell runs
-# with it); the overload run passes it on purpose. The chaos seed strikes once, at 10 s:
-# Redis killed and started again from its append-only file.
+# load-day also runs its profile (py-spy and pg_stat_statements). The chaos seed strikes
+# once, at 10 s: Redis killed and started again from its append-only file.
 SHORT: dict[str, tuple[str, ...]] = {
     "bench": ("LEVELS=8", "DURATION=1", "SECURITY_ROUNDS=1", "SALE_UNITS=50"),
-    "load-day": _SHORT_DAY,
+    "load-day": (*_SHORT_DAY, "PROFILE=1"),
     "load-report": _SHORT_DAY,
     "load-flash": (
         "USERS=40",
@@ -254,6 +253,10 @@ def test_target_runs_to_a_clean_verdict(
     assert not run.outlived, f"still running after make ended: {run.outlived}\n{run.shown()}"
     _assert_clean_verdict(run, reports)
     assert _fingerprint(PUBLISHED) == published, "docs/benchmarks/ changed"
+    if "PROFILE=1" in SHORT[target]:
+        # Both instruments reported: the server's stacks by area and the statements.
+        assert "share of busy samples" in run.output, run.shown()
+        assert re.search(r"stockcore\.create_orders", run.output), run.shown()
 
 
 @pytest.mark.timeout(900)  # up to three runs of its own when it runs alone
