@@ -119,6 +119,37 @@ class _SoldOut:
         await self._channel.close()
 
 
+class _Refusable:
+    """Reserves of one unit from deep stock, against a server that refuses most of them."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self._stub = pb_grpc.InventoryServiceStub(channel)
+        self._ids = itertools.count()
+        self._prefix = f"rf{os.getpid()}-{random.getrandbits(32):x}-"
+
+    async def __call__(self, worker: int) -> object:
+        request = pb.ReserveRequest(
+            reservation_id=f"{self._prefix}{next(self._ids)}",
+            lines=[pb.Line(sku=random.choice(HOT), quantity=1)],
+        )
+        try:
+            await self._stub.Reserve(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return "refused"
+            raise
+        return "reserve"
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+
+async def open_refusable(target: str) -> Op:
+    """Op factory for Reserves a server at its ceiling mostly refuses."""
+    return _Refusable(grpc.aio.insecure_channel(target))
+
+
 class _Creating:
     """Each call creates an order of one unit of a hot SKU (left to expire unpaid)."""
 
@@ -342,6 +373,60 @@ def _median(cells: list[tuple[RunResult, float]]) -> tuple[RunResult, float]:
     return by_rate[len(by_rate) // 2][0], statistics.median(cpu for _, cpu in cells)
 
 
+REFUSAL_HEADER = ["call", "calls/s", "refused", "p50 ms", "p99 ms", "server CPU µs/call"]
+REFUSAL_CALLERS = 64
+
+
+def _refusal_cost(run: report.Run, served: LocalStockcore, duration: float) -> None:
+    """What a refusal costs the server, beside what a sold-out Reserve and a held one cost:
+    a second server on the same databases whose ceiling is one call in flight refuses
+    almost every Reserve of 64 callers at entry, the path a standing queue's refusals take."""
+    ceiling = LocalStockcore(
+        served.env["STOCKCORE_PG_DSN"],
+        served.env["STOCKCORE_REDIS_URL"],
+        SHARDS,
+        served.log.parent,
+        **{**UNSHED_ENV, "STOCKCORE_MAX_IN_FLIGHT": "1"},
+        **PLAINTEXT_ENV,
+    )
+    asyncio.run(ceiling.start())
+    try:
+        run.say(
+            "",
+            f"What a refusal costs: {REFUSAL_CALLERS} callers, plaintext, server CPU from /proc"
+            " over the cell. Refusals: a server whose ceiling is one call in flight (it refuses"
+            " at entry, before decoding, as a standing queue does); beside it the same server"
+            " type serving sold-out and held Reserves.",
+            "",
+            *report.table(REFUSAL_HEADER, []),
+        )
+        cells = (
+            ("Reserve, refused at entry", open_refusable, ceiling, {"refused", "reserve"}),
+            ("Reserve, sold out", open_sold_out, served, {"rejected"}),
+            ("Reserve, held", open_refusable, served, {"reserve"}),
+        )
+        for label, factory, server, allowed in cells:
+            result, cpu = _measured_cell(
+                functools.partial(factory, server.target), server, REFUSAL_CALLERS, duration
+            )
+            _check(result, allowed)
+            refused = result.outcomes.get("refused", 0) / max(sum(result.outcomes.values()), 1)
+            run.say(
+                report.row(
+                    [
+                        label,
+                        f"{result.ops_per_s:,.0f}",
+                        f"{refused:.0%}",
+                        report.ms(result.p50_ms),
+                        report.ms(result.p99_ms),
+                        f"{cpu:,.0f}",
+                    ]
+                )
+            )
+    finally:
+        ceiling.stop()
+
+
 def _security_cost(
     run: report.Run, plaintext: LocalStockcore, levels: list[int], duration: float, rounds: int
 ) -> None:
@@ -485,6 +570,7 @@ def run_bench(
                 )
             )
         _security_cost(run, server, levels, duration, security_rounds)
+        _refusal_cost(run, server, duration)
         rows: list[SaleRow] = []
         if size is not None:
             run.say(
