@@ -17,6 +17,7 @@ help:
 	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
 	@echo "make load-day, load-report, load-flash, load-knee, load-scale, load-overload, load-fanout,"
 	@echo "           load-outage - load tests (BENCHMARKS.md)"
+	@echo "make soak   - the day's plateau held for 30 minutes (DURATION=), compared window by window"
 	@echo "make chaos  - a seeded fault schedule under mixed load, then every check (RELIABILITY.md)"
 	@echo "make plots  - copy the newest runs' key plots into docs/benchmarks/"
 	@echo "make lint   - ruff and mypy"
@@ -120,9 +121,10 @@ bench: deps
 		$(call load_opt,SALE_UNITS,sale-units) $(call load_opt,SECURITY_ROUNDS,security-rounds) \
 		$(REPORTS_OPT)
 
-# The key plot of the newest bench, day (or report) and knee runs in .reports/, copied to
-# docs/benchmarks/{bench,day,knee}.png for BENCHMARKS.md; RUNS= names run folders instead,
-# REPORTS= looks for runs in another folder, INTO= copies into another folder.
+# The key plot of the newest bench, day (or report), knee and soak runs in .reports/, copied
+# to docs/benchmarks/{bench,day,knee,soak}.png (BENCHMARKS.md shows the first three); RUNS=
+# names run folders instead, REPORTS= looks for runs in another folder, INTO= copies into
+# another folder.
 plots: deps
 	$(PY) -m loadtests.plots $(REPORTS_OPT) $(call load_opt,INTO,into) $(RUNS)
 
@@ -144,13 +146,24 @@ LOAD_COMMON = $(call load_opt,API,api) $(call load_opt,PROCESSES,processes) \
 LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEAK_HOLD,peak-hold) \
 	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing) $(if $(PROFILE),--profile)
 
-.PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos
+.PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos soak
 
 load-day: deps
 	$(LOAD) $(REPORTS_OPT) day $(LOAD_DAY)
 
 load-report: deps
 	$(LOAD) $(REPORTS_OPT) day --compare $(LOAD_DAY)
+
+# The day's plateau held for DURATION= seconds (1800; hours if asked), reported per
+# REPORT_WINDOW= seconds of it (300); fails when the last full window is more than
+# TOLERANCE= percent (10) worse than the first in CPU per order or order creation's mean.
+# REST_OF_DAY= seconds (180) of the compressed day around the plateau; the knobs of load-day.
+#   make soak DURATION=7200 SCALE=0.6 PROCESSES=2
+soak: deps
+	$(LOAD) $(REPORTS_OPT) soak $(LOAD_COMMON) $(call load_opt,DURATION,duration) \
+		$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing) \
+		$(call load_opt,REST_OF_DAY,rest-of-day) $(call load_opt,REPORT_WINDOW,report-window) \
+		$(call load_opt,TOLERANCE,tolerance)
 
 load-flash: deps
 	$(LOAD) $(REPORTS_OPT) flash $(LOAD_COMMON) $(call load_opt,USERS,users) $(call load_opt,SPAWN_RATE,spawn-rate) \

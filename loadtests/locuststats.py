@@ -118,6 +118,8 @@ class Span:
     ok: int
     mean_ms: float
     """Exact, from the cumulative count and mean at both ends."""
+    p50_ms: float
+    """The median of the rows' 10-second p50s, taken as the p99s below."""
     p99_ms: float
     """The median of the rows' 10-second p99 within the span (windows wholly inside it
     when there are any): the typical p99 of the span."""
@@ -178,23 +180,27 @@ class History:
         calls = last.requests - first.requests
         seconds = last.at - first.at if last is not first else end - start
         total_ms = _total_ms(last) - _total_ms(first)
-        inside = [
-            s.p99_ms
-            for s in self.samples.get(name, [])
-            if start + PERCENTILE_WINDOW_S <= s.at <= end and not math.isnan(s.p99_ms)
-        ] or [
-            s.p99_ms
-            for s in self.samples.get(name, [])
-            if start <= s.at <= end and not math.isnan(s.p99_ms)
-        ]
+        p99s = self._windows_within(name, start, end, "p99_ms")
+        p50s = self._windows_within(name, start, end, "p50_ms")
         return Span(
             seconds=seconds,
             calls=calls,
             ok=calls - (last.failures - first.failures),
             mean_ms=total_ms / calls if calls else math.nan,
-            p99_ms=statistics.median(inside) if inside else math.nan,
-            worst_p99_ms=max(inside) if inside else math.nan,
+            p50_ms=statistics.median(p50s) if p50s else math.nan,
+            p99_ms=statistics.median(p99s) if p99s else math.nan,
+            worst_p99_ms=max(p99s) if p99s else math.nan,
         )
+
+    def _windows_within(self, name: str, start: float, end: float, field: str) -> list[float]:
+        """The rows' `field` (a 10-second percentile) from start to end: of the windows
+        wholly inside the span when there are any, else of every row within it."""
+        rows = [
+            (s.at, float(getattr(s, field)))
+            for s in self.samples.get(name, [])
+            if start <= s.at <= end and not math.isnan(getattr(s, field))
+        ]
+        return [v for at, v in rows if at >= start + PERCENTILE_WINDOW_S] or [v for _, v in rows]
 
     def rates(
         self, names: Iterable[str], start: float, end: float, step_s: float = 1.0

@@ -4,6 +4,7 @@ each kind from .reports/ into docs/benchmarks/ under a stable name for BENCHMARK
     docs/benchmarks/day.png    reference day: orders/s asked and served, p50/p99 over time
     docs/benchmarks/knee.png   closed-loop knee: rate and p99 by callers, beside the empty call
     docs/benchmarks/bench.png  make bench: the ratio table and the hot-SKU sale, as bars
+    docs/benchmarks/soak.png   make soak: CPU per order and order creation latency per window
 
     python -m loadtests.plots                         # the newest run of each kind
     python -m loadtests.plots .reports/day-20261126-101500 .reports/knee-20261126-103000
@@ -14,6 +15,7 @@ Drawing needs matplotlib (a dev dependency); without it the runs still write the
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +27,13 @@ from loadtests.report import CREATE, ROOT
 from loadtests.sampler import ProcessSampler
 
 if TYPE_CHECKING:
+    from loadtests.drift import WindowFigures
     from loadtests.knee import KneeRow
 
 PUBLISHED = ROOT / "docs" / "benchmarks"
 """Where `make plots` puts the plots BENCHMARKS.md shows."""
 
-KINDS = {"day": ("day", "report"), "knee": ("knee",), "bench": ("bench",)}
+KINDS = {"day": ("day", "report"), "knee": ("knee",), "bench": ("bench",), "soak": ("soak",)}
 """Each published plot (<kind>.png) and the run folders (<prefix>-<time>) that draw it."""
 
 
@@ -92,6 +95,39 @@ def plot_day(history: History, plan: dict[str, Any], sampler: ProcessSampler, pa
     low.legend(loc="upper left")
     for axis in (top, mid, low):
         axis.axvspan(first, last, color="orange", alpha=0.1)
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_soak(
+    figures: Sequence[WindowFigures], groups: Sequence[str], plateau_start: float, path: Path
+) -> bool:
+    """Per window of the plateau: CPU per order (the processes under test, the whole machine,
+    each group) and order creation's mean, p50 and p99 (Locust's stats history)."""
+    plt = _pyplot()
+    if plt is None or not figures:
+        return False
+    xs = [((w.start + w.end) / 2 - plateau_start) / 60 for w in figures]
+    fig, (cpu, latency) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    cpu.plot(xs, [w.stack_cpu_ms for w in figures], "o-", lw=2, label="under test")
+    cpu.plot(xs, [w.machine_cpu_ms for w in figures], "o-", label="whole machine")
+    for group in groups:
+        cpu.plot(xs, [w.cpu_ms.get(group, math.nan) for w in figures], ".--", lw=1, label=group)
+    cpu.set_ylabel("CPU ms per order created")
+    cpu.set_ylim(bottom=0)
+    cpu.legend(loc="best", fontsize="small")
+    cpu.set_title("Soak: the day's plateau, per window")
+    for field in ("mean_ms", "p50_ms", "p99_ms"):
+        label = f"create {field.removesuffix('_ms')}"
+        latency.plot(xs, [getattr(w.create, field) for w in figures], "o-", label=label)
+    latency.set_ylabel("ms (Locust)")
+    latency.set_ylim(bottom=0)
+    latency.set_xlabel("minutes into the plateau (window middle)")
+    latency.legend(loc="upper left")
+    for axis in (cpu, latency):
         axis.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -210,7 +246,9 @@ def main() -> None:
     for source, target in copied:
         print(f"{_shown(source)} -> {_shown(target)}")
     if not copied:
-        raise SystemExit(f"no plots found in {args.reports}: run make bench, load-day or load-knee")
+        raise SystemExit(
+            f"no plots found in {args.reports}: run make bench, load-day, load-knee or soak"
+        )
 
 
 if __name__ == "__main__":

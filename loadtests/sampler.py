@@ -2,7 +2,8 @@
 
 A group is a root process and all its descendants (a multi-worker server is a supervisor and
 its workers). Each sample reads VmRSS from /proc/<pid>/status and the CPU ticks from
-/proc/<pid>/stat of every process in each group.
+/proc/<pid>/stat of every process in each group, and any gauges asked for beside them (such
+as Redis's own count of the memory it uses, which its RSS does not give back when it falls).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import redis
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -71,6 +74,20 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
+def redis_used_mb(url: str) -> Callable[[], float | None]:
+    """A gauge of the Redis at `url`: INFO memory's used_memory in MB, or None when it does
+    not answer. Each reading opens and closes its own connection."""
+
+    def read() -> float | None:
+        try:
+            with redis.Redis.from_url(url, socket_timeout=2.0) as client:
+                return int(client.info("memory")["used_memory"]) / 1024 / 1024
+        except (redis.RedisError, OSError, KeyError, ValueError):
+            return None
+
+    return read
+
+
 @dataclass
 class Sample:
     """One reading of one group."""
@@ -91,6 +108,10 @@ class ProcessSampler:
     samples: dict[str, list[Sample]] = field(default_factory=dict)
     machine: list[tuple[float, float]] = field(default_factory=list)
     """(time, busy CPU seconds of the whole machine)."""
+    gauges: dict[str, Callable[[], float | None]] = field(default_factory=dict)
+    """Figures read on each sample beside the processes, by name."""
+    readings: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """(time, value) of each gauge, when it answered."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -133,6 +154,9 @@ class ProcessSampler:
                         rss[pid], cpu[pid] = kb, seconds
                         pss[pid] = pss_kb(pid) or 0
             self.samples.setdefault(group, []).append(Sample(now, rss, pss, cpu))
+        for name, read in self.gauges.items():
+            if (value := read()) is not None:
+                self.readings.setdefault(name, []).append((now, value))
 
     def max_rss_mb(self, group: str) -> tuple[float, float]:
         """(largest RSS of a single process, largest PSS of the whole group) in MB over the run.
@@ -145,6 +169,17 @@ class ProcessSampler:
                 single = max(single, max(sample.rss_kb.values()))
                 total = max(total, sum(sample.pss_kb.values()))
         return single / 1024.0, total / 1024.0
+
+    def rss_mb_at(self, group: str, when: float) -> float:
+        """The largest RSS of a single process of the group in MB, at the last sample at or
+        before `when` (NaN before the first)."""
+        series = [s for s in self.samples.get(group, []) if s.at <= when and s.rss_kb]
+        return max(series[-1].rss_kb.values()) / 1024.0 if series else float("nan")
+
+    def reading_at(self, name: str, when: float) -> float:
+        """The gauge's last reading at or before `when` (NaN before the first)."""
+        series = [value for at, value in self.readings.get(name, []) if at <= when]
+        return series[-1] if series else float("nan")
 
     def processes(self, group: str) -> int:
         """The most processes the group had at once."""

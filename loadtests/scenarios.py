@@ -1,6 +1,7 @@
 """Run a Locust scenario end to end: stack, catalogue, load, checks, report.
 
     python -m loadtests.scenarios day   [--duration 240 --scale 1 --processes 2 --compare]
+    python -m loadtests.scenarios soak  [--duration 1800 --report-window 300 --tolerance 10]
     python -m loadtests.scenarios flash [--users 2000 --stock 1000 --processes 2]
 
 Each starts a fresh local stack under .data/load (or uses the servers named by
@@ -12,6 +13,11 @@ report, a summary and PNG plots to .reports/<scenario>-<time>/. Every rate and l
 summary is one of Locust's own statistics, named where it is shown. The exit code is 1 when a
 check of correctness fails (oversell, invariants, holds left, failed calls); performance
 targets are reported as MET or MISSED.
+
+The soak is the day with its plateau held --duration seconds (30 minutes by default, hours
+if asked), reported per --report-window of the plateau (loadtests/drift.py); it fails too
+when the last full window is more than --tolerance percent worse than the first in CPU per
+order or in order creation's mean latency.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from loadtests import invariants, plots, report
-from loadtests.arguments import positive_float, positive_int, share
+from loadtests import drift, invariants, plots, report
+from loadtests.arguments import non_negative_float, positive_float, positive_int, share
 from loadtests.locust.http_shop import HTTP_PREFIX
 from loadtests.locust.options import catalogue
 from loadtests.locust.record import read_plan, read_tallies
@@ -33,7 +40,7 @@ from loadtests.locuststats import Entry, History, read_failures, read_stats
 from loadtests.outbox import payment_lag
 from loadtests.profile import Profile
 from loadtests.report import Run
-from loadtests.sampler import ProcessSampler
+from loadtests.sampler import ProcessSampler, redis_used_mb
 from loadtests.stack import Stack, open_stack, stock_catalogue, wait_for_no_holds
 from loadtests.swarm import Swarm, SwarmRun, run_swarm
 
@@ -79,8 +86,10 @@ def _wrote_statistics(run: Run, swarm: SwarmRun) -> bool:
 
 
 def day(args: argparse.Namespace) -> int:
-    """The reference day, compressed; with --compare, beside the competitor's table."""
-    run = Run("report" if args.compare else "day", Path(args.reports))
+    """The reference day, compressed; with --compare, beside the competitor's table; as a
+    soak, with its plateau held long and compared window by window."""
+    soak = args.scenario == "soak"
+    run = Run("report" if args.compare else args.scenario, Path(args.reports))
     prefix = f"DAY{run.tag[-6:]}"
     skus = catalogue(prefix, args.catalogue)
     http = args.api == "http"
@@ -88,7 +97,13 @@ def day(args: argparse.Namespace) -> int:
         ROOT / ".data" / "load", server_workers=args.server_workers, gateway=http
     ) as stack:
         _common_head(
-            run, args, stack, "Reference day (500,000 orders/day, 237 orders/s peak), compressed"
+            run,
+            args,
+            stack,
+            f"Soak: the reference day's plateau (237 orders/s x {args.scale:g}) held "
+            f"{args.peak_hold:g} s"
+            if soak
+            else "Reference day (500,000 orders/day, 237 orders/s peak), compressed",
         )
         if http:
             run.say(
@@ -112,11 +127,17 @@ def day(args: argparse.Namespace) -> int:
         sampler = stack.sampler(load_pids)
         profile = (
             Profile(stack.service_pids["server"], stack.pg_dsn, run.dir, args.duration + 10)
-            if args.profile and "server" in stack.service_pids
+            if getattr(args, "profile", False) and "server" in stack.service_pids
             else None
         )
         if profile is not None:
             profile.start()
+        if soak:
+            # A sample of every process each 2 s over 5-minute windows keeps hours of
+            # samples small; short windows are sampled every 0.5 s.
+            sampler.interval = max(sampler.interval, args.report_window / 150)
+            if stack.redis_url:
+                sampler.gauges[drift.REDIS_USED] = redis_used_mb(stack.redis_url)
         swarm = _swarm(
             run,
             Swarm(
@@ -247,9 +268,66 @@ def day(args: argparse.Namespace) -> int:
         server_rss <= 150.0,
         f"server RSS per process, max over the run: {server_rss:,.0f} MB <= 150 MB",
     )
+    if soak:
+        creates = [figures.create_run.name] + ([HTTP_PREFIX + report.CREATE[0]] if http else [])
+        soak_windows(run, args, history, sampler, creates, plan)
     if plots.plot_day(history, plan, sampler, run.dir / "day.png"):
         run.say("", f"plot: {run.dir.name}/day.png")
     return run.finish()
+
+
+def soak_windows(
+    run: Run,
+    args: argparse.Namespace,
+    history: History,
+    sampler: ProcessSampler,
+    creates: list[str],
+    plan: dict[str, Any],
+) -> None:
+    """The plateau window by window, and the check that it did not get worse."""
+    p0, p1 = report.plateau(plan)
+    asked = float(plan["peak_per_s"])
+    figures = [
+        drift.measure(history, sampler, creates[0], creates, window, asked)
+        for window in drift.windows(p0, p1, args.report_window)
+    ]
+    groups = list(sampler.samples)
+    run.say(
+        "",
+        f"## The plateau per {args.report_window:g} s window",
+        "",
+        *report.table(drift.window_header(groups), drift.window_rows(figures, groups, p0)),
+        "",
+        f"Orders and latency: Locust's stats history ({creates[0]}; mean from its cumulative "
+        "columns, p50/p99 the median of its 10 s percentiles in the window). CPU per order: "
+        "each process group's CPU in the window (the sampler's /proc readings) over the orders "
+        "created in it; 'under test' is every group but the load processes. Server RSS: the "
+        "largest server process at the window's end. Redis used memory: its INFO memory "
+        "(used_memory) at the window's end.",
+    )
+    run.check(len(figures) >= 2, f"{len(figures)} full windows on the plateau (2 or more)")
+    if len(figures) < 2:
+        return
+    first, last = figures[0], figures[-1]
+    tolerance = args.tolerance / 100
+    run.say("", "## First full window against the last", "")
+    run.say(
+        *report.table(
+            drift.COMPARISON_HEADER, drift.comparison_rows(first, last, groups, tolerance)
+        )
+    )
+    run.say("")
+    for what, before, after in (
+        ("CPU per order of the processes under test", first.stack_cpu_ms, last.stack_cpu_ms),
+        ("order creation mean", first.create.mean_ms, last.create.mean_ms),
+    ):
+        run.check(
+            drift.within(before, after, tolerance),
+            f"{what} in the last window {after:.2f} ms is at most {args.tolerance:g} % above "
+            f"the first's {before:.2f} ms",
+        )
+    if plots.plot_soak(figures, groups, p0, run.dir / "soak.png"):
+        run.say("", f"plot: {run.dir.name}/soak.png")
 
 
 # --- the flash sale ----------------------------------------------------------------------
@@ -372,8 +450,8 @@ def flash_targets(run: Run, stats: dict[str, Entry], api: str, users: int) -> No
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line of `make load-day`, `load-report` and `load-flash`; a bad number is
-    a usage error (exit 2)."""
+    """The command line of `make load-day`, `load-report`, `soak` and `load-flash`; a bad
+    number is a usage error (exit 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -408,6 +486,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     d.set_defaults(run=day)
 
+    s = sub.add_parser(
+        "soak", parents=[common], help="the day's plateau held long, compared window by window"
+    )
+    s.add_argument(
+        "--duration", dest="peak_hold", type=positive_float, default=1800.0, metavar="SECONDS",
+        help="seconds the plateau is held",
+    )  # fmt: skip
+    s.add_argument(
+        "--rest-of-day", type=positive_float, default=180.0,
+        help="seconds of the compressed day around the plateau (its quiet hours and ramps)",
+    )  # fmt: skip
+    s.add_argument("--scale", type=positive_float, default=1.0)
+    s.add_argument("--pacing", type=positive_float, default=2.0)
+    s.add_argument(
+        "--report-window", type=positive_float, default=300.0,
+        help="seconds of plateau per window compared",
+    )  # fmt: skip
+    s.add_argument(
+        "--tolerance", type=non_negative_float, default=10.0,
+        help="percent the last window may be worse than the first",
+    )  # fmt: skip
+    s.set_defaults(run=day, compare=False)
+
     f = sub.add_parser("flash", parents=[common], help="a flash sale of one SKU")
     f.add_argument("--users", type=positive_int, default=2000)
     f.add_argument("--spawn-rate", type=positive_float, default=500.0)
@@ -417,6 +518,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     f.set_defaults(run=flash)
 
     args = parser.parse_args(argv)
+    if args.scenario == "soak":
+        if args.peak_hold < 2 * args.report_window:
+            s.error(
+                f"--duration {args.peak_hold:g} must hold at least two windows of "
+                f"--report-window {args.report_window:g} s"
+            )
+        args.duration = args.peak_hold + args.rest_of_day  # the whole day, as for `day`
     if args.scenario == "day" and args.peak_hold >= args.duration:
         # The compressed day needs time outside its plateau (daycurve.CompressedDay).
         d.error(f"--peak-hold {args.peak_hold:g} must be shorter than --duration {args.duration:g}")
@@ -426,7 +534,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    """Entry point of `make load-day`, `load-report` and `load-flash`."""
+    """Entry point of `make load-day`, `load-report`, `soak` and `load-flash`."""
     args = parse_args()
     raise SystemExit(args.run(args))
 

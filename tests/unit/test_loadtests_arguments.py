@@ -73,6 +73,10 @@ def _day(argv: Sequence[str]) -> argparse.Namespace:
     return scenarios.parse_args(["day", *argv])
 
 
+def _soak(argv: Sequence[str]) -> argparse.Namespace:
+    return scenarios.parse_args(["soak", *argv])
+
+
 def _flash(argv: Sequence[str]) -> argparse.Namespace:
     return scenarios.parse_args(["flash", *argv])
 
@@ -95,6 +99,11 @@ def _flash(argv: Sequence[str]) -> argparse.Namespace:
         (_day, ["--pacing", "0"], "--pacing"),
         (_day, ["--processes", "0"], "--processes"),
         (_day, ["--duration", "30", "--peak-hold", "30"], "--peak-hold"),
+        (_soak, ["--duration", "0"], "--duration"),
+        (_soak, ["--report-window", "0"], "--report-window"),
+        (_soak, ["--tolerance", "-1"], "--tolerance"),
+        (_soak, ["--rest-of-day", "0"], "--rest-of-day"),
+        (_soak, ["--duration", "50", "--report-window", "30"], "--report-window"),
         (_flash, ["--users", "0"], "--users"),
         (_flash, ["--stock", "0"], "--stock"),
         (_flash, ["--abandon-share", "2"], "--abandon-share"),
@@ -141,8 +150,17 @@ def test_the_defaults_still_parse() -> None:
     assert _day([]).duration == 240.0
     assert _day([]).peak_hold == 60.0
     assert _flash([]).users == 2000
+    assert (_soak([]).peak_hold, _soak([]).report_window, _soak([]).tolerance) == (1800, 300, 10)
     assert overload.parse_args([]).overload == 120.0
     assert fanout.parse_args([]).streams == 500
     assert outage.parse_args([]).outage_at == 60.0
     assert scale.parse_args([]).skus == 1_000_000
     assert chaos.parse_args([]).seed is None
+
+
+def test_the_soak_is_the_day_with_its_plateau_held_for_its_duration() -> None:
+    args = _soak(["--duration", "3600", "--rest-of-day", "120", "--report-window", "600"])
+
+    assert args.run is scenarios.day
+    assert (args.peak_hold, args.duration) == (3600, 3720)
+    assert not args.compare

@@ -23,15 +23,18 @@ HISTORY_HEADER = (
 CREATE = "OrderService/CreateOrder"
 
 
-def _history_row(at: int, name: str, total: int, failed: int, mean: float, p99: str) -> str:
-    percentiles = ",".join(["5"] * 7 + [p99] + ["90"] * 3)
+def _history_row(
+    at: int, name: str, total: int, failed: int, mean: float, p99: str, p50: str = "5"
+) -> str:
+    percentiles = ",".join([p50] + ["5"] * 6 + [p99] + ["90"] * 3)
     return f"{at},10,grpc,{name},1.0,0.0,{percentiles},{total},{failed},5,{mean},1,90,0"
 
 
 @pytest.fixture
 def prefix(tmp_path: Path) -> Path:
     """A run's CSV files: CreateOrder every second from t=1000 to t=1030, 10 calls a second
-    at 5 ms until t=1010 and 20 a second at 20 ms after, one failure at t=1020."""
+    at 5 ms until t=1010 and 20 a second at 20 ms after, one failure at t=1020; its 10-second
+    p50 4 ms until t=1010, then 15 or 16 ms."""
     lines = [HISTORY_HEADER]
     total, total_ms, failed = 0, 0.0, 0
     for at in range(1000, 1031):
@@ -40,7 +43,8 @@ def prefix(tmp_path: Path) -> Path:
             total, total_ms = total + calls, total_ms + calls * each
         failed += at == 1020
         p99 = "N/A" if total == 0 else "6" if at <= 1010 else str(30 + at % 3)
-        lines.append(_history_row(at, CREATE, total, failed, total_ms / max(total, 1), p99))
+        p50 = "N/A" if total == 0 else "4" if at <= 1010 else str(15 + at % 2)
+        lines.append(_history_row(at, CREATE, total, failed, total_ms / max(total, 1), p99, p50))
         lines.append(_history_row(at, "Aggregated", total, failed, total_ms / max(total, 1), p99))
     (tmp_path / "locust_stats_history.csv").write_text("\n".join(lines) + "\n")
     stats = [
@@ -94,11 +98,21 @@ def test_a_spans_p99_is_the_median_of_the_10_second_p99s_wholly_inside_it(prefix
     assert span.worst_p99_ms == 32
 
 
+def test_a_spans_p50_is_the_median_of_the_10_second_p50s_wholly_inside_it(prefix: Path) -> None:
+    history = History.read(prefix)
+
+    # Rows 1015..1025 have windows inside the span: 15 + at % 2, six 16s and five 15s.
+    assert history.span(CREATE, 1005, 1025).p50_ms == 16
+    # Rows 1020..1030: six 15s and five 16s.
+    assert history.span(CREATE, 1010, 1030).p50_ms == 15
+
+
 def test_a_span_shorter_than_the_window_uses_every_row_within_it(prefix: Path) -> None:
     span = History.read(prefix).span(CREATE, 1000, 1005)
 
     assert span.calls == 50
     assert span.p99_ms == 6
+    assert span.p50_ms == 4
 
 
 def test_a_span_from_before_the_first_row_counts_from_nothing(prefix: Path) -> None:

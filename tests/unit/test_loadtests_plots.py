@@ -21,12 +21,15 @@ def test_the_newest_run_of_each_kind_is_published_under_the_kinds_name(tmp_path:
     _run(reports, "knee-20261126-080000", "knee.png")
     _run(reports, "knee-20261126-070000", "knee.png")
     _run(reports, "bench-20261126-110000", "summary.md")  # a bench run without its plot
+    _run(reports, "soak-20261126-120000", "day.png")  # a soak draws the day beside its own
+    (reports / "soak-20261126-120000" / "soak.png").write_bytes(b"soak-20261126-120000")
 
     copied = publish([], reports, docs)
 
-    assert sorted(p.name for _, p in copied) == ["day.png", "knee.png"]
+    assert sorted(p.name for _, p in copied) == ["day.png", "knee.png", "soak.png"]
     assert (docs / "day.png").read_bytes() == b"report-20261126-100000"
     assert (docs / "knee.png").read_bytes() == b"knee-20261126-080000"
+    assert (docs / "soak.png").read_bytes() == b"soak-20261126-120000"
     assert not (docs / "bench.png").exists()
 
 

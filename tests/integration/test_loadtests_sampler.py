@@ -1,0 +1,49 @@
+"""The sampler's gauges: read on every sample beside the processes, and Redis's used memory
+read from a real Redis."""
+
+from __future__ import annotations
+
+import math
+
+import redis
+
+from loadtests.sampler import ProcessSampler, redis_used_mb
+from server.devservers import free_port
+from tests.conftest import Servers
+
+PROBE = "loadtests:sampler-probe"
+
+
+def test_redis_used_memory_follows_what_redis_holds(clean: Servers) -> None:
+    gauge = redis_used_mb(clean.redis_url)
+    before = gauge()
+    with redis.Redis.from_url(clean.redis_url) as client:
+        client.set(PROBE, b"x" * (4 * 1024 * 1024))
+        try:
+            held = gauge()
+        finally:
+            client.delete(PROBE)
+
+    assert before is not None and before > 0
+    assert held is not None and held - before >= 3.9
+
+
+def test_a_redis_that_does_not_answer_gives_no_reading() -> None:
+    assert redis_used_mb(f"redis://127.0.0.1:{free_port()}/0")() is None
+
+
+def test_each_sample_reads_the_gauges_and_keeps_only_answers(clean: Servers) -> None:
+    answers = iter([1.5, None, 2.5])
+    sampler = ProcessSampler(
+        lambda: {},
+        gauges={"redis": redis_used_mb(clean.redis_url), "flaky": lambda: next(answers)},
+    )
+
+    for _ in range(3):
+        sampler.sample()
+
+    assert len(sampler.readings["redis"]) == 3
+    assert [value for _, value in sampler.readings["flaky"]] == [1.5, 2.5]
+    at = sampler.readings["flaky"][1][0]
+    assert sampler.reading_at("flaky", at) == 2.5
+    assert math.isnan(sampler.reading_at("flaky", at - 3600))
