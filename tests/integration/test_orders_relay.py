@@ -425,3 +425,15 @@ async def test_without_groups_the_stream_is_trimmed_to_about_its_length(
     await fill(small, 1, 3000)
     assert (await small.trim()).removed > 0
     assert 1000 <= int(await redis_client.xlen(STREAM)) < 2000
+
+
+async def test_one_trim_brings_the_stream_back_to_about_its_length_however_far_past_it(
+    redis_client: aioredis.Redis, clean: Servers
+) -> None:
+    # One approximate XTRIM removes at most 10,000 entries; the peak adds more than that
+    # between two trims.
+    small = EventStream(redis_client, maxlen=1000)
+    await fill(small, 1, 25_000)
+    trimmed = await small.trim()
+    assert 1000 <= int(await redis_client.xlen(STREAM)) < 2000
+    assert trimmed.removed == 25_000 - int(await redis_client.xlen(STREAM))
