@@ -82,6 +82,10 @@ class Settings:
     relay_batch: int = 500
     # Approximate length the Redis event stream is trimmed to.
     event_stream_maxlen: int = 1_000_000
+    # Stream entries older than this (since their publication) are trimmed, whether or not
+    # every consumer group has read them: with maxmemory, this bounds the stream's memory
+    # (README, "Redis memory"). A group further behind reads the rest from WatchOrders.
+    event_stream_max_age_s: float = 3600.0
     # WatchOrders wakes on every cursor the relay gives (LISTEN/NOTIFY); it also looks
     # this often, as a safety net.
     watch_poll_interval_s: float = 1.0
@@ -203,6 +207,10 @@ class Settings:
             ),
             (1 <= self.relay_batch <= 10_000, "relay_batch must be 1-10000"),
             (self.event_stream_maxlen >= 1000, "event_stream_maxlen must be at least 1000"),
+            (
+                60 <= self.event_stream_max_age_s <= 7 * 86_400,
+                "event_stream_max_age_s must be 60-604800 (a minute to a week)",
+            ),
             (
                 0 < self.watch_poll_interval_s <= 10.0,
                 "watch_poll_interval_s must be in (0, 10]",
@@ -406,6 +414,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_RELAY_STANDBY_INTERVAL": ("relay_standby_interval_s", float),
     "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
     "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
+    "STOCKCORE_EVENT_STREAM_MAX_AGE": ("event_stream_max_age_s", float),
     "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
     "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
     "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),

@@ -78,8 +78,13 @@ EVENTS_REPUBLISHED = Counter(
 )
 EVENT_GROUPS_LEFT_BEHIND = Counter(
     "stockcore_order_event_groups_left_behind_total",
-    "Trims past the stream's hard cap that removed entries a consumer group had not read.",
+    "Trims (by age, or past the stream's hard cap) that removed entries a consumer group "
+    "had not finished.",
     ["group"],
+)
+EVENT_STREAM_LENGTH = Gauge(
+    "stockcore_order_event_stream_length",
+    "Entries in the Redis order event stream after the relay's last trim (working relay only).",
 )
 EVENTS_UNPUBLISHED = Gauge(
     "stockcore_order_events_unpublished",

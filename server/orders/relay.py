@@ -16,7 +16,8 @@ marker (the highest cursor it holds, see server/storage/event_stream.py) is wher
 relay left it; at activation, and whenever a publish is refused, the relay compares the
 marker with PostgreSQL's watermark and moves the watermark back to what the stream still
 holds, so the lost events are published again, in cursor order, before any newer one.
-The relay also trims the stream, never past an entry a consumer group still needs.
+The relay also trims the stream every TRIM_INTERVAL_S, by age and by length (see
+server/storage/event_stream.py).
 
 The relay is stopped by `stop()`, not by cancelling its task: redis-py's socket writes
 go through asyncio.wait_for, which on Python 3.11 can swallow a cancellation.
@@ -36,6 +37,7 @@ from server.domain.errors import Unavailable
 from server.metrics import (
     EVENT_GROUPS_LEFT_BEHIND,
     EVENT_PUBLICATION_LAG,
+    EVENT_STREAM_LENGTH,
     EVENTS_PUBLISHED,
     EVENTS_REPUBLISHED,
     EVENTS_UNPUBLISHED,
@@ -246,10 +248,16 @@ class Relay:
         except StreamUnavailable as exc:
             self._stream_down(exc)
             return
-        for group in trimmed.left_behind:
-            EVENT_GROUPS_LEFT_BEHIND.labels(group).inc()
+        EVENT_STREAM_LENGTH.set(trimmed.length)
+        for lost in trimmed.left_behind:
+            EVENT_GROUPS_LEFT_BEHIND.labels(lost.group).inc()
             log.error(
-                "the order event stream passed its hard cap; a consumer group lost unread "
-                "events (WatchOrders still serves them from PostgreSQL)",
-                extra={"group": group},
+                "the order event stream was trimmed (by age, or past its hard cap) of events "
+                "a consumer group had not finished; WatchOrders serves them from PostgreSQL "
+                "(after_cursor = from_cursor - 1)",
+                extra={
+                    "group": lost.group,
+                    "from_cursor": lost.from_cursor,
+                    "kept_from_cursor": lost.kept_from_cursor,
+                },
             )
