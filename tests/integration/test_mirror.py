@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -18,6 +17,7 @@ from server.inventory.mirror import Mirror
 from server.storage.postgres import MirrorLevel, StockStore
 from server.storage.redis_gate import AdmissionGate, AdmitCode, GateUnavailable
 from tests.conftest import SHARDS
+from tests.redis_memory import writes_refused
 from tests.waiting import eventually
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1"
@@ -280,22 +280,6 @@ async def test_mirror_admit_gives_pending_holds_the_grace_period(
     grace_ms = int(settings.pending_grace_s * 1000)
     assert await gate.stale_pending(before + grace_ms - 1_000) == []
     assert await gate.stale_pending(before + grace_ms + 1_000) == ["r-1"]
-
-
-@asynccontextmanager
-async def writes_refused(redis_client: aioredis.Redis) -> AsyncIterator[None]:
-    """Redis at its memory limit with no eviction: every write is refused with OOM."""
-    saved = {
-        name: (await redis_client.config_get(name))[name]
-        for name in ("maxmemory", "maxmemory-policy")
-    }
-    await redis_client.config_set("maxmemory-policy", "noeviction")
-    await redis_client.config_set("maxmemory", 1)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            await redis_client.config_set(name, str(value))
 
 
 async def test_a_redis_refusing_writes_makes_admit_answer_none(
