@@ -17,7 +17,8 @@ relay left it; at activation, and whenever a publish is refused, the relay compa
 marker with PostgreSQL's watermark and moves the watermark back to what the stream still
 holds, so the lost events are published again, in cursor order, before any newer one.
 The relay also trims the stream every TRIM_INTERVAL_S, by age and by length (see
-server/storage/event_stream.py).
+server/storage/event_stream.py), also while Redis refuses its publications: a Redis at
+its maxmemory refuses writes but still lets the stream be trimmed, and so gets back room.
 
 The relay is stopped by `stop()`, not by cancelling its task: redis-py's socket writes
 go through asyncio.wait_for, which on Python 3.11 can swallow a cancellation.
@@ -130,11 +131,11 @@ class Relay:
                 # Cleared before the step: a commit notified during it wakes the next.
                 self._wake.clear()
                 more = await self.step(session)
+                await self._trim()
                 if self._stream_failing:
                     # Commits keep notifying; Redis is tried again at the relay interval.
                     await self._sleep(self._settings.relay_interval_s)
                     continue
-                await self._trim()
                 if more or self._wake.is_set():
                     continue
                 if self._published_upto > self._recorded_upto:

@@ -26,6 +26,7 @@ from server.storage.orders_pg import OrderStore
 from server.storage.outbox_pg import OutboxSession
 from server.storage.postgres import HoldArrays, StockStore
 from tests.conftest import Servers
+from tests.redis_memory import writes_refused
 from tests.waiting import until
 
 ACTOR = Actor("tests", "req")
@@ -252,6 +253,10 @@ async def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(
 
 async def published(client: aioredis.Redis, count: int) -> bool:
     return int(await client.xlen(STREAM)) >= count
+
+
+async def holds(client: aioredis.Redis, count: int) -> bool:
+    return int(await client.xlen(STREAM)) == count
 
 
 async def test_the_relay_wakes_on_a_commit_rather_than_waiting_for_its_poll(
@@ -539,3 +544,43 @@ async def test_a_group_past_the_age_bound_goes_on_with_the_stream_and_finds_the_
     finally:
         await feed.stop()
     assert missed == list(range(11, kept_from))
+
+
+async def test_a_full_redis_refuses_publication_until_the_age_bound_trims_room_for_it(
+    orders: OrderStore,
+    relay_settings: Settings,
+    session: OutboxSession,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+) -> None:
+    # Entries published two hours ago (past the stream's one-hour bound) fill Redis.
+    (seconds, _) = await redis_client.time()
+    two_hours_ago = (int(seconds) - 7200) * 1000
+    async with redis_client.pipeline(transaction=False) as pipe:
+        for i in range(20_000):
+            pipe.xadd(
+                STREAM,
+                {"event_id": f"old-{i}", "cursor": i, "event": b"x" * 500},
+                id=f"{two_hours_ago}-{i}",
+            )
+        await pipe.execute()
+    await create(orders, "o-1", "o-2", "o-3")
+    relay = Relay(relay_settings, stream, encoded_event)
+
+    async with writes_refused(redis_client, until_freed=1_000_000):
+        assert not await relay.step(session)
+        assert int(await redis_client.xlen(STREAM)) == 20_000
+        assert sample("stockcore_order_events_unpublished") == 3
+        # The relay keeps trimming while its publications are refused: the old entries
+        # go, and with them the events find room.
+        task = asyncio.create_task(relay.run())
+        try:
+            await until(lambda: holds(redis_client, 3), "only the new events, after the trim")
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 5)
+        assert [e.event_id for e in await stream_events(redis_client)] == [
+            "o-1/1",
+            "o-2/1",
+            "o-3/1",
+        ]
