@@ -7,7 +7,8 @@ Each starts a fresh local stack under .data/load (or uses the servers named by
 STOCKCORE_TARGET, STOCKCORE_PG_DSN, STOCKCORE_REDIS_URL; see loadtests/stack.py), stocks a
 catalogue through AdjustStock, runs the Locust scenario headless with --processes load
 processes, samples the memory and CPU of every process under test, checks the server's
-invariants after the run, and writes Locust's CSV (with its per-second history) and HTML
+invariants after the run, measures what the day left in Redis (loadtests/redis_memory.py),
+and writes Locust's CSV (with its per-second history) and HTML
 report, a summary and PNG plots to .reports/<scenario>-<time>/. Every rate and latency in the
 summary is one of Locust's own statistics, named where it is shown. The exit code is 1 when a
 check of correctness fails (oversell, invariants, holds left, failed calls); performance
@@ -23,7 +24,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from loadtests import invariants, plots, report
+from loadtests import invariants, plots, redis_memory, report
 from loadtests.locust.http_shop import HTTP_PREFIX
 from loadtests.locust.options import catalogue
 from loadtests.locust.record import read_plan, read_tallies
@@ -33,6 +34,7 @@ from loadtests.report import Run
 from loadtests.sampler import ProcessSampler
 from loadtests.stack import Stack, open_stack, stock_catalogue, wait_for_no_holds
 from loadtests.swarm import Swarm, SwarmRun, run_swarm
+from server.config import from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP_STOCK = 1_000_000
@@ -138,6 +140,11 @@ def day(args: argparse.Namespace) -> int:
         if args.api != "inventory" and stack.redis_url and plan:
             found = payment_lag(stack.redis_url, float(plan["started_at"]), swarm.ended_at)
             lag = (found.p50_s, found.p99_s, found.max_s) if found else None
+        footprint = (
+            redis_memory.measure(stack.redis_url, stack.pg_dsn)
+            if stack.redis_url and stack.pg_dsn
+            else None
+        )
     tally = read_tallies(swarm.run_dir)
     paid_units = tally["units_paid"] - tally["units_refunded"]
     ambiguous = tally["pay_ambiguous"] + tally["refund_ambiguous"] + tally["cancel_ambiguous"]
@@ -208,6 +215,9 @@ def day(args: argparse.Namespace) -> int:
     run.say(", ".join(f"{k}={v:,}" for k, v in sorted(tally.items())) or "none")
     run.say("", "## Processes (CPU on the plateau)", "")
     run.say(*report.table(report.RESOURCE_HEADER, report.resource_rows(sampler, p0, p1)))
+    if footprint is not None:
+        run.say("", "## Redis memory after the run (loadtests/redis_memory.py)", "")
+        run.say(*redis_memory.report_lines(footprint, from_env()))
     run.say("", "## Targets", "")
     run.target(
         figures.achieved_peak_per_s >= 0.99 * figures.target_peak_per_s,
