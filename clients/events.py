@@ -53,6 +53,14 @@ STREAM = "stockcore:order-events"
 LEDGER_TTL_S = 7 * 86_400
 #: About how many dead letters a group keeps.
 DEAD_LETTERS_KEPT = 100_000
+#: Errors a consumer waits out: Redis unreachable, or full (a Redis at its maxmemory that
+#: evicts nothing refuses the ledger's writes until it has room again).
+REDIS_OUTAGES = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    OSError,
+)
 
 Verdict = Literal["mine", "done", "dead", "busy"]
 
@@ -240,6 +248,11 @@ class OrderEventConsumer:
         )
         return await self._deliveries(_entries(fresh))
 
+    def reread_pending(self) -> None:
+        """Read this consumer's own unacknowledged entries again before new ones: after a
+        Redis outage, entries delivered before it may never have reached the handler."""
+        self._pass_from = "0"
+
     async def ack(self, entry_ids: Sequence[str]) -> None:
         """Acknowledge entries without recording anything about their events."""
         if entry_ids:
@@ -311,14 +324,19 @@ class OrderEventConsumer:
         count: int = 100,
         block_ms: int = 1000,
     ) -> None:
-        """Consume until `stop` is set (or forever). Redis outages are waited out."""
+        """Consume until `stop` is set (or forever). Redis outages (REDIS_OUTAGES) are
+        waited out."""
         pause = 0.1
         while stop is None or not stop.is_set():
             try:
                 await self.handle(await self.fetch(count, block_ms), handler)
                 pause = 0.1
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                log.warning("Redis unreachable; consuming again when it is back")
+            except REDIS_OUTAGES as exc:
+                log.warning(
+                    "Redis unreachable or full; consuming again when it is back",
+                    extra={"error": str(exc)},
+                )
+                self.reread_pending()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 

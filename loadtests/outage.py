@@ -17,7 +17,9 @@ to `--drain` seconds for every paid order to ship, then reports:
 - paid-to-shipped time p50/p99 for orders paid before, during and after the outage, from
   the orders' own history (PostgreSQL's percentile_cont over order_history), and which
   carrier took them;
-- every breaker transition of every worker, and a timeline plot (outage.png).
+- every breaker transition of every worker, and a timeline plot (outage.png);
+- what the run left in Redis, the fulfilment group's ledger included, and the memory budget
+  that gives at the reference day's volume (loadtests/redis_memory.py).
 
 Written to .reports/outage-<time>/ (summary.md, Locust's CSV and HTML, outage.png).
 """
@@ -39,7 +41,7 @@ from typing import Any
 
 import asyncpg
 
-from loadtests import report
+from loadtests import redis_memory, report
 from loadtests.arguments import non_negative_float, positive_float, positive_int
 from loadtests.locust.daycurve import DayCurve
 from loadtests.locust.options import catalogue
@@ -50,7 +52,7 @@ from loadtests.report import Run
 from loadtests.stack import open_stack, stock_catalogue
 from loadtests.swarm import Swarm, run_swarm
 from server.__main__ import partners_and_worker
-from server.config import Settings
+from server.config import Settings, from_env
 from server.devservers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -281,6 +283,8 @@ def outage(args: argparse.Namespace) -> int:
             timer.cancel()
             run.say(f"Locust exited with {swarm.exit_code}", "", "## After the load", "")
             stuck, waited = asyncio.run(_outcome(stack.pg_dsn, run.tag, args.drain))
+            # With the workers' consumer group (fulfilment) and its ledger in Redis.
+            footprint = redis_memory.measure(stack.redis_url, stack.pg_dsn)
             bookings = [
                 b["order_id"]
                 for url in (primary, fallback)
@@ -355,6 +359,8 @@ def outage(args: argparse.Namespace) -> int:
     run.say(*report.table(report.LATENCY_HEADER, report.latency_rows(stats)))
     run.check(report.failed_calls(stats) == 0, f"failed calls: {report.failed_calls(stats)}")
     run.say("", "## Business tally", "", ", ".join(f"{k}={v:,}" for k, v in sorted(tally.items())))
+    run.say("", "## Redis memory after the run (loadtests/redis_memory.py)", "")
+    run.say(*redis_memory.report_lines(footprint, from_env()))
     if _plot(data, t0, window, settings.primary_carrier, run.dir / "outage.png"):
         run.say("", f"plot: {run.dir.name}/outage.png")
         if args.publish:

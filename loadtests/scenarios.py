@@ -8,7 +8,8 @@ Each starts a fresh local stack under .data/load (or uses the servers named by
 STOCKCORE_TARGET, STOCKCORE_PG_DSN, STOCKCORE_REDIS_URL; see loadtests/stack.py), stocks a
 catalogue through AdjustStock, runs the Locust scenario headless with --processes load
 processes, samples the memory and CPU of every process under test, checks the server's
-invariants after the run, and writes Locust's CSV (with its per-second history) and HTML
+invariants after the run, measures what the day left in Redis (loadtests/redis_memory.py),
+and writes Locust's CSV (with its per-second history) and HTML
 report, a summary and PNG plots to .reports/<scenario>-<time>/. Every rate and latency in the
 summary is one of Locust's own statistics, named where it is shown. The exit code is 1 when a
 check of correctness fails (oversell, invariants, holds left, failed calls); performance
@@ -31,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtests import drift, invariants, plots, report
+from loadtests import drift, invariants, plots, redis_memory, report
 from loadtests.arguments import non_negative_float, positive_float, positive_int, share
 from loadtests.locust.http_shop import HTTP_PREFIX
 from loadtests.locust.options import catalogue
@@ -43,6 +44,7 @@ from loadtests.report import Run
 from loadtests.sampler import ProcessSampler, redis_used_mb
 from loadtests.stack import Stack, open_stack, stock_catalogue, wait_for_no_holds
 from loadtests.swarm import Swarm, SwarmRun, run_swarm
+from server.config import from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP_STOCK = 1_000_000
@@ -173,6 +175,11 @@ def day(args: argparse.Namespace) -> int:
             counted = read_stats(swarm.csv_prefix)
             created = next((counted[n] for n in report.CREATE if n in counted), None)
             profile.report(run, created.ok if created is not None else 0)
+        footprint = (
+            redis_memory.measure(stack.redis_url, stack.pg_dsn)
+            if stack.redis_url and stack.pg_dsn
+            else None
+        )
     tally = read_tallies(swarm.run_dir)
     paid_units = tally["units_paid"] - tally["units_refunded"]
     ambiguous = tally["pay_ambiguous"] + tally["refund_ambiguous"] + tally["cancel_ambiguous"]
@@ -243,6 +250,9 @@ def day(args: argparse.Namespace) -> int:
     run.say(", ".join(f"{k}={v:,}" for k, v in sorted(tally.items())) or "none")
     run.say("", "## Processes (CPU on the plateau)", "")
     run.say(*report.table(report.RESOURCE_HEADER, report.resource_rows(sampler, p0, p1)))
+    if footprint is not None:
+        run.say("", "## Redis memory after the run (loadtests/redis_memory.py)", "")
+        run.say(*redis_memory.report_lines(footprint, from_env()))
     run.say("", "## Targets", "")
     run.target(
         figures.achieved_peak_per_s >= 0.99 * figures.target_peak_per_s,

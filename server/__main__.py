@@ -133,6 +133,7 @@ def dev(settings: config.Settings) -> None:
         settings.dev_redis_port,
         want_pg=settings.pg_dsn is None,
         want_redis=settings.redis_url is None,
+        redis_maxmemory_mb=settings.dev_redis_maxmemory_mb,
     ) as (pg, redis):
         settings = settings.with_overrides(
             pg_dsn=settings.pg_dsn or (pg.dsn if pg else None),

@@ -172,7 +172,9 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     await core.start()
     orders.start()
     event_stream = (
-        EventStream.from_url(settings.redis_url, settings.event_stream_maxlen)
+        EventStream.from_url(
+            settings.redis_url, settings.event_stream_maxlen, settings.event_stream_max_age_s
+        )
         if settings.redis_url
         else None
     )

@@ -82,6 +82,15 @@ class Settings:
     relay_batch: int = 500
     # Approximate length the Redis event stream is trimmed to.
     event_stream_maxlen: int = 1_000_000
+    # Stream entries older than this (since their publication) are trimmed, whether or not
+    # every consumer group has read them: with maxmemory, this bounds the stream's memory
+    # (README, "Redis memory"). A group further behind reads the rest from WatchOrders.
+    event_stream_max_age_s: float = 3600.0
+    # maxmemory of the Redis that `python -m server dev` (make run) and the tests start,
+    # which refuses writes beyond it (server/devservers.py says why not evict). The
+    # reference day's budget is about 1,600 MB (README, "Redis memory"): 60 % of this, so
+    # the alert at 80 % fires only once Redis holds a third more than the budget.
+    dev_redis_maxmemory_mb: int = 2560
     # WatchOrders wakes on every cursor the relay gives (LISTEN/NOTIFY); it also looks
     # this often, as a safety net.
     watch_poll_interval_s: float = 1.0
@@ -209,6 +218,11 @@ class Settings:
             ),
             (1 <= self.relay_batch <= 10_000, "relay_batch must be 1-10000"),
             (self.event_stream_maxlen >= 1000, "event_stream_maxlen must be at least 1000"),
+            (
+                60 <= self.event_stream_max_age_s <= 7 * 86_400,
+                "event_stream_max_age_s must be 60-604800 (a minute to a week)",
+            ),
+            (self.dev_redis_maxmemory_mb >= 64, "dev_redis_maxmemory_mb must be at least 64"),
             (
                 0 < self.watch_poll_interval_s <= 10.0,
                 "watch_poll_interval_s must be in (0, 10]",
@@ -417,6 +431,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_RELAY_STANDBY_INTERVAL": ("relay_standby_interval_s", float),
     "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
     "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
+    "STOCKCORE_EVENT_STREAM_MAX_AGE": ("event_stream_max_age_s", float),
+    "STOCKCORE_DEV_REDIS_MAXMEMORY_MB": ("dev_redis_maxmemory_mb", int),
     "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
     "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
     "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from server.config import Settings
 from server.devcredentials import DevCredentials
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -352,9 +353,24 @@ class LocalPostgres:
         self.proc = None
 
 
+# Past its maxmemory, Redis refuses writes rather than evicting keys. Every key in it is
+# one the server counts on: the gate's levels, pending holds (a hold record evicted leaves
+# its units counted as held, and the gate, whose refusals are final, turns buyers away from
+# stock that is there), known reservation ids, the mirror's ready marker, the event stream
+# (one key: evicted, it takes its consumer groups and every event they had not read), its
+# marker, and consumer ledgers (evicted, an event may be handled twice). No eviction policy
+# spares them: allkeys-* may pick any key, volatile-* the keys with a time-to-live, which the
+# known ids and the ledgers are. A refused write, instead, is what every user of this Redis
+# already handles as Redis being unavailable: the gate is bypassed and PostgreSQL decides
+# alone (correct, slower), the relay keeps the events in the outbox and tries again,
+# consumers wait; trimming the stream is allowed while full and makes room.
+REDIS_MAXMEMORY_POLICY = "noeviction"
+
+
 @dataclass
 class LocalRedis:
-    """A Redis server in `datadir`, listening on 127.0.0.1:`port`.
+    """A Redis server in `datadir`, listening on 127.0.0.1:`port`, refusing writes past
+    `maxmemory_mb` (the memory budget of README, "Redis memory").
 
     Redis holds only what can be rebuilt from PostgreSQL, so it keeps nothing on disk,
     unless `persistent` (an append-only file, as some operators run it: tests use it to
@@ -364,6 +380,7 @@ class LocalRedis:
     datadir: Path
     port: int
     persistent: bool = False
+    maxmemory_mb: int = Settings.dev_redis_maxmemory_mb
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -402,6 +419,8 @@ class LocalRedis:
             *("--save", "", "--appendonly", "yes" if self.persistent else "no"),
             *("--appendfsync", "always", "--dir", str(self.datadir)),
             *("--protected-mode", "yes", "--daemonize", "no"),
+            *("--maxmemory", f"{self.maxmemory_mb}mb"),
+            *("--maxmemory-policy", REDIS_MAXMEMORY_POLICY),
             # DEBUG SLEEP from loopback: the tests make this Redis slow without killing it.
             *("--enable-debug-command", "local"),
         ]
@@ -423,11 +442,21 @@ class LocalRedis:
 
 @contextlib.contextmanager
 def local_servers(
-    root: Path, pg_port: int, redis_port: int, *, want_pg: bool = True, want_redis: bool = True
+    root: Path,
+    pg_port: int,
+    redis_port: int,
+    *,
+    want_pg: bool = True,
+    want_redis: bool = True,
+    redis_maxmemory_mb: int = Settings.dev_redis_maxmemory_mb,
 ) -> Iterator[tuple[LocalPostgres | None, LocalRedis | None]]:
     """Start the wanted servers under `root` and stop them on exit."""
     pg = LocalPostgres(root / "pg", pg_port) if want_pg else None
-    redis = LocalRedis(root / "redis", redis_port) if want_redis else None
+    redis = (
+        LocalRedis(root / "redis", redis_port, maxmemory_mb=redis_maxmemory_mb)
+        if want_redis
+        else None
+    )
     try:
         if pg is not None:
             pg.start()

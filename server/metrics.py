@@ -39,6 +39,15 @@ REDIS_FALLBACK = Gauge(
     "stockcore_redis_fallback",
     "1 while the Redis admission gate is unusable and PostgreSQL alone serves requests.",
 )
+REDIS_MEMORY_USED = Gauge(
+    "stockcore_redis_memory_used_bytes",
+    "Memory the Redis server of the gate and the event stream uses (INFO used_memory), as "
+    "last probed by this process.",
+)
+REDIS_MEMORY_MAX = Gauge(
+    "stockcore_redis_memory_max_bytes",
+    "That Redis server's maxmemory, as last probed (0: no limit; it refuses writes beyond it).",
+)
 REDIS_RESYNCS = Counter(
     "stockcore_redis_resyncs_total", "Full rebuilds of the Redis mirror from PostgreSQL."
 )
@@ -78,8 +87,13 @@ EVENTS_REPUBLISHED = Counter(
 )
 EVENT_GROUPS_LEFT_BEHIND = Counter(
     "stockcore_order_event_groups_left_behind_total",
-    "Trims past the stream's hard cap that removed entries a consumer group had not read.",
+    "Trims (by age, or past the stream's hard cap) that removed entries a consumer group "
+    "had not finished.",
     ["group"],
+)
+EVENT_STREAM_LENGTH = Gauge(
+    "stockcore_order_event_stream_length",
+    "Entries in the Redis order event stream after the relay's last trim (working relay only).",
 )
 EVENTS_UNPUBLISHED = Gauge(
     "stockcore_order_events_unpublished",

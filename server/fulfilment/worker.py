@@ -27,11 +27,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions
 from prometheus_client import start_http_server
 
 from clients.credentials import Credentials
-from clients.events import OrderEventConsumer
+from clients.events import REDIS_OUTAGES, OrderEventConsumer
 from clients.inventory import RetryPolicy as ClientRetryPolicy
 from clients.orders import EventType, OrderClient, OrderEvent
 from server.config import Settings
@@ -232,8 +231,12 @@ class Worker:
                 )
                 await self.consumer.handle(wanted, self.handle)
                 pause = 0.1
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                log.warning("Redis unreachable; taking in events again when it is back")
+            except REDIS_OUTAGES as exc:
+                log.warning(
+                    "Redis unreachable or full; taking in events again when it is back",
+                    extra={"error": str(exc)},
+                )
+                self.consumer.reread_pending()
                 await self._sleep(pause)
                 pause = min(pause * 2, 5.0)
 

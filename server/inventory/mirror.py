@@ -20,7 +20,13 @@ from datetime import UTC, datetime, timedelta
 from server.config import Settings
 from server.domain.errors import Unavailable
 from server.domain.inventory import ReserveCommand, StockLevel
-from server.metrics import REDIS_FALLBACK, REDIS_RESYNCS, STALE_PENDING
+from server.metrics import (
+    REDIS_FALLBACK,
+    REDIS_MEMORY_MAX,
+    REDIS_MEMORY_USED,
+    REDIS_RESYNCS,
+    STALE_PENDING,
+)
 from server.storage.postgres import MirrorLevel, StockStore
 from server.storage.redis_gate import Admission, AdmissionGate, GateUnavailable
 
@@ -47,6 +53,8 @@ class Mirror:
         self.usable = False
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Event] = []
+        # Whether this process said that Redis' memory is unbounded or evicts keys.
+        self._warned_memory = False
         # SKUs whose levels changed while Redis was not told (too many: read them all).
         self._dirty: set[str] = set()
         self._all_dirty = False
@@ -226,11 +234,24 @@ class Mirror:
             self._all_dirty = True
 
     async def check(self) -> None:
-        """One probe: rebuild or catch up when needed, drop pending holds of dead
-        requests."""
+        """One probe: report Redis' memory against its maxmemory, rebuild or catch up when
+        needed, drop pending holds of dead requests."""
         if self.gate is None:
             return
         try:
+            # A Redis at its maxmemory refuses writes (noeviction): the gate is bypassed
+            # then. The gauges let an alert fire well before.
+            memory = await self.gate.memory()
+            REDIS_MEMORY_USED.set(memory.used_bytes)
+            REDIS_MEMORY_MAX.set(memory.max_bytes)
+            if not (memory.bounded_without_eviction or self._warned_memory):
+                self._warned_memory = True
+                log.warning(
+                    "Redis should have a maxmemory and maxmemory-policy noeviction: without "
+                    "a limit it grows unbounded, and an eviction policy may drop the gate's "
+                    "keys (README, Redis memory)",
+                    extra={"maxmemory": memory.max_bytes, "policy": memory.policy},
+                )
             ready = await self.gate.is_ready()
             if not ready or not self.usable:
                 if not ready:

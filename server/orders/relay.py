@@ -16,7 +16,9 @@ marker (the highest cursor it holds, see server/storage/event_stream.py) is wher
 relay left it; at activation, and whenever a publish is refused, the relay compares the
 marker with PostgreSQL's watermark and moves the watermark back to what the stream still
 holds, so the lost events are published again, in cursor order, before any newer one.
-The relay also trims the stream, never past an entry a consumer group still needs.
+The relay also trims the stream every TRIM_INTERVAL_S, by age and by length (see
+server/storage/event_stream.py), also while Redis refuses its publications: a Redis at
+its maxmemory refuses writes but still lets the stream be trimmed, and so gets back room.
 
 The relay is stopped by `stop()`, not by cancelling its task: redis-py's socket writes
 go through asyncio.wait_for, which on Python 3.11 can swallow a cancellation.
@@ -36,6 +38,7 @@ from server.domain.errors import Unavailable
 from server.metrics import (
     EVENT_GROUPS_LEFT_BEHIND,
     EVENT_PUBLICATION_LAG,
+    EVENT_STREAM_LENGTH,
     EVENTS_PUBLISHED,
     EVENTS_REPUBLISHED,
     EVENTS_UNPUBLISHED,
@@ -128,11 +131,11 @@ class Relay:
                 # Cleared before the step: a commit notified during it wakes the next.
                 self._wake.clear()
                 more = await self.step(session)
+                await self._trim()
                 if self._stream_failing:
                     # Commits keep notifying; Redis is tried again at the relay interval.
                     await self._sleep(self._settings.relay_interval_s)
                     continue
-                await self._trim()
                 if more or self._wake.is_set():
                     continue
                 if self._published_upto > self._recorded_upto:
@@ -246,10 +249,16 @@ class Relay:
         except StreamUnavailable as exc:
             self._stream_down(exc)
             return
-        for group in trimmed.left_behind:
-            EVENT_GROUPS_LEFT_BEHIND.labels(group).inc()
+        EVENT_STREAM_LENGTH.set(trimmed.length)
+        for lost in trimmed.left_behind:
+            EVENT_GROUPS_LEFT_BEHIND.labels(lost.group).inc()
             log.error(
-                "the order event stream passed its hard cap; a consumer group lost unread "
-                "events (WatchOrders still serves them from PostgreSQL)",
-                extra={"group": group},
+                "the order event stream was trimmed (by age, or past its hard cap) of events "
+                "a consumer group had not finished; WatchOrders serves them from PostgreSQL "
+                "(after_cursor = from_cursor - 1)",
+                extra={
+                    "group": lost.group,
+                    "from_cursor": lost.from_cursor,
+                    "kept_from_cursor": lost.kept_from_cursor,
+                },
             )

@@ -34,6 +34,21 @@ class AdmitCode(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class RedisMemory:
+    """What the Redis server holding the gate uses (INFO memory's used_memory), against
+    its maxmemory (0: no limit), in bytes, and what it does there (maxmemory-policy)."""
+
+    used_bytes: int
+    max_bytes: int
+    policy: str
+
+    @property
+    def bounded_without_eviction(self) -> bool:
+        """Whether it refuses writes past a limit rather than growing or evicting keys."""
+        return self.max_bytes > 0 and self.policy == "noeviction"
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     """The verdict on one reservation, with each short SKU's available units."""
 
@@ -150,6 +165,16 @@ class AdmissionGate:
             await self._ready(args=[self.prefix, token])
         except _ERRORS as exc:
             raise GateUnavailable(str(exc)) from exc
+
+    async def memory(self) -> RedisMemory:
+        """The Redis server's memory use and maxmemory."""
+        try:
+            info = await self._client.info("memory")
+        except _ERRORS as exc:
+            raise GateUnavailable(str(exc)) from exc
+        return RedisMemory(
+            int(info["used_memory"]), int(info["maxmemory"]), str(info["maxmemory_policy"])
+        )
 
     async def try_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
         """Take a short-lived lock (one loader at a time), or report it is taken."""

@@ -23,7 +23,7 @@ from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 from server.app import create_server
 from server.config import Settings
 from server.devcredentials import DevCredentials
-from server.devservers import LocalPostgres, LocalRedis, free_port
+from server.devservers import LocalPostgres, LocalRedis, free_port, local_servers
 from server.storage.migrations import migrate
 from tests.conftest import ROOT, SHARDS, ChannelOpener
 from tests.waiting import until
@@ -179,3 +179,34 @@ def test_a_started_server_dies_with_the_process_that_started_it(scratch: Path) -
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     raise AssertionError("redis-server outlived the process that started it")
+
+
+async def redis_memory_config(url: str) -> dict[str, str]:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        return dict(await client.config_get("maxmemory*"))
+    finally:
+        await client.aclose()
+
+
+async def test_the_project_redis_refuses_writes_past_its_budget_rather_than_evicting(
+    scratch: Path,
+) -> None:
+    # What the tests start (tests/conftest.py): the budget's default.
+    tests_redis = LocalRedis(scratch / "tests-redis", free_port())
+    tests_redis.start()
+    try:
+        config = await redis_memory_config(tests_redis.url)
+    finally:
+        tests_redis.stop()
+    assert config["maxmemory"] == str(Settings().dev_redis_maxmemory_mb * 1024 * 1024)
+    assert config["maxmemory-policy"] == "noeviction"
+
+    # What `make run` starts (server/__main__.py's dev), with the setting it was given.
+    with local_servers(scratch, 0, free_port(), want_pg=False, redis_maxmemory_mb=96) as (_, rd):
+        assert rd is not None
+        config = await redis_memory_config(rd.url)
+    assert (config["maxmemory"], config["maxmemory-policy"]) == (
+        str(96 * 1024 * 1024),
+        "noeviction",
+    )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from server.config import Settings
 from server.domain.inventory import AdjustCommand, Finish, Line, ReserveCommand
@@ -18,6 +19,7 @@ from server.inventory.mirror import Mirror
 from server.storage.postgres import MirrorLevel, StockStore
 from server.storage.redis_gate import AdmissionGate, AdmitCode, GateUnavailable
 from tests.conftest import SHARDS
+from tests.redis_memory import redis_configured, writes_refused
 from tests.waiting import eventually
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1"
@@ -282,20 +284,45 @@ async def test_mirror_admit_gives_pending_holds_the_grace_period(
     assert await gate.stale_pending(before + grace_ms + 1_000) == ["r-1"]
 
 
-@asynccontextmanager
-async def writes_refused(redis_client: aioredis.Redis) -> AsyncIterator[None]:
-    """Redis at its memory limit with no eviction: every write is refused with OOM."""
-    saved = {
-        name: (await redis_client.config_get(name))[name]
-        for name in ("maxmemory", "maxmemory-policy")
-    }
-    await redis_client.config_set("maxmemory-policy", "noeviction")
-    await redis_client.config_set("maxmemory", 1)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            await redis_client.config_set(name, str(value))
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+async def test_each_probe_reports_redis_memory_against_its_maxmemory_also_when_full(
+    mirror: Mirror, redis_client: aioredis.Redis
+) -> None:
+    configured = int((await redis_client.config_get("maxmemory"))["maxmemory"])
+    await redis_client.set("filler", b"x" * 4_000_000)
+    await mirror.check()
+    with_filler = gauge("stockcore_redis_memory_used_bytes")
+    assert with_filler is not None and with_filler > 4_000_000
+    assert gauge("stockcore_redis_memory_max_bytes") == configured
+
+    await redis_client.delete("filler")
+    async with writes_refused(redis_client):
+        await mirror.check()
+        assert gauge("stockcore_redis_memory_max_bytes") == 1
+    assert (gauge("stockcore_redis_memory_used_bytes") or 0) < with_filler - 3_000_000
+
+
+async def test_a_redis_that_could_grow_unbounded_or_evict_the_gates_keys_is_reported_once(
+    mirror: Mirror, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    def reports() -> list[str]:
+        return [
+            getattr(r, "policy", "")
+            for r in caplog.records
+            if "maxmemory-policy noeviction" in r.getMessage()
+        ]
+
+    with caplog.at_level(logging.WARNING, logger="server.inventory.mirror"):
+        async with redis_configured(redis_client, maxmemory="1gb", maxmemory_policy="noeviction"):
+            await mirror.check()
+            assert reports() == []
+        async with redis_configured(redis_client, maxmemory="1gb", maxmemory_policy="allkeys-lru"):
+            await mirror.check()
+            await mirror.check()
+    assert reports() == ["allkeys-lru"]
 
 
 async def test_a_redis_refusing_writes_makes_admit_answer_none(

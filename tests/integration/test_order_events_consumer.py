@@ -17,6 +17,7 @@ from clients.events import STREAM, DeadLetters, OrderEventConsumer
 from clients.events_cli import DeadLetterMissing
 from clients.orders import OrderEvent
 from tests.conftest import Servers
+from tests.redis_memory import writes_refused
 from tests.waiting import until
 
 
@@ -258,6 +259,28 @@ async def test_racing_consumers_handle_each_republished_event_once(
 
 async def pending_count(client: aioredis.Redis, group: str, count: int) -> bool:
     return int((await client.xpending(STREAM, group))["pending"]) == count
+
+
+async def test_a_consumer_waits_while_redis_is_full_and_goes_on_when_it_has_room(
+    redis_client: aioredis.Redis,
+) -> None:
+    await publish(redis_client, "o-1")
+    consumer = OrderEventConsumer(redis_client, group="g", consumer="c-1")
+    await consumer.ensure_group()
+    handler = Recorder()
+    stop = asyncio.Event()
+    async with writes_refused(redis_client):
+        # Reading works; claiming the event (a ledger write) is refused with OOM.
+        task = asyncio.create_task(consumer.run(handler, stop=stop, block_ms=10))
+        await asyncio.sleep(0.5)
+        assert (task.done(), handler.seen) == (False, [])
+    try:
+        await until(
+            lambda: asyncio.sleep(0, handler.seen == ["o-1/1"]), "handled once Redis has room"
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
 
 
 async def test_a_group_lost_with_redis_is_created_again_and_reads_from_the_start(

@@ -16,14 +16,17 @@ from clients.events import OrderEventConsumer
 from clients.orders import OrderEvent
 from server.config import Settings
 from server.domain.inventory import AdjustCommand
+from server.domain.order_queries import WatchFilter
 from server.domain.orders import Actor, create_order
 from server.orders.relay import Relay
-from server.rpc.orders_convert import encoded_event
-from server.storage.event_stream import STREAM, EventStream
+from server.orders.watch import EventFeed
+from server.rpc.orders_convert import encoded_event, stored_event
+from server.storage.event_stream import STREAM, EventStream, LeftBehind
 from server.storage.orders_pg import OrderStore
 from server.storage.outbox_pg import OutboxSession
 from server.storage.postgres import HoldArrays, StockStore
 from tests.conftest import Servers
+from tests.redis_memory import writes_refused
 from tests.waiting import until
 
 ACTOR = Actor("tests", "req")
@@ -63,7 +66,7 @@ async def session(clean: Servers) -> AsyncIterator[OutboxSession]:
 @pytest.fixture
 async def stream(clean: Servers) -> AsyncIterator[EventStream]:
     """The event stream on the test Redis."""
-    opened = EventStream.from_url(clean.redis_url, maxlen=10_000)
+    opened = EventStream.from_url(clean.redis_url, maxlen=10_000, max_age_s=3600)
     try:
         yield opened
     finally:
@@ -200,7 +203,7 @@ async def test_events_wait_while_redis_is_unreachable_and_are_published_after(
     redis_client: aioredis.Redis,
 ) -> None:
     await create(orders, "o-1", "o-2")
-    down = EventStream.from_url("redis://127.0.0.1:1/0", maxlen=10_000, timeout=0.2)
+    down = EventStream.from_url("redis://127.0.0.1:1/0", maxlen=10_000, max_age_s=3600, timeout=0.2)
     try:
         assert not await Relay(relay_settings, down, encoded_event).step(session)
     finally:
@@ -250,6 +253,10 @@ async def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(
 
 async def published(client: aioredis.Redis, count: int) -> bool:
     return int(await client.xlen(STREAM)) >= count
+
+
+async def holds(client: aioredis.Redis, count: int) -> bool:
+    return int(await client.xlen(STREAM)) == count
 
 
 async def test_the_relay_wakes_on_a_commit_rather_than_waiting_for_its_poll(
@@ -380,7 +387,7 @@ async def fill(stream: EventStream, start: int, count: int) -> None:
 async def test_trimming_keeps_what_a_slow_group_has_not_read(
     redis_client: aioredis.Redis, clean: Servers
 ) -> None:
-    small = EventStream(redis_client, maxlen=1000, hard_cap=10)
+    small = EventStream(redis_client, maxlen=1000, max_age_s=3600, hard_cap=10)
     await redis_client.xgroup_create(STREAM, "slow", id="0", mkstream=True)
     await redis_client.xgroup_create(STREAM, "quick", id="0")
     await fill(small, 1, 5000)
@@ -409,19 +416,171 @@ async def test_trimming_keeps_what_a_slow_group_has_not_read(
 async def test_past_the_hard_cap_trimming_goes_on_and_names_the_groups_left_behind(
     redis_client: aioredis.Redis, clean: Servers
 ) -> None:
-    small = EventStream(redis_client, maxlen=1000, hard_cap=2)
+    small = EventStream(redis_client, maxlen=1000, max_age_s=3600, hard_cap=2)
     await redis_client.xgroup_create(STREAM, "stalled", id="0", mkstream=True)
     await fill(small, 1, 5000)
 
     trimmed = await small.trim()
-    assert trimmed.left_behind == ("stalled",)
-    assert int(await redis_client.xlen(STREAM)) < 3000
+    length = int(await redis_client.xlen(STREAM))
+    assert length < 3000
+    # "stalled" read nothing: it may have missed everything before what the stream kept.
+    assert trimmed.left_behind == (LeftBehind("stalled", 1, 5000 - length + 1),)
 
 
 async def test_without_groups_the_stream_is_trimmed_to_about_its_length(
     redis_client: aioredis.Redis, clean: Servers
 ) -> None:
-    small = EventStream(redis_client, maxlen=1000)
+    small = EventStream(redis_client, maxlen=1000, max_age_s=3600)
     await fill(small, 1, 3000)
     assert (await small.trim()).removed > 0
     assert 1000 <= int(await redis_client.xlen(STREAM)) < 2000
+
+
+async def test_one_trim_brings_the_stream_back_to_about_its_length_however_far_past_it(
+    redis_client: aioredis.Redis, clean: Servers
+) -> None:
+    # One approximate XTRIM removes at most 10,000 entries; the peak adds more than that
+    # between two trims.
+    small = EventStream(redis_client, maxlen=1000, max_age_s=3600)
+    await fill(small, 1, 25_000)
+    trimmed = await small.trim()
+    assert 1000 <= int(await redis_client.xlen(STREAM)) < 2000
+    assert trimmed.length == int(await redis_client.xlen(STREAM))
+    assert trimmed.removed == 25_000 - trimmed.length
+
+
+async def oldest_cursor(client: aioredis.Redis) -> int:
+    entries = await client.xrange(STREAM, "-", "+", count=1)
+    return int(entries[0][1][b"cursor"])
+
+
+async def test_entries_older_than_the_maximum_age_are_trimmed_below_the_usual_length(
+    redis_client: aioredis.Redis, clean: Servers
+) -> None:
+    aging = EventStream(redis_client, maxlen=10_000, max_age_s=1.0)
+    await fill(aging, 1, 3000)
+    assert (await aging.trim()).removed == 0  # young, and below the usual length
+    await asyncio.sleep(1.2)
+    await fill(aging, 3001, 500)
+
+    trimmed = await aging.trim()
+    # Whole macro nodes go (cheap), so a few entries of the last old node may stay.
+    assert 3000 - 100 < await oldest_cursor(redis_client) <= 3001
+    assert trimmed.removed == 3500 - int(await redis_client.xlen(STREAM))
+    assert trimmed.left_behind == ()
+
+
+async def test_the_age_bound_passes_a_slow_group_and_names_what_it_may_have_missed(
+    redis_client: aioredis.Redis, clean: Servers
+) -> None:
+    aging = EventStream(redis_client, maxlen=10_000, max_age_s=1.0)
+    await redis_client.xgroup_create(STREAM, "slow", id="0", mkstream=True)
+    await redis_client.xgroup_create(STREAM, "quick", id="0")
+    await fill(aging, 1, 3000)
+    # "slow" read 100 entries and acknowledged 50; "quick" read and acknowledged all.
+    read = await redis_client.xreadgroup("slow", "s-1", {STREAM: ">"}, count=100)
+    await redis_client.xack(STREAM, "slow", *[entry_id for entry_id, _ in read[0][1][:50]])
+    quick = await redis_client.xreadgroup("quick", "q-1", {STREAM: ">"}, count=3000)
+    await redis_client.xack(STREAM, "quick", *[entry_id for entry_id, _ in quick[0][1]])
+    await asyncio.sleep(1.2)
+    await fill(aging, 3001, 500)
+
+    trimmed = await aging.trim()
+    kept_from = await oldest_cursor(redis_client)
+    assert kept_from > 3000 - 100
+    assert trimmed.left_behind == (LeftBehind("slow", 51, kept_from),)
+
+
+async def test_a_group_past_the_age_bound_goes_on_with_the_stream_and_finds_the_rest_in_postgresql(
+    orders: OrderStore,
+    relay_settings: Settings,
+    session: OutboxSession,
+    clean: Servers,
+    redis_client: aioredis.Redis,
+) -> None:
+    aging = EventStream(redis_client, maxlen=10_000, max_age_s=1.0)
+    relay = Relay(relay_settings, aging, encoded_event)
+    await create(orders, *(f"o-{i:03}" for i in range(1, 101)))
+    await relay_until_idle(relay, session)
+    billing = OrderEventConsumer(redis_client, group="billing", consumer="b-1")
+    await billing.ensure_group()
+    handled: list[int] = []
+
+    async def handle(event: OrderEvent) -> None:
+        handled.append(event.cursor)
+
+    await billing.handle(await billing.fetch(count=10, block_ms=10), handle)
+    assert len(await billing.fetch(count=5, block_ms=10)) == 5  # and then it stopped
+    # Billing stays away past the age bound while orders go on.
+    await asyncio.sleep(1.2)
+    await create(orders, *(f"o-{i:03}" for i in range(101, 111)))
+    await relay_until_idle(relay, session)
+
+    trimmed = await aging.trim()
+    kept_from = await oldest_cursor(redis_client)
+    assert 11 < kept_from <= 101
+    assert trimmed.left_behind == (LeftBehind("billing", 11, kept_from),)
+
+    # Billing comes back: the entries it had read and not finished are gone; it is not
+    # held up by them, and goes on with what the stream kept.
+    back = OrderEventConsumer(redis_client, group="billing", consumer="b-1")
+    expected = [*range(1, 11), *range(kept_from, 111)]
+    async with asyncio.timeout(10):
+        while len(handled) < len(expected):
+            await back.handle(await back.fetch(block_ms=10), handle)
+    assert handled == expected
+    assert (await redis_client.xpending(STREAM, "billing"))["pending"] == 0
+
+    # What it missed, WatchOrders serves from PostgreSQL, from the cursor the trim named.
+    feed = EventFeed(OrderStore(orders.stock), clean.pg_dsn, stored_event, safety_interval=0.1)
+    missed: list[int] = []
+    try:
+        async with asyncio.timeout(10):
+            everything = WatchFilter("", "", frozenset(), trimmed.left_behind[0].from_cursor - 1)
+            async for cursor, _ in feed.stream(everything):
+                if cursor >= kept_from:
+                    break
+                missed.append(cursor)
+    finally:
+        await feed.stop()
+    assert missed == list(range(11, kept_from))
+
+
+async def test_a_full_redis_refuses_publication_until_the_age_bound_trims_room_for_it(
+    orders: OrderStore,
+    relay_settings: Settings,
+    session: OutboxSession,
+    stream: EventStream,
+    redis_client: aioredis.Redis,
+) -> None:
+    # Entries published two hours ago (past the stream's one-hour bound) fill Redis.
+    (seconds, _) = await redis_client.time()
+    two_hours_ago = (int(seconds) - 7200) * 1000
+    async with redis_client.pipeline(transaction=False) as pipe:
+        for i in range(20_000):
+            pipe.xadd(
+                STREAM,
+                {"event_id": f"old-{i}", "cursor": i, "event": b"x" * 500},
+                id=f"{two_hours_ago}-{i}",
+            )
+        await pipe.execute()
+    await create(orders, "o-1", "o-2", "o-3")
+    relay = Relay(relay_settings, stream, encoded_event)
+
+    async with writes_refused(redis_client, until_freed=1_000_000):
+        assert not await relay.step(session)
+        assert int(await redis_client.xlen(STREAM)) == 20_000
+        assert sample("stockcore_order_events_unpublished") == 3
+        # The relay keeps trimming while its publications are refused: the old entries
+        # go, and with them the events find room.
+        task = asyncio.create_task(relay.run())
+        try:
+            await until(lambda: holds(redis_client, 3), "only the new events, after the trim")
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 5)
+        assert [e.event_id for e in await stream_events(redis_client)] == [
+            "o-1/1",
+            "o-2/1",
+            "o-3/1",
+        ]

@@ -259,6 +259,8 @@ def test_the_default_carriers_are_the_documented_ones() -> None:
         ("STOCKCORE_RELAY_STANDBY_INTERVAL", "relay_standby_interval_s", "2", 2.0),
         ("STOCKCORE_RELAY_BATCH", "relay_batch", "100", 100),
         ("STOCKCORE_EVENT_STREAM_MAXLEN", "event_stream_maxlen", "50000", 50_000),
+        ("STOCKCORE_EVENT_STREAM_MAX_AGE", "event_stream_max_age_s", "900", 900.0),
+        ("STOCKCORE_DEV_REDIS_MAXMEMORY_MB", "dev_redis_maxmemory_mb", "2048", 2048),
         ("STOCKCORE_WATCH_POLL_INTERVAL", "watch_poll_interval_s", "0.1", 0.1),
     ],
 )
@@ -278,6 +280,9 @@ def test_order_variables_set_their_settings(
         ({"relay_standby_interval_s": 11.0}, "relay_standby_interval_s must be"),
         ({"relay_batch": 0}, "relay_batch must be"),
         ({"event_stream_maxlen": 999}, "event_stream_maxlen must be"),
+        ({"event_stream_max_age_s": 59.0}, "event_stream_max_age_s must be"),
+        ({"event_stream_max_age_s": 8 * 86_400.0}, "event_stream_max_age_s must be"),
+        ({"dev_redis_maxmemory_mb": 63}, "dev_redis_maxmemory_mb must be"),
         ({"watch_poll_interval_s": 11.0}, "watch_poll_interval_s must be"),
     ],
 )
