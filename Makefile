@@ -206,9 +206,10 @@ load-fanout: deps
 
 # Reserve at 1,500 callers with 2 s deadlines between two phases at 64: refusals, goodput, recovery.
 # BEFORE= and AFTER= are the seconds of the phases at 64 (20 each); NAIVE= makes the callers
-# ignore RetryInfo and send a refused call again after that many seconds.
+# ignore RetryInfo and send a refused call again after that many seconds; PIN_LOAD=1 keeps the
+# load on CPU 1 and the servers on the others.
 #   make load-overload CALLERS=1500 OVERLOAD=120 NAIVE=0.05
 load-overload: deps
 	$(PY) -m loadtests.overload $(call load_opt,CALLERS,callers) $(call load_opt,OVERLOAD,overload) \
 		$(call load_opt,BEFORE,before) $(call load_opt,AFTER,after) $(call load_opt,SKUS,catalogue) \
-		$(call load_opt,NAIVE,naive) $(REPORTS_OPT)
+		$(call load_opt,NAIVE,naive) $(call load_opt,PIN_LOAD,pin-load) $(REPORTS_OPT)

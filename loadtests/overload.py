@@ -46,6 +46,7 @@ from loadtests import invariants, report
 from loadtests.arguments import non_negative_int, positive_float, positive_int
 from loadtests.driver import percentile, run_on_uvloop
 from loadtests.locust.options import catalogue
+from loadtests.sampler import pin
 from loadtests.stack import open_stack, stock_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -407,6 +408,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--deadline", type=positive_float, default=2.0, help="seconds per operation"
     )
     parser.add_argument(
+        "--pin-load",
+        type=non_negative_int,
+        metavar="CPU",
+        help="pin the load to this CPU and the servers to the others (as taskset does)",
+    )
+    parser.add_argument(
         "--naive",
         type=positive_float,
         metavar="SECONDS",
@@ -423,6 +430,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--catalogue", type=positive_int, default=1000, help="SKUs")
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
     args = parser.parse_args(argv)
+    if args.pin_load is not None and args.pin_load >= (os.cpu_count() or 1):
+        parser.error(f"--pin-load {args.pin_load}: this machine has {os.cpu_count()} CPUs")
+    if args.pin_load is not None and (os.cpu_count() or 1) < 2:
+        parser.error("--pin-load needs at least two CPUs: one for the load, one for the servers")
     for option in ("before", "overload", "after"):
         # Figures are kept per whole second: a phase shorter than one has none.
         if getattr(args, option) < 1:
@@ -468,6 +479,16 @@ def main() -> int:
             "",
         )
         asyncio.run(stock_catalogue(stack.target, skus, DEEP_STOCK, key=run_.tag))
+        if args.pin_load is not None:
+            # The load on its own CPU, the stack on the others: the server's share is then
+            # the server's alone (on one machine both placements are worth a look).
+            rest = set(range(os.cpu_count() or 1)) - {args.pin_load}
+            for root in stack.service_pids.values():
+                pin(root, rest)
+            pin(os.getpid(), {args.pin_load})
+            run_.say(
+                f"- placement: load pinned to CPU {args.pin_load}, the stack to {sorted(rest)}", ""
+            )
         sampler = stack.sampler([os.getpid()])
         sampler.start()
         try:

@@ -143,12 +143,18 @@ class ProcessSampler:
         """Read every group now."""
         now = time.time()
         self.machine.append((now, machine_cpu_seconds()))
+        # A process counts in the first group that reaches it: a load tool that started the
+        # stack itself has the server, PostgreSQL and Redis below it, named before "load".
+        counted: set[int] = set()
         for group, roots in self.roots().items():
             rss: dict[int, int] = {}
             pss: dict[int, int] = {}
             cpu: dict[int, float] = {}
             for root in roots:
                 for pid in descendants(root):
+                    if pid in counted:
+                        continue
+                    counted.add(pid)
                     kb, seconds = rss_kb(pid), cpu_seconds(pid)
                     if kb is not None and seconds is not None:
                         rss[pid], cpu[pid] = kb, seconds
@@ -208,3 +214,14 @@ class ProcessSampler:
         if len(series) < 2:
             return float("nan")
         return 100.0 * (series[-1][1] - series[0][1]) / (series[-1][0] - series[0][0])
+
+
+def pin(root: int, cpus: set[int]) -> None:
+    """Keep `root`, every process below it and all their threads on `cpus` (what `taskset
+    -a` does); processes started by them later inherit it."""
+    for pid in descendants(root):
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except (OSError, ValueError):
+                pass  # gone meanwhile

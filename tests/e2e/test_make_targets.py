@@ -47,7 +47,15 @@ SHORT: dict[str, tuple[str, ...]] = {
     ),
     "load-knee": ("LEVELS=8", "DURATION=1", "SKUS=50"),
     "load-scale": ("SKUS=500", "HOLDS=100", "CALLERS=8", "DURATION=1"),
-    "load-overload": ("CALLERS=200", "BEFORE=2", "OVERLOAD=7", "AFTER=2", "SKUS=50"),
+    "load-overload": (
+        "CALLERS=200",
+        "BEFORE=2",
+        "OVERLOAD=7",
+        "AFTER=2",
+        "SKUS=50",
+        "NAIVE=0.05",
+        "PIN_LOAD=1",
+    ),
     "load-fanout": ("STREAMS=50", "DURATION=2", "HISTORY=200", "CALLERS=16"),
     "load-outage": (
         "DURATION=12",

@@ -4,6 +4,9 @@ read from a real Redis."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import redis
 
@@ -47,3 +50,20 @@ def test_each_sample_reads_the_gauges_and_keeps_only_answers(clean: Servers) -> 
     at = sampler.readings["flaky"][1][0]
     assert sampler.reading_at("flaky", at) == 2.5
     assert math.isnan(sampler.reading_at("flaky", at - 3600))
+
+
+def test_a_process_counts_in_the_first_group_that_reaches_it() -> None:
+    # A load tool that started the stack has the server below it: the server's CPU must
+    # not be counted again as the load's.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sampler = ProcessSampler(lambda: {"server": [child.pid], "load": [os.getpid()]})
+        sampler.sample()
+    finally:
+        child.kill()
+        child.wait()
+    (server,) = sampler.samples["server"]
+    (load,) = sampler.samples["load"]
+    assert set(server.cpu_s) == {child.pid}
+    assert os.getpid() in load.cpu_s
+    assert child.pid not in load.cpu_s
