@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from server.metrics import QUEUE_DELAY, QUEUE_STANDING
 
@@ -103,3 +104,10 @@ class Queues:
     def create(cls, target: float, interval: float) -> Queues:
         """Both classes with the same target and interval."""
         return cls(QueueDelay("writes", target, interval), QueueDelay("reads", target, interval))
+
+    def batch_options(
+        self, max_batch: int, concurrency: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Batcher keyword arguments for a batcher of writes and one of reads."""
+        common: dict[str, Any] = {"max_batch": max_batch, "concurrency": concurrency}
+        return {**common, "delay": self.writes}, {**common, "delay": self.reads}

@@ -70,18 +70,12 @@ class InventoryCore:
     """Two-phase stock holds over the Redis gate and PostgreSQL."""
 
     def __init__(
-        self, settings: Settings, store: StockStore, mirror: Mirror, queues: Queues | None = None
+        self, settings: Settings, store: StockStore, mirror: Mirror, queues: Queues
     ) -> None:
         self.settings = settings
         self.store = store
         self.mirror = mirror
-        queues = queues or Queues.create(settings.overload_target_s, settings.overload_interval_s)
-        options: dict[str, Any] = {
-            "max_batch": settings.batch_max,
-            "concurrency": settings.batch_concurrency,
-        }
-        writes = {**options, "delay": queues.writes}
-        reads = {**options, "delay": queues.reads}
+        writes, reads = queues.batch_options(settings.batch_max, settings.batch_concurrency)
         self._reserver: Batcher[ReserveCommand, Reservation] = Batcher(
             "reserve", self._reserve_batch, **writes
         )

@@ -60,19 +60,13 @@ class OrderCore:
         mirror: Mirror,
         store: OrderStore,
         feed: EventFeed[Any],
-        queues: Queues | None = None,
+        queues: Queues,
     ) -> None:
         self.settings = settings
         self.mirror = mirror
         self.store = store
         self.feed = feed
-        queues = queues or Queues.create(settings.overload_target_s, settings.overload_interval_s)
-        common: dict[str, Any] = {
-            "max_batch": settings.batch_max,
-            "concurrency": settings.batch_concurrency,
-        }
-        options = {**common, "delay": queues.writes}
-        reads = {**common, "delay": queues.reads}
+        options, reads = queues.batch_options(settings.batch_max, settings.batch_concurrency)
         self._creator: Batcher[CreateOrder, Order] = Batcher(
             "create_order", self._create_batch, **options
         )

@@ -44,15 +44,6 @@ log = logging.getLogger(__name__)
 READ_SCOPES = frozenset({scopes.INVENTORY_READ, scopes.ORDERS_READ})
 
 
-class Malformed:
-    """What the tolerant deserializer hands over instead of a request it cannot decode."""
-
-    def __init__(self, kind: str, error: Exception) -> None:
-        self.violation = FieldViolation(
-            "request", f"is not a valid {kind}: {type(error).__name__}: {error}"
-        )
-
-
 def _decoder(kind: type[message.Message]) -> Callable[[bytes], Any]:
     name = kind.DESCRIPTOR.full_name
     parse = kind.FromString
@@ -61,7 +52,10 @@ def _decoder(kind: type[message.Message]) -> Callable[[bytes], Any]:
         try:
             return parse(data)
         except Exception as exc:  # DecodeError, and whatever else bad bytes may raise
-            raise InvalidArgument([Malformed(name, exc).violation]) from None
+            violation = FieldViolation(
+                "request", f"is not a valid {name}: {type(exc).__name__}: {exc}"
+            )
+            raise InvalidArgument([violation]) from None
 
     return decode
 

@@ -34,6 +34,7 @@ import random
 import time
 from collections.abc import Callable
 
+from server.config import Settings
 from server.metrics import OVERLOAD_RETRY_DELAY, RPC_IN_FLIGHT
 from server.queue_delay import QueueDelay, Queues
 
@@ -59,7 +60,7 @@ class LoadShedder:
         if max_in_flight < 1 or max_streams < 1:
             raise ValueError("the bounds must be at least 1")
         self.max_in_flight = max_in_flight
-        queues = queues or Queues.create(0.1, 0.5)
+        queues = queues or Queues.create(Settings.overload_target_s, Settings.overload_interval_s)
         self.writes = queues.writes
         self.reads = queues.reads
         self.max_streams = max_streams

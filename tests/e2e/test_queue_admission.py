@@ -24,12 +24,9 @@ from tests.waiting import until
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    # Admission by queue delay as served by default (the suite's settings turn it off).
-    return dataclasses.replace(
-        settings,
-        overload_target_s=Settings.overload_target_s,
-        overload_interval_s=Settings.overload_interval_s,
-    ).validate()
+    # Admission by queue delay on (the suite's settings turn it off), with a short target
+    # and interval so that the queue stands soon after a row is locked.
+    return dataclasses.replace(settings, overload_target_s=0.05, overload_interval_s=0.2).validate()
 
 
 def _true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
@@ -51,7 +48,6 @@ async def test_a_standing_write_queue_refuses_new_writes_at_once_and_still_serve
     await _stock(stub, 100)
     shedder = app.shedder
     assert shedder is not None
-    shedder.writes.target, shedder.writes.interval = 0.05, 0.2
     locker = await asyncpg.connect(dsn)
     try:
         # A long transaction holds the SKU's row: the Reserve batch in flight waits on it
