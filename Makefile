@@ -144,7 +144,8 @@ LOAD_COMMON = $(call load_opt,API,api) $(call load_opt,PROCESSES,processes) \
 	$(call load_opt,SERVER_WORKERS,server-workers) $(call load_opt,WINDOW,payment-window) \
 	$(call load_opt,SKUS,catalogue)
 LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEAK_HOLD,peak-hold) \
-	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing) $(if $(PROFILE),--profile)
+	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing) $(if $(PROFILE),--profile) \
+	$(call load_opt,FLOOR,floor-seconds)
 
 .PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos soak
 
@@ -163,7 +164,7 @@ soak: deps
 	$(LOAD) $(REPORTS_OPT) soak $(LOAD_COMMON) $(call load_opt,DURATION,duration) \
 		$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing) \
 		$(call load_opt,REST_OF_DAY,rest-of-day) $(call load_opt,REPORT_WINDOW,report-window) \
-		$(call load_opt,TOLERANCE,tolerance)
+		$(call load_opt,TOLERANCE,tolerance) $(call load_opt,FLOOR,floor-seconds)
 
 load-flash: deps
 	$(LOAD) $(REPORTS_OPT) flash $(LOAD_COMMON) $(call load_opt,USERS,users) $(call load_opt,SPAWN_RATE,spawn-rate) \

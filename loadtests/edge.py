@@ -101,6 +101,13 @@ def _accepts(port: int) -> bool:
 def edge_server(role: str, *options: str) -> Iterator[str]:
     """Serve `role` ("empty", or "classic" with its options) from its own process on a free
     loopback port; yields host:port, and stops the process on exit."""
+    with edge_process(role, *options) as (target, _pid):
+        yield target
+
+
+@contextlib.contextmanager
+def edge_process(role: str, *options: str) -> Iterator[tuple[str, int]]:
+    """As edge_server, yielding (host:port, the serving process's pid)."""
     port = free_port()
     process = spawn(
         [sys.executable, "-m", "loadtests.edge", "--port", str(port), role, *options],
@@ -115,7 +122,7 @@ def edge_server(role: str, *options: str) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the {role} server did not listen within {_START_TIMEOUT} s")
             time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", process.pid
     finally:
         process.terminate()
         try:

@@ -482,10 +482,12 @@ def main() -> int:
         if args.pin_load is not None:
             # The load on its own CPU, the stack on the others: the server's share is then
             # the server's alone (on one machine both placements are worth a look).
+            # This process started the stack, so the stack is among its descendants:
+            # pinning the load first and the stack after leaves each where it belongs.
             rest = set(range(os.cpu_count() or 1)) - {args.pin_load}
+            pin(os.getpid(), {args.pin_load})
             for root in stack.service_pids.values():
                 pin(root, rest)
-            pin(os.getpid(), {args.pin_load})
             run_.say(
                 f"- placement: load pinned to CPU {args.pin_load}, the stack to {sorted(rest)}", ""
             )

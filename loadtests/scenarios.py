@@ -34,6 +34,7 @@ from typing import Any
 
 from loadtests import drift, invariants, plots, redis_memory, report
 from loadtests.arguments import non_negative_float, positive_float, positive_int, share
+from loadtests.floor import measure_floor
 from loadtests.locust.http_shop import HTTP_PREFIX
 from loadtests.locust.options import catalogue
 from loadtests.locust.record import read_plan, read_tallies
@@ -253,6 +254,7 @@ def day(args: argparse.Namespace) -> int:
     if footprint is not None:
         run.say("", "## Redis memory after the run (loadtests/redis_memory.py)", "")
         run.say(*redis_memory.report_lines(footprint, from_env()))
+    floor_ms = _floor_section(run, args, history, sampler, plan, figures.achieved_peak_per_s)
     run.say("", "## Targets", "")
     run.target(
         figures.achieved_peak_per_s >= 0.99 * figures.target_peak_per_s,
@@ -271,7 +273,8 @@ def day(args: argparse.Namespace) -> int:
     run.target(
         machine_ms <= 5.5,
         f"whole-machine CPU per order on the plateau {machine_ms:.1f} ms <= 5.5 ms"
-        " (load generator included)",
+        " (load generator included)"
+        + (f"; the empty-call bound at this pace: {floor_ms:.1f} ms" if floor_ms else ""),
     )
     run.check(figures.failures == 0, f"failed calls (not expected rejections): {figures.failures}")
     run.target(
@@ -284,6 +287,76 @@ def day(args: argparse.Namespace) -> int:
     if plots.plot_day(history, plan, sampler, run.dir / "day.png"):
         run.say("", f"plot: {run.dir.name}/day.png")
     return run.finish()
+
+
+def _floor_section(
+    run: Run,
+    args: argparse.Namespace,
+    history: History,
+    sampler: ProcessSampler,
+    plan: dict[str, Any],
+    orders_per_s: float,
+) -> float | None:
+    """The plateau's CPU per call beside the empty call's at the same pace, measured now
+    (loadtests/floor.py); returns the bound per order in ms (None when not measured)."""
+    if args.floor_seconds <= 0 or orders_per_s <= 0:
+        return None
+    p0, p1 = report.plateau(plan)
+    calls = sum(history.span(name, p0, p1).calls for name in history.names)
+    calls_per_s = calls / (p1 - p0)
+    calls_per_order = calls_per_s / orders_per_s
+    buyers = max(1, round(float(plan["peak_per_s"]) * float(plan["pacing_s"])))
+    try:
+        floor = measure_floor(
+            calls_per_s, buyers, processes=args.processes, duration=args.floor_seconds
+        )
+    except RuntimeError as exc:
+        run.check(False, f"the empty-call floor could not be measured: {exc}")
+        return None
+    used_us = {
+        group: sampler.cpu_percent(group, p0, p1) * 1e4 / calls_per_s
+        for group in ("server", "load")
+    }
+    machine_us = sampler.machine_cpu_percent(p0, p1) * 1e4 / calls_per_s
+    # A bound no handler, database or cache work is in: the server's cost of an empty call
+    # and the load's cost of a call, the lesser of the run's and the probe's (a probe's
+    # lone calls cost the load more than a journey's calls in a row).
+    bound_us = floor.server_us + min(floor.load_us, used_us["load"])
+    bound_ms = bound_us * calls_per_order / 1000.0
+    header = ["process", "µs per call on the plateau", "µs per empty call", "above it"]
+    rows = [
+        [group, f"{used_us[group]:,.0f}", f"{empty:,.0f}", f"{used_us[group] - empty:,.0f}"]
+        for group, empty in (("server", floor.server_us), ("load", floor.load_us))
+    ]
+    rows.append(
+        [
+            "whole machine, and the bound",
+            f"{machine_us:,.0f}",
+            f"{bound_us:,.0f}",
+            f"{machine_us - bound_us:,.0f}",
+        ]
+    )
+    rows.append(
+        [
+            f"per order ({calls_per_order:.2f} calls), ms",
+            f"{machine_us * calls_per_order / 1000:.2f}",
+            f"{bound_ms:.2f}",
+            f"{(machine_us - bound_us) * calls_per_order / 1000:.2f}",
+        ]
+    )
+    run.say("", "## The empty-call floor (loadtests/floor.py), measured after the run", "")
+    run.say(*report.table(header, rows))
+    run.say(
+        "",
+        f"The probe: {floor.describe()}, from {buyers} Locust users in {args.processes} "
+        "process(es) calling a grpc.aio handler that does nothing, at the plateau's call rate. "
+        "The bound: the server's CPU for an empty call plus the load's CPU per call (the "
+        "lesser of the run's and the probe's), times the plateau's "
+        f"{calls_per_order:.2f} calls per order: {bound_ms:.2f} ms of CPU per order before "
+        "any handler, PostgreSQL or Redis work, the least this gRPC runtime and load "
+        "generator can make the scenario's calls for on this machine.",
+    )
+    return bound_ms
 
 
 def soak_windows(
@@ -494,6 +567,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="sample the server with py-spy and count PostgreSQL's statements over the run",
     )
+    d.add_argument(
+        "--floor-seconds", type=non_negative_float, default=15.0,
+        help="seconds of the empty-call floor measured after the run (0: none)",
+    )  # fmt: skip
     d.set_defaults(run=day)
 
     s = sub.add_parser(
@@ -516,6 +593,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     s.add_argument(
         "--tolerance", type=non_negative_float, default=10.0,
         help="percent the last window may be worse than the first",
+    )  # fmt: skip
+    s.add_argument(
+        "--floor-seconds", type=non_negative_float, default=15.0,
+        help="seconds of the empty-call floor measured after the run (0: none)",
     )  # fmt: skip
     s.set_defaults(run=day, compare=False)
 

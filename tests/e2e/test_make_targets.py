@@ -30,7 +30,15 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-_SHORT_DAY = ("DURATION=10", "PEAK_HOLD=3", "SCALE=0.05", "PROCESSES=1", "SKUS=50", "WINDOW=2")
+_SHORT_DAY = (
+    "DURATION=10",
+    "PEAK_HOLD=3",
+    "SCALE=0.05",
+    "PROCESSES=1",
+    "SKUS=50",
+    "WINDOW=2",
+    "FLOOR=2",
+)
 # load-day also runs its profile (py-spy and pg_stat_statements). The chaos seed strikes
 # once, at 10 s: Redis killed and started again from its append-only file.
 SHORT: dict[str, tuple[str, ...]] = {
