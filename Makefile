@@ -39,7 +39,9 @@ $(GEN)/.stamp: $(PROTOS) $(VENV)/.deps
 	rm -rf clients/gen && mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) \
 		--python_out=clients/gen --grpc_python_out=clients/gen \
-		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=clients/gen $(PROTOS)
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=clients/gen \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=clients/gen \
+		$(PROTOS)
 	$(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) --include_imports \
 		--descriptor_set_out=$(GEN)/descriptor.pb $(PROTOS) google/rpc/status.proto google/rpc/error_details.proto
 	touch clients/gen/stockcore/__init__.py $(GEN)/__init__.py clients/gen/stockcore/py.typed

@@ -320,24 +320,7 @@ class InventoryClient(ChannelClient):
             retry=retry,
             channel_options=channel_options,
         )
-        # The generated stub is untyped; each method is pinned to its message types here.
-        stub = pb_grpc.InventoryServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._reserve: grpc.aio.UnaryUnaryMultiCallable[pb.ReserveRequest, pb.ReserveResponse]
-        self._reserve = stub.Reserve
-        self._commit: grpc.aio.UnaryUnaryMultiCallable[pb.CommitRequest, pb.CommitResponse]
-        self._commit = stub.Commit
-        self._release: grpc.aio.UnaryUnaryMultiCallable[pb.ReleaseRequest, pb.ReleaseResponse]
-        self._release = stub.Release
-        self._get_reservation: grpc.aio.UnaryUnaryMultiCallable[
-            pb.GetReservationRequest, pb.GetReservationResponse
-        ]
-        self._get_reservation = stub.GetReservation
-        self._get_stock: grpc.aio.UnaryUnaryMultiCallable[pb.GetStockRequest, pb.GetStockResponse]
-        self._get_stock = stub.GetStock
-        self._adjust_stock: grpc.aio.UnaryUnaryMultiCallable[
-            pb.AdjustStockRequest, pb.AdjustStockResponse
-        ]
-        self._adjust_stock = stub.AdjustStock
+        self._stub = pb_grpc.InventoryServiceStub(self._channel)
 
     async def reserve(
         self,
@@ -354,19 +337,19 @@ class InventoryClient(ChannelClient):
             lines=[pb.Line(sku=sku, quantity=quantity) for sku, quantity in pairs],
             ttl=None if ttl is None else to_duration(ttl),
         )
-        response = await self._call(self._reserve, request, read=False, timeout=timeout)
+        response = await self._call(self._stub.Reserve, request, read=False, timeout=timeout)
         return _reservation(response.reservation)
 
     async def commit(self, reservation_id: str, *, timeout: float | None = None) -> Reservation:
         """Turn a held reservation into a deduction from on-hand."""
         request = pb.CommitRequest(reservation_id=reservation_id)
-        response = await self._call(self._commit, request, read=False, timeout=timeout)
+        response = await self._call(self._stub.Commit, request, read=False, timeout=timeout)
         return _reservation(response.reservation)
 
     async def release(self, reservation_id: str, *, timeout: float | None = None) -> Reservation:
         """Give a held reservation's stock back; a finished one is returned as it is."""
         request = pb.ReleaseRequest(reservation_id=reservation_id)
-        response = await self._call(self._release, request, read=False, timeout=timeout)
+        response = await self._call(self._stub.Release, request, read=False, timeout=timeout)
         return _reservation(response.reservation)
 
     async def get_reservation(
@@ -374,7 +357,7 @@ class InventoryClient(ChannelClient):
     ) -> Reservation:
         """Read one reservation with its lines and times."""
         request = pb.GetReservationRequest(reservation_id=reservation_id)
-        response = await self._call(self._get_reservation, request, read=True, timeout=timeout)
+        response = await self._call(self._stub.GetReservation, request, read=True, timeout=timeout)
         return _reservation(response.reservation)
 
     async def get_stock(
@@ -385,7 +368,7 @@ class InventoryClient(ChannelClient):
             # A bare string is an iterable of one-letter SKUs, which is never what was meant.
             raise TypeError("get_stock takes a collection of SKUs, not a single string")
         request = pb.GetStockRequest(skus=list(skus))
-        response = await self._call(self._get_stock, request, read=True, timeout=timeout)
+        response = await self._call(self._stub.GetStock, request, read=True, timeout=timeout)
         return [_stock_level(level) for level in response.levels]
 
     async def adjust_stock(
@@ -406,7 +389,7 @@ class InventoryClient(ChannelClient):
             request.on_hand = on_hand
         else:
             raise ValueError("pass exactly one of delta and on_hand")
-        response = await self._call(self._adjust_stock, request, read=False, timeout=timeout)
+        response = await self._call(self._stub.AdjustStock, request, read=False, timeout=timeout)
         return StockAdjustment(_stock_level(response.level), response.applied_delta)
 
     async def _call(

@@ -170,35 +170,7 @@ class OrderClient(ChannelClient):
             retry=retry,
             channel_options=channel_options,
         )
-        # The generated stub is untyped; each method is pinned to its message types here.
-        stub = pb_grpc.OrderServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._create: grpc.aio.UnaryUnaryMultiCallable[
-            pb.CreateOrderRequest, pb.CreateOrderResponse
-        ] = stub.CreateOrder
-        self._get: grpc.aio.UnaryUnaryMultiCallable[pb.GetOrderRequest, pb.GetOrderResponse] = (
-            stub.GetOrder
-        )
-        self._list: grpc.aio.UnaryUnaryMultiCallable[
-            pb.ListOrdersRequest, pb.ListOrdersResponse
-        ] = stub.ListOrders
-        self._pay: grpc.aio.UnaryUnaryMultiCallable[
-            pb.ConfirmPaymentRequest, pb.ConfirmPaymentResponse
-        ] = stub.ConfirmPayment
-        self._cancel: grpc.aio.UnaryUnaryMultiCallable[
-            pb.CancelOrderRequest, pb.CancelOrderResponse
-        ] = stub.CancelOrder
-        self._ship: grpc.aio.UnaryUnaryMultiCallable[pb.ShipOrderRequest, pb.ShipOrderResponse] = (
-            stub.ShipOrder
-        )
-        self._in_transit: grpc.aio.UnaryUnaryMultiCallable[
-            pb.RecordInTransitRequest, pb.RecordInTransitResponse
-        ] = stub.RecordInTransit
-        self._delivered: grpc.aio.UnaryUnaryMultiCallable[
-            pb.RecordDeliveryRequest, pb.RecordDeliveryResponse
-        ] = stub.RecordDelivery
-        self._watch: grpc.aio.UnaryStreamMultiCallable[pb.WatchOrdersRequest, pb.OrderEvent] = (
-            stub.WatchOrders
-        )
+        self._stub = pb_grpc.OrderServiceStub(self._channel)
 
     async def create_order(
         self,
@@ -219,7 +191,7 @@ class OrderClient(ChannelClient):
             currency_code=currency_code,
             payment_window=None if payment_window is None else to_duration(payment_window),
         )
-        reply = await self._call(self._create, request, read=False, timeout=timeout)
+        reply = await self._call(self._stub.CreateOrder, request, read=False, timeout=timeout)
         return order_from_message(reply.order)
 
     async def get_order(
@@ -227,7 +199,7 @@ class OrderClient(ChannelClient):
     ) -> tuple[Order, list[StatusChange]]:
         """An order and its status history, oldest first."""
         request = pb.GetOrderRequest(order_id=order_id)
-        reply = await self._call(self._get, request, read=True, timeout=timeout)
+        reply = await self._call(self._stub.GetOrder, request, read=True, timeout=timeout)
         return order_from_message(reply.order), [_change(c) for c in reply.history]
 
     async def list_orders(
@@ -250,7 +222,7 @@ class OrderClient(ChannelClient):
             page_size=page_size,
             page_token=page_token,
         )
-        reply = await self._call(self._list, request, read=True, timeout=timeout)
+        reply = await self._call(self._stub.ListOrders, request, read=True, timeout=timeout)
         return OrderPage(tuple(order_from_message(o) for o in reply.orders), reply.next_page_token)
 
     async def confirm_payment(
@@ -269,7 +241,7 @@ class OrderClient(ChannelClient):
             amount_minor=amount_minor,
             currency_code=currency_code,
         )
-        reply = await self._call(self._pay, request, read=False, timeout=timeout)
+        reply = await self._call(self._stub.ConfirmPayment, request, read=False, timeout=timeout)
         return order_from_message(reply.order)
 
     async def cancel_order(
@@ -277,7 +249,7 @@ class OrderClient(ChannelClient):
     ) -> Order:
         """Cancel an order that has not shipped."""
         request = pb.CancelOrderRequest(order_id=order_id, reason=reason)
-        reply = await self._call(self._cancel, request, read=False, timeout=timeout)
+        reply = await self._call(self._stub.CancelOrder, request, read=False, timeout=timeout)
         return order_from_message(reply.order)
 
     async def ship_order(
@@ -296,7 +268,7 @@ class OrderClient(ChannelClient):
             tracking_no=tracking_no,
             carrier_ack_id=carrier_ack_id,
         )
-        reply = await self._call(self._ship, request, read=False, timeout=timeout)
+        reply = await self._call(self._stub.ShipOrder, request, read=False, timeout=timeout)
         return order_from_message(reply.order)
 
     async def record_in_transit(
@@ -304,7 +276,7 @@ class OrderClient(ChannelClient):
     ) -> Order:
         """Record the carrier's in-transit scan at its time (timezone-aware)."""
         request = pb.RecordInTransitRequest(order_id=order_id, event_time=_timestamp(event_time))
-        reply = await self._call(self._in_transit, request, read=False, timeout=timeout)
+        reply = await self._call(self._stub.RecordInTransit, request, read=False, timeout=timeout)
         return order_from_message(reply.order)
 
     async def record_delivery(
@@ -312,7 +284,7 @@ class OrderClient(ChannelClient):
     ) -> Order:
         """Record the carrier's delivery at its time (timezone-aware)."""
         request = pb.RecordDeliveryRequest(order_id=order_id, event_time=_timestamp(event_time))
-        reply = await self._call(self._delivered, request, read=False, timeout=timeout)
+        reply = await self._call(self._stub.RecordDelivery, request, read=False, timeout=timeout)
         return order_from_message(reply.order)
 
     async def watch(
@@ -334,7 +306,7 @@ class OrderClient(ChannelClient):
             request = pb.WatchOrdersRequest(
                 customer_id=customer_id, order_id=order_id, types=wanted, after_cursor=cursor
             )
-            call = self._watch(request, metadata=self._metadata())
+            call = self._stub.WatchOrders(request, metadata=self._metadata())
             try:
                 async for message in call:
                     failures = 0
