@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
@@ -15,14 +14,13 @@ from google.protobuf.message import DecodeError
 # googleapis-common-protos has no py.typed marker; mypy is told to skip it (pyproject.toml),
 # every value taken from these messages is converted to a plain str/int below.
 from google.rpc import error_details_pb2, status_pb2
+from stockcore.v1 import inventory_pb2
 
 #: Trailing metadata key under which gRPC carries a serialised google.rpc.Status.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 #: PreconditionFailure violation type the server uses for a SKU that cannot cover a request.
 INSUFFICIENT_STOCK = "INSUFFICIENT_STOCK"
-
-_AVAILABLE = re.compile(r"\bavailable\s+(\d+)")
 
 
 class StatusCode(enum.IntEnum):
@@ -59,6 +57,14 @@ class FieldViolation(NamedTuple):
     description: str
 
 
+class Shortage(NamedTuple):
+    """One SKU that could not cover a request (a stockcore.v1.StockShortages detail)."""
+
+    sku: str
+    available: int
+    requested: int
+
+
 class PreconditionViolation(NamedTuple):
     """One unmet precondition, as (type, subject, description)."""
 
@@ -88,11 +94,14 @@ class StockcoreError(Exception):
         field_violations: Iterable[FieldViolation] = (),
         error_info: ErrorInfo | None = None,
         retry_delay: float | None = None,
+        stock_shortages: Iterable[Shortage] = (),
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.precondition_violations = tuple(precondition_violations)
+        #: The short SKUs with their figures (a stockcore.v1.StockShortages detail).
+        self.stock_shortages = tuple(stock_shortages)
         self._field_violations = tuple(field_violations)
         self.error_info = error_info
         #: Seconds the server asked the caller to wait before trying again
@@ -107,15 +116,7 @@ class StockcoreError(Exception):
     @property
     def shortages(self) -> dict[str, int]:
         """Available quantity of each SKU the server reported as short, by SKU."""
-        short: dict[str, int] = {}
-        for violation in self.precondition_violations:
-            if violation.type != INSUFFICIENT_STOCK:
-                continue
-            match = _AVAILABLE.search(violation.description)
-            # A description in another shape still leaves the violation itself readable above.
-            if match is not None:
-                short[violation.subject] = int(match.group(1))
-        return short
+        return {shortage.sku: shortage.available for shortage in self.stock_shortages}
 
 
 class InvalidArgument(StockcoreError):
@@ -184,12 +185,15 @@ def make_error(
     field_violations: Iterable[FieldViolation] = (),
     error_info: ErrorInfo | None = None,
     retry_delay: float | None = None,
+    stock_shortages: Iterable[Shortage] = (),
 ) -> StockcoreError:
     """Build the most specific StockcoreError subclass for a code and its details."""
     violations = tuple(precondition_violations)
+    shortages = tuple(stock_shortages)
     cls = _CLASS_BY_CODE.get(code, StockcoreError)
     if code is StatusCode.FAILED_PRECONDITION and (
-        any(v.type == INSUFFICIENT_STOCK for v in violations)
+        shortages
+        or any(v.type == INSUFFICIENT_STOCK for v in violations)
         or (error_info is not None and error_info.reason == INSUFFICIENT_STOCK)
     ):
         cls = InsufficientStock
@@ -200,6 +204,7 @@ def make_error(
         field_violations=field_violations,
         error_info=error_info,
         retry_delay=retry_delay,
+        stock_shortages=shortages,
     )
 
 
@@ -213,9 +218,14 @@ def error_from_status(
     fields: list[FieldViolation] = []
     info: ErrorInfo | None = None
     retry_delay: float | None = None
+    shortages: list[Shortage] = []
     for status in _rich_status(code, trailing_metadata):
         for detail in status.details:
-            if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            if detail.Is(inventory_pb2.StockShortages.DESCRIPTOR):
+                short = inventory_pb2.StockShortages()
+                detail.Unpack(short)
+                shortages.extend(Shortage(s.sku, s.available, s.requested) for s in short.shortages)
+            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
                 failure = error_details_pb2.PreconditionFailure()
                 detail.Unpack(failure)
                 precondition.extend(
@@ -249,6 +259,7 @@ def error_from_status(
         field_violations=fields,
         error_info=info,
         retry_delay=retry_delay,
+        stock_shortages=shortages,
     )
 
 

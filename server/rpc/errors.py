@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from stockcore.v1 import inventory_pb2
 
 from server.domain.errors import (
     AlreadyExists,
@@ -103,6 +104,18 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
                             type="INSUFFICIENT_STOCK",
                             subject=s.sku,
                             description=f"available {s.available}, requested {s.requested}",
+                        )
+                        for s in exc.shortages
+                    ]
+                )
+            )
+        )
+        details.append(
+            _pack(
+                inventory_pb2.StockShortages(
+                    shortages=[
+                        inventory_pb2.StockShortage(
+                            sku=s.sku, available=s.available, requested=s.requested
                         )
                         for s in exc.shortages
                     ]

@@ -226,6 +226,8 @@ async def test_short_stock_is_400_naming_the_sku_and_what_is_left(api: GatewayCa
         "LAST-1",
         "available 1, requested 3",
     )
+    (figures,) = [d for d in body["details"] if d["@type"].endswith("/stockcore.v1.StockShortages")]
+    assert figures["shortages"] == [{"sku": "LAST-1", "available": "1", "requested": "3"}]
 
 
 async def test_invalid_argument_is_400_with_field_violations(api: GatewayCaller) -> None:

@@ -128,6 +128,11 @@ async def test_reserve_is_all_or_nothing_and_names_every_short_sku(stub):
     (failure,) = details_of(error, error_details_pb2.PreconditionFailure)
     shorts = {v.subject: v.description for v in failure.violations}
     assert shorts == {"A": "available 5, requested 6", "B": "available 1, requested 2"}
+    (figures,) = details_of(error, pb.StockShortages)
+    assert {s.sku: (s.available, s.requested) for s in figures.shortages} == {
+        "A": (5, 6),
+        "B": (1, 2),
+    }
     assert await levels(stub, "A", "B", "C") == {"A": (5, 0, 5), "B": (1, 0, 1), "C": (9, 0, 9)}
     assert (
         await rpc_error(stub.GetReservation(pb.GetReservationRequest(reservation_id="r1")))

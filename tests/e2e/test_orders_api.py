@@ -277,6 +277,8 @@ async def test_short_stock_fails_naming_each_short_sku_and_creates_nothing(
     assert [(v.subject, v.description) for v in failure.violations] == [
         ("A", "available 1, requested 2")
     ]
+    (figures,) = details_of(error, ipb.StockShortages)
+    assert [(s.sku, s.available, s.requested) for s in figures.shortages] == [("A", 1, 2)]
     assert (await rpc_error(get(orders, "o-1"))).code() == grpc.StatusCode.NOT_FOUND
     error = await rpc_error(orders.CreateOrder(create_request("o-2", ("NOPE", 1, 1))))
     assert error.code() == grpc.StatusCode.NOT_FOUND and "NOPE" in error.details()

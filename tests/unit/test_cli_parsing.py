@@ -29,6 +29,7 @@ from clients.cli import (
 from clients.errors import (
     FieldViolation,
     PreconditionViolation,
+    Shortage,
     StatusCode,
     make_error,
 )
@@ -274,6 +275,7 @@ def test_error_text_names_code_message_shortages_and_fields() -> None:
         precondition_violations=[
             PreconditionViolation("INSUFFICIENT_STOCK", "A", "available 3, requested 5")
         ],
+        stock_shortages=[Shortage("A", 3, 5)],
         field_violations=[FieldViolation("lines[1].sku", "unknown")],
     )
 

@@ -8,6 +8,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+from stockcore.v1 import inventory_pb2
 
 from clients.errors import (
     STATUS_DETAILS_KEY,
@@ -20,6 +21,7 @@ from clients.errors import (
     InvalidArgument,
     NotFound,
     PreconditionViolation,
+    Shortage,
     StatusCode,
     StockcoreError,
     Unavailable,
@@ -68,12 +70,22 @@ def _insufficient(*violations: tuple[str, str]) -> error_details_pb2.Preconditio
     )
 
 
+def _short(*figures: tuple[str, int, int]) -> inventory_pb2.StockShortages:
+    return inventory_pb2.StockShortages(
+        shortages=[
+            inventory_pb2.StockShortage(sku=sku, available=available, requested=requested)
+            for sku, available, requested in figures
+        ]
+    )
+
+
 def test_short_stock_becomes_insufficient_stock_with_available_by_sku() -> None:
     failure = _insufficient(
         ("A-1", "available 3, requested 5"), ("B-2", "available 0, requested 1")
     )
+    figures = _short(("A-1", 3, 5), ("B-2", 0, 1))
     error = from_rpc_error(
-        _rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "insufficient stock", failure)
+        _rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "insufficient stock", failure, figures)
     )
 
     assert isinstance(error, InsufficientStock)
@@ -81,6 +93,7 @@ def test_short_stock_becomes_insufficient_stock_with_available_by_sku() -> None:
     assert error.code is StatusCode.FAILED_PRECONDITION
     assert error.message == "insufficient stock"
     assert error.shortages == {"A-1": 3, "B-2": 0}
+    assert error.stock_shortages == (Shortage("A-1", 3, 5), Shortage("B-2", 0, 1))
     assert error.precondition_violations == (
         PreconditionViolation("INSUFFICIENT_STOCK", "A-1", "available 3, requested 5"),
         PreconditionViolation("INSUFFICIENT_STOCK", "B-2", "available 0, requested 1"),
@@ -111,12 +124,22 @@ def test_other_failed_precondition_is_not_insufficient_stock() -> None:
     assert error.precondition_violations[0].subject == "r-1"
 
 
-def test_shortage_with_unreadable_description_is_left_out_but_kept_as_violation() -> None:
+def test_figures_come_from_the_typed_detail_never_from_description_text() -> None:
     failure = _insufficient(("A-1", "available 3, requested 5"), ("B-2", "not enough"))
     error = from_rpc_error(_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "short", failure))
 
-    assert error.shortages == {"A-1": 3}
+    assert isinstance(error, InsufficientStock)
+    assert error.shortages == {}
     assert [v.subject for v in error.precondition_violations] == ["A-1", "B-2"]
+
+
+def test_the_typed_detail_alone_marks_insufficient_stock() -> None:
+    error = from_rpc_error(
+        _rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "short", _short(("A-1", 1, 4)))
+    )
+
+    assert isinstance(error, InsufficientStock)
+    assert error.shortages == {"A-1": 1}
 
 
 def test_bad_request_field_violations_are_listed_in_server_order() -> None:
@@ -144,6 +167,7 @@ def test_all_detail_kinds_in_one_status_are_all_read() -> None:
             grpc.StatusCode.FAILED_PRECONDITION,
             "short",
             _insufficient(("A-1", "available 1, requested 2")),
+            _short(("A-1", 1, 2)),
             error_details_pb2.BadRequest(field_violations=[BadField(field="f", description="d")]),
             error_details_pb2.ErrorInfo(reason="INSUFFICIENT_STOCK", domain="stockcore"),
             error_details_pb2.RetryInfo(),
@@ -232,9 +256,7 @@ def test_errors_built_by_hand_pick_the_same_classes() -> None:
     error = make_error(
         StatusCode.FAILED_PRECONDITION,
         "short",
-        precondition_violations=[
-            PreconditionViolation("INSUFFICIENT_STOCK", "A-1", "available 2, requested 9")
-        ],
+        stock_shortages=[Shortage("A-1", 2, 9)],
     )
 
     assert isinstance(error, InsufficientStock)
