@@ -4,8 +4,10 @@ that decides, before any servicer runs (so a refused call changes nothing).
 A call without a token, or with one that is expired or does not verify, is
 UNAUTHENTICATED; a verified caller without the RPC's scope is PERMISSION_DENIED; both
 carry google.rpc.ErrorInfo (domain stockcore.v1, the reasons below). A token bound to a
-customer (scope `customer`) is admitted only where the table says `own_orders`, and the
-servicer then narrows the call to that customer's orders (server/rpc/orders_servicer.py).
+customer (scope `customer`) is admitted only where the table says `own_orders`, and
+`OrderView` (below) is then the one place that decides what of the orders such a caller
+sees: only that customer's, without payment ids. (CancelOrder's ownership is decided again
+under the order's lock, in SQL, where the cancel is: a check before it would race.)
 Health and reflection are separate services: they need no token.
 """
 
@@ -17,13 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from stockcore.v1 import orders_pb2 as pb
 
 from server.auth import scopes
 from server.auth.principal import ANONYMOUS, Principal
 from server.auth.tls import certificate_subject
 from server.auth.tokens import TOKEN_MISSING, TokenVerifier
 from server.domain.errors import PermissionDenied, Unauthenticated
-from server.domain.orders import other_customer
+from server.domain.orders import Order, not_customers, other_customer
 from server.metrics import CALLS_REFUSED
 
 # ErrorInfo reasons of PERMISSION_DENIED (part of the API).
@@ -139,12 +142,60 @@ class Gatekeeper:
         return principal
 
 
-def own_customer(requested: str, principal: Principal) -> str:
-    """The customer a call is about: the bound customer of a customer's token (which may
-    name no other), else what the request named."""
-    bound = principal.customer_id
-    if bound is None:
-        return requested
-    if requested and requested != bound:
-        raise other_customer(bound, requested)
-    return bound
+# A customer's token sees its own orders without the payment provider's ids: they are the
+# business's records of money, not the shopper's (the order total and paid amount stay).
+_PAYMENT_REASON = "payment"
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """What the current caller may see of orders. A service token sees every order whole.
+    A customer's token sees its customer's orders only (another customer's order is
+    refused as if it might not exist: its existence is not told) and never a payment id."""
+
+    customer_id: str | None
+
+    @classmethod
+    def of_caller(cls) -> OrderView:
+        """The view of the call being handled."""
+        return cls(current_principal().customer_id)
+
+    def customer(self, requested: str) -> str:
+        """The customer a call is about: a customer token's own (it may name no other),
+        else what the request named."""
+        if self.customer_id is None:
+            return requested
+        if requested and requested != self.customer_id:
+            raise other_customer(self.customer_id, requested)
+        return self.customer_id
+
+    def check(self, order_id: str, found: Order | None) -> None:
+        """Raise for an order this caller may not see (`found` None: no such order)."""
+        if self.customer_id is not None and (
+            found is None or found.customer_id != self.customer_id
+        ):
+            raise not_customers(self.customer_id, order_id)
+
+    def order(self, message: pb.Order) -> pb.Order:
+        """`message` as this caller may see it (changed in place and returned)."""
+        if self.customer_id is not None:
+            message.payment_id = ""
+        return message
+
+    def change(self, message: pb.StatusChange) -> pb.StatusChange:
+        """A status-history row as this caller may see it (in place): a customer's
+        does not name the payment its reason names."""
+        if self.customer_id is not None and message.to_status == pb.ORDER_STATUS_PAID:
+            message.reason = _PAYMENT_REASON
+        return message
+
+    def event(self, message: pb.OrderEvent) -> pb.OrderEvent:
+        """An event as this caller may see it; the event is shared by every stream, so a
+        customer's is a copy."""
+        if self.customer_id is None:
+            return message
+        copy = pb.OrderEvent()
+        copy.CopyFrom(message)
+        self.order(copy.order)
+        self.change(copy.change)
+        return copy

@@ -99,30 +99,3 @@ def encoded_event(stored: StoredEvent) -> bytes:
 def moment(value: timestamp_pb2.Timestamp) -> datetime:
     """An aware UTC datetime from a Timestamp."""
     return value.ToDatetime(tzinfo=UTC)
-
-
-# A customer's token sees its own orders without the payment provider's ids: they are the
-# business's records of money, not the shopper's (the order total and paid amount stay).
-_PAYMENT_REASON = "payment"
-
-
-def hide_payment_order(message: pb.Order) -> pb.Order:
-    """`message` without its payment id (changed in place and returned)."""
-    message.payment_id = ""
-    return message
-
-
-def hide_payment_change(message: pb.StatusChange) -> pb.StatusChange:
-    """A status-history row without the payment id its reason names (in place)."""
-    if message.to_status == pb.ORDER_STATUS_PAID:
-        message.reason = _PAYMENT_REASON
-    return message
-
-
-def hide_payment_event(message: pb.OrderEvent) -> pb.OrderEvent:
-    """A copy of a (shared) event without payment ids, for a customer's stream."""
-    copy = pb.OrderEvent()
-    copy.CopyFrom(message)
-    hide_payment_order(copy.order)
-    hide_payment_change(copy.change)
-    return copy

@@ -19,12 +19,11 @@ from server.domain.orders import (
     carrier_report,
     confirm_payment,
     create_order,
-    not_customers,
     ship_order,
 )
 from server.orders.service import OrderCore
 from server.rpc import orders_convert as convert
-from server.rpc.access import current_principal, own_customer
+from server.rpc.access import OrderView
 from server.rpc.metadata import actor_of, deadline_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -32,10 +31,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class OrderServicer(pb_grpc.OrderServiceServicer):
     """Adapts gRPC calls to OrderCore; domain errors are mapped by the observe wrapper.
-
-    A customer's token (server/rpc/access.py admits it to GetOrder, ListOrders,
-    CancelOrder and WatchOrders only) is narrowed here to its customer's orders, decided
-    by the server whatever the request names, and sees them without payment ids."""
+    What a customer's token sees of the orders is OrderView's (server/rpc/access.py)."""
 
     def __init__(self, core: OrderCore, settings: Settings) -> None:
         self._core = core
@@ -63,30 +59,25 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
     async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:
         """Read an order with its history."""
         order_id = require_id(request.order_id, "order_id")
-        customer = current_principal().customer_id
-        if customer is None:
-            order, history = await self._core.get_order(order_id)
-            return pb.GetOrderResponse(
-                order=convert.order(order), history=[convert.status_change(c) for c in history]
-            )
+        view = OrderView.of_caller()
         try:
             order, history = await self._core.get_order(order_id)
         except NotFound:
-            raise not_customers(customer, order_id) from None
-        if order.customer_id != customer:
-            raise not_customers(customer, order_id)
+            view.check(order_id, None)
+            raise
+        view.check(order_id, order)
         return pb.GetOrderResponse(
-            order=convert.hide_payment_order(convert.order(order)),
-            history=[convert.hide_payment_change(convert.status_change(c)) for c in history],
+            order=view.order(convert.order(order)),
+            history=[view.change(convert.status_change(c)) for c in history],
         )
 
     async def ListOrders(
         self, request: pb.ListOrdersRequest, context: Context
     ) -> pb.ListOrdersResponse:
         """Page through a customer's orders."""
-        principal = current_principal()
+        view = OrderView.of_caller()
         query = list_orders(
-            own_customer(request.customer_id, principal),
+            view.customer(request.customer_id),
             request.status,
             convert.moment(request.created_after) if request.HasField("created_after") else None,
             convert.moment(request.created_before) if request.HasField("created_before") else None,
@@ -94,10 +85,9 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             request.page_token,
         )
         orders, token = await self._core.list_orders(query)
-        messages = [convert.order(o) for o in orders]
-        if principal.customer_id is not None:
-            messages = [convert.hide_payment_order(m) for m in messages]
-        return pb.ListOrdersResponse(orders=messages, next_page_token=token)
+        return pb.ListOrdersResponse(
+            orders=[view.order(convert.order(o)) for o in orders], next_page_token=token
+        )
 
     async def ConfirmPayment(
         self, request: pb.ConfirmPaymentRequest, context: Context
@@ -116,14 +106,14 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
     async def CancelOrder(
         self, request: pb.CancelOrderRequest, context: Context
     ) -> pb.CancelOrderResponse:
-        """Cancel an order that has not shipped (a customer: their own, unpaid)."""
-        customer = current_principal().customer_id
-        command = cancel_order(request.order_id, request.reason, actor_of(context), customer)
-        order = await self._core.cancel_order(command, deadline_of(context))
-        message = convert.order(order)
-        return pb.CancelOrderResponse(
-            order=message if customer is None else convert.hide_payment_order(message)
+        """Cancel an order that has not shipped (a customer: their own, unpaid, decided
+        with the cancel)."""
+        view = OrderView.of_caller()
+        command = cancel_order(
+            request.order_id, request.reason, actor_of(context), view.customer_id
         )
+        order = await self._core.cancel_order(command, deadline_of(context))
+        return pb.CancelOrderResponse(order=view.order(convert.order(order)))
 
     async def ShipOrder(
         self, request: pb.ShipOrderRequest, context: Context
@@ -170,16 +160,12 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
         self, request: pb.WatchOrdersRequest, context: Context
     ) -> AsyncIterator[pb.OrderEvent]:
         """Stream events after a cursor, then live ones (a customer: their orders' only)."""
-        principal = current_principal()
+        view = OrderView.of_caller()
         wanted = watch_filter(
-            own_customer(request.customer_id, principal),
+            view.customer(request.customer_id),
             request.order_id,
             list(request.types),
             request.after_cursor,
         )
-        if principal.customer_id is None:
-            async for _, event in self._core.watch(wanted):
-                yield event
-            return
         async for _, event in self._core.watch(wanted):
-            yield convert.hide_payment_event(event)
+            yield view.event(event)
