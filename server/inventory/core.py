@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import datetime
 from enum import Enum
 from functools import partial
 from typing import Any
@@ -173,32 +172,22 @@ class InventoryCore:
 
     async def _reserve_batch(self, commands: Sequence[ReserveCommand]) -> list[Answer]:
         """Gate, then hold in PostgreSQL, a batch of reservations."""
-        gated = await gating.admit(self.mirror, self.store, commands)
-        results: list[Answer | None] = [None] * len(commands)
-        for i, refusal in gated.refused.items():
-            results[i] = refusal
-        held: list[tuple[str, datetime]] = []
-        levels: list[MirrorLevel] = []
-        try:
-            if gated.to_database:
+        async with gating.holding(self.mirror, self.store, commands) as batch:
+            if batch.to_database:
                 try:
-                    outcomes, levels = await self.store.reserve_batch(
-                        [commands[i] for i in gated.to_database]
+                    outcomes, batch.levels = await self.store.reserve_batch(
+                        [commands[i] for i in batch.to_database]
                     )
                 except Unavailable as exc:
+                    batch.fail(exc)
                     outcomes = []
-                    for i in gated.to_database:
-                        results[i] = exc
-                for i, outcome in zip(gated.to_database, outcomes, strict=False):
-                    results[i] = _answer(commands[i], outcome)
-                    if outcome.reservation is not None and not isinstance(
-                        results[i], BaseException
-                    ):
-                        held.append((commands[i].reservation_id, outcome.reservation.expires_at))
-        finally:
-            # Also when the batch failed: its pending units go back to the gate.
-            await gating.settle(self.mirror, gated, held, levels)
-        return results  # type: ignore[return-value]
+                for i, outcome in zip(batch.to_database, outcomes, strict=False):
+                    answer = _answer(commands[i], outcome)
+                    held = None
+                    if outcome.reservation is not None and not isinstance(answer, BaseException):
+                        held = (commands[i].reservation_id, outcome.reservation.expires_at)
+                    batch.decide(i, answer, held)
+        return batch.answers  # type: ignore[return-value]
 
     async def _finish_batch(
         self, finish: Finish, requests: Sequence[tuple[str, str]]

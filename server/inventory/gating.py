@@ -1,9 +1,15 @@
 """The admission gate's part of a batch of holds (plain reservations or orders): what
-the Redis gate turned away before PostgreSQL, and what to tell the mirror after it."""
+the Redis gate turned away before PostgreSQL, and what to tell the mirror after it.
+
+`holding` is the one skeleton of a batch of holds, shared by Reserve and CreateOrder:
+gate, then the caller's one PostgreSQL statement for what the gate let through, then the
+settle, which runs also when the statement failed (its pending units go back to the gate).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -83,3 +89,43 @@ async def settle(
     (id, expiry) remembered, and the levels after."""
     known = [(rid, mirror.forget_at_ms(expires_at)) for rid, expires_at in held]
     await mirror.settle(clear=batch.pending, known=known, levels=levels)
+
+
+@dataclass
+class HoldBatch:
+    """A batch of holds inside `holding`: the positions the caller must decide in
+    PostgreSQL, and the answers, the gate's refusals already in place."""
+
+    to_database: list[int]
+    answers: list[object]
+    """By position: a caller's answer (a value or an exception), None until decided."""
+    levels: list[MirrorLevel] = field(default_factory=list)
+    """The stock levels the statement returned, for the mirror."""
+    _held: list[tuple[str, datetime]] = field(default_factory=list)
+
+    def decide(self, position: int, answer: object, held: tuple[str, datetime] | None) -> None:
+        """The answer at `position`, and (id, expiry) when it holds stock now."""
+        self.answers[position] = answer
+        if held is not None:
+            self._held.append(held)
+
+    def fail(self, error: BaseException) -> None:
+        """The statement failed: every position it was to decide gets `error`."""
+        for position in self.to_database:
+            self.answers[position] = error
+
+
+@contextlib.asynccontextmanager
+async def holding(
+    mirror: Mirror, store: StockStore, holds: Sequence[ReserveCommand]
+) -> AsyncIterator[HoldBatch]:
+    """Gate `holds`, yield the batch for the caller to decide what the gate let through,
+    then settle the mirror with what was decided, also when deciding failed."""
+    gated = await admit(mirror, store, holds)
+    batch = HoldBatch(gated.to_database, [None] * len(holds))
+    for position, refusal in gated.refused.items():
+        batch.answers[position] = refusal
+    try:
+        yield batch
+    finally:
+        await settle(mirror, gated, batch._held, batch.levels)

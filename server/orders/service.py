@@ -42,8 +42,7 @@ from server.inventory.mirror import Mirror
 from server.metrics import ORDER_TRANSITIONS
 from server.orders.watch import EventFeed
 from server.queue_delay import Queues
-from server.storage.orders_pg import ChangeCode, Changed, CreateCode, OrderStore
-from server.storage.postgres import MirrorLevel
+from server.storage.orders_pg import ChangeCode, Changed, CreateCode, Created, OrderStore
 
 log = logging.getLogger(__name__)
 
@@ -148,40 +147,20 @@ class OrderCore:
         return await self._carrier[OrderStatus.DELIVERED].submit(report, deadline)
 
     async def _create_batch(self, commands: Sequence[CreateOrder]) -> list[Answer]:
-        gated = await gating.admit(self.mirror, self.store.stock, [c.reserve for c in commands])
-        answers: list[Answer | None] = [None] * len(commands)
-        for i, refused in gated.refused.items():
-            answers[i] = refused
-        held: list[tuple[str, datetime]] = []
-        levels: list[MirrorLevel] = []
-        try:
-            if gated.to_database:
-                batch = [commands[i] for i in gated.to_database]
+        async with gating.holding(
+            self.mirror, self.store.stock, [c.reserve for c in commands]
+        ) as batch:
+            if batch.to_database:
                 try:
-                    created, levels = await self.store.create(batch)
+                    created, batch.levels = await self.store.create(
+                        [commands[i] for i in batch.to_database]
+                    )
                 except DomainError as exc:
-                    for i in gated.to_database:
-                        answers[i] = exc
+                    batch.fail(exc)
                     created = []
-                for i, outcome in zip(gated.to_database, created, strict=False):
-                    command = commands[i]
-                    if outcome.code is CreateCode.REJECTED:
-                        answers[i] = (
-                            NotFound("sku", outcome.unknown_skus)
-                            if outcome.unknown_skus
-                            else InsufficientStock(outcome.shortages)
-                        )
-                    elif outcome.code is CreateCode.CONFLICT or outcome.order is None:
-                        answers[i] = AlreadyExists("order", command.order_id)
-                    else:
-                        if outcome.code is CreateCode.CREATED:
-                            ORDER_TRANSITIONS.labels(OrderStatus.PENDING_PAYMENT.name).inc()
-                        answers[i] = outcome.order
-                        held.append((command.order_id, outcome.order.payment_deadline))
-        finally:
-            # Also when the batch failed: its pending units go back to the gate.
-            await gating.settle(self.mirror, gated, held, levels)
-        return answers  # type: ignore[return-value]
+                for i, outcome in zip(batch.to_database, created, strict=False):
+                    batch.decide(i, *_created(commands[i], outcome))
+        return batch.answers  # type: ignore[return-value]
 
     async def _pay_batch(self, payments: Sequence[ConfirmPayment]) -> list[Answer]:
         changed, levels = await self.store.pay(payments, EXPIRY_CALLER)
@@ -303,3 +282,17 @@ class OrderCore:
             (orders, "" if last is None else query.token(last))
             for query, (orders, last) in zip(queries, pages, strict=True)
         ]
+
+
+def _created(command: CreateOrder, outcome: Created) -> tuple[Answer, tuple[str, datetime] | None]:
+    """What PostgreSQL's outcome of one CreateOrder means to its caller, and the hold it
+    made (order id, expiry), if any."""
+    if outcome.code is CreateCode.REJECTED:
+        if outcome.unknown_skus:
+            return NotFound("sku", outcome.unknown_skus), None
+        return InsufficientStock(outcome.shortages), None
+    if outcome.code is CreateCode.CONFLICT or outcome.order is None:
+        return AlreadyExists("order", command.order_id), None
+    if outcome.code is CreateCode.CREATED:
+        ORDER_TRANSITIONS.labels(OrderStatus.PENDING_PAYMENT.name).inc()
+    return outcome.order, (command.order_id, outcome.order.payment_deadline)
