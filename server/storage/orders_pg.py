@@ -129,19 +129,6 @@ def order_from_row(row: asyncpg.Record) -> Order:
     )
 
 
-def _change_from_row(row: asyncpg.Record) -> StatusChange:
-    return StatusChange(
-        row["order_id"],
-        row["version"],
-        None if row["from_status"] is None else OrderStatus(row["from_status"]),
-        OrderStatus(row["to_status"]),
-        row["changed_at"],
-        row["caller"],
-        row["reason"],
-        row["request_id"],
-    )
-
-
 def change_from_row(row: asyncpg.Record) -> StatusChange:
     """A StatusChange from a stockcore.order_history row."""
     return StatusChange(
