@@ -52,7 +52,8 @@ class Seen:
     created: dict[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
     paid: set[str] = field(default_factory=set)
     cancelled: set[str] = field(default_factory=set)
-    refused: int = 0
+    unexpected: list[tuple[str, grpc.StatusCode]] = field(default_factory=list)
+    """Definite refusals no call here should get: (call, code)."""
 
 
 async def call(fn: Callable[[], Awaitable[T]], budget: float = 60.0) -> T | grpc.StatusCode:
@@ -88,7 +89,8 @@ async def shopper(
         )
         reply = await call(lambda request=request: orders.CreateOrder(request, timeout=5))
         if not isinstance(reply, pb.CreateOrderResponse):
-            seen.refused += 1
+            # Stock is plentiful and a resent order is answered as first: no refusal is right.
+            seen.unexpected.append((f"CreateOrder {oid}", reply))
             continue
         seen.created[oid] = tuple(sorted(lines.items()))
         roll = rng.random()
@@ -102,6 +104,8 @@ async def shopper(
             paid = await call(lambda payment=payment: orders.ConfirmPayment(payment, timeout=5))
             if isinstance(paid, pb.ConfirmPaymentResponse):
                 seen.paid.add(oid)
+            elif paid != grpc.StatusCode.FAILED_PRECONDITION:  # its window may have run out
+                seen.unexpected.append((f"ConfirmPayment {oid}", paid))
         elif roll < 0.55:
             cancel = pb.CancelOrderRequest(order_id=oid, reason="changed mind")
             done = await call(lambda cancel=cancel: orders.CancelOrder(cancel, timeout=5))
@@ -110,6 +114,10 @@ async def shopper(
                 and done.order.status == pb.ORDER_STATUS_CANCELLED
             ):
                 seen.cancelled.add(oid)
+            elif not isinstance(done, pb.CancelOrderResponse) and (
+                done != grpc.StatusCode.FAILED_PRECONDITION  # expired first
+            ):
+                seen.unexpected.append((f"CancelOrder {oid}", done))
 
 
 async def watch_everything(
@@ -164,11 +172,10 @@ async def test_a_killed_server_loses_no_acknowledged_order_hold_or_event(
             await asyncio.gather(*shoppers)
         await no_short_holds_left(clean.pg_dsn, 2, timeout=30)  # every unpaid window swept
 
-        assert before_kill > 50 and len(seen.created) > before_kill + 50, (
-            before_kill,
-            len(seen.created),
-        )
+        # Orders were acknowledged before the kill and after the restart.
+        assert 0 < before_kill < len(seen.created), (before_kill, len(seen.created))
         assert seen.paid and seen.cancelled
+        assert not seen.unexpected, seen.unexpected[:10]
         # Among the invariants: no hold or unpaid order outlived its expiry by 2 s.
         snapshot = await check_orders_agree(clean.pg_dsn)
         assert set(snapshot.reservations) == set(snapshot.orders), "a hold without an order"

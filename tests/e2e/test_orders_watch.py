@@ -4,6 +4,7 @@ after a disconnect that misses nothing and repeats nothing."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import grpc
 from stockcore.v1 import orders_pb2 as pb
@@ -29,11 +30,31 @@ async def read(orders: Stub, count: int, timeout: float = 10.0, **request) -> li
     return got
 
 
-async def _any(orders: Stub, request: dict) -> bool:
-    try:
-        return bool(await read(orders, 1, timeout=0.5, **request))
-    except TimeoutError:
-        return False
+async def nothing_before(orders: Stub, request: dict, marker: Awaitable[pb.Order]) -> None:
+    """Prove that a stream with `request` holds nothing older than a marker: the marker
+    change (one the stream must pass) is made, and the first event the stream sends is
+    the marker's. A quiet window would prove nothing on a slow server. The stream opens
+    after the marker is made; it replays from its cursor, so it sees the marker too."""
+    made = await marker
+    (first,) = await read(orders, 1, **request)
+    assert first.event_id == f"{made.order_id}/{made.version}", first
+
+
+async def created(orders: Stub, order_id: str, customer: str = "cust-1") -> pb.Order:
+    """A new order (a marker's change)."""
+    return (await orders.CreateOrder(create_request(order_id, customer=customer))).order
+
+
+async def paid_order(orders: Stub, order_id: str) -> pb.Order:
+    """A new order, paid (a marker's change)."""
+    await created(orders, order_id)
+    return (
+        await orders.ConfirmPayment(
+            pb.ConfirmPaymentRequest(
+                order_id=order_id, payment_id=f"p-{order_id}", amount_minor=300, currency_code="EUR"
+            )
+        )
+    ).order
 
 
 async def make_history(orders: Stub, stub, customers: int = 3, each: int = 4) -> int:
@@ -72,7 +93,7 @@ async def test_a_watch_from_the_start_gets_every_event_with_gap_free_cursors(
     for e in events:
         per_order.setdefault(e.order_id, []).append(e.order_version)
     assert all(versions == sorted(versions) for versions in per_order.values())
-    assert not await _any(orders, {"after_cursor": total})
+    await nothing_before(orders, {"after_cursor": total}, created(orders, "marker"))
 
 
 async def test_a_resumed_watch_misses_nothing_and_repeats_nothing(orders: Stub, stub) -> None:
@@ -84,7 +105,7 @@ async def test_a_resumed_watch_misses_nothing_and_repeats_nothing(orders: Stub, 
     resumed = await read(orders, total + 4 - 5, after_cursor=first[-1].cursor)
     assert [e.cursor for e in first + resumed] == list(range(1, total + 5))
     assert {e.event_id for e in first}.isdisjoint({e.event_id for e in resumed})
-    assert not await _any(orders, {"after_cursor": resumed[-1].cursor})
+    await nothing_before(orders, {"after_cursor": resumed[-1].cursor}, created(orders, "marker"))
 
 
 async def test_a_watch_tails_events_as_they_happen(orders: Stub, stub) -> None:
@@ -120,8 +141,10 @@ async def test_watch_filters_by_customer_order_and_type(orders: Stub, stub) -> N
     paid = [e for e in everything if e.type == pb.EVENT_TYPE_ORDER_PAID]
     got = await read(orders, len(paid), types=[pb.EVENT_TYPE_ORDER_PAID])
     assert [e.cursor for e in got] == [e.cursor for e in paid]
-    assert not await _any(
-        orders, {"types": [pb.EVENT_TYPE_ORDER_PAID], "after_cursor": got[-1].cursor}
+    await nothing_before(
+        orders,
+        {"types": [pb.EVENT_TYPE_ORDER_PAID], "after_cursor": got[-1].cursor},
+        paid_order(orders, "marker"),
     )
     both = await read(orders, 1, customer_id="cust-0", types=[pb.EVENT_TYPE_ORDER_CANCELLED])
     assert [(e.order.customer_id, e.type) for e in both] == [
@@ -133,8 +156,11 @@ async def test_an_unknown_filter_target_streams_nothing_rather_than_failing(
     orders: Stub, stub
 ) -> None:
     await make_history(orders, stub, customers=1, each=1)
-    assert not await _any(orders, {"order_id": "nope"})
-    assert not await _any(orders, {"customer_id": "nobody"})
+    # Nothing is streamed for them until an order of theirs exists.
+    await nothing_before(orders, {"order_id": "nope"}, created(orders, "nope"))
+    await nothing_before(
+        orders, {"customer_id": "nobody"}, created(orders, "of-nobody", customer="nobody")
+    )
 
 
 async def test_many_watchers_see_the_same_sequence(orders: Stub, stub) -> None:
