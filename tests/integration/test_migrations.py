@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -171,7 +172,7 @@ def without_published_upto(sql: str) -> str:
     )
 
 
-async def live_sql(conn: asyncpg.Connection) -> dict[str, tuple[str, object]]:
+async def live_sql(conn: asyncpg.Connection) -> dict[str, tuple[str, datetime]]:
     """Each live file's recorded checksum and when it was applied."""
     rows = await conn.fetch("SELECT name, checksum, applied_at FROM stockcore.schema_live_sql")
     return {r["name"]: (r["checksum"], r["applied_at"]) for r in rows}
@@ -184,16 +185,16 @@ async def test_a_fresh_database_holds_each_live_function_once_as_its_file_define
 
     rows = await conn.fetch(
         "SELECT proname, coalesce(proconfig, '{}') AS settings, prosrc FROM pg_proc"
-        " WHERE pronamespace = 'stockcore'::regnamespace ORDER BY proname"
+        " WHERE pronamespace = 'stockcore'::regnamespace"
     )
     definitions = sorted(defined())
     assert [name for name, _, _ in definitions] == sorted({name for name, _, _ in definitions})
-    assert [(r["proname"], r["settings"], r["prosrc"]) for r in rows] == definitions
+    assert sorted((r["proname"], r["settings"], r["prosrc"]) for r in rows) == definitions
     triggers = await conn.fetch(
         "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
-        " AND tgrelid::regclass::text LIKE 'stockcore.%' ORDER BY tgname"
+        " AND tgrelid::regclass::text LIKE 'stockcore.%'"
     )
-    assert [r["tgname"] for r in triggers] == sorted(
+    assert sorted(r["tgname"] for r in triggers) == sorted(
         name for _, sql in live_files() for name in _TRIGGER.findall(sql)
     )
 
@@ -236,7 +237,7 @@ async def test_a_changed_live_file_is_applied_again_and_the_others_are_not(
         n: v for n, v in before.items() if n != "live/outbox.sql"
     }
     assert after["live/outbox.sql"][0] != before["live/outbox.sql"][0]
-    assert after["live/outbox.sql"][1] > before["live/outbox.sql"][1]  # type: ignore[operator]
+    assert after["live/outbox.sql"][1] > before["live/outbox.sql"][1]
     # Replaced in place: the same function, with the new body.
     assert (
         await conn.fetchval("SELECT prosrc FROM pg_proc WHERE oid = $1", function)
