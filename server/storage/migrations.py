@@ -28,11 +28,12 @@ _LOCK_KEY = 0x57C0C0DE
 
 # The live files name each function they define this way, so the migrator knows which
 # functions the database should hold.
-_DEFINED = re.compile(r"^CREATE OR REPLACE FUNCTION stockcore\.(\w+)\(", re.MULTILINE)
+_DEFINED = re.compile(r"^CREATE OR REPLACE (?:FUNCTION|PROCEDURE) stockcore\.(\w+)\(", re.MULTILINE)
 
 
 class UndeclaredFunctions(Exception):
-    """The database holds functions no live file defines, or several of one name."""
+    """The database's functions are not the live files': one no file defines, several of
+    one name, or one a file defines missing."""
 
 
 def migration_files() -> list[tuple[int, str, str]]:
@@ -94,7 +95,9 @@ async def migrate(conn: asyncpg.Connection, shard_count: int) -> list[str]:
                 )
             applied.append(name)
             log.info("migration applied", extra={"migration": name})
-        applied += await apply_live(conn)
+        # A numbered migration may drop or change what a live file defines (to change a
+        # type or table a function depends on): after one, every live file applies again.
+        applied += await apply_live(conn, every_file=bool(applied))
         await conn.execute("SELECT stockcore.ensure_stock_shards($1)", shard_count)
         await sync_transitions(conn)
     finally:
@@ -102,16 +105,19 @@ async def migrate(conn: asyncpg.Connection, shard_count: int) -> list[str]:
     return applied
 
 
-async def apply_live(conn: asyncpg.Connection) -> list[str]:
-    """Apply the live files whose text differs from the one last applied, in one
-    transaction with the check that every function in the schema is defined by a live file,
-    once. Returns the names of the files applied. The caller holds the migrators' lock."""
+async def apply_live(conn: asyncpg.Connection, *, every_file: bool = False) -> list[str]:
+    """Apply the live files whose text differs from the one last applied (or all of them),
+    in one transaction with the check that the schema holds each function the live files
+    define, once, and no other. Returns the names of the files applied. The caller holds
+    the migrators' lock."""
     files = live_files()
     recorded = {
         row["name"]: row["checksum"]
         for row in await conn.fetch("SELECT name, checksum FROM stockcore.schema_live_sql")
     }
-    changed = [(name, sql) for name, sql in files if recorded.get(name) != checksum(sql)]
+    changed = [
+        (name, sql) for name, sql in files if every_file or recorded.get(name) != checksum(sql)
+    ]
     if not changed:
         return []
     async with conn.transaction():
@@ -150,6 +156,11 @@ async def _check_functions(conn: asyncpg.Connection, defined: set[str]) -> None:
     if wrong:
         raise UndeclaredFunctions(
             "drop these functions in a live file or a numbered migration: " + "; ".join(wrong)
+        )
+    missing = defined - {r["proname"] for r in rows}
+    if missing:
+        raise UndeclaredFunctions(
+            "the live files define, but leave no function: " + ", ".join(sorted(missing))
         )
 
 

@@ -309,6 +309,29 @@ async def test_a_function_whose_arguments_change_must_drop_its_old_form(
     ) == ["stockcore.published_upto(bigint)"]
 
 
+async def test_after_a_new_numbered_migration_every_live_file_is_applied_again(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await migrate(conn, 4)
+    numbered = migration_files()
+    # A table change that must first drop a function depending on what it changes.
+    dropping = "DROP FUNCTION stockcore.claim_fulfilments(text, int, float8);"
+    monkeypatch.setattr(
+        migrations, "migration_files", lambda: [*numbered, (999, "999_change.sql", dropping)]
+    )
+
+    applied = await migrate(conn, 4)
+
+    assert applied == ["999_change.sql", *LIVE]
+    assert (
+        await conn.fetchval(
+            "SELECT to_regprocedure('stockcore.claim_fulfilments(text, int, float8)')"
+        )
+        is not None
+    )
+    assert await migrate(conn, 4) == []
+
+
 async def test_concurrent_migrators_apply_a_changed_live_file_once(
     scratch_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
