@@ -75,7 +75,8 @@ async def migrate(conn: asyncpg.Connection, shard_count: int) -> list[str]:
         await conn.execute(
             "CREATE SCHEMA IF NOT EXISTS stockcore;"
             "CREATE TABLE IF NOT EXISTS stockcore.schema_migrations ("
-            " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
+            " version int PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now());"
             "CREATE TABLE IF NOT EXISTS stockcore.schema_live_sql ("
             " name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL)"
         )
