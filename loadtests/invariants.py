@@ -1,5 +1,5 @@
 """What must hold on the server after a load run: the stock read through the API, and,
-when the DSN is known, stockcore.invariant_violations() (server/storage/sql/006_invariants.sql,
+when the DSN is known, stockcore.invariant_violations() (server/storage/sql/live/invariants.sql,
 the one invariant check the test suite asserts too) with a few figures of the same snapshot.
 Nothing here writes.
 """

@@ -1,5 +1,5 @@
 """What the tests assert about the whole database: stockcore.invariant_violations(), the
-one invariant check (server/storage/sql/006_invariants.sql), also run after load tests."""
+one invariant check (server/storage/sql/live/invariants.sql), also run after load tests."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Orders: the status machine (one table, the only place transitions are written down),
 the values an order is made of, the validated requests that change orders, and the
 errors a refused change is answered with. The changes themselves are made by the order
-functions in PostgreSQL (server/storage/sql/003_checkout.sql), which apply this table
+functions in PostgreSQL (server/storage/sql/live/orders.sql), which apply this table
 under the order's lock. Queries that read orders are in order_queries."""
 
 from __future__ import annotations

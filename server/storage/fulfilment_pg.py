@@ -1,4 +1,4 @@
-"""Fulfilment state in PostgreSQL (sql/011_fulfilment.sql): intake of paid and cancelled
+"""Fulfilment state in PostgreSQL (sql/live/fulfilment.sql): intake of paid and cancelled
 orders, leases of due rows, the record of a batch's outcomes, heartbeats, breaker
 transitions and the stale-sync scan; each one statement or one function call."""
 

@@ -1,7 +1,7 @@
-"""Orders in PostgreSQL (sql/002_orders.sql, sql/003_checkout.sql): each change of a
-batch of orders is one call of an order function, which locks, decides, writes the order,
-history, outbox and ledger rows and answers with typed rows; and the reads. The relay's
-side of the outbox is in outbox_pg."""
+"""Orders in PostgreSQL (sql/live/orders.sql): each change of a batch of orders is one
+call of an order function, which locks, decides, writes the order, history, outbox and
+ledger rows and answers with typed rows; and the reads. The relay's side of the outbox is
+in outbox_pg."""
 
 from __future__ import annotations
 
@@ -218,7 +218,8 @@ _BODY_TIMES = (
 )
 
 
-# Columns an outbox body may leave out because they were null (sql/008_compact_events.sql).
+# Columns an outbox body may leave out because they were null (stockcore.event_body,
+# sql/live/orders.sql).
 _BODY_NULLABLE = (
     "payment_id",
     "carrier",

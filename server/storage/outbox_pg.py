@@ -1,7 +1,7 @@
-"""The relay's side of the order event outbox (sql/002_orders.sql, 005_outbox_watermark.sql):
-a PostgreSQL session of its own that holds the sequencer lock for as long as it lives,
-listens for committed events, gives them their cursors and records how far publication
-has got (one watermark, not a column per event)."""
+"""The relay's side of the order event outbox (sql/live/outbox.sql): a PostgreSQL session
+of its own that holds the sequencer lock for as long as it lives, listens for committed
+events, gives them their cursors and records how far publication has got (one watermark,
+not a column per event)."""
 
 from __future__ import annotations
 

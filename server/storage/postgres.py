@@ -1,5 +1,5 @@
 """PostgreSQL, the durable authority: every stock change is a conditional UPDATE made
-inside one of the batch functions of sql/003_checkout.sql, one statement per batch."""
+inside one of the batch functions of sql/live/inventory.sql, one statement per batch."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -51,3 +53,27 @@ async def redis_client(clean: Servers) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def scratch_dsn(servers: Servers) -> AsyncIterator[str]:
+    """The DSN of a new, empty database, dropped after the test."""
+    name = f"stockcore_migrations_{os.getpid()}"
+    admin = await asyncpg.connect(servers.pg_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield urlsplit(servers.pg_dsn)._replace(path=f"/{name}").geturl()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def conn(scratch_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the scratch database."""
+    opened = await asyncpg.connect(scratch_dsn)
+    try:
+        yield opened
+    finally:
+        await opened.close()

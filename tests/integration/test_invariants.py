@@ -128,7 +128,7 @@ BREAKAGES: dict[str, list[str]] = {
 
 
 def test_every_check_of_the_function_has_a_breakage() -> None:
-    sql = (ROOT / "server/storage/sql/006_invariants.sql").read_text()
+    sql = (ROOT / "server/storage/sql/live/invariants.sql").read_text()
     named = {line.split("'")[1] for line in sql.splitlines() if line.startswith("SELECT '")}
     assert named == set(BREAKAGES)
 

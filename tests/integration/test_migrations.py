@@ -1,43 +1,33 @@
-"""migrate() against a real PostgreSQL, each test on a database of its own."""
+"""migrate() against a real PostgreSQL, each test on a database of its own: numbered
+migrations once each, then the live SQL files, each applied again whenever it changes."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+import re
+from collections.abc import Callable
+from datetime import datetime
 
 import asyncpg
 import pytest
 
-from server.storage.migrations import migrate, migration_files
-from tests.conftest import SHARDS, Servers
+from server.storage import migrations
+from server.storage.migrations import UndeclaredFunctions, live_files, migrate, migration_files
+from tests.conftest import SHARDS
 
-ALL_MIGRATIONS = [name for _, name, _ in migration_files()]
-
-
-@pytest.fixture
-async def scratch_dsn(servers: Servers) -> AsyncIterator[str]:
-    """The DSN of a new, empty database, dropped after the test."""
-    name = f"stockcore_migrations_{os.getpid()}"
-    admin = await asyncpg.connect(servers.pg_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urlsplit(servers.pg_dsn)._replace(path=f"/{name}").geturl()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-@pytest.fixture
-async def conn(scratch_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to the scratch database."""
-    opened = await asyncpg.connect(scratch_dsn)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+NUMBERED = [name for _, name, _ in migration_files()]
+LIVE = [name for name, _ in live_files()]
+ALL_MIGRATIONS = NUMBERED + LIVE
+# Functions migrations 001-005 created and later dropped.
+RETIRED = [
+    "reserve_batch",
+    "finish_batch",
+    "adjust_stock",
+    "end_holds",
+    "lock_stock",
+    "level_of",
+    "next_events",
+]
 
 
 async def schema(conn: asyncpg.Connection) -> dict[str, object]:
@@ -127,13 +117,13 @@ async def test_concurrent_migrators_apply_each_migration_once(scratch_dsn: str) 
     conns = [await asyncpg.connect(scratch_dsn) for _ in range(4)]
     try:
         applied = await asyncio.gather(*(migrate(c, 4) for c in conns))
-        migrations = await conns[0].fetch("SELECT name FROM stockcore.schema_migrations")
+        found = await conns[0].fetch("SELECT name FROM stockcore.schema_migrations")
     finally:
         for c in conns:
             await c.close()
 
     assert sorted(name for names in applied for name in names) == ALL_MIGRATIONS
-    assert sorted(r["name"] for r in migrations) == ALL_MIGRATIONS
+    assert sorted(r["name"] for r in found) == NUMBERED
 
 
 async def test_migrating_the_test_database_again_changes_nothing(migrated: str) -> None:
@@ -148,3 +138,212 @@ async def test_migrating_the_test_database_again_changes_nothing(migrated: str) 
         assert await schema(conn) == before
     finally:
         await conn.close()
+
+
+# --- the live SQL -----------------------------------------------------------------
+
+_FUNCTION = re.compile(
+    r"^CREATE OR REPLACE FUNCTION stockcore\.(\w+)\((.*?)\bAS \$\$(.*?)\$\$", re.M | re.S
+)
+_SETTING = re.compile(r"\bSET (\w+) = (\w+)")
+_TRIGGER = re.compile(r"^CREATE OR REPLACE TRIGGER (\w+)", re.M)
+
+
+def defined() -> list[tuple[str, list[str], str]]:
+    """Each function definition in the live files: name, settings, body."""
+    return [
+        (name, [f"{k}={v}" for k, v in _SETTING.findall(head)], body)
+        for _, sql in live_files()
+        for name, head, body in _FUNCTION.findall(sql)
+    ]
+
+
+def edited(name: str, edit: Callable[[str], str]) -> Callable[[], list[tuple[str, str]]]:
+    """live_files() with the file `name` edited."""
+    files = [(n, edit(sql) if n == name else sql) for n, sql in live_files()]
+    assert files != live_files()
+    return lambda: files
+
+
+def without_published_upto(sql: str) -> str:
+    """outbox.sql without its definition of published_upto()."""
+    return re.sub(
+        r"CREATE OR REPLACE FUNCTION stockcore\.published_upto\(\).*?\$\$;\n", "", sql, flags=re.S
+    )
+
+
+async def live_sql(conn: asyncpg.Connection) -> dict[str, tuple[str, datetime]]:
+    """Each live file's recorded checksum and when it was applied."""
+    rows = await conn.fetch("SELECT name, checksum, applied_at FROM stockcore.schema_live_sql")
+    return {r["name"]: (r["checksum"], r["applied_at"]) for r in rows}
+
+
+async def test_a_fresh_database_holds_each_live_function_once_as_its_file_defines_it(
+    conn: asyncpg.Connection,
+) -> None:
+    await migrate(conn, 4)
+
+    rows = await conn.fetch(
+        "SELECT proname, coalesce(proconfig, '{}') AS settings, prosrc FROM pg_proc"
+        " WHERE pronamespace = 'stockcore'::regnamespace"
+    )
+    definitions = sorted(defined())
+    assert [name for name, _, _ in definitions] == sorted({name for name, _, _ in definitions})
+    assert sorted((r["proname"], r["settings"], r["prosrc"]) for r in rows) == definitions
+    triggers = await conn.fetch(
+        "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+        " AND tgrelid::regclass::text LIKE 'stockcore.%'"
+    )
+    assert sorted(r["tgname"] for r in triggers) == sorted(
+        name for _, sql in live_files() for name in _TRIGGER.findall(sql)
+    )
+
+
+async def test_functions_the_numbered_migrations_dropped_stay_dropped(
+    conn: asyncpg.Connection,
+) -> None:
+    await migrate(conn, 4)
+
+    found = await conn.fetch(
+        "SELECT proname FROM pg_proc WHERE pronamespace = 'stockcore'::regnamespace"
+        " AND proname = ANY($1::text[])",
+        RETIRED,
+    )
+    assert found == []
+    assert not {name for name, _, _ in defined()} & set(RETIRED)
+
+
+async def test_a_changed_live_file_is_applied_again_and_the_others_are_not(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await migrate(conn, 4)
+    before = await live_sql(conn)
+    function = await conn.fetchval("SELECT 'stockcore.published_upto()'::regprocedure::oid")
+    monkeypatch.setattr(
+        migrations,
+        "live_files",
+        edited(
+            "live/outbox.sql",
+            lambda sql: sql.replace("SELECT published_upto FROM", "SELECT published_upto + 0 FROM"),
+        ),
+    )
+
+    applied = await migrate(conn, 4)
+    again = await migrate(conn, 4)
+
+    assert (applied, again) == (["live/outbox.sql"], [])
+    after = await live_sql(conn)
+    assert {n: v for n, v in after.items() if n != "live/outbox.sql"} == {
+        n: v for n, v in before.items() if n != "live/outbox.sql"
+    }
+    assert after["live/outbox.sql"][0] != before["live/outbox.sql"][0]
+    assert after["live/outbox.sql"][1] > before["live/outbox.sql"][1]
+    # Replaced in place: the same function, with the new body.
+    assert (
+        await conn.fetchval("SELECT prosrc FROM pg_proc WHERE oid = $1", function)
+        == "\n    SELECT published_upto + 0 FROM stockcore.outbox_state\n"
+    )
+    assert await conn.fetchval("SELECT stockcore.published_upto()") == 0
+
+
+async def test_a_function_taken_out_of_a_live_file_is_refused_until_it_is_dropped(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await migrate(conn, 4)
+    before = await live_sql(conn)
+
+    monkeypatch.setattr(migrations, "live_files", edited("live/outbox.sql", without_published_upto))
+    with pytest.raises(UndeclaredFunctions, match=r"published_upto\(\) \(in no live file\)"):
+        await migrate(conn, 4)
+    assert await live_sql(conn) == before
+
+    monkeypatch.setattr(
+        migrations,
+        "live_files",
+        edited(
+            "live/outbox.sql",
+            lambda sql: (
+                without_published_upto(sql)
+                + "\nDROP FUNCTION IF EXISTS stockcore.published_upto();\n"
+            ),
+        ),
+    )
+    assert await migrate(conn, 4) == ["live/outbox.sql"]
+    assert await conn.fetchval("SELECT to_regprocedure('stockcore.published_upto()')") is None
+
+
+async def test_a_function_whose_arguments_change_must_drop_its_old_form(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await migrate(conn, 4)
+    before = await live_sql(conn)
+
+    def new_arguments(sql: str) -> str:
+        return sql.replace(
+            "stockcore.published_upto() RETURNS bigint",
+            "stockcore.published_upto(p_at_least bigint) RETURNS bigint",
+        )
+
+    monkeypatch.setattr(migrations, "live_files", edited("live/outbox.sql", new_arguments))
+    with pytest.raises(UndeclaredFunctions, match=r"published_upto\(\), .*\(overloaded\)"):
+        await migrate(conn, 4)
+    assert await live_sql(conn) == before
+
+    monkeypatch.setattr(
+        migrations,
+        "live_files",
+        edited(
+            "live/outbox.sql",
+            lambda sql: new_arguments(sql).replace(
+                "CREATE OR REPLACE FUNCTION stockcore.published_upto(",
+                "DROP FUNCTION IF EXISTS stockcore.published_upto();\n"
+                "CREATE OR REPLACE FUNCTION stockcore.published_upto(",
+            ),
+        ),
+    )
+    assert await migrate(conn, 4) == ["live/outbox.sql"]
+    # Applied again, the drop finds the old form gone and drops nothing it should not.
+    assert await migrate(conn, 4) == []
+    assert await conn.fetchval(
+        "SELECT array_agg(oid::regprocedure::text) FROM pg_proc WHERE proname = 'published_upto'"
+    ) == ["stockcore.published_upto(bigint)"]
+
+
+async def test_after_a_new_numbered_migration_every_live_file_is_applied_again(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await migrate(conn, 4)
+    numbered = migration_files()
+    # A table change that must first drop a function depending on what it changes.
+    dropping = "DROP FUNCTION stockcore.claim_fulfilments(text, int, float8);"
+    monkeypatch.setattr(
+        migrations, "migration_files", lambda: [*numbered, (999, "999_change.sql", dropping)]
+    )
+
+    applied = await migrate(conn, 4)
+
+    assert applied == ["999_change.sql", *LIVE]
+    assert (
+        await conn.fetchval(
+            "SELECT to_regprocedure('stockcore.claim_fulfilments(text, int, float8)')"
+        )
+        is not None
+    )
+    assert await migrate(conn, 4) == []
+
+
+async def test_concurrent_migrators_apply_a_changed_live_file_once(
+    scratch_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conns = [await asyncpg.connect(scratch_dsn) for _ in range(2)]
+    try:
+        await migrate(conns[0], 4)
+        monkeypatch.setattr(
+            migrations, "live_files", edited("live/outbox.sql", lambda sql: sql + "\n-- edited\n")
+        )
+        applied = await asyncio.gather(*(migrate(c, 4) for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+
+    assert sorted(name for names in applied for name in names) == ["live/outbox.sql"]

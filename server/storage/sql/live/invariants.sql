@@ -1,0 +1,166 @@
+-- What must always hold, written once: stock against adjustments, commits, live holds and
+-- the movement ledger; orders against their holds, status history, payments and events.
+-- The test suite and the load runs call stockcore.invariant_violations() after they ran;
+-- it returns one row per violation ("check" names the rule, subject the SKU, reservation
+-- or order, detail what was found) and none when everything holds. It only reads, in one
+-- statement, so every check sees the same snapshot.
+--
+-- Status values are those of server.domain: reservations 1 HELD, 2 COMMITTED, 3 RELEASED,
+-- 4 EXPIRED; orders 1 PENDING_PAYMENT, 2 PAID, 3 SHIPPED, 4 IN_TRANSIT, 5 DELIVERED,
+-- 6 CANCELLED, 7 EXPIRED; event type 1 is ORDER_CREATED, every other event is the one
+-- stockcore.order_transitions names for the move.
+
+-- Without JIT: the planner costs this statement on guesses (its CTEs, unnest and
+-- generate_series), often above jit_above_cost, and compiling it took longer than running
+-- it on a test database (hundreds of ms against one).
+CREATE OR REPLACE FUNCTION stockcore.invariant_violations()
+RETURNS TABLE ("check" text, subject text, detail text)
+LANGUAGE sql STABLE SET jit = off AS $$
+WITH lines AS (
+    SELECT r.reservation_id, r.status, u.sku, u.quantity
+      FROM stockcore.reservations r, unnest(r.skus, r.quantities) AS u(sku, quantity)
+), held AS (
+    SELECT sku, sum(quantity) AS units FROM lines WHERE status = 1 GROUP BY sku
+), committed AS (
+    SELECT sku, sum(quantity) AS units FROM lines WHERE status = 2 GROUP BY sku
+), adjusted AS (
+    SELECT sku, sum(applied_delta) AS units FROM stockcore.adjustments GROUP BY sku
+), ledger AS (
+    SELECT sku, sum(on_hand_delta) AS on_hand, sum(reserved_delta) AS reserved
+      FROM stockcore.movements GROUP BY sku
+), stock AS (
+    -- Every SKU anything speaks of, so a ledger or hold without a stock row shows too.
+    SELECT k.sku, s.on_hand, s.reserved,
+           coalesce(a.units, 0) AS adjusted, coalesce(c.units, 0) AS committed,
+           coalesce(h.units, 0) AS held,
+           coalesce(l.on_hand, 0) AS ledger_on_hand, coalesce(l.reserved, 0) AS ledger_reserved
+      FROM (SELECT sku FROM stockcore.stock UNION SELECT sku FROM adjusted
+            UNION SELECT sku FROM lines UNION SELECT sku FROM ledger) AS k
+      LEFT JOIN stockcore.stock s ON s.sku = k.sku
+      LEFT JOIN adjusted a ON a.sku = k.sku
+      LEFT JOIN committed c ON c.sku = k.sku
+      LEFT JOIN held h ON h.sku = k.sku
+      LEFT JOIN ledger l ON l.sku = k.sku
+), orders AS (
+    SELECT o.*, r.reservation_id IS NOT NULL AS has_hold, r.status AS hold_status,
+           r.skus AS hold_skus, r.quantities AS hold_quantities, r.expires_at AS hold_expires_at,
+           CASE o.status WHEN 1 THEN 1 WHEN 7 THEN 4
+                         WHEN 6 THEN CASE WHEN o.payment_id IS NULL THEN 3 ELSE 2 END
+                         ELSE 2 END AS wanted_hold_status
+      FROM stockcore.orders o
+      LEFT JOIN stockcore.reservations r ON r.reservation_id = o.order_id
+), history AS (
+    SELECT order_id, string_agg(version || ':' || to_status, ' ' ORDER BY version) AS found
+      FROM stockcore.order_history GROUP BY order_id
+), events AS (
+    SELECT order_id, string_agg(order_version || ':' || type, ' ' ORDER BY order_version, type)
+               AS found
+      FROM stockcore.order_events GROUP BY order_id
+), wanted AS (
+    -- Version v of an order is its v-th status: a history row to path[v], and an event
+    -- for the move from path[v - 1] (ORDER_CREATED for the first).
+    SELECT o.order_id,
+           string_agg(v || ':' || o.path[v], ' ' ORDER BY v) AS history,
+           string_agg(v || ':' || CASE WHEN v = 1 THEN '1' ELSE coalesce(t.event_type::text, '?') END,
+                      ' ' ORDER BY v) AS events
+      FROM stockcore.orders o
+      CROSS JOIN LATERAL generate_series(1, cardinality(o.path)) AS v
+      LEFT JOIN stockcore.order_transitions t
+             ON v > 1 AND t.from_status = o.path[v - 1] AND t.to_status = o.path[v]
+     GROUP BY o.order_id
+)
+-- Stock
+SELECT 'on_hand_is_adjusted_less_committed', sku,
+       format('on_hand %s, adjustments %s - committed %s = %s',
+              coalesce(on_hand::text, 'missing'), adjusted, committed, adjusted - committed)
+  FROM stock WHERE on_hand IS DISTINCT FROM adjusted - committed
+UNION ALL
+SELECT 'reserved_is_held', sku,
+       format('reserved %s, units of HELD reservations %s', coalesce(reserved::text, 'missing'), held)
+  FROM stock WHERE reserved IS DISTINCT FROM held
+UNION ALL
+SELECT 'stock_not_oversold', sku, format('on_hand %s, reserved %s', on_hand, reserved)
+  FROM stock WHERE NOT (on_hand >= reserved AND reserved >= 0)
+UNION ALL
+SELECT 'ledger_matches_stock', sku,
+       format('on_hand %s, reserved %s; movements sum to %s, %s',
+              coalesce(on_hand::text, 'missing'), coalesce(reserved::text, 'missing'),
+              ledger_on_hand, ledger_reserved)
+  FROM stock
+ WHERE (on_hand, reserved) IS DISTINCT FROM (ledger_on_hand, ledger_reserved)
+UNION ALL
+-- The expiry sweep runs every fraction of a second; 2 s late means it is not running.
+SELECT 'hold_not_overdue', reservation_id, format('HELD, expired at %s', expires_at)
+  FROM stockcore.reservations WHERE status = 1 AND expires_at < now() - interval '2 seconds'
+UNION ALL
+-- Orders
+SELECT 'order_has_hold', order_id, 'no reservation with the order''s id'
+  FROM orders WHERE NOT has_hold
+UNION ALL
+SELECT 'order_matches_hold', order_id,
+       format('order %s x %s until %s; hold %s x %s until %s', skus, quantities, payment_deadline,
+              hold_skus, hold_quantities, hold_expires_at)
+  FROM orders
+ WHERE has_hold AND (skus, quantities, payment_deadline)
+                    IS DISTINCT FROM (hold_skus, hold_quantities, hold_expires_at)
+UNION ALL
+SELECT 'order_status_matches_hold', order_id,
+       format('order status %s (%s), hold status %s, expected %s', status,
+              CASE WHEN payment_id IS NULL THEN 'unpaid' ELSE 'paid' END, hold_status,
+              wanted_hold_status)
+  FROM orders WHERE has_hold AND hold_status <> wanted_hold_status
+UNION ALL
+SELECT 'order_not_overdue', order_id, format('PENDING_PAYMENT, deadline %s', payment_deadline)
+  FROM stockcore.orders WHERE status = 1 AND payment_deadline < now() - interval '2 seconds'
+UNION ALL
+SELECT 'order_history_complete', w.order_id,
+       format('history (version:status) %s, path %s', coalesce(h.found, 'none'), w.history)
+  FROM wanted w LEFT JOIN history h ON h.order_id = w.order_id
+ WHERE h.found IS DISTINCT FROM w.history
+UNION ALL
+SELECT 'order_events_complete', w.order_id,
+       format('events (version:type) %s, expected %s', coalesce(e.found, 'none'), w.events)
+  FROM wanted w LEFT JOIN events e ON e.order_id = w.order_id
+ WHERE e.found IS DISTINCT FROM w.events
+UNION ALL
+SELECT 'event_has_order', e.order_id, format('events %s of no order', e.found)
+  FROM events e WHERE NOT EXISTS (SELECT FROM stockcore.orders o WHERE o.order_id = e.order_id)
+UNION ALL
+SELECT 'paid_order_has_payment', o.order_id,
+       format('payment %s: %s; total %s, paid %s', o.payment_id,
+              coalesce('of order ' || p.order_id || ', amount ' || p.amount_minor, 'missing'),
+              o.total_minor, o.paid_minor)
+  FROM stockcore.orders o LEFT JOIN stockcore.payments p ON p.payment_id = o.payment_id
+ WHERE o.payment_id IS NOT NULL
+   AND (p.order_id IS DISTINCT FROM o.order_id OR p.amount_minor <> o.total_minor
+        OR o.paid_minor <> o.total_minor)
+UNION ALL
+SELECT 'payment_has_paid_order', p.payment_id, format('payment of order %s', p.order_id)
+  FROM stockcore.payments p
+ WHERE NOT EXISTS (SELECT FROM stockcore.orders o WHERE o.payment_id = p.payment_id)
+UNION ALL
+-- Only a paid order cancelled before shipping owes a refund: all it was paid.
+SELECT 'refund_owed', order_id,
+       format('status %s, paid %s, refund owed %s', status, paid_minor, refund_owed_minor)
+  FROM stockcore.orders
+ WHERE refund_owed_minor <> CASE WHEN status = 6 AND payment_id IS NOT NULL THEN paid_minor
+                                 ELSE 0 END
+UNION ALL
+-- ... and took its units back by one adjustment per line.
+SELECT 'cancelled_units_returned', o.order_id,
+       format('%s x %s: adjustment %s', u.sku, u.quantity,
+              coalesce('of ' || a.applied_delta, 'missing'))
+  FROM stockcore.orders o
+ CROSS JOIN LATERAL unnest(o.skus, o.quantities) AS u(sku, quantity)
+  LEFT JOIN stockcore.adjustments a
+         ON a.idempotency_key = 'order-cancel:' || o.order_id || ':' || u.sku
+ WHERE o.status = 6 AND o.payment_id IS NOT NULL
+   AND a.applied_delta IS DISTINCT FROM u.quantity
+UNION ALL
+-- Cursors are unique: gap-free from 1 means as many as the highest.
+SELECT 'event_cursors_gap_free', 'order_events',
+       format('%s cursors from %s to %s', count(cursor), min(cursor), max(cursor))
+  FROM stockcore.order_events
+HAVING count(cursor) > 0 AND (min(cursor) <> 1 OR max(cursor) <> count(cursor))
+ORDER BY 1, 2
+$$;
