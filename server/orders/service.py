@@ -171,7 +171,7 @@ class OrderCore:
                 return mismatch(order, payment)
             if outcome.code is ChangeCode.PAYMENT_TAKEN:
                 return AlreadyExists("payment", payment.payment_id, f"order {outcome.detail}")
-            if outcome.detail == "other-payment":
+            if outcome.code is ChangeCode.PAID_BY_OTHER:
                 return paid_by_another(order)
             return refusal(order, OrderStatus.PAID)
 
@@ -212,7 +212,7 @@ class OrderCore:
             OrderStatus.SHIPPED,
             lambda _, outcome, order: (
                 shipped_as_another(order)
-                if outcome.detail == "other-parcel"
+                if outcome.code is ChangeCode.OTHER_PARCEL
                 else refusal(order, OrderStatus.SHIPPED)
             ),
         )
@@ -248,7 +248,7 @@ class OrderCore:
                 )
                 answers.append(RuntimeError(f"order {order.order_id!r} disagrees with its hold"))
             else:
-                if outcome.detail == "lapsed":
+                if outcome.code is ChangeCode.LAPSED:
                     ORDER_TRANSITIONS.labels(OrderStatus.EXPIRED.name).inc()
                 answers.append(refused(request, outcome, order))
         return answers

@@ -54,6 +54,12 @@ class ChangeCode(IntEnum):
     DISAGREE = 6
     NOT_CUSTOMERS = 7
     PAID = 8
+    PAID_BY_OTHER = 9
+    """Another payment paid the order."""
+    LAPSED = 10
+    """The order's hold had lapsed: the order expired now, and the request is refused."""
+    OTHER_PARCEL = 11
+    """The order shipped already, as another parcel."""
 
 
 @dataclass(frozen=True, slots=True)

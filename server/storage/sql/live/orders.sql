@@ -130,9 +130,9 @@ END $$;
 -- ConfirmPayment for a batch, sorted by order id. Codes: 0 paid, 1 repeat (this payment
 -- paid it; ord as it is now), 2 unknown order, 3 the amount or currency differs from the
 -- order's, 4 the payment id already paid another order (detail names it), 5 the status
--- machine refuses (ord shows the status; detail 'other-payment' when another payment
--- paid it, 'lapsed' when its hold had lapsed and the order expired now), 6 the order and
--- its hold disagree (a bug; nothing is written for it).
+-- machine refuses (ord shows the status), 6 the order and its hold disagree (a bug;
+-- nothing is written for it), 9 another payment paid it, 10 its hold had lapsed and the
+-- order expired now.
 --
 -- The payment row is inserted first, under the order's lock: a payment id taken by a
 -- concurrent transaction makes this insert wait for it and then conflict.
@@ -187,9 +187,8 @@ BEGIN
         END IF;
         v_move := stockcore.order_move(o.path, 2::smallint);
         IF v_move = 0 THEN
-            results[i] := ROW(CASE WHEN o.payment_id = p_payment_ids[i] THEN 1 ELSE 5 END, o,
-                              CASE WHEN o.payment_id = p_payment_ids[i] THEN NULL ELSE 'other-payment' END,
-                              NULL, NULL, NULL)::stockcore.order_result;
+            results[i] := ROW(CASE WHEN o.payment_id = p_payment_ids[i] THEN 1 ELSE 9 END, o,
+                              NULL, NULL, NULL, NULL)::stockcore.order_result;
             CONTINUE;
         ELSIF v_move IS NULL THEN
             results[i] := ROW(5, o, NULL, NULL, NULL, NULL)::stockcore.order_result;
@@ -211,7 +210,7 @@ BEGIN
             end_by := end_by || p_expiry_caller;
             orders[k] := o;
             r.status := 4;
-            results[i] := ROW(5, o, 'lapsed', NULL, NULL, NULL)::stockcore.order_result;
+            results[i] := ROW(10, o, NULL, NULL, NULL, NULL)::stockcore.order_result;
         ELSE
             INSERT INTO stockcore.payments
                    (payment_id, order_id, amount_minor, currency, caller, request_id, created_at)
@@ -248,8 +247,8 @@ END $$;
 -- CancelOrder for a batch, sorted by order id. Unpaid: the hold is released. Paid (not
 -- shipped): the units go back on hand by adjustments (key "order-cancel:<id>:<sku>")
 -- and the payment is owed back. Codes: 0 cancelled, 1 repeat, 2 unknown order, 5 the
--- status machine refuses (detail 'lapsed' when its hold had lapsed and the order
--- expired now), 6 the order and its hold disagree.
+-- status machine refuses, 6 the order and its hold disagree, 10 its hold had lapsed and
+-- the order expired now.
 CREATE OR REPLACE FUNCTION stockcore.cancel_orders(
     p_ids text[], p_reasons text[], p_callers text[], p_request_ids text[],
     p_expiry_caller text,
@@ -325,7 +324,7 @@ BEGIN
                 end_ids := end_ids || r.reservation_id; end_st := end_st || 4::smallint;
                 end_by := end_by || p_expiry_caller;
                 orders[k] := o;
-                results[i] := ROW(5, o, 'lapsed', NULL, NULL, NULL)::stockcore.order_result;
+                results[i] := ROW(10, o, NULL, NULL, NULL, NULL)::stockcore.order_result;
                 CONTINUE;
             END IF;
             end_ids := end_ids || r.reservation_id; end_st := end_st || 3::smallint;
@@ -449,7 +448,7 @@ END $$;
 -- ShipOrder (p_target 3), RecordInTransit (4) and RecordDelivery (5) for a batch, sorted
 -- by order id. For 3, p_carriers/p_tracking/p_acks name the parcel; for 4 and 5,
 -- p_times are the carrier's times. Codes: 0 moved, 1 repeat, 2 unknown order, 5 the
--- status machine refuses (detail 'other-parcel' when it shipped as another parcel).
+-- status machine refuses, 11 it shipped already, as another parcel.
 CREATE OR REPLACE FUNCTION stockcore.advance_orders(
     p_target smallint, p_ids text[], p_carriers text[], p_tracking text[], p_acks text[],
     p_times timestamptz[], p_callers text[], p_request_ids text[], p_reasons text[],
@@ -489,7 +488,7 @@ BEGIN
         v_move := stockcore.order_move(o.path, p_target);
         IF v_move = 0 THEN
             IF p_target = 3 AND (o.carrier, o.tracking_no) IS DISTINCT FROM (p_carriers[i], p_tracking[i]) THEN
-                results[i] := ROW(5, o, 'other-parcel', NULL, NULL, NULL)::stockcore.order_result;
+                results[i] := ROW(11, o, NULL, NULL, NULL, NULL)::stockcore.order_result;
             ELSE
                 results[i] := ROW(1, o, NULL, NULL, NULL, NULL)::stockcore.order_result;
             END IF;
