@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+
+import envvars
+from envvars import SettingsError, parse_list, parse_optional_name, parse_timeouts
+
+__all__ = ["Settings", "SettingsError", "from_env", "to_env"]
 
 CARRIER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 # scheme://host[:port], as a browser sends it in Origin.
 ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
-
-
-class SettingsError(ValueError):
-    """A setting is missing or out of range."""
 
 
 @dataclass(frozen=True)
@@ -365,31 +365,7 @@ class Settings:
         return replace(self, **changes).validate()  # type: ignore[arg-type]
 
 
-def _parse_list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-def _parse_timeouts(raw: str) -> dict[str, float]:
-    """`Reserve=2,GetStock=0.5` -> {"Reserve": 2.0, "GetStock": 0.5}."""
-    timeouts: dict[str, float] = {}
-    for item in _parse_list(raw):
-        name, sep, seconds = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"expected RPC=seconds, got {item!r}")
-        timeouts[name.strip()] = float(seconds)
-    return timeouts
-
-
-#: The value of a variable that names nothing (STOCKCORE_FALLBACK_CARRIER=none: no
-#: fallback), since an empty variable means the default.
-NONE = "none"
-
-
-def _parse_optional_name(raw: str) -> str:
-    return "" if raw.strip().lower() == NONE else raw.strip()
-
-
-_ENV: dict[str, tuple[str, Callable[[str], object]]] = {
+_ENV: envvars.Variables = {
     "STOCKCORE_PG_DSN": ("pg_dsn", str),
     "STOCKCORE_REDIS_URL": ("redis_url", str),
     "STOCKCORE_GRPC_HOST": ("grpc_host", str),
@@ -402,7 +378,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_PLAINTEXT": ("plaintext", bool),
     "STOCKCORE_AUTH_JWKS": ("auth_jwks_file", str),
     "STOCKCORE_AUTH_AUDIENCE": ("auth_audience", str),
-    "STOCKCORE_AUTH_ISSUERS": ("auth_issuers", _parse_list),
+    "STOCKCORE_AUTH_ISSUERS": ("auth_issuers", parse_list),
     "STOCKCORE_AUTH_LEEWAY": ("auth_leeway_s", float),
     "STOCKCORE_AUTH_CACHE_SIZE": ("auth_cache_size", int),
     "STOCKCORE_AUTH_RELOAD_INTERVAL": ("auth_reload_interval_s", float),
@@ -425,7 +401,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_DEV_PG_PORT": ("dev_pg_port", int),
     "STOCKCORE_DEV_REDIS_PORT": ("dev_redis_port", int),
     "STOCKCORE_DEMO_CATALOGUE": ("demo_catalogue", bool),
-    "STOCKCORE_CARRIERS": ("carriers", _parse_list),
+    "STOCKCORE_CARRIERS": ("carriers", parse_list),
     "STOCKCORE_RELAY_INTERVAL": ("relay_interval_s", float),
     "STOCKCORE_RELAY_GATHER": ("relay_gather_s", float),
     "STOCKCORE_RELAY_STANDBY_INTERVAL": ("relay_standby_interval_s", float),
@@ -437,10 +413,10 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
     "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
     "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
-    "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", _parse_list),
+    "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", parse_list),
     "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
     "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
-    "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", _parse_timeouts),
+    "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", parse_timeouts),
     "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
     "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
     "STOCKCORE_GATEWAY_UPSTREAM_CA": ("gateway_upstream_ca_file", str),
@@ -456,7 +432,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_WAREHOUSE_URL": ("warehouse_url", str),
     "STOCKCORE_PRIMARY_CARRIER": ("primary_carrier", str),
     "STOCKCORE_PRIMARY_CARRIER_URL": ("primary_carrier_url", str),
-    "STOCKCORE_FALLBACK_CARRIER": ("fallback_carrier", _parse_optional_name),
+    "STOCKCORE_FALLBACK_CARRIER": ("fallback_carrier", parse_optional_name),
     "STOCKCORE_FALLBACK_CARRIER_URL": ("fallback_carrier_url", str),
     "STOCKCORE_FULFIL_METRICS_PORT": ("fulfil_metrics_port", int),
     "STOCKCORE_FULFIL_CONCURRENCY": ("fulfil_concurrency", int),
@@ -489,50 +465,12 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
 }
 
 
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"not a boolean: {raw!r}")
-
-
 def to_env(settings: Settings) -> dict[str, str]:
     """The STOCKCORE_* variables that `from_env` reads back as `settings` (for child
     processes started with these settings)."""
-    env: dict[str, str] = {}
-    for name, (attr, kind) in _ENV.items():
-        value = getattr(settings, attr)
-        if kind is _parse_optional_name and value == "":
-            env[name] = NONE
-        elif value is None or value == "":
-            continue  # unset: the default
-        elif kind is bool:
-            env[name] = "1" if value else "0"
-        elif kind is _parse_list:
-            env[name] = ",".join(value)
-        elif kind is _parse_timeouts:
-            env[name] = ",".join(f"{rpc}={seconds!r}" for rpc, seconds in value.items())
-        else:
-            env[name] = str(value)
-    return env
+    return envvars.write(settings, _ENV)
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from STOCKCORE_* variables, validated."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    for name, (attr, kind) in _ENV.items():
-        raw = env.get(name)
-        if raw is None or raw == "":
-            continue
-        try:
-            values[attr] = _parse_bool(raw) if kind is bool else kind(raw)
-        except ValueError as exc:
-            raise SettingsError(f"{name}: {exc}") from exc
-    try:
-        return Settings(**values).validate()  # type: ignore[arg-type]
-    except SettingsError as exc:
-        named = [name for name, (attr, _) in _ENV.items() if attr in str(exc).split()[0]]
-        raise SettingsError(f"{exc} (from {', '.join(named) or 'defaults'})") from exc
+    return envvars.read(Settings, _ENV, environ)
