@@ -1,5 +1,4 @@
-"""`python -m server`: serve, migrate, fulfil (the fulfilment worker), simulate (a simulated
-partner), `dev` (local PostgreSQL and Redis, the simulators and a fulfilment worker, then
+"""`python -m server`: serve, migrate, fulfil (the fulfilment worker), `dev` (local PostgreSQL and Redis, the simulators and a fulfilment worker, then
 serve, with the HTTP/JSON gateway beside), `gateway` (the gateway alone) or
 `gateway-config` (print Envoy's configuration, for running Envoy elsewhere)."""
 
@@ -72,11 +71,12 @@ def partners_and_worker(
     fulfilment workers with `settings`, as child processes that die with this one (their
     logs under `logs_dir`)."""
     me = [sys.executable, "-m", "server"]
+    simulate = [sys.executable, "-m", "simulators"]
     children = [
-        ("warehouse", [*me, "simulate", "warehouse", "--port", str(settings.dev_warehouse_port)]),
+        ("warehouse", [*simulate, "warehouse", "--port", str(settings.dev_warehouse_port)]),
         (
             settings.primary_carrier,
-            [*me, "simulate", "carrier", "--carrier", settings.primary_carrier,
+            [*simulate, "carrier", "--carrier", settings.primary_carrier,
              "--port", str(settings.dev_primary_carrier_port)],
         ),
     ]  # fmt: skip
@@ -84,7 +84,7 @@ def partners_and_worker(
         children.append(
             (
                 settings.fallback_carrier,
-                [*me, "simulate", "carrier", "--carrier", settings.fallback_carrier,
+                [*simulate, "carrier", "--carrier", settings.fallback_carrier,
                  "--port", str(settings.dev_fallback_carrier_port)],
             )
         )  # fmt: skip
@@ -234,12 +234,6 @@ def _dev_ca(settings: config.Settings) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["simulate"]:
-        from server.simulators import run as simulators
-
-        logging.basicConfig(level=logging.INFO)
-        simulators.main(argv[1:])
-        return
     parser = argparse.ArgumentParser(prog="stockcore-server", description=__doc__)
     parser.add_argument(
         "command",

@@ -20,10 +20,10 @@ from clients.orders import OrderClient, OrderStatus
 from server.app import App
 from server.config import Settings
 from server.fulfilment.worker import Worker, order_client
-from server.simulators.carrier import carrier_app
-from server.simulators.run import RunningSimulator, start
-from server.simulators.warehouse import warehouse_app
 from server.storage.fulfilment_pg import FulfilmentStore
+from simulators.carrier import carrier_app
+from simulators.run import RunningSimulator, start
+from simulators.warehouse import warehouse_app
 from tests.waiting import until
 
 PRIMARY = "sf-express"
