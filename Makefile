@@ -106,7 +106,7 @@ node-caller:
 	fi
 
 # Every Python package of the project: the programs, their shared pieces, load tests, tests.
-PACKAGES := envvars server clients simulators loadtests tests
+PACKAGES := runtime server clients fulfilment simulators loadtests tests
 
 lint: deps
 	$(VENV)/bin/ruff check $(PACKAGES)

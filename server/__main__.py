@@ -1,4 +1,4 @@
-"""`python -m server`: serve, migrate, fulfil (the fulfilment worker), `dev` (local PostgreSQL and Redis, the simulators and a fulfilment worker, then
+"""`python -m server`: serve, migrate, `dev` (local PostgreSQL and Redis, the simulators and a fulfilment worker, then
 serve, with the HTTP/JSON gateway beside), `gateway` (the gateway alone) or
 `gateway-config` (print Envoy's configuration, for running Envoy elsewhere)."""
 
@@ -16,7 +16,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from server import app, config, demo, logs
+from runtime import logs
+from server import app, config, demo
 from server.devcredentials import DevCredentials
 from server.devservers import local_servers, spawn, stop_child
 from server.gateway.bootstrap import bootstrap
@@ -70,21 +71,23 @@ def partners_and_worker(
     """The simulated warehouse and carriers on the dev_*_port settings, and `workers`
     fulfilment workers with `settings`, as child processes that die with this one (their
     logs under `logs_dir`)."""
-    me = [sys.executable, "-m", "server"]
+    from fulfilment import config as fulfilment_config
+
+    carriers = fulfilment_config.from_env()
     simulate = [sys.executable, "-m", "simulators"]
     children = [
         ("warehouse", [*simulate, "warehouse", "--port", str(settings.dev_warehouse_port)]),
         (
-            settings.primary_carrier,
-            [*simulate, "carrier", "--carrier", settings.primary_carrier,
+            carriers.primary_carrier,
+            [*simulate, "carrier", "--carrier", carriers.primary_carrier,
              "--port", str(settings.dev_primary_carrier_port)],
         ),
     ]  # fmt: skip
-    if settings.fallback_carrier:
+    if carriers.fallback_carrier:
         children.append(
             (
-                settings.fallback_carrier,
-                [*simulate, "carrier", "--carrier", settings.fallback_carrier,
+                carriers.fallback_carrier,
+                [*simulate, "carrier", "--carrier", carriers.fallback_carrier,
                  "--port", str(settings.dev_fallback_carrier_port)],
             )
         )  # fmt: skip
@@ -99,7 +102,7 @@ def partners_and_worker(
     logs_dir.mkdir(parents=True, exist_ok=True)
     started: list[subprocess.Popen[bytes]] = []
     try:
-        fulfil = [(f"fulfil-{i}", [*me, "fulfil"]) for i in range(workers)]
+        fulfil = [(f"fulfil-{i}", [sys.executable, "-m", "fulfilment"]) for i in range(workers)]
         for name, argv in [*children, *fulfil]:
             with open(logs_dir / f"{name}.log", "ab") as out:
                 started.append(
@@ -146,6 +149,9 @@ def dev(settings: config.Settings) -> None:
         uvloop.run(app.run_migrations(settings))
         if settings.demo_catalogue:
             uvloop.run(_load_demo(settings))
+        from fulfilment import config as fulfilment_config
+
+        carriers = fulfilment_config.from_env()
         with _gateway(settings, root, page_token=dev_page_token(settings)) as gateway:
             print(
                 f"stockcore serving on {settings.grpc_host}:{settings.grpc_port}"
@@ -153,8 +159,8 @@ def dev(settings: config.Settings) -> None:
                 f" metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics)"
                 + (f"; HTTP/JSON and the checkout page on {gateway.url}/" if gateway else "")
                 + f"; a warehouse on :{settings.dev_warehouse_port}, carriers"
-                f" {settings.primary_carrier} on :{settings.dev_primary_carrier_port} and"
-                f" {settings.fallback_carrier or '-'} on :{settings.dev_fallback_carrier_port},"
+                f" {carriers.primary_carrier} on :{settings.dev_primary_carrier_port} and"
+                f" {carriers.fallback_carrier or '-'} on :{settings.dev_fallback_carrier_port},"
                 f" a fulfilment worker (logs in {root}/logs); Ctrl-C stops\n"
                 "a development token for stockctl:"
                 " export STOCKCORE_TOKEN=$(.venv/bin/stockctl token issue --sub $USER --scopes all)",
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="stockcore-server", description=__doc__)
     parser.add_argument(
         "command",
-        choices=["serve", "dev", "migrate", "fulfil", "gateway", "gateway-config"],
+        choices=["serve", "dev", "migrate", "gateway", "gateway-config"],
         nargs="?",
         default="serve",
     )
@@ -262,15 +268,6 @@ def main(argv: list[str] | None = None) -> None:
         import uvloop
 
         uvloop.run(app.run_migrations(settings))
-        return
-    if args.command == "fulfil":
-        import uvloop
-
-        from server.fulfilment.worker import run_worker
-
-        if settings.redis_url is None:
-            parser.exit(2, "STOCKCORE_REDIS_URL is not set: the worker reads the event stream\n")
-        uvloop.run(run_worker(settings))
         return
     problem = settings.security_problem()
     if problem is not None:

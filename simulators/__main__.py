@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from envvars import SettingsError
+from runtime.settings import SettingsError
 from simulators.config import from_args, parser
 from simulators.run import serve
 

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from envvars import SettingsError
+from runtime.settings import SettingsError
 
 # As the order server's carrier names (STOCKCORE_CARRIERS).
 CARRIER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")

@@ -18,8 +18,9 @@ import asyncpg
 import pytest
 
 from clients.orders import OrderClient, OrderStatus
+from fulfilment.config import FulfilmentSettings, to_env
 from server.app import App
-from server.config import Settings, to_env
+from server.config import Settings
 from server.devservers import spawn, stop_child
 from tests.e2e.fulfilment_stack import (
     fulfil_settings,
@@ -37,11 +38,11 @@ KILLS = 2
 SHIPPED = {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
 
 
-def _worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def _worker(settings: FulfilmentSettings, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **to_env(settings)}
     with open(log, "ab") as out:
         return spawn(
-            [sys.executable, "-m", "server", "fulfil"],
+            [sys.executable, "-m", "fulfilment"],
             death_signal=signal.SIGKILL,
             env=env,
             stdout=out,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fulfilment import config as fulfilment_config
+from fulfilment.config import FulfilmentSettings
 from server.__main__ import with_dev_credentials
 from server.config import Settings, SettingsError, from_env, to_env
 
@@ -326,13 +328,18 @@ def test_make_run_serves_plaintext_only_when_asked(tmp_path) -> None:
 
 
 def test_to_env_round_trips_through_from_env() -> None:
-    changed = Settings().with_overrides(
+    changed = Settings().with_overrides(pg_dsn="postgresql://db/x", log_json=True)
+    assert from_env(to_env(changed)) == changed
+    assert from_env(to_env(Settings())) == Settings()
+    worker = FulfilmentSettings().with_overrides(
         pg_dsn="postgresql://db/x",
         log_json=True,
         breaker_slow_call_s=2.5,
         fallback_carrier="",
         fulfil_target="127.0.0.1:1234",
     )
-    assert from_env(to_env(changed)) == changed
-    assert from_env(to_env(Settings())) == Settings()
-    assert from_env({"STOCKCORE_FALLBACK_CARRIER": "none"}).fallback_carrier == ""
+    assert fulfilment_config.from_env(fulfilment_config.to_env(worker)) == worker
+    assert fulfilment_config.from_env(fulfilment_config.to_env(FulfilmentSettings())) == (
+        FulfilmentSettings()
+    )
+    assert fulfilment_config.from_env({"STOCKCORE_FALLBACK_CARRIER": "none"}).fallback_carrier == ""
