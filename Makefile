@@ -89,7 +89,7 @@ promtool:
 deps: $(VENV)/.installed redis
 
 run: deps
-	$(PY) -m server dev
+	$(PY) -m devstack
 
 test: deps browser promtool lint node-caller
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -106,7 +106,7 @@ node-caller:
 	fi
 
 # Every Python package of the project: the programs, their shared pieces, load tests, tests.
-PACKAGES := runtime server clients fulfilment simulators loadtests tests
+PACKAGES := runtime server clients fulfilment simulators gateway devstack loadtests tests
 
 lint: deps
 	$(VENV)/bin/ruff check $(PACKAGES)

@@ -1,5 +1,5 @@
 """Adapters of the partners' HTTP APIs as the project's simulators speak them
-(server/simulators/): one class per kind of partner, mapping replies to the values of
+(simulators/): one class per kind of partner, mapping replies to the values of
 fulfilment/partners.py and failures to its errors. Their contract:
 
 - a refused or timed-out connection attempt, 503 and 429 applied nothing (NotApplied);

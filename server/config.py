@@ -1,26 +1,25 @@
-"""Settings: the only place that reads environment variables."""
+"""The gRPC server's settings: the only place it reads environment variables."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from runtime import settings as env
-from runtime.settings import SettingsError, parse_list, parse_timeouts
+from runtime.settings import SettingsError, parse_list
 
 __all__ = ["Settings", "SettingsError", "from_env", "to_env"]
 
 CARRIER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
-# scheme://host[:port], as a browser sends it in Origin.
-ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server needs, validated once at start-up and passed down."""
+    """Everything the gRPC server needs, validated once at start-up and passed down."""
 
-    # None means "start a project-owned server" (only `python -m server dev` does that).
+    # None means unset: `python -m server` refuses to start, `python -m devstack` (make
+    # run) starts a project-owned server.
     pg_dsn: str | None = None
     redis_url: str | None = None
     grpc_host: str = "127.0.0.1"
@@ -45,7 +44,7 @@ class Settings:
     auth_cache_size: int = 10_000
     auth_reload_interval_s: float = 5.0
     auth_disabled: bool = False
-    # gRPC server reflection; None: on for `python -m server dev`, off for `serve`.
+    # gRPC server reflection; None: on under `make run` (python -m devstack), else off.
     reflection: bool | None = None
     workers: int = 1
     shard_count: int = 16
@@ -65,10 +64,6 @@ class Settings:
     db_timeout_s: float = 10.0
     log_level: str = "INFO"
     log_json: bool = True
-    data_dir: str = ".data"
-    dev_pg_port: int = 54329
-    dev_redis_port: int = 56389
-    demo_catalogue: bool = True
     # Carriers whose pick-ups ShipOrder accepts.
     carriers: tuple[str, ...] = ("sf-express", "jd-logistics", "cainiao", "ups", "dhl", "fedex")
     # The outbox relay wakes on every commit that wrote order events (LISTEN/NOTIFY);
@@ -86,41 +81,9 @@ class Settings:
     # every consumer group has read them: with maxmemory, this bounds the stream's memory
     # (README, "Redis memory"). A group further behind reads the rest from WatchOrders.
     event_stream_max_age_s: float = 3600.0
-    # maxmemory of the Redis that `python -m server dev` (make run) and the tests start,
-    # which refuses writes beyond it (server/devservers.py says why not evict). The
-    # reference day's budget is about 1,600 MB (README, "Redis memory"): 60 % of this, so
-    # the alert at 80 % fires only once Redis holds a third more than the budget.
-    dev_redis_maxmemory_mb: int = 2560
     # WatchOrders wakes on every cursor the relay gives (LISTEN/NOTIFY); it also looks
     # this often, as a safety net.
     watch_poll_interval_s: float = 1.0
-    # The HTTP/JSON gateway (Envoy) that `python -m server dev` starts beside the server;
-    # gateway_port 0 starts none. gateway_admin_port 0 lets Envoy pick a free one.
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8080
-    gateway_admin_port: int = 0
-    # Storefront origins allowed to call the gateway from a browser (CORS); the checkout
-    # page the gateway serves itself needs none.
-    gateway_origins: tuple[str, ...] = ()
-    # Larger request bodies are refused (413) before they reach the server.
-    gateway_max_request_bytes: int = 65_536
-    # Seconds a unary call may take through the gateway; it becomes the call's gRPC
-    # deadline. gateway_timeouts overrides it per RPC ("Reserve=2,GetStock=0.5").
-    gateway_timeout_s: float = 5.0
-    gateway_timeouts: Mapping[str, float] = field(default_factory=dict)
-    # Envoy's access log: a file path, or "-" for standard output.
-    gateway_access_log: str = "-"
-    # Envoy worker threads.
-    gateway_threads: int = 1
-    # The gateway reaches the gRPC server over TLS unless the server is plaintext,
-    # trusting this CA (PEM; `dev` names the development CA) and checking that the
-    # server's certificate names gateway_upstream_server_name (empty: the gRPC host, an
-    # IP address matched as such). A server asking for client certificates (mutual TLS)
-    # gets gateway_upstream_cert_file and its key.
-    gateway_upstream_ca_file: str = ""
-    gateway_upstream_server_name: str = ""
-    gateway_upstream_cert_file: str = ""
-    gateway_upstream_key_file: str = ""
     # Admission by waiting time (server/queue_delay.py): a class of calls (writes, reads)
     # whose batches' oldest requests waited longer than the target for a whole interval
     # has a standing queue, and its new calls are refused at once with RESOURCE_EXHAUSTED
@@ -134,11 +97,6 @@ class Settings:
     max_in_flight: int = 5000
     max_watch_streams: int = 10_000
     overload_refusal_budget: float = 200.0
-    # Where `make run` starts the simulators.
-    dev_warehouse_port: int = 58080
-    dev_primary_carrier_port: int = 58081
-    dev_fallback_carrier_port: int = 58082
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> Settings:
         """Raise SettingsError for values the server cannot run with."""
@@ -176,30 +134,9 @@ class Settings:
                 60 <= self.event_stream_max_age_s <= 7 * 86_400,
                 "event_stream_max_age_s must be 60-604800 (a minute to a week)",
             ),
-            (self.dev_redis_maxmemory_mb >= 64, "dev_redis_maxmemory_mb must be at least 64"),
             (
                 0 < self.watch_poll_interval_s <= 10.0,
                 "watch_poll_interval_s must be in (0, 10]",
-            ),
-            (0 <= self.gateway_port <= 65535, "gateway_port must be 0-65535"),
-            (0 <= self.gateway_admin_port <= 65535, "gateway_admin_port must be 0-65535"),
-            (
-                all(ORIGIN_PATTERN.fullmatch(o) for o in self.gateway_origins),
-                "gateway_origins must be origins such as https://shop.example.com",
-            ),
-            (
-                1024 <= self.gateway_max_request_bytes <= 64 * 1024 * 1024,
-                "gateway_max_request_bytes must be 1 KiB-64 MiB",
-            ),
-            (0 < self.gateway_timeout_s <= 300, "gateway_timeout_s must be in (0, 300]"),
-            (
-                all(0 < t <= 300 for t in self.gateway_timeouts.values()),
-                "gateway_timeouts must be in (0, 300] seconds",
-            ),
-            (1 <= self.gateway_threads <= 64, "gateway_threads must be 1-64"),
-            (
-                bool(self.gateway_upstream_cert_file) == bool(self.gateway_upstream_key_file),
-                "gateway_upstream_cert_file and gateway_upstream_key_file go together",
             ),
             (
                 not (self.plaintext and self.tls_client_ca_file),
@@ -279,10 +216,6 @@ _ENV: env.Variables = {
     "STOCKCORE_REDIS_PROBE_INTERVAL": ("redis_probe_interval_s", float),
     "STOCKCORE_LOG_LEVEL": ("log_level", str),
     "STOCKCORE_LOG_JSON": ("log_json", bool),
-    "STOCKCORE_DATA_DIR": ("data_dir", str),
-    "STOCKCORE_DEV_PG_PORT": ("dev_pg_port", int),
-    "STOCKCORE_DEV_REDIS_PORT": ("dev_redis_port", int),
-    "STOCKCORE_DEMO_CATALOGUE": ("demo_catalogue", bool),
     "STOCKCORE_CARRIERS": ("carriers", parse_list),
     "STOCKCORE_RELAY_INTERVAL": ("relay_interval_s", float),
     "STOCKCORE_RELAY_GATHER": ("relay_gather_s", float),
@@ -290,29 +223,12 @@ _ENV: env.Variables = {
     "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
     "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
     "STOCKCORE_EVENT_STREAM_MAX_AGE": ("event_stream_max_age_s", float),
-    "STOCKCORE_DEV_REDIS_MAXMEMORY_MB": ("dev_redis_maxmemory_mb", int),
     "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
-    "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
-    "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
-    "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
-    "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", parse_list),
-    "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
-    "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
-    "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", parse_timeouts),
-    "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
-    "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
-    "STOCKCORE_GATEWAY_UPSTREAM_CA": ("gateway_upstream_ca_file", str),
-    "STOCKCORE_GATEWAY_UPSTREAM_SERVER_NAME": ("gateway_upstream_server_name", str),
-    "STOCKCORE_GATEWAY_UPSTREAM_CERT": ("gateway_upstream_cert_file", str),
-    "STOCKCORE_GATEWAY_UPSTREAM_KEY": ("gateway_upstream_key_file", str),
     "STOCKCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
     "STOCKCORE_OVERLOAD_TARGET_S": ("overload_target_s", float),
     "STOCKCORE_OVERLOAD_INTERVAL_S": ("overload_interval_s", float),
     "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
     "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
-    "STOCKCORE_DEV_WAREHOUSE_PORT": ("dev_warehouse_port", int),
-    "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": ("dev_primary_carrier_port", int),
-    "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": ("dev_fallback_carrier_port", int),
 }
 
 

@@ -1,6 +1,6 @@
 """kill -9 of a fulfilment worker mid-batch, twice, while orders keep being paid: every
 paid order ships exactly once, none is lost, none is booked with two carriers. The
-workers are real `python -m server fulfil` processes; each kill lands while the victim
+workers are real `python -m fulfilment` processes; each kill lands while the victim
 holds a carrier's booking it has not recorded yet."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 
 from clients.orders import OrderClient, OrderStatus
 from fulfilment.config import FulfilmentSettings, to_env
+from runtime.processes import spawn, stop_child
 from server.app import App
 from server.config import Settings
-from server.devservers import spawn, stop_child
 from tests.e2e.fulfilment_stack import (
     fulfil_settings,
     paid_orders,
