@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from clients.credentials import Credentials
 from fulfilment import config
 from fulfilment.worker import run_worker
 from runtime import logs
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.parse_args(argv)
     try:
         settings = config.from_env()
+        # What the worker presents to the order server, read as every client reads it.
+        credentials = Credentials.from_env()
     except config.SettingsError as exc:
         parser.exit(2, f"invalid settings: {exc}\n")
     if settings.pg_dsn is None:
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.log_json)
     import uvloop
 
-    uvloop.run(run_worker(settings))
+    uvloop.run(run_worker(settings, credentials))
 
 
 if __name__ == "__main__":

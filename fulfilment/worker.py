@@ -57,13 +57,14 @@ _WANTED = frozenset({EventType.ORDER_PAID, EventType.ORDER_CANCELLED})
 _HEARTBEAT_S = 1.0
 
 
-def order_client(settings: FulfilmentSettings) -> OrderClient:
+def order_client(settings: FulfilmentSettings, credentials: Credentials) -> OrderClient:
     """The worker's client of the order server: the one place it is built. It presents
-    what the environment names (clients/credentials.py: STOCKCORE_TOKEN, STOCKCORE_CA_FILE,
-    ...); the token's subject, not a name of its own, is what the audit trail records."""
+    `credentials` (read at start-up, clients/credentials.py: STOCKCORE_TOKEN,
+    STOCKCORE_CA_FILE, ...); the token's subject, not a name of its own, is what the audit
+    trail records."""
     return OrderClient(
         settings.order_target,
-        credentials=Credentials.from_env(),
+        credentials=credentials,
         default_timeout=10.0,
         retry=ClientRetryPolicy(max_attempts=4, initial_backoff=0.1, max_backoff=1.0),
     )
@@ -340,8 +341,9 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
-async def run_worker(settings: FulfilmentSettings) -> None:
-    """Serve as a fulfilment worker until SIGINT or SIGTERM."""
+async def run_worker(settings: FulfilmentSettings, credentials: Credentials) -> None:
+    """Serve as a fulfilment worker, calling the order server with `credentials`, until
+    SIGINT or SIGTERM."""
     assert settings.pg_dsn is not None and settings.redis_url is not None
     if settings.fulfil_metrics_port:
         start_http_server(settings.fulfil_metrics_port, addr=settings.grpc_host)
@@ -349,7 +351,7 @@ async def run_worker(settings: FulfilmentSettings) -> None:
         settings.pg_dsn, pool_size=8, timeout=settings.db_timeout_s
     )
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    orders = order_client(settings)
+    orders = order_client(settings, credentials)
     worker = Worker(settings, store, client, orders)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

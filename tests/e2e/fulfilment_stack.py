@@ -15,6 +15,7 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
+from clients.credentials import Credentials
 from clients.inventory import InventoryClient
 from clients.orders import OrderClient, OrderStatus
 from fulfilment.config import FulfilmentSettings
@@ -114,7 +115,7 @@ async def idle_worker(
     assert settings.pg_dsn is not None and settings.redis_url is not None
     store = await FulfilmentStore.connect(settings.pg_dsn, pool_size=4, timeout=10.0)
     client = aioredis.Redis.from_url(settings.redis_url)
-    orders = order_client(settings)
+    orders = order_client(settings, Credentials.from_env())
     worker = Worker(settings, store, client, orders, name=name)
     try:
         yield worker
