@@ -91,7 +91,7 @@ promtool:
 deps: $(VENV)/.installed redis
 
 run: deps
-	$(PY) -m server dev
+	$(PY) -m devstack
 
 test: deps browser promtool lint node-caller
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -107,14 +107,17 @@ node-caller:
 		touch $(NODE_CALLER)/node_modules/.installed; \
 	fi
 
+# Every Python package of the project: the programs, their shared pieces, load tests, tests.
+PACKAGES := runtime server clients fulfilment simulators gateway devstack loadtests tests
+
 lint: deps
-	$(VENV)/bin/ruff check server clients loadtests tests
-	$(VENV)/bin/ruff format --check server clients loadtests tests
+	$(VENV)/bin/ruff check $(PACKAGES)
+	$(VENV)/bin/ruff format --check $(PACKAGES)
 	$(VENV)/bin/mypy
 
 fmt: deps
-	$(VENV)/bin/ruff format server clients loadtests tests
-	$(VENV)/bin/ruff check --fix server clients loadtests tests
+	$(VENV)/bin/ruff format $(PACKAGES)
+	$(VENV)/bin/ruff check --fix $(PACKAGES)
 
 # e.g. `make bench LEVELS=64,128 DURATION=5 SALE_UNITS=500 SECURITY_ROUNDS=1` (plaintext / TLS
 # rounds per cell, 3 by default); REPORTS= as for the load tests below.

@@ -22,25 +22,14 @@ from typing import Any, TextIO, assert_never
 
 import asyncpg
 
+from clients.fulfilment_stages import stage_name
+
 Leaf = Callable[
     ["argparse._SubParsersAction[argparse.ArgumentParser]", str, str], argparse.ArgumentParser
 ]
 
 #: Environment variable naming the database when --pg is not given.
 PG_ENV = "STOCKCORE_PG_DSN"
-#: Stage numbers as stored (server/domain/fulfilment.py: Stage).
-STAGES = {
-    1: "HAND_OFF",
-    2: "PACKING",
-    3: "BOOKING",
-    4: "RECORDING",
-    5: "TRACKING",
-    6: "DELIVERED",
-    7: "CANCELLING",
-    8: "CANCELLED",
-    9: "DEAD",
-    10: "ELSEWHERE",
-}
 
 
 def default_pg() -> str:
@@ -182,7 +171,7 @@ def _letter(row: asyncpg.Record, with_history: bool) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": row["id"],
         "order_id": row["order_id"],
-        "stage": STAGES.get(row["stage"], str(row["stage"])),
+        "stage": stage_name(row["stage"]),
         "partner": row["partner"],
         "attempts": row["attempts"],
         "error": row["error"],
@@ -192,8 +181,7 @@ def _letter(row: asyncpg.Record, with_history: bool) -> dict[str, Any]:
     }
     if with_history:
         data["history"] = [
-            {**h, "stage": STAGES.get(h["stage"], str(h["stage"]))}
-            for h in json.loads(row["history"])
+            {**h, "stage": stage_name(h["stage"])} for h in json.loads(row["history"])
         ]
     return data
 
@@ -214,7 +202,7 @@ async def _status(conn: asyncpg.Connection) -> dict[str, Any]:
         "SELECT count(*) FROM stockcore.fulfilment_dead_letters WHERE replayed_at IS NULL"
     )
     return {
-        "stages": {STAGES.get(r["stage"], str(r["stage"])): r["n"] for r in stages},
+        "stages": {stage_name(r["stage"]): r["n"] for r in stages},
         "dead_letters_waiting": waiting,
         "workers": [
             {
@@ -278,7 +266,7 @@ async def execute_fulfilment(command: FulfilmentCommand, *, out: TextIO, as_json
 
 def _history_lines(history: list[dict[str, Any]]) -> list[str]:
     return [
-        f"  {h['at']} {STAGES.get(h['stage'], str(h['stage'])):<10}"
+        f"  {h['at']} {stage_name(h['stage']):<10}"
         f" {h['partner'] or '-':<13} {h['what']}  {h['detail']}"
         for h in history
     ]
@@ -303,11 +291,10 @@ async def _show(conn: asyncpg.Connection, order_id: str) -> dict[str, Any]:
         for key, value in dict(row).items()
         if key not in {"skus", "quantities", "lease", "lease_owner"}
     }
-    data["stage"] = STAGES.get(row["stage"], str(row["stage"]))
+    data["stage"] = stage_name(row["stage"])
     data["lines"] = [list(x) for x in zip(row["skus"], row["quantities"], strict=True)]
     data["history"] = [
-        {**dict(h), "at": _time(h["at"]), "stage": STAGES.get(h["stage"], str(h["stage"]))}
-        for h in history
+        {**dict(h), "at": _time(h["at"]), "stage": stage_name(h["stage"])} for h in history
     ]
     return data
 

@@ -37,6 +37,7 @@ from stockcore.v1 import orders_pb2_grpc as opb_grpc
 
 from clients.credentials import Credentials
 from clients.tokens import SERVICE_SCOPES, issue_token, load_signing_key
+from devstack.servers import LocalStockcore, local_servers
 from loadtests import classic, invariants, plots, report, sale
 from loadtests.arguments import caller_counts, positive_float, positive_int
 from loadtests.ceiling import measure_ceiling
@@ -44,7 +45,7 @@ from loadtests.driver import Op, OpFactory, RunResult, run_in_processes
 from loadtests.edge import edge_server
 from loadtests.sampler import cpu_seconds
 from loadtests.stack import PLAINTEXT_ENV, UNSHED_ENV, read_stock, stock_catalogue
-from server.devservers import LocalStockcore, free_port, local_servers
+from runtime.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 16

@@ -49,12 +49,13 @@ from stockcore.v1 import orders_pb2 as ords
 from stockcore.v1 import orders_pb2_grpc as ords_grpc
 
 from clients.errors import from_rpc_error
+from devstack.servers import LocalPostgres, LocalRedis, LocalStockcore
 from loadtests import invariants, report
 from loadtests.arguments import positive_float, positive_int
 from loadtests.driver import percentile, run_on_uvloop
 from loadtests.locust.shop import CURRENCY, unit_price_minor
 from loadtests.stack import PLAINTEXT_ENV
-from server.devservers import LocalPostgres, LocalRedis, LocalStockcore, descendants, free_port
+from runtime.processes import descendants, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 16

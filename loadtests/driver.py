@@ -2,7 +2,7 @@
 
 One Python process saturates a core long before a gRPC server does, so `run_in_processes`
 spreads the same loop over load processes of its own (`python -m loadtests.driver`, started
-by server.devservers.spawn, so they die with the thread that started them) and merges what
+by runtime.processes.spawn, so they die with the thread that started them) and merges what
 they measured. The driver keeps every latency and takes exact percentiles: it is the
 instrument of the closed-loop cells (empty call, make bench, the knee), not Locust.
 """
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from server.devservers import spawn
+from runtime.processes import spawn
 
 Op = Callable[[int], Awaitable[object]]
 """One operation; called with the worker's index, it may return an outcome label or raise."""

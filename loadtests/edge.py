@@ -29,7 +29,7 @@ import grpc
 
 from loadtests import classic
 from loadtests.driver import ROOT, run_on_uvloop
-from server.devservers import free_port, spawn
+from runtime.processes import free_port, spawn
 
 EMPTY = "/stockcore.bench.Empty/Call"
 """The empty method: takes any bytes, returns none."""

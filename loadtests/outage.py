@@ -41,6 +41,9 @@ from typing import Any
 
 import asyncpg
 
+from devstack.config import DevSettings
+from devstack.stack import partners_and_worker
+from fulfilment.config import FulfilmentSettings
 from loadtests import redis_memory, report
 from loadtests.arguments import non_negative_float, positive_float, positive_int
 from loadtests.locust.daycurve import DayCurve
@@ -51,9 +54,8 @@ from loadtests.plots import _pyplot
 from loadtests.report import Run
 from loadtests.stack import open_stack, stock_catalogue
 from loadtests.swarm import Swarm, run_swarm
-from server.__main__ import partners_and_worker
-from server.config import Settings, from_env
-from server.devservers import free_port
+from runtime.processes import free_port
+from server.config import from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP_STOCK = 1_000_000
@@ -92,24 +94,31 @@ def _wait_ready(urls: list[str], timeout: float = 30.0) -> None:
                 time.sleep(0.2)
 
 
-def fulfil_settings(stack_target: str, pg_dsn: str, redis_url: str) -> Settings:
+def fulfil_settings(stack_target: str, pg_dsn: str, redis_url: str) -> FulfilmentSettings:
     """The workers' settings: defaults, except the stale-sync scan compressed 10x like the
     plateau (every 90 s, stale after 180 s) and tracking asked for every 6 s."""
-    return Settings().with_overrides(
+    return FulfilmentSettings().with_overrides(
         pg_dsn=pg_dsn,
         redis_url=redis_url,
         fulfil_target=stack_target,
-        # The stack's server is plaintext (loadtests/stack.py); the workers read this as
-        # STOCKCORE_PLAINTEXT and call it so.
-        plaintext=True,
         fulfil_metrics_port=0,
-        dev_warehouse_port=free_port(),
-        dev_primary_carrier_port=free_port(),
-        dev_fallback_carrier_port=free_port(),
         stale_scan_interval_s=90.0,
         stale_after_s=180.0,
         track_poll_s=6.0,
     )
+
+
+def partner_ports() -> DevSettings:
+    """The simulators on free ports."""
+    return DevSettings().with_overrides(
+        dev_warehouse_port=free_port(),
+        dev_primary_carrier_port=free_port(),
+        dev_fallback_carrier_port=free_port(),
+    )
+
+
+# The stack's server is plaintext (loadtests/stack.py): the workers' client calls it so.
+WORKER_ENV = {"STOCKCORE_PLAINTEXT": "true"}
 
 
 async def _outcome(dsn: str, run_tag: str, drain_s: float) -> tuple[int, float]:
@@ -234,8 +243,9 @@ def outage(args: argparse.Namespace) -> int:
     with open_stack(ROOT / ".data" / "load-outage") as stack:
         assert stack.pg_dsn and stack.redis_url, "the scenario reads PostgreSQL and Redis"
         settings = fulfil_settings(stack.target, stack.pg_dsn, stack.redis_url)
-        primary = f"http://127.0.0.1:{settings.dev_primary_carrier_port}"
-        fallback = f"http://127.0.0.1:{settings.dev_fallback_carrier_port}"
+        ports = partner_ports()
+        primary = f"http://127.0.0.1:{ports.dev_primary_carrier_port}"
+        fallback = f"http://127.0.0.1:{ports.dev_fallback_carrier_port}"
         run.say(
             "# Carrier outage on the reference day's plateau, compressed",
             "",
@@ -252,8 +262,10 @@ def outage(args: argparse.Namespace) -> int:
             "",
         )
         asyncio.run(stock_catalogue(stack.target, skus, DEEP_STOCK, key=run.tag))
-        with partners_and_worker(settings, run.dir / "logs", workers=args.workers):
-            _wait_ready([f"http://127.0.0.1:{settings.dev_warehouse_port}", primary, fallback])
+        with partners_and_worker(
+            ports, settings, run.dir / "logs", workers=args.workers, worker_env=WORKER_ENV
+        ):
+            _wait_ready([f"http://127.0.0.1:{ports.dev_warehouse_port}", primary, fallback])
             window_box: list[float] = []
 
             def go_down() -> None:

@@ -2,7 +2,7 @@
 
 Two instruments, both standard: py-spy samples the server's Python stacks (every worker,
 `--subprocesses`) for the whole run, and PostgreSQL's `pg_stat_statements` (loaded by the
-project's own PostgreSQL, server/devservers.py) counts every top-level statement from a
+project's own PostgreSQL, devstack/servers.py) counts every top-level statement from a
 reset at the start. The report gives the share of the server's busy samples by area of
 code (a sample counts for every area on its stack) and by leaf function, and the
 statements per order with their share of execution time. py-spy sees Python frames only:

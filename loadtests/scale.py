@@ -38,7 +38,7 @@ from loadtests.arguments import non_negative_int, positive_float, positive_int
 from loadtests.driver import RunResult, run_in_processes
 from loadtests.locust.options import sku_name
 from loadtests.stack import open_stack, stock_catalogue
-from server.devservers import spawn
+from runtime.processes import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 _CALLER = (("stockcore-caller", "loadtests-scale"),)

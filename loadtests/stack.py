@@ -24,10 +24,11 @@ import grpc
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
+from devstack.servers import LocalStockcore, local_servers
+from gateway.config import GatewaySettings
+from gateway.envoy import Gateway
 from loadtests.sampler import ProcessSampler
-from server.config import Settings
-from server.devservers import LocalStockcore, free_port, local_servers
-from server.gateway.envoy import Gateway
+from runtime.processes import free_port
 
 SHARDS = 16
 PLAINTEXT_ENV = {"STOCKCORE_PLAINTEXT": "true", "STOCKCORE_AUTH_DISABLED": "true"}
@@ -95,7 +96,7 @@ def open_stack(
             yield stack
             return
         host, _, port = stack.target.rpartition(":")
-        settings = Settings(
+        settings = GatewaySettings(
             # The load runs' servers serve plaintext (PLAINTEXT_ENV; STOCKCORE_TARGET must).
             plaintext=True,
             grpc_host=host,

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.devservers import free_port, spawn
+from runtime.processes import free_port, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILES = Path(__file__).resolve().parent / "locust"

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from stockcore.v1 import inventory_pb2, orders_pb2
 
-from server import logs
+from runtime import logs
 from server.auth import tls
 from server.auth.tokens import verifier_from_settings
 from server.config import Settings, SettingsError

@@ -1,26 +1,25 @@
-"""Settings: the only place that reads environment variables."""
+"""The gRPC server's settings: the only place it reads environment variables."""
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from runtime import settings as env
+from runtime.settings import SettingsError, parse_list
+
+__all__ = ["Settings", "SettingsError", "from_env", "to_env"]
 
 CARRIER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
-# scheme://host[:port], as a browser sends it in Origin.
-ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
-
-
-class SettingsError(ValueError):
-    """A setting is missing or out of range."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server needs, validated once at start-up and passed down."""
+    """Everything the gRPC server needs, validated once at start-up and passed down."""
 
-    # None means "start a project-owned server" (only `python -m server dev` does that).
+    # None means unset: `python -m server` refuses to start, `python -m devstack` (make
+    # run) starts a project-owned server.
     pg_dsn: str | None = None
     redis_url: str | None = None
     grpc_host: str = "127.0.0.1"
@@ -45,7 +44,7 @@ class Settings:
     auth_cache_size: int = 10_000
     auth_reload_interval_s: float = 5.0
     auth_disabled: bool = False
-    # gRPC server reflection; None: on for `python -m server dev`, off for `serve`.
+    # gRPC server reflection; None: on under `make run` (python -m devstack), else off.
     reflection: bool | None = None
     workers: int = 1
     shard_count: int = 16
@@ -65,10 +64,6 @@ class Settings:
     db_timeout_s: float = 10.0
     log_level: str = "INFO"
     log_json: bool = True
-    data_dir: str = ".data"
-    dev_pg_port: int = 54329
-    dev_redis_port: int = 56389
-    demo_catalogue: bool = True
     # Carriers whose pick-ups ShipOrder accepts.
     carriers: tuple[str, ...] = ("sf-express", "jd-logistics", "cainiao", "ups", "dhl", "fedex")
     # The outbox relay wakes on every commit that wrote order events (LISTEN/NOTIFY);
@@ -86,41 +81,9 @@ class Settings:
     # every consumer group has read them: with maxmemory, this bounds the stream's memory
     # (README, "Redis memory"). A group further behind reads the rest from WatchOrders.
     event_stream_max_age_s: float = 3600.0
-    # maxmemory of the Redis that `python -m server dev` (make run) and the tests start,
-    # which refuses writes beyond it (server/devservers.py says why not evict). The
-    # reference day's budget is about 1,600 MB (README, "Redis memory"): 60 % of this, so
-    # the alert at 80 % fires only once Redis holds a third more than the budget.
-    dev_redis_maxmemory_mb: int = 2560
     # WatchOrders wakes on every cursor the relay gives (LISTEN/NOTIFY); it also looks
     # this often, as a safety net.
     watch_poll_interval_s: float = 1.0
-    # The HTTP/JSON gateway (Envoy) that `python -m server dev` starts beside the server;
-    # gateway_port 0 starts none. gateway_admin_port 0 lets Envoy pick a free one.
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8080
-    gateway_admin_port: int = 0
-    # Storefront origins allowed to call the gateway from a browser (CORS); the checkout
-    # page the gateway serves itself needs none.
-    gateway_origins: tuple[str, ...] = ()
-    # Larger request bodies are refused (413) before they reach the server.
-    gateway_max_request_bytes: int = 65_536
-    # Seconds a unary call may take through the gateway; it becomes the call's gRPC
-    # deadline. gateway_timeouts overrides it per RPC ("Reserve=2,GetStock=0.5").
-    gateway_timeout_s: float = 5.0
-    gateway_timeouts: Mapping[str, float] = field(default_factory=dict)
-    # Envoy's access log: a file path, or "-" for standard output.
-    gateway_access_log: str = "-"
-    # Envoy worker threads.
-    gateway_threads: int = 1
-    # The gateway reaches the gRPC server over TLS unless the server is plaintext,
-    # trusting this CA (PEM; `dev` names the development CA) and checking that the
-    # server's certificate names gateway_upstream_server_name (empty: the gRPC host, an
-    # IP address matched as such). A server asking for client certificates (mutual TLS)
-    # gets gateway_upstream_cert_file and its key.
-    gateway_upstream_ca_file: str = ""
-    gateway_upstream_server_name: str = ""
-    gateway_upstream_cert_file: str = ""
-    gateway_upstream_key_file: str = ""
     # Admission by waiting time (server/queue_delay.py): a class of calls (writes, reads)
     # whose batches' oldest requests waited longer than the target for a whole interval
     # has a standing queue, and its new calls are refused at once with RESOURCE_EXHAUSTED
@@ -134,57 +97,6 @@ class Settings:
     max_in_flight: int = 5000
     max_watch_streams: int = 10_000
     overload_refusal_budget: float = 200.0
-    # --- the fulfilment worker (python -m server fulfil) and its partners ---------------
-    # The order server the worker calls (host:port); empty: grpc_host:grpc_port.
-    fulfil_target: str = ""
-    warehouse_url: str = "http://127.0.0.1:58080"
-    primary_carrier: str = "sf-express"
-    primary_carrier_url: str = "http://127.0.0.1:58081"
-    # Empty: no fallback carrier.
-    fallback_carrier: str = "jd-logistics"
-    fallback_carrier_url: str = "http://127.0.0.1:58082"
-    fulfil_metrics_port: int = 9474  # 0 disables
-    # Orders one worker works at once, and at most how many it claims per statement.
-    fulfil_concurrency: int = 256
-    fulfil_batch: int = 100
-    # How often an idle worker looks for due work.
-    fulfil_poll_interval_s: float = 0.2
-    # How long a claimed order stays a worker's before another may take it over.
-    fulfil_lease_s: float = 120.0
-    # An ORDER_PAID entry a dead worker left pending is taken over after this long.
-    fulfil_event_claim_idle_s: float = 30.0
-    # One partner call: its timeout, and how often it is tried at once (backoff with
-    # jitter between tries, from retry_initial_s up to retry_max_s).
-    partner_timeout_s: float = 10.0
-    partner_call_attempts: int = 3
-    partner_retry_initial_s: float = 0.2
-    partner_retry_max_s: float = 2.0
-    # A step's retry budget: failed tries before it goes to the dead letters; between
-    # tries the order waits step_backoff_initial_s, doubling up to step_backoff_max_s.
-    step_max_attempts: int = 8
-    step_backoff_initial_s: float = 1.0
-    step_backoff_max_s: float = 60.0
-    # How often the warehouse is asked about an order it has not packed yet, and a
-    # carrier about a parcel not yet delivered.
-    pack_poll_s: float = 1.0
-    track_poll_s: float = 60.0
-    # The circuit breaker of each partner (server/fulfilment/breaker.py).
-    breaker_slow_call_s: float = 3.0
-    breaker_slow_rate: float = 0.5
-    breaker_error_rate: float = 0.05
-    breaker_min_calls: int = 20
-    breaker_window_s: float = 60.0
-    breaker_consecutive_failures: int = 5
-    breaker_open_s: float = 30.0
-    breaker_half_open_calls: int = 3
-    # The stale-sync scan: how often, and how old a last sync is stale.
-    stale_scan_interval_s: float = 900.0
-    stale_after_s: float = 1800.0
-    # Where `make run` starts the simulators.
-    dev_warehouse_port: int = 58080
-    dev_primary_carrier_port: int = 58081
-    dev_fallback_carrier_port: int = 58082
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> Settings:
         """Raise SettingsError for values the server cannot run with."""
@@ -222,30 +134,9 @@ class Settings:
                 60 <= self.event_stream_max_age_s <= 7 * 86_400,
                 "event_stream_max_age_s must be 60-604800 (a minute to a week)",
             ),
-            (self.dev_redis_maxmemory_mb >= 64, "dev_redis_maxmemory_mb must be at least 64"),
             (
                 0 < self.watch_poll_interval_s <= 10.0,
                 "watch_poll_interval_s must be in (0, 10]",
-            ),
-            (0 <= self.gateway_port <= 65535, "gateway_port must be 0-65535"),
-            (0 <= self.gateway_admin_port <= 65535, "gateway_admin_port must be 0-65535"),
-            (
-                all(ORIGIN_PATTERN.fullmatch(o) for o in self.gateway_origins),
-                "gateway_origins must be origins such as https://shop.example.com",
-            ),
-            (
-                1024 <= self.gateway_max_request_bytes <= 64 * 1024 * 1024,
-                "gateway_max_request_bytes must be 1 KiB-64 MiB",
-            ),
-            (0 < self.gateway_timeout_s <= 300, "gateway_timeout_s must be in (0, 300]"),
-            (
-                all(0 < t <= 300 for t in self.gateway_timeouts.values()),
-                "gateway_timeouts must be in (0, 300] seconds",
-            ),
-            (1 <= self.gateway_threads <= 64, "gateway_threads must be 1-64"),
-            (
-                bool(self.gateway_upstream_cert_file) == bool(self.gateway_upstream_key_file),
-                "gateway_upstream_cert_file and gateway_upstream_key_file go together",
             ),
             (
                 not (self.plaintext and self.tls_client_ca_file),
@@ -266,7 +157,6 @@ class Settings:
             ),
             (1 <= self.max_watch_streams <= 1_000_000, "max_watch_streams must be 1-1000000"),
             (self.overload_refusal_budget > 0, "overload_refusal_budget must be above 0"),
-            *self._fulfilment_checks(),
         ]
         for ok, message in checks:
             if not ok:
@@ -289,107 +179,12 @@ class Settings:
             )
         return None
 
-    def _fulfilment_checks(self) -> list[tuple[bool, str]]:
-        carriers = [self.primary_carrier] + (
-            [self.fallback_carrier] if self.fallback_carrier else []
-        )
-        return [
-            (
-                all(c in self.carriers for c in carriers),
-                "primary_carrier and fallback_carrier must be among carriers",
-            ),
-            (self.fallback_carrier != self.primary_carrier, "the fallback must be another carrier"),
-            (
-                all(
-                    u.startswith(("http://", "https://"))
-                    for u in (self.warehouse_url, self.primary_carrier_url)
-                )
-                and (not self.fallback_carrier or self.fallback_carrier_url.startswith("http")),
-                "partner URLs must be http(s) URLs",
-            ),
-            (0 <= self.fulfil_metrics_port <= 65535, "fulfil_metrics_port must be 0-65535"),
-            (1 <= self.fulfil_concurrency <= 10_000, "fulfil_concurrency must be 1-10000"),
-            (1 <= self.fulfil_batch <= 1000, "fulfil_batch must be 1-1000"),
-            (0 < self.fulfil_poll_interval_s <= 10, "fulfil_poll_interval_s must be in (0, 10]"),
-            (
-                # A step makes up to two guarded calls (a cancellation: carrier, warehouse).
-                self.fulfil_lease_s
-                > 2
-                * (self.partner_timeout_s + self.partner_retry_max_s)
-                * self.partner_call_attempts,
-                "fulfil_lease_s must exceed 2 x (partner_timeout_s + partner_retry_max_s)"
-                " x partner_call_attempts",
-            ),
-            (self.partner_timeout_s > 0, "partner_timeout_s must be positive"),
-            (self.fulfil_event_claim_idle_s > 0, "fulfil_event_claim_idle_s must be positive"),
-            (1 <= self.partner_call_attempts <= 10, "partner_call_attempts must be 1-10"),
-            (
-                0 < self.partner_retry_initial_s <= self.partner_retry_max_s,
-                "need 0 < partner_retry_initial_s <= partner_retry_max_s",
-            ),
-            (1 <= self.step_max_attempts <= 100, "step_max_attempts must be 1-100"),
-            (
-                0 < self.step_backoff_initial_s <= self.step_backoff_max_s,
-                "need 0 < step_backoff_initial_s <= step_backoff_max_s",
-            ),
-            (self.pack_poll_s > 0 and self.track_poll_s > 0, "poll intervals must be positive"),
-            (self.breaker_slow_call_s > 0, "breaker_slow_call_s must be positive"),
-            (0 < self.breaker_slow_rate <= 1, "breaker_slow_rate must be in (0, 1]"),
-            (0 <= self.breaker_error_rate < 1, "breaker_error_rate must be in [0, 1)"),
-            (
-                min(
-                    self.breaker_min_calls,
-                    self.breaker_consecutive_failures,
-                    self.breaker_half_open_calls,
-                )
-                >= 1,
-                "breaker_min_calls, _consecutive_failures and _half_open_calls must be >= 1",
-            ),
-            (
-                self.breaker_window_s > 0 and self.breaker_open_s > 0,
-                "breaker_window_s and breaker_open_s must be positive",
-            ),
-            (
-                self.stale_scan_interval_s > 0 and self.stale_after_s > 0,
-                "stale_scan_interval_s and stale_after_s must be positive",
-            ),
-        ]
-
-    @property
-    def order_target(self) -> str:
-        """The order server the fulfilment worker calls."""
-        return self.fulfil_target or f"{self.grpc_host}:{self.grpc_port}"
-
     def with_overrides(self, **changes: object) -> Settings:
         """Return a copy with the given fields changed, validated."""
         return replace(self, **changes).validate()  # type: ignore[arg-type]
 
 
-def _parse_list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-def _parse_timeouts(raw: str) -> dict[str, float]:
-    """`Reserve=2,GetStock=0.5` -> {"Reserve": 2.0, "GetStock": 0.5}."""
-    timeouts: dict[str, float] = {}
-    for item in _parse_list(raw):
-        name, sep, seconds = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"expected RPC=seconds, got {item!r}")
-        timeouts[name.strip()] = float(seconds)
-    return timeouts
-
-
-#: The value of a variable that names nothing (STOCKCORE_FALLBACK_CARRIER=none: no
-#: fallback), since an empty variable means the default.
-NONE = "none"
-
-
-def _parse_optional_name(raw: str) -> str:
-    return "" if raw.strip().lower() == NONE else raw.strip()
-
-
-_ENV: dict[str, tuple[str, Callable[[str], object]]] = {
+_ENV: env.Variables = {
     "STOCKCORE_PG_DSN": ("pg_dsn", str),
     "STOCKCORE_REDIS_URL": ("redis_url", str),
     "STOCKCORE_GRPC_HOST": ("grpc_host", str),
@@ -402,7 +197,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_PLAINTEXT": ("plaintext", bool),
     "STOCKCORE_AUTH_JWKS": ("auth_jwks_file", str),
     "STOCKCORE_AUTH_AUDIENCE": ("auth_audience", str),
-    "STOCKCORE_AUTH_ISSUERS": ("auth_issuers", _parse_list),
+    "STOCKCORE_AUTH_ISSUERS": ("auth_issuers", parse_list),
     "STOCKCORE_AUTH_LEEWAY": ("auth_leeway_s", float),
     "STOCKCORE_AUTH_CACHE_SIZE": ("auth_cache_size", int),
     "STOCKCORE_AUTH_RELOAD_INTERVAL": ("auth_reload_interval_s", float),
@@ -421,118 +216,28 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOCKCORE_REDIS_PROBE_INTERVAL": ("redis_probe_interval_s", float),
     "STOCKCORE_LOG_LEVEL": ("log_level", str),
     "STOCKCORE_LOG_JSON": ("log_json", bool),
-    "STOCKCORE_DATA_DIR": ("data_dir", str),
-    "STOCKCORE_DEV_PG_PORT": ("dev_pg_port", int),
-    "STOCKCORE_DEV_REDIS_PORT": ("dev_redis_port", int),
-    "STOCKCORE_DEMO_CATALOGUE": ("demo_catalogue", bool),
-    "STOCKCORE_CARRIERS": ("carriers", _parse_list),
+    "STOCKCORE_CARRIERS": ("carriers", parse_list),
     "STOCKCORE_RELAY_INTERVAL": ("relay_interval_s", float),
     "STOCKCORE_RELAY_GATHER": ("relay_gather_s", float),
     "STOCKCORE_RELAY_STANDBY_INTERVAL": ("relay_standby_interval_s", float),
     "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
     "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
     "STOCKCORE_EVENT_STREAM_MAX_AGE": ("event_stream_max_age_s", float),
-    "STOCKCORE_DEV_REDIS_MAXMEMORY_MB": ("dev_redis_maxmemory_mb", int),
     "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
-    "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
-    "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
-    "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
-    "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", _parse_list),
-    "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
-    "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
-    "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", _parse_timeouts),
-    "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
-    "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
-    "STOCKCORE_GATEWAY_UPSTREAM_CA": ("gateway_upstream_ca_file", str),
-    "STOCKCORE_GATEWAY_UPSTREAM_SERVER_NAME": ("gateway_upstream_server_name", str),
-    "STOCKCORE_GATEWAY_UPSTREAM_CERT": ("gateway_upstream_cert_file", str),
-    "STOCKCORE_GATEWAY_UPSTREAM_KEY": ("gateway_upstream_key_file", str),
     "STOCKCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
     "STOCKCORE_OVERLOAD_TARGET_S": ("overload_target_s", float),
     "STOCKCORE_OVERLOAD_INTERVAL_S": ("overload_interval_s", float),
     "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
     "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
-    "STOCKCORE_FULFIL_TARGET": ("fulfil_target", str),
-    "STOCKCORE_WAREHOUSE_URL": ("warehouse_url", str),
-    "STOCKCORE_PRIMARY_CARRIER": ("primary_carrier", str),
-    "STOCKCORE_PRIMARY_CARRIER_URL": ("primary_carrier_url", str),
-    "STOCKCORE_FALLBACK_CARRIER": ("fallback_carrier", _parse_optional_name),
-    "STOCKCORE_FALLBACK_CARRIER_URL": ("fallback_carrier_url", str),
-    "STOCKCORE_FULFIL_METRICS_PORT": ("fulfil_metrics_port", int),
-    "STOCKCORE_FULFIL_CONCURRENCY": ("fulfil_concurrency", int),
-    "STOCKCORE_FULFIL_BATCH": ("fulfil_batch", int),
-    "STOCKCORE_FULFIL_POLL_INTERVAL": ("fulfil_poll_interval_s", float),
-    "STOCKCORE_FULFIL_LEASE": ("fulfil_lease_s", float),
-    "STOCKCORE_FULFIL_EVENT_CLAIM_IDLE": ("fulfil_event_claim_idle_s", float),
-    "STOCKCORE_PARTNER_TIMEOUT": ("partner_timeout_s", float),
-    "STOCKCORE_PARTNER_CALL_ATTEMPTS": ("partner_call_attempts", int),
-    "STOCKCORE_PARTNER_RETRY_INITIAL": ("partner_retry_initial_s", float),
-    "STOCKCORE_PARTNER_RETRY_MAX": ("partner_retry_max_s", float),
-    "STOCKCORE_STEP_MAX_ATTEMPTS": ("step_max_attempts", int),
-    "STOCKCORE_STEP_BACKOFF_INITIAL": ("step_backoff_initial_s", float),
-    "STOCKCORE_STEP_BACKOFF_MAX": ("step_backoff_max_s", float),
-    "STOCKCORE_PACK_POLL": ("pack_poll_s", float),
-    "STOCKCORE_TRACK_POLL": ("track_poll_s", float),
-    "STOCKCORE_BREAKER_SLOW_CALL": ("breaker_slow_call_s", float),
-    "STOCKCORE_BREAKER_SLOW_RATE": ("breaker_slow_rate", float),
-    "STOCKCORE_BREAKER_ERROR_RATE": ("breaker_error_rate", float),
-    "STOCKCORE_BREAKER_MIN_CALLS": ("breaker_min_calls", int),
-    "STOCKCORE_BREAKER_WINDOW": ("breaker_window_s", float),
-    "STOCKCORE_BREAKER_CONSECUTIVE_FAILURES": ("breaker_consecutive_failures", int),
-    "STOCKCORE_BREAKER_OPEN": ("breaker_open_s", float),
-    "STOCKCORE_BREAKER_HALF_OPEN_CALLS": ("breaker_half_open_calls", int),
-    "STOCKCORE_STALE_SCAN_INTERVAL": ("stale_scan_interval_s", float),
-    "STOCKCORE_STALE_AFTER": ("stale_after_s", float),
-    "STOCKCORE_DEV_WAREHOUSE_PORT": ("dev_warehouse_port", int),
-    "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": ("dev_primary_carrier_port", int),
-    "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": ("dev_fallback_carrier_port", int),
 }
-
-
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"not a boolean: {raw!r}")
 
 
 def to_env(settings: Settings) -> dict[str, str]:
     """The STOCKCORE_* variables that `from_env` reads back as `settings` (for child
     processes started with these settings)."""
-    env: dict[str, str] = {}
-    for name, (attr, kind) in _ENV.items():
-        value = getattr(settings, attr)
-        if kind is _parse_optional_name and value == "":
-            env[name] = NONE
-        elif value is None or value == "":
-            continue  # unset: the default
-        elif kind is bool:
-            env[name] = "1" if value else "0"
-        elif kind is _parse_list:
-            env[name] = ",".join(value)
-        elif kind is _parse_timeouts:
-            env[name] = ",".join(f"{rpc}={seconds!r}" for rpc, seconds in value.items())
-        else:
-            env[name] = str(value)
-    return env
+    return env.write(settings, _ENV)
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from STOCKCORE_* variables, validated."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    for name, (attr, kind) in _ENV.items():
-        raw = env.get(name)
-        if raw is None or raw == "":
-            continue
-        try:
-            values[attr] = _parse_bool(raw) if kind is bool else kind(raw)
-        except ValueError as exc:
-            raise SettingsError(f"{name}: {exc}") from exc
-    try:
-        return Settings(**values).validate()  # type: ignore[arg-type]
-    except SettingsError as exc:
-        named = [name for name, (attr, _) in _ENV.items() if attr in str(exc).split()[0]]
-        raise SettingsError(f"{exc} (from {', '.join(named) or 'defaults'})") from exc
+    return env.read(Settings, _ENV, environ)

@@ -1,5 +1,5 @@
 """Callers of the test servers, as real callers connect: TLS with the test CA and a
-bearer token signed by the test signing key (server/devcredentials.py made both)."""
+bearer token signed by the test signing key (devstack/credentials.py made both)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import grpc
 
 from clients.credentials import Credentials
 from clients.tokens import SERVICE_SCOPES, issue_token, load_signing_key
-from server.devcredentials import DevCredentials
+from devstack.credentials import DevCredentials
 
 SUBJECT = "tests"
 """The subject of the tests' service token: what the audit trail records for them."""

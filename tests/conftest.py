@@ -1,5 +1,5 @@
 """Shared fixtures: real PostgreSQL and Redis, started once per test process by the
-project's own scripts (server.devservers), or existing servers named by
+project's own scripts (devstack.servers), or existing servers named by
 STOCKCORE_PG_DSN and STOCKCORE_REDIS_URL. Tests reset the `stockcore` schema and
 the Redis keys under the gate's prefix, so point those variables at scratch servers."""
 
@@ -15,9 +15,10 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from devstack.credentials import DevCredentials
+from devstack.servers import LocalPostgres, LocalRedis
+from runtime.processes import free_port
 from server.config import Settings
-from server.devcredentials import DevCredentials
-from server.devservers import LocalPostgres, LocalRedis, free_port
 from server.storage.migrations import migrate
 from tests import callers
 

@@ -14,12 +14,13 @@ import requests
 from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 
 from clients.credentials import Credentials
+from devstack.credentials import DevCredentials
+from devstack.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
+from gateway.config import GatewaySettings
+from gateway.envoy import Gateway
+from runtime.processes import free_port
 from server.app import App, create_server
 from server.config import Settings
-from server.devcredentials import DevCredentials
-from server.devservers import free_port
-from server.gateway.envoy import Gateway
-from server.gateway.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
 from tests import callers
 
 
@@ -84,12 +85,17 @@ STOREFRONT = "https://shop.example.com"
 
 
 @pytest.fixture
-def gateway_settings(settings: Settings, credentials: DevCredentials, tmp_path: Path) -> Settings:
+def gateway_settings(
+    settings: Settings, credentials: DevCredentials, tmp_path: Path
+) -> GatewaySettings:
     """Settings for a gateway on a free loopback port, reaching the test server over TLS
     (trusting the test CA): one storefront origin, a 16 KiB body limit, AdjustStock given
     0.5 s, the access log in a file."""
-    return replace(
-        settings,
+    return GatewaySettings(
+        grpc_host=settings.grpc_host,
+        grpc_port=settings.grpc_port,
+        plaintext=settings.plaintext,
+        log_json=settings.log_json,
         gateway_access_log=str(tmp_path / "access.log"),
         gateway_port=free_port(),
         gateway_origins=(STOREFRONT,),
@@ -108,7 +114,7 @@ def page_token(credentials: DevCredentials) -> str:
 
 @pytest.fixture
 def gateway(
-    app: App, gateway_settings: Settings, page_token: str, tmp_path: Path
+    app: App, gateway_settings: GatewaySettings, page_token: str, tmp_path: Path
 ) -> Iterator[Gateway]:
     """Envoy in front of the test server, the checkout page calling with `page_token`;
     stopped after the test. Started from this (the main) thread: Envoy dies with the
@@ -133,7 +139,7 @@ class GatewayCaller:
         return self.gateway.url
 
     @property
-    def settings(self) -> Settings:
+    def settings(self) -> GatewaySettings:
         """The gateway's settings."""
         return self.gateway.settings
 

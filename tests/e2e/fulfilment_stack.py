@@ -15,15 +15,17 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
+from clients.credentials import Credentials
 from clients.inventory import InventoryClient
 from clients.orders import OrderClient, OrderStatus
+from fulfilment.config import FulfilmentSettings
+from fulfilment.store import FulfilmentStore
+from fulfilment.worker import Worker, order_client
 from server.app import App
 from server.config import Settings
-from server.fulfilment.worker import Worker, order_client
-from server.simulators.carrier import carrier_app
-from server.simulators.run import RunningSimulator, start
-from server.simulators.warehouse import warehouse_app
-from server.storage.fulfilment_pg import FulfilmentStore
+from simulators.carrier import carrier_app
+from simulators.run import RunningSimulator, start
+from simulators.warehouse import warehouse_app
 from tests.waiting import until
 
 PRIMARY = "sf-express"
@@ -69,9 +71,15 @@ async def start_partners(
     )
 
 
-def fulfil_settings(settings: Settings, app: App, partners: Partners, **changes: Any) -> Settings:
-    """Settings for workers against this stack, scaled to test time."""
+def fulfil_settings(
+    settings: Settings, app: App, partners: Partners, **changes: Any
+) -> FulfilmentSettings:
+    """Settings for workers against this stack (the server's database and Redis), scaled
+    to test time."""
     fast: dict[str, Any] = {
+        "pg_dsn": settings.pg_dsn,
+        "redis_url": settings.redis_url,
+        "log_json": settings.log_json,
         "fulfil_target": f"127.0.0.1:{app.port}",
         "warehouse_url": partners.warehouse.url,
         "primary_carrier": PRIMARY,
@@ -95,17 +103,19 @@ def fulfil_settings(settings: Settings, app: App, partners: Partners, **changes:
         "stale_scan_interval_s": 3600.0,
     }
     fast.update(changes)
-    return settings.with_overrides(**fast)
+    return FulfilmentSettings(**fast).validate()
 
 
 @asynccontextmanager
-async def idle_worker(settings: Settings, name: str = "test-worker") -> AsyncIterator[Worker]:
+async def idle_worker(
+    settings: FulfilmentSettings, name: str = "test-worker"
+) -> AsyncIterator[Worker]:
     """A worker with its connections open but none of its loops running, for a test that
     calls one of its methods itself; closed when the block ends."""
     assert settings.pg_dsn is not None and settings.redis_url is not None
     store = await FulfilmentStore.connect(settings.pg_dsn, pool_size=4, timeout=10.0)
     client = aioredis.Redis.from_url(settings.redis_url)
-    orders = order_client(settings)
+    orders = order_client(settings, Credentials.from_env())
     worker = Worker(settings, store, client, orders, name=name)
     try:
         yield worker
@@ -117,7 +127,9 @@ async def idle_worker(settings: Settings, name: str = "test-worker") -> AsyncIte
 
 
 @asynccontextmanager
-async def running_worker(settings: Settings, name: str = "test-worker") -> AsyncIterator[Worker]:
+async def running_worker(
+    settings: FulfilmentSettings, name: str = "test-worker"
+) -> AsyncIterator[Worker]:
     """A worker running in this process until the block ends."""
     async with idle_worker(settings, name) as worker:
         task = asyncio.create_task(worker.run())

@@ -18,9 +18,9 @@ from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 from stockcore.v1 import orders_pb2 as pb
 
 from clients.tokens import issue_token, load_signing_key, new_signing_key
+from devstack.credentials import DevCredentials
 from server.app import App
 from server.auth import scopes
-from server.devcredentials import DevCredentials
 from server.rpc.access import RULES
 from tests import callers
 from tests.e2e.test_inventory_api import details_of

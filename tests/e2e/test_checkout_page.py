@@ -24,9 +24,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
-from server import demo
-from server.config import Settings
-from server.gateway.envoy import Gateway
+from devstack import demo
+from gateway.config import GatewaySettings
+from gateway.envoy import Gateway
 from tests.e2e.conftest import GatewayCaller
 
 T = TypeVar("T")
@@ -36,7 +36,7 @@ WAIT_S = 15
 
 
 @pytest.fixture
-def gateway_settings(gateway_settings: Settings) -> Settings:
+def gateway_settings(gateway_settings: GatewaySettings) -> GatewaySettings:
     """The default timeouts: stocking the catalogue shares two cores with chromium."""
     return replace(gateway_settings, gateway_timeouts={})
 

@@ -18,8 +18,8 @@ from clients.errors import (
     NotFound,
 )
 from clients.inventory import InventoryClient, ReservationStatus
+from devstack.credentials import DevCredentials
 from server.app import App
-from server.devcredentials import DevCredentials
 
 
 @pytest.fixture

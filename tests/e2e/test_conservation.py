@@ -22,8 +22,8 @@ from google.protobuf import duration_pb2
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
-from server.devcredentials import DevCredentials
-from server.devservers import LocalStockcore
+from devstack.credentials import DevCredentials
+from devstack.servers import LocalStockcore
 from tests.conftest import SHARDS, ChannelOpener, Servers
 from tests.invariants import assert_invariants_hold, assert_mirror_converges
 from tests.waiting import no_short_holds_left

@@ -1,4 +1,4 @@
-"""`make run` (`python -m server dev`): Envoy starts beside the server, on the port the
+"""`make run` (`python -m devstack`): Envoy starts beside the server, on the port the
 settings name, reaches it over TLS with the development CA, gives the checkout page a
 development token, and Ctrl-C stops both."""
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import jwt
 import requests
 
-from server.devservers import free_port
-from server.gateway.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
+from devstack.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
+from runtime.processes import free_port
 from tests.conftest import ROOT, SHARDS, Servers
 
 
@@ -36,7 +36,7 @@ def _envoy_pids(config_dir: Path) -> list[int]:
 
 
 def _page_token(url: str, server: subprocess.Popen[bytes]) -> str:
-    """The token `dev` gave the checkout page, read as the page reads it (/config.js)."""
+    """The token `make run` gave the checkout page, read as the page reads it (/config.js)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and server.poll() is None:
         try:
@@ -70,7 +70,7 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": str(free_port()),
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "server", "dev"],
+        [sys.executable, "-m", "devstack"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

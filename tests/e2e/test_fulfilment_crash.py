@@ -1,6 +1,6 @@
 """kill -9 of a fulfilment worker mid-batch, twice, while orders keep being paid: every
 paid order ships exactly once, none is lost, none is booked with two carriers. The
-workers are real `python -m server fulfil` processes; each kill lands while the victim
+workers are real `python -m fulfilment` processes; each kill lands while the victim
 holds a carrier's booking it has not recorded yet."""
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import asyncpg
 import pytest
 
 from clients.orders import OrderClient, OrderStatus
+from fulfilment.config import FulfilmentSettings, to_env
+from runtime.processes import spawn, stop_child
 from server.app import App
-from server.config import Settings, to_env
-from server.devservers import spawn, stop_child
+from server.config import Settings
 from tests.e2e.fulfilment_stack import (
     fulfil_settings,
     paid_orders,
@@ -37,11 +38,11 @@ KILLS = 2
 SHIPPED = {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
 
 
-def _worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def _worker(settings: FulfilmentSettings, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **to_env(settings)}
     with open(log, "ab") as out:
         return spawn(
-            [sys.executable, "-m", "server", "fulfil"],
+            [sys.executable, "-m", "fulfilment"],
             death_signal=signal.SIGKILL,
             env=env,
             stdout=out,

@@ -11,10 +11,11 @@ from typing import Any
 import asyncpg
 from prometheus_client import REGISTRY
 
+from clients.fulfilment_stages import Stage
 from clients.orders import OrderClient, OrderStatus
+from fulfilment.config import FulfilmentSettings
 from server.app import App
 from server.config import Settings
-from server.domain.fulfilment import Stage
 from tests.e2e.fulfilment_stack import (
     SKU,
     Partners,
@@ -63,7 +64,7 @@ class Cast:
         return [*self.pushable, self.stale_unheard]
 
 
-def _quiet(settings: Settings, app: App, partners: Partners, **changes: Any) -> Settings:
+def _quiet(settings: Settings, app: App, partners: Partners, **changes: Any) -> FulfilmentSettings:
     base: dict[str, Any] = {
         "pack_poll_s": NEVER_S,
         "track_poll_s": NEVER_S,

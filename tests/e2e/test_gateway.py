@@ -16,12 +16,13 @@ import asyncpg
 import pytest
 import requests
 
+from devstack.credentials import DevCredentials
+from gateway.bootstrap import describe_routes
+from gateway.config import GatewaySettings
+from gateway.envoy import Gateway
 from server.app import create_server
 from server.auth import scopes
 from server.config import Settings
-from server.devcredentials import DevCredentials
-from server.gateway.bootstrap import describe_routes
-from server.gateway.envoy import Gateway
 from tests import callers
 from tests.e2e.conftest import STOREFRONT, GatewayCaller
 
@@ -461,7 +462,11 @@ async def test_unknown_query_parameter_is_refused(api: GatewayCaller, path: str)
 
 
 async def test_overload_refusal_is_429_with_its_retry_delay(
-    settings: Settings, gateway_settings: Settings, service_token: str, tmp_path: Path, dsn: str
+    settings: Settings,
+    gateway_settings: GatewaySettings,
+    service_token: str,
+    tmp_path: Path,
+    dsn: str,
 ) -> None:
     """One call in flight at most: while a row lock holds the first, the second is refused
     by the server at once, and the gateway answers 429 with the server's RetryInfo."""

@@ -20,9 +20,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from stockcore.v1 import inventory_pb2
 
-from server.config import Settings
-from server.devservers import free_port
-from server.gateway.envoy import Gateway
+from gateway.config import GatewaySettings
+from gateway.envoy import Gateway
+from runtime.processes import free_port
 
 # The README's table.
 HTTP_STATUS_OF = {
@@ -86,17 +86,17 @@ async def stand_in() -> AsyncIterator[tuple[StandIn, int]]:
 
 
 @pytest.fixture
-def plain_settings(tmp_path: Path) -> Settings:
+def plain_settings(tmp_path: Path) -> GatewaySettings:
     """A plaintext upstream, as the stand-in serves: the real, secured server's answers
     through the gateway are in test_gateway.py."""
-    return Settings(
+    return GatewaySettings(
         plaintext=True, gateway_port=free_port(), gateway_access_log=str(tmp_path / "access.log")
     ).validate()
 
 
 @pytest.fixture
 def gateway(
-    stand_in: tuple[StandIn, int], plain_settings: Settings, tmp_path: Path
+    stand_in: tuple[StandIn, int], plain_settings: GatewaySettings, tmp_path: Path
 ) -> Iterator[Gateway]:
     with Gateway(plain_settings, tmp_path / "gw", grpc_port=stand_in[1]) as gw:
         yield gw
@@ -129,7 +129,7 @@ async def test_authorization_header_reaches_the_server_as_call_metadata(
     assert stand_in[0].metadata[-1]["authorization"] == "Bearer token-for-checkout"
 
 
-async def test_server_down_is_503_as_json(plain_settings: Settings, tmp_path: Path) -> None:
+async def test_server_down_is_503_as_json(plain_settings: GatewaySettings, tmp_path: Path) -> None:
     with Gateway(plain_settings, tmp_path / "gw", grpc_port=free_port()) as gw:
         reply = await asyncio.to_thread(_get, gw, "/v1/reservations/r1")
     assert reply.status_code == 503
@@ -138,8 +138,10 @@ async def test_server_down_is_503_as_json(plain_settings: Settings, tmp_path: Pa
     assert body["details"][0]["reason"] == "UPSTREAM_UNAVAILABLE"
 
 
-def test_gateway_timeouts_must_name_known_rpcs(plain_settings: Settings, tmp_path: Path) -> None:
-    from server.config import SettingsError
+def test_gateway_timeouts_must_name_known_rpcs(
+    plain_settings: GatewaySettings, tmp_path: Path
+) -> None:
+    from gateway.config import SettingsError
 
     wrong = replace(plain_settings, gateway_timeouts={"Reserv": 1.0})
     with pytest.raises(SettingsError, match="unknown RPCs: Reserv"):

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.plots import KINDS, PUBLISHED, newest_run
-from server.devservers import descendants
+from runtime.processes import descendants
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

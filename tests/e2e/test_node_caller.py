@@ -14,8 +14,8 @@ import pytest
 from google.rpc import status_pb2
 from stockcore.v1 import inventory_pb2 as pb
 
+from devstack.credentials import DevCredentials
 from server.app import App
-from server.devcredentials import DevCredentials
 from tests import callers
 from tests.conftest import ROOT
 

@@ -14,10 +14,10 @@ import pytest
 from clients.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from clients.inventory import InventoryClient
 from clients.orders import EventType, OrderClient, OrderEvent, OrderStatus
+from devstack.credentials import DevCredentials
+from runtime.processes import free_port
 from server.app import App, create_server
 from server.config import Settings
-from server.devcredentials import DevCredentials
-from server.devservers import free_port
 
 
 @pytest.fixture

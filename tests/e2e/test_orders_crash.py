@@ -24,8 +24,8 @@ from stockcore.v1 import orders_pb2 as pb
 
 from clients.events import OrderEventConsumer
 from clients.orders import OrderClient, OrderEvent
-from server.devcredentials import DevCredentials
-from server.devservers import LocalStockcore
+from devstack.credentials import DevCredentials
+from devstack.servers import LocalStockcore
 from tests import callers
 from tests.conftest import SHARDS, ChannelOpener, Servers
 from tests.e2e.order_invariants import check_orders_agree

@@ -21,8 +21,8 @@ from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from clients.errors import from_rpc_error
-from server.devcredentials import DevCredentials
-from server.devservers import LocalStockcore
+from devstack.credentials import DevCredentials
+from devstack.servers import LocalStockcore
 from tests.conftest import SHARDS, ChannelOpener, Servers
 
 CALLERS = 200

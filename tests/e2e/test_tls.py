@@ -12,9 +12,9 @@ import pytest
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
+from devstack.credentials import CLIENT_NAME, DevCredentials
 from server.app import App, create_server
 from server.config import Settings
-from server.devcredentials import CLIENT_NAME, DevCredentials
 from tests import callers
 
 

@@ -8,8 +8,9 @@ import urllib.request
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
-from server.devcredentials import DevCredentials
-from server.devservers import LocalStockcore, free_port
+from devstack.credentials import DevCredentials
+from devstack.servers import LocalStockcore
+from runtime.processes import free_port
 from tests.conftest import SHARDS, ChannelOpener, Servers
 from tests.waiting import until
 

@@ -20,10 +20,12 @@ import redis.asyncio as aioredis
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
+from devstack.config import DevSettings
+from devstack.credentials import DevCredentials
+from devstack.servers import LocalPostgres, LocalRedis, local_servers
+from runtime.processes import free_port
 from server.app import create_server
 from server.config import Settings
-from server.devcredentials import DevCredentials
-from server.devservers import LocalPostgres, LocalRedis, free_port, local_servers
 from server.storage.migrations import migrate
 from tests.conftest import ROOT, SHARDS, ChannelOpener
 from tests.waiting import until
@@ -154,7 +156,7 @@ def test_a_started_server_dies_with_the_process_that_started_it(scratch: Path) -
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path;"
-            " from server.devservers import LocalRedis;"
+            " from devstack.servers import LocalRedis;"
             f" r = LocalRedis(Path({str(scratch)!r}), {port}); r.start();"
             " print(r.proc.pid, flush=True); time.sleep(600)",
         ],
@@ -199,7 +201,7 @@ async def test_the_project_redis_refuses_writes_past_its_budget_rather_than_evic
         config = await redis_memory_config(tests_redis.url)
     finally:
         tests_redis.stop()
-    assert config["maxmemory"] == str(Settings().dev_redis_maxmemory_mb * 1024 * 1024)
+    assert config["maxmemory"] == str(DevSettings().dev_redis_maxmemory_mb * 1024 * 1024)
     assert config["maxmemory-policy"] == "noeviction"
 
     # What `make run` starts (server/__main__.py's dev), with the setting it was given.

@@ -11,7 +11,7 @@ import sys
 import redis
 
 from loadtests.sampler import ProcessSampler, redis_used_mb
-from server.devservers import free_port
+from runtime.processes import free_port
 from tests.conftest import Servers
 
 PROBE = "loadtests:sampler-probe"

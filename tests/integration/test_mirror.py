@@ -433,7 +433,8 @@ async def test_a_change_made_while_a_rebuild_reads_is_not_lost(
 async def test_a_ready_marker_that_survived_a_redis_restart_is_not_trusted(
     store: StockStore, settings: Settings, db: asyncpg.Connection, tmp_path
 ) -> None:
-    from server.devservers import LocalRedis, free_port
+    from devstack.servers import LocalRedis
+    from runtime.processes import free_port
 
     # Redis with an append-only file, as some operators run it: every key survives.
     persistent = LocalRedis(tmp_path / "redis", free_port(), persistent=True)

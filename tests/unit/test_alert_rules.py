@@ -1,4 +1,4 @@
-"""The shipped alert rules (server/fulfilment/alerts.rules.yml) are valid, fire as their
+"""The shipped alert rules (fulfilment/alerts.rules.yml) are valid, fire as their
 promtool unit tests say, and read metrics the workers and servers export. promtool comes from Debian's
 `prometheus` package (`make deps` installs it); without it these tests fail, never skip."""
 
@@ -11,10 +11,11 @@ from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
 
-from server import metrics
+from fulfilment import metrics as worker_metrics
+from server import metrics as server_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "server" / "fulfilment" / "alerts.rules.yml"
+RULES = ROOT / "fulfilment" / "alerts.rules.yml"
 RULE_TESTS = Path(__file__).with_name("alert_rules_test.yml")
 
 
@@ -37,7 +38,7 @@ def test_the_alerts_fire_as_their_unit_tests_expect() -> None:
 
 def test_the_rules_read_only_metrics_the_workers_and_servers_export() -> None:
     exported = set()
-    for value in vars(metrics).values():
+    for value in [*vars(worker_metrics).values(), *vars(server_metrics).values()]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 exported |= {family.name, f"{family.name}_total"}

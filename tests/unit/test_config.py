@@ -8,8 +8,32 @@ from pathlib import Path
 
 import pytest
 
-from server.__main__ import with_dev_credentials
+from devstack import config as dev_config
+from devstack.config import DevSettings
+from devstack.stack import with_dev_credentials
+from fulfilment import config as fulfilment_config
+from fulfilment.config import FulfilmentSettings
 from server.config import Settings, SettingsError, from_env, to_env
+
+DEV_VARIABLES = {
+    "STOCKCORE_DATA_DIR",
+    "STOCKCORE_DEV_PG_PORT",
+    "STOCKCORE_DEV_REDIS_PORT",
+    "STOCKCORE_DEV_REDIS_MAXMEMORY_MB",
+    "STOCKCORE_DEMO_CATALOGUE",
+}
+
+
+def _read(environ: dict[str, str]) -> Settings | DevSettings:
+    """The settings of the program that reads these variables: the development stack's
+    own (data folder, local ports, demo catalogue), else the server's."""
+    return dev_config.from_env(environ) if set(environ) & DEV_VARIABLES else from_env(environ)
+
+
+def _defaults(changes: dict[str, object]) -> Settings | DevSettings:
+    """The default settings of the program that has the fields `changes` names."""
+    dev_fields = {f.name for f in dataclasses.fields(DevSettings)}
+    return DevSettings() if set(changes) <= dev_fields else Settings()
 
 
 def test_no_variables_give_the_defaults() -> None:
@@ -58,7 +82,7 @@ def test_unrelated_variables_are_ignored() -> None:
     ],
 )
 def test_variable_sets_its_setting(variable: str, attr: str, raw: str, expected: object) -> None:
-    settings = from_env({variable: raw})
+    settings = _read({variable: raw})
 
     assert getattr(settings, attr) == expected
     assert type(getattr(settings, attr)) is type(expected)
@@ -82,7 +106,7 @@ def test_variable_sets_its_setting(variable: str, attr: str, raw: str, expected:
 )
 def test_boolean_variable_accepts_common_spellings(variable: str, raw: str, expected: bool) -> None:
     attr = {"STOCKCORE_LOG_JSON": "log_json", "STOCKCORE_DEMO_CATALOGUE": "demo_catalogue"}
-    assert getattr(from_env({variable: raw}), attr[variable]) is expected
+    assert getattr(_read({variable: raw}), attr[variable]) is expected
 
 
 @pytest.mark.parametrize(
@@ -107,7 +131,7 @@ def test_boolean_variable_accepts_common_spellings(variable: str, raw: str, expe
 )
 def test_unparseable_value_raises_naming_the_variable(variable: str, raw: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        from_env({variable: raw})
+        _read({variable: raw})
 
     assert str(caught.value).startswith(f"{variable}: ")
     assert isinstance(caught.value.__cause__, ValueError)
@@ -180,7 +204,7 @@ def test_given_mapping_takes_the_place_of_the_process_environment(
 )
 def test_out_of_range_setting_is_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        dataclasses.replace(Settings(), **changes).validate()  # type: ignore[arg-type]
+        dataclasses.replace(_defaults(changes), **changes).validate()  # type: ignore[arg-type]
 
     assert message in str(caught.value)
 
@@ -267,7 +291,7 @@ def test_the_default_carriers_are_the_documented_ones() -> None:
 def test_order_variables_set_their_settings(
     variable: str, attr: str, raw: str, expected: object
 ) -> None:
-    assert getattr(from_env({variable: raw}), attr) == expected
+    assert getattr(_read({variable: raw}), attr) == expected
 
 
 @pytest.mark.parametrize(
@@ -288,7 +312,7 @@ def test_order_variables_set_their_settings(
 )
 def test_out_of_range_order_settings_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
-        dataclasses.replace(Settings(), **changes).validate()  # type: ignore[arg-type]
+        dataclasses.replace(_defaults(changes), **changes).validate()  # type: ignore[arg-type]
 
 
 def test_metrics_stay_on_loopback_and_reflection_off_unless_configured() -> None:
@@ -311,7 +335,7 @@ def test_mutual_tls_cannot_be_plaintext() -> None:
 
 
 def test_make_run_serves_tls_with_development_credentials_and_reflection(tmp_path) -> None:
-    settings = with_dev_credentials(Settings(data_dir=str(tmp_path)))
+    settings = with_dev_credentials(Settings(), tmp_path)
 
     assert settings.security_problem() is None and settings.reflection
     assert Path(settings.tls_cert_file).is_file() and Path(settings.auth_jwks_file).is_file()
@@ -320,19 +344,24 @@ def test_make_run_serves_tls_with_development_credentials_and_reflection(tmp_pat
 
 
 def test_make_run_serves_plaintext_only_when_asked(tmp_path) -> None:
-    settings = with_dev_credentials(Settings(data_dir=str(tmp_path), plaintext=True))
+    settings = with_dev_credentials(Settings(plaintext=True), tmp_path)
 
     assert settings.plaintext and not settings.tls_cert_file
 
 
 def test_to_env_round_trips_through_from_env() -> None:
-    changed = Settings().with_overrides(
+    changed = Settings().with_overrides(pg_dsn="postgresql://db/x", log_json=True)
+    assert from_env(to_env(changed)) == changed
+    assert from_env(to_env(Settings())) == Settings()
+    worker = FulfilmentSettings().with_overrides(
         pg_dsn="postgresql://db/x",
         log_json=True,
         breaker_slow_call_s=2.5,
         fallback_carrier="",
         fulfil_target="127.0.0.1:1234",
     )
-    assert from_env(to_env(changed)) == changed
-    assert from_env(to_env(Settings())) == Settings()
-    assert from_env({"STOCKCORE_FALLBACK_CARRIER": "none"}).fallback_carrier == ""
+    assert fulfilment_config.from_env(fulfilment_config.to_env(worker)) == worker
+    assert fulfilment_config.from_env(fulfilment_config.to_env(FulfilmentSettings())) == (
+        FulfilmentSettings()
+    )
+    assert fulfilment_config.from_env({"STOCKCORE_FALLBACK_CARRIER": "none"}).fallback_carrier == ""

@@ -1,4 +1,4 @@
-"""Envoy's configuration as built from Settings."""
+"""Envoy's configuration as built from GatewaySettings."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from typing import Any
 import jwt
 import pytest
 
-from server.config import Settings, SettingsError, from_env, to_env
-from server.devcredentials import DevCredentials
-from server.gateway.bootstrap import bootstrap, page_config_script, rpc_timeouts
-from server.gateway.page_token import (
+from devstack.credentials import DevCredentials
+from devstack.page_token import (
     CHECKOUT_PAGE_SCOPES,
     CHECKOUT_PAGE_SUBJECT,
     dev_page_token,
 )
+from gateway.bootstrap import bootstrap, page_config_script, rpc_timeouts
+from gateway.config import GatewaySettings, SettingsError, from_env, to_env
+from server.config import Settings
 
 Config = dict[str, Any]
 
@@ -28,7 +29,7 @@ def _routes(config: Config) -> dict[str, Config]:
 
 
 def test_route_timeout_is_sent_as_the_grpc_deadline() -> None:
-    settings = Settings(
+    settings = GatewaySettings(
         plaintext=True, gateway_timeout_s=5.0, gateway_timeouts={"Reserve": 2.0}
     ).validate()
     routes = _routes(bootstrap(settings))
@@ -44,14 +45,16 @@ def test_route_timeout_is_sent_as_the_grpc_deadline() -> None:
 
 
 def test_watch_orders_streams_without_a_deadline() -> None:
-    assert rpc_timeouts(Settings())["WatchOrders"] is None
-    watch = _routes(bootstrap(Settings(plaintext=True)))["WatchOrders"]
+    assert rpc_timeouts(GatewaySettings())["WatchOrders"] is None
+    watch = _routes(bootstrap(GatewaySettings(plaintext=True)))["WatchOrders"]
     assert watch["route"]["timeout"] == "0s"
     assert "request_headers_to_add" not in watch
 
 
 def test_cors_allows_only_the_configured_origins() -> None:
-    settings = Settings(plaintext=True, gateway_origins=("https://shop.example.com",)).validate()
+    settings = GatewaySettings(
+        plaintext=True, gateway_origins=("https://shop.example.com",)
+    ).validate()
     listener = bootstrap(settings)["static_resources"]["listeners"][0]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     policy = manager["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]
@@ -92,11 +95,11 @@ def test_bad_gateway_settings_are_refused(env: dict[str, str]) -> None:
 
 def test_unknown_rpc_in_timeouts_is_refused() -> None:
     with pytest.raises(SettingsError, match="Reserv"):
-        bootstrap(Settings(gateway_timeouts={"Reserv": 1.0}))
+        bootstrap(GatewaySettings(gateway_timeouts={"Reserv": 1.0}))
 
 
 def test_gateway_settings_round_trip_through_the_environment() -> None:
-    changed = Settings(
+    changed = GatewaySettings(
         gateway_origins=("https://a.example", "http://localhost:3000"),
         gateway_timeouts={"Reserve": 2.0, "GetStock": 0.25},
         gateway_port=0,
@@ -110,13 +113,15 @@ def _cluster(config: Config) -> Config:
 
 
 def test_plaintext_server_is_reached_in_plaintext() -> None:
-    assert "transport_socket" not in _cluster(bootstrap(Settings(plaintext=True)))
+    assert "transport_socket" not in _cluster(bootstrap(GatewaySettings(plaintext=True)))
 
 
 def test_tls_server_is_reached_over_tls_checking_its_ip_address(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("a CA certificate")
-    socket = _cluster(bootstrap(Settings(gateway_upstream_ca_file=str(ca))))["transport_socket"]
+    socket = _cluster(bootstrap(GatewaySettings(gateway_upstream_ca_file=str(ca))))[
+        "transport_socket"
+    ]
     context = socket["typed_config"]
     assert context["@type"].endswith("UpstreamTlsContext")
     common = context["common_tls_context"]
@@ -132,7 +137,7 @@ def test_tls_server_is_reached_over_tls_checking_its_ip_address(tmp_path: Path) 
 def test_tls_server_name_is_sent_as_sni_and_checked(tmp_path: Path) -> None:
     for name in ("ca.pem", "client.pem", "client-key.pem"):
         (tmp_path / name).write_text(name)
-    settings = Settings(
+    settings = GatewaySettings(
         gateway_upstream_ca_file=str(tmp_path / "ca.pem"),
         gateway_upstream_server_name="localhost",
         gateway_upstream_cert_file=str(tmp_path / "client.pem"),
@@ -149,13 +154,15 @@ def test_tls_server_name_is_sent_as_sni_and_checked(tmp_path: Path) -> None:
 
 def test_tls_server_without_a_ca_for_the_gateway_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="STOCKCORE_GATEWAY_UPSTREAM_CA"):
-        bootstrap(Settings())
+        bootstrap(GatewaySettings())
     with pytest.raises(SettingsError, match="not a file"):
-        bootstrap(Settings(gateway_upstream_ca_file=str(tmp_path / "missing.pem")))
+        bootstrap(GatewaySettings(gateway_upstream_ca_file=str(tmp_path / "missing.pem")))
 
 
 def test_checkout_page_config_carries_its_token() -> None:
-    route = _routes(bootstrap(Settings(plaintext=True), page_token="a.b.c"))["static config.js"]
+    route = _routes(bootstrap(GatewaySettings(plaintext=True), page_token="a.b.c"))[
+        "static config.js"
+    ]
     assert route["match"]["path"] == "/config.js"
     assert route["direct_response"]["body"]["inline_string"] == page_config_script("a.b.c")
     assert 'window.stockcoreConfig = {"token": "a.b.c"};' in page_config_script("a.b.c")
@@ -164,13 +171,19 @@ def test_checkout_page_config_carries_its_token() -> None:
 
 def test_dev_page_token_only_for_a_loopback_gateway(tmp_path: Path) -> None:
     credentials = DevCredentials(tmp_path).ensure()
-    settings = Settings(data_dir=str(tmp_path), auth_jwks_file=str(credentials.jwks))
-    token = dev_page_token(settings)
+    settings = Settings(auth_jwks_file=str(credentials.jwks))
+    gateway = GatewaySettings()
+    token = dev_page_token(settings, gateway, tmp_path)
     assert token is not None
     claims = jwt.decode(token, options={"verify_signature": False})
     assert (claims["sub"], claims["scope"]) == (
         CHECKOUT_PAGE_SUBJECT,
         " ".join(sorted(CHECKOUT_PAGE_SCOPES)),
     )
-    assert dev_page_token(replace(settings, gateway_host="0.0.0.0")) is None
-    assert dev_page_token(replace(settings, auth_jwks_file=str(tmp_path / "other.json"))) is None
+    assert dev_page_token(settings, replace(gateway, gateway_host="0.0.0.0"), tmp_path) is None
+    assert (
+        dev_page_token(
+            replace(settings, auth_jwks_file=str(tmp_path / "other.json")), gateway, tmp_path
+        )
+        is None
+    )

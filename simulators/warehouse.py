@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.simulators.faults import STATE_KEY, broken_json, fault_app
+from simulators.faults import STATE_KEY, broken_json, fault_app
 
 
 @dataclass

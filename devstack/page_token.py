@@ -1,6 +1,6 @@
 """The checkout page's token under `make run`: development only.
 
-`python -m server dev` owns the development signing key, so it mints one token for the
+`python -m devstack` owns the development signing key, so it mints one token for the
 page the gateway serves (served to it as /config.js). Anyone who can load the page can
 read that token: a real storefront never does this, it mints a customer-bound token per
 shopper (README, "How a checkout gateway mints customer tokens").
@@ -12,9 +12,10 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from server import config
+from devstack.credentials import DevCredentials
+from gateway.config import GatewaySettings
 from server.auth import scopes
-from server.devcredentials import DevCredentials
+from server.config import Settings
 
 log = logging.getLogger("stockcore")
 
@@ -25,20 +26,22 @@ CHECKOUT_PAGE_SCOPES = (scopes.INVENTORY_READ, scopes.ORDERS_WRITE, scopes.ORDER
 CHECKOUT_PAGE_TOKEN_TTL_S = 10 * 3600.0
 
 
-def dev_page_token(settings: config.Settings) -> str | None:
+def dev_page_token(
+    settings: Settings, gateway: GatewaySettings, data_dir: Path | str
+) -> str | None:
     """A token for the checkout page, signed with the development key, for a working
     day; None when the server checks tokens against another key set (or none), or when
     the gateway listens on more than loopback."""
     from clients.tokens import issue_token, load_signing_key
 
-    credentials = DevCredentials(Path(settings.data_dir).resolve())
+    credentials = DevCredentials(Path(data_dir).resolve())
     if settings.auth_disabled or settings.auth_jwks_file != str(credentials.jwks):
         return None
-    if not _loopback(settings.gateway_host):
+    if not _loopback(gateway.gateway_host):
         # Whoever loads the page holds the token: only this machine may.
         log.warning(
             "the checkout page gets no token: the gateway listens beyond this machine",
-            extra={"gateway_host": settings.gateway_host},
+            extra={"gateway_host": gateway.gateway_host},
         )
         return None
     return issue_token(

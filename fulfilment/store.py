@@ -12,7 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from server.domain.fulfilment import Fulfilment, Outcome, Stage
+from clients.fulfilment_stages import Stage
+from fulfilment.domain import Fulfilment, Outcome
 
 
 def _json(value: object) -> str:

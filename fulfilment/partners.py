@@ -5,7 +5,7 @@ A real warehouse or carrier plugs in by writing one adapter: a class with these 
 that speaks the partner's own API (its URLs, formats, credentials) and maps its replies to
 these values and its failures to these errors. The shape follows the multi-carrier
 libraries' (a carrier is a settings object plus book / track / cancel operations turning a
-unified request into the carrier's and its reply back); server/fulfilment/http_partners.py
+unified request into the carrier's and its reply back); fulfilment/http_partners.py
 holds the adapters of the project's simulators.
 
 The errors say what a retry may assume, which is what keeps an order from being booked

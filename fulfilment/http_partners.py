@@ -1,6 +1,6 @@
 """Adapters of the partners' HTTP APIs as the project's simulators speak them
-(server/simulators/): one class per kind of partner, mapping replies to the values of
-server/fulfilment/partners.py and failures to its errors. Their contract:
+(simulators/): one class per kind of partner, mapping replies to the values of
+fulfilment/partners.py and failures to its errors. Their contract:
 
 - a refused or timed-out connection attempt, 503 and 429 applied nothing (NotApplied);
 - a timeout after the request was sent, a dropped connection, any other 5xx, and a 2xx
@@ -19,8 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from server.domain.orders import MAX_CARRIER_ACK, TRACKING_PATTERN
-from server.fulfilment.partners import (
+from fulfilment.partners import (
     Booking,
     BookingRequest,
     HandOff,
@@ -33,6 +32,7 @@ from server.fulfilment.partners import (
     Rejected,
     TrackingUpdate,
 )
+from server.domain.orders import MAX_CARRIER_ACK, TRACKING_PATTERN
 
 _NOT_APPLIED_STATUSES = frozenset({429, 503})
 

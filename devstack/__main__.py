@@ -1,0 +1,44 @@
+"""`python -m devstack` (`make run`): local PostgreSQL and Redis unless the environment
+names servers, the migrations and a demo catalogue, then the gRPC server with the HTTP/JSON
+gateway, the simulated partners and a fulfilment worker beside it; Ctrl-C stops everything.
+`python -m devstack gateway` runs the gateway alone in front of a server `make run` started,
+trusting the development CA."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from devstack import config as dev_config
+from devstack.stack import StackSettings, dev, gateway_alone
+from fulfilment import config as fulfilment_config
+from gateway import config as gateway_config
+from gateway.envoy import serve as serve_gateway
+from runtime import logs
+from runtime.settings import SettingsError
+from server import config as server_config
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("command", choices=["run", "gateway"], nargs="?", default="run")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        stack = StackSettings(
+            dev=dev_config.from_env(),
+            server=server_config.from_env(),
+            gateway=gateway_config.from_env(),
+            fulfilment=fulfilment_config.from_env(),
+        )
+        logs.configure(stack.server.log_level, stack.server.log_json)
+        if args.command == "gateway":
+            serve_gateway(gateway_alone(stack.gateway, stack.root))
+            return
+    except SettingsError as exc:
+        parser.exit(2, f"invalid settings: {exc}\n")
+    dev(stack)
+
+
+if __name__ == "__main__":
+    main()

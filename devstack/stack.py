@@ -1,0 +1,271 @@
+"""The development stack (`make run`): project-owned PostgreSQL and Redis unless the
+environment names servers, the migrations and the demo catalogue, then the gRPC server in
+this process with Envoy, the simulated partners and a fulfilment worker beside it as child
+processes that die with it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack import demo
+from devstack.config import DevSettings
+from devstack.credentials import DevCredentials
+from devstack.page_token import dev_page_token
+from devstack.servers import local_servers
+from fulfilment import config as fulfilment_config
+from fulfilment.config import FulfilmentSettings
+from gateway.config import GatewaySettings
+from gateway.envoy import Gateway
+from runtime.processes import spawn, stop_child
+from server import app
+from server.config import Settings
+from server.storage.postgres import StockStore
+
+log = logging.getLogger("stockcore")
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """The development stack's own settings and those of the programs it starts, each
+    read by its program's own settings module."""
+
+    dev: DevSettings
+    server: Settings
+    gateway: GatewaySettings
+    fulfilment: FulfilmentSettings
+
+    @property
+    def root(self) -> Path:
+        """The data folder, absolute."""
+        return Path(self.dev.data_dir).resolve()
+
+
+async def _load_demo(settings: Settings) -> None:
+    assert settings.pg_dsn is not None
+    store = await StockStore.connect(
+        settings.pg_dsn,
+        shard_count=settings.shard_count,
+        pool_size=2,
+        timeout=settings.db_timeout_s,
+    )
+    try:
+        loaded = await demo.load(store)
+        log.info("demo catalogue ready", extra={"newly_loaded": loaded})
+    finally:
+        await store.close()
+
+
+def with_dev_credentials(settings: Settings, data_dir: Path | str) -> Settings:
+    """Server settings that serve TLS with the development certificate and check tokens
+    against the development key (made under `data_dir` if missing), where the environment
+    named no files and did not turn TLS or token checks off; reflection on unless set."""
+    credentials = DevCredentials(Path(data_dir).resolve())
+    changes: dict[str, object] = {}
+    if not settings.plaintext and not settings.tls_cert_file:
+        changes["tls_cert_file"] = str(credentials.server_cert)
+        changes["tls_key_file"] = str(credentials.server_key)
+    if not settings.auth_disabled and not settings.auth_jwks_file:
+        changes["auth_jwks_file"] = str(credentials.jwks)
+    if changes:
+        credentials.ensure()
+    if settings.reflection is None:
+        changes["reflection"] = True
+    return settings.with_overrides(**changes)
+
+
+def gateway_for(
+    gateway: GatewaySettings, server: Settings, data_dir: Path | str
+) -> GatewaySettings:
+    """The gateway in front of `server`: its address and transport, trusting the
+    development CA when the server serves the development certificate and no CA is named."""
+    credentials = DevCredentials(Path(data_dir).resolve())
+    changes: dict[str, object] = {
+        "grpc_host": server.grpc_host,
+        "grpc_port": server.grpc_port,
+        "plaintext": server.plaintext,
+        "data_dir": str(data_dir),
+    }
+    if (
+        server.tls_cert_file == str(credentials.server_cert)
+        and not gateway.gateway_upstream_ca_file
+    ):
+        changes["gateway_upstream_ca_file"] = str(credentials.ca_cert)
+    return gateway.with_overrides(**changes)
+
+
+@contextlib.contextmanager
+def partners_and_worker(
+    dev: DevSettings,
+    fulfilment: FulfilmentSettings,
+    logs_dir: Path,
+    *,
+    workers: int = 1,
+    worker_env: Mapping[str, str] | None = None,
+) -> Iterator[None]:
+    """The simulated warehouse and carriers (`fulfilment`'s carriers) on the dev_*_port
+    settings, and `workers` fulfilment workers with `fulfilment` pointed at them, as child
+    processes that die with this one (their logs under `logs_dir`). `worker_env` adds what
+    the workers' client presents to the server (clients/credentials.py)."""
+    simulate = [sys.executable, "-m", "simulators"]
+    children = [
+        ("warehouse", [*simulate, "warehouse", "--port", str(dev.dev_warehouse_port)]),
+        (
+            fulfilment.primary_carrier,
+            [*simulate, "carrier", "--carrier", fulfilment.primary_carrier,
+             "--port", str(dev.dev_primary_carrier_port)],
+        ),
+    ]  # fmt: skip
+    if fulfilment.fallback_carrier:
+        children.append(
+            (
+                fulfilment.fallback_carrier,
+                [*simulate, "carrier", "--carrier", fulfilment.fallback_carrier,
+                 "--port", str(dev.dev_fallback_carrier_port)],
+            )
+        )  # fmt: skip
+    fulfilment = fulfilment.with_overrides(
+        warehouse_url=f"http://127.0.0.1:{dev.dev_warehouse_port}",
+        primary_carrier_url=f"http://127.0.0.1:{dev.dev_primary_carrier_port}",
+        fallback_carrier_url=f"http://127.0.0.1:{dev.dev_fallback_carrier_port}",
+    )
+    env = {**os.environ, **(worker_env or {}), **fulfilment_config.to_env(fulfilment)}
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        fulfil = [(f"fulfil-{i}", [sys.executable, "-m", "fulfilment"]) for i in range(workers)]
+        for name, argv in [*children, *fulfil]:
+            with open(logs_dir / f"{name}.log", "ab") as out:
+                started.append(
+                    spawn(
+                        argv,
+                        death_signal=signal.SIGTERM,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        log.info(
+            "simulated partners and a fulfilment worker started",
+            extra={"logs": str(logs_dir), "warehouse": fulfilment.warehouse_url},
+        )
+        yield
+    finally:
+        for proc in reversed(started):
+            stop_child(proc)
+
+
+def dev(stack: StackSettings) -> None:
+    """Start PostgreSQL and Redis unless the environment names servers, then serve."""
+    import uvloop
+
+    root = stack.root
+    server = with_dev_credentials(stack.server, root)
+    dev_settings = stack.dev
+    with local_servers(
+        root,
+        dev_settings.dev_pg_port,
+        dev_settings.dev_redis_port,
+        want_pg=server.pg_dsn is None,
+        want_redis=server.redis_url is None,
+        redis_maxmemory_mb=dev_settings.dev_redis_maxmemory_mb,
+    ) as (pg, redis):
+        server = server.with_overrides(
+            pg_dsn=server.pg_dsn or (pg.dsn if pg else None),
+            redis_url=server.redis_url or (redis.url if redis else None),
+        )
+        log.info(
+            "dev servers ready",
+            extra={"postgres": server.pg_dsn, "redis": server.redis_url, "data": str(root)},
+        )
+        uvloop.run(app.run_migrations(server))
+        if dev_settings.demo_catalogue:
+            uvloop.run(_load_demo(server))
+        gateway_settings = gateway_for(stack.gateway, server, root)
+        page_token = dev_page_token(server, gateway_settings, root)
+        fulfilment = stack.fulfilment.with_overrides(
+            pg_dsn=server.pg_dsn, redis_url=server.redis_url
+        )
+        with _gateway(gateway_settings, root, page_token=page_token) as gateway:
+            print(
+                f"stockcore serving on {server.grpc_host}:{server.grpc_port}"
+                f" ({'plaintext' if server.plaintext else 'TLS, CA ' + _dev_ca(server, root)};"
+                f" metrics http://{server.metrics_host}:{server.metrics_port}/metrics)"
+                + (f"; HTTP/JSON and the checkout page on {gateway.url}/" if gateway else "")
+                + f"; a warehouse on :{dev_settings.dev_warehouse_port}, carriers"
+                f" {fulfilment.primary_carrier} on :{dev_settings.dev_primary_carrier_port} and"
+                f" {fulfilment.fallback_carrier or '-'} on"
+                f" :{dev_settings.dev_fallback_carrier_port},"
+                f" a fulfilment worker (logs in {root}/logs); Ctrl-C stops\n"
+                "a development token for stockctl:"
+                " export STOCKCORE_TOKEN=$(.venv/bin/stockctl token issue --sub $USER --scopes all)",
+                file=sys.stderr,
+                flush=True,
+            )
+            worker_env = {
+                "STOCKCORE_PLAINTEXT": "1" if server.plaintext else "0",
+                **worker_credentials_env(server, root),
+            }
+            with partners_and_worker(
+                dev_settings, fulfilment, root / "logs", worker_env=worker_env
+            ):
+                app.serve(server)
+
+
+@contextlib.contextmanager
+def _gateway(
+    settings: GatewaySettings, root: Path, *, page_token: str | None = None
+) -> Iterator[Gateway | None]:
+    """Envoy in front of the server while it serves (none when gateway_port is 0), the
+    checkout page calling with `page_token`. It dies with this process, and is stopped
+    when serving ends."""
+    if not settings.gateway_port:
+        yield None
+        return
+    with Gateway(settings, root / "gateway", page_token=page_token) as gateway:
+        log.info("gateway ready", extra={"url": gateway.url, "admin": gateway.admin_url()})
+        yield gateway
+
+
+def gateway_alone(settings: GatewaySettings, data_dir: Path | str) -> GatewaySettings:
+    """The settings of a gateway run alone (`python -m devstack gateway`) in front of a
+    server `make run` started on this machine: trusting the development CA when no CA is
+    named and it exists, as stockctl does."""
+    dev_ca = DevCredentials(Path(data_dir).resolve()).ca_cert
+    if not settings.plaintext and not settings.gateway_upstream_ca_file and dev_ca.is_file():
+        return settings.with_overrides(gateway_upstream_ca_file=str(dev_ca))
+    return settings
+
+
+def worker_credentials_env(settings: Settings, data_dir: Path | str) -> dict[str, str]:
+    """What a fulfilment worker started by `make run` presents to the server (read by
+    Credentials.from_env): the development CA, and a token signed with the development key
+    for the scopes it uses, when the server uses the development credentials."""
+    from clients.tokens import issue_token, load_signing_key
+
+    credentials = DevCredentials(Path(data_dir).resolve())
+    env: dict[str, str] = {}
+    if settings.tls_cert_file == str(credentials.server_cert):
+        env["STOCKCORE_CA_FILE"] = str(credentials.ca_cert)
+    if not settings.auth_disabled and settings.auth_jwks_file == str(credentials.jwks):
+        env["STOCKCORE_TOKEN"] = issue_token(
+            load_signing_key(credentials.signing_key),
+            "fulfilment-worker",
+            ("orders:read", "orders:write", "orders:fulfil"),
+            ttl_s=7 * 86400.0,
+        )
+    return env
+
+
+def _dev_ca(settings: Settings, data_dir: Path) -> str:
+    credentials = DevCredentials(data_dir)
+    if settings.tls_cert_file == str(credentials.server_cert):
+        return str(credentials.ca_cert)
+    return "of the configured certificate"

@@ -1,0 +1,123 @@
+"""The gateway's settings: the only place it reads environment variables."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from runtime import settings as env
+from runtime.settings import SettingsError, parse_list, parse_timeouts
+
+__all__ = ["GatewaySettings", "SettingsError", "from_env", "to_env"]
+
+# scheme://host[:port], as a browser sends it in Origin.
+ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the HTTP/JSON gateway (Envoy) needs, validated once at start-up."""
+
+    # The gRPC server behind the gateway, and whether it serves plaintext (else TLS).
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    plaintext: bool = False
+    log_level: str = "INFO"
+    log_json: bool = True
+    # Envoy's files (configuration, admin address, log) go to <data_dir>/gateway.
+    data_dir: str = ".data"
+    # Where the gateway listens; gateway_port 0 starts none (`make run`).
+    # gateway_admin_port 0 lets Envoy pick a free one.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    gateway_admin_port: int = 0
+    # Storefront origins allowed to call the gateway from a browser (CORS); the checkout
+    # page the gateway serves itself needs none.
+    gateway_origins: tuple[str, ...] = ()
+    # Larger request bodies are refused (413) before they reach the server.
+    gateway_max_request_bytes: int = 65_536
+    # Seconds a unary call may take through the gateway; it becomes the call's gRPC
+    # deadline. gateway_timeouts overrides it per RPC ("Reserve=2,GetStock=0.5").
+    gateway_timeout_s: float = 5.0
+    gateway_timeouts: Mapping[str, float] = field(default_factory=dict)
+    # Envoy's access log: a file path, or "-" for standard output.
+    gateway_access_log: str = "-"
+    # Envoy worker threads.
+    gateway_threads: int = 1
+    # The gateway reaches the gRPC server over TLS unless the server is plaintext,
+    # trusting this CA (PEM; `make run` names the development CA) and checking that the
+    # server's certificate names gateway_upstream_server_name (empty: the gRPC host, an
+    # IP address matched as such). A server asking for client certificates (mutual TLS)
+    # gets gateway_upstream_cert_file and its key.
+    gateway_upstream_ca_file: str = ""
+    gateway_upstream_server_name: str = ""
+    gateway_upstream_cert_file: str = ""
+    gateway_upstream_key_file: str = ""
+
+    def validate(self) -> GatewaySettings:
+        """Raise SettingsError for values the gateway cannot run with."""
+        checks = [
+            (1 <= self.grpc_port <= 65535 or self.grpc_port == 0, "grpc_port must be 0-65535"),
+            (0 <= self.gateway_port <= 65535, "gateway_port must be 0-65535"),
+            (0 <= self.gateway_admin_port <= 65535, "gateway_admin_port must be 0-65535"),
+            (
+                all(ORIGIN_PATTERN.fullmatch(o) for o in self.gateway_origins),
+                "gateway_origins must be origins such as https://shop.example.com",
+            ),
+            (
+                1024 <= self.gateway_max_request_bytes <= 64 * 1024 * 1024,
+                "gateway_max_request_bytes must be 1 KiB-64 MiB",
+            ),
+            (0 < self.gateway_timeout_s <= 300, "gateway_timeout_s must be in (0, 300]"),
+            (
+                all(0 < t <= 300 for t in self.gateway_timeouts.values()),
+                "gateway_timeouts must be in (0, 300] seconds",
+            ),
+            (1 <= self.gateway_threads <= 64, "gateway_threads must be 1-64"),
+            (
+                bool(self.gateway_upstream_cert_file) == bool(self.gateway_upstream_key_file),
+                "gateway_upstream_cert_file and gateway_upstream_key_file go together",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+        return self
+
+    def with_overrides(self, **changes: object) -> GatewaySettings:
+        """Return a copy with the given fields changed, validated."""
+        return replace(self, **changes).validate()  # type: ignore[arg-type]
+
+
+_ENV: env.Variables = {
+    "STOCKCORE_GRPC_HOST": ("grpc_host", str),
+    "STOCKCORE_GRPC_PORT": ("grpc_port", int),
+    "STOCKCORE_PLAINTEXT": ("plaintext", bool),
+    "STOCKCORE_LOG_LEVEL": ("log_level", str),
+    "STOCKCORE_LOG_JSON": ("log_json", bool),
+    "STOCKCORE_DATA_DIR": ("data_dir", str),
+    "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
+    "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
+    "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
+    "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", parse_list),
+    "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
+    "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
+    "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", parse_timeouts),
+    "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
+    "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
+    "STOCKCORE_GATEWAY_UPSTREAM_CA": ("gateway_upstream_ca_file", str),
+    "STOCKCORE_GATEWAY_UPSTREAM_SERVER_NAME": ("gateway_upstream_server_name", str),
+    "STOCKCORE_GATEWAY_UPSTREAM_CERT": ("gateway_upstream_cert_file", str),
+    "STOCKCORE_GATEWAY_UPSTREAM_KEY": ("gateway_upstream_key_file", str),
+}
+
+
+def to_env(settings: GatewaySettings) -> dict[str, str]:
+    """The STOCKCORE_* variables that `from_env` reads back as `settings`."""
+    return env.write(settings, _ENV)
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> GatewaySettings:
+    """Build GatewaySettings from STOCKCORE_* variables, validated."""
+    return env.read(GatewaySettings, _ENV, environ)

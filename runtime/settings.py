@@ -1,0 +1,105 @@
+"""Typed settings from STOCKCORE_* environment variables: the parsing that every program's
+settings share. Each program declares its variables (name -> field and parser) beside its
+own settings class, and reads them once, at start-up, through `read`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Protocol, Self, TypeVar
+
+#: A program's variables: the variable's name -> (the settings field, its parser).
+Variables = Mapping[str, tuple[str, Callable[[str], object]]]
+
+#: The value of a variable that names nothing (STOCKCORE_FALLBACK_CARRIER=none: no
+#: fallback), since an empty variable means the default.
+NONE = "none"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or out of range."""
+
+
+class Validated(Protocol):
+    """A settings class: built from keyword arguments, then validated."""
+
+    def validate(self) -> Self:
+        """Raise SettingsError for values the program cannot run with."""
+        ...
+
+
+S = TypeVar("S", bound=Validated)
+
+
+def parse_bool(raw: str) -> bool:
+    """`1`, `true`, `yes`, `on` or their opposites."""
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def parse_list(raw: str) -> tuple[str, ...]:
+    """`a, b,c` -> ("a", "b", "c")."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def parse_timeouts(raw: str) -> dict[str, float]:
+    """`Reserve=2,GetStock=0.5` -> {"Reserve": 2.0, "GetStock": 0.5}."""
+    timeouts: dict[str, float] = {}
+    for item in parse_list(raw):
+        name, sep, seconds = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected RPC=seconds, got {item!r}")
+        timeouts[name.strip()] = float(seconds)
+    return timeouts
+
+
+def parse_optional_name(raw: str) -> str:
+    """A name, or "" for `none`."""
+    return "" if raw.strip().lower() == NONE else raw.strip()
+
+
+def read(
+    kind: Callable[..., S], variables: Variables, environ: Mapping[str, str] | None = None
+) -> S:
+    """Build `kind` from the set `variables` of `environ` (default: the process's
+    environment), validated; a SettingsError names the variables at fault."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name, (attr, parse) in variables.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[attr] = parse_bool(raw) if parse is bool else parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from exc
+    try:
+        return kind(**values).validate()
+    except SettingsError as exc:
+        named = [name for name, (attr, _) in variables.items() if attr in str(exc).split()[0]]
+        raise SettingsError(f"{exc} (from {', '.join(named) or 'defaults'})") from exc
+
+
+def write(settings: object, variables: Variables) -> dict[str, str]:
+    """The variables that `read` turns back into `settings` (for child processes started
+    with these settings); a field at its unset value is left out."""
+    env: dict[str, str] = {}
+    for name, (attr, parse) in variables.items():
+        value = getattr(settings, attr)
+        if parse is parse_optional_name and value == "":
+            env[name] = NONE
+        elif value is None or value == "":
+            continue  # unset: the default
+        elif parse is bool:
+            env[name] = "1" if value else "0"
+        elif parse is parse_list:
+            env[name] = ",".join(value)
+        elif parse is parse_timeouts:
+            env[name] = ",".join(f"{rpc}={seconds!r}" for rpc, seconds in value.items())
+        else:
+            env[name] = str(value)
+    return env

@@ -1,2 +1,0 @@
-"""Simulated partners for development, tests and load runs: a warehouse and carriers as
-real HTTP servers, with fault knobs settable at run time (server/simulators/faults.py)."""
