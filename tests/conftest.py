@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -21,6 +20,7 @@ from runtime.processes import free_port
 from server.config import Settings
 from server.storage.migrations import migrate
 from tests import callers
+from tests.support import connected
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 8
@@ -65,19 +65,15 @@ def servers() -> Iterator[Servers]:
 @pytest.fixture(scope="session")
 async def migrated(servers: Servers) -> str:
     """The database DSN, with a fresh stockcore schema."""
-    conn = await asyncpg.connect(servers.pg_dsn)
-    try:
+    async with connected(servers.pg_dsn) as conn:
         await conn.execute("DROP SCHEMA IF EXISTS stockcore CASCADE")
         await migrate(conn, SHARDS)
-    finally:
-        await conn.close()
     return servers.pg_dsn
 
 
 async def reset_state(pg_dsn: str, redis_url: str) -> None:
     """Empty every table and the gate's Redis keys."""
-    conn = await asyncpg.connect(pg_dsn)
-    try:
+    async with connected(pg_dsn) as conn:
         await conn.execute(
             "TRUNCATE stockcore.stock, stockcore.reservations, stockcore.movements,"
             " stockcore.adjustments, stockcore.orders, stockcore.order_history,"
@@ -86,8 +82,6 @@ async def reset_state(pg_dsn: str, redis_url: str) -> None:
             " stockcore.fulfilment_workers, stockcore.fulfilment_breaker_transitions"
         )
         await conn.execute("UPDATE stockcore.outbox_state SET published_upto = 0")
-    finally:
-        await conn.close()
     client = aioredis.Redis.from_url(redis_url)
     try:
         await client.flushdb()

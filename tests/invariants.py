@@ -9,6 +9,8 @@ import time
 import asyncpg
 import redis.asyncio as aioredis
 
+from tests.support import connected
+
 _VIOLATIONS = 'SELECT "check", subject, detail FROM stockcore.invariant_violations()'
 
 
@@ -34,14 +36,11 @@ async def assert_mirror_converges(pg_dsn: str, redis_url: str, timeout: float = 
     try:
         deadline = time.monotonic() + timeout
         while True:
-            conn = await asyncpg.connect(pg_dsn)
-            try:
+            async with connected(pg_dsn) as conn:
                 rows = {
                     r["sku"]: (r["on_hand"], r["reserved"], 0)
                     for r in await conn.fetch("SELECT sku, on_hand, reserved FROM stockcore.stock")
                 }
-            finally:
-                await conn.close()
             mirrored = {}
             for sku in rows:
                 values = await client.hmget(f"sc:s:{sku}", "oh", "rs", "pd")

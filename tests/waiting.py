@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
+from tests.support import connected
 
 
 async def eventually(
@@ -31,11 +31,8 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout: fl
 async def sql_is(dsn: str, query: str, expected: object, *args: object) -> bool:
     """Whether `query`'s single value equals `expected` now (a fresh connection each time,
     so the condition can be polled across a server restart)."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return bool(await conn.fetchval(query, *args) == expected)
-    finally:
-        await conn.close()
 
 
 async def no_short_holds_left(dsn: str, longest_short_ttl_s: float, timeout: float) -> None:
@@ -56,11 +53,8 @@ async def no_short_holds_left(dsn: str, longest_short_ttl_s: float, timeout: flo
 
 async def database_clock_offset(dsn: str) -> float:
     """PostgreSQL's clock minus ours, in seconds (PostgreSQL's clock decides expiry)."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         before = time.time()
         theirs = (await conn.fetchval("SELECT clock_timestamp()")).timestamp()
         after = time.time()
-    finally:
-        await conn.close()
     return float(theirs - (before + after) / 2)

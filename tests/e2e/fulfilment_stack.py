@@ -26,6 +26,7 @@ from server.config import Settings
 from simulators.carrier import carrier_app
 from simulators.run import RunningSimulator, start
 from simulators.warehouse import warehouse_app
+from tests.support import connected
 from tests.waiting import until
 
 PRIMARY = "sf-express"
@@ -185,25 +186,19 @@ async def wait_statuses(
 
 async def fulfilment_rows(dsn: str, ids: Iterable[str]) -> dict[str, asyncpg.Record]:
     """The fulfilment rows of these orders."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         rows = await conn.fetch(
             "SELECT * FROM stockcore.fulfilments WHERE order_id = ANY($1)", list(ids)
         )
-    finally:
-        await conn.close()
     return {row["order_id"]: row for row in rows}
 
 
 async def transitions(dsn: str, partner: str) -> list[tuple[str, str, str]]:
     """(from, to, reason) of a partner's breaker transitions, oldest first."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         rows = await conn.fetch(
             "SELECT from_state, to_state, reason FROM stockcore.fulfilment_breaker_transitions"
             " WHERE partner = $1 ORDER BY id",
             partner,
         )
-    finally:
-        await conn.close()
     return [(r["from_state"], r["to_state"], r["reason"]) for r in rows]

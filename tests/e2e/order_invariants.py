@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from tests.invariants import assert_invariants_hold
+from tests.support import connected
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,7 @@ class Snapshot:
 
 async def check_orders_agree(dsn: str) -> Snapshot:
     """Assert every invariant; return the snapshot it was checked on."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             await assert_invariants_hold(conn)
             return Snapshot(
@@ -34,5 +34,3 @@ async def check_orders_agree(dsn: str) -> Snapshot:
                     for r in await conn.fetch("SELECT * FROM stockcore.reservations")
                 },
             )
-    finally:
-        await conn.close()

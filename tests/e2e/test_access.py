@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -23,8 +22,7 @@ from server.app import App
 from server.auth import scopes
 from server.rpc.access import RULES
 from tests import callers
-from tests.e2e.test_inventory_api import details_of
-from tests.e2e.test_orders_api import create_request, now_stamp
+from tests.support import connected, create_request, details_of, now_stamp
 
 ALICE = "alice"
 BOB = "bob"
@@ -45,14 +43,11 @@ _STATE = {
 
 
 async def state(dsn: str) -> dict[str, list[str]]:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return {
             name: sorted(str(tuple(row)) for row in await conn.fetch(query))
             for name, query in _STATE.items()
         }
-    finally:
-        await conn.close()
 
 
 @dataclass
@@ -294,14 +289,11 @@ async def test_a_customer_cancels_its_own_unpaid_order_but_not_a_paid_one(
     # An order that does not exist looks like another customer's: nothing is learned.
     assert missing[:2] == (grpc.StatusCode.PERMISSION_DENIED, "OTHER_CUSTOMER")
     assert await state(dsn) == before
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         callers_of = await conn.fetchval(
             "SELECT caller FROM stockcore.order_history WHERE order_id = 'o-open'"
             " ORDER BY changed_at DESC LIMIT 1"
         )
-    finally:
-        await conn.close()
     assert callers_of == f"shop-web for customer {ALICE}"
 
 
@@ -349,15 +341,12 @@ async def test_the_audit_trail_names_the_token_subject_never_a_name_the_call_ass
     finally:
         stream.cancel()
 
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         movements = {
             r["caller"] for r in await conn.fetch("SELECT caller FROM stockcore.movements")
         }
         history = {
             r["caller"] for r in await conn.fetch("SELECT caller FROM stockcore.order_history")
         }
-    finally:
-        await conn.close()
     assert movements == history == {"checkout"}
     assert event.change.caller == "checkout"

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import asyncpg
 import grpc
 import pytest
 from google.protobuf import duration_pb2
@@ -26,6 +25,7 @@ from devstack.credentials import DevCredentials
 from devstack.servers import LocalStockcore
 from tests.conftest import SHARDS, ChannelOpener, Servers
 from tests.invariants import assert_invariants_hold, assert_mirror_converges
+from tests.support import connected
 from tests.waiting import no_short_holds_left
 
 pytestmark = pytest.mark.slow
@@ -171,16 +171,13 @@ async def client(run: Run, index: int, stub: pb_grpc.InventoryServiceStub) -> No
 async def check_invariants(servers: Servers, run: Run, *, final: bool) -> None:
     """The database's invariants (stockcore.invariant_violations()) and every acknowledged
     operation, from one PostgreSQL snapshot, plus the Redis mirror."""
-    conn = await asyncpg.connect(servers.pg_dsn)
-    try:
+    async with connected(servers.pg_dsn) as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             await assert_invariants_hold(conn)
             reservations = {
                 r["reservation_id"]: r
                 for r in await conn.fetch("SELECT * FROM stockcore.reservations")
             }
-    finally:
-        await conn.close()
 
     for rid, lines in run.seen.reservations.items():
         assert rid in reservations, f"acknowledged reservation {rid} lost"

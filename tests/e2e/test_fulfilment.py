@@ -9,8 +9,6 @@ import subprocess
 import sys
 from typing import Any
 
-import asyncpg
-
 from clients.cli import ExitCode
 from clients.orders import OrderClient, OrderStatus
 from server.app import App
@@ -26,6 +24,7 @@ from tests.e2e.fulfilment_stack import (
     transitions,
     wait_statuses,
 )
+from tests.support import connected
 from tests.waiting import until
 
 
@@ -53,8 +52,7 @@ async def test_a_paid_order_is_handed_off_booked_shipped_and_delivered(
         row = (await fulfilment_rows(settings.pg_dsn or "", [order_id]))[order_id]
         assert row["stage"] == 6 and row["warehouse_ref"].startswith("WH-")
         assert row["last_sync_at"] is not None and order.shipment.last_sync_time is not None
-        conn = await asyncpg.connect(settings.pg_dsn)
-        try:
+        async with connected(settings.pg_dsn) as conn:
             steps = [
                 r["what"]
                 for r in await conn.fetch(
@@ -62,8 +60,6 @@ async def test_a_paid_order_is_handed_off_booked_shipped_and_delivered(
                     order_id,
                 )
             ]
-        finally:
-            await conn.close()
         assert steps == [
             "paid",
             "handed off",

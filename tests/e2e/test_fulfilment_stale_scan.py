@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 from prometheus_client import REGISTRY
 
 from clients.fulfilment_stages import Stage
@@ -29,6 +28,7 @@ from tests.e2e.fulfilment_stack import (
     stock,
     wait_statuses,
 )
+from tests.support import connected
 from tests.waiting import until
 
 STALE_AFTER_S = 60.0
@@ -77,23 +77,19 @@ def _quiet(settings: Settings, app: App, partners: Partners, **changes: Any) -> 
 
 async def _parked(dsn: str, ids: list[str], stage: Stage) -> bool:
     """Whether every row is at `stage`, unleased and not due for a long while."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         parked = await conn.fetchval(
             "SELECT count(*) FROM stockcore.fulfilments WHERE order_id = ANY($1) AND stage = $2"
             " AND lease_owner IS NULL AND due_at > now() + interval '10 minutes'",
             ids,
             stage.value,
         )
-    finally:
-        await conn.close()
     return bool(parked == len(ids))
 
 
 async def _age(dsn: str, ages: dict[str, float]) -> None:
     """Make each order's last change and last sync `ages[order]` seconds old."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         for order_id, age in ages.items():
             ago = timedelta(seconds=age)
             await conn.execute(
@@ -109,8 +105,6 @@ async def _age(dsn: str, ages: dict[str, float]) -> None:
                 order_id,
                 ago,
             )
-    finally:
-        await conn.close()
 
 
 async def _cast(app: App, settings: Settings, partners: Partners) -> Cast:
@@ -162,22 +156,16 @@ async def _cast(app: App, settings: Settings, partners: Partners) -> Cast:
 
 
 async def _due_now(dsn: str) -> set[str]:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         rows = await conn.fetch("SELECT order_id FROM stockcore.fulfilments WHERE due_at <= now()")
-    finally:
-        await conn.close()
     return {r["order_id"] for r in rows}
 
 
 async def _history(dsn: str, what: str) -> list[str]:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         rows = await conn.fetch(
             "SELECT order_id FROM stockcore.fulfilment_history WHERE what = $1 ORDER BY id", what
         )
-    finally:
-        await conn.close()
     return [r["order_id"] for r in rows]
 
 
@@ -231,8 +219,7 @@ async def test_a_pushed_order_syncs_again_and_is_not_booked_twice(
             await wait_statuses(app, [cast.stale_shipped], {OrderStatus.IN_TRANSIT})
 
             async def synced() -> bool:
-                conn = await asyncpg.connect(dsn)
-                try:
+                async with connected(dsn) as conn:
                     recent = await conn.fetchval(
                         "SELECT count(*) FROM stockcore.orders o"
                         " JOIN stockcore.fulfilments f USING (order_id)"
@@ -241,8 +228,6 @@ async def test_a_pushed_order_syncs_again_and_is_not_booked_twice(
                         " AND f.last_sync_at > now() - interval '30 seconds'",
                         cast.stale,
                     )
-                finally:
-                    await conn.close()
                 return bool(recent == len(cast.stale))
 
             await until(synced, "every stale order synchronised again", 20)

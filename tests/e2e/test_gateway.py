@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import requests
 
@@ -25,6 +24,7 @@ from server.auth import scopes
 from server.config import Settings
 from tests import callers
 from tests.e2e.conftest import STOREFRONT, GatewayCaller
+from tests.support import connected
 
 Json = dict[str, Any]
 
@@ -357,8 +357,7 @@ async def test_route_timeout_reaches_the_server_as_its_deadline(
     the server's gRPC runtime ends the call at its deadline (grpc-timeout), before the
     gateway's own timeout (0.25 s later) would answer with its UPSTREAM_TIMEOUT body."""
     await stock(api, "SLOW-1", 1)
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         async with conn.transaction():
             await conn.execute("SELECT 1 FROM stockcore.stock WHERE sku = 'SLOW-1' FOR UPDATE")
             started = time.monotonic()
@@ -369,8 +368,6 @@ async def test_route_timeout_reaches_the_server_as_its_deadline(
                 json={"delta": "1", "reason": "restock", "idempotencyKey": "slow-1"},
             )
             took = time.monotonic() - started
-    finally:
-        await conn.close()
     assert reply.status_code == 504, reply.text
     body = reply.json()
     assert (body["code"], body["message"]) == (4, "Deadline Exceeded")
@@ -476,8 +473,7 @@ async def test_overload_refusal_is_429_with_its_retry_delay(
         with Gateway(gw_settings, tmp_path / "gw", grpc_port=server.port) as gateway:
             gw = GatewayCaller(gateway, service_token)
             await stock(gw, "BUSY-1", 1)
-            conn = await asyncpg.connect(dsn)
-            try:
+            async with connected(dsn) as conn:
                 async with conn.transaction():
                     await conn.execute(
                         "SELECT 1 FROM stockcore.stock WHERE sku = 'BUSY-1' FOR UPDATE"
@@ -488,8 +484,6 @@ async def test_overload_refusal_is_429_with_its_retry_delay(
                     )
                     await asyncio.sleep(0.5)
                     refused = await http(gw, "GET", "/v1/stock?skus=BUSY-1")
-            finally:
-                await conn.close()
             assert (await held).status_code == 200
     finally:
         await server.stop(grace=0.5)
@@ -536,15 +530,12 @@ async def test_token_without_the_scope_is_403_and_changes_nothing(
 
 async def _movements_of(dsn: str, sku: str) -> list[tuple[int, str]]:
     """(on-hand change, caller) of each movement of `sku`, oldest first."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         rows = await conn.fetch(
             "SELECT on_hand_delta, caller FROM stockcore.movements WHERE sku = $1"
             " ORDER BY movement_id",
             sku,
         )
-    finally:
-        await conn.close()
     return [(row["on_hand_delta"], row["caller"]) for row in rows]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -12,32 +11,14 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 from stockcore.v1 import inventory_pb2 as pb
 
 from server.app import ADMISSION_GATE, INVENTORY_SERVICE, create_server
 from server.config import Settings
 from tests import callers
+from tests.support import connected, details_of, put_stock, reserve_request, rpc_error, stock_levels
 from tests.waiting import until
-
-
-async def adjust(stub, sku: str, on_hand: int) -> None:
-    await stub.AdjustStock(
-        pb.AdjustStockRequest(
-            sku=sku, on_hand=on_hand, reason="restock", idempotency_key=f"set-{sku}-{on_hand}"
-        )
-    )
-
-
-def reserve_request(rid: str, ttl: int | None = None, **lines: int) -> pb.ReserveRequest:
-    request = pb.ReserveRequest(
-        reservation_id=rid,
-        lines=[pb.Line(sku=sku.replace("_", "-"), quantity=q) for sku, q in lines.items()],
-    )
-    if ttl is not None:
-        request.ttl.CopyFrom(duration_pb2.Duration(seconds=ttl))
-    return request
 
 
 def order_request(oid: str, **lines: int):
@@ -60,48 +41,26 @@ def orders_stub(channel):
     return orders_pb2_grpc.OrderServiceStub(channel)
 
 
-async def levels(stub, *skus: str) -> dict[str, tuple[int, int, int]]:
-    reply = await stub.GetStock(pb.GetStockRequest(skus=list(skus)))
-    return {lv.sku: (lv.on_hand, lv.reserved, lv.available) for lv in reply.levels}
-
-
-async def rpc_error(awaitable) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await awaitable
-    return info.value
-
-
-def details_of(error: grpc.aio.AioRpcError, kind):
-    status = rpc_status.from_call(error)
-    found = []
-    for detail in status.details:
-        if detail.Is(kind.DESCRIPTOR):
-            message = kind()
-            detail.Unpack(message)
-            found.append(message)
-    return found
-
-
 async def test_reserve_holds_then_commit_deducts_on_hand(stub):
-    await adjust(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     held = (await stub.Reserve(reserve_request("r1", A=3))).reservation
     assert held.status == pb.RESERVATION_STATUS_HELD
-    assert await levels(stub, "A") == {"A": (10, 3, 7)}
+    assert await stock_levels(stub, "A") == {"A": (10, 3, 7)}
     done = (await stub.Commit(pb.CommitRequest(reservation_id="r1"))).reservation
     assert done.status == pb.RESERVATION_STATUS_COMMITTED and done.HasField("finish_time")
-    assert await levels(stub, "A") == {"A": (7, 0, 7)}
+    assert await stock_levels(stub, "A") == {"A": (7, 0, 7)}
 
 
 async def test_release_returns_the_hold_to_available(stub):
-    await adjust(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     await stub.Reserve(reserve_request("r1", A=4))
     done = (await stub.Release(pb.ReleaseRequest(reservation_id="r1"))).reservation
     assert done.status == pb.RESERVATION_STATUS_RELEASED
-    assert await levels(stub, "A") == {"A": (10, 0, 10)}
+    assert await stock_levels(stub, "A") == {"A": (10, 0, 10)}
 
 
 async def test_duplicate_skus_count_as_their_sum_and_expiry_follows_ttl(stub):
-    await adjust(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     request = pb.ReserveRequest(
         reservation_id="r1", lines=[pb.Line(sku="A", quantity=2), pb.Line(sku="A", quantity=3)]
     )
@@ -112,7 +71,7 @@ async def test_duplicate_skus_count_as_their_sum_and_expiry_follows_ttl(stub):
 
 
 async def test_default_ttl_is_five_minutes(stub):
-    await adjust(stub, "A", 1)
+    await put_stock(stub, "A", 1)
     held = (await stub.Reserve(reserve_request("r1", A=1))).reservation
     assert held.expire_time.ToDatetime() - held.create_time.ToDatetime() == __import__(
         "datetime"
@@ -120,9 +79,9 @@ async def test_default_ttl_is_five_minutes(stub):
 
 
 async def test_reserve_is_all_or_nothing_and_names_every_short_sku(stub):
-    await adjust(stub, "A", 5)
-    await adjust(stub, "B", 1)
-    await adjust(stub, "C", 9)
+    await put_stock(stub, "A", 5)
+    await put_stock(stub, "B", 1)
+    await put_stock(stub, "C", 9)
     error = await rpc_error(stub.Reserve(reserve_request("r1", A=6, B=2, C=1)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     (failure,) = details_of(error, error_details_pb2.PreconditionFailure)
@@ -133,40 +92,44 @@ async def test_reserve_is_all_or_nothing_and_names_every_short_sku(stub):
         "A": (5, 6),
         "B": (1, 2),
     }
-    assert await levels(stub, "A", "B", "C") == {"A": (5, 0, 5), "B": (1, 0, 1), "C": (9, 0, 9)}
+    assert await stock_levels(stub, "A", "B", "C") == {
+        "A": (5, 0, 5),
+        "B": (1, 0, 1),
+        "C": (9, 0, 9),
+    }
     assert (
         await rpc_error(stub.GetReservation(pb.GetReservationRequest(reservation_id="r1")))
     ).code() == (grpc.StatusCode.NOT_FOUND)
 
 
 async def test_retry_with_same_id_and_content_returns_the_first_outcome(stub):
-    await adjust(stub, "A", 2)
+    await put_stock(stub, "A", 2)
     first = (await stub.Reserve(reserve_request("r1", A=2))).reservation
     again = (await stub.Reserve(reserve_request("r1", A=2))).reservation
     assert again == first
-    assert await levels(stub, "A") == {"A": (2, 2, 0)}
+    assert await stock_levels(stub, "A") == {"A": (2, 2, 0)}
 
 
 async def test_same_id_with_different_content_is_already_exists(stub):
-    await adjust(stub, "A", 5)
+    await put_stock(stub, "A", 5)
     await stub.Reserve(reserve_request("r1", A=2))
     error = await rpc_error(stub.Reserve(reserve_request("r1", A=3)))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
 async def test_commit_and_release_are_idempotent(stub):
-    await adjust(stub, "A", 5)
+    await put_stock(stub, "A", 5)
     await stub.Reserve(reserve_request("r1", A=1))
     await stub.Reserve(reserve_request("r2", A=1))
     first = await stub.Commit(pb.CommitRequest(reservation_id="r1"))
     assert await stub.Commit(pb.CommitRequest(reservation_id="r1")) == first
     released = await stub.Release(pb.ReleaseRequest(reservation_id="r2"))
     assert await stub.Release(pb.ReleaseRequest(reservation_id="r2")) == released
-    assert await levels(stub, "A") == {"A": (4, 0, 4)}
+    assert await stock_levels(stub, "A") == {"A": (4, 0, 4)}
 
 
 async def test_commit_after_release_and_release_after_commit_are_failed_precondition(stub):
-    await adjust(stub, "A", 5)
+    await put_stock(stub, "A", 5)
     await stub.Reserve(reserve_request("r1", A=1))
     await stub.Reserve(reserve_request("r2", A=1))
     await stub.Release(pb.ReleaseRequest(reservation_id="r1"))
@@ -178,7 +141,7 @@ async def test_commit_after_release_and_release_after_commit_are_failed_precondi
 
 
 async def test_hold_expires_within_two_seconds_and_commit_after_expiry_is_rejected(stub):
-    await adjust(stub, "A", 5)
+    await put_stock(stub, "A", 5)
     held = (await stub.Reserve(reserve_request("r1", ttl=1, A=2))).reservation
     for _ in range(40):
         got = (await stub.GetReservation(pb.GetReservationRequest(reservation_id="r1"))).reservation
@@ -188,7 +151,7 @@ async def test_hold_expires_within_two_seconds_and_commit_after_expiry_is_reject
     assert got.status == pb.RESERVATION_STATUS_EXPIRED
     lag = got.finish_time.ToDatetime() - held.expire_time.ToDatetime()
     assert lag.total_seconds() < 2.0
-    assert await levels(stub, "A") == {"A": (5, 0, 5)}
+    assert await stock_levels(stub, "A") == {"A": (5, 0, 5)}
     error = await rpc_error(stub.Commit(pb.CommitRequest(reservation_id="r1")))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "EXPIRED" in error.details()
 
@@ -199,7 +162,7 @@ async def test_holds_expire_across_a_server_restart(settings: Settings, open_cha
         stub = pb.DESCRIPTOR and __import__(
             "stockcore.v1.inventory_pb2_grpc", fromlist=["x"]
         ).InventoryServiceStub(channel)
-        await adjust(stub, "A", 5)
+        await put_stock(stub, "A", 5)
         await stub.Reserve(reserve_request("r1", ttl=1, A=5))
     await first.stop(grace=0)
     await asyncio.sleep(1.5)  # the hold lapses while no server runs: time must pass
@@ -217,17 +180,17 @@ async def test_holds_expire_across_a_server_restart(settings: Settings, open_cha
 
 async def test_get_stock_reads_many_skus_in_request_order(stub):
     for sku, n in (("A", 1), ("B", 2), ("C", 3)):
-        await adjust(stub, sku, n)
+        await put_stock(stub, sku, n)
     reply = await stub.GetStock(pb.GetStockRequest(skus=["C", "A", "C", "B"]))
     assert [(lv.sku, lv.available) for lv in reply.levels] == [("C", 3), ("A", 1), ("B", 2)]
 
 
 async def test_get_stock_reads_the_mirror_which_shows_every_acknowledged_change(stub, settings):
-    await adjust(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     await stub.Reserve(reserve_request("r1", A=3))
-    assert await levels(stub, "A") == {"A": (10, 3, 7)}
+    assert await stock_levels(stub, "A") == {"A": (10, 3, 7)}
     await stub.Commit(pb.CommitRequest(reservation_id="r1"))
-    assert await levels(stub, "A") == {"A": (7, 0, 7)}
+    assert await stock_levels(stub, "A") == {"A": (7, 0, 7)}
     # Change the mirror behind the server's back: the default read shows it, STRONG
     # reads PostgreSQL.
     client = aioredis.Redis.from_url(settings.redis_url)
@@ -235,19 +198,19 @@ async def test_get_stock_reads_the_mirror_which_shows_every_acknowledged_change(
         await client.hset("sc:s:A", mapping={"oh": 99, "rs": 1})
     finally:
         await client.aclose()
-    assert await levels(stub, "A") == {"A": (99, 1, 98)}
+    assert await stock_levels(stub, "A") == {"A": (99, 1, 98)}
     strong = await stub.GetStock(pb.GetStockRequest(skus=["A"], consistency=pb.CONSISTENCY_STRONG))
     assert [(lv.on_hand, lv.reserved) for lv in strong.levels] == [(7, 0)]
 
 
 async def test_get_stock_refuses_an_unknown_consistency(stub):
-    await adjust(stub, "A", 1)
+    await put_stock(stub, "A", 1)
     error = await rpc_error(stub.GetStock(pb.GetStockRequest(skus=["A"], consistency=7)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "consistency" in error.details()
 
 
 async def test_unknown_skus_and_reservations_are_not_found(stub):
-    await adjust(stub, "A", 1)
+    await put_stock(stub, "A", 1)
     error = await rpc_error(stub.GetStock(pb.GetStockRequest(skus=["A", "NOPE"])))
     assert error.code() == grpc.StatusCode.NOT_FOUND and "NOPE" in error.details()
     error = await rpc_error(stub.Reserve(reserve_request("r1", A=1, NOPE=1)))
@@ -275,7 +238,7 @@ async def test_adjust_creates_sets_and_refuses_to_go_below_reserved(stub):
         )
     )
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert await levels(stub, "NEW") == {"NEW": (8, 6, 2)}
+    assert await stock_levels(stub, "NEW") == {"NEW": (8, 6, 2)}
     again = await stub.AdjustStock(
         pb.AdjustStockRequest(sku="NEW", on_hand=8, reason="count", idempotency_key="k2")
     )
@@ -427,7 +390,7 @@ async def test_latency_is_recorded_by_method_and_code(stub):
         return value or 0.0
 
     before_ok, before_bad = count("OK"), count("INVALID_ARGUMENT")
-    await adjust(stub, "A", 1)
+    await put_stock(stub, "A", 1)
     await stub.GetStock(pb.GetStockRequest(skus=["A"]))
     await rpc_error(stub.GetStock(pb.GetStockRequest(skus=[])))
     assert (count("OK"), count("INVALID_ARGUMENT")) == (before_ok + 1, before_bad + 1)
@@ -443,12 +406,12 @@ async def test_without_redis_the_service_serves_from_postgres_and_says_so(
             stub = __import__(
                 "stockcore.v1.inventory_pb2_grpc", fromlist=["x"]
             ).InventoryServiceStub(channel)
-            await adjust(stub, "A", 2)
+            await put_stock(stub, "A", 2)
             await stub.Reserve(reserve_request("r1", A=2))
             error = await rpc_error(stub.Reserve(reserve_request("r2", A=1)))
             assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
             await stub.Commit(pb.CommitRequest(reservation_id="r1"))
-            assert await levels(stub, "A") == {"A": (0, 0, 0)}
+            assert await stock_levels(stub, "A") == {"A": (0, 0, 0)}
             health = health_pb2_grpc.HealthStub(channel)
             gate = await health.Check(health_pb2.HealthCheckRequest(service=ADMISSION_GATE))
             assert gate.status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -464,7 +427,7 @@ async def test_sold_out_requests_are_turned_away_by_the_gate(stub):
             or 0.0
         )
 
-    await adjust(stub, "A", 1)
+    await put_stock(stub, "A", 1)
     await stub.Reserve(reserve_request("r1", A=1))
     before = gate_rejections()
     for i in range(5):
@@ -494,10 +457,9 @@ async def test_an_undecodable_request_is_invalid_argument(channel, method):
 async def test_a_reserve_past_its_deadline_may_still_commit_and_a_retry_returns_it(
     stub, settings: Settings
 ):
-    await adjust(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     assert settings.pg_dsn is not None
-    blocker = await asyncpg.connect(settings.pg_dsn)
-    try:
+    async with connected(settings.pg_dsn) as blocker:
         # The batch's stock update waits for this lock while the caller's deadline passes.
         tx = blocker.transaction()
         await tx.start()
@@ -505,19 +467,17 @@ async def test_a_reserve_past_its_deadline_may_still_commit_and_a_retry_returns_
         error = await rpc_error(stub.Reserve(reserve_request("r-late", A=2), timeout=0.5))
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await tx.commit()
-    finally:
-        await blocker.close()
 
     # The outcome was unknown to the caller; the same request again tells it.
     again = await stub.Reserve(reserve_request("r-late", A=2))
     assert again.reservation.status == pb.RESERVATION_STATUS_HELD
-    assert await levels(stub, "A") == {"A": (10, 2, 8)}
+    assert await stock_levels(stub, "A") == {"A": (10, 2, 8)}
 
 
 async def test_a_retry_returns_its_hold_even_when_the_gate_forgot_the_id_and_stock_is_gone(
     stub, orders_stub, settings: Settings
 ):
-    await adjust(stub, "A", 5)
+    await put_stock(stub, "A", 5)
     first = (await stub.Reserve(reserve_request("r-1", A=2))).reservation
     created = (await orders_stub.CreateOrder(order_request("o-1", A=1))).order
     await stub.Reserve(reserve_request("r-2", A=2))  # A is now sold out

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stockcore.v1 import inventory_pb2 as ipb
@@ -27,7 +27,14 @@ from server.domain.orders import (
 )
 from tests import callers
 from tests.e2e.order_invariants import check_orders_agree
-from tests.e2e.test_inventory_api import details_of, rpc_error
+from tests.support import (
+    create_request,
+    details_of,
+    now_stamp,
+    on_hand_reserved,
+    put_stock,
+    rpc_error,
+)
 
 Stub = orders_pb2_grpc.OrderServiceStub
 
@@ -47,46 +54,6 @@ def _paths() -> dict[OrderStatus, tuple[OrderStatus, ...]]:
 
 PATHS = _paths()
 PAIRS = [(current, wanted) for current in OrderStatus for wanted in OrderStatus]
-
-
-async def stock(inventory, sku: str, on_hand: int) -> None:
-    await inventory.AdjustStock(
-        ipb.AdjustStockRequest(
-            sku=sku, on_hand=on_hand, reason="restock", idempotency_key=f"set-{sku}-{on_hand}"
-        )
-    )
-
-
-async def levels(inventory, sku: str) -> tuple[int, int]:
-    (level,) = (await inventory.GetStock(ipb.GetStockRequest(skus=[sku]))).levels
-    return level.on_hand, level.reserved
-
-
-def create_request(
-    order_id: str,
-    *lines: tuple[str, int, int],
-    customer: str = "cust-1",
-    window: float | None = None,
-    currency: str = "EUR",
-) -> pb.CreateOrderRequest:
-    request = pb.CreateOrderRequest(
-        order_id=order_id,
-        customer_id=customer,
-        currency_code=currency,
-        lines=[
-            pb.OrderLine(sku=s, quantity=q, unit_price_minor=p)
-            for s, q, p in lines or [("A", 2, 150)]
-        ],
-    )
-    if window is not None:
-        request.payment_window.CopyFrom(duration_pb2.Duration(seconds=int(window)))
-    return request
-
-
-def now_stamp(delta: timedelta = timedelta()) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(datetime.now(UTC) + delta)
-    return stamp
 
 
 async def get(orders: Stub, order_id: str) -> pb.Order:
@@ -145,7 +112,7 @@ async def attempt(
 async def test_every_transition_of_the_table_is_allowed_or_refused_as_the_table_says(
     dsn: str, stub, orders: Stub, current: OrderStatus, wanted: OrderStatus
 ) -> None:
-    await stock(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     # A short window lets EXPIRED be reached (or be shown not to happen) in the test; an
     # order that must be paid or cancelled first gets a few seconds for that, as a loaded
     # machine can take more than one.
@@ -191,8 +158,8 @@ async def test_every_transition_of_the_table_is_allowed_or_refused_as_the_table_
 
 
 async def test_create_holds_stock_and_payment_commits_it(dsn: str, stub, orders: Stub) -> None:
-    await stock(stub, "A", 10)
-    await stock(stub, "B", 5)
+    await put_stock(stub, "A", 10)
+    await put_stock(stub, "B", 5)
     order = (await orders.CreateOrder(create_request("o-1", ("B", 1, 999), ("A", 3, 250)))).order
     assert order.status == pb.ORDER_STATUS_PENDING_PAYMENT
     assert [(x.sku, x.quantity, x.line_total_minor) for x in order.lines] == [
@@ -203,7 +170,7 @@ async def test_create_holds_stock_and_payment_commits_it(dsn: str, stub, orders:
     assert order.payment_deadline.ToDatetime() - order.create_time.ToDatetime() == timedelta(
         seconds=300
     )
-    assert await levels(stub, "A") == (10, 3)
+    assert await on_hand_reserved(stub, "A") == (10, 3)
     paid = (
         await orders.ConfirmPayment(
             pb.ConfirmPaymentRequest(
@@ -212,13 +179,13 @@ async def test_create_holds_stock_and_payment_commits_it(dsn: str, stub, orders:
         )
     ).order
     assert (paid.status, paid.payment_id, paid.paid_minor) == (pb.ORDER_STATUS_PAID, "p-1", 1749)
-    assert await levels(stub, "A") == (7, 0)
-    assert await levels(stub, "B") == (4, 0)
+    assert await on_hand_reserved(stub, "A") == (7, 0)
+    assert await on_hand_reserved(stub, "B") == (4, 0)
     await check_orders_agree(dsn)
 
 
 async def test_history_records_the_token_subject_reason_and_request_id(orders: Stub, stub) -> None:
-    await stock(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     # A name the call asserts about itself is not who it is: the token's subject is.
     metadata = (("stockcore-caller", "checkout"), ("x-request-id", "req-42"))
     await orders.CreateOrder(create_request("o-1"), metadata=metadata)
@@ -239,7 +206,7 @@ async def test_history_records_the_token_subject_reason_and_request_id(orders: S
 async def test_a_repeated_create_returns_the_stored_order_and_other_content_is_already_exists(
     orders: Stub, stub
 ) -> None:
-    await stock(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     first = (await orders.CreateOrder(create_request("o-1"))).order
     await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-1", reason="test"))
     again = (await orders.CreateOrder(create_request("o-1"))).order
@@ -252,13 +219,13 @@ async def test_a_repeated_create_returns_the_stored_order_and_other_content_is_a
     ):
         error = await rpc_error(orders.CreateOrder(changed))
         assert error.code() == grpc.StatusCode.ALREADY_EXISTS, changed
-    assert await levels(stub, "A") == (10, 0)
+    assert await on_hand_reserved(stub, "A") == (10, 0)
 
 
 async def test_an_id_already_used_by_a_plain_reservation_is_already_exists(
     orders: Stub, stub
 ) -> None:
-    await stock(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     await stub.Reserve(
         ipb.ReserveRequest(reservation_id="o-1", lines=[ipb.Line(sku="A", quantity=2)])
     )
@@ -269,8 +236,8 @@ async def test_an_id_already_used_by_a_plain_reservation_is_already_exists(
 async def test_short_stock_fails_naming_each_short_sku_and_creates_nothing(
     orders: Stub, stub
 ) -> None:
-    await stock(stub, "A", 1)
-    await stock(stub, "B", 5)
+    await put_stock(stub, "A", 1)
+    await put_stock(stub, "B", 5)
     error = await rpc_error(orders.CreateOrder(create_request("o-1", ("A", 2, 1), ("B", 1, 1))))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     (failure,) = details_of(error, error_details_pb2.PreconditionFailure)
@@ -287,7 +254,7 @@ async def test_short_stock_fails_naming_each_short_sku_and_creates_nothing(
 async def test_an_amount_or_currency_mismatch_fails_and_leaves_the_hold(
     dsn: str, orders: Stub, stub
 ) -> None:
-    await stock(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     await orders.CreateOrder(create_request("o-1"))
     for amount, currency in ((299, "EUR"), (301, "EUR"), (300, "USD")):
         error = await rpc_error(
@@ -301,12 +268,12 @@ async def test_an_amount_or_currency_mismatch_fails_and_leaves_the_hold(
         (failure,) = details_of(error, error_details_pb2.PreconditionFailure)
         assert failure.violations[0].type == "PAYMENT_MISMATCH"
     assert (await get(orders, "o-1")).status == pb.ORDER_STATUS_PENDING_PAYMENT
-    assert await levels(stub, "A") == (10, 2)
+    assert await on_hand_reserved(stub, "A") == (10, 2)
     await check_orders_agree(dsn)
 
 
 async def test_payment_is_idempotent_on_its_id(dsn: str, orders: Stub, stub) -> None:
-    await stock(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     await orders.CreateOrder(create_request("o-1"))
     await orders.CreateOrder(create_request("o-2"))
     pay = pb.ConfirmPaymentRequest(
@@ -325,38 +292,38 @@ async def test_payment_is_idempotent_on_its_id(dsn: str, orders: Stub, stub) -> 
         order_id="o-2", payment_id="p-1", amount_minor=300, currency_code="EUR"
     )
     assert (await rpc_error(orders.ConfirmPayment(reused))).code() == grpc.StatusCode.ALREADY_EXISTS
-    assert await levels(stub, "A") == (8, 2)
+    assert await on_hand_reserved(stub, "A") == (8, 2)
     await check_orders_agree(dsn)
 
 
 async def test_cancelling_a_paid_order_returns_its_stock_and_owes_a_refund(
     dsn: str, orders: Stub, stub
 ) -> None:
-    await stock(stub, "A", 10)
-    await stock(stub, "B", 10)
+    await put_stock(stub, "A", 10)
+    await put_stock(stub, "B", 10)
     await orders.CreateOrder(create_request("o-1", ("A", 2, 150), ("B", 1, 50)))
     await orders.ConfirmPayment(
         pb.ConfirmPaymentRequest(
             order_id="o-1", payment_id="p-1", amount_minor=350, currency_code="EUR"
         )
     )
-    assert await levels(stub, "A") == (8, 0)
+    assert await on_hand_reserved(stub, "A") == (8, 0)
     cancelled = (
         await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-1", reason="refund"))
     ).order
     assert (cancelled.status, cancelled.refund_owed_minor) == (pb.ORDER_STATUS_CANCELLED, 350)
-    assert await levels(stub, "A") == (10, 0)
-    assert await levels(stub, "B") == (10, 0)
+    assert await on_hand_reserved(stub, "A") == (10, 0)
+    assert await on_hand_reserved(stub, "B") == (10, 0)
     again = (await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-1", reason="refund"))).order
     assert again == cancelled
-    assert await levels(stub, "A") == (10, 0)
+    assert await on_hand_reserved(stub, "A") == (10, 0)
     # The Redis mirror heard of the returned units: the gate admits them again.
     await orders.CreateOrder(create_request("o-2", ("A", 10, 1)))
     await check_orders_agree(dsn)
 
 
 async def paid_order(orders: Stub, stub, oid: str = "o-1") -> None:
-    await stock(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     await orders.CreateOrder(create_request(oid))
     await orders.ConfirmPayment(
         pb.ConfirmPaymentRequest(
@@ -429,7 +396,7 @@ async def test_carrier_events_keep_the_carrier_times_and_the_last_sync_time(
 
 
 async def test_raw_commit_or_release_of_an_order_hold_is_refused(orders: Stub, stub) -> None:
-    await stock(stub, "A", 10)
+    await put_stock(stub, "A", 10)
     await orders.CreateOrder(create_request("o-1"))
     await stub.Reserve(
         ipb.ReserveRequest(reservation_id="cart-1", lines=[ipb.Line(sku="A", quantity=1)])
@@ -446,7 +413,7 @@ async def test_raw_commit_or_release_of_an_order_hold_is_refused(orders: Stub, s
     # Plain reservations are untouched by the guard.
     await stub.Commit(ipb.CommitRequest(reservation_id="cart-1"))
     assert (await get(orders, "o-1")).status == pb.ORDER_STATUS_PENDING_PAYMENT
-    assert await levels(stub, "A") == (9, 2)
+    assert await on_hand_reserved(stub, "A") == (9, 2)
 
 
 UNKNOWN = [
@@ -615,7 +582,7 @@ async def test_a_bad_watch_is_invalid_argument_naming_the_field(
 
 
 async def test_list_orders_pages_stay_stable_while_new_orders_arrive(orders: Stub, stub) -> None:
-    await stock(stub, "A", 1000)
+    await put_stock(stub, "A", 1000)
     for i in range(23):
         await orders.CreateOrder(create_request(f"o-{i:02}"))
     await orders.CreateOrder(create_request("other", customer="cust-2"))
@@ -675,7 +642,7 @@ async def test_order_service_health_is_served(channel) -> None:
 async def test_a_request_the_database_would_refuse_fails_alone_not_its_whole_batch(
     orders: Stub, stub, app
 ) -> None:
-    await stock(stub, "A", 100)
+    await put_stock(stub, "A", 100)
     for i in range(8):
         await orders.CreateOrder(create_request(f"o-{i}"))
     # Reach past validation, as a request the database refuses would: NUL cannot be

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -29,6 +28,7 @@ from devstack.servers import LocalStockcore
 from tests import callers
 from tests.conftest import SHARDS, ChannelOpener, Servers
 from tests.e2e.order_invariants import check_orders_agree
+from tests.support import connected
 from tests.waiting import no_short_holds_left
 
 pytestmark = pytest.mark.slow
@@ -209,13 +209,10 @@ async def test_a_killed_server_loses_no_acknowledged_order_hold_or_event(
 
 
 async def _all_event_ids(dsn: str) -> set[str]:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return {
             r["event_id"] for r in await conn.fetch("SELECT event_id FROM stockcore.order_events")
         }
-    finally:
-        await conn.close()
 
 
 async def _consume(redis_url: str, wanted: set[str]) -> set[str]:

@@ -7,7 +7,6 @@ import asyncio
 import time
 from datetime import UTC
 
-import asyncpg
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
@@ -16,8 +15,7 @@ from stockcore.v1 import orders_pb2 as pb
 from stockcore.v1 import orders_pb2_grpc
 
 from tests.e2e.order_invariants import check_orders_agree
-from tests.e2e.test_inventory_api import details_of
-from tests.e2e.test_orders_api import create_request, levels, stock
+from tests.support import connected, create_request, details_of, on_hand_reserved, put_stock
 from tests.waiting import database_clock_offset, no_short_holds_left
 
 Stub = orders_pb2_grpc.OrderServiceStub
@@ -41,7 +39,7 @@ async def outcome(call) -> pb.Order | grpc.StatusCode:
 
 
 async def test_two_payments_of_one_order_are_decided_once(dsn: str, orders: Stub, stub) -> None:
-    await stock(stub, "A", 1000)
+    await put_stock(stub, "A", 1000)
     for i in range(ORDERS):
         await orders.CreateOrder(create_request(f"o-{i}"))
     results = await asyncio.gather(
@@ -58,14 +56,14 @@ async def test_two_payments_of_one_order_are_decided_once(dsn: str, orders: Stub
         assert grpc.StatusCode.FAILED_PRECONDITION in (a, b)
         order = (await orders.GetOrder(pb.GetOrderRequest(order_id=f"o-{i}"))).order
         assert (order.status, order.payment_id) == (pb.ORDER_STATUS_PAID, won[0].payment_id)
-    assert await levels(stub, "A") == (1000 - 2 * ORDERS, 0)
+    assert await on_hand_reserved(stub, "A") == (1000 - 2 * ORDERS, 0)
     await check_orders_agree(dsn)
 
 
 async def test_one_payment_sent_twice_at_once_succeeds_twice_and_pays_once(
     dsn: str, orders: Stub, stub
 ) -> None:
-    await stock(stub, "A", 1000)
+    await put_stock(stub, "A", 1000)
     for i in range(ORDERS):
         await orders.CreateOrder(create_request(f"o-{i}"))
     results = await asyncio.gather(
@@ -79,12 +77,12 @@ async def test_one_payment_sent_twice_at_once_succeeds_twice_and_pays_once(
         a, b = results[2 * i], results[2 * i + 1]
         assert isinstance(a, pb.Order) and isinstance(b, pb.Order)
         assert a.payment_id == b.payment_id == f"p-{i}" and a.version == b.version == 2
-    assert await levels(stub, "A") == (1000 - 2 * ORDERS, 0)
+    assert await on_hand_reserved(stub, "A") == (1000 - 2 * ORDERS, 0)
     await check_orders_agree(dsn)
 
 
 async def test_a_cancel_racing_a_payment_is_decided_once(dsn: str, orders: Stub, stub) -> None:
-    await stock(stub, "A", 1000 * ROUNDS)
+    await put_stock(stub, "A", 1000 * ROUNDS)
     seen = {"paid first": 0, "cancelled first": 0}
     for round_ in range(ROUNDS):
         for i in range(ORDERS):
@@ -117,12 +115,12 @@ async def test_a_cancel_racing_a_payment_is_decided_once(dsn: str, orders: Stub,
             break
     # Both ways of deciding the race happened, each decided once.
     assert all(seen.values()), seen
-    assert await levels(stub, "A") == (1000 * ROUNDS, 0)
+    assert await on_hand_reserved(stub, "A") == (1000 * ROUNDS, 0)
     await check_orders_agree(dsn)
 
 
 async def test_expiry_racing_a_payment_is_decided_once(dsn: str, orders: Stub, stub) -> None:
-    await stock(stub, "A", 1000)
+    await put_stock(stub, "A", 1000)
     # PostgreSQL's clock decides expiry, so payments are timed on it.
     offset = await database_clock_offset(dsn)
 
@@ -157,7 +155,7 @@ async def test_expiry_racing_a_payment_is_decided_once(dsn: str, orders: Stub, s
             break
     # The race happened: some payments beat their deadline's sweep and some lost to it.
     assert all(counts.values()), counts
-    on_hand, reserved = await levels(stub, "A")
+    on_hand, reserved = await on_hand_reserved(stub, "A")
     assert (on_hand, reserved) == (1000 - 2 * counts["paid"], 0)
     await check_orders_agree(dsn)  # among the invariants: nothing left past its expiry
 
@@ -178,7 +176,7 @@ async def rpc_outcome(call):
 async def test_one_payment_id_sent_for_two_orders_at_once_pays_exactly_one(
     dsn: str, orders: Stub, stub
 ) -> None:
-    await stock(stub, "A", 10_000)
+    await put_stock(stub, "A", 10_000)
     for i in range(TRIALS):
         for side in "ab":
             await orders.CreateOrder(create_request(f"o-{i}-{side}"))
@@ -202,14 +200,14 @@ async def test_one_payment_id_sent_for_two_orders_at_once_pays_exactly_one(
         assert (await orders.GetOrder(pb.GetOrderRequest(order_id=loser))).order.status == (
             pb.ORDER_STATUS_PENDING_PAYMENT
         )
-    assert await levels(stub, "A") == (10_000 - 2 * TRIALS, 2 * TRIALS)
+    assert await on_hand_reserved(stub, "A") == (10_000 - 2 * TRIALS, 2 * TRIALS)
     await check_orders_agree(dsn)
 
 
 async def test_a_release_racing_the_create_of_its_order_never_frees_the_orders_hold(
     dsn: str, orders: Stub, stub
 ) -> None:
-    await stock(stub, "A", 10_000)
+    await put_stock(stub, "A", 10_000)
     calls = []
     for i in range(TRIALS):
         create = orders.CreateOrder(create_request(f"o-{i}"))
@@ -226,12 +224,12 @@ async def test_a_release_racing_the_create_of_its_order_never_frees_the_orders_h
             assert "hold of order" in released.details()
         held = await stub.GetReservation(ipb.GetReservationRequest(reservation_id=f"o-{i}"))
         assert held.reservation.status == ipb.RESERVATION_STATUS_HELD
-    assert await levels(stub, "A") == (10_000, 2 * TRIALS)
+    assert await on_hand_reserved(stub, "A") == (10_000, 2 * TRIALS)
     await check_orders_agree(dsn)
 
 
 async def test_a_commit_racing_the_expiry_of_its_hold_is_decided_once(dsn: str, stub) -> None:
-    await stock(stub, "A", 10_000)
+    await put_stock(stub, "A", 10_000)
     held = []
     for i in range(TRIALS):
         reply = await stub.Reserve(
@@ -274,14 +272,14 @@ async def test_a_commit_racing_the_expiry_of_its_hold_is_decided_once(dsn: str, 
             expired += 1
     # The race happened: commits landed on both sides of the sweep.
     assert committed and expired, (committed, expired)
-    assert await levels(stub, "A") == (10_000 - committed, 0)
+    assert await on_hand_reserved(stub, "A") == (10_000 - committed, 0)
     await check_orders_agree(dsn)
 
 
 async def test_the_same_create_order_sent_three_times_at_once_makes_one_order(
     dsn: str, orders: Stub, stub
 ) -> None:
-    await stock(stub, "A", 10_000)
+    await put_stock(stub, "A", 10_000)
     results = await asyncio.gather(
         *(
             rpc_outcome(orders.CreateOrder(create_request(f"o-{i}", ("A", 3, 100))))
@@ -304,12 +302,9 @@ async def test_the_same_create_order_sent_three_times_at_once_makes_one_order(
         refused = [r for r in (*replies, differing) if isinstance(r, grpc.aio.AioRpcError)]
         assert all(r.code() == grpc.StatusCode.ALREADY_EXISTS for r in refused)
         assert len(created) in (1, 3)
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         assert await conn.fetchval("SELECT count(*) FROM stockcore.orders") == TRIALS
         assert await conn.fetchval("SELECT count(*) FROM stockcore.order_events") == TRIALS
         reserved = await conn.fetchval("SELECT sum(quantities[1]) FROM stockcore.reservations")
-    finally:
-        await conn.close()
-    assert await levels(stub, "A") == (10_000, reserved)
+    assert await on_hand_reserved(stub, "A") == (10_000, reserved)
     await check_orders_agree(dsn)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from stockcore.v1 import orders_pb2 as pb
@@ -14,7 +13,7 @@ from clients.events import STREAM, OrderEventConsumer
 from clients.orders import OrderEvent
 from server.config import Settings
 from tests.conftest import Servers
-from tests.e2e.test_orders_api import create_request, stock
+from tests.support import connected, create_request, put_stock
 from tests.waiting import until
 
 
@@ -36,7 +35,7 @@ async def consume_until(
 async def test_every_committed_event_is_published_and_counted_once(
     settings: Settings, orders, stub
 ) -> None:
-    await stock(stub, "A", 1000)
+    await put_stock(stub, "A", 1000)
     for i in range(30):
         oid = f"o-{i}"
         await orders.CreateOrder(create_request(oid, customer=f"c-{i % 3}"))
@@ -55,13 +54,10 @@ async def test_every_committed_event_is_published_and_counted_once(
             await orders.CancelOrder(pb.CancelOrderRequest(order_id=oid, reason="r"))
 
     assert settings.pg_dsn and settings.redis_url
-    conn = await asyncpg.connect(settings.pg_dsn)
-    try:
+    async with connected(settings.pg_dsn) as conn:
         committed = {
             r["event_id"] for r in await conn.fetch("SELECT event_id FROM stockcore.order_events")
         }
-    finally:
-        await conn.close()
     assert len(committed) == 30 + 2 * 10 + 10
 
     client = aioredis.Redis.from_url(settings.redis_url)
@@ -85,7 +81,7 @@ async def test_events_a_redis_crash_lost_reach_the_stream_again(
 ) -> None:
     if clean.redis is None:
         pytest.skip("Redis is external (STOCKCORE_REDIS_URL); this test needs to kill its own")
-    await stock(stub, "A", 1000)
+    await put_stock(stub, "A", 1000)
     for i in range(10):
         await orders.CreateOrder(create_request(f"before-{i}"))
     client = aioredis.Redis.from_url(clean.redis_url)

@@ -10,7 +10,7 @@ import grpc
 from stockcore.v1 import orders_pb2 as pb
 from stockcore.v1 import orders_pb2_grpc
 
-from tests.e2e.test_orders_api import create_request, stock
+from tests.support import create_request, put_stock
 
 Stub = orders_pb2_grpc.OrderServiceStub
 
@@ -59,7 +59,7 @@ async def paid_order(orders: Stub, order_id: str) -> pb.Order:
 
 async def make_history(orders: Stub, stub, customers: int = 3, each: int = 4) -> int:
     """Orders of several customers, some paid and some cancelled; returns the event count."""
-    await stock(stub, "A", 10_000)
+    await put_stock(stub, "A", 10_000)
     events = 0
     for c in range(customers):
         for i in range(each):
@@ -109,7 +109,7 @@ async def test_a_resumed_watch_misses_nothing_and_repeats_nothing(orders: Stub, 
 
 
 async def test_a_watch_tails_events_as_they_happen(orders: Stub, stub) -> None:
-    await stock(stub, "A", 100)
+    await put_stock(stub, "A", 100)
     await orders.CreateOrder(create_request("before"))
     call = orders.WatchOrders(pb.WatchOrdersRequest(customer_id="cust-1"))
     try:
@@ -164,7 +164,7 @@ async def test_an_unknown_filter_target_streams_nothing_rather_than_failing(
 
 
 async def test_many_watchers_see_the_same_sequence(orders: Stub, stub) -> None:
-    await stock(stub, "A", 1000)
+    await put_stock(stub, "A", 1000)
 
     async def create_some() -> None:
         for i in range(20):
@@ -199,7 +199,7 @@ async def test_hundreds_of_pages_each_get_their_shoppers_events_and_only_those(
 ) -> None:
     # Checkout pages follow one shopper each: they are woken by that shopper's events
     # only, so a lost wake-up would leave a page without its shopper's new order.
-    await stock(stub, "A", 10_000)
+    await put_stock(stub, "A", 10_000)
     shoppers = 100
     for c in range(shoppers):
         await orders.CreateOrder(create_request(f"h-{c}", customer=f"shop-{c}"))
@@ -221,7 +221,7 @@ async def test_pages_catching_up_read_postgresql_a_few_at_a_time(
     # through a small gate, leaving the writers the rest of the pool.
     from server.orders.watch import CATCH_UP_READERS
 
-    await stock(stub, "A", 10_000)
+    await put_stock(stub, "A", 10_000)
     for i in range(60):
         await orders.CreateOrder(create_request(f"o-{i}", customer=f"cust-{i % 30}"))
     feed = app.orders.feed

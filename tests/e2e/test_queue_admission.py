@@ -10,7 +10,6 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import grpc
 import pytest
 from stockcore.v1 import inventory_pb2 as pb
@@ -19,6 +18,7 @@ from stockcore.v1 import inventory_pb2_grpc
 from clients.errors import StatusCode, StockcoreError, from_rpc_error
 from server.app import App
 from server.config import Settings
+from tests.support import connected
 from tests.waiting import until
 
 
@@ -48,8 +48,7 @@ async def test_a_standing_write_queue_refuses_new_writes_at_once_and_still_serve
     await _stock(stub, 100)
     shedder = app.shedder
     assert shedder is not None
-    locker = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as locker:
         # A long transaction holds the SKU's row: the Reserve batch in flight waits on it
         # and the requests behind it queue.
         tx = locker.transaction()
@@ -81,8 +80,6 @@ async def test_a_standing_write_queue_refuses_new_writes_at_once_and_still_serve
         (level,) = (await stub.GetStock(pb.GetStockRequest(skus=["HOT"]), timeout=5)).levels
         assert level.on_hand == 100
         await tx.rollback()
-    finally:
-        await locker.close()
     outcomes = await asyncio.gather(*queued)
     ok = [o for o in outcomes if o is grpc.StatusCode.OK]
     late = [o for o in outcomes if o is not grpc.StatusCode.OK]

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stockcore.v1 import inventory_pb2 as pb
@@ -24,6 +23,7 @@ from clients.errors import from_rpc_error
 from devstack.credentials import DevCredentials
 from devstack.servers import LocalStockcore
 from tests.conftest import SHARDS, ChannelOpener, Servers
+from tests.support import connected
 
 CALLERS = 200
 # Refusals before any work: at the process's bound of calls in flight, or shutting down.
@@ -138,14 +138,11 @@ async def test_sigterm_under_200_callers_fails_no_admitted_call(
     assert not_serving and sigterm_at <= not_serving[0] <= exited_at, health
 
     # Every OK is a hold in PostgreSQL, every refusal left nothing behind.
-    conn = await asyncpg.connect(clean.pg_dsn)
-    try:
+    async with connected(clean.pg_dsn) as conn:
         stored = {
             r["reservation_id"]
             for r in await conn.fetch("SELECT reservation_id FROM stockcore.reservations")
         }
-    finally:
-        await conn.close()
     ok = {a.reservation_id for a in attempts if a.code is grpc.StatusCode.OK}
     not_done = {a.reservation_id for a in attempts if a.code in REFUSED}
     assert ok <= stored

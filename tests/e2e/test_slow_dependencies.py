@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 
-import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +18,7 @@ from server.app import App
 from server.config import Settings
 from tests.conftest import Servers
 from tests.invariants import assert_invariants_hold, assert_mirror_converges
+from tests.support import connected
 from tests.waiting import until
 
 Stub = inventory_pb2_grpc.InventoryServiceStub
@@ -50,8 +50,7 @@ async def test_a_row_locked_for_seconds_answers_callers_by_their_deadline_and_re
     await _stock(stub, "LOCKED", 100)
     await _stock(stub, "FREE", 100)
     assert settings.pg_dsn is not None
-    locker = await asyncpg.connect(settings.pg_dsn)
-    try:
+    async with connected(settings.pg_dsn) as locker:
         # An operator's session holds the row for seconds, as a long transaction would.
         tx = locker.transaction()
         await tx.start()
@@ -85,8 +84,6 @@ async def test_a_row_locked_for_seconds_answers_callers_by_their_deadline_and_re
             ), code
         await asyncio.sleep(max(0.0, 5.0 - (time.monotonic() - held_at)))
         await tx.rollback()
-    finally:
-        await locker.close()
 
     # Once the lock is gone, both SKUs serve again at once: no pool left exhausted.
     async def serving() -> bool:
@@ -115,11 +112,8 @@ async def test_a_row_locked_for_seconds_answers_callers_by_their_deadline_and_re
         await stub.GetStock(pb.GetStockRequest(skus=["LOCKED"], consistency=pb.CONSISTENCY_STRONG))
     ).levels
     assert level.reserved == 30 + 10
-    conn = await asyncpg.connect(settings.pg_dsn)
-    try:
+    async with connected(settings.pg_dsn) as conn:
         await assert_invariants_hold(conn)
-    finally:
-        await conn.close()
 
 
 async def test_a_redis_asleep_for_two_seconds_is_bypassed_and_the_gate_comes_back_true(

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 from stockcore.v1 import inventory_pb2 as pb
@@ -16,6 +15,7 @@ from devstack.credentials import CLIENT_NAME, DevCredentials
 from server.app import App, create_server
 from server.config import Settings
 from tests import callers
+from tests.support import connected
 
 
 @pytest.fixture
@@ -45,11 +45,8 @@ async def test_a_client_certificate_of_the_ca_is_admitted_and_named_in_the_audit
     async with callers.secure_channel(target, credentials, service_token, mutual=True) as channel:
         await pb_grpc.InventoryServiceStub(channel).AdjustStock(adjust("k-1"), timeout=5)
 
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         recorded = await conn.fetchval("SELECT caller FROM stockcore.movements")
-    finally:
-        await conn.close()
     assert recorded == f"{callers.SUBJECT} via {CLIENT_NAME}"
 
 

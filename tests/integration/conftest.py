@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from server.storage.postgres import StockStore
 from server.storage.redis_gate import AdmissionGate
 from tests.conftest import SHARDS, Servers
+from tests.support import connected
 
 
 @pytest.fixture
@@ -28,11 +29,8 @@ async def store(clean: Servers) -> AsyncIterator[StockStore]:
 @pytest.fixture
 async def db(clean: Servers) -> AsyncIterator[asyncpg.Connection]:
     """A plain connection, for raw SQL that goes around the store."""
-    conn = await asyncpg.connect(clean.pg_dsn)
-    try:
+    async with connected(clean.pg_dsn) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
@@ -72,8 +70,5 @@ async def scratch_dsn(servers: Servers) -> AsyncIterator[str]:
 @pytest.fixture
 async def conn(scratch_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the scratch database."""
-    opened = await asyncpg.connect(scratch_dsn)
-    try:
+    async with connected(scratch_dsn) as opened:
         yield opened
-    finally:
-        await opened.close()

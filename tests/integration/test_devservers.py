@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -28,6 +27,7 @@ from server.app import create_server
 from server.config import Settings
 from server.storage.migrations import migrate
 from tests.conftest import ROOT, SHARDS, ChannelOpener
+from tests.support import connected
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -68,11 +68,8 @@ async def busy_stub(
 ) -> AsyncIterator[pb_grpc.InventoryServiceStub]:
     """An in-process grpc.aio server on those servers, and a client stub to it."""
     pg, rd = own_servers
-    conn = await asyncpg.connect(pg.dsn)
-    try:
+    async with connected(pg.dsn) as conn:
         await migrate(conn, SHARDS)
-    finally:
-        await conn.close()
     settings = Settings(
         pg_dsn=pg.dsn,
         redis_url=rd.url,
@@ -127,11 +124,8 @@ async def test_redis_and_postgres_restart_twenty_times_under_live_grpc_calls(
                 await client.aclose()
             pg.kill()
             await pg.restart()
-            conn = await asyncpg.connect(pg.dsn)
-            try:
+            async with connected(pg.dsn) as conn:
                 assert await conn.fetchval("SELECT on_hand FROM stockcore.stock") == 5
-            finally:
-                await conn.close()
 
             async def serves() -> bool:
                 try:

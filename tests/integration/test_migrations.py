@@ -14,6 +14,7 @@ import pytest
 from server.storage import migrations
 from server.storage.migrations import UndeclaredFunctions, live_files, migrate, migration_files
 from tests.conftest import SHARDS
+from tests.support import connected
 
 NUMBERED = [name for _, name, _ in migration_files()]
 LIVE = [name for name, _ in live_files()]
@@ -106,11 +107,8 @@ async def test_migrate_refuses_a_different_shard_count(
     assert await schema(conn) == before
     assert await partitions(conn) == [f"stockcore.stock_s{i:04}" for i in range(4)]
     # The migrators' lock was given back: another migrator gets through at once.
-    other = await asyncpg.connect(scratch_dsn)
-    try:
+    async with connected(scratch_dsn) as other:
         assert await asyncio.wait_for(migrate(other, 4), 10) == []
-    finally:
-        await other.close()
 
 
 async def test_concurrent_migrators_apply_each_migration_once(scratch_dsn: str) -> None:
@@ -127,8 +125,7 @@ async def test_concurrent_migrators_apply_each_migration_once(scratch_dsn: str) 
 
 
 async def test_migrating_the_test_database_again_changes_nothing(migrated: str) -> None:
-    conn = await asyncpg.connect(migrated)
-    try:
+    async with connected(migrated) as conn:
         before = await schema(conn)
 
         assert await migrate(conn, SHARDS) == []
@@ -136,8 +133,6 @@ async def test_migrating_the_test_database_again_changes_nothing(migrated: str) 
             await migrate(conn, SHARDS + 1)
 
         assert await schema(conn) == before
-    finally:
-        await conn.close()
 
 
 # --- the live SQL -----------------------------------------------------------------

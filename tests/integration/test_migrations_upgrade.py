@@ -29,6 +29,7 @@ from server.storage.migrations import sync_transitions as copy_status_machine
 from server.storage.orders_pg import ChangeCode, CreateCode, OrderStore
 from server.storage.outbox_pg import OutboxSession
 from server.storage.postgres import AdjustCode, FinishCode, ReserveCode, StockStore
+from tests.support import connected
 
 SHARD_COUNT = 4
 HOUR_MS = 3_600_000
@@ -316,11 +317,8 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
     assert applied == [name for name, _ in live_files()]
     assert await contents(conn) == before
     assert await violations(conn) == []
-    fresh = await asyncpg.connect(migrated)
-    try:
+    async with connected(migrated) as fresh:
         assert await functions(conn) == await functions(fresh)
-    finally:
-        await fresh.close()
     assert await migrate(conn, SHARD_COUNT) == []
 
 

@@ -13,27 +13,17 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from server.config import Settings
-from server.domain.inventory import AdjustCommand, Finish, Line, ReserveCommand
+from server.domain.inventory import AdjustCommand, Finish
 from server.domain.sharding import shard_of
 from server.inventory.mirror import Mirror
 from server.storage.postgres import MirrorLevel, StockStore
 from server.storage.redis_gate import AdmissionGate, AdmitCode, GateUnavailable
 from tests.conftest import SHARDS
 from tests.redis_memory import redis_configured, writes_refused
+from tests.support import hold, stock_up
 from tests.waiting import eventually
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1"
-
-
-def hold(rid: str, *lines: tuple[str, int]) -> ReserveCommand:
-    """A reserve command holding for an hour."""
-    return ReserveCommand(rid, tuple(Line(sku, qty) for sku, qty in lines), 3_600_000, "tests")
-
-
-async def stock_up(store: StockStore, levels: dict[str, int]) -> None:
-    """Create SKUs in PostgreSQL only."""
-    for sku, units in levels.items():
-        await store.adjust(AdjustCommand(sku, units, None, "initial", f"initial-{sku}", "tests"))
 
 
 async def database_levels(db: asyncpg.Connection) -> dict[str, tuple[int, int, int]]:

@@ -27,6 +27,7 @@ from server.storage.outbox_pg import OutboxSession
 from server.storage.postgres import HoldArrays, StockStore
 from tests.conftest import Servers
 from tests.redis_memory import writes_refused
+from tests.support import connected
 from tests.waiting import until
 
 ACTOR = Actor("tests", "req")
@@ -115,8 +116,7 @@ def sample(name: str) -> float:
 async def test_cursors_are_gap_free_in_commit_order_even_when_ids_interleave(
     orders: OrderStore, clean: Servers, session: OutboxSession, db: asyncpg.Connection
 ) -> None:
-    early = await asyncpg.connect(clean.pg_dsn)
-    try:
+    async with connected(clean.pg_dsn) as early:
         # The first transaction takes the lower id but commits last.
         async with early.transaction():
             # Another SKU: the open transaction holds A's row lock.
@@ -124,8 +124,6 @@ async def test_cursors_are_gap_free_in_commit_order_even_when_ids_interleave(
             await create(orders, "second-begun", sku="B")
             assert await waiting_ids(session) == ["second-begun/1"]
         assert await waiting_ids(session) == ["second-begun/1", "first-begun/1"]
-    finally:
-        await early.close()
     await create(orders, "third")
     assert await waiting_ids(session) == ["second-begun/1", "first-begun/1", "third/1"]
     rows = await db.fetch("SELECT event_id, cursor FROM stockcore.order_events ORDER BY cursor")

@@ -31,6 +31,7 @@ from server.storage.orders_pg import ChangeCode, CreateCode, OrderStore
 from server.storage.outbox_pg import OutboxSession
 from server.storage.postgres import FinishCode, StockStore
 from tests.conftest import Servers
+from tests.support import connected
 from tests.waiting import until
 
 ACTOR = Actor("tests", "req-1")
@@ -339,13 +340,10 @@ async def test_a_sweep_expires_unpaid_orders_with_their_holds_but_not_orders_bei
     await create(orders, order_request("o-1", window=1), order_request("o-2", window=1))
     await until(lambda: _lapsed(db, "o-2"), "the holds lapse", timeout=10)
     # Another transaction is deciding o-2 (holds its row lock): the sweep leaves it.
-    other = await asyncpg.connect(clean.pg_dsn)
-    try:
+    async with connected(clean.pg_dsn) as other:
         async with other.transaction():
             await other.execute("SELECT 1 FROM stockcore.orders WHERE order_id = 'o-2' FOR UPDATE")
             sweep = await asyncio.wait_for(store.expire_due(10, EXPIRY, "sweep-1"), 5)
-    finally:
-        await other.close()
     assert (sweep.due, sweep.holds_expired, sweep.orders_expired) == (2, 1, 1)
     found = await orders.find(["o-1", "o-2"])
     assert (found["o-1"].status, found["o-2"].status) == (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -16,7 +15,6 @@ from server.domain.inventory import (
     Finish,
     Line,
     ReservationStatus,
-    ReserveCommand,
 )
 from server.domain.sharding import shard_of
 from server.storage.postgres import (
@@ -28,14 +26,8 @@ from server.storage.postgres import (
 )
 from tests.conftest import SHARDS, Servers
 from tests.invariants import assert_invariants_hold
+from tests.support import HOUR_MS, hold, stock_up
 from tests.waiting import sql_is, until
-
-HOUR_MS = 3_600_000
-
-
-def hold(rid: str, *lines: tuple[str, int], ttl_ms: int = HOUR_MS) -> ReserveCommand:
-    """A reserve command with its lines in the order given."""
-    return ReserveCommand(rid, tuple(Line(sku, qty) for sku, qty in lines), ttl_ms, "tests")
 
 
 def change(
@@ -48,13 +40,6 @@ def change(
 ) -> AdjustCommand:
     """An adjustment by `delta` or to `on_hand`."""
     return AdjustCommand(sku, delta, on_hand, reason, key, "tests")
-
-
-async def stock_up(store: StockStore, levels: Mapping[str, int]) -> None:
-    """Create SKUs through adjustments, so the ledger accounts for them."""
-    for sku, units in levels.items():
-        result = await store.adjust(change(sku, f"initial-{sku}", delta=units))
-        assert result.code is AdjustCode.APPLIED
 
 
 async def row(db: asyncpg.Connection, sku: str) -> tuple[int, int, int] | None:

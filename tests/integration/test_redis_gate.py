@@ -10,17 +10,12 @@ from collections.abc import Awaitable, Callable, Mapping
 import pytest
 import redis.asyncio as aioredis
 
-from server.domain.inventory import Line, ReserveCommand
 from server.storage.postgres import MirrorLevel
 from server.storage.redis_gate import Admission, AdmissionGate, AdmitCode, GateUnavailable
 from tests.conftest import Servers
+from tests.support import hold
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1"
-
-
-def hold(rid: str, *lines: tuple[str, int]) -> ReserveCommand:
-    """A reserve command for the gate (the gate never looks at ttl or caller)."""
-    return ReserveCommand(rid, tuple(Line(sku, qty) for sku, qty in lines), 60_000, "tests")
 
 
 def now_ms() -> int:
