@@ -23,6 +23,16 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def until_true(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """`until` for a condition that needs no await (a list another task fills, a process
+    table)."""
+
+    async def holds() -> bool:
+        return condition()
+
+    await until(holds, what, timeout)
+
+
 async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
     """Wait for `condition`; fail the test naming `what` if it does not come in `timeout`."""
     assert await eventually(condition, timeout), f"not within {timeout} s: {what}"

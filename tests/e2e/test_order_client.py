@@ -18,6 +18,7 @@ from devstack.credentials import DevCredentials
 from runtime.processes import free_port
 from server.app import App, create_server
 from server.config import Settings
+from tests.waiting import until_true
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
             ) as shop:
                 for i in range(5):
                     await shop.create_order(f"before-{i}", "cust-1", [("A", 1, 10)], "EUR")
-            await _until(lambda: len(seen) == 5)
+            await until_true(lambda: len(seen) == 5, "5 events seen")
             assert app is not None
             await app.stop(grace=0.2)
             app = None
@@ -148,7 +149,7 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
             ) as shop:
                 for i in range(5):
                     await shop.create_order(f"after-{i}", "cust-1", [("A", 1, 10)], "EUR")
-            await _until(lambda: len(seen) >= 15, timeout=20)
+            await until_true(lambda: len(seen) >= 15, "15 events seen", timeout=20)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -158,12 +159,6 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
         f"{phase}-{i}" for phase in ("before", "during", "after") for i in range(5)
     ]
     assert [e.cursor for e in seen] == sorted({e.cursor for e in seen})
-
-
-async def _until(condition, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - a list filled by another task
-            await asyncio.sleep(0.05)
 
 
 async def test_stockctl_creates_pays_lists_and_watches_orders(

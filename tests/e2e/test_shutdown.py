@@ -10,7 +10,6 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from devstack.credentials import DevCredentials
 from devstack.servers import LocalStockcore
 from tests.conftest import SHARDS, ChannelOpener, Servers
 from tests.support import connected
+from tests.waiting import until_true
 
 CALLERS = 200
 # Refusals before any work: at the process's bound of calls in flight, or shutting down.
@@ -166,16 +166,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    """Poll `condition` until it holds or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
-
-
 async def test_a_dead_worker_is_started_again_and_all_stop_together(
     clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
 ) -> None:
@@ -187,11 +177,16 @@ async def test_a_dead_worker_is_started_again_and_all_stop_together(
     proc = server.proc
     try:
         await _stock(open_channel, server.target)
-        first = await _until(lambda: len(_workers(proc.pid)) == 2) and _workers(proc.pid)
-        assert first and len(first) == 2
+        await until_true(lambda: len(_workers(proc.pid)) == 2, "two workers", timeout=20)
+        first = _workers(proc.pid)
+        assert len(first) == 2, first
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        await _until(lambda: len(now := _workers(proc.pid)) == 2 and victim not in now)
+        await until_true(
+            lambda: len(now := _workers(proc.pid)) == 2 and victim not in now,
+            "the killed worker replaced",
+            timeout=20,
+        )
         replaced = _workers(proc.pid)
         assert len(replaced) == 2 and victim not in replaced, replaced
         # The new worker serves: new connections land on both, every one answers.
