@@ -30,7 +30,8 @@ from server.domain.orders import (
     ShipOrder,
     StatusChange,
 )
-from server.storage.postgres import HoldArrays, MirrorLevel, StockStore, mirror_levels, shortages_of
+from server.domain.sharding import shard_of
+from server.storage.postgres import MirrorLevel, StockStore, mirror_levels, shortages_of
 
 
 class CreateCode(IntEnum):
@@ -175,10 +176,7 @@ def _by_order_id(items: Sequence[Any]) -> list[int]:
     return sorted(range(len(items)), key=lambda i: items[i].order_id)
 
 
-_CREATE = (
-    "SELECT * FROM stockcore.create_orders"
-    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-)
+_CREATE = "SELECT * FROM stockcore.create_orders($1)"
 _PAY = "SELECT * FROM stockcore.pay_orders($1, $2, $3, $4, $5, $6, $7, $8)"
 _CANCEL = "SELECT * FROM stockcore.cancel_orders_as($1, $2, $3, $4, $5, $6)"
 _ADVANCE = "SELECT * FROM stockcore.advance_orders($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -267,6 +265,25 @@ def stored_event(row: asyncpg.Record) -> StoredEvent:
     )
 
 
+def order_request(command: CreateOrder, shard_count: int) -> tuple[object, ...]:
+    """`command` as a stockcore.order_request (013_order_requests.sql)."""
+    return (
+        command.order_id,
+        command.reserve.fingerprint,
+        command.ttl_ms,
+        command.actor.caller,
+        command.actor.request_id,
+        command.customer_id,
+        command.currency,
+        command.total_minor,
+        command.fingerprint,
+        [
+            (shard_of(line.sku, shard_count), line.sku, line.quantity, line.unit_price_minor)
+            for line in command.lines
+        ],
+    )
+
+
 class OrderStore:
     """Orders, their history, payments and the event outbox."""
 
@@ -279,20 +296,11 @@ class OrderStore:
         self, commands: Sequence[CreateOrder]
     ) -> tuple[list[Created], list[MirrorLevel]]:
         """Hold each order's stock and create it, or say why not."""
-        arrays = HoldArrays.of([c.reserve for c in commands], self.stock.shard_count)
-        ordered = [commands[i] for i in arrays.order]
-        row = await self.stock.call(
-            _CREATE,
-            *arrays.args(),
-            [line.unit_price_minor for c in ordered for line in c.lines],
-            [c.customer_id for c in ordered],
-            [c.currency for c in ordered],
-            [c.total_minor for c in ordered],
-            [c.fingerprint for c in ordered],
-            [c.actor.request_id for c in ordered],
-        )
+        order = _by_order_id(commands)
+        shards = self.stock.shard_count
+        row = await self.stock.call(_CREATE, [order_request(commands[i], shards) for i in order])
         results: list[Created | None] = [None] * len(commands)
-        for position, found in zip(arrays.order, row["results"], strict=True):
+        for position, found in zip(order, row["results"], strict=True):
             results[position] = _created(commands[position], found)
         return results, mirror_levels(row["levels"])  # type: ignore[return-value]
 

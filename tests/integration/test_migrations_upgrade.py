@@ -249,11 +249,12 @@ async def violations(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
 
 
 async def contents(conn: asyncpg.Connection) -> dict[str, tuple[int, str]]:
-    """Every table's row count and a digest of its rows, but the live SQL's record."""
+    """Every table's row count and a digest of its rows, but the migrator's records."""
     tables = await conn.fetch(
         "SELECT c.oid::regclass::text AS name FROM pg_class c"
         " WHERE c.relnamespace = 'stockcore'::regnamespace AND c.relkind IN ('r', 'p')"
-        " AND NOT c.relispartition AND c.relname <> 'schema_live_sql' ORDER BY 1"
+        " AND NOT c.relispartition AND c.relname NOT IN ('schema_live_sql', 'schema_migrations')"
+        " ORDER BY 1"
     )
     found = {}
     for t in tables:
@@ -314,7 +315,10 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
 
     applied = await migrate(conn, SHARD_COUNT)
 
-    assert applied == [name for name, _ in live_files()]
+    since = [name for _, name, _ in migration_files() if name not in BEFORE_LIVE_SQL]
+    assert applied == since + [name for name, _ in live_files()]
+    recorded = await conn.fetch("SELECT name FROM stockcore.schema_migrations ORDER BY version")
+    assert [r["name"] for r in recorded] == [name for _, name, _ in migration_files()]
     assert await contents(conn) == before
     assert await violations(conn) == []
     async with connected(migrated) as fresh:

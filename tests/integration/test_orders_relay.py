@@ -22,9 +22,9 @@ from server.orders.relay import Relay
 from server.orders.watch import EventFeed
 from server.rpc.orders_convert import encoded_event, stored_event
 from server.storage.event_stream import STREAM, EventStream, LeftBehind
-from server.storage.orders_pg import OrderStore
+from server.storage.orders_pg import OrderStore, order_request
 from server.storage.outbox_pg import OutboxSession
-from server.storage.postgres import HoldArrays, StockStore
+from server.storage.postgres import StockStore
 from tests.conftest import Servers
 from tests.redis_memory import writes_refused
 from tests.support import connected
@@ -85,18 +85,10 @@ async def create(
     if conn is None:
         await orders.create(commands)
         return
-    arrays = HoldArrays.of([c.reserve for c in commands], orders.stock.shard_count)
-    ordered = [commands[i] for i in arrays.order]
+    shards = orders.stock.shard_count
+    ordered = sorted(commands, key=lambda c: c.order_id)
     await conn.fetchrow(
-        "SELECT * FROM stockcore.create_orders"
-        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        *arrays.args(),
-        [line.unit_price_minor for c in ordered for line in c.lines],
-        [c.customer_id for c in ordered],
-        [c.currency for c in ordered],
-        [c.total_minor for c in ordered],
-        [c.fingerprint for c in ordered],
-        [c.actor.request_id for c in ordered],
+        "SELECT * FROM stockcore.create_orders($1)", [order_request(c, shards) for c in ordered]
     )
 
 

@@ -21,33 +21,69 @@
 -- Status values are server.domain.orders.OrderStatus: 1 PENDING_PAYMENT, 2 PAID,
 -- 3 SHIPPED, 4 IN_TRANSIT, 5 DELIVERED, 6 CANCELLED, 7 EXPIRED.
 
--- CreateOrder for a batch, sorted by order id. The hold arguments are hold_stock's (the
--- order's hold has the order's id); the rest is per order, and p_prices per line.
--- Decided against levels read without a lock, and again with the stock rows locked
--- when a take no longer fits, as hold_stock is. Codes: 0 created, 1 repeat (ord is the
--- order as it is now), 2 the id belongs to a different order or to a plain reservation,
--- 3 rejected (unknown or short SKUs).
+-- CreateOrder for a batch of stockcore.order_request (013_order_requests.sql), sorted by
+-- order id. Decided against levels read without a lock, and again with the stock rows
+-- locked when a take no longer fits, as hold_stock is. Codes: 0 created, 1 repeat (ord
+-- is the order as it is now), 2 the id belongs to a different order or to a plain
+-- reservation, 3 rejected (unknown or short SKUs).
+DROP FUNCTION IF EXISTS stockcore.create_orders(text[], bytea[], bigint[], text[], int[], int[], smallint[], text[], bigint[], bigint[], text[], text[], bigint[], bytea[], text[]);
 CREATE OR REPLACE FUNCTION stockcore.create_orders(
-    p_ids text[], p_fingerprints bytea[], p_ttl_ms bigint[], p_callers text[],
-    p_first int[], p_count int[], p_shards smallint[], p_skus text[], p_qtys bigint[],
-    p_prices bigint[], p_customers text[], p_currencies text[], p_totals bigint[],
-    p_order_fingerprints bytea[], p_request_ids text[],
+    p_orders stockcore.order_request[],
     OUT results stockcore.order_result[], OUT levels stockcore.stock_level[]
 )
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
 DECLARE
-    c record;
+    c          record;
+    r          stockcore.order_request;
+    l          stockcore.order_line_request;
+    ids        text[] := '{}';
+    hold_fps   bytea[] := '{}';
+    ttls       bigint[] := '{}';
+    callers    text[] := '{}';
+    request_ids text[] := '{}';
+    customers  text[] := '{}';
+    currencies text[] := '{}';
+    totals     bigint[] := '{}';
+    fps        bytea[] := '{}';
+    first      int[] := '{}';
+    counts     int[] := '{}';
+    shards     smallint[] := '{}';
+    skus       text[] := '{}';
+    qtys       bigint[] := '{}';
+    prices     bigint[] := '{}';
 BEGIN
+    -- create_step's layout: per-order arrays, and the lines of all orders in one run with
+    -- each order's first position and count. A loop of appends: cheaper for a batch's
+    -- handful of orders than unnest-and-aggregate statements (BENCHMARKS.md).
+    FOREACH r IN ARRAY p_orders LOOP
+        ids := ids || r.order_id;
+        hold_fps := hold_fps || r.hold_fingerprint;
+        ttls := ttls || r.ttl_ms;
+        callers := callers || r.caller;
+        request_ids := request_ids || r.request_id;
+        customers := customers || r.customer_id;
+        currencies := currencies || r.currency;
+        totals := totals || r.total;
+        fps := fps || r.fingerprint;
+        first := first || (cardinality(skus) + 1);
+        counts := counts || cardinality(r.lines);
+        FOREACH l IN ARRAY r.lines LOOP
+            shards := shards || l.shard;
+            skus := skus || l.sku;
+            qtys := qtys || l.quantity;
+            prices := prices || l.unit_price;
+        END LOOP;
+    END LOOP;
     BEGIN
-        SELECT * INTO c FROM stockcore.create_step(p_ids, p_fingerprints, p_ttl_ms, p_callers,
-            p_first, p_count, p_shards, p_skus, p_qtys, p_prices, p_customers, p_currencies,
-            p_totals, p_order_fingerprints, p_request_ids, false);
+        SELECT * INTO c FROM stockcore.create_step(ids, hold_fps, ttls, callers, first,
+            counts, shards, skus, qtys, prices, customers, currencies, totals, fps,
+            request_ids, false);
     EXCEPTION WHEN serialization_failure THEN
-        SELECT * INTO c FROM stockcore.create_step(p_ids, p_fingerprints, p_ttl_ms, p_callers,
-            p_first, p_count, p_shards, p_skus, p_qtys, p_prices, p_customers, p_currencies,
-            p_totals, p_order_fingerprints, p_request_ids, true);
+        SELECT * INTO c FROM stockcore.create_step(ids, hold_fps, ttls, callers, first,
+            counts, shards, skus, qtys, prices, customers, currencies, totals, fps,
+            request_ids, true);
     END;
     results := c.results;
     levels := c.levels;
