@@ -185,6 +185,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
         ],
     )
     shedder = LoadShedder(

@@ -96,6 +96,10 @@ class Settings:
     # the retry delay given grows.
     max_in_flight: int = 5000
     max_watch_streams: int = 10_000
+    # The largest request message accepted, in bytes; gRPC refuses a bigger one with
+    # RESOURCE_EXHAUSTED before decoding it. The largest valid request (GetStock of 1,000
+    # SKUs of 64 characters) is about 67 KB.
+    max_request_bytes: int = 131_072
     overload_refusal_budget: float = 200.0
 
     def validate(self) -> Settings:
@@ -156,6 +160,10 @@ class Settings:
                 "overload_interval_s must be above 0 and at most 60",
             ),
             (1 <= self.max_watch_streams <= 1_000_000, "max_watch_streams must be 1-1000000"),
+            (
+                81_920 <= self.max_request_bytes <= 4_194_304,
+                "max_request_bytes must be 81920-4194304 (the largest valid request is ~67 KB)",
+            ),
             (self.overload_refusal_budget > 0, "overload_refusal_budget must be above 0"),
         ]
         for ok, message in checks:
@@ -228,6 +236,7 @@ _ENV: env.Variables = {
     "STOCKCORE_OVERLOAD_TARGET_S": ("overload_target_s", float),
     "STOCKCORE_OVERLOAD_INTERVAL_S": ("overload_interval_s", float),
     "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
+    "STOCKCORE_MAX_REQUEST_BYTES": ("max_request_bytes", int),
     "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
 }
 

@@ -18,12 +18,28 @@ class FieldViolation:
     description: str
 
 
+# The most violations an error lists; the rest are counted.
+MAX_VIOLATIONS = 20
+
+
 class InvalidArgument(DomainError):
-    """The request itself is malformed; retrying it unchanged cannot succeed."""
+    """The request itself is malformed; retrying it unchanged cannot succeed. Its text
+    (and a status's details) list at most MAX_VIOLATIONS of the violations; `violations`
+    keeps them all, for an error made of several (they are few: every repeated field of
+    a request is bounded before its entries are checked)."""
 
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
         self.violations = tuple(violations)
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+        text = "; ".join(f"{v.field}: {v.description}" for v in self.listed)
+        if len(self.violations) > len(self.listed):
+            text += f"; and {len(self.violations) - len(self.listed)} more"
+            text += f" ({len(self.violations)} violations)"
+        super().__init__(text)
+
+    @property
+    def listed(self) -> tuple[FieldViolation, ...]:
+        """The violations an answer lists."""
+        return self.violations[:MAX_VIOLATIONS]
 
 
 class NotFound(DomainError):

@@ -17,6 +17,8 @@ from server.domain.orders import EventType, OrderStatus
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# WatchOrdersRequest.types: a type named twice is allowed, but not without end.
+MAX_WATCH_TYPES = 16
 
 
 def _violation(field: str, description: str) -> FieldViolation:

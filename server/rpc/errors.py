@@ -82,6 +82,8 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
         reason = exc.reason
         metadata = exc.metadata
     elif isinstance(exc, InvalidArgument):
+        if len(exc.violations) > len(exc.listed):
+            metadata = {"violations": str(len(exc.violations)), "listed": str(len(exc.listed))}
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
@@ -89,7 +91,7 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
                         error_details_pb2.BadRequest.FieldViolation(
                             field=v.field, description=v.description
                         )
-                        for v in exc.violations
+                        for v in exc.listed
                     ]
                 )
             )

@@ -34,6 +34,7 @@ from server.domain.errors import (
 )
 from server.metrics import RPC_DURATION, RPC_REFUSED
 from server.queue_delay import QueueDelay
+from server.rpc import bounds
 from server.rpc.access import Gatekeeper, Rule
 from server.rpc.errors import status_code_for, to_status
 from server.rpc.shedding import LoadShedder
@@ -47,15 +48,18 @@ READ_SCOPES = frozenset({scopes.INVENTORY_READ, scopes.ORDERS_READ})
 def _decoder(kind: type[message.Message]) -> Callable[[bytes], Any]:
     name = kind.DESCRIPTOR.full_name
     parse = kind.FromString
+    check = bounds.checker(kind.DESCRIPTOR)
 
     def decode(data: bytes) -> Any:
         try:
-            return parse(data)
+            request = parse(data)
         except Exception as exc:  # DecodeError, and whatever else bad bytes may raise
             violation = FieldViolation(
                 "request", f"is not a valid {name}: {type(exc).__name__}: {exc}"
             )
             raise InvalidArgument([violation]) from None
+        check(request)
+        return request
 
     return decode
 
