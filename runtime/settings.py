@@ -1,15 +1,17 @@
 """Typed settings from STOCKCORE_* environment variables: what every program's settings
 share. A program's settings class holds only its own fields, its rules (`checks`) and its
 variables (`VARIABLES`: name -> field and parser); it derives from `EnvSettings` (or
-`CheckedSettings`, for a program configured by its command line alone) for the rest, and
-is read once, at start-up."""
+`CheckedSettings`, for a program configured by its command line alone) for the rest. Its
+`__main__` reads it once, at start-up, inside `exit_if_invalid`."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Protocol, Self, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, NoReturn, Protocol, Self, TypeVar
 
 #: A program's variables: the variable's name -> (the settings field, its parser).
 Variables = Mapping[str, tuple[str, Callable[[str], object]]]
@@ -144,3 +146,29 @@ class EnvSettings(CheckedSettings):
         """The STOCKCORE_* variables that `from_env` reads back as these settings (for child
         processes started with them)."""
         return write(self, self.VARIABLES)
+
+
+def command_line(
+    prog: str, description: str | None, commands: Sequence[str] = (), epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """A program's command line: `prog [COMMAND]`, the first of `commands` when none is named
+    (no COMMAND when there are none)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    if commands:
+        parser.add_argument("command", choices=commands, nargs="?", default=commands[0])
+    return parser
+
+
+def exit_invalid(parser: argparse.ArgumentParser, problem: object) -> NoReturn:
+    """Exit with status 2 (a usage error), saying why the program cannot run so configured."""
+    parser.exit(2, f"invalid settings: {problem}\n")
+
+
+@contextmanager
+def exit_if_invalid(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Around a program's start-up: a SettingsError raised in the block ends the program
+    through `exit_invalid` rather than with a traceback."""
+    try:
+        yield
+    except SettingsError as exc:
+        exit_invalid(parser, exc)
