@@ -19,19 +19,17 @@ from devstack.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
 from runtime.processes import free_port
-from server.app import App, create_server
+from server.app import App
 from server.config import Settings
 from tests import callers
+from tests.servers import serving
 
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[App]:
     """A started server; stopped after the test."""
-    started = await create_server(settings)
-    try:
+    async with serving(settings) as started:
         yield started
-    finally:
-        await started.stop(grace=0.5)
 
 
 @pytest.fixture
