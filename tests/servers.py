@@ -1,6 +1,6 @@
 """The stockcore server as the tests start it, on the suite's PostgreSQL and Redis and with
-the session's credentials: in this process (`serving`, on `server_settings`), stopped when
-its block ends."""
+the session's credentials: in this process (`serving`, on `server_settings`) or as a child
+process (`server_process`), each stopped when its block ends."""
 
 from __future__ import annotations
 
@@ -10,11 +10,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from devstack.credentials import DevCredentials
-from devstack.servers import LocalPostgres, LocalRedis
+from devstack.servers import LocalPostgres, LocalRedis, LocalStockcore
 from server.app import App, create_server
 from server.config import Settings
 
 SHARDS = 8
+
+# For a child server whose test kills a dependency or the server itself: a pending hold is
+# given up after 3 s and a statement after 2, holds are swept and Redis is probed five
+# times a second, so that recovery fits in the test's time.
+QUICK_RECOVERY = {
+    "STOCKCORE_PENDING_GRACE": "3",
+    "STOCKCORE_DB_TIMEOUT": "2",
+    "STOCKCORE_EXPIRY_INTERVAL": "0.2",
+    "STOCKCORE_REDIS_PROBE_INTERVAL": "0.2",
+}
 
 
 @dataclass
@@ -57,3 +67,20 @@ async def serving(settings: Settings, *, grace: float = 0.5) -> AsyncIterator[Ap
         yield app
     finally:
         await app.stop(grace=grace)
+
+
+@asynccontextmanager
+async def server_process(
+    servers: Servers, credentials: DevCredentials, **env: str
+) -> AsyncIterator[LocalStockcore]:
+    """`python -m server` as a child process on `servers`, serving TLS and checking tokens
+    with `credentials`, `env` setting its STOCKCORE_* variables; healthy when the block
+    starts, stopped when it ends unless the test stopped it."""
+    server = LocalStockcore(
+        servers.pg_dsn, servers.redis_url, SHARDS, credentials=credentials, **env
+    )
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.stop()
