@@ -22,6 +22,7 @@ from runtime.processes import free_port
 from server.app import App
 from server.config import Settings
 from tests import callers
+from tests.e2e.fulfilment_stack import Partners, running_partners
 from tests.servers import serving
 
 
@@ -29,6 +30,13 @@ from tests.servers import serving
 async def app(settings: Settings) -> AsyncIterator[App]:
     """A started server; stopped after the test."""
     async with serving(settings) as started:
+        yield started
+
+
+@pytest.fixture
+async def partners() -> AsyncIterator[Partners]:
+    """The simulated warehouse and carriers at test speed; stopped after the test."""
+    async with running_partners() as started:
         yield started
 
 
