@@ -6,25 +6,21 @@ trusting the development CA."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 from devstack import config as dev_config
 from devstack.stack import StackSettings, dev, gateway_alone
 from fulfilment import config as fulfilment_config
 from gateway import config as gateway_config
 from gateway.envoy import serve as serve_gateway
 from runtime import logs
-from runtime.settings import SettingsError
+from runtime.settings import command_line, exit_if_invalid
 from server import config as server_config
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
-    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["run", "gateway"], nargs="?", default="run")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    parser = command_line("python -m devstack", __doc__, ["run", "gateway"])
+    args = parser.parse_args(argv)
+    with exit_if_invalid(parser):
         stack = StackSettings(
             dev=dev_config.from_env(),
             server=server_config.from_env(),
@@ -35,8 +31,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "gateway":
             serve_gateway(gateway_alone(stack.gateway, stack.root))
             return
-    except SettingsError as exc:
-        parser.exit(2, f"invalid settings: {exc}\n")
     dev(stack)
 
 

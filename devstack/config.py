@@ -3,17 +3,16 @@ The programs it starts (the server, the gateway, the fulfilment worker) read the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import ClassVar
 
-from runtime import settings as env
-from runtime.settings import SettingsError
+from runtime.settings import EnvSettings, SettingsError, Variables
 
 __all__ = ["DevSettings", "SettingsError", "from_env", "to_env"]
 
 
 @dataclass(frozen=True)
-class DevSettings:
+class DevSettings(EnvSettings):
     """Where `make run` keeps its data and which local ports its servers take."""
 
     # The data folder (git-ignored): PostgreSQL, Redis, development credentials, logs.
@@ -33,8 +32,20 @@ class DevSettings:
     dev_primary_carrier_port: int = 58081
     dev_fallback_carrier_port: int = 58082
 
-    def validate(self) -> DevSettings:
-        """Raise SettingsError for values the stack cannot run with."""
+    # The STOCKCORE_* variable of each field that one can set.
+    VARIABLES: ClassVar[Variables] = {
+        "STOCKCORE_DATA_DIR": ("data_dir", str),
+        "STOCKCORE_DEV_PG_PORT": ("dev_pg_port", int),
+        "STOCKCORE_DEV_REDIS_PORT": ("dev_redis_port", int),
+        "STOCKCORE_DEV_REDIS_MAXMEMORY_MB": ("dev_redis_maxmemory_mb", int),
+        "STOCKCORE_DEMO_CATALOGUE": ("demo_catalogue", bool),
+        "STOCKCORE_DEV_WAREHOUSE_PORT": ("dev_warehouse_port", int),
+        "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": ("dev_primary_carrier_port", int),
+        "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": ("dev_fallback_carrier_port", int),
+    }
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """The rules a stack's settings must keep."""
         ports = (
             self.dev_pg_port,
             self.dev_redis_port,
@@ -42,38 +53,13 @@ class DevSettings:
             self.dev_primary_carrier_port,
             self.dev_fallback_carrier_port,
         )
-        checks = [
+        return [
             (bool(self.data_dir), "data_dir must not be empty"),
             (all(1 <= p <= 65535 for p in ports), "dev ports must be 1-65535"),
             (self.dev_redis_maxmemory_mb >= 64, "dev_redis_maxmemory_mb must be at least 64"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise SettingsError(message)
-        return self
-
-    def with_overrides(self, **changes: object) -> DevSettings:
-        """Return a copy with the given fields changed, validated."""
-        return replace(self, **changes).validate()  # type: ignore[arg-type]
 
 
-_ENV: env.Variables = {
-    "STOCKCORE_DATA_DIR": ("data_dir", str),
-    "STOCKCORE_DEV_PG_PORT": ("dev_pg_port", int),
-    "STOCKCORE_DEV_REDIS_PORT": ("dev_redis_port", int),
-    "STOCKCORE_DEV_REDIS_MAXMEMORY_MB": ("dev_redis_maxmemory_mb", int),
-    "STOCKCORE_DEMO_CATALOGUE": ("demo_catalogue", bool),
-    "STOCKCORE_DEV_WAREHOUSE_PORT": ("dev_warehouse_port", int),
-    "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": ("dev_primary_carrier_port", int),
-    "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": ("dev_fallback_carrier_port", int),
-}
-
-
-def to_env(settings: DevSettings) -> dict[str, str]:
-    """The STOCKCORE_* variables that `from_env` reads back as `settings`."""
-    return env.write(settings, _ENV)
-
-
-def from_env(environ: Mapping[str, str] | None = None) -> DevSettings:
-    """Build DevSettings from STOCKCORE_* variables, validated."""
-    return env.read(DevSettings, _ENV, environ)
+# The names the program's callers read and write its variables by.
+from_env = DevSettings.from_env
+to_env = DevSettings.to_env

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import ClassVar
 
-from runtime import settings as env
-from runtime.settings import SettingsError, parse_list, parse_optional_name
+from runtime.settings import EnvSettings, SettingsError, Variables, parse_list, parse_optional_name
 
 __all__ = ["FulfilmentSettings", "SettingsError", "from_env", "to_env"]
 
 
 @dataclass(frozen=True)
-class FulfilmentSettings:
+class FulfilmentSettings(EnvSettings):
     """Everything a fulfilment worker needs, validated once at start-up and passed down."""
 
     # The database of the fulfilment tables and the Redis of the order event stream; the
@@ -74,12 +73,55 @@ class FulfilmentSettings:
     stale_scan_interval_s: float = 900.0
     stale_after_s: float = 1800.0
 
-    def validate(self) -> FulfilmentSettings:
-        """Raise SettingsError for values the worker cannot run with."""
+    # The STOCKCORE_* variable of each field that one can set.
+    VARIABLES: ClassVar[Variables] = {
+        "STOCKCORE_PG_DSN": ("pg_dsn", str),
+        "STOCKCORE_REDIS_URL": ("redis_url", str),
+        "STOCKCORE_FULFIL_TARGET": ("fulfil_target", str),
+        "STOCKCORE_GRPC_HOST": ("grpc_host", str),
+        "STOCKCORE_GRPC_PORT": ("grpc_port", int),
+        "STOCKCORE_DB_TIMEOUT": ("db_timeout_s", float),
+        "STOCKCORE_LOG_LEVEL": ("log_level", str),
+        "STOCKCORE_LOG_JSON": ("log_json", bool),
+        "STOCKCORE_CARRIERS": ("carriers", parse_list),
+        "STOCKCORE_WAREHOUSE_URL": ("warehouse_url", str),
+        "STOCKCORE_PRIMARY_CARRIER": ("primary_carrier", str),
+        "STOCKCORE_PRIMARY_CARRIER_URL": ("primary_carrier_url", str),
+        "STOCKCORE_FALLBACK_CARRIER": ("fallback_carrier", parse_optional_name),
+        "STOCKCORE_FALLBACK_CARRIER_URL": ("fallback_carrier_url", str),
+        "STOCKCORE_FULFIL_METRICS_PORT": ("fulfil_metrics_port", int),
+        "STOCKCORE_FULFIL_CONCURRENCY": ("fulfil_concurrency", int),
+        "STOCKCORE_FULFIL_BATCH": ("fulfil_batch", int),
+        "STOCKCORE_FULFIL_POLL_INTERVAL": ("fulfil_poll_interval_s", float),
+        "STOCKCORE_FULFIL_LEASE": ("fulfil_lease_s", float),
+        "STOCKCORE_FULFIL_EVENT_CLAIM_IDLE": ("fulfil_event_claim_idle_s", float),
+        "STOCKCORE_PARTNER_TIMEOUT": ("partner_timeout_s", float),
+        "STOCKCORE_PARTNER_CALL_ATTEMPTS": ("partner_call_attempts", int),
+        "STOCKCORE_PARTNER_RETRY_INITIAL": ("partner_retry_initial_s", float),
+        "STOCKCORE_PARTNER_RETRY_MAX": ("partner_retry_max_s", float),
+        "STOCKCORE_STEP_MAX_ATTEMPTS": ("step_max_attempts", int),
+        "STOCKCORE_STEP_BACKOFF_INITIAL": ("step_backoff_initial_s", float),
+        "STOCKCORE_STEP_BACKOFF_MAX": ("step_backoff_max_s", float),
+        "STOCKCORE_PACK_POLL": ("pack_poll_s", float),
+        "STOCKCORE_TRACK_POLL": ("track_poll_s", float),
+        "STOCKCORE_BREAKER_SLOW_CALL": ("breaker_slow_call_s", float),
+        "STOCKCORE_BREAKER_SLOW_RATE": ("breaker_slow_rate", float),
+        "STOCKCORE_BREAKER_ERROR_RATE": ("breaker_error_rate", float),
+        "STOCKCORE_BREAKER_MIN_CALLS": ("breaker_min_calls", int),
+        "STOCKCORE_BREAKER_WINDOW": ("breaker_window_s", float),
+        "STOCKCORE_BREAKER_CONSECUTIVE_FAILURES": ("breaker_consecutive_failures", int),
+        "STOCKCORE_BREAKER_OPEN": ("breaker_open_s", float),
+        "STOCKCORE_BREAKER_HALF_OPEN_CALLS": ("breaker_half_open_calls", int),
+        "STOCKCORE_STALE_SCAN_INTERVAL": ("stale_scan_interval_s", float),
+        "STOCKCORE_STALE_AFTER": ("stale_after_s", float),
+    }
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """The rules a worker's settings must keep."""
         carriers = [self.primary_carrier] + (
             [self.fallback_carrier] if self.fallback_carrier else []
         )
-        checks = [
+        return [
             (1 <= self.grpc_port <= 65535 or self.grpc_port == 0, "grpc_port must be 0-65535"),
             (
                 # The order server checks the names themselves (server/config.py).
@@ -142,70 +184,13 @@ class FulfilmentSettings:
                 "stale_scan_interval_s and stale_after_s must be positive",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise SettingsError(message)
-        return self
 
     @property
     def order_target(self) -> str:
         """The order server the worker calls."""
         return self.fulfil_target or f"{self.grpc_host}:{self.grpc_port}"
 
-    def with_overrides(self, **changes: object) -> FulfilmentSettings:
-        """Return a copy with the given fields changed, validated."""
-        return replace(self, **changes).validate()  # type: ignore[arg-type]
 
-
-_ENV: env.Variables = {
-    "STOCKCORE_PG_DSN": ("pg_dsn", str),
-    "STOCKCORE_REDIS_URL": ("redis_url", str),
-    "STOCKCORE_FULFIL_TARGET": ("fulfil_target", str),
-    "STOCKCORE_GRPC_HOST": ("grpc_host", str),
-    "STOCKCORE_GRPC_PORT": ("grpc_port", int),
-    "STOCKCORE_DB_TIMEOUT": ("db_timeout_s", float),
-    "STOCKCORE_LOG_LEVEL": ("log_level", str),
-    "STOCKCORE_LOG_JSON": ("log_json", bool),
-    "STOCKCORE_CARRIERS": ("carriers", parse_list),
-    "STOCKCORE_WAREHOUSE_URL": ("warehouse_url", str),
-    "STOCKCORE_PRIMARY_CARRIER": ("primary_carrier", str),
-    "STOCKCORE_PRIMARY_CARRIER_URL": ("primary_carrier_url", str),
-    "STOCKCORE_FALLBACK_CARRIER": ("fallback_carrier", parse_optional_name),
-    "STOCKCORE_FALLBACK_CARRIER_URL": ("fallback_carrier_url", str),
-    "STOCKCORE_FULFIL_METRICS_PORT": ("fulfil_metrics_port", int),
-    "STOCKCORE_FULFIL_CONCURRENCY": ("fulfil_concurrency", int),
-    "STOCKCORE_FULFIL_BATCH": ("fulfil_batch", int),
-    "STOCKCORE_FULFIL_POLL_INTERVAL": ("fulfil_poll_interval_s", float),
-    "STOCKCORE_FULFIL_LEASE": ("fulfil_lease_s", float),
-    "STOCKCORE_FULFIL_EVENT_CLAIM_IDLE": ("fulfil_event_claim_idle_s", float),
-    "STOCKCORE_PARTNER_TIMEOUT": ("partner_timeout_s", float),
-    "STOCKCORE_PARTNER_CALL_ATTEMPTS": ("partner_call_attempts", int),
-    "STOCKCORE_PARTNER_RETRY_INITIAL": ("partner_retry_initial_s", float),
-    "STOCKCORE_PARTNER_RETRY_MAX": ("partner_retry_max_s", float),
-    "STOCKCORE_STEP_MAX_ATTEMPTS": ("step_max_attempts", int),
-    "STOCKCORE_STEP_BACKOFF_INITIAL": ("step_backoff_initial_s", float),
-    "STOCKCORE_STEP_BACKOFF_MAX": ("step_backoff_max_s", float),
-    "STOCKCORE_PACK_POLL": ("pack_poll_s", float),
-    "STOCKCORE_TRACK_POLL": ("track_poll_s", float),
-    "STOCKCORE_BREAKER_SLOW_CALL": ("breaker_slow_call_s", float),
-    "STOCKCORE_BREAKER_SLOW_RATE": ("breaker_slow_rate", float),
-    "STOCKCORE_BREAKER_ERROR_RATE": ("breaker_error_rate", float),
-    "STOCKCORE_BREAKER_MIN_CALLS": ("breaker_min_calls", int),
-    "STOCKCORE_BREAKER_WINDOW": ("breaker_window_s", float),
-    "STOCKCORE_BREAKER_CONSECUTIVE_FAILURES": ("breaker_consecutive_failures", int),
-    "STOCKCORE_BREAKER_OPEN": ("breaker_open_s", float),
-    "STOCKCORE_BREAKER_HALF_OPEN_CALLS": ("breaker_half_open_calls", int),
-    "STOCKCORE_STALE_SCAN_INTERVAL": ("stale_scan_interval_s", float),
-    "STOCKCORE_STALE_AFTER": ("stale_after_s", float),
-}
-
-
-def to_env(settings: FulfilmentSettings) -> dict[str, str]:
-    """The STOCKCORE_* variables that `from_env` reads back as `settings` (for worker
-    processes started with these settings)."""
-    return env.write(settings, _ENV)
-
-
-def from_env(environ: Mapping[str, str] | None = None) -> FulfilmentSettings:
-    """Build FulfilmentSettings from STOCKCORE_* variables, validated."""
-    return env.read(FulfilmentSettings, _ENV, environ)
+# The names the program's callers read and write its variables by.
+from_env = FulfilmentSettings.from_env
+to_env = FulfilmentSettings.to_env

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-from runtime import settings as env
-from runtime.settings import SettingsError, parse_list, parse_timeouts
+from runtime.settings import EnvSettings, SettingsError, Variables, parse_list, parse_timeouts
 
 __all__ = ["GatewaySettings", "SettingsError", "from_env", "to_env"]
 
@@ -16,7 +16,7 @@ ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
-class GatewaySettings:
+class GatewaySettings(EnvSettings):
     """Everything the HTTP/JSON gateway (Envoy) needs, validated once at start-up."""
 
     # The gRPC server behind the gateway, and whether it serves plaintext (else TLS).
@@ -55,9 +55,32 @@ class GatewaySettings:
     gateway_upstream_cert_file: str = ""
     gateway_upstream_key_file: str = ""
 
-    def validate(self) -> GatewaySettings:
-        """Raise SettingsError for values the gateway cannot run with."""
-        checks = [
+    # The STOCKCORE_* variable of each field that one can set.
+    VARIABLES: ClassVar[Variables] = {
+        "STOCKCORE_GRPC_HOST": ("grpc_host", str),
+        "STOCKCORE_GRPC_PORT": ("grpc_port", int),
+        "STOCKCORE_PLAINTEXT": ("plaintext", bool),
+        "STOCKCORE_LOG_LEVEL": ("log_level", str),
+        "STOCKCORE_LOG_JSON": ("log_json", bool),
+        "STOCKCORE_DATA_DIR": ("data_dir", str),
+        "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
+        "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
+        "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
+        "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", parse_list),
+        "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
+        "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
+        "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", parse_timeouts),
+        "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
+        "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
+        "STOCKCORE_GATEWAY_UPSTREAM_CA": ("gateway_upstream_ca_file", str),
+        "STOCKCORE_GATEWAY_UPSTREAM_SERVER_NAME": ("gateway_upstream_server_name", str),
+        "STOCKCORE_GATEWAY_UPSTREAM_CERT": ("gateway_upstream_cert_file", str),
+        "STOCKCORE_GATEWAY_UPSTREAM_KEY": ("gateway_upstream_key_file", str),
+    }
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """The rules a gateway's settings must keep."""
+        return [
             (1 <= self.grpc_port <= 65535 or self.grpc_port == 0, "grpc_port must be 0-65535"),
             (0 <= self.gateway_port <= 65535, "gateway_port must be 0-65535"),
             (0 <= self.gateway_admin_port <= 65535, "gateway_admin_port must be 0-65535"),
@@ -80,44 +103,8 @@ class GatewaySettings:
                 "gateway_upstream_cert_file and gateway_upstream_key_file go together",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise SettingsError(message)
-        return self
-
-    def with_overrides(self, **changes: object) -> GatewaySettings:
-        """Return a copy with the given fields changed, validated."""
-        return replace(self, **changes).validate()  # type: ignore[arg-type]
 
 
-_ENV: env.Variables = {
-    "STOCKCORE_GRPC_HOST": ("grpc_host", str),
-    "STOCKCORE_GRPC_PORT": ("grpc_port", int),
-    "STOCKCORE_PLAINTEXT": ("plaintext", bool),
-    "STOCKCORE_LOG_LEVEL": ("log_level", str),
-    "STOCKCORE_LOG_JSON": ("log_json", bool),
-    "STOCKCORE_DATA_DIR": ("data_dir", str),
-    "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
-    "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
-    "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
-    "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", parse_list),
-    "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
-    "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
-    "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", parse_timeouts),
-    "STOCKCORE_GATEWAY_ACCESS_LOG": ("gateway_access_log", str),
-    "STOCKCORE_GATEWAY_THREADS": ("gateway_threads", int),
-    "STOCKCORE_GATEWAY_UPSTREAM_CA": ("gateway_upstream_ca_file", str),
-    "STOCKCORE_GATEWAY_UPSTREAM_SERVER_NAME": ("gateway_upstream_server_name", str),
-    "STOCKCORE_GATEWAY_UPSTREAM_CERT": ("gateway_upstream_cert_file", str),
-    "STOCKCORE_GATEWAY_UPSTREAM_KEY": ("gateway_upstream_key_file", str),
-}
-
-
-def to_env(settings: GatewaySettings) -> dict[str, str]:
-    """The STOCKCORE_* variables that `from_env` reads back as `settings`."""
-    return env.write(settings, _ENV)
-
-
-def from_env(environ: Mapping[str, str] | None = None) -> GatewaySettings:
-    """Build GatewaySettings from STOCKCORE_* variables, validated."""
-    return env.read(GatewaySettings, _ENV, environ)
+# The names the program's callers read and write its variables by.
+from_env = GatewaySettings.from_env
+to_env = GatewaySettings.to_env

@@ -1,12 +1,17 @@
-"""Typed settings from STOCKCORE_* environment variables: the parsing that every program's
-settings share. Each program declares its variables (name -> field and parser) beside its
-own settings class, and reads them once, at start-up, through `read`."""
+"""Typed settings from STOCKCORE_* environment variables: what every program's settings
+share. A program's settings class holds only its own fields, its rules (`checks`) and its
+variables (`VARIABLES`: name -> field and parser); it derives from `EnvSettings` (or
+`CheckedSettings`, for a program configured by its command line alone) for the rest. Its
+`__main__` reads it once, at start-up, inside `exit_if_invalid`."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
-from collections.abc import Callable, Mapping
-from typing import Protocol, Self, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, NoReturn, Protocol, Self, TypeVar
 
 #: A program's variables: the variable's name -> (the settings field, its parser).
 Variables = Mapping[str, tuple[str, Callable[[str], object]]]
@@ -103,3 +108,67 @@ def write(settings: object, variables: Variables) -> dict[str, str]:
         else:
             env[name] = str(value)
     return env
+
+
+class CheckedSettings:
+    """Base of a program's frozen settings dataclass: validation by its rules, and copies."""
+
+    # Set on each subclass by @dataclass; declared so that `dataclasses.replace` type-checks.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def checks(self) -> Iterable[tuple[bool, str]]:
+        """Each rule the values must keep: (whether they keep it, what it says)."""
+        return ()
+
+    def validate(self) -> Self:
+        """Return self, or raise SettingsError saying the first rule of `checks` broken."""
+        for ok, message in self.checks():
+            if not ok:
+                raise SettingsError(message)
+        return self
+
+    def with_overrides(self, **changes: object) -> Self:
+        """Return a copy with the given fields changed, validated."""
+        return dataclasses.replace(self, **changes).validate()
+
+
+class EnvSettings(CheckedSettings):
+    """Base of the settings of a program that reads STOCKCORE_* variables (`VARIABLES`)."""
+
+    VARIABLES: ClassVar[Variables] = {}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Build the settings from STOCKCORE_* variables (default: the process's), validated."""
+        return read(cls, cls.VARIABLES, environ)
+
+    def to_env(self) -> dict[str, str]:
+        """The STOCKCORE_* variables that `from_env` reads back as these settings (for child
+        processes started with them)."""
+        return write(self, self.VARIABLES)
+
+
+def command_line(
+    prog: str, description: str | None, commands: Sequence[str] = (), epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """A program's command line: `prog [COMMAND]`, the first of `commands` when none is named
+    (no COMMAND when there are none)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    if commands:
+        parser.add_argument("command", choices=commands, nargs="?", default=commands[0])
+    return parser
+
+
+def exit_invalid(parser: argparse.ArgumentParser, problem: object) -> NoReturn:
+    """Exit with status 2 (a usage error), saying why the program cannot run so configured."""
+    parser.exit(2, f"invalid settings: {problem}\n")
+
+
+@contextmanager
+def exit_if_invalid(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Around a program's start-up: a SettingsError raised in the block ends the program
+    through `exit_invalid` rather than with a traceback."""
+    try:
+        yield
+    except SettingsError as exc:
+        exit_invalid(parser, exc)

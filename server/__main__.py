@@ -4,22 +4,17 @@ a local stack around it: `python -m devstack`."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 from runtime import logs
+from runtime.settings import command_line, exit_if_invalid, exit_invalid
 from server import app, config
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
-    parser = argparse.ArgumentParser(prog="stockcore-server", description=__doc__)
-    parser.add_argument("command", choices=["serve", "migrate"], nargs="?", default="serve")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    parser = command_line("stockcore-server", __doc__, ["serve", "migrate"])
+    args = parser.parse_args(argv)
+    with exit_if_invalid(parser):
         settings = config.from_env()
-    except config.SettingsError as exc:
-        parser.exit(2, f"invalid settings: {exc}\n")
     logs.configure(settings.log_level, settings.log_json)
     if settings.pg_dsn is None:
         parser.exit(
@@ -32,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     problem = settings.security_problem()
     if problem is not None:
-        parser.exit(2, f"invalid settings: {problem}\n")
+        exit_invalid(parser, problem)
     app.serve(settings)
 
 

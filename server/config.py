@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import ClassVar
 
-from runtime import settings as env
-from runtime.settings import SettingsError, parse_list
+from runtime.settings import EnvSettings, SettingsError, Variables, parse_list
 
 __all__ = ["Settings", "SettingsError", "from_env", "to_env"]
 
@@ -15,7 +14,7 @@ CARRIER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(EnvSettings):
     """Everything the gRPC server needs, validated once at start-up and passed down."""
 
     # None means unset: `python -m server` refuses to start, `python -m devstack` (make
@@ -102,9 +101,58 @@ class Settings:
     max_request_bytes: int = 131_072
     overload_refusal_budget: float = 200.0
 
-    def validate(self) -> Settings:
-        """Raise SettingsError for values the server cannot run with."""
-        checks = [
+    # The STOCKCORE_* variable of each field that one can set.
+    VARIABLES: ClassVar[Variables] = {
+        "STOCKCORE_PG_DSN": ("pg_dsn", str),
+        "STOCKCORE_REDIS_URL": ("redis_url", str),
+        "STOCKCORE_GRPC_HOST": ("grpc_host", str),
+        "STOCKCORE_GRPC_PORT": ("grpc_port", int),
+        "STOCKCORE_METRICS_PORT": ("metrics_port", int),
+        "STOCKCORE_METRICS_HOST": ("metrics_host", str),
+        "STOCKCORE_TLS_CERT": ("tls_cert_file", str),
+        "STOCKCORE_TLS_KEY": ("tls_key_file", str),
+        "STOCKCORE_TLS_CLIENT_CA": ("tls_client_ca_file", str),
+        "STOCKCORE_PLAINTEXT": ("plaintext", bool),
+        "STOCKCORE_AUTH_JWKS": ("auth_jwks_file", str),
+        "STOCKCORE_AUTH_AUDIENCE": ("auth_audience", str),
+        "STOCKCORE_AUTH_ISSUERS": ("auth_issuers", parse_list),
+        "STOCKCORE_AUTH_LEEWAY": ("auth_leeway_s", float),
+        "STOCKCORE_AUTH_CACHE_SIZE": ("auth_cache_size", int),
+        "STOCKCORE_AUTH_RELOAD_INTERVAL": ("auth_reload_interval_s", float),
+        "STOCKCORE_AUTH_DISABLED": ("auth_disabled", bool),
+        "STOCKCORE_REFLECTION": ("reflection", bool),
+        "STOCKCORE_WORKERS": ("workers", int),
+        "STOCKCORE_SHARDS": ("shard_count", int),
+        "STOCKCORE_PG_POOL_SIZE": ("pg_pool_size", int),
+        "STOCKCORE_BATCH_MAX": ("batch_max", int),
+        "STOCKCORE_BATCH_CONCURRENCY": ("batch_concurrency", int),
+        "STOCKCORE_DEFAULT_TTL": ("default_ttl_s", float),
+        "STOCKCORE_MAX_TTL": ("max_ttl_s", float),
+        "STOCKCORE_EXPIRY_INTERVAL": ("expiry_interval_s", float),
+        "STOCKCORE_PENDING_GRACE": ("pending_grace_s", float),
+        "STOCKCORE_DB_TIMEOUT": ("db_timeout_s", float),
+        "STOCKCORE_REDIS_PROBE_INTERVAL": ("redis_probe_interval_s", float),
+        "STOCKCORE_LOG_LEVEL": ("log_level", str),
+        "STOCKCORE_LOG_JSON": ("log_json", bool),
+        "STOCKCORE_CARRIERS": ("carriers", parse_list),
+        "STOCKCORE_RELAY_INTERVAL": ("relay_interval_s", float),
+        "STOCKCORE_RELAY_GATHER": ("relay_gather_s", float),
+        "STOCKCORE_RELAY_STANDBY_INTERVAL": ("relay_standby_interval_s", float),
+        "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
+        "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
+        "STOCKCORE_EVENT_STREAM_MAX_AGE": ("event_stream_max_age_s", float),
+        "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
+        "STOCKCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
+        "STOCKCORE_OVERLOAD_TARGET_S": ("overload_target_s", float),
+        "STOCKCORE_OVERLOAD_INTERVAL_S": ("overload_interval_s", float),
+        "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
+        "STOCKCORE_MAX_REQUEST_BYTES": ("max_request_bytes", int),
+        "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
+    }
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """The rules a server's settings must keep."""
+        return [
             (1 <= self.grpc_port <= 65535 or self.grpc_port == 0, "grpc_port must be 0-65535"),
             (0 <= self.metrics_port <= 65535, "metrics_port must be 0-65535"),
             (1 <= self.workers <= 64, "workers must be 1-64"),
@@ -166,10 +214,6 @@ class Settings:
             ),
             (self.overload_refusal_budget > 0, "overload_refusal_budget must be above 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise SettingsError(message)
-        return self
 
     def security_problem(self) -> str | None:
         """Why this server could not serve securely as configured, or None: TLS needs a
@@ -187,66 +231,7 @@ class Settings:
             )
         return None
 
-    def with_overrides(self, **changes: object) -> Settings:
-        """Return a copy with the given fields changed, validated."""
-        return replace(self, **changes).validate()  # type: ignore[arg-type]
 
-
-_ENV: env.Variables = {
-    "STOCKCORE_PG_DSN": ("pg_dsn", str),
-    "STOCKCORE_REDIS_URL": ("redis_url", str),
-    "STOCKCORE_GRPC_HOST": ("grpc_host", str),
-    "STOCKCORE_GRPC_PORT": ("grpc_port", int),
-    "STOCKCORE_METRICS_PORT": ("metrics_port", int),
-    "STOCKCORE_METRICS_HOST": ("metrics_host", str),
-    "STOCKCORE_TLS_CERT": ("tls_cert_file", str),
-    "STOCKCORE_TLS_KEY": ("tls_key_file", str),
-    "STOCKCORE_TLS_CLIENT_CA": ("tls_client_ca_file", str),
-    "STOCKCORE_PLAINTEXT": ("plaintext", bool),
-    "STOCKCORE_AUTH_JWKS": ("auth_jwks_file", str),
-    "STOCKCORE_AUTH_AUDIENCE": ("auth_audience", str),
-    "STOCKCORE_AUTH_ISSUERS": ("auth_issuers", parse_list),
-    "STOCKCORE_AUTH_LEEWAY": ("auth_leeway_s", float),
-    "STOCKCORE_AUTH_CACHE_SIZE": ("auth_cache_size", int),
-    "STOCKCORE_AUTH_RELOAD_INTERVAL": ("auth_reload_interval_s", float),
-    "STOCKCORE_AUTH_DISABLED": ("auth_disabled", bool),
-    "STOCKCORE_REFLECTION": ("reflection", bool),
-    "STOCKCORE_WORKERS": ("workers", int),
-    "STOCKCORE_SHARDS": ("shard_count", int),
-    "STOCKCORE_PG_POOL_SIZE": ("pg_pool_size", int),
-    "STOCKCORE_BATCH_MAX": ("batch_max", int),
-    "STOCKCORE_BATCH_CONCURRENCY": ("batch_concurrency", int),
-    "STOCKCORE_DEFAULT_TTL": ("default_ttl_s", float),
-    "STOCKCORE_MAX_TTL": ("max_ttl_s", float),
-    "STOCKCORE_EXPIRY_INTERVAL": ("expiry_interval_s", float),
-    "STOCKCORE_PENDING_GRACE": ("pending_grace_s", float),
-    "STOCKCORE_DB_TIMEOUT": ("db_timeout_s", float),
-    "STOCKCORE_REDIS_PROBE_INTERVAL": ("redis_probe_interval_s", float),
-    "STOCKCORE_LOG_LEVEL": ("log_level", str),
-    "STOCKCORE_LOG_JSON": ("log_json", bool),
-    "STOCKCORE_CARRIERS": ("carriers", parse_list),
-    "STOCKCORE_RELAY_INTERVAL": ("relay_interval_s", float),
-    "STOCKCORE_RELAY_GATHER": ("relay_gather_s", float),
-    "STOCKCORE_RELAY_STANDBY_INTERVAL": ("relay_standby_interval_s", float),
-    "STOCKCORE_RELAY_BATCH": ("relay_batch", int),
-    "STOCKCORE_EVENT_STREAM_MAXLEN": ("event_stream_maxlen", int),
-    "STOCKCORE_EVENT_STREAM_MAX_AGE": ("event_stream_max_age_s", float),
-    "STOCKCORE_WATCH_POLL_INTERVAL": ("watch_poll_interval_s", float),
-    "STOCKCORE_MAX_IN_FLIGHT": ("max_in_flight", int),
-    "STOCKCORE_OVERLOAD_TARGET_S": ("overload_target_s", float),
-    "STOCKCORE_OVERLOAD_INTERVAL_S": ("overload_interval_s", float),
-    "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
-    "STOCKCORE_MAX_REQUEST_BYTES": ("max_request_bytes", int),
-    "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
-}
-
-
-def to_env(settings: Settings) -> dict[str, str]:
-    """The STOCKCORE_* variables that `from_env` reads back as `settings` (for child
-    processes started with these settings)."""
-    return env.write(settings, _ENV)
-
-
-def from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from STOCKCORE_* variables, validated."""
-    return env.read(Settings, _ENV, environ)
+# The names the program's callers read and write its variables by.
+from_env = Settings.from_env
+to_env = Settings.to_env

@@ -4,9 +4,8 @@ SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import logging
-import sys
 
-from runtime.settings import SettingsError
+from runtime.settings import exit_if_invalid
 from simulators.config import from_args, parser
 from simulators.run import serve
 
@@ -15,10 +14,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     import uvloop
 
-    try:
-        settings = from_args(sys.argv[1:] if argv is None else argv)
-    except SettingsError as exc:
-        parser().exit(2, f"invalid settings: {exc}\n")
+    with exit_if_invalid(parser()):
+        settings = from_args(argv)
     logging.basicConfig(level=logging.INFO)
     uvloop.run(serve(settings))
 

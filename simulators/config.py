@@ -7,11 +7,11 @@ import argparse
 from dataclasses import dataclass
 from typing import Literal
 
-from runtime.settings import SettingsError
+from runtime.settings import CheckedSettings
 
 
 @dataclass(frozen=True)
-class SimulatorSettings:
+class SimulatorSettings(CheckedSettings):
     """One simulated partner: which kind, where it listens, and how fast its parcels move."""
 
     kind: Literal["warehouse", "carrier"]
@@ -22,9 +22,9 @@ class SimulatorSettings:
     transit_s: float = 1.0
     deliver_s: float = 2.0
 
-    def validate(self) -> SimulatorSettings:
-        """Raise SettingsError for values the simulator cannot run with."""
-        checks = [
+    def checks(self) -> list[tuple[bool, str]]:
+        """The rules a simulator's settings must keep."""
+        return [
             (0 <= self.port <= 65535, "port must be 0-65535"),
             (bool(self.carrier), "carrier must not be empty"),
             (
@@ -32,10 +32,6 @@ class SimulatorSettings:
                 "pack_s, transit_s and deliver_s must not be negative",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise SettingsError(message)
-        return self
 
 
 def parser() -> argparse.ArgumentParser:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -20,20 +19,10 @@ from runtime.processes import free_port
 from server.config import Settings
 from server.storage.migrations import migrate
 from tests import callers
+from tests.servers import SHARDS, Servers, server_settings
 from tests.support import connected
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARDS = 8
-
-
-@dataclass
-class Servers:
-    """Where the test servers are, and handles to kill them when we own them."""
-
-    pg_dsn: str
-    redis_url: str
-    pg: LocalPostgres | None
-    redis: LocalRedis | None
 
 
 @pytest.fixture(scope="session")
@@ -125,26 +114,18 @@ def caller_environment(credentials: DevCredentials, service_token: str) -> Itera
 
 @pytest.fixture
 def settings(clean: Servers, credentials: DevCredentials) -> Settings:
-    """Settings for an in-process server on a free loopback port, serving TLS with the
-    session's certificate and checking tokens against its signing key."""
-    return Settings(
-        pg_dsn=clean.pg_dsn,
-        redis_url=clean.redis_url,
-        grpc_port=0,
-        metrics_port=0,
-        shard_count=SHARDS,
-        log_json=False,
-        expiry_interval_s=0.1,
-        redis_probe_interval_s=0.1,
-        tls_cert_file=str(credentials.server_cert),
-        tls_key_file=str(credentials.server_key),
-        auth_jwks_file=str(credentials.jwks),
+    """The suite's settings for an in-process server (tests.servers.server_settings) on the
+    clean servers."""
+    return server_settings(
+        clean.pg_dsn,
+        clean.redis_url,
+        credentials,
         # Tests of behaviour send hundreds of calls at once and hold locks for seconds;
         # the ceiling on calls in flight and admission by queue delay are tested on their
         # own (tests/e2e/test_overload.py).
         max_in_flight=10_000,
         overload_target_s=10.0,
-    ).validate()
+    )
 
 
 ChannelOpener = Callable[..., grpc.aio.Channel]

@@ -19,19 +19,25 @@ from devstack.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
 from runtime.processes import free_port
-from server.app import App, create_server
+from server.app import App
 from server.config import Settings
 from tests import callers
+from tests.e2e.fulfilment_stack import Partners, running_partners
+from tests.servers import serving
 
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[App]:
     """A started server; stopped after the test."""
-    started = await create_server(settings)
-    try:
+    async with serving(settings) as started:
         yield started
-    finally:
-        await started.stop(grace=0.5)
+
+
+@pytest.fixture
+async def partners() -> AsyncIterator[Partners]:
+    """The simulated warehouse and carriers at test speed; stopped after the test."""
+    async with running_partners() as started:
+        yield started
 
 
 @pytest.fixture

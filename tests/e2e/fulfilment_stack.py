@@ -1,6 +1,7 @@
 """A fulfilment test stack: the in-process server (the `app` fixture), simulated partners
-on free loopback ports, and workers in this process; helpers to place paid orders, to
-script faults and to wait for outcomes."""
+on free loopback ports (the `partners` fixture, or `running_partners` at other speeds) and
+workers in this process; helpers to place paid orders, to script faults and to wait for
+outcomes."""
 
 from __future__ import annotations
 
@@ -61,15 +62,20 @@ class Partners:
         await asyncio.gather(self.warehouse.stop(), self.primary.stop(), self.fallback.stop())
 
 
-async def start_partners(
+@asynccontextmanager
+async def running_partners(
     *, pack_s: float = 0.05, transit_s: float = 0.1, deliver_s: float = 0.2
-) -> Partners:
-    """A warehouse and the two carriers on free ports."""
-    return Partners(
+) -> AsyncIterator[Partners]:
+    """A warehouse and the two carriers on free ports, stopped when the block ends."""
+    partners = Partners(
         await start(warehouse_app(pack_s=pack_s)),
         await start(carrier_app(PRIMARY, transit_s=transit_s, deliver_s=deliver_s)),
         await start(carrier_app(FALLBACK, transit_s=transit_s, deliver_s=deliver_s)),
     )
+    try:
+        yield partners
+    finally:
+        await partners.stop()
 
 
 def fulfil_settings(

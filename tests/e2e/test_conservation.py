@@ -23,8 +23,9 @@ from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from devstack.credentials import DevCredentials
 from devstack.servers import LocalStockcore
-from tests.conftest import SHARDS, ChannelOpener, Servers
+from tests.conftest import ChannelOpener, Servers
 from tests.invariants import assert_invariants_hold, assert_mirror_converges
+from tests.servers import QUICK_RECOVERY, server_process
 from tests.support import connected
 from tests.waiting import no_short_holds_left
 
@@ -197,18 +198,7 @@ async def hammer(
     credentials: DevCredentials,
     open_channel: ChannelOpener,
 ) -> Run:
-    server = LocalStockcore(
-        servers.pg_dsn,
-        servers.redis_url,
-        SHARDS,
-        credentials=credentials,
-        STOCKCORE_PENDING_GRACE="3",
-        STOCKCORE_DB_TIMEOUT="2",
-        STOCKCORE_EXPIRY_INTERVAL="0.2",
-        STOCKCORE_REDIS_PROBE_INTERVAL="0.2",
-    )
-    await server.start()
-    try:
+    async with server_process(servers, credentials, **QUICK_RECOVERY) as server:
         run = Run(server.target)
         async with open_channel(server.target) as channel:
             stub = pb_grpc.InventoryServiceStub(channel)
@@ -240,8 +230,6 @@ async def hammer(
             await no_short_holds_left(servers.pg_dsn, SHORT_TTL_S, timeout=30)
             await check_invariants(servers, run, final=True)
         return run
-    finally:
-        server.stop()
 
 
 def _assert_busy(run: Run) -> None:

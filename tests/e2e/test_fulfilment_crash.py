@@ -23,9 +23,9 @@ from runtime.processes import spawn, stop_child
 from server.app import App
 from server.config import Settings
 from tests.e2e.fulfilment_stack import (
+    Partners,
     fulfil_settings,
     paid_orders,
-    start_partners,
     stock,
     wait_statuses,
 )
@@ -60,9 +60,8 @@ async def _booked_unrecorded(conn: asyncpg.Connection, worker: str, booked: set[
 
 
 async def test_kill_9_of_workers_mid_batch_ships_every_paid_order_once(
-    app: App, settings: Settings, tmp_path: Path
+    app: App, settings: Settings, tmp_path: Path, partners: Partners
 ) -> None:
-    partners = await start_partners()
     workers: list[subprocess.Popen[bytes]] = []
     try:
         await stock(app)
@@ -124,4 +123,3 @@ async def test_kill_9_of_workers_mid_batch_ships_every_paid_order_once(
         for proc in workers:
             if proc.poll() is None:
                 stop_child(proc)
-        await partners.stop()

@@ -22,8 +22,8 @@ from tests.e2e.fulfilment_stack import (
     fulfilment_rows,
     idle_worker,
     paid_orders,
+    running_partners,
     running_worker,
-    start_partners,
     statuses,
     stock,
     wait_statuses,
@@ -173,8 +173,7 @@ async def test_the_scan_counts_and_pushes_paid_shipped_and_in_transit_orders_pas
     app: App, settings: Settings
 ) -> None:
     dsn = settings.pg_dsn or ""
-    partners = await start_partners(transit_s=0.05, deliver_s=NEVER_S)
-    try:
+    async with running_partners(transit_s=0.05, deliver_s=NEVER_S) as partners:
         cast = await _cast(app, settings, partners)
         pushed_before = _sample("stockcore_fulfilment_stale_pushed_total")
         async with idle_worker(_quiet(settings, app, partners)) as worker:
@@ -199,16 +198,13 @@ async def test_the_scan_counts_and_pushes_paid_shipped_and_in_transit_orders_pas
         assert await _parked(dsn, cast.fresh[:1], Stage.PACKING)
         assert await _parked(dsn, cast.fresh[1:], Stage.TRACKING)
         assert not set(cast.elsewhere) & rows.keys()
-    finally:
-        await partners.stop()
 
 
 async def test_a_pushed_order_syncs_again_and_is_not_booked_twice(
     app: App, settings: Settings
 ) -> None:
     dsn = settings.pg_dsn or ""
-    partners = await start_partners(transit_s=0.05, deliver_s=NEVER_S)
-    try:
+    async with running_partners(transit_s=0.05, deliver_s=NEVER_S) as partners:
         cast = await _cast(app, settings, partners)
         booked_before = await partners.bookings(partners.primary)
         # The worker's first scan runs as it starts; it finds the stale orders and pushes them.
@@ -256,43 +252,37 @@ async def test_a_pushed_order_syncs_again_and_is_not_booked_twice(
             for order_id in cast.pushable:
                 _, history = await orders.get_order(order_id)
                 assert [c.to_status for c in history].count(OrderStatus.SHIPPED) == 1
-    finally:
-        await partners.stop()
 
 
 async def test_the_scan_interval_and_the_stale_threshold_are_the_settings(
-    app: App, settings: Settings
+    app: App, settings: Settings, partners: Partners
 ) -> None:
     dsn = settings.pg_dsn or ""
-    partners = await start_partners()
-    try:
-        await stock(app)
-        async with running_worker(_quiet(settings, app, partners)):
-            [order_id] = await paid_orders(app, 1, "paid")
-            await until(lambda: _parked(dsn, [order_id], Stage.PACKING), "the order packing")
-        await _age(dsn, {order_id: 120})
+    await stock(app)
+    async with running_worker(_quiet(settings, app, partners)):
+        [order_id] = await paid_orders(app, 1, "paid")
+        await until(lambda: _parked(dsn, [order_id], Stage.PACKING), "the order packing")
+    await _age(dsn, {order_id: 120})
 
-        # 120 s is not stale under a 600 s threshold, however often the scan runs.
-        scans = _sample("stockcore_fulfilment_stale_scans_total")
-        async with running_worker(
-            _quiet(settings, app, partners, stale_after_s=600.0, stale_scan_interval_s=0.05)
-        ):
+    # 120 s is not stale under a 600 s threshold, however often the scan runs.
+    scans = _sample("stockcore_fulfilment_stale_scans_total")
+    async with running_worker(
+        _quiet(settings, app, partners, stale_after_s=600.0, stale_scan_interval_s=0.05)
+    ):
 
-            async def scanned_often() -> bool:
-                return _sample("stockcore_fulfilment_stale_scans_total") - scans >= 5
+        async def scanned_often() -> bool:
+            return _sample("stockcore_fulfilment_stale_scans_total") - scans >= 5
 
-            await until(scanned_often, "five scans 0.05 s apart")
-            assert _sample("stockcore_fulfilment_stale_orders") == 0
-        assert await _parked(dsn, [order_id], Stage.PACKING)
-        assert await _history(dsn, "stale") == []
+        await until(scanned_often, "five scans 0.05 s apart")
+        assert _sample("stockcore_fulfilment_stale_orders") == 0
+    assert await _parked(dsn, [order_id], Stage.PACKING)
+    assert await _history(dsn, "stale") == []
 
-        # Under a 60 s threshold it is; an hour's interval leaves one scan, the first.
-        scans = _sample("stockcore_fulfilment_stale_scans_total")
-        async with running_worker(
-            _quiet(settings, app, partners, stale_after_s=60.0, stale_scan_interval_s=NEVER_S)
-        ):
-            await wait_statuses(app, [order_id], {OrderStatus.SHIPPED})
-        assert _sample("stockcore_fulfilment_stale_scans_total") - scans == 1
-        assert await _history(dsn, "stale") == [order_id]
-    finally:
-        await partners.stop()
+    # Under a 60 s threshold it is; an hour's interval leaves one scan, the first.
+    scans = _sample("stockcore_fulfilment_stale_scans_total")
+    async with running_worker(
+        _quiet(settings, app, partners, stale_after_s=60.0, stale_scan_interval_s=NEVER_S)
+    ):
+        await wait_statuses(app, [order_id], {OrderStatus.SHIPPED})
+    assert _sample("stockcore_fulfilment_stale_scans_total") - scans == 1
+    assert await _history(dsn, "stale") == [order_id]

@@ -19,11 +19,11 @@ from devstack.credentials import DevCredentials
 from gateway.bootstrap import describe_routes
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
-from server.app import create_server
 from server.auth import scopes
 from server.config import Settings
 from tests import callers
 from tests.e2e.conftest import STOREFRONT, GatewayCaller
+from tests.servers import serving
 from tests.support import connected
 
 Json = dict[str, Any]
@@ -467,9 +467,8 @@ async def test_overload_refusal_is_429_with_its_retry_delay(
 ) -> None:
     """One call in flight at most: while a row lock holds the first, the second is refused
     by the server at once, and the gateway answers 429 with the server's RetryInfo."""
-    server = await create_server(replace(settings, max_in_flight=1))
     gw_settings = replace(gateway_settings, gateway_timeouts={})
-    try:
+    async with serving(replace(settings, max_in_flight=1)) as server:
         with Gateway(gw_settings, tmp_path / "gw", grpc_port=server.port) as gateway:
             gw = GatewayCaller(gateway, service_token)
             await stock(gw, "BUSY-1", 1)
@@ -485,8 +484,6 @@ async def test_overload_refusal_is_429_with_its_retry_delay(
                     await asyncio.sleep(0.5)
                     refused = await http(gw, "GET", "/v1/stock?skus=BUSY-1")
             assert (await held).status_code == 200
-    finally:
-        await server.stop(grace=0.5)
     assert refused.status_code == 429, refused.text
     body = refused.json()
     assert body["code"] == 8

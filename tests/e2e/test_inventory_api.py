@@ -14,9 +14,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 from stockcore.v1 import inventory_pb2 as pb
 
-from server.app import ADMISSION_GATE, INVENTORY_SERVICE, create_server
+from server.app import ADMISSION_GATE, INVENTORY_SERVICE
 from server.config import Settings
 from tests import callers
+from tests.servers import serving
 from tests.support import connected, details_of, put_stock, reserve_request, rpc_error, stock_levels
 from tests.waiting import until
 
@@ -157,25 +158,20 @@ async def test_hold_expires_within_two_seconds_and_commit_after_expiry_is_reject
 
 
 async def test_holds_expire_across_a_server_restart(settings: Settings, open_channel):
-    first = await create_server(settings)
-    async with open_channel(first.port) as channel:
+    async with serving(settings, grace=0) as first, open_channel(first.port) as channel:
         stub = pb.DESCRIPTOR and __import__(
             "stockcore.v1.inventory_pb2_grpc", fromlist=["x"]
         ).InventoryServiceStub(channel)
         await put_stock(stub, "A", 5)
         await stub.Reserve(reserve_request("r1", ttl=1, A=5))
-    await first.stop(grace=0)
     await asyncio.sleep(1.5)  # the hold lapses while no server runs: time must pass
-    second = await create_server(settings)
-    try:
+    async with serving(settings, grace=0) as second:
 
         async def expired() -> bool:
             return (await second.core.get_reservation("r1")).status.name == "EXPIRED"
 
         await until(expired, "the lapsed hold is swept by the new server", timeout=5)
         assert (await second.core.get_stock(["A"]))[0].available == 5
-    finally:
-        await second.stop(grace=0)
 
 
 async def test_get_stock_reads_many_skus_in_request_order(stub):
@@ -373,13 +369,10 @@ async def test_reflection_is_off_unless_set(app, channel):
 
 
 async def test_reflection_is_served_without_a_token_when_set(settings, credentials):
-    app = await create_server(settings.with_overrides(reflection=True))
-    try:
+    async with serving(settings.with_overrides(reflection=True)) as app:
         async with callers.secure_channel(f"127.0.0.1:{app.port}", credentials, None) as channel:
             names = await _listed_services(channel)
         assert {INVENTORY_SERVICE, "grpc.health.v1.Health"} <= names
-    finally:
-        await app.stop(grace=0.5)
 
 
 async def test_latency_is_recorded_by_method_and_code(stub):
@@ -400,8 +393,7 @@ async def test_without_redis_the_service_serves_from_postgres_and_says_so(
     settings: Settings, open_channel
 ):
     offline = settings.with_overrides(redis_url="redis://127.0.0.1:1/0")
-    app = await create_server(offline)
-    try:
+    async with serving(offline, grace=0) as app:
         async with open_channel(app.port) as channel:
             stub = __import__(
                 "stockcore.v1.inventory_pb2_grpc", fromlist=["x"]
@@ -416,8 +408,6 @@ async def test_without_redis_the_service_serves_from_postgres_and_says_so(
             gate = await health.Check(health_pb2.HealthCheckRequest(service=ADMISSION_GATE))
             assert gate.status == health_pb2.HealthCheckResponse.NOT_SERVING
             assert REGISTRY.get_sample_value("stockcore_redis_fallback") == 1.0
-    finally:
-        await app.stop(grace=0)
 
 
 async def test_sold_out_requests_are_turned_away_by_the_gate(stub):

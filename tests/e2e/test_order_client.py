@@ -16,8 +16,9 @@ from clients.inventory import InventoryClient
 from clients.orders import EventType, OrderClient, OrderEvent, OrderStatus
 from devstack.credentials import DevCredentials
 from runtime.processes import free_port
-from server.app import App, create_server
+from server.app import App
 from server.config import Settings
+from tests.servers import serving
 from tests.waiting import until_true
 
 
@@ -112,49 +113,46 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
 ) -> None:
     port = free_port()
     fixed = settings.with_overrides(grpc_port=port)
-    app: App | None = await create_server(fixed)
     seen: list[OrderEvent] = []
+
+    def shop_at(where: int) -> OrderClient:
+        return OrderClient(
+            f"127.0.0.1:{where}", credentials=credentials_for("shop"), default_timeout=15
+        )
+
     async with (
         OrderClient(f"127.0.0.1:{port}", credentials=credentials_for("watcher")) as watcher,
         InventoryClient(f"127.0.0.1:{port}", credentials=credentials_for("shop")) as inventory,
     ):
-        await inventory.adjust_stock("A", on_hand=100, reason="restock", idempotency_key="k")
 
         async def watch() -> None:
             async for event in watcher.watch(types=[EventType.ORDER_CREATED]):
                 seen.append(event)
 
-        task = asyncio.create_task(watch())
+        task: asyncio.Task[None] | None = None
         try:
-            async with OrderClient(
-                f"127.0.0.1:{port}", credentials=credentials_for("shop"), default_timeout=15
-            ) as shop:
-                for i in range(5):
-                    await shop.create_order(f"before-{i}", "cust-1", [("A", 1, 10)], "EUR")
-            await until_true(lambda: len(seen) == 5, "5 events seen")
-            assert app is not None
-            await app.stop(grace=0.2)
-            app = None
+            async with serving(fixed, grace=0.2):
+                await inventory.adjust_stock(
+                    "A", on_hand=100, reason="restock", idempotency_key="k"
+                )
+                task = asyncio.create_task(watch())
+                async with shop_at(port) as shop:
+                    for i in range(5):
+                        await shop.create_order(f"before-{i}", "cust-1", [("A", 1, 10)], "EUR")
+                await until_true(lambda: len(seen) == 5, "5 events seen")
             # While the watched server is down, another one takes orders.
-            other = await create_server(settings)
-            async with OrderClient(
-                f"127.0.0.1:{other.port}", credentials=credentials_for("shop"), default_timeout=15
-            ) as shop:
+            async with serving(settings, grace=0.2) as other, shop_at(other.port) as shop:
                 for i in range(5):
                     await shop.create_order(f"during-{i}", "cust-1", [("A", 1, 10)], "EUR")
-            await other.stop(grace=0.2)
-            app = await create_server(fixed)
-            async with OrderClient(
-                f"127.0.0.1:{port}", credentials=credentials_for("shop"), default_timeout=15
-            ) as shop:
-                for i in range(5):
-                    await shop.create_order(f"after-{i}", "cust-1", [("A", 1, 10)], "EUR")
-            await until_true(lambda: len(seen) >= 15, "15 events seen", timeout=20)
+            async with serving(fixed, grace=0.2):
+                async with shop_at(port) as shop:
+                    for i in range(5):
+                        await shop.create_order(f"after-{i}", "cust-1", [("A", 1, 10)], "EUR")
+                await until_true(lambda: len(seen) >= 15, "15 events seen", timeout=20)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            if app is not None:
-                await app.stop(grace=0.2)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
     assert [e.order_id for e in seen] == [
         f"{phase}-{i}" for phase in ("before", "during", "after") for i in range(5)
     ]

@@ -24,10 +24,10 @@ from stockcore.v1 import orders_pb2 as pb
 from clients.events import OrderEventConsumer
 from clients.orders import OrderClient, OrderEvent
 from devstack.credentials import DevCredentials
-from devstack.servers import LocalStockcore
 from tests import callers
-from tests.conftest import SHARDS, ChannelOpener, Servers
+from tests.conftest import ChannelOpener, Servers
 from tests.e2e.order_invariants import check_orders_agree
+from tests.servers import QUICK_RECOVERY, server_process
 from tests.support import connected
 from tests.waiting import no_short_holds_left
 
@@ -134,78 +134,76 @@ async def watch_everything(
 async def test_a_killed_server_loses_no_acknowledged_order_hold_or_event(
     clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
 ) -> None:
-    server = LocalStockcore(
-        clean.pg_dsn,
-        clean.redis_url,
-        SHARDS,
-        credentials=credentials,
-        STOCKCORE_PENDING_GRACE="3",
-        STOCKCORE_DB_TIMEOUT="2",
-        STOCKCORE_EXPIRY_INTERVAL="0.2",
-        STOCKCORE_REDIS_PROBE_INTERVAL="0.2",
+    async with server_process(
+        clean,
+        credentials,
+        **QUICK_RECOVERY,
         STOCKCORE_RELAY_INTERVAL="0.05",
         STOCKCORE_RELAY_STANDBY_INTERVAL="0.2",
-    )
-    await server.start()
-    seen = Seen()
-    watched: list[OrderEvent] = []
-    stop = asyncio.Event()
-    try:
-        async with open_channel(server.target) as channel:
-            inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
-            for sku in SKUS:
-                await inventory.AdjustStock(
-                    ipb.AdjustStockRequest(
-                        sku=sku, on_hand=100_000, reason="initial", idempotency_key=f"init-{sku}"
+    ) as server:
+        seen = Seen()
+        watched: list[OrderEvent] = []
+        stop = asyncio.Event()
+        try:
+            async with open_channel(server.target) as channel:
+                inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+                for sku in SKUS:
+                    await inventory.AdjustStock(
+                        ipb.AdjustStockRequest(
+                            sku=sku,
+                            on_hand=100_000,
+                            reason="initial",
+                            idempotency_key=f"init-{sku}",
+                        )
                     )
+                watcher = asyncio.create_task(watch_everything(server.target, credentials, watched))
+                orders = orders_pb2_grpc.OrderServiceStub(channel)
+                shoppers = [
+                    asyncio.create_task(shopper(i, orders, seen, stop)) for i in range(CLIENTS)
+                ]
+                await asyncio.sleep(KILL_AT)
+                before_kill = len(seen.created)
+                server.kill()
+                await asyncio.sleep(1.0)  # an outage, not a wait for something
+                await server.start()
+                await asyncio.sleep(DURATION - KILL_AT - 1.0)
+                stop.set()
+                await asyncio.gather(*shoppers)
+            await no_short_holds_left(clean.pg_dsn, 2, timeout=30)  # every unpaid window swept
+
+            # Orders were acknowledged before the kill and after the restart.
+            assert 0 < before_kill < len(seen.created), (before_kill, len(seen.created))
+            assert seen.paid and seen.cancelled
+            assert not seen.unexpected, seen.unexpected[:10]
+            # Among the invariants: no hold or unpaid order outlived its expiry by 2 s.
+            snapshot = await check_orders_agree(clean.pg_dsn)
+            assert set(snapshot.reservations) == set(snapshot.orders), "a hold without an order"
+            for oid, lines in seen.created.items():
+                order = snapshot.orders.get(oid)
+                assert order is not None, f"acknowledged order {oid} lost"
+                assert tuple(zip(order["skus"], order["quantities"], strict=True)) == lines, oid
+            for oid in seen.paid:
+                assert snapshot.orders[oid]["payment_id"] == f"pay-{oid}", (
+                    f"acknowledged payment {oid} lost"
                 )
-            watcher = asyncio.create_task(watch_everything(server.target, credentials, watched))
-            orders = orders_pb2_grpc.OrderServiceStub(channel)
-            shoppers = [asyncio.create_task(shopper(i, orders, seen, stop)) for i in range(CLIENTS)]
-            await asyncio.sleep(KILL_AT)
-            before_kill = len(seen.created)
-            server.kill()
-            await asyncio.sleep(1.0)  # an outage, not a wait for something
-            await server.start()
-            await asyncio.sleep(DURATION - KILL_AT - 1.0)
+            for oid in seen.cancelled:
+                assert snapshot.orders[oid]["status"] == 6, f"acknowledged cancel {oid} lost"
+
+            committed = await _all_event_ids(clean.pg_dsn)
+            assert {f"{oid}/1" for oid in seen.created} <= committed
+            assert {f"{oid}/2" for oid in seen.paid | seen.cancelled} <= committed
+            published = await _consume(clean.redis_url, committed)
+            assert published == committed, "an event was never published"
+
+            async with asyncio.timeout(20):
+                while len(watched) < len(committed):  # noqa: ASYNC110 - filled by the watcher task
+                    await asyncio.sleep(0.1)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            assert [e.cursor for e in watched] == list(range(1, len(committed) + 1))
+            assert {e.event_id for e in watched} == committed
+        finally:
             stop.set()
-            await asyncio.gather(*shoppers)
-        await no_short_holds_left(clean.pg_dsn, 2, timeout=30)  # every unpaid window swept
-
-        # Orders were acknowledged before the kill and after the restart.
-        assert 0 < before_kill < len(seen.created), (before_kill, len(seen.created))
-        assert seen.paid and seen.cancelled
-        assert not seen.unexpected, seen.unexpected[:10]
-        # Among the invariants: no hold or unpaid order outlived its expiry by 2 s.
-        snapshot = await check_orders_agree(clean.pg_dsn)
-        assert set(snapshot.reservations) == set(snapshot.orders), "a hold without an order"
-        for oid, lines in seen.created.items():
-            order = snapshot.orders.get(oid)
-            assert order is not None, f"acknowledged order {oid} lost"
-            assert tuple(zip(order["skus"], order["quantities"], strict=True)) == lines, oid
-        for oid in seen.paid:
-            assert snapshot.orders[oid]["payment_id"] == f"pay-{oid}", (
-                f"acknowledged payment {oid} lost"
-            )
-        for oid in seen.cancelled:
-            assert snapshot.orders[oid]["status"] == 6, f"acknowledged cancel {oid} lost"
-
-        committed = await _all_event_ids(clean.pg_dsn)
-        assert {f"{oid}/1" for oid in seen.created} <= committed
-        assert {f"{oid}/2" for oid in seen.paid | seen.cancelled} <= committed
-        published = await _consume(clean.redis_url, committed)
-        assert published == committed, "an event was never published"
-
-        async with asyncio.timeout(20):
-            while len(watched) < len(committed):  # noqa: ASYNC110 - filled by the watcher task
-                await asyncio.sleep(0.1)
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-        assert [e.cursor for e in watched] == list(range(1, len(committed) + 1))
-        assert {e.event_id for e in watched} == committed
-    finally:
-        stop.set()
-        server.stop()
 
 
 async def _all_event_ids(dsn: str) -> set[str]:

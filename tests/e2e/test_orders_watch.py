@@ -10,6 +10,8 @@ import grpc
 from stockcore.v1 import orders_pb2 as pb
 from stockcore.v1 import orders_pb2_grpc
 
+from runtime.processes import free_port
+from tests.servers import serving
 from tests.support import create_request, put_stock
 
 Stub = orders_pb2_grpc.OrderServiceStub
@@ -179,14 +181,13 @@ async def test_many_watchers_see_the_same_sequence(orders: Stub, stub) -> None:
 
 
 async def test_a_closed_server_ends_open_watches(settings, open_channel) -> None:
-    from server.app import create_server
-
-    app = await create_server(settings)
-    async with open_channel(app.port) as channel:
-        call = orders_pb2_grpc.OrderServiceStub(channel).WatchOrders(pb.WatchOrdersRequest())
-        reader = asyncio.ensure_future(call.read())
-        await asyncio.sleep(0.2)
-        await app.stop(grace=0.2)
+    port = free_port()
+    async with open_channel(port) as channel:
+        # The server is stopped (grace 0.2 s) when its block ends, the watch still open.
+        async with serving(settings.with_overrides(grpc_port=port), grace=0.2):
+            call = orders_pb2_grpc.OrderServiceStub(channel).WatchOrders(pb.WatchOrdersRequest())
+            reader = asyncio.ensure_future(call.read())
+            await asyncio.sleep(0.2)
         try:
             async with asyncio.timeout(5):
                 await reader

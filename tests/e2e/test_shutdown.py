@@ -20,8 +20,8 @@ from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from clients.errors import from_rpc_error
 from devstack.credentials import DevCredentials
-from devstack.servers import LocalStockcore
-from tests.conftest import SHARDS, ChannelOpener, Servers
+from tests.conftest import ChannelOpener, Servers
+from tests.servers import server_process
 from tests.support import connected
 from tests.waiting import until_true
 
@@ -91,38 +91,36 @@ async def _watch_health(
 async def test_sigterm_under_200_callers_fails_no_admitted_call(
     clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
 ) -> None:
-    server = LocalStockcore(clean.pg_dsn, clean.redis_url, SHARDS, credentials=credentials)
-    await server.start()
-    assert server.proc is not None
-    proc = server.proc
-    await _stock(open_channel, server.target)
-    health: list[tuple[float, int]] = []
-    watcher = asyncio.create_task(_watch_health(open_channel, server.target, health))
-    attempts: list[Attempt] = []
-    ids = itertools.count()
-    until = asyncio.Event()
-    channels = [open_channel(server.target) for _ in range(CHANNELS)]
-    try:
-        stubs = [pb_grpc.InventoryServiceStub(c) for c in channels]
-        callers = [
-            asyncio.create_task(_caller(stubs[i % CHANNELS], ids, attempts, until))
-            for i in range(CALLERS)
-        ]
-        await asyncio.sleep(2.0)
-        sigterm_at = time.monotonic()
-        os.kill(proc.pid, signal.SIGTERM)
-        exit_code = await asyncio.to_thread(proc.wait, 30)
-        exited_at = time.monotonic()
-        await asyncio.sleep(1.0)  # callers meet the closed port
-        until.set()
-        await asyncio.gather(*callers)
-    finally:
-        for channel in channels:
-            await channel.close()
-        server.proc = None
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+    async with server_process(clean, credentials) as server:
+        assert server.proc is not None
+        proc = server.proc
+        await _stock(open_channel, server.target)
+        health: list[tuple[float, int]] = []
+        watcher = asyncio.create_task(_watch_health(open_channel, server.target, health))
+        attempts: list[Attempt] = []
+        ids = itertools.count()
+        until = asyncio.Event()
+        channels = [open_channel(server.target) for _ in range(CHANNELS)]
+        try:
+            stubs = [pb_grpc.InventoryServiceStub(c) for c in channels]
+            callers = [
+                asyncio.create_task(_caller(stubs[i % CHANNELS], ids, attempts, until))
+                for i in range(CALLERS)
+            ]
+            await asyncio.sleep(2.0)
+            sigterm_at = time.monotonic()
+            os.kill(proc.pid, signal.SIGTERM)
+            exit_code = await asyncio.to_thread(proc.wait, 30)
+            exited_at = time.monotonic()
+            await asyncio.sleep(1.0)  # callers meet the closed port
+            until.set()
+            await asyncio.gather(*callers)
+        finally:
+            for channel in channels:
+                await channel.close()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     assert exit_code == 0, f"the server exited with {exit_code}"
     codes = {a.code for a in attempts}
@@ -169,13 +167,9 @@ def _alive(pid: int) -> bool:
 async def test_a_dead_worker_is_started_again_and_all_stop_together(
     clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
 ) -> None:
-    server = LocalStockcore(
-        clean.pg_dsn, clean.redis_url, SHARDS, credentials=credentials, STOCKCORE_WORKERS="2"
-    )
-    await server.start()
-    assert server.proc is not None
-    proc = server.proc
-    try:
+    async with server_process(clean, credentials, STOCKCORE_WORKERS="2") as server:
+        assert server.proc is not None
+        proc = server.proc
         await _stock(open_channel, server.target)
         await until_true(lambda: len(_workers(proc.pid)) == 2, "two workers", timeout=20)
         first = _workers(proc.pid)
@@ -205,7 +199,3 @@ async def test_a_dead_worker_is_started_again_and_all_stop_together(
         assert not any(_alive(pid) for pid in replaced)
         assert took < 10, f"stopping two idle workers took {took:.1f} s"
         assert "starting it again" in server.log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        server.proc = None

@@ -12,20 +12,18 @@ from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from devstack.credentials import CLIENT_NAME, DevCredentials
-from server.app import App, create_server
+from server.app import App
 from server.config import Settings
 from tests import callers
+from tests.servers import serving
 from tests.support import connected
 
 
 @pytest.fixture
 async def mutual(settings: Settings, credentials: DevCredentials) -> AsyncIterator[App]:
     """A server that requires a client certificate issued by the test CA."""
-    app = await create_server(settings.with_overrides(tls_client_ca_file=str(credentials.ca_cert)))
-    try:
+    async with serving(settings.with_overrides(tls_client_ca_file=str(credentials.ca_cert))) as app:
         yield app
-    finally:
-        await app.stop(grace=0.5)
 
 
 def adjust(key: str) -> pb.AdjustStockRequest:

@@ -9,9 +9,9 @@ from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from devstack.credentials import DevCredentials
-from devstack.servers import LocalStockcore
 from runtime.processes import free_port
-from tests.conftest import SHARDS, ChannelOpener, Servers
+from tests.conftest import ChannelOpener, Servers
+from tests.servers import server_process
 from tests.waiting import until
 
 
@@ -28,16 +28,9 @@ async def test_two_workers_share_the_port_and_both_serve(
     clean: Servers, credentials: DevCredentials, open_channel: ChannelOpener
 ) -> None:
     metrics = free_port()
-    server = LocalStockcore(
-        clean.pg_dsn,
-        clean.redis_url,
-        SHARDS,
-        credentials=credentials,
-        STOCKCORE_WORKERS="2",
-        STOCKCORE_METRICS_PORT=str(metrics),
-    )
-    await server.start()
-    try:
+    async with server_process(
+        clean, credentials, STOCKCORE_WORKERS="2", STOCKCORE_METRICS_PORT=str(metrics)
+    ) as server:
         async with open_channel(server.target) as channel:
             await pb_grpc.InventoryServiceStub(channel).AdjustStock(
                 pb.AdjustStockRequest(sku="W-1", on_hand=3, reason="restock", idempotency_key="w1")
@@ -79,5 +72,3 @@ async def test_two_workers_share_the_port_and_both_serve(
             return min(counts) > 0
 
         await until(both_served, "both workers serving calls", timeout=60)
-    finally:
-        server.stop()

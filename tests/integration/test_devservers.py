@@ -23,10 +23,9 @@ from devstack.config import DevSettings
 from devstack.credentials import DevCredentials
 from devstack.servers import LocalPostgres, LocalRedis, local_servers
 from runtime.processes import free_port
-from server.app import create_server
-from server.config import Settings
 from server.storage.migrations import migrate
 from tests.conftest import ROOT, SHARDS, ChannelOpener
+from tests.servers import server_settings, serving
 from tests.support import connected
 from tests.waiting import until
 
@@ -70,26 +69,9 @@ async def busy_stub(
     pg, rd = own_servers
     async with connected(pg.dsn) as conn:
         await migrate(conn, SHARDS)
-    settings = Settings(
-        pg_dsn=pg.dsn,
-        redis_url=rd.url,
-        grpc_port=0,
-        metrics_port=0,
-        shard_count=SHARDS,
-        log_json=False,
-        db_timeout_s=2,
-        expiry_interval_s=0.1,
-        redis_probe_interval_s=0.1,
-        tls_cert_file=str(credentials.server_cert),
-        tls_key_file=str(credentials.server_key),
-        auth_jwks_file=str(credentials.jwks),
-    ).validate()
-    app = await create_server(settings)
-    try:
-        async with open_channel(app.port) as channel:
-            yield pb_grpc.InventoryServiceStub(channel)
-    finally:
-        await app.stop(grace=0.5)
+    settings = server_settings(pg.dsn, rd.url, credentials, db_timeout_s=2)
+    async with serving(settings) as app, open_channel(app.port) as channel:
+        yield pb_grpc.InventoryServiceStub(channel)
 
 
 async def _keep_calling(stub: pb_grpc.InventoryServiceStub, stop: asyncio.Event) -> int:
