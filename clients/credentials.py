@@ -3,7 +3,9 @@ under mutual TLS) and the bearer token sent on every call.
 
 By default (`Credentials.from_env()`) it is read from the environment:
 
-    STOCKCORE_TOKEN        the bearer token (or STOCKCORE_TOKEN_FILE: a file holding it)
+    STOCKCORE_TOKEN        the bearer token (or STOCKCORE_TOKEN_FILE: a file holding it,
+                           read again when it changes, so a long-running caller follows
+                           the short-lived tokens written there)
     STOCKCORE_CA_FILE      PEM of the CA that issued the server's certificate; unset, the
                            development CA at .data/tls/ca.pem if it exists (what `make run`
                            made), else the system's roots
@@ -15,6 +17,7 @@ By default (`Credentials.from_env()`) it is read from the environment:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +42,8 @@ class Credentials:
     certificate_chain: bytes | None = None
     private_key: bytes | None = None
     plaintext: bool = False
+    token_file: str | None = None
+    """Where `token` was read from, to read again when the file changes."""
 
     def __post_init__(self) -> None:
         if self.token is not None and not all(" " < ch <= "~" for ch in self.token):
@@ -71,20 +76,22 @@ class Credentials:
         trust when it exists (see the module docstring)."""
         env = os.environ if environ is None else environ
         token = env.get("STOCKCORE_TOKEN") or None
-        token_file = env.get("STOCKCORE_TOKEN_FILE")
-        if token is None and token_file:
+        token_file = None
+        if token is None and env.get("STOCKCORE_TOKEN_FILE"):
+            token_file = env["STOCKCORE_TOKEN_FILE"]
             token = Path(token_file).read_text().strip() or None
         if (env.get("STOCKCORE_PLAINTEXT") or "").strip().lower() in _TRUE:
-            return cls(token, plaintext=True)
+            return cls(token, plaintext=True, token_file=token_file)
         ca_file: str | Path | None = env.get("STOCKCORE_CA_FILE") or None
         if ca_file is None and DEV_CA_FILE.is_file():
             ca_file = DEV_CA_FILE
-        return cls.from_files(
+        found = cls.from_files(
             token=token,
             ca_file=ca_file,
             cert_file=env.get("STOCKCORE_CLIENT_CERT") or None,
             key_file=env.get("STOCKCORE_CLIENT_KEY") or None,
         )
+        return replace(found, token_file=token_file)
 
     def with_token(self, token: str | None) -> Credentials:
         """The same TLS material with another token."""
@@ -122,3 +129,39 @@ class Credentials:
         if tls is None:
             return grpc.insecure_channel(target, options=list(options))
         return grpc.secure_channel(target, tls, options=list(options))
+
+
+class TokenFile:
+    """A bearer token's file, looked at again at most every CHECK_S seconds: a token
+    written there since is taken up by the next call."""
+
+    CHECK_S = 5.0
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._stamp = self._read_stamp()
+        self._checked = time.monotonic()
+
+    def _read_stamp(self) -> tuple[int, int] | None:
+        if self._path is None:
+            return None
+        try:
+            found = os.stat(self._path)
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size
+
+    def changed(self) -> str | None:
+        """The file's token when it changed since last read, else None."""
+        if self._path is None or time.monotonic() - self._checked < self.CHECK_S:
+            return None
+        self._checked = time.monotonic()
+        stamp = self._read_stamp()
+        if stamp is None or stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        try:
+            token = Path(self._path).read_text().strip()
+        except OSError:
+            return None
+        return token or None

@@ -21,7 +21,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
-from clients.credentials import Credentials
+from clients.credentials import Credentials, TokenFile
 from clients.errors import StatusCode, StockcoreError, from_rpc_error, make_error
 from clients.throttle import AdaptiveThrottle
 
@@ -244,6 +244,7 @@ class ChannelClient:
         self._retry = retry
         self._credentials = Credentials.from_env() if credentials is None else credentials
         self._token_metadata = self._credentials.metadata
+        self._token_file = TokenFile(self._credentials.token_file)
         # One per channel, shared by every call through it (clients/throttle.py).
         self._throttle = AdaptiveThrottle()
         self._channel = self._credentials.aio_channel(target, channel_options)
@@ -252,6 +253,13 @@ class ChannelClient:
         """Send `token` on the calls made from now on (a refreshed one, say)."""
         self._credentials = self._credentials.with_token(token)
         self._token_metadata = self._credentials.metadata
+
+    def _auth(self) -> tuple[tuple[str, str], ...]:
+        """The token's call metadata, after taking up a token file's new token."""
+        fresh = self._token_file.changed()
+        if fresh is not None:
+            self.use_token(fresh)
+        return self._token_metadata
 
     @classmethod
     async def connect(
@@ -403,7 +411,7 @@ class InventoryClient(ChannelClient):
         budget = self._default_timeout if timeout is None else timeout
         check_timeout(budget)
 
-        metadata = self._token_metadata
+        metadata = self._auth()
 
         async def send(seconds_left: float) -> _T:
             # Every attempt resends this same request, idempotency id included.

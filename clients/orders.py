@@ -323,7 +323,7 @@ class OrderClient(ChannelClient):
                 call.cancel()
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return (*self._token_metadata, (REQUEST_ID_METADATA_KEY, uuid.uuid4().hex))
+        return (*self._auth(), (REQUEST_ID_METADATA_KEY, uuid.uuid4().hex))
 
     async def _call(
         self,

@@ -23,6 +23,7 @@ from typing import TextIO
 from clients.tokens import (
     CUSTOMER_SCOPE,
     DEFAULT_AUDIENCE,
+    DEFAULT_ISSUER,
     DEV_SIGNING_KEY,
     SERVICE_SCOPES,
     issue_token,
@@ -49,7 +50,7 @@ class IssueToken:
     ttl_s: float
     key_file: str | None
     audience: str
-    issuer: str | None
+    issuer: str
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,11 @@ def add_token_commands(
         help=f"private JWK file (default ${SIGNING_KEY_ENV}, else {DEV_SIGNING_KEY})",
     )
     issue.add_argument("--audience", default=DEFAULT_AUDIENCE)
-    issue.add_argument("--issuer", help="iss claim, for servers that check issuers")
+    issue.add_argument(
+        "--issuer",
+        default=DEFAULT_ISSUER,
+        help=f"iss claim: an issuer the server trusts (default {DEFAULT_ISSUER})",
+    )
     issue.set_defaults(make=_make_issue)
 
     keygen = leaf(group, "keygen", "make an Ed25519 signing key")

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 #: Where `make run` puts the development signing key, relative to the project folder.
 DEV_SIGNING_KEY = Path(".data") / "auth" / "signing-key.json"
 DEFAULT_AUDIENCE = "stockcore"
+#: The issuer a stockcore server trusts by default (STOCKCORE_AUTH_ISSUERS).
+DEFAULT_ISSUER = "stockcore"
 CUSTOMER_SCOPE = "customer"
 SERVICE_SCOPES = (
     "inventory:read",
@@ -53,7 +55,7 @@ def issue_token(
     ttl_s: float = 3600.0,
     customer_id: str | None = None,
     audience: str = DEFAULT_AUDIENCE,
-    issuer: str | None = None,
+    issuer: str = DEFAULT_ISSUER,
     now: float | None = None,
 ) -> str:
     """A signed JWT naming `subject` with `scopes`; bound to `customer_id` when given
@@ -68,9 +70,8 @@ def issue_token(
         "iat": issued,
         "exp": issued + round(ttl_s),
         "scope": " ".join(granted),
+        "iss": issuer,
     }
-    if issuer is not None:
-        claims["iss"] = issuer
     if customer_id is not None:
         claims["customer_id"] = customer_id
     key = jwt.PyJWK(signing_key)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,8 +214,9 @@ def dev(stack: StackSettings) -> None:
                 "STOCKCORE_PLAINTEXT": "1" if server.plaintext else "0",
                 **worker_credentials_env(server, root),
             }
-            with partners_and_worker(
-                dev_settings, fulfilment, root / "logs", worker_env=worker_env
+            with (
+                renewing_worker_token(worker_env, root),
+                partners_and_worker(dev_settings, fulfilment, root / "logs", worker_env=worker_env),
             ):
                 app.serve(server)
 
@@ -244,24 +246,69 @@ def gateway_alone(settings: GatewaySettings, data_dir: Path | str) -> GatewaySet
     return settings
 
 
+# The worker's token lives a day at most (the server's default STOCKCORE_AUTH_MAX_LIFETIME);
+# the stack writes a fresh one to the worker's token file well before the last expires.
+WORKER_TOKEN_TTL_S = 86_400.0
+WORKER_TOKEN_RENEW_S = WORKER_TOKEN_TTL_S / 4
+
+
 def worker_credentials_env(settings: Settings, data_dir: Path | str) -> dict[str, str]:
     """What a fulfilment worker started by `make run` presents to the server (read by
-    Credentials.from_env): the development CA, and a token signed with the development key
-    for the scopes it uses, when the server uses the development credentials."""
-    from clients.tokens import issue_token, load_signing_key
-
+    Credentials.from_env): the development CA, and a token file holding a token signed
+    with the development key for the scopes it uses (renewed by `renew_worker_token`),
+    when the server uses the development credentials."""
     credentials = DevCredentials(Path(data_dir).resolve())
     env: dict[str, str] = {}
     if settings.tls_cert_file == str(credentials.server_cert):
         env["STOCKCORE_CA_FILE"] = str(credentials.ca_cert)
     if not settings.auth_disabled and settings.auth_jwks_file == str(credentials.jwks):
-        env["STOCKCORE_TOKEN"] = issue_token(
-            load_signing_key(credentials.signing_key),
-            "fulfilment-worker",
-            ("orders:read", "orders:write", "orders:fulfil"),
-            ttl_s=7 * 86400.0,
-        )
+        path = Path(data_dir).resolve() / "tokens" / "fulfilment-worker.jwt"
+        write_worker_token(credentials, path)
+        env["STOCKCORE_TOKEN_FILE"] = str(path)
     return env
+
+
+def write_worker_token(credentials: DevCredentials, path: Path) -> None:
+    """A fresh worker token in `path` (readable by this user only), replaced whole."""
+    from clients.tokens import issue_token, load_signing_key
+
+    token = issue_token(
+        load_signing_key(credentials.signing_key),
+        "fulfilment-worker",
+        ("orders:read", "orders:write", "orders:fulfil"),
+        ttl_s=WORKER_TOKEN_TTL_S,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(token)
+    partial.chmod(0o600)
+    partial.replace(path)
+
+
+@contextlib.contextmanager
+def renewing_worker_token(env: Mapping[str, str], data_dir: Path) -> Iterator[None]:
+    """While the block runs, write a fresh token to the worker's token file (if `env`
+    names one) every WORKER_TOKEN_RENEW_S."""
+    path = env.get("STOCKCORE_TOKEN_FILE")
+    if path is None:
+        yield
+        return
+    stop = threading.Event()
+    credentials = DevCredentials(data_dir.resolve())
+
+    def renew() -> None:
+        while not stop.wait(WORKER_TOKEN_RENEW_S):
+            try:
+                write_worker_token(credentials, Path(path))
+            except OSError:
+                log.exception("could not renew the fulfilment worker's token")
+
+    thread = threading.Thread(target=renew, name="worker-token", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _dev_ca(settings: Settings, data_dir: Path) -> str:

@@ -34,11 +34,13 @@ class Settings(EnvSettings):
     tls_client_ca_file: str = ""
     plaintext: bool = False
     # Bearer tokens: JWTs verified with the keys of a JWKS file (by kid), for this
-    # audience, from these issuers (empty: any). auth_disabled admits every call unchecked,
-    # as the caller "unauthenticated"; it must be asked for.
+    # audience, from one of these issuers (a token must name one), living at most
+    # auth_max_lifetime_s from issue (iat) to expiry (exp). auth_disabled admits every
+    # call unchecked, as the caller "unauthenticated"; it must be asked for.
     auth_jwks_file: str = ""
     auth_audience: str = "stockcore"
-    auth_issuers: tuple[str, ...] = ()
+    auth_issuers: tuple[str, ...] = ("stockcore",)
+    auth_max_lifetime_s: float = 86_400.0
     auth_leeway_s: float = 30.0
     auth_cache_size: int = 10_000
     auth_reload_interval_s: float = 5.0
@@ -116,6 +118,7 @@ class Settings(EnvSettings):
         "STOCKCORE_AUTH_JWKS": ("auth_jwks_file", str),
         "STOCKCORE_AUTH_AUDIENCE": ("auth_audience", str),
         "STOCKCORE_AUTH_ISSUERS": ("auth_issuers", parse_list),
+        "STOCKCORE_AUTH_MAX_LIFETIME": ("auth_max_lifetime_s", float),
         "STOCKCORE_AUTH_LEEWAY": ("auth_leeway_s", float),
         "STOCKCORE_AUTH_CACHE_SIZE": ("auth_cache_size", int),
         "STOCKCORE_AUTH_RELOAD_INTERVAL": ("auth_reload_interval_s", float),
@@ -196,6 +199,11 @@ class Settings(EnvSettings):
             ),
             (bool(self.auth_audience), "auth_audience must not be empty"),
             (0 <= self.auth_leeway_s <= 300, "auth_leeway_s must be 0-300"),
+            (bool(self.auth_issuers), "auth_issuers must name at least one issuer"),
+            (
+                60 <= self.auth_max_lifetime_s <= 30 * 86_400,
+                "auth_max_lifetime_s must be 60 s to 30 days",
+            ),
             (1 <= self.auth_cache_size <= 1_000_000, "auth_cache_size must be 1-1000000"),
             (
                 0.1 <= self.auth_reload_interval_s <= 3600,

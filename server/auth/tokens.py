@@ -142,7 +142,8 @@ class TokenVerifier:
         keys: KeySet,
         *,
         audience: str,
-        issuers: Sequence[str] = (),
+        issuers: Sequence[str],
+        max_lifetime_s: float = 86_400.0,
         leeway_s: float = 30.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
@@ -150,7 +151,10 @@ class TokenVerifier:
     ) -> None:
         self._keys = keys
         self._audience = audience
+        if not issuers:
+            raise ValueError("a verifier needs at least one trusted issuer")
         self._issuers = list(issuers)
+        self._max_lifetime = max_lifetime_s
         self._leeway = leeway_s
         self._cache_size = cache_size
         self._clock = clock
@@ -203,9 +207,9 @@ class TokenVerifier:
                 key.key,
                 algorithms=[key.algorithm],
                 audience=self._audience,
-                issuer=self._issuers or None,
+                issuer=self._issuers,
                 leeway=self._leeway,
-                options={"require": ["exp", "sub", "aud"]},
+                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated(TOKEN_EXPIRED, "the token has expired") from None
@@ -236,9 +240,14 @@ class TokenVerifier:
         if key.allowed_scopes is not None and not granted <= key.allowed_scopes:
             extra = ", ".join(sorted(granted - key.allowed_scopes))
             raise _invalid(f"key {key.kid!r} may not grant {extra}")
-        expires = claims["exp"]
-        if not isinstance(expires, int | float):
-            raise _invalid("exp must be a number")
+        expires, issued = claims["exp"], claims["iat"]
+        if not isinstance(expires, int | float) or not isinstance(issued, int | float):
+            raise _invalid("exp and iat must be numbers")
+        if expires - issued > self._max_lifetime:
+            raise _invalid(
+                f"the token lives {expires - issued:g} s from iat to exp,"
+                f" more than the {self._max_lifetime:g} s this server accepts"
+            )
         return Principal(subject, granted, customer, float(expires))
 
 
@@ -256,6 +265,7 @@ def verifier_from_settings(settings: Settings) -> TokenVerifier:
         keys,
         audience=settings.auth_audience,
         issuers=settings.auth_issuers,
+        max_lifetime_s=settings.auth_max_lifetime_s,
         leeway_s=settings.auth_leeway_s,
         cache_size=settings.auth_cache_size,
     )

@@ -145,6 +145,16 @@ class Gatekeeper:
 # A customer's token sees its own orders without the payment provider's ids: they are the
 # business's records of money, not the shopper's (the order total and paid amount stay).
 _PAYMENT_REASON = "payment"
+# Who made a change, as a customer's token sees it: the internal callers (token subjects,
+# certificate names) are the business's, not the shopper's.
+_CUSTOMER_ACTOR = "customer"
+_MERCHANT_ACTOR = "merchant"
+
+
+def _made_by_customer(caller: str, customer_id: str) -> bool:
+    """Whether a history row's caller (Principal.name) is a token of `customer_id`."""
+    marker = f" for customer {customer_id}"
+    return caller.endswith(marker) or f"{marker} via " in caller
 
 
 @dataclass(frozen=True)
@@ -183,10 +193,19 @@ class OrderView:
         return message
 
     def change(self, message: pb.StatusChange) -> pb.StatusChange:
-        """A status-history row as this caller may see it (in place): a customer's
-        does not name the payment its reason names."""
-        if self.customer_id is not None and message.to_status == pb.ORDER_STATUS_PAID:
+        """A status-history row as this caller may see it (in place). A customer sees who
+        made a change only as "customer" (made with a token of this customer) or
+        "merchant" (anyone else: services, the expiry sweep), the request id only of its
+        own changes, and not the payment a PAID change's reason names."""
+        if self.customer_id is None:
+            return message
+        if message.to_status == pb.ORDER_STATUS_PAID:
             message.reason = _PAYMENT_REASON
+        if _made_by_customer(message.caller, self.customer_id):
+            message.caller = _CUSTOMER_ACTOR
+        else:
+            message.caller = _MERCHANT_ACTOR
+            message.request_id = ""
         return message
 
     def event(self, message: pb.OrderEvent) -> pb.OrderEvent:

@@ -297,6 +297,35 @@ async def test_a_customer_cancels_its_own_unpaid_order_but_not_a_paid_one(
     assert callers_of == f"shop-web for customer {ALICE}"
 
 
+async def test_a_customer_sees_who_changed_its_order_only_as_customer_or_merchant(
+    bare: Stubs, credentials: DevCredentials, service_token: str
+) -> None:
+    await setup(bare, service_token)
+    alice = bearer(callers.token(credentials, "shop-web", [scopes.CUSTOMER], customer_id=ALICE))
+    mine = (*alice, ("x-request-id", "alice-cancel-1"))
+    await bare.orders.CancelOrder(
+        pb.CancelOrderRequest(order_id="o-open", reason="changed mind"), metadata=mine
+    )
+
+    seen = await bare.orders.GetOrder(pb.GetOrderRequest(order_id="o-open"), metadata=alice)
+    full = await bare.orders.GetOrder(
+        pb.GetOrderRequest(order_id="o-open"), metadata=bearer(service_token)
+    )
+
+    # The service sees the callers and request ids as recorded.
+    assert [c.caller for c in full.history] == [callers.SUBJECT, f"shop-web for customer {ALICE}"]
+    assert all(c.request_id for c in full.history)
+    # The customer: its own change as "customer" with its own request id; the
+    # merchant's creation without the internal caller or request id.
+    assert [(c.caller, c.request_id) for c in seen.history] == [
+        ("merchant", ""),
+        ("customer", "alice-cancel-1"),
+    ]
+    paid = await bare.orders.GetOrder(pb.GetOrderRequest(order_id="o-paid"), metadata=alice)
+    assert {c.caller for c in paid.history} == {"merchant"}
+    assert {c.request_id for c in paid.history} == {""}
+
+
 async def test_a_customer_watch_carries_only_its_own_orders_without_payment_ids(
     bare: Stubs, credentials: DevCredentials, service_token: str
 ) -> None:

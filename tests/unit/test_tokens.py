@@ -35,6 +35,8 @@ def verifier(path: Path, clock: Clock) -> TokenVerifier:
     return TokenVerifier(
         KeySet(str(path), reload_interval=5.0),
         audience="stockcore",
+        issuers=["stockcore"],
+        max_lifetime_s=86_400.0,
         leeway_s=0.0,
         clock=lambda: clock.now,
         monotonic=lambda: clock.monotonic,
@@ -165,5 +167,41 @@ def test_a_token_for_another_audience_is_invalid(tmp_path: Path, clock: Clock) -
     write_jwks(tmp_path / "jwks.json", public)
 
     token = issue_token(private, "svc", ["inventory:read"], audience="elsewhere", now=clock.now)
+
+    assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
+
+
+def test_a_token_without_an_issuer_or_from_another_is_invalid(tmp_path: Path, clock: Clock) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+    check = verifier(tmp_path / "jwks.json", clock)
+    claims = {"sub": "svc", "aud": "stockcore", "iat": int(clock.now), "exp": int(clock.now) + 60}
+    key = jwt.PyJWK(private)
+    unnamed = jwt.encode(claims, key.key, algorithm=key.algorithm_name, headers={"kid": "k1"})
+    other = issue_token(private, "svc", ["inventory:read"], issuer="elsewhere", now=clock.now)
+
+    assert refusal_reason(check, unnamed) == TOKEN_INVALID
+    assert refusal_reason(check, other) == TOKEN_INVALID
+    assert check.principal(issue_token(private, "svc", ["inventory:read"], now=clock.now))
+
+
+def test_a_token_living_longer_than_the_maximum_is_invalid(tmp_path: Path, clock: Clock) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+    check = verifier(tmp_path / "jwks.json", clock)
+    week = issue_token(private, "svc", ["inventory:read"], ttl_s=7 * 86_400, now=clock.now)
+    day = issue_token(private, "svc", ["inventory:read"], ttl_s=86_400, now=clock.now)
+
+    with pytest.raises(Unauthenticated, match="more than the 86400 s"):
+        check.principal(week)
+    assert check.principal(day).subject == "svc"
+
+
+def test_a_token_without_an_issue_time_is_invalid(tmp_path: Path, clock: Clock) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+    claims = {"sub": "svc", "aud": "stockcore", "iss": "stockcore", "exp": int(clock.now) + 60}
+    key = jwt.PyJWK(private)
+    token = jwt.encode(claims, key.key, algorithm=key.algorithm_name, headers={"kid": "k1"})
 
     assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
