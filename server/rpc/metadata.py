@@ -3,6 +3,7 @@ proved, never a name it asserts), under which request id, and by when it needs a
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -13,7 +14,9 @@ from server.domain.orders import Actor
 from server.rpc.access import current_principal
 
 REQUEST_ID_KEY = "x-request-id"
-MAX_REQUEST_ID = 128
+# A caller's request id is recorded in history rows and log lines, and sent back to
+# customers: only ids of the id charset are kept, others are replaced by a new one.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 
 def _value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
@@ -29,8 +32,12 @@ def caller() -> str:
 
 
 def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's x-request-id (cut to 128 characters), else a new one."""
-    return _value(context, REQUEST_ID_KEY)[:MAX_REQUEST_ID] or uuid.uuid4().hex
+    """The caller's x-request-id when it is 1-128 characters of [A-Za-z0-9._:/-], else a
+    new one."""
+    given = _value(context, REQUEST_ID_KEY)
+    if REQUEST_ID_PATTERN.fullmatch(given) is not None:
+        return given
+    return uuid.uuid4().hex
 
 
 def actor_of(context: grpc.aio.ServicerContext[Any, Any]) -> Actor:

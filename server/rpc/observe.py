@@ -31,18 +31,37 @@ from server.domain.errors import (
     InvalidArgument,
     Overloaded,
     ShuttingDown,
+    Unavailable,
 )
 from server.metrics import RPC_DURATION, RPC_REFUSED
 from server.queue_delay import QueueDelay
 from server.rpc import bounds
 from server.rpc.access import Gatekeeper, Rule
 from server.rpc.errors import status_code_for, to_status
+from server.rpc.metadata import request_id_of
 from server.rpc.shedding import LoadShedder
 
 log = logging.getLogger(__name__)
 
 # Calls with these scopes only read: they queue apart from the writes.
 READ_SCOPES = frozenset({scopes.INVENTORY_READ, scopes.ORDERS_READ})
+
+
+def _public(exc: DomainError, method: str, context: grpc.aio.ServicerContext) -> DomainError:  # type: ignore[type-arg]
+    """The error as the caller may see it. An unreachable dependency's text names hosts,
+    ports and driver errors: it is logged with the request id, and the caller gets a
+    generic message with that id."""
+    if type(exc) is not Unavailable:
+        return exc
+    request_id = request_id_of(context)
+    log.warning(
+        "dependency unavailable",
+        extra={"method": method, "request_id": request_id, "error": str(exc)},
+    )
+    return Unavailable(
+        f"temporarily unavailable (request id {request_id}); nothing was applied or the"
+        " outcome is unknown: retry with the same idempotency id"
+    )
 
 
 def _decoder(kind: type[message.Message]) -> Callable[[bytes], Any]:
@@ -130,7 +149,7 @@ def observe(
             await _answer(context, _refusal(_delay_ms(shedder)))
         except DomainError as exc:
             code = status_code_for(exc)
-            await _answer(context, to_status(exc))
+            await _answer(context, to_status(_public(exc, method, context)))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -139,8 +158,12 @@ def observe(
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            log.exception("unexpected error", extra={"method": method})
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
+            request_id = request_id_of(context)
+            log.exception("unexpected error", extra={"method": method, "request_id": request_id})
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"internal error; it has been logged (request id {request_id})",
+            )
         finally:
             shedder.leave()
             histograms[code].observe(time.perf_counter() - started)
@@ -176,7 +199,7 @@ def observe_stream(
         except DomainError as exc:
             code = status_code_for(exc)
             # A stream's status follows whatever it sent: it ends with the status set.
-            _send(context, to_status(exc))
+            _send(context, to_status(_public(exc, method, context)))
         except asyncio.CancelledError:
             if not shedder.draining or context.cancelled():
                 code = grpc.StatusCode.CANCELLED
@@ -193,8 +216,12 @@ def observe_stream(
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            log.exception("unexpected error", extra={"method": method})
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
+            request_id = request_id_of(context)
+            log.exception("unexpected error", extra={"method": method, "request_id": request_id})
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"internal error; it has been logged (request id {request_id})",
+            )
         finally:
             shedder.close_stream()
             histograms[code].observe(time.perf_counter() - started)
