@@ -222,8 +222,14 @@ class InventoryCore:
         return [{sku: found[sku] for sku in skus if sku in found} for skus in requests]
 
     async def _read_reservations(self, ids: Sequence[str]) -> list[Answer]:
-        found = await self.store.get_reservations(ids)
-        return [found.get(rid) or NotFound("reservation", [rid]) for rid in ids]
+        """GetReservation reads plain reservations only: an order's hold is the order's,
+        read through GetOrder, and its id is refused here as Commit/Release refuse it."""
+        found, order_holds = await self.store.plain_reservations(ids)
+        return [
+            _order_owned(rid, "GetOrder") if rid in order_holds
+            else found.get(rid) or NotFound("reservation", [rid])
+            for rid in ids
+        ]  # fmt: skip
 
 
 def _answer(command: ReserveCommand, outcome: ReserveResult) -> Answer:
@@ -241,11 +247,13 @@ def _answer(command: ReserveCommand, outcome: ReserveResult) -> Answer:
     return InsufficientStock(outcome.shortages)
 
 
-def _order_owned(reservation_id: str) -> IllegalTransition:
+def _order_owned(
+    reservation_id: str, use: str = "ConfirmPayment or CancelOrder"
+) -> IllegalTransition:
     return IllegalTransition(
         reservation_id,
         f"held by order {reservation_id}",
         "finished",
         f"reservation {reservation_id!r} is the hold of order {reservation_id!r}: use"
-        " ConfirmPayment or CancelOrder of OrderService",
+        f" {use} of OrderService",
     )

@@ -291,6 +291,9 @@ def _created(command: CreateOrder, outcome: Created) -> tuple[Answer, tuple[str,
         if outcome.unknown_skus:
             return NotFound("sku", outcome.unknown_skus), None
         return InsufficientStock(outcome.shortages), None
+    if outcome.code is CreateCode.RESERVATION:
+        # Order ids and reservation ids are one namespace (an order's hold has its id).
+        return AlreadyExists("order", command.order_id, f"reservation {command.order_id}"), None
     if outcome.code is CreateCode.CONFLICT or outcome.order is None:
         return AlreadyExists("order", command.order_id), None
     if outcome.code is CreateCode.CREATED:

@@ -41,6 +41,7 @@ class CreateCode(IntEnum):
     REPEAT = 1
     CONFLICT = 2
     REJECTED = 3
+    RESERVATION = 4
 
 
 class ChangeCode(IntEnum):

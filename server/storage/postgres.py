@@ -383,6 +383,22 @@ class StockStore:
         )
         return {r["reservation_id"]: reservation_from_row(r) for r in rows}
 
+    async def plain_reservations(
+        self, reservation_ids: Sequence[str]
+    ) -> tuple[dict[str, Reservation], set[str]]:
+        """The named reservations that exist and are not an order's hold, and the named
+        ids that are an order's hold (GetReservation answers the first only)."""
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT r.*, EXISTS (SELECT 1 FROM stockcore.orders o"
+                "                     WHERE o.order_id = r.reservation_id) AS order_hold"
+                "  FROM stockcore.reservations r WHERE r.reservation_id = ANY($1::text[])",
+                list(reservation_ids),
+            )
+        )
+        plain = {r["reservation_id"]: reservation_from_row(r) for r in rows if not r["order_hold"]}
+        return plain, {r["reservation_id"] for r in rows if r["order_hold"]}
+
     async def existing_reservations(self, reservation_ids: Sequence[str]) -> set[str]:
         """Which of the named reservations exist."""
         rows = await self._run(

@@ -24,8 +24,8 @@
 -- CreateOrder for a batch of stockcore.order_request (013_order_requests.sql), sorted by
 -- order id. Decided against levels read without a lock, and again with the stock rows
 -- locked when a take no longer fits, as hold_stock is. Codes: 0 created, 1 repeat (ord
--- is the order as it is now), 2 the id belongs to a different order or to a plain
--- reservation, 3 rejected (unknown or short SKUs).
+-- is the order as it is now), 2 the id belongs to a different order, 3 rejected
+-- (unknown or short SKUs), 4 the id belongs to a plain reservation.
 DROP FUNCTION IF EXISTS stockcore.create_orders(text[], bytea[], bigint[], text[], int[], int[], smallint[], text[], bigint[], bigint[], text[], text[], bigint[], bytea[], text[]);
 CREATE OR REPLACE FUNCTION stockcore.create_orders(
     p_orders stockcore.order_request[],
@@ -123,10 +123,8 @@ BEGIN
                      NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL)::stockcore.orders;
             fresh := fresh || o;
             fresh_i := fresh_i || i;
-        ELSIF h.code = 1 THEN
+        ELSIF h.code IN (1, 2) THEN
             repeats := repeats || p_ids[i];
-        ELSIF h.code = 2 THEN
-            results[i] := ROW(2, NULL, NULL, NULL, NULL, NULL)::stockcore.order_result;
         ELSE
             results[i] := ROW(h.code, NULL, NULL, h.short_skus, h.short_available,
                               h.unknown_skus)::stockcore.order_result;
@@ -144,17 +142,19 @@ BEGIN
         results[fresh_i[k]] := ROW(0, fresh[k], NULL, NULL, NULL, NULL)::stockcore.order_result;
     END LOOP;
 
-    -- A repeated hold: the same order again (answer with it as it is now), or the id of
-    -- a different order or of a plain reservation.
+    -- The id already holds: the same order again (answer with it as it is now), a
+    -- different order (2), or a plain reservation (4).
     IF cardinality(repeats) > 0 THEN
         SELECT coalesce(array_agg(x ORDER BY x.order_id), '{}') INTO found
           FROM stockcore.orders x WHERE x.order_id = ANY (repeats);
         FOR i IN 1 .. n LOOP
-            CONTINUE WHEN (st.results[i]).code <> 1;
-            results[i] := ROW(2, NULL, NULL, NULL, NULL, NULL)::stockcore.order_result;
+            CONTINUE WHEN (st.results[i]).code NOT IN (1, 2);
+            results[i] := ROW(4, NULL, NULL, NULL, NULL, NULL)::stockcore.order_result;
             FOR e IN 1 .. cardinality(found) LOOP
-                IF (found[e]).order_id = p_ids[i] AND (found[e]).fingerprint = p_order_fingerprints[i] THEN
-                    results[i] := ROW(1, found[e], NULL, NULL, NULL, NULL)::stockcore.order_result;
+                IF (found[e]).order_id = p_ids[i] THEN
+                    results[i] := CASE WHEN (found[e]).fingerprint = p_order_fingerprints[i]
+                        THEN ROW(1, found[e], NULL, NULL, NULL, NULL)::stockcore.order_result
+                        ELSE ROW(2, NULL, NULL, NULL, NULL, NULL)::stockcore.order_result END;
                 END IF;
             END LOOP;
         END LOOP;
