@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from clients.events import STREAM, DeadLetter, DeadLetters
 from clients.order_cli import order_data
+from clients.orders import event_type_name
 
 Leaf = Callable[
     ["argparse._SubParsersAction[argparse.ArgumentParser]", str, str], argparse.ArgumentParser
@@ -163,7 +164,7 @@ def dead_letter_data(letter: DeadLetter) -> dict[str, object]:
         if event is None
         else {
             "cursor": event.cursor,
-            "type": event.type.name,
+            "type": event_type_name(event.type),
             "order_id": event.order_id,
             "order_version": event.order_version,
             "occur_time": event.occur_time.isoformat(timespec="milliseconds"),
