@@ -18,6 +18,7 @@ from typing import TextIO, assert_never
 import asyncpg
 import redis.exceptions
 
+from clients.commands import Missing, OwnedCommand, added_groups
 from clients.credentials import Credentials
 from clients.errors import (
     FailedPrecondition,
@@ -27,17 +28,10 @@ from clients.errors import (
     StockcoreError,
     Unauthenticated,
 )
-from clients.events_cli import (
-    EVENT_COMMANDS,
-    DeadLetterMissing,
-    EventCommand,
-    add_event_commands,
-    execute_events,
-)
+from clients.events_cli import EVENT_COMMANDS, EventCommand, add_event_commands, execute_events
 from clients.fulfilment_cli import (
     FULFILMENT_COMMANDS,
     FulfilmentCommand,
-    FulfilmentMissing,
     add_fulfilment_commands,
     execute_fulfilment,
 )
@@ -146,7 +140,9 @@ class GetReservation:
 
 
 StockCommand = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
-Command = StockCommand | OrderCommand | EventCommand | TokenCommand | FulfilmentCommand
+Command = (
+    StockCommand | OrderCommand | EventCommand | TokenCommand | FulfilmentCommand | OwnedCommand
+)
 
 
 def parse_line(text: str) -> tuple[str, int]:
@@ -317,6 +313,9 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
     add_event_commands(commands, leaf)
     add_token_commands(commands, leaf)
     add_fulfilment_commands(commands, leaf)
+    # Commands over state another program owns (`stockctl fulfilment`): clients/commands.py.
+    for add_commands in added_groups():
+        add_commands(commands, leaf)
     return parser
 
 
@@ -493,6 +492,9 @@ async def run(
     if isinstance(command, FULFILMENT_COMMANDS):
         await execute_fulfilment(command, out=out, as_json=options.json)
         return
+    if isinstance(command, OwnedCommand):
+        await command.run(out=out, as_json=options.json)
+        return
     credentials = options.credentials(env)
     if isinstance(command, ORDER_COMMANDS):
         async with OrderClient(
@@ -519,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StockcoreError as error:
         print(format_error(error, as_json=options.json), file=sys.stderr)
         return exit_code_for(error)
-    except (DeadLetterMissing, FulfilmentMissing) as missing:
+    except Missing as missing:
         print(f"stockctl: NOT_FOUND: {missing}", file=sys.stderr)
         return ExitCode.NOT_FOUND
     except asyncpg.PostgresError as error:

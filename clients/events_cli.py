@@ -14,13 +14,10 @@ from typing import TextIO, assert_never
 
 import redis.asyncio as aioredis
 
+from clients.commands import Leaf, Missing
 from clients.events import STREAM, DeadLetter, DeadLetters
 from clients.order_cli import order_data
 from clients.orders import event_type_name
-
-Leaf = Callable[
-    ["argparse._SubParsersAction[argparse.ArgumentParser]", str, str], argparse.ArgumentParser
-]
 
 #: Environment variable naming the Redis server when --redis is not given.
 REDIS_ENV = "STOCKCORE_REDIS_URL"
@@ -73,7 +70,7 @@ EventCommand = DeadLetterList | DeadLetterShow | DeadLetterReplay | DeadLetterDr
 EVENT_COMMANDS = (DeadLetterList, DeadLetterShow, DeadLetterReplay, DeadLetterDrop)
 
 
-class DeadLetterMissing(Exception):
+class DeadLetterMissing(Missing):
     """A dead letter named on the command line is not there."""
 
 

@@ -15,18 +15,14 @@ import argparse
 import getpass
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO, assert_never
 
 import asyncpg
 
+from clients.commands import Leaf, Missing
 from clients.fulfilment_stages import stage_name
-
-Leaf = Callable[
-    ["argparse._SubParsersAction[argparse.ArgumentParser]", str, str], argparse.ArgumentParser
-]
 
 #: Environment variable naming the database when --pg is not given.
 PG_ENV = "STOCKCORE_PG_DSN"
@@ -91,7 +87,7 @@ FULFILMENT_COMMANDS = (
 )
 
 
-class FulfilmentMissing(Exception):
+class FulfilmentMissing(Missing):
     """An order or dead letter named on the command line is not there."""
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO, assert_never
 
+from clients.commands import Leaf
 from clients.orders import (
     EventType,
     Order,
@@ -19,10 +20,6 @@ from clients.orders import (
     event_type_name,
     status_name,
 )
-
-Leaf = Callable[
-    ["argparse._SubParsersAction[argparse.ArgumentParser]", str, str], argparse.ArgumentParser
-]
 
 
 @dataclass(frozen=True)
