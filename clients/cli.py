@@ -29,12 +29,6 @@ from clients.errors import (
     Unauthenticated,
 )
 from clients.events_cli import EVENT_COMMANDS, EventCommand, add_event_commands, execute_events
-from clients.fulfilment_cli import (
-    FULFILMENT_COMMANDS,
-    FulfilmentCommand,
-    add_fulfilment_commands,
-    execute_fulfilment,
-)
 from clients.inventory import InventoryClient, Reservation, StockLevel
 from clients.order_cli import ORDER_COMMANDS, OrderCommand, add_order_commands, execute_order
 from clients.orders import OrderClient
@@ -140,9 +134,7 @@ class GetReservation:
 
 
 StockCommand = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
-Command = (
-    StockCommand | OrderCommand | EventCommand | TokenCommand | FulfilmentCommand | OwnedCommand
-)
+Command = StockCommand | OrderCommand | EventCommand | TokenCommand | OwnedCommand
 
 
 def parse_line(text: str) -> tuple[str, int]:
@@ -312,7 +304,6 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
     add_order_commands(commands, leaf)
     add_event_commands(commands, leaf)
     add_token_commands(commands, leaf)
-    add_fulfilment_commands(commands, leaf)
     # Commands over state another program owns (`stockctl fulfilment`): clients/commands.py.
     for add_commands in added_groups():
         add_commands(commands, leaf)
@@ -488,9 +479,6 @@ async def run(
         return
     if isinstance(command, EVENT_COMMANDS):
         await execute_events(command, out=out, as_json=options.json)
-        return
-    if isinstance(command, FULFILMENT_COMMANDS):
-        await execute_fulfilment(command, out=out, as_json=options.json)
         return
     if isinstance(command, OwnedCommand):
         await command.run(out=out, as_json=options.json)

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from clients.errors import FailedPrecondition, StockcoreError
-from clients.fulfilment_stages import Stage
 from clients.orders import OrderClient, OrderStatus, status_name
 from fulfilment.breaker import BreakerState
 from fulfilment.config import FulfilmentSettings
-from fulfilment.domain import CANCELLABLE, Fulfilment, Outcome, step_backoff
+from fulfilment.domain import CANCELLABLE, Fulfilment, Outcome, Stage, step_backoff
 from fulfilment.guard import CallFailed, PartnerGuard
 from fulfilment.metrics import (
     FULFILMENT_DEAD_LETTERS,

@@ -16,6 +16,7 @@ from server.config import Settings
 from tests.e2e.fulfilment_stack import (
     PRIMARY,
     SHIPPED,
+    SKU,
     Partners,
     fulfil_settings,
     fulfilment_rows,
@@ -222,6 +223,12 @@ async def test_a_poison_reply_goes_to_the_dead_letters_and_a_replay_after_the_fi
         history = [h["what"] for h in json.loads(shown.stdout)["history"]]
         assert history[:4] == ["paid", "handed off", "packed", "bound"]
         assert history[-1] == "dead"
+        order = await _stockctl(dsn, "show", poisoned, "--json")
+        assert order.returncode == 0, order.stderr
+        row = json.loads(order.stdout)
+        assert (row["stage"], row["carrier"], row["lines"]) == ("DEAD", PRIMARY, [[SKU, 1]])
+        assert [h["what"] for h in row["history"]][-1] == "dead"
+        assert all(h["worker"] for h in row["history"]), row["history"]
 
         # The carrier fixes its replies; the replay books the same key, with the same
         # carrier, and the order ships.

@@ -10,9 +10,9 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from clients.fulfilment_stages import Stage
 from clients.orders import OrderClient, OrderStatus
 from fulfilment.config import FulfilmentSettings
+from fulfilment.domain import Stage
 from server.app import App
 from server.config import Settings
 from tests.e2e.fulfilment_stack import (
