@@ -18,6 +18,7 @@ from typing import TextIO, assert_never
 import asyncpg
 import redis.exceptions
 
+from clients.commands import Missing, OwnedCommand, added_groups
 from clients.credentials import Credentials
 from clients.errors import (
     FailedPrecondition,
@@ -27,20 +28,7 @@ from clients.errors import (
     StockcoreError,
     Unauthenticated,
 )
-from clients.events_cli import (
-    EVENT_COMMANDS,
-    DeadLetterMissing,
-    EventCommand,
-    add_event_commands,
-    execute_events,
-)
-from clients.fulfilment_cli import (
-    FULFILMENT_COMMANDS,
-    FulfilmentCommand,
-    FulfilmentMissing,
-    add_fulfilment_commands,
-    execute_fulfilment,
-)
+from clients.events_cli import EVENT_COMMANDS, EventCommand, add_event_commands, execute_events
 from clients.inventory import InventoryClient, Reservation, StockLevel
 from clients.order_cli import ORDER_COMMANDS, OrderCommand, add_order_commands, execute_order
 from clients.orders import OrderClient
@@ -146,7 +134,7 @@ class GetReservation:
 
 
 StockCommand = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
-Command = StockCommand | OrderCommand | EventCommand | TokenCommand | FulfilmentCommand
+Command = StockCommand | OrderCommand | EventCommand | TokenCommand | OwnedCommand
 
 
 def parse_line(text: str) -> tuple[str, int]:
@@ -316,7 +304,9 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
     add_order_commands(commands, leaf)
     add_event_commands(commands, leaf)
     add_token_commands(commands, leaf)
-    add_fulfilment_commands(commands, leaf)
+    # Commands over state another program owns (`stockctl fulfilment`): clients/commands.py.
+    for add_commands in added_groups():
+        add_commands(commands, leaf)
     return parser
 
 
@@ -490,8 +480,8 @@ async def run(
     if isinstance(command, EVENT_COMMANDS):
         await execute_events(command, out=out, as_json=options.json)
         return
-    if isinstance(command, FULFILMENT_COMMANDS):
-        await execute_fulfilment(command, out=out, as_json=options.json)
+    if isinstance(command, OwnedCommand):
+        await command.run(out=out, as_json=options.json)
         return
     credentials = options.credentials(env)
     if isinstance(command, ORDER_COMMANDS):
@@ -519,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StockcoreError as error:
         print(format_error(error, as_json=options.json), file=sys.stderr)
         return exit_code_for(error)
-    except (DeadLetterMissing, FulfilmentMissing) as missing:
+    except Missing as missing:
         print(f"stockctl: NOT_FOUND: {missing}", file=sys.stderr)
         return ExitCode.NOT_FOUND
     except asyncpg.PostgresError as error:

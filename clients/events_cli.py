@@ -14,12 +14,10 @@ from typing import TextIO, assert_never
 
 import redis.asyncio as aioredis
 
+from clients.commands import Leaf, Missing
 from clients.events import STREAM, DeadLetter, DeadLetters
 from clients.order_cli import order_data
-
-Leaf = Callable[
-    ["argparse._SubParsersAction[argparse.ArgumentParser]", str, str], argparse.ArgumentParser
-]
+from clients.orders import event_type_name
 
 #: Environment variable naming the Redis server when --redis is not given.
 REDIS_ENV = "STOCKCORE_REDIS_URL"
@@ -72,7 +70,7 @@ EventCommand = DeadLetterList | DeadLetterShow | DeadLetterReplay | DeadLetterDr
 EVENT_COMMANDS = (DeadLetterList, DeadLetterShow, DeadLetterReplay, DeadLetterDrop)
 
 
-class DeadLetterMissing(Exception):
+class DeadLetterMissing(Missing):
     """A dead letter named on the command line is not there."""
 
 
@@ -163,7 +161,7 @@ def dead_letter_data(letter: DeadLetter) -> dict[str, object]:
         if event is None
         else {
             "cursor": event.cursor,
-            "type": event.type.name,
+            "type": event_type_name(event.type),
             "order_id": event.order_id,
             "order_version": event.order_version,
             "occur_time": event.occur_time.isoformat(timespec="milliseconds"),

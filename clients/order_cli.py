@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO, assert_never
 
-from clients.orders import EventType, Order, OrderClient, OrderEvent, OrderStatus, StatusChange
-
-Leaf = Callable[
-    ["argparse._SubParsersAction[argparse.ArgumentParser]", str, str], argparse.ArgumentParser
-]
+from clients.commands import Leaf
+from clients.orders import (
+    EventType,
+    Order,
+    OrderClient,
+    OrderEvent,
+    OrderStatus,
+    StatusChange,
+    event_type_name,
+    status_name,
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class ListOrders:
     """`order list`: one page of a customer's orders."""
 
     customer_id: str
-    status: OrderStatus | None
+    status: OrderStatus.ValueType | None
     page_size: int
     page_token: str
 
@@ -94,7 +100,7 @@ class WatchOrders:
 
     customer_id: str
     order_id: str
-    types: tuple[EventType, ...]
+    types: tuple[EventType.ValueType, ...]
     after_cursor: int
     limit: int | None
 
@@ -148,18 +154,19 @@ def _moment(text: str) -> datetime:
     return moment
 
 
-def _status(text: str) -> OrderStatus:
+def _status(text: str) -> OrderStatus.ValueType:
+    known = {status_name(s): s for s in OrderStatus.values() if s}
     try:
-        return OrderStatus[text.upper()]
+        return known[text.upper()]
     except KeyError:
-        names = ", ".join(s.name for s in OrderStatus if s is not OrderStatus.UNKNOWN)
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {names}") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(known)}") from None
 
 
-def _event_type(text: str) -> EventType:
+def _event_type(text: str) -> EventType.ValueType:
+    known = {event_type_name(t): t for t in EventType.values() if t}
     name = text.upper()
     try:
-        return EventType[name if name.startswith("ORDER_") else f"ORDER_{name}"]
+        return known[name if name.startswith("ORDER_") else f"ORDER_{name}"]
     except KeyError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an order event type") from None
 
@@ -261,7 +268,7 @@ def order_data(order: Order) -> dict[str, object]:
     return {
         "order_id": order.order_id,
         "customer_id": order.customer_id,
-        "status": order.status.name,
+        "status": status_name(order.status),
         "version": order.version,
         "currency_code": order.currency_code,
         "total_minor": order.total_minor,
@@ -297,8 +304,8 @@ def order_data(order: Order) -> dict[str, object]:
 
 def _change_data(change: StatusChange) -> dict[str, object]:
     return {
-        "from": change.from_status.name if change.from_status else None,
-        "to": change.to_status.name,
+        "from": None if change.from_status is None else status_name(change.from_status),
+        "to": status_name(change.to_status),
         "time": _time(change.change_time),
         "caller": change.caller,
         "reason": change.reason,
@@ -311,7 +318,7 @@ def format_order(order: Order, history: Sequence[StatusChange] = ()) -> str:
     rows = [
         f"order     {order.order_id} (v{order.version})",
         f"customer  {order.customer_id}",
-        f"status    {order.status.name}",
+        f"status    {status_name(order.status)}",
         f"total     {order.total_minor} {order.currency_code}",
         f"deadline  {_time(order.payment_deadline)}",
     ]
@@ -326,8 +333,9 @@ def format_order(order: Order, history: Sequence[StatusChange] = ()) -> str:
         for line in order.lines
     ]
     rows += [
-        f"  {_time(c.change_time)}  {c.from_status.name if c.from_status else '-'}"
-        f" -> {c.to_status.name}  {c.caller}: {c.reason}"
+        f"  {_time(c.change_time)}"
+        f"  {'-' if c.from_status is None else status_name(c.from_status)}"
+        f" -> {status_name(c.to_status)}  {c.caller}: {c.reason}"
         for c in history
     ]
     return "\n".join(rows)
@@ -339,14 +347,14 @@ def _event_line(event: OrderEvent, as_json: bool) -> str:
             {
                 "cursor": event.cursor,
                 "event_id": event.event_id,
-                "type": event.type.name,
+                "type": event_type_name(event.type),
                 "time": _time(event.occur_time),
                 "order": order_data(event.order),
             }
         )
     return (
-        f"{event.cursor}  {_time(event.occur_time)}  {event.type.name}  {event.order_id}"
-        f"  -> {event.order.status.name}"
+        f"{event.cursor}  {_time(event.occur_time)}  {event_type_name(event.type)}"
+        f"  {event.order_id}  -> {status_name(event.order.status)}"
     )
 
 
@@ -382,7 +390,7 @@ async def execute_order(
             else:
                 for o in page.orders:
                     print(
-                        f"{o.order_id}  {o.status.name}  {o.total_minor} {o.currency_code}"
+                        f"{o.order_id}  {status_name(o.status)}  {o.total_minor} {o.currency_code}"
                         f"  {_time(o.create_time)}",
                         file=out,
                     )

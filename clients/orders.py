@@ -1,12 +1,15 @@
 """Typed async client of stockcore.v1.OrderService, with deadlines, safe retries and a
-WatchOrders stream that resumes by itself after a disconnect."""
+WatchOrders stream that resumes by itself after a disconnect.
+
+Its Order, StatusChange and OrderEvent are the one client-side view of the contract's
+messages (times as timezone-aware datetimes, no shipment as None); their statuses and event
+types are the contract's own enums, not copies of them."""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -31,46 +34,39 @@ from clients.inventory import (
 )
 
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 _Request = TypeVar("_Request")
 
 #: Metadata key of the request id the server records on the status history.
 REQUEST_ID_METADATA_KEY = "x-request-id"
 
 
-class OrderStatus(enum.Enum):
-    """Where an order stands."""
+#: Where an order stands: the contract's enum, re-exported so that the list of statuses is
+#: written once, in protos/stockcore/v1/orders.proto. An order's status is one of its values
+#: (`OrderStatus.ORDER_STATUS_PAID`), or a number added to the contract after this client was
+#: built; `status_name` says it for people.
+OrderStatus = pb.OrderStatus
 
-    # Also stands for a status added to the API after this client was built.
-    UNKNOWN = 0
-    PENDING_PAYMENT = 1
-    PAID = 2
-    SHIPPED = 3
-    IN_TRANSIT = 4
-    DELIVERED = 5
-    CANCELLED = 6
-    EXPIRED = 7
-
-    @classmethod
-    def _missing_(cls, value: object) -> OrderStatus:
-        return cls.UNKNOWN
+#: What happened to an order: the contract's enum, as OrderStatus is.
+EventType = pb.EventType
 
 
-class EventType(enum.Enum):
-    """What happened to an order."""
+def status_name(status: OrderStatus.ValueType) -> str:
+    """A status as people read it (`PAID`); the number of one this client does not know."""
+    return _short_name(OrderStatus.Name, status, "ORDER_STATUS_")
 
-    # Also stands for an event type added to the API after this client was built.
-    UNKNOWN = 0
-    ORDER_CREATED = 1
-    ORDER_PAID = 2
-    ORDER_CANCELLED = 3
-    ORDER_EXPIRED = 4
-    ORDER_SHIPPED = 5
-    ORDER_IN_TRANSIT = 6
-    ORDER_DELIVERED = 7
 
-    @classmethod
-    def _missing_(cls, value: object) -> EventType:
-        return cls.UNKNOWN
+def event_type_name(event_type: EventType.ValueType) -> str:
+    """An event type as people read it (`ORDER_PAID`); the number of one this client does
+    not know."""
+    return _short_name(EventType.Name, event_type, "EVENT_TYPE_")
+
+
+def _short_name(name: Callable[[_V], str], value: _V, prefix: str) -> str:
+    try:
+        return name(value).removeprefix(prefix)
+    except ValueError:
+        return str(value)
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ class Order:
 
     order_id: str
     customer_id: str
-    status: OrderStatus
+    status: OrderStatus.ValueType
     currency_code: str
     lines: tuple[OrderLine, ...]
     total_minor: int
@@ -121,8 +117,8 @@ class Order:
 class StatusChange:
     """One row of an order's status history; from_status is None for the creation."""
 
-    from_status: OrderStatus | None
-    to_status: OrderStatus
+    from_status: OrderStatus.ValueType | None
+    to_status: OrderStatus.ValueType
     change_time: datetime
     caller: str
     reason: str
@@ -135,7 +131,7 @@ class OrderEvent:
 
     event_id: str
     cursor: int
-    type: EventType
+    type: EventType.ValueType
     order_id: str
     order_version: int
     occur_time: datetime
@@ -206,7 +202,7 @@ class OrderClient(ChannelClient):
         self,
         customer_id: str,
         *,
-        status: OrderStatus | None = None,
+        status: OrderStatus.ValueType | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = 0,
@@ -216,7 +212,7 @@ class OrderClient(ChannelClient):
         """One page of a customer's orders, newest first."""
         request = pb.ListOrdersRequest(
             customer_id=customer_id,
-            status=pb.OrderStatus.ValueType(status.value if status else 0),
+            status=OrderStatus.ORDER_STATUS_UNSPECIFIED if status is None else status,
             created_after=None if created_after is None else _timestamp(created_after),
             created_before=None if created_before is None else _timestamp(created_before),
             page_size=page_size,
@@ -292,7 +288,7 @@ class OrderClient(ChannelClient):
         *,
         customer_id: str = "",
         order_id: str = "",
-        types: Iterable[EventType] = (),
+        types: Iterable[EventType.ValueType] = (),
         after_cursor: int = 0,
         resume: bool = True,
     ) -> AsyncIterator[OrderEvent]:
@@ -300,7 +296,7 @@ class OrderClient(ChannelClient):
         reads. With `resume`, a dropped stream (UNAVAILABLE) is reopened after the last
         event seen, so nothing is missed or repeated; other errors are raised."""
         cursor = after_cursor
-        wanted = [pb.EventType.ValueType(t.value) for t in types]
+        wanted = list(types)
         failures = 0
         while True:
             request = pb.WatchOrdersRequest(
@@ -378,7 +374,7 @@ def order_from_message(message: pb.Order) -> Order:
     return Order(
         order_id=message.order_id,
         customer_id=message.customer_id,
-        status=OrderStatus(message.status),
+        status=message.status,
         currency_code=message.currency_code,
         lines=tuple(
             OrderLine(line.sku, line.quantity, line.unit_price_minor, line.line_total_minor)
@@ -399,8 +395,8 @@ def order_from_message(message: pb.Order) -> Order:
 
 def _change(message: pb.StatusChange) -> StatusChange:
     return StatusChange(
-        from_status=OrderStatus(message.from_status) if message.from_status else None,
-        to_status=OrderStatus(message.to_status),
+        from_status=message.from_status or None,
+        to_status=message.to_status,
         change_time=to_datetime(message.change_time),
         caller=message.caller,
         reason=message.reason,
@@ -413,7 +409,7 @@ def event_from_message(message: pb.OrderEvent) -> OrderEvent:
     return OrderEvent(
         event_id=message.event_id,
         cursor=message.cursor,
-        type=EventType(message.type),
+        type=message.type,
         order_id=message.order_id,
         order_version=message.order_version,
         occur_time=to_datetime(message.occur_time),

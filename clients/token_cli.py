@@ -15,11 +15,12 @@ import argparse
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from clients.commands import Leaf
 from clients.tokens import (
     CUSTOMER_SCOPE,
     DEFAULT_AUDIENCE,
@@ -34,10 +35,6 @@ from clients.tokens import (
 SIGNING_KEY_ENV = "STOCKCORE_SIGNING_KEY"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-Leaf = Callable[
-    ["argparse._SubParsersAction[argparse.ArgumentParser]", str, str], argparse.ArgumentParser
-]
 
 
 @dataclass(frozen=True)

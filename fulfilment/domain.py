@@ -1,15 +1,30 @@
-"""A paid order's way through fulfilment: the row the workers keep for it, and the outcome
-a worker records after a step (plain values; the store turns them into SQL). Its stages
-are shared with stockctl (clients/fulfilment_stages.py)."""
+"""A paid order's way through fulfilment: the stages it passes, the row the workers keep for
+it, and the outcome a worker records after a step (plain values; the store turns them into
+SQL)."""
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from clients.fulfilment_stages import Stage
+
+class Stage(enum.IntEnum):
+    """Where an order's fulfilment stands; the values are stored (server/storage/sql/011_fulfilment.sql)."""
+
+    HAND_OFF = 1
+    PACKING = 2
+    BOOKING = 3
+    RECORDING = 4
+    TRACKING = 5
+    DELIVERED = 6
+    CANCELLING = 7
+    CANCELLED = 8
+    DEAD = 9
+    ELSEWHERE = 10
+
 
 # Stages a cancellation still stops: nothing has shipped yet.
 CANCELLABLE = frozenset({Stage.HAND_OFF, Stage.PACKING, Stage.BOOKING, Stage.RECORDING})

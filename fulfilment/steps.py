@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from clients.errors import FailedPrecondition, StockcoreError
-from clients.fulfilment_stages import Stage
-from clients.orders import OrderClient, OrderStatus
+from clients.orders import OrderClient, OrderStatus, status_name
 from fulfilment.breaker import BreakerState
 from fulfilment.config import FulfilmentSettings
-from fulfilment.domain import CANCELLABLE, Fulfilment, Outcome, step_backoff
+from fulfilment.domain import CANCELLABLE, Fulfilment, Outcome, Stage, step_backoff
 from fulfilment.guard import CallFailed, PartnerGuard
 from fulfilment.metrics import (
     FULFILMENT_DEAD_LETTERS,
@@ -448,7 +447,10 @@ class Steps:
             # Already further along (recorded by an earlier try whose answer was lost, or
             # delivered before the transit scan was seen): what matters is where it is.
             order, _ = await self._orders.get_order(order_id)
-            if order.status not in {OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}:
+            if order.status not in {
+                OrderStatus.ORDER_STATUS_IN_TRANSIT,
+                OrderStatus.ORDER_STATUS_DELIVERED,
+            }:
                 raise
 
     # --- cancellation ---------------------------------------------------------------
@@ -477,10 +479,12 @@ class Steps:
             order, _ = await self._orders.get_order(row.order_id)
         except StockcoreError as error:
             return self._server_trouble(row, Stage.CANCELLING, error)
-        if order.status is not OrderStatus.CANCELLED:
+        if order.status != OrderStatus.ORDER_STATUS_CANCELLED:
             outcome.stage = Stage.ELSEWHERE
             outcome.note(
-                "", "shipped elsewhere", f"the order is {order.status.name} as another parcel"
+                "",
+                "shipped elsewhere",
+                f"the order is {status_name(order.status)} as another parcel",
             )
         return outcome
 

@@ -1,6 +1,8 @@
 """Fulfilment state in PostgreSQL (sql/live/fulfilment.sql): intake of paid and cancelled
 orders, leases of due rows, the record of a batch's outcomes, heartbeats, breaker
-transitions and the stale-sync scan; each one statement or one function call."""
+transitions and the stale-sync scan, and what operators ask of them (fulfilment/admin.py):
+stages, workers, an order's history, dead letters and their replay. Each is one statement
+or one function call, answering with a typed row."""
 
 from __future__ import annotations
 
@@ -12,8 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from clients.fulfilment_stages import Stage
-from fulfilment.domain import Fulfilment, Outcome
+from fulfilment.domain import Fulfilment, Outcome, Stage
 
 
 def _json(value: object) -> str:
@@ -66,6 +67,104 @@ class BreakerTransitionRow:
     at: datetime
 
 
+@dataclass(frozen=True)
+class WorkerReport:
+    """A worker's last heartbeat; `silent_s` is the time since, by the database's clock."""
+
+    worker: str
+    seen_at: datetime
+    silent_s: float
+    in_flight: int
+    # Per partner, the worker's breaker as it reported it (Breaker.snapshot()).
+    breakers: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class StoredTransition:
+    """A breaker transition as stored: whose breaker moved, when and why."""
+
+    worker: str
+    partner: str
+    from_state: str
+    to_state: str
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class FulfilmentRecord:
+    """An order's fulfilment row as operators read it (no lease: that is the workers')."""
+
+    order_id: str
+    stage: Stage
+    customer_id: str
+    paid_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    last_sync_at: datetime | None
+    warehouse_ref: str | None
+    handed_off_at: datetime | None
+    packed_at: datetime | None
+    carrier: str | None
+    booking_key: str | None
+    tracking_no: str | None
+    carrier_ack_id: str | None
+    booked_at: datetime | None
+    shipped_at: datetime | None
+    in_transit_at: datetime | None
+    delivered_at: datetime | None
+    cancel_requested: bool
+    attempts: int
+    last_error: str | None
+    due_at: datetime
+    lines: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class HistoryLine:
+    """One line of an order's fulfilment history; `worker` is None in the copy a dead letter
+    carries, which does not keep it."""
+
+    at: datetime
+    stage: Stage
+    partner: str
+    what: str
+    detail: str
+    worker: str | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A step that failed past its retry budget; `replayed_at` None while it waits."""
+
+    dead_id: int
+    order_id: str
+    stage: Stage
+    partner: str
+    attempts: int
+    error: str
+    dead_at: datetime
+    worker: str
+    replayed_at: datetime | None
+
+
+def _dead_letter(row: asyncpg.Record) -> DeadLetter:
+    return DeadLetter(
+        dead_id=row["id"],
+        order_id=row["order_id"],
+        stage=Stage(row["stage"]),
+        partner=row["partner"],
+        attempts=row["attempts"],
+        error=row["error"],
+        dead_at=row["dead_at"],
+        worker=row["worker"],
+        replayed_at=row["replayed_at"],
+    )
+
+
+_DEAD_LETTER_COLUMNS = "id, order_id, stage, partner, attempts, error, dead_at, worker, replayed_at"
+
+
 class FulfilmentStore:
     """The fulfilment tables, through one pool."""
 
@@ -73,14 +172,23 @@ class FulfilmentStore:
         self._pool = pool
 
     @classmethod
-    async def connect(cls, dsn: str, *, pool_size: int, timeout: float) -> FulfilmentStore:
-        """Open a pool."""
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        pool_size: int,
+        timeout: float,
+        connect_timeout: float = 60.0,
+        name: str = "stockcore-fulfil",
+    ) -> FulfilmentStore:
+        """Open a pool; `name` is what PostgreSQL shows as its connections' application."""
         pool = await asyncpg.create_pool(
             dsn,
             min_size=1,
             max_size=pool_size,
             command_timeout=timeout,
-            server_settings={"application_name": "stockcore-fulfil", "jit": "off"},
+            timeout=connect_timeout,
+            server_settings={"application_name": name, "jit": "off"},
         )
         assert pool is not None
         return cls(pool)
@@ -227,3 +335,157 @@ class FulfilmentStore:
             worker,
         )
         return set(bound or ())
+
+    # --- what operators ask ---------------------------------------------------------
+
+    async def orders_by_stage(self) -> dict[Stage, int]:
+        """How many orders each stage holds (stages holding none left out)."""
+        rows = await self._pool.fetch(
+            "SELECT stage, count(*) AS n FROM stockcore.fulfilments GROUP BY stage"
+        )
+        return {Stage(row["stage"]): row["n"] for row in rows}
+
+    async def workers(self) -> list[WorkerReport]:
+        """Every worker's last heartbeat, by name."""
+        rows = await self._pool.fetch(
+            "SELECT worker, seen_at, in_flight, breakers,"
+            " extract(epoch FROM now() - seen_at)::float8 AS silent_s"
+            " FROM stockcore.fulfilment_workers ORDER BY worker"
+        )
+        return [
+            WorkerReport(
+                worker=row["worker"],
+                seen_at=row["seen_at"],
+                silent_s=row["silent_s"],
+                in_flight=row["in_flight"],
+                breakers=json.loads(row["breakers"]),
+            )
+            for row in rows
+        ]
+
+    async def recent_transitions(self, limit: int) -> list[StoredTransition]:
+        """The last `limit` breaker transitions of every worker, newest first."""
+        rows = await self._pool.fetch(
+            "SELECT worker, partner, from_state, to_state, reason, at"
+            " FROM stockcore.fulfilment_breaker_transitions ORDER BY id DESC LIMIT $1",
+            limit,
+        )
+        return [
+            StoredTransition(
+                row["worker"],
+                row["partner"],
+                row["from_state"],
+                row["to_state"],
+                row["reason"],
+                row["at"],
+            )
+            for row in rows
+        ]
+
+    async def fulfilment(self, order_id: str) -> FulfilmentRecord | None:
+        """An order's fulfilment row (None: the workers have not heard of the order)."""
+        row = await self._pool.fetchrow(
+            "SELECT * FROM stockcore.fulfilments WHERE order_id = $1", order_id
+        )
+        if row is None:
+            return None
+        return FulfilmentRecord(
+            order_id=row["order_id"],
+            stage=Stage(row["stage"]),
+            customer_id=row["customer_id"],
+            paid_at=row["paid_at"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            last_sync_at=row["last_sync_at"],
+            warehouse_ref=row["warehouse_ref"],
+            handed_off_at=row["handed_off_at"],
+            packed_at=row["packed_at"],
+            carrier=row["carrier"],
+            booking_key=row["booking_key"],
+            tracking_no=row["tracking_no"],
+            carrier_ack_id=row["carrier_ack_id"],
+            booked_at=row["booked_at"],
+            shipped_at=row["shipped_at"],
+            in_transit_at=row["in_transit_at"],
+            delivered_at=row["delivered_at"],
+            cancel_requested=row["cancel_requested"],
+            attempts=row["attempts"],
+            last_error=row["last_error"],
+            due_at=row["due_at"],
+            lines=tuple(zip(row["skus"], row["quantities"], strict=True)),
+        )
+
+    async def history(self, order_id: str) -> list[HistoryLine]:
+        """An order's fulfilment history, oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT at, stage, partner, what, detail, worker FROM stockcore.fulfilment_history"
+            " WHERE order_id = $1 ORDER BY id",
+            order_id,
+        )
+        return [
+            HistoryLine(
+                row["at"],
+                Stage(row["stage"]),
+                row["partner"],
+                row["what"],
+                row["detail"],
+                row["worker"],
+            )
+            for row in rows
+        ]
+
+    async def dead_letters_waiting(self) -> int:
+        """How many dead letters wait for a replay."""
+        waiting = await self._pool.fetchval(
+            "SELECT count(*) FROM stockcore.fulfilment_dead_letters WHERE replayed_at IS NULL"
+        )
+        return int(waiting)
+
+    async def dead_letters(self, limit: int, *, replayed: bool) -> list[DeadLetter]:
+        """Up to `limit` dead letters waiting for a replay (and, with `replayed`, those
+        replayed already), oldest first."""
+        rows = await self._pool.fetch(
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM stockcore.fulfilment_dead_letters"
+            " WHERE $1 OR replayed_at IS NULL ORDER BY id LIMIT $2",
+            replayed,
+            limit,
+        )
+        return [_dead_letter(row) for row in rows]
+
+    async def dead_letter(self, dead_id: int) -> tuple[DeadLetter, list[HistoryLine]] | None:
+        """A dead letter with the order's history as it was when the step died (None: no
+        letter has that id)."""
+        row = await self._pool.fetchrow(
+            f"SELECT {_DEAD_LETTER_COLUMNS}, history FROM stockcore.fulfilment_dead_letters"
+            " WHERE id = $1",
+            dead_id,
+        )
+        if row is None:
+            return None
+        history = [
+            HistoryLine(
+                datetime.fromisoformat(line["at"]),
+                Stage(line["stage"]),
+                line["partner"],
+                line["what"],
+                line["detail"],
+                None,
+            )
+            for line in json.loads(row["history"])
+        ]
+        return _dead_letter(row), history
+
+    async def waiting_dead_letter_ids(self) -> list[int]:
+        """The ids of every dead letter waiting for a replay, oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT id FROM stockcore.fulfilment_dead_letters WHERE replayed_at IS NULL ORDER BY id"
+        )
+        return [row["id"] for row in rows]
+
+    async def replay_dead_letter(self, dead_id: int, by: str) -> str | None:
+        """Send a dead letter's order back to the step that died, its tries reset, and mark
+        the letter replayed by `by`; the order's id (None: no letter with that id waits)."""
+        order_id: str | None = await self._pool.fetchval(
+            "SELECT stockcore.replay_fulfilment_dead_letter($1, $2)", dead_id, by
+        )
+        return order_id

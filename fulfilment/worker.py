@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: The consumer group of the order event stream the workers share.
 GROUP = "fulfilment"
-_WANTED = frozenset({EventType.ORDER_PAID, EventType.ORDER_CANCELLED})
+_WANTED = frozenset({EventType.EVENT_TYPE_ORDER_PAID, EventType.EVENT_TYPE_ORDER_CANCELLED})
 _HEARTBEAT_S = 1.0
 
 
@@ -213,12 +213,12 @@ class Worker:
     async def handle(self, event: OrderEvent) -> None:
         """One ORDER_PAID or ORDER_CANCELLED event."""
         order = event.order
-        if event.type is EventType.ORDER_PAID:
+        if event.type == EventType.EVENT_TYPE_ORDER_PAID:
             lines = [(line.sku, line.quantity) for line in order.lines]
             await self._store.paid(
                 order.order_id, order.customer_id, lines, event.occur_time, self.name
             )
-        elif event.type is EventType.ORDER_CANCELLED:
+        elif event.type == EventType.EVENT_TYPE_ORDER_CANCELLED:
             await self._store.cancelled(order.order_id, order.customer_id, self.name)
 
     async def _intake(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterable
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 
 from clients.credentials import Credentials
 from clients.inventory import InventoryClient
-from clients.orders import OrderClient, OrderStatus
+from clients.orders import OrderClient, OrderStatus, status_name
 from fulfilment.config import FulfilmentSettings
 from fulfilment.store import FulfilmentStore
 from fulfilment.worker import Worker, order_client
@@ -33,6 +34,14 @@ from tests.waiting import until
 PRIMARY = "sf-express"
 FALLBACK = "jd-logistics"
 SKU = "FULFIL-SKU-1"
+# Where an order stands once a carrier has it.
+SHIPPED = frozenset(
+    {
+        OrderStatus.ORDER_STATUS_SHIPPED,
+        OrderStatus.ORDER_STATUS_IN_TRANSIT,
+        OrderStatus.ORDER_STATUS_DELIVERED,
+    }
+)
 _ids = itertools.count(1)
 
 
@@ -168,7 +177,7 @@ async def paid_orders(app: App, count: int, prefix: str = "ful") -> list[str]:
     return ids
 
 
-async def statuses(app: App, ids: Iterable[str]) -> dict[str, OrderStatus]:
+async def statuses(app: App, ids: Iterable[str]) -> dict[str, OrderStatus.ValueType]:
     """Each order's status."""
     async with OrderClient(f"127.0.0.1:{app.port}") as orders:
         found = await asyncio.gather(*(orders.get_order(i) for i in ids))
@@ -176,17 +185,17 @@ async def statuses(app: App, ids: Iterable[str]) -> dict[str, OrderStatus]:
 
 
 async def wait_statuses(
-    app: App, ids: Iterable[str], wanted: set[OrderStatus], timeout: float = 30.0
-) -> dict[str, OrderStatus]:
+    app: App, ids: Iterable[str], wanted: AbstractSet[OrderStatus.ValueType], timeout: float = 30.0
+) -> dict[str, OrderStatus.ValueType]:
     """Wait until every order is in one of `wanted`; their statuses."""
     ids = list(ids)
-    seen: dict[str, OrderStatus] = {}
+    seen: dict[str, OrderStatus.ValueType] = {}
 
     async def reached() -> bool:
         seen.update(await statuses(app, ids))
         return all(status in wanted for status in seen.values())
 
-    await until(reached, f"orders {sorted(s.name for s in wanted)}: {seen}", timeout)
+    await until(reached, f"orders {sorted(status_name(s) for s in wanted)}: {seen}", timeout)
     return seen
 
 

@@ -15,6 +15,8 @@ from server.app import App
 from server.config import Settings
 from tests.e2e.fulfilment_stack import (
     PRIMARY,
+    SHIPPED,
+    SKU,
     Partners,
     fulfil_settings,
     fulfilment_rows,
@@ -34,7 +36,7 @@ async def test_a_paid_order_is_handed_off_booked_shipped_and_delivered(
     await stock(app)
     async with running_worker(fulfil_settings(settings, app, partners)):
         [order_id] = await paid_orders(app, 1)
-        await wait_statuses(app, [order_id], {OrderStatus.DELIVERED})
+        await wait_statuses(app, [order_id], {OrderStatus.ORDER_STATUS_DELIVERED})
     async with OrderClient(f"127.0.0.1:{app.port}") as orders:
         order, history = await orders.get_order(order_id)
     assert order.shipment is not None and order.shipment.carrier == PRIMARY
@@ -43,9 +45,9 @@ async def test_a_paid_order_is_handed_off_booked_shipped_and_delivered(
         (order_id, order.shipment.tracking_no)
     ]
     assert [c.to_status for c in history][-3:] == [
-        OrderStatus.SHIPPED,
-        OrderStatus.IN_TRANSIT,
-        OrderStatus.DELIVERED,
+        OrderStatus.ORDER_STATUS_SHIPPED,
+        OrderStatus.ORDER_STATUS_IN_TRANSIT,
+        OrderStatus.ORDER_STATUS_DELIVERED,
     ]
     row = (await fulfilment_rows(settings.pg_dsn or "", [order_id]))[order_id]
     assert row["stage"] == 6 and row["warehouse_ref"].startswith("WH-")
@@ -79,9 +81,7 @@ async def test_carrier_down_opens_the_breaker_after_5_failures_and_the_fallback_
     config = fulfil_settings(settings, app, partners, breaker_min_calls=100)
     async with running_worker(config):
         ids = await paid_orders(app, 20)
-        await wait_statuses(
-            app, ids, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
-        )
+        await wait_statuses(app, ids, SHIPPED)
     assert await partners.bookings(partners.primary) == []
     carried = {b["order_id"] for b in await partners.bookings(partners.fallback)}
     assert carried == set(ids)
@@ -107,13 +107,9 @@ async def test_a_slow_carrier_opens_the_breaker_on_slow_calls(
     )
     async with running_worker(config):
         first = await paid_orders(app, 5)
-        await wait_statuses(
-            app, first, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}, 30
-        )
+        await wait_statuses(app, first, SHIPPED, 30)
         later = await paid_orders(app, 5)
-        await wait_statuses(
-            app, later, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}, 30
-        )
+        await wait_statuses(app, later, SHIPPED, 30)
     moves = await transitions(settings.pg_dsn or "", PRIMARY)
     assert moves[0][:2] == ("CLOSED", "OPEN") and moves[0][2].startswith("slow calls 5/5"), moves
     # Slow is not failed: the first five were booked by the slow carrier, once each.
@@ -129,9 +125,7 @@ async def test_six_percent_errors_over_the_window_open_the_breaker_on_rate(
     config = fulfil_settings(settings, app, partners, breaker_min_calls=20, breaker_open_s=60.0)
     async with running_worker(config):
         ids = await paid_orders(app, 60)
-        await wait_statuses(
-            app, ids, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
-        )
+        await wait_statuses(app, ids, SHIPPED)
     moves = await transitions(settings.pg_dsn or "", PRIMARY)
     assert moves[0][:2] == ("CLOSED", "OPEN") and moves[0][2].startswith("error rate 2/"), moves
     primary = {b["order_id"] for b in await partners.bookings(partners.primary)}
@@ -147,9 +141,7 @@ async def test_a_recovered_carrier_is_probed_half_open_then_closed(
     config = fulfil_settings(settings, app, partners, breaker_open_s=0.5, breaker_half_open_calls=2)
     async with running_worker(config):
         down = await paid_orders(app, 5)
-        await wait_statuses(
-            app, down, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
-        )
+        await wait_statuses(app, down, SHIPPED)
         await partners.faults(partners.primary, outage_s=0)
         # Half-open probes ride on live traffic: new orders keep coming.
         probing: list[str] = []
@@ -164,7 +156,7 @@ async def test_a_recovered_carrier_is_probed_half_open_then_closed(
         await wait_statuses(
             app,
             probing + up,
-            {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED},
+            SHIPPED,
         )
     moves = [m[:2] for m in await transitions(settings.pg_dsn or "", PRIMARY)]
     assert moves[0] == ("CLOSED", "OPEN") and ("OPEN", "HALF_OPEN") in moves
@@ -182,7 +174,7 @@ async def test_a_lost_acknowledgement_is_retried_and_booked_once(
         await wait_statuses(
             app,
             [order_id],
-            {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED},
+            SHIPPED,
         )
     [booking] = await partners.bookings(partners.primary)
     assert booking["order_id"] == order_id and booking["requests"] == 2
@@ -190,7 +182,7 @@ async def test_a_lost_acknowledgement_is_retried_and_booked_once(
     async with OrderClient(f"127.0.0.1:{app.port}") as orders:
         order, history = await orders.get_order(order_id)
     assert order.shipment is not None and order.shipment.tracking_no == booking["tracking_no"]
-    assert [c.to_status for c in history].count(OrderStatus.SHIPPED) == 1
+    assert [c.to_status for c in history].count(OrderStatus.ORDER_STATUS_SHIPPED) == 1
 
 
 async def _stockctl(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -219,9 +211,7 @@ async def test_a_poison_reply_goes_to_the_dead_letters_and_a_replay_after_the_fi
             return row is not None and row["stage"] == 9
 
         await until(dead, "the poisoned order's booking in the dead letters", 30)
-        await wait_statuses(
-            app, [healthy], {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
-        )
+        await wait_statuses(app, [healthy], SHIPPED)
 
         listed = await _stockctl(dsn, "dlq", "list", "--json")
         assert listed.returncode == 0, listed.stderr
@@ -233,6 +223,12 @@ async def test_a_poison_reply_goes_to_the_dead_letters_and_a_replay_after_the_fi
         history = [h["what"] for h in json.loads(shown.stdout)["history"]]
         assert history[:4] == ["paid", "handed off", "packed", "bound"]
         assert history[-1] == "dead"
+        order = await _stockctl(dsn, "show", poisoned, "--json")
+        assert order.returncode == 0, order.stderr
+        row = json.loads(order.stdout)
+        assert (row["stage"], row["carrier"], row["lines"]) == ("DEAD", PRIMARY, [[SKU, 1]])
+        assert [h["what"] for h in row["history"]][-1] == "dead"
+        assert all(h["worker"] for h in row["history"]), row["history"]
 
         # The carrier fixes its replies; the replay books the same key, with the same
         # carrier, and the order ships.
@@ -243,7 +239,7 @@ async def test_a_poison_reply_goes_to_the_dead_letters_and_a_replay_after_the_fi
         await wait_statuses(
             app,
             [poisoned],
-            {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED},
+            SHIPPED,
         )
         again = await _stockctl(dsn, "dlq", "replay", str(letter["id"]))
         assert again.returncode == ExitCode.NOT_FOUND, again.stdout
@@ -263,9 +259,7 @@ async def test_stockctl_fulfilment_status_shows_stages_workers_and_breaker_moves
     config = fulfil_settings(settings, app, partners, breaker_open_s=60.0)
     async with running_worker(config, name="status-worker"):
         ids = await paid_orders(app, 8)
-        await wait_statuses(
-            app, ids, {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
-        )
+        await wait_statuses(app, ids, SHIPPED)
 
         async def reported() -> bool:
             done = await _stockctl(dsn, "status", "--json")

@@ -10,9 +10,9 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from clients.fulfilment_stages import Stage
 from clients.orders import OrderClient, OrderStatus
 from fulfilment.config import FulfilmentSettings
+from fulfilment.domain import Stage
 from server.app import App
 from server.config import Settings
 from tests.e2e.fulfilment_stack import (
@@ -114,11 +114,11 @@ async def _cast(app: App, settings: Settings, partners: Partners) -> Cast:
     # In transit: tracked until the carrier reports it moving, then parked.
     async with running_worker(_quiet(settings, app, partners, pack_poll_s=0.05, track_poll_s=0.05)):
         in_transit = await paid_orders(app, 2, "transit")
-        await wait_statuses(app, in_transit, {OrderStatus.IN_TRANSIT})
+        await wait_statuses(app, in_transit, {OrderStatus.ORDER_STATUS_IN_TRANSIT})
     # Shipped: no tracking poll comes due after ShipOrder.
     async with running_worker(_quiet(settings, app, partners, pack_poll_s=0.05)):
         shipped = await paid_orders(app, 2, "shipped")
-        await wait_statuses(app, shipped, {OrderStatus.SHIPPED})
+        await wait_statuses(app, shipped, {OrderStatus.ORDER_STATUS_SHIPPED})
         await until(
             lambda: _parked(dsn, in_transit + shipped, Stage.TRACKING), "tracking rows parked"
         )
@@ -210,9 +210,9 @@ async def test_a_pushed_order_syncs_again_and_is_not_booked_twice(
         # The worker's first scan runs as it starts; it finds the stale orders and pushes them.
         async with running_worker(_quiet(settings, app, partners)) as worker:
             # The warehouse packed the paid order long ago: it is booked and shipped now.
-            await wait_statuses(app, [cast.stale_paid], {OrderStatus.SHIPPED})
+            await wait_statuses(app, [cast.stale_paid], {OrderStatus.ORDER_STATUS_SHIPPED})
             # The carrier has been moving the shipped one since: its tracking says so.
-            await wait_statuses(app, [cast.stale_shipped], {OrderStatus.IN_TRANSIT})
+            await wait_statuses(app, [cast.stale_shipped], {OrderStatus.ORDER_STATUS_IN_TRANSIT})
 
             async def synced() -> bool:
                 async with connected(dsn) as conn:
@@ -236,8 +236,8 @@ async def test_a_pushed_order_syncs_again_and_is_not_booked_twice(
         assert rows[cast.stale_unheard]["stage"] == Stage.PACKING
         assert rows[cast.stale_in_transit]["stage"] == Stage.TRACKING
         assert await statuses(app, [cast.stale_in_transit, cast.stale_unheard]) == {
-            cast.stale_in_transit: OrderStatus.IN_TRANSIT,
-            cast.stale_unheard: OrderStatus.PAID,
+            cast.stale_in_transit: OrderStatus.ORDER_STATUS_IN_TRANSIT,
+            cast.stale_unheard: OrderStatus.ORDER_STATUS_PAID,
         }
 
         # One booking per order, each asked for once: the pushes repeated no booking.
@@ -251,7 +251,7 @@ async def test_a_pushed_order_syncs_again_and_is_not_booked_twice(
         async with OrderClient(f"127.0.0.1:{app.port}") as orders:
             for order_id in cast.pushable:
                 _, history = await orders.get_order(order_id)
-                assert [c.to_status for c in history].count(OrderStatus.SHIPPED) == 1
+                assert [c.to_status for c in history].count(OrderStatus.ORDER_STATUS_SHIPPED) == 1
 
 
 async def test_the_scan_interval_and_the_stale_threshold_are_the_settings(
@@ -283,6 +283,6 @@ async def test_the_scan_interval_and_the_stale_threshold_are_the_settings(
     async with running_worker(
         _quiet(settings, app, partners, stale_after_s=60.0, stale_scan_interval_s=NEVER_S)
     ):
-        await wait_statuses(app, [order_id], {OrderStatus.SHIPPED})
+        await wait_statuses(app, [order_id], {OrderStatus.ORDER_STATUS_SHIPPED})
     assert _sample("stockcore_fulfilment_stale_scans_total") - scans == 1
     assert await _history(dsn, "stale") == [order_id]

@@ -42,7 +42,7 @@ async def test_client_walks_an_order_to_delivery_with_typed_values(
 ) -> None:
     order = await client.create_order("o-1", "cust-1", [("A", 2, 150)], "EUR", payment_window=60)
     assert (order.status, order.total_minor, order.lines[0].line_total_minor) == (
-        OrderStatus.PENDING_PAYMENT,
+        OrderStatus.ORDER_STATUS_PENDING_PAYMENT,
         300,
         300,
     )
@@ -55,14 +55,18 @@ async def test_client_walks_an_order_to_delivery_with_typed_values(
     assert moving.shipment is not None and moving.shipment.in_transit_time is not None
     assert abs(moving.shipment.in_transit_time - scanned) < timedelta(milliseconds=1)
     done = await client.record_delivery("o-1", datetime.now(UTC))
-    assert (paid.status, done.status, done.version) == (OrderStatus.PAID, OrderStatus.DELIVERED, 5)
+    assert (paid.status, done.status, done.version) == (
+        OrderStatus.ORDER_STATUS_PAID,
+        OrderStatus.ORDER_STATUS_DELIVERED,
+        5,
+    )
     order, history = await client.get_order("o-1")
     assert [c.to_status for c in history] == [
-        OrderStatus.PENDING_PAYMENT,
-        OrderStatus.PAID,
-        OrderStatus.SHIPPED,
-        OrderStatus.IN_TRANSIT,
-        OrderStatus.DELIVERED,
+        OrderStatus.ORDER_STATUS_PENDING_PAYMENT,
+        OrderStatus.ORDER_STATUS_PAID,
+        OrderStatus.ORDER_STATUS_SHIPPED,
+        OrderStatus.ORDER_STATUS_IN_TRANSIT,
+        OrderStatus.ORDER_STATUS_DELIVERED,
     ]
     assert history[0].from_status is None and {c.caller for c in history} == {"shop-test"}
     assert len({c.request_id for c in history}) == 5
@@ -81,7 +85,7 @@ async def test_client_pages_orders(client: OrderClient, inventory) -> None:
         if not token:
             break
     assert seen == [f"o-{i}" for i in reversed(range(7))]
-    cancelled = await client.list_orders("cust-1", status=OrderStatus.CANCELLED)
+    cancelled = await client.list_orders("cust-1", status=OrderStatus.ORDER_STATUS_CANCELLED)
     assert [o.order_id for o in cancelled.orders] == ["o-3"]
 
 
@@ -126,7 +130,7 @@ async def test_a_client_watch_resumes_across_a_server_restart_missing_nothing(
     ):
 
         async def watch() -> None:
-            async for event in watcher.watch(types=[EventType.ORDER_CREATED]):
+            async for event in watcher.watch(types=[EventType.EVENT_TYPE_ORDER_CREATED]):
                 seen.append(event)
 
         task: asyncio.Task[None] | None = None

@@ -1,46 +1,82 @@
-"""The shipped alert rules (fulfilment/alerts.rules.yml) are valid, fire as their
-promtool unit tests say, and read metrics the workers and servers export. promtool comes from Debian's
-`prometheus` package (`make deps` installs it); without it these tests fail, never skip."""
+"""Each program's shipped alert rules (server/alerts.rules.yml, fulfilment/alerts.rules.yml)
+are valid, fire as their promtool unit tests say, and read metrics that program exports.
+promtool comes from Debian's `prometheus` package (`make test` installs it); without it these
+tests fail, never skip."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from fulfilment import metrics as worker_metrics
 from server import metrics as server_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "fulfilment" / "alerts.rules.yml"
-RULE_TESTS = Path(__file__).with_name("alert_rules_test.yml")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """One program's rule file, its promtool unit tests and the metrics it exports."""
+
+    program: str
+    count: int
+    metrics: ModuleType
+
+    @property
+    def path(self) -> Path:
+        return ROOT / self.program / "alerts.rules.yml"
+
+    @property
+    def tests(self) -> Path:
+        return Path(__file__).with_name(f"alert_rules_{self.program}_test.yml")
+
+
+RULES = [Rules("server", 1, server_metrics), Rules("fulfilment", 5, worker_metrics)]
 
 
 def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("promtool")
-    assert tool is not None, "promtool is missing: apt-get install prometheus (or `make deps`)"
+    assert tool is not None, "promtool is missing: apt-get install prometheus (or `make test`)"
     return subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
-def test_the_alert_rules_pass_promtool_check() -> None:
-    done = _promtool("check", "rules", str(RULES), cwd=ROOT)
+@pytest.mark.parametrize("rules", RULES, ids=lambda r: r.program)
+def test_the_alert_rules_pass_promtool_check(rules: Rules) -> None:
+    done = _promtool("check", "rules", str(rules.path), cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout
+    assert f"SUCCESS: {rules.count} rules found" in done.stdout
 
 
-def test_the_alerts_fire_as_their_unit_tests_expect() -> None:
-    done = _promtool("test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
+@pytest.mark.parametrize("rules", RULES, ids=lambda r: r.program)
+def test_the_alerts_fire_as_their_unit_tests_expect(rules: Rules) -> None:
+    done = _promtool("test", "rules", rules.tests.name, cwd=rules.tests.parent)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_rules_read_only_metrics_the_workers_and_servers_export() -> None:
+@pytest.mark.parametrize("rules", RULES, ids=lambda r: r.program)
+def test_the_rules_read_only_metrics_their_program_exports(rules: Rules) -> None:
     exported = set()
-    for value in [*vars(worker_metrics).values(), *vars(server_metrics).values()]:
+    for value in vars(rules.metrics).values():
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 exported |= {family.name, f"{family.name}_total"}
-    used = set(re.findall(r"\bstockcore_[a-z_]+", RULES.read_text()))
+    used = set(re.findall(r"\bstockcore_[a-z_]+", rules.path.read_text()))
     assert used and used <= exported, used - exported
+
+
+@pytest.mark.parametrize("rules", RULES, ids=lambda r: r.program)
+def test_a_programs_unit_tests_load_its_rules_alone_and_test_every_alert(rules: Rules) -> None:
+    text = rules.tests.read_text()
+    loaded = re.search(r"^rule_files:\n((?:  - .*\n)+)", text, re.MULTILINE)
+    assert loaded is not None
+    assert loaded.group(1) == f"  - ../../{rules.program}/alerts.rules.yml\n"
+    alerts = set(re.findall(r"- alert: (\w+)", rules.path.read_text()))
+    tested = set(re.findall(r"alertname: (\w+)", text))
+    assert alerts and alerts == tested, alerts ^ tested

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clients.cli import ExitCode, parse_args
-from clients.fulfilment_cli import (
+from fulfilment.admin import (
     FulfilmentDlqList,
     FulfilmentDlqReplay,
     FulfilmentDlqShow,

@@ -20,7 +20,7 @@ from clients.order_cli import (
     WatchOrders,
     parse_priced_line,
 )
-from clients.orders import EventType, OrderStatus
+from clients.orders import EventType, OrderStatus, event_type_name, status_name
 
 
 def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -78,7 +78,7 @@ def test_a_malformed_priced_line_is_refused(text: str) -> None:
                 "--page-token",
                 "t",
             ],
-            ListOrders("c", OrderStatus.PAID, 5, "t"),
+            ListOrders("c", OrderStatus.ORDER_STATUS_PAID, 5, "t"),
         ),
         (
             ["order", "pay", "o-1", "--payment", "p", "--amount", "300", "--currency", "EUR"],
@@ -110,12 +110,37 @@ def test_a_malformed_priced_line_is_refused(text: str) -> None:
                 "--limit",
                 "3",
             ],
-            WatchOrders("c", "", (EventType.ORDER_PAID, EventType.ORDER_SHIPPED), 7, 3),
+            WatchOrders(
+                "c", "", (EventType.EVENT_TYPE_ORDER_PAID, EventType.EVENT_TYPE_ORDER_SHIPPED), 7, 3
+            ),
         ),
     ],
 )
 def test_order_commands_parse_into_their_requests(argv: list[str], expected: object) -> None:
     assert parse_args(argv)[1] == expected
+
+
+@pytest.mark.parametrize("status", [s for s in OrderStatus.values() if s], ids=status_name)
+def test_every_status_of_the_contract_filters_a_listing_by_its_short_name(
+    status: OrderStatus.ValueType,
+) -> None:
+    argv = ["order", "list", "--customer", "c", "--status", status_name(status).lower()]
+    assert parse_args(argv)[1] == ListOrders("c", status, 0, "")
+
+
+@pytest.mark.parametrize("kind", [t for t in EventType.values() if t], ids=event_type_name)
+def test_every_event_type_of_the_contract_is_watchable_by_its_short_name(
+    kind: EventType.ValueType,
+) -> None:
+    argv = ["order", "watch", "--type", event_type_name(kind).removeprefix("ORDER_")]
+    assert parse_args(argv)[1] == WatchOrders("", "", (kind,), 0, None)
+
+
+def test_a_status_or_event_type_newer_than_the_client_is_shown_by_its_number() -> None:
+    assert status_name(OrderStatus.ORDER_STATUS_IN_TRANSIT) == "IN_TRANSIT"
+    assert status_name(OrderStatus.ValueType(99)) == "99"
+    assert event_type_name(EventType.EVENT_TYPE_ORDER_PAID) == "ORDER_PAID"
+    assert event_type_name(EventType.ValueType(99)) == "99"
 
 
 def test_carrier_times_keep_their_zone() -> None:

@@ -1,0 +1,46 @@
+"""What stockctl's groups of commands share, and how a program outside clients/ adds a group
+over state it owns (the fulfilment worker's `stockctl fulfilment`, fulfilment/admin.py).
+
+Such a group is named under the `stockctl.commands` entry points in pyproject.toml: a
+function that adds its subcommands to stockctl's parser, whose commands perform themselves.
+stockctl finds it through the installed package's metadata, so clients/ never imports the
+program, which is itself a client of clients/."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Protocol, TextIO, TypeAlias, runtime_checkable
+
+#: The entry point group of the command groups other programs add.
+ENTRY_POINTS = "stockctl.commands"
+
+# The runtime class is not subscriptable; the alias is for the type checker.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+#: Adds one subcommand to a group with stockctl's global options; (group, name, summary).
+Leaf = Callable[[Subcommands, str, str], argparse.ArgumentParser]
+
+#: Adds a group of commands to stockctl's subcommands; what an entry point names.
+AddCommands = Callable[[Subcommands, Leaf], None]
+
+
+class Missing(Exception):
+    """What a command names (an order, a dead letter) is not there: stockctl exits with
+    NOT_FOUND."""
+
+
+@runtime_checkable
+class OwnedCommand(Protocol):
+    """A parsed command of a group another program adds: it performs itself."""
+
+    async def run(self, *, out: TextIO, as_json: bool) -> None:
+        """Perform the command and print its result to `out`; Missing when what it names
+        is not there."""
+
+
+def added_groups() -> list[AddCommands]:
+    """The command groups installed programs add, by entry point name."""
+    found = sorted(entry_points(group=ENTRY_POINTS), key=lambda point: point.name)
+    return [point.load() for point in found]
