@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from devstack import demo
@@ -170,6 +171,9 @@ def dev(stack: StackSettings) -> None:
     root = stack.root
     server = with_dev_credentials(stack.server, root)
     dev_settings = stack.dev
+    if dev_settings.demo_catalogue and not server.price_catalogue_file:
+        # The checkout page's prices are the catalogue's: a browser cannot set its own.
+        server = server.with_overrides(price_catalogue_file=str(DEMO_PRICES))
     with local_servers(
         root,
         dev_settings.dev_pg_port,
@@ -245,6 +249,9 @@ def gateway_alone(settings: GatewaySettings, data_dir: Path | str) -> GatewaySet
         return settings.with_overrides(gateway_upstream_ca_file=str(dev_ca))
     return settings
 
+
+# The demo catalogue's prices, the file the checkout page shows.
+DEMO_PRICES = Path(str(resources.files("gateway") / "static" / "catalogue.json"))
 
 # The worker's token lives a day at most (the server's default STOCKCORE_AUTH_MAX_LIFETIME);
 # the stack writes a fresh one to the worker's token file well before the last expires.

@@ -23,6 +23,7 @@ from server.config import Settings, SettingsError
 from server.domain.errors import Unavailable
 from server.inventory.core import InventoryCore
 from server.inventory.mirror import Mirror
+from server.orders.pricing import Pricing
 from server.orders.relay import Relay
 from server.orders.service import OrderCore
 from server.orders.watch import EventFeed
@@ -119,6 +120,16 @@ class App:
         log.error("the order event relay did not stop")
 
 
+def _pricing(settings: Settings) -> Pricing:
+    """The price policy the settings name; SettingsError for a catalogue it cannot read."""
+    try:
+        return Pricing(settings.price_catalogue_file, settings.price_sources)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(
+            f"STOCKCORE_PRICE_CATALOGUE: {settings.price_catalogue_file}: {exc}"
+        ) from exc
+
+
 async def _set_health(app: App) -> None:
     """The health statuses as they are now: the services need PostgreSQL; the gate, Redis."""
     try:
@@ -151,6 +162,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
         None if settings.auth_disabled else verifier_from_settings(settings),
         client_certificates=bool(settings.tls_client_ca_file),
     )
+    pricing = _pricing(settings)
     store = await StockStore.connect(
         settings.pg_dsn,
         shard_count=settings.shard_count,
@@ -197,7 +209,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     server.add_generic_rpc_handlers(
         [
             service_handler(InventoryServicer(core, settings), _INVENTORY, shedder, gatekeeper),
-            service_handler(OrderServicer(orders, settings), _ORDERS, shedder, gatekeeper),
+            service_handler(OrderServicer(orders, settings, pricing), _ORDERS, shedder, gatekeeper),
         ]
     )
     health_servicer = health_aio.HealthServicer()

@@ -101,6 +101,12 @@ class Settings(EnvSettings):
     # RESOURCE_EXHAUSTED before decoding it. The largest valid request (GetStock of 1,000
     # SKUs of 64 characters) is about 67 KB.
     max_request_bytes: int = 131_072
+    # Prices (server/domain/pricing.py): with a catalogue file (the checkout page's
+    # catalogue.json format), every CreateOrder's line prices must be the catalogue's,
+    # except from the token subjects in price_sources; without one, prices are taken as
+    # sent. `make run` names the demo catalogue.
+    price_catalogue_file: str = ""
+    price_sources: tuple[str, ...] = ()
     overload_refusal_budget: float = 200.0
 
     # The STOCKCORE_* variable of each field that one can set.
@@ -150,6 +156,8 @@ class Settings(EnvSettings):
         "STOCKCORE_OVERLOAD_INTERVAL_S": ("overload_interval_s", float),
         "STOCKCORE_MAX_WATCH_STREAMS": ("max_watch_streams", int),
         "STOCKCORE_MAX_REQUEST_BYTES": ("max_request_bytes", int),
+        "STOCKCORE_PRICE_CATALOGUE": ("price_catalogue_file", str),
+        "STOCKCORE_PRICE_SOURCES": ("price_sources", parse_list),
         "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
     }
 

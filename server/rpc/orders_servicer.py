@@ -21,9 +21,10 @@ from server.domain.orders import (
     create_order,
     ship_order,
 )
+from server.orders.pricing import Pricing
 from server.orders.service import OrderCore
 from server.rpc import orders_convert as convert
-from server.rpc.access import OrderView
+from server.rpc.access import OrderView, current_principal
 from server.rpc.metadata import actor_of, deadline_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -33,9 +34,10 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
     """Adapts gRPC calls to OrderCore; domain errors are mapped by the observe wrapper.
     What a customer's token sees of the orders is OrderView's (server/rpc/access.py)."""
 
-    def __init__(self, core: OrderCore, settings: Settings) -> None:
+    def __init__(self, core: OrderCore, settings: Settings, pricing: Pricing) -> None:
         self._core = core
         self._settings = settings
+        self._pricing = pricing
 
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: Context
@@ -53,6 +55,8 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             min_ttl_s=self._settings.min_ttl_s,
             max_ttl_s=self._settings.max_ttl_s,
         )
+        caller = current_principal()
+        self._pricing.check(command, caller.subject, caller.customer_id is not None)
         order = await self._core.create_order(command, deadline_of(context))
         return pb.CreateOrderResponse(order=convert.order(order))
 
