@@ -19,6 +19,7 @@ help:
 	@echo "           load-outage - load tests (BENCHMARKS.md)"
 	@echo "make soak   - the day's plateau held for 30 minutes (DURATION=), compared window by window"
 	@echo "make chaos  - a seeded fault schedule under mixed load, then every check (RELIABILITY.md)"
+	@echo "make hostile - abusive callers beside an ordinary one: what the abuse costs (SECURITY.md)"
 	@echo "make plots  - copy the newest runs' key plots into docs/benchmarks/"
 	@echo "make lint   - ruff and mypy"
 
@@ -152,7 +153,7 @@ LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEA
 	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing) $(if $(PROFILE),--profile) \
 	$(call load_opt,FLOOR,floor-seconds)
 
-.PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos soak
+.PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos soak hostile
 
 load-day: deps
 	$(LOAD) $(REPORTS_OPT) day $(LOAD_DAY)
@@ -201,6 +202,16 @@ load-scale: deps
 chaos: deps
 	$(PY) -m loadtests.chaos $(call load_opt,SEED,seed) $(call load_opt,DURATION,duration) \
 		$(REPORTS_OPT)
+
+# Abusive callers (worst requests, 10,000 Health/Watch streams, one customer's 2,000
+# WatchOrders streams, 64 STRONG readers) beside an ordinary Reserve caller, over TLS with
+# tokens: its p99 with and without, the server's RSS and CPU per worst request.
+# DURATION= seconds per phase (60), CALLERS= ordinary callers (4), HEALTH_STREAMS=,
+# CUSTOMER_STREAMS=.
+hostile: deps
+	$(PY) -m loadtests.hostile $(call load_opt,DURATION,duration) $(call load_opt,CALLERS,callers) \
+		$(call load_opt,HEALTH_STREAMS,health-streams) \
+		$(call load_opt,CUSTOMER_STREAMS,customer-streams) $(REPORTS_OPT)
 
 # 500 WatchOrders streams beside Reserve and CreateOrder: the writers' rate with and without.
 # DURATION= seconds per phase (10), HISTORY= orders before the streams open (2,000, by the

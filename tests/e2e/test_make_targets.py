@@ -74,6 +74,7 @@ SHORT: dict[str, tuple[str, ...]] = {
         "DRAIN=60",
     ),
     "chaos": ("SEED=3", "DURATION=31"),
+    "hostile": ("DURATION=3", "HEALTH_STREAMS=300", "CUSTOMER_STREAMS=100"),
     # Three 10 s windows of a small plateau compare noisily on a shared machine: the soak's
     # check runs with a loose tolerance here (10 % by default).
     "soak": (

@@ -1,0 +1,500 @@
+"""`make hostile`: abusive callers against a real server, and what their abuse costs an
+ordinary caller measured in the same run.
+
+The stack is the real one with its protections on: the server over TLS checking tokens
+(devstack's development credentials), PostgreSQL and Redis. Three phases of DURATION
+seconds each, in one run:
+
+1. **quiet**: an ordinary service caller (CALLERS concurrent Reserve + Release loops, in a
+   process of its own) alone; its Reserve p99 is the reference.
+2. **abuse**: the same ordinary caller while, in another process, the abusers run:
+   - *worst requests* (a customer's token): WatchOrders naming 30,000 event types,
+     CreateOrder with 100 invalid lines (a checkout token), and requests over the size
+     bound, in a loop at a bounded rate;
+   - *health streams* (no token at all): up to 10,000 `grpc.health.v1.Health/Watch`
+     attempts held open;
+   - *one customer's streams*: one customer's token opening 2,000 WatchOrders streams;
+   - *expensive reads*: one service subject sending 64 concurrent STRONG GetStock loops.
+3. **after**: the ordinary caller alone again (the server recovered).
+
+Before the phases, the server's CPU and memory per worst request are measured on their
+own (a burst of each kind, the server otherwise idle, its idle CPU over the same time
+subtracted). The report gives each abuser's outcomes by status code, the ordinary
+caller's p99 in each phase and the ratio abuse/quiet (the promise: at most 1.5), and the
+server's peak RSS (the promise: under 300 MB).
+
+    python -m loadtests.hostile [--duration 60] [--callers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from stockcore.v1 import inventory_pb2 as ipb
+from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
+from stockcore.v1 import orders_pb2 as opb
+
+from clients.credentials import Credentials
+from clients.tokens import issue_token, load_signing_key
+from devstack.credentials import DevCredentials
+from devstack.servers import LocalStockcore, local_servers
+from loadtests.report import Run, describe_machine, table
+from loadtests.sampler import cpu_seconds, descendants, rss_kb
+from runtime.processes import free_port
+
+SKUS = [f"H-{i:02d}" for i in range(16)]
+SHARDS = 8
+RSS_LIMIT_MB = 300.0
+P99_LIMIT = 1.5
+# The abusers' knobs: enough to show each protection at work, within what the
+# machine's two cores leave the server and the ordinary caller.
+HEALTH_ATTEMPTS = 10_000
+CUSTOMER_STREAMS = 2_000
+STRONG_READERS = 64
+
+
+@dataclass(frozen=True)
+class Abuse:
+    """How many streams the stream abusers open."""
+
+    health: int = HEALTH_ATTEMPTS
+    customer: int = CUSTOMER_STREAMS
+
+
+WORST_PER_SECOND = 40
+BURST = 200
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the server is and how to reach it (pickled to the helper processes as JSON)."""
+
+    address: str
+    data_dir: str
+
+    def credentials(self, token: str | None) -> Credentials:
+        """TLS with the development CA, and `token`."""
+        dev = DevCredentials(Path(self.data_dir))
+        return Credentials(token, root_certificates=dev.ca_cert.read_bytes())
+
+    def token(self, subject: str, scopes: Sequence[str], customer: str | None = None) -> str:
+        """A token signed with the development key."""
+        key = load_signing_key(DevCredentials(Path(self.data_dir)).signing_key)
+        return issue_token(key, subject, scopes, customer_id=customer, ttl_s=3600.0)
+
+
+def _code(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code().name
+    return type(error).__name__
+
+
+# --- the ordinary caller -------------------------------------------------------------
+
+
+async def ordinary(target: Target, seconds: float, callers: int) -> dict[str, Any]:
+    """Reserve + Release loops for `seconds`; Reserve latencies and outcomes."""
+    service = target.token("shop", ["inventory:hold", "inventory:read"])
+    channel = target.credentials(None).aio_channel(target.address)
+    stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+    metadata = (("authorization", f"Bearer {service}"),)
+    latencies: list[float] = []
+    codes: Counter[str] = Counter()
+    end = time.monotonic() + seconds
+
+    async def loop(n: int) -> None:
+        i = 0
+        while time.monotonic() < end:
+            i += 1
+            rid = f"ord-{os.getpid()}-{n}-{i}"
+            request = ipb.ReserveRequest(
+                reservation_id=rid, lines=[ipb.Line(sku=SKUS[(n + i) % len(SKUS)], quantity=1)]
+            )
+            started = time.perf_counter()
+            try:
+                await stub.Reserve(request, metadata=metadata, timeout=5)
+            except grpc.aio.AioRpcError as error:
+                codes[_code(error)] += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+            codes["OK"] += 1
+            try:
+                await stub.Release(
+                    ipb.ReleaseRequest(reservation_id=rid), metadata=metadata, timeout=5
+                )
+            except grpc.aio.AioRpcError as error:
+                codes[f"release {_code(error)}"] += 1
+
+    await channel.channel_ready()
+    await asyncio.gather(*(loop(n) for n in range(callers)))
+    await channel.close(None)
+    return {"latencies": latencies, "codes": dict(codes)}
+
+
+# --- the abusers ------------------------------------------------------------------------
+
+
+class Tally:
+    """Outcomes of one abuser by status code."""
+
+    def __init__(self) -> None:
+        self.codes: Counter[str] = Counter()
+
+    def add(self, outcome: str) -> None:
+        """Count one outcome."""
+        self.codes[outcome] += 1
+
+
+def worst_requests(target: Target) -> list[tuple[str, Callable[[Any, Any], Awaitable[Any]]]]:
+    """The worst requests an ordinary token can send, each as (name, call(stubs, md))."""
+    customer = target.token("shop-web", ["customer"], customer="mallory")
+    checkout = target.token("checkout-page", ["orders:write"])
+    as_customer = (("authorization", f"Bearer {customer}"),)
+    as_checkout = (("authorization", f"Bearer {checkout}"),)
+    unknown, known = opb.EventType.ValueType(99), opb.EventType.ValueType(1)
+    many_types = opb.WatchOrdersRequest(customer_id="mallory", types=[unknown] * 30_000)
+    oversize = opb.WatchOrdersRequest(customer_id="mallory", types=[known] * 200_000)
+    bad_lines = opb.CreateOrderRequest(
+        order_id="o-bad",
+        customer_id="mallory",
+        currency_code="EUR",
+        lines=[opb.OrderLine(sku="", quantity=0) for _ in range(100)],
+    )
+
+    async def watch(orders: orders_pb2_grpc.OrderServiceStub, request: Any, md: Any) -> None:
+        stream: Any = orders.WatchOrders(request, metadata=md, timeout=5)
+        try:
+            await stream.read()
+        finally:
+            stream.cancel()
+
+    return [
+        ("WatchOrders, 30,000 types", lambda o, _: watch(o, many_types, as_customer)),
+        ("WatchOrders, 200 KB", lambda o, _: watch(o, oversize, as_customer)),
+        ("CreateOrder, 100 bad lines", lambda o, _: o.CreateOrder(bad_lines, metadata=as_checkout, timeout=5)),
+    ]  # fmt: skip
+
+
+async def _worst_loop(target: Target, end: float, tally: dict[str, Tally]) -> None:
+    channel = target.credentials(None).aio_channel(target.address)
+    orders = orders_pb2_grpc.OrderServiceStub(channel)
+    kinds = worst_requests(target)
+    interval = 1.0 / WORST_PER_SECOND
+    i = 0
+    while time.monotonic() < end:
+        name, call = kinds[i % len(kinds)]
+        i += 1
+        try:
+            await call(orders, None)
+            tally[name].add("OK")
+        except Exception as error:
+            tally[name].add(_code(error))
+        await asyncio.sleep(interval)
+    await channel.close(None)
+
+
+async def _hold_stream(stream: Any, tally: Tally, end: float) -> None:
+    try:
+        async with asyncio.timeout(max(0.0, end - time.monotonic())):
+            async for _ in stream:
+                pass
+        tally.add("ended")
+    except TimeoutError:
+        tally.add("held open")
+    except grpc.aio.AioRpcError as error:
+        tally.add(_code(error))
+    finally:
+        stream.cancel()
+
+
+async def _health_streams(target: Target, end: float, tally: Tally, attempts: int) -> None:
+    channels = [target.credentials(None).aio_channel(target.address) for _ in range(20)]
+    held = []
+    for i in range(attempts):
+        stub = health_pb2_grpc.HealthStub(channels[i % len(channels)])
+        stream = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        held.append(asyncio.create_task(_hold_stream(stream, tally, end)))
+        if i % 500 == 499:
+            await asyncio.sleep(0.05)
+    await asyncio.gather(*held)
+    for channel in channels:
+        await channel.close(None)
+
+
+async def _customer_streams(target: Target, end: float, tally: Tally, streams: int) -> None:
+    token = target.token("shop-web", ["customer"], customer="mallory")
+    md = (("authorization", f"Bearer {token}"),)
+    channels = [target.credentials(None).aio_channel(target.address) for _ in range(10)]
+    held = []
+    for i in range(streams):
+        stub = orders_pb2_grpc.OrderServiceStub(channels[i % len(channels)])
+        stream = stub.WatchOrders(opb.WatchOrdersRequest(customer_id="mallory"), metadata=md)
+        held.append(asyncio.create_task(_hold_stream(stream, tally, end)))
+        if i % 200 == 199:
+            await asyncio.sleep(0.05)
+    await asyncio.gather(*held)
+    for channel in channels:
+        await channel.close(None)
+
+
+async def _strong_reads(target: Target, end: float, tally: Tally) -> None:
+    token = target.token("reporting", ["inventory:read"])
+    md = (("authorization", f"Bearer {token}"),)
+    channel = target.credentials(None).aio_channel(target.address)
+    stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+    read = ipb.GetStockRequest(skus=SKUS, consistency=ipb.CONSISTENCY_STRONG)
+
+    async def loop() -> None:
+        while time.monotonic() < end:
+            try:
+                await stub.GetStock(read, metadata=md, timeout=5)
+                tally.add("OK")
+            except grpc.aio.AioRpcError as error:
+                tally.add(_code(error))
+                # A refused reader waits a little before asking again, as a client with a
+                # retry policy does; one that does not is the load shedder's to refuse.
+                await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(loop() for _ in range(STRONG_READERS)))
+    await channel.close(None)
+
+
+async def abuse(target: Target, seconds: float, sizes: Abuse) -> dict[str, dict[str, int]]:
+    """Every abuser at once for `seconds`; outcomes by abuser and status."""
+    end = time.monotonic() + seconds
+    worst = {name: Tally() for name, _ in worst_requests(target)}
+    health, streams, reads = Tally(), Tally(), Tally()
+    await asyncio.gather(
+        _worst_loop(target, end, worst),
+        _health_streams(target, end, health, sizes.health),
+        _customer_streams(target, end, streams, sizes.customer),
+        _strong_reads(target, end, reads),
+    )
+    found = {name: dict(t.codes) for name, t in worst.items()}
+    found["Health/Watch, no token"] = dict(health.codes)
+    found["WatchOrders, one customer"] = dict(streams.codes)
+    found["GetStock STRONG, one subject"] = dict(reads.codes)
+    return found
+
+
+# --- the cost of one worst request ---------------------------------------------------
+
+
+def _server_cpu(pid: int) -> float:
+    return sum(cpu_seconds(p) or 0.0 for p in [pid, *descendants(pid)])
+
+
+def _server_rss_mb(pid: int) -> float:
+    return sum(rss_kb(p) or 0 for p in [pid, *descendants(pid)]) / 1024
+
+
+async def request_costs(target: Target, pid: int) -> dict[str, tuple[float, float]]:
+    """(server CPU ms, RSS growth MB) per request of each worst kind: a burst of BURST
+    sequential requests, less the server's idle CPU over the same time."""
+    channel = target.credentials(None).aio_channel(target.address)
+    orders = orders_pb2_grpc.OrderServiceStub(channel)
+    found: dict[str, tuple[float, float]] = {}
+    for name, call in worst_requests(target):
+        idle_started, idle_cpu = time.monotonic(), _server_cpu(pid)
+        await asyncio.sleep(1.0)
+        idle_rate = (_server_cpu(pid) - idle_cpu) / (time.monotonic() - idle_started)
+        rss_before = _server_rss_mb(pid)
+        started, cpu = time.monotonic(), _server_cpu(pid)
+        for _ in range(BURST):
+            try:
+                await call(orders, None)
+            except grpc.aio.AioRpcError:
+                pass
+        took = time.monotonic() - started
+        spent = _server_cpu(pid) - cpu - idle_rate * took
+        found[name] = (max(spent, 0.0) / BURST * 1000, _server_rss_mb(pid) - rss_before)
+    await channel.close(None)
+    return found
+
+
+# --- orchestration ------------------------------------------------------------------------
+
+
+def _child(
+    role: str, target: Target, seconds: float, callers: int, sizes: Abuse
+) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "loadtests.hostile", "--role", role, "--target", target.address,
+            "--data", target.data_dir, "--duration", str(seconds), "--callers", str(callers),
+            "--health-streams", str(sizes.health), "--customer-streams", str(sizes.customer)]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+def _result(proc: subprocess.Popen[str]) -> Any:
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{proc.args!r} exited {proc.returncode}")
+    return json.loads(out)
+
+
+def p99_ms(latencies: Sequence[float]) -> float:
+    """The 99th percentile in milliseconds (nearest rank)."""
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
+
+
+async def _stock(target: Target) -> None:
+    token = target.token("hostile-setup", ["stock:adjust"])
+    async with target.credentials(token).aio_channel(target.address) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        md = (("authorization", f"Bearer {token}"),)
+        for sku in SKUS:
+            await stub.AdjustStock(
+                ipb.AdjustStockRequest(
+                    sku=sku, on_hand=10**9, reason="hostile run", idempotency_key=f"hostile-{sku}"
+                ),
+                metadata=md,
+            )
+
+
+def measure(run: Run, seconds: float, callers: int, sizes: Abuse) -> None:
+    """The whole run on a fresh stack, reported to `run`."""
+    with tempfile.TemporaryDirectory(prefix="hostile-") as folder:
+        data = Path(folder)
+        data.chmod(0o755)  # PostgreSQL runs as its own user when we are root
+        DevCredentials(data).ensure()
+        with local_servers(data, free_port(), free_port(), want_pg=True, want_redis=True) as (
+            pg,
+            redis,
+        ):
+            assert pg is not None and redis is not None
+            server = LocalStockcore(
+                pg.dsn, redis.url, SHARDS, data, STOCKCORE_DEMO_CATALOGUE="false"
+            )
+            asyncio.run(server.start(timeout=120.0))
+            try:
+                assert server.proc is not None
+                pid = server.proc.pid
+                target = Target(server.target, str(data))
+                asyncio.run(_stock(target))
+                costs = asyncio.run(request_costs(target, pid))
+                peak = [_server_rss_mb(pid)]
+                phases: dict[str, Any] = {}
+                for phase in ("quiet", "abuse", "after"):
+                    abuser = (
+                        _child("abuse", target, seconds + 10, callers, sizes)
+                        if phase == "abuse"
+                        else None
+                    )
+                    if abuser is not None:
+                        time.sleep(8)  # the abusers' streams open before the measurement
+                    caller = _child("ordinary", target, seconds, callers, sizes)
+                    while caller.poll() is None:
+                        peak.append(_server_rss_mb(pid))
+                        time.sleep(0.5)
+                    phases[phase] = _result(caller)
+                    if abuser is not None:
+                        phases["abusers"] = _result(abuser)
+                    peak.append(_server_rss_mb(pid))
+            finally:
+                server.stop()
+    report(run, costs, phases, max(peak), seconds, callers)
+
+
+def report(
+    run: Run,
+    costs: dict[str, tuple[float, float]],
+    phases: dict[str, Any],
+    peak_mb: float,
+    seconds: float,
+    callers: int,
+) -> None:
+    """Say the figures, check what must hold and report the promises as targets."""
+    run.say(f"# Hostile callers: {seconds:g} s per phase, {callers} ordinary callers", "")
+    run.say("Server cost of one worst request (burst of 200, idle CPU subtracted):", "")
+    run.say(*table(
+        ["request", "server CPU ms", "RSS growth over the burst MB"],
+        [[name, f"{cpu:.2f}", f"{rss:+.2f}"] for name, (cpu, rss) in costs.items()],
+    ), "")  # fmt: skip
+    run.say("Abusers' outcomes, by status:", "")
+    run.say(*table(
+        ["abuser", "outcomes"],
+        [[name, ", ".join(f"{c} {n:,}" for c, n in sorted(codes.items()))]
+         for name, codes in phases["abusers"].items()],
+    ), "")  # fmt: skip
+    p99: dict[str, float] = {}
+    rows = []
+    for phase in ("quiet", "abuse", "after"):
+        found = phases[phase]
+        lat = found["latencies"]
+        p99[phase] = p99_ms(lat) if lat else float("inf")
+        other = {k: v for k, v in found["codes"].items() if k != "OK"}
+        rows.append([
+            phase, f"{len(lat) / seconds:.1f}",
+            f"{statistics.mean(lat) * 1000:.2f}" if lat else "-", f"{p99[phase]:.2f}",
+            ", ".join(f"{k} {v}" for k, v in sorted(other.items())) or "-",
+        ])  # fmt: skip
+    run.say("The ordinary caller's Reserve:", "")
+    run.say(*table(["phase", "Reserve/s", "mean ms", "p99 ms", "not OK"], rows), "")
+
+    worst = {name for name, _ in costs.items()}
+    refused = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
+    served = {
+        name: codes for name, codes in phases["abusers"].items()
+        if name in worst and set(codes) - refused
+    }  # fmt: skip
+    run.check(not served, f"every worst request was refused whole, none served ({served or 'ok'})")
+    run.check(
+        all(phases[p]["codes"].get("OK", 0) > 0 for p in ("quiet", "abuse", "after")),
+        "the ordinary caller was served in every phase",
+    )
+    ratio = p99["abuse"] / p99["quiet"]
+    run.target(ratio <= P99_LIMIT, f"Reserve p99 under abuse / quiet {ratio:.2f} <= {P99_LIMIT}")
+    run.target(peak_mb < RSS_LIMIT_MB, f"server peak RSS {peak_mb:.0f} MB < {RSS_LIMIT_MB:.0f} MB")
+    dearest = max(cpu for cpu, _ in costs.values())
+    run.target(dearest < 5.0, f"the dearest worst request costs {dearest:.2f} ms of server CPU < 5")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: the run, or one of its helper processes (--role)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
+    parser.add_argument("--callers", type=int, default=4, help="ordinary Reserve callers")
+    parser.add_argument("--reports", default=".reports", help="where the run's folder goes")
+    parser.add_argument(
+        "--health-streams", type=int, default=HEALTH_ATTEMPTS, help="Health/Watch attempts"
+    )
+    parser.add_argument(
+        "--customer-streams", type=int, default=CUSTOMER_STREAMS, help="one customer's streams"
+    )
+    parser.add_argument("--role", choices=["ordinary", "abuse"], help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.callers < 1:
+        parser.error("--duration must be above 0 and --callers at least 1")
+    sizes = Abuse(args.health_streams, args.customer_streams)
+    if args.role is not None:
+        target = Target(args.target, args.data)
+        if args.role == "ordinary":
+            print(json.dumps(asyncio.run(ordinary(target, args.duration, args.callers))))
+        else:
+            print(json.dumps(asyncio.run(abuse(target, args.duration, sizes))))
+        return 0
+    run = Run("hostile", Path(args.reports))
+    run.say(describe_machine(), "")
+    measure(run, args.duration, args.callers, sizes)
+    return run.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
