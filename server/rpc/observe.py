@@ -64,6 +64,16 @@ def _public(exc: DomainError, method: str, context: grpc.aio.ServicerContext) ->
     )
 
 
+async def _internal(method: str, context: grpc.aio.ServicerContext) -> NoReturn:  # type: ignore[type-arg]
+    """Log the exception being handled under the call's request id, and answer INTERNAL
+    naming that id (never the exception's text)."""
+    request_id = request_id_of(context)
+    log.exception("unexpected error", extra={"method": method, "request_id": request_id})
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error; it has been logged (request id {request_id})"
+    )
+
+
 def _decoder(kind: type[message.Message]) -> Callable[[bytes], Any]:
     name = kind.DESCRIPTOR.full_name
     parse = kind.FromString
@@ -158,12 +168,7 @@ def observe(
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            request_id = request_id_of(context)
-            log.exception("unexpected error", extra={"method": method, "request_id": request_id})
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"internal error; it has been logged (request id {request_id})",
-            )
+            await _internal(method, context)
         finally:
             shedder.leave()
             histograms[code].observe(time.perf_counter() - started)
@@ -216,12 +221,7 @@ def observe_stream(
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            request_id = request_id_of(context)
-            log.exception("unexpected error", extra={"method": method, "request_id": request_id})
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"internal error; it has been logged (request id {request_id})",
-            )
+            await _internal(method, context)
         finally:
             shedder.close_stream()
             histograms[code].observe(time.perf_counter() - started)
