@@ -1,6 +1,6 @@
 """`stockctl token issue|keygen`: mint bearer tokens, and make signing keys.
 
-    stockctl token issue --sub checkout --scopes inventory:hold,orders:write --ttl 8h
+    stockctl token issue --sub checkout --scopes inventory:hold,orders:create --ttl 8h
     stockctl token issue --sub shop-web --customer alice --ttl 15m
     stockctl token keygen --kid gateway-2026-11 --out gateway-key.json \
         --jwks /etc/stockcore/jwks.json --only-scopes customer
@@ -26,6 +26,7 @@ from clients.tokens import (
     DEFAULT_AUDIENCE,
     DEFAULT_ISSUER,
     DEV_SIGNING_KEY,
+    SCOPE_ALIASES,
     SERVICE_SCOPES,
     issue_token,
     load_signing_key,
@@ -75,9 +76,10 @@ def _scopes(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     if names == ("all",):
         return SERVICE_SCOPES
-    unknown = [s for s in names if s not in (*SERVICE_SCOPES, CUSTOMER_SCOPE)]
+    known_scopes = (*SERVICE_SCOPES, *SCOPE_ALIASES, CUSTOMER_SCOPE)
+    unknown = [s for s in names if s not in known_scopes]
     if unknown:
-        known = ", ".join((*SERVICE_SCOPES, CUSTOMER_SCOPE))
+        known = ", ".join(known_scopes)
         raise argparse.ArgumentTypeError(f"unknown scope {unknown[0]!r}; known: all, {known}")
     return names
 

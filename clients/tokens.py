@@ -5,7 +5,7 @@ scope in the server's key set).
 A token is a JWT signed with a private JWK whose `kid` the server's JWKS names:
 
     {"sub": "checkout", "aud": "stockcore", "iat": ..., "exp": ...,
-     "scope": "inventory:hold orders:write"}              a service
+     "scope": "inventory:hold orders:create"}             a service
     {"sub": "shop-web", "aud": "stockcore", "iat": ..., "exp": ...,
      "scope": "customer", "customer_id": "alice"}         a shopper, via the gateway
 """
@@ -31,12 +31,17 @@ SERVICE_SCOPES = (
     "inventory:read",
     "inventory:hold",
     "stock:adjust",
-    "orders:write",
+    "orders:create",
+    "orders:pay",
+    "orders:cancel",
     "orders:read",
     "orders:watch",
     "orders:fulfil",
 )
 """Every scope of an internal service (server/auth/scopes.py is the server's list)."""
+SCOPE_ALIASES = ("orders:write",)
+"""Scopes that stand for others (orders:write: orders:create, orders:pay and
+orders:cancel), still accepted in tokens minted before they were told apart."""
 
 
 def load_signing_key(path: str | Path) -> dict[str, Any]:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 INVENTORY_READ = "inventory:read"
 """GetStock, GetReservation."""
 INVENTORY_HOLD = "inventory:hold"
 """Reserve, Commit, Release."""
 STOCK_ADJUST = "stock:adjust"
 """AdjustStock: restock, shrinkage, counts."""
+ORDERS_CREATE = "orders:create"
+"""CreateOrder."""
+ORDERS_PAY = "orders:pay"
+"""ConfirmPayment: the payment provider's (or its webhook's) word that money arrived."""
+ORDERS_CANCEL = "orders:cancel"
+"""CancelOrder, of any customer's order, paid or not."""
 ORDERS_WRITE = "orders:write"
-"""CreateOrder, ConfirmPayment, CancelOrder."""
+"""An alias of orders:create, orders:pay and orders:cancel together, as tokens carried it
+before the three were told apart."""
 ORDERS_READ = "orders:read"
 """GetOrder, ListOrders: every customer's orders."""
 ORDERS_WATCH = "orders:watch"
@@ -24,11 +33,26 @@ SERVICE_SCOPES = (
     INVENTORY_READ,
     INVENTORY_HOLD,
     STOCK_ADJUST,
-    ORDERS_WRITE,
+    ORDERS_CREATE,
+    ORDERS_PAY,
+    ORDERS_CANCEL,
     ORDERS_READ,
     ORDERS_WATCH,
     ORDERS_FULFIL,
 )
 """Scopes of internal services; a customer-bound token carries none of them."""
 
+ALIASES: Mapping[str, frozenset[str]] = {
+    ORDERS_WRITE: frozenset({ORDERS_CREATE, ORDERS_PAY, ORDERS_CANCEL}),
+}
+"""Scopes that stand for others: a token granting one is granted what it stands for."""
+
 ALL_SCOPES = (*SERVICE_SCOPES, CUSTOMER)
+
+
+def conferred(granted: Iterable[str]) -> frozenset[str]:
+    """What a token granting `granted` may do: each scope, and what an alias stands for."""
+    found = set(granted)
+    for name in list(found):
+        found |= ALIASES.get(name, frozenset())
+    return frozenset(found)

@@ -237,9 +237,11 @@ class TokenVerifier:
                 )
         elif scopes.CUSTOMER in granted:
             raise _invalid(f"the scope {scopes.CUSTOMER!r} needs a {CUSTOMER_CLAIM} claim")
-        if key.allowed_scopes is not None and not granted <= key.allowed_scopes:
-            extra = ", ".join(sorted(granted - key.allowed_scopes))
-            raise _invalid(f"key {key.kid!r} may not grant {extra}")
+        if key.allowed_scopes is not None:
+            # A key that may grant an alias may grant what it stands for, one by one.
+            extra = granted - scopes.conferred(key.allowed_scopes)
+            if extra:
+                raise _invalid(f"key {key.kid!r} may not grant {', '.join(sorted(extra))}")
         expires, issued = claims["exp"], claims["iat"]
         if not isinstance(expires, int | float) or not isinstance(issued, int | float):
             raise _invalid("exp and iat must be numbers")
@@ -248,7 +250,7 @@ class TokenVerifier:
                 f"the token lives {expires - issued:g} s from iat to exp,"
                 f" more than the {self._max_lifetime:g} s this server accepts"
             )
-        return Principal(subject, granted, customer, float(expires))
+        return Principal(subject, scopes.conferred(granted), customer, float(expires))
 
 
 def verifier_from_settings(settings: Settings) -> TokenVerifier:

@@ -145,11 +145,11 @@ SCOPE_OF = {
     "GetReservation": ("inventory:read", False),
     "GetStock": ("inventory:read", False),
     "AdjustStock": ("stock:adjust", False),
-    "CreateOrder": ("orders:write", False),
+    "CreateOrder": ("orders:create", False),
     "GetOrder": ("orders:read", True),
     "ListOrders": ("orders:read", True),
-    "ConfirmPayment": ("orders:write", False),
-    "CancelOrder": ("orders:write", True),
+    "ConfirmPayment": ("orders:pay", False),
+    "CancelOrder": ("orders:cancel", True),
     "ShipOrder": ("orders:fulfil", False),
     "RecordInTransit": ("orders:fulfil", False),
     "RecordDelivery": ("orders:fulfil", False),
@@ -198,8 +198,14 @@ def tokens(credentials: DevCredentials, name: str) -> dict[str, str | None]:
         "no token": None,
         "expired": callers.token(credentials, now=time.time() - 7200, ttl_s=600),
         "wrong signature": issue_token(forged, callers.SUBJECT, scopes.SERVICE_SCOPES),
+        # Every other scope, and no alias standing for this one.
         "wrong scope": callers.token(
-            credentials, scopes=[s for s in scopes.SERVICE_SCOPES if s != required]
+            credentials,
+            scopes=[
+                s
+                for s in (*scopes.SERVICE_SCOPES, *scopes.ALIASES)
+                if required not in scopes.conferred({s})
+            ],
         ),
         "other customer": callers.token(
             credentials, "shop-web", [scopes.CUSTOMER], customer_id=BOB
@@ -243,6 +249,29 @@ async def test_every_rpc_refuses_bad_callers_without_a_change_and_serves_the_rig
     assert await state(dsn) == before
     answer = await call(bare, name, callers_by_case["right scope"])
     assert answer is not None and answer is not grpc.aio.EOF
+
+
+async def test_orders_write_still_grants_creating_paying_and_cancelling(
+    bare: Stubs, credentials: DevCredentials, service_token: str
+) -> None:
+    """Tokens issued before the split carry orders:write: it stands for all three."""
+    await setup(bare, service_token)
+    writer = bearer(callers.token(credentials, "old-checkout", [scopes.ORDERS_WRITE]))
+
+    created = await bare.orders.CreateOrder(create_request("o-w", customer=ALICE), metadata=writer)
+    paid = await bare.orders.ConfirmPayment(
+        pb.ConfirmPaymentRequest(
+            order_id="o-w", payment_id="pay-o-w", amount_minor=300, currency_code="EUR"
+        ),
+        metadata=writer,
+    )
+    cancelled = await bare.orders.CancelOrder(
+        pb.CancelOrderRequest(order_id="o-open", reason="changed mind"), metadata=writer
+    )
+
+    assert created.order.status == pb.ORDER_STATUS_PENDING_PAYMENT
+    assert paid.order.status == pb.ORDER_STATUS_PAID
+    assert cancelled.order.status == pb.ORDER_STATUS_CANCELLED
 
 
 async def test_a_customer_reads_its_own_orders_without_payment_ids(

@@ -10,6 +10,7 @@ from pathlib import Path
 import jwt
 import pytest
 
+from clients import tokens as client_tokens
 from clients.tokens import issue_token, new_signing_key
 from server.auth import scopes
 from server.auth.tokens import TOKEN_EXPIRED, TOKEN_INVALID, KeySet, TokenVerifier
@@ -57,8 +58,28 @@ def test_a_token_names_its_subject_and_scopes(tmp_path: Path, clock: Clock) -> N
     principal = verifier(tmp_path / "jwks.json", clock).principal(token)
 
     assert principal.subject == "checkout" and principal.customer_id is None
-    assert principal.scopes == {"inventory:hold", "orders:write"}
+    assert principal.scopes >= {"inventory:hold", "orders:write"}
     assert principal.caller == "checkout"
+
+
+def test_orders_write_confers_creating_paying_and_cancelling(tmp_path: Path, clock: Clock) -> None:
+    """Tokens minted before the split carry orders:write; a key limited to it may still
+    grant each of the three it stands for."""
+    private, public = new_signing_key("k1")
+    public["stockcore_scopes"] = [scopes.ORDERS_WRITE]
+    write_jwks(tmp_path / "jwks.json", public)
+    check = verifier(tmp_path / "jwks.json", clock)
+
+    old = check.principal(issue_token(private, "checkout", [scopes.ORDERS_WRITE], now=clock.now))
+    new = check.principal(issue_token(private, "psp", [scopes.ORDERS_PAY], now=clock.now))
+
+    assert old.scopes == {
+        scopes.ORDERS_WRITE,
+        scopes.ORDERS_CREATE,
+        scopes.ORDERS_PAY,
+        scopes.ORDERS_CANCEL,
+    }
+    assert new.scopes == {scopes.ORDERS_PAY}
 
 
 def test_a_new_key_verifies_once_published_and_a_removed_one_stops_at_once(
@@ -205,3 +226,8 @@ def test_a_token_without_an_issue_time_is_invalid(tmp_path: Path, clock: Clock) 
     token = jwt.encode(claims, key.key, algorithm=key.algorithm_name, headers={"kid": "k1"})
 
     assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
+
+
+def test_the_clients_know_the_servers_scopes() -> None:
+    assert client_tokens.SERVICE_SCOPES == scopes.SERVICE_SCOPES
+    assert set(client_tokens.SCOPE_ALIASES) == set(scopes.ALIASES)
