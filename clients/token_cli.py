@@ -2,6 +2,8 @@
 
     stockctl token issue --sub checkout --scopes inventory:hold,orders:create --ttl 8h
     stockctl token issue --sub shop-web --customer alice --ttl 15m
+    stockctl token issue --sub checkout-page --customer alice \
+        --scopes inventory:read,orders:create --ttl 15m
     stockctl token keygen --kid gateway-2026-11 --out gateway-key.json \
         --jwks /etc/stockcore/jwks.json --only-scopes customer
 
@@ -22,6 +24,7 @@ from typing import TextIO
 
 from clients.commands import Leaf
 from clients.tokens import (
+    BESIDE_CUSTOMER,
     CUSTOMER_SCOPE,
     DEFAULT_AUDIENCE,
     DEFAULT_ISSUER,
@@ -102,7 +105,8 @@ def add_token_commands(
     issue.add_argument(
         "--customer",
         metavar="CUSTOMER_ID",
-        help="bind the token to one customer (scope customer): that customer's orders only",
+        help="bind the token to one customer (scope customer): that customer's orders only;"
+        f" --scopes may add {', '.join(BESIDE_CUSTOMER)}",
     )
     issue.add_argument("--ttl", type=_duration, default=3600.0, help="lifetime (default 1h)")
     issue.add_argument(
@@ -132,9 +136,12 @@ def add_token_commands(
 def _make_issue(ns: argparse.Namespace) -> IssueToken:
     scopes = ns.scopes
     if ns.customer is not None:
-        if scopes not in ((), (CUSTOMER_SCOPE,)):
-            raise ValueError("a token bound to a customer carries the scope customer alone")
-        scopes = (CUSTOMER_SCOPE,)
+        if not set(scopes) <= {CUSTOMER_SCOPE, *BESIDE_CUSTOMER}:
+            raise ValueError(
+                "a token bound to a customer carries the scope customer, and of the others"
+                f" only {', '.join(BESIDE_CUSTOMER)}"
+            )
+        scopes = (CUSTOMER_SCOPE, *(s for s in scopes if s != CUSTOMER_SCOPE))
     elif not scopes:
         raise ValueError("give --scopes (or --customer for a shopper's token)")
     return IssueToken(ns.sub, scopes, ns.customer, ns.ttl, ns.signing_key, ns.audience, ns.issuer)

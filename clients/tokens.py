@@ -8,6 +8,9 @@ A token is a JWT signed with a private JWK whose `kid` the server's JWKS names:
      "scope": "inventory:hold orders:create"}             a service
     {"sub": "shop-web", "aud": "stockcore", "iat": ..., "exp": ...,
      "scope": "customer", "customer_id": "alice"}         a shopper, via the gateway
+    {"sub": "checkout-page", "aud": "stockcore", "iat": ..., "exp": ...,
+     "scope": "customer inventory:read orders:create",
+     "customer_id": "shopper-5f0c..."}                    a checkout page's shopper
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ SERVICE_SCOPES = (
     "orders:fulfil",
 )
 """Every scope of an internal service (server/auth/scopes.py is the server's list)."""
+BESIDE_CUSTOMER = ("inventory:read", "orders:create")
+"""The only service scopes a customer-bound token may carry beside `customer` (a checkout
+page's: stock levels, and orders for its own customer)."""
 SCOPE_ALIASES = ("orders:write",)
 """Scopes that stand for others (orders:write: orders:create, orders:pay and
 orders:cancel), still accepted in tokens minted before they were told apart."""
@@ -64,7 +70,7 @@ def issue_token(
     now: float | None = None,
 ) -> str:
     """A signed JWT naming `subject` with `scopes`; bound to `customer_id` when given
-    (such a token carries the scope `customer` alone)."""
+    (such a token carries the scope `customer`, and of the others only BESIDE_CUSTOMER)."""
     if ttl_s <= 0:
         raise ValueError("ttl_s must be positive")
     issued = int(time.time() if now is None else now)

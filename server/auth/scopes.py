@@ -27,7 +27,8 @@ ORDERS_FULFIL = "orders:fulfil"
 """ShipOrder, RecordInTransit, RecordDelivery."""
 CUSTOMER = "customer"
 """A shopper's token, minted by a checkout gateway with the shopper's customer_id claim:
-that customer's orders only (read, watch, cancel while unpaid), nothing else."""
+that customer's orders only (read, watch, cancel while unpaid), nothing else unless it
+also carries one of BESIDE_CUSTOMER."""
 
 SERVICE_SCOPES = (
     INVENTORY_READ,
@@ -41,6 +42,11 @@ SERVICE_SCOPES = (
     ORDERS_FULFIL,
 )
 """Scopes of internal services; a customer-bound token carries none of them."""
+
+BESIDE_CUSTOMER = (INVENTORY_READ, ORDERS_CREATE)
+"""The only service scopes a customer-bound token may carry beside `customer`, as a
+checkout page's does: stock levels are no customer's, and the orders it may create are
+its own customer's (server/rpc/access.py)."""
 
 ALIASES: Mapping[str, frozenset[str]] = {
     ORDERS_WRITE: frozenset({ORDERS_CREATE, ORDERS_PAY, ORDERS_CANCEL}),

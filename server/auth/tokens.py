@@ -41,7 +41,9 @@ TOKEN_INVALID = "TOKEN_INVALID"
 KEY_SCOPES_MEMBER = "stockcore_scopes"
 """JWK member listing the only scopes tokens signed with that key may grant."""
 CUSTOMER_CLAIM = "customer_id"
-"""Claim binding a token to one customer (with the scope `customer` and no other)."""
+"""Claim binding a token to one customer (with the scope `customer`, and of the others
+only scopes.BESIDE_CUSTOMER)."""
+_CUSTOMER_BOUND = frozenset({scopes.CUSTOMER, *scopes.BESIDE_CUSTOMER})
 
 _SUBJECT = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?")
 _KNOWN_ALGORITHMS = frozenset(jwt.algorithms.get_default_algorithms()) - {"none"}
@@ -231,9 +233,10 @@ class TokenVerifier:
         if customer is not None:
             if not isinstance(customer, str) or ID_PATTERN.fullmatch(customer) is None:
                 raise _invalid(f"{CUSTOMER_CLAIM} must be 1-128 characters of [A-Za-z0-9._:/-]")
-            if granted != {scopes.CUSTOMER}:
+            if scopes.CUSTOMER not in granted or not granted <= _CUSTOMER_BOUND:
                 raise _invalid(
-                    f"a token bound to a customer carries the scope {scopes.CUSTOMER!r} alone"
+                    f"a token bound to a customer carries the scope {scopes.CUSTOMER!r}, and"
+                    f" of the others only {', '.join(scopes.BESIDE_CUSTOMER)}"
                 )
         elif scopes.CUSTOMER in granted:
             raise _invalid(f"the scope {scopes.CUSTOMER!r} needs a {CUSTOMER_CLAIM} claim")

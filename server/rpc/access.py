@@ -4,10 +4,11 @@ that decides, before any servicer runs (so a refused call changes nothing).
 A call without a token, or with one that is expired or does not verify, is
 UNAUTHENTICATED; a verified caller without the RPC's scope is PERMISSION_DENIED; both
 carry google.rpc.ErrorInfo (domain stockcore.v1, the reasons below). A token bound to a
-customer (scope `customer`) is admitted only where the table says `own_orders`, and
-`OrderView` (below) is then the one place that decides what of the orders such a caller
-sees: only that customer's, without payment ids. (CancelOrder's ownership is decided again
-under the order's lock, in SQL, where the cancel is: a check before it would race.)
+customer (scope `customer`) is admitted only where the table names a `customer_scope`
+and the token carries it, and `OrderView` (below) is then the one place that decides what
+of the orders such a caller sees and makes: only that customer's, without payment ids.
+(CancelOrder's ownership is decided again under the order's lock, in SQL, where the
+cancel is: a check before it would race.)
 Health and reflection are separate services: they need no token.
 """
 
@@ -32,8 +33,8 @@ from server.metrics import CALLS_REFUSED
 # ErrorInfo reasons of PERMISSION_DENIED (part of the API).
 SCOPE_MISSING = "SCOPE_MISSING"
 CUSTOMER_TOKEN = "CUSTOMER_TOKEN"
-"""A customer-bound token called an RPC that is not about that customer's orders. (Its
-refusals within such an RPC are OTHER_CUSTOMER and PAID_ORDER: server/domain/orders.py.)"""
+"""A customer-bound token called an RPC no customer's token may call. (Its refusals
+within an RPC it may call are OTHER_CUSTOMER and PAID_ORDER: server/domain/orders.py.)"""
 
 AUTHORIZATION_KEY = "authorization"
 _BEARER = "bearer "
@@ -44,29 +45,33 @@ _ORDERS = "/stockcore.v1.OrderService/"
 
 @dataclass(frozen=True)
 class Rule:
-    """What an RPC needs: a service token with `scope`, or, where `own_orders`, a
-    customer-bound token (then only that customer's orders are seen or changed)."""
+    """What an RPC needs: a service token with `scope`, or a customer-bound token with
+    `customer_scope` (None: no customer's token may make the call). A customer's token
+    then sees and changes only that customer's orders (OrderView)."""
 
     scope: str
-    own_orders: bool = False
+    customer_scope: str | None = None
 
 
 RULES: Mapping[str, Rule] = {
     _INVENTORY + "Reserve": Rule(scopes.INVENTORY_HOLD),
     _INVENTORY + "Commit": Rule(scopes.INVENTORY_HOLD),
     _INVENTORY + "Release": Rule(scopes.INVENTORY_HOLD),
+    # A hold's lines are an order's: not for a shopper, whose own orders show them.
     _INVENTORY + "GetReservation": Rule(scopes.INVENTORY_READ),
-    _INVENTORY + "GetStock": Rule(scopes.INVENTORY_READ),
+    # Stock levels are no customer's: a checkout page shows them.
+    _INVENTORY + "GetStock": Rule(scopes.INVENTORY_READ, customer_scope=scopes.INVENTORY_READ),
     _INVENTORY + "AdjustStock": Rule(scopes.STOCK_ADJUST),
-    _ORDERS + "CreateOrder": Rule(scopes.ORDERS_CREATE),
-    _ORDERS + "GetOrder": Rule(scopes.ORDERS_READ, own_orders=True),
-    _ORDERS + "ListOrders": Rule(scopes.ORDERS_READ, own_orders=True),
+    _ORDERS + "CreateOrder": Rule(scopes.ORDERS_CREATE, customer_scope=scopes.ORDERS_CREATE),
+    _ORDERS + "GetOrder": Rule(scopes.ORDERS_READ, customer_scope=scopes.CUSTOMER),
+    _ORDERS + "ListOrders": Rule(scopes.ORDERS_READ, customer_scope=scopes.CUSTOMER),
+    # Paying is the payment provider's word, never a shopper's.
     _ORDERS + "ConfirmPayment": Rule(scopes.ORDERS_PAY),
-    _ORDERS + "CancelOrder": Rule(scopes.ORDERS_CANCEL, own_orders=True),
+    _ORDERS + "CancelOrder": Rule(scopes.ORDERS_CANCEL, customer_scope=scopes.CUSTOMER),
     _ORDERS + "ShipOrder": Rule(scopes.ORDERS_FULFIL),
     _ORDERS + "RecordInTransit": Rule(scopes.ORDERS_FULFIL),
     _ORDERS + "RecordDelivery": Rule(scopes.ORDERS_FULFIL),
-    _ORDERS + "WatchOrders": Rule(scopes.ORDERS_WATCH, own_orders=True),
+    _ORDERS + "WatchOrders": Rule(scopes.ORDERS_WATCH, customer_scope=scopes.CUSTOMER),
 }
 """Every RPC of the API; a method missing here cannot be served (service_handler refuses)."""
 
@@ -113,17 +118,20 @@ class Gatekeeper:
 
     def _decide(self, rule: Rule, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         principal = self._authenticate(context)
+        required = rule.scope
         if principal.customer_id is not None:
-            if not rule.own_orders:
+            if rule.customer_scope is None:
                 raise PermissionDenied(
                     CUSTOMER_TOKEN,
-                    "a customer's token may only read, watch and cancel that customer's orders",
+                    "a customer's token may read stock, and create, read, watch and cancel"
+                    " that customer's orders; nothing else",
                 )
-        elif self._verifier is not None and rule.scope not in principal.scopes:
+            required = rule.customer_scope
+        if self._verifier is not None and required not in principal.scopes:
             raise PermissionDenied(
                 SCOPE_MISSING,
-                f"this call needs the scope {rule.scope!r}",
-                {"required_scope": rule.scope},
+                f"this call needs the scope {required!r}",
+                {"required_scope": required},
             )
         return principal
 
@@ -159,9 +167,10 @@ def _made_by_customer(caller: str, customer_id: str) -> bool:
 
 @dataclass(frozen=True)
 class OrderView:
-    """What the current caller may see of orders. A service token sees every order whole.
-    A customer's token sees its customer's orders only (another customer's order is
-    refused as if it might not exist: its existence is not told) and never a payment id."""
+    """What the current caller may see and make of orders. A service token sees every
+    order whole. A customer's token sees its customer's orders only (another customer's
+    order is refused as if it might not exist: its existence is not told), never a payment
+    id, and creates orders for its own customer only."""
 
     customer_id: str | None
 
@@ -171,8 +180,8 @@ class OrderView:
         return cls(current_principal().customer_id)
 
     def customer(self, requested: str) -> str:
-        """The customer a call is about: a customer token's own (it may name no other),
-        else what the request named."""
+        """The customer a call is about or creates an order for: a customer token's own
+        (it may name no other; naming none means its own), else what the request named."""
         if self.customer_id is None:
             return requested
         if requested and requested != self.customer_id:

@@ -42,11 +42,12 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: Context
     ) -> pb.CreateOrderResponse:
-        """Hold stock and create the order."""
+        """Hold stock and create the order (a customer's token: for its own customer)."""
+        view = OrderView.of_caller()
         window = request.payment_window if request.HasField("payment_window") else None
         command = create_order(
             request.order_id,
-            request.customer_id,
+            view.customer(request.customer_id),
             [(line.sku, line.quantity, line.unit_price_minor) for line in request.lines],
             request.currency_code,
             None if window is None else window.seconds + window.nanos / 1e9,
@@ -58,7 +59,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
         caller = current_principal()
         self._pricing.check(command, caller.subject, caller.customer_id is not None)
         order = await self._core.create_order(command, deadline_of(context))
-        return pb.CreateOrderResponse(order=convert.order(order))
+        return pb.CreateOrderResponse(order=view.order(convert.order(order)))
 
     async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:
         """Read an order with its history."""

@@ -136,29 +136,33 @@ REQUESTS: dict[str, object] = {
 }
 
 
-# The scope each RPC needs, as the README promises it (and whether a customer's token
-# may make the call about its own orders).
+# The scope each RPC needs, as the README promises it: of a service's token, and of a
+# token bound to one customer (None: such a token may not make the call at all). With
+# `customer` alone it confines the caller to that customer's orders; GetStock and
+# CreateOrder need a scope more, which a checkout page's token carries.
 SCOPE_OF = {
-    "Reserve": ("inventory:hold", False),
-    "Commit": ("inventory:hold", False),
-    "Release": ("inventory:hold", False),
-    "GetReservation": ("inventory:read", False),
-    "GetStock": ("inventory:read", False),
-    "AdjustStock": ("stock:adjust", False),
-    "CreateOrder": ("orders:create", False),
-    "GetOrder": ("orders:read", True),
-    "ListOrders": ("orders:read", True),
-    "ConfirmPayment": ("orders:pay", False),
-    "CancelOrder": ("orders:cancel", True),
-    "ShipOrder": ("orders:fulfil", False),
-    "RecordInTransit": ("orders:fulfil", False),
-    "RecordDelivery": ("orders:fulfil", False),
-    "WatchOrders": ("orders:watch", True),
+    "Reserve": ("inventory:hold", None),
+    "Commit": ("inventory:hold", None),
+    "Release": ("inventory:hold", None),
+    "GetReservation": ("inventory:read", None),
+    "GetStock": ("inventory:read", "inventory:read"),
+    "AdjustStock": ("stock:adjust", None),
+    "CreateOrder": ("orders:create", "orders:create"),
+    "GetOrder": ("orders:read", "customer"),
+    "ListOrders": ("orders:read", "customer"),
+    "ConfirmPayment": ("orders:pay", None),
+    "CancelOrder": ("orders:cancel", "customer"),
+    "ShipOrder": ("orders:fulfil", None),
+    "RecordInTransit": ("orders:fulfil", None),
+    "RecordDelivery": ("orders:fulfil", None),
+    "WatchOrders": ("orders:watch", "customer"),
 }
+# What a checkout page's token carries beside `customer` (devstack/page_session.py).
+SHOPPER = [scopes.CUSTOMER, scopes.INVENTORY_READ, scopes.ORDERS_CREATE]
 
 
 def test_the_access_table_names_every_rpc_with_its_scope() -> None:
-    table = {m.rsplit("/", 1)[1]: (r.scope, r.own_orders) for m, r in RULES.items()}
+    table = {m.rsplit("/", 1)[1]: (r.scope, r.customer_scope) for m, r in RULES.items()}
     assert table == SCOPE_OF
     assert set(REQUESTS) == set(SCOPE_OF)
 
@@ -178,6 +182,11 @@ async def call(stubs: Stubs, name: str, token: str | None) -> object:
         return await stream.read()  # type: ignore[attr-defined]
     finally:
         stream.cancel()  # type: ignore[attr-defined]
+
+
+async def call_as(stubs: Stubs, name: str, metadata: tuple[tuple[str, str], ...]) -> object:
+    """A unary call of the matrix with the metadata given."""
+    return await stubs.method(name)(REQUESTS[name], metadata=metadata, timeout=10)  # type: ignore[misc]
 
 
 async def refusal(awaitable: Awaitable[object]) -> tuple[grpc.StatusCode, str, dict[str, str]]:
@@ -210,26 +219,53 @@ def tokens(credentials: DevCredentials, name: str) -> dict[str, str | None]:
         "other customer": callers.token(
             credentials, "shop-web", [scopes.CUSTOMER], customer_id=BOB
         ),
+        "other shopper's page": callers.token(
+            credentials, "checkout-page", SHOPPER, customer_id=BOB
+        ),
         "right scope": callers.token(credentials, scopes=[required]),
     }
 
 
-def expected_refusal(name: str, case: str) -> tuple[grpc.StatusCode, str]:
+Refusal = tuple[grpc.StatusCode, str, dict[str, str]]
+
+
+def expected_refusal(name: str, case: str) -> Refusal | None:
+    """The code, ErrorInfo reason and metadata the call is refused with (None: served)."""
+    service_scope, customer_scope = SCOPE_OF[name]
     if case == "no token":
-        return grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING"
+        return grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING", {}
     if case == "expired":
-        return grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED"
+        return grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED", {}
     if case == "wrong signature":
-        return grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"
+        return grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID", {}
     if case == "wrong scope":
-        return grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING"
-    assert case == "other customer"
-    if rule_of(name).own_orders:
-        return grpc.StatusCode.PERMISSION_DENIED, "OTHER_CUSTOMER"
-    return grpc.StatusCode.PERMISSION_DENIED, "CUSTOMER_TOKEN"
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "SCOPE_MISSING",
+            {"required_scope": service_scope},
+        )
+    granted = {"other customer": [scopes.CUSTOMER], "other shopper's page": SHOPPER}[case]
+    if customer_scope is None:
+        return grpc.StatusCode.PERMISSION_DENIED, "CUSTOMER_TOKEN", {}
+    if customer_scope not in granted:
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "SCOPE_MISSING",
+            {"required_scope": customer_scope},
+        )
+    if name == "GetStock":
+        return None  # stock levels are no customer's
+    return grpc.StatusCode.PERMISSION_DENIED, "OTHER_CUSTOMER", {}
 
 
-REFUSED = ["no token", "expired", "wrong signature", "wrong scope", "other customer"]
+CASES = [
+    "no token",
+    "expired",
+    "wrong signature",
+    "wrong scope",
+    "other customer",
+    "other shopper's page",
+]
 
 
 @pytest.mark.parametrize("name", list(REQUESTS))
@@ -240,11 +276,13 @@ async def test_every_rpc_refuses_bad_callers_without_a_change_and_serves_the_rig
     callers_by_case = tokens(credentials, name)
     before = await state(dsn)
 
-    for case in REFUSED:
-        code, reason, metadata = await refusal(call(bare, name, callers_by_case[case]))
-        assert (code, reason) == expected_refusal(name, case), case
-        if reason == "SCOPE_MISSING":
-            assert metadata == {"required_scope": rule_of(name).scope}
+    for case in CASES:
+        expected = expected_refusal(name, case)
+        if expected is None:
+            served = await call(bare, name, callers_by_case[case])
+            assert served is not None and served is not grpc.aio.EOF, case
+            continue
+        assert await refusal(call(bare, name, callers_by_case[case])) == expected, case
 
     assert await state(dsn) == before
     answer = await call(bare, name, callers_by_case["right scope"])
@@ -272,6 +310,32 @@ async def test_orders_write_still_grants_creating_paying_and_cancelling(
     assert created.order.status == pb.ORDER_STATUS_PENDING_PAYMENT
     assert paid.order.status == pb.ORDER_STATUS_PAID
     assert cancelled.order.status == pb.ORDER_STATUS_CANCELLED
+
+
+async def test_a_shoppers_token_creates_orders_for_its_own_customer_only(
+    bare: Stubs, credentials: DevCredentials, service_token: str, dsn: str
+) -> None:
+    await setup(bare, service_token)
+    alice = bearer(callers.token(credentials, "checkout-page", SHOPPER, customer_id=ALICE))
+
+    named = await bare.orders.CreateOrder(create_request("o-a1", customer=ALICE), metadata=alice)
+    unnamed = await bare.orders.CreateOrder(create_request("o-a2", customer=""), metadata=alice)
+    before = await state(dsn)
+    for_bob = await refusal(
+        bare.orders.CreateOrder(create_request("o-b1", customer=BOB), metadata=alice)
+    )
+    paying = await refusal(call_as(bare, "ConfirmPayment", alice))
+    peeking = await refusal(call_as(bare, "GetReservation", alice))
+
+    assert named.order.customer_id == ALICE
+    # A request that names no customer is about the token's own.
+    assert unnamed.order.customer_id == ALICE
+    assert for_bob[:2] == (grpc.StatusCode.PERMISSION_DENIED, "OTHER_CUSTOMER")
+    # Paying is the payment provider's, not the shopper's browser.
+    assert paying[:2] == (grpc.StatusCode.PERMISSION_DENIED, "CUSTOMER_TOKEN")
+    # Another order's hold (its lines) is not the shopper's to read.
+    assert peeking[:2] == (grpc.StatusCode.PERMISSION_DENIED, "CUSTOMER_TOKEN")
+    assert await state(dsn) == before
 
 
 async def test_a_customer_reads_its_own_orders_without_payment_ids(

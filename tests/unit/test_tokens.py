@@ -168,11 +168,14 @@ def test_a_gateway_key_limited_to_customers_cannot_grant_service_scopes(
     ("granted", "customer"),
     [
         ([scopes.CUSTOMER], None),  # a customer scope without a customer
-        ([scopes.CUSTOMER, scopes.ORDERS_READ], "alice"),  # a customer's token with more
+        ([scopes.CUSTOMER, scopes.ORDERS_READ], "alice"),  # every customer's orders
+        ([scopes.CUSTOMER, scopes.ORDERS_WRITE], "alice"),  # paying, through the alias
+        ([scopes.CUSTOMER, scopes.ORDERS_PAY], "alice"),
         ([scopes.ORDERS_READ], "alice"),
+        ([scopes.ORDERS_CREATE], "alice"),  # bound to a customer, without `customer`
     ],
 )
-def test_a_customer_bound_token_carries_the_customer_scope_alone(
+def test_a_customer_bound_token_carries_only_what_concerns_that_customer(
     tmp_path: Path, clock: Clock, granted: list[str], customer: str | None
 ) -> None:
     private, public = new_signing_key("k1")
@@ -181,6 +184,20 @@ def test_a_customer_bound_token_carries_the_customer_scope_alone(
     token = issue_token(private, "shop-web", granted, customer_id=customer, now=clock.now)
 
     assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
+
+
+def test_a_shoppers_token_may_also_read_stock_and_create_orders(
+    tmp_path: Path, clock: Clock
+) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+    granted = [scopes.CUSTOMER, scopes.INVENTORY_READ, scopes.ORDERS_CREATE]
+
+    token = issue_token(private, "checkout-page", granted, customer_id="alice", now=clock.now)
+    principal = verifier(tmp_path / "jwks.json", clock).principal(token)
+
+    assert principal.customer_id == "alice"
+    assert principal.scopes == set(granted)
 
 
 def test_a_token_for_another_audience_is_invalid(tmp_path: Path, clock: Clock) -> None:
@@ -231,3 +248,4 @@ def test_a_token_without_an_issue_time_is_invalid(tmp_path: Path, clock: Clock) 
 def test_the_clients_know_the_servers_scopes() -> None:
     assert client_tokens.SERVICE_SCOPES == scopes.SERVICE_SCOPES
     assert set(client_tokens.SCOPE_ALIASES) == set(scopes.ALIASES)
+    assert client_tokens.BESIDE_CUSTOMER == scopes.BESIDE_CUSTOMER
