@@ -59,6 +59,7 @@ LOCAL_ERRORS: dict[int, tuple[int, str]] = {
     405: (12, "METHOD_NOT_ALLOWED"),  # UNIMPLEMENTED
     408: (4, "REQUEST_TIMEOUT"),  # DEADLINE_EXCEEDED
     413: (8, "PAYLOAD_TOO_LARGE"),  # RESOURCE_EXHAUSTED
+    421: (7, "UNKNOWN_HOST"),  # PERMISSION_DENIED: a Host the gateway does not answer to
     431: (8, "HEADERS_TOO_LARGE"),  # RESOURCE_EXHAUSTED
     500: (13, "GATEWAY_ERROR"),  # INTERNAL
     502: (14, "BAD_UPSTREAM"),  # UNAVAILABLE
@@ -173,18 +174,22 @@ def _static_route(path: str, name: str, content_type: str) -> Config:
     return _page_route(path, name, {"filename": str(static_path(name))}, content_type)
 
 
+def _transcoder_off() -> Config:
+    # For what is not an API path: the transcoder must not refuse it as an unknown method.
+    return {
+        "envoy.filters.http.grpc_json_transcoder": {
+            "@type": _type("envoy.config.route.v3.FilterConfig"),
+            "disabled": True,
+        }
+    }
+
+
 def _page_route(path: str, name: str, body: Config, content_type: str) -> Config:
     return {
         "name": f"static {name}",
         "match": {"path": path, "headers": [_method_is("GET")]},
         "direct_response": {"status": 200, "body": body},
-        # Not an API path: the transcoder must not refuse it as an unknown method.
-        "typed_per_filter_config": {
-            "envoy.filters.http.grpc_json_transcoder": {
-                "@type": _type("envoy.config.route.v3.FilterConfig"),
-                "disabled": True,
-            }
-        },
+        "typed_per_filter_config": _transcoder_off(),
         "response_headers_to_add": [
             _header("content-type", content_type),
             _header("cache-control", "no-store" if name == PAGE_CONFIG else "no-cache"),
@@ -225,6 +230,42 @@ def routes(settings: GatewaySettings, page_token: str | None = None) -> list[Con
     # by the transcoder (404) or answered by the CORS filter (a preflight).
     found.append({"name": "unmapped", "match": {"prefix": "/"}, "route": {"cluster": CLUSTER}})
     return found
+
+
+def host_names(settings: GatewaySettings) -> list[str]:
+    """The Host header values the gateway answers to: localhost, 127.0.0.1 and [::1] on
+    its port, the address it listens on when that is a name or a particular address, and
+    settings.gateway_hosts (a browser leaves out port 80)."""
+    port = settings.gateway_port
+    names = ["localhost", "127.0.0.1", "[::1]"]
+    listen = settings.gateway_host
+    if listen not in ("", "0.0.0.0", "::", "::1", *names):
+        names.append(f"[{listen}]" if ":" in listen else listen)
+    found = [f"{name}:{port}" for name in names]
+    if port == 80:
+        found += names
+    return [*found, *(h for h in settings.gateway_hosts if h not in found)]
+
+
+def unknown_host() -> Config:
+    """Every other Host: refused with 421 and nothing forwarded. A site whose name was
+    made to point at this machine (DNS rebinding) is, to a browser, the page's own
+    origin; its requests still name it."""
+    return {
+        "name": "unknown host",
+        "domains": ["*"],
+        "routes": [
+            {
+                "name": "unknown host",
+                "match": {"prefix": "/"},
+                "direct_response": {
+                    "status": 421,
+                    "body": {"inline_string": "this gateway does not answer to that host name"},
+                },
+            }
+        ],
+        "typed_per_filter_config": _transcoder_off(),
+    }
 
 
 def cors_policy(settings: GatewaySettings) -> Config:
@@ -383,10 +424,11 @@ def connection_manager(settings: GatewaySettings, page_token: str | None = None)
             "virtual_hosts": [
                 {
                     "name": "stockcore",
-                    "domains": ["*"],
+                    "domains": host_names(settings),
                     "routes": routes(settings, page_token),
                     "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy(settings)},
-                }
+                },
+                unknown_host(),
             ],
         },
         "http_filters": http_filters(settings),

@@ -13,6 +13,8 @@ __all__ = ["GatewaySettings", "SettingsError", "from_env", "to_env"]
 
 # scheme://host[:port], as a browser sends it in Origin.
 ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+# host[:port], as a client sends it in Host: a name, an IPv4 or a bracketed IPv6 address.
+HOST_PATTERN = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class GatewaySettings(EnvSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     gateway_admin_port: int = 0
+    # The names the gateway answers to (the Host header, as host or host:port), besides
+    # localhost, 127.0.0.1, [::1] and gateway_host on gateway_port: any other is refused
+    # (421), so a site whose name was rebound to this machine reaches nothing.
+    gateway_hosts: tuple[str, ...] = ()
     # Storefront origins allowed to call the gateway from a browser (CORS); the checkout
     # page the gateway serves itself needs none.
     gateway_origins: tuple[str, ...] = ()
@@ -66,6 +72,7 @@ class GatewaySettings(EnvSettings):
         "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
         "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
         "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
+        "STOCKCORE_GATEWAY_HOSTS": ("gateway_hosts", parse_list),
         "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", parse_list),
         "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
         "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
@@ -84,6 +91,10 @@ class GatewaySettings(EnvSettings):
             (1 <= self.grpc_port <= 65535 or self.grpc_port == 0, "grpc_port must be 0-65535"),
             (0 <= self.gateway_port <= 65535, "gateway_port must be 0-65535"),
             (0 <= self.gateway_admin_port <= 65535, "gateway_admin_port must be 0-65535"),
+            (
+                all(HOST_PATTERN.fullmatch(h) for h in self.gateway_hosts),
+                "gateway_hosts must be host names such as shop-api.example.com or localhost:8080",
+            ),
             (
                 all(ORIGIN_PATTERN.fullmatch(o) for o in self.gateway_origins),
                 "gateway_origins must be origins such as https://shop.example.com",

@@ -19,6 +19,7 @@ from devstack.credentials import DevCredentials
 from gateway.bootstrap import describe_routes
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
+from server.app import App
 from server.auth import scopes
 from server.config import Settings
 from tests import callers
@@ -450,6 +451,35 @@ async def test_checkout_page_is_served(api: GatewayCaller) -> None:
     assert '<script src="/checkout.js"' in page.text
     script = await http(api, "GET", "/checkout.js")
     assert script.status_code == 200 and "/v1/orders:watch" in script.text
+
+
+async def test_a_request_for_another_host_name_is_refused_with_421(api: GatewayCaller) -> None:
+    """A page of another site whose name was made to point at this machine (DNS
+    rebinding) calls the gateway as if it were its own origin, Host naming that site:
+    nothing is answered to a name the gateway is not configured for."""
+    port = api.settings.gateway_port
+    for host in ("evil.example", f"evil.example:{port}", "localhost:1", f"127.0.0.2:{port}"):
+        for path in ("/", "/checkout.js", "/v1/stock?skus=HOST-1"):
+            reply = await http(api, "GET", path, headers={"Host": host})
+            assert reply.status_code == 421, (host, path, reply.text)
+            body = reply.json()
+            assert body["code"] == 7  # PERMISSION_DENIED
+            assert detail(body, "ErrorInfo")["reason"] == "UNKNOWN_HOST"
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        reply = await http(api, "GET", "/v1/stock?skus=HOST-1", headers={"Host": host})
+        assert reply.status_code == 404, (host, reply.text)  # served: an unknown SKU
+
+
+async def test_a_configured_host_name_is_served(
+    app: App, gateway_settings: GatewaySettings, service_token: str, tmp_path: Path
+) -> None:
+    named = replace(gateway_settings, gateway_hosts=("shop-api.example.com",))
+    with Gateway(named, tmp_path / "gw", grpc_port=app.port) as gateway:
+        gw = GatewayCaller(gateway, service_token)
+        served = await http(gw, "GET", "/", headers={"Host": "shop-api.example.com"})
+        refused = await http(gw, "GET", "/", headers={"Host": "shop-web.example.com"})
+    assert served.status_code == 200
+    assert refused.status_code == 421
 
 
 @pytest.mark.parametrize("path", ["/v1/stock?skus=A&bogus=1"])

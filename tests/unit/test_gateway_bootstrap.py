@@ -22,10 +22,15 @@ from server.config import Settings
 Config = dict[str, Any]
 
 
-def _routes(config: Config) -> dict[str, Config]:
+def _virtual_hosts(config: Config) -> list[Config]:
     listener = config["static_resources"]["listeners"][0]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    return {r["name"]: r for r in manager["route_config"]["virtual_hosts"][0]["routes"]}
+    hosts: list[Config] = manager["route_config"]["virtual_hosts"]
+    return hosts
+
+
+def _routes(config: Config) -> dict[str, Config]:
+    return {r["name"]: r for r in _virtual_hosts(config)[0]["routes"]}
 
 
 def test_route_timeout_is_sent_as_the_grpc_deadline() -> None:
@@ -63,6 +68,31 @@ def test_cors_allows_only_the_configured_origins() -> None:
     ]
 
 
+def test_only_the_configured_host_names_are_served() -> None:
+    settings = GatewaySettings(
+        plaintext=True, gateway_port=8080, gateway_hosts=("shop-api.example.com",)
+    ).validate()
+    served, others = _virtual_hosts(bootstrap(settings))
+    assert served["domains"] == [
+        "localhost:8080",
+        "127.0.0.1:8080",
+        "[::1]:8080",
+        "shop-api.example.com",
+    ]
+    # Any other Host (a name rebound to this machine): 421, nothing forwarded.
+    assert others["domains"] == ["*"]
+    (refusal,) = others["routes"]
+    assert refusal["direct_response"]["status"] == 421
+    assert "route" not in refusal
+
+
+def test_a_gateway_on_a_named_address_answers_to_that_name_too() -> None:
+    settings = GatewaySettings(plaintext=True, gateway_host="10.1.2.3", gateway_port=80)
+    served, _ = _virtual_hosts(bootstrap(settings.validate()))
+    assert "10.1.2.3:80" in served["domains"] and "10.1.2.3" in served["domains"]
+    assert "localhost" in served["domains"]  # port 80: browsers send the name alone
+
+
 def test_gateway_settings_come_from_the_environment() -> None:
     settings = from_env(
         {
@@ -86,6 +116,8 @@ def test_gateway_settings_come_from_the_environment() -> None:
         {"STOCKCORE_GATEWAY_TIMEOUTS": "Reserve=0"},
         {"STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": "10"},
         {"STOCKCORE_GATEWAY_PORT": "70000"},
+        {"STOCKCORE_GATEWAY_HOSTS": "https://shop.example.com"},
+        {"STOCKCORE_GATEWAY_HOSTS": "shop.example.com/x"},
     ],
 )
 def test_bad_gateway_settings_are_refused(env: dict[str, str]) -> None:
