@@ -27,6 +27,9 @@ class DevSettings(EnvSettings):
     # only once Redis holds a third more than the budget.
     dev_redis_maxmemory_mb: int = 2560
     demo_catalogue: bool = True
+    # Seconds a checkout page's token is valid (devstack/page_session.py): the page asks
+    # for a fresh one before it runs out.
+    dev_page_token_ttl_s: float = 600.0
     # Where `make run` starts the simulators.
     dev_warehouse_port: int = 58080
     dev_primary_carrier_port: int = 58081
@@ -39,6 +42,7 @@ class DevSettings(EnvSettings):
         "STOCKCORE_DEV_REDIS_PORT": ("dev_redis_port", int),
         "STOCKCORE_DEV_REDIS_MAXMEMORY_MB": ("dev_redis_maxmemory_mb", int),
         "STOCKCORE_DEMO_CATALOGUE": ("demo_catalogue", bool),
+        "STOCKCORE_DEV_PAGE_TOKEN_TTL": ("dev_page_token_ttl_s", float),
         "STOCKCORE_DEV_WAREHOUSE_PORT": ("dev_warehouse_port", int),
         "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": ("dev_primary_carrier_port", int),
         "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": ("dev_fallback_carrier_port", int),
@@ -57,6 +61,10 @@ class DevSettings(EnvSettings):
             (bool(self.data_dir), "data_dir must not be empty"),
             (all(1 <= p <= 65535 for p in ports), "dev ports must be 1-65535"),
             (self.dev_redis_maxmemory_mb >= 64, "dev_redis_maxmemory_mb must be at least 64"),
+            (
+                60 <= self.dev_page_token_ttl_s <= 900,
+                "dev_page_token_ttl_s must be 60-900: a page's token lives minutes, not hours",
+            ),
         ]
 
 

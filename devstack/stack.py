@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from devstack import demo
+from clients.credentials import Credentials
+from devstack import demo, page_session
 from devstack.config import DevSettings
 from devstack.credentials import DevCredentials
-from devstack.page_token import dev_page_token
+from devstack.page_session import PageSessions, dev_page_sessions
+from devstack.payments import SimulatedPayments
 from devstack.servers import local_servers
 from fulfilment import config as fulfilment_config
 from fulfilment.config import FulfilmentSettings
@@ -194,11 +196,16 @@ def dev(stack: StackSettings) -> None:
         if dev_settings.demo_catalogue:
             uvloop.run(_load_demo(server))
         gateway_settings = gateway_for(stack.gateway, server, root)
-        page_token = dev_page_token(server, gateway_settings, root)
+        sessions = dev_page_sessions(
+            server, gateway_settings, root, dev_settings.dev_page_token_ttl_s
+        )
         fulfilment = stack.fulfilment.with_overrides(
             pg_dsn=server.pg_dsn, redis_url=server.redis_url
         )
-        with _gateway(gateway_settings, root, page_token=page_token) as gateway:
+        with (
+            _page_sessions(sessions, server, gateway_settings) as gateway_settings,
+            _gateway(gateway_settings, root) as gateway,
+        ):
             print(
                 f"stockcore serving on {server.grpc_host}:{server.grpc_port}"
                 f" ({'plaintext' if server.plaintext else 'TLS, CA ' + _dev_ca(server, root)};"
@@ -226,16 +233,33 @@ def dev(stack: StackSettings) -> None:
 
 
 @contextlib.contextmanager
-def _gateway(
-    settings: GatewaySettings, root: Path, *, page_token: str | None = None
-) -> Iterator[Gateway | None]:
-    """Envoy in front of the server while it serves (none when gateway_port is 0), the
-    checkout page calling with `page_token`. It dies with this process, and is stopped
-    when serving ends."""
+def _page_sessions(
+    sessions: PageSessions | None, server: Settings, gateway: GatewaySettings
+) -> Iterator[GatewaySettings]:
+    """The checkout page's session endpoint with its simulated payment provider, while
+    the gateway runs (none without `sessions` or a gateway); the gateway's settings,
+    pointing at it, are yielded."""
+    if sessions is None or not gateway.gateway_port:
+        yield gateway
+        return
+    tls = Credentials.from_files(
+        ca_file=gateway.gateway_upstream_ca_file or None, plaintext=server.plaintext
+    )
+    host = "127.0.0.1" if server.grpc_host in ("", "0.0.0.0", "::") else server.grpc_host
+    target = f"[{host}]:{server.grpc_port}" if ":" in host else f"{host}:{server.grpc_port}"
+    payments = SimulatedPayments(target, tls, sessions.signing_key, sessions.audience)
+    with page_session.serving(sessions, payments) as socket:
+        yield gateway.with_overrides(gateway_session_socket=str(socket))
+
+
+@contextlib.contextmanager
+def _gateway(settings: GatewaySettings, root: Path) -> Iterator[Gateway | None]:
+    """Envoy in front of the server while it serves (none when gateway_port is 0). It dies
+    with this process, and is stopped when serving ends."""
     if not settings.gateway_port:
         yield None
         return
-    with Gateway(settings, root / "gateway", page_token=page_token) as gateway:
+    with Gateway(settings, root / "gateway") as gateway:
         log.info("gateway ready", extra={"url": gateway.url, "admin": gateway.admin_url()})
         yield gateway
 

@@ -4,17 +4,21 @@ Everything Envoy does for stockcore is decided here: the JSON routes come from t
 `google.api.http` annotations in protos/ (through the descriptor set `make proto`
 writes), and this module adds the edge around them: CORS for the configured storefront
 origins, a request-size limit, per-RPC timeouts that reach the server as gRPC deadlines,
-the Idempotency-Key header, access logs, JSON bodies for the gateway's own errors, and
-the static checkout page and the token it calls with. The one upstream cluster is built
-by `upstream_cluster`: TLS to the gRPC port, checked against the CA that signed the
+the Idempotency-Key header, access logs, JSON bodies for the gateway's own errors, the
+host names it answers to, and the static checkout page with the way to its session
+endpoint, for the page's own origin only. The upstream cluster of the API is built by
+`upstream_cluster`: TLS to the gRPC port, checked against the CA that signed the
 server's certificate, unless the server is plaintext. Request headers, Authorization
 among them, reach the server as call metadata.
+
+No token and no signing key is in this configuration: Envoy's admin interface shows all
+of it (config_dump). The page gets its token from the session endpoint, over a Unix
+socket no browser reaches.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
@@ -49,12 +53,16 @@ STATIC_FILES: dict[str, tuple[str, str]] = {
     "/checkout.css": ("checkout.css", "text/css; charset=utf-8"),
     "/catalogue.json": ("catalogue.json", "application/json"),
 }
-# Generated from the gateway's start-up arguments rather than read from static/.
-PAGE_CONFIG = "config.js"
+# The checkout page's session endpoint (devstack/page_session.py): its paths, and the
+# cluster of its Unix socket.
+SESSION_PATH = "/session"
+SESSION_CLUSTER = "checkout_session"
+SESSION_TIMEOUT_S = 10.0
 # Errors the gateway answers itself (no route, too large, server down, timeout) carry
 # the same google.rpc.Status JSON body as the server's: HTTP status -> (code, reason).
 LOCAL_ERRORS: dict[int, tuple[int, str]] = {
     400: (3, "BAD_REQUEST"),  # INVALID_ARGUMENT: JSON that does not fit the request
+    403: (7, "CROSS_ORIGIN"),  # PERMISSION_DENIED: /session from another origin
     404: (5, "NO_ROUTE"),  # NOT_FOUND
     405: (12, "METHOD_NOT_ALLOWED"),  # UNIMPLEMENTED
     408: (4, "REQUEST_TIMEOUT"),  # DEADLINE_EXCEEDED
@@ -165,34 +173,15 @@ def _rpc_route(method: descriptor.MethodDescriptor, timeout: float | None) -> Co
     }
 
 
-def page_config_script(token: str | None) -> str:
-    """/config.js: what the checkout page calls the API with (a bearer token, or none)."""
-    return f"window.stockcoreConfig = {json.dumps({'token': token})};\n"
-
-
 def _static_route(path: str, name: str, content_type: str) -> Config:
-    return _page_route(path, name, {"filename": str(static_path(name))}, content_type)
-
-
-def _transcoder_off() -> Config:
-    # For what is not an API path: the transcoder must not refuse it as an unknown method.
-    return {
-        "envoy.filters.http.grpc_json_transcoder": {
-            "@type": _type("envoy.config.route.v3.FilterConfig"),
-            "disabled": True,
-        }
-    }
-
-
-def _page_route(path: str, name: str, body: Config, content_type: str) -> Config:
     return {
         "name": f"static {name}",
         "match": {"path": path, "headers": [_method_is("GET")]},
-        "direct_response": {"status": 200, "body": body},
+        "direct_response": {"status": 200, "body": {"filename": str(static_path(name))}},
         "typed_per_filter_config": _transcoder_off(),
         "response_headers_to_add": [
             _header("content-type", content_type),
-            _header("cache-control", "no-store" if name == PAGE_CONFIG else "no-cache"),
+            _header("cache-control", "no-cache"),
             _header("x-content-type-options", "nosniff"),
             _header(
                 "content-security-policy",
@@ -210,20 +199,91 @@ def _header(key: str, value: str) -> Config:
     return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
-def routes(settings: GatewaySettings, page_token: str | None = None) -> list[Config]:
-    """The gRPC method routes (matched after transcoding), the checkout page with the
-    token it calls with (`page_token`), and a JSON 404 for any other path."""
+def _filters_off(*names: str) -> Config:
+    return {
+        name: {"@type": _type("envoy.config.route.v3.FilterConfig"), "disabled": True}
+        for name in names
+    }
+
+
+def _transcoder_off() -> Config:
+    # For what is not an API path: the transcoder must not refuse it as an unknown method.
+    return _filters_off("envoy.filters.http.grpc_json_transcoder")
+
+
+def own_origins(settings: GatewaySettings) -> list[str]:
+    """The origins of the pages the gateway serves: each of its host names, over HTTP or
+    HTTPS (a proxy in front may end TLS)."""
+    return [f"{scheme}://{name}" for name in host_names(settings) for scheme in ("http", "https")]
+
+
+def session_routes(settings: GatewaySettings) -> list[Config]:
+    """/session and below, for the checkout page's session endpoint: a POST from the
+    gateway's own pages is forwarded (as one without Origin: not a browser's); a request
+    another site or origin makes (a browser says so in Sec-Fetch-Site and Origin) is
+    refused with 403, any other method with 405. Never CORS: no other origin may read
+    the answer. None without an endpoint."""
+    if not settings.gateway_session_socket:
+        return []
+    path = {"path_separated_prefix": SESSION_PATH}
+    off = _filters_off("envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.cors")
+    headers = [
+        _header("cache-control", "no-store"),
+        _header("x-content-type-options", "nosniff"),
+        _header("cross-origin-resource-policy", "same-origin"),
+    ]
+
+    def forwarded(name: str, match: list[Config]) -> Config:
+        return {
+            "name": name,
+            "match": {**path, "headers": [_method_is("POST"), *match]},
+            "route": {"cluster": SESSION_CLUSTER, "timeout": _seconds(SESSION_TIMEOUT_S)},
+            "typed_per_filter_config": off,
+            "response_headers_to_add": headers,
+        }
+
+    def refused(name: str, match: list[Config], status: int) -> Config:
+        return {
+            "name": name,
+            "match": {**path, "headers": match},
+            "direct_response": {
+                "status": status,
+                "body": {"inline_string": "a session is for the gateway's own pages, by POST"},
+            },
+            "typed_per_filter_config": off,
+            "response_headers_to_add": headers,
+        }
+
+    return [
+        refused(
+            "session: another site",
+            [
+                {"name": "sec-fetch-site", "present_match": True},
+                {
+                    "name": "sec-fetch-site",
+                    "string_match": {"exact": "same-origin"},
+                    "invert_match": True,
+                },
+            ],
+            403,
+        ),
+        *(
+            forwarded("session", [{"name": "origin", "string_match": {"exact": origin}}])
+            for origin in own_origins(settings)
+        ),
+        refused("session: another origin", [{"name": "origin", "present_match": True}], 403),
+        forwarded("session", []),
+        refused("session: method", [], 405),
+    ]
+
+
+def routes(settings: GatewaySettings) -> list[Config]:
+    """The gRPC method routes (matched after transcoding), the checkout page and its
+    session endpoint, and a JSON 404 for any other path."""
     timeouts = rpc_timeouts(settings)
     found: list[Config] = [_rpc_route(m, timeouts[m.name]) for m in rpc_methods()]
     found += [_static_route(path, *file) for path, file in STATIC_FILES.items()]
-    found.append(
-        _page_route(
-            f"/{PAGE_CONFIG}",
-            PAGE_CONFIG,
-            {"inline_string": page_config_script(page_token)},
-            "text/javascript; charset=utf-8",
-        )
-    )
+    found += session_routes(settings)
     # Everything else. The CORS filter, which runs before transcoding, acts only on a
     # route that forwards, so this one does; yet nothing is forwarded by it: a path the
     # transcoder maps is routed again as its gRPC method, and any other path is refused
@@ -394,7 +454,7 @@ def http_filters(settings: GatewaySettings) -> list[Config]:
     ]
 
 
-def connection_manager(settings: GatewaySettings, page_token: str | None = None) -> Config:
+def connection_manager(settings: GatewaySettings) -> Config:
     """The HTTP connection manager of the public listener."""
     return {
         "@type": _type(
@@ -425,7 +485,7 @@ def connection_manager(settings: GatewaySettings, page_token: str | None = None)
                 {
                     "name": "stockcore",
                     "domains": host_names(settings),
-                    "routes": routes(settings, page_token),
+                    "routes": routes(settings),
                     "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy(settings)},
                 },
                 unknown_host(),
@@ -543,12 +603,25 @@ def upstream_cluster(settings: GatewaySettings, grpc_port: int) -> Config:
     return cluster
 
 
-def bootstrap(
-    settings: GatewaySettings, *, grpc_port: int | None = None, page_token: str | None = None
-) -> Config:
+def session_cluster(settings: GatewaySettings) -> Config:
+    """The checkout page's session endpoint: HTTP/1.1 on its Unix socket."""
+    path = Path(settings.gateway_session_socket).resolve()
+    return {
+        "name": SESSION_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SESSION_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(path)}}}}]}
+            ],
+        },
+    }
+
+
+def bootstrap(settings: GatewaySettings, *, grpc_port: int | None = None) -> Config:
     """The whole Envoy configuration; `grpc_port` overrides settings.grpc_port (a test
-    server on a port picked at start); `page_token` is the bearer token the checkout page
-    calls with (none: the page's calls are refused as unauthenticated)."""
+    server on a port picked at start)."""
     port = settings.grpc_port if grpc_port is None else grpc_port
     if not 1 <= port <= 65535:
         raise SettingsError("the gateway needs the gRPC server's port")
@@ -561,19 +634,20 @@ def bootstrap(
                 "filters": [
                     {
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": connection_manager(settings, page_token),
+                        "typed_config": connection_manager(settings),
                     }
                 ]
             }
         ],
     }
+    clusters = [upstream_cluster(settings, port)]
+    if settings.gateway_session_socket:
+        clusters.append(session_cluster(settings))
     return {
         "node": {"id": "stockcore-gateway", "cluster": "stockcore"},
+        # Loopback only: what this configuration holds is no secret, but no one else's.
         "admin": {"address": _socket_address("127.0.0.1", settings.gateway_admin_port)},
-        "static_resources": {
-            "listeners": [listener],
-            "clusters": [upstream_cluster(settings, port)],
-        },
+        "static_resources": {"listeners": [listener], "clusters": clusters},
         "overload_manager": {
             "resource_monitors": [
                 {

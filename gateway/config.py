@@ -41,6 +41,10 @@ class GatewaySettings(EnvSettings):
     # Storefront origins allowed to call the gateway from a browser (CORS); the checkout
     # page the gateway serves itself needs none.
     gateway_origins: tuple[str, ...] = ()
+    # The Unix socket of the checkout page's session endpoint (`make run` starts one:
+    # devstack/page_session.py), where the gateway forwards /session from the page's own
+    # origin only; empty: the page gets no session, and calls without a token.
+    gateway_session_socket: str = ""
     # Larger request bodies are refused (413) before they reach the server.
     gateway_max_request_bytes: int = 65_536
     # Seconds a unary call may take through the gateway; it becomes the call's gRPC
@@ -74,6 +78,7 @@ class GatewaySettings(EnvSettings):
         "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
         "STOCKCORE_GATEWAY_HOSTS": ("gateway_hosts", parse_list),
         "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", parse_list),
+        "STOCKCORE_GATEWAY_SESSION_SOCKET": ("gateway_session_socket", str),
         "STOCKCORE_GATEWAY_MAX_REQUEST_BYTES": ("gateway_max_request_bytes", int),
         "STOCKCORE_GATEWAY_TIMEOUT": ("gateway_timeout_s", float),
         "STOCKCORE_GATEWAY_TIMEOUTS": ("gateway_timeouts", parse_timeouts),

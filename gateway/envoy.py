@@ -35,22 +35,15 @@ def envoy_binary() -> Path:
 
 class Gateway:
     """Envoy in front of the gRPC server at 127.0.0.1:`grpc_port`, with its files in
-    `workdir` (configuration, admin address, log); the checkout page calls with
-    `page_token`. The configuration file holds that token: it is written owner-only."""
+    `workdir` (configuration, admin address, log). The configuration file is written
+    owner-only: it names the files Envoy trusts and reads."""
 
     def __init__(
-        self,
-        settings: GatewaySettings,
-        workdir: Path | str,
-        *,
-        grpc_port: int | None = None,
-        page_token: str | None = None,
+        self, settings: GatewaySettings, workdir: Path | str, *, grpc_port: int | None = None
     ):
         self.settings = settings
         self.workdir = Path(workdir)
-        self.config: dict[str, Any] = bootstrap(
-            settings, grpc_port=grpc_port, page_token=page_token
-        )
+        self.config: dict[str, Any] = bootstrap(settings, grpc_port=grpc_port)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

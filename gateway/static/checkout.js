@@ -1,19 +1,22 @@
 // The checkout page: stockcore's HTTP/JSON API through the gateway, nothing else.
 //
-// The cart is one order in PENDING_PAYMENT: adding a product creates the order (which
-// holds the stock until its payment deadline), changing the cart cancels it and creates
-// the next one. "Pay" is a simulated payment confirmed with ConfirmPayment, and the
+// The shopper is the gateway's session: POST /session (same origin; the session is an
+// HttpOnly cookie this script never sees) names the customer and gives a token bound to
+// that customer alone, valid for minutes, which the page asks for again before it runs
+// out. The cart is one order in PENDING_PAYMENT: adding a product creates the order
+// (which holds the stock until its payment deadline), changing the cart cancels it and
+// creates the next one. "Pay" goes to the payment provider (simulated: POST
+// /session/pay), which confirms the payment itself: the page's token may not. The
 // order's status follows WatchOrders (a newline-delimited JSON stream).
 //
-// Query parameters: ?shopper=NAME (default: a random one per tab), ?hold=SECONDS (the
-// payment window, default 600).
+// Query parameter: ?hold=SECONDS (the payment window, default 600).
 "use strict";
 
 const params = new URLSearchParams(location.search);
-const shopper = params.get("shopper") || sessionStorage.getItem("shopper") || "shopper-" + randomId();
-sessionStorage.setItem("shopper", shopper);
 const holdSeconds = Math.max(1, Math.min(86400, Number(params.get("hold")) || 600));
 const STOCK_POLL_MS = 1000;
+// The token is asked for again when this share of its life has passed.
+const TOKEN_REFRESH_AT = 0.8;
 
 const $ = (id) => document.getElementById(id);
 let catalogue = { currency: "EUR", products: [] };
@@ -22,6 +25,10 @@ let cart = {}; // sku -> quantity
 let order = null; // the pending (or last) order
 let watching = null; // AbortController of the WatchOrders stream
 let busy = false;
+let shopper = null; // the session's customer id
+let token = null; // the session's token, and when to ask for the next one
+let tokenRefreshAt = 0;
+let sessionStarted = null; // the POST /session in flight, if any
 
 function randomId() {
   const bytes = new Uint8Array(6);
@@ -38,21 +45,8 @@ function bare(status) {
   return (status || "").replace(/^ORDER_STATUS_/, "");
 }
 
-// The bearer token the page calls with, from /config.js (written by the gateway).
-function authorization() {
-  const token = (window.stockcoreConfig || {}).token;
-  return token ? { authorization: "Bearer " + token } : {};
-}
-
-// One API call: JSON in, JSON out; a non-2xx answer throws its google.rpc.Status.
-async function api(method, path, body, idempotencyKey) {
-  const headers = { "content-type": "application/json", ...authorization() };
-  if (idempotencyKey) headers["idempotency-key"] = idempotencyKey;
-  const reply = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+// A JSON answer; a non-2xx one throws its google.rpc.Status.
+async function answer(reply) {
   const data = await reply.json().catch(() => ({}));
   if (!reply.ok) {
     const error = new Error(data.message || reply.statusText);
@@ -61,6 +55,39 @@ async function api(method, path, body, idempotencyKey) {
     throw error;
   }
   return data;
+}
+
+// The session: who the shopper is, and a fresh token for them.
+function startSession() {
+  if (!sessionStarted) {
+    sessionStarted = fetch("/session", { method: "POST", credentials: "same-origin" })
+      .then(answer)
+      .then((data) => {
+        shopper = data.customerId;
+        token = data.token;
+        tokenRefreshAt = Date.now() + Number(data.expiresIn) * 1000 * TOKEN_REFRESH_AT;
+        $("shopper").textContent = shopper;
+      })
+      .finally(() => { sessionStarted = null; });
+  }
+  return sessionStarted;
+}
+
+// The bearer token the page calls with, asked for again when it is about to run out.
+async function authorization() {
+  if (!token || Date.now() >= tokenRefreshAt) await startSession();
+  return { authorization: "Bearer " + token };
+}
+
+// One API call: JSON in, JSON out; a non-2xx answer throws its google.rpc.Status.
+async function api(method, path, body, idempotencyKey) {
+  const headers = { "content-type": "application/json", ...(await authorization()) };
+  if (idempotencyKey) headers["idempotency-key"] = idempotencyKey;
+  return answer(await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  }));
 }
 
 function detailsOf(error, type) {
@@ -218,11 +245,14 @@ function pay() {
   return withBusy(async () => {
     const paying = order;
     try {
-      // The simulated payment provider approved payment `paymentId` for the total.
-      const data = await api("POST", `/v1/orders/${encodeURIComponent(paying.orderId)}:pay`, {
-        amountMinor: paying.totalMinor,
-        currencyCode: paying.currencyCode,
-      }, "sim-pay-" + paying.orderId);
+      // The (simulated) payment provider charges the order's total and tells stockcore.
+      await answer(await fetch("/session/pay", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ orderId: paying.orderId }),
+      }));
+      const data = await api("GET", `/v1/orders/${encodeURIComponent(paying.orderId)}`);
       order = data.order;
       cart = {};
       notify("Thank you! Payment received.", "info");
@@ -296,7 +326,7 @@ async function watch(orderId) {
     try {
       const reply = await fetch(
         `/v1/orders:watch?orderId=${encodeURIComponent(orderId)}&afterCursor=${cursor}`,
-        { signal: control.signal, headers: authorization() });
+        { signal: control.signal, headers: await authorization() });
       if (!reply.ok) throw new Error(reply.statusText);
       const reader = reply.body.getReader();
       const decoder = new TextDecoder();
@@ -340,13 +370,17 @@ function onEvent(event, orderId) {
 }
 
 async function start() {
-  $("shopper").textContent = shopper;
   $("pay").addEventListener("click", pay);
   $("empty").addEventListener("click", emptyCart);
   catalogue = await (await fetch("/catalogue.json")).json();
   renderProducts();
   renderCart();
   setInterval(tick, 250);
+  try {
+    await startSession();
+  } catch (error) {
+    notify("No checkout session: " + error.message);
+  }
   pollStock();
 }
 

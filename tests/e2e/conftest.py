@@ -14,8 +14,10 @@ import requests
 from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 
 from clients.credentials import Credentials
+from clients.tokens import load_signing_key
+from devstack import page_session
 from devstack.credentials import DevCredentials
-from devstack.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
+from devstack.payments import SimulatedPayments
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
 from runtime.processes import free_port
@@ -111,23 +113,31 @@ def gateway_settings(
     ).validate()
 
 
+PAGE_TOKEN_TTL_S = 300.0
+
+
 @pytest.fixture
-def page_token(credentials: DevCredentials) -> str:
-    """The checkout page's token as `make run` mints it (its subject and scopes), signed
-    by the test key."""
-    return callers.token(credentials, CHECKOUT_PAGE_SUBJECT, CHECKOUT_PAGE_SCOPES)
+def page_sessions(app: App, settings: Settings, credentials: DevCredentials) -> Iterator[Path]:
+    """The checkout page's session endpoint and simulated payment provider as `make run`
+    starts them (devstack/page_session.py), for the test server and signed by the test
+    key, its tokens valid for PAGE_TOKEN_TTL_S; its Unix socket is yielded."""
+    key = load_signing_key(credentials.signing_key)
+    sessions = page_session.PageSessions(key, settings.auth_audience, PAGE_TOKEN_TTL_S)
+    tls = callers.client_credentials(credentials, None)
+    payments = SimulatedPayments(f"127.0.0.1:{app.port}", tls, key, settings.auth_audience)
+    with page_session.serving(sessions, payments) as socket:
+        yield socket
 
 
 @pytest.fixture
 def gateway(
-    app: App, gateway_settings: GatewaySettings, page_token: str, tmp_path: Path
+    app: App, gateway_settings: GatewaySettings, page_sessions: Path, tmp_path: Path
 ) -> Iterator[Gateway]:
-    """Envoy in front of the test server, the checkout page calling with `page_token`;
-    stopped after the test. Started from this (the main) thread: Envoy dies with the
-    thread that started it."""
-    with Gateway(
-        gateway_settings, tmp_path / "gateway", grpc_port=app.port, page_token=page_token
-    ) as gw:
+    """Envoy in front of the test server, the checkout page's sessions behind it; stopped
+    after the test. Started from this (the main) thread: Envoy dies with the thread that
+    started it."""
+    with_sessions = replace(gateway_settings, gateway_session_socket=str(page_sessions))
+    with Gateway(with_sessions, tmp_path / "gateway", grpc_port=app.port) as gw:
         yield gw
 
 
@@ -160,6 +170,20 @@ class GatewayCaller:
     def with_token(self, token: str | None) -> GatewayCaller:
         """The same gateway, called with another token (or none)."""
         return replace(self, token=token)
+
+    def page_session(self, cookies: requests.cookies.RequestsCookieJar | None = None) -> Any:
+        """What the checkout page gets from POST /session (JSON), as the page asks: from
+        its own origin, with the session cookie in `cookies` (kept there when set)."""
+        jar = requests.cookies.RequestsCookieJar() if cookies is None else cookies
+        reply = requests.post(
+            self.url + "/session",
+            headers={"Origin": self.url, "Sec-Fetch-Site": "same-origin"},
+            cookies=jar,
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text
+        jar.update(reply.cookies)
+        return reply.json()
 
 
 @pytest.fixture

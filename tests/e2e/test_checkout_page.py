@@ -1,6 +1,8 @@
 """The checkout page in a real browser: Debian's chromium, headless, driven by Selenium
 through chromedriver, against the gateway and the real, secured server; the page calls
-with the token the gateway gives it (/config.js), as under `make run`.
+with the token its session gives it (POST /session, same origin), and pays through the
+simulated payment provider, as under `make run`. A page of another origin, in the same
+browser, gets nothing of it.
 
 Chromium is required: `make test` installs it (as root) and this module fails, never
 skips, when it is missing. STOCKCORE_CHECKOUT_SCREENSHOT names a PNG file to write the
@@ -9,13 +11,19 @@ page to while the hold counts down (docs/checkout.png is made that way)."""
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
 import os
+import re
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import requests
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -27,7 +35,9 @@ from selenium.webdriver.support.wait import WebDriverWait
 from devstack import demo
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
+from runtime.processes import free_port
 from tests.e2e.conftest import GatewayCaller
+from tests.waiting import until_true
 
 T = TypeVar("T")
 CHROMIUM = "/usr/bin/chromium"
@@ -113,8 +123,18 @@ def _status(driver: WebDriver) -> str:
     return str(driver.find_element(By.ID, "order-status").text)
 
 
-def _reserve_count_down_pay(driver: WebDriver, gateway: Gateway) -> None:
-    driver.get(f"{gateway.url}/?shopper=alice&hold=120")
+def _shopper(driver: WebDriver) -> str:
+    return str(
+        _until(
+            driver,
+            lambda d: (t := d.find_element(By.ID, "shopper").text).startswith("shopper-") and t,
+            "the session's customer",
+        )
+    )
+
+
+def _reserve_count_down_pay(driver: WebDriver, gateway: Gateway) -> str:
+    driver.get(f"{gateway.url}/?hold=120")
     _until(driver, lambda d: "available" in _available_label(d, "DRESS-RED-M"), "availability")
     before = int(_available_label(driver, "DRESS-RED-M").split()[0])
     _add_to_cart(driver, "DRESS-RED-M")
@@ -144,23 +164,35 @@ def _reserve_count_down_pay(driver: WebDriver, gateway: Gateway) -> None:
         "the PAID event from WatchOrders",
     )
     assert "Payment received" in driver.find_element(By.ID, "notice").text
+    return _shopper(driver)
 
 
 async def test_shopper_reserves_watches_the_countdown_pays_and_sees_paid(
     gateway: Gateway, api: GatewayCaller, browser: WebDriver
 ) -> None:
     await asyncio.to_thread(_stock_catalogue, api, "FLASH-SALE-1")
-    await asyncio.to_thread(_reserve_count_down_pay, browser, gateway)
+    shopper = await asyncio.to_thread(_reserve_count_down_pay, browser, gateway)
+
+    # The order is the session's customer's, paid by the provider, not by the page.
+    listed = await asyncio.to_thread(api.request, "GET", f"/v1/orders?customerId={shopper}")
+    (order,) = listed.json()["orders"]
+    assert order["status"] == "ORDER_STATUS_PAID"
+    assert order["paymentId"].startswith("sim-")
 
 
 def _second_shopper_sees_sold_out(driver: WebDriver, gateway: Gateway) -> None:
-    driver.get(f"{gateway.url}/?shopper=alice")
+    driver.get(gateway.url + "/")
     alice = driver.current_window_handle
+    first = _shopper(driver)
     _add_to_cart(driver, "FLASH-SALE-1")
     _until(driver, lambda d: _status(d) == "PENDING_PAYMENT", "alice's hold on the last unit")
 
+    # Another shopper: a browser without the first one's session cookie (Path=/session,
+    # which WebDriver's own deletion, for the page's path, does not reach).
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     driver.switch_to.new_window("window")
-    driver.get(f"{gateway.url}/?shopper=bob")
+    driver.get(gateway.url + "/")
+    assert _shopper(driver) != first
     _until(driver, lambda d: _available_label(d, "FLASH-SALE-1") == "Sold out", "sold out")
     button = _product(driver, "FLASH-SALE-1").find_element(By.TAG_NAME, "button")
     assert not button.is_enabled()
@@ -181,7 +213,7 @@ async def test_second_shopper_sees_sold_out_on_the_last_unit(
 
 
 def _hold_expires(driver: WebDriver, gateway: Gateway) -> None:
-    driver.get(f"{gateway.url}/?shopper=carol&hold=2")
+    driver.get(f"{gateway.url}/?hold=2")
     _add_to_cart(driver, "TSHIRT-BLK-M")
     _until(driver, lambda d: "expired" in d.find_element(By.ID, "hold").text, "the hold to end")
     _until(driver, lambda d: _status(d) == "EXPIRED", "EXPIRED from WatchOrders")
@@ -195,3 +227,132 @@ async def test_expired_hold_is_shown_and_the_order_expires(
 ) -> None:
     await asyncio.to_thread(_stock_catalogue, api, "FLASH-SALE-1")
     await asyncio.to_thread(_hold_expires, browser, gateway)
+
+
+# A page of another origin tries every way a page has to take the checkout page's token:
+# run the gateway's scripts, fetch and post with the browser's cookies, read a frame.
+_ATTACKER_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>loading</title></head><body>
+<script>window.onerror = () => true;</script>
+<script src="GATEWAY/config.js"></script>
+<script src="GATEWAY/session"></script>
+<iframe id="frame" src="GATEWAY/"></iframe>
+<script>
+(async () => {
+  const gateway = "GATEWAY";
+  const text = async (reply) => reply.type + " " + reply.status + " " + (await reply.text());
+  const attempts = {
+    configScript: async () => JSON.stringify(window.stockcoreConfig || null),
+    post: () => fetch(gateway + "/session", { method: "POST", credentials: "include" }).then(text),
+    postJson: () => fetch(gateway + "/session", {
+      method: "POST", credentials: "include",
+      headers: { "content-type": "application/json" }, body: "{}",
+    }).then(text),
+    postNoCors: () => fetch(gateway + "/session", {
+      method: "POST", mode: "no-cors", credentials: "include",
+    }).then(text),
+    get: () => fetch(gateway + "/session", { credentials: "include" }).then(text),
+    config: () => fetch(gateway + "/config.js").then(text),
+    xhr: () => new Promise((resolve) => {
+      const request = new XMLHttpRequest();
+      request.open("POST", gateway + "/session");
+      request.withCredentials = true;
+      request.onload = () => resolve(request.status + " " + request.responseText);
+      request.onerror = () => resolve("error");
+      request.send();
+    }),
+    frame: () => new Promise((resolve) => setTimeout(() => {
+      try {
+        resolve(document.getElementById("frame").contentWindow.document.body.innerHTML);
+      } catch (error) {
+        resolve("blocked: " + error.name);
+      }
+    }, 500)),
+  };
+  const results = {};
+  for (const [name, attempt] of Object.entries(attempts)) {
+    try {
+      results[name] = String(await attempt());
+    } catch (error) {
+      results[name] = "refused: " + error.name;
+    }
+  }
+  window.results = results;
+  document.title = "done";
+})();
+</script>
+</body></html>
+"""
+JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+
+
+class _AttackerPage(http.server.BaseHTTPRequestHandler):
+    page = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.send_header("content-length", str(len(self.page)))
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def attacker(gateway: Gateway) -> Iterator[int]:
+    """Another web site on this machine (another port: another origin), whose page tries
+    to take the checkout page's token from the gateway; its port is yielded."""
+    handler = type("Handler", (_AttackerPage,), {"page": _ATTACKER_PAGE.replace(
+        "GATEWAY", gateway.url).encode()})  # fmt: skip
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _what_the_attacker_got(driver: WebDriver, url: str) -> dict[str, str]:
+    driver.get(url)
+    _until(driver, lambda d: d.title == "done", "the other site's attempts")
+    results: dict[str, str] = driver.execute_script("return window.results")
+    return results
+
+
+async def test_a_page_of_another_origin_cannot_read_the_page_token(
+    gateway: Gateway, attacker: int, browser: WebDriver, gateway_settings: GatewaySettings
+) -> None:
+    # The shopper has a session in this browser already: its cookie is there to be sent.
+    await asyncio.to_thread(browser.get, gateway.url + "/")
+    await asyncio.to_thread(_shopper, browser)
+
+    got = {
+        origin: await asyncio.to_thread(_what_the_attacker_got, browser, f"{origin}/")
+        for origin in (
+            f"http://127.0.0.1:{attacker}",  # the same site, another origin
+            f"http://localhost:{attacker}",  # another site
+        )
+    }
+
+    for origin, results in got.items():
+        assert set(results) >= {"configScript", "post", "postNoCors", "xhr", "frame"}, results
+        for attempt, outcome in results.items():
+            assert not JWT.search(outcome), (origin, attempt, outcome)
+        assert results["configScript"] == "null", origin
+        assert results["frame"].startswith("blocked"), (origin, results["frame"])
+    # The gateway saw them, and handed a session to none: once a request made after
+    # them is in its access log (written on a timer), so are they.
+    marker = "/catalogue.json?after-the-other-site"
+    await asyncio.to_thread(requests.get, gateway.url + marker, timeout=10)
+    log_file = Path(gateway_settings.gateway_access_log)
+    await until_true(lambda: marker in log_file.read_text(), "the marker in the access log")
+    text = await asyncio.to_thread(log_file.read_text)
+    log = [json.loads(line) for line in text.splitlines() if line]
+    asked = [e for e in log if e["path"].startswith("/session") and e["origin"] in got]
+    assert len(asked) >= 2 * 4, log
+    assert all(e["status"] in (403, 405) for e in asked), asked

@@ -1,10 +1,9 @@
 """`make run` (`python -m devstack`): Envoy starts beside the server, on the port the
 settings name, reaches it over TLS with the development CA, gives the checkout page a
-development token, and Ctrl-C stops both."""
+session with a short-lived token bound to one customer, and Ctrl-C stops both."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import jwt
 import requests
 
-from devstack.page_token import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
+from devstack.page_session import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
 from runtime.processes import free_port
 from tests.conftest import ROOT, SHARDS, Servers
 
@@ -35,21 +34,25 @@ def _envoy_pids(config_dir: Path) -> list[int]:
     return found
 
 
-def _page_token(url: str, server: subprocess.Popen[bytes]) -> str:
-    """The token `make run` gave the checkout page, read as the page reads it (/config.js)."""
+def _page_session(
+    url: str, server: subprocess.Popen[bytes]
+) -> tuple[dict[str, object], requests.cookies.RequestsCookieJar]:
+    """The session `make run` gives the checkout page, asked for as the page asks, and
+    the cookie that keeps it."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and server.poll() is None:
         try:
-            reply = requests.get(f"{url}/config.js", timeout=2)
+            reply = requests.post(f"{url}/session", headers={"Origin": url}, timeout=2)
         except requests.ConnectionError:
             time.sleep(0.2)
             continue
         assert reply.status_code == 200, reply.text
         assert reply.headers["cache-control"] == "no-store"
-        prefix = "window.stockcoreConfig = "
-        assert reply.text.startswith(prefix)
-        token: str = json.loads(reply.text.removeprefix(prefix).strip().rstrip(";"))["token"]
-        return token
+        assert reply.headers["content-type"].startswith("application/json")
+        assert "HttpOnly" in reply.headers["set-cookie"]
+        assert "SameSite=Strict" in reply.headers["set-cookie"]
+        found: dict[str, object] = reply.json()
+        return found, reply.cookies
     raise AssertionError(f"no gateway on {url} (the server exited with {server.returncode})")
 
 
@@ -79,7 +82,8 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        token = _page_token(url, server)
+        page, cookies = _page_session(url, server)
+        token = str(page["token"])
         stock = f"{url}/v1/stock?skus=DRESS-RED-M"
         reply = None
         deadline = time.monotonic() + 60
@@ -95,7 +99,35 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         claims = jwt.decode(token, options={"verify_signature": False})
         assert claims["sub"] == CHECKOUT_PAGE_SUBJECT
         assert set(claims["scope"].split()) == set(CHECKOUT_PAGE_SCOPES)
-        assert 8 * 3600 <= claims["exp"] - claims["iat"] <= 12 * 3600
+        assert claims["customer_id"] == page["customerId"]
+        assert claims["exp"] - claims["iat"] == page["expiresIn"] <= 15 * 60
+        assert requests.get(f"{url}/config.js", timeout=2).status_code == 404
+        foreign = requests.post(
+            f"{url}/session", headers={"Origin": "https://evil.example"}, timeout=2
+        )
+        assert foreign.status_code == 403
+        # The shopper orders with the page's token; the simulated provider pays.
+        shopper = {"Authorization": f"Bearer {token}"}
+        catalogue = requests.get(f"{url}/catalogue.json", timeout=2).json()
+        price = next(p["price_minor"] for p in catalogue["products"] if p["sku"] == "DRESS-RED-M")
+        line = {"sku": "DRESS-RED-M", "quantity": "1", "unitPriceMinor": str(price)}
+        created = requests.post(
+            f"{url}/v1/orders",
+            json={"orderId": "dev-o1", "lines": [line], "currencyCode": "EUR"},
+            headers=shopper,
+            timeout=5,
+        )
+        assert created.status_code == 200, created.text
+        paid = requests.post(
+            f"{url}/session/pay",
+            json={"orderId": "dev-o1"},
+            headers={"Origin": url},
+            cookies=cookies,
+            timeout=10,
+        )
+        assert paid.status_code == 200, paid.text
+        order = requests.get(f"{url}/v1/orders/dev-o1", headers=shopper, timeout=5).json()
+        assert order["order"]["status"] == "ORDER_STATUS_PAID"
         assert len(_envoy_pids(tmp_path)) == 1
 
         server.send_signal(signal.SIGINT)  # what Ctrl-C sends

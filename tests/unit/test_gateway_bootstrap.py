@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 
-from devstack.credentials import DevCredentials
-from devstack.page_token import (
-    CHECKOUT_PAGE_SCOPES,
-    CHECKOUT_PAGE_SUBJECT,
-    dev_page_token,
-)
-from gateway.bootstrap import bootstrap, page_config_script, rpc_timeouts
+from gateway.bootstrap import bootstrap, rpc_timeouts
 from gateway.config import GatewaySettings, SettingsError, from_env, to_env
-from server.config import Settings
 
 Config = dict[str, Any]
 
@@ -191,31 +183,48 @@ def test_tls_server_without_a_ca_for_the_gateway_is_refused(tmp_path: Path) -> N
         bootstrap(GatewaySettings(gateway_upstream_ca_file=str(tmp_path / "missing.pem")))
 
 
-def test_checkout_page_config_carries_its_token() -> None:
-    route = _routes(bootstrap(GatewaySettings(plaintext=True), page_token="a.b.c"))[
-        "static config.js"
+def test_the_configuration_holds_no_page_token_and_no_config_script() -> None:
+    config = bootstrap(GatewaySettings(plaintext=True, gateway_session_socket="/run/s.sock"))
+    assert not any("config.js" in str(r["match"]) for r in _routes(config).values())
+    assert "eyJ" not in json.dumps(config) and "token" not in json.dumps(config).lower()
+    # The admin interface shows all of it: on loopback only.
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def _session_routes(config: Config) -> list[Config]:
+    return [r for r in _virtual_hosts(config)[0]["routes"] if r["name"].startswith("session")]
+
+
+def test_the_session_is_forwarded_from_the_gateways_own_pages_only(tmp_path: Path) -> None:
+    socket = tmp_path / "session.sock"
+    settings = GatewaySettings(
+        plaintext=True, gateway_port=8080, gateway_session_socket=str(socket)
+    )
+    config = bootstrap(settings.validate())
+    routes = _session_routes(config)
+
+    cross_site, *forwarded, other_origin, without_origin, method = routes
+    assert cross_site["direct_response"]["status"] == 403
+    assert [h["name"] for h in cross_site["match"]["headers"]] == ["sec-fetch-site"] * 2
+    origins = [r["match"]["headers"][1]["string_match"]["exact"] for r in forwarded]
+    assert "http://127.0.0.1:8080" in origins and "http://localhost:8080" in origins
+    assert all(o.startswith(("http://", "https://")) for o in origins)
+    assert other_origin["direct_response"]["status"] == 403
+    assert other_origin["match"]["headers"] == [{"name": "origin", "present_match": True}]
+    assert without_origin["route"]["cluster"] == "checkout_session"
+    assert method["direct_response"]["status"] == 405
+    for route in routes:
+        assert route["match"]["path_separated_prefix"] == "/session"
+        # Never CORS: no other origin may read what /session answers.
+        assert route["typed_per_filter_config"]["envoy.filters.http.cors"]["disabled"] is True
+    (cluster,) = [
+        c for c in config["static_resources"]["clusters"] if c["name"] == "checkout_session"
     ]
-    assert route["match"]["path"] == "/config.js"
-    assert route["direct_response"]["body"]["inline_string"] == page_config_script("a.b.c")
-    assert 'window.stockcoreConfig = {"token": "a.b.c"};' in page_config_script("a.b.c")
-    assert '{"token": null}' in page_config_script(None)
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"] == {"pipe": {"path": str(socket)}}
 
 
-def test_dev_page_token_only_for_a_loopback_gateway(tmp_path: Path) -> None:
-    credentials = DevCredentials(tmp_path).ensure()
-    settings = Settings(auth_jwks_file=str(credentials.jwks))
-    gateway = GatewaySettings()
-    token = dev_page_token(settings, gateway, tmp_path)
-    assert token is not None
-    claims = jwt.decode(token, options={"verify_signature": False})
-    assert (claims["sub"], claims["scope"]) == (
-        CHECKOUT_PAGE_SUBJECT,
-        " ".join(sorted(CHECKOUT_PAGE_SCOPES)),
-    )
-    assert dev_page_token(settings, replace(gateway, gateway_host="0.0.0.0"), tmp_path) is None
-    assert (
-        dev_page_token(
-            replace(settings, auth_jwks_file=str(tmp_path / "other.json")), gateway, tmp_path
-        )
-        is None
-    )
+def test_without_a_session_endpoint_there_is_no_session_route() -> None:
+    config = bootstrap(GatewaySettings(plaintext=True))
+    assert _session_routes(config) == []
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["stockcore_grpc"]
