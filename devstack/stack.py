@@ -306,7 +306,8 @@ def write_worker_token(credentials: DevCredentials, path: Path) -> None:
     token = issue_token(
         load_signing_key(credentials.signing_key),
         "fulfilment-worker",
-        ("orders:read", "orders:write", "orders:fulfil"),
+        # It reads orders and records shipping; it never creates, pays or cancels.
+        ("orders:read", "orders:fulfil"),
         ttl_s=WORKER_TOKEN_TTL_S,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
