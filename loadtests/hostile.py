@@ -9,7 +9,7 @@ seconds each, in one run:
    process of its own) alone; its Reserve p99 is the reference.
 2. **abuse**: the same ordinary caller while, in another process, the abusers run:
    - *worst requests* (a customer's token): WatchOrders naming 30,000 event types,
-     CreateOrder with 100 invalid lines (a checkout token), and requests over the size
+     CreateOrder with 100 invalid lines (a checkout page's token), and requests over the size
      bound, in a loop at a bounded rate;
    - *health streams* (no token at all): up to 10,000 `grpc.health.v1.Health/Watch`
      attempts held open;
@@ -163,7 +163,7 @@ class Tally:
 def worst_requests(target: Target) -> list[tuple[str, Callable[[Any, Any], Awaitable[Any]]]]:
     """The worst requests an ordinary token can send, each as (name, call(stubs, md))."""
     customer = target.token("shop-web", ["customer"], customer="mallory")
-    checkout = target.token("checkout-page", ["orders:write"])
+    checkout = target.token("checkout-page", ["customer", "orders:create"], customer="mallory")
     as_customer = (("authorization", f"Bearer {customer}"),)
     as_checkout = (("authorization", f"Bearer {checkout}"),)
     unknown, known = opb.EventType.ValueType(99), opb.EventType.ValueType(1)

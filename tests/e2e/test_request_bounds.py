@@ -28,8 +28,10 @@ CUSTOMER = "alice"
 async def checkout(
     app: App, credentials: DevCredentials
 ) -> AsyncIterator[orders_pb2_grpc.OrderServiceStub]:
-    """An order stub with the least a checkout page's token carries to create orders."""
-    token = callers.token(credentials, "checkout-page", [scopes.ORDERS_WRITE])
+    """An order stub with what a checkout page's token carries: one customer, orders:create."""
+    token = callers.token(
+        credentials, "checkout-page", [scopes.CUSTOMER, scopes.ORDERS_CREATE], customer_id=CUSTOMER
+    )
     async with callers.secure_channel(f"127.0.0.1:{app.port}", credentials, token) as channel:
         yield orders_pb2_grpc.OrderServiceStub(channel)
 
