@@ -558,6 +558,65 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
     assert field in [v.field for v in bad.field_violations], bad
 
 
+# Ids go into partners' URLs as one path segment: none of these may become an order.
+NOT_ONE_SEGMENT = [
+    "x/../victim",
+    "..",
+    ".",
+    "x/./victim",
+    "a//b",
+    "/victim",
+    "victim/",
+    "x%2F..%2Fvictim",
+    "victim?x=1",
+    "victim#x",
+    "x" * 129,
+]
+
+
+@pytest.mark.parametrize("order_id", NOT_ONE_SEGMENT)
+async def test_an_order_id_that_is_not_one_clean_path_segment_is_refused_and_holds_nothing(
+    orders: Stub, stub, order_id: str
+) -> None:
+    await put_stock(stub, "A", 10)
+    error = await rpc_error(orders.CreateOrder(create_request(order_id)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["order_id"], bad
+    assert await on_hand_reserved(stub, "A") == (10, 0)
+
+
+async def test_an_id_with_dot_or_empty_segments_is_refused_in_every_id_field(
+    orders: Stub, stub
+) -> None:
+    await put_stock(stub, "A", 10)
+    error = await rpc_error(orders.CreateOrder(create_request("o-1", customer="shop/../other")))
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["customer_id"]
+    assert "'..'" in bad.field_violations[0].description
+    await orders.CreateOrder(create_request("o-1"))
+    pay = pb.ConfirmPaymentRequest(
+        order_id="o-1", payment_id="psp//1", amount_minor=300, currency_code="EUR"
+    )
+    (bad,) = details_of(await rpc_error(orders.ConfirmPayment(pay)), error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["payment_id"]
+    held = await rpc_error(stub.Reserve(ipb.ReserveRequest(reservation_id="..", lines=[])))
+    (bad,) = details_of(held, error_details_pb2.BadRequest)
+    assert "reservation_id" in [v.field for v in bad.field_violations]
+    assert (await get(orders, "o-1")).status == pb.ORDER_STATUS_PENDING_PAYMENT
+
+
+async def test_a_128_character_id_of_named_segments_is_an_order_under_that_exact_id(
+    orders: Stub, stub
+) -> None:
+    order_id = ("shop.eu/2024:07/" + "x" * 128)[:127] + "."
+    assert len(order_id) == 128
+    await put_stock(stub, "A", 10)
+    created = (await orders.CreateOrder(create_request(order_id))).order
+    assert created.order_id == order_id
+    assert (await get(orders, order_id)).order_id == order_id
+
+
 BAD_WATCHES = [
     (pb.WatchOrdersRequest(after_cursor=-1), "after_cursor"),
     (pb.WatchOrdersRequest(types=[99]), "types[0]"),  # type: ignore[list-item]
