@@ -66,6 +66,14 @@ class Partners:
             found: list[dict[str, Any]] = (await r.json())["bookings"]
             return found
 
+    async def handoffs(self) -> dict[str, str]:
+        """GET /_handoffs of the warehouse: each order id it was given, with its state."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.warehouse.url}/_handoffs") as r,
+        ):
+            return {o["order_id"]: o["state"] for o in (await r.json())["orders"]}
+
     async def stop(self) -> None:
         """Stop all three."""
         await asyncio.gather(self.warehouse.stop(), self.primary.stop(), self.fallback.stop())
