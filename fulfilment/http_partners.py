@@ -8,6 +8,11 @@ fulfilment/partners.py and failures to its errors. Their contract:
   MalformedReply);
 - any other 4xx refused the request for good (Rejected).
 
+Every id goes into a URL as one percent-encoded path segment (`partner_url`), and the URL
+is handed to aiohttp as already encoded, so nothing on the way re-normalises it: an id
+with slashes or dots names one order at the partner, never another one. A reply that
+acknowledges another id than the one sent is malformed.
+
 A real partner with another API gets an adapter of its own beside these."""
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
+import yarl
 
 from fulfilment.partners import (
     Booking,
@@ -35,6 +42,27 @@ from fulfilment.partners import (
 from server.domain.orders import MAX_CARRIER_ACK, TRACKING_PATTERN
 
 _NOT_APPLIED_STATUSES = frozenset({429, 503})
+# Segments a server drops or collapses however they are encoded ("%2E" is ".").
+_UNNAMED_SEGMENTS = frozenset({"", ".", ".."})
+
+
+def partner_url(
+    base: yarl.URL, segments: Sequence[str], query: Mapping[str, str] | None = None
+) -> yarl.URL:
+    """`base` followed by each of `segments` as one path segment and by `query`, every
+    character outside the unreserved set percent-encoded, as a URL marked encoded so no
+    later step decodes or normalises it. ValueError for a segment that names nothing."""
+    for segment in segments:
+        if segment in _UNNAMED_SEGMENTS:
+            raise ValueError(f"{segment!r} cannot be a path segment")
+    path = base.raw_path.rstrip("/") + "".join("/" + quote(s, safe="") for s in segments)
+    return yarl.URL.build(
+        scheme=base.scheme,
+        authority=base.raw_authority,
+        path=path,
+        query_string=urlencode(list((query or {}).items()), quote_via=quote, safe=""),
+        encoded=True,
+    )
 
 
 def _session(timeout_s: float, connections: int) -> aiohttp.ClientSession:
@@ -50,15 +78,25 @@ class JsonApi:
 
     def __init__(self, partner: str, base_url: str, timeout_s: float, connections: int) -> None:
         self.partner = partner
-        self._base = base_url.rstrip("/")
+        self._base = yarl.URL(base_url)
         self._session = _session(timeout_s, connections)
 
     async def post(
-        self, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+        self,
+        segments: Sequence[str],
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """The JSON reply of a successful POST; a PartnerError otherwise."""
+        """The JSON reply of a successful POST to the path of these segments; a
+        PartnerError otherwise."""
         try:
-            async with self._session.post(self._base + path, json=body, headers=headers) as reply:
+            url = partner_url(self._base, segments)
+        except ValueError as exc:
+            raise Rejected(self.partner, f"not sent: {exc}") from exc
+        # Encoded: safe in a log line whatever the ids hold.
+        path = url.raw_path
+        try:
+            async with self._session.post(url, json=body, headers=headers) as reply:
                 if reply.status in _NOT_APPLIED_STATUSES:
                     raise NotApplied(self.partner, f"{path}: HTTP {reply.status}")
                 if 400 <= reply.status < 500:
@@ -133,7 +171,7 @@ class HttpWarehouse:
             "lines": [{"sku": sku, "quantity": qty} for sku, qty in order.lines],
             "paid_at": order.paid_at.isoformat(),
         }
-        reply = _object(self._api, await self._api.post("/v1/handoffs", body), "hand-off")
+        reply = _object(self._api, await self._api.post(("v1", "handoffs"), body), "hand-off")
         ref = reply.get("warehouse_ref")
         if reply.get("order_id") != order.order_id or not isinstance(ref, str) or not ref:
             raise self._api.malformed("hand-off reply without the order id and a reference")
@@ -143,7 +181,7 @@ class HttpWarehouse:
         """POST /v1/handoffs/status; orders the warehouse does not name are UNKNOWN."""
         reply = _object(
             self._api,
-            await self._api.post("/v1/handoffs/status", {"order_ids": list(order_ids)}),
+            await self._api.post(("v1", "handoffs", "status"), {"order_ids": list(order_ids)}),
             "status",
         )
         rows = reply.get("orders")
@@ -165,7 +203,13 @@ class HttpWarehouse:
 
     async def cancel(self, order_id: str) -> None:
         """POST /v1/handoffs/{order_id}/cancel."""
-        await self._api.post(f"/v1/handoffs/{order_id}/cancel", {})
+        reply = _object(
+            self._api, await self._api.post(("v1", "handoffs", order_id, "cancel"), {}), "cancel"
+        )
+        if reply.get("order_id") != order_id:
+            raise self._api.malformed(
+                f"cancel acknowledged for another order: {reply.get('order_id')!r}"
+            )
 
     async def close(self) -> None:
         """Close the connections."""
@@ -195,7 +239,7 @@ class HttpCarrier:
         reply = _object(
             self._api,
             await self._api.post(
-                "/v1/bookings", body, headers={"Idempotency-Key": request.booking_key}
+                ("v1", "bookings"), body, headers={"Idempotency-Key": request.booking_key}
             ),
             "booking",
         )
@@ -214,7 +258,7 @@ class HttpCarrier:
         """POST /v1/tracking; parcels the carrier does not name are unknown."""
         reply = _object(
             self._api,
-            await self._api.post("/v1/tracking", {"tracking_nos": list(tracking_nos)}),
+            await self._api.post(("v1", "tracking"), {"tracking_nos": list(tracking_nos)}),
             "tracking",
         )
         parcels = reply.get("parcels")
@@ -239,7 +283,13 @@ class HttpCarrier:
 
     async def cancel(self, booking_key: str) -> None:
         """POST /v1/bookings/{key}/void."""
-        await self._api.post(f"/v1/bookings/{booking_key}/void", {})
+        reply = _object(
+            self._api, await self._api.post(("v1", "bookings", booking_key, "void"), {}), "void"
+        )
+        if reply.get("booking_key") != booking_key:
+            raise self._api.malformed(
+                f"void acknowledged for another booking: {reply.get('booking_key')!r}"
+            )
 
     async def close(self) -> None:
         """Close the connections."""
