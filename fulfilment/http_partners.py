@@ -6,7 +6,13 @@ fulfilment/partners.py and failures to its errors. Their contract:
 - a timeout after the request was sent, a dropped connection, any other 5xx, and a 2xx
   whose body is not what the API promises may have applied (OutcomeUnknown /
   MalformedReply);
-- any other 4xx refused the request for good (Rejected).
+- any other 4xx refused the request for good (Rejected);
+- a redirect is not followed (a partner does not get to send our request, body and
+  headers, elsewhere): it is a reply the API does not promise (MalformedReply), as is a
+  reply larger than `max_reply_bytes`, which is read no further than that. The whole
+  exchange, the reply's last byte included, is bounded by `timeout_s`: a partner that
+  drips its reply gets no answer in time (OutcomeUnknown). Each is a failed attempt for
+  the guard to retry and the breaker to count, never a worker stuck on one call.
 
 Every id goes into a URL as one percent-encoded path segment (`partner_url`), and the URL
 is handed to aiohttp as already encoded, so nothing on the way re-normalises it: an id
@@ -18,6 +24,7 @@ A real partner with another API gets an adapter of its own beside these."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -42,6 +49,8 @@ from fulfilment.partners import (
 from server.domain.orders import MAX_CARRIER_ACK, TRACKING_PATTERN
 
 _NOT_APPLIED_STATUSES = frozenset({429, 503})
+# How much of a refusal's body goes into its error, for people.
+_ERROR_TEXT_BYTES = 300
 # Segments a server drops or collapses however they are encoded ("%2E" is ".").
 _UNNAMED_SEGMENTS = frozenset({"", ".", ".."})
 
@@ -76,10 +85,18 @@ def _session(timeout_s: float, connections: int) -> aiohttp.ClientSession:
 class JsonApi:
     """POSTs JSON to one partner and classifies what comes back."""
 
-    def __init__(self, partner: str, base_url: str, timeout_s: float, connections: int) -> None:
+    def __init__(
+        self,
+        partner: str,
+        base_url: str,
+        timeout_s: float,
+        connections: int,
+        max_reply_bytes: int,
+    ) -> None:
         self.partner = partner
         self._base = yarl.URL(base_url)
         self._session = _session(timeout_s, connections)
+        self._max_reply_bytes = max_reply_bytes
 
     async def post(
         self,
@@ -96,17 +113,25 @@ class JsonApi:
         # Encoded: safe in a log line whatever the ids hold.
         path = url.raw_path
         try:
-            async with self._session.post(url, json=body, headers=headers) as reply:
+            async with self._session.post(
+                url, json=body, headers=headers, allow_redirects=False
+            ) as reply:
                 if reply.status in _NOT_APPLIED_STATUSES:
                     raise NotApplied(self.partner, f"{path}: HTTP {reply.status}")
-                if 400 <= reply.status < 500:
-                    raise Rejected(
-                        self.partner, f"{path}: HTTP {reply.status} {await reply.text()}"
+                if 300 <= reply.status < 400:
+                    location = reply.headers.get("Location", "")[:200]
+                    raise MalformedReply(
+                        self.partner,
+                        f"{path}: HTTP {reply.status} redirect to {location!r}, not followed",
                     )
+                if 400 <= reply.status < 500:
+                    text = (await reply.content.read(_ERROR_TEXT_BYTES)).decode(errors="replace")
+                    raise Rejected(self.partner, f"{path}: HTTP {reply.status} {text!r}")
                 if reply.status >= 500:
                     raise OutcomeUnknown(self.partner, f"{path}: HTTP {reply.status}")
+                data = await self._read(reply, path)
                 try:
-                    return await reply.json(content_type=None)
+                    return json.loads(data)
                 except ValueError as exc:
                     raise MalformedReply(self.partner, f"{path}: not JSON ({exc})") from exc
         except aiohttp.ClientConnectorError as exc:
@@ -117,6 +142,20 @@ class JsonApi:
             raise OutcomeUnknown(self.partner, f"{path}: no answer in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise OutcomeUnknown(self.partner, f"{path}: {type(exc).__name__}: {exc}") from exc
+
+    async def _read(self, reply: aiohttp.ClientResponse, path: str) -> bytes:
+        """The reply's body, or MalformedReply as soon as it proves larger than the cap
+        (by its Content-Length, or by what arrived: a decompressed body counts)."""
+        cap = self._max_reply_bytes
+        declared = reply.content_length
+        if declared is not None and declared > cap:
+            raise MalformedReply(self.partner, f"{path}: a {declared}-byte reply, more than {cap}")
+        body = bytearray()
+        async for chunk in reply.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > cap:
+                raise MalformedReply(self.partner, f"{path}: a reply of more than {cap} bytes")
+        return bytes(body)
 
     def malformed(self, what: str) -> MalformedReply:
         """The error for a reply that lacks what the API promises."""
@@ -155,8 +194,9 @@ class HttpWarehouse:
         name: str = "warehouse",
         timeout_s: float = 10.0,
         connections: int = 100,
+        max_reply_bytes: int = 1 << 20,
     ) -> None:
-        self._api = JsonApi(name, base_url, timeout_s, connections)
+        self._api = JsonApi(name, base_url, timeout_s, connections, max_reply_bytes)
 
     @property
     def name(self) -> str:
@@ -220,9 +260,15 @@ class HttpCarrier:
     """The simulated carriers' API; `code` is the carrier code ShipOrder is given."""
 
     def __init__(
-        self, code: str, base_url: str, *, timeout_s: float = 10.0, connections: int = 100
+        self,
+        code: str,
+        base_url: str,
+        *,
+        timeout_s: float = 10.0,
+        connections: int = 100,
+        max_reply_bytes: int = 1 << 20,
     ) -> None:
-        self._api = JsonApi(code, base_url, timeout_s, connections)
+        self._api = JsonApi(code, base_url, timeout_s, connections, max_reply_bytes)
 
     @property
     def name(self) -> str:
