@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stockcore.v1 import inventory_pb2 as ipb
@@ -378,7 +378,7 @@ async def test_carrier_events_keep_the_carrier_times_and_the_last_sync_time(
             order_id="o-1", carrier="sf-express", tracking_no="SF1", carrier_ack_id="a"
         )
     )
-    scanned = now_stamp(timedelta(hours=-2))
+    scanned = (await get(orders, "o-1")).create_time  # the earliest a carrier may report
     moving = (
         await orders.RecordInTransit(pb.RecordInTransitRequest(order_id="o-1", event_time=scanned))
     ).order
@@ -393,6 +393,41 @@ async def test_carrier_events_keep_the_carrier_times_and_the_last_sync_time(
     assert done.shipment.delivered_time == delivered_at
     assert done.shipment.last_sync_time.ToDatetime() >= moving.shipment.last_sync_time.ToDatetime()
     assert done.shipment.last_sync_time == done.update_time
+
+
+async def test_a_carrier_time_before_the_order_was_created_is_refused_and_changes_nothing(
+    orders: Stub, stub
+) -> None:
+    await paid_order(orders, stub)
+    ship = pb.ShipOrderRequest(
+        order_id="o-1", carrier="sf-express", tracking_no="SF1", carrier_ack_id="a"
+    )
+    shipped = (await orders.ShipOrder(ship)).order
+    created = shipped.create_time.ToDatetime(tzinfo=UTC)
+    early = timestamp_pb2.Timestamp()
+    early.FromDatetime(created - timedelta(seconds=1))
+
+    for call in (
+        orders.RecordInTransit(pb.RecordInTransitRequest(order_id="o-1", event_time=early)),
+        orders.RecordDelivery(pb.RecordDeliveryRequest(order_id="o-1", event_time=early)),
+    ):
+        error = await rpc_error(call)
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        (info,) = details_of(error, error_details_pb2.ErrorInfo)
+        assert info.reason == "EVENT_BEFORE_ORDER"
+        (failure,) = details_of(error, error_details_pb2.PreconditionFailure)
+        assert [(v.type, v.subject) for v in failure.violations] == [("EVENT_TIME", "o-1")]
+    assert await get(orders, "o-1") == shipped
+
+    in_1970 = timestamp_pb2.Timestamp()
+    in_1970.FromDatetime(datetime(1970, 1, 1, tzinfo=UTC))
+    error = await rpc_error(
+        orders.RecordDelivery(pb.RecordDeliveryRequest(order_id="o-1", event_time=in_1970))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["event_time"]
+    assert await get(orders, "o-1") == shipped
 
 
 async def test_raw_commit_or_release_of_an_order_hold_is_refused(orders: Stub, stub) -> None:
@@ -536,6 +571,11 @@ BAD_REQUESTS = [
         "event_time",
     ),
     ("RecordInTransit", pb.RecordInTransitRequest(order_id="", event_time=now_stamp()), "order_id"),
+    (
+        "RecordInTransit",
+        pb.RecordInTransitRequest(order_id="o", event_time=timestamp_pb2.Timestamp(seconds=0)),
+        "event_time",
+    ),
     ("RecordDelivery", pb.RecordDeliveryRequest(order_id="o"), "event_time"),
     (
         "RecordDelivery",
