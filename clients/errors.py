@@ -22,6 +22,9 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 #: PreconditionFailure violation type the server uses for a SKU that cannot cover a request.
 INSUFFICIENT_STOCK = "INSUFFICIENT_STOCK"
 
+#: ErrorInfo reason of a carrier event time before the order was created.
+EVENT_BEFORE_ORDER = "EVENT_BEFORE_ORDER"
+
 
 class StatusCode(enum.IntEnum):
     """gRPC status codes, numbered as on the wire."""
@@ -139,6 +142,11 @@ class InsufficientStock(FailedPrecondition):
     """Some lines could not be held; nothing was held. See `shortages`."""
 
 
+class EventBeforeOrder(FailedPrecondition):
+    """RecordInTransit or RecordDelivery named a time before the order was created;
+    nothing changed, and the same report is refused again."""
+
+
 class Unavailable(StockcoreError):
     """The service could not be reached or could not serve; retrying with the same id is safe."""
 
@@ -197,6 +205,12 @@ def make_error(
         or (error_info is not None and error_info.reason == INSUFFICIENT_STOCK)
     ):
         cls = InsufficientStock
+    elif (
+        code is StatusCode.FAILED_PRECONDITION
+        and error_info is not None
+        and error_info.reason == EVENT_BEFORE_ORDER
+    ):
+        cls = EventBeforeOrder
     return cls(
         code,
         message,

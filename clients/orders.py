@@ -270,7 +270,9 @@ class OrderClient(ChannelClient):
     async def record_in_transit(
         self, order_id: str, event_time: datetime, *, timeout: float | None = None
     ) -> Order:
-        """Record the carrier's in-transit scan at its time (timezone-aware)."""
+        """Record the carrier's in-transit scan at its time (timezone-aware). A time before
+        the order was created is EventBeforeOrder; one before 2000 or more than 5 minutes
+        ahead, InvalidArgument."""
         request = pb.RecordInTransitRequest(order_id=order_id, event_time=_timestamp(event_time))
         reply = await self._call(self._stub.RecordInTransit, request, read=False, timeout=timeout)
         return order_from_message(reply.order)
@@ -278,7 +280,9 @@ class OrderClient(ChannelClient):
     async def record_delivery(
         self, order_id: str, event_time: datetime, *, timeout: float | None = None
     ) -> Order:
-        """Record the carrier's delivery at its time (timezone-aware)."""
+        """Record the carrier's delivery at its time (timezone-aware). A time before
+        the order was created is EventBeforeOrder; one before 2000 or more than 5 minutes
+        ahead, InvalidArgument."""
         request = pb.RecordDeliveryRequest(order_id=order_id, event_time=_timestamp(event_time))
         reply = await self._call(self._stub.RecordDelivery, request, read=False, timeout=timeout)
         return order_from_message(reply.order)

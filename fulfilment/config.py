@@ -45,9 +45,11 @@ class FulfilmentSettings(EnvSettings):
     fulfil_lease_s: float = 120.0
     # An ORDER_PAID entry a dead worker left pending is taken over after this long.
     fulfil_event_claim_idle_s: float = 30.0
-    # One partner call: its timeout, and how often it is tried at once (backoff with
-    # jitter between tries, from retry_initial_s up to retry_max_s).
+    # One partner call: its timeout (the whole exchange, the reply's last byte included),
+    # the largest reply it reads, and how often it is tried at once (backoff with jitter
+    # between tries, from retry_initial_s up to retry_max_s).
     partner_timeout_s: float = 10.0
+    partner_max_reply_bytes: int = 1 << 20
     partner_call_attempts: int = 3
     partner_retry_initial_s: float = 0.2
     partner_retry_max_s: float = 2.0
@@ -96,6 +98,7 @@ class FulfilmentSettings(EnvSettings):
         "STOCKCORE_FULFIL_LEASE": ("fulfil_lease_s", float),
         "STOCKCORE_FULFIL_EVENT_CLAIM_IDLE": ("fulfil_event_claim_idle_s", float),
         "STOCKCORE_PARTNER_TIMEOUT": ("partner_timeout_s", float),
+        "STOCKCORE_PARTNER_MAX_REPLY_BYTES": ("partner_max_reply_bytes", int),
         "STOCKCORE_PARTNER_CALL_ATTEMPTS": ("partner_call_attempts", int),
         "STOCKCORE_PARTNER_RETRY_INITIAL": ("partner_retry_initial_s", float),
         "STOCKCORE_PARTNER_RETRY_MAX": ("partner_retry_max_s", float),
@@ -151,6 +154,11 @@ class FulfilmentSettings(EnvSettings):
                 " x partner_call_attempts",
             ),
             (self.partner_timeout_s > 0, "partner_timeout_s must be positive"),
+            (
+                # A status reply for a batch of 1,000 orders fits in well under 1 MiB.
+                4096 <= self.partner_max_reply_bytes <= 64 << 20,
+                "partner_max_reply_bytes must be 4096 to 67108864 (64 MiB)",
+            ),
             (self.fulfil_event_claim_idle_s > 0, "fulfil_event_claim_idle_s must be positive"),
             (1 <= self.partner_call_attempts <= 10, "partner_call_attempts must be 1-10"),
             (

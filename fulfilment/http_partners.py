@@ -6,18 +6,32 @@ fulfilment/partners.py and failures to its errors. Their contract:
 - a timeout after the request was sent, a dropped connection, any other 5xx, and a 2xx
   whose body is not what the API promises may have applied (OutcomeUnknown /
   MalformedReply);
-- any other 4xx refused the request for good (Rejected).
+- any other 4xx refused the request for good (Rejected);
+- a redirect is not followed (a partner does not get to send our request, body and
+  headers, elsewhere): it is a reply the API does not promise (MalformedReply), as is a
+  reply larger than `max_reply_bytes`, which is read no further than that. The whole
+  exchange, the reply's last byte included, is bounded by `timeout_s`: a partner that
+  drips its reply gets no answer in time (OutcomeUnknown). Each is a failed attempt for
+  the guard to retry and the breaker to count, never a worker stuck on one call.
+
+Every id goes into a URL as one percent-encoded path segment (`partner_url`), and the URL
+is handed to aiohttp as already encoded, so nothing on the way re-normalises it: an id
+with slashes or dots names one order at the partner, never another one. A reply that
+acknowledges another id than the one sent is malformed.
 
 A real partner with another API gets an adapter of its own beside these."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
+import yarl
 
 from fulfilment.partners import (
     Booking,
@@ -35,6 +49,29 @@ from fulfilment.partners import (
 from server.domain.orders import MAX_CARRIER_ACK, TRACKING_PATTERN
 
 _NOT_APPLIED_STATUSES = frozenset({429, 503})
+# How much of a refusal's body goes into its error, for people.
+_ERROR_TEXT_BYTES = 300
+# Segments a server drops or collapses however they are encoded ("%2E" is ".").
+_UNNAMED_SEGMENTS = frozenset({"", ".", ".."})
+
+
+def partner_url(
+    base: yarl.URL, segments: Sequence[str], query: Mapping[str, str] | None = None
+) -> yarl.URL:
+    """`base` followed by each of `segments` as one path segment and by `query`, every
+    character outside the unreserved set percent-encoded, as a URL marked encoded so no
+    later step decodes or normalises it. ValueError for a segment that names nothing."""
+    for segment in segments:
+        if segment in _UNNAMED_SEGMENTS:
+            raise ValueError(f"{segment!r} cannot be a path segment")
+    path = base.raw_path.rstrip("/") + "".join("/" + quote(s, safe="") for s in segments)
+    return yarl.URL.build(
+        scheme=base.scheme,
+        authority=base.raw_authority,
+        path=path,
+        query_string=urlencode(list((query or {}).items()), quote_via=quote, safe=""),
+        encoded=True,
+    )
 
 
 def _session(timeout_s: float, connections: int) -> aiohttp.ClientSession:
@@ -48,27 +85,53 @@ def _session(timeout_s: float, connections: int) -> aiohttp.ClientSession:
 class JsonApi:
     """POSTs JSON to one partner and classifies what comes back."""
 
-    def __init__(self, partner: str, base_url: str, timeout_s: float, connections: int) -> None:
+    def __init__(
+        self,
+        partner: str,
+        base_url: str,
+        timeout_s: float,
+        connections: int,
+        max_reply_bytes: int,
+    ) -> None:
         self.partner = partner
-        self._base = base_url.rstrip("/")
+        self._base = yarl.URL(base_url)
         self._session = _session(timeout_s, connections)
+        self._max_reply_bytes = max_reply_bytes
 
     async def post(
-        self, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+        self,
+        segments: Sequence[str],
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """The JSON reply of a successful POST; a PartnerError otherwise."""
+        """The JSON reply of a successful POST to the path of these segments; a
+        PartnerError otherwise."""
         try:
-            async with self._session.post(self._base + path, json=body, headers=headers) as reply:
+            url = partner_url(self._base, segments)
+        except ValueError as exc:
+            raise Rejected(self.partner, f"not sent: {exc}") from exc
+        # Encoded: safe in a log line whatever the ids hold.
+        path = url.raw_path
+        try:
+            async with self._session.post(
+                url, json=body, headers=headers, allow_redirects=False
+            ) as reply:
                 if reply.status in _NOT_APPLIED_STATUSES:
                     raise NotApplied(self.partner, f"{path}: HTTP {reply.status}")
-                if 400 <= reply.status < 500:
-                    raise Rejected(
-                        self.partner, f"{path}: HTTP {reply.status} {await reply.text()}"
+                if 300 <= reply.status < 400:
+                    location = reply.headers.get("Location", "")[:200]
+                    raise MalformedReply(
+                        self.partner,
+                        f"{path}: HTTP {reply.status} redirect to {location!r}, not followed",
                     )
+                if 400 <= reply.status < 500:
+                    text = (await reply.content.read(_ERROR_TEXT_BYTES)).decode(errors="replace")
+                    raise Rejected(self.partner, f"{path}: HTTP {reply.status} {text!r}")
                 if reply.status >= 500:
                     raise OutcomeUnknown(self.partner, f"{path}: HTTP {reply.status}")
+                data = await self._read(reply, path)
                 try:
-                    return await reply.json(content_type=None)
+                    return json.loads(data)
                 except ValueError as exc:
                     raise MalformedReply(self.partner, f"{path}: not JSON ({exc})") from exc
         except aiohttp.ClientConnectorError as exc:
@@ -79,6 +142,20 @@ class JsonApi:
             raise OutcomeUnknown(self.partner, f"{path}: no answer in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise OutcomeUnknown(self.partner, f"{path}: {type(exc).__name__}: {exc}") from exc
+
+    async def _read(self, reply: aiohttp.ClientResponse, path: str) -> bytes:
+        """The reply's body, or MalformedReply as soon as it proves larger than the cap
+        (by its Content-Length, or by what arrived: a decompressed body counts)."""
+        cap = self._max_reply_bytes
+        declared = reply.content_length
+        if declared is not None and declared > cap:
+            raise MalformedReply(self.partner, f"{path}: a {declared}-byte reply, more than {cap}")
+        body = bytearray()
+        async for chunk in reply.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > cap:
+                raise MalformedReply(self.partner, f"{path}: a reply of more than {cap} bytes")
+        return bytes(body)
 
     def malformed(self, what: str) -> MalformedReply:
         """The error for a reply that lacks what the API promises."""
@@ -117,8 +194,9 @@ class HttpWarehouse:
         name: str = "warehouse",
         timeout_s: float = 10.0,
         connections: int = 100,
+        max_reply_bytes: int = 1 << 20,
     ) -> None:
-        self._api = JsonApi(name, base_url, timeout_s, connections)
+        self._api = JsonApi(name, base_url, timeout_s, connections, max_reply_bytes)
 
     @property
     def name(self) -> str:
@@ -133,7 +211,7 @@ class HttpWarehouse:
             "lines": [{"sku": sku, "quantity": qty} for sku, qty in order.lines],
             "paid_at": order.paid_at.isoformat(),
         }
-        reply = _object(self._api, await self._api.post("/v1/handoffs", body), "hand-off")
+        reply = _object(self._api, await self._api.post(("v1", "handoffs"), body), "hand-off")
         ref = reply.get("warehouse_ref")
         if reply.get("order_id") != order.order_id or not isinstance(ref, str) or not ref:
             raise self._api.malformed("hand-off reply without the order id and a reference")
@@ -143,7 +221,7 @@ class HttpWarehouse:
         """POST /v1/handoffs/status; orders the warehouse does not name are UNKNOWN."""
         reply = _object(
             self._api,
-            await self._api.post("/v1/handoffs/status", {"order_ids": list(order_ids)}),
+            await self._api.post(("v1", "handoffs", "status"), {"order_ids": list(order_ids)}),
             "status",
         )
         rows = reply.get("orders")
@@ -165,7 +243,13 @@ class HttpWarehouse:
 
     async def cancel(self, order_id: str) -> None:
         """POST /v1/handoffs/{order_id}/cancel."""
-        await self._api.post(f"/v1/handoffs/{order_id}/cancel", {})
+        reply = _object(
+            self._api, await self._api.post(("v1", "handoffs", order_id, "cancel"), {}), "cancel"
+        )
+        if reply.get("order_id") != order_id:
+            raise self._api.malformed(
+                f"cancel acknowledged for another order: {reply.get('order_id')!r}"
+            )
 
     async def close(self) -> None:
         """Close the connections."""
@@ -176,9 +260,15 @@ class HttpCarrier:
     """The simulated carriers' API; `code` is the carrier code ShipOrder is given."""
 
     def __init__(
-        self, code: str, base_url: str, *, timeout_s: float = 10.0, connections: int = 100
+        self,
+        code: str,
+        base_url: str,
+        *,
+        timeout_s: float = 10.0,
+        connections: int = 100,
+        max_reply_bytes: int = 1 << 20,
     ) -> None:
-        self._api = JsonApi(code, base_url, timeout_s, connections)
+        self._api = JsonApi(code, base_url, timeout_s, connections, max_reply_bytes)
 
     @property
     def name(self) -> str:
@@ -195,7 +285,7 @@ class HttpCarrier:
         reply = _object(
             self._api,
             await self._api.post(
-                "/v1/bookings", body, headers={"Idempotency-Key": request.booking_key}
+                ("v1", "bookings"), body, headers={"Idempotency-Key": request.booking_key}
             ),
             "booking",
         )
@@ -214,7 +304,7 @@ class HttpCarrier:
         """POST /v1/tracking; parcels the carrier does not name are unknown."""
         reply = _object(
             self._api,
-            await self._api.post("/v1/tracking", {"tracking_nos": list(tracking_nos)}),
+            await self._api.post(("v1", "tracking"), {"tracking_nos": list(tracking_nos)}),
             "tracking",
         )
         parcels = reply.get("parcels")
@@ -239,7 +329,13 @@ class HttpCarrier:
 
     async def cancel(self, booking_key: str) -> None:
         """POST /v1/bookings/{key}/void."""
-        await self._api.post(f"/v1/bookings/{booking_key}/void", {})
+        reply = _object(
+            self._api, await self._api.post(("v1", "bookings", booking_key, "void"), {}), "void"
+        )
+        if reply.get("booking_key") != booking_key:
+            raise self._api.malformed(
+                f"void acknowledged for another booking: {reply.get('booking_key')!r}"
+            )
 
     async def close(self) -> None:
         """Close the connections."""

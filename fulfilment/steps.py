@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from clients.errors import FailedPrecondition, StockcoreError
+from clients.errors import EventBeforeOrder, FailedPrecondition, InvalidArgument, StockcoreError
 from clients.orders import OrderClient, OrderStatus, status_name
 from fulfilment.breaker import BreakerState
 from fulfilment.config import FulfilmentSettings
@@ -433,6 +433,14 @@ class Steps:
                 outcome.delivered_at = update.delivered_at
                 outcome.stage = Stage.DELIVERED
                 outcome.note(carrier, "delivered", update.delivered_at.isoformat())
+        except (EventBeforeOrder, InvalidArgument) as error:
+            # The order server refused the carrier's time (before the order, before 2000):
+            # the carrier's report is unusable, and asking again brings the same one. It
+            # spends the step's budget, as a partner's failure does.
+            spent = self._spend(row, carrier, f"order server: {error.code.name}: {error}"[:2000])
+            spent.in_transit_at, spent.synced = outcome.in_transit_at, True
+            spent.history = outcome.history + spent.history
+            return spent
         except StockcoreError as error:
             trouble = self._server_trouble(row, Stage.TRACKING, error)
             outcome.due_in_s, outcome.last_error = trouble.due_in_s, trouble.last_error
@@ -443,6 +451,8 @@ class Steps:
     ) -> None:
         try:
             await call(order_id, at)
+        except EventBeforeOrder:
+            raise
         except FailedPrecondition:
             # Already further along (recorded by an earlier try whose answer was lost, or
             # delivered before the transit scan was seen): what matters is where it is.

@@ -135,22 +135,18 @@ class Worker:
 
     def _partners(self) -> Partners:
         s = self.settings
-        warehouse = HttpWarehouse(s.warehouse_url, timeout_s=s.partner_timeout_s)
-        carriers = {
-            s.primary_carrier: CarrierLink(
-                HttpCarrier(
-                    s.primary_carrier, s.primary_carrier_url, timeout_s=s.partner_timeout_s
-                ),
-                self._guard(s.primary_carrier),
+        timeout_s, max_reply = s.partner_timeout_s, s.partner_max_reply_bytes
+        warehouse = HttpWarehouse(s.warehouse_url, timeout_s=timeout_s, max_reply_bytes=max_reply)
+
+        def carrier(code: str, url: str) -> CarrierLink:
+            return CarrierLink(
+                HttpCarrier(code, url, timeout_s=timeout_s, max_reply_bytes=max_reply),
+                self._guard(code),
             )
-        }
+
+        carriers = {s.primary_carrier: carrier(s.primary_carrier, s.primary_carrier_url)}
         if s.fallback_carrier:
-            carriers[s.fallback_carrier] = CarrierLink(
-                HttpCarrier(
-                    s.fallback_carrier, s.fallback_carrier_url, timeout_s=s.partner_timeout_s
-                ),
-                self._guard(s.fallback_carrier),
-            )
+            carriers[s.fallback_carrier] = carrier(s.fallback_carrier, s.fallback_carrier_url)
         return Partners(
             warehouse,
             self._guard(warehouse.name),

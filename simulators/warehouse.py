@@ -6,6 +6,7 @@ after it got it, answers status queries and takes cancelled orders back.
     POST   /v1/handoffs/status          {order_ids: [...]} -> {orders: [{order_id, state, packed_at}]}
                                         (orders it does not know are left out)
     POST   /v1/handoffs/{order_id}/cancel  -> {order_id, cancelled}
+    GET    /_handoffs                   every order it was given, with its state
 """
 
 from __future__ import annotations
@@ -111,6 +112,24 @@ async def cancel(request: web.Request) -> web.Response:
     return web.json_response({"order_id": order_id, "cancelled": parcel is not None})
 
 
+async def handoffs(request: web.Request) -> web.Response:
+    """Every order the warehouse was given, for checks: id, reference, state."""
+    warehouse = request.app[WAREHOUSE_KEY]
+    now = time.time()
+    return web.json_response(
+        {
+            "orders": [
+                {
+                    "order_id": p.order_id,
+                    "warehouse_ref": p.warehouse_ref,
+                    "state": warehouse.state_of(p, now)[0],
+                }
+                for p in warehouse.orders.values()
+            ]
+        }
+    )
+
+
 def warehouse_app(pack_s: float = 0.5, seed: int | None = None) -> web.Application:
     """The warehouse's application."""
     app = fault_app(seed)
@@ -118,4 +137,5 @@ def warehouse_app(pack_s: float = 0.5, seed: int | None = None) -> web.Applicati
     app.router.add_post("/v1/handoffs", hand_off, name="hand_off")
     app.router.add_post("/v1/handoffs/status", statuses, name="status")
     app.router.add_post("/v1/handoffs/{order_id}/cancel", cancel, name="cancel")
+    app.router.add_get("/_handoffs", handoffs)
     return app

@@ -29,7 +29,7 @@ from server.auth import scopes
 from server.auth.principal import Principal
 from server.config import Settings, SettingsError
 from server.domain.errors import Unauthenticated
-from server.domain.inventory import ID_PATTERN
+from server.domain.inventory import check_id
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,11 @@ class TokenVerifier:
         granted = frozenset(raw_scope.split())
         customer = claims.get(CUSTOMER_CLAIM)
         if customer is not None:
-            if not isinstance(customer, str) or ID_PATTERN.fullmatch(customer) is None:
-                raise _invalid(f"{CUSTOMER_CLAIM} must be 1-128 characters of [A-Za-z0-9._:/-]")
+            if not isinstance(customer, str) or check_id(customer, CUSTOMER_CLAIM):
+                raise _invalid(
+                    f"{CUSTOMER_CLAIM} must be a customer id (1-128 characters of"
+                    " [A-Za-z0-9._:/-], no empty, '.' or '..' segment between slashes)"
+                )
             if scopes.CUSTOMER not in granted or not granted <= _CUSTOMER_BOUND:
                 raise _invalid(
                     f"a token bound to a customer carries the scope {scopes.CUSTOMER!r}, and"

@@ -114,6 +114,19 @@ class PaymentMismatch(DomainError):
         super().__init__(f"payment of {paid} does not match order {order_id!r} total {expected}")
 
 
+class EventBeforeOrder(DomainError):
+    """A carrier's event time is before the order it reports on was created; nothing was
+    changed. Times are ISO 8601 text, for the caller to read."""
+
+    def __init__(self, order_id: str, event_time: str, created_at: str) -> None:
+        self.order_id = order_id
+        self.event_time = event_time
+        self.created_at = created_at
+        super().__init__(
+            f"event_time {event_time} is before order {order_id!r} was created ({created_at})"
+        )
+
+
 class StockFloorViolation(DomainError):
     """An adjustment would leave on_hand below reserved or below zero."""
 

@@ -19,6 +19,9 @@ MAX_REASON = 200
 
 SKU_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+# Path segments that name nothing (RFC 3986 dot-segments, and the empty one): no part of an
+# id between slashes may be one of these.
+_UNNAMED_SEGMENTS = frozenset({"", ".", ".."})
 
 
 class ReservationStatus(IntEnum):
@@ -150,11 +153,20 @@ def check_sku(sku: str, field: str) -> list[FieldViolation]:
 
 
 def check_id(value: str, field: str) -> list[FieldViolation]:
-    """Violations of the id format (reservation ids, idempotency keys)."""
+    """Violations of the id format (order, customer, payment and reservation ids,
+    idempotency keys)."""
     if not value:
         return [_violation(field, "must not be empty")]
     if ID_PATTERN.fullmatch(value) is None:
         return [_violation(field, "must be 1-128 characters of [A-Za-z0-9._:/-]")]
+    # An id reaches partners' URLs and other systems' paths: split at its slashes, every
+    # part must name something, or a normalising server collapses it into another id.
+    if any(segment in _UNNAMED_SEGMENTS for segment in value.split("/")):
+        return [
+            _violation(
+                field, "must not start or end with '/', hold '//', or have a '.' or '..' segment"
+            )
+        ]
     return []
 
 

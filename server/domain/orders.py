@@ -10,10 +10,11 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
 from server.domain.errors import (
+    EventBeforeOrder,
     FieldViolation,
     IllegalTransition,
     InvalidArgument,
@@ -34,6 +35,9 @@ MAX_UNIT_PRICE = 10**10
 MAX_TOTAL = 2**63 - 1
 MAX_CARRIER_ACK = 128
 MAX_CARRIER_SKEW = timedelta(minutes=5)
+# No parcel of ours moved before this: an earlier carrier time is a broken clock or a
+# default value (the epoch), never a scan.
+EARLIEST_CARRIER_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 TRACKING_PATTERN = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -427,12 +431,16 @@ class CarrierReport:
 def carrier_report(
     order_id: str, event_time: datetime | None, actor: Actor, *, now: datetime
 ) -> CarrierReport:
-    """Validate a carrier event: the time is required and not more than 5 min ahead."""
+    """Validate a carrier event: the time is required, not more than 5 min ahead and not
+    before 2000. (Not before the order's creation either: the order function decides
+    that, under the order's lock, where the creation time is.)"""
     violations = check_id(order_id, "order_id")
     if event_time is None:
         violations.append(_violation("event_time", "must be set to the carrier's event time"))
     elif event_time > now + MAX_CARRIER_SKEW:
         violations.append(_violation("event_time", "must not be more than 5 minutes ahead"))
+    elif event_time < EARLIEST_CARRIER_TIME:
+        violations.append(_violation("event_time", "must not be before 2000-01-01T00:00:00Z"))
     if violations or event_time is None:
         raise InvalidArgument(violations)
     return CarrierReport(order_id, event_time, actor)
@@ -476,6 +484,13 @@ def shipped_as_another(order: Order) -> IllegalTransition:
         OrderStatus.SHIPPED.name,
         f"order {order.order_id!r} was already shipped as {parcel}",
         [status.name for status in allowed_next(order.status)],
+    )
+
+
+def reported_before_creation(order: Order, report: CarrierReport) -> EventBeforeOrder:
+    """A carrier event dated before the order it reports on was created."""
+    return EventBeforeOrder(
+        order.order_id, report.event_time.isoformat(), order.created_at.isoformat()
     )
 
 

@@ -33,6 +33,7 @@ from server.domain.orders import (
     not_customers,
     paid_by_another,
     refusal,
+    reported_before_creation,
     shipped_as_another,
 )
 from server.inventory import gating
@@ -221,7 +222,16 @@ class OrderCore:
         self, wanted: OrderStatus, reports: Sequence[CarrierReport]
     ) -> list[Answer]:
         changed = await self.store.record_carrier(wanted, reports)
-        return self._answers(reports, changed, wanted, lambda _, __, order: refusal(order, wanted))
+        return self._answers(
+            reports,
+            changed,
+            wanted,
+            lambda report, outcome, order: (
+                reported_before_creation(order, report)
+                if outcome.code is ChangeCode.BEFORE_CREATION
+                else refusal(order, wanted)
+            ),
+        )
 
     def _answers(
         self,

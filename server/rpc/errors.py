@@ -14,6 +14,7 @@ from server.domain.errors import (
     AlreadyExists,
     DeadlineExpired,
     DomainError,
+    EventBeforeOrder,
     IllegalTransition,
     InsufficientStock,
     InvalidArgument,
@@ -37,6 +38,7 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     IllegalTransition: grpc.StatusCode.FAILED_PRECONDITION,
     StockFloorViolation: grpc.StatusCode.FAILED_PRECONDITION,
     PaymentMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    EventBeforeOrder: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -165,6 +167,22 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
                             type="PAYMENT_MISMATCH",
                             subject=exc.order_id,
                             description=f"order total {exc.expected}, paid {exc.paid}",
+                        )
+                    ]
+                )
+            )
+        )
+    elif isinstance(exc, EventBeforeOrder):
+        reason = "EVENT_BEFORE_ORDER"
+        details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type="EVENT_TIME",
+                            subject=exc.order_id,
+                            description=f"event_time {exc.event_time} is before the order's"
+                            f" create_time {exc.created_at}",
                         )
                     ]
                 )

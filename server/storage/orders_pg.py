@@ -62,6 +62,8 @@ class ChangeCode(IntEnum):
     """The order's hold had lapsed: the order expired now, and the request is refused."""
     OTHER_PARCEL = 11
     """The order shipped already, as another parcel."""
+    BEFORE_CREATION = 12
+    """The carrier's event time is before the order was created."""
 
 
 @dataclass(frozen=True, slots=True)

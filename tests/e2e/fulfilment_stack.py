@@ -66,6 +66,14 @@ class Partners:
             found: list[dict[str, Any]] = (await r.json())["bookings"]
             return found
 
+    async def handoffs(self) -> dict[str, str]:
+        """GET /_handoffs of the warehouse: each order id it was given, with its state."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.warehouse.url}/_handoffs") as r,
+        ):
+            return {o["order_id"]: o["state"] for o in (await r.json())["orders"]}
+
     async def stop(self) -> None:
         """Stop all three."""
         await asyncio.gather(self.warehouse.stop(), self.primary.stop(), self.fallback.stop())
@@ -167,14 +175,19 @@ async def stock(app: App, units: int = 1_000_000) -> None:
 async def paid_orders(app: App, count: int, prefix: str = "ful") -> list[str]:
     """Create and pay `count` orders; their ids."""
     ids = [f"{prefix}-{next(_ids)}" for _ in range(count)]
+    await pay_orders(app, ids)
+    return ids
+
+
+async def pay_orders(app: App, ids: Iterable[str]) -> None:
+    """Create and pay an order under each of these ids."""
     async with OrderClient(f"127.0.0.1:{app.port}") as orders:
 
         async def one(order_id: str) -> None:
             order = await orders.create_order(order_id, "cust-1", [(SKU, 1, 500)], "EUR", 600)
-            await orders.confirm_payment(order_id, f"pay-{order_id}", order.total_minor, "EUR")
+            await orders.confirm_payment(order_id, f"pay-{next(_ids)}", order.total_minor, "EUR")
 
         await asyncio.gather(*(one(i) for i in ids))
-    return ids
 
 
 async def statuses(app: App, ids: Iterable[str]) -> dict[str, OrderStatus.ValueType]:

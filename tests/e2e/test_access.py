@@ -130,8 +130,9 @@ REQUESTS: dict[str, object] = {
     "ShipOrder": pb.ShipOrderRequest(
         order_id="o-paid", carrier="dhl", tracking_no="T-o-paid", carrier_ack_id="ack"
     ),
-    "RecordInTransit": pb.RecordInTransitRequest(order_id="o-shipped", event_time=now_stamp()),
-    "RecordDelivery": pb.RecordDeliveryRequest(order_id="o-moving", event_time=now_stamp()),
+    # Carrier events are stamped when sent (call): one may not predate its order.
+    "RecordInTransit": pb.RecordInTransitRequest(order_id="o-shipped"),
+    "RecordDelivery": pb.RecordDeliveryRequest(order_id="o-moving"),
     "WatchOrders": pb.WatchOrdersRequest(customer_id=ALICE),
 }
 
@@ -175,9 +176,12 @@ def rule_of(name: str):
 async def call(stubs: Stubs, name: str, token: str | None) -> object:
     """Make the call; a stream's first event stands for its answer."""
     method = stubs.method(name)
+    request = REQUESTS[name]
+    if isinstance(request, pb.RecordInTransitRequest | pb.RecordDeliveryRequest):
+        request = type(request)(order_id=request.order_id, event_time=now_stamp())
     if name != "WatchOrders":
-        return await method(REQUESTS[name], metadata=bearer(token), timeout=10)  # type: ignore[misc]
-    stream = method(REQUESTS[name], metadata=bearer(token), timeout=10)
+        return await method(request, metadata=bearer(token), timeout=10)  # type: ignore[misc]
+    stream = method(request, metadata=bearer(token), timeout=10)
     try:
         return await stream.read()  # type: ignore[attr-defined]
     finally:

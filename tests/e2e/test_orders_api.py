@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stockcore.v1 import inventory_pb2 as ipb
@@ -378,7 +378,7 @@ async def test_carrier_events_keep_the_carrier_times_and_the_last_sync_time(
             order_id="o-1", carrier="sf-express", tracking_no="SF1", carrier_ack_id="a"
         )
     )
-    scanned = now_stamp(timedelta(hours=-2))
+    scanned = (await get(orders, "o-1")).create_time  # the earliest a carrier may report
     moving = (
         await orders.RecordInTransit(pb.RecordInTransitRequest(order_id="o-1", event_time=scanned))
     ).order
@@ -393,6 +393,41 @@ async def test_carrier_events_keep_the_carrier_times_and_the_last_sync_time(
     assert done.shipment.delivered_time == delivered_at
     assert done.shipment.last_sync_time.ToDatetime() >= moving.shipment.last_sync_time.ToDatetime()
     assert done.shipment.last_sync_time == done.update_time
+
+
+async def test_a_carrier_time_before_the_order_was_created_is_refused_and_changes_nothing(
+    orders: Stub, stub
+) -> None:
+    await paid_order(orders, stub)
+    ship = pb.ShipOrderRequest(
+        order_id="o-1", carrier="sf-express", tracking_no="SF1", carrier_ack_id="a"
+    )
+    shipped = (await orders.ShipOrder(ship)).order
+    created = shipped.create_time.ToDatetime(tzinfo=UTC)
+    early = timestamp_pb2.Timestamp()
+    early.FromDatetime(created - timedelta(seconds=1))
+
+    for call in (
+        orders.RecordInTransit(pb.RecordInTransitRequest(order_id="o-1", event_time=early)),
+        orders.RecordDelivery(pb.RecordDeliveryRequest(order_id="o-1", event_time=early)),
+    ):
+        error = await rpc_error(call)
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        (info,) = details_of(error, error_details_pb2.ErrorInfo)
+        assert info.reason == "EVENT_BEFORE_ORDER"
+        (failure,) = details_of(error, error_details_pb2.PreconditionFailure)
+        assert [(v.type, v.subject) for v in failure.violations] == [("EVENT_TIME", "o-1")]
+    assert await get(orders, "o-1") == shipped
+
+    in_1970 = timestamp_pb2.Timestamp()
+    in_1970.FromDatetime(datetime(1970, 1, 1, tzinfo=UTC))
+    error = await rpc_error(
+        orders.RecordDelivery(pb.RecordDeliveryRequest(order_id="o-1", event_time=in_1970))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["event_time"]
+    assert await get(orders, "o-1") == shipped
 
 
 async def test_raw_commit_or_release_of_an_order_hold_is_refused(orders: Stub, stub) -> None:
@@ -536,6 +571,11 @@ BAD_REQUESTS = [
         "event_time",
     ),
     ("RecordInTransit", pb.RecordInTransitRequest(order_id="", event_time=now_stamp()), "order_id"),
+    (
+        "RecordInTransit",
+        pb.RecordInTransitRequest(order_id="o", event_time=timestamp_pb2.Timestamp(seconds=0)),
+        "event_time",
+    ),
     ("RecordDelivery", pb.RecordDeliveryRequest(order_id="o"), "event_time"),
     (
         "RecordDelivery",
@@ -556,6 +596,65 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     (bad,) = details_of(error, error_details_pb2.BadRequest)
     assert field in [v.field for v in bad.field_violations], bad
+
+
+# Ids go into partners' URLs as one path segment: none of these may become an order.
+NOT_ONE_SEGMENT = [
+    "x/../victim",
+    "..",
+    ".",
+    "x/./victim",
+    "a//b",
+    "/victim",
+    "victim/",
+    "x%2F..%2Fvictim",
+    "victim?x=1",
+    "victim#x",
+    "x" * 129,
+]
+
+
+@pytest.mark.parametrize("order_id", NOT_ONE_SEGMENT)
+async def test_an_order_id_that_is_not_one_clean_path_segment_is_refused_and_holds_nothing(
+    orders: Stub, stub, order_id: str
+) -> None:
+    await put_stock(stub, "A", 10)
+    error = await rpc_error(orders.CreateOrder(create_request(order_id)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["order_id"], bad
+    assert await on_hand_reserved(stub, "A") == (10, 0)
+
+
+async def test_an_id_with_dot_or_empty_segments_is_refused_in_every_id_field(
+    orders: Stub, stub
+) -> None:
+    await put_stock(stub, "A", 10)
+    error = await rpc_error(orders.CreateOrder(create_request("o-1", customer="shop/../other")))
+    (bad,) = details_of(error, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["customer_id"]
+    assert "'..'" in bad.field_violations[0].description
+    await orders.CreateOrder(create_request("o-1"))
+    pay = pb.ConfirmPaymentRequest(
+        order_id="o-1", payment_id="psp//1", amount_minor=300, currency_code="EUR"
+    )
+    (bad,) = details_of(await rpc_error(orders.ConfirmPayment(pay)), error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["payment_id"]
+    held = await rpc_error(stub.Reserve(ipb.ReserveRequest(reservation_id="..", lines=[])))
+    (bad,) = details_of(held, error_details_pb2.BadRequest)
+    assert "reservation_id" in [v.field for v in bad.field_violations]
+    assert (await get(orders, "o-1")).status == pb.ORDER_STATUS_PENDING_PAYMENT
+
+
+async def test_a_128_character_id_of_named_segments_is_an_order_under_that_exact_id(
+    orders: Stub, stub
+) -> None:
+    order_id = ("shop.eu/2024:07/" + "x" * 128)[:127] + "."
+    assert len(order_id) == 128
+    await put_stock(stub, "A", 10)
+    created = (await orders.CreateOrder(create_request(order_id))).order
+    assert created.order_id == order_id
+    assert (await get(orders, order_id)).order_id == order_id
 
 
 BAD_WATCHES = [

@@ -295,7 +295,8 @@ async def test_shipping_and_carrier_reports_keep_carrier_times_and_the_last_sync
     (shipped,) = await orders.ship([ship])
     (again,) = await orders.ship([ship])
     (other,) = await orders.ship([replace(ship, carrier="ups", tracking_no="T-2")])
-    scanned = datetime.now(UTC) - timedelta(minutes=10)
+    assert shipped.order is not None
+    scanned = shipped.order.created_at  # the earliest time a carrier may report
     (moving,) = await orders.record_carrier(
         OrderStatus.IN_TRANSIT, [carrier_report("o-1", scanned, ACTOR, now=datetime.now(UTC))]
     )
@@ -325,6 +326,44 @@ async def test_shipping_and_carrier_reports_keep_carrier_times_and_the_last_sync
     assert late.code is ChangeCode.REPEAT
     history = (await orders.with_history(["o-1"]))["o-1"][1]
     assert history[-1].reason == f"carrier reported DELIVERED at {arrived.isoformat()}"
+
+
+async def test_a_carrier_time_before_the_orders_creation_is_refused_and_changes_nothing(
+    orders: OrderStore,
+) -> None:
+    for order_id in ("o-1", "o-2"):
+        await create(orders, order_request(order_id))
+        await pay(orders, order_id, f"p-{order_id}")
+        await orders.ship(
+            [ship_order(order_id, "dhl", f"T-{order_id}", "a", ACTOR, carriers=CARRIERS)]
+        )
+    (before,) = (await orders.with_history(["o-1"])).values()
+    created = before[0].created_at
+    now = datetime.now(UTC)
+
+    def report(order_id: str, at: datetime):
+        return carrier_report(order_id, at, ACTOR, now=now)
+
+    early, fine = await orders.record_carrier(
+        OrderStatus.IN_TRANSIT,
+        [report("o-1", created - timedelta(microseconds=1)), report("o-2", now)],
+    )
+    (delivered_early,) = await orders.record_carrier(
+        OrderStatus.DELIVERED, [report("o-1", datetime(2000, 1, 1, tzinfo=UTC))]
+    )
+    (at_creation,) = await orders.record_carrier(OrderStatus.IN_TRANSIT, [report("o-1", created)])
+    (repeat_early,) = await orders.record_carrier(
+        OrderStatus.IN_TRANSIT, [report("o-1", created - timedelta(days=1))]
+    )
+
+    assert (early.code, fine.code) == (ChangeCode.BEFORE_CREATION, ChangeCode.DONE)
+    assert early.order is not None and early.order == before[0]
+    assert delivered_early.code is ChangeCode.BEFORE_CREATION
+    assert at_creation.code is ChangeCode.DONE and at_creation.order is not None
+    assert at_creation.order.shipment and at_creation.order.shipment.in_transit_at == created
+    # A repeat names a time too: one before the order is refused, not taken as a repeat.
+    assert repeat_early.code is ChangeCode.BEFORE_CREATION
+    assert (await orders.with_history(["o-1"]))["o-1"][0].status is OrderStatus.IN_TRANSIT
 
 
 async def test_unknown_orders_are_reported_unknown_by_every_change(orders: OrderStore) -> None:

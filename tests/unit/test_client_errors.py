@@ -15,6 +15,7 @@ from clients.errors import (
     AlreadyExists,
     DeadlineExceeded,
     ErrorInfo,
+    EventBeforeOrder,
     FailedPrecondition,
     FieldViolation,
     InsufficientStock,
@@ -122,6 +123,14 @@ def test_other_failed_precondition_is_not_insufficient_stock() -> None:
     assert type(error) is FailedPrecondition
     assert error.shortages == {}
     assert error.precondition_violations[0].subject == "r-1"
+
+
+def test_a_carrier_time_before_the_order_is_its_own_failed_precondition() -> None:
+    info = error_details_pb2.ErrorInfo(reason="EVENT_BEFORE_ORDER", domain="stockcore.v1")
+    error = from_rpc_error(_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "too early", info))
+
+    assert isinstance(error, EventBeforeOrder) and isinstance(error, FailedPrecondition)
+    assert not isinstance(error, InsufficientStock)
 
 
 def test_figures_come_from_the_typed_detail_never_from_description_text() -> None:

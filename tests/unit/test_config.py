@@ -365,3 +365,12 @@ def test_to_env_round_trips_through_from_env() -> None:
         FulfilmentSettings()
     )
     assert fulfilment_config.from_env({"STOCKCORE_FALLBACK_CARRIER": "none"}).fallback_carrier == ""
+
+
+def test_the_partner_reply_cap_is_read_from_its_variable_and_refused_out_of_range() -> None:
+    read = fulfilment_config.from_env({"STOCKCORE_PARTNER_MAX_REPLY_BYTES": "65536"})
+    assert read.partner_max_reply_bytes == 65536
+    assert FulfilmentSettings().partner_max_reply_bytes == 1 << 20
+    for raw in ("0", "4095", str((64 << 20) + 1)):
+        with pytest.raises(SettingsError, match="partner_max_reply_bytes must be"):
+            fulfilment_config.from_env({"STOCKCORE_PARTNER_MAX_REPLY_BYTES": raw})

@@ -225,6 +225,37 @@ def test_malformed_reservation_id_is_rejected(reservation_id: str, description: 
     assert violations == (FieldViolation("reservation_id", description),)
 
 
+SEGMENTS = "must not start or end with '/', hold '//', or have a '.' or '..' segment"
+
+
+@pytest.mark.parametrize(
+    "reservation_id",
+    [".", "..", "x/../victim", "x/./victim", "../victim", "victim/..", "a//b", "/a", "a/", "/"],
+)
+def test_an_id_with_an_empty_or_dot_segment_is_rejected(reservation_id: str) -> None:
+    # Ids travel as one path segment of partners' URLs; these would collapse into another.
+    violations = reserve_violations([("A", 1)], reservation_id=reservation_id)
+
+    assert violations == (FieldViolation("reservation_id", SEGMENTS),)
+
+
+@pytest.mark.parametrize(
+    "reservation_id",
+    [
+        "a/b",
+        "shop/eu/order-1",
+        "...",
+        "a/.../b",
+        ".hidden",
+        "v1.",
+        "a/.b/c.",
+        "x" * 63 + "/" + "y" * 64,
+    ],
+)
+def test_an_id_whose_segments_are_all_named_is_accepted(reservation_id: str) -> None:
+    assert reserve([("A", 1)], reservation_id=reservation_id).reservation_id == reservation_id
+
+
 def test_missing_ttl_takes_the_default() -> None:
     assert reserve([("A", 1)], ttl_s=None).ttl_ms == round(DEFAULT_TTL_S * 1000)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -337,3 +337,20 @@ def test_carrier_times_are_required_and_not_far_in_the_future() -> None:
     with pytest.raises(InvalidArgument):
         carrier_report("o", NOW + timedelta(minutes=5, seconds=1), ACTOR, now=NOW)
     assert carrier_report("o", NOW + timedelta(minutes=4), ACTOR, now=NOW).event_time > NOW
+
+
+@pytest.mark.parametrize(
+    "event_time",
+    [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2000, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))),
+    ],
+)
+def test_a_carrier_time_before_2000_is_refused(event_time: datetime) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        carrier_report("o", event_time, ACTOR, now=NOW)
+    assert [(v.field, v.description) for v in raised.value.violations] == [
+        ("event_time", "must not be before 2000-01-01T00:00:00Z")
+    ]
+    assert carrier_report("o", datetime(2000, 1, 1, tzinfo=UTC), ACTOR, now=NOW)

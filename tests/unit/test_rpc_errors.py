@@ -14,6 +14,7 @@ from server.domain.errors import (
     AlreadyExists,
     DeadlineExpired,
     DomainError,
+    EventBeforeOrder,
     FieldViolation,
     IllegalTransition,
     InsufficientStock,
@@ -47,6 +48,10 @@ EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
     ),
     (StockFloorViolation("A", 5, 4, -3), grpc.StatusCode.FAILED_PRECONDITION),
     (PaymentMismatch("o-1", "500 EUR", "400 EUR"), grpc.StatusCode.FAILED_PRECONDITION),
+    (
+        EventBeforeOrder("o-1", "1999-12-31T23:00:00+00:00", "2030-01-01T00:00:00+00:00"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     (Unavailable("database unreachable"), grpc.StatusCode.UNAVAILABLE),
     (DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unauthenticated("TOKEN_EXPIRED", "the token has expired"), grpc.StatusCode.UNAUTHENTICATED),
@@ -191,6 +196,23 @@ def test_payment_mismatch_names_the_order_and_both_amounts() -> None:
         ("PAYMENT_MISMATCH", "o-1", "order total 500 EUR, paid 400 EUR"),
     ]
     assert error_info(rich).reason == "PAYMENT_MISMATCH"
+
+
+def test_an_event_before_the_order_names_the_order_and_both_times() -> None:
+    _, rich = rich_status(
+        EventBeforeOrder("o-1", "2029-12-31T23:00:00+00:00", "2030-01-01T00:00:00+00:00")
+    )
+
+    (failure,) = unpack(rich, error_details_pb2.PreconditionFailure)
+    assert [(v.type, v.subject, v.description) for v in failure.violations] == [
+        (
+            "EVENT_TIME",
+            "o-1",
+            "event_time 2029-12-31T23:00:00+00:00 is before the order's"
+            " create_time 2030-01-01T00:00:00+00:00",
+        ),
+    ]
+    assert error_info(rich).reason == "EVENT_BEFORE_ORDER"
 
 
 def test_stock_floor_violation_names_the_sku_and_its_levels() -> None:

@@ -200,6 +200,18 @@ def test_a_shoppers_token_may_also_read_stock_and_create_orders(
     assert principal.scopes == set(granted)
 
 
+@pytest.mark.parametrize("customer", ["a/../alice", "..", "alice/", "al ice"])
+def test_a_customer_claim_that_is_not_a_customer_id_is_invalid(
+    tmp_path: Path, clock: Clock, customer: str
+) -> None:
+    private, public = new_signing_key("k1")
+    write_jwks(tmp_path / "jwks.json", public)
+
+    token = issue_token(private, "shop-web", [scopes.CUSTOMER], customer_id=customer, now=clock.now)
+
+    assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
+
+
 def test_a_token_for_another_audience_is_invalid(tmp_path: Path, clock: Clock) -> None:
     private, public = new_signing_key("k1")
     write_jwks(tmp_path / "jwks.json", public)

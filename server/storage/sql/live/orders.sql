@@ -484,7 +484,8 @@ END $$;
 -- ShipOrder (p_target 3), RecordInTransit (4) and RecordDelivery (5) for a batch, sorted
 -- by order id. For 3, p_carriers/p_tracking/p_acks name the parcel; for 4 and 5,
 -- p_times are the carrier's times. Codes: 0 moved, 1 repeat, 2 unknown order, 5 the
--- status machine refuses, 11 it shipped already, as another parcel.
+-- status machine refuses, 11 it shipped already, as another parcel, 12 the carrier's time
+-- is before the order was created (decided first: a repeat with such a time is refused).
 CREATE OR REPLACE FUNCTION stockcore.advance_orders(
     p_target smallint, p_ids text[], p_carriers text[], p_tracking text[], p_acks text[],
     p_times timestamptz[], p_callers text[], p_request_ids text[], p_reasons text[],
@@ -521,6 +522,10 @@ BEGIN
             CONTINUE;
         END IF;
         o := orders[k];
+        IF p_target IN (4, 5) AND p_times[i] < o.created_at THEN
+            results[i] := ROW(12, o, NULL, NULL, NULL, NULL)::stockcore.order_result;
+            CONTINUE;
+        END IF;
         v_move := stockcore.order_move(o.path, p_target);
         IF v_move = 0 THEN
             IF p_target = 3 AND (o.carrier, o.tracking_no) IS DISTINCT FROM (p_carriers[i], p_tracking[i]) THEN
