@@ -281,10 +281,10 @@ BEGIN
 END $$;
 
 -- CancelOrder for a batch, sorted by order id. Unpaid: the hold is released. Paid (not
--- shipped): the units go back on hand by adjustments (key "order-cancel:<id>:<sku>")
--- and the payment is owed back. Codes: 0 cancelled, 1 repeat, 2 unknown order, 5 the
--- status machine refuses, 6 the order and its hold disagree, 10 its hold had lapsed and
--- the order expired now.
+-- shipped): the units go back on hand by adjustments (one per line, the order's own:
+-- order_id and sku, no idempotency key) and the payment is owed back. Codes: 0 cancelled,
+-- 1 repeat, 2 unknown order, 5 the status machine refuses, 6 the order and its hold
+-- disagree, 10 its hold had lapsed and the order expired now.
 CREATE OR REPLACE FUNCTION stockcore.cancel_orders(
     p_ids text[], p_reasons text[], p_callers text[], p_request_ids text[],
     p_expiry_caller text,
@@ -399,17 +399,18 @@ BEGIN
 
     IF cardinality(back_ids) > 0 THEN
         INSERT INTO stockcore.movements
-               (sku, kind, on_hand_delta, reserved_delta, order_id, adjustment_key, reason,
-                caller, created_at)
-        SELECT u.sk, 'adjust', u.q, 0, b.id, 'order-cancel:' || b.id || ':' || u.sk,
-               'order ' || b.id || ' cancelled after payment', b.caller, v_now
+               (sku, kind, on_hand_delta, reserved_delta, order_id, reason, caller, created_at)
+        SELECT u.sk, 'adjust', u.q, 0, b.id, 'order ' || b.id || ' cancelled after payment',
+               b.caller, v_now
           FROM unnest(back_ids, back_by) AS b(id, caller)
           JOIN stockcore.reservations x ON x.reservation_id = b.id,
                unnest(x.skus, x.quantities) AS u(sk, q);
+        -- The order's own rows (order_id, sku), apart from every caller's idempotency key
+        -- (014_adjustments_by_origin.sql): nothing a caller sent can be in their way.
         INSERT INTO stockcore.adjustments
-               (idempotency_key, fingerprint, sku, applied_delta, on_hand_after, reserved_after,
+               (order_id, fingerprint, sku, applied_delta, on_hand_after, reserved_after,
                 caller, created_at)
-        SELECT 'order-cancel:' || b.id || ':' || u.sk,
+        SELECT b.id,
                substr(sha256(convert_to(format('adjust|%s|%s|None|order %s cancelled after payment',
                                                u.sk, u.q, b.id), 'UTF8')), 1, 16),
                u.sk, u.q, l.on_hand, l.reserved, b.caller, v_now
