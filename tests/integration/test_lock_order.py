@@ -17,7 +17,7 @@ import pytest
 from server.domain.inventory import Line, ReserveCommand
 from server.domain.orders import Actor, create_order
 from server.domain.sharding import shard_of
-from server.storage.orders_pg import order_request
+from server.storage.orders_pg import CreateCode, OrderStore, order_request
 from server.storage.postgres import HoldArrays, StockStore
 from tests.conftest import SHARDS, Servers
 from tests.support import HOUR_MS, connected, stock_up
@@ -28,6 +28,7 @@ LIMITS = {"default_ttl_s": 3600.0, "min_ttl_s": 1.0, "max_ttl_s": 86_400.0}
 EXPIRY = "stockcore-expiry"
 _HOLD = "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 _CREATE = "SELECT * FROM stockcore.create_orders($1)"
+_PAY = "SELECT * FROM stockcore.pay_orders($1, $2, $3, $4, $5, $6, $7, $8)"
 
 
 Lines = dict[str, int]
@@ -53,6 +54,24 @@ async def create(conn: asyncpg.Connection, requests: dict[str, Lines]) -> list[i
         for oid, lines in sorted(requests.items())
     ]
     row = await conn.fetchrow(_CREATE, [order_request(c, SHARDS) for c in commands])
+    return [int(r["code"]) for r in row["results"]]
+
+
+async def pay(conn: asyncpg.Connection, payments: list[tuple[str, str]]) -> list[int]:
+    """Pay (order id, payment id) pairs, sorted by order id, of 100 EUR cents each, in
+    one call of pay_orders; their result codes."""
+    n = len(payments)
+    row = await conn.fetchrow(
+        _PAY,
+        [oid for oid, _ in payments],
+        [pid for _, pid in payments],
+        [100] * n,
+        ["EUR"] * n,
+        ["tests"] * n,
+        [f"req-{oid}" for oid, _ in payments],
+        ["paid"] * n,
+        EXPIRY,
+    )
     return [int(r["code"]) for r in row["results"]]
 
 
@@ -114,3 +133,34 @@ async def test_a_second_pass_claims_its_ids_before_it_locks_stock(
 
     # B holds x and finds y short; A's request, another one under the id x, is refused.
     assert outcomes == [[0, 3], [2]], outcomes
+
+
+async def test_payments_take_their_ids_in_payment_id_order(
+    clean: Servers, store: StockStore
+) -> None:
+    await stock_up(store, {"A": 100})
+    orders = OrderStore(store)
+    created, _ = await orders.create(
+        [
+            create_order(f"o-{i}", "c-1", [("A", 1, 100)], "EUR", None, ACTOR, **LIMITS)
+            for i in range(1, 7)
+        ]
+    )
+    assert [c.code for c in created] == [CreateCode.CREATED] * 6
+    dsn = clean.pg_dsn
+    async with connected(dsn) as t0, connected(dsn) as one, connected(dsn) as two:
+        # T0 holds pay-c, uncommitted. One pays o-1..o-3 with pay-a, pay-c, pay-b and is
+        # caught waiting for pay-c; two pays o-4 and o-5 with pay-b and pay-a.
+        on_c = await open_transaction(t0, pay(t0, [("o-6", "pay-c")]))
+        one_done = asyncio.create_task(
+            pay(one, [("o-1", "pay-a"), ("o-2", "pay-c"), ("o-3", "pay-b")])
+        )
+        await waiting_for(dsn, one, t0)
+        two_done = asyncio.create_task(pay(two, [("o-4", "pay-b"), ("o-5", "pay-a")]))
+        await waiting_for(dsn, two, one)
+        await on_c.rollback()
+
+        outcomes = await asyncio.gather(one_done, two_done, return_exceptions=True)
+
+    # One paid all three; two found both payment ids paying other orders (code 4).
+    assert outcomes == [[0, 0, 0], [4, 4]], outcomes
