@@ -5,8 +5,9 @@
 -- 003_checkout.sql declares them) with the levels of the SKUs it touched, for the Redis
 -- mirror. The tables are 001_inventory.sql's.
 --
--- Lock order, everywhere: orders by id, then reservations by id (an order's hold has the
--- order's id), then stock rows by (shard, sku).
+-- Lock order, everywhere (the whole list, with every function that takes locks, is at
+-- the top of orders.sql): orders by id, then reservations by id (an order's hold has the
+-- order's id), then payment ids, then stock rows by (shard, sku).
 --
 -- Hot stock rows are locked last, for as short a time as possible. A batch's stock row
 -- is the one lock every concurrent batch of a hot SKU queues for, and a transaction

@@ -8,10 +8,32 @@
 -- stockcore.order_transitions, which the migrator copies from server.domain.orders at
 -- every start.
 --
--- Lock order, everywhere: orders by id, then reservations by id (an order's hold has the
--- order's id), then stock rows by (shard, sku); stock rows last and briefly, through the
--- inventory functions (inventory.sql, which also says why the batch functions carry
--- their settings).
+-- The lock order, for every function of the live SQL. A transaction takes locks of one
+-- rank after another, down this list, and within a rank in the order given; it never
+-- waits for a lock of a rank above one it holds. Two transactions then never wait for
+-- each other (no deadlock). "Claiming" an id is inserting its row: the insert waits for
+-- a transaction inserting the same id, and holds the id against others until commit.
+--
+--   1. Fulfilment rows, by order id: record_fulfilments, bind_fulfilments,
+--      scan_stale_fulfilments (after its advisory lock, which only it takes) lock theirs
+--      before changing them; fulfilment_paid, fulfilment_cancelled and
+--      replay_fulfilment_dead_letter touch one; claim_fulfilments skips locked rows.
+--   2. Orders, by id: lock_orders (pay_orders, cancel_orders, advance_orders),
+--      cancel_orders_as, record_fulfilments (after rank 1); expire_due skips locked ones.
+--      A new order's id is claimed by its hold (rank 3, same id): create_step inserts
+--      an order only for a hold it inserted itself, so that insert never waits.
+--   3. Reservations, by id: lock_orders (the orders' holds), finish_holds; expire_due
+--      skips locked ones. New ids are claimed in batch order by hold_step (Reserve,
+--      CreateOrder); its second pass claims every id of the batch before rank 5. (A
+--      lock on a row and a claim of an id not yet committed never wait for each other.)
+--   4. Payment ids, by payment id: pay_orders claims them all before it decides.
+--   5. Stock rows, by (shard, sku), last and briefly (inventory.sql says why): read_stock
+--      with p_lock, take_stock and apply_stock (every batch function), adjust (one row).
+--   6. Rows nobody waits for while holding a lock above: an adjustment (adjust claims a
+--      caller's key after its one stock row and waits for nothing after; a cancel's rows
+--      are its order's own, covered by the order's lock), the movements, status history,
+--      events and fulfilment history (appended, never contended), and the outbox
+--      watermark and cursors (the relay alone, under its session's advisory lock).
 --
 -- Every function returns the levels of the SKUs it touched (stockcore.stock_level, for
 -- the Redis mirror) and, when it wrote order events, notifies channel
