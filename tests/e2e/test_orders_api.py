@@ -322,6 +322,61 @@ async def test_cancelling_a_paid_order_returns_its_stock_and_owes_a_refund(
     await check_orders_agree(dsn)
 
 
+async def test_no_adjustment_key_a_caller_sends_can_block_a_paid_orders_cancel(
+    dsn: str, orders: Stub, stub
+) -> None:
+    await put_stock(stub, "A", 10)
+    await orders.CreateOrder(create_request("o-1"))
+    # Before the order is cancelled, a caller adjusts under the key a cancel of its line
+    # once took for itself, and under that key's prefix.
+    for key in ("order-cancel:o-1:A", "order-cancel:o-1"):
+        await stub.AdjustStock(
+            ipb.AdjustStockRequest(sku="A", delta=1, reason="count", idempotency_key=key)
+        )
+    await orders.ConfirmPayment(
+        pb.ConfirmPaymentRequest(
+            order_id="o-1", payment_id="p-1", amount_minor=300, currency_code="EUR"
+        )
+    )
+
+    cancel = pb.CancelOrderRequest(order_id="o-1", reason="refund")
+    cancelled = (await orders.CancelOrder(cancel)).order
+
+    assert (cancelled.status, cancelled.refund_owed_minor) == (pb.ORDER_STATUS_CANCELLED, 300)
+    assert await on_hand_reserved(stub, "A") == (12, 0)
+    # The caller's keys are still the caller's: a repeat is a repeat.
+    again = await stub.AdjustStock(
+        ipb.AdjustStockRequest(
+            sku="A", delta=1, reason="count", idempotency_key="order-cancel:o-1:A"
+        )
+    )
+    assert (again.applied_delta, again.level.on_hand) == (1, 11)
+    await check_orders_agree(dsn)
+
+
+async def test_cancels_of_paid_orders_whose_ids_hold_colons_do_not_collide(
+    dsn: str, orders: Stub, stub
+) -> None:
+    # Order "a:b" of SKU "c" and order "a" of SKU "b:c": one key once named both lines.
+    await put_stock(stub, "c", 10)
+    await put_stock(stub, "b:c", 10)
+    for oid, sku in (("a:b", "c"), ("a", "b:c")):
+        await orders.CreateOrder(create_request(oid, (sku, 2, 150)))
+        await orders.ConfirmPayment(
+            pb.ConfirmPaymentRequest(
+                order_id=oid, payment_id=f"p-{oid}", amount_minor=300, currency_code="EUR"
+            )
+        )
+
+    for oid in ("a:b", "a"):
+        cancel = pb.CancelOrderRequest(order_id=oid, reason="refund")
+        assert (await orders.CancelOrder(cancel)).order.status == pb.ORDER_STATUS_CANCELLED
+
+    assert await on_hand_reserved(stub, "c") == (10, 0)
+    assert await on_hand_reserved(stub, "b:c") == (10, 0)
+    await check_orders_agree(dsn)
+
+
 async def paid_order(orders: Stub, stub, oid: str = "o-1") -> None:
     await put_stock(stub, "A", 10)
     await orders.CreateOrder(create_request(oid))

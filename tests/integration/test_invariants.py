@@ -118,7 +118,11 @@ BREAKAGES: dict[str, list[str]] = {
         f"UPDATE stockcore.orders SET refund_owed_minor = 0 WHERE order_id = '{REFUNDED}'"
     ],
     "cancelled_units_returned": [
-        f"DELETE FROM stockcore.adjustments WHERE idempotency_key = 'order-cancel:{REFUNDED}:B'"
+        f"DELETE FROM stockcore.adjustments WHERE order_id = '{REFUNDED}' AND sku = 'B'"
+    ],
+    "order_adjustment_of_cancelled_line": [
+        f"UPDATE stockcore.adjustments SET order_id = '{PAID}'"
+        f" WHERE order_id = '{REFUNDED}' AND sku = 'B'"
     ],
     "event_cursors_gap_free": [
         "UPDATE stockcore.order_events SET cursor = cursor + 1"

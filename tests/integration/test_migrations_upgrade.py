@@ -1,8 +1,11 @@
 """A database made before the live SQL existed upgrades to it: one made by migrations
 001-012 as migrate() applied them then, holding stock, holds in every status, orders in
-every status, payments, events (sequenced, published and not) and fulfilments, is migrated
-by today's migrate(). Its data is untouched, its functions are a fresh database's, every
-invariant holds, and the stock, order and outbox functions work on old rows and new."""
+every status, payments, events (sequenced, published and not), fulfilments, and a
+caller's adjustment under the key a cancel of a paid order used to take, is migrated by
+today's migrate(). Its data is untouched but for what a later migration changes on
+purpose (014: a cancel's adjustments become the order's own rows), its functions are a
+fresh database's, every invariant holds, and the stock, order and outbox functions work
+on old rows and new."""
 
 from __future__ import annotations
 
@@ -90,11 +93,11 @@ async def _one(conn: asyncpg.Connection, sql: str, *args: object) -> asyncpg.Rec
     return row
 
 
-async def put_stock(conn: asyncpg.Connection, sku: str, units: int) -> None:
+async def put_stock(conn: asyncpg.Connection, sku: str, units: int, key: str = "") -> None:
     row = await _one(
         conn,
         "SELECT * FROM stockcore.adjust($1, $2, $3, $4, $5, NULL, 'initial', 'before')",
-        f"init-{sku}",
+        key or f"init-{sku}",
         sku.encode(),
         _shard(sku),
         sku,
@@ -218,6 +221,9 @@ async def fill(conn: asyncpg.Connection) -> None:
     for oid in ("o-paid", "o-shipped", "o-in-transit", "o-delivered", "o-refunded"):
         await order(conn, oid, "B")
         await pay(conn, oid)
+    # A caller's adjustment under the key a cancel of o-paid would have taken (and failed
+    # on, for good, before 014).
+    await put_stock(conn, "B", 1, key="order-cancel:o-paid:B")
     for oid in ("o-shipped", "o-in-transit", "o-delivered"):
         await advance(conn, oid, OrderStatus.SHIPPED)
     for oid in ("o-in-transit", "o-delivered"):
@@ -242,6 +248,24 @@ async def fill(conn: asyncpg.Connection) -> None:
         assert paid
     assert await conn.fetchval("SELECT stockcore.fulfilment_cancelled('o-refunded', 'c-1', 'w-1')")
     assert len(await conn.fetch("SELECT * FROM stockcore.claim_fulfilments('w-1', 10, 60)")) == 2
+
+
+ADJUSTMENTS = "stockcore.adjustments"
+# A digest of every column of the adjustments but those 014 sets: who made each.
+_ADJUSTMENTS_BUT_ORIGIN = (
+    "SELECT md5(string_agg(concat_ws('|', encode(fingerprint, 'hex'), sku, applied_delta,"
+    " on_hand_after, reserved_after, caller, created_at), ',' ORDER BY sku, applied_delta,"
+    " created_at)) FROM stockcore.adjustments"
+)
+
+
+async def adjustments(conn: asyncpg.Connection) -> list[tuple[str | None, str | None, str, int]]:
+    """(idempotency key, order id, SKU, units) of every adjustment, keyed ones by key."""
+    rows = await conn.fetch(
+        "SELECT idempotency_key, order_id, sku, applied_delta FROM stockcore.adjustments"
+        " ORDER BY idempotency_key NULLS FIRST, order_id, sku"
+    )
+    return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
 async def violations(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
@@ -312,6 +336,7 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
 ) -> None:
     conn = made_before_live_sql
     before = await contents(conn)
+    adjustments_but_origin = await conn.fetchval(_ADJUSTMENTS_BUT_ORIGIN)
 
     applied = await migrate(conn, SHARD_COUNT)
 
@@ -319,7 +344,20 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
     assert applied == since + [name for name, _ in live_files()]
     recorded = await conn.fetch("SELECT name FROM stockcore.schema_migrations ORDER BY version")
     assert [r["name"] for r in recorded] == [name for _, name, _ in migration_files()]
-    assert await contents(conn) == before
+    after = await contents(conn)
+    assert {t: c for t, c in after.items() if t != ADJUSTMENTS} == {
+        t: c for t, c in before.items() if t != ADJUSTMENTS
+    }
+    # The cancel's row became o-refunded's own (no key); callers' rows kept their keys,
+    # the one under a cancel's old key included; nothing else of any row changed.
+    assert await adjustments(conn) == [
+        (None, "o-refunded", "B", 2),
+        ("init-A", None, "A", 100),
+        ("init-B", None, "B", 100),
+        ("init-C", None, "C", 10),
+        ("order-cancel:o-paid:B", None, "B", 1),
+    ]
+    assert await conn.fetchval(_ADJUSTMENTS_BUT_ORIGIN) == adjustments_but_origin
     assert await violations(conn) == []
     async with connected(migrated) as fresh:
         assert await functions(conn) == await functions(fresh)
@@ -354,6 +392,8 @@ async def test_the_stock_and_order_functions_work_on_the_upgraded_database(
         ],
         EXPIRY,
     )
+    # A service may: its units come back although a caller holds the key they once took.
+    (refunded,), _ = await orders.cancel([cancel_order("o-paid", "refund", ACTOR)], EXPIRY)
     shipped = await orders.ship(
         [ship_order("o-new", "dhl", "T-new", "ack-new", ACTOR, carriers=["dhl"])]
     )
@@ -382,6 +422,16 @@ async def test_the_stock_and_order_functions_work_on_the_upgraded_database(
     ]
     # A service cancels the unpaid order; the customer may not cancel a paid one.
     assert [c.code for c in cancelled] == [ChangeCode.DONE, ChangeCode.PAID]
+    assert refunded.code is ChangeCode.DONE
+    assert await adjustments(conn) == [
+        (None, "o-paid", "B", 2),
+        (None, "o-refunded", "B", 2),
+        ("after-upgrade", None, "C", 5),
+        ("init-A", None, "A", 100),
+        ("init-B", None, "B", 100),
+        ("init-C", None, "C", 10),
+        ("order-cancel:o-paid:B", None, "B", 1),
+    ]
     assert [(c.code, c.order and c.order.status) for c in shipped] == [
         (ChangeCode.DONE, OrderStatus.SHIPPED)
     ]

@@ -31,6 +31,7 @@ from server.storage.orders_pg import ChangeCode, CreateCode, OrderStore
 from server.storage.outbox_pg import OutboxSession
 from server.storage.postgres import FinishCode, StockStore
 from tests.conftest import Servers
+from tests.invariants import assert_invariants_hold
 from tests.support import connected
 from tests.waiting import until
 
@@ -236,6 +237,68 @@ async def test_a_payment_after_the_deadline_expires_the_order_instead(
     assert (history[-1].caller, history[-1].reason) == (EXPIRY, "payment window closed")
 
 
+async def test_a_payment_id_an_order_of_the_batch_could_not_use_pays_the_next(
+    orders: OrderStore, db: asyncpg.Connection
+) -> None:
+    # The payment id is taken for o-1 before anything is decided; o-1's hold has lapsed,
+    # so o-2 pays with it. An order asked for twice pays with its second payment id
+    # when its first one belongs to another order.
+    await create(orders, order_request("o-1", window=1))
+    await until(lambda: _lapsed(db, "o-1"), "the order's hold lapses", timeout=10)
+    await create(orders, order_request("o-2"), order_request("o-3"), order_request("o-4"))
+    await pay(orders, "o-4", "p-4")
+
+    changed, _ = await orders.pay(
+        [
+            confirm_payment("o-1", "P", 300, "EUR", ACTOR),
+            confirm_payment("o-2", "P", 300, "EUR", ACTOR),
+            confirm_payment("o-3", "p-4", 300, "EUR", ACTOR),
+            confirm_payment("o-3", "p-3", 300, "EUR", ACTOR),
+        ],
+        EXPIRY,
+    )
+
+    assert [(c.code, c.detail) for c in changed] == [
+        (ChangeCode.LAPSED, None),
+        (ChangeCode.DONE, None),
+        (ChangeCode.PAYMENT_TAKEN, "o-4"),
+        (ChangeCode.DONE, None),
+    ]
+    payments = await db.fetch(
+        "SELECT payment_id, order_id, request_id FROM stockcore.payments ORDER BY 1"
+    )
+    assert [tuple(p) for p in payments] == [
+        ("P", "o-2", ACTOR.request_id),
+        ("p-3", "o-3", ACTOR.request_id),
+        ("p-4", "o-4", ACTOR.request_id),
+    ]
+    await assert_invariants_hold(db)
+
+
+async def test_payment_ids_of_refused_requests_are_left_free(
+    orders: OrderStore, db: asyncpg.Connection
+) -> None:
+    await create(orders, order_request("o-1"), order_request("o-2"))
+    await pay(orders, "o-2", "p-2")
+
+    changed, _ = await orders.pay(
+        [
+            confirm_payment("o-1", "p-1", 299, "EUR", ACTOR),
+            confirm_payment("o-2", "p-x", 300, "EUR", ACTOR),
+            confirm_payment("o-9", "p-9", 300, "EUR", ACTOR),
+        ],
+        EXPIRY,
+    )
+
+    assert [c.code for c in changed] == [
+        ChangeCode.MISMATCH,
+        ChangeCode.PAID_BY_OTHER,
+        ChangeCode.UNKNOWN,
+    ]
+    assert await db.fetchval("SELECT array_agg(payment_id) FROM stockcore.payments") == ["p-2"]
+    assert (await pay(orders, "o-1", "p-x")).code is ChangeCode.DONE
+
+
 async def _lapsed(db: asyncpg.Connection, order_id: str) -> bool:
     return bool(
         await db.fetchval(
@@ -278,7 +341,8 @@ async def test_cancelling_a_paid_order_returns_its_units_and_owes_its_payment_ba
     adjustment = await db.fetchrow(
         "SELECT * FROM stockcore.adjustments WHERE sku = 'A' AND applied_delta = 2"
     )
-    assert adjustment["idempotency_key"] == "order-cancel:o-1:A"
+    # The order's own row, in no caller's key namespace.
+    assert (adjustment["order_id"], adjustment["idempotency_key"]) == ("o-1", None)
     moves = await db.fetch(
         "SELECT kind, on_hand_delta FROM stockcore.movements WHERE order_id = 'o-1'"
     )

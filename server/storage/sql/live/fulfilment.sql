@@ -8,6 +8,9 @@
 -- A worker claims due rows with a lease (claim_fulfilments), works on them outside the
 -- database, and records what happened (record_fulfilments), which applies only while the
 -- lease is still its own: a row whose worker died is claimed again once its lease passed.
+--
+-- A function that changes several rows locks them first, in order id order, and the
+-- orders after them (the lock order of every function: the top of orders.sql).
 
 -- ORDER_PAID reached the worker: a fulfilment to start, once. True when it is new.
 CREATE OR REPLACE FUNCTION stockcore.fulfilment_paid(
@@ -85,6 +88,9 @@ DECLARE
     v_ids    text[];
     v_synced text[];
 BEGIN
+    PERFORM 1 FROM stockcore.fulfilments f
+     WHERE f.order_id IN (SELECT x.order_id FROM jsonb_to_recordset(p_outcomes) AS x(order_id text))
+     ORDER BY f.order_id FOR UPDATE;
     WITH o AS (
         SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(
             order_id text, lease bigint, stage smallint, due_in_s float8, attempts int,
@@ -155,6 +161,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_ids text[];
 BEGIN
+    PERFORM 1 FROM stockcore.fulfilments f WHERE f.order_id = ANY (p_ids)
+     ORDER BY f.order_id FOR UPDATE;
     WITH b AS (
         UPDATE stockcore.fulfilments f
            SET carrier = x.carrier, booking_key = x.booking_key, updated_at = now()
@@ -221,9 +229,14 @@ BEGIN
       FROM stockcore.orders o
       LEFT JOIN stockcore.payments p ON p.payment_id = o.payment_id
      WHERE o.order_id = ANY (v_ids) AND o.status = 2
+     ORDER BY o.order_id
     ON CONFLICT (order_id) DO NOTHING;
     GET DIAGNOSTICS created = ROW_COUNT;
 
+    PERFORM 1 FROM stockcore.fulfilments f
+     WHERE f.order_id = ANY (v_ids) AND f.stage IN (1, 2, 3, 4, 5, 7)
+       AND f.lease_owner IS NULL AND f.due_at > now()
+     ORDER BY f.order_id FOR UPDATE;
     WITH p AS (
         UPDATE stockcore.fulfilments f
            SET due_at = now()

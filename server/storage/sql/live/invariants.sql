@@ -146,16 +146,26 @@ SELECT 'refund_owed', order_id,
  WHERE refund_owed_minor <> CASE WHEN status = 6 AND payment_id IS NOT NULL THEN paid_minor
                                  ELSE 0 END
 UNION ALL
--- ... and took its units back by one adjustment per line.
+-- ... and took its units back by one adjustment per line, its own (order_id, sku) ...
 SELECT 'cancelled_units_returned', o.order_id,
        format('%s x %s: adjustment %s', u.sku, u.quantity,
               coalesce('of ' || a.applied_delta, 'missing'))
   FROM stockcore.orders o
  CROSS JOIN LATERAL unnest(o.skus, o.quantities) AS u(sku, quantity)
-  LEFT JOIN stockcore.adjustments a
-         ON a.idempotency_key = 'order-cancel:' || o.order_id || ':' || u.sku
+  LEFT JOIN stockcore.adjustments a ON a.order_id = o.order_id AND a.sku = u.sku
  WHERE o.status = 6 AND o.payment_id IS NOT NULL
    AND a.applied_delta IS DISTINCT FROM u.quantity
+UNION ALL
+-- ... and only such an order has adjustments of its own, one per line.
+SELECT 'order_adjustment_of_cancelled_line', a.order_id,
+       format('%s of %s: order %s', a.applied_delta, a.sku,
+              coalesce('status ' || o.status || ', ' ||
+                       CASE WHEN o.payment_id IS NULL THEN 'unpaid' ELSE 'paid' END ||
+                       ', lines ' || o.skus::text, 'missing'))
+  FROM stockcore.adjustments a
+  LEFT JOIN stockcore.orders o ON o.order_id = a.order_id
+ WHERE a.order_id IS NOT NULL
+   AND (o.order_id IS NULL OR o.status <> 6 OR o.payment_id IS NULL OR NOT a.sku = ANY (o.skus))
 UNION ALL
 -- Cursors are unique: gap-free from 1 means as many as the highest.
 SELECT 'event_cursors_gap_free', 'order_events',

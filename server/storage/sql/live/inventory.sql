@@ -5,8 +5,9 @@
 -- 003_checkout.sql declares them) with the levels of the SKUs it touched, for the Redis
 -- mirror. The tables are 001_inventory.sql's.
 --
--- Lock order, everywhere: orders by id, then reservations by id (an order's hold has the
--- order's id), then stock rows by (shard, sku).
+-- Lock order, everywhere (the whole list, with every function that takes locks, is at
+-- the top of orders.sql): orders by id, then reservations by id (an order's hold has the
+-- order's id), then payment ids, then stock rows by (shard, sku).
 --
 -- Hot stock rows are locked last, for as short a time as possible. A batch's stock row
 -- is the one lock every concurrent batch of a hot SKU queues for, and a transaction
@@ -116,7 +117,30 @@ DECLARE
     s_avail    bigint[];
     unknown    text[];
     prev_held  boolean;
+    claimed    text[];
 BEGIN
+    IF p_lock THEN
+        -- The second pass locks its stock rows before it decides, and a transaction
+        -- inserting one of these ids may hold the id while it waits for one of those
+        -- rows. So the ids are taken first (reservations before stock rows): each is
+        -- inserted, which waits for any transaction inserting it, and deleted again at
+        -- once. An id whose row this transaction deleted stays its own until it ends (an
+        -- insert of it by another waits for this transaction, as for any row not yet
+        -- committed), so the insert below takes it back without waiting.
+        WITH c AS (
+            INSERT INTO stockcore.reservations
+                   (reservation_id, status, shards, skus, quantities, fingerprint, caller,
+                    created_at, expires_at)
+            SELECT p_ids[i], 1, '{}', '{}', '{}', p_fingerprints[i], p_callers[i], v_now, v_now
+              FROM generate_subscripts(p_ids, 1) AS i
+             WHERE i = 1 OR p_ids[i] <> p_ids[i - 1]
+             ORDER BY i
+            ON CONFLICT (reservation_id) DO NOTHING
+            RETURNING reservation_id
+        )
+        SELECT coalesce(array_agg(c.reservation_id), '{}') INTO claimed FROM c;
+        DELETE FROM stockcore.reservations x WHERE x.reservation_id = ANY (claimed);
+    END IF;
     SELECT x.shards, x.skus, x.levels INTO shards, skus, read
       FROM stockcore.read_stock(p_shards, p_skus, p_lock) x;
     u_left := array_fill(0::bigint, ARRAY[cardinality(skus)]);

@@ -8,10 +8,32 @@
 -- stockcore.order_transitions, which the migrator copies from server.domain.orders at
 -- every start.
 --
--- Lock order, everywhere: orders by id, then reservations by id (an order's hold has the
--- order's id), then stock rows by (shard, sku); stock rows last and briefly, through the
--- inventory functions (inventory.sql, which also says why the batch functions carry
--- their settings).
+-- The lock order, for every function of the live SQL. A transaction takes locks of one
+-- rank after another, down this list, and within a rank in the order given; it never
+-- waits for a lock of a rank above one it holds. Two transactions then never wait for
+-- each other (no deadlock). "Claiming" an id is inserting its row: the insert waits for
+-- a transaction inserting the same id, and holds the id against others until commit.
+--
+--   1. Fulfilment rows, by order id: record_fulfilments, bind_fulfilments,
+--      scan_stale_fulfilments (after its advisory lock, which only it takes) lock theirs
+--      before changing them; fulfilment_paid, fulfilment_cancelled and
+--      replay_fulfilment_dead_letter touch one; claim_fulfilments skips locked rows.
+--   2. Orders, by id: lock_orders (pay_orders, cancel_orders, advance_orders),
+--      cancel_orders_as, record_fulfilments (after rank 1); expire_due skips locked ones.
+--      A new order's id is claimed by its hold (rank 3, same id): create_step inserts
+--      an order only for a hold it inserted itself, so that insert never waits.
+--   3. Reservations, by id: lock_orders (the orders' holds), finish_holds; expire_due
+--      skips locked ones. New ids are claimed in batch order by hold_step (Reserve,
+--      CreateOrder); its second pass claims every id of the batch before rank 5. (A
+--      lock on a row and a claim of an id not yet committed never wait for each other.)
+--   4. Payment ids, by payment id: pay_orders claims them all before it decides.
+--   5. Stock rows, by (shard, sku), last and briefly (inventory.sql says why): read_stock
+--      with p_lock, take_stock and apply_stock (every batch function), adjust (one row).
+--   6. Rows nobody waits for while holding a lock above: an adjustment (adjust claims a
+--      caller's key after its one stock row and waits for nothing after; a cancel's rows
+--      are its order's own, covered by the order's lock), the movements, status history,
+--      events and fulfilment history (appended, never contended), and the outbox
+--      watermark and cursors (the relay alone, under its session's advisory lock).
 --
 -- Every function returns the levels of the SKUs it touched (stockcore.stock_level, for
 -- the Redis mirror) and, when it wrote order events, notifies channel
@@ -170,8 +192,13 @@ END $$;
 -- nothing is written for it), 9 another payment paid it, 10 its hold had lapsed and the
 -- order expired now.
 --
--- The payment row is inserted first, under the order's lock: a payment id taken by a
--- concurrent transaction makes this insert wait for it and then conflict.
+-- Payment ids are taken under the orders' locks, before anything is decided, in payment
+-- id order (the batch comes in order id order, which two batches paying with the same
+-- two ids may have crossed): a row for each payment id a request may pay with, holding
+-- the first such request's values, inserted in one statement, which waits for a
+-- transaction inserting the same id and then conflicts. A request that pays with an id
+-- taken here writes its own values over the row; rows no request used are deleted. An id
+-- found taken belongs to a committed payment: its requests are answered without waiting.
 CREATE OR REPLACE FUNCTION stockcore.pay_orders(
     p_ids text[], p_payment_ids text[], p_amounts bigint[], p_currencies text[],
     p_callers text[], p_request_ids text[], p_reasons text[], p_expiry_caller text,
@@ -200,8 +227,40 @@ DECLARE
     end_st    smallint[] := '{}';
     end_by    text[] := '{}';
     d         record;
+    claim_ids text[];
+    claim_by  int[];
+    taken     text[];
+    c         int;
 BEGIN
     SELECT x.orders, x.holds INTO orders, holds FROM stockcore.lock_orders(p_ids, true) x;
+
+    -- A request may pay only an order pending when locked, for its total.
+    SELECT coalesce(array_agg(f.pid ORDER BY f.pid), '{}'), coalesce(array_agg(f.i ORDER BY f.pid), '{}')
+      INTO claim_ids, claim_by
+      FROM (SELECT DISTINCT ON (p_payment_ids[i]) p_payment_ids[i] AS pid, i
+              FROM generate_subscripts(p_ids, 1) AS i
+              JOIN unnest(orders) AS x ON x.order_id = p_ids[i]
+             WHERE x.status = 1 AND x.total_minor = p_amounts[i] AND x.currency = p_currencies[i]
+             ORDER BY p_payment_ids[i], i) f;
+    WITH ins AS (
+        INSERT INTO stockcore.payments
+               (payment_id, order_id, amount_minor, currency, caller, request_id, created_at)
+        SELECT claim_ids[j], p_ids[claim_by[j]], p_amounts[claim_by[j]],
+               p_currencies[claim_by[j]], p_callers[claim_by[j]], p_request_ids[claim_by[j]], v_now
+          FROM generate_subscripts(claim_ids, 1) AS j
+         ORDER BY j
+        ON CONFLICT (payment_id) DO NOTHING
+        RETURNING payment_id
+    )
+    SELECT coalesce(array_agg(ins.payment_id), '{}') INTO taken FROM ins;
+    -- claim_by[j]: the request whose values the row of claim_ids[j] holds; NULL once the
+    -- id is found another's, 0 once a request paid with it.
+    FOR j IN 1 .. cardinality(claim_ids) LOOP
+        IF NOT claim_ids[j] = ANY (taken) THEN
+            claim_by[j] := NULL;
+        END IF;
+    END LOOP;
+
     results := array_fill(NULL::stockcore.order_result, ARRAY[n]);
     FOR i IN 1 .. n LOOP
         k := NULL;
@@ -248,17 +307,22 @@ BEGIN
             r.status := 4;
             results[i] := ROW(10, o, NULL, NULL, NULL, NULL)::stockcore.order_result;
         ELSE
-            INSERT INTO stockcore.payments
-                   (payment_id, order_id, amount_minor, currency, caller, request_id, created_at)
-            VALUES (p_payment_ids[i], o.order_id, p_amounts[i], p_currencies[i], p_callers[i],
-                    p_request_ids[i], v_now)
-            ON CONFLICT (payment_id) DO NOTHING;
-            IF NOT FOUND THEN
+            c := array_position(claim_ids, p_payment_ids[i]);
+            IF c IS NULL OR claim_by[c] IS NULL OR claim_by[c] = 0 THEN
+                -- Another order's: a committed payment's, or one paid earlier in this batch.
                 SELECT pm.order_id INTO v_owner FROM stockcore.payments pm
                  WHERE pm.payment_id = p_payment_ids[i];
                 results[i] := ROW(4, o, v_owner, NULL, NULL, NULL)::stockcore.order_result;
                 CONTINUE;
             END IF;
+            IF claim_by[c] <> i THEN
+                UPDATE stockcore.payments pm
+                   SET order_id = o.order_id, amount_minor = p_amounts[i],
+                       currency = p_currencies[i], caller = p_callers[i],
+                       request_id = p_request_ids[i]
+                 WHERE pm.payment_id = p_payment_ids[i];
+            END IF;
+            claim_by[c] := 0;
             o.status := 2; o.path := o.path || 2::smallint; o.version := o.version + 1;
             o.updated_at := v_now; o.payment_id := p_payment_ids[i]; o.paid_minor := p_amounts[i];
             ch := ch || o; ch_from := ch_from || 1::smallint; ch_event := ch_event || v_move;
@@ -275,16 +339,19 @@ BEGIN
         END LOOP;
     END LOOP;
 
+    DELETE FROM stockcore.payments pm
+     WHERE pm.payment_id = ANY (SELECT claim_ids[j] FROM generate_subscripts(claim_ids, 1) AS j
+                                 WHERE claim_by[j] > 0);
     SELECT * INTO d FROM stockcore.close_holds(end_ids, end_st, end_by, v_now);
     PERFORM stockcore.record_changes(ch, ch_from, ch_event, ch_by, ch_why, ch_req, false);
     levels := stockcore.apply_stock(d.shards, d.skus, d.on_hand, d.reserved, v_now);
 END $$;
 
 -- CancelOrder for a batch, sorted by order id. Unpaid: the hold is released. Paid (not
--- shipped): the units go back on hand by adjustments (key "order-cancel:<id>:<sku>")
--- and the payment is owed back. Codes: 0 cancelled, 1 repeat, 2 unknown order, 5 the
--- status machine refuses, 6 the order and its hold disagree, 10 its hold had lapsed and
--- the order expired now.
+-- shipped): the units go back on hand by adjustments (one per line, the order's own:
+-- order_id and sku, no idempotency key) and the payment is owed back. Codes: 0 cancelled,
+-- 1 repeat, 2 unknown order, 5 the status machine refuses, 6 the order and its hold
+-- disagree, 10 its hold had lapsed and the order expired now.
 CREATE OR REPLACE FUNCTION stockcore.cancel_orders(
     p_ids text[], p_reasons text[], p_callers text[], p_request_ids text[],
     p_expiry_caller text,
@@ -399,17 +466,18 @@ BEGIN
 
     IF cardinality(back_ids) > 0 THEN
         INSERT INTO stockcore.movements
-               (sku, kind, on_hand_delta, reserved_delta, order_id, adjustment_key, reason,
-                caller, created_at)
-        SELECT u.sk, 'adjust', u.q, 0, b.id, 'order-cancel:' || b.id || ':' || u.sk,
-               'order ' || b.id || ' cancelled after payment', b.caller, v_now
+               (sku, kind, on_hand_delta, reserved_delta, order_id, reason, caller, created_at)
+        SELECT u.sk, 'adjust', u.q, 0, b.id, 'order ' || b.id || ' cancelled after payment',
+               b.caller, v_now
           FROM unnest(back_ids, back_by) AS b(id, caller)
           JOIN stockcore.reservations x ON x.reservation_id = b.id,
                unnest(x.skus, x.quantities) AS u(sk, q);
+        -- The order's own rows (order_id, sku), apart from every caller's idempotency key
+        -- (014_adjustments_by_origin.sql): nothing a caller sent can be in their way.
         INSERT INTO stockcore.adjustments
-               (idempotency_key, fingerprint, sku, applied_delta, on_hand_after, reserved_after,
+               (order_id, fingerprint, sku, applied_delta, on_hand_after, reserved_after,
                 caller, created_at)
-        SELECT 'order-cancel:' || b.id || ':' || u.sk,
+        SELECT b.id,
                substr(sha256(convert_to(format('adjust|%s|%s|None|order %s cancelled after payment',
                                                u.sk, u.q, b.id), 'UTF8')), 1, 16),
                u.sk, u.q, l.on_hand, l.reserved, b.caller, v_now
