@@ -339,9 +339,13 @@ BEGIN
         END LOOP;
     END LOOP;
 
-    DELETE FROM stockcore.payments pm
-     WHERE pm.payment_id = ANY (SELECT claim_ids[j] FROM generate_subscripts(claim_ids, 1) AS j
-                                 WHERE claim_by[j] > 0);
+    -- Claims no request paid with (refused or expired requests) are given back; most
+    -- batches have none, and skip the statement.
+    IF 0 < ANY (claim_by) THEN
+        DELETE FROM stockcore.payments pm
+         WHERE pm.payment_id = ANY (SELECT claim_ids[j] FROM generate_subscripts(claim_ids, 1) AS j
+                                     WHERE claim_by[j] > 0);
+    END IF;
     SELECT * INTO d FROM stockcore.close_holds(end_ids, end_st, end_by, v_now);
     PERFORM stockcore.record_changes(ch, ch_from, ch_event, ch_by, ch_why, ch_req, false);
     levels := stockcore.apply_stock(d.shards, d.skus, d.on_hand, d.reserved, v_now);
