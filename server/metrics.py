@@ -133,3 +133,15 @@ OVERLOAD_RETRY_DELAY = Gauge(
     "stockcore_overload_retry_delay_seconds",
     "The retry delay refused callers are given (before jitter), in this process.",
 )
+SHARES_HELD = Gauge(
+    "stockcore_shares_held",
+    "What callers hold at once of each thing bounded per caller (server/shares.py):"
+    " open streams, reads in PostgreSQL, health watches, in this process.",
+    ["resource"],
+)
+SHARES_REFUSED = Counter(
+    "stockcore_shares_refused_total",
+    "Calls refused with RESOURCE_EXHAUSTED because their caller held its share of a"
+    " resource (bound=caller) or every caller together held the most allowed (bound=total).",
+    ["resource", "bound"],
+)

@@ -181,6 +181,22 @@ class Overloaded(DomainError):
         self.retry_after = retry_after
 
 
+class CallerLimit(DomainError):
+    """The caller already holds its share of something the server bounds per caller (open
+    streams, reads in PostgreSQL; for the health service, watches from one address):
+    refused before any work (nothing was applied); send it again after `retry_after`, or
+    once one of its own has ended. `resource` names what is bounded, as ErrorInfo says."""
+
+    def __init__(self, resource: str, limit: int, retry_after: float) -> None:
+        super().__init__(
+            f"this caller already has {limit} {resource.replace('_', ' ')} at once, its share;"
+            f" nothing was done: retry after {retry_after:.2f} s"
+        )
+        self.resource = resource
+        self.limit = limit
+        self.retry_after = retry_after
+
+
 class ShuttingDown(Unavailable):
     """The server process is shutting down and took no new work: nothing was applied;
     send the call again, with the same id (a new connection reaches a live process)."""

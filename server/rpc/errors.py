@@ -12,6 +12,7 @@ from stockcore.v1 import inventory_pb2
 
 from server.domain.errors import (
     AlreadyExists,
+    CallerLimit,
     DeadlineExpired,
     DomainError,
     EventBeforeOrder,
@@ -44,6 +45,7 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    CallerLimit: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -65,6 +67,7 @@ _REASONS: dict[type[DomainError], str] = {
     DeadlineExpired: "DEADLINE_EXPIRED",
     Overloaded: "OVERLOADED",
     ShuttingDown: "SHUTTING_DOWN",
+    CallerLimit: "CALLER_LIMIT",
 }
 
 
@@ -72,6 +75,12 @@ def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
     return packed
+
+
+def _retry_info(seconds: float) -> any_pb2.Any:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(seconds * 1e9))
+    return _pack(error_details_pb2.RetryInfo(retry_delay=delay))
 
 
 def _details(exc: DomainError) -> list[any_pb2.Any]:
@@ -208,9 +217,22 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
     elif isinstance(exc, Unavailable):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 100_000_000})))
     elif isinstance(exc, Overloaded):
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(exc.retry_after * 1e9))
-        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        details.append(_retry_info(exc.retry_after))
+    elif isinstance(exc, CallerLimit):
+        metadata = {"resource": exc.resource, "limit": str(exc.limit)}
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=exc.resource,
+                            description=f"at most {exc.limit} per caller at once",
+                        )
+                    ]
+                )
+            )
+        )
+        details.append(_retry_info(exc.retry_after))
     details.insert(
         0, _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
     )
@@ -225,7 +247,7 @@ def to_status(exc: DomainError) -> grpc.Status:
         code=getattr(code_pb2, code.name), message=message, details=_details(exc)
     )
     status = rpc_status.to_status(rich)
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | CallerLimit):
         # The delay also as gRPC's own retry pushback, which clients with a retry policy
         # in their service config honour without reading the details.
         pushback = ("grpc-retry-pushback-ms", str(max(0, round(exc.retry_after * 1000))))

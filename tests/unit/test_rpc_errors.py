@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.domain.errors import (
     AlreadyExists,
+    CallerLimit,
     DeadlineExpired,
     DomainError,
     EventBeforeOrder,
@@ -60,6 +61,7 @@ EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
         grpc.StatusCode.PERMISSION_DENIED,
     ),
     (Overloaded(0.25), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (CallerLimit("streams", 3, 1.5), grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -68,7 +70,7 @@ def rich_status(exc: DomainError) -> tuple[grpc.Status, status_pb2.Status]:
     metadata = dict(status.trailing_metadata)
     # A refusal also carries gRPC's own retry pushback; nothing else rides beside the details.
     assert set(metadata) - {"grpc-retry-pushback-ms"} == {DETAILS_KEY}
-    assert ("grpc-retry-pushback-ms" in metadata) is isinstance(exc, Overloaded)
+    assert ("grpc-retry-pushback-ms" in metadata) is isinstance(exc, Overloaded | CallerLimit)
     return status, status_pb2.Status.FromString(metadata[DETAILS_KEY])
 
 
@@ -286,6 +288,23 @@ def test_a_refusal_at_capacity_says_when_to_come_back() -> None:
     assert dict(status.trailing_metadata)["grpc-retry-pushback-ms"] == "250"
     (info,) = unpack(rich, error_details_pb2.ErrorInfo)
     assert info.reason == "OVERLOADED"
+
+
+def test_a_caller_past_its_share_is_told_what_is_bounded_and_when_to_come_back() -> None:
+    status, rich = rich_status(CallerLimit("database_reads", 4, 0.2))
+
+    assert status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(rich)
+    assert (info.reason, dict(info.metadata)) == (
+        "CALLER_LIMIT",
+        {"resource": "database_reads", "limit": "4"},
+    )
+    (quota,) = unpack(rich, error_details_pb2.QuotaFailure)
+    assert [v.subject for v in quota.violations] == ["database_reads"]
+    (retry,) = unpack(rich, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToMilliseconds() == 200
+    assert dict(status.trailing_metadata)["grpc-retry-pushback-ms"] == "200"
+    assert "4 database reads" in rich.message
 
 
 def test_a_refusal_while_shutting_down_is_unavailable_with_a_retry_delay() -> None:
