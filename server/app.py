@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from stockcore.v1 import inventory_pb2, orders_pb2
@@ -30,6 +29,7 @@ from server.orders.watch import EventFeed
 from server.queue_delay import Queues
 from server.rpc import orders_convert
 from server.rpc.access import Gatekeeper
+from server.rpc.health import HealthService
 from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import service_handler
 from server.rpc.orders_servicer import OrderServicer
@@ -78,7 +78,7 @@ class App:
     core: InventoryCore
     store: StockStore
     gate: AdmissionGate | None
-    health: health_aio.HealthServicer
+    health: HealthService
     orders: OrderCore
     relay: Relay
     shedder: LoadShedder | None = None
@@ -131,16 +131,17 @@ def _pricing(settings: Settings) -> Pricing:
 
 
 async def _set_health(app: App) -> None:
-    """The health statuses as they are now: the services need PostgreSQL; the gate, Redis."""
+    """The health statuses as they are now: the services need PostgreSQL; the gate, Redis.
+    Only a change is published: each publication wakes every Watch stream."""
     try:
         await app.store.ping()
         service = _SERVING
     except Unavailable:
         service = _NOT_SERVING
-    await app.health.set(INVENTORY_SERVICE, service)
-    await app.health.set(ORDER_SERVICE, service)
-    await app.health.set("", service)
-    await app.health.set(ADMISSION_GATE, _SERVING if app.core.mirror.usable else _NOT_SERVING)
+    await app.health.publish(INVENTORY_SERVICE, service)
+    await app.health.publish(ORDER_SERVICE, service)
+    await app.health.publish("", service)
+    await app.health.publish(ADMISSION_GATE, _SERVING if app.core.mirror.usable else _NOT_SERVING)
 
 
 async def _report_health(app: App, interval: float) -> None:
@@ -212,7 +213,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
             service_handler(OrderServicer(orders, settings, pricing), _ORDERS, shedder, gatekeeper),
         ]
     )
-    health_servicer = health_aio.HealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
