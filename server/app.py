@@ -213,7 +213,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
             service_handler(OrderServicer(orders, settings, pricing), _ORDERS, shedder, gatekeeper),
         ]
     )
-    health_servicer = HealthService()
+    health_servicer = HealthService(settings.health_watches_per_peer, settings.max_health_watches)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(

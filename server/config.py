@@ -108,6 +108,10 @@ class Settings(EnvSettings):
     price_catalogue_file: str = ""
     price_sources: tuple[str, ...] = ()
     overload_refusal_budget: float = 200.0
+    # The health service needs no token (probes use it), so its Watch streams are bounded
+    # per peer address and in total; Check is not bounded.
+    health_watches_per_peer: int = 32
+    max_health_watches: int = 1000
 
     # The STOCKCORE_* variable of each field that one can set.
     VARIABLES: ClassVar[Variables] = {
@@ -159,6 +163,8 @@ class Settings(EnvSettings):
         "STOCKCORE_PRICE_CATALOGUE": ("price_catalogue_file", str),
         "STOCKCORE_PRICE_SOURCES": ("price_sources", parse_list),
         "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
+        "STOCKCORE_HEALTH_WATCHES_PER_PEER": ("health_watches_per_peer", int),
+        "STOCKCORE_MAX_HEALTH_WATCHES": ("max_health_watches", int),
     }
 
     def checks(self) -> list[tuple[bool, str]]:
@@ -229,6 +235,10 @@ class Settings(EnvSettings):
                 "max_request_bytes must be 81920-4194304 (the largest valid request is ~67 KB)",
             ),
             (self.overload_refusal_budget > 0, "overload_refusal_budget must be above 0"),
+            (
+                1 <= self.health_watches_per_peer <= self.max_health_watches <= 100_000,
+                "need 1 <= health_watches_per_peer <= max_health_watches <= 100000",
+            ),
         ]
 
     def security_problem(self) -> str | None:

@@ -79,6 +79,8 @@ def test_unrelated_variables_are_ignored() -> None:
         ("STOCKCORE_MAX_TTL", "max_ttl_s", "3600", 3600.0),
         ("STOCKCORE_EXPIRY_INTERVAL", "expiry_interval_s", "0.05", 0.05),
         ("STOCKCORE_EXPIRY_INTERVAL", "expiry_interval_s", "1e-1", 0.1),
+        ("STOCKCORE_HEALTH_WATCHES_PER_PEER", "health_watches_per_peer", "8", 8),
+        ("STOCKCORE_MAX_HEALTH_WATCHES", "max_health_watches", "64", 64),
     ],
 )
 def test_variable_sets_its_setting(variable: str, attr: str, raw: str, expected: object) -> None:
@@ -200,6 +202,12 @@ def test_given_mapping_takes_the_place_of_the_process_environment(
         ({"pending_grace_s": 10.0}, "pending_grace_s must exceed db_timeout_s"),
         ({"db_timeout_s": 30.0}, "pending_grace_s must exceed db_timeout_s"),
         ({"workers": 2, "grpc_port": 0}, "several workers need a fixed grpc_port"),
+        ({"health_watches_per_peer": 0}, "need 1 <= health_watches_per_peer"),
+        (
+            {"health_watches_per_peer": 33, "max_health_watches": 32},
+            "need 1 <= health_watches_per_peer",
+        ),
+        ({"max_health_watches": 100_001}, "need 1 <= health_watches_per_peer"),
     ],
 )
 def test_out_of_range_setting_is_refused(changes: dict[str, object], message: str) -> None:
@@ -231,6 +239,8 @@ def test_out_of_range_setting_is_refused(changes: dict[str, object], message: st
         {"expiry_interval_s": 0.001},
         {"pending_grace_s": 10.001, "db_timeout_s": 10.0},
         {"workers": 8, "grpc_port": 50051},
+        {"health_watches_per_peer": 1, "max_health_watches": 1},
+        {"health_watches_per_peer": 100_000, "max_health_watches": 100_000},
     ],
 )
 def test_setting_at_its_bounds_is_accepted(changes: dict[str, object]) -> None:
