@@ -168,6 +168,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
         settings.pg_dsn,
         shard_count=settings.shard_count,
         pool_size=settings.pg_pool_size,
+        read_pool_size=settings.pg_read_pool_size,
         timeout=settings.db_timeout_s,
     )
     gate = AdmissionGate.from_url(settings.redis_url) if settings.redis_url else None

@@ -49,7 +49,12 @@ class Settings(EnvSettings):
     reflection: bool | None = None
     workers: int = 1
     shard_count: int = 16
+    # PostgreSQL connections of the batches and the server's own upkeep (expiry, the
+    # mirror, health), and apart from them those of what callers read (GetStock STRONG,
+    # GetReservation, GetOrder, ListOrders, WatchOrders): readers queue on their own
+    # pool, so however many read, a batch that changes stock never waits for a reader.
     pg_pool_size: int = 8
+    pg_read_pool_size: int = 4
     batch_max: int = 256
     # Batches of one kind in flight at once; the next batch gathers meanwhile.
     batch_concurrency: int = 1
@@ -137,6 +142,7 @@ class Settings(EnvSettings):
         "STOCKCORE_WORKERS": ("workers", int),
         "STOCKCORE_SHARDS": ("shard_count", int),
         "STOCKCORE_PG_POOL_SIZE": ("pg_pool_size", int),
+        "STOCKCORE_PG_READ_POOL_SIZE": ("pg_read_pool_size", int),
         "STOCKCORE_BATCH_MAX": ("batch_max", int),
         "STOCKCORE_BATCH_CONCURRENCY": ("batch_concurrency", int),
         "STOCKCORE_DEFAULT_TTL": ("default_ttl_s", float),
@@ -175,6 +181,7 @@ class Settings(EnvSettings):
             (1 <= self.workers <= 64, "workers must be 1-64"),
             (1 <= self.shard_count <= 1024, "shard_count must be 1-1024"),
             (1 <= self.pg_pool_size <= 100, "pg_pool_size must be 1-100"),
+            (1 <= self.pg_read_pool_size <= 100, "pg_read_pool_size must be 1-100"),
             (1 <= self.batch_max <= 10_000, "batch_max must be 1-10000"),
             (1 <= self.batch_concurrency <= 16, "batch_concurrency must be 1-16"),
             (

@@ -145,7 +145,7 @@ class InventoryCore:
             found = await self._mirror_reader.submit(tuple(skus))
         missing = [sku for sku in skus if sku not in found]
         if missing:
-            read = await self.store.get_stock(missing)
+            read = await self.store.read_levels(missing)
             found.update(
                 (sku, StockLevel(sku, level.on_hand, level.reserved)) for sku, level in read.items()
             )

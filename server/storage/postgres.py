@@ -1,5 +1,10 @@
 """PostgreSQL, the durable authority: every stock change is a conditional UPDATE made
-inside one of the batch functions of sql/live/inventory.sql, one statement per batch."""
+inside one of the batch functions of sql/live/inventory.sql, one statement per batch.
+
+Two pools: one for the batches and the server's own upkeep (expiry, the mirror, health),
+one for what callers read (`read`, `read_levels`, `plain_reservations`). However many
+callers read, and however slow their reads, a batch that changes stock never waits for
+a connection a reader holds: readers queue on their own pool."""
 
 from __future__ import annotations
 
@@ -206,59 +211,76 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset: no session state is ever set."""
 
 
+async def _open_pool(dsn: str, size: int, timeout: float, name: str) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min(2, size),
+        max_size=size,
+        command_timeout=timeout,
+        # JIT never pays off for statements that touch a batch's worth of rows, and its
+        # compile time (tens of ms) lands on whoever's batch triggered it.
+        server_settings={"application_name": name, "jit": "off"},
+        # Connections hold no session state between uses; skipping asyncpg's
+        # RESET ALL on release saves a round trip per batch.
+        reset=_keep_session,
+    )
+    assert pool is not None
+    return pool
+
+
 class StockStore:
     """Stock, reservations and the movement ledger in PostgreSQL."""
 
-    def __init__(self, pool: asyncpg.Pool, shard_count: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, reads: asyncpg.Pool, shard_count: int) -> None:
         self._pool = pool
+        self._reads = reads
         self.shard_count = shard_count
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, shard_count: int, pool_size: int, timeout: float
+        cls, dsn: str, *, shard_count: int, pool_size: int, timeout: float, read_pool_size: int = 2
     ) -> StockStore:
-        """Open a pool and check the database's shard count against ours."""
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=min(2, pool_size),
-            max_size=pool_size,
-            command_timeout=timeout,
-            # JIT never pays off for statements that touch a batch's worth of rows, and its
-            # compile time (tens of ms) lands on whoever's batch triggered it.
-            server_settings={"application_name": "stockcore", "jit": "off"},
-            # Connections hold no session state between uses; skipping asyncpg's
-            # RESET ALL on release saves a round trip per batch.
-            reset=_keep_session,
-        )
-        assert pool is not None
-        store = cls(pool, shard_count)
+        """Open the pools (`pool_size` connections for the batches, `read_pool_size` for
+        callers' reads) and check the database's shard count against ours."""
+        pool = await _open_pool(dsn, pool_size, timeout, "stockcore")
+        try:
+            reads = await _open_pool(dsn, read_pool_size, timeout, "stockcore-reads")
+        except BaseException:
+            await pool.close()
+            raise
+        store = cls(pool, reads, shard_count)
         stored = await store._run(
             lambda c: c.fetchval("SELECT value FROM stockcore.settings WHERE key = 'shard_count'")
         )
         if stored is not None and int(stored) != shard_count:
-            await pool.close()
+            await store.close()
             raise RuntimeError(
                 f"the database has {stored} stock shards, settings ask for {shard_count}"
             )
         return store
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Close the pool: wait up to `timeout` for connections in use to come back, then
+        """Close the pools: wait up to `timeout` for connections in use to come back, then
         terminate whatever is left (a wait without a bound could hold a shutdown forever)."""
-        try:
-            await asyncio.wait_for(self._pool.close(), timeout)
-        except TimeoutError:
-            log.error("PostgreSQL pool did not close in time; terminating its connections")
-            self._pool.terminate()
+        for pool in (self._pool, self._reads):
+            try:
+                await asyncio.wait_for(pool.close(), timeout)
+            except TimeoutError:
+                log.error("PostgreSQL pool did not close in time; terminating its connections")
+                pool.terminate()
 
     async def _run(
-        self, work: Callable[[asyncpg.Connection], Awaitable[T]], attempts: int = 5
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        attempts: int = 5,
+        *,
+        pool: asyncpg.Pool | None = None,
     ) -> T:
-        """Run `work` on a pooled connection, retrying transient conflicts and
-        translating an unreachable database into Unavailable."""
+        """Run `work` on a connection of `pool` (the batches' unless named), retrying
+        transient conflicts and translating an unreachable database into Unavailable."""
         for attempt in range(attempts):
             try:
-                async with self._pool.acquire() as conn:
+                async with (pool or self._pool).acquire() as conn:
                     try:
                         return await work(conn)
                     except _UNREACHABLE:
@@ -348,14 +370,24 @@ class StockStore:
         )
 
     async def read(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `work` (reads) on a pooled connection, with the same error translation."""
-        return await self._run(work)
+        """Run `work`, a caller's read, on a connection of the readers' pool, with the same
+        error translation."""
+        return await self._run(work, pool=self._reads)
 
     async def get_stock(self, skus: Sequence[str]) -> dict[str, MirrorLevel]:
-        """Levels of the known SKUs among `skus`, read from PostgreSQL."""
+        """Levels of the known SKUs among `skus`, read from PostgreSQL (for the server's
+        upkeep; a caller's read is `read_levels`)."""
+        return await self._levels(skus, self._pool)
+
+    async def read_levels(self, skus: Sequence[str]) -> dict[str, MirrorLevel]:
+        """`get_stock` for a caller, on the readers' pool."""
+        return await self._levels(skus, self._reads)
+
+    async def _levels(self, skus: Sequence[str], pool: asyncpg.Pool) -> dict[str, MirrorLevel]:
         shards = [shard_of(s, self.shard_count) for s in skus]
         rows = await self._run(
-            lambda c: c.fetch("SELECT * FROM stockcore.stock_levels($1, $2)", shards, list(skus))
+            lambda c: c.fetch("SELECT * FROM stockcore.stock_levels($1, $2)", shards, list(skus)),
+            pool=pool,
         )
         return {level.sku: level for level in mirror_levels(rows)}
 
@@ -387,14 +419,16 @@ class StockStore:
         self, reservation_ids: Sequence[str]
     ) -> tuple[dict[str, Reservation], set[str]]:
         """The named reservations that exist and are not an order's hold, and the named
-        ids that are an order's hold (GetReservation answers the first only)."""
+        ids that are an order's hold (GetReservation answers the first only), read for a
+        caller on the readers' pool."""
         rows = await self._run(
             lambda c: c.fetch(
                 "SELECT r.*, EXISTS (SELECT 1 FROM stockcore.orders o"
                 "                     WHERE o.order_id = r.reservation_id) AS order_hold"
                 "  FROM stockcore.reservations r WHERE r.reservation_id = ANY($1::text[])",
                 list(reservation_ids),
-            )
+            ),
+            pool=self._reads,
         )
         plain = {r["reservation_id"]: reservation_from_row(r) for r in rows if not r["order_hold"]}
         return plain, {r["reservation_id"] for r in rows if r["order_hold"]}

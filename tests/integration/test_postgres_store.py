@@ -695,6 +695,37 @@ async def test_connect_refuses_a_different_shard_count(clean: Servers) -> None:
         await StockStore.connect(clean.pg_dsn, shard_count=SHARDS * 2, pool_size=2, timeout=5)
 
 
+async def test_callers_reads_queue_on_their_own_pool_and_leave_the_batches_theirs(
+    clean: Servers,
+) -> None:
+    store = await StockStore.connect(
+        clean.pg_dsn, shard_count=SHARDS, pool_size=1, read_pool_size=1, timeout=30
+    )
+    try:
+        await stock_up(store, {"A": 10})
+        slow = asyncio.ensure_future(store.read(lambda c: c.fetchval("SELECT pg_sleep(3)")))
+        await until(
+            lambda: sql_is(
+                clean.pg_dsn,
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'stockcore-reads' AND wait_event = 'PgSleep'",
+                1,
+            ),
+            "a caller's read holding the one reader connection",
+        )
+        queued = asyncio.ensure_future(store.read_levels(["A"]))
+
+        results, _ = await asyncio.wait_for(store.reserve_batch([hold("r-1", ("A", 1))]), 2.5)
+
+        # The hold was decided while every reader connection was taken and a read waited.
+        assert results[0].code is ReserveCode.HELD
+        assert not slow.done() and not queued.done()
+        await slow
+        assert (await queued)["A"].reserved == 1
+    finally:
+        await store.close()
+
+
 # --- concurrency ---------------------------------------------------------------------
 
 
