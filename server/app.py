@@ -34,6 +34,7 @@ from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import service_handler
 from server.rpc.orders_servicer import OrderServicer
 from server.rpc.shedding import LoadShedder
+from server.shares import Shares
 from server.shutdown import cancel_and_wait
 from server.storage.event_stream import EventStream
 from server.storage.migrations import migrate
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # How long a stopping process gives its calls in flight.
 SHUTDOWN_GRACE_S = 5.0
+# The delay a reader past its share of reads in PostgreSQL is given (before jitter).
+DATABASE_READ_RETRY_S = 0.25
 
 _INVENTORY = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 INVENTORY_SERVICE = _INVENTORY.full_name
@@ -174,7 +177,12 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     gate = AdmissionGate.from_url(settings.redis_url) if settings.redis_url else None
     mirror = Mirror(gate, store, settings)
     queues = Queues.create(settings.overload_target_s, settings.overload_interval_s)
-    core = InventoryCore(settings, store, mirror, queues)
+    # Reads in PostgreSQL at once per caller; a reader refused comes back soon (its own
+    # reads take milliseconds to seconds), jittered.
+    readers = Shares(
+        "database_reads", settings.database_reads_per_caller, retry_after=DATABASE_READ_RETRY_S
+    )
+    core = InventoryCore(settings, store, mirror, queues, readers)
     order_store = OrderStore(store)
     feed = EventFeed(
         order_store,
@@ -182,7 +190,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
         orders_convert.stored_event,
         safety_interval=settings.watch_poll_interval_s,
     )
-    orders = OrderCore(settings, mirror, order_store, feed, queues)
+    orders = OrderCore(settings, mirror, order_store, feed, queues, readers)
     await core.start()
     orders.start()
     event_stream = (

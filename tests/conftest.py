@@ -120,11 +120,13 @@ def settings(clean: Servers, credentials: DevCredentials) -> Settings:
         clean.pg_dsn,
         clean.redis_url,
         credentials,
-        # Tests of behaviour send hundreds of calls at once and hold locks for seconds;
-        # the ceiling on calls in flight and admission by queue delay are tested on their
-        # own (tests/e2e/test_overload.py).
+        # Tests of behaviour send hundreds of calls at once, all with one token, and hold
+        # locks for seconds; the ceiling on calls in flight and admission by queue delay
+        # are tested on their own (tests/e2e/test_overload.py), and so are the shares of
+        # one caller (tests/e2e/test_caller_limits.py).
         max_in_flight=10_000,
         overload_target_s=10.0,
+        database_reads_per_caller=10_000,
     )
 
 

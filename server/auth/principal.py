@@ -25,12 +25,20 @@ class Principal:
     def caller(self) -> str:
         """What movements, status history and events record as the caller: the token's
         subject, the customer it acts for, and the certificate it came over."""
-        name = self.subject
-        if self.customer_id is not None:
-            name += f" for customer {self.customer_id}"
+        name = self.account
         if self.certificate is not None:
             name += f" via {self.certificate}"
         return name
+
+    @property
+    def account(self) -> str:
+        """Whose share of what is bounded per caller (server/shares.py) a call takes: the
+        token's subject, or the customer a customer-bound token acts for (a checkout
+        gateway signs every shopper's token with its one subject). The certificate a call
+        came over does not make another account."""
+        if self.customer_id is None:
+            return self.subject
+        return f"{self.subject} for customer {self.customer_id}"
 
     def with_certificate(self, certificate: str | None) -> Principal:
         """The same caller, seen over a connection whose client certificate names

@@ -37,6 +37,7 @@ from server.inventory.batching import Batcher
 from server.inventory.mirror import Mirror
 from server.metrics import HOLDS
 from server.queue_delay import Queues
+from server.shares import Shares
 from server.shutdown import cancel_and_wait
 from server.storage.postgres import (
     AdjustCode,
@@ -69,11 +70,18 @@ class InventoryCore:
     """Two-phase stock holds over the Redis gate and PostgreSQL."""
 
     def __init__(
-        self, settings: Settings, store: StockStore, mirror: Mirror, queues: Queues
+        self,
+        settings: Settings,
+        store: StockStore,
+        mirror: Mirror,
+        queues: Queues,
+        readers: Shares,
     ) -> None:
         self.settings = settings
         self.store = store
         self.mirror = mirror
+        # Each reader's share of the reads in PostgreSQL at once (shared with OrderCore).
+        self.readers = readers
         writes, reads = queues.batch_options(settings.batch_max, settings.batch_concurrency)
         self._reserver: Batcher[ReserveCommand, Reservation] = Batcher(
             "reserve", self._reserve_batch, **writes
@@ -132,20 +140,28 @@ class InventoryCore:
         """Give a hold back."""
         return await self._finishers[Finish.RELEASE].submit((reservation_id, caller), deadline)
 
-    async def get_reservation(self, reservation_id: str) -> Reservation:
-        """One reservation as stored."""
-        return await self._reservation_reader.submit(reservation_id)
+    async def get_reservation(self, reservation_id: str, reader: str | None = None) -> Reservation:
+        """One reservation as stored, read within `reader`'s share of reads in PostgreSQL
+        (None: a reader without one)."""
+        with self.readers.holding(reader):
+            return await self._reservation_reader.submit(reservation_id)
 
     async def get_stock(
-        self, skus: Sequence[str], consistency: Consistency = Consistency.MIRROR
+        self,
+        skus: Sequence[str],
+        consistency: Consistency = Consistency.MIRROR,
+        reader: str | None = None,
     ) -> list[StockLevel]:
-        """Levels of `skus` in the given order; any unknown SKU fails the call."""
+        """Levels of `skus` in the given order; any unknown SKU fails the call. What is read
+        from PostgreSQL (STRONG, or what the mirror cannot answer) is read within
+        `reader`'s share of reads there; the mirror is read without one."""
         found: dict[str, StockLevel] = {}
         if consistency is Consistency.MIRROR and self.mirror.usable:
             found = await self._mirror_reader.submit(tuple(skus))
         missing = [sku for sku in skus if sku not in found]
         if missing:
-            read = await self.store.read_levels(missing)
+            with self.readers.holding(reader):
+                read = await self.store.read_levels(missing)
             found.update(
                 (sku, StockLevel(sku, level.on_hand, level.reserved)) for sku, level in read.items()
             )

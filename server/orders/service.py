@@ -43,6 +43,7 @@ from server.inventory.mirror import Mirror
 from server.metrics import ORDER_TRANSITIONS
 from server.orders.watch import EventFeed
 from server.queue_delay import Queues
+from server.shares import Shares
 from server.storage.orders_pg import ChangeCode, Changed, CreateCode, Created, OrderStore
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,14 @@ class OrderCore:
         store: OrderStore,
         feed: EventFeed[Any],
         queues: Queues,
+        readers: Shares,
     ) -> None:
         self.settings = settings
         self.mirror = mirror
         self.store = store
         self.feed = feed
+        # Each reader's share of the reads in PostgreSQL at once (shared with InventoryCore).
+        self.readers = readers
         options, reads = queues.batch_options(settings.batch_max, settings.batch_concurrency)
         self._creator: Batcher[CreateOrder, Order] = Batcher(
             "create_order", self._create_batch, **options
@@ -265,13 +269,21 @@ class OrderCore:
 
     # --- reads ----------------------------------------------------------------------
 
-    async def get_order(self, order_id: str) -> tuple[Order, list[StatusChange]]:
-        """An order with its status history."""
-        return await self._reader.submit(order_id)
+    async def get_order(
+        self, order_id: str, reader: str | None = None
+    ) -> tuple[Order, list[StatusChange]]:
+        """An order with its status history, read within `reader`'s share of reads in
+        PostgreSQL (None: a reader without one)."""
+        with self.readers.holding(reader):
+            return await self._reader.submit(order_id)
 
-    async def list_orders(self, query: ListOrders) -> tuple[list[Order], str]:
-        """One page of a customer's orders and the token of the next ("" on the last)."""
-        return await self._lister.submit(query)
+    async def list_orders(
+        self, query: ListOrders, reader: str | None = None
+    ) -> tuple[list[Order], str]:
+        """One page of a customer's orders and the token of the next ("" on the last),
+        read within `reader`'s share of reads in PostgreSQL."""
+        with self.readers.holding(reader):
+            return await self._lister.submit(query)
 
     def watch(self, wanted: WatchFilter) -> AsyncIterator[tuple[int, Any]]:
         """(cursor, wire event) of every event passing the filter after its cursor, then

@@ -13,7 +13,7 @@ from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.inventory import adjust_command, distinct_skus, require_id, reserve_command
 from server.inventory.core import Consistency, InventoryCore
 from server.rpc import convert
-from server.rpc.metadata import caller, deadline_of
+from server.rpc.metadata import account, caller, deadline_of
 
 
 class InventoryServicer(pb_grpc.InventoryServiceServicer):
@@ -62,7 +62,7 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
     ) -> pb.GetReservationResponse:
         """Read one reservation."""
         rid = require_id(request.reservation_id, "reservation_id")
-        found = await self._core.get_reservation(rid)
+        found = await self._core.get_reservation(rid, account())
         return pb.GetReservationResponse(reservation=convert.reservation(found))
 
     async def GetStock(
@@ -79,7 +79,9 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
                 [FieldViolation("consistency", f"unknown consistency {request.consistency}")]
             )
         levels = await self._core.get_stock(
-            distinct_skus(request.skus), Consistency.STRONG if strong else Consistency.MIRROR
+            distinct_skus(request.skus),
+            Consistency.STRONG if strong else Consistency.MIRROR,
+            account(),
         )
         return pb.GetStockResponse(levels=[convert.stock_level(level) for level in levels])
 

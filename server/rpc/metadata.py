@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from server.auth.principal import ANONYMOUS
 from server.domain.orders import Actor
 from server.rpc.access import current_principal
 
@@ -29,6 +30,13 @@ def _value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
 def caller() -> str:
     """Who is calling, as the audit trail records it (server/auth/principal.py)."""
     return current_principal().caller
+
+
+def account() -> str | None:
+    """Whose share the call takes of what is bounded per caller (server/shares.py); None
+    on a server that checks no tokens, whose callers cannot be told apart."""
+    principal = current_principal()
+    return None if principal is ANONYMOUS else principal.account
 
 
 def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -25,7 +25,7 @@ from server.orders.pricing import Pricing
 from server.orders.service import OrderCore
 from server.rpc import orders_convert as convert
 from server.rpc.access import OrderView, current_principal
-from server.rpc.metadata import actor_of, deadline_of
+from server.rpc.metadata import account, actor_of, deadline_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -66,7 +66,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
         order_id = require_id(request.order_id, "order_id")
         view = OrderView.of_caller()
         try:
-            order, history = await self._core.get_order(order_id)
+            order, history = await self._core.get_order(order_id, account())
         except NotFound:
             view.check(order_id, None)
             raise
@@ -89,7 +89,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             request.page_size,
             request.page_token,
         )
-        orders, token = await self._core.list_orders(query)
+        orders, token = await self._core.list_orders(query, account())
         return pb.ListOrdersResponse(
             orders=[view.order(convert.order(o)) for o in orders], next_page_token=token
         )

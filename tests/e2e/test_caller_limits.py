@@ -1,0 +1,250 @@
+"""No caller can hurt another: each token's subject (each customer, for a customer's
+token) holds at most its share of reads in PostgreSQL, the excess refused at once with
+RESOURCE_EXHAUSTED and a RetryInfo, and the batches that change stock keep PostgreSQL
+connections that readers cannot take."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from stockcore.v1 import inventory_pb2 as ipb
+from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
+from stockcore.v1 import orders_pb2 as pb
+
+from devstack.credentials import DevCredentials
+from devstack.servers import LocalStockcore
+from server.app import App
+from server.auth import scopes
+from server.config import Settings
+from tests import callers
+from tests.servers import Servers, server_process
+from tests.support import connected, create_request, details_of, put_stock, reserve_request
+from tests.waiting import sql_is, until
+
+ALICE = "alice"
+BOB = "bob"
+READS_PER_CALLER = 4
+READERS = 64
+SLOW_READ_S = 3.0
+
+
+def refusal_of(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, float]:
+    """Code, ErrorInfo reason and RetryInfo delay (s) of a refused call."""
+    (info,) = details_of(error, error_details_pb2.ErrorInfo)
+    (retry,) = details_of(error, error_details_pb2.RetryInfo)
+    return error.code(), info.reason, retry.retry_delay.ToTimedelta().total_seconds()
+
+
+@dataclass
+class Caller:
+    """A channel carrying one token, and the stubs on it."""
+
+    channel: grpc.aio.Channel
+    inventory: inventory_pb2_grpc.InventoryServiceStub
+    orders: orders_pb2_grpc.OrderServiceStub
+
+
+Opener = Callable[..., Caller]
+
+
+@pytest.fixture
+async def as_caller(credentials: DevCredentials) -> AsyncIterator[Opener]:
+    """Opens TLS channels to a server, every call on one carrying a token for `subject`
+    (with `scope`, every service scope if none, bound to `customer` if named); closed
+    after the test."""
+    opened: list[grpc.aio.Channel] = []
+
+    def open_(
+        server: LocalStockcore, subject: str, *scope: str, customer: str | None = None
+    ) -> Caller:
+        token = callers.token(
+            credentials, subject, scope or scopes.SERVICE_SCOPES, customer_id=customer
+        )
+        channel = callers.secure_channel(server.target, credentials, token)
+        opened.append(channel)
+        return Caller(
+            channel,
+            inventory_pb2_grpc.InventoryServiceStub(channel),
+            orders_pb2_grpc.OrderServiceStub(channel),
+        )
+
+    try:
+        yield open_
+    finally:
+        for channel in opened:
+            await channel.close()
+
+
+@pytest.fixture
+async def slow_stock_reads(dsn: str) -> AsyncIterator[None]:
+    """PostgreSQL's levels function takes SLOW_READ_S for the SKU `SLOW`: an expensive
+    read, holding its connection as a large or unlucky one would. Put back afterwards."""
+    async with connected(dsn) as conn:
+        await conn.execute(
+            f"""
+            ALTER FUNCTION stockcore.stock_levels(smallint[], text[])
+                RENAME TO stock_levels_unslowed;
+            CREATE FUNCTION stockcore.stock_levels(p_shards smallint[], p_skus text[])
+            RETURNS SETOF stockcore.stock_level LANGUAGE plpgsql AS $$
+            BEGIN
+                IF 'SLOW' = ANY (p_skus) THEN
+                    PERFORM pg_sleep({SLOW_READ_S});
+                END IF;
+                RETURN QUERY SELECT * FROM stockcore.stock_levels_unslowed(p_shards, p_skus);
+            END $$;
+            """
+        )
+    try:
+        yield
+    finally:
+        async with connected(dsn) as conn:
+            await conn.execute(
+                """
+                DROP FUNCTION stockcore.stock_levels(smallint[], text[]);
+                ALTER FUNCTION stockcore.stock_levels_unslowed(smallint[], text[])
+                    RENAME TO stock_levels;
+                """
+            )
+
+
+@pytest.fixture
+async def read_limited(
+    clean: Servers, credentials: DevCredentials, slow_stock_reads: None
+) -> AsyncIterator[LocalStockcore]:
+    """A server allowing each caller READS_PER_CALLER reads in PostgreSQL, on a read
+    pool of two connections beside the default eight of the batches."""
+    async with server_process(
+        clean,
+        credentials,
+        STOCKCORE_DATABASE_READS_PER_CALLER=str(READS_PER_CALLER),
+        STOCKCORE_PG_READ_POOL_SIZE="2",
+        STOCKCORE_PG_POOL_SIZE="8",
+    ) as server:
+        yield server
+
+
+@dataclass
+class Answer:
+    """How a call ended, and when (time.monotonic())."""
+
+    code: grpc.StatusCode
+    at: float
+    error: grpc.aio.AioRpcError | None = None
+
+
+async def answer(call) -> Answer:  # type: ignore[no-untyped-def]
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return Answer(exc.code(), time.monotonic(), exc)
+    return Answer(grpc.StatusCode.OK, time.monotonic())
+
+
+async def test_strong_reads_past_a_subjects_share_are_refused_and_writers_keep_their_connections(
+    read_limited: LocalStockcore, as_caller: Opener, dsn: str
+) -> None:
+    service = as_caller(read_limited, callers.SUBJECT)
+    await put_stock(service.inventory, "SLOW", 10)
+    await put_stock(service.inventory, "A", 100)
+    scraper = as_caller(read_limited, "scraper", scopes.INVENTORY_READ)
+    checkout = as_caller(read_limited, "checkout", scopes.INVENTORY_HOLD, scopes.ORDERS_CREATE)
+    strong = ipb.GetStockRequest(skus=["SLOW"], consistency=ipb.CONSISTENCY_STRONG)
+
+    reads = [
+        asyncio.ensure_future(answer(scraper.inventory.GetStock(strong, timeout=120)))
+        for _ in range(READERS)
+    ]
+    try:
+        # The premise: the scraper's reads hold PostgreSQL connections.
+        await until(
+            lambda: sql_is(
+                dsn, "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event = 'PgSleep'", True
+            ),
+            "a strong read sleeping in PostgreSQL",
+        )
+        held, ordered = await asyncio.gather(
+            answer(checkout.inventory.Reserve(reserve_request("r-1", A=1), timeout=5)),
+            answer(checkout.orders.CreateOrder(create_request("o-1"), timeout=5)),
+        )
+    finally:
+        done = await asyncio.gather(*reads)
+
+    # Another caller's hold and order went through while the reads were in PostgreSQL.
+    assert (held.code, ordered.code) == (grpc.StatusCode.OK, grpc.StatusCode.OK), (held, ordered)
+    served = [a for a in done if a.code is grpc.StatusCode.OK]
+    assert max(held.at, ordered.at) < min(a.at for a in served)
+    # The scraper got its share; the rest was refused at once, with a time to come back.
+    refused = [a for a in done if a.error is not None]
+    assert len(served) == READS_PER_CALLER
+    assert len(refused) == READERS - READS_PER_CALLER
+    for a in refused:
+        assert a.error is not None
+        code, reason, delay = refusal_of(a.error)
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALLER_LIMIT")
+        assert 0 < delay <= 10
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The in-process server's: READS_PER_CALLER reads in PostgreSQL per caller."""
+    return dataclasses.replace(settings, database_reads_per_caller=READS_PER_CALLER).validate()
+
+
+async def test_every_read_of_postgresql_takes_a_place_of_the_callers_share(
+    app: App, credentials: DevCredentials, stub: inventory_pb2_grpc.InventoryServiceStub, orders
+) -> None:
+    await put_stock(stub, "A", 10)
+    await stub.Reserve(reserve_request("r-1", A=1))
+    await orders.CreateOrder(create_request("o-1", customer=ALICE))
+    target = f"127.0.0.1:{app.port}"
+    reads = [scopes.INVENTORY_READ, scopes.ORDERS_READ]
+    scraper = callers.secure_channel(
+        target, credentials, callers.token(credentials, "scraper", reads)
+    )
+    other = callers.secure_channel(target, credentials, callers.token(credentials, "other", reads))
+
+    def calls(channel: grpc.aio.Channel) -> dict[str, Awaitable[object]]:
+        inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+        order_service = orders_pb2_grpc.OrderServiceStub(channel)
+        return {
+            "GetStock STRONG": inventory.GetStock(
+                ipb.GetStockRequest(skus=["A"], consistency=ipb.CONSISTENCY_STRONG)
+            ),
+            "GetReservation": inventory.GetReservation(
+                ipb.GetReservationRequest(reservation_id="r-1")
+            ),
+            "GetOrder": order_service.GetOrder(pb.GetOrderRequest(order_id="o-1")),
+            "ListOrders": order_service.ListOrders(pb.ListOrdersRequest(customer_id=ALICE)),
+        }
+
+    async with scraper, other:
+        # The premise: the scraper's reads in PostgreSQL fill its share.
+        for _ in range(READS_PER_CALLER):
+            app.core.readers.take("scraper")
+        try:
+            for name, call in calls(scraper).items():
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refusal_of(refused.value)[:2] == (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "CALLER_LIMIT",
+                ), name
+            # The mirror is read without a place; another caller reads everything.
+            mirror = await inventory_pb2_grpc.InventoryServiceStub(scraper).GetStock(
+                ipb.GetStockRequest(skus=["A"])
+            )
+            assert mirror.levels[0].reserved == 3  # r-1 and o-1's two
+            for call in calls(other).values():
+                await call
+        finally:
+            for _ in range(READS_PER_CALLER):
+                app.core.readers.give_back("scraper")
+        for call in calls(scraper).values():
+            await call
