@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5.0
 # The delay a reader past its share of reads in PostgreSQL is given (before jitter).
 DATABASE_READ_RETRY_S = 0.25
+# The delay a caller past its share of open streams is given (before jitter).
+STREAM_RETRY_S = 1.0
 
 _INVENTORY = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 INVENTORY_SERVICE = _INVENTORY.full_name
@@ -216,10 +218,17 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
         queues=queues,
         refusal_budget=settings.overload_refusal_budget,
     )
+    # Open streams per caller; a place frees only when a stream ends, so a caller refused
+    # comes back in about a second.
+    streams = Shares("streams", settings.streams_per_caller, retry_after=STREAM_RETRY_S)
     server.add_generic_rpc_handlers(
         [
-            service_handler(InventoryServicer(core, settings), _INVENTORY, shedder, gatekeeper),
-            service_handler(OrderServicer(orders, settings, pricing), _ORDERS, shedder, gatekeeper),
+            service_handler(
+                InventoryServicer(core, settings), _INVENTORY, shedder, gatekeeper, streams
+            ),
+            service_handler(
+                OrderServicer(orders, settings, pricing), _ORDERS, shedder, gatekeeper, streams
+            ),
         ]
     )
     health_servicer = HealthService(settings.health_watches_per_peer, settings.max_health_watches)

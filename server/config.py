@@ -116,9 +116,11 @@ class Settings(EnvSettings):
     # Shares per caller (server/shares.py), so that no caller can take what the bounds
     # above leave to all: a caller is a token's subject, or the customer a customer's
     # token acts for (a server without token checks cannot tell callers apart and bounds
-    # only the total). Reads in PostgreSQL at once (GetStock STRONG or past the mirror,
-    # GetReservation, GetOrder, ListOrders), past the share refused with
-    # RESOURCE_EXHAUSTED and a RetryInfo.
+    # only the total). Open streams (WatchOrders, and any server-streaming RPC) and reads
+    # in PostgreSQL at once (GetStock STRONG or past the mirror, GetReservation,
+    # GetOrder, ListOrders), each past its share refused with RESOURCE_EXHAUSTED and a
+    # RetryInfo.
+    streams_per_caller: int = 100
     database_reads_per_caller: int = 16
     # The health service needs no token (probes use it), so its Watch streams are bounded
     # per peer address and in total; Check is not bounded.
@@ -176,6 +178,7 @@ class Settings(EnvSettings):
         "STOCKCORE_PRICE_CATALOGUE": ("price_catalogue_file", str),
         "STOCKCORE_PRICE_SOURCES": ("price_sources", parse_list),
         "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
+        "STOCKCORE_STREAMS_PER_CALLER": ("streams_per_caller", int),
         "STOCKCORE_DATABASE_READS_PER_CALLER": ("database_reads_per_caller", int),
         "STOCKCORE_HEALTH_WATCHES_PER_PEER": ("health_watches_per_peer", int),
         "STOCKCORE_MAX_HEALTH_WATCHES": ("max_health_watches", int),
@@ -250,6 +253,10 @@ class Settings(EnvSettings):
                 "max_request_bytes must be 81920-4194304 (the largest valid request is ~67 KB)",
             ),
             (self.overload_refusal_budget > 0, "overload_refusal_budget must be above 0"),
+            (
+                1 <= self.streams_per_caller <= self.max_watch_streams,
+                "streams_per_caller must be 1-max_watch_streams",
+            ),
             (
                 1 <= self.database_reads_per_caller <= 10_000,
                 "database_reads_per_caller must be 1-10000",

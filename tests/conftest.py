@@ -126,6 +126,7 @@ def settings(clean: Servers, credentials: DevCredentials) -> Settings:
         # one caller (tests/e2e/test_caller_limits.py).
         max_in_flight=10_000,
         overload_target_s=10.0,
+        streams_per_caller=10_000,
         database_reads_per_caller=10_000,
     )
 

@@ -1,7 +1,8 @@
 """Every RPC passes through here: a call of a class with a standing queue, or past the
 process's ceiling, is refused at once (server/rpc/shedding.py); the caller is admitted or
 refused (server/rpc/access.py, before the request is decoded, so a refused call changes
-nothing and learns nothing of its request); a request that cannot be decoded is
+nothing and learns nothing of its request); a stream is refused when its caller already
+holds its share of open streams (server/shares.py); a request that cannot be decoded is
 INVALID_ARGUMENT, domain errors become statuses with details, anything else becomes
 INTERNAL and is logged, and latency is recorded by method and code.
 
@@ -26,6 +27,7 @@ from google.protobuf import descriptor, message, message_factory
 
 from server.auth import scopes
 from server.domain.errors import (
+    CallerLimit,
     DomainError,
     FieldViolation,
     InvalidArgument,
@@ -38,8 +40,9 @@ from server.queue_delay import QueueDelay
 from server.rpc import bounds
 from server.rpc.access import Gatekeeper, Rule
 from server.rpc.errors import status_code_for, to_status
-from server.rpc.metadata import request_id_of
+from server.rpc.metadata import account, request_id_of
 from server.rpc.shedding import LoadShedder
+from server.shares import Shares
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,11 @@ def observe(
             refused.inc()
             shedder.refused_late()
             await _answer(context, _refusal(_delay_ms(shedder)))
+        except CallerLimit as exc:
+            # The caller already had its share of something the call needed: nothing done.
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            refused.inc()
+            await _answer(context, to_status(exc))
         except DomainError as exc:
             code = status_code_for(exc)
             await _answer(context, to_status(_public(exc, method, context)))
@@ -183,9 +191,11 @@ def observe_stream(
     gatekeeper: Gatekeeper,
     rule: Rule,
     decode: Callable[[bytes], Any],
+    streams: Shares,
 ) -> Callable[[bytes, Any], AsyncIterator[Any]]:
-    """Wrap one unary-stream servicer method (an async generator) the same way; its
-    duration is the stream's lifetime."""
+    """Wrap one unary-stream servicer method (an async generator) the same way, the
+    stream held to its caller's share of `streams`; its duration is the stream's
+    lifetime."""
     histograms = {code: RPC_DURATION.labels(method, code.name) for code in grpc.StatusCode}
     refused = RPC_REFUSED.labels(method)
     admit = gatekeeper.admit
@@ -199,8 +209,13 @@ def observe_stream(
         code = grpc.StatusCode.OK
         try:
             admit(rule, context)
-            async for item in inner(decode(request), context):
-                yield item
+            with streams.holding(account()):
+                async for item in inner(decode(request), context):
+                    yield item
+        except CallerLimit as exc:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            refused.inc()
+            _send(context, to_status(exc))
         except DomainError as exc:
             code = status_code_for(exc)
             # A stream's status follows whatever it sent: it ends with the status set.
@@ -234,12 +249,14 @@ def service_handler(
     service: descriptor.ServiceDescriptor,
     shedder: LoadShedder,
     gatekeeper: Gatekeeper,
+    streams: Shares,
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """The handlers of every method of `service`, each the servicer's method of that
     name, admitted by `shedder` (by the queue of its class: reads or writes) and then by
-    `gatekeeper` by its rule, observed, with requests decoded once admitted. A method
-    without a rule fails here, at start-up: nothing is served that the access table does
-    not name."""
+    `gatekeeper` by its rule (a server-streaming method then by its caller's share of
+    `streams`, which every service's streams take together), observed, with requests
+    decoded once admitted. A method without a rule fails here, at start-up: nothing is
+    served that the access table does not name."""
     handlers = {}
     for method in service.methods:
         inner = getattr(servicer, method.name)
@@ -248,7 +265,7 @@ def service_handler(
         response = message_factory.GetMessageClass(method.output_type)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                observe_stream(method.name, inner, shedder, gatekeeper, rule, decode),
+                observe_stream(method.name, inner, shedder, gatekeeper, rule, decode, streams),
                 response_serializer=response.SerializeToString,
             )
         else:

@@ -1,7 +1,7 @@
 """No caller can hurt another: each token's subject (each customer, for a customer's
-token) holds at most its share of reads in PostgreSQL, the excess refused at once with
-RESOURCE_EXHAUSTED and a RetryInfo, and the batches that change stock keep PostgreSQL
-connections that readers cannot take."""
+token) holds at most its share of open streams and of reads in PostgreSQL, the excess
+refused at once with RESOURCE_EXHAUSTED and a RetryInfo, and the batches that change
+stock keep PostgreSQL connections that readers cannot take."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from tests.waiting import sql_is, until
 
 ALICE = "alice"
 BOB = "bob"
+STREAMS_PER_CALLER = 3
 READS_PER_CALLER = 4
 READERS = 64
 SLOW_READ_S = 3.0
@@ -80,6 +81,74 @@ async def as_caller(credentials: DevCredentials) -> AsyncIterator[Opener]:
     finally:
         for channel in opened:
             await channel.close()
+
+
+@pytest.fixture
+async def stream_limited(
+    clean: Servers, credentials: DevCredentials
+) -> AsyncIterator[LocalStockcore]:
+    """A server allowing each caller STREAMS_PER_CALLER open streams."""
+    async with server_process(
+        clean, credentials, STOCKCORE_STREAMS_PER_CALLER=str(STREAMS_PER_CALLER)
+    ) as server:
+        yield server
+
+
+async def first_event(call: grpc.aio.UnaryStreamCall) -> pb.OrderEvent:  # type: ignore[type-arg]
+    """A stream's first event: proof that the server admitted it."""
+    event = await asyncio.wait_for(call.read(), 20)
+    assert isinstance(event, pb.OrderEvent), event
+    return event
+
+
+async def test_a_customer_past_its_share_of_streams_is_refused_while_another_still_opens_one(
+    stream_limited: LocalStockcore, as_caller: Opener
+) -> None:
+    service = as_caller(stream_limited, callers.SUBJECT)
+    await put_stock(service.inventory, "A", 100)
+    for order_id, customer in (("o-alice", ALICE), ("o-bob", BOB)):
+        await service.orders.CreateOrder(create_request(order_id, customer=customer))
+    # A checkout gateway's tokens: one subject, one customer each.
+    alice = as_caller(stream_limited, "shop-web", scopes.CUSTOMER, customer=ALICE)
+    bob = as_caller(stream_limited, "shop-web", scopes.CUSTOMER, customer=BOB)
+
+    def watch(caller: Caller) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
+        return caller.orders.WatchOrders(pb.WatchOrdersRequest(), timeout=60)
+
+    held = [watch(alice) for _ in range(STREAMS_PER_CALLER)]
+    try:
+        for call in held:
+            assert (await first_event(call)).order_id == "o-alice"
+        over = watch(alice)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await over.read()
+        code, reason, delay = refusal_of(refused.value)
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALLER_LIMIT")
+        assert 0 < delay <= 10
+
+        # Another customer of the same gateway, and a service, are not held to alice's share.
+        others = [watch(bob), watch(service)]
+        held += others
+        assert (await first_event(others[0])).order_id == "o-bob"
+        assert (await first_event(others[1])).order_id in {"o-alice", "o-bob"}
+
+        # A stream that ends gives its place back.
+        held[0].cancel()
+
+        async def alice_admitted() -> bool:
+            call = watch(alice)
+            try:
+                await first_event(call)
+            except grpc.aio.AioRpcError as exc:
+                assert refusal_of(exc)[1] == "CALLER_LIMIT"
+                return False
+            held.append(call)
+            return True
+
+        await until(alice_admitted, "alice's stream admitted once one of hers ended")
+    finally:
+        for call in held:
+            call.cancel()
 
 
 @pytest.fixture
