@@ -152,8 +152,10 @@ class Unavailable(StockcoreError):
 
 
 class ResourceExhausted(StockcoreError):
-    """The server is at capacity and refused the call before doing anything; send it
-    again (with the same id) after `retry_delay` seconds."""
+    """The server is at capacity (error_info reason OVERLOADED), or this caller already
+    holds its share of open streams or of reads in PostgreSQL (CALLER_LIMIT, metadata
+    `resource` and `limit`), and refused the call before doing anything; send it again
+    (with the same id) after `retry_delay` seconds."""
 
 
 class DeadlineExceeded(StockcoreError):
