@@ -162,16 +162,16 @@ class Tally:
 
 def worst_requests(target: Target) -> list[tuple[str, Callable[[Any, Any], Awaitable[Any]]]]:
     """The worst requests an ordinary token can send, each as (name, call(stubs, md))."""
-    customer = target.token("shop-web", ["customer"], customer="mallory")
-    checkout = target.token("checkout-page", ["customer", "orders:create"], customer="mallory")
+    customer = target.token("shop-web", ["customer"], customer="eve")
+    checkout = target.token("checkout-page", ["customer", "orders:create"], customer="eve")
     as_customer = (("authorization", f"Bearer {customer}"),)
     as_checkout = (("authorization", f"Bearer {checkout}"),)
     unknown, known = opb.EventType.ValueType(99), opb.EventType.ValueType(1)
-    many_types = opb.WatchOrdersRequest(customer_id="mallory", types=[unknown] * 30_000)
-    oversize = opb.WatchOrdersRequest(customer_id="mallory", types=[known] * 200_000)
+    many_types = opb.WatchOrdersRequest(customer_id="eve", types=[unknown] * 30_000)
+    oversize = opb.WatchOrdersRequest(customer_id="eve", types=[known] * 200_000)
     bad_lines = opb.CreateOrderRequest(
         order_id="o-bad",
-        customer_id="mallory",
+        customer_id="eve",
         currency_code="EUR",
         lines=[opb.OrderLine(sku="", quantity=0) for _ in range(100)],
     )
