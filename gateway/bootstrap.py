@@ -75,6 +75,18 @@ LOCAL_ERRORS: dict[int, tuple[int, str]] = {
     504: (4, "UPSTREAM_TIMEOUT"),  # DEADLINE_EXCEEDED
 }
 GATEWAY_DOMAIN = "gateway.stockcore.v1"
+# Set by the transcoder on the gRPC request it makes from JSON, never by a client: the
+# gRPC-refused route tells transcoded requests apart by the path, and the access log reads
+# both. Envoy itself drops them only from requests it deems external; they are dropped from
+# all.
+ENVOY_MARKS = ("x-envoy-original-path", "x-envoy-original-method")
+# The gateway is the HTTP/JSON front: gRPC clients call the server itself, over TLS. A gRPC
+# client that calls the gateway reads this as its status's message (code UNKNOWN, from 415);
+# it is plain text, not a google.rpc.Status body (no LOCAL_ERRORS entry): no JSON client
+# sends gRPC.
+GRPC_REFUSED = (
+    "this is stockcore's HTTP/JSON gateway: it does not forward gRPC; call the gRPC server"
+)
 # One JSON object per request; never the Authorization header.
 ACCESS_LOG_FIELDS: dict[str, str] = {
     "time": "%START_TIME%",
@@ -277,11 +289,35 @@ def session_routes(settings: GatewaySettings) -> list[Config]:
     ]
 
 
+def _grpc_refused_route() -> Config:
+    """gRPC sent to the gateway (any application/grpc… content type, over HTTP/2 or 1.1):
+    415, whatever the path. The gRPC requests the transcoder makes from JSON are told apart
+    by x-envoy-original-path, which it sets and no client can (ENVOY_MARKS), so only they
+    reach the method routes."""
+    return {
+        "name": "grpc refused",
+        "match": {
+            "prefix": "/",
+            "headers": [
+                {
+                    "name": "content-type",
+                    "string_match": {"prefix": "application/grpc", "ignore_case": True},
+                },
+                {"name": "x-envoy-original-path", "present_match": True, "invert_match": True},
+            ],
+        },
+        "direct_response": {"status": 415, "body": {"inline_string": GRPC_REFUSED}},
+        # gRPC-Web is not gRPC to the transcoder: without this it would answer 404 first.
+        "typed_per_filter_config": _transcoder_off(),
+    }
+
+
 def routes(settings: GatewaySettings) -> list[Config]:
-    """The gRPC method routes (matched after transcoding), the checkout page and its
-    session endpoint, and a JSON 404 for any other path."""
+    """gRPC refused, the gRPC method routes (matched after transcoding), the checkout page
+    and its session endpoint, and a JSON 404 for any other path."""
     timeouts = rpc_timeouts(settings)
-    found: list[Config] = [_rpc_route(m, timeouts[m.name]) for m in rpc_methods()]
+    found: list[Config] = [_grpc_refused_route()]
+    found += [_rpc_route(m, timeouts[m.name]) for m in rpc_methods()]
     found += [_static_route(path, *file) for path, file in STATIC_FILES.items()]
     found += session_routes(settings)
     # Everything else. The CORS filter, which runs before transcoding, acts only on a
@@ -454,6 +490,19 @@ def http_filters(settings: GatewaySettings) -> list[Config]:
     ]
 
 
+def _removed_from_requests(headers: tuple[str, ...]) -> Config:
+    """Headers taken off every request as it arrives, before any route is chosen."""
+    return {
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": _type(
+                "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"
+            ),
+            "mutations": [{"remove": name} for name in headers],
+        },
+    }
+
+
 def connection_manager(settings: GatewaySettings) -> Config:
     """The HTTP connection manager of the public listener."""
     return {
@@ -466,6 +515,7 @@ def connection_manager(settings: GatewaySettings) -> Config:
         # The edge: the client's address is the connection's; x-envoy-* headers from
         # clients are not trusted.
         "use_remote_address": True,
+        "early_header_mutation_extensions": [_removed_from_requests(ENVOY_MARKS)],
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",

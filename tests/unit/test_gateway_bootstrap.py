@@ -228,3 +228,16 @@ def test_without_a_session_endpoint_there_is_no_session_route() -> None:
     config = bootstrap(GatewaySettings(plaintext=True))
     assert _session_routes(config) == []
     assert [c["name"] for c in config["static_resources"]["clusters"]] == ["stockcore_grpc"]
+
+
+def test_grpc_is_refused_before_any_route_that_forwards() -> None:
+    config = bootstrap(GatewaySettings(plaintext=True))
+    listener = config["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    first = manager["route_config"]["virtual_hosts"][0]["routes"][0]
+    assert first["name"] == "grpc refused"
+    assert first["direct_response"]["status"] == 415
+    # A client cannot pass for a request the transcoder made.
+    (early,) = manager["early_header_mutation_extensions"]
+    removed = {m["remove"] for m in early["typed_config"]["mutations"]}
+    assert "x-envoy-original-path" in removed
