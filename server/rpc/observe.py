@@ -37,7 +37,7 @@ from server.domain.errors import (
 )
 from server.metrics import RPC_DURATION, RPC_REFUSED
 from server.queue_delay import QueueDelay
-from server.rpc import bounds
+from server.rpc import bounds, idempotency
 from server.rpc.access import Gatekeeper, Rule
 from server.rpc.errors import status_code_for, to_status
 from server.rpc.metadata import account, request_id_of
@@ -77,12 +77,13 @@ async def _internal(method: str, context: grpc.aio.ServicerContext) -> NoReturn:
     )
 
 
-def _decoder(kind: type[message.Message]) -> Callable[[bytes], Any]:
+def _decoder(kind: type[message.Message]) -> Callable[[bytes, Any], Any]:
     name = kind.DESCRIPTOR.full_name
     parse = kind.FromString
     check = bounds.checker(kind.DESCRIPTOR)
+    bind = idempotency.binder(kind.DESCRIPTOR)
 
-    def decode(data: bytes) -> Any:
+    def decode(data: bytes, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
         try:
             request = parse(data)
         except Exception as exc:  # DecodeError, and whatever else bad bytes may raise
@@ -91,6 +92,8 @@ def _decoder(kind: type[message.Message]) -> Callable[[bytes], Any]:
             )
             raise InvalidArgument([violation]) from None
         check(request)
+        if bind is not None:
+            bind(request, context.invocation_metadata())
         return request
 
     return decode
@@ -137,7 +140,7 @@ def observe(
     shedder: LoadShedder,
     gatekeeper: Gatekeeper,
     rule: Rule,
-    decode: Callable[[bytes], Any],
+    decode: Callable[[bytes, Any], Any],
     klass: QueueDelay,
 ) -> Callable[[bytes, Any], Awaitable[Any]]:
     """Wrap one unary-unary servicer method of class `klass`."""
@@ -153,7 +156,7 @@ def observe(
         code = grpc.StatusCode.OK
         try:
             admit(rule, context)
-            return await inner(decode(request), context)
+            return await inner(decode(request, context), context)
         except Overloaded:
             # Queued past its class's target while the queue stood: nothing was applied.
             code = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -190,7 +193,7 @@ def observe_stream(
     shedder: LoadShedder,
     gatekeeper: Gatekeeper,
     rule: Rule,
-    decode: Callable[[bytes], Any],
+    decode: Callable[[bytes, Any], Any],
     streams: Shares,
 ) -> Callable[[bytes, Any], AsyncIterator[Any]]:
     """Wrap one unary-stream servicer method (an async generator) the same way, the
@@ -210,7 +213,7 @@ def observe_stream(
         try:
             admit(rule, context)
             with streams.holding(account()):
-                async for item in inner(decode(request), context):
+                async for item in inner(decode(request, context), context):
                     yield item
         except CallerLimit as exc:
             code = grpc.StatusCode.RESOURCE_EXHAUSTED
