@@ -4,12 +4,13 @@ Everything Envoy does for stockcore is decided here: the JSON routes come from t
 `google.api.http` annotations in protos/ (through the descriptor set `make proto`
 writes), and this module adds the edge around them: CORS for the configured storefront
 origins, a request-size limit, per-RPC timeouts that reach the server as gRPC deadlines,
-the Idempotency-Key header, access logs, JSON bodies for the gateway's own errors, the
+a refusal of gRPC sent to it, access logs, JSON bodies for the gateway's own errors, the
 host names it answers to, and the static checkout page with the way to its session
 endpoint, for the page's own origin only. The upstream cluster of the API is built by
 `upstream_cluster`: TLS to the gRPC port, checked against the CA that signed the
 server's certificate, unless the server is plaintext. Request headers, Authorization
-among them, reach the server as call metadata.
+among them, reach the server as call metadata; so does Idempotency-Key, which the server
+binds to the RPC's id (server/rpc/idempotency.py).
 
 No token and no signing key is in this configuration: Envoy's admin interface shows all
 of it (config_dump). The page gets its token from the session endpoint, over a Unix
@@ -127,11 +128,6 @@ def descriptor_path() -> Path:
 def static_path(name: str) -> Path:
     """A file of the checkout page."""
     return Path(str(_STATIC / name))
-
-
-def lua_path() -> Path:
-    """The Idempotency-Key script."""
-    return Path(str(resources.files("gateway") / "idempotency.lua"))
 
 
 def rpc_methods() -> Iterator[descriptor.MethodDescriptor]:
@@ -458,19 +454,12 @@ def access_log(settings: GatewaySettings) -> Config:
 
 
 def http_filters(settings: GatewaySettings) -> list[Config]:
-    """CORS first (preflights never reach the server), then the Idempotency-Key script,
-    the request-size limit (413), the transcoder, and the router."""
+    """CORS first (preflights never reach the server), then the request-size limit (413),
+    the transcoder, and the router."""
     return [
         {
             "name": "envoy.filters.http.cors",
             "typed_config": {"@type": _type("envoy.extensions.filters.http.cors.v3.Cors")},
-        },
-        {
-            "name": "envoy.filters.http.lua",
-            "typed_config": {
-                "@type": _type("envoy.extensions.filters.http.lua.v3.Lua"),
-                "default_source_code": {"filename": str(lua_path())},
-            },
         },
         {
             "name": "envoy.filters.http.buffer",
