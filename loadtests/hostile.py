@@ -331,19 +331,22 @@ async def request_costs(target: Target, pid: int) -> dict[str, tuple[float, floa
 
 
 def _child(
-    role: str, target: Target, seconds: float, callers: int, sizes: Abuse
-) -> subprocess.Popen[str]:
+    role: str, target: Target, seconds: float, callers: int, sizes: Abuse, out: Path
+) -> subprocess.Popen[bytes]:
+    """A helper process of `role`, writing its result as JSON to `out` (a file, not a
+    pipe: the parent samples the server while it runs, and a large result must not block
+    on a pipe nobody reads yet)."""
     argv = [sys.executable, "-m", "loadtests.hostile", "--role", role, "--target", target.address,
             "--data", target.data_dir, "--duration", str(seconds), "--callers", str(callers),
-            "--health-streams", str(sizes.health), "--customer-streams", str(sizes.customer)]  # fmt: skip
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+            "--health-streams", str(sizes.health), "--customer-streams", str(sizes.customer),
+            "--out", str(out)]  # fmt: skip
+    return subprocess.Popen(argv)
 
 
-def _result(proc: subprocess.Popen[str]) -> Any:
-    out, _ = proc.communicate()
-    if proc.returncode != 0:
+def _result(proc: subprocess.Popen[bytes], out: Path) -> Any:
+    if proc.wait() != 0:
         raise RuntimeError(f"{proc.args!r} exited {proc.returncode}")
-    return json.loads(out)
+    return json.loads(out.read_text())
 
 
 def p99_ms(latencies: Sequence[float]) -> float:
@@ -391,19 +394,21 @@ def measure(run: Run, seconds: float, callers: int, sizes: Abuse) -> None:
                 phases: dict[str, Any] = {}
                 for phase in ("quiet", "abuse", "after"):
                     abuser = (
-                        _child("abuse", target, seconds + 10, callers, sizes)
+                        _child("abuse", target, seconds + 10, callers, sizes, data / "abuse.json")
                         if phase == "abuse"
                         else None
                     )
                     if abuser is not None:
                         time.sleep(8)  # the abusers' streams open before the measurement
-                    caller = _child("ordinary", target, seconds, callers, sizes)
+                    caller = _child(
+                        "ordinary", target, seconds, callers, sizes, data / f"{phase}.json"
+                    )
                     while caller.poll() is None:
                         peak.append(_server_rss_mb(pid))
                         time.sleep(0.5)
-                    phases[phase] = _result(caller)
+                    phases[phase] = _result(caller, data / f"{phase}.json")
                     if abuser is not None:
-                        phases["abusers"] = _result(abuser)
+                        phases["abusers"] = _result(abuser, data / "abuse.json")
                     peak.append(_server_rss_mb(pid))
             finally:
                 server.stop()
@@ -479,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--role", choices=["ordinary", "abuse"], help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.callers < 1:
         parser.error("--duration must be above 0 and --callers at least 1")
@@ -486,9 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role is not None:
         target = Target(args.target, args.data)
         if args.role == "ordinary":
-            print(json.dumps(asyncio.run(ordinary(target, args.duration, args.callers))))
+            found: Any = asyncio.run(ordinary(target, args.duration, args.callers))
         else:
-            print(json.dumps(asyncio.run(abuse(target, args.duration, sizes))))
+            found = asyncio.run(abuse(target, args.duration, sizes))
+        Path(args.out).write_text(json.dumps(found))
         return 0
     run = Run("hostile", Path(args.reports))
     run.say(describe_machine(), "")
