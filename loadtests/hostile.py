@@ -394,7 +394,7 @@ def measure(run: Run, seconds: float, callers: int, sizes: Abuse) -> None:
                 phases: dict[str, Any] = {}
                 for phase in ("quiet", "abuse", "after"):
                     abuser = (
-                        _child("abuse", target, seconds + 10, callers, sizes, data / "abuse.json")
+                        _child("abuse", target, seconds + 10, callers, sizes, data / "abusers.json")
                         if phase == "abuse"
                         else None
                     )
@@ -408,7 +408,7 @@ def measure(run: Run, seconds: float, callers: int, sizes: Abuse) -> None:
                         time.sleep(0.5)
                     phases[phase] = _result(caller, data / f"{phase}.json")
                     if abuser is not None:
-                        phases["abusers"] = _result(abuser, data / "abuse.json")
+                        phases["abusers"] = _result(abuser, data / "abusers.json")
                     peak.append(_server_rss_mb(pid))
             finally:
                 server.stop()
