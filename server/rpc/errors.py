@@ -219,14 +219,14 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
     elif isinstance(exc, Overloaded):
         details.append(_retry_info(exc.retry_after))
     elif isinstance(exc, CallerLimit):
-        metadata = {"resource": exc.resource, "limit": str(exc.limit)}
+        metadata = {"resource": exc.resource, "limit": str(exc.limit), "per": exc.per}
         details.append(
             _pack(
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(
                             subject=exc.resource,
-                            description=f"at most {exc.limit} per caller at once",
+                            description=f"at most {exc.limit} per caller {exc.per}",
                         )
                     ]
                 )
