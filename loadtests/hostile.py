@@ -16,6 +16,8 @@ seconds each, in one run:
      attempts held open;
    - *one customer's streams*: one customer's token opening 2,000 WatchOrders streams;
    - *expensive reads*: one service subject sending 64 concurrent STRONG GetStock loops.
+   The ordinary caller starts once the abusers' streams have settled (each held or
+   refused: their one-time cost paid), so that what it measures is the abuse going on.
 3. **after**: the ordinary caller alone again (the server recovered).
 
 Before the phases, the server's CPU and memory per worst request are measured on their
@@ -51,7 +53,7 @@ from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 from stockcore.v1 import orders_pb2 as opb
 
 from clients.credentials import Credentials
-from clients.errors import error_from_status
+from clients.errors import from_rpc_error
 from clients.tokens import issue_token, load_signing_key
 from devstack.credentials import DevCredentials
 from devstack.servers import LocalStockcore, local_servers
@@ -88,6 +90,10 @@ class Abuse:
 
 
 WORST_PER_SECOND = 40
+# The stream abusers have settled once no stream was answered for this long after the
+# last attempt; the run waits at most SETTLE_LIMIT_S for that.
+SETTLED_S = 1.0
+SETTLE_LIMIT_S = 180.0
 BURST = 200
 # Measured beside the worst requests for scale: what any call costs at the least.
 CHEAPEST = "Health/Check (the cheapest call, for scale)"
@@ -206,13 +212,53 @@ def worst_requests(target: Target) -> list[tuple[str, Callable[[Any, Any], Await
     ]  # fmt: skip
 
 
-async def _worst_loop(target: Target, end: float, tally: dict[str, Tally]) -> None:
+class Abusing:
+    """The abusers' run: when it is over (the parent's stop file appears, or `longest`
+    seconds passed), and when the stream abusers have settled (every attempt sent, and no
+    stream answered for SETTLED_S: each held or refused), which the parent waits for
+    before it measures, whatever the machine's speed."""
+
+    def __init__(self, out: Path, longest: float, stream_abusers: int) -> None:
+        self.stop = asyncio.Event()
+        self._stop_file = out.with_suffix(".stop")
+        self._ready_file = out.with_suffix(".ready")
+        self._deadline = time.monotonic() + longest
+        self._sending = stream_abusers
+        self._last_answer = time.monotonic()
+
+    @property
+    def running(self) -> bool:
+        """Whether the abusers go on."""
+        return not self.stop.is_set()
+
+    def answered(self) -> None:
+        """A stream was held (its first message came) or refused."""
+        self._last_answer = time.monotonic()
+
+    def sent(self) -> None:
+        """A stream abuser sent all its attempts."""
+        self._sending -= 1
+        self._last_answer = time.monotonic()
+
+    async def watch(self) -> None:
+        """Say when the streams have settled; stop at the parent's word or the deadline."""
+        while self.running:
+            now = time.monotonic()
+            settled = self._sending == 0 and now - self._last_answer >= SETTLED_S
+            if settled and not self._ready_file.exists():
+                self._ready_file.write_text("settled")
+            if self._stop_file.exists() or now > self._deadline:
+                self.stop.set()
+            await asyncio.sleep(0.1)
+
+
+async def _worst_loop(target: Target, run: Abusing, tally: dict[str, Tally]) -> None:
     channel = target.credentials(None).aio_channel(target.address)
     orders = orders_pb2_grpc.OrderServiceStub(channel)
     kinds = worst_requests(target)
     interval = 1.0 / WORST_PER_SECOND
     i = 0
-    while time.monotonic() < end:
+    while run.running:
         name, call = kinds[i % len(kinds)]
         i += 1
         try:
@@ -224,51 +270,59 @@ async def _worst_loop(target: Target, end: float, tally: dict[str, Tally]) -> No
     await channel.close(None)
 
 
-async def _hold_stream(stream: Any, tally: Tally, end: float) -> None:
+async def _hold_stream(stream: Any, tally: Tally, run: Abusing) -> None:
     try:
-        async with asyncio.timeout(max(0.0, end - time.monotonic())):
-            async for _ in stream:
-                pass
+        async for _ in stream:
+            run.answered()
         tally.add("ended")
-    except TimeoutError:
-        tally.add("held open")
     except grpc.aio.AioRpcError as error:
+        run.answered()
         tally.add(_code(error))
+    except asyncio.CancelledError:
+        # Stopped by the end of the run while still open: the abuse held it.
+        tally.add("held open")
     finally:
         stream.cancel()
 
 
-async def _health_streams(target: Target, end: float, tally: Tally, attempts: int) -> None:
-    channels = [target.credentials(None).aio_channel(target.address) for _ in range(20)]
+async def _open_streams(
+    run: Abusing, tally: Tally, channels: Sequence[grpc.aio.Channel], streams: Sequence[Any]
+) -> None:
     held = []
-    for i in range(attempts):
-        stub = health_pb2_grpc.HealthStub(channels[i % len(channels)])
-        stream = stub.Watch(health_pb2.HealthCheckRequest(service=""))
-        held.append(asyncio.create_task(_hold_stream(stream, tally, end)))
-        if i % 500 == 499:
+    for i, open_stream in enumerate(streams):
+        held.append(
+            asyncio.create_task(_hold_stream(open_stream(channels[i % len(channels)]), tally, run))
+        )
+        if i % 200 == 199:
             await asyncio.sleep(0.05)
-    await asyncio.gather(*held)
+    run.sent()
+    await run.stop.wait()
+    for task in held:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
     for channel in channels:
         await channel.close(None)
 
 
-async def _customer_streams(target: Target, end: float, tally: Tally, streams: int) -> None:
+async def _health_streams(target: Target, run: Abusing, tally: Tally, attempts: int) -> None:
+    channels = [target.credentials(None).aio_channel(target.address) for _ in range(20)]
+    request = health_pb2.HealthCheckRequest(service="")
+    opener = lambda channel: health_pb2_grpc.HealthStub(channel).Watch(request)  # noqa: E731
+    await _open_streams(run, tally, channels, [opener] * attempts)
+
+
+async def _customer_streams(target: Target, run: Abusing, tally: Tally, streams: int) -> None:
     token = target.token("shop-web", ["customer"], customer="mallory")
     md = (("authorization", f"Bearer {token}"),)
     channels = [target.credentials(None).aio_channel(target.address) for _ in range(10)]
-    held = []
-    for i in range(streams):
-        stub = orders_pb2_grpc.OrderServiceStub(channels[i % len(channels)])
-        stream = stub.WatchOrders(opb.WatchOrdersRequest(customer_id="mallory"), metadata=md)
-        held.append(asyncio.create_task(_hold_stream(stream, tally, end)))
-        if i % 200 == 199:
-            await asyncio.sleep(0.05)
-    await asyncio.gather(*held)
-    for channel in channels:
-        await channel.close(None)
+    request = opb.WatchOrdersRequest(customer_id="mallory")
+    opener = lambda channel: orders_pb2_grpc.OrderServiceStub(channel).WatchOrders(  # noqa: E731
+        request, metadata=md
+    )
+    await _open_streams(run, tally, channels, [opener] * streams)
 
 
-async def _strong_reads(target: Target, end: float, tally: Tally) -> None:
+async def _strong_reads(target: Target, run: Abusing, tally: Tally) -> None:
     token = target.token("reporting", ["inventory:read"])
     md = (("authorization", f"Bearer {token}"),)
     channel = target.credentials(None).aio_channel(target.address)
@@ -276,7 +330,7 @@ async def _strong_reads(target: Target, end: float, tally: Tally) -> None:
     read = ipb.GetStockRequest(skus=SKUS, consistency=ipb.CONSISTENCY_STRONG)
 
     async def loop() -> None:
-        while time.monotonic() < end:
+        while run.running:
             try:
                 await stub.GetStock(read, metadata=md, timeout=5)
                 tally.add("OK")
@@ -284,27 +338,29 @@ async def _strong_reads(target: Target, end: float, tally: Tally) -> None:
                 tally.add(_code(error))
                 # A refused reader comes back when the refusal says, as any client with a
                 # retry policy does (clients/errors.py reads RetryInfo and gRPC's pushback).
-                found = error_from_status(
-                    error.code(), error.details() or "", error.trailing_metadata() or ()
-                )
-                await asyncio.sleep(found.retry_delay or 0.01)
+                await asyncio.sleep(from_rpc_error(error).retry_delay or 0.01)
 
     await asyncio.gather(*(loop() for _ in range(STRONG_READERS)))
     await channel.close(None)
 
 
-async def abuse(target: Target, seconds: float, sizes: Abuse) -> dict[str, dict[str, int]]:
-    """Every abuser at once for `seconds`; outcomes by abuser and status."""
-    end = time.monotonic() + seconds
+async def abuse(
+    target: Target, longest: float, sizes: Abuse, out: Path
+) -> dict[str, dict[str, int]]:
+    """Every chosen abuser at once, until the parent's stop file (`out` + .stop) appears
+    or `longest` seconds passed; outcomes by abuser and status."""
+    run = Abusing(out, longest, len({"health", "streams"} & set(sizes.abusers)))
     worst = {name: Tally() for name, _ in worst_requests(target)}
     health, streams, reads = Tally(), Tally(), Tally()
     chosen = {
-        "worst": lambda: _worst_loop(target, end, worst),
-        "health": lambda: _health_streams(target, end, health, sizes.health),
-        "streams": lambda: _customer_streams(target, end, streams, sizes.customer),
-        "reads": lambda: _strong_reads(target, end, reads),
+        "worst": lambda: _worst_loop(target, run, worst),
+        "health": lambda: _health_streams(target, run, health, sizes.health),
+        "streams": lambda: _customer_streams(target, run, streams, sizes.customer),
+        "reads": lambda: _strong_reads(target, run, reads),
     }
+    watcher = asyncio.create_task(run.watch())
     await asyncio.gather(*(chosen[name]() for name in sizes.abusers))
+    await watcher
     found = {name: dict(t.codes) for name, t in worst.items() if "worst" in sizes.abusers}
     tallies = {"health": ("Health/Watch, no token", health),
                "streams": ("WatchOrders, one customer", streams),
@@ -400,6 +456,16 @@ async def _stock(target: Target) -> None:
             )
 
 
+def _wait_settled(abuser: subprocess.Popen[bytes], out: Path) -> None:
+    """Wait until the abusers' streams are all held or refused (their one-time cost paid),
+    so that what is measured beside them is the abuse going on."""
+    deadline = time.monotonic() + SETTLE_LIMIT_S
+    while not out.with_suffix(".ready").exists():
+        if abuser.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the abusers' streams did not settle in {SETTLE_LIMIT_S:g} s")
+        time.sleep(0.2)
+
+
 def measure(run: Run, seconds: float, rate: float, sizes: Abuse) -> None:
     """The whole run on a fresh stack, reported to `run`."""
     with tempfile.TemporaryDirectory(prefix="hostile-") as folder:
@@ -423,23 +489,26 @@ def measure(run: Run, seconds: float, rate: float, sizes: Abuse) -> None:
                 costs = asyncio.run(request_costs(target, pid))
                 peak = [_server_rss_mb(pid)]
                 phases: dict[str, Any] = {}
+                abused = data / "abusers.json"
                 for phase in ("quiet", "abuse", "after"):
-                    abuser = (
-                        _child("abuse", target, seconds + 10, rate, sizes, data / "abusers.json")
-                        if phase == "abuse"
-                        else None
-                    )
-                    if abuser is not None:
-                        time.sleep(8)  # the abusers' streams open before the measurement
+                    abuser = None
+                    if phase == "abuse":
+                        longest = seconds + SETTLE_LIMIT_S + 30
+                        abuser = _child("abuse", target, longest, rate, sizes, abused)
+                        _wait_settled(abuser, abused)
+                    cpu, started = _server_cpu(pid), time.monotonic()
                     caller = _child(
                         "ordinary", target, seconds, rate, sizes, data / f"{phase}.json"
                     )
                     while caller.poll() is None:
                         peak.append(_server_rss_mb(pid))
                         time.sleep(0.5)
+                    busy = (_server_cpu(pid) - cpu) / (time.monotonic() - started)
                     phases[phase] = _result(caller, data / f"{phase}.json")
+                    phases[phase]["server_cpu"] = busy
                     if abuser is not None:
-                        phases["abusers"] = _result(abuser, data / "abusers.json")
+                        abused.with_suffix(".stop").write_text("stop")
+                        phases["abusers"] = _result(abuser, abused)
                     peak.append(_server_rss_mb(pid))
             finally:
                 server.stop()
@@ -477,12 +546,13 @@ def report(
         p99[phase] = p99_ms(lat) if lat else float("inf")
         other = {k: v for k, v in found["codes"].items() if k != "OK"}
         rows.append([
-            phase, f"{len(lat) / seconds:.1f}",
+            phase, f"{found['server_cpu']:.2f}", f"{len(lat) / seconds:.1f}",
             f"{statistics.mean(lat) * 1000:.2f}" if lat else "-", f"{p99[phase]:.2f}",
             ", ".join(f"{k} {v}" for k, v in sorted(other.items())) or "-",
         ])  # fmt: skip
-    run.say("The ordinary caller's Reserve:", "")
-    run.say(*table(["phase", "Reserve/s", "mean ms", "p99 ms", "not OK"], rows), "")
+    run.say("The ordinary caller's Reserve, and the server's CPU use (cores) meanwhile:", "")
+    headers = ["phase", "server CPU", "Reserve/s", "mean ms", "p99 ms", "not OK"]
+    run.say(*table(headers, rows), "")
 
     worst = {name for name in costs if name != CHEAPEST}
     refused = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
@@ -538,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.role == "ordinary":
             found: Any = asyncio.run(ordinary(target, args.duration, args.rate))
         else:
-            found = asyncio.run(abuse(target, args.duration, sizes))
+            found = asyncio.run(abuse(target, args.duration, sizes, Path(args.out)))
         Path(args.out).write_text(json.dumps(found))
         return 0
     run = Run("hostile", Path(args.reports))
