@@ -18,6 +18,7 @@ from stockcore.v1 import inventory_pb2 as ipb
 from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 from stockcore.v1 import orders_pb2 as pb
 
+from clients.orders import OrderClient
 from devstack.credentials import DevCredentials
 from devstack.servers import LocalStockcore
 from server.app import App
@@ -147,6 +148,38 @@ async def test_a_customer_past_its_share_of_streams_is_refused_while_another_sti
             return True
 
         await until(alice_admitted, "alice's stream admitted once one of hers ended")
+    finally:
+        for call in held:
+            call.cancel()
+
+
+async def test_a_client_watch_refused_at_its_share_comes_back_once_a_place_frees(
+    stream_limited: LocalStockcore, as_caller: Opener, credentials: DevCredentials
+) -> None:
+    service = as_caller(stream_limited, callers.SUBJECT)
+    await put_stock(service.inventory, "A", 100)
+    await service.orders.CreateOrder(create_request("o-alice", customer=ALICE))
+    alice = as_caller(stream_limited, "shop-web", scopes.CUSTOMER, customer=ALICE)
+    held = [
+        alice.orders.WatchOrders(pb.WatchOrdersRequest(), timeout=60)
+        for _ in range(STREAMS_PER_CALLER)
+    ]
+    bearer = callers.token(credentials, "shop-web", [scopes.CUSTOMER], customer_id=ALICE)
+    try:
+        for call in held:
+            await first_event(call)
+        async with OrderClient(
+            stream_limited.target, credentials=callers.client_credentials(credentials, bearer)
+        ) as client:
+            events = client.watch()
+            first = asyncio.ensure_future(anext(events))
+            # Refused at alice's share, the client waits as told rather than failing.
+            await asyncio.sleep(1.5)
+            assert not first.done() or first.exception() is None
+            held[0].cancel()
+            event = await asyncio.wait_for(first, 30)
+            assert event.order_id == "o-alice"
+            await events.aclose()
     finally:
         for call in held:
             call.cancel()
