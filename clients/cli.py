@@ -18,7 +18,7 @@ from typing import TextIO, assert_never
 import asyncpg
 import redis.exceptions
 
-from clients.commands import Missing, OwnedCommand, added_groups
+from clients.commands import Missing, OwnedCommand, added_groups, bounded_int, rfc3339
 from clients.credentials import Credentials
 from clients.errors import (
     FailedPrecondition,
@@ -174,16 +174,6 @@ def _nonzero_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: on_hand cannot be negative")
-    return value
-
-
 def _add_global_options(parser: argparse.ArgumentParser, *, default_target: str | None) -> None:
     # Subcommands repeat the global options so they may also follow the command; there they
     # default to SUPPRESS, which leaves the top-level parser's value in place.
@@ -257,7 +247,7 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
     change = adjust.add_mutually_exclusive_group(required=True)
     change.add_argument("--delta", type=_nonzero_int, metavar="N", help="add N (or remove -N)")
     change.add_argument(
-        "--set", dest="on_hand", type=_non_negative_int, metavar="N", help="set on_hand to N"
+        "--set", dest="on_hand", type=bounded_int(0), metavar="N", help="set on_hand to N"
     )
     adjust.add_argument("--reason", required=True, help="why: restock, shrinkage, count ...")
     adjust.add_argument(
@@ -365,9 +355,7 @@ def format_error(error: StockcoreError, *, as_json: bool) -> str:
 
 
 def _time(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if moment is None else rfc3339(moment)
 
 
 def _level_data(level: StockLevel) -> dict[str, object]:

@@ -186,7 +186,7 @@ def test_stock_adjust_without_key_gets_a_fresh_uuid_each_time() -> None:
         ([], "one of the arguments --delta --set is required"),
         (["--delta", "1", "--set", "2"], "not allowed with argument"),
         (["--delta", "0"], "a delta of 0 changes nothing"),
-        (["--set", "-1"], "on_hand cannot be negative"),
+        (["--set", "-1"], "must be at least 0"),
         (["--delta", "x"], "not an integer"),
     ],
 )
