@@ -200,8 +200,8 @@ def _unauthenticated(
         mint = f"{prog} token issue --sub {SUBJECT_EXAMPLE} --scopes all"
         return _with_fix(
             plain,
-            f"export STOCKCORE_TOKEN=$({mint}), or name a file holding one with --token-file,"
-            f" STOCKCORE_TOKEN_FILE or token_file in {config.file.where()}",
+            f"export STOCKCORE_TOKEN=$({mint}), or name a file holding one with"
+            f" {config.ways_to_set('token', but='STOCKCORE_TOKEN')}",
             problem=problem,
         )
     renew = _renewal(config, issue_command(claims or {}, prog))

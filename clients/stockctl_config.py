@@ -167,11 +167,13 @@ class StockctlConfig:
         """Every setting by name, in PLACES' order."""
         return {name: getattr(self, name) for name in PLACES}
 
-    def ways_to_set(self, name: str) -> str:
-        """How a user gives setting `name`: its option, variable and config file key."""
+    def ways_to_set(self, name: str, *, but: str | None = None) -> str:
+        """How a user gives setting `name`: its option, variables (`but` one) and config
+        file key."""
         place = PLACES[name]
-        ways = [*([place.option] if place.option else []), *place.variables]
-        if place.key is not None:
+        ways = [*([place.option] if place.option else [])]
+        ways += [variable for variable in place.variables if variable != but]
+        if place.key is not None and self.file.path is not None:
             ways.append(f"{place.key} in {self.file.where()}")
         return ", ".join(ways[:-1]) + f" or {ways[-1]}" if len(ways) > 1 else ways[0]
 
