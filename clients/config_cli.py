@@ -12,7 +12,7 @@ from typing import TextIO
 
 from clients import stockctl_config
 from clients.commands import Leaf, rfc3339
-from clients.stockctl_config import Setting, StockctlConfig
+from clients.stockctl_config import Origin, Setting, StockctlConfig
 from clients.tokens import read_claims
 
 
@@ -101,10 +101,11 @@ def execute_config(
             "from": setting.source.name or None,
         }
     file = config.file
+    chosen = "where stockctl looks" if file.chosen_by.origin is Origin.DEFAULT else file.chosen_by
     if file.path is None:
-        file_text = f"none ({file.chosen_by})"
+        file_text = f"none ({chosen})"
     else:
-        file_text = f"{file.path} ({'read' if file.exists else 'not there'}; {file.chosen_by})"
+        file_text = f"{file.path} ({'read' if file.exists else 'not there'}; {chosen})"
     if as_json:
         body = {
             "config_file": {

@@ -201,7 +201,7 @@ def config_path(environ: Mapping[str, str]) -> tuple[Path | None, Source]:
         source = Source(Origin.ENV, CONFIG_ENV)
         if named.strip().lower() == NO_FILE:
             return None, source
-        return Path(named).expanduser().absolute(), source
+        return _absolute(named), source
     xdg = environ.get("XDG_CONFIG_HOME", "")
     # The XDG base directory rules ignore a relative XDG_CONFIG_HOME.
     if xdg and Path(xdg).is_absolute():
@@ -265,9 +265,16 @@ def read_config_file(path: Path | None, chosen_by: Source) -> ConfigFile:
                 f"{key} in {path} is {value!r}", f'write it as a quoted string: {key} = "..."'
             )
         if kind is Path:
-            value = str(path.parent / Path(value).expanduser())
+            value = str(_absolute(value, path.parent))
         values[key] = value
     return ConfigFile(path, chosen_by, True, values, text.startswith(MAKE_RUN_MARK))
+
+
+def _absolute(text: str, base: Path | None = None) -> Path:
+    """`text` as an absolute path without `..`, taken from `base` (else the current folder)
+    when relative."""
+    given = Path(text).expanduser()
+    return Path(os.path.normpath((base or Path.cwd()) / given))
 
 
 def _flag_bool(raw: str, variable: str) -> bool:
@@ -305,7 +312,7 @@ def resolve(
         place = PLACES[name]
         for found in (given(name), variable(place.variables[0])):
             if found is not None:
-                return Setting(Path(str(found.value)).expanduser().absolute(), found.source)
+                return Setting(_absolute(str(found.value)), found.source)
         assert place.key is not None
         stored = in_file(place.key)
         if stored is not None:
@@ -333,13 +340,13 @@ def resolve(
         # A token file on the command line beats a token in the environment.
         named = given("token")
         if named is not None:
-            return Setting(Path(str(named.value)).expanduser().absolute(), named.source)
+            return Setting(_absolute(str(named.value)), named.source)
         inline = variable("STOCKCORE_TOKEN")
         if inline is not None:
             return Setting(inline.value.strip(), inline.source)
         in_variable = variable("STOCKCORE_TOKEN_FILE")
         if in_variable is not None:
-            return Setting(Path(in_variable.value).expanduser().absolute(), in_variable.source)
+            return Setting(_absolute(in_variable.value), in_variable.source)
         stored = in_file("token_file")
         if stored is not None:
             return Setting(Path(str(stored.value)), stored.source)
@@ -447,7 +454,7 @@ def signing_key(config: StockctlConfig, flag: str | None = None) -> dict[str, An
     given (`flag`), else the configured one; ConfigurationError naming the fix."""
     setting = config.signing_key
     if flag is not None:
-        setting = Setting(Path(flag).expanduser().absolute(), Source(Origin.FLAG, "--signing-key"))
+        setting = Setting(_absolute(flag), Source(Origin.FLAG, "--signing-key"))
     if setting.value is None:
         raise ConfigurationError(
             "no signing key to sign the token with",

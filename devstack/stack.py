@@ -276,7 +276,7 @@ def _gateway(settings: GatewaySettings, root: Path) -> Iterator[Gateway | None]:
 def gateway_alone(settings: GatewaySettings, data_dir: Path | str) -> GatewaySettings:
     """The settings of a gateway run alone (`python -m devstack gateway`) in front of a
     server `make run` started on this machine: trusting the development CA when no CA is
-    named and it exists, as stockctl does."""
+    named and it exists, as the typed clients do (Credentials.from_env)."""
     dev_ca = DevCredentials(Path(data_dir).resolve()).ca_cert
     if not settings.plaintext and not settings.gateway_upstream_ca_file and dev_ca.is_file():
         return settings.with_overrides(gateway_upstream_ca_file=str(dev_ca))

@@ -5,6 +5,7 @@ that cannot be read is refused with the one place to fix it."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -111,12 +112,16 @@ def test_paths_in_the_config_file_are_taken_from_its_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir("/")
-    file = file_with(tmp_path, 'ca_file = "tls/ca.pem"\nsigning_key = "/abs/key.json"\n')
+    file = file_with(
+        tmp_path,
+        'ca_file = "tls/ca.pem"\nsigning_key = "/abs/key.json"\ntoken_file = "../up/token"\n',
+    )
 
     config = resolve({}, {}, file)
 
     assert config.ca_file.value == tmp_path / "tls" / "ca.pem"
     assert config.signing_key.value == Path("/abs/key.json")
+    assert config.token.value == tmp_path.parent / "up" / "token"
 
 
 def test_a_token_file_on_the_command_line_beats_a_token_in_the_environment(
@@ -218,7 +223,7 @@ def test_a_written_config_file_reads_back_the_same(
 
     assert file.values == {
         "target": target,
-        "ca_file": str(folder / Path(absolute)),
+        "ca_file": os.path.normpath(absolute),
         "plaintext": plaintext,
     }
     assert file.written_by_make_run
