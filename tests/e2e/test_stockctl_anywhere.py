@@ -83,7 +83,7 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
 def readme_stockctl_lines() -> list[str]:
     """Every stockctl command of the README's shell examples that the server alone answers,
     comments dropped: not the fulfilment worker's commands, nor streams, which wait for
-    events from a `make run` stack."""
+    events (tests/e2e/test_docs.py runs those against `make run`'s stack)."""
     commands = [
         command.text
         for block in blocks(ROOT / "README.md", ROOT)
