@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.credentials import DevCredentials
-from runtime.processes import await_until, free_port, kill_child, listening, spawn, tail
+from runtime.processes import await_until, free_port, kill_child, spawn, tail
 from tests import doc_blocks
 from tests.callers import user_environment
 from tests.conftest import ROOT, reset_state
@@ -77,7 +78,8 @@ class DocsStack:
     """The running stack: its ports by service, and the environments the docs run in."""
 
     ports: dict[str, int]
-    log: Path
+    logs: Path
+    """Where the stack's logs are: its own, and its programs' under data/logs/."""
     env: dict[str, str]
     python_env: dict[str, str]
 
@@ -86,6 +88,16 @@ def _loopback_port(url: str) -> int | None:
     """The port of a server on loopback that `url` names (None: another host)."""
     parts = urlsplit(url)
     return parts.port if parts.hostname in {"127.0.0.1", "localhost"} else None
+
+
+def _answers(url: str) -> bool:
+    """Whether `url` answers 200 (blocking): the stack's own server, not another process
+    that took the port meanwhile."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
 
 
 def _healthy(port: int, ca: Path) -> bool:
@@ -143,9 +155,13 @@ async def docs_stack(
         )
     try:
         ca = DevCredentials(data).ca_cert
-        listeners = ("gateway", "warehouse", "primary carrier", "fallback carrier")
+        # The simulators' fault knobs and the checkout page: each answered by the stack.
+        pages = [f"http://127.0.0.1:{ports['gateway']}/"] + [
+            f"http://127.0.0.1:{ports[n]}/_faults"
+            for n in ("warehouse", "primary carrier", "fallback carrier")
+        ]
         await await_until(
-            lambda: all(listening(ports[n]) for n in listeners) and _healthy(ports["gRPC"], ca),
+            lambda: all(map(_answers, pages)) and _healthy(ports["gRPC"], ca),
             stack,
             log,
             _START_S,
@@ -159,7 +175,7 @@ async def docs_stack(
         assert config.is_file(), tail(log)
         yield DocsStack(
             ports,
-            log,
+            home,
             user_environment(
                 STOCKCORE_CONFIG=str(config),
                 STOCKCORE_PG_DSN=servers.pg_dsn,
@@ -198,10 +214,19 @@ def test_the_doc_runs_as_written(
         for ran in _runs(session, block, docs_stack.ports):
             done.append(ran)
             if ran.problem:
-                pytest.fail(f"{ran.report()}\n(the stack's log: {docs_stack.log})", pytrace=False)
+                pytest.fail(f"{ran.report()}\n{_last_logged(docs_stack.logs)}", pytrace=False)
     for ran in done:
         print(f"{ran.seconds:6.2f} s  {ran.where}  {ran.written.splitlines()[0][:80]}")
     print(f"{doc.name}: {len(done)} commands and scripts in {time.monotonic() - began:.1f} s")
+
+
+def _last_logged(home: Path, lines: int = 6) -> str:
+    """The last lines of each of the stack's logs, for a failure message."""
+    shown = []
+    for log in [home / "stack.log", *sorted((home / "data" / "logs").glob("*.log"))]:
+        shown.append(f"--- {log}")
+        shown += [line[:240] for line in tail(log, lines).splitlines()]
+    return "\n".join(shown)
 
 
 def _runs(session: Session, block: Block, ports: dict[str, int]) -> Iterator[Ran]:
