@@ -221,6 +221,11 @@ def to_status(exc: DomainError) -> grpc.Status:
     return status
 
 
+def plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
+    """A status of `code` and `message` alone, without details."""
+    return _WithMetadata(code, message, ())
+
+
 class _WithMetadata(grpc.Status):
     def __init__(
         self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[Any, ...]
