@@ -19,10 +19,12 @@ from server.domain.errors import (
     IllegalTransition,
     InsufficientStock,
     InvalidArgument,
+    LinesDiffer,
     NotFound,
     Overloaded,
     PaymentMismatch,
     PermissionDenied,
+    ReservationFull,
     ShuttingDown,
     StockFloorViolation,
     Unauthenticated,
@@ -40,6 +42,8 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     StockFloorViolation: grpc.StatusCode.FAILED_PRECONDITION,
     PaymentMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     EventBeforeOrder: grpc.StatusCode.FAILED_PRECONDITION,
+    ReservationFull: grpc.StatusCode.FAILED_PRECONDITION,
+    LinesDiffer: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -192,6 +196,37 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
                             subject=exc.order_id,
                             description=f"event_time {exc.event_time} is before the order's"
                             f" create_time {exc.created_at}",
+                        )
+                    ]
+                )
+            )
+        )
+    elif isinstance(exc, ReservationFull):
+        reason = "RESERVATION_FULL"
+        details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type="RESERVATION_FULL",
+                            subject=exc.reservation_id,
+                            description=f"holds {exc.limit} lines, the most it may",
+                        )
+                    ]
+                )
+            )
+        )
+    elif isinstance(exc, LinesDiffer):
+        reason = "RESERVATION_LINES"
+        details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type="RESERVATION_LINES",
+                            subject=exc.reservation_id,
+                            description=f"holds {exc.held or 'no line'}; the order lists"
+                            f" {exc.requested}",
                         )
                     ]
                 )
