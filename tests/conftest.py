@@ -64,7 +64,8 @@ async def reset_state(pg_dsn: str, redis_url: str) -> None:
     """Empty every table and the gate's Redis keys."""
     async with connected(pg_dsn) as conn:
         await conn.execute(
-            "TRUNCATE stockcore.stock, stockcore.reservations, stockcore.movements,"
+            "TRUNCATE stockcore.stock, stockcore.reservations, stockcore.reservation_changes,"
+            " stockcore.movements,"
             " stockcore.adjustments, stockcore.orders, stockcore.order_history,"
             " stockcore.payments, stockcore.order_events, stockcore.fulfilments,"
             " stockcore.fulfilment_history, stockcore.fulfilment_dead_letters,"

@@ -83,6 +83,12 @@ BREAKAGES: dict[str, list[str]] = {
         "INSERT INTO stockcore.movements (sku, kind, on_hand_delta, reserved_delta, caller)"
         " VALUES ('B', 'adjust', 1, 0, 't')"
     ],
+    "hold_matches_its_ledger": [
+        # One unit moved from one hold's ledger to another's: the SKU's totals still agree.
+        "INSERT INTO stockcore.movements (sku, kind, on_hand_delta, reserved_delta,"
+        f" reservation_id, caller) VALUES ('A', 'reserve', 0, 1, '{HELD}', 't'),"
+        f" ('A', 'release', 0, -1, '{PENDING}', 't')"
+    ],
     "hold_not_overdue": [
         f"UPDATE stockcore.reservations SET expires_at = now() - interval '3 seconds'"
         f" WHERE reservation_id = '{HELD}'"

@@ -89,6 +89,18 @@ SELECT 'ledger_matches_stock', sku,
   FROM stock
  WHERE (on_hand, reserved) IS DISTINCT FROM (ledger_on_hand, ledger_reserved)
 UNION ALL
+-- Each reservation's own movements sum to what it holds of each SKU while HELD, and to
+-- nothing once it ended (lines change while HELD: SetReservationLine).
+SELECT 'hold_matches_its_ledger', coalesce(r.reservation_id, l.reservation_id),
+       format('%s: holds %s, its movements reserve %s', coalesce(r.sku, l.sku),
+              coalesce(r.quantity, 0), coalesce(l.reserved, 0))
+  FROM (SELECT reservation_id, sku, quantity FROM lines WHERE status = 1) r
+  FULL JOIN (SELECT reservation_id, sku, sum(reserved_delta) AS reserved
+               FROM stockcore.movements WHERE reservation_id IS NOT NULL
+              GROUP BY reservation_id, sku) l
+    ON l.reservation_id = r.reservation_id AND l.sku = r.sku
+ WHERE coalesce(r.quantity, 0) <> coalesce(l.reserved, 0)
+UNION ALL
 -- The expiry sweep runs every fraction of a second; 2 s late means it is not running.
 SELECT 'hold_not_overdue', reservation_id, format('HELD, expired at %s', expires_at)
   FROM stockcore.reservations WHERE status = 1 AND expires_at < now() - interval '2 seconds'
