@@ -97,6 +97,32 @@ STALE_PENDING = Counter(
     "Redis pending holds dropped because their request died in flight.",
     registry=REGISTRY,
 )
+ORDER_PAID_MINOR = Counter(
+    "stockcore_order_paid_minor_total",
+    "Amounts of the payments that paid orders, in minor units of their currency, by currency"
+    " (a repeat of a payment is not counted again).",
+    ["currency"],
+    registry=REGISTRY,
+)
+ORDER_REFUNDS_OWED_MINOR = Counter(
+    "stockcore_order_refunds_owed_minor_total",
+    "Amounts owed back for paid orders cancelled, in minor units of their currency, by currency.",
+    ["currency"],
+    registry=REGISTRY,
+)
+WATCHED_STOCK = Gauge(
+    "stockcore_watched_stock_units",
+    "Stock of each SKU an operator watches (STOCKCORE_WATCHED_SKUS), as PostgreSQL last"
+    " answered this process's refresh: level on_hand, reserved or available.",
+    ["sku", "level"],
+    registry=REGISTRY,
+)
+GATE_DRIFTED = Gauge(
+    "stockcore_gate_drifted_skus",
+    "Watched SKUs whose Redis mirror disagreed with PostgreSQL at two refreshes in a row"
+    " while PostgreSQL's row did not change: the gate decides by levels that are wrong.",
+    registry=REGISTRY,
+)
 ORDER_TRANSITIONS = Counter(
     "stockcore_order_transitions_total",
     "Order status changes committed, by the status entered (PENDING_PAYMENT: created).",

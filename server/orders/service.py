@@ -40,7 +40,7 @@ from server.inventory import gating
 from server.inventory.batching import Batcher
 from server.inventory.expiry import EXPIRY_CALLER
 from server.inventory.mirror import Mirror
-from server.metrics import ORDER_TRANSITIONS
+from server.metrics import ORDER_PAID_MINOR, ORDER_REFUNDS_OWED_MINOR, ORDER_TRANSITIONS
 from server.orders.watch import EventFeed
 from server.queue_delay import Queues
 from server.shares import Shares
@@ -68,6 +68,9 @@ class OrderCore:
         self.mirror = mirror
         self.store = store
         self.feed = feed
+        # Every status's series from the start, at 0, so that a rate sees the first order.
+        for status in OrderStatus:
+            ORDER_TRANSITIONS.labels(status.name)
         # Each reader's share of the reads in PostgreSQL at once (shared with InventoryCore).
         self.readers = readers
         options, reads = queues.batch_options(settings.batch_max, settings.batch_concurrency)
@@ -251,7 +254,7 @@ class OrderCore:
             if outcome.code is ChangeCode.UNKNOWN or order is None:
                 answers.append(NotFound("order", [getattr(request, "order_id", "")]))
             elif outcome.code is ChangeCode.DONE:
-                ORDER_TRANSITIONS.labels(wanted.name).inc()
+                _count_done(wanted, order)
                 answers.append(order)
             elif outcome.code is ChangeCode.REPEAT:
                 answers.append(order)
@@ -304,6 +307,15 @@ class OrderCore:
             (orders, "" if last is None else query.token(last))
             for query, (orders, last) in zip(queries, pages, strict=True)
         ]
+
+
+def _count_done(entered: OrderStatus, order: Order) -> None:
+    """Count a transition made: the order rate, and the money it moved."""
+    ORDER_TRANSITIONS.labels(entered.name).inc()
+    if entered is OrderStatus.PAID:
+        ORDER_PAID_MINOR.labels(order.currency).inc(order.paid_minor)
+    elif entered is OrderStatus.CANCELLED and order.refund_owed_minor:
+        ORDER_REFUNDS_OWED_MINOR.labels(order.currency).inc(order.refund_owed_minor)
 
 
 def _created(command: CreateOrder, outcome: Created) -> tuple[Answer, tuple[str, datetime] | None]:
