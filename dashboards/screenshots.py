@@ -20,6 +20,7 @@ WIDTH = 1400
 # after this long is pictured as it is.
 DRAW_TIMEOUT_S = 30.0
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_CONTENT_HEIGHT = "return Math.ceil(document.body.getBoundingClientRect().bottom + window.scrollY)"
 
 
 def _seconds(span: str) -> int:
@@ -60,9 +61,14 @@ def take(prometheus: str, into: Path, span: str = "1h") -> list[Path]:
         for board in DASHBOARDS:
             driver.get(f"{prometheus.rstrip('/')}/consoles/{consoles.file_name(board)}{fragment}")
             _wait_for_graphs(driver, len(board.panels))
-            height = driver.execute_script("return document.documentElement.scrollHeight")
-            driver.set_window_size(WIDTH, int(height) + 40)
-            time.sleep(0.5)  # the graphs draw again at the new width
+            # The whole page in one picture: the window as tall as the page's content (the
+            # viewport a window's frame leaves is found by asking, not guessed).
+            height = driver.execute_script(_CONTENT_HEIGHT)
+            frame = driver.get_window_size()["height"] - driver.execute_script(
+                "return window.innerHeight"
+            )
+            driver.set_window_size(WIDTH, int(height) + int(frame) + 16)
+            time.sleep(0.5)  # the graphs draw again at the new size
             _wait_for_graphs(driver, len(board.panels))
             path = into / f"console-{board.name}.png"
             driver.save_screenshot(str(path))
@@ -73,11 +79,12 @@ def take(prometheus: str, into: Path, span: str = "1h") -> list[Path]:
 
 
 def _wait_for_graphs(driver: object, panels: int) -> None:
-    """Until every panel's graph has drawn (an SVG each, or Prometheus' loading image
-    gone), or DRAW_TIMEOUT_S."""
+    """Until every panel's graph is drawn, or says it has nothing to draw, and no query is
+    still loading; or DRAW_TIMEOUT_S."""
     deadline = time.monotonic() + DRAW_TIMEOUT_S
     script = (
-        "return [document.querySelectorAll('.rickshaw_graph svg').length,"
+        "return [Array.from(document.querySelectorAll('td.rickshaw_graph'))"
+        ".filter(td => td.querySelector('svg') || td.textContent.trim()).length,"
         " document.querySelectorAll('img[src*=\"ajax-loader\"]').length]"
     )
     while time.monotonic() < deadline:
