@@ -234,11 +234,11 @@ chaos: deps
 # Abusive callers (worst requests, 10,000 Health/Watch streams, one customer's 2,000
 # WatchOrders streams, 64 STRONG readers) beside an ordinary Reserve caller, over TLS with
 # tokens: its p99 with and without, the server's RSS and CPU per worst request.
-# DURATION= seconds per phase (60), CALLERS= ordinary callers (4), HEALTH_STREAMS=,
-# CUSTOMER_STREAMS=.
+# DURATION= seconds per phase (60), RATE= the ordinary caller's Reserve/s (100),
+# HEALTH_STREAMS=, CUSTOMER_STREAMS=, ABUSERS= (worst,health,streams,reads: all).
 hostile: deps
-	$(PY) -m loadtests.hostile $(call load_opt,DURATION,duration) $(call load_opt,CALLERS,callers) \
-		$(call load_opt,HEALTH_STREAMS,health-streams) \
+	$(PY) -m loadtests.hostile $(call load_opt,DURATION,duration) $(call load_opt,RATE,rate) \
+		$(call load_opt,HEALTH_STREAMS,health-streams) $(call load_opt,ABUSERS,abusers) \
 		$(call load_opt,CUSTOMER_STREAMS,customer-streams) $(REPORTS_OPT)
 
 # 500 WatchOrders streams beside Reserve and CreateOrder: the writers' rate with and without.

@@ -1,88 +1,78 @@
 """stockctl: read and change stockcore inventory and orders, and a consumer group's dead
-letters, from a shell."""
+letters, from a shell. Its settings (clients/stockctl_config.py) come from the command line,
+then STOCKCORE_* variables, then its config file; a failure is one line naming the fix
+(clients/failures.py). `stockctl` itself starts in clients/stockctl.py."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import enum
 import json
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TextIO, assert_never
 
 import asyncpg
 import redis.exceptions
 
-from clients.commands import Missing, OwnedCommand, added_groups
-from clients.credentials import Credentials
-from clients.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    StockcoreError,
-    Unauthenticated,
-)
+from clients import stockctl_config
+from clients.commands import Missing, OwnedCommand, added_groups, bounded_int, rfc3339
+from clients.config_cli import CONFIG_COMMANDS, ConfigCommand, add_config_commands, execute_config
+from clients.errors import StockcoreError
 from clients.events_cli import EVENT_COMMANDS, EventCommand, add_event_commands, execute_events
+from clients.failures import (
+    ExitCode,
+    Failure,
+    call_failure,
+    configuration_failure,
+    exit_statuses_text,
+)
 from clients.inventory import InventoryClient, Reservation, StockLevel
 from clients.order_cli import ORDER_COMMANDS, OrderCommand, add_order_commands, execute_order
 from clients.orders import OrderClient
+from clients.stockctl_config import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    ConfigurationError,
+    StockctlConfig,
+)
 from clients.token_cli import TOKEN_COMMANDS, TokenCommand, add_token_commands, execute_token
 
-#: Environment variable naming the server when --target is not given.
-TARGET_ENV = "STOCKCORE_TARGET"
-DEFAULT_TARGET = "127.0.0.1:50051"
-DEFAULT_TIMEOUT = 5.0
-
-
-class ExitCode(enum.IntEnum):
-    """Process exit statuses, distinct per kind of failure so scripts can branch on them."""
-
-    OK = 0
-    ERROR = 1
-    USAGE = 2
-    NOT_FOUND = 3
-    FAILED_PRECONDITION = 4
-    NOT_ALLOWED = 5
-    """UNAUTHENTICATED or PERMISSION_DENIED: get a (fresh) token with the scope it names."""
-    INTERRUPTED = 130
+__all__ = ["DEFAULT_TARGET", "DEFAULT_TIMEOUT", "ExitCode", "main", "parse_args"]
 
 
 @dataclass(frozen=True)
 class GlobalOptions:
-    """Settings shared by every command. The TLS and token options override what
-    Credentials.from_env() finds (clients/credentials.py)."""
+    """The options every command takes. Those left out (None) are taken from the
+    environment, the config file or the defaults (clients/stockctl_config.py)."""
 
-    target: str
-    timeout: float
-    json: bool
+    json: bool = False
+    target: str | None = None
+    timeout: float | None = None
     token_file: str | None = None
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
-    plaintext: bool = False
+    plaintext: bool | None = None
 
-    def credentials(self, environ: Mapping[str, str]) -> Credentials:
-        """What to present to the server: the environment's, overridden by the options."""
-        env = dict(environ)
-        for name, value in (
-            ("STOCKCORE_TOKEN_FILE", self.token_file),
-            ("STOCKCORE_CA_FILE", self.ca_file),
-            ("STOCKCORE_CLIENT_CERT", self.client_cert),
-            ("STOCKCORE_CLIENT_KEY", self.client_key),
-        ):
-            if value is not None:
-                env[name] = value
-        if self.token_file is not None:
-            env.pop("STOCKCORE_TOKEN", None)
-        if self.plaintext:
-            env["STOCKCORE_PLAINTEXT"] = "true"
-        return Credentials.from_env(env)
+    def flags(self) -> dict[str, object]:
+        """The settings given on the command line, by setting name (None: not given)."""
+        return {
+            "target": self.target,
+            "timeout": self.timeout,
+            "token": self.token_file,
+            "ca_file": self.ca_file,
+            "client_cert": self.client_cert,
+            "client_key": self.client_key,
+            "plaintext": self.plaintext,
+        }
 
 
 @dataclass(frozen=True)
@@ -134,7 +124,7 @@ class GetReservation:
 
 
 StockCommand = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
-Command = StockCommand | OrderCommand | EventCommand | TokenCommand | OwnedCommand
+Command = StockCommand | OrderCommand | EventCommand | TokenCommand | ConfigCommand | OwnedCommand
 
 
 def parse_line(text: str) -> tuple[str, int]:
@@ -174,76 +164,87 @@ def _nonzero_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: on_hand cannot be negative")
-    return value
-
-
-def _add_global_options(parser: argparse.ArgumentParser, *, default_target: str | None) -> None:
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     # Subcommands repeat the global options so they may also follow the command; there they
-    # default to SUPPRESS, which leaves the top-level parser's value in place.
-    top = default_target is not None
-
-    def default(value: object) -> object:
-        return value if top else argparse.SUPPRESS
-
+    # default to SUPPRESS, which leaves the top-level parser's value in place. An option left
+    # out is None: the environment, the config file or the default gives it.
+    default = None if top else argparse.SUPPRESS
     parser.add_argument(
         "--target",
-        default=default(default_target),
-        help=f"server address (default: ${TARGET_ENV}, else {DEFAULT_TARGET})",
+        default=default,
+        help=f"server address (else $STOCKCORE_TARGET, the config file, {DEFAULT_TARGET})",
     )
     parser.add_argument(
         "--timeout",
         type=_positive_seconds,
-        default=default(DEFAULT_TIMEOUT),
+        default=default,
         help=f"deadline per command in seconds, retries included (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--token-file",
-        default=default(None),
-        help="file holding the bearer token (default: $STOCKCORE_TOKEN, $STOCKCORE_TOKEN_FILE)",
+        default=default,
+        help="file holding the bearer token (else $STOCKCORE_TOKEN, $STOCKCORE_TOKEN_FILE,"
+        " the config file's token_file)",
     )
     parser.add_argument(
         "--ca-file",
-        default=default(None),
-        help="CA of the server's certificate (default: $STOCKCORE_CA_FILE, else .data/tls/ca.pem)",
+        default=default,
+        help="CA of the server's certificate (else $STOCKCORE_CA_FILE, the config file,"
+        " the system's CAs)",
     )
     parser.add_argument(
-        "--client-cert", default=default(None), help="this client's certificate (mutual TLS)"
+        "--client-cert", default=default, help="this client's certificate (mutual TLS)"
     )
-    parser.add_argument("--client-key", default=default(None), help="its private key (mutual TLS)")
+    parser.add_argument("--client-key", default=default, help="its private key (mutual TLS)")
     parser.add_argument(
         "--plaintext",
         action="store_true",
-        default=default(False),
+        default=default,
         help="no TLS (a server started with STOCKCORE_PLAINTEXT=true)",
     )
     parser.add_argument(
         "--json",
         action="store_true",
-        default=default(False),
+        default=False if top else argparse.SUPPRESS,
         help="print machine-readable JSON",
     )
 
 
-def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
-    """Build the stockctl argument parser; `default_target` is used when --target is absent."""
+def _version() -> str:
+    try:
+        return version("stockcore")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+EPILOG = f"""\
+settings: each option above, else its STOCKCORE_* variable, else the config file
+($STOCKCORE_CONFIG, else $XDG_CONFIG_HOME/stockcore/config.toml, else
+~/.config/stockcore/config.toml, which `make run` writes), else the default;
+`stockctl config show` prints them and where each came from.
+
+exit status:
+{exit_statuses_text()}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the stockctl argument parser."""
     parser = argparse.ArgumentParser(
-        prog="stockctl", description="Read and change stockcore inventory and orders."
+        prog="stockctl",
+        description="Read and change stockcore inventory and orders.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_global_options(parser, default_target=default_target)
+    parser.add_argument("--version", action="version", version=f"stockctl {_version()}")
+    _add_global_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def leaf(
         group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
     ) -> argparse.ArgumentParser:
         sub = group.add_parser(name, help=summary, description=summary)
-        _add_global_options(sub, default_target=None)
+        _add_global_options(sub, top=False)
         return sub
 
     stock = commands.add_parser("stock", help="read or adjust stock levels")
@@ -257,7 +258,7 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
     change = adjust.add_mutually_exclusive_group(required=True)
     change.add_argument("--delta", type=_nonzero_int, metavar="N", help="add N (or remove -N)")
     change.add_argument(
-        "--set", dest="on_hand", type=_non_negative_int, metavar="N", help="set on_hand to N"
+        "--set", dest="on_hand", type=bounded_int(0), metavar="N", help="set on_hand to N"
     )
     adjust.add_argument("--reason", required=True, help="why: restock, shrinkage, count ...")
     adjust.add_argument(
@@ -304,22 +305,21 @@ def build_parser(*, default_target: str = DEFAULT_TARGET) -> argparse.ArgumentPa
     add_order_commands(commands, leaf)
     add_event_commands(commands, leaf)
     add_token_commands(commands, leaf)
+    add_config_commands(commands, leaf)
     # Commands over state another program owns (`stockctl fulfilment`): clients/commands.py.
     for add_commands in added_groups():
         add_commands(commands, leaf)
     return parser
 
 
-def parse_args(
-    argv: Sequence[str], *, default_target: str = DEFAULT_TARGET
-) -> tuple[GlobalOptions, Command]:
+def parse_args(argv: Sequence[str]) -> tuple[GlobalOptions, Command]:
     """Parse a command line; exits with status 2 and a usage message when it is invalid."""
-    parser = build_parser(default_target=default_target)
+    parser = build_parser()
     ns = parser.parse_args(argv)
     options = GlobalOptions(
+        json=ns.json,
         target=ns.target,
         timeout=ns.timeout,
-        json=ns.json,
         token_file=ns.token_file,
         ca_file=ns.ca_file,
         client_cert=ns.client_cert,
@@ -329,45 +329,13 @@ def parse_args(
     try:
         command: Command = ns.make(ns)
     except ValueError as exc:
-        parser.error(str(exc))
+        # Arguments that parse but do not go together: one line saying what to change.
+        parser.exit(ExitCode.USAGE, f"stockctl: USAGE: {exc}\n")
     return options, command
 
 
-def exit_code_for(error: StockcoreError) -> ExitCode:
-    """The exit status for a failed command."""
-    if isinstance(error, NotFound):
-        return ExitCode.NOT_FOUND
-    if isinstance(error, FailedPrecondition):
-        return ExitCode.FAILED_PRECONDITION
-    if isinstance(error, Unauthenticated | PermissionDenied):
-        return ExitCode.NOT_ALLOWED
-    # The server judged the command's own arguments invalid: a usage error found later.
-    if isinstance(error, InvalidArgument):
-        return ExitCode.USAGE
-    return ExitCode.ERROR
-
-
-def format_error(error: StockcoreError, *, as_json: bool) -> str:
-    """Describe a failed command for stderr: code, message, shortages and invalid fields."""
-    if as_json:
-        body: dict[str, object] = {"code": error.code.name, "message": error.message}
-        if error.shortages:
-            body["shortages"] = error.shortages
-        if error.field_violations:
-            body["field_violations"] = [
-                {"field": v.field, "description": v.description} for v in error.field_violations
-            ]
-        return json.dumps({"error": body})
-    lines = [f"stockctl: {error.code.name}: {error.message}"]
-    lines += [f"  short {sku}: available {n}" for sku, n in error.shortages.items()]
-    lines += [f"  invalid {v.field}: {v.description}" for v in error.field_violations]
-    return "\n".join(lines)
-
-
 def _time(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if moment is None else rfc3339(moment)
 
 
 def _level_data(level: StockLevel) -> dict[str, object]:
@@ -466,16 +434,14 @@ async def execute(client: InventoryClient, command: StockCommand) -> tuple[objec
 
 
 async def run(
-    options: GlobalOptions,
-    command: Command,
-    *,
-    out: TextIO,
-    environ: Mapping[str, str] | None = None,
+    options: GlobalOptions, config: StockctlConfig, command: Command, *, out: TextIO
 ) -> None:
-    """Connect with `options`, perform `command` and print its result to `out`."""
-    env = os.environ if environ is None else environ
+    """Perform `command` with `config`'s settings and print its result to `out`."""
     if isinstance(command, TOKEN_COMMANDS):
-        execute_token(command, out=out, environ=env)
+        execute_token(command, out=out, config=config)
+        return
+    if isinstance(command, CONFIG_COMMANDS):
+        execute_config(command, out=out, config=config, as_json=options.json)
         return
     if isinstance(command, EVENT_COMMANDS):
         await execute_events(command, out=out, as_json=options.json)
@@ -483,32 +449,50 @@ async def run(
     if isinstance(command, OwnedCommand):
         await command.run(out=out, as_json=options.json)
         return
-    credentials = options.credentials(env)
+    credentials = stockctl_config.credentials(config)
+    target, timeout = config.target.value, config.timeout.value
     if isinstance(command, ORDER_COMMANDS):
-        async with OrderClient(
-            options.target, credentials=credentials, default_timeout=options.timeout
-        ) as orders:
+        async with OrderClient(target, credentials=credentials, default_timeout=timeout) as orders:
             await execute_order(orders, command, out=out, as_json=options.json)
         return
-    async with InventoryClient(
-        options.target, credentials=credentials, default_timeout=options.timeout
-    ) as client:
+    async with InventoryClient(target, credentials=credentials, default_timeout=timeout) as client:
         data, text = await execute(client, command)
     print(json.dumps(data, indent=2) if options.json else text, file=out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def invoked_as(argv0: str) -> str:
+    """How the user ran stockctl, for the commands a message suggests: `stockctl` when
+    that name finds this program on PATH, else the path it was run by."""
+    path = Path(argv0)
+    if path.name != "stockctl":
+        return "stockctl"  # python -m ...
+    found = shutil.which("stockctl")
+    if found is not None and Path(found).resolve() == path.resolve():
+        return "stockctl"
+    return argv0
+
+
+def _report(failure: Failure, as_json: bool) -> ExitCode:
+    print(failure.json() if as_json else failure.text(), file=sys.stderr)
+    return failure.exit_code
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of stockctl; returns the process exit status."""
     # The environment is read here only; everything below gets its settings as arguments.
-    default_target = os.environ.get(TARGET_ENV) or DEFAULT_TARGET
-    options, command = parse_args(
-        sys.argv[1:] if argv is None else argv, default_target=default_target
-    )
+    env = os.environ if environ is None else environ
+    options, command = parse_args(sys.argv[1:] if argv is None else argv)
+    prog = invoked_as(sys.argv[0])
     try:
-        asyncio.run(run(options, command, out=sys.stdout))
+        config = stockctl_config.load(options.flags(), env)
+    except ConfigurationError as problem:
+        return _report(configuration_failure(problem), options.json)
+    try:
+        asyncio.run(run(options, config, command, out=sys.stdout))
+    except ConfigurationError as problem:
+        return _report(configuration_failure(problem), options.json)
     except StockcoreError as error:
-        print(format_error(error, as_json=options.json), file=sys.stderr)
-        return exit_code_for(error)
+        return _report(call_failure(error, config, prog=prog), options.json)
     except Missing as missing:
         print(f"stockctl: NOT_FOUND: {missing}", file=sys.stderr)
         return ExitCode.NOT_FOUND

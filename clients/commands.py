@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from typing import Protocol, TextIO, TypeAlias, runtime_checkable
 
@@ -44,3 +45,35 @@ def added_groups() -> list[AddCommands]:
     """The command groups installed programs add, by entry point name."""
     found = sorted(entry_points(group=ENTRY_POINTS), key=lambda point: point.name)
     return [point.load() for point in found]
+
+
+def bounded_int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high`, either end open when None."""
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"an empty range: {low} > {high}")
+    if low is not None and high is not None:
+        span = f"{low}-{high}"
+    elif low is not None:
+        span = f"at least {low}"
+    elif high is not None:
+        span = f"at most {high}"
+    else:
+        span = "any integer"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {span}")
+        return value
+
+    return parse
+
+
+def rfc3339(moment: datetime) -> str:
+    """A time as every stockctl command prints it: RFC 3339 in UTC with milliseconds and
+    a `Z` (2026-01-02T03:04:05.678Z); a naive time is taken to be UTC already."""
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return utc.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"

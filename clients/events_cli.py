@@ -14,7 +14,7 @@ from typing import TextIO, assert_never
 
 import redis.asyncio as aioredis
 
-from clients.commands import Leaf, Missing
+from clients.commands import Leaf, Missing, bounded_int, rfc3339
 from clients.events import STREAM, DeadLetter, DeadLetters
 from clients.order_cli import order_data
 from clients.orders import event_type_name
@@ -74,16 +74,6 @@ class DeadLetterMissing(Missing):
     """A dead letter named on the command line is not there."""
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1-10000")
-    return value
-
-
 def _entry_id(text: str) -> str:
     ms, dash, seq = text.partition("-")
     if not (ms.isdigit() and (not dash or seq.isdigit())):
@@ -114,7 +104,9 @@ def add_event_commands(
         return sub
 
     listing = dead_letter_leaf("list", "list dead letters, oldest first")
-    listing.add_argument("--limit", type=_limit, default=100, help="at most this many (100)")
+    listing.add_argument(
+        "--limit", type=bounded_int(1, 10_000), default=100, help="at most this many (100)"
+    )
     listing.add_argument("--after", type=_entry_id, help="only those after this dead letter")
     listing.set_defaults(
         make=lambda ns: DeadLetterList(ns.redis, ns.stream, ns.group, ns.limit, ns.after or "-")
@@ -142,8 +134,7 @@ def add_event_commands(
 
 
 def _moment(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(datetime.fromtimestamp(ms / 1000, UTC))
 
 
 def dead_letter_data(letter: DeadLetter) -> dict[str, object]:
@@ -164,7 +155,7 @@ def dead_letter_data(letter: DeadLetter) -> dict[str, object]:
             "type": event_type_name(event.type),
             "order_id": event.order_id,
             "order_version": event.order_version,
-            "occur_time": event.occur_time.isoformat(timespec="milliseconds"),
+            "occur_time": rfc3339(event.occur_time),
             "order": order_data(event.order),
         },
     }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO, assert_never
 
-from clients.commands import Leaf
+from clients.commands import Leaf, bounded_int, rfc3339
 from clients.orders import (
     EventType,
     Order,
@@ -171,16 +171,6 @@ def _event_type(text: str) -> EventType.ValueType:
         raise argparse.ArgumentTypeError(f"{text!r} is not an order event type") from None
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
 def add_order_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], leaf: Leaf
 ) -> None:
@@ -209,7 +199,9 @@ def add_order_commands(
     listing = leaf(group, "list", "list a customer's orders, newest first")
     listing.add_argument("--customer", required=True)
     listing.add_argument("--status", type=_status, help="only orders in this status")
-    listing.add_argument("--page-size", type=_count, default=0, help="1-500 (server default 50)")
+    listing.add_argument(
+        "--page-size", type=bounded_int(0, 500), default=0, help="1-500 (0: server default, 50)"
+    )
     listing.add_argument("--page-token", default="", help="next_page_token of the previous page")
     listing.set_defaults(
         make=lambda ns: ListOrders(ns.customer, ns.status, ns.page_size, ns.page_token)
@@ -218,7 +210,7 @@ def add_order_commands(
     pay = leaf(group, "pay", "report a payment of the order total")
     pay.add_argument("order_id", metavar="ID")
     pay.add_argument("--payment", required=True, help="the payment provider's id")
-    pay.add_argument("--amount", type=_count, required=True, help="minor units paid")
+    pay.add_argument("--amount", type=bounded_int(0), required=True, help="minor units paid")
     pay.add_argument("--currency", required=True)
     pay.set_defaults(make=lambda ns: PayOrder(ns.order_id, ns.payment, ns.amount, ns.currency))
 
@@ -249,17 +241,15 @@ def add_order_commands(
     watch.add_argument(
         "--type", dest="types", type=_event_type, action="append", default=[], help="repeatable"
     )
-    watch.add_argument("--after", type=_count, default=0, help="resume after this cursor")
-    watch.add_argument("--limit", type=_count, help="stop after this many events")
+    watch.add_argument("--after", type=bounded_int(0), default=0, help="resume after this cursor")
+    watch.add_argument("--limit", type=bounded_int(0), help="stop after this many events")
     watch.set_defaults(
         make=lambda ns: WatchOrders(ns.customer, ns.order, tuple(ns.types), ns.after, ns.limit)
     )
 
 
 def _time(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if moment is None else rfc3339(moment)
 
 
 def order_data(order: Order) -> dict[str, object]:

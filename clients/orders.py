@@ -298,7 +298,9 @@ class OrderClient(ChannelClient):
     ) -> AsyncIterator[OrderEvent]:
         """Order events after `after_cursor`, then live ones, for as long as the caller
         reads. With `resume`, a dropped stream (UNAVAILABLE) is reopened after the last
-        event seen, so nothing is missed or repeated; other errors are raised."""
+        event seen, so nothing is missed or repeated, and a stream refused at a bound
+        (RESOURCE_EXHAUSTED: the caller's share of streams, or the server's) is opened
+        again after the delay the refusal gives; other errors are raised."""
         cursor = after_cursor
         wanted = list(types)
         failures = 0
@@ -316,9 +318,10 @@ class OrderClient(ChannelClient):
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
                 failures += 1
-                if not resume or error.code is not StatusCode.UNAVAILABLE:
+                if not resume or error.code not in _REOPENED:
                     raise error from exc
-                await asyncio.sleep(self._retry.backoff(min(failures, self._retry.max_attempts)))
+                backoff = self._retry.backoff(min(failures, self._retry.max_attempts))
+                await asyncio.sleep(error.retry_delay or backoff)
             finally:
                 call.cancel()
 
@@ -344,6 +347,10 @@ class OrderClient(ChannelClient):
         return await call_with_retry(
             send, policy=self._retry, read=read, timeout=budget, throttle=self._throttle
         )
+
+
+# A watch stream ended by these is opened again: dropped, or refused before it began.
+_REOPENED = frozenset({StatusCode.UNAVAILABLE, StatusCode.RESOURCE_EXHAUSTED})
 
 
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:

@@ -7,8 +7,9 @@
     stockctl token keygen --kid gateway-2026-11 --out gateway-key.json \
         --jwks /etc/stockcore/jwks.json --only-scopes customer
 
-Tokens are signed with a private JWK: --signing-key, else $STOCKCORE_SIGNING_KEY, else the
-development key `make run` made (.data/auth/signing-key.json).
+Tokens are signed with a private JWK: --signing-key, else $STOCKCORE_SIGNING_KEY, else
+signing_key in stockctl's config file, where `make run` names its development key
+(clients/stockctl_config.py).
 """
 
 from __future__ import annotations
@@ -17,26 +18,28 @@ import argparse
 import json
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from clients.commands import Leaf
+from clients.stockctl_config import StockctlConfig, signing_key
 from clients.tokens import (
     BESIDE_CUSTOMER,
     CUSTOMER_SCOPE,
     DEFAULT_AUDIENCE,
     DEFAULT_ISSUER,
-    DEV_SIGNING_KEY,
     SCOPE_ALIASES,
     SERVICE_SCOPES,
     issue_token,
-    load_signing_key,
     new_signing_key,
 )
 
 SIGNING_KEY_ENV = "STOCKCORE_SIGNING_KEY"
+#: The subject the README's commands name when $USER is unset.
+SUBJECT_EXAMPLE = '"${USER:-dev}"'
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -95,7 +98,11 @@ def add_token_commands(
     group = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
 
     issue = leaf(group, "issue", "print a signed bearer token")
-    issue.add_argument("--sub", required=True, help="the caller's name, recorded on its changes")
+    issue.add_argument(
+        "--sub",
+        required=True,
+        help=f"the caller's name, recorded on its changes (not empty: e.g. --sub {SUBJECT_EXAMPLE})",
+    )
     issue.add_argument(
         "--scopes",
         type=_scopes,
@@ -111,7 +118,7 @@ def add_token_commands(
     issue.add_argument("--ttl", type=_duration, default=3600.0, help="lifetime (default 1h)")
     issue.add_argument(
         "--signing-key",
-        help=f"private JWK file (default ${SIGNING_KEY_ENV}, else {DEV_SIGNING_KEY})",
+        help=f"private JWK file (default ${SIGNING_KEY_ENV}, else signing_key in the config file)",
     )
     issue.add_argument("--audience", default=DEFAULT_AUDIENCE)
     issue.add_argument(
@@ -134,6 +141,11 @@ def add_token_commands(
 
 
 def _make_issue(ns: argparse.Namespace) -> IssueToken:
+    if not ns.sub.strip():
+        # An unset $USER in `--sub "$USER"` gives an empty name, recorded on every change.
+        raise ValueError(
+            f"--sub is empty (an unset $USER?): name the caller, e.g. --sub {SUBJECT_EXAMPLE}"
+        )
     scopes = ns.scopes
     if ns.customer is not None:
         if not set(scopes) <= {CUSTOMER_SCOPE, *BESIDE_CUSTOMER}:
@@ -147,13 +159,12 @@ def _make_issue(ns: argparse.Namespace) -> IssueToken:
     return IssueToken(ns.sub, scopes, ns.customer, ns.ttl, ns.signing_key, ns.audience, ns.issuer)
 
 
-def execute_token(command: TokenCommand, *, out: TextIO, environ: Mapping[str, str]) -> None:
+def execute_token(command: TokenCommand, *, out: TextIO, config: StockctlConfig) -> None:
     """Carry out a token command; it needs no server."""
     match command:
         case IssueToken():
-            key_file = command.key_file or environ.get(SIGNING_KEY_ENV) or str(DEV_SIGNING_KEY)
             token = issue_token(
-                load_signing_key(key_file),
+                signing_key(config, command.key_file),
                 command.subject,
                 command.scopes,
                 ttl_s=command.ttl_s,
@@ -182,3 +193,37 @@ def execute_token(command: TokenCommand, *, out: TextIO, environ: Mapping[str, s
 def _check_kid_is_new(path: Path, kid: str) -> None:
     if path.exists() and any(k.get("kid") == kid for k in json.loads(path.read_text())["keys"]):
         raise ValueError(f"{path} already has a key {kid!r}")
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return str(seconds)
+
+
+def issue_command(claims: Mapping[str, Any], prog: str, *, add_scope: str | None = None) -> str:
+    """The `stockctl token issue` command that mints a token like the one with `claims`
+    (with `add_scope` too), run as `prog`."""
+    granted = [str(s) for s in str(claims.get("scope", "")).split() if s]
+    if add_scope is not None and add_scope not in granted:
+        granted.append(add_scope)
+    customer = claims.get("customer_id")
+    words = [prog, "token", "issue", "--sub", shlex.quote(str(claims.get("sub") or "dev"))]
+    if customer is not None:
+        words += ["--customer", shlex.quote(str(customer))]
+        granted = [s for s in granted if s != CUSTOMER_SCOPE]
+    if granted:
+        scopes = "all" if set(granted) == set(SERVICE_SCOPES) else ",".join(granted)
+        words += ["--scopes", shlex.quote(scopes)]
+    issued, expires = claims.get("iat"), claims.get("exp")
+    if isinstance(issued, int) and isinstance(expires, int) and expires > issued:
+        words += ["--ttl", _duration_text(expires - issued)]
+    for option, claim, default in (
+        ("--audience", "aud", DEFAULT_AUDIENCE),
+        ("--issuer", "iss", DEFAULT_ISSUER),
+    ):
+        value = claims.get(claim)
+        if isinstance(value, str) and value != default:
+            words += [option, shlex.quote(value)]
+    return " ".join(words)

@@ -24,8 +24,6 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-#: Where `make run` puts the development signing key, relative to the project folder.
-DEV_SIGNING_KEY = Path(".data") / "auth" / "signing-key.json"
 DEFAULT_AUDIENCE = "stockcore"
 #: The issuer a stockcore server trusts by default (STOCKCORE_AUTH_ISSUERS).
 DEFAULT_ISSUER = "stockcore"
@@ -101,3 +99,13 @@ def new_signing_key(kid: str) -> tuple[dict[str, Any], dict[str, Any]]:
     for jwk in (private, public):
         jwk.update({"kid": kid, "alg": "EdDSA", "use": "sig"})
     return private, public
+
+
+def read_claims(token: str) -> dict[str, Any] | None:
+    """A token's claims, read without checking its signature (to say what it was, never
+    to trust it); None when it is not a JWT."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    return claims if isinstance(claims, dict) else None

@@ -1,11 +1,16 @@
 """`python -m devstack` (`make run`): local PostgreSQL and Redis unless the environment
 names servers, the migrations and a demo catalogue, then the gRPC server with the HTTP/JSON
 gateway, the simulated partners and a fulfilment worker beside it; Ctrl-C stops everything.
+It writes stockctl's config file for the stack (where stockctl looks for it:
+STOCKCORE_CONFIG, else the user's config folder; STOCKCORE_CONFIG=none writes none).
 `python -m devstack gateway` runs the gateway alone in front of a server `make run` started,
 trusting the development CA."""
 
 from __future__ import annotations
 
+import os
+
+from clients.stockctl_config import config_path
 from devstack import config as dev_config
 from devstack.stack import StackSettings, dev, gateway_alone
 from fulfilment import config as fulfilment_config
@@ -26,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
             server=server_config.from_env(),
             gateway=gateway_config.from_env(),
             fulfilment=fulfilment_config.from_env(),
+            stockctl_config=config_path(os.environ)[0],
         )
         logs.configure(stack.server.log_level, stack.server.log_json)
         if args.command == "gateway":

@@ -26,6 +26,7 @@ from devstack.payments import SimulatedPayments
 from devstack.prometheus import Job, LocalPrometheus
 from devstack.prometheus import binary as prometheus_binary
 from devstack.servers import local_servers
+from devstack.stockctl import local_target, write_stockctl_config
 from fulfilment import config as fulfilment_config
 from fulfilment.config import FulfilmentSettings
 from gateway.config import GatewaySettings
@@ -47,6 +48,8 @@ class StackSettings:
     server: Settings
     gateway: GatewaySettings
     fulfilment: FulfilmentSettings
+    stockctl_config: Path | None = None
+    """stockctl's config file, written for this stack (None: none)."""
 
     @property
     def root(self) -> Path:
@@ -204,6 +207,9 @@ def dev(stack: StackSettings) -> None:
         fulfilment = stack.fulfilment.with_overrides(
             pg_dsn=server.pg_dsn, redis_url=server.redis_url
         )
+        stockctl_config = stack.stockctl_config
+        if stockctl_config is not None and not write_stockctl_config(stockctl_config, server, root):
+            stockctl_config = None
         with (
             _page_sessions(sessions, server, gateway_settings) as gateway_settings,
             _gateway(gateway_settings, root) as gateway,
@@ -218,8 +224,13 @@ def dev(stack: StackSettings) -> None:
                 f" {fulfilment.fallback_carrier or '-'} on"
                 f" :{dev_settings.dev_fallback_carrier_port},"
                 f" a fulfilment worker (logs in {root}/logs); Ctrl-C stops\n"
-                "a development token for stockctl:"
-                " export STOCKCORE_TOKEN=$(.venv/bin/stockctl token issue --sub $USER --scopes all)",
+                + (
+                    f"stockctl's settings for this stack: {stockctl_config}\n"
+                    if stockctl_config is not None
+                    else ""
+                )
+                + "a development token for stockctl: export STOCKCORE_TOKEN=$(.venv/bin/stockctl"
+                ' token issue --sub "${USER:-dev}" --scopes all)',
                 file=sys.stderr,
                 flush=True,
             )
@@ -301,9 +312,7 @@ def _page_sessions(
     tls = Credentials.from_files(
         ca_file=gateway.gateway_upstream_ca_file or None, plaintext=server.plaintext
     )
-    host = "127.0.0.1" if server.grpc_host in ("", "0.0.0.0", "::") else server.grpc_host
-    target = f"[{host}]:{server.grpc_port}" if ":" in host else f"{host}:{server.grpc_port}"
-    payments = SimulatedPayments(target, tls, sessions.signing_key, sessions.audience)
+    payments = SimulatedPayments(local_target(server), tls, sessions.signing_key, sessions.audience)
     with page_session.serving(sessions, payments) as socket:
         yield gateway.with_overrides(gateway_session_socket=str(socket))
 
@@ -323,7 +332,7 @@ def _gateway(settings: GatewaySettings, root: Path) -> Iterator[Gateway | None]:
 def gateway_alone(settings: GatewaySettings, data_dir: Path | str) -> GatewaySettings:
     """The settings of a gateway run alone (`python -m devstack gateway`) in front of a
     server `make run` started on this machine: trusting the development CA when no CA is
-    named and it exists, as stockctl does."""
+    named and it exists, as the typed clients do (Credentials.from_env)."""
     dev_ca = DevCredentials(Path(data_dir).resolve()).ca_cert
     if not settings.plaintext and not settings.gateway_upstream_ca_file and dev_ca.is_file():
         return settings.with_overrides(gateway_upstream_ca_file=str(dev_ca))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
-from clients.commands import Leaf, Missing, Subcommands
+from clients.commands import Leaf, Missing, Subcommands, bounded_int, rfc3339
 from fulfilment.domain import Stage
 from fulfilment.store import (
     DeadLetter,
@@ -179,24 +179,8 @@ FulfilmentCommand = (
 )
 
 
-def _dead_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a dead letter id") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: dead letter ids start at 1")
-    return value
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"{text!r}: the limit must be 1-10000")
-    return value
+# Dead letter ids are a sequence from 1.
+_dead_id = bounded_int(1)
 
 
 def add_commands(commands: Subcommands, leaf: Leaf) -> None:
@@ -224,7 +208,9 @@ def add_commands(commands: Subcommands, leaf: Leaf) -> None:
     dlq = sub.add_parser("dlq", help="hand-offs and bookings that failed past their retry budget")
     dlq_sub = dlq.add_subparsers(dest="fulfilment_dlq_command", required=True, metavar="COMMAND")
     listing = pg_leaf(dlq_sub, "list", "dead letters waiting for a replay, oldest first")
-    listing.add_argument("--limit", type=_limit, default=100, help="at most this many (100)")
+    listing.add_argument(
+        "--limit", type=bounded_int(1, 10_000), default=100, help="at most this many (100)"
+    )
     listing.add_argument("--replayed", action="store_true", help="also those replayed already")
     listing.set_defaults(make=lambda ns: FulfilmentDlqList(ns.pg, ns.limit, ns.replayed))
     one = pg_leaf(dlq_sub, "show", "one dead letter with the order's history")
@@ -246,7 +232,7 @@ def add_commands(commands: Subcommands, leaf: Leaf) -> None:
 
 
 def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="milliseconds")
+    return None if value is None else rfc3339(value)
 
 
 def status_data(
@@ -284,7 +270,7 @@ def status_data(
 
 
 def record_data(record: FulfilmentRecord) -> dict[str, Any]:
-    """An order's fulfilment row as JSON-ready data (stage by name, times ISO 8601)."""
+    """An order's fulfilment row as JSON-ready data (stage by name, times RFC 3339 UTC)."""
     data: dict[str, Any] = {}
     for field in dataclasses.fields(record):
         value = getattr(record, field.name)

@@ -80,15 +80,10 @@ class WorkerReport:
 
 
 @dataclass(frozen=True)
-class StoredTransition:
-    """A breaker transition as stored: whose breaker moved, when and why."""
+class StoredTransition(BreakerTransitionRow):
+    """A breaker transition as stored: the transition, and whose breaker moved."""
 
     worker: str
-    partner: str
-    from_state: str
-    to_state: str
-    reason: str
-    at: datetime
 
 
 @dataclass(frozen=True)
@@ -370,17 +365,7 @@ class FulfilmentStore:
             " FROM stockcore.fulfilment_breaker_transitions ORDER BY id DESC LIMIT $1",
             limit,
         )
-        return [
-            StoredTransition(
-                row["worker"],
-                row["partner"],
-                row["from_state"],
-                row["to_state"],
-                row["reason"],
-                row["at"],
-            )
-            for row in rows
-        ]
+        return [StoredTransition(**dict(row)) for row in rows]
 
     async def fulfilment(self, order_id: str) -> FulfilmentRecord | None:
         """An order's fulfilment row (None: the workers have not heard of the order)."""

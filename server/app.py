@@ -28,6 +28,7 @@ from server.orders.relay import Relay
 from server.orders.service import OrderCore
 from server.orders.watch import EventFeed
 from server.queue_delay import Queues
+from server.rates import CallerRates
 from server.rpc import orders_convert
 from server.rpc.access import Gatekeeper
 from server.rpc.health import HealthService
@@ -182,8 +183,12 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     queues = Queues.create(settings.overload_target_s, settings.overload_interval_s)
     # Reads in PostgreSQL at once per caller; a reader refused comes back soon (its own
     # reads take milliseconds to seconds), jittered.
+    read_rate = settings.database_read_rate_per_caller
     readers = Shares(
-        "database_reads", settings.database_reads_per_caller, retry_after=DATABASE_READ_RETRY_S
+        "database_reads",
+        settings.database_reads_per_caller,
+        retry_after=DATABASE_READ_RETRY_S,
+        rate=CallerRates("database_reads", read_rate, burst=max(1, round(read_rate))),
     )
     core = InventoryCore(settings, store, mirror, queues, readers)
     order_store = OrderStore(store)

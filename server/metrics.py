@@ -216,7 +216,8 @@ SHARES_HELD = Gauge(
 SHARES_REFUSED = Counter(
     "stockcore_shares_refused_total",
     "Calls refused with RESOURCE_EXHAUSTED because their caller held its share of a"
-    " resource (bound=caller) or every caller together held the most allowed (bound=total).",
+    " resource (bound=caller), started its share of them in the last second (bound=rate),"
+    " or every caller together held the most allowed (bound=total).",
     ["resource", "bound"],
     registry=REGISTRY,
 )

@@ -1,9 +1,14 @@
 """Callers of the test servers, as real callers connect: TLS with the test CA and a
-bearer token signed by the test signing key (devstack/credentials.py made both)."""
+bearer token signed by the test signing key (devstack/credentials.py made both); and
+stockctl, run as a user runs it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import grpc
 
@@ -63,3 +68,35 @@ def secure_channel(
     if bearer is not None:
         tls = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(bearer))
     return grpc.aio.secure_channel(target, tls, options=list(options))
+
+
+STOCKCTL = Path(sys.executable).with_name("stockctl")
+"""The stockctl program pyproject.toml installs beside this Python, as a user runs it."""
+
+
+def user_environment(**variables: str) -> dict[str, str]:
+    """A user's environment for stockctl: this process's without its STOCKCORE_* variables
+    (the session's CA and token are the suite's, not the user's) and without gRPC's log
+    settings, plus `variables`."""
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("STOCKCORE_", "GRPC_"))
+    }
+    return kept | variables
+
+
+def stockctl(
+    args: Sequence[str], *, env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run stockctl with `args` from the folder `cwd` (blocking: run it in a thread beside
+    an in-process server)."""
+    return subprocess.run(
+        [str(STOCKCTL), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

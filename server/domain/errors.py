@@ -183,18 +183,23 @@ class Overloaded(DomainError):
 
 class CallerLimit(DomainError):
     """The caller already holds its share of something the server bounds per caller (open
-    streams, reads in PostgreSQL; for the health service, watches from one address):
+    streams, reads in PostgreSQL; for the health service, watches from one address), or
+    started its share of them in the last second (`per` "a second", not "at once"):
     refused before any work (nothing was applied); send it again after `retry_after`, or
     once one of its own has ended. `resource` names what is bounded, as ErrorInfo says."""
 
-    def __init__(self, resource: str, limit: int, retry_after: float) -> None:
+    def __init__(
+        self, resource: str, limit: int, retry_after: float, *, per: str = "at once"
+    ) -> None:
+        what = "already has" if per == "at once" else "already started"
         super().__init__(
-            f"this caller already has {limit} {resource.replace('_', ' ')} at once, its share;"
+            f"this caller {what} {limit} {resource.replace('_', ' ')} {per}, its share;"
             f" nothing was done: retry after {retry_after:.2f} s"
         )
         self.resource = resource
         self.limit = limit
         self.retry_after = retry_after
+        self.per = per
 
 
 class ShuttingDown(Unavailable):

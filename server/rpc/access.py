@@ -141,8 +141,11 @@ class Gatekeeper:
             return ANONYMOUS
         token = bearer_token(context)
         if token is None:
+            # Callers of every kind read this, not only stockctl: where tokens come from, briefly.
             raise Unauthenticated(
-                TOKEN_MISSING, "send a token as `authorization: Bearer <token>` metadata"
+                TOKEN_MISSING,
+                "send a token as `authorization: Bearer <token>` metadata"
+                " (from your token issuer; in development, `stockctl token issue`)",
             )
         principal = verifier.principal(token)
         if self._client_certificates:

@@ -77,6 +77,20 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def _precondition(*violations: tuple[str, str, str]) -> any_pb2.Any:
+    """A google.rpc.PreconditionFailure of (type, subject, description) violations."""
+    return _pack(
+        error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=kind, subject=subject, description=description
+                )
+                for kind, subject, description in violations
+            ]
+        )
+    )
+
+
 def _retry_info(seconds: float) -> any_pb2.Any:
     delay = duration_pb2.Duration()
     delay.FromNanoseconds(int(seconds * 1e9))
@@ -110,16 +124,14 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
     elif isinstance(exc, InsufficientStock):
         reason = "INSUFFICIENT_STOCK"
         details.append(
-            _pack(
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type="INSUFFICIENT_STOCK",
-                            subject=s.sku,
-                            description=f"available {s.available}, requested {s.requested}",
-                        )
-                        for s in exc.shortages
-                    ]
+            _precondition(
+                *(
+                    (
+                        "INSUFFICIENT_STOCK",
+                        s.sku,
+                        f"available {s.available}, requested {s.requested}",
+                    )
+                    for s in exc.shortages
                 )
             )
         )
@@ -137,66 +149,20 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
         )
     elif isinstance(exc, IllegalTransition):
         reason = "ILLEGAL_TRANSITION"
-        details.append(
-            _pack(
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type="STATUS",
-                            subject=exc.subject,
-                            description=f"status is {exc.current}"
-                            + (f"; allowed next: {', '.join(exc.allowed)}" if exc.allowed else ""),
-                        )
-                    ]
-                )
-            )
-        )
+        allowed = f"; allowed next: {', '.join(exc.allowed)}" if exc.allowed else ""
+        details.append(_precondition(("STATUS", exc.subject, f"status is {exc.current}{allowed}")))
     elif isinstance(exc, StockFloorViolation):
         reason = "STOCK_FLOOR"
-        details.append(
-            _pack(
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type="STOCK_FLOOR",
-                            subject=exc.sku,
-                            description=f"on_hand {exc.on_hand}, reserved {exc.reserved}, delta {exc.delta}",
-                        )
-                    ]
-                )
-            )
-        )
+        floor = f"on_hand {exc.on_hand}, reserved {exc.reserved}, delta {exc.delta}"
+        details.append(_precondition(("STOCK_FLOOR", exc.sku, floor)))
     elif isinstance(exc, PaymentMismatch):
         reason = "PAYMENT_MISMATCH"
-        details.append(
-            _pack(
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type="PAYMENT_MISMATCH",
-                            subject=exc.order_id,
-                            description=f"order total {exc.expected}, paid {exc.paid}",
-                        )
-                    ]
-                )
-            )
-        )
+        paid = f"order total {exc.expected}, paid {exc.paid}"
+        details.append(_precondition(("PAYMENT_MISMATCH", exc.order_id, paid)))
     elif isinstance(exc, EventBeforeOrder):
         reason = "EVENT_BEFORE_ORDER"
-        details.append(
-            _pack(
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type="EVENT_TIME",
-                            subject=exc.order_id,
-                            description=f"event_time {exc.event_time} is before the order's"
-                            f" create_time {exc.created_at}",
-                        )
-                    ]
-                )
-            )
-        )
+        when = f"event_time {exc.event_time} is before the order's create_time {exc.created_at}"
+        details.append(_precondition(("EVENT_TIME", exc.order_id, when)))
     elif isinstance(exc, AlreadyExists) and exc.owner:
         details.append(
             _pack(
@@ -219,14 +185,14 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
     elif isinstance(exc, Overloaded):
         details.append(_retry_info(exc.retry_after))
     elif isinstance(exc, CallerLimit):
-        metadata = {"resource": exc.resource, "limit": str(exc.limit)}
+        metadata = {"resource": exc.resource, "limit": str(exc.limit), "per": exc.per}
         details.append(
             _pack(
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(
                             subject=exc.resource,
-                            description=f"at most {exc.limit} per caller at once",
+                            description=f"at most {exc.limit} per caller {exc.per}",
                         )
                     ]
                 )

@@ -21,6 +21,7 @@ from clients.credentials import Credentials
 from clients.inventory import InventoryClient
 from clients.orders import OrderClient, OrderStatus, status_name
 from fulfilment.config import FulfilmentSettings
+from fulfilment.domain import Stage
 from fulfilment.store import FulfilmentStore
 from fulfilment.worker import Worker, order_client
 from server.app import App
@@ -218,6 +219,24 @@ async def fulfilment_rows(dsn: str, ids: Iterable[str]) -> dict[str, asyncpg.Rec
         rows = await conn.fetch(
             "SELECT * FROM stockcore.fulfilments WHERE order_id = ANY($1)", list(ids)
         )
+    return {row["order_id"]: row for row in rows}
+
+
+async def until_dead(dsn: str, ids: Iterable[str], what: str, timeout: float) -> None:
+    """Wait until every one of these orders' fulfilments is in the dead letters."""
+    wanted = set(ids)
+
+    async def dead() -> bool:
+        rows = await fulfilment_rows(dsn, wanted)
+        return set(rows) == wanted and all(r["stage"] == Stage.DEAD for r in rows.values())
+
+    await until(dead, what, timeout)
+
+
+async def dead_letters(dsn: str) -> dict[str, asyncpg.Record]:
+    """Every dead letter, by order id."""
+    async with connected(dsn) as conn:
+        rows = await conn.fetch("SELECT * FROM stockcore.fulfilment_dead_letters")
     return {row["order_id"]: row for row in rows}
 
 

@@ -18,6 +18,7 @@ from stockcore.v1 import inventory_pb2 as ipb
 from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
 from stockcore.v1 import orders_pb2 as pb
 
+from clients.orders import OrderClient
 from devstack.credentials import DevCredentials
 from devstack.servers import LocalStockcore
 from server.app import App
@@ -32,6 +33,7 @@ ALICE = "alice"
 BOB = "bob"
 STREAMS_PER_CALLER = 3
 READS_PER_CALLER = 4
+READ_RATE = 10
 READERS = 64
 SLOW_READ_S = 3.0
 
@@ -151,6 +153,38 @@ async def test_a_customer_past_its_share_of_streams_is_refused_while_another_sti
             call.cancel()
 
 
+async def test_a_client_watch_refused_at_its_share_comes_back_once_a_place_frees(
+    stream_limited: LocalStockcore, as_caller: Opener, credentials: DevCredentials
+) -> None:
+    service = as_caller(stream_limited, callers.SUBJECT)
+    await put_stock(service.inventory, "A", 100)
+    await service.orders.CreateOrder(create_request("o-alice", customer=ALICE))
+    alice = as_caller(stream_limited, "shop-web", scopes.CUSTOMER, customer=ALICE)
+    held = [
+        alice.orders.WatchOrders(pb.WatchOrdersRequest(), timeout=60)
+        for _ in range(STREAMS_PER_CALLER)
+    ]
+    bearer = callers.token(credentials, "shop-web", [scopes.CUSTOMER], customer_id=ALICE)
+    try:
+        for call in held:
+            await first_event(call)
+        async with OrderClient(
+            stream_limited.target, credentials=callers.client_credentials(credentials, bearer)
+        ) as client:
+            events = client.watch()
+            first = asyncio.ensure_future(anext(events))
+            # Refused at alice's share, the client waits as told rather than failing.
+            await asyncio.sleep(1.5)
+            assert not first.done() or first.exception() is None
+            held[0].cancel()
+            event = await asyncio.wait_for(first, 30)
+            assert event.order_id == "o-alice"
+            await events.aclose()
+    finally:
+        for call in held:
+            call.cancel()
+
+
 @pytest.fixture
 async def slow_stock_reads(dsn: str) -> AsyncIterator[None]:
     """PostgreSQL's levels function takes SLOW_READ_S for the SKU `SLOW`: an expensive
@@ -262,8 +296,44 @@ async def test_strong_reads_past_a_subjects_share_are_refused_and_writers_keep_t
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """The in-process server's: READS_PER_CALLER reads in PostgreSQL per caller."""
-    return dataclasses.replace(settings, database_reads_per_caller=READS_PER_CALLER).validate()
+    """The in-process server's: READS_PER_CALLER reads in PostgreSQL per caller at once,
+    READ_RATE started a second."""
+    return dataclasses.replace(
+        settings,
+        database_reads_per_caller=READS_PER_CALLER,
+        database_read_rate_per_caller=float(READ_RATE),
+    ).validate()
+
+
+async def test_a_caller_past_its_rate_of_reads_is_refused_while_another_reads(
+    app: App, credentials: DevCredentials, stub: inventory_pb2_grpc.InventoryServiceStub
+) -> None:
+    await put_stock(stub, "A", 10)
+    target = f"127.0.0.1:{app.port}"
+    strong = ipb.GetStockRequest(skus=["A"], consistency=ipb.CONSISTENCY_STRONG)
+    token = callers.token(credentials, "scraper", [scopes.INVENTORY_READ])
+    other_token = callers.token(credentials, "other", [scopes.INVENTORY_READ])
+    async with (
+        callers.secure_channel(target, credentials, token) as scraper,
+        callers.secure_channel(target, credentials, other_token) as other,
+    ):
+        reads = inventory_pb2_grpc.InventoryServiceStub(scraper)
+        # One at a time: never past the share at once, only past the rate.
+        done = [await answer(reads.GetStock(strong, timeout=10)) for _ in range(6 * READ_RATE)]
+        await inventory_pb2_grpc.InventoryServiceStub(other).GetStock(strong, timeout=10)
+
+    served = [a for a in done if a.code is grpc.StatusCode.OK]
+    refused = [a.error for a in done if a.error is not None]
+    # The burst at once, then one more for each 1/READ_RATE s the calls took.
+    took = done[-1].at - done[0].at
+    assert READ_RATE <= len(served) <= READ_RATE + 1 + took * READ_RATE, (len(served), took)
+    assert refused
+    for error in refused:
+        code, reason, delay = refusal_of(error)
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALLER_LIMIT")
+        assert 0 < delay <= 2.0
+        (info,) = details_of(error, error_details_pb2.ErrorInfo)
+        assert info.metadata["per"] == "a second"
 
 
 async def test_every_read_of_postgresql_takes_a_place_of_the_callers_share(

@@ -69,7 +69,9 @@ async def test_the_caller_name_is_recorded_on_movements(client: InventoryClient,
 async def test_stockctl_reads_and_changes_stock(app: App, credentials: DevCredentials) -> None:
     target = f"127.0.0.1:{app.port}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOCKCORE_")} | {
-        "STOCKCORE_CA_FILE": str(credentials.ca_cert)
+        "STOCKCORE_CA_FILE": str(credentials.ca_cert),
+        # Not the user's own config file: this test names every setting it uses.
+        "STOCKCORE_CONFIG": "none",
     }
 
     async def stockctl(*args: str) -> subprocess.CompletedProcess[str]:

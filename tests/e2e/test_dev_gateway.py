@@ -1,14 +1,17 @@
 """`make run` (`python -m devstack`): Envoy starts beside the server, on the port the
 settings name, reaches it over TLS with the development CA, gives the checkout page a
-session with a short-lived token bound to one customer, and Ctrl-C stops both."""
+session with a short-lived token bound to one customer, stockctl's config file names the
+stack for stockctl run from any folder, and Ctrl-C stops both."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import jwt
@@ -16,6 +19,7 @@ import requests
 
 from devstack.page_session import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
 from runtime.processes import free_port, listening
+from tests.callers import stockctl, user_environment
 from tests.conftest import ROOT, SHARDS, Servers
 
 
@@ -58,13 +62,15 @@ def _page_session(
 
 def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_path: Path) -> None:
     port = free_port()
+    grpc_port = free_port()
+    stockctl_config = tmp_path / "home" / "stockcore" / "config.toml"
     prometheus_port = free_port()
     env = {
         **os.environ,
         "STOCKCORE_PG_DSN": clean.pg_dsn,
         "STOCKCORE_REDIS_URL": clean.redis_url,
         "STOCKCORE_SHARDS": str(SHARDS),
-        "STOCKCORE_GRPC_PORT": str(free_port()),
+        "STOCKCORE_GRPC_PORT": str(grpc_port),
         "STOCKCORE_METRICS_PORT": "0",
         "STOCKCORE_GATEWAY_PORT": str(port),
         "STOCKCORE_GATEWAY_ADMIN_PORT": str(free_port()),
@@ -74,6 +80,8 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         "STOCKCORE_DEV_WAREHOUSE_PORT": str(free_port()),
         "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": str(free_port()),
         "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": str(free_port()),
+        # Not the user's own: the file stockctl reads is written here.
+        "STOCKCORE_CONFIG": str(stockctl_config),
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "devstack"],
@@ -143,6 +151,24 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         assert jobs == {"stockcore-fulfilment", "envoy", "prometheus"}  # server metrics: off here
         console = requests.get(f"{prometheus}/consoles/stockcore-overview.html", timeout=10)
         assert console.status_code == 200, console.text
+
+        # stockctl, from another folder, finds the stack through the file make run wrote.
+        assert tomllib.loads(stockctl_config.read_text()) == {
+            "target": f"127.0.0.1:{grpc_port}",
+            "ca_file": str(tmp_path.resolve() / "tls" / "ca.pem"),
+            "signing_key": str(tmp_path.resolve() / "auth" / "signing-key.json"),
+        }
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        caller = user_environment(STOCKCORE_CONFIG=str(stockctl_config))
+        minted = stockctl(
+            ["token", "issue", "--sub", "dev", "--scopes", "all"], env=caller, cwd=elsewhere
+        )
+        assert minted.returncode == 0, minted.stderr
+        caller["STOCKCORE_TOKEN"] = minted.stdout.strip()
+        levels = stockctl(["--json", "stock", "get", "DRESS-RED-M"], env=caller, cwd=elsewhere)
+        assert levels.returncode == 0, levels.stderr
+        assert json.loads(levels.stdout)[0]["sku"] == "DRESS-RED-M"
 
         server.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert server.wait(30) == 0

@@ -19,15 +19,14 @@ from simulators.run import start
 from tests.e2e.fulfilment_stack import (
     PRIMARY,
     Partners,
+    dead_letters,
     fulfil_settings,
-    fulfilment_rows,
     pay_orders,
     running_worker,
     stock,
+    until_dead,
     wait_statuses,
 )
-from tests.support import connected
-from tests.waiting import until
 
 IN_1970 = "1970-01-01T00:00:00+00:00"
 # Each misdated order's scans: at the epoch, or an hour before it was booked (so before
@@ -73,25 +72,16 @@ async def test_carrier_scans_dated_1970_or_before_the_order_are_refused_and_dead
             async with running_worker(fulfil_settings(settings, app, stack)):
                 await pay_orders(app, [*MISDATED, "scan-good"])
                 await wait_statuses(app, ["scan-good"], {OrderStatus.ORDER_STATUS_DELIVERED})
-
-                async def dead() -> bool:
-                    rows = await fulfilment_rows(dsn, MISDATED)
-                    return len(rows) == 2 and all(r["stage"] == Stage.DEAD for r in rows.values())
-
-                await until(dead, "the misdated orders' tracking in the dead letters", 30)
+                await until_dead(
+                    dsn, MISDATED, "the misdated orders' tracking in the dead letters", 30
+                )
             found = {i: (await orders.get_order(i))[0] for i in MISDATED}
     finally:
         await misdating.stop()
     for order in found.values():
         assert order.status == OrderStatus.ORDER_STATUS_SHIPPED
         assert order.shipment is not None and order.shipment.in_transit_time is None
-    async with connected(dsn) as conn:
-        letters = {
-            r["order_id"]: r
-            for r in await conn.fetch(
-                "SELECT order_id, stage, partner, error FROM stockcore.fulfilment_dead_letters"
-            )
-        }
+    letters = await dead_letters(dsn)
     assert {(r["stage"], r["partner"]) for r in letters.values()} == {(Stage.TRACKING, PRIMARY)}
     assert "INVALID_ARGUMENT" in letters["scan-1970"]["error"]
     assert "FAILED_PRECONDITION" in letters["scan-early"]["error"]

@@ -17,15 +17,14 @@ from simulators.run import start
 from simulators.warehouse import warehouse_app
 from tests.e2e.fulfilment_stack import (
     Partners,
+    dead_letters,
     fulfil_settings,
-    fulfilment_rows,
     pay_orders,
     running_worker,
     stock,
+    until_dead,
     wait_statuses,
 )
-from tests.support import connected
-from tests.waiting import until
 
 MiB = 1 << 20
 MISBEHAVING = {"bad-redirect": "redirect", "bad-flood": "flood", "bad-drip": "drip"}
@@ -100,23 +99,11 @@ async def test_a_warehouse_that_redirects_floods_or_drips_fails_those_orders_and
             good = [f"good-{i}" for i in range(5)]
             await pay_orders(app, good)
             await wait_statuses(app, good, {OrderStatus.ORDER_STATUS_DELIVERED})
-
-            async def dead() -> bool:
-                rows = await fulfilment_rows(dsn, MISBEHAVING)
-                return len(rows) == 3 and all(r["stage"] == Stage.DEAD for r in rows.values())
-
-            await until(dead, "the misbehaving hand-offs in the dead letters", 60)
+            await until_dead(dsn, MISBEHAVING, "the misbehaving hand-offs in the dead letters", 60)
             breaker = worker.partners.warehouse_guard.breaker.snapshot()
     finally:
         await misbehaving.stop()
-    async with connected(dsn) as conn:
-        letters = {
-            r["order_id"]: r
-            for r in await conn.fetch(
-                "SELECT order_id, stage, partner, attempts, error"
-                " FROM stockcore.fulfilment_dead_letters"
-            )
-        }
+    letters = await dead_letters(dsn)
     assert set(letters) == set(MISBEHAVING)
     assert {(r["stage"], r["partner"], r["attempts"]) for r in letters.values()} == {
         (Stage.HAND_OFF, "warehouse", 3)

@@ -169,6 +169,8 @@ async def test_stockctl_creates_pays_lists_and_watches_orders(
     target = f"127.0.0.1:{app.port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKCORE_")} | {
         "STOCKCORE_CA_FILE": str(credentials.ca_cert),
+        # Not the user's own config file: this test names every setting it uses.
+        "STOCKCORE_CONFIG": "none",
         "STOCKCORE_TOKEN": service_token,
     }
 

@@ -16,6 +16,7 @@ from clients.cli import ExitCode, parse_args, run
 from clients.events import STREAM, DeadLetters, OrderEventConsumer
 from clients.events_cli import DeadLetterMissing
 from clients.orders import OrderEvent
+from clients.stockctl_config import load
 from tests.conftest import Servers
 from tests.redis_memory import writes_refused
 from tests.waiting import until
@@ -314,8 +315,9 @@ async def test_stockctl_lists_shows_replays_and_drops_dead_letters(
         out, err = io.StringIO(), io.StringIO()
         args = ["--json", "events", "dlq", *argv[:1], "--group", "g", "--redis", clean.redis_url]
         options, command = parse_args([*args, *argv[1:]])
+        config = load(options.flags(), {"STOCKCORE_CONFIG": "none"})
         try:
-            await run(options, command, out=out)
+            await run(options, config, command, out=out)
         except DeadLetterMissing as missing:
             err.write(str(missing))
             return ExitCode.NOT_FOUND, out.getvalue(), err.getvalue()

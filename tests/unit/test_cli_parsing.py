@@ -11,8 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clients.cli import (
-    DEFAULT_TARGET,
-    DEFAULT_TIMEOUT,
     AdjustStock,
     Commit,
     ExitCode,
@@ -21,8 +19,6 @@ from clients.cli import (
     GlobalOptions,
     Release,
     Reserve,
-    exit_code_for,
-    format_error,
     parse_args,
     parse_line,
 )
@@ -33,6 +29,10 @@ from clients.errors import (
     StatusCode,
     make_error,
 )
+from clients.failures import call_failure, exit_code_for
+from clients.stockctl_config import DEFAULT, ConfigFile, credentials, resolve
+
+NO_FILE = ConfigFile(None, DEFAULT)
 
 
 def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -79,35 +79,30 @@ def test_malformed_sku_qty_on_the_command_line_is_a_usage_error(
     assert "'B' is not SKU=QTY" in err
 
 
-def test_global_options_have_defaults() -> None:
+def test_global_options_left_out_are_none_for_the_settings_to_fill() -> None:
     options, _ = parse_args(["commit", "r-1"])
 
-    assert options == GlobalOptions(target=DEFAULT_TARGET, timeout=DEFAULT_TIMEOUT, json=False)
+    assert options == GlobalOptions()
+    assert set(options.flags().values()) == {None}
 
 
-def test_default_target_is_whatever_the_caller_passes_in() -> None:
-    options, _ = parse_args(["commit", "r-1"], default_target="inventory:7000")
+def test_the_target_option_is_a_flag_of_the_settings() -> None:
+    options, _ = parse_args(["--target", "a:1", "commit", "r-1"])
 
-    assert options.target == "inventory:7000"
-
-
-def test_target_option_beats_the_default_target() -> None:
-    options, _ = parse_args(["--target", "a:1", "commit", "r-1"], default_target="b:2")
-
-    assert options.target == "a:1"
+    assert options.target == "a:1" and options.flags()["target"] == "a:1"
 
 
 def test_global_options_may_come_before_or_after_the_command() -> None:
     before, _ = parse_args(["--json", "--timeout", "2.5", "--token-file", "t", "release", "r-1"])
     after, _ = parse_args(["release", "r-1", "--json", "--timeout", "2.5", "--token-file", "t"])
 
-    assert before == after == GlobalOptions(DEFAULT_TARGET, 2.5, True, token_file="t")
+    assert before == after == GlobalOptions(json=True, timeout=2.5, token_file="t")
 
 
-def test_global_options_after_a_nested_command_keep_unset_ones_at_default() -> None:
+def test_global_options_after_a_nested_command_keep_unset_ones_unset() -> None:
     options, _ = parse_args(["--plaintext", "stock", "get", "A", "--json"])
 
-    assert options == GlobalOptions(DEFAULT_TARGET, DEFAULT_TIMEOUT, True, plaintext=True)
+    assert options == GlobalOptions(json=True, plaintext=True)
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "soon"])
@@ -129,15 +124,16 @@ def test_options_override_the_environment_s_credentials(tmp_path) -> None:
     token_file.write_text("from-file\n")
     options, _ = parse_args(["--token-file", str(token_file), "commit", "r-1"])
 
-    credentials = options.credentials({"STOCKCORE_TOKEN": "from-env", "STOCKCORE_PLAINTEXT": "1"})
+    environ = {"STOCKCORE_TOKEN": "from-env", "STOCKCORE_PLAINTEXT": "1"}
+    presented = credentials(resolve(options.flags(), environ, NO_FILE))
 
-    assert credentials.token == "from-file" and credentials.plaintext
+    assert presented.token == "from-file" and presented.plaintext
 
 
 def test_plaintext_must_be_asked_for() -> None:
     options, _ = parse_args(["commit", "r-1"])
 
-    assert not options.credentials({"STOCKCORE_CA_FILE": ""}).plaintext
+    assert not credentials(resolve(options.flags(), {"STOCKCORE_CA_FILE": ""}, NO_FILE)).plaintext
 
 
 def test_stock_get_collects_every_sku_in_order() -> None:
@@ -186,7 +182,7 @@ def test_stock_adjust_without_key_gets_a_fresh_uuid_each_time() -> None:
         ([], "one of the arguments --delta --set is required"),
         (["--delta", "1", "--set", "2"], "not allowed with argument"),
         (["--delta", "0"], "a delta of 0 changes nothing"),
-        (["--set", "-1"], "on_hand cannot be negative"),
+        (["--set", "-1"], "must be at least 0"),
         (["--delta", "x"], "not an integer"),
     ],
 )
@@ -255,7 +251,9 @@ def test_missing_or_unknown_command_is_a_usage_error(
         (StatusCode.INVALID_ARGUMENT, [], ExitCode.USAGE),
         (StatusCode.UNAUTHENTICATED, [], ExitCode.NOT_ALLOWED),
         (StatusCode.PERMISSION_DENIED, [], ExitCode.NOT_ALLOWED),
-        (StatusCode.UNAVAILABLE, [], ExitCode.ERROR),
+        (StatusCode.UNAVAILABLE, [], ExitCode.UNAVAILABLE),
+        (StatusCode.DEADLINE_EXCEEDED, [], ExitCode.UNAVAILABLE),
+        (StatusCode.RESOURCE_EXHAUSTED, [], ExitCode.UNAVAILABLE),
         (StatusCode.ALREADY_EXISTS, [], ExitCode.ERROR),
         (StatusCode.INTERNAL, [], ExitCode.ERROR),
     ],
@@ -279,14 +277,14 @@ def test_error_text_names_code_message_shortages_and_fields() -> None:
         field_violations=[FieldViolation("lines[1].sku", "unknown")],
     )
 
-    text = format_error(error, as_json=False)
+    failure = call_failure(error, resolve({}, {}, NO_FILE))
 
-    assert text.splitlines() == [
+    assert failure.text().splitlines() == [
         "stockctl: FAILED_PRECONDITION: insufficient stock",
         "  short A: available 3",
         "  invalid lines[1].sku: unknown",
     ]
-    assert json.loads(format_error(error, as_json=True)) == {
+    assert json.loads(failure.json()) == {
         "error": {
             "code": "FAILED_PRECONDITION",
             "message": "insufficient stock",

@@ -56,8 +56,8 @@ def test_replay_names_ids_or_all_and_records_the_caller() -> None:
     [
         (["fulfilment"], "COMMAND"),
         (["fulfilment", "show"], "ORDER"),
-        (["fulfilment", "dlq", "show", "x"], "not a dead letter id"),
-        (["fulfilment", "dlq", "show", "0"], "start at 1"),
+        (["fulfilment", "dlq", "show", "x"], "not an integer"),
+        (["fulfilment", "dlq", "show", "0"], "must be at least 1"),
         (["fulfilment", "dlq", "replay"], "one of the arguments"),
         (["fulfilment", "dlq", "replay", "--all", "3"], "not allowed with"),
         (["fulfilment", "dlq", "list", "--limit", "0"], "1-10000"),

@@ -156,7 +156,7 @@ def test_carrier_times_keep_their_zone() -> None:
         (["order", "pay", "o-1", "--payment", "p", "--currency", "EUR"], "--amount"),
         (
             ["order", "pay", "o-1", "--payment", "p", "--amount", "-1", "--currency", "EUR"],
-            "negative",
+            "must be at least 0",
         ),
         (["order", "transit", "o-1", "--at", "2030-01-02T03:04:05"], "time zone"),
         (["order", "list", "--customer", "c", "--status", "lost"], "not one of"),

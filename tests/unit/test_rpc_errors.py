@@ -297,7 +297,7 @@ def test_a_caller_past_its_share_is_told_what_is_bounded_and_when_to_come_back()
     info = error_info(rich)
     assert (info.reason, dict(info.metadata)) == (
         "CALLER_LIMIT",
-        {"resource": "database_reads", "limit": "4"},
+        {"resource": "database_reads", "limit": "4", "per": "at once"},
     )
     (quota,) = unpack(rich, error_details_pb2.QuotaFailure)
     assert [v.subject for v in quota.violations] == ["database_reads"]
@@ -305,6 +305,18 @@ def test_a_caller_past_its_share_is_told_what_is_bounded_and_when_to_come_back()
     assert retry.retry_delay.ToMilliseconds() == 200
     assert dict(status.trailing_metadata)["grpc-retry-pushback-ms"] == "200"
     assert "4 database reads" in rich.message
+
+
+def test_a_caller_past_its_rate_is_told_the_rate_and_when_to_come_back() -> None:
+    status, rich = rich_status(CallerLimit("database_reads", 100, 0.05, per="a second"))
+
+    assert status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(rich)
+    assert dict(info.metadata) == {"resource": "database_reads", "limit": "100", "per": "a second"}
+    (quota,) = unpack(rich, error_details_pb2.QuotaFailure)
+    assert [v.description for v in quota.violations] == ["at most 100 per caller a second"]
+    assert dict(status.trailing_metadata)["grpc-retry-pushback-ms"] == "50"
+    assert "started 100 database reads a second" in rich.message
 
 
 def test_a_refusal_while_shutting_down_is_unavailable_with_a_retry_delay() -> None:
