@@ -23,6 +23,8 @@ from devstack.config import DevSettings
 from devstack.credentials import DevCredentials
 from devstack.page_session import PageSessions, dev_page_sessions
 from devstack.payments import SimulatedPayments
+from devstack.prometheus import Job, LocalPrometheus
+from devstack.prometheus import binary as prometheus_binary
 from devstack.servers import local_servers
 from devstack.stockctl import local_target, write_stockctl_config
 from fulfilment import config as fulfilment_config
@@ -239,8 +241,62 @@ def dev(stack: StackSettings) -> None:
             with (
                 renewing_worker_token(worker_env, root),
                 partners_and_worker(dev_settings, fulfilment, root / "logs", worker_env=worker_env),
+                _prometheus(dev_settings, scrape_jobs(server, fulfilment, gateway), root),
             ):
                 app.serve(server)
+
+
+# How often `make run`'s Prometheus scrapes and evaluates its rules: graphs move within
+# seconds of a change on a development machine.
+DEV_SCRAPE_INTERVAL_S = 5.0
+
+
+def scrape_jobs(
+    server: Settings, fulfilment: FulfilmentSettings, gateway: Gateway | None, *, workers: int = 1
+) -> list[Job]:
+    """What Prometheus scrapes of a stack: each server process's metrics, each of `workers`
+    fulfilment workers' (the first on fulfil_metrics_port, the next on the ports after it,
+    as `make run` and the tests start them), and Envoy's admin interface."""
+    jobs = []
+    if server.metrics_port:
+        host = "127.0.0.1" if server.metrics_host in ("", "0.0.0.0", "::") else server.metrics_host
+        ports = range(server.metrics_port, server.metrics_port + server.workers)
+        jobs.append(Job("stockcore", tuple(f"{host}:{port}" for port in ports)))
+    if fulfilment.fulfil_metrics_port:
+        ports = range(fulfilment.fulfil_metrics_port, fulfilment.fulfil_metrics_port + workers)
+        jobs.append(Job("stockcore-fulfilment", tuple(f"127.0.0.1:{port}" for port in ports)))
+    if gateway is not None:
+        admin = gateway.admin_url().removeprefix("http://")
+        jobs.append(Job("envoy", (admin,), metrics_path="/stats/prometheus"))
+    return jobs
+
+
+@contextlib.contextmanager
+def _prometheus(dev: DevSettings, jobs: list[Job], root: Path) -> Iterator[None]:
+    """Prometheus on dev_prometheus_port scraping `jobs`, while the block runs; none when the
+    port is 0 or Prometheus is not installed (said in one line: the stack runs without)."""
+    if not dev.dev_prometheus_port:
+        yield
+        return
+    if prometheus_binary() is None:
+        print(
+            "prometheus is not installed (apt-get install prometheus, or `make run` as root):"
+            " serving without it",
+            file=sys.stderr,
+            flush=True,
+        )
+        yield
+        return
+    with LocalPrometheus(
+        root / "prometheus", dev.dev_prometheus_port, jobs, interval_s=DEV_SCRAPE_INTERVAL_S
+    ) as prometheus:
+        print(
+            f"Prometheus on {prometheus.url}/ (consoles: {prometheus.url}/consoles/"
+            "stockcore-overview.html)",
+            file=sys.stderr,
+            flush=True,
+        )
+        yield
 
 
 @contextlib.contextmanager

@@ -30,10 +30,12 @@ class GatewaySettings(EnvSettings):
     # Envoy's files (configuration, admin address, log) go to <data_dir>/gateway.
     data_dir: str = ".data"
     # Where the gateway listens; gateway_port 0 starts none (`make run`).
-    # gateway_admin_port 0 lets Envoy pick a free one.
+    # Envoy's admin interface (always on loopback) serves its metrics at /stats/prometheus,
+    # so it has a fixed port for Prometheus to scrape (Envoy's usual 9901); 0 lets Envoy
+    # pick a free one, as tests that start several gateways at once do.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
-    gateway_admin_port: int = 0
+    gateway_admin_port: int = 9901
     # The names the gateway answers to (the Host header, as host or host:port), besides
     # localhost, 127.0.0.1, [::1] and gateway_host on gateway_port: any other is refused
     # (421), so a site whose name was rebound to this machine reaches nothing.

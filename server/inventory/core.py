@@ -42,6 +42,7 @@ from server.domain.inventory import (
 from server.inventory import expiry, gating
 from server.inventory.batching import Batcher
 from server.inventory.mirror import Mirror
+from server.inventory.watched import WatchedStock
 from server.metrics import HOLDS
 from server.queue_delay import Queues
 from server.shares import Shares
@@ -130,6 +131,13 @@ class InventoryCore:
             asyncio.create_task(expiry.run(self.store, self.mirror, self.settings), name="expiry"),
             asyncio.create_task(self.mirror.run(), name="redis-probe"),
         ]
+        if self.settings.watched_skus:
+            watched = WatchedStock(self.store, self.mirror, self.settings.watched_skus)
+            self._tasks.append(
+                asyncio.create_task(
+                    watched.run(self.settings.watched_skus_interval_s), name="watched-stock"
+                )
+            )
 
     async def stop(self) -> None:
         """Finish batches in flight and stop background work."""

@@ -48,7 +48,7 @@ from server.inventory import gating
 from server.inventory.batching import Batcher
 from server.inventory.expiry import EXPIRY_CALLER
 from server.inventory.mirror import Mirror
-from server.metrics import ORDER_TRANSITIONS
+from server.metrics import ORDER_PAID_MINOR, ORDER_REFUNDS_OWED_MINOR, ORDER_TRANSITIONS
 from server.orders.watch import EventFeed
 from server.queue_delay import Queues
 from server.shares import Shares
@@ -84,6 +84,9 @@ class OrderCore:
         self.mirror = mirror
         self.store = store
         self.feed = feed
+        # Every status's series from the start, at 0, so that a rate sees the first order.
+        for status in OrderStatus:
+            ORDER_TRANSITIONS.labels(status.name)
         # Each reader's share of the reads in PostgreSQL at once (shared with InventoryCore).
         self.readers = readers
         options, reads = queues.batch_options(settings.batch_max, settings.batch_concurrency)
@@ -282,7 +285,7 @@ class OrderCore:
             if outcome.code is ChangeCode.UNKNOWN or order is None:
                 answers.append(NotFound("order", [getattr(request, "order_id", "")]))
             elif outcome.code is ChangeCode.DONE:
-                ORDER_TRANSITIONS.labels(wanted.name).inc()
+                _count_done(wanted, order)
                 answers.append(order)
             elif outcome.code is ChangeCode.REPEAT:
                 answers.append(order)
@@ -345,7 +348,7 @@ def _taken_over(command: CreateOrder, outcome: TakenOver) -> Answer:
     if code is TakeOverCode.CREATED or code is TakeOverCode.REPEAT:
         assert outcome.order is not None
         if code is TakeOverCode.CREATED:
-            ORDER_TRANSITIONS.labels(OrderStatus.PENDING_PAYMENT.name).inc()
+            _count_done(OrderStatus.PENDING_PAYMENT, outcome.order)
         return outcome.order
     if code is TakeOverCode.UNKNOWN:
         return NotFound("reservation", [rid])
@@ -362,6 +365,15 @@ def _taken_over(command: CreateOrder, outcome: TakenOver) -> Answer:
         lines_text((line.sku, line.quantity) for line in hold.lines),
         lines_text((line.sku, line.quantity) for line in command.lines),
     )
+
+
+def _count_done(entered: OrderStatus, order: Order) -> None:
+    """Count a transition made: the order rate, and the money it moved."""
+    ORDER_TRANSITIONS.labels(entered.name).inc()
+    if entered is OrderStatus.PAID:
+        ORDER_PAID_MINOR.labels(order.currency).inc(order.paid_minor)
+    elif entered is OrderStatus.CANCELLED and order.refund_owed_minor:
+        ORDER_REFUNDS_OWED_MINOR.labels(order.currency).inc(order.refund_owed_minor)
 
 
 def _created(command: CreateOrder, outcome: Created) -> tuple[Answer, tuple[str, datetime] | None]:

@@ -18,7 +18,7 @@ import jwt
 import requests
 
 from devstack.page_session import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
-from runtime.processes import free_port
+from runtime.processes import free_port, listening
 from tests.callers import stockctl, user_environment
 from tests.conftest import ROOT, SHARDS, Servers
 
@@ -64,6 +64,7 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
     port = free_port()
     grpc_port = free_port()
     stockctl_config = tmp_path / "home" / "stockcore" / "config.toml"
+    prometheus_port = free_port()
     env = {
         **os.environ,
         "STOCKCORE_PG_DSN": clean.pg_dsn,
@@ -72,6 +73,8 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         "STOCKCORE_GRPC_PORT": str(grpc_port),
         "STOCKCORE_METRICS_PORT": "0",
         "STOCKCORE_GATEWAY_PORT": str(port),
+        "STOCKCORE_GATEWAY_ADMIN_PORT": str(free_port()),
+        "STOCKCORE_DEV_PROMETHEUS_PORT": str(prometheus_port),
         "STOCKCORE_DATA_DIR": str(tmp_path),
         # dev also starts the simulated partners: on ports of their own here.
         "STOCKCORE_DEV_WAREHOUSE_PORT": str(free_port()),
@@ -137,6 +140,17 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         order = requests.get(f"{url}/v1/orders/dev-o1", headers=shopper, timeout=5).json()
         assert order["order"]["status"] == "ORDER_STATUS_PAID"
         assert len(_envoy_pids(tmp_path)) == 1
+        # Prometheus beside them (`make test` installs it), scraping what the stack started.
+        prometheus = f"http://127.0.0.1:{prometheus_port}"
+        jobs: set[str] = set()
+        deadline = time.monotonic() + 30  # its first target discovery takes a few seconds
+        while not jobs and time.monotonic() < deadline:
+            time.sleep(0.5)
+            targets = requests.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]
+            jobs = {t["labels"]["job"] for t in targets["activeTargets"]}
+        assert jobs == {"stockcore-fulfilment", "envoy", "prometheus"}  # server metrics: off here
+        console = requests.get(f"{prometheus}/consoles/stockcore-overview.html", timeout=10)
+        assert console.status_code == 200, console.text
 
         # stockctl, from another folder, finds the stack through the file make run wrote.
         assert tomllib.loads(stockctl_config.read_text()) == {
@@ -158,6 +172,7 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
 
         server.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert server.wait(30) == 0
+        assert not listening(prometheus_port)
         deadline = time.monotonic() + 10
         while _envoy_pids(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.1)

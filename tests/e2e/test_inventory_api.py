@@ -11,11 +11,11 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import REGISTRY
 from stockcore.v1 import inventory_pb2 as pb
 
 from server.app import ADMISSION_GATE, INVENTORY_SERVICE
 from server.config import Settings
+from server.metrics import REGISTRY
 from tests import callers
 from tests.servers import serving
 from tests.support import connected, details_of, put_stock, reserve_request, rpc_error, stock_levels

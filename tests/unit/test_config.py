@@ -220,6 +220,9 @@ def test_given_mapping_takes_the_place_of_the_process_environment(
             "need 1 <= health_watches_per_peer",
         ),
         ({"max_health_watches": 100_001}, "need 1 <= health_watches_per_peer"),
+        ({"watched_skus": ("OK-1", "not ok")}, "watched_skus must be at most 200 SKUs"),
+        ({"watched_skus": tuple(f"S-{i}" for i in range(201))}, "watched_skus must be at most"),
+        ({"watched_skus_interval_s": 0.5}, "watched_skus_interval_s must be 1-3600"),
     ],
 )
 def test_out_of_range_setting_is_refused(changes: dict[str, object], message: str) -> None:
@@ -259,6 +262,9 @@ def test_out_of_range_setting_is_refused(changes: dict[str, object], message: st
         {"database_reads_per_caller": 10_000},
         {"health_watches_per_peer": 1, "max_health_watches": 1},
         {"health_watches_per_peer": 100_000, "max_health_watches": 100_000},
+        {"watched_skus": tuple(f"S-{i}" for i in range(200))},
+        {"watched_skus_interval_s": 1.0},
+        {"watched_skus_interval_s": 3600.0},
     ],
 )
 def test_setting_at_its_bounds_is_accepted(changes: dict[str, object]) -> None:
@@ -402,3 +408,10 @@ def test_the_partner_reply_cap_is_read_from_its_variable_and_refused_out_of_rang
     for raw in ("0", "4095", str((64 << 20) + 1)):
         with pytest.raises(SettingsError, match="partner_max_reply_bytes must be"):
             fulfilment_config.from_env({"STOCKCORE_PARTNER_MAX_REPLY_BYTES": raw})
+
+
+def test_watched_skus_come_from_a_comma_separated_list() -> None:
+    settings = from_env({"STOCKCORE_WATCHED_SKUS": "FLASH-SALE-1, DRESS-RED-M"})
+
+    assert settings.watched_skus == ("FLASH-SALE-1", "DRESS-RED-M")
+    assert to_env(settings)["STOCKCORE_WATCHED_SKUS"] == "FLASH-SALE-1,DRESS-RED-M"
