@@ -266,8 +266,8 @@ def scrape_jobs(
         ports = range(fulfilment.fulfil_metrics_port, fulfilment.fulfil_metrics_port + workers)
         jobs.append(Job("stockcore-fulfilment", tuple(f"127.0.0.1:{port}" for port in ports)))
     if gateway is not None:
-        admin = gateway.admin_url().removeprefix("http://")
-        jobs.append(Job("envoy", (admin,), metrics_path="/stats/prometheus"))
+        stats = gateway.stats_url().removeprefix("http://")
+        jobs.append(Job("envoy", (stats,), metrics_path="/stats/prometheus"))
     return jobs
 
 
@@ -325,7 +325,7 @@ def _gateway(settings: GatewaySettings, root: Path) -> Iterator[Gateway | None]:
         yield None
         return
     with Gateway(settings, root / "gateway") as gateway:
-        log.info("gateway ready", extra={"url": gateway.url, "admin": gateway.admin_url()})
+        log.info("gateway ready", extra={"url": gateway.url, "metrics": gateway.stats_url()})
         yield gateway
 
 

@@ -73,7 +73,7 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         "STOCKCORE_GRPC_PORT": str(grpc_port),
         "STOCKCORE_METRICS_PORT": "0",
         "STOCKCORE_GATEWAY_PORT": str(port),
-        "STOCKCORE_GATEWAY_ADMIN_PORT": str(free_port()),
+        "STOCKCORE_GATEWAY_STATS_PORT": str(free_port()),
         "STOCKCORE_DEV_PROMETHEUS_PORT": str(prometheus_port),
         "STOCKCORE_DATA_DIR": str(tmp_path),
         # dev also starts the simulated partners: on ports of their own here.

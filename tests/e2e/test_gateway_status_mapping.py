@@ -92,7 +92,7 @@ def plain_settings(tmp_path: Path) -> GatewaySettings:
     return GatewaySettings(
         plaintext=True,
         gateway_port=free_port(),
-        gateway_admin_port=0,
+        gateway_stats_port=0,
         gateway_access_log=str(tmp_path / "access.log"),
     ).validate()
 

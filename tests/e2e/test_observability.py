@@ -263,7 +263,7 @@ def _gateway(server_port: int, credentials: DevCredentials, workdir: Path) -> It
     settings = GatewaySettings(
         grpc_port=server_port,
         gateway_port=free_port(),
-        gateway_admin_port=free_port(),
+        gateway_stats_port=free_port(),
         gateway_access_log=str(workdir / "access.log"),
         gateway_upstream_ca_file=str(credentials.ca_cert),
     ).validate()
