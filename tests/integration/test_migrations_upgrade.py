@@ -265,8 +265,10 @@ _RESERVATIONS_BUT_CUSTOMER = (
     " encode(fingerprint, 'hex'), caller, created_at, expires_at, finished_at), ','"
     " ORDER BY reservation_id)) FROM stockcore.reservations"
 )
-# Tables whose rows a later migration changes on purpose, compared apart.
-_CHANGED = (ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES)
+PAYMENT_EVENTS = "stockcore.payment_events"
+PAYMENTS_TO_RETURN = "stockcore.payments_to_return"
+# Tables whose rows a later migration changes on purpose, or that it makes, compared apart.
+_CHANGED = (ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN)
 
 
 async def adjustments(conn: asyncpg.Connection) -> list[tuple[str | None, str | None, str, int]]:
@@ -369,6 +371,12 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
         == 0
     )
     assert after[RESERVATION_CHANGES][0] == 0 and RESERVATION_CHANGES not in before
+    # 016: the payment provider's events and the money to return start empty.
+    assert {t: after[t][0] for t in (PAYMENT_EVENTS, PAYMENTS_TO_RETURN)} == {
+        PAYMENT_EVENTS: 0,
+        PAYMENTS_TO_RETURN: 0,
+    }
+    assert PAYMENT_EVENTS not in before and PAYMENTS_TO_RETURN not in before
     # The cancel's row became o-refunded's own (no key); callers' rows kept their keys,
     # the one under a cancel's old key included; nothing else of any row changed.
     assert await adjustments(conn) == [

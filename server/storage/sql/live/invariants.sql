@@ -1,5 +1,6 @@
 -- What must always hold, written once: stock against adjustments, commits, live holds and
--- the movement ledger; orders against their holds, status history, payments and events.
+-- the movement ledger; orders against their holds, status history, payments and events;
+-- the payment provider's charges, as the webhook receiver recorded them, against payments.
 -- The test suite and the load runs call stockcore.invariant_violations() after they ran;
 -- it returns one row per violation ("check" names the rule, subject the SKU, reservation
 -- or order, detail what was found) and none when everything holds. It only reads, in one
@@ -178,6 +179,30 @@ SELECT 'order_adjustment_of_cancelled_line', a.order_id,
   LEFT JOIN stockcore.orders o ON o.order_id = a.order_id
  WHERE a.order_id IS NOT NULL
    AND (o.order_id IS NULL OR o.status <> 6 OR o.payment_id IS NULL OR NOT a.sku = ANY (o.skus))
+UNION ALL
+-- Payment provider events (outcome 1 PAID, 2 TO_RETURN: 016_payment_events.sql). A charge
+-- recorded as paying its order is that order's payment ...
+SELECT 'payment_event_paid_its_order', e.event_id,
+       format('charge %s for order %s: %s', e.object_id, e.order_id,
+              coalesce('the payment of order ' || p.order_id, 'no payment'))
+  FROM stockcore.payment_events e
+  LEFT JOIN stockcore.payments p ON p.payment_id = e.object_id
+ WHERE e.outcome = 1 AND p.order_id IS DISTINCT FROM e.order_id
+UNION ALL
+-- ... one that paid nothing is money to return ...
+SELECT 'payment_event_to_return_recorded', e.event_id,
+       format('charge %s for order %s is not among the payments to return', e.object_id,
+              e.order_id)
+  FROM stockcore.payment_events e
+ WHERE e.outcome = 2
+   AND NOT EXISTS (SELECT FROM stockcore.payments_to_return r WHERE r.charge_id = e.object_id)
+UNION ALL
+-- ... and money to return never paid an order.
+SELECT 'payment_to_return_paid_nothing', r.charge_id,
+       format('to return (order %s, %s %s), yet the payment of order %s', r.order_id,
+              r.amount_minor, r.currency, p.order_id)
+  FROM stockcore.payments_to_return r
+  JOIN stockcore.payments p ON p.payment_id = r.charge_id
 UNION ALL
 -- Cursors are unique: gap-free from 1 means as many as the highest.
 SELECT 'event_cursors_gap_free', 'order_events',

@@ -39,6 +39,9 @@
 --      are its order's own, covered by the order's lock), the movements, status history,
 --      events and fulfilment history (appended, never contended), and the outbox
 --      watermark and cursors (the relay alone, under its session's advisory lock).
+--   7. Payment provider events, by event id, then payments to return, by charge id:
+--      record_payment_event (payments.sql) claims them and takes no other lock;
+--      count_payment_event_delivery changes one event row.
 --
 -- Every function returns the levels of the SKUs it touched (stockcore.stock_level, for
 -- the Redis mirror) and, when it wrote order events, notifies channel
