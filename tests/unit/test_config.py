@@ -13,6 +13,8 @@ from devstack.config import DevSettings
 from devstack.stack import with_dev_credentials
 from fulfilment import config as fulfilment_config
 from fulfilment.config import FulfilmentSettings
+from payments import config as payments_config
+from payments.config import PaymentsSettings
 from server.config import Settings, SettingsError, from_env, to_env
 
 DEV_VARIABLES = {
@@ -415,3 +417,22 @@ def test_watched_skus_come_from_a_comma_separated_list() -> None:
 
     assert settings.watched_skus == ("FLASH-SALE-1", "DRESS-RED-M")
     assert to_env(settings)["STOCKCORE_WATCHED_SKUS"] == "FLASH-SALE-1,DRESS-RED-M"
+
+
+def test_the_webhook_receivers_settings_round_trip_and_keep_the_replay_window_bounded() -> None:
+    receiver = PaymentsSettings().with_overrides(
+        pg_dsn="postgresql://db/x",
+        webhook_secret_file="/run/secrets/webhook",
+        webhook_tolerance_s=120.0,
+        payments_target="127.0.0.1:1234",
+    )
+    assert payments_config.from_env(payments_config.to_env(receiver)) == receiver
+    assert payments_config.from_env({}) == PaymentsSettings()
+    assert receiver.order_target == "127.0.0.1:1234"
+    assert PaymentsSettings().order_target == "127.0.0.1:50051"
+    assert PaymentsSettings().webhook_tolerance_s == 300.0
+    for raw in ("0", "0.5", "3601"):
+        with pytest.raises(SettingsError, match="webhook_tolerance_s must be 1-3600"):
+            payments_config.from_env({"STOCKCORE_WEBHOOK_TOLERANCE": raw})
+    with pytest.raises(SettingsError, match="webhook_max_body_bytes"):
+        payments_config.from_env({"STOCKCORE_WEBHOOK_MAX_BODY_BYTES": str((1 << 20) + 1)})

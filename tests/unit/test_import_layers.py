@@ -15,6 +15,7 @@ PACKAGES = (
     "server",
     "clients",
     "fulfilment",
+    "payments",
     "simulators",
     "gateway",
     "devstack",
@@ -29,7 +30,9 @@ ALLOWED: dict[str, set[str]] = {
     "gateway": {"runtime"},
     # A client of the contract; server.domain holds the contract's limits it checks.
     "fulfilment": {"runtime", "clients", "server.domain"},
-    "devstack": {"runtime", "clients", "server", "fulfilment", "gateway"},
+    # The webhook receiver: a client of the contract too.
+    "payments": {"runtime", "clients"},
+    "devstack": {"runtime", "clients", "server", "fulfilment", "payments", "gateway"},
     # Dashboards are drawn from PromQL text alone: no program's code.
     "dashboards": set(),
 }
