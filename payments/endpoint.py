@@ -71,6 +71,7 @@ class RunningReceiver:
     port: int
     store: PaymentEventStore
     orders: OrderClient
+    stopped: bool = False
 
     @property
     def url(self) -> str:
@@ -78,7 +79,11 @@ class RunningReceiver:
         return f"http://127.0.0.1:{self.port}{WEBHOOK_PATH}"
 
     async def stop(self) -> None:
-        """Stop listening (deliveries under way are finished), then close what it opened."""
+        """Stop listening (deliveries under way are finished), then close what it opened;
+        once."""
+        if self.stopped:
+            return
+        self.stopped = True
         await self.runner.cleanup()
         await self.orders.close()
         await self.store.close()
