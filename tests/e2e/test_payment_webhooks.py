@@ -7,7 +7,10 @@ charge and its fee."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from clients.cli import ExitCode
 from clients.credentials import Credentials
 from clients.inventory import InventoryClient
 from clients.orders import Order, OrderClient, OrderStatus
@@ -348,6 +352,29 @@ async def test_a_charge_for_a_cancelled_order_is_money_to_return(
     found, _ = await order_of(app, order.order_id)
     assert (found.status, found.payment_id) == (OrderStatus.ORDER_STATUS_CANCELLED, "")
     await invariants_hold(dsn)
+    # What operators see of it.
+    listed = await stockctl(dsn, "returns", "--json")
+    [shown] = json.loads(listed.stdout)["payments_to_return"]
+    assert (shown["charge_id"], shown["reason"], shown["returned_at"]) == (
+        charge["id"],
+        "ORDER_NOT_PAYABLE",
+        None,
+    )
+    one = await stockctl(dsn, "event", event["event_id"], "--json")
+    assert json.loads(one.stdout)["outcome"] == "TO_RETURN"
+    assert (await stockctl(dsn, "event", "evt_none")).returncode == ExitCode.NOT_FOUND
+
+
+async def stockctl(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`stockctl payments ...` against the test database."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "clients.cli", "payments", *args, "--pg", dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def test_a_charge_for_an_expired_order_is_money_to_return(
