@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import re
 import time
 import uuid
@@ -214,8 +216,15 @@ class Provider:
     charges: dict[str, Charge] = field(default_factory=dict)
     refunds: dict[str, Refund] = field(default_factory=dict)
     payouts: dict[str, Payout] = field(default_factory=dict)
-    transactions: list[BalanceTransaction] = field(default_factory=list)
+    # The feed, in the order transactions reached it (cursor n is feed[n - 1]), and those
+    # on their way to it, late.
     feed: list[BalanceTransaction] = field(default_factory=list)
+    late: list[BalanceTransaction] = field(default_factory=list)
+    # Money available per currency, and what is not yet: (available_on, n, currency,
+    # amount) by when it will be; kept as it changes, so a balance costs no scan.
+    available: dict[str, int] = field(default_factory=dict)
+    not_yet: list[tuple[float, int, str, int]] = field(default_factory=list)
+    _serial: itertools.count[int] = field(default_factory=itertools.count)
     charge_keys: dict[str, tuple[tuple[str, str, int, str], str]] = field(default_factory=dict)
     refund_keys: dict[str, str] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -242,8 +251,29 @@ class Provider:
         txn = BalanceTransaction(
             txn_id, kind, source, order_id, amount, currency, now, available_on, reaches
         )
-        self.transactions.append(txn)
+        heapq.heappush(self.not_yet, (available_on, next(self._serial), currency, amount))
+        self.publish(now)
+        if reaches > now:
+            self.late.append(txn)
+        else:
+            self._to_feed(txn)
         return txn
+
+    def _to_feed(self, txn: BalanceTransaction) -> None:
+        txn.cursor = len(self.feed) + 1
+        self.feed.append(txn)
+
+    def publish(self, now: float) -> None:
+        """Put in the feed every late transaction whose time to reach it has come, in the
+        order they reach it."""
+        if not any(t.reaches_feed_at <= now for t in self.late):
+            return
+        due = sorted(
+            (t for t in self.late if t.reaches_feed_at <= now), key=lambda t: t.reaches_feed_at
+        )
+        self.late = [t for t in self.late if t.reaches_feed_at > now]
+        for txn in due:
+            self._to_feed(txn)
 
     def charge(self, order_id: str, customer_id: str, amount: int, currency: str) -> Charge:
         """Charge `amount` and capture it at once (or decline it)."""
@@ -346,12 +376,13 @@ class Provider:
 
     def balance(self, now: float) -> tuple[dict[str, int], dict[str, int]]:
         """(available, pending) per currency."""
-        available: dict[str, int] = {}
+        while self.not_yet and self.not_yet[0][0] <= now:
+            _, _, currency, amount = heapq.heappop(self.not_yet)
+            self.available[currency] = self.available.get(currency, 0) + amount
         pending: dict[str, int] = {}
-        for txn in self.transactions:
-            into = available if now >= txn.available_on else pending
-            into[txn.currency] = into.get(txn.currency, 0) + txn.amount
-        return available, pending
+        for _, _, currency, amount in self.not_yet:
+            pending[currency] = pending.get(currency, 0) + amount
+        return dict(self.available), pending
 
     def payout(self, currency: str) -> Payout | None:
         """Pay out all that is available in `currency` (None: nothing is)."""
@@ -379,15 +410,9 @@ class Provider:
         task.add_done_callback(self.tasks.discard)
 
     def page(self, after: int, limit: int, now: float) -> list[BalanceTransaction]:
-        """Up to `limit` transactions of the feed after cursor `after`, having first put in
-        the feed every transaction whose time to reach it has come (in that order)."""
-        due = sorted(
-            (t for t in self.transactions if t.cursor == 0 and t.reaches_feed_at <= now),
-            key=lambda t: t.reaches_feed_at,
-        )
-        for txn in due:
-            txn.cursor = len(self.feed) + 1
-            self.feed.append(txn)
+        """Up to `limit` transactions of the feed after cursor `after`, late ones whose
+        time has come put in first."""
+        self.publish(now)
         return self.feed[after : after + limit]
 
 
