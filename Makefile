@@ -8,11 +8,13 @@ GEN := clients/gen/stockcore/v1
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k reserve"`.
 PYTEST_ARGS ?=
 
-.PHONY: run test proto deps redis browser promtool lint fmt bench plots clean-data help node-caller
+.PHONY: run test proto deps redis browser promtool prometheus lint fmt bench plots clean-data help \
+	node-caller dashboards screenshots
 
 help:
 	@echo "make run    - set up and serve gRPC on 127.0.0.1:50051 (metrics on :9464), and"
-	@echo "             HTTP/JSON with the checkout page on http://127.0.0.1:8080/ (Envoy)"
+	@echo "             HTTP/JSON with the checkout page on http://127.0.0.1:8080/ (Envoy), and"
+	@echo "             Prometheus with the consoles on http://127.0.0.1:9090/consoles/stockcore-overview.html"
 	@echo "make test   - set up and run the whole suite"
 	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
 	@echo "make load-day, load-report, load-flash, load-knee, load-scale, load-overload, load-fanout,"
@@ -21,6 +23,10 @@ help:
 	@echo "make chaos  - a seeded fault schedule under mixed load, then every check (RELIABILITY.md)"
 	@echo "make hostile - abusive callers beside an ordinary one: what the abuse costs (SECURITY.md)"
 	@echo "make plots  - copy the newest runs' key plots into docs/benchmarks/"
+	@echo "make dashboards - write the Grafana dashboards (docs/dashboards/) and Prometheus consoles"
+	@echo "             (docs/consoles/) from dashboards/panels.py"
+	@echo "make screenshots - a browser's picture of each console of make run's Prometheus, into docs/"
+	@echo "             (PROMETHEUS=url, RANGE=1h)"
 	@echo "make lint   - ruff and mypy"
 
 $(VENV)/.deps: requirements.lock pyproject.toml
@@ -89,10 +95,32 @@ promtool:
 		fi; \
 	fi
 
+# Prometheus (the same package) for `make run`, which serves without it, saying so, when it
+# is missing and cannot be installed here.
+prometheus:
+	@if ! command -v prometheus >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's prometheus"; \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } \
+			|| echo "prometheus could not be installed: make run serves without it"; \
+		else \
+			echo "prometheus is missing (sudo apt-get install prometheus): make run serves without it"; \
+		fi; \
+	fi
+
 deps: $(VENV)/.installed redis
 
-run: deps
+run: deps prometheus
 	$(PY) -m devstack
+
+# The dashboards are code (dashboards/panels.py); their JSON and consoles are committed, and
+# tests/unit/test_dashboards.py fails when they are stale.
+dashboards: deps
+	$(PY) -m dashboards write
+
+# e.g. `make screenshots PROMETHEUS=http://127.0.0.1:9090 RANGE=3h` while `make run` serves.
+screenshots: deps browser
+	$(PY) -m dashboards screenshots $(call load_opt,PROMETHEUS,prometheus) $(call load_opt,RANGE,range)
 
 test: deps browser promtool lint node-caller
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -109,7 +137,7 @@ node-caller:
 	fi
 
 # Every Python package of the project: the programs, their shared pieces, load tests, tests.
-PACKAGES := runtime server clients fulfilment simulators gateway devstack loadtests tests
+PACKAGES := runtime server clients fulfilment payments simulators gateway devstack dashboards loadtests tests
 
 lint: deps
 	$(VENV)/bin/ruff check $(PACKAGES)

@@ -103,6 +103,17 @@ class Reserve:
 
 
 @dataclass(frozen=True)
+class SetLine:
+    """`set-line`: set one line of a held reservation (0 removes it)."""
+
+    reservation_id: str
+    sku: str
+    quantity: int
+    ttl: float | None
+    change_id: str
+
+
+@dataclass(frozen=True)
 class Commit:
     """`commit`: turn a hold into a deduction."""
 
@@ -123,8 +134,16 @@ class GetReservation:
     reservation_id: str
 
 
-StockCommand = GetStock | AdjustStock | Reserve | Commit | Release | GetReservation
+StockCommand = GetStock | AdjustStock | Reserve | SetLine | Commit | Release | GetReservation
 Command = StockCommand | OrderCommand | EventCommand | TokenCommand | ConfigCommand | OwnedCommand
+
+
+def _parse_set_line(text: str) -> tuple[str, int]:
+    """Parse set-line's SKU=QTY, where a QTY of 0 removes the line."""
+    sku, sep, quantity = text.partition("=")
+    if sep and quantity.strip() == "0":
+        return parse_line(f"{sku}=1")[0], 0
+    return parse_line(text)
 
 
 def parse_line(text: str) -> tuple[str, int]:
@@ -286,6 +305,30 @@ def build_parser() -> argparse.ArgumentParser:
         make=lambda ns: Reserve(reservation_id=ns.reservation_id, lines=tuple(ns.lines), ttl=ns.ttl)
     )
 
+    set_line = leaf(
+        commands, "set-line", "set one line of a held reservation (0 removes it); holds it anew"
+    )
+    set_line.add_argument("reservation_id", metavar="ID")
+    set_line.add_argument("line", type=_parse_set_line, metavar="SKU=QTY")
+    set_line.add_argument(
+        "--ttl",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="hold duration from now (server default)",
+    )
+    set_line.add_argument(
+        "--change-id", metavar="ID", help="idempotency id of the change (default: a new one)"
+    )
+    set_line.set_defaults(
+        make=lambda ns: SetLine(
+            reservation_id=ns.reservation_id,
+            sku=ns.line[0],
+            quantity=ns.line[1],
+            ttl=ns.ttl,
+            change_id=ns.change_id if ns.change_id is not None else str(uuid.uuid4()),
+        )
+    )
+
     commit = leaf(commands, "commit", "turn a held reservation into a deduction")
     commit.add_argument("reservation_id", metavar="ID")
     commit.set_defaults(make=lambda ns: Commit(reservation_id=ns.reservation_id))
@@ -422,6 +465,10 @@ async def execute(client: InventoryClient, command: StockCommand) -> tuple[objec
             return data, text
         case Reserve(reservation_id=reservation_id, lines=lines, ttl=ttl):
             reservation = await client.reserve(reservation_id, lines, ttl)
+        case SetLine(reservation_id, sku, quantity, ttl, change_id):
+            reservation = await client.set_reservation_line(
+                reservation_id, sku, quantity, change_id, ttl
+            )
         case Commit(reservation_id=reservation_id):
             reservation = await client.commit(reservation_id)
         case Release(reservation_id=reservation_id):

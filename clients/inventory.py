@@ -348,6 +348,31 @@ class InventoryClient(ChannelClient):
         response = await self._call(self._stub.Reserve, request, read=False, timeout=timeout)
         return _reservation(response.reservation)
 
+    async def set_reservation_line(
+        self,
+        reservation_id: str,
+        sku: str,
+        quantity: int,
+        change_id: str,
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Reservation:
+        """Set one line of a held reservation to `quantity` units (0 removes it) and hold the
+        reservation `ttl` seconds from now (server default when None). `change_id` names
+        the change: a retry with it is answered without applying the change again."""
+        request = pb.SetReservationLineRequest(
+            reservation_id=reservation_id,
+            sku=sku,
+            quantity=quantity,
+            change_id=change_id,
+            ttl=None if ttl is None else to_duration(ttl),
+        )
+        response = await self._call(
+            self._stub.SetReservationLine, request, read=False, timeout=timeout
+        )
+        return _reservation(response.reservation)
+
     async def commit(self, reservation_id: str, *, timeout: float | None = None) -> Reservation:
         """Turn a held reservation into a deduction from on-hand."""
         request = pb.CommitRequest(reservation_id=reservation_id)

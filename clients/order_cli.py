@@ -31,6 +31,7 @@ class CreateOrder:
     currency_code: str
     lines: tuple[tuple[str, int, int], ...]
     payment_window: float | None
+    from_reservation: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,20 @@ def add_order_commands(
     create.add_argument(
         "--window", type=float, metavar="SECONDS", help="payment window (server default)"
     )
+    create.add_argument(
+        "--from-reservation",
+        action="store_true",
+        help="make the order of the held reservation ID (a cart): the lines must be its"
+        " lines, and its hold becomes the order's",
+    )
     create.set_defaults(
         make=lambda ns: CreateOrder(
-            ns.order_id, ns.customer, ns.currency, tuple(ns.lines), ns.window
+            ns.order_id,
+            ns.customer,
+            ns.currency,
+            tuple(ns.lines),
+            ns.window,
+            ns.from_reservation,
         )
     )
 
@@ -361,6 +373,7 @@ async def execute_order(
                 command.lines,
                 command.currency_code,
                 command.payment_window,
+                from_reservation=command.from_reservation,
             )
         case GetOrder(order_id=order_id):
             order, history = await client.get_order(order_id)

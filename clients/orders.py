@@ -176,16 +176,20 @@ class OrderClient(ChannelClient):
         currency_code: str,
         payment_window: float | None = None,
         *,
+        from_reservation: bool = False,
         timeout: float | None = None,
     ) -> Order:
         """Hold stock for (sku, quantity, unit price) lines and create the order; a retry
-        with the same id and content returns the order as it is now."""
+        with the same id and content returns the order as it is now. With
+        `from_reservation`, the order is made of the HELD reservation `order_id` (a cart),
+        whose lines `lines` must be, and takes over its hold instead of holding anew."""
         request = pb.CreateOrderRequest(
             order_id=order_id,
             customer_id=customer_id,
             lines=[pb.OrderLine(sku=s, quantity=q, unit_price_minor=p) for s, q, p in lines],
             currency_code=currency_code,
             payment_window=None if payment_window is None else to_duration(payment_window),
+            reservation_id=order_id if from_reservation else "",
         )
         reply = await self._call(self._stub.CreateOrder, request, read=False, timeout=timeout)
         return order_from_message(reply.order)

@@ -9,7 +9,7 @@ A token is a JWT signed with a private JWK whose `kid` the server's JWKS names:
     {"sub": "shop-web", "aud": "stockcore", "iat": ..., "exp": ...,
      "scope": "customer", "customer_id": "alice"}         a shopper, via the gateway
     {"sub": "checkout-page", "aud": "stockcore", "iat": ..., "exp": ...,
-     "scope": "customer inventory:read orders:create",
+     "scope": "customer inventory:read inventory:hold orders:create",
      "customer_id": "shopper-5f0c..."}                    a checkout page's shopper
 """
 
@@ -40,9 +40,9 @@ SERVICE_SCOPES = (
     "orders:fulfil",
 )
 """Every scope of an internal service (server/auth/scopes.py is the server's list)."""
-BESIDE_CUSTOMER = ("inventory:read", "orders:create")
+BESIDE_CUSTOMER = ("inventory:read", "inventory:hold", "orders:create")
 """The only service scopes a customer-bound token may carry beside `customer` (a checkout
-page's: stock levels, and orders for its own customer)."""
+page's: stock levels, and a cart's reservation and orders for its own customer)."""
 SCOPE_ALIASES = ("orders:write",)
 """Scopes that stand for others (orders:write: orders:create, orders:pay and
 orders:cancel), still accepted in tokens minted before they were told apart."""

@@ -2,4 +2,4 @@
 server processes (servers.py), development credentials (credentials.py), the demo catalogue
 (demo.py), the checkout page's session and token (page_session.py) and its simulated payment
 provider (payments.py), and `python -m devstack` (`make run`), which starts them with the
-gateway, the simulators and a fulfilment worker (stack.py)."""
+gateway, the simulators, a fulfilment worker and the payment webhook receiver (stack.py)."""

@@ -34,6 +34,12 @@ class DevSettings(EnvSettings):
     dev_warehouse_port: int = 58080
     dev_primary_carrier_port: int = 58081
     dev_fallback_carrier_port: int = 58082
+    # Where `make run` starts the simulated payment provider; its webhooks go to the
+    # receiver's port (payments/config.py, STOCKCORE_WEBHOOK_PORT).
+    dev_payments_port: int = 58083
+    # Prometheus (devstack/prometheus.py): where `make run` serves it, scraping the server,
+    # the fulfilment worker, Envoy and itself; 0 starts none.
+    dev_prometheus_port: int = 9090
 
     # The STOCKCORE_* variable of each field that one can set.
     VARIABLES: ClassVar[Variables] = {
@@ -46,6 +52,8 @@ class DevSettings(EnvSettings):
         "STOCKCORE_DEV_WAREHOUSE_PORT": ("dev_warehouse_port", int),
         "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": ("dev_primary_carrier_port", int),
         "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": ("dev_fallback_carrier_port", int),
+        "STOCKCORE_DEV_PAYMENTS_PORT": ("dev_payments_port", int),
+        "STOCKCORE_DEV_PROMETHEUS_PORT": ("dev_prometheus_port", int),
     }
 
     def checks(self) -> list[tuple[bool, str]]:
@@ -56,10 +64,12 @@ class DevSettings(EnvSettings):
             self.dev_warehouse_port,
             self.dev_primary_carrier_port,
             self.dev_fallback_carrier_port,
+            self.dev_payments_port,
         )
         return [
             (bool(self.data_dir), "data_dir must not be empty"),
             (all(1 <= p <= 65535 for p in ports), "dev ports must be 1-65535"),
+            (0 <= self.dev_prometheus_port <= 65535, "dev_prometheus_port must be 0-65535"),
             (self.dev_redis_maxmemory_mb >= 64, "dev_redis_maxmemory_mb must be at least 64"),
             (
                 60 <= self.dev_page_token_ttl_s <= 900,

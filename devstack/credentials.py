@@ -11,6 +11,8 @@ key and JWKS files of the operator's own PKI and token issuer.
     <data>/tls/client.pem, client-key.pem  a client certificate for mutual TLS (CN stockcore-dev-client)
     <data>/auth/signing-key.json           Ed25519 private JWK (kid dev-...): signs tokens
     <data>/auth/jwks.json                  its public half: the server verifies with it
+    <data>/payments/webhook-secret         the secret the simulated payment provider signs its
+                                           webhooks with and stockcore's receiver checks them by
 """
 
 from __future__ import annotations
@@ -216,6 +218,12 @@ class DevCredentials:
         """The public JWKS the server verifies tokens with."""
         return self.data_dir / "auth" / "jwks.json"
 
+    @property
+    def webhook_secret(self) -> Path:
+        """The payment provider's webhook signing secret (one line), shared with the
+        receiver; readable by this user only."""
+        return self.data_dir / "payments" / "webhook-secret"
+
     def ensure(self) -> DevCredentials:
         """Make whatever is missing or near expiry; keep what is good."""
         if not self._certificates_good():
@@ -224,6 +232,8 @@ class DevCredentials:
             private, public = new_signing_key(f"dev-{secrets.token_hex(4)}")
             _write(self.signing_key, json.dumps(private).encode(), secret=True)
             _write(self.jwks, json.dumps({"keys": [public]}, indent=2).encode())
+        if not self.webhook_secret.exists():
+            _write(self.webhook_secret, f"whsec_{secrets.token_hex(32)}\n".encode(), secret=True)
         return self
 
     def _certificates_good(self) -> bool:

@@ -47,9 +47,16 @@ from server.config import Settings
 log = logging.getLogger("stockcore")
 
 CHECKOUT_PAGE_SUBJECT = "checkout-page-dev"
-# What the checkout page calls: GetStock, CreateOrder for its customer, and that
-# customer's CancelOrder, GetOrder and WatchOrders. Paying is the payment provider's.
-CHECKOUT_PAGE_SCOPES = (scopes.CUSTOMER, scopes.INVENTORY_READ, scopes.ORDERS_CREATE)
+# What the checkout page calls: GetStock; Reserve, SetReservationLine and Release of its
+# customer's cart (inventory:hold, which a customer's token may not Commit with);
+# CreateOrder of that cart, for its customer; and that customer's GetOrder and
+# WatchOrders. Paying is the payment provider's.
+CHECKOUT_PAGE_SCOPES = (
+    scopes.CUSTOMER,
+    scopes.INVENTORY_READ,
+    scopes.INVENTORY_HOLD,
+    scopes.ORDERS_CREATE,
+)
 SESSION_PATH = "/session"
 SESSION_COOKIE = "stockcore_session"
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)

@@ -1,7 +1,7 @@
 """The development stack (`make run`): project-owned PostgreSQL and Redis unless the
 environment names servers, the migrations and the demo catalogue, then the gRPC server in
-this process with Envoy, the simulated partners and a fulfilment worker beside it as child
-processes that die with it."""
+this process with Envoy, the simulated partners, a fulfilment worker, the simulated payment
+provider and the payment webhook receiver beside it as child processes that die with it."""
 
 from __future__ import annotations
 
@@ -23,12 +23,17 @@ from devstack.config import DevSettings
 from devstack.credentials import DevCredentials
 from devstack.page_session import PageSessions, dev_page_sessions
 from devstack.payments import SimulatedPayments
+from devstack.prometheus import Job, LocalPrometheus
+from devstack.prometheus import binary as prometheus_binary
 from devstack.servers import local_servers
 from devstack.stockctl import local_target, write_stockctl_config
 from fulfilment import config as fulfilment_config
 from fulfilment.config import FulfilmentSettings
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
+from payments import config as payments_config
+from payments.config import PaymentsSettings
+from payments.endpoint import WEBHOOK_PATH
 from runtime.processes import spawn, stop_child
 from server import app
 from server.config import Settings
@@ -46,6 +51,7 @@ class StackSettings:
     server: Settings
     gateway: GatewaySettings
     fulfilment: FulfilmentSettings
+    payments: PaymentsSettings
     stockctl_config: Path | None = None
     """stockctl's config file, written for this stack (None: none)."""
 
@@ -169,6 +175,65 @@ def partners_and_worker(
             stop_child(proc)
 
 
+def with_webhook_secret(settings: PaymentsSettings, data_dir: Path | str) -> PaymentsSettings:
+    """The receiver's settings, checking deliveries with the development webhook secret
+    (made under `data_dir` if missing) unless the environment named a secret file."""
+    if settings.webhook_secret_file:
+        return settings
+    credentials = DevCredentials(Path(data_dir).resolve()).ensure()
+    return settings.with_overrides(webhook_secret_file=str(credentials.webhook_secret))
+
+
+@contextlib.contextmanager
+def payments_and_receiver(
+    dev: DevSettings,
+    receiver: PaymentsSettings,
+    logs_dir: Path,
+    *,
+    receiver_env: Mapping[str, str] | None = None,
+) -> Iterator[None]:
+    """The simulated payment provider on dev_payments_port, sending its webhooks, signed
+    with the receiver's secret, to stockcore's webhook receiver (`receiver`), as child
+    processes that die with this one (their logs under `logs_dir`). `receiver_env` adds
+    what the receiver's client presents to the server (clients/credentials.py). The secret
+    reaches both by its file, never on a command line."""
+    host = "127.0.0.1" if receiver.webhook_host in ("", "0.0.0.0", "::") else receiver.webhook_host
+    url = f"http://{host}:{receiver.webhook_port}{WEBHOOK_PATH}"
+    provider = [
+        sys.executable, "-m", "simulators", "payments", "--port", str(dev.dev_payments_port),
+        "--webhook-url", url, "--webhook-secret-file", receiver.webhook_secret_file,
+    ]  # fmt: skip
+    env = {**os.environ, **(receiver_env or {}), **payments_config.to_env(receiver)}
+    if "STOCKCORE_TOKEN_FILE" in env:
+        # The receiver's own token (orders:pay alone), not one this shell may carry.
+        env.pop("STOCKCORE_TOKEN", None)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for name, argv, child_env in (
+            ("payments-receiver", [sys.executable, "-m", "payments"], env),
+            ("payment-provider", provider, None),
+        ):
+            with open(logs_dir / f"{name}.log", "ab") as out:
+                started.append(
+                    spawn(
+                        argv,
+                        death_signal=signal.SIGTERM,
+                        env=child_env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        log.info(
+            "simulated payment provider and webhook receiver started",
+            extra={"provider": f"http://127.0.0.1:{dev.dev_payments_port}", "webhooks": url},
+        )
+        yield
+    finally:
+        for proc in reversed(started):
+            stop_child(proc)
+
+
 def dev(stack: StackSettings) -> None:
     """Start PostgreSQL and Redis unless the environment names servers, then serve."""
     import uvloop
@@ -205,6 +270,7 @@ def dev(stack: StackSettings) -> None:
         fulfilment = stack.fulfilment.with_overrides(
             pg_dsn=server.pg_dsn, redis_url=server.redis_url
         )
+        receiver = with_webhook_secret(stack.payments.with_overrides(pg_dsn=server.pg_dsn), root)
         stockctl_config = stack.stockctl_config
         if stockctl_config is not None and not write_stockctl_config(stockctl_config, server, root):
             stockctl_config = None
@@ -221,7 +287,9 @@ def dev(stack: StackSettings) -> None:
                 f" {fulfilment.primary_carrier} on :{dev_settings.dev_primary_carrier_port} and"
                 f" {fulfilment.fallback_carrier or '-'} on"
                 f" :{dev_settings.dev_fallback_carrier_port},"
-                f" a fulfilment worker (logs in {root}/logs); Ctrl-C stops\n"
+                f" a fulfilment worker, a payment provider on :{dev_settings.dev_payments_port}"
+                f" sending its webhooks to the receiver on :{receiver.webhook_port}"
+                f" (logs in {root}/logs); Ctrl-C stops\n"
                 + (
                     f"stockctl's settings for this stack: {stockctl_config}\n"
                     if stockctl_config is not None
@@ -232,15 +300,71 @@ def dev(stack: StackSettings) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-            worker_env = {
-                "STOCKCORE_PLAINTEXT": "1" if server.plaintext else "0",
-                **worker_credentials_env(server, root),
-            }
+            worker_env = service_credentials_env(server, root, FULFILMENT_WORKER)
+            receiver_env = service_credentials_env(server, root, PAYMENT_WEBHOOKS)
             with (
-                renewing_worker_token(worker_env, root),
+                renewing_service_token(worker_env, root, FULFILMENT_WORKER),
+                renewing_service_token(receiver_env, root, PAYMENT_WEBHOOKS),
                 partners_and_worker(dev_settings, fulfilment, root / "logs", worker_env=worker_env),
+                payments_and_receiver(
+                    dev_settings, receiver, root / "logs", receiver_env=receiver_env
+                ),
+                _prometheus(dev_settings, scrape_jobs(server, fulfilment, gateway), root),
             ):
                 app.serve(server)
+
+
+# How often `make run`'s Prometheus scrapes and evaluates its rules: graphs move within
+# seconds of a change on a development machine.
+DEV_SCRAPE_INTERVAL_S = 5.0
+
+
+def scrape_jobs(
+    server: Settings, fulfilment: FulfilmentSettings, gateway: Gateway | None, *, workers: int = 1
+) -> list[Job]:
+    """What Prometheus scrapes of a stack: each server process's metrics, each of `workers`
+    fulfilment workers' (the first on fulfil_metrics_port, the next on the ports after it,
+    as `make run` and the tests start them), and Envoy's admin interface."""
+    jobs = []
+    if server.metrics_port:
+        host = "127.0.0.1" if server.metrics_host in ("", "0.0.0.0", "::") else server.metrics_host
+        ports = range(server.metrics_port, server.metrics_port + server.workers)
+        jobs.append(Job("stockcore", tuple(f"{host}:{port}" for port in ports)))
+    if fulfilment.fulfil_metrics_port:
+        ports = range(fulfilment.fulfil_metrics_port, fulfilment.fulfil_metrics_port + workers)
+        jobs.append(Job("stockcore-fulfilment", tuple(f"127.0.0.1:{port}" for port in ports)))
+    if gateway is not None:
+        stats = gateway.stats_url().removeprefix("http://")
+        jobs.append(Job("envoy", (stats,), metrics_path="/stats/prometheus"))
+    return jobs
+
+
+@contextlib.contextmanager
+def _prometheus(dev: DevSettings, jobs: list[Job], root: Path) -> Iterator[None]:
+    """Prometheus on dev_prometheus_port scraping `jobs`, while the block runs; none when the
+    port is 0 or Prometheus is not installed (said in one line: the stack runs without)."""
+    if not dev.dev_prometheus_port:
+        yield
+        return
+    if prometheus_binary() is None:
+        print(
+            "prometheus is not installed (apt-get install prometheus, or `make run` as root):"
+            " serving without it",
+            file=sys.stderr,
+            flush=True,
+        )
+        yield
+        return
+    with LocalPrometheus(
+        root / "prometheus", dev.dev_prometheus_port, jobs, interval_s=DEV_SCRAPE_INTERVAL_S
+    ) as prometheus:
+        print(
+            f"Prometheus on {prometheus.url}/ (consoles: {prometheus.url}/consoles/"
+            "stockcore-overview.html)",
+            file=sys.stderr,
+            flush=True,
+        )
+        yield
 
 
 @contextlib.contextmanager
@@ -269,7 +393,7 @@ def _gateway(settings: GatewaySettings, root: Path) -> Iterator[Gateway | None]:
         yield None
         return
     with Gateway(settings, root / "gateway") as gateway:
-        log.info("gateway ready", extra={"url": gateway.url, "admin": gateway.admin_url()})
+        log.info("gateway ready", extra={"url": gateway.url, "metrics": gateway.stats_url()})
         yield gateway
 
 
@@ -286,50 +410,72 @@ def gateway_alone(settings: GatewaySettings, data_dir: Path | str) -> GatewaySet
 # The demo catalogue's prices, the file the checkout page shows.
 DEMO_PRICES = Path(str(resources.files("gateway") / "static" / "catalogue.json"))
 
-# The worker's token lives a day at most (the server's default STOCKCORE_AUTH_MAX_LIFETIME);
-# the stack writes a fresh one to the worker's token file well before the last expires.
-WORKER_TOKEN_TTL_S = 86_400.0
-WORKER_TOKEN_RENEW_S = WORKER_TOKEN_TTL_S / 4
+# A service's token lives a day at most (the server's default STOCKCORE_AUTH_MAX_LIFETIME);
+# the stack writes a fresh one to the service's token file well before the last expires.
+SERVICE_TOKEN_TTL_S = 86_400.0
+SERVICE_TOKEN_RENEW_S = SERVICE_TOKEN_TTL_S / 4
 
 
-def worker_credentials_env(settings: Settings, data_dir: Path | str) -> dict[str, str]:
-    """What a fulfilment worker started by `make run` presents to the server (read by
-    Credentials.from_env): the development CA, and a token file holding a token signed
-    with the development key for the scopes it uses (renewed by `renew_worker_token`),
-    when the server uses the development credentials."""
+@dataclass(frozen=True)
+class ServiceToken:
+    """The token `make run` mints for a program it starts that calls the server: the
+    subject the audit trail records, and the scopes the program uses, no more."""
+
+    subject: str
+    scopes: tuple[str, ...]
+
+    def path(self, data_dir: Path | str) -> Path:
+        """Its token file."""
+        return Path(data_dir).resolve() / "tokens" / f"{self.subject}.jwt"
+
+
+# It reads orders and records shipping; it never creates, pays or cancels.
+FULFILMENT_WORKER = ServiceToken("fulfilment-worker", ("orders:read", "orders:fulfil"))
+# It confirms payments; it reads, creates and cancels nothing.
+PAYMENT_WEBHOOKS = ServiceToken("payment-webhooks", ("orders:pay",))
+
+
+def service_credentials_env(
+    settings: Settings, data_dir: Path | str, token: ServiceToken
+) -> dict[str, str]:
+    """What a program started by `make run` presents to the server (read by
+    Credentials.from_env): the development CA, and a token file holding `token` signed with
+    the development key (renewed by `renewing_service_token`), when the server uses the
+    development credentials."""
     credentials = DevCredentials(Path(data_dir).resolve())
-    env: dict[str, str] = {}
+    env: dict[str, str] = {"STOCKCORE_PLAINTEXT": "1" if settings.plaintext else "0"}
     if settings.tls_cert_file == str(credentials.server_cert):
         env["STOCKCORE_CA_FILE"] = str(credentials.ca_cert)
     if not settings.auth_disabled and settings.auth_jwks_file == str(credentials.jwks):
-        path = Path(data_dir).resolve() / "tokens" / "fulfilment-worker.jwt"
-        write_worker_token(credentials, path)
+        path = token.path(data_dir)
+        write_service_token(credentials, path, token)
         env["STOCKCORE_TOKEN_FILE"] = str(path)
     return env
 
 
-def write_worker_token(credentials: DevCredentials, path: Path) -> None:
-    """A fresh worker token in `path` (readable by this user only), replaced whole."""
+def write_service_token(credentials: DevCredentials, path: Path, token: ServiceToken) -> None:
+    """A fresh token in `path` (readable by this user only), replaced whole."""
     from clients.tokens import issue_token, load_signing_key
 
-    token = issue_token(
+    signed = issue_token(
         load_signing_key(credentials.signing_key),
-        "fulfilment-worker",
-        # It reads orders and records shipping; it never creates, pays or cancels.
-        ("orders:read", "orders:fulfil"),
-        ttl_s=WORKER_TOKEN_TTL_S,
+        token.subject,
+        token.scopes,
+        ttl_s=SERVICE_TOKEN_TTL_S,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")
-    partial.write_text(token)
+    partial.write_text(signed)
     partial.chmod(0o600)
     partial.replace(path)
 
 
 @contextlib.contextmanager
-def renewing_worker_token(env: Mapping[str, str], data_dir: Path) -> Iterator[None]:
-    """While the block runs, write a fresh token to the worker's token file (if `env`
-    names one) every WORKER_TOKEN_RENEW_S."""
+def renewing_service_token(
+    env: Mapping[str, str], data_dir: Path, token: ServiceToken
+) -> Iterator[None]:
+    """While the block runs, write a fresh `token` to the token file `env` names (if it
+    names one) every SERVICE_TOKEN_RENEW_S."""
     path = env.get("STOCKCORE_TOKEN_FILE")
     if path is None:
         yield
@@ -338,13 +484,13 @@ def renewing_worker_token(env: Mapping[str, str], data_dir: Path) -> Iterator[No
     credentials = DevCredentials(data_dir.resolve())
 
     def renew() -> None:
-        while not stop.wait(WORKER_TOKEN_RENEW_S):
+        while not stop.wait(SERVICE_TOKEN_RENEW_S):
             try:
-                write_worker_token(credentials, Path(path))
+                write_service_token(credentials, Path(path), token)
             except OSError:
-                log.exception("could not renew the fulfilment worker's token")
+                log.exception("could not renew a service's token", extra={"subject": token.subject})
 
-    thread = threading.Thread(target=renew, name="worker-token", daemon=True)
+    thread = threading.Thread(target=renew, name=f"{token.subject}-token", daemon=True)
     thread.start()
     try:
         yield

@@ -41,6 +41,7 @@ from fulfilment.metrics import (
     BREAKER_STATE,
     BREAKER_TRANSITIONS,
     FULFILMENT_IN_FLIGHT,
+    REGISTRY,
     STALE_OLDEST,
     STALE_ORDERS,
     STALE_PUSHED,
@@ -342,7 +343,7 @@ async def run_worker(settings: FulfilmentSettings, credentials: Credentials) -> 
     SIGINT or SIGTERM."""
     assert settings.pg_dsn is not None and settings.redis_url is not None
     if settings.fulfil_metrics_port:
-        start_http_server(settings.fulfil_metrics_port, addr=settings.grpc_host)
+        start_http_server(settings.fulfil_metrics_port, addr=settings.grpc_host, registry=REGISTRY)
     store = await FulfilmentStore.connect(
         settings.pg_dsn, pool_size=8, timeout=settings.db_timeout_s
     )

@@ -37,6 +37,7 @@ SERVICES: tuple[descriptor.ServiceDescriptor, ...] = (
     orders_pb2.DESCRIPTOR.services_by_name["OrderService"],
 )
 CLUSTER = "stockcore_grpc"
+ADMIN_CLUSTER = "envoy_admin"
 # The server gets the route's timeout as its deadline; the gateway waits this much
 # longer, so the server's own DEADLINE_EXCEEDED (with its details) is what callers see.
 DEADLINE_MARGIN_S = 0.25
@@ -658,9 +659,83 @@ def session_cluster(settings: GatewaySettings) -> Config:
     }
 
 
-def bootstrap(settings: GatewaySettings, *, grpc_port: int | None = None) -> Config:
+def stats_listener(settings: GatewaySettings) -> Config:
+    """Loopback HTTP on gateway_stats_port serving GET /stats/prometheus from the admin
+    interface, and 404 for everything else: what Prometheus needs, and nothing a page
+    posting to loopback ports could use to stop or reconfigure Envoy."""
+    routes = [
+        {
+            "match": {
+                "path": "/stats/prometheus",
+                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+            },
+            "route": {"cluster": ADMIN_CLUSTER},
+        },
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+    ]
+    manager = {
+        "@type": _type(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        ),
+        "stat_prefix": "stats",
+        "route_config": {
+            "name": "stats",
+            "virtual_hosts": [{"name": "stats", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _type("envoy.extensions.filters.http.router.v3.Router")},
+            }
+        ],
+    }
+    return {
+        "name": "stats",
+        "address": _socket_address("127.0.0.1", settings.gateway_stats_port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def admin_cluster(admin_socket: Path) -> Config:
+    """Envoy's own admin interface, on its Unix socket, for the stats listener."""
+    return {
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(admin_socket)}}}}]}
+            ],
+        },
+    }
+
+
+def admin_socket_in(workdir: Path, settings: GatewaySettings) -> Path:
+    """Where the admin interface of the gateway of `settings` listens, in its `workdir`."""
+    return workdir / f"envoy-{settings.gateway_port}.admin.sock"
+
+
+def bootstrap(
+    settings: GatewaySettings,
+    *,
+    grpc_port: int | None = None,
+    admin_socket: Path | None = None,
+) -> Config:
     """The whole Envoy configuration; `grpc_port` overrides settings.grpc_port (a test
-    server on a port picked at start)."""
+    server on a port picked at start); the admin interface listens on `admin_socket`
+    (owner-only; by default in <data_dir>/gateway)."""
+    if admin_socket is None:
+        admin_socket = admin_socket_in(Path(settings.data_dir) / "gateway", settings)
     port = settings.grpc_port if grpc_port is None else grpc_port
     if not 1 <= port <= 65535:
         raise SettingsError("the gateway needs the gRPC server's port")
@@ -679,14 +754,19 @@ def bootstrap(settings: GatewaySettings, *, grpc_port: int | None = None) -> Con
             }
         ],
     }
-    clusters = [upstream_cluster(settings, port)]
+    admin_socket = admin_socket.resolve()
+    clusters = [upstream_cluster(settings, port), admin_cluster(admin_socket)]
     if settings.gateway_session_socket:
         clusters.append(session_cluster(settings))
     return {
         "node": {"id": "stockcore-gateway", "cluster": "stockcore"},
-        # Loopback only: what this configuration holds is no secret, but no one else's.
-        "admin": {"address": _socket_address("127.0.0.1", settings.gateway_admin_port)},
-        "static_resources": {"listeners": [listener], "clusters": clusters},
+        # Its owner's alone: the admin interface stops, drains and reconfigures Envoy, and
+        # shows its whole configuration (no secret, but no one else's).
+        "admin": {"address": {"pipe": {"path": str(admin_socket), "mode": 0o600}}},
+        "static_resources": {
+            "listeners": [listener, stats_listener(settings)],
+            "clusters": clusters,
+        },
         "overload_manager": {
             "resource_monitors": [
                 {

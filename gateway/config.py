@@ -27,13 +27,18 @@ class GatewaySettings(EnvSettings):
     plaintext: bool = False
     log_level: str = "INFO"
     log_json: bool = True
-    # Envoy's files (configuration, admin address, log) go to <data_dir>/gateway.
+    # Envoy's files (configuration, admin socket, log) go to <data_dir>/gateway.
     data_dir: str = ".data"
     # Where the gateway listens; gateway_port 0 starts none (`make run`).
-    # gateway_admin_port 0 lets Envoy pick a free one.
+    # Envoy's admin interface listens on a Unix socket in the data folder, owner-only: it
+    # can stop and reconfigure Envoy, and a page in the developer's browser can post to
+    # any loopback port. Prometheus scrapes the gateway's metrics from a listener of their
+    # own on loopback (gateway_stats_port, Envoy's usual 9901) that serves
+    # /stats/prometheus and nothing else; 0 lets Envoy pick a free port, as tests that
+    # start several gateways at once do.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
-    gateway_admin_port: int = 0
+    gateway_stats_port: int = 9901
     # The names the gateway answers to (the Host header, as host or host:port), besides
     # localhost, 127.0.0.1, [::1] and gateway_host on gateway_port: any other is refused
     # (421), so a site whose name was rebound to this machine reaches nothing.
@@ -75,7 +80,7 @@ class GatewaySettings(EnvSettings):
         "STOCKCORE_DATA_DIR": ("data_dir", str),
         "STOCKCORE_GATEWAY_HOST": ("gateway_host", str),
         "STOCKCORE_GATEWAY_PORT": ("gateway_port", int),
-        "STOCKCORE_GATEWAY_ADMIN_PORT": ("gateway_admin_port", int),
+        "STOCKCORE_GATEWAY_STATS_PORT": ("gateway_stats_port", int),
         "STOCKCORE_GATEWAY_HOSTS": ("gateway_hosts", parse_list),
         "STOCKCORE_GATEWAY_ORIGINS": ("gateway_origins", parse_list),
         "STOCKCORE_GATEWAY_SESSION_SOCKET": ("gateway_session_socket", str),
@@ -95,7 +100,7 @@ class GatewaySettings(EnvSettings):
         return [
             (1 <= self.grpc_port <= 65535 or self.grpc_port == 0, "grpc_port must be 0-65535"),
             (0 <= self.gateway_port <= 65535, "gateway_port must be 0-65535"),
-            (0 <= self.gateway_admin_port <= 65535, "gateway_admin_port must be 0-65535"),
+            (0 <= self.gateway_stats_port <= 65535, "gateway_stats_port must be 0-65535"),
             (
                 all(HOST_PATTERN.fullmatch(h) for h in self.gateway_hosts),
                 "gateway_hosts must be host names such as shop-api.example.com or localhost:8080",

@@ -7,18 +7,18 @@ it dies with the thread that started it).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.bootstrap import bootstrap
+from gateway.bootstrap import admin_socket_in, bootstrap
 from gateway.config import GatewaySettings
 from runtime.processes import spawn, wait_until
 
@@ -33,9 +33,28 @@ def envoy_binary() -> Path:
     return path
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix socket (Envoy's admin interface)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        """Connect to the socket rather than to a host and port."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class Gateway:
     """Envoy in front of the gRPC server at 127.0.0.1:`grpc_port`, with its files in
-    `workdir` (configuration, admin address, log). The configuration file is written
+    `workdir` (configuration, admin socket, log). The configuration file is written
     owner-only: it names the files Envoy trusts and reads."""
 
     def __init__(
@@ -43,18 +62,16 @@ class Gateway:
     ):
         self.settings = settings
         self.workdir = Path(workdir)
-        self.config: dict[str, Any] = bootstrap(settings, grpc_port=grpc_port)
+        self.admin_socket = admin_socket_in(self.workdir, settings).resolve()
+        self.config: dict[str, Any] = bootstrap(
+            settings, grpc_port=grpc_port, admin_socket=self.admin_socket
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def config_path(self) -> Path:
         """Where the bootstrap JSON is written."""
         return self.workdir / f"envoy-{self.settings.gateway_port}.json"
-
-    @property
-    def admin_address_path(self) -> Path:
-        """Where Envoy writes its admin address (it may pick the port)."""
-        return self.workdir / f"envoy-{self.settings.gateway_port}.admin"
 
     @property
     def log(self) -> Path:
@@ -71,7 +88,6 @@ class Gateway:
         return [
             str(envoy_binary()),
             *("--config-path", str(self.config_path)),
-            *("--admin-address-path", str(self.admin_address_path)),
             *("--concurrency", str(self.settings.gateway_threads)),
             # Several gateways may run on one machine (tests, load runs): no shared memory.
             "--disable-hot-restart",
@@ -85,26 +101,40 @@ class Gateway:
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(self.config, out, indent=1)
-        self.admin_address_path.unlink(missing_ok=True)
+        self.admin_socket.unlink(missing_ok=True)
         with open(self.log, "ab") as out:
             self.proc = spawn(
                 self.argv(), death_signal=signal.SIGTERM, stdout=out, stderr=subprocess.STDOUT
             )
         wait_until(self._ready, self.proc, self.log, timeout, "Envoy")
 
-    def admin_url(self) -> str:
-        """http://host:port of Envoy's admin interface (loopback only)."""
-        return "http://" + self.admin_address_path.read_text().strip()
+    def admin(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """GET `path` from Envoy's admin interface (over its Unix socket): status, body."""
+        connection = _UnixHTTPConnection(str(self.admin_socket), timeout)
+        try:
+            connection.request("GET", path)
+            reply = connection.getresponse()
+            return reply.status, reply.read().decode("utf-8", "replace")
+        finally:
+            connection.close()
+
+    def stats_url(self) -> str:
+        """http://127.0.0.1:port of the listener serving /stats/prometheus (the port Envoy
+        picked, when the settings leave it 0)."""
+        port = self.settings.gateway_stats_port
+        if not port:
+            status, body = self.admin("/listeners?format=json")
+            if status != 200:
+                raise RuntimeError(f"Envoy's admin interface answered {status} for /listeners")
+            for listener in json.loads(body)["listener_statuses"]:
+                if listener["name"] == "stats":
+                    port = int(listener["local_address"]["socket_address"]["port_value"])
+        return f"http://127.0.0.1:{port}"
 
     def _ready(self) -> bool:
         try:
-            address = self.admin_url()
+            return self.admin("/ready", timeout=1)[0] == 200
         except OSError:
-            return False
-        try:
-            with urllib.request.urlopen(f"{address}/ready", timeout=1) as reply:
-                return bool(reply.status == 200)
-        except (urllib.error.URLError, OSError):
             return False
 
     def stop(self) -> None:

@@ -288,7 +288,7 @@ def _workers(server: LocalStockcore) -> list[int]:
 
 
 def _signal_tree(pid: int, sig: signal.Signals) -> None:
-    for target in [pid, *descendants(pid)]:
+    for target in descendants(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, sig)
 

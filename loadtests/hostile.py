@@ -375,11 +375,11 @@ async def abuse(
 
 
 def _server_cpu(pid: int) -> float:
-    return sum(cpu_seconds(p) or 0.0 for p in [pid, *descendants(pid)])
+    return sum(cpu_seconds(p) or 0.0 for p in descendants(pid))
 
 
 def _server_rss_mb(pid: int) -> float:
-    return sum(rss_kb(p) or 0 for p in [pid, *descendants(pid)]) / 1024
+    return sum(rss_kb(p) or 0 for p in descendants(pid)) / 1024
 
 
 async def request_costs(target: Target, pid: int) -> dict[str, tuple[float, float]]:

@@ -101,6 +101,7 @@ def open_stack(
             plaintext=True,
             grpc_host=host,
             gateway_port=free_port(),
+            gateway_stats_port=0,
             gateway_access_log=str(data_dir.resolve() / "gateway-access.log"),
         ).validate()
         with Gateway(settings, data_dir.resolve() / "gateway", grpc_port=int(port)) as envoy:

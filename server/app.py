@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from stockcore.v1 import inventory_pb2, orders_pb2
 
 from runtime import logs
+from server import metrics
 from server.auth import tls
 from server.auth.tokens import verifier_from_settings
 from server.config import Settings, SettingsError
@@ -289,7 +290,9 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
 async def serve_one(settings: Settings, worker: int = 0) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     if settings.metrics_port:
-        start_http_server(settings.metrics_port + worker, addr=settings.metrics_host)
+        start_http_server(
+            settings.metrics_port + worker, addr=settings.metrics_host, registry=metrics.REGISTRY
+        )
     app = await create_server(settings, reuse_port=settings.workers > 1)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

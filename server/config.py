@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from runtime.settings import EnvSettings, SettingsError, Variables, parse_list
+from server.domain.inventory import SKU_PATTERN
 
 __all__ = ["Settings", "SettingsError", "from_env", "to_env"]
 
 CARRIER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+# Each watched SKU is three series of every server process: a handful, not a catalogue.
+MAX_WATCHED_SKUS = 200
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,13 @@ class Settings(EnvSettings):
     # per peer address and in total; Check is not bounded.
     health_watches_per_peer: int = 32
     max_health_watches: int = 1000
+    # SKUs an operator watches (a flash sale's, the best sellers): their on_hand, reserved
+    # and available are gauges (stockcore_watched_stock_units), and whether the Redis
+    # mirror agrees with PostgreSQL on them is checked (stockcore_gate_drifted_skus). One
+    # read of each every watched_skus_interval_s (server/inventory/watched.py), whatever
+    # the traffic: no call waits for it.
+    watched_skus: tuple[str, ...] = ()
+    watched_skus_interval_s: float = 15.0
 
     # The STOCKCORE_* variable of each field that one can set.
     VARIABLES: ClassVar[Variables] = {
@@ -187,6 +197,8 @@ class Settings(EnvSettings):
         "STOCKCORE_DATABASE_READ_RATE_PER_CALLER": ("database_read_rate_per_caller", float),
         "STOCKCORE_HEALTH_WATCHES_PER_PEER": ("health_watches_per_peer", int),
         "STOCKCORE_MAX_HEALTH_WATCHES": ("max_health_watches", int),
+        "STOCKCORE_WATCHED_SKUS": ("watched_skus", parse_list),
+        "STOCKCORE_WATCHED_SKUS_INTERVAL": ("watched_skus_interval_s", float),
     }
 
     def checks(self) -> list[tuple[bool, str]]:
@@ -273,6 +285,16 @@ class Settings(EnvSettings):
             (
                 1 <= self.health_watches_per_peer <= self.max_health_watches <= 100_000,
                 "need 1 <= health_watches_per_peer <= max_health_watches <= 100000",
+            ),
+            (
+                len(self.watched_skus) <= MAX_WATCHED_SKUS
+                and all(SKU_PATTERN.fullmatch(sku) for sku in self.watched_skus),
+                f"watched_skus must be at most {MAX_WATCHED_SKUS} SKUs"
+                " of [A-Za-z0-9._:/-] (1-64 characters)",
+            ),
+            (
+                1 <= self.watched_skus_interval_s <= 3600,
+                "watched_skus_interval_s must be 1-3600",
             ),
         ]
 

@@ -1,5 +1,5 @@
-"""`python -m simulators warehouse|carrier --port N`: one simulated partner, served until
-SIGINT or SIGTERM."""
+"""`python -m simulators warehouse|carrier|payments --port N`: one simulated partner, served
+until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 

@@ -16,7 +16,10 @@ taken off the list). The API's own endpoints (under /v1) all go through them; /_
 
 Rates are spread evenly rather than drawn at random: with `error_rate` 0.06, exactly 6 of
 every 100 requests fail (the 17th, the 34th ...), so a test or a load run sees the share it
-asked for, every time."""
+asked for, every time.
+
+A simulator with knobs of its own (the payment provider's, simulators/payment_faults.py)
+adds them to the same /_faults: a PUT naming them changes them, `reset` clears them too."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -92,6 +95,26 @@ class Faults:
         return time.time() < self.outage_until
 
 
+class Knobs(Protocol):
+    """Knobs a simulator adds to /_faults beside the common ones."""
+
+    def names(self) -> frozenset[str]:
+        """The knobs a PUT body may name."""
+        ...
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply the named knobs of a PUT body; ValueError for values out of range."""
+        ...
+
+    def reset(self) -> None:
+        """Every knob back to its default."""
+        ...
+
+    def view(self) -> dict[str, Any]:
+        """The knobs as JSON-ready data."""
+        ...
+
+
 class Unapplied(Exception):
     """Raised by a handler before it changed anything: answered 503 by the middleware."""
 
@@ -105,6 +128,12 @@ class FaultState:
     rand: random.Random = field(default_factory=random.Random)
     # Each rate's accumulated share: a fault is due each time it reaches 1.
     credit: dict[str, float] = field(default_factory=dict)
+    # The simulator's own knobs, if it has any.
+    extra: Knobs | None = None
+
+    def due(self, knob: str, rate: float) -> bool:
+        """Whether the fault of `knob` is due now, at `rate` (evenly spread, see above)."""
+        return self._due(knob, rate)
 
     def _due(self, knob: str, rate: float) -> bool:
         self.credit[knob] = self.credit.get(knob, 0.0) + rate
@@ -178,9 +207,16 @@ def broken_json(data: dict[str, Any]) -> web.Response:
     )
 
 
+def _view(state: FaultState) -> dict[str, Any]:
+    view = state.faults.view()
+    if state.extra is not None:
+        view.update(state.extra.view())
+    return view
+
+
 async def get_faults(request: web.Request) -> web.Response:
     """GET /_faults."""
-    return web.json_response(request.app[STATE_KEY].faults.view())
+    return web.json_response(_view(request.app[STATE_KEY]))
 
 
 async def put_faults(request: web.Request) -> web.Response:
@@ -190,11 +226,16 @@ async def put_faults(request: web.Request) -> web.Response:
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
         state = request.app[STATE_KEY]
-        state.faults.update(body)
+        own = state.extra.names() if state.extra is not None else frozenset()
+        if state.extra is not None:
+            if body.get("reset"):
+                state.extra.reset()
+            state.extra.update({k: v for k, v in body.items() if k in own})
+        state.faults.update({k: v for k, v in body.items() if k not in own})
         state.credit.clear()
     except (ValueError, TypeError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
-    return web.json_response(request.app[STATE_KEY].faults.view())
+    return web.json_response(_view(request.app[STATE_KEY]))
 
 
 async def get_stats(request: web.Request) -> web.Response:

@@ -64,11 +64,13 @@ async def reset_state(pg_dsn: str, redis_url: str) -> None:
     """Empty every table and the gate's Redis keys."""
     async with connected(pg_dsn) as conn:
         await conn.execute(
-            "TRUNCATE stockcore.stock, stockcore.reservations, stockcore.movements,"
+            "TRUNCATE stockcore.stock, stockcore.reservations, stockcore.reservation_changes,"
+            " stockcore.movements,"
             " stockcore.adjustments, stockcore.orders, stockcore.order_history,"
             " stockcore.payments, stockcore.order_events, stockcore.fulfilments,"
             " stockcore.fulfilment_history, stockcore.fulfilment_dead_letters,"
-            " stockcore.fulfilment_workers, stockcore.fulfilment_breaker_transitions"
+            " stockcore.fulfilment_workers, stockcore.fulfilment_breaker_transitions,"
+            " stockcore.payment_events, stockcore.payments_to_return"
         )
         await conn.execute("UPDATE stockcore.outbox_state SET published_upto = 0")
     client = aioredis.Redis.from_url(redis_url)

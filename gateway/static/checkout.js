@@ -3,13 +3,17 @@
 // The shopper is the gateway's session: POST /session (same origin; the session is an
 // HttpOnly cookie this script never sees) names the customer and gives a token bound to
 // that customer alone, valid for minutes, which the page asks for again before it runs
-// out. The cart is one order in PENDING_PAYMENT: adding a product creates the order
-// (which holds the stock until its payment deadline), changing the cart cancels it and
-// creates the next one. "Pay" goes to the payment provider (simulated: POST
-// /session/pay), which confirms the payment itself: the page's token may not. The
-// order's status follows WatchOrders (a newline-delimited JSON stream).
+// out. The cart is one reservation held for the shopper: the first product added holds
+// it (Reserve), every later change sets one line of it (SetReservationLine: +, - or
+// remove), and each change holds the cart for the hold time again, counted down on the
+// page; an abandoned cart expires as a hold, leaving no order behind. "Pay" makes the
+// order of the cart (CreateOrder with reservationId: the reservation becomes the order's
+// hold, so the order exists once, at checkout) and goes to the payment provider
+// (simulated: POST /session/pay), which confirms the payment itself: the page's token
+// may not. The order's status follows WatchOrders (a newline-delimited JSON stream).
 //
-// Query parameter: ?hold=SECONDS (the payment window, default 600).
+// Query parameter: ?hold=SECONDS (how long the cart, then the order, is held; 600 by
+// default).
 "use strict";
 
 const params = new URLSearchParams(location.search);
@@ -21,8 +25,11 @@ const TOKEN_REFRESH_AT = 0.8;
 const $ = (id) => document.getElementById(id);
 let catalogue = { currency: "EUR", products: [] };
 let available = {}; // sku -> units available now (null: not sold here)
-let cart = {}; // sku -> quantity
-let order = null; // the pending (or last) order
+let cart = {}; // sku -> quantity, as the cart's reservation holds them
+let cartId = null; // the cart's reservation id (and the order's, once it is made)
+let cartExpires = null; // when the cart's hold lapses, unless changed again (ms)
+let changes = 0; // changes made to the cart, which name the next one
+let order = null; // the order made of the cart, once paid for
 let watching = null; // AbortController of the WatchOrders stream
 let busy = false;
 let shopper = null; // the session's customer id
@@ -157,7 +164,7 @@ async function pollStock() {
   setTimeout(pollStock, STOCK_POLL_MS);
 }
 
-// --- the cart: one pending order ----------------------------------------------------
+// --- the cart: one held reservation, changed line by line ---------------------------
 
 function orderLines(lines) {
   return Object.entries(lines).map(([sku, quantity]) => ({
@@ -167,15 +174,43 @@ function orderLines(lines) {
   }));
 }
 
-async function createOrder(lines) {
-  const id = "web-" + randomId();
-  const data = await api("POST", "/v1/orders", {
-    customerId: shopper,
-    lines: orderLines(lines),
-    currencyCode: catalogue.currency,
-    paymentWindow: holdSeconds + "s",
-  }, id);
-  return data.order;
+// The cart as the server answered: its lines and when its hold lapses.
+function held(reservation) {
+  cart = {};
+  for (const line of reservation.lines || []) cart[line.sku] = Number(line.quantity);
+  cartExpires = Date.parse(reservation.expireTime);
+}
+
+function forgetCart() {
+  cart = {};
+  cartId = null;
+  cartExpires = null;
+  changes = 0;
+}
+
+// Set the cart's line of `sku` to `quantity` units (0 removes it): the first line holds
+// a new reservation, every other change sets one line of it. Each change names itself
+// (Idempotency-Key), so a retry never applies it twice.
+async function setLine(sku, quantity) {
+  if (!cartId) {
+    if (quantity === 0) return;
+    const id = "web-" + randomId();
+    const data = await api("POST", "/v1/reservations", {
+      lines: [{ sku, quantity: String(quantity) }],
+      ttl: holdSeconds + "s",
+    }, id);
+    cartId = id;
+    changes = 0;
+    held(data.reservation);
+    return;
+  }
+  changes += 1;
+  const data = await api("POST", `/v1/reservations/${encodeURIComponent(cartId)}:setLine`, {
+    sku,
+    quantity: String(quantity),
+    ttl: holdSeconds + "s",
+  }, `${cartId}/${changes}`);
+  held(data.reservation);
 }
 
 async function withBusy(work) {
@@ -191,49 +226,50 @@ async function withBusy(work) {
   }
 }
 
-function addToCart(sku) {
+function changeCart(sku, quantity) {
   return withBusy(async () => {
-    const next = { ...cart, [sku]: (cart[sku] || 0) + 1 };
-    const previous = order && bare(order.status) === "PENDING_PAYMENT" ? order : null;
-    if (previous) {
-      // The held units go back before the larger hold is taken, so a cart that holds a
-      // last unit can still grow.
-      await api("POST", `/v1/orders/${encodeURIComponent(previous.orderId)}:cancel`,
-        { reason: "cart changed" });
+    if (order && bare(order.status) !== "PENDING_PAYMENT") {
+      // The last cart was ordered: this change starts a new one.
+      order = null;
+      stopWatching();
+      $("order").hidden = true;
+      forgetCart();
     }
     try {
-      order = await createOrder(next);
-      cart = next;
+      await setLine(sku, quantity);
       notify("");
     } catch (error) {
       const short = detailsOf(error, "PreconditionFailure").flatMap((d) => d.violations || []);
-      if (short.length) {
+      if (short.some((v) => v.type === "STATUS")) {
+        // The cart's hold ended (expired): start again with this product alone.
+        forgetCart();
+        notify("Your cart's hold had expired; it starts again.", "info");
+        if (quantity > 0) await setLine(sku, quantity).catch((again) => notify(again.message));
+      } else if (short.length) {
         for (const v of short) {
           const left = /available (\d+)/.exec(v.description);
-          if (left) available[v.subject] = Number(left[1]);
+          if (left) available[v.subject] = Math.max(0, Number(left[1]) - (cart[v.subject] || 0));
         }
         notify("Sold out: " + short.map((v) => `${v.subject} (${v.description})`).join(", "));
       } else {
-        notify("Could not add to the cart: " + error.message);
-      }
-      order = null;
-      if (previous && Object.keys(cart).length) {
-        order = await createOrder(cart).catch(() => null);
-        if (!order) cart = {};
+        notify("Could not change the cart: " + error.message);
       }
     }
-    if (order) watch(order.orderId);
     refreshStock().catch(() => {});
   });
 }
 
+function addToCart(sku) {
+  return changeCart(sku, (cart[sku] || 0) + 1);
+}
+
 function emptyCart() {
   return withBusy(async () => {
-    if (order && bare(order.status) === "PENDING_PAYMENT") {
-      await api("POST", `/v1/orders/${encodeURIComponent(order.orderId)}:cancel`,
-        { reason: "cart emptied" });
+    if (cartId && !order) {
+      await api("POST", `/v1/reservations/${encodeURIComponent(cartId)}:release`, {})
+        .catch((error) => notify("Could not release the cart: " + error.message));
     }
-    cart = {};
+    forgetCart();
     order = null;
     stopWatching();
     $("order").hidden = true;
@@ -241,10 +277,27 @@ function emptyCart() {
   });
 }
 
+// The order, made of the cart's reservation: the same lines, the same hold, created once
+// (a retry, Idempotency-Key the cart's id, answers with the same order).
+async function orderTheCart() {
+  const data = await api("POST", "/v1/orders", {
+    reservationId: cartId,
+    customerId: shopper,
+    lines: orderLines(cart),
+    currencyCode: catalogue.currency,
+    paymentWindow: holdSeconds + "s",
+  }, cartId);
+  return data.order;
+}
+
 function pay() {
   return withBusy(async () => {
-    const paying = order;
     try {
+      if (!order) {
+        order = await orderTheCart();
+        watch(order.orderId);
+      }
+      const paying = order;
       // The (simulated) payment provider charges the order's total and tells stockcore.
       await answer(await fetch("/session/pay", {
         method: "POST",
@@ -254,7 +307,7 @@ function pay() {
       }));
       const data = await api("GET", `/v1/orders/${encodeURIComponent(paying.orderId)}`);
       order = data.order;
-      cart = {};
+      forgetCart();
       notify("Thank you! Payment received.", "info");
     } catch (error) {
       notify("Payment failed: " + error.message);
@@ -264,17 +317,33 @@ function pay() {
 
 function renderCart() {
   const lines = Object.entries(cart);
-  const pending = order && bare(order.status) === "PENDING_PAYMENT";
+  const ordered = order && bare(order.status) !== "PENDING_PAYMENT";
   $("cart-empty").hidden = lines.length > 0;
   $("cart").hidden = lines.length === 0;
   $("cart-lines").replaceChildren(...lines.map(([sku, quantity]) => {
     const li = document.createElement("li");
+    li.dataset.sku = sku;
     const product = catalogue.products.find((p) => p.sku === sku);
-    li.textContent = `${quantity} × ${product.name}`;
+    const text = document.createElement("span");
+    text.className = "line";
+    text.textContent = `${quantity} × ${product.name}`;
+    li.appendChild(text);
+    for (const [label, name, next] of [["−", "less", quantity - 1], ["+", "more", quantity + 1],
+      ["Remove", "remove", 0]]) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "secondary " + name;
+      button.textContent = label;
+      button.disabled = busy || Boolean(order);
+      button.addEventListener("click", () => changeCart(sku, next));
+      li.appendChild(button);
+    }
     return li;
   }));
-  $("cart-total").textContent = order ? money(order.totalMinor) : "";
-  $("pay").disabled = busy || !pending;
+  const total = lines.reduce((sum, [sku, quantity]) =>
+    sum + quantity * catalogue.products.find((p) => p.sku === sku).price_minor, 0);
+  $("cart-total").textContent = lines.length ? money(order ? order.totalMinor : total) : "";
+  $("pay").disabled = busy || !lines.length || ordered || expiresAt() <= Date.now();
   $("empty").disabled = busy;
   if (order) {
     $("order").hidden = false;
@@ -285,19 +354,24 @@ function renderCart() {
   tick();
 }
 
-// The hold's countdown, to the order's payment deadline.
+// When the hold lapses: the cart's, or, once ordered, the order's payment deadline.
+function expiresAt() {
+  if (order && order.paymentDeadline) return Date.parse(order.paymentDeadline);
+  return cartExpires || 0;
+}
+
+// The hold's countdown.
 function tick() {
   const hold = $("hold");
-  if (!order || !order.paymentDeadline) return;
-  const status = bare(order.status);
-  const left = Math.max(0, Math.ceil((Date.parse(order.paymentDeadline) - Date.now()) / 1000));
-  if (status === "EXPIRED" || (status === "PENDING_PAYMENT" && left === 0)) {
+  const pending = order ? bare(order.status) === "PENDING_PAYMENT" : Boolean(cartId);
+  const left = Math.max(0, Math.ceil((expiresAt() - Date.now()) / 1000));
+  if ((order && bare(order.status) === "EXPIRED") || (pending && left === 0)) {
     hold.className = "hold expired";
     hold.textContent = "Your hold expired: the items went back on sale.";
     $("pay").disabled = true;
     return;
   }
-  if (status !== "PENDING_PAYMENT") {
+  if (!pending) {
     hold.className = "hold";
     hold.textContent = "";
     return;
@@ -361,7 +435,6 @@ function onEvent(event, orderId) {
   if (event.order && order && order.orderId === orderId) {
     order = event.order;
     if (bare(order.status) === "EXPIRED") {
-      // The cart stays as it was, marked expired; adding to it holds everything again.
       notify("Your hold expired before payment; the items went back on sale.");
     }
     renderCart();

@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping
 INVENTORY_READ = "inventory:read"
 """GetStock, GetReservation."""
 INVENTORY_HOLD = "inventory:hold"
-"""Reserve, Commit, Release."""
+"""Reserve, SetReservationLine, Commit, Release (a customer's token: Reserve,
+SetReservationLine and Release of that customer's reservations, never Commit)."""
 STOCK_ADJUST = "stock:adjust"
 """AdjustStock: restock, shrinkage, counts."""
 ORDERS_CREATE = "orders:create"
@@ -43,10 +44,10 @@ SERVICE_SCOPES = (
 )
 """Scopes of internal services; a customer-bound token carries none of them."""
 
-BESIDE_CUSTOMER = (INVENTORY_READ, ORDERS_CREATE)
+BESIDE_CUSTOMER = (INVENTORY_READ, INVENTORY_HOLD, ORDERS_CREATE)
 """The only service scopes a customer-bound token may carry beside `customer`, as a
-checkout page's does: stock levels are no customer's, and the orders it may create are
-its own customer's (server/rpc/access.py)."""
+checkout page's does: stock levels are no customer's, and the reservations (its cart) and
+orders it may make are its own customer's (server/rpc/access.py)."""
 
 ALIASES: Mapping[str, frozenset[str]] = {
     ORDERS_WRITE: frozenset({ORDERS_CREATE, ORDERS_PAY, ORDERS_CANCEL}),

@@ -127,6 +127,33 @@ class EventBeforeOrder(DomainError):
         )
 
 
+class ReservationFull(DomainError):
+    """A new line for a reservation that holds the most lines one may hold."""
+
+    def __init__(self, reservation_id: str, limit: int) -> None:
+        self.reservation_id = reservation_id
+        self.limit = limit
+        super().__init__(
+            f"reservation {reservation_id!r} holds {limit} lines, the most it may: change or"
+            " remove one first"
+        )
+
+
+class LinesDiffer(DomainError):
+    """An order made from a held reservation lists other lines than the reservation holds
+    (it changed since the caller read it); nothing was changed. `held` and `requested` are
+    the lines, as text for the caller to read."""
+
+    def __init__(self, reservation_id: str, held: str, requested: str) -> None:
+        self.reservation_id = reservation_id
+        self.held = held
+        self.requested = requested
+        super().__init__(
+            f"reservation {reservation_id!r} holds {held or 'no line'}; the order lists"
+            f" {requested}: send the reservation's lines"
+        )
+
+
 class StockFloorViolation(DomainError):
     """An adjustment would leave on_hand below reserved or below zero."""
 

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 
-from server.domain.errors import FieldViolation, IllegalTransition, InvalidArgument
+from server.domain.errors import (
+    FieldViolation,
+    IllegalTransition,
+    InvalidArgument,
+    PermissionDenied,
+)
 
 MAX_LINES = 100
 MAX_QUANTITY = 1_000_000
@@ -67,6 +72,31 @@ def check_finish(reservation_id: str, finish: Finish, status: ReservationStatus)
     )
 
 
+# ErrorInfo reason of a customer's token naming what is not that customer's (part of the
+# API; server/domain/orders.py refuses orders with it too).
+OTHER_CUSTOMER = "OTHER_CUSTOMER"
+
+
+def not_held_for(customer_id: str, reservation_id: str) -> PermissionDenied:
+    """A reservation that is not held for the customer a caller's token is bound to (or, for
+    an order made of it, not for the order's customer)."""
+    return PermissionDenied(
+        OTHER_CUSTOMER, f"reservation {reservation_id!r} is not held for customer {customer_id!r}"
+    )
+
+
+def not_held(reservation_id: str, status: ReservationStatus, wanted: str) -> IllegalTransition:
+    """A change (`wanted`: what the caller meant to make of it) of a reservation that is no
+    longer HELD; a HELD one past its expiry counts as EXPIRED (the sweep has yet to end it)."""
+    current = ReservationStatus.EXPIRED if status is ReservationStatus.HELD else status
+    return IllegalTransition(
+        reservation_id,
+        current.name,
+        wanted,
+        f"reservation {reservation_id!r} is {current.name}: only a HELD reservation can {wanted}",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Line:
     """A quantity of one SKU."""
@@ -103,18 +133,45 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class ReserveCommand:
-    """A validated request to hold stock: lines merged per SKU and sorted."""
+    """A validated request to hold stock: lines merged per SKU and sorted; `customer_id`
+    names the customer it is held for (a checkout page's token's), None for a service."""
 
     reservation_id: str
     lines: tuple[Line, ...]
     ttl_ms: int
     caller: str
+    customer_id: str | None = None
 
     @property
     def fingerprint(self) -> bytes:
-        """What makes two requests with one id the same request."""
+        """What makes two requests with one id the same request (the same customer's, for
+        a customer's: another customer's is a different request)."""
         body = "|".join(f"{line.sku}={line.quantity}" for line in self.lines)
-        return hashlib.sha256(f"reserve|{body}|{self.ttl_ms}".encode()).digest()[:16]
+        text = f"reserve|{body}|{self.ttl_ms}"
+        if self.customer_id is not None:
+            text += f"|customer {self.customer_id}"
+        return hashlib.sha256(text.encode()).digest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class SetLine:
+    """A validated SetReservationLine: reservation `reservation_id` is to hold
+    `line.quantity` units of `line.sku` (0: none, the line goes) for `ttl_ms` from the
+    change, which `change_id` names. `customer_id`: the customer the caller's token is
+    bound to (it may change only that customer's reservations), None for a service."""
+
+    reservation_id: str
+    change_id: str
+    line: Line
+    ttl_ms: int
+    caller: str
+    customer_id: str | None = None
+
+    @property
+    def fingerprint(self) -> bytes:
+        """What makes two changes with one change_id the same change."""
+        text = f"set-line|{self.reservation_id}|{self.line.sku}={self.line.quantity}|{self.ttl_ms}"
+        return hashlib.sha256(text.encode()).digest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +290,7 @@ def reserve_command(
     default_ttl_s: float,
     min_ttl_s: float,
     max_ttl_s: float,
+    customer_id: str | None = None,
 ) -> ReserveCommand:
     """Validate a Reserve request, reporting every violation at once."""
     violations = check_id(reservation_id, "reservation_id")
@@ -248,7 +306,37 @@ def reserve_command(
         ttl = 0
     if violations:
         raise InvalidArgument(violations)
-    return ReserveCommand(reservation_id, merged, ttl, caller)
+    return ReserveCommand(reservation_id, merged, ttl, caller, customer_id)
+
+
+def set_line(
+    reservation_id: str,
+    change_id: str,
+    sku: str,
+    quantity: int,
+    ttl_s: float | None,
+    caller: str,
+    *,
+    default_ttl_s: float,
+    min_ttl_s: float,
+    max_ttl_s: float,
+    customer_id: str | None = None,
+) -> SetLine:
+    """Validate a SetReservationLine request, reporting every violation at once."""
+    violations = check_id(reservation_id, "reservation_id") + check_id(change_id, "change_id")
+    violations += check_sku(sku, "sku")
+    if not 0 <= quantity <= MAX_QUANTITY:
+        violations.append(
+            _violation("quantity", f"must be 0 (no line) to {MAX_QUANTITY}, got {quantity}")
+        )
+    try:
+        ttl = ttl_ms(ttl_s, default_s=default_ttl_s, min_s=min_ttl_s, max_s=max_ttl_s)
+    except InvalidArgument as exc:
+        violations += exc.violations
+        ttl = 0
+    if violations:
+        raise InvalidArgument(violations)
+    return SetLine(reservation_id, change_id, Line(sku, quantity), ttl, caller, customer_id)
 
 
 def adjust_command(

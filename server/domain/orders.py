@@ -22,6 +22,7 @@ from server.domain.errors import (
     PermissionDenied,
 )
 from server.domain.inventory import (
+    OTHER_CUSTOMER,
     Line,
     ReserveCommand,
     check_id,
@@ -239,7 +240,11 @@ def check_currency(value: str, field: str) -> list[FieldViolation]:
 
 @dataclass(frozen=True, slots=True)
 class CreateOrder:
-    """A validated CreateOrder: lines merged per SKU and sorted, prices checked."""
+    """A validated CreateOrder: lines merged per SKU and sorted, prices checked. With
+    `from_reservation`, the order takes over the HELD plain reservation whose id is its own
+    (CreateOrderRequest.reservation_id), which must hold exactly its lines, instead of
+    holding stock anew; `bound_customer` is the customer the caller's token is bound to
+    (None for a service), who may take over only a reservation held for it."""
 
     order_id: str
     customer_id: str
@@ -247,6 +252,8 @@ class CreateOrder:
     lines: tuple[OrderLine, ...]
     ttl_ms: int
     actor: Actor
+    from_reservation: bool = False
+    bound_customer: str | None = None
 
     @property
     def total_minor(self) -> int:
@@ -258,6 +265,8 @@ class CreateOrder:
         """What makes two CreateOrder requests with one id the same request."""
         body = "|".join(f"{x.sku}={x.quantity}@{x.unit_price_minor}" for x in self.lines)
         text = f"order|{self.customer_id}|{self.currency}|{body}|{self.ttl_ms}"
+        if self.from_reservation:
+            text += "|from reservation"
         return hashlib.sha256(text.encode()).digest()[:16]
 
     @property
@@ -282,10 +291,25 @@ def create_order(
     default_ttl_s: float,
     min_ttl_s: float,
     max_ttl_s: float,
+    reservation_id: str = "",
+    bound_customer: str | None = None,
 ) -> CreateOrder:
     """Validate a CreateOrder request (lines are (sku, quantity, unit price)), reporting
-    every violation at once."""
-    violations = check_id(order_id, "order_id") + check_id(customer_id, "customer_id")
+    every violation at once. With a `reservation_id` the order takes over that
+    reservation, whose id becomes the order's: `order_id` must be empty or the same."""
+    violations: list[FieldViolation] = []
+    if reservation_id:
+        violations += check_id(reservation_id, "reservation_id")
+        if order_id and order_id != reservation_id:
+            violations.append(
+                _violation(
+                    "order_id",
+                    "must be empty or reservation_id: the reservation becomes the order's"
+                    " hold, and an order's hold has the order's id",
+                )
+            )
+        order_id = order_id or reservation_id
+    violations += check_id(order_id, "order_id") + check_id(customer_id, "customer_id")
     try:
         merged = merge_lines([(sku, quantity) for sku, quantity, _ in lines])
     except InvalidArgument as exc:
@@ -317,7 +341,16 @@ def create_order(
         violations.append(_violation("lines", f"the order total exceeds {MAX_TOTAL} minor units"))
     if violations:
         raise InvalidArgument(violations)
-    return CreateOrder(order_id, customer_id, currency, priced, ttl, actor)
+    return CreateOrder(
+        order_id,
+        customer_id,
+        currency,
+        priced,
+        ttl,
+        actor,
+        from_reservation=bool(reservation_id),
+        bound_customer=bound_customer,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,7 +540,6 @@ def mismatch(order: Order, payment: ConfirmPayment) -> PaymentMismatch:
 # A token bound to one customer sees and changes only that customer's orders; these are
 # its refusals (ErrorInfo reasons, part of the API).
 
-OTHER_CUSTOMER = "OTHER_CUSTOMER"
 PAID_ORDER = "PAID_ORDER"
 
 
@@ -524,6 +556,11 @@ def other_customer(bound: str, requested: str) -> PermissionDenied:
     return PermissionDenied(
         OTHER_CUSTOMER, f"the token acts for customer {bound!r}, not {requested!r}"
     )
+
+
+def lines_text(lines: Iterable[tuple[str, int]]) -> str:
+    """Lines as a person reads them: "A x 2, B x 1"."""
+    return ", ".join(f"{sku} x {quantity}" for sku, quantity in lines)
 
 
 def customer_cannot_cancel(order: Order) -> PermissionDenied:

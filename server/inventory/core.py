@@ -1,6 +1,7 @@
-"""The inventory core: reserve, commit, release, read and adjust stock.
+"""The inventory core: reserve, change a held reservation line by line, commit, release,
+read and adjust stock.
 
-Reserve: the Redis gate admits or rejects every line at once; admitted (and undecidable)
+Reserve and SetReservationLine: the Redis gate admits or rejects every line at once; admitted (and undecidable)
 requests then go to PostgreSQL, one statement per batch, whose conditional UPDATEs
 decide for good. The mirror is told the outcome before the callers get their answers,
 so a mirror read after an acknowledged change sees it.
@@ -21,20 +22,27 @@ from server.domain.errors import (
     IllegalTransition,
     InsufficientStock,
     NotFound,
+    ReservationFull,
+    Shortage,
     StockFloorViolation,
     Unavailable,
 )
 from server.domain.inventory import (
+    MAX_LINES,
     AdjustCommand,
     Finish,
     Reservation,
     ReserveCommand,
+    SetLine,
     StockLevel,
     check_finish,
+    not_held,
+    not_held_for,
 )
 from server.inventory import expiry, gating
 from server.inventory.batching import Batcher
 from server.inventory.mirror import Mirror
+from server.inventory.watched import WatchedStock
 from server.metrics import HOLDS
 from server.queue_delay import Queues
 from server.shares import Shares
@@ -42,6 +50,8 @@ from server.shutdown import cancel_and_wait
 from server.storage.postgres import (
     AdjustCode,
     FinishCode,
+    LineCode,
+    LineResult,
     MirrorLevel,
     ReserveCode,
     ReserveResult,
@@ -86,7 +96,10 @@ class InventoryCore:
         self._reserver: Batcher[ReserveCommand, Reservation] = Batcher(
             "reserve", self._reserve_batch, **writes
         )
-        self._finishers: dict[Finish, Batcher[tuple[str, str], Reservation]] = {
+        self._line_setter: Batcher[SetLine, Reservation] = Batcher(
+            "set_line", self._set_line_batch, **writes
+        )
+        self._finishers: dict[Finish, Batcher[tuple[str, str, str | None], Reservation]] = {
             finish: Batcher(finish.name.lower(), partial(self._finish_batch, finish), **writes)
             for finish in (Finish.COMMIT, Finish.RELEASE)
         }
@@ -102,6 +115,7 @@ class InventoryCore:
     def _batchers(self) -> list[Batcher[Any, Any]]:
         return [
             self._reserver,
+            self._line_setter,
             *self._finishers.values(),
             self._reservation_reader,
             self._mirror_reader,
@@ -117,6 +131,13 @@ class InventoryCore:
             asyncio.create_task(expiry.run(self.store, self.mirror, self.settings), name="expiry"),
             asyncio.create_task(self.mirror.run(), name="redis-probe"),
         ]
+        if self.settings.watched_skus:
+            watched = WatchedStock(self.store, self.mirror, self.settings.watched_skus)
+            self._tasks.append(
+                asyncio.create_task(
+                    watched.run(self.settings.watched_skus_interval_s), name="watched-stock"
+                )
+            )
 
     async def stop(self) -> None:
         """Finish batches in flight and stop background work."""
@@ -128,17 +149,29 @@ class InventoryCore:
         """Hold every line of `command`, or none."""
         return await self._reserver.submit(command, deadline)
 
+    async def set_line(self, change: SetLine, deadline: float | None = None) -> Reservation:
+        """Set one line of a HELD reservation (adding units only if they are available,
+        giving back what it no longer holds) and hold it for the change's time-to-live."""
+        return await self._line_setter.submit(change, deadline)
+
     async def commit(
         self, reservation_id: str, caller: str, deadline: float | None = None
     ) -> Reservation:
         """Turn a hold into a deduction from on-hand."""
-        return await self._finishers[Finish.COMMIT].submit((reservation_id, caller), deadline)
+        return await self._finishers[Finish.COMMIT].submit((reservation_id, caller, None), deadline)
 
     async def release(
-        self, reservation_id: str, caller: str, deadline: float | None = None
+        self,
+        reservation_id: str,
+        caller: str,
+        deadline: float | None = None,
+        customer_id: str | None = None,
     ) -> Reservation:
-        """Give a hold back."""
-        return await self._finishers[Finish.RELEASE].submit((reservation_id, caller), deadline)
+        """Give a hold back; with `customer_id` (a customer's token), only a reservation
+        held for that customer."""
+        return await self._finishers[Finish.RELEASE].submit(
+            (reservation_id, caller, customer_id), deadline
+        )
 
     async def get_reservation(self, reservation_id: str, reader: str | None = None) -> Reservation:
         """One reservation as stored, read within `reader`'s share of reads in PostgreSQL
@@ -205,19 +238,42 @@ class InventoryCore:
                     batch.decide(i, answer, held)
         return batch.answers  # type: ignore[return-value]
 
+    async def _set_line_batch(self, changes: Sequence[SetLine]) -> list[Answer]:
+        """Gate what the changes add, then decide them in PostgreSQL, one statement."""
+        async with gating.changing(self.mirror, self.store, changes) as batch:
+            if batch.to_database:
+                try:
+                    outcomes, batch.levels = await self.store.set_lines(
+                        [changes[i] for i in batch.to_database]
+                    )
+                except Unavailable as exc:
+                    batch.fail(exc)
+                    outcomes = []
+                for i, outcome in zip(batch.to_database, outcomes, strict=False):
+                    held = None
+                    if outcome.code is LineCode.APPLIED and outcome.reservation is not None:
+                        held = (changes[i].reservation_id, outcome.reservation.expires_at)
+                    batch.decide(i, _line_answer(changes[i], outcome), held)
+        return batch.answers  # type: ignore[return-value]
+
     async def _finish_batch(
-        self, finish: Finish, requests: Sequence[tuple[str, str]]
+        self, finish: Finish, requests: Sequence[tuple[str, str, str | None]]
     ) -> list[Answer]:
-        """Commit or release a batch of (reservation id, caller); an order's hold is
-        refused (it ends only through the order)."""
-        ids = [rid for rid, _ in requests]
+        """Commit or release a batch of (reservation id, caller, customer the caller is
+        bound to); an order's hold is refused (it ends only through the order)."""
+        ids = [rid for rid, _, _ in requests]
         outcomes, levels = await self.store.finish_batch(
-            ids, finish, [caller for _, caller in requests]
+            ids,
+            finish,
+            [caller for _, caller, _ in requests],
+            [customer for _, _, customer in requests],
         )
         await self.mirror.settle(levels=levels)
         results: list[Answer] = []
-        for rid, outcome in zip(ids, outcomes, strict=True):
-            if outcome.code is FinishCode.UNKNOWN or outcome.reservation is None:
+        for (rid, _, customer), outcome in zip(requests, outcomes, strict=True):
+            if outcome.code is FinishCode.OTHER_CUSTOMER and customer is not None:
+                results.append(not_held_for(customer, rid))
+            elif outcome.code is FinishCode.UNKNOWN or outcome.reservation is None:
                 results.append(NotFound("reservation", [rid]))
             elif outcome.code is FinishCode.ORDER_OWNED:
                 results.append(_order_owned(rid))
@@ -261,6 +317,34 @@ def _answer(command: ReserveCommand, outcome: ReserveResult) -> Answer:
     if outcome.unknown_skus:
         return NotFound("sku", outcome.unknown_skus)
     return InsufficientStock(outcome.shortages)
+
+
+def _line_answer(change: SetLine, outcome: LineResult) -> Answer:
+    """What PostgreSQL's outcome of one change means to its caller."""
+    rid = change.reservation_id
+    code, found = outcome.code, outcome.reservation
+    if code is LineCode.UNKNOWN:
+        return NotFound("reservation", [rid])
+    if code is LineCode.OTHER_CUSTOMER:
+        return not_held_for(change.customer_id or "", rid)
+    if code is LineCode.ORDER_OWNED:
+        return _order_owned(rid, "CancelOrder")
+    if code is LineCode.CONFLICT:
+        return AlreadyExists("change", change.change_id)
+    if code is LineCode.FULL:
+        return ReservationFull(rid, MAX_LINES)
+    if found is None:
+        raise RuntimeError(f"set_reservation_lines answered {code.name} without the reservation")
+    if code is LineCode.NOT_HELD:
+        return not_held(rid, found.status, "change")
+    if code is LineCode.REJECTED:
+        HOLDS.labels("rejected_by_database").inc()
+        if outcome.available is None:
+            return NotFound("sku", [change.line.sku])
+        return InsufficientStock(
+            [Shortage(change.line.sku, change.line.quantity, outcome.available)]
+        )
+    return found
 
 
 def _order_owned(

@@ -1,20 +1,23 @@
-"""The admission gate's part of a batch of holds (plain reservations or orders): what
-the Redis gate turned away before PostgreSQL, and what to tell the mirror after it.
+"""The admission gate's part of a batch of holds (plain reservations or orders) and of
+changes of held reservations: what the Redis gate turned away before PostgreSQL, and
+what to tell the mirror after it.
 
-`holding` is the one skeleton of a batch of holds, shared by Reserve and CreateOrder:
-gate, then the caller's one PostgreSQL statement for what the gate let through, then the
-settle, which runs also when the statement failed (its pending units go back to the gate).
+`holding` is the one skeleton of a batch of holds, shared by Reserve and CreateOrder,
+and `changing` its twin for SetReservationLine: gate, then the caller's one PostgreSQL
+statement for what the gate let through, then the settle, which runs also when the
+statement failed (its pending units go back to the gate).
 """
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from server.domain.errors import InsufficientStock, Shortage, Unavailable
-from server.domain.inventory import ReserveCommand
+from server.domain.inventory import Line, ReserveCommand, SetLine
 from server.inventory.mirror import Mirror
 from server.metrics import HOLDS
 from server.storage.postgres import MirrorLevel, StockStore
@@ -115,6 +118,64 @@ class HoldBatch:
             self.answers[position] = error
 
 
+async def admit_changes(
+    mirror: Mirror, store: StockStore, changes: Sequence[SetLine]
+) -> GatedBatch:
+    """Run the units each change adds through the gate, as a hold of its own; with the
+    gate bypassed, everything goes on.
+
+    Redis knows levels, not what a reservation holds: a change that may add units to a SKU
+    not plentiful here is first read in PostgreSQL, without a lock (one statement for the
+    batch), for the units its reservation holds of the SKU; the gate then holds the
+    difference, all of it or none. A change that adds nothing (a removal, a smaller
+    quantity), one whose reservation is not HELD, and a retry of an applied change go
+    straight to PostgreSQL, which decides every change under its locks: a reservation
+    changed meanwhile costs at worst a refusal the gate made on an old quantity, never an
+    oversell."""
+    everything = GatedBatch(list(range(len(changes))))
+    adding = [
+        i
+        for i, change in enumerate(changes)
+        if change.line.quantity > 0 and not mirror.plentiful(_as_hold(change, change.line))
+    ]
+    if not adding or mirror.gate is None or not mirror.usable:
+        return everything
+    try:
+        found = await store.held_lines([changes[i] for i in adding])
+    except Unavailable:
+        return everything  # PostgreSQL answers for itself
+    asked: list[tuple[int, int]] = []
+    holds: list[ReserveCommand] = []
+    for i, held in zip(adding, found, strict=True):
+        line = changes[i].line
+        if held.held and not held.known_change and line.quantity > held.quantity:
+            asked.append((i, held.quantity))
+            holds.append(_as_hold(changes[i], Line(line.sku, line.quantity - held.quantity)))
+    verdicts = await mirror.admit(holds) if holds else []
+    if verdicts is None:
+        return everything
+    batch = GatedBatch(sorted(set(range(len(changes))) - {i for i, _ in asked}))
+    for (i, quantity), hold, verdict in zip(asked, holds, verdicts, strict=True):
+        line = changes[i].line
+        if verdict.code is AdmitCode.REJECTED:
+            HOLDS.labels("rejected_by_gate").inc()
+            batch.refused[i] = InsufficientStock(
+                [Shortage(line.sku, line.quantity, quantity + verdict.available[line.sku])]
+            )
+            continue
+        if verdict.code is AdmitCode.ADMITTED:
+            batch.pending.append(hold.reservation_id)
+        batch.to_database.append(i)
+    batch.to_database.sort()
+    return batch
+
+
+def _as_hold(change: SetLine, line: Line) -> ReserveCommand:
+    # The gate's pending units of a change are keyed by an id of their own: '#' is in no
+    # reservation id, so it names no reservation the gate remembers.
+    return ReserveCommand(f"#{uuid.uuid4().hex}", (line,), change.ttl_ms, change.caller)
+
+
 @contextlib.asynccontextmanager
 async def holding(
     mirror: Mirror, store: StockStore, holds: Sequence[ReserveCommand]
@@ -123,6 +184,23 @@ async def holding(
     then settle the mirror with what was decided, also when deciding failed."""
     gated = await admit(mirror, store, holds)
     batch = HoldBatch(gated.to_database, [None] * len(holds))
+    for position, refusal in gated.refused.items():
+        batch.answers[position] = refusal
+    try:
+        yield batch
+    finally:
+        await settle(mirror, gated, batch._held, batch.levels)
+
+
+@contextlib.asynccontextmanager
+async def changing(
+    mirror: Mirror, store: StockStore, changes: Sequence[SetLine]
+) -> AsyncIterator[HoldBatch]:
+    """`holding` for changes of held reservations (admit_changes): yield the batch for the
+    caller to decide what the gate let through, then settle the mirror, also when deciding
+    failed."""
+    gated = await admit_changes(mirror, store, changes)
+    batch = HoldBatch(gated.to_database, [None] * len(changes))
     for position, refusal in gated.refused.items():
         batch.answers[position] = refusal
     try:

@@ -17,7 +17,14 @@ from functools import partial
 from typing import Any, TypeVar
 
 from server.config import Settings
-from server.domain.errors import AlreadyExists, DomainError, InsufficientStock, NotFound
+from server.domain.errors import (
+    AlreadyExists,
+    DomainError,
+    InsufficientStock,
+    LinesDiffer,
+    NotFound,
+)
+from server.domain.inventory import not_held, not_held_for
 from server.domain.order_queries import ListOrders, WatchFilter
 from server.domain.orders import (
     CancelOrder,
@@ -29,6 +36,7 @@ from server.domain.orders import (
     ShipOrder,
     StatusChange,
     customer_cannot_cancel,
+    lines_text,
     mismatch,
     not_customers,
     paid_by_another,
@@ -40,11 +48,19 @@ from server.inventory import gating
 from server.inventory.batching import Batcher
 from server.inventory.expiry import EXPIRY_CALLER
 from server.inventory.mirror import Mirror
-from server.metrics import ORDER_TRANSITIONS
+from server.metrics import ORDER_PAID_MINOR, ORDER_REFUNDS_OWED_MINOR, ORDER_TRANSITIONS
 from server.orders.watch import EventFeed
 from server.queue_delay import Queues
 from server.shares import Shares
-from server.storage.orders_pg import ChangeCode, Changed, CreateCode, Created, OrderStore
+from server.storage.orders_pg import (
+    ChangeCode,
+    Changed,
+    CreateCode,
+    Created,
+    OrderStore,
+    TakenOver,
+    TakeOverCode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +84,17 @@ class OrderCore:
         self.mirror = mirror
         self.store = store
         self.feed = feed
+        # Every status's series from the start, at 0, so that a rate sees the first order.
+        for status in OrderStatus:
+            ORDER_TRANSITIONS.labels(status.name)
         # Each reader's share of the reads in PostgreSQL at once (shared with InventoryCore).
         self.readers = readers
         options, reads = queues.batch_options(settings.batch_max, settings.batch_concurrency)
         self._creator: Batcher[CreateOrder, Order] = Batcher(
             "create_order", self._create_batch, **options
+        )
+        self._taker: Batcher[CreateOrder, Order] = Batcher(
+            "create_order_from_reservation", self._take_over_batch, **options
         )
         self._payer: Batcher[ConfirmPayment, Order] = Batcher(
             "confirm_payment", self._pay_batch, **options
@@ -100,6 +122,7 @@ class OrderCore:
     def _batchers(self) -> list[Batcher[Any, Any]]:
         return [
             self._creator,
+            self._taker,
             self._payer,
             self._canceller,
             self._shipper,
@@ -122,7 +145,10 @@ class OrderCore:
     # --- changes --------------------------------------------------------------------
 
     async def create_order(self, command: CreateOrder, deadline: float | None = None) -> Order:
-        """Hold the order's stock and create it; a retry returns the order as it is now."""
+        """Hold the order's stock (or take over its held reservation) and create it; a
+        retry returns the order as it is now."""
+        if command.from_reservation:
+            return await self._taker.submit(command, deadline)
         return await self._creator.submit(command, deadline)
 
     async def confirm_payment(
@@ -166,6 +192,14 @@ class OrderCore:
                 for i, outcome in zip(batch.to_database, created, strict=False):
                     batch.decide(i, *_created(commands[i], outcome))
         return batch.answers  # type: ignore[return-value]
+
+    async def _take_over_batch(self, commands: Sequence[CreateOrder]) -> list[Answer]:
+        """Orders of held reservations: one statement, no stock row and no gate (their
+        units are held already)."""
+        answers: list[Answer] = []
+        for command, outcome in zip(commands, await self.store.take_over(commands), strict=True):
+            answers.append(_taken_over(command, outcome))
+        return answers
 
     async def _pay_batch(self, payments: Sequence[ConfirmPayment]) -> list[Answer]:
         changed, levels = await self.store.pay(payments, EXPIRY_CALLER)
@@ -251,7 +285,7 @@ class OrderCore:
             if outcome.code is ChangeCode.UNKNOWN or order is None:
                 answers.append(NotFound("order", [getattr(request, "order_id", "")]))
             elif outcome.code is ChangeCode.DONE:
-                ORDER_TRANSITIONS.labels(wanted.name).inc()
+                _count_done(wanted, order)
                 answers.append(order)
             elif outcome.code is ChangeCode.REPEAT:
                 answers.append(order)
@@ -304,6 +338,42 @@ class OrderCore:
             (orders, "" if last is None else query.token(last))
             for query, (orders, last) in zip(queries, pages, strict=True)
         ]
+
+
+def _taken_over(command: CreateOrder, outcome: TakenOver) -> Answer:
+    """What PostgreSQL's outcome of one CreateOrder from a held reservation means to its
+    caller."""
+    rid = command.order_id
+    code = outcome.code
+    if code is TakeOverCode.CREATED or code is TakeOverCode.REPEAT:
+        assert outcome.order is not None
+        if code is TakeOverCode.CREATED:
+            _count_done(OrderStatus.PENDING_PAYMENT, outcome.order)
+        return outcome.order
+    if code is TakeOverCode.UNKNOWN:
+        return NotFound("reservation", [rid])
+    if code is TakeOverCode.OTHER_CUSTOMER:
+        return not_held_for(command.customer_id, rid)
+    if code is TakeOverCode.CONFLICT:
+        return AlreadyExists("order", rid)
+    hold = outcome.hold
+    assert hold is not None, code
+    if code is TakeOverCode.NOT_HELD:
+        return not_held(rid, hold.status, "become an order")
+    return LinesDiffer(
+        rid,
+        lines_text((line.sku, line.quantity) for line in hold.lines),
+        lines_text((line.sku, line.quantity) for line in command.lines),
+    )
+
+
+def _count_done(entered: OrderStatus, order: Order) -> None:
+    """Count a transition made: the order rate, and the money it moved."""
+    ORDER_TRANSITIONS.labels(entered.name).inc()
+    if entered is OrderStatus.PAID:
+        ORDER_PAID_MINOR.labels(order.currency).inc(order.paid_minor)
+    elif entered is OrderStatus.CANCELLED and order.refund_owed_minor:
+        ORDER_REFUNDS_OWED_MINOR.labels(order.currency).inc(order.refund_owed_minor)
 
 
 def _created(command: CreateOrder, outcome: Created) -> tuple[Answer, tuple[str, datetime] | None]:

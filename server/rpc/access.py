@@ -54,9 +54,15 @@ class Rule:
 
 
 RULES: Mapping[str, Rule] = {
-    _INVENTORY + "Reserve": Rule(scopes.INVENTORY_HOLD),
+    # A checkout page holds its cart by a reservation of its customer's, which it changes
+    # and releases (never another's: decided under the reservation's lock).
+    _INVENTORY + "Reserve": Rule(scopes.INVENTORY_HOLD, customer_scope=scopes.INVENTORY_HOLD),
+    _INVENTORY + "SetReservationLine": Rule(
+        scopes.INVENTORY_HOLD, customer_scope=scopes.INVENTORY_HOLD
+    ),
+    # A deduction without a payment: never a shopper's.
     _INVENTORY + "Commit": Rule(scopes.INVENTORY_HOLD),
-    _INVENTORY + "Release": Rule(scopes.INVENTORY_HOLD),
+    _INVENTORY + "Release": Rule(scopes.INVENTORY_HOLD, customer_scope=scopes.INVENTORY_HOLD),
     # A hold's lines are an order's: not for a shopper, whose own orders show them.
     _INVENTORY + "GetReservation": Rule(scopes.INVENTORY_READ),
     # Stock levels are no customer's: a checkout page shows them.
@@ -123,8 +129,9 @@ class Gatekeeper:
             if rule.customer_scope is None:
                 raise PermissionDenied(
                     CUSTOMER_TOKEN,
-                    "a customer's token may read stock, and create, read, watch and cancel"
-                    " that customer's orders; nothing else",
+                    "a customer's token may read stock, hold, change and release that"
+                    " customer's reservations, and create, read, watch and cancel that"
+                    " customer's orders; nothing else",
                 )
             required = rule.customer_scope
         if self._verifier is not None and required not in principal.scopes:

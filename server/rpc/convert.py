@@ -45,7 +45,7 @@ def stock_level(value: StockLevel) -> pb.StockLevel:
     )
 
 
-def ttl_seconds(request: pb.ReserveRequest) -> float | None:
+def ttl_seconds(request: pb.ReserveRequest | pb.SetReservationLineRequest) -> float | None:
     """The requested TTL in seconds, or None when unset."""
     if not request.HasField("ttl"):
         return None

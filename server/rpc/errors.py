@@ -19,10 +19,12 @@ from server.domain.errors import (
     IllegalTransition,
     InsufficientStock,
     InvalidArgument,
+    LinesDiffer,
     NotFound,
     Overloaded,
     PaymentMismatch,
     PermissionDenied,
+    ReservationFull,
     ShuttingDown,
     StockFloorViolation,
     Unauthenticated,
@@ -40,6 +42,8 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     StockFloorViolation: grpc.StatusCode.FAILED_PRECONDITION,
     PaymentMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     EventBeforeOrder: grpc.StatusCode.FAILED_PRECONDITION,
+    ReservationFull: grpc.StatusCode.FAILED_PRECONDITION,
+    LinesDiffer: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -163,6 +167,14 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
         reason = "EVENT_BEFORE_ORDER"
         when = f"event_time {exc.event_time} is before the order's create_time {exc.created_at}"
         details.append(_precondition(("EVENT_TIME", exc.order_id, when)))
+    elif isinstance(exc, ReservationFull):
+        reason = "RESERVATION_FULL"
+        full = f"holds {exc.limit} lines, the most it may"
+        details.append(_precondition(("RESERVATION_FULL", exc.reservation_id, full)))
+    elif isinstance(exc, LinesDiffer):
+        reason = "RESERVATION_LINES"
+        lines = f"holds {exc.held or 'no line'}; the order lists {exc.requested}"
+        details.append(_precondition(("RESERVATION_LINES", exc.reservation_id, lines)))
     elif isinstance(exc, AlreadyExists) and exc.owner:
         details.append(
             _pack(
@@ -219,6 +231,11 @@ def to_status(exc: DomainError) -> grpc.Status:
         pushback = ("grpc-retry-pushback-ms", str(max(0, round(exc.retry_after * 1000))))
         return _WithMetadata(status.code, status.details, (*status.trailing_metadata, pushback))
     return status
+
+
+def plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
+    """A status of `code` and `message` alone, without details."""
+    return _WithMetadata(code, message, ())
 
 
 class _WithMetadata(grpc.Status):

@@ -25,6 +25,7 @@ ID_FIELDS: dict[str, str] = {
     "stockcore.v1.CreateOrderRequest": "order_id",
     "stockcore.v1.ConfirmPaymentRequest": "payment_id",
     "stockcore.v1.AdjustStockRequest": "idempotency_key",
+    "stockcore.v1.SetReservationLineRequest": "change_id",
 }
 
 Metadata = Iterable[tuple[str, str | bytes]] | None

@@ -10,14 +10,23 @@ from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
 from server.config import Settings
 from server.domain.errors import FieldViolation, InvalidArgument
-from server.domain.inventory import adjust_command, distinct_skus, require_id, reserve_command
+from server.domain.inventory import (
+    adjust_command,
+    distinct_skus,
+    require_id,
+    reserve_command,
+    set_line,
+)
 from server.inventory.core import Consistency, InventoryCore
 from server.rpc import convert
+from server.rpc.access import current_principal
 from server.rpc.metadata import account, caller, deadline_of
 
 
 class InventoryServicer(pb_grpc.InventoryServiceServicer):
-    """Adapts gRPC calls to InventoryCore; domain errors are mapped by the interceptor."""
+    """Adapts gRPC calls to InventoryCore; domain errors are mapped by the interceptor. A
+    customer's token (a checkout page's) reserves for its customer and changes and releases
+    only its customer's reservations: the core decides that under the reservation's lock."""
 
     def __init__(self, core: InventoryCore, settings: Settings) -> None:
         self._core = core
@@ -35,9 +44,31 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
             default_ttl_s=self._settings.default_ttl_s,
             min_ttl_s=self._settings.min_ttl_s,
             max_ttl_s=self._settings.max_ttl_s,
+            customer_id=current_principal().customer_id,
         )
         held = await self._core.reserve(command, deadline_of(context))
         return pb.ReserveResponse(reservation=convert.reservation(held))
+
+    async def SetReservationLine(
+        self,
+        request: pb.SetReservationLineRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.SetReservationLineResponse:
+        """Set one line of a held reservation."""
+        change = set_line(
+            request.reservation_id,
+            request.change_id,
+            request.sku,
+            request.quantity,
+            convert.ttl_seconds(request),
+            caller(),
+            default_ttl_s=self._settings.default_ttl_s,
+            min_ttl_s=self._settings.min_ttl_s,
+            max_ttl_s=self._settings.max_ttl_s,
+            customer_id=current_principal().customer_id,
+        )
+        changed = await self._core.set_line(change, deadline_of(context))
+        return pb.SetReservationLineResponse(reservation=convert.reservation(changed))
 
     async def Commit(
         self, request: pb.CommitRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -52,7 +83,9 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
     ) -> pb.ReleaseResponse:
         """Give a hold back."""
         rid = require_id(request.reservation_id, "reservation_id")
-        done = await self._core.release(rid, caller(), deadline_of(context))
+        done = await self._core.release(
+            rid, caller(), deadline_of(context), current_principal().customer_id
+        )
         return pb.ReleaseResponse(reservation=convert.reservation(done))
 
     async def GetReservation(

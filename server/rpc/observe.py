@@ -39,7 +39,7 @@ from server.metrics import RPC_DURATION, RPC_REFUSED
 from server.queue_delay import QueueDelay
 from server.rpc import bounds, idempotency
 from server.rpc.access import Gatekeeper, Rule
-from server.rpc.errors import status_code_for, to_status
+from server.rpc.errors import plain_status, status_code_for, to_status
 from server.rpc.metadata import account, request_id_of
 from server.rpc.shedding import LoadShedder
 from server.shares import Shares
@@ -67,14 +67,19 @@ def _public(exc: DomainError, method: str, context: grpc.aio.ServicerContext) ->
     )
 
 
-async def _internal(method: str, context: grpc.aio.ServicerContext) -> NoReturn:  # type: ignore[type-arg]
-    """Log the exception being handled under the call's request id, and answer INTERNAL
+def _internal_status(method: str, context: grpc.aio.ServicerContext) -> grpc.Status:  # type: ignore[type-arg]
+    """Log the exception being handled under the call's request id; the INTERNAL status
     naming that id (never the exception's text)."""
     request_id = request_id_of(context)
     log.exception("unexpected error", extra={"method": method, "request_id": request_id})
-    await context.abort(
+    return plain_status(
         grpc.StatusCode.INTERNAL, f"internal error; it has been logged (request id {request_id})"
     )
+
+
+async def _internal(method: str, context: grpc.aio.ServicerContext) -> NoReturn:  # type: ignore[type-arg]
+    """Log the exception being handled, and answer INTERNAL naming the request id."""
+    await _answer(context, _internal_status(method, context))
 
 
 def _decoder(kind: type[message.Message]) -> Callable[[bytes, Any], Any]:
@@ -154,6 +159,8 @@ def observe(
             await _refuse(context, shedder)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        # A failed call is counted before it is answered (aborting sends the status at
+        # once), so a caller that has its answer finds the call in the metrics.
         try:
             admit(rule, context)
             return await inner(decode(request, context), context)
@@ -162,15 +169,15 @@ def observe(
             code = grpc.StatusCode.RESOURCE_EXHAUSTED
             refused.inc()
             shedder.refused_late()
-            await _answer(context, _refusal(_delay_ms(shedder)))
+            answer = _refusal(_delay_ms(shedder))
         except CallerLimit as exc:
             # The caller already had its share of something the call needed: nothing done.
             code = grpc.StatusCode.RESOURCE_EXHAUSTED
             refused.inc()
-            await _answer(context, to_status(exc))
+            answer = to_status(exc)
         except DomainError as exc:
             code = status_code_for(exc)
-            await _answer(context, to_status(_public(exc, method, context)))
+            answer = to_status(_public(exc, method, context))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -179,10 +186,11 @@ def observe(
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            await _internal(method, context)
+            answer = _internal_status(method, context)
         finally:
             shedder.leave()
             histograms[code].observe(time.perf_counter() - started)
+        await _answer(context, answer)
 
     return observed
 

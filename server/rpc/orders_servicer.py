@@ -42,7 +42,8 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: Context
     ) -> pb.CreateOrderResponse:
-        """Hold stock and create the order (a customer's token: for its own customer)."""
+        """Hold stock, or take over a held reservation, and create the order (a customer's
+        token: for its own customer)."""
         view = OrderView.of_caller()
         window = request.payment_window if request.HasField("payment_window") else None
         command = create_order(
@@ -55,6 +56,8 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
             default_ttl_s=self._settings.default_ttl_s,
             min_ttl_s=self._settings.min_ttl_s,
             max_ttl_s=self._settings.max_ttl_s,
+            reservation_id=request.reservation_id,
+            bound_customer=view.customer_id,
         )
         caller = current_principal()
         self._pricing.check(command, caller.subject, caller.customer_id is not None)

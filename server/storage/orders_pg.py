@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from server.domain.errors import Shortage
+from server.domain.inventory import Reservation
 from server.domain.order_queries import ListOrders, PagePosition, WatchFilter
 from server.domain.orders import (
     CancelOrder,
@@ -31,7 +32,13 @@ from server.domain.orders import (
     StatusChange,
 )
 from server.domain.sharding import shard_of
-from server.storage.postgres import MirrorLevel, StockStore, mirror_levels, shortages_of
+from server.storage.postgres import (
+    MirrorLevel,
+    StockStore,
+    mirror_levels,
+    reservation_from_row,
+    shortages_of,
+)
 
 
 class CreateCode(IntEnum):
@@ -42,6 +49,29 @@ class CreateCode(IntEnum):
     CONFLICT = 2
     REJECTED = 3
     RESERVATION = 4
+
+
+class TakeOverCode(IntEnum):
+    """What order_holds did with one CreateOrder from a held reservation (codes of the
+    SQL function)."""
+
+    CREATED = 0
+    REPEAT = 1
+    CONFLICT = 2
+    UNKNOWN = 3
+    OTHER_CUSTOMER = 4
+    NOT_HELD = 5
+    LINES_DIFFER = 6
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """The outcome of one CreateOrder from a held reservation: the order (created, or as it
+    is on a repeat), or the reservation as found when it could not become the order."""
+
+    code: TakeOverCode
+    order: Order | None
+    hold: Reservation | None
 
 
 class ChangeCode(IntEnum):
@@ -180,6 +210,7 @@ def _by_order_id(items: Sequence[Any]) -> list[int]:
 
 
 _CREATE = "SELECT * FROM stockcore.create_orders($1)"
+_TAKE_OVER = "SELECT * FROM stockcore.order_holds($1, $2)"
 _PAY = "SELECT * FROM stockcore.pay_orders($1, $2, $3, $4, $5, $6, $7, $8)"
 _CANCEL = "SELECT * FROM stockcore.cancel_orders_as($1, $2, $3, $4, $5, $6)"
 _ADVANCE = "SELECT * FROM stockcore.advance_orders($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -306,6 +337,26 @@ class OrderStore:
         for position, found in zip(order, row["results"], strict=True):
             results[position] = _created(commands[position], found)
         return results, mirror_levels(row["levels"])  # type: ignore[return-value]
+
+    async def take_over(self, commands: Sequence[CreateOrder]) -> list[TakenOver]:
+        """Make each order of the HELD reservation with its id, or say why not; no stock
+        row changes (the reservation's units are held already)."""
+        order = _by_order_id(commands)
+        shards = self.stock.shard_count
+        row = await self.stock.call(
+            _TAKE_OVER,
+            [order_request(commands[i], shards) for i in order],
+            [commands[i].bound_customer for i in order],
+        )
+        results: list[TakenOver | None] = [None] * len(commands)
+        for position, found in zip(order, row["results"], strict=True):
+            made, hold = found["ord"], found["hold"]
+            results[position] = TakenOver(
+                TakeOverCode(found["code"]),
+                None if made is None else order_from_row(made),
+                None if hold is None else reservation_from_row(hold),
+            )
+        return results  # type: ignore[return-value]
 
     async def pay(
         self, payments: Sequence[ConfirmPayment], expiry_caller: str

@@ -26,6 +26,7 @@ from server.domain.inventory import (
     Reservation,
     ReservationStatus,
     ReserveCommand,
+    SetLine,
     StockLevel,
 )
 from server.domain.sharding import shard_of
@@ -69,6 +70,22 @@ class FinishCode(IntEnum):
     UNCHANGED = 1
     ORDER_OWNED = 2
     UNKNOWN = 4
+    OTHER_CUSTOMER = 5
+    """Not held for the customer the request is bound to."""
+
+
+class LineCode(IntEnum):
+    """What set_reservation_lines did with one change (codes of the SQL function)."""
+
+    APPLIED = 0
+    REPEAT = 1
+    CONFLICT = 2
+    REJECTED = 3
+    UNKNOWN = 4
+    NOT_HELD = 5
+    ORDER_OWNED = 6
+    OTHER_CUSTOMER = 7
+    FULL = 8
 
 
 class AdjustCode(IntEnum):
@@ -106,6 +123,28 @@ class FinishResult:
 
     code: FinishCode
     reservation: Reservation | None
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """The outcome of one SetReservationLine in a batch: the reservation after it (None
+    when unknown, or not the caller's to see), and for a short SKU (REJECTED) the units
+    the reservation could hold of it (None: an unknown SKU)."""
+
+    code: LineCode
+    reservation: Reservation | None
+    available: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLine:
+    """What a change would meet, read without a lock before the gate: whether the
+    reservation is HELD, the units it holds of the SKU, and whether the change id was
+    applied already."""
+
+    held: bool
+    quantity: int
+    known_change: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +196,7 @@ class HoldArrays:
     fingerprints: list[bytes]
     ttls: list[int]
     callers: list[str]
+    customers: list[str | None]
     first: list[int]
     count: list[int]
     shards: list[int]
@@ -167,13 +207,14 @@ class HoldArrays:
     def of(cls, commands: Sequence[ReserveCommand], shard_count: int) -> HoldArrays:
         """Lay out `commands`."""
         order = sorted(range(len(commands)), key=lambda i: commands[i].reservation_id)
-        arrays = cls(order, [], [], [], [], [], [], [], [], [])
+        arrays = cls(order, [], [], [], [], [], [], [], [], [], [])
         for i in order:
             cmd = commands[i]
             arrays.ids.append(cmd.reservation_id)
             arrays.fingerprints.append(cmd.fingerprint)
             arrays.ttls.append(cmd.ttl_ms)
             arrays.callers.append(cmd.caller)
+            arrays.customers.append(cmd.customer_id)
             arrays.first.append(len(arrays.skus) + 1)
             arrays.count.append(len(cmd.lines))
             for line in cmd.lines:
@@ -183,12 +224,13 @@ class HoldArrays:
         return arrays
 
     def args(self) -> tuple[object, ...]:
-        """hold_stock's first nine arguments."""
+        """hold_stock's arguments."""
         return (
             self.ids,
             self.fingerprints,
             self.ttls,
             self.callers,
+            self.customers,
             self.first,
             self.count,
             self.shards,
@@ -317,23 +359,78 @@ class StockStore:
         return results, mirror_levels(row["levels"])  # type: ignore[return-value]
 
     async def finish_batch(
-        self, ids: Sequence[str], finish: Finish, callers: Sequence[str]
+        self,
+        ids: Sequence[str],
+        finish: Finish,
+        callers: Sequence[str],
+        customers: Sequence[str | None] | None = None,
     ) -> tuple[list[FinishResult], list[MirrorLevel]]:
-        """Commit or release HELD reservations (not orders' holds) in one statement."""
+        """Commit or release HELD reservations (not orders' holds) in one statement; a
+        request bound to a customer (`customers`, None each for a service's) ends only a
+        reservation held for that customer."""
         if finish is Finish.EXPIRE:
             raise ValueError("holds expire through expire_due")
+        bound = list(customers) if customers is not None else [None] * len(ids)
         order = sorted(range(len(ids)), key=lambda i: ids[i])
         row = await self.call(
-            _FINISH, [ids[i] for i in order], int(finish), [callers[i] for i in order]
+            _FINISH,
+            [ids[i] for i in order],
+            int(finish),
+            [callers[i] for i in order],
+            [bound[i] for i in order],
         )
         results: list[FinishResult | None] = [None] * len(ids)
         for position, found in zip(order, row["results"], strict=True):
             code = FinishCode(found["code"])
             held = found["reservation"]
             results[position] = FinishResult(
-                code, None if code is FinishCode.UNKNOWN else reservation_from_row(held)
+                code, None if held is None else reservation_from_row(held)
             )
         return results, mirror_levels(row["levels"])  # type: ignore[return-value]
+
+    async def set_lines(
+        self, changes: Sequence[SetLine]
+    ) -> tuple[list[LineResult], list[MirrorLevel]]:
+        """Apply each change to its HELD reservation, or say why not, in one statement."""
+        order = sorted(range(len(changes)), key=lambda i: changes[i].reservation_id)
+        batch = [changes[i] for i in order]
+        row = await self.call(
+            _SET_LINES,
+            [c.reservation_id for c in batch],
+            [c.change_id for c in batch],
+            [c.fingerprint for c in batch],
+            [shard_of(c.line.sku, self.shard_count) for c in batch],
+            [c.line.sku for c in batch],
+            [c.line.quantity for c in batch],
+            [c.ttl_ms for c in batch],
+            [c.caller for c in batch],
+            [c.customer_id for c in batch],
+        )
+        results: list[LineResult | None] = [None] * len(changes)
+        for position, found in zip(order, row["results"], strict=True):
+            held = found["reservation"]
+            results[position] = LineResult(
+                LineCode(found["code"]),
+                None if held is None else reservation_from_row(held),
+                found["available"],
+            )
+        return results, mirror_levels(row["levels"])  # type: ignore[return-value]
+
+    async def held_lines(self, changes: Sequence[SetLine]) -> list[HeldLine]:
+        """What each change would meet, read without a lock (for the gate, which must
+        know how many units a change adds; PostgreSQL decides again under its locks)."""
+        rows = await self._run(
+            lambda c: c.fetch(
+                _HELD_LINES,
+                [x.reservation_id for x in changes],
+                [x.line.sku for x in changes],
+                [x.change_id for x in changes],
+            )
+        )
+        found: list[HeldLine | None] = [None] * len(changes)
+        for row in rows:
+            found[row["i"] - 1] = HeldLine(row["held"], row["quantity"], row["known"])
+        return found  # type: ignore[return-value]
 
     async def expire_due(self, limit: int, caller: str, request_id: str) -> Sweep:
         """Expire up to `limit` lapsed holds, and the unpaid orders they belong to."""
@@ -487,8 +584,16 @@ class StockStore:
         return rows
 
 
-_HOLD = "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-_FINISH = "SELECT * FROM stockcore.finish_holds($1, $2, $3)"
+_HOLD = "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_FINISH = "SELECT * FROM stockcore.finish_holds($1, $2, $3, $4)"
+_SET_LINES = "SELECT * FROM stockcore.set_reservation_lines($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_HELD_LINES = """
+SELECT q.i, coalesce(r.status = 1 AND r.expires_at > now(), false) AS held,
+       coalesce(r.quantities[array_position(r.skus, q.sku)], 0) AS quantity,
+       EXISTS (SELECT 1 FROM stockcore.reservation_changes c WHERE c.change_id = q.change) AS known
+  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(id, sku, change, i)
+  LEFT JOIN stockcore.reservations r ON r.reservation_id = q.id
+"""
 _EXPIRE = "SELECT * FROM stockcore.expire_due($1, $2, $3)"
 
 

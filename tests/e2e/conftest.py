@@ -106,6 +106,7 @@ def gateway_settings(
         log_json=settings.log_json,
         gateway_access_log=str(tmp_path / "access.log"),
         gateway_port=free_port(),
+        gateway_stats_port=0,
         gateway_origins=(STOREFRONT,),
         gateway_max_request_bytes=16_384,
         gateway_timeouts={"AdjustStock": 0.5},

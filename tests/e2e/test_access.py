@@ -110,9 +110,13 @@ async def setup(stubs: Stubs, service: str) -> None:
 
 
 # One well-formed request per RPC, about alice's data: a service with the scope may make
-# it; bob's token may not.
+# it; bob's token may not. (The Reserve is a repeat of the service's own r-1: from bob's
+# page, which reserves for bob, it is another request under a taken id.)
 REQUESTS: dict[str, object] = {
-    "Reserve": ipb.ReserveRequest(reservation_id="r-new", lines=[ipb.Line(sku="A", quantity=1)]),
+    "Reserve": ipb.ReserveRequest(reservation_id="r-1", lines=[ipb.Line(sku="A", quantity=1)]),
+    "SetReservationLine": ipb.SetReservationLineRequest(
+        reservation_id="r-1", sku="A", quantity=2, change_id="c-1"
+    ),
     "Commit": ipb.CommitRequest(reservation_id="r-1"),
     "Release": ipb.ReleaseRequest(reservation_id="r-2"),
     "GetReservation": ipb.GetReservationRequest(reservation_id="r-1"),
@@ -142,9 +146,10 @@ REQUESTS: dict[str, object] = {
 # `customer` alone it confines the caller to that customer's orders; GetStock and
 # CreateOrder need a scope more, which a checkout page's token carries.
 SCOPE_OF = {
-    "Reserve": ("inventory:hold", None),
+    "Reserve": ("inventory:hold", "inventory:hold"),
+    "SetReservationLine": ("inventory:hold", "inventory:hold"),
     "Commit": ("inventory:hold", None),
-    "Release": ("inventory:hold", None),
+    "Release": ("inventory:hold", "inventory:hold"),
     "GetReservation": ("inventory:read", None),
     "GetStock": ("inventory:read", "inventory:read"),
     "AdjustStock": ("stock:adjust", None),
@@ -159,7 +164,7 @@ SCOPE_OF = {
     "WatchOrders": ("orders:watch", "customer"),
 }
 # What a checkout page's token carries beside `customer` (devstack/page_session.py).
-SHOPPER = [scopes.CUSTOMER, scopes.INVENTORY_READ, scopes.ORDERS_CREATE]
+SHOPPER = [scopes.CUSTOMER, scopes.INVENTORY_READ, scopes.INVENTORY_HOLD, scopes.ORDERS_CREATE]
 
 
 def test_the_access_table_names_every_rpc_with_its_scope() -> None:
@@ -259,6 +264,9 @@ def expected_refusal(name: str, case: str) -> Refusal | None:
         )
     if name == "GetStock":
         return None  # stock levels are no customer's
+    if name == "Reserve":
+        # A shopper's page reserves for its own customer: an id held for another is taken.
+        return grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS", {}
     return grpc.StatusCode.PERMISSION_DENIED, "OTHER_CUSTOMER", {}
 
 

@@ -133,13 +133,48 @@ def _shopper(driver: WebDriver) -> str:
     )
 
 
-def _reserve_count_down_pay(driver: WebDriver, gateway: Gateway) -> str:
+def _cart(driver: WebDriver) -> dict[str, str]:
+    """The cart's lines as shown: SKU -> its text ("2 \N{MULTIPLICATION SIGN} Red summer
+    dress, M")."""
+    lines = driver.find_elements(By.CSS_SELECTOR, "#cart-lines li")
+    return {
+        str(li.get_attribute("data-sku")): str(li.find_element(By.CLASS_NAME, "line").text)
+        for li in lines
+    }
+
+
+def _click_line(driver: WebDriver, sku: str, button: str) -> None:
+    _until(
+        driver,
+        lambda d: (
+            (
+                b := d.find_element(By.CSS_SELECTOR, f'#cart-lines li[data-sku="{sku}"] .{button}')
+            ).is_enabled()
+            and b
+        ),
+        f"the cart's {button} button of {sku}",
+    ).click()
+
+
+def _in_cart(driver: WebDriver, sku: str, quantity: int) -> None:
+    _until(
+        driver,
+        lambda d: (
+            _cart(d).get(sku, "0").startswith(f"{quantity} \N{MULTIPLICATION SIGN}")
+            and not d.find_element(By.ID, "pay").get_attribute("disabled")
+        ),
+        f"{quantity} of {sku} in the cart",
+    )
+
+
+def _change_cart_count_down_pay(driver: WebDriver, gateway: Gateway) -> str:
     driver.get(f"{gateway.url}/?hold=120")
     _until(driver, lambda d: "available" in _available_label(d, "DRESS-RED-M"), "availability")
     before = int(_available_label(driver, "DRESS-RED-M").split()[0])
-    _add_to_cart(driver, "DRESS-RED-M")
 
-    _until(driver, lambda d: _status(d) == "PENDING_PAYMENT", "the order, held")
+    # The cart: a dress (the reservation), then three changes of its lines, one by one.
+    _add_to_cart(driver, "DRESS-RED-M")
+    _in_cart(driver, "DRESS-RED-M", 1)
     first = _until(driver, lambda d: d.find_element(By.ID, "countdown").text, "the countdown")
     assert 100 <= _countdown_seconds(driver) <= 120, first
     # The hold is visible to every shopper: the availability dropped by the unit held.
@@ -148,7 +183,21 @@ def _reserve_count_down_pay(driver: WebDriver, gateway: Gateway) -> str:
         lambda d: _available_label(d, "DRESS-RED-M") == f"{before - 1} available",
         "availability without the held unit",
     )
+    _add_to_cart(driver, "TSHIRT-BLK-M")
+    _in_cart(driver, "TSHIRT-BLK-M", 1)
+    _click_line(driver, "DRESS-RED-M", "more")
+    _in_cart(driver, "DRESS-RED-M", 2)
+    _click_line(driver, "TSHIRT-BLK-M", "remove")
+    _until(driver, lambda d: set(_cart(d)) == {"DRESS-RED-M"}, "the T-shirt out of the cart")
+    _until(
+        driver,
+        lambda d: _available_label(d, "DRESS-RED-M") == f"{before - 2} available",
+        "availability without the two held units",
+    )
+    # No order yet: the cart is a hold, counted down from its last change.
+    assert driver.find_element(By.ID, "order").get_attribute("hidden") is not None
     start = _countdown_seconds(driver)
+    assert 100 <= start <= 120, start
     _until(driver, lambda d: _countdown_seconds(d) < start, "the countdown to move")
 
     screenshot = os.environ.get("STOCKCORE_CHECKOUT_SCREENSHOT")
@@ -167,17 +216,36 @@ def _reserve_count_down_pay(driver: WebDriver, gateway: Gateway) -> str:
     return _shopper(driver)
 
 
-async def test_shopper_reserves_watches_the_countdown_pays_and_sees_paid(
+def _levels(api: GatewayCaller, *skus: str) -> dict[str, tuple[int, int, int]]:
+    query = "&".join(f"skus={sku}" for sku in skus) + "&consistency=CONSISTENCY_STRONG"
+    reply = api.request("GET", f"/v1/stock?{query}")
+    assert reply.status_code == 200, reply.text
+    return {
+        level["sku"]: (int(level["onHand"]), int(level.get("reserved", 0)), int(level["available"]))
+        for level in reply.json()["levels"]
+    }
+
+
+async def test_shopper_changes_the_cart_line_by_line_pays_and_gets_one_order(
     gateway: Gateway, api: GatewayCaller, browser: WebDriver
 ) -> None:
     await asyncio.to_thread(_stock_catalogue, api, "FLASH-SALE-1")
-    shopper = await asyncio.to_thread(_reserve_count_down_pay, browser, gateway)
+    shopper = await asyncio.to_thread(_change_cart_count_down_pay, browser, gateway)
 
-    # The order is the session's customer's, paid by the provider, not by the page.
+    # Exactly one order, of the cart as it was at checkout: no cancelled ones behind it,
+    # the session's customer's, paid by the provider, not by the page.
     listed = await asyncio.to_thread(api.request, "GET", f"/v1/orders?customerId={shopper}")
     (order,) = listed.json()["orders"]
     assert order["status"] == "ORDER_STATUS_PAID"
     assert order["paymentId"].startswith("sim-")
+    assert [(line["sku"], line["quantity"]) for line in order["lines"]] == [("DRESS-RED-M", "2")]
+    assert order["totalMinor"] == str(2 * 5999)
+    # Stock is exact: the two dresses left on hand, nothing is held any more.
+    levels = await asyncio.to_thread(_levels, api, "DRESS-RED-M", "TSHIRT-BLK-M")
+    assert levels == {
+        "DRESS-RED-M": (demo.CATALOGUE["DRESS-RED-M"] - 2, 0, demo.CATALOGUE["DRESS-RED-M"] - 2),
+        "TSHIRT-BLK-M": (demo.CATALOGUE["TSHIRT-BLK-M"], 0, demo.CATALOGUE["TSHIRT-BLK-M"]),
+    }
 
 
 def _second_shopper_sees_sold_out(driver: WebDriver, gateway: Gateway) -> None:
@@ -185,7 +253,7 @@ def _second_shopper_sees_sold_out(driver: WebDriver, gateway: Gateway) -> None:
     alice = driver.current_window_handle
     first = _shopper(driver)
     _add_to_cart(driver, "FLASH-SALE-1")
-    _until(driver, lambda d: _status(d) == "PENDING_PAYMENT", "alice's hold on the last unit")
+    _in_cart(driver, "FLASH-SALE-1", 1)
 
     # Another shopper: a browser without the first one's session cookie (Path=/session,
     # which WebDriver's own deletion, for the page's path, does not reach).
@@ -212,21 +280,28 @@ async def test_second_shopper_sees_sold_out_on_the_last_unit(
     await asyncio.to_thread(_second_shopper_sees_sold_out, browser, gateway)
 
 
-def _hold_expires(driver: WebDriver, gateway: Gateway) -> None:
+def _cart_expires(driver: WebDriver, gateway: Gateway) -> str:
     driver.get(f"{gateway.url}/?hold=2")
     _add_to_cart(driver, "TSHIRT-BLK-M")
     _until(driver, lambda d: "expired" in d.find_element(By.ID, "hold").text, "the hold to end")
-    _until(driver, lambda d: _status(d) == "EXPIRED", "EXPIRED from WatchOrders")
-    assert "went back on sale" in driver.find_element(By.ID, "notice").text
+    assert "went back on sale" in driver.find_element(By.ID, "hold").text
     assert not driver.find_element(By.ID, "pay").is_enabled()
-    assert "expired" in driver.find_element(By.ID, "hold").text
+    _until(
+        driver,
+        lambda d: _available_label(d, "TSHIRT-BLK-M") == "500 available",
+        "the T-shirt back on sale",
+    )
+    return _shopper(driver)
 
 
-async def test_expired_hold_is_shown_and_the_order_expires(
+async def test_an_abandoned_cart_expires_as_a_hold_and_leaves_no_order(
     gateway: Gateway, api: GatewayCaller, browser: WebDriver
 ) -> None:
     await asyncio.to_thread(_stock_catalogue, api, "FLASH-SALE-1")
-    await asyncio.to_thread(_hold_expires, browser, gateway)
+    shopper = await asyncio.to_thread(_cart_expires, browser, gateway)
+
+    listed = await asyncio.to_thread(api.request, "GET", f"/v1/orders?customerId={shopper}")
+    assert listed.json().get("orders", []) == []
 
 
 # A page of another origin tries every way a page has to take the checkout page's token:

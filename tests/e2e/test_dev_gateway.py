@@ -1,7 +1,8 @@
 """`make run` (`python -m devstack`): Envoy starts beside the server, on the port the
 settings name, reaches it over TLS with the development CA, gives the checkout page a
-session with a short-lived token bound to one customer, stockctl's config file names the
-stack for stockctl run from any folder, and Ctrl-C stops both."""
+session with a short-lived token bound to one customer, the simulated payment provider's
+webhook pays an order through the receiver, stockctl's config file names the stack for
+stockctl run from any folder, and Ctrl-C stops them all."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import jwt
 import requests
 
 from devstack.page_session import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT
-from runtime.processes import free_port
+from runtime.processes import free_port, listening
 from tests.callers import stockctl, user_environment
 from tests.conftest import ROOT, SHARDS, Servers
 
@@ -64,6 +65,8 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
     port = free_port()
     grpc_port = free_port()
     stockctl_config = tmp_path / "home" / "stockcore" / "config.toml"
+    prometheus_port = free_port()
+    payments_port = free_port()
     env = {
         **os.environ,
         "STOCKCORE_PG_DSN": clean.pg_dsn,
@@ -72,11 +75,15 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         "STOCKCORE_GRPC_PORT": str(grpc_port),
         "STOCKCORE_METRICS_PORT": "0",
         "STOCKCORE_GATEWAY_PORT": str(port),
+        "STOCKCORE_GATEWAY_STATS_PORT": str(free_port()),
+        "STOCKCORE_DEV_PROMETHEUS_PORT": str(prometheus_port),
         "STOCKCORE_DATA_DIR": str(tmp_path),
         # dev also starts the simulated partners: on ports of their own here.
         "STOCKCORE_DEV_WAREHOUSE_PORT": str(free_port()),
         "STOCKCORE_DEV_PRIMARY_CARRIER_PORT": str(free_port()),
         "STOCKCORE_DEV_FALLBACK_CARRIER_PORT": str(free_port()),
+        "STOCKCORE_DEV_PAYMENTS_PORT": str(payments_port),
+        "STOCKCORE_WEBHOOK_PORT": str(free_port()),
         # Not the user's own: the file stockctl reads is written here.
         "STOCKCORE_CONFIG": str(stockctl_config),
     }
@@ -136,7 +143,49 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         assert paid.status_code == 200, paid.text
         order = requests.get(f"{url}/v1/orders/dev-o1", headers=shopper, timeout=5).json()
         assert order["order"]["status"] == "ORDER_STATUS_PAID"
+        # The simulated payment provider captures a charge; its signed webhook reaches the
+        # receiver, which confirms the payment.
+        created = requests.post(
+            f"{url}/v1/orders",
+            json={"orderId": "dev-o2", "lines": [line], "currencyCode": "EUR"},
+            headers=shopper,
+            timeout=5,
+        )
+        assert created.status_code == 200, created.text
+        asked = {"order_id": "dev-o2", "amount": price, "currency": "EUR"}
+        charge = None
+        deadline = time.monotonic() + 60
+        while charge is None and time.monotonic() < deadline:
+            try:
+                charge = requests.post(
+                    f"http://127.0.0.1:{payments_port}/v1/charges", json=asked, timeout=5
+                )
+            except requests.ConnectionError:  # the provider is starting
+                time.sleep(0.2)
+        assert charge is not None and charge.status_code == 200, charge
+        status = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and status != "ORDER_STATUS_PAID":
+            time.sleep(0.2)
+            found = requests.get(f"{url}/v1/orders/dev-o2", headers=shopper, timeout=5).json()
+            status = found["order"]["status"]
+        assert status == "ORDER_STATUS_PAID"
+        secret = tmp_path / "payments" / "webhook-secret"
+        assert secret.stat().st_mode & 0o077 == 0
+        logged = b"".join(f.read_bytes() for f in (tmp_path / "logs").iterdir())
+        assert secret.read_bytes().strip() not in logged
         assert len(_envoy_pids(tmp_path)) == 1
+        # Prometheus beside them (`make test` installs it), scraping what the stack started.
+        prometheus = f"http://127.0.0.1:{prometheus_port}"
+        jobs: set[str] = set()
+        deadline = time.monotonic() + 30  # its first target discovery takes a few seconds
+        while not jobs and time.monotonic() < deadline:
+            time.sleep(0.5)
+            targets = requests.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]
+            jobs = {t["labels"]["job"] for t in targets["activeTargets"]}
+        assert jobs == {"stockcore-fulfilment", "envoy", "prometheus"}  # server metrics: off here
+        console = requests.get(f"{prometheus}/consoles/stockcore-overview.html", timeout=10)
+        assert console.status_code == 200, console.text
 
         # stockctl, from another folder, finds the stack through the file make run wrote.
         assert tomllib.loads(stockctl_config.read_text()) == {
@@ -158,6 +207,7 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
 
         server.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert server.wait(30) == 0
+        assert not listening(prometheus_port)
         deadline = time.monotonic() + 10
         while _envoy_pids(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from prometheus_client import REGISTRY
-
 from clients.orders import OrderClient, OrderStatus
 from fulfilment.config import FulfilmentSettings
 from fulfilment.domain import Stage
+from fulfilment.metrics import REGISTRY
 from server.app import App
 from server.config import Settings
 from tests.e2e.fulfilment_stack import (

@@ -198,8 +198,9 @@ async def test_watch_orders_streams_events_as_they_happen(api: GatewayCaller) ->
 
 def test_every_rpc_has_a_route() -> None:
     routes = describe_routes()
-    assert len(routes) == 15
+    assert len(routes) == 16
     assert routes["Reserve"] == ("POST", "/v1/reservations")
+    assert routes["SetReservationLine"] == ("POST", "/v1/reservations/{reservation_id}:setLine")
     assert routes["Commit"] == ("POST", "/v1/reservations/{reservation_id}:commit")
     assert routes["GetStock"] == ("GET", "/v1/stock")
     assert routes["CreateOrder"] == ("POST", "/v1/orders")

@@ -90,7 +90,10 @@ def plain_settings(tmp_path: Path) -> GatewaySettings:
     """A plaintext upstream, as the stand-in serves: the real, secured server's answers
     through the gateway are in test_gateway.py."""
     return GatewaySettings(
-        plaintext=True, gateway_port=free_port(), gateway_access_log=str(tmp_path / "access.log")
+        plaintext=True,
+        gateway_port=free_port(),
+        gateway_stats_port=0,
+        gateway_access_log=str(tmp_path / "access.log"),
     ).validate()
 
 

@@ -11,11 +11,11 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import REGISTRY
 from stockcore.v1 import inventory_pb2 as pb
 
 from server.app import ADMISSION_GATE, INVENTORY_SERVICE
 from server.config import Settings
+from server.metrics import REGISTRY
 from tests import callers
 from tests.servers import serving
 from tests.support import connected, details_of, put_stock, reserve_request, rpc_error, stock_levels
@@ -385,7 +385,9 @@ async def test_latency_is_recorded_by_method_and_code(stub):
     before_ok, before_bad = count("OK"), count("INVALID_ARGUMENT")
     await put_stock(stub, "A", 1)
     await stub.GetStock(pb.GetStockRequest(skus=["A"]))
-    await rpc_error(stub.GetStock(pb.GetStockRequest(skus=[])))
+    error = await rpc_error(stub.GetStock(pb.GetStockRequest(skus=[])))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    # Counted by the time the caller has its answer, the failed call as the served one.
     assert (count("OK"), count("INVALID_ARGUMENT")) == (before_ok + 1, before_bad + 1)
 
 
@@ -490,3 +492,27 @@ async def test_a_retry_returns_its_hold_even_when_the_gate_forgot_the_id_and_sto
     # A new request for the sold-out SKU is still refused by the gate.
     error = await rpc_error(stub.Reserve(reserve_request("r-3", A=1)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_an_unexpected_error_is_internal_naming_the_request_id_and_counted(
+    app, stub, monkeypatch, caplog
+):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("secret detail of a bug")
+
+    def count() -> float:
+        value = REGISTRY.get_sample_value(
+            "stockcore_rpc_duration_seconds_count", {"method": "GetStock", "code": "INTERNAL"}
+        )
+        return value or 0.0
+
+    before = count()
+    monkeypatch.setattr(app.core, "get_stock", broken)
+    error = await rpc_error(
+        stub.GetStock(pb.GetStockRequest(skus=["A"]), metadata=(("x-request-id", "req-bug-1"),))
+    )
+    assert error.code() is grpc.StatusCode.INTERNAL
+    assert "req-bug-1" in (error.details() or "")
+    assert "secret" not in (error.details() or "")
+    assert count() == before + 1
+    assert any("secret detail of a bug" in r.exc_text for r in caplog.records if r.exc_text)

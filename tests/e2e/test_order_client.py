@@ -224,3 +224,38 @@ async def test_stockctl_creates_pays_lists_and_watches_orders(
     assert done.returncode == 4 and "DELIVERED" in done.stderr
     done = await stockctl("order", "get", "nope")
     assert done.returncode == 3
+
+
+async def test_stockctl_makes_a_held_cart_into_its_order(
+    app: App, inventory, credentials: DevCredentials, service_token: str
+) -> None:
+    target = f"127.0.0.1:{app.port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKCORE_")} | {
+        "STOCKCORE_CA_FILE": str(credentials.ca_cert),
+        "STOCKCORE_CONFIG": "none",
+        "STOCKCORE_TOKEN": service_token,
+    }
+
+    async def stockctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "clients.cli", "--target", target, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env=env,
+        )
+
+    for args in (("reserve", "cart-9", "A=1", "--ttl", "120"), ("set-line", "cart-9", "A=2")):
+        done = await stockctl(*args)
+        assert done.returncode == 0, done.stderr
+    create = ("order", "create", "cart-9", "A=2@150", "--customer", "c-9", "--currency", "EUR")
+    done = await stockctl(*create, "--from-reservation", "--json")
+    assert done.returncode == 0, done.stderr
+    order = json.loads(done.stdout)
+    assert (order["order_id"], order["status"]) == ("cart-9", "PENDING_PAYMENT")
+    # The cart's hold became the order's: nothing more is held than the cart held.
+    levels = await stockctl("stock", "get", "A", "--json")
+    assert levels.returncode == 0, levels.stderr
+    assert [(x["sku"], x["reserved"]) for x in json.loads(levels.stdout)] == [("A", 2)]

@@ -25,6 +25,7 @@ from server.domain.orders import (
     OrderStatus,
     allowed_next,
 )
+from server.metrics import REGISTRY
 from tests import callers
 from tests.e2e.order_invariants import check_orders_agree
 from tests.support import (
@@ -320,6 +321,29 @@ async def test_cancelling_a_paid_order_returns_its_stock_and_owes_a_refund(
     # The Redis mirror heard of the returned units: the gate admits them again.
     await orders.CreateOrder(create_request("o-2", ("A", 10, 1)))
     await check_orders_agree(dsn)
+
+
+def _money(name: str, currency: str) -> float:
+    return REGISTRY.get_sample_value(name, {"currency": currency}) or 0.0
+
+
+async def test_revenue_counts_each_payment_once_and_each_refund_owed_by_currency(
+    orders: Stub, stub
+) -> None:
+    paid, owed = "stockcore_order_paid_minor_total", "stockcore_order_refunds_owed_minor_total"
+    before = {name: _money(name, "SEK") for name in (paid, owed)}
+    await put_stock(stub, "A", 10)
+    for order_id in ("o-1", "o-2"):
+        await orders.CreateOrder(create_request(order_id, ("A", 2, 150), currency="SEK"))
+        pay = pb.ConfirmPaymentRequest(
+            order_id=order_id, payment_id=f"p-{order_id}", amount_minor=300, currency_code="SEK"
+        )
+        await orders.ConfirmPayment(pay)
+        await orders.ConfirmPayment(pay)  # a repeat moves no money
+    await orders.CancelOrder(pb.CancelOrderRequest(order_id="o-2", reason="refund"))
+
+    assert _money(paid, "SEK") - before[paid] == 600
+    assert _money(owed, "SEK") - before[owed] == 300
 
 
 async def test_no_adjustment_key_a_caller_sends_can_block_a_paid_orders_cancel(

@@ -50,6 +50,22 @@ async def world(store: StockStore, db: asyncpg.Connection) -> asyncpg.Connection
     )
     await orders.cancel([cancel_order(REFUNDED, "refund", ACTOR)], EXPIRY)
     await db.fetch("SELECT * FROM stockcore.relay_step(100, 0)")
+    # The provider's events as the webhook receiver records them: the charge that paid
+    # PAID, and one for PENDING of another amount, which paid nothing and is to return.
+    for event_id, charge_id, order_id, amount, outcome, reason in (
+        ("evt-paid", f"pay-{PAID}", PAID, 400, 1, None),
+        ("evt-differs", "ch-differs", PENDING, 401, 2, 2),
+    ):
+        await db.execute(
+            "SELECT stockcore.record_payment_event($1, 'charge.succeeded', $2, $3, $4, 'EUR',"
+            " now(), $5, $6, '{}')",
+            event_id,
+            charge_id,
+            order_id,
+            amount,
+            outcome,
+            reason,
+        )
     return db
 
 
@@ -61,6 +77,7 @@ async def test_a_database_written_by_the_store_has_no_violations(world: asyncpg.
         (REFUNDED, 6),
     ]
     assert await world.fetchval("SELECT count(cursor) FROM stockcore.order_events") == 6
+    assert await world.fetchval("SELECT count(*) FROM stockcore.payments_to_return") == 1
     await assert_invariants_hold(world)
 
 
@@ -82,6 +99,12 @@ BREAKAGES: dict[str, list[str]] = {
     "ledger_matches_stock": [
         "INSERT INTO stockcore.movements (sku, kind, on_hand_delta, reserved_delta, caller)"
         " VALUES ('B', 'adjust', 1, 0, 't')"
+    ],
+    "hold_matches_its_ledger": [
+        # One unit moved from one hold's ledger to another's: the SKU's totals still agree.
+        "INSERT INTO stockcore.movements (sku, kind, on_hand_delta, reserved_delta,"
+        f" reservation_id, caller) VALUES ('A', 'reserve', 0, 1, '{HELD}', 't'),"
+        f" ('A', 'release', 0, -1, '{PENDING}', 't')"
     ],
     "hold_not_overdue": [
         f"UPDATE stockcore.reservations SET expires_at = now() - interval '3 seconds'"
@@ -123,6 +146,13 @@ BREAKAGES: dict[str, list[str]] = {
     "order_adjustment_of_cancelled_line": [
         f"UPDATE stockcore.adjustments SET order_id = '{PAID}'"
         f" WHERE order_id = '{REFUNDED}' AND sku = 'B'"
+    ],
+    "payment_event_paid_its_order": [
+        "UPDATE stockcore.payment_events SET object_id = 'ch-ghost' WHERE event_id = 'evt-paid'"
+    ],
+    "payment_event_to_return_recorded": ["DELETE FROM stockcore.payments_to_return"],
+    "payment_to_return_paid_nothing": [
+        f"UPDATE stockcore.payments_to_return SET charge_id = 'pay-{PAID}'"
     ],
     "event_cursors_gap_free": [
         "UPDATE stockcore.order_events SET cursor = cursor + 1"

@@ -26,7 +26,7 @@ from tests.waiting import until
 ACTOR = Actor("tests", "req-1")
 LIMITS = {"default_ttl_s": 3600.0, "min_ttl_s": 1.0, "max_ttl_s": 86_400.0}
 EXPIRY = "stockcore-expiry"
-_HOLD = "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_HOLD = "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 _CREATE = "SELECT * FROM stockcore.create_orders($1)"
 _PAY = "SELECT * FROM stockcore.pay_orders($1, $2, $3, $4, $5, $6, $7, $8)"
 

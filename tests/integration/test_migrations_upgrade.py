@@ -3,9 +3,9 @@
 every status, payments, events (sequenced, published and not), fulfilments, and a
 caller's adjustment under the key a cancel of a paid order used to take, is migrated by
 today's migrate(). Its data is untouched but for what a later migration changes on
-purpose (014: a cancel's adjustments become the order's own rows), its functions are a
-fresh database's, every invariant holds, and the stock, order and outbox functions work
-on old rows and new."""
+purpose (014: a cancel's adjustments become the order's own rows; 015: reservations get
+a customer, none for these), its functions are a fresh database's, every invariant
+holds, and the stock, order and outbox functions work on old rows and new."""
 
 from __future__ import annotations
 
@@ -257,6 +257,18 @@ _ADJUSTMENTS_BUT_ORIGIN = (
     " on_hand_after, reserved_after, caller, created_at), ',' ORDER BY sku, applied_delta,"
     " created_at)) FROM stockcore.adjustments"
 )
+RESERVATIONS = "stockcore.reservations"
+RESERVATION_CHANGES = "stockcore.reservation_changes"
+# A digest of every column of the reservations but the one 015 adds: whose cart each is.
+_RESERVATIONS_BUT_CUSTOMER = (
+    "SELECT md5(string_agg(concat_ws('|', reservation_id, status, shards, skus, quantities,"
+    " encode(fingerprint, 'hex'), caller, created_at, expires_at, finished_at), ','"
+    " ORDER BY reservation_id)) FROM stockcore.reservations"
+)
+PAYMENT_EVENTS = "stockcore.payment_events"
+PAYMENTS_TO_RETURN = "stockcore.payments_to_return"
+# Tables whose rows a later migration changes on purpose, or that it makes, compared apart.
+_CHANGED = (ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN)
 
 
 async def adjustments(conn: asyncpg.Connection) -> list[tuple[str | None, str | None, str, int]]:
@@ -337,6 +349,7 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
     conn = made_before_live_sql
     before = await contents(conn)
     adjustments_but_origin = await conn.fetchval(_ADJUSTMENTS_BUT_ORIGIN)
+    reservations_but_customer = await conn.fetchval(_RESERVATIONS_BUT_CUSTOMER)
 
     applied = await migrate(conn, SHARD_COUNT)
 
@@ -345,9 +358,25 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
     recorded = await conn.fetch("SELECT name FROM stockcore.schema_migrations ORDER BY version")
     assert [r["name"] for r in recorded] == [name for _, name, _ in migration_files()]
     after = await contents(conn)
-    assert {t: c for t, c in after.items() if t != ADJUSTMENTS} == {
-        t: c for t, c in before.items() if t != ADJUSTMENTS
+    assert {t: c for t, c in after.items() if t not in _CHANGED} == {
+        t: c for t, c in before.items() if t not in _CHANGED
     }
+    # 015: the reservations made before hold no customer (NULL), and no change was made yet.
+    assert await conn.fetchval(_RESERVATIONS_BUT_CUSTOMER) == reservations_but_customer
+    assert after[RESERVATIONS][0] == before[RESERVATIONS][0]
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM stockcore.reservations WHERE customer_id IS NOT NULL"
+        )
+        == 0
+    )
+    assert after[RESERVATION_CHANGES][0] == 0 and RESERVATION_CHANGES not in before
+    # 016: the payment provider's events and the money to return start empty.
+    assert {t: after[t][0] for t in (PAYMENT_EVENTS, PAYMENTS_TO_RETURN)} == {
+        PAYMENT_EVENTS: 0,
+        PAYMENTS_TO_RETURN: 0,
+    }
+    assert PAYMENT_EVENTS not in before and PAYMENTS_TO_RETURN not in before
     # The cancel's row became o-refunded's own (no key); callers' rows kept their keys,
     # the one under a cancel's old key included; nothing else of any row changed.
     assert await adjustments(conn) == [

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client import REGISTRY
 
 from server.config import Settings
 from server.domain.inventory import AdjustCommand, Finish
 from server.domain.sharding import shard_of
 from server.inventory.mirror import Mirror
+from server.metrics import REGISTRY
 from server.storage.postgres import MirrorLevel, StockStore
 from server.storage.redis_gate import AdmissionGate, AdmitCode, GateUnavailable
 from tests.conftest import SHARDS

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client import REGISTRY
 from stockcore.v1 import orders_pb2 as pb
 
 from clients.events import OrderEventConsumer
@@ -18,6 +17,7 @@ from server.config import Settings
 from server.domain.inventory import AdjustCommand
 from server.domain.order_queries import WatchFilter
 from server.domain.orders import Actor, create_order
+from server.metrics import REGISTRY
 from server.orders.relay import Relay
 from server.orders.watch import EventFeed
 from server.rpc.orders_convert import encoded_event, stored_event

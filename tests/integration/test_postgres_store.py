@@ -837,11 +837,12 @@ async def test_an_id_taken_by_a_concurrent_batch_leaves_its_units_to_the_rest_of
     open_tx = db.transaction()
     await open_tx.start()
     await db.fetch(
-        "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         [rival.reservation_id],
         [rival.fingerprint],
         [rival.ttl_ms],
         [rival.caller],
+        [None],
         [1],
         [1],
         [shard_of("B", SHARDS)],
@@ -874,11 +875,12 @@ async def test_a_batch_whose_stock_fell_meanwhile_is_decided_again_with_the_rows
     open_tx = db.transaction()
     await open_tx.start()
     await db.fetch(
-        "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "SELECT * FROM stockcore.hold_stock($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         [rival.reservation_id],
         [rival.fingerprint],
         [rival.ttl_ms],
         [rival.caller],
+        [None],
         [1],
         [1],
         [shard_of("A", SHARDS)],

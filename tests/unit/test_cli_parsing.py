@@ -19,6 +19,7 @@ from clients.cli import (
     GlobalOptions,
     Release,
     Reserve,
+    SetLine,
     parse_args,
     parse_line,
 )
@@ -215,6 +216,19 @@ def test_reserve_without_ttl_leaves_it_to_the_server() -> None:
 
 def test_reserve_needs_at_least_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "SKU=QTY" in _usage_error(["reserve", "order-7"], capsys)
+
+
+def test_set_line_sets_one_line_and_zero_removes_it() -> None:
+    _, grown = parse_args(["set-line", "cart-1", "A=3", "--ttl", "600", "--change-id", "c-1"])
+    _, removed = parse_args(["set-line", "cart-1", "A=0"])
+
+    assert grown == SetLine("cart-1", "A", 3, 600.0, "c-1")
+    assert isinstance(removed, SetLine) and (removed.sku, removed.quantity) == ("A", 0)
+    assert uuid.UUID(removed.change_id)  # a new change id unless one is named
+
+
+def test_set_line_refuses_a_negative_quantity(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "at least 1" in _usage_error(["set-line", "cart-1", "A=-1"], capsys)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from devstack.config import DevSettings
 from devstack.stack import with_dev_credentials
 from fulfilment import config as fulfilment_config
 from fulfilment.config import FulfilmentSettings
+from payments import config as payments_config
+from payments.config import PaymentsSettings
 from server.config import Settings, SettingsError, from_env, to_env
 
 DEV_VARIABLES = {
@@ -220,6 +222,9 @@ def test_given_mapping_takes_the_place_of_the_process_environment(
             "need 1 <= health_watches_per_peer",
         ),
         ({"max_health_watches": 100_001}, "need 1 <= health_watches_per_peer"),
+        ({"watched_skus": ("OK-1", "not ok")}, "watched_skus must be at most 200 SKUs"),
+        ({"watched_skus": tuple(f"S-{i}" for i in range(201))}, "watched_skus must be at most"),
+        ({"watched_skus_interval_s": 0.5}, "watched_skus_interval_s must be 1-3600"),
     ],
 )
 def test_out_of_range_setting_is_refused(changes: dict[str, object], message: str) -> None:
@@ -259,6 +264,9 @@ def test_out_of_range_setting_is_refused(changes: dict[str, object], message: st
         {"database_reads_per_caller": 10_000},
         {"health_watches_per_peer": 1, "max_health_watches": 1},
         {"health_watches_per_peer": 100_000, "max_health_watches": 100_000},
+        {"watched_skus": tuple(f"S-{i}" for i in range(200))},
+        {"watched_skus_interval_s": 1.0},
+        {"watched_skus_interval_s": 3600.0},
     ],
 )
 def test_setting_at_its_bounds_is_accepted(changes: dict[str, object]) -> None:
@@ -402,3 +410,29 @@ def test_the_partner_reply_cap_is_read_from_its_variable_and_refused_out_of_rang
     for raw in ("0", "4095", str((64 << 20) + 1)):
         with pytest.raises(SettingsError, match="partner_max_reply_bytes must be"):
             fulfilment_config.from_env({"STOCKCORE_PARTNER_MAX_REPLY_BYTES": raw})
+
+
+def test_watched_skus_come_from_a_comma_separated_list() -> None:
+    settings = from_env({"STOCKCORE_WATCHED_SKUS": "FLASH-SALE-1, DRESS-RED-M"})
+
+    assert settings.watched_skus == ("FLASH-SALE-1", "DRESS-RED-M")
+    assert to_env(settings)["STOCKCORE_WATCHED_SKUS"] == "FLASH-SALE-1,DRESS-RED-M"
+
+
+def test_the_webhook_receivers_settings_round_trip_and_keep_the_replay_window_bounded() -> None:
+    receiver = PaymentsSettings().with_overrides(
+        pg_dsn="postgresql://db/x",
+        webhook_secret_file="/run/secrets/webhook",
+        webhook_tolerance_s=120.0,
+        payments_target="127.0.0.1:1234",
+    )
+    assert payments_config.from_env(payments_config.to_env(receiver)) == receiver
+    assert payments_config.from_env({}) == PaymentsSettings()
+    assert receiver.order_target == "127.0.0.1:1234"
+    assert PaymentsSettings().order_target == "127.0.0.1:50051"
+    assert PaymentsSettings().webhook_tolerance_s == 300.0
+    for raw in ("0", "0.5", "3601"):
+        with pytest.raises(SettingsError, match="webhook_tolerance_s must be 1-3600"):
+            payments_config.from_env({"STOCKCORE_WEBHOOK_TOLERANCE": raw})
+    with pytest.raises(SettingsError, match="webhook_max_body_bytes"):
+        payments_config.from_env({"STOCKCORE_WEBHOOK_MAX_BODY_BYTES": str((1 << 20) + 1)})

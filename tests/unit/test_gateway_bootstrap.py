@@ -187,8 +187,24 @@ def test_the_configuration_holds_no_page_token_and_no_config_script() -> None:
     config = bootstrap(GatewaySettings(plaintext=True, gateway_session_socket="/run/s.sock"))
     assert not any("config.js" in str(r["match"]) for r in _routes(config).values())
     assert "eyJ" not in json.dumps(config) and "token" not in json.dumps(config).lower()
-    # The admin interface shows all of it: on loopback only.
-    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    # The admin interface shows all of it: on its owner's Unix socket only.
+    assert config["admin"]["address"]["pipe"]["mode"] == 0o600
+
+
+def test_the_stats_listener_serves_prometheus_metrics_and_nothing_else(tmp_path: Path) -> None:
+    admin = tmp_path / "admin.sock"
+    config = bootstrap(GatewaySettings(plaintext=True, gateway_stats_port=9901), admin_socket=admin)
+    (stats,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "stats"]
+    assert stats["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+    manager = stats["filter_chains"][0]["filters"][0]["typed_config"]
+    served, rest = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert served["match"]["path"] == "/stats/prometheus"
+    assert served["match"]["headers"][0]["string_match"] == {"exact": "GET"}
+    assert rest == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "envoy_admin"]
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"] == {"pipe": {"path": str(admin.resolve())}}
+    assert config["admin"]["address"]["pipe"]["path"] == str(admin.resolve())
 
 
 def _session_routes(config: Config) -> list[Config]:
@@ -227,7 +243,8 @@ def test_the_session_is_forwarded_from_the_gateways_own_pages_only(tmp_path: Pat
 def test_without_a_session_endpoint_there_is_no_session_route() -> None:
     config = bootstrap(GatewaySettings(plaintext=True))
     assert _session_routes(config) == []
-    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["stockcore_grpc"]
+    names = [c["name"] for c in config["static_resources"]["clusters"]]
+    assert names == ["stockcore_grpc", "envoy_admin"]
 
 
 def test_grpc_is_refused_before_any_route_that_forwards() -> None:

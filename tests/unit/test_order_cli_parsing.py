@@ -63,6 +63,20 @@ def test_a_malformed_priced_line_is_refused(text: str) -> None:
             ],
             CreateOrder("o-1", "c", "EUR", (("A", 1, 1),), 90.0),
         ),
+        (
+            [
+                "order",
+                "create",
+                "cart-1",
+                "A=1@1",
+                "--customer",
+                "c",
+                "--currency",
+                "EUR",
+                "--from-reservation",
+            ],
+            CreateOrder("cart-1", "c", "EUR", (("A", 1, 1),), None, True),
+        ),
         (["order", "get", "o-1"], GetOrder("o-1")),
         (["order", "list", "--customer", "c"], ListOrders("c", None, 0, "")),
         (

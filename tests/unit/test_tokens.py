@@ -186,12 +186,12 @@ def test_a_customer_bound_token_carries_only_what_concerns_that_customer(
     assert refusal_reason(verifier(tmp_path / "jwks.json", clock), token) == TOKEN_INVALID
 
 
-def test_a_shoppers_token_may_also_read_stock_and_create_orders(
+def test_a_shoppers_token_may_also_read_stock_hold_its_cart_and_create_orders(
     tmp_path: Path, clock: Clock
 ) -> None:
     private, public = new_signing_key("k1")
     write_jwks(tmp_path / "jwks.json", public)
-    granted = [scopes.CUSTOMER, scopes.INVENTORY_READ, scopes.ORDERS_CREATE]
+    granted = [scopes.CUSTOMER, scopes.INVENTORY_READ, scopes.INVENTORY_HOLD, scopes.ORDERS_CREATE]
 
     token = issue_token(private, "checkout-page", granted, customer_id="alice", now=clock.now)
     principal = verifier(tmp_path / "jwks.json", clock).principal(token)

@@ -1,5 +1,6 @@
 -- What must always hold, written once: stock against adjustments, commits, live holds and
--- the movement ledger; orders against their holds, status history, payments and events.
+-- the movement ledger; orders against their holds, status history, payments and events;
+-- the payment provider's charges, as the webhook receiver recorded them, against payments.
 -- The test suite and the load runs call stockcore.invariant_violations() after they ran;
 -- it returns one row per violation ("check" names the rule, subject the SKU, reservation
 -- or order, detail what was found) and none when everything holds. It only reads, in one
@@ -89,6 +90,18 @@ SELECT 'ledger_matches_stock', sku,
   FROM stock
  WHERE (on_hand, reserved) IS DISTINCT FROM (ledger_on_hand, ledger_reserved)
 UNION ALL
+-- Each reservation's own movements sum to what it holds of each SKU while HELD, and to
+-- nothing once it ended (lines change while HELD: SetReservationLine).
+SELECT 'hold_matches_its_ledger', coalesce(r.reservation_id, l.reservation_id),
+       format('%s: holds %s, its movements reserve %s', coalesce(r.sku, l.sku),
+              coalesce(r.quantity, 0), coalesce(l.reserved, 0))
+  FROM (SELECT reservation_id, sku, quantity FROM lines WHERE status = 1) r
+  FULL JOIN (SELECT reservation_id, sku, sum(reserved_delta) AS reserved
+               FROM stockcore.movements WHERE reservation_id IS NOT NULL
+              GROUP BY reservation_id, sku) l
+    ON l.reservation_id = r.reservation_id AND l.sku = r.sku
+ WHERE coalesce(r.quantity, 0) <> coalesce(l.reserved, 0)
+UNION ALL
 -- The expiry sweep runs every fraction of a second; 2 s late means it is not running.
 SELECT 'hold_not_overdue', reservation_id, format('HELD, expired at %s', expires_at)
   FROM stockcore.reservations WHERE status = 1 AND expires_at < now() - interval '2 seconds'
@@ -166,6 +179,30 @@ SELECT 'order_adjustment_of_cancelled_line', a.order_id,
   LEFT JOIN stockcore.orders o ON o.order_id = a.order_id
  WHERE a.order_id IS NOT NULL
    AND (o.order_id IS NULL OR o.status <> 6 OR o.payment_id IS NULL OR NOT a.sku = ANY (o.skus))
+UNION ALL
+-- Payment provider events (outcome 1 PAID, 2 TO_RETURN: 016_payment_events.sql). A charge
+-- recorded as paying its order is that order's payment ...
+SELECT 'payment_event_paid_its_order', e.event_id,
+       format('charge %s for order %s: %s', e.object_id, e.order_id,
+              coalesce('the payment of order ' || p.order_id, 'no payment'))
+  FROM stockcore.payment_events e
+  LEFT JOIN stockcore.payments p ON p.payment_id = e.object_id
+ WHERE e.outcome = 1 AND p.order_id IS DISTINCT FROM e.order_id
+UNION ALL
+-- ... one that paid nothing is money to return ...
+SELECT 'payment_event_to_return_recorded', e.event_id,
+       format('charge %s for order %s is not among the payments to return', e.object_id,
+              e.order_id)
+  FROM stockcore.payment_events e
+ WHERE e.outcome = 2
+   AND NOT EXISTS (SELECT FROM stockcore.payments_to_return r WHERE r.charge_id = e.object_id)
+UNION ALL
+-- ... and money to return never paid an order.
+SELECT 'payment_to_return_paid_nothing', r.charge_id,
+       format('to return (order %s, %s %s), yet the payment of order %s', r.order_id,
+              r.amount_minor, r.currency, p.order_id)
+  FROM stockcore.payments_to_return r
+  JOIN stockcore.payments p ON p.payment_id = r.charge_id
 UNION ALL
 -- Cursors are unique: gap-free from 1 means as many as the highest.
 SELECT 'event_cursors_gap_free', 'order_events',

@@ -62,14 +62,17 @@ END $$;
 
 -- Reserve for a batch of reservations, sorted by id (repeats adjacent). Reservation i
 -- owns lines p_first[i] .. p_first[i] + p_count[i] - 1 of the line arrays (distinct
--- SKUs). Decided against levels read without a lock, then taken; decided again with the
--- rows locked when a take no longer fits (see the top of this file).
+-- SKUs), and is held for customer p_customers[i] (NULL: a service's reservation).
+-- Decided against levels read without a lock, then taken; decided again with the rows
+-- locked when a take no longer fits (see the top of this file).
 -- Result codes: 0 held, 1 repeat of an identical request (reservation is the stored
 -- one), 2 the id belongs to a different request, 3 rejected: unknown_skus, and
 -- short_skus with what is available of each to this request.
+DROP FUNCTION IF EXISTS stockcore.hold_stock(text[], bytea[], bigint[], text[], int[], int[], smallint[], text[], bigint[]);
 CREATE OR REPLACE FUNCTION stockcore.hold_stock(
     p_ids text[], p_fingerprints bytea[], p_ttl_ms bigint[], p_callers text[],
-    p_first int[], p_count int[], p_shards smallint[], p_skus text[], p_qtys bigint[],
+    p_customers text[], p_first int[], p_count int[], p_shards smallint[], p_skus text[],
+    p_qtys bigint[],
     OUT results stockcore.hold_result[], OUT levels stockcore.stock_level[]
 )
 LANGUAGE plpgsql
@@ -80,11 +83,11 @@ DECLARE
 BEGIN
     BEGIN
         SELECT * INTO h FROM stockcore.hold_step(p_ids, p_fingerprints, p_ttl_ms, p_callers,
-            p_first, p_count, p_shards, p_skus, p_qtys, false);
+            p_customers, p_first, p_count, p_shards, p_skus, p_qtys, false);
         levels := stockcore.take_stock(h.shards, h.skus, h.takes, h.read, now());
     EXCEPTION WHEN serialization_failure THEN
         SELECT * INTO h FROM stockcore.hold_step(p_ids, p_fingerprints, p_ttl_ms, p_callers,
-            p_first, p_count, p_shards, p_skus, p_qtys, true);
+            p_customers, p_first, p_count, p_shards, p_skus, p_qtys, true);
         levels := stockcore.take_stock(h.shards, h.skus, h.takes, h.read, now());
     END;
     results := h.results;
@@ -93,10 +96,11 @@ END $$;
 -- Decide a batch of holds (sorted by id, repeats adjacent) against levels read with or
 -- without locks, insert the held reservations and their ledger rows; return what each
 -- SKU must give (in lock order) for stockcore.take_stock, which the caller runs last.
+DROP FUNCTION IF EXISTS stockcore.hold_step(text[], bytea[], bigint[], text[], int[], int[], smallint[], text[], bigint[], boolean);
 CREATE OR REPLACE FUNCTION stockcore.hold_step(
     p_ids text[], p_fingerprints bytea[], p_ttl_ms bigint[], p_callers text[],
-    p_first int[], p_count int[], p_shards smallint[], p_skus text[], p_qtys bigint[],
-    p_lock boolean,
+    p_customers text[], p_first int[], p_count int[], p_shards smallint[], p_skus text[],
+    p_qtys bigint[], p_lock boolean,
     OUT results stockcore.hold_result[], OUT shards smallint[], OUT skus text[],
     OUT takes bigint[], OUT read stockcore.stock_level[]
 )
@@ -205,11 +209,12 @@ BEGIN
         WITH ins AS (
             INSERT INTO stockcore.reservations
                    (reservation_id, status, shards, skus, quantities, fingerprint, caller,
-                    created_at, expires_at)
+                    created_at, expires_at, customer_id)
             SELECT p_ids[a.i], 1, p_shards[p_first[a.i] : p_first[a.i] + p_count[a.i] - 1],
                    p_skus[p_first[a.i] : p_first[a.i] + p_count[a.i] - 1],
                    p_qtys[p_first[a.i] : p_first[a.i] + p_count[a.i] - 1], p_fingerprints[a.i],
-                   p_callers[a.i], v_now, v_now + p_ttl_ms[a.i] * interval '1 millisecond'
+                   p_callers[a.i], v_now, v_now + p_ttl_ms[a.i] * interval '1 millisecond',
+                   p_customers[a.i]
               FROM unnest(admitted) AS a(i)
             ON CONFLICT (reservation_id) DO NOTHING
             RETURNING *
@@ -249,13 +254,16 @@ END $$;
 
 -- Plain Commit (p_target 2) or Release (3) of HELD reservations, ids sorted. A hold past
 -- its expiry is expired instead. The hold of an order is refused: only the order may
--- end it (ConfirmPayment, CancelOrder, expiry). The first request of an id applies; a
--- repeat in the same batch sees the result.
+-- end it (ConfirmPayment, CancelOrder, expiry). A request bound to a customer
+-- (p_customers[i], NULL for a service's) ends only a reservation held for that customer.
+-- The first request of an id applies; a repeat in the same batch sees the result.
 -- Result codes: 0 applied (reservation shows the status it reached: EXPIRED when its hold
 -- had lapsed), 1 unchanged (it was already finished; reservation shows how), 2 refused:
--- the hold of an order, 4 unknown reservation.
+-- the hold of an order, 4 unknown reservation, 5 refused: not held for the request's
+-- customer (reservation NULL: a customer learns nothing of another's).
+DROP FUNCTION IF EXISTS stockcore.finish_holds(text[], smallint, text[]);
 CREATE OR REPLACE FUNCTION stockcore.finish_holds(
-    p_ids text[], p_target smallint, p_callers text[],
+    p_ids text[], p_target smallint, p_callers text[], p_customers text[],
     OUT results stockcore.finish_result[], OUT levels stockcore.stock_level[]
 )
 LANGUAGE plpgsql
@@ -290,7 +298,9 @@ BEGIN
             CONTINUE;
         END IF;
         r := held[e];
-        IF p_ids[i] = ANY (owned) THEN
+        IF p_customers[i] IS NOT NULL AND r.customer_id IS DISTINCT FROM p_customers[i] THEN
+            results[i] := ROW(5, NULL)::stockcore.finish_result;
+        ELSIF p_ids[i] = ANY (owned) THEN
             results[i] := ROW(2, r)::stockcore.finish_result;
         ELSIF r.status <> 1 THEN
             results[i] := ROW(1, r)::stockcore.finish_result;
@@ -308,6 +318,214 @@ BEGIN
 
     SELECT * INTO d FROM stockcore.close_holds(done_ids, done_st, done_by, v_now);
     levels := stockcore.apply_stock(d.shards, d.skus, d.on_hand, d.reserved, v_now);
+END $$;
+
+-- SetReservationLine for a batch, sorted by reservation id (the changes of one reservation
+-- in the order they came). Request i sets SKU p_skus[i] (of shard p_shards[i]) of
+-- reservation p_ids[i] to p_qtys[i] units (0 removes the line) and holds the reservation
+-- for p_ttl_ms[i] from now; p_customers[i] is the customer the request is bound to (NULL
+-- for a service's), who may change only a reservation held for it. Units added are
+-- decided against levels read without a lock and taken last, as hold_stock's are (and
+-- decided again with the rows locked when a take no longer fits); units given back go
+-- back in the same one UPDATE per SKU. Codes: 0 applied, 1 repeat of the request that
+-- change_id names (reservation as it is now), 2 change_id belongs to a different change,
+-- 3 short (available: what the reservation could hold of the SKU, its own units
+-- included) or unknown SKU (available NULL), 4 unknown reservation, 5 not HELD, or its
+-- hold lapsed (reservation shows it), 6 the hold of an order (changed only as the
+-- order), 7 not held for the request's customer, 8 a new line beyond the 100 a
+-- reservation may hold. 6 and 7 come without the reservation.
+CREATE OR REPLACE FUNCTION stockcore.set_reservation_lines(
+    p_ids text[], p_change_ids text[], p_fingerprints bytea[], p_shards smallint[],
+    p_skus text[], p_qtys bigint[], p_ttl_ms bigint[], p_callers text[], p_customers text[],
+    OUT results stockcore.line_result[], OUT levels stockcore.stock_level[]
+)
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+AS $$
+DECLARE
+    s record;
+BEGIN
+    BEGIN
+        SELECT * INTO s FROM stockcore.set_lines_step(p_ids, p_change_ids, p_fingerprints,
+            p_shards, p_skus, p_qtys, p_ttl_ms, p_callers, p_customers, false);
+    EXCEPTION WHEN serialization_failure THEN
+        SELECT * INTO s FROM stockcore.set_lines_step(p_ids, p_change_ids, p_fingerprints,
+            p_shards, p_skus, p_qtys, p_ttl_ms, p_callers, p_customers, true);
+    END;
+    results := s.results;
+    levels := s.levels;
+END $$;
+
+-- set_reservation_lines' work, deciding against levels read with or without locks. Locks:
+-- the reservations (rank 3 of the lock order), the change ids (rank 4: inserted at the
+-- end, or, in the locking pass, taken before the stock rows as hold_step takes its ids),
+-- the stock rows last (take_stock, with signed takes: what a batch gives back of a SKU
+-- lowers its reserved units).
+CREATE OR REPLACE FUNCTION stockcore.set_lines_step(
+    p_ids text[], p_change_ids text[], p_fingerprints bytea[], p_shards smallint[],
+    p_skus text[], p_qtys bigint[], p_ttl_ms bigint[], p_callers text[], p_customers text[],
+    p_lock boolean,
+    OUT results stockcore.line_result[], OUT levels stockcore.stock_level[]
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now    timestamptz := now();
+    n        int := coalesce(array_length(p_ids, 1), 0);
+    held     stockcore.reservations[];
+    owned    text[];
+    claimed  text[];
+    known    stockcore.reservation_changes[];
+    s_shards smallint[];
+    s_skus   text[];
+    s_read   stockcore.stock_level[];
+    u_left   bigint[];
+    takes    bigint[];
+    r        stockcore.reservations;
+    e        int := 1;
+    k        int;
+    pos      int;
+    h        bigint;
+    delta    bigint;
+    c        stockcore.reservation_changes;
+    done_ids text[] := '{}';
+    done_fps bytea[] := '{}';
+    applied  int[] := '{}';
+    changed  text[] := '{}';
+    m_skus   text[] := '{}';
+    m_deltas bigint[] := '{}';
+    m_ids    text[] := '{}';
+    m_by     text[] := '{}';
+BEGIN
+    SELECT coalesce(array_agg(x::stockcore.reservations ORDER BY x.reservation_id), '{}') INTO held
+      FROM (SELECT * FROM stockcore.reservations x
+             WHERE x.reservation_id = ANY (p_ids) ORDER BY x.reservation_id FOR UPDATE) x;
+    -- Read under those locks: an order takes a reservation only under its lock
+    -- (order_holds), or is made with a hold it inserts itself (create_step).
+    SELECT coalesce(array_agg(o.order_id), '{}') INTO owned
+      FROM stockcore.orders o WHERE o.order_id = ANY (p_ids);
+    IF p_lock THEN
+        WITH ins AS (
+            INSERT INTO stockcore.reservation_changes
+                   (change_id, reservation_id, fingerprint, caller, created_at)
+            SELECT x.id, '', '', '', v_now
+              FROM (SELECT DISTINCT u AS id FROM unnest(p_change_ids) u) x
+             ORDER BY x.id
+            ON CONFLICT (change_id) DO NOTHING
+            RETURNING change_id
+        )
+        SELECT coalesce(array_agg(ins.change_id), '{}') INTO claimed FROM ins;
+        DELETE FROM stockcore.reservation_changes x WHERE x.change_id = ANY (claimed);
+    END IF;
+    SELECT coalesce(array_agg(x), '{}') INTO known
+      FROM stockcore.reservation_changes x WHERE x.change_id = ANY (p_change_ids);
+    SELECT x.shards, x.skus, x.levels INTO s_shards, s_skus, s_read
+      FROM stockcore.read_stock(p_shards, p_skus, p_lock) x;
+    u_left := array_fill(0::bigint, ARRAY[cardinality(s_skus)]);
+    takes := u_left;
+    FOR j IN 1 .. cardinality(s_skus) LOOP
+        u_left[j] := (s_read[j]).on_hand - (s_read[j]).reserved;
+    END LOOP;
+
+    results := array_fill(NULL::stockcore.line_result, ARRAY[n]);
+    FOR i IN 1 .. n LOOP
+        WHILE e <= cardinality(held) AND (held[e]).reservation_id < p_ids[i] LOOP
+            e := e + 1;
+        END LOOP;
+        IF e > cardinality(held) OR (held[e]).reservation_id <> p_ids[i] THEN
+            results[i] := ROW(4, NULL, NULL)::stockcore.line_result;
+            CONTINUE;
+        END IF;
+        r := held[e];
+        IF p_customers[i] IS NOT NULL AND r.customer_id IS DISTINCT FROM p_customers[i] THEN
+            results[i] := ROW(7, NULL, NULL)::stockcore.line_result;
+            CONTINUE;
+        ELSIF r.reservation_id = ANY (owned) THEN
+            results[i] := ROW(6, NULL, NULL)::stockcore.line_result;
+            CONTINUE;
+        END IF;
+        -- The change id: applied earlier in this batch, or before.
+        pos := array_position(done_ids, p_change_ids[i]);
+        IF pos IS NOT NULL THEN
+            results[i] := ROW(CASE WHEN done_fps[pos] = p_fingerprints[i] THEN 1 ELSE 2 END,
+                              r, NULL)::stockcore.line_result;
+            CONTINUE;
+        END IF;
+        c := NULL;
+        FOR j IN 1 .. cardinality(known) LOOP
+            IF (known[j]).change_id = p_change_ids[i] THEN c := known[j]; EXIT; END IF;
+        END LOOP;
+        IF c.change_id IS NOT NULL THEN
+            results[i] := ROW(CASE WHEN c.fingerprint = p_fingerprints[i] THEN 1 ELSE 2 END,
+                              r, NULL)::stockcore.line_result;
+            CONTINUE;
+        END IF;
+        IF r.status <> 1 OR r.expires_at <= v_now THEN
+            results[i] := ROW(5, r, NULL)::stockcore.line_result;
+            CONTINUE;
+        END IF;
+        k := array_position(s_skus, p_skus[i]);
+        pos := array_position(r.skus, p_skus[i]);
+        h := coalesce(r.quantities[pos], 0);
+        delta := p_qtys[i] - h;
+        IF delta > 0 THEN
+            IF s_read[k] IS NULL THEN
+                results[i] := ROW(3, r, NULL)::stockcore.line_result;
+                CONTINUE;
+            ELSIF pos IS NULL AND cardinality(r.skus) >= 100 THEN
+                results[i] := ROW(8, r, NULL)::stockcore.line_result;
+                CONTINUE;
+            ELSIF u_left[k] < delta THEN
+                results[i] := ROW(3, r, h + greatest(u_left[k], 0))::stockcore.line_result;
+                CONTINUE;
+            END IF;
+        END IF;
+        IF delta <> 0 THEN
+            u_left[k] := u_left[k] - delta;
+            takes[k] := takes[k] + delta;
+            IF pos IS NULL THEN
+                -- Lines stay sorted by SKU as Python sorts them (by code point).
+                SELECT array_agg(u.sh ORDER BY u.sk COLLATE "C"), array_agg(u.sk ORDER BY u.sk COLLATE "C"),
+                       array_agg(u.q ORDER BY u.sk COLLATE "C")
+                  INTO r.shards, r.skus, r.quantities
+                  FROM (SELECT * FROM unnest(r.shards, r.skus, r.quantities)
+                        UNION ALL SELECT p_shards[i], p_skus[i], p_qtys[i]) AS u(sh, sk, q);
+            ELSIF p_qtys[i] = 0 THEN
+                r.shards := r.shards[:pos - 1] || r.shards[pos + 1:];
+                r.skus := r.skus[:pos - 1] || r.skus[pos + 1:];
+                r.quantities := r.quantities[:pos - 1] || r.quantities[pos + 1:];
+            ELSE
+                r.quantities[pos] := p_qtys[i];
+            END IF;
+            m_skus := m_skus || p_skus[i];
+            m_deltas := m_deltas || delta;
+            m_ids := m_ids || r.reservation_id;
+            m_by := m_by || p_callers[i];
+        END IF;
+        r.expires_at := v_now + p_ttl_ms[i] * interval '1 millisecond';
+        held[e] := r;
+        changed := changed || r.reservation_id;
+        done_ids := done_ids || p_change_ids[i];
+        done_fps := done_fps || p_fingerprints[i];
+        applied := applied || i;
+        results[i] := ROW(0, r, NULL)::stockcore.line_result;
+    END LOOP;
+
+    UPDATE stockcore.reservations x
+       SET shards = y.shards, skus = y.skus, quantities = y.quantities, expires_at = y.expires_at
+      FROM unnest(held) y
+     WHERE x.reservation_id = y.reservation_id AND y.reservation_id = ANY (changed);
+    INSERT INTO stockcore.movements
+           (sku, kind, on_hand_delta, reserved_delta, reservation_id, caller, created_at)
+    SELECT m.sku, CASE WHEN m.delta > 0 THEN 'reserve' ELSE 'release' END, 0, m.delta, m.id,
+           m.caller, v_now
+      FROM unnest(m_skus, m_deltas, m_ids, m_by) AS m(sku, delta, id, caller);
+    -- A change id another transaction took meanwhile fails the statement here
+    -- (unique_violation): run again, it finds that change.
+    INSERT INTO stockcore.reservation_changes
+           (change_id, reservation_id, fingerprint, caller, created_at)
+    SELECT p_change_ids[a.i], p_ids[a.i], p_fingerprints[a.i], p_callers[a.i], v_now
+      FROM unnest(applied) AS a(i);
+    levels := stockcore.take_stock(s_shards, s_skus, takes, s_read, v_now);
 END $$;
 
 -- End HELD holds already locked by the caller (ids sorted, with the status each reaches

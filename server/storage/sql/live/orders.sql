@@ -1,12 +1,12 @@
--- Orders: CreateOrder, ConfirmPayment, CancelOrder, ShipOrder, RecordInTransit,
--- RecordDelivery and the expiry sweep. Each batch of requests of one kind is one call of
--- one function that takes its locks, decides every request by the status machine, writes
--- the order, status-history, outbox and ledger rows, and returns one typed row per
--- request; the server only validates requests before and maps the rows to answers after.
--- Nothing that decides (a payment id is unused, a hold is not an order's) is read
--- outside these locks. The tables are 002_orders.sql's; the status machine is
--- stockcore.order_transitions, which the migrator copies from server.domain.orders at
--- every start.
+-- Orders: CreateOrder (holding stock, or taking over a held reservation), ConfirmPayment,
+-- CancelOrder, ShipOrder, RecordInTransit, RecordDelivery and the expiry sweep. Each batch
+-- of requests of one kind is one call of one function that takes its locks, decides every
+-- request by the status machine, writes the order, status-history, outbox and ledger rows,
+-- and returns one typed row per request; the server only validates requests before and
+-- maps the rows to answers after. Nothing that decides (a payment id is unused, a hold is
+-- not an order's) is read outside these locks. The tables are 002_orders.sql's; the
+-- status machine is stockcore.order_transitions, which the migrator copies from
+-- server.domain.orders at every start.
 --
 -- The lock order, for every function of the live SQL. A transaction takes locks of one
 -- rank after another, down this list, and within a rank in the order given; it never
@@ -21,12 +21,17 @@
 --   2. Orders, by id: lock_orders (pay_orders, cancel_orders, advance_orders),
 --      cancel_orders_as, record_fulfilments (after rank 1); expire_due skips locked ones.
 --      A new order's id is claimed by its hold (rank 3, same id): create_step inserts
---      an order only for a hold it inserted itself, so that insert never waits.
---   3. Reservations, by id: lock_orders (the orders' holds), finish_holds; expire_due
+--      an order only for a hold it inserted itself, order_holds only for a hold it
+--      locked, so that insert never waits.
+--   3. Reservations, by id: lock_orders (the orders' holds), finish_holds,
+--      set_lines_step, order_holds (which then inserts the orders of the reservations it
+--      locked: rank 2, but no other transaction can be inserting those); expire_due
 --      skips locked ones. New ids are claimed in batch order by hold_step (Reserve,
 --      CreateOrder); its second pass claims every id of the batch before rank 5. (A
 --      lock on a row and a claim of an id not yet committed never wait for each other.)
 --   4. Payment ids, by payment id: pay_orders claims them all before it decides.
+--      Change ids of SetReservationLine: set_lines_step inserts those it applied before
+--      rank 5, and its second pass claims them all before it locks stock rows.
 --   5. Stock rows, by (shard, sku), last and briefly (inventory.sql says why): read_stock
 --      with p_lock, take_stock and apply_stock (every batch function), adjust (one row).
 --   6. Rows nobody waits for while holding a lock above: an adjustment (adjust claims a
@@ -34,6 +39,9 @@
 --      are its order's own, covered by the order's lock), the movements, status history,
 --      events and fulfilment history (appended, never contended), and the outbox
 --      watermark and cursors (the relay alone, under its session's advisory lock).
+--   7. Payment provider events, by event id, then payments to return, by charge id:
+--      record_payment_event (payments.sql) claims them and takes no other lock;
+--      count_payment_event_delivery changes one event row.
 --
 -- Every function returns the levels of the SKUs it touched (stockcore.stock_level, for
 -- the Redis mirror) and, when it wrote order events, notifies channel
@@ -131,7 +139,7 @@ DECLARE
     o        stockcore.orders;
 BEGIN
     SELECT * INTO st FROM stockcore.hold_step(p_ids, p_fingerprints, p_ttl_ms, p_callers,
-        p_first, p_count, p_shards, p_skus, p_qtys, p_lock);
+        p_customers, p_first, p_count, p_shards, p_skus, p_qtys, p_lock);
     results := array_fill(NULL::stockcore.order_result, ARRAY[n]);
     FOR i IN 1 .. n LOOP
         h := st.results[i];
@@ -183,6 +191,103 @@ BEGIN
     END IF;
 
     levels := stockcore.take_stock(st.shards, st.skus, st.takes, st.read, now());
+END $$;
+
+-- CreateOrder from held reservations (CreateOrderRequest.reservation_id), for a batch of
+-- stockcore.order_request sorted by order id, each order's id the id of the plain
+-- reservation it takes over. Decided under the reservations' locks: the reservation
+-- becomes the order's hold as it is, its units already held (no stock row changes), now
+-- until the order's payment deadline (ttl_ms from now) and for the order's customer.
+-- p_customers[i] is the customer request i is bound to (NULL for a service's). Codes:
+-- 0 created, 1 repeat (ord as it is now), 2 the id belongs to a different order,
+-- 3 unknown reservation, 4 not held for the order's customer (a reservation held for a
+-- customer becomes only that customer's order; a service's, only by a service's
+-- request), 5 not HELD, or its hold lapsed (hold shows it), 6 the reservation's lines
+-- are not the order's (hold shows them).
+CREATE OR REPLACE FUNCTION stockcore.order_holds(
+    p_orders stockcore.order_request[], p_customers text[],
+    OUT results stockcore.hold_order_result[]
+)
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+AS $$
+DECLARE
+    v_now    timestamptz := now();
+    n        int := coalesce(array_length(p_orders, 1), 0);
+    ids      text[];
+    holds    stockcore.reservations[];
+    found    stockcore.orders[];
+    q        stockcore.order_request;
+    r        stockcore.reservations;
+    o        stockcore.orders;
+    fresh    stockcore.orders[] := '{}';
+    fresh_by text[] := '{}';
+    fresh_rq text[] := '{}';
+    taken    stockcore.reservations[] := '{}';
+BEGIN
+    SELECT coalesce(array_agg(u.order_id), '{}') INTO ids FROM unnest(p_orders) u;
+    SELECT coalesce(array_agg(x::stockcore.reservations ORDER BY x.reservation_id), '{}') INTO holds
+      FROM (SELECT * FROM stockcore.reservations x
+             WHERE x.reservation_id = ANY (ids) ORDER BY x.reservation_id FOR UPDATE) x;
+    -- Read under those locks: no order of these ids can be made meanwhile (its hold is
+    -- one of them, locked here; create_step makes orders only of holds it inserts).
+    SELECT coalesce(array_agg(x::stockcore.orders ORDER BY x.order_id), '{}') INTO found
+      FROM stockcore.orders x WHERE x.order_id = ANY (ids);
+    results := array_fill(NULL::stockcore.hold_order_result, ARRAY[n]);
+    FOR i IN 1 .. n LOOP
+        q := p_orders[i];
+        r := NULL;
+        FOR j IN 1 .. cardinality(holds) LOOP
+            IF (holds[j]).reservation_id = q.order_id THEN r := holds[j]; EXIT; END IF;
+        END LOOP;
+        IF r.reservation_id IS NULL THEN
+            results[i] := ROW(3, NULL, NULL)::stockcore.hold_order_result;
+            CONTINUE;
+        ELSIF r.customer_id IS DISTINCT FROM q.customer_id
+              AND (p_customers[i] IS NOT NULL OR r.customer_id IS NOT NULL) THEN
+            results[i] := ROW(4, NULL, NULL)::stockcore.hold_order_result;
+            CONTINUE;
+        END IF;
+        o := NULL;
+        FOR j IN 1 .. cardinality(found) LOOP
+            IF (found[j]).order_id = q.order_id THEN o := found[j]; EXIT; END IF;
+        END LOOP;
+        IF o.order_id IS NOT NULL THEN
+            results[i] := CASE WHEN o.fingerprint = q.fingerprint
+                THEN ROW(1, o, NULL)::stockcore.hold_order_result
+                ELSE ROW(2, NULL, NULL)::stockcore.hold_order_result END;
+            CONTINUE;
+        ELSIF r.status <> 1 OR r.expires_at <= v_now THEN
+            results[i] := ROW(5, NULL, r)::stockcore.hold_order_result;
+            CONTINUE;
+        ELSIF (r.skus, r.quantities) IS DISTINCT FROM
+              (ARRAY(SELECT l.sku FROM unnest(q.lines) WITH ORDINALITY AS l ORDER BY l.ordinality),
+               ARRAY(SELECT l.quantity FROM unnest(q.lines) WITH ORDINALITY AS l ORDER BY l.ordinality)) THEN
+            results[i] := ROW(6, NULL, r)::stockcore.hold_order_result;
+            CONTINUE;
+        END IF;
+        o := ROW(q.order_id, q.customer_id, 1, ARRAY[1]::smallint[], 1, q.currency, r.skus,
+                 r.quantities,
+                 ARRAY(SELECT l.unit_price FROM unnest(q.lines) WITH ORDINALITY AS l ORDER BY l.ordinality),
+                 q.total, q.fingerprint, v_now, v_now + q.ttl_ms * interval '1 millisecond',
+                 v_now, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL)::stockcore.orders;
+        r.expires_at := o.payment_deadline;
+        r.customer_id := q.customer_id;
+        taken := taken || r;
+        fresh := fresh || o;
+        fresh_by := fresh_by || q.caller;
+        fresh_rq := fresh_rq || q.request_id;
+        found := found || o;
+        results[i] := ROW(0, o, NULL)::stockcore.hold_order_result;
+    END LOOP;
+
+    UPDATE stockcore.reservations x SET expires_at = y.expires_at, customer_id = y.customer_id
+      FROM unnest(taken) y
+     WHERE x.reservation_id = y.reservation_id;
+    PERFORM stockcore.record_changes(
+        fresh, array_fill(NULL::smallint, ARRAY[cardinality(fresh)]),
+        array_fill(1::smallint, ARRAY[cardinality(fresh)]), fresh_by,
+        array_fill('created'::text, ARRAY[cardinality(fresh)]), fresh_rq, true);
 END $$;
 
 -- ConfirmPayment for a batch, sorted by order id. Codes: 0 paid, 1 repeat (this payment
@@ -678,6 +783,15 @@ BEGIN
              WHERE x.reservation_id = ANY (cand) AND x.status = 1 AND x.expires_at <= v_now
                AND (x.reservation_id = ANY (mine_ids) OR NOT x.reservation_id = ANY (owned))
              ORDER BY x.reservation_id FOR UPDATE SKIP LOCKED) x;
+    -- A reservation an order took after `owned` was read (order_holds, which held its lock
+    -- until it committed) is that order's hold now: the next sweep expires it with its
+    -- order.
+    IF cardinality(held) > 0 THEN
+        SELECT coalesce(array_agg(x::stockcore.reservations ORDER BY x.reservation_id), '{}') INTO held
+          FROM unnest(held) x
+         WHERE x.reservation_id = ANY (mine_ids)
+            OR NOT EXISTS (SELECT 1 FROM stockcore.orders y WHERE y.order_id = x.reservation_id);
+    END IF;
     holds_expired := cardinality(held);
     SELECT coalesce(array_agg(extract(epoch FROM v_now - x.expires_at)::float8), '{}')
       INTO lag_seconds FROM unnest(held) x;
