@@ -37,6 +37,7 @@ from pathlib import Path
 from devstack.config import DevSettings
 from fulfilment.config import FulfilmentSettings
 from gateway.config import GatewaySettings
+from payments.config import PaymentsSettings
 from server.config import Settings
 
 SHELL_LANGUAGES = frozenset({"sh", "bash", "shell", "console"})
@@ -280,7 +281,13 @@ def program_variables() -> frozenset[str]:
     """Every STOCKCORE_* variable a program `make run` starts reads."""
     return frozenset(
         name
-        for settings in (Settings, FulfilmentSettings, GatewaySettings, DevSettings)
+        for settings in (
+            Settings,
+            FulfilmentSettings,
+            GatewaySettings,
+            PaymentsSettings,
+            DevSettings,
+        )
         for name in settings.VARIABLES
     )
 
@@ -352,10 +359,14 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "gRPC": Settings.grpc_port,
     "server metrics": Settings.metrics_port,
     "gateway": GatewaySettings.gateway_port,
+    "gateway stats": GatewaySettings.gateway_stats_port,
     "warehouse": DevSettings.dev_warehouse_port,
     "primary carrier": DevSettings.dev_primary_carrier_port,
     "fallback carrier": DevSettings.dev_fallback_carrier_port,
     "worker metrics": FulfilmentSettings.fulfil_metrics_port,
+    "payment provider": DevSettings.dev_payments_port,
+    "webhook receiver": PaymentsSettings.webhook_port,
+    "Prometheus": DevSettings.dev_prometheus_port,
     "PostgreSQL": DevSettings.dev_pg_port,
     "Redis": DevSettings.dev_redis_port,
 }

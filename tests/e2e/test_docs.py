@@ -4,9 +4,9 @@ says how each block is taken) is run, in order, against the stack `make run` sta
 doc whose example has drifted from the code fails here.
 
 The stack is `python -m devstack`, what `make run` runs, started once for all docs: the
-server over TLS with tokens, Envoy, the simulated warehouse and carriers and a fulfilment
-worker, on the suite's PostgreSQL and Redis, with the STOCKCORE_* variables the docs'
-`make run` lines set. Its ports are free loopback ports, not the defaults the docs name
+server over TLS with tokens, Envoy, the simulated warehouse, carriers and payment provider,
+a fulfilment worker, the payment webhook receiver and Prometheus, on the suite's
+PostgreSQL and Redis, with the STOCKCORE_* variables the docs' `make run` lines set. Its ports are free loopback ports, not the defaults the docs name
 (another stack may hold those): a command's `127.0.0.1:50051`, `localhost:8080`,
 `localhost:58081` ... are rewritten to the stack's ports for the same services
 (tests/doc_blocks.py, `on_stack_ports`), the only change made to a command.
@@ -38,7 +38,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.credentials import DevCredentials
-from runtime.processes import await_until, free_port, kill_child, spawn, tail
+from runtime.processes import await_until, free_port, kill_child, listening, spawn, tail
 from tests import doc_blocks
 from tests.callers import user_environment
 from tests.conftest import ROOT, reset_state
@@ -65,10 +65,14 @@ _PORT_VARIABLES = {
     "gRPC": "STOCKCORE_GRPC_PORT",
     "server metrics": "STOCKCORE_METRICS_PORT",
     "gateway": "STOCKCORE_GATEWAY_PORT",
+    "gateway stats": "STOCKCORE_GATEWAY_STATS_PORT",
     "warehouse": "STOCKCORE_DEV_WAREHOUSE_PORT",
     "primary carrier": "STOCKCORE_DEV_PRIMARY_CARRIER_PORT",
     "fallback carrier": "STOCKCORE_DEV_FALLBACK_CARRIER_PORT",
     "worker metrics": "STOCKCORE_FULFIL_METRICS_PORT",
+    "payment provider": "STOCKCORE_DEV_PAYMENTS_PORT",
+    "webhook receiver": "STOCKCORE_WEBHOOK_PORT",
+    "Prometheus": "STOCKCORE_DEV_PROMETHEUS_PORT",
 }
 _START_S = 120.0
 
@@ -155,13 +159,22 @@ async def docs_stack(
         )
     try:
         ca = DevCredentials(data).ca_cert
-        # The simulators' fault knobs and the checkout page: each answered by the stack.
-        pages = [f"http://127.0.0.1:{ports['gateway']}/"] + [
-            f"http://127.0.0.1:{ports[n]}/_faults"
-            for n in ("warehouse", "primary carrier", "fallback carrier")
+        # The checkout page, the simulators' fault knobs, Prometheus: each answered by the
+        # stack's own server.
+        pages = [
+            f"http://127.0.0.1:{ports['gateway']}/",
+            *(
+                f"http://127.0.0.1:{ports[n]}/_faults"
+                for n in ("warehouse", "primary carrier", "fallback carrier", "payment provider")
+            ),
+            f"http://127.0.0.1:{ports['Prometheus']}/-/ready",
         ]
         await await_until(
-            lambda: all(map(_answers, pages)) and _healthy(ports["gRPC"], ca),
+            lambda: (
+                all(map(_answers, pages))
+                and listening(ports["webhook receiver"])
+                and _healthy(ports["gRPC"], ca)
+            ),
             stack,
             log,
             _START_S,
