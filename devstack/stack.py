@@ -149,7 +149,7 @@ def partners_and_worker(
         primary_carrier_url=f"http://127.0.0.1:{dev.dev_primary_carrier_port}",
         fallback_carrier_url=f"http://127.0.0.1:{dev.dev_fallback_carrier_port}",
     )
-    env = {**os.environ, **(worker_env or {}), **fulfilment_config.to_env(fulfilment)}
+    env = program_env(worker_env, fulfilment_config.to_env(fulfilment))
     logs_dir.mkdir(parents=True, exist_ok=True)
     started: list[subprocess.Popen[bytes]] = []
     try:
@@ -203,10 +203,7 @@ def payments_and_receiver(
         sys.executable, "-m", "simulators", "payments", "--port", str(dev.dev_payments_port),
         "--webhook-url", url, "--webhook-secret-file", receiver.webhook_secret_file,
     ]  # fmt: skip
-    env = {**os.environ, **(receiver_env or {}), **payments_config.to_env(receiver)}
-    if "STOCKCORE_TOKEN_FILE" in env:
-        # The receiver's own token (orders:pay alone), not one this shell may carry.
-        env.pop("STOCKCORE_TOKEN", None)
+    env = program_env(receiver_env, payments_config.to_env(receiver))
     logs_dir.mkdir(parents=True, exist_ok=True)
     started: list[subprocess.Popen[bytes]] = []
     try:
@@ -450,6 +447,17 @@ def service_credentials_env(
         path = token.path(data_dir)
         write_service_token(credentials, path, token)
         env["STOCKCORE_TOKEN_FILE"] = str(path)
+    return env
+
+
+def program_env(credentials: Mapping[str, str] | None, own: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a program `make run` starts: this one's, what the program
+    presents to the server (`credentials`), and its own settings. Given a token file of
+    its own, the program uses it, never a STOCKCORE_TOKEN this shell carries (the README
+    has the user export one, and a user's token is not the worker's)."""
+    env = {**os.environ, **(credentials or {}), **own}
+    if "STOCKCORE_TOKEN_FILE" in env:
+        env.pop("STOCKCORE_TOKEN", None)
     return env
 
 
