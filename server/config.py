@@ -128,7 +128,7 @@ class Settings(EnvSettings):
     # caller's latency depends on.
     streams_per_caller: int = 100
     database_reads_per_caller: int = 16
-    database_read_rate_per_caller: float = 25.0
+    database_read_rate_per_caller: float = 100.0
     # The health service needs no token (probes use it), so its Watch streams are bounded
     # per peer address and in total; Check is not bounded.
     health_watches_per_peer: int = 32
