@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from fulfilment.domain import Fulfilment, Outcome, Stage
+from runtime.pools import open_pool
 
 
 def _json(value: object) -> str:
@@ -177,15 +178,13 @@ class FulfilmentStore:
         name: str = "stockcore-fulfil",
     ) -> FulfilmentStore:
         """Open a pool; `name` is what PostgreSQL shows as its connections' application."""
-        pool = await asyncpg.create_pool(
+        pool = await open_pool(
             dsn,
-            min_size=1,
+            name=name,
             max_size=pool_size,
             command_timeout=timeout,
-            timeout=connect_timeout,
-            server_settings={"application_name": name, "jit": "off"},
+            connect_timeout=connect_timeout,
         )
-        assert pool is not None
         return cls(pool)
 
     async def close(self) -> None:

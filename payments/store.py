@@ -11,6 +11,7 @@ from datetime import datetime
 import asyncpg
 
 from payments.events import Outcome, ProviderEvent, ReturnReason
+from runtime.pools import open_pool
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,13 @@ class PaymentEventStore:
         name: str = "stockcore-payments",
     ) -> PaymentEventStore:
         """Open a pool; `name` is what PostgreSQL shows as its connections' application."""
-        pool = await asyncpg.create_pool(
+        pool = await open_pool(
             dsn,
-            min_size=1,
+            name=name,
             max_size=pool_size,
             command_timeout=timeout,
-            timeout=connect_timeout,
-            server_settings={"application_name": name, "jit": "off"},
+            connect_timeout=connect_timeout,
         )
-        assert pool is not None
         return cls(pool)
 
     async def close(self) -> None:
