@@ -159,38 +159,44 @@ def observe(
             await _refuse(context, shedder)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        # A failed call is counted before it is answered (aborting sends the status at
-        # once), so a caller that has its answer finds the call in the metrics.
         try:
-            admit(rule, context)
-            return await inner(decode(request, context), context)
-        except Overloaded:
-            # Queued past its class's target while the queue stood: nothing was applied.
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            refused.inc()
-            shedder.refused_late()
-            answer = _refusal(_delay_ms(shedder))
-        except CallerLimit as exc:
-            # The caller already had its share of something the call needed: nothing done.
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            refused.inc()
-            answer = to_status(exc)
-        except DomainError as exc:
-            code = status_code_for(exc)
-            answer = to_status(_public(exc, method, context))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            answer = _internal_status(method, context)
+            try:
+                admit(rule, context)
+                response = await inner(decode(request, context), context)
+            except Overloaded:
+                # Queued past its class's target while the queue stood: nothing was applied.
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                refused.inc()
+                shedder.refused_late()
+                answer = _refusal(_delay_ms(shedder))
+            except CallerLimit as exc:
+                # The caller already had its share of something the call needed: nothing done.
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                refused.inc()
+                answer = to_status(exc)
+            except DomainError as exc:
+                code = status_code_for(exc)
+                answer = to_status(_public(exc, method, context))
+            except asyncio.CancelledError:
+                histograms[grpc.StatusCode.CANCELLED].observe(time.perf_counter() - started)
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                histograms[code].observe(time.perf_counter() - started)
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                answer = _internal_status(method, context)
+            else:
+                histograms[code].observe(time.perf_counter() - started)
+                return response
+            # A failed call is counted before it is answered (aborting sends the status at
+            # once), so a caller that has its answer finds the call in the metrics; it
+            # keeps its place until then, so a draining server waits for the answer.
+            histograms[code].observe(time.perf_counter() - started)
+            await _answer(context, answer)
         finally:
             shedder.leave()
-            histograms[code].observe(time.perf_counter() - started)
-        await _answer(context, answer)
 
     return observed
 
