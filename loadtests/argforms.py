@@ -116,7 +116,15 @@ def arrays_form(commands: Sequence[CreateOrder]) -> tuple[object, ...]:
     arrays = HoldArrays.of([c.reserve for c in commands], SHARDS)
     ordered = [commands[i] for i in arrays.order]
     return (
-        *arrays.args(),
+        arrays.ids,
+        arrays.fingerprints,
+        arrays.ttls,
+        arrays.callers,
+        arrays.first,
+        arrays.count,
+        arrays.shards,
+        arrays.skus,
+        arrays.quantities,
         [line.unit_price_minor for c in ordered for line in c.lines],
         [c.customer_id for c in ordered],
         [c.currency for c in ordered],
