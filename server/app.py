@@ -36,7 +36,7 @@ from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import service_handler
 from server.rpc.orders_servicer import OrderServicer
 from server.rpc.shedding import LoadShedder
-from server.shares import Shares
+from server.shares import CONTENDED_WINDOW_S, Shares
 from server.shutdown import cancel_and_wait
 from server.storage.event_stream import EventStream
 from server.storage.migrations import migrate
@@ -182,13 +182,15 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
     mirror = Mirror(gate, store, settings)
     queues = Queues.create(settings.overload_target_s, settings.overload_interval_s)
     # Reads in PostgreSQL at once per caller; a reader refused comes back soon (its own
-    # reads take milliseconds to seconds), jittered.
-    read_rate = settings.database_read_rate_per_caller
+    # reads take milliseconds to seconds), jittered. Rows read a second per caller, held
+    # only while another caller reads or writes are being served.
+    rows = settings.database_read_rows_per_caller
     readers = Shares(
         "database_reads",
         settings.database_reads_per_caller,
         retry_after=DATABASE_READ_RETRY_S,
-        rate=CallerRates("database_reads", read_rate, burst=max(1, round(read_rate))),
+        rate=CallerRates("database_rows", rows, burst=max(1, round(rows))),
+        busy=lambda now: queues.writes.served_since(now - CONTENDED_WINDOW_S),
     )
     core = InventoryCore(settings, store, mirror, queues, readers)
     order_store = OrderStore(store)

@@ -122,13 +122,13 @@ class Settings(EnvSettings):
     # only the total). Open streams (WatchOrders, and any server-streaming RPC) and reads
     # in PostgreSQL at once (GetStock STRONG or past the mirror, GetReservation,
     # GetOrder, ListOrders), each past its share refused with RESOURCE_EXHAUSTED and a
-    # RetryInfo. Reads in PostgreSQL are also bounded in rate per caller (server/rates.py:
-    # so many started a second on average, as many at once above that pace): a caller
-    # keeping its share busy all the time would otherwise spend the CPU every other
-    # caller's latency depends on.
+    # RetryInfo. Reads in PostgreSQL are also bounded in rows read a second per caller
+    # while others are served (server/rates.py: so many a second on average, as many at
+    # once above that pace): a caller keeping its share busy all the time would otherwise
+    # spend the CPU every other caller's latency depends on. A caller alone is not held.
     streams_per_caller: int = 100
     database_reads_per_caller: int = 16
-    database_read_rate_per_caller: float = 100.0
+    database_read_rows_per_caller: float = 400.0
     # The health service needs no token (probes use it), so its Watch streams are bounded
     # per peer address and in total; Check is not bounded.
     health_watches_per_peer: int = 32
@@ -194,7 +194,7 @@ class Settings(EnvSettings):
         "STOCKCORE_OVERLOAD_REFUSAL_BUDGET": ("overload_refusal_budget", float),
         "STOCKCORE_STREAMS_PER_CALLER": ("streams_per_caller", int),
         "STOCKCORE_DATABASE_READS_PER_CALLER": ("database_reads_per_caller", int),
-        "STOCKCORE_DATABASE_READ_RATE_PER_CALLER": ("database_read_rate_per_caller", float),
+        "STOCKCORE_DATABASE_READ_ROWS_PER_CALLER": ("database_read_rows_per_caller", float),
         "STOCKCORE_HEALTH_WATCHES_PER_PEER": ("health_watches_per_peer", int),
         "STOCKCORE_MAX_HEALTH_WATCHES": ("max_health_watches", int),
         "STOCKCORE_WATCHED_SKUS": ("watched_skus", parse_list),
@@ -279,8 +279,8 @@ class Settings(EnvSettings):
                 "database_reads_per_caller must be 1-10000",
             ),
             (
-                1 <= self.database_read_rate_per_caller <= 1_000_000,
-                "database_read_rate_per_caller must be 1-1000000 a second",
+                1 <= self.database_read_rows_per_caller <= 1_000_000,
+                "database_read_rows_per_caller must be 1-1000000 a second",
             ),
             (
                 1 <= self.health_watches_per_peer <= self.max_health_watches <= 100_000,

@@ -42,6 +42,8 @@ class QueueDelay:
         self.standing = False
         self._above_since: float | None = None
         self._ended_at = float("-inf")
+        # When a batch of this class last started: others read while writes are served.
+        self.last_batch_at = float("-inf")
         self._queues: list[Callable[[], float | None]] = []
         self._histogram = QUEUE_DELAY.labels(name)
         self._gauge = QUEUE_STANDING.labels(name)
@@ -72,6 +74,7 @@ class QueueDelay:
 
     def head_waited(self, sojourn: float, now: float) -> None:
         """A batch starts; its oldest request waited `sojourn` seconds (at `now`)."""
+        self.last_batch_at = now
         self._histogram.observe(sojourn)
         if sojourn < self.target:
             self._above_since = None
@@ -87,6 +90,10 @@ class QueueDelay:
         if now - self._above_since >= self.interval or now - self._ended_at < self.interval:
             self.standing = True
             self._gauge.set(1)
+
+    def served_since(self, since: float) -> bool:
+        """Whether a batch of this class started at or after `since`."""
+        return self.last_batch_at >= since
 
     def too_late(self, sojourn: float) -> bool:
         """Whether a queued request that waited `sojourn` seconds is refused unapplied."""

@@ -1,12 +1,19 @@
-"""Rates: how often each caller may start one costly thing.
+"""Rates: how much of one costly thing each caller may use a second, while others wait.
 
 A share (server/shares.py) bounds what a caller holds at once, but a caller that keeps its
 share full all the time still spends the server's CPU and PostgreSQL's at the rate its
-reads complete: sixteen STRONG GetStock calls in a loop are hundreds of reads a second,
-and every other caller's latency pays for them. A `CallerRates` lets each caller start at
-most `per_second` a second on average, and `burst` at once above that pace, as a token
-bucket per caller (kept as one time per caller: when its bucket is full again, the
-generic cell rate algorithm's "theoretical arrival time").
+reads complete: sixteen STRONG GetStock calls in a loop are thousands of rows a second,
+and every other caller's latency pays for them. A `CallerRates` lets each caller use at
+most `per_second` units (rows read, say) a second on average, and `burst` at once above
+that pace, as a token bucket per caller (kept as one time per caller: when its bucket is
+full again, the generic cell rate algorithm's "theoretical arrival time"). A start costs
+what it will use: a read of sixteen rows takes sixteen units.
+
+The rate is a fair share, not a quota: it refuses only a start that is *contended* (the
+caller of `admit` says whether others are being served). A caller alone is served as
+fast as the machine can, and its bucket is left as empty as its use made it, at most one
+burst in debt, so the first contended start after a heavy use is refused at once while a
+light user keeps its burst.
 
 A caller past its rate is refused at once with a delay to come back after. A refused
 caller that honours the delay must not come back as a crowd a moment later: the delay is
@@ -63,8 +70,9 @@ class CallerRates:
         self._rand = rand
         self._callers: dict[str, _Caller] = {}
 
-    def admit(self, holder: str | None) -> None:
-        """Count one start for `holder`, or raise CallerLimit if it is past its rate."""
+    def admit(self, holder: str | None, cost: int = 1, *, contended: bool = True) -> None:
+        """Count a start of `cost` units (at most a burst's worth is charged) for
+        `holder`, or, when `contended`, raise CallerLimit if that takes it past its rate."""
         if holder is None:
             return
         now = self._clock()
@@ -74,19 +82,25 @@ class CallerRates:
                 self._forget_idle(now)
             caller = self._callers[holder] = _Caller(full_at=now, window_start=now)
         full_at = max(caller.full_at, now)
-        if full_at + self._interval - now > self._tolerance:
-            raise CallerLimit(
-                self.resource, round(self.per_second), self._delay(caller, now, full_at),
-                per="a second",
-            )  # fmt: skip
-        caller.full_at = full_at + self._interval
+        charge = min(max(cost, 1), self.burst) * self._interval
+        if full_at + charge - now > self._tolerance:
+            if contended:
+                raise CallerLimit(
+                    self.resource, round(self.per_second),
+                    self._delay(caller, now, full_at, charge), per="a second",
+                )  # fmt: skip
+            # Served alone: the debt stops at one burst, so its next contended start waits
+            # no longer than a caller that used a burst's worth just now.
+            caller.full_at = now + self.burst * self._interval
+            return
+        caller.full_at = full_at + charge
 
-    def _delay(self, caller: _Caller, now: float, full_at: float) -> float:
+    def _delay(self, caller: _Caller, now: float, full_at: float, charge: float) -> float:
         if now - caller.window_start >= 1.0:
             caller.window_start, caller.refused = now, 0
         caller.refused += 1
-        next_place = full_at + self._interval - self._tolerance - now
-        delay = max(next_place, caller.refused * self._interval)
+        next_place = full_at + charge - self._tolerance - now
+        delay = max(next_place, caller.refused * charge)
         return min(self._max_delay, delay * (0.5 + self._rand()))
 
     def _forget_idle(self, now: float) -> None:

@@ -6,8 +6,10 @@ may use, one address every health watch. A `Shares` counts what each caller hold
 resource, and refuses a caller at its share (`CallerLimit`) and everyone at the total, if
 there is one (`Overloaded`): at once, before any work, with a delay to come back after.
 
-A share may also carry a rate (server/rates.py): how many a caller may *start* a second,
-for things whose cost is in their number rather than in holding them.
+A share may also carry a rate (server/rates.py): how much a caller may *use* a second,
+for things whose cost is in what they do rather than in holding them (rows read). The rate
+is enforced only while the caller is contended: another caller took from the share within
+the last `CONTENDED_WINDOW_S`, or the `busy` test (say, write batches being served) holds.
 
 Who "a caller" is, is the edge's to say (a token's subject, the customer a customer's
 token acts for, a peer's address): here it is only a key. A holder of None is not
@@ -19,11 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Callable, Iterator
 
 from server.domain.errors import CallerLimit, Overloaded
 from server.metrics import SHARES_HELD, SHARES_REFUSED
 from server.rates import CallerRates
+
+# How recently another caller must have been served for a caller to be contended.
+CONTENDED_WINDOW_S = 1.0
 
 
 class Shares:
@@ -39,6 +45,8 @@ class Shares:
         *,
         retry_after: float,
         rate: CallerRates | None = None,
+        busy: Callable[[float], bool] = lambda now: False,
+        clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
         if per_caller < 1 or (total is not None and total < per_caller):
@@ -50,7 +58,12 @@ class Shares:
         self.total = total
         self._retry_after = retry_after
         self.rate = rate
+        self._busy = busy
+        self._clock = clock
         self._rand = rand
+        # The last caller to take and when, and the last one before it that was another.
+        self._latest: tuple[str | None, float] = (None, float("-inf"))
+        self._other: tuple[str | None, float] = (None, float("-inf"))
         self._held: dict[str | None, int] = {}
         self.in_use = 0
         self._gauge = SHARES_HELD.labels(resource)
@@ -62,10 +75,10 @@ class Shares:
         """How many `holder` holds now."""
         return self._held.get(holder, 0)
 
-    def take(self, holder: str | None) -> None:
-        """Count one more for `holder`, or raise CallerLimit (its share is full, or it
-        started its rate's worth in the last second) or Overloaded (the total is full);
-        `give_back` must follow a take that returned."""
+    def take(self, holder: str | None, cost: int = 1) -> None:
+        """Count one more for `holder`, costing `cost` of its rate, or raise CallerLimit
+        (its share is full, or, contended, it used its rate's worth in the last second) or
+        Overloaded (the total is full); `give_back` must follow a take that returned."""
         held = self._held.get(holder, 0)
         if holder is not None and held >= self.per_caller:
             self._refused_caller.inc()
@@ -74,11 +87,15 @@ class Shares:
             self._refused_total.inc()
             raise Overloaded(self.retry_after())
         if self.rate is not None:
+            now = self._clock()
             try:
-                self.rate.admit(holder)
+                self.rate.admit(holder, cost, contended=self.contended(holder, now))
             except CallerLimit:
                 self._refused_rate.inc()
                 raise
+            if self._latest[0] != holder:
+                self._other = self._latest
+            self._latest = (holder, now)
         self._held[holder] = held + 1
         self.in_use += 1
         self._gauge.inc()
@@ -94,10 +111,23 @@ class Shares:
         self.in_use -= 1
         self._gauge.dec()
 
+    def contended(self, holder: str | None, now: float) -> bool:
+        """Whether `holder` is contended at `now`: another caller took within the window,
+        or the share's `busy` test holds."""
+        other, at = self._other if self._latest[0] == holder else self._latest
+        return (other != holder and at >= now - CONTENDED_WINDOW_S) or self._busy(now)
+
+    def charge(self, holder: str | None, cost: int) -> None:
+        """Charge `holder`'s rate with `cost` more, learnt once its read was done: never
+        refused, and never leaving it more than a burst in debt."""
+        if self.rate is not None and cost > 0:
+            self.rate.admit(holder, cost, contended=False)
+
     @contextlib.contextmanager
-    def holding(self, holder: str | None) -> Iterator[None]:
-        """Hold one for `holder` for the block (refused as `take` says)."""
-        self.take(holder)
+    def holding(self, holder: str | None, cost: int = 1) -> Iterator[None]:
+        """Hold one for `holder` for the block, costing `cost` of its rate (refused as
+        `take` says)."""
+        self.take(holder, cost)
         try:
             yield
         finally:

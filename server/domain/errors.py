@@ -218,7 +218,7 @@ class CallerLimit(DomainError):
     def __init__(
         self, resource: str, limit: int, retry_after: float, *, per: str = "at once"
     ) -> None:
-        what = "already has" if per == "at once" else "already started"
+        what = "already has" if per == "at once" else "already used"
         super().__init__(
             f"this caller {what} {limit} {resource.replace('_', ' ')} {per}, its share;"
             f" nothing was done: retry after {retry_after:.2f} s"

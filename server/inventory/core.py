@@ -187,13 +187,13 @@ class InventoryCore:
     ) -> list[StockLevel]:
         """Levels of `skus` in the given order; any unknown SKU fails the call. What is read
         from PostgreSQL (STRONG, or what the mirror cannot answer) is read within
-        `reader`'s share of reads there; the mirror is read without one."""
+        `reader`'s share of reads there, a row a SKU; the mirror is read without one."""
         found: dict[str, StockLevel] = {}
         if consistency is Consistency.MIRROR and self.mirror.usable:
             found = await self._mirror_reader.submit(tuple(skus))
         missing = [sku for sku in skus if sku not in found]
         if missing:
-            with self.readers.holding(reader):
+            with self.readers.holding(reader, cost=len(missing)):
                 read = await self.store.read_levels(missing)
             found.update(
                 (sku, StockLevel(sku, level.on_hand, level.reserved)) for sku, level in read.items()

@@ -315,9 +315,12 @@ class OrderCore:
         self, query: ListOrders, reader: str | None = None
     ) -> tuple[list[Order], str]:
         """One page of a customer's orders and the token of the next ("" on the last),
-        read within `reader`'s share of reads in PostgreSQL."""
+        read within `reader`'s share of reads in PostgreSQL (a page costs the orders on
+        it: one to start, the rest charged once read)."""
         with self.readers.holding(reader):
-            return await self._lister.submit(query)
+            page, token = await self._lister.submit(query)
+        self.readers.charge(reader, len(page) - 1)
+        return page, token
 
     def watch(self, wanted: WatchFilter) -> AsyncIterator[tuple[int, Any]]:
         """(cursor, wire event) of every event passing the filter after its cursor, then

@@ -297,18 +297,20 @@ async def test_strong_reads_past_a_subjects_share_are_refused_and_writers_keep_t
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The in-process server's: READS_PER_CALLER reads in PostgreSQL per caller at once,
-    READ_RATE started a second."""
+    READ_RATE rows read a second while others are served."""
     return dataclasses.replace(
         settings,
         database_reads_per_caller=READS_PER_CALLER,
-        database_read_rate_per_caller=float(READ_RATE),
+        database_read_rows_per_caller=float(READ_RATE),
     ).validate()
 
 
-async def test_a_caller_past_its_rate_of_reads_is_refused_while_another_reads(
-    app: App, credentials: DevCredentials, stub: inventory_pb2_grpc.InventoryServiceStub
-) -> None:
-    await put_stock(stub, "A", 10)
+async def _sequential_reads(
+    app: App, credentials: DevCredentials, *, other_reads_every: float | None
+) -> list[Answer]:
+    """6 x READ_RATE STRONG reads of one SKU from "scraper", one at a time (never past the
+    share at once); meanwhile "other" reads one every `other_reads_every` seconds (None:
+    not at all), and is always served."""
     target = f"127.0.0.1:{app.port}"
     strong = ipb.GetStockRequest(skus=["A"], consistency=ipb.CONSISTENCY_STRONG)
     token = callers.token(credentials, "scraper", [scopes.INVENTORY_READ])
@@ -318,9 +320,30 @@ async def test_a_caller_past_its_rate_of_reads_is_refused_while_another_reads(
         callers.secure_channel(target, credentials, other_token) as other,
     ):
         reads = inventory_pb2_grpc.InventoryServiceStub(scraper)
-        # One at a time: never past the share at once, only past the rate.
-        done = [await answer(reads.GetStock(strong, timeout=10)) for _ in range(6 * READ_RATE)]
-        await inventory_pb2_grpc.InventoryServiceStub(other).GetStock(strong, timeout=10)
+        other_reads = inventory_pb2_grpc.InventoryServiceStub(other)
+        stop = asyncio.Event()
+
+        async def other_caller() -> None:
+            while other_reads_every is not None and not stop.is_set():
+                await other_reads.GetStock(strong, timeout=10)
+                await asyncio.sleep(other_reads_every)
+
+        beside = asyncio.create_task(other_caller())
+        await asyncio.sleep(0.05)
+        try:
+            done = [await answer(reads.GetStock(strong, timeout=10)) for _ in range(6 * READ_RATE)]
+        finally:
+            stop.set()
+            await beside
+        await other_reads.GetStock(strong, timeout=10)
+    return done
+
+
+async def test_a_caller_past_its_rate_of_rows_is_refused_while_another_reads(
+    app: App, credentials: DevCredentials, stub: inventory_pb2_grpc.InventoryServiceStub
+) -> None:
+    await put_stock(stub, "A", 10)
+    done = await _sequential_reads(app, credentials, other_reads_every=0.2)
 
     served = [a for a in done if a.code is grpc.StatusCode.OK]
     refused = [a.error for a in done if a.error is not None]
@@ -334,6 +357,21 @@ async def test_a_caller_past_its_rate_of_reads_is_refused_while_another_reads(
         assert 0 < delay <= 2.0
         (info,) = details_of(error, error_details_pb2.ErrorInfo)
         assert info.metadata["per"] == "a second"
+        assert info.metadata["resource"] == "database_rows"
+
+
+async def test_a_caller_reading_alone_is_served_past_its_rate(
+    app: App, credentials: DevCredentials, stub: inventory_pb2_grpc.InventoryServiceStub
+) -> None:
+    await put_stock(stub, "A", 10)
+    # Let the stocking's write batches age past the window: then nothing else is served.
+    await asyncio.sleep(1.2)
+    done = await _sequential_reads(app, credentials, other_reads_every=None)
+
+    assert [a.code for a in done] == [grpc.StatusCode.OK] * len(done)
+    # Served faster than the rate would allow: the rate was not holding it back.
+    took = done[-1].at - done[0].at
+    assert len(done) > READ_RATE + 1 + took * READ_RATE, (len(done), took)
 
 
 async def test_every_read_of_postgresql_takes_a_place_of_the_callers_share(

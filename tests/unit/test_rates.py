@@ -102,7 +102,10 @@ def test_rates_that_cannot_work_are_refused() -> None:
 
 def test_a_share_with_a_rate_refuses_past_either_and_counts_only_what_it_admits() -> None:
     clock = Clock()
-    s = Shares("database_reads", 16, retry_after=0.25, rate=rates(clock, burst=2))
+    s = Shares(
+        "database_reads", 16, retry_after=0.25, rate=rates(clock, burst=2),
+        busy=lambda now: True, clock=clock,
+    )  # fmt: skip
     with s.holding("alice"):
         pass
     with s.holding("alice"):
@@ -111,3 +114,88 @@ def test_a_share_with_a_rate_refuses_past_either_and_counts_only_what_it_admits(
         s.take("alice")
     assert refused.value.per == "a second"
     assert (s.held_by("alice"), s.in_use) == (0, 0)
+
+
+def test_a_start_costs_what_it_uses_and_at_most_a_burst() -> None:
+    clock = Clock()
+    r = rates(clock, per_second=10.0, burst=5)
+    r.admit("alice", cost=4)
+    r.admit("alice", cost=1)
+    with pytest.raises(CallerLimit) as refused:
+        r.admit("alice", cost=3)
+    # Three units come back in 0.3 s.
+    assert refused.value.retry_after == pytest.approx(0.3)
+    clock.now += 0.5
+    # A start bigger than the burst costs the burst: it is served once the bucket is full.
+    r.admit("alice", cost=50)
+    with pytest.raises(CallerLimit):
+        r.admit("alice", cost=1)
+
+
+def test_a_caller_alone_is_not_held_but_is_left_at_most_a_burst_in_debt() -> None:
+    clock = Clock()
+    r = rates(clock, per_second=10.0, burst=5)
+    for _ in range(100):
+        r.admit("alice", contended=False)
+    # Contended at once: the bucket is empty, not a hundred starts in debt.
+    with pytest.raises(CallerLimit):
+        r.admit("alice")
+    clock.now += 0.5
+    for _ in range(5):
+        r.admit("alice")
+
+
+def test_a_share_holds_its_rate_only_while_another_caller_takes_or_it_is_busy() -> None:
+    clock = Clock()
+    busy = [False]
+    s = Shares(
+        "database_reads", 16, retry_after=0.25, rate=rates(clock, burst=2),
+        busy=lambda now: busy[0], clock=clock,
+    )  # fmt: skip
+    for _ in range(20):
+        with s.holding("alice"):
+            pass
+    # Another caller within the last second: alice is contended and past her rate.
+    with s.holding("bob"):
+        pass
+    with pytest.raises(CallerLimit):
+        s.take("alice")
+    # Bob's read is older than the window; alone again, alice is served.
+    clock.now += 1.5
+    for _ in range(20):
+        with s.holding("alice"):
+            pass
+    # Writes being served count as contention too.
+    busy[0] = True
+    with pytest.raises(CallerLimit):
+        s.take("alice")
+    assert (s.held_by("alice"), s.in_use) == (0, 0)
+
+
+def test_a_caller_is_not_contended_by_itself() -> None:
+    clock = Clock()
+    s = Shares("database_reads", 16, retry_after=0.25, rate=rates(clock, burst=1), clock=clock)
+    with s.holding("bob"):
+        pass
+    clock.now += 2.0
+    for _ in range(3):
+        with s.holding("alice"):
+            pass
+    assert not s.contended("alice", clock.now)
+    assert s.contended("bob", clock.now)
+
+
+def test_a_charge_learnt_after_the_read_is_never_refused_and_counts_for_the_next() -> None:
+    clock = Clock()
+    s = Shares(
+        "database_reads", 16, retry_after=0.25, rate=rates(clock, burst=5),
+        busy=lambda now: True, clock=clock,
+    )  # fmt: skip
+    with s.holding("alice"):
+        pass
+    s.charge("alice", 40)  # a page of 41 rows: past the burst, yet not refused
+    with pytest.raises(CallerLimit):
+        s.take("alice")
+    clock.now += 0.5  # a burst's worth later, the bucket is full again
+    with s.holding("alice"):
+        pass
