@@ -98,6 +98,10 @@ class Run:
         """Record a performance target: reported, but only checks decide the exit code."""
         self.say(f"- {'MET' if met else 'MISSED'}: {what}")
 
+    def unmeasured(self, what: str) -> None:
+        """Record a target this run could not measure (neither met nor missed)."""
+        self.say(f"- NOT MEASURED: {what}")
+
     def finish(self) -> int:
         """Write summary.md; the exit code."""
         (self.dir / "summary.md").write_text("\n".join(self.lines) + "\n")
