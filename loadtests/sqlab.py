@@ -13,8 +13,12 @@ Scenarios (what a batch is):
   the run, 1-3 SKUs each), each paid with a fresh payment id.
 
     python -m loadtests.sqlab pay --before REV [--rounds 1500] [--batch 2 8]
+    python -m loadtests.sqlab pay --before REV --changed record_changes
 
-(--before may also name a .sql file holding the function.)
+(--before may also name a .sql file holding the function.) With --changed, the change
+measured is in a function the scenario's calls (in the same file): that function as it
+stood at BEFORE is created as `<changed>_before`, and today's scenario function as
+`<name>_before` calling it, so both forms differ only in the changed function.
 
 BEFORE's function must take today's arguments and return today's result type (the
 change measured is in its body).
@@ -44,10 +48,13 @@ SCENARIOS = {"pay": ("orders.sql", "pay_orders")}
 
 
 def function_at(revision: str, file: str, name: str) -> str:
-    """The CREATE of stockcore.<name> in live/<file> at `revision` (a git revision, or the
-    path of a .sql file that holds the function), renamed <name>_before."""
+    """The CREATE of stockcore.<name> in live/<file> at `revision` (a git revision, the
+    path of a .sql file that holds the function, or "" for the working tree), renamed
+    <name>_before."""
     if revision.endswith(".sql"):
         text = Path(revision).read_text()
+    elif not revision:
+        text = (ROOT / "server/storage/sql/live" / file).read_text()
     else:
         text = subprocess.run(
             ["git", "show", f"{revision}:server/storage/sql/live/{file}"],
@@ -60,6 +67,21 @@ def function_at(revision: str, file: str, name: str) -> str:
     end = text.index("END $$;", start) + len("END $$;")
     body = text[start:end]
     return re.sub(rf"stockcore\.{name}\(", f"stockcore.{name}_before(", body, count=1)
+
+
+def before_forms(revision: str, file: str, name: str, changed: str) -> str:
+    """The SQL that creates `<name>_before`: the function as it was at `revision`, or, when
+    the change is in `changed`, which it calls, today's function calling `changed` as it
+    was."""
+    if changed == name:
+        return function_at(revision, file, name)
+    helper = function_at(revision, file, changed)
+    today = function_at("", file, name).replace(
+        f"stockcore.{changed}(", f"stockcore.{changed}_before("
+    )
+    if f"stockcore.{changed}_before(" not in today:
+        raise SystemExit(f"stockcore.{name} does not call stockcore.{changed}")
+    return helper + "\n\n" + today
 
 
 async def pay_round(conn: asyncpg.Connection, function: str, orders: Orders, size: int) -> float:
@@ -90,13 +112,15 @@ async def pay_round(conn: asyncpg.Connection, function: str, orders: Orders, siz
     return took
 
 
-async def measure(dsn: str, before: str, rounds: int, sizes: Sequence[int]) -> str:
+async def measure(
+    dsn: str, before: str, rounds: int, sizes: Sequence[int], changed: str | None = None
+) -> str:
     """Prepare the database, create the function as it was, compare for each batch size."""
     await prepare(dsn)
     file, name = SCENARIOS["pay"]
     conn = await asyncpg.connect(dsn, server_settings={"jit": "off", "synchronous_commit": "off"})
     try:
-        await conn.execute(function_at(before, file, name))
+        await conn.execute(before_forms(before, file, name, changed or name))
         lines = []
         for size in sizes:
             orders = Orders(seed=1000 + size)
@@ -124,14 +148,14 @@ async def measure(dsn: str, before: str, rounds: int, sizes: Sequence[int]) -> s
         await conn.close()
 
 
-def run(before: str, rounds: int, sizes: Sequence[int]) -> str:
+def run(before: str, rounds: int, sizes: Sequence[int], changed: str | None = None) -> str:
     """Start a scratch PostgreSQL, measure, stop it."""
     with tempfile.TemporaryDirectory(prefix="sqlab-") as folder:
         Path(folder).chmod(0o755)  # PostgreSQL runs as its own user when we are root
         pg = LocalPostgres(Path(folder) / "pg", free_port())
         pg.start()
         try:
-            return asyncio.run(measure(pg.dsn, before, rounds, sizes))
+            return asyncio.run(measure(pg.dsn, before, rounds, sizes, changed))
         finally:
             pg.stop()
 
@@ -145,10 +169,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--rounds", type=int, default=1500, help="batches of each form")
     parser.add_argument("--batch", type=int, nargs="+", default=[2, 8], help="orders a batch")
+    parser.add_argument(
+        "--changed", help="the function the change is in, when the scenario's calls it"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 10 or min(args.batch) < 1:
         parser.error("--rounds must be at least 10 and --batch at least 1")
-    print(run(args.before, args.rounds, args.batch))
+    print(run(args.before, args.rounds, args.batch, args.changed))
 
 
 if __name__ == "__main__":

@@ -154,6 +154,20 @@ BREAKAGES: dict[str, list[str]] = {
     "payment_to_return_paid_nothing": [
         f"UPDATE stockcore.payments_to_return SET charge_id = 'pay-{PAID}'"
     ],
+    "ledger_order_paid": [
+        f"DELETE FROM stockcore.ledger_transfers WHERE kind = 1 AND order_id = '{PAID}'"
+    ],
+    "ledger_refund_owed": [
+        "UPDATE stockcore.ledger_transfers SET amount_minor = 1"
+        f" WHERE kind = 2 AND order_id = '{REFUNDED}'"
+    ],
+    "ledger_charge_to_return": [
+        "UPDATE stockcore.ledger_transfers SET currency = 'USD' WHERE kind = 3"
+    ],
+    "ledger_transfer_accounts": [
+        "UPDATE stockcore.ledger_transfers SET credit_account = 4"
+        f" WHERE kind = 1 AND order_id = '{PAID}'"
+    ],
     "event_cursors_gap_free": [
         "UPDATE stockcore.order_events SET cursor = cursor + 1"
         " WHERE cursor = (SELECT max(cursor) FROM stockcore.order_events)"

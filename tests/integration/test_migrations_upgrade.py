@@ -268,7 +268,10 @@ _RESERVATIONS_BUT_CUSTOMER = (
 PAYMENT_EVENTS = "stockcore.payment_events"
 PAYMENTS_TO_RETURN = "stockcore.payments_to_return"
 # Tables whose rows a later migration changes on purpose, or that it makes, compared apart.
-_CHANGED = (ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN)
+LEDGER = ("stockcore.ledger_accounts", "stockcore.ledger_kinds", "stockcore.ledger_transfers")
+_CHANGED = (
+    ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN, *LEDGER
+)  # fmt: skip
 
 
 async def adjustments(conn: asyncpg.Connection) -> list[tuple[str | None, str | None, str, int]]:
@@ -377,6 +380,17 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
         PAYMENTS_TO_RETURN: 0,
     }
     assert PAYMENT_EVENTS not in before and PAYMENTS_TO_RETURN not in before
+    # 017: the money ledger starts with what the orders already paid and owe back (the
+    # invariants below check each transfer against its order).
+    assert not set(LEDGER) & set(before)
+    posted = await conn.fetch(
+        "SELECT kind, count(*) AS n FROM stockcore.ledger_transfers GROUP BY kind ORDER BY kind"
+    )
+    paid, owed = [
+        await conn.fetchval(f"SELECT count(*) FROM stockcore.orders WHERE {where}")
+        for where in ("payment_id IS NOT NULL AND paid_minor > 0", "refund_owed_minor > 0")
+    ]
+    assert [(r["kind"], r["n"]) for r in posted] == [(1, paid), (2, owed)] and owed > 0
     # The cancel's row became o-refunded's own (no key); callers' rows kept their keys,
     # the one under a cancel's old key included; nothing else of any row changed.
     assert await adjustments(conn) == [

@@ -1,5 +1,6 @@
--- Rows that never change once written: the stock ledger (stockcore.movements), the
--- orders' status history, the fulfilments' history, and the order events, which only
+-- Rows that never change once written: the stock ledger (stockcore.movements), the money
+-- ledger (stockcore.ledger_transfers), the orders' status history, the fulfilments'
+-- history, and the order events, which only
 -- get their cursor (once) and their publication. Triggers refuse anything else, whoever
 -- runs the statement.
 
@@ -10,6 +11,8 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE TRIGGER movements_append_only BEFORE UPDATE OR DELETE ON stockcore.movements
+    FOR EACH ROW EXECUTE FUNCTION stockcore.refuse_change();
+CREATE OR REPLACE TRIGGER ledger_transfers_append_only BEFORE UPDATE OR DELETE ON stockcore.ledger_transfers
     FOR EACH ROW EXECUTE FUNCTION stockcore.refuse_change();
 CREATE OR REPLACE TRIGGER order_history_append_only BEFORE UPDATE OR DELETE ON stockcore.order_history
     FOR EACH ROW EXECUTE FUNCTION stockcore.refuse_change();

@@ -204,6 +204,48 @@ SELECT 'payment_to_return_paid_nothing', r.charge_id,
   FROM stockcore.payments_to_return r
   JOIN stockcore.payments p ON p.payment_id = r.charge_id
 UNION ALL
+-- The money ledger (017_ledger.sql). Every order ever paid (an amount above 0) has
+-- exactly one ORDER_PAID transfer, of what it was paid, in its currency, and no other
+-- order has one ...
+SELECT 'ledger_order_paid', coalesce(o.order_id, t.order_id),
+       format('paid %s %s; posted %s', coalesce(o.paid_minor::text, 'nothing'), o.currency,
+              coalesce(t.posted, 'nothing'))
+  FROM (SELECT * FROM stockcore.orders WHERE payment_id IS NOT NULL AND paid_minor > 0) o
+  FULL JOIN (SELECT order_id, count(*) AS n, min(amount_minor) AS amount, min(currency) AS currency,
+                    string_agg(amount_minor || ' ' || currency, ', ') AS posted
+               FROM stockcore.ledger_transfers WHERE kind = 1 GROUP BY order_id) t
+    ON t.order_id = o.order_id
+ WHERE o.order_id IS NULL OR t.order_id IS NULL OR t.n <> 1
+    OR (t.amount, t.currency) IS DISTINCT FROM (o.paid_minor, o.currency)
+UNION ALL
+-- ... every refund owed, one REFUND_OWED of that amount, and nothing else ...
+SELECT 'ledger_refund_owed', coalesce(o.order_id, t.order_id),
+       format('owed %s %s; posted %s', coalesce(o.refund_owed_minor::text, 'nothing'),
+              o.currency, coalesce(t.posted, 'nothing'))
+  FROM (SELECT * FROM stockcore.orders WHERE refund_owed_minor > 0) o
+  FULL JOIN (SELECT order_id, count(*) AS n, min(amount_minor) AS amount, min(currency) AS currency,
+                    string_agg(amount_minor || ' ' || currency, ', ') AS posted
+               FROM stockcore.ledger_transfers WHERE kind = 2 GROUP BY order_id) t
+    ON t.order_id = o.order_id
+ WHERE o.order_id IS NULL OR t.order_id IS NULL OR t.n <> 1
+    OR (t.amount, t.currency) IS DISTINCT FROM (o.refund_owed_minor, o.currency)
+UNION ALL
+-- ... every charge to return, one CHARGE_TO_RETURN of its amount ...
+SELECT 'ledger_charge_to_return', coalesce(r.charge_id, t.source_id),
+       format('to return %s %s; posted %s', coalesce(r.amount_minor::text, 'nothing'),
+              r.currency, coalesce(t.amount_minor || ' ' || t.currency, 'nothing'))
+  FROM stockcore.payments_to_return r
+  FULL JOIN (SELECT * FROM stockcore.ledger_transfers WHERE kind = 3) t ON t.source_id = r.charge_id
+ WHERE r.charge_id IS NULL OR t.source_id IS NULL
+    OR (t.amount_minor, t.currency) IS DISTINCT FROM (r.amount_minor, r.currency)
+UNION ALL
+-- ... and every transfer moves money between the accounts its kind names.
+SELECT 'ledger_transfer_accounts', t.transfer_id::text,
+       format('kind %s from %s to %s', t.kind, t.debit_account, t.credit_account)
+  FROM stockcore.ledger_transfers t
+ WHERE (t.kind, t.debit_account, t.credit_account) NOT IN
+       ((1, 1, 2), (2, 3, 4), (3, 1, 8), (4, 5, 1), (5, 4, 5), (5, 8, 5), (6, 6, 5), (7, 7, 5))
+UNION ALL
 -- Cursors are unique: gap-free from 1 means as many as the highest.
 SELECT 'event_cursors_gap_free', 'order_events',
        format('%s cursors from %s to %s', count(cursor), min(cursor), max(cursor))

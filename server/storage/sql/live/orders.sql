@@ -887,6 +887,25 @@ BEGIN
         RAISE EXCEPTION 'order changes found another version' USING ERRCODE = 'data_corrupted';
     END IF;
 
+    -- The money the changes moved, in the ledger (017_ledger.sql), in this transaction: a
+    -- payment (PENDING_PAYMENT to PAID) posts ORDER_PAID, a paid order cancelled posts
+    -- REFUND_OWED; each once per order (a second would conflict and fail the batch). An
+    -- order of nothing to pay (a free one) moves no money and posts nothing.
+    IF NOT p_new THEN
+        INSERT INTO stockcore.ledger_transfers
+               (kind, source_id, order_id, debit_account, credit_account, amount_minor,
+                currency, posted_at)
+        SELECT CASE WHEN (o).status = 2 THEN 1 ELSE 2 END, (o).order_id, (o).order_id,
+               CASE WHEN (o).status = 2 THEN 1 ELSE 3 END,
+               CASE WHEN (o).status = 2 THEN 2 ELSE 4 END,
+               CASE WHEN (o).status = 2 THEN (o).paid_minor ELSE (o).refund_owed_minor END,
+               (o).currency, (o).updated_at
+          FROM (SELECT p_orders[i] AS o, p_from[i] AS from_status
+                  FROM generate_subscripts(p_orders, 1) AS i) x
+         WHERE (x.from_status = 1 AND (o).status = 2 AND (o).paid_minor > 0)
+            OR (x.from_status = 2 AND (o).status = 6 AND (o).refund_owed_minor > 0);
+    END IF;
+
     WITH h AS (
         INSERT INTO stockcore.order_history
                (order_id, version, from_status, to_status, changed_at, caller, reason, request_id)

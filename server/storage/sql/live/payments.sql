@@ -8,7 +8,8 @@
 -- then records it here, and answers the provider 2xx only after this commits.
 
 -- Record one delivered event, once per event id: true when it is new. A new TO_RETURN
--- event also records its charge as money to return (once per charge). A delivery of an
+-- event also records its charge as money to return (once per charge), and posts it in the
+-- ledger (CHARGE_TO_RETURN, 017_ledger.sql) in the same transaction. A delivery of an
 -- event already recorded (a concurrent duplicate waits here for the first to commit) is
 -- counted and changes nothing else. It claims the event id, then the charge id (lock
 -- order: the top of orders.sql), and takes no other lock.
@@ -35,6 +36,12 @@ BEGIN
                (charge_id, order_id, amount_minor, currency, reason, event_id)
         VALUES (p_object_id, p_order_id, p_amount_minor, p_currency, p_reason, p_event_id)
         ON CONFLICT (charge_id) DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO stockcore.ledger_transfers
+                   (kind, source_id, order_id, debit_account, credit_account, amount_minor,
+                    currency)
+            VALUES (3, p_object_id, p_order_id, 1, 8, p_amount_minor, p_currency);
+        END IF;
     END IF;
     RETURN true;
 END $$;
