@@ -3,8 +3,10 @@ token, bound to that shopper alone, that the page calls the API with. Developmen
 
     POST /session        -> {"customerId", "token", "expiresIn"}: a token for the
                             session's customer (a new session, and customer, without one)
-    POST /session/pay    {"orderId"} -> the simulated payment provider pays the session's
-                            own order (devstack/payments.py)
+    POST /session/pay    {"orderId"} -> the payment provider charges the session's own
+                            order, whose webhook pays it (devstack/payments.py):
+                            200 {"orderId", "paymentId"} once paid, 202 with "status":
+                            "PENDING" while the confirmation is on its way
 
 The session is a random id in a cookie (HttpOnly, SameSite=Strict, Path=/session): the
 page's script never sees it, and the browser sends it only to /session and only from the
@@ -39,7 +41,7 @@ from aiohttp import web
 from clients.errors import StatusCode, StockcoreError
 from clients.tokens import issue_token, load_signing_key
 from devstack.credentials import DevCredentials
-from devstack.payments import SimulatedPayments
+from devstack.payments import PaymentPending, SimulatedPayments
 from gateway.config import GatewaySettings
 from server.auth import scopes
 from server.config import Settings
@@ -164,7 +166,7 @@ def _status_body(code: StatusCode, message: str, reason: str | None = None) -> d
 
 
 async def pay(request: web.Request) -> web.StreamResponse:
-    """POST /session/pay {"orderId"}: the simulated provider pays the session's order."""
+    """POST /session/pay {"orderId"}: the provider charges the session's order."""
     session_id = _session_id(request)
     if session_id is None:
         return _no_store(
@@ -187,13 +189,20 @@ async def pay(request: web.Request) -> web.StreamResponse:
     customer = PageSessions.customer_of(session_id)
     try:
         paid = await request.app[PAYMENTS_KEY].pay(customer, order_id)
+    except PaymentPending as pending:
+        return _no_store(
+            web.json_response(
+                {"orderId": order_id, "paymentId": pending.charge_id, "status": "PENDING"},
+                status=202,
+            )
+        )
     except StockcoreError as error:
         reason = error.error_info.reason if error.error_info else None
         status = _HTTP_STATUS.get(error.code, 500)
         return _no_store(
             web.json_response(_status_body(error.code, error.message, reason), status=status)
         )
-    return _no_store(web.json_response({"orderId": paid.order_id, "paymentId": paid.payment_id}))
+    return _no_store(web.json_response({"orderId": paid.order_id, "paymentId": paid.charge_id}))
 
 
 def session_app(sessions: PageSessions, payments: SimulatedPayments) -> web.Application:

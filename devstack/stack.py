@@ -272,7 +272,12 @@ def dev(stack: StackSettings) -> None:
         if stockctl_config is not None and not write_stockctl_config(stockctl_config, server, root):
             stockctl_config = None
         with (
-            _page_sessions(sessions, server, gateway_settings) as gateway_settings,
+            _page_sessions(
+                sessions,
+                server,
+                gateway_settings,
+                f"http://127.0.0.1:{dev_settings.dev_payments_port}",
+            ) as gateway_settings,
             _gateway(gateway_settings, root) as gateway,
         ):
             print(
@@ -366,18 +371,20 @@ def _prometheus(dev: DevSettings, jobs: list[Job], root: Path) -> Iterator[None]
 
 @contextlib.contextmanager
 def _page_sessions(
-    sessions: PageSessions | None, server: Settings, gateway: GatewaySettings
+    sessions: PageSessions | None, server: Settings, gateway: GatewaySettings, provider_url: str
 ) -> Iterator[GatewaySettings]:
-    """The checkout page's session endpoint with its simulated payment provider, while
-    the gateway runs (none without `sessions` or a gateway); the gateway's settings,
-    pointing at it, are yielded."""
+    """The checkout page's session endpoint, paying through the payment provider at
+    `provider_url`, while the gateway runs (none without `sessions` or a gateway); the
+    gateway's settings, pointing at it, are yielded."""
     if sessions is None or not gateway.gateway_port:
         yield gateway
         return
     tls = Credentials.from_files(
         ca_file=gateway.gateway_upstream_ca_file or None, plaintext=server.plaintext
     )
-    payments = SimulatedPayments(local_target(server), tls, sessions.signing_key, sessions.audience)
+    payments = SimulatedPayments(
+        local_target(server), tls, sessions.signing_key, sessions.audience, provider_url
+    )
     with page_session.serving(sessions, payments) as socket:
         yield gateway.with_overrides(gateway_session_socket=str(socket))
 

@@ -9,8 +9,10 @@
 // page; an abandoned cart expires as a hold, leaving no order behind. "Pay" makes the
 // order of the cart (CreateOrder with reservationId: the reservation becomes the order's
 // hold, so the order exists once, at checkout) and goes to the payment provider
-// (simulated: POST /session/pay), which confirms the payment itself: the page's token
-// may not. The order's status follows WatchOrders (a newline-delimited JSON stream).
+// (simulated: POST /session/pay), which charges it and tells stockcore by its signed
+// webhook: the page's token may not confirm a payment. The answer comes once the order
+// is paid, or says the confirmation is still on its way. The order's status follows
+// WatchOrders (a newline-delimited JSON stream).
 //
 // Query parameter: ?hold=SECONDS (how long the cart, then the order, is held; 600 by
 // default).
@@ -299,7 +301,7 @@ function pay() {
       }
       const paying = order;
       // The (simulated) payment provider charges the order's total and tells stockcore.
-      await answer(await fetch("/session/pay", {
+      const charged = await answer(await fetch("/session/pay", {
         method: "POST",
         credentials: "same-origin",
         headers: { "content-type": "application/json" },
@@ -308,7 +310,11 @@ function pay() {
       const data = await api("GET", `/v1/orders/${encodeURIComponent(paying.orderId)}`);
       order = data.order;
       forgetCart();
-      notify("Thank you! Payment received.", "info");
+      if (charged.status === "PENDING" && bare(order.status) === "PENDING_PAYMENT") {
+        notify("Payment taken: waiting for the payment provider to confirm it.", "info");
+      } else {
+        notify("Thank you! Payment received.", "info");
+      }
     } catch (error) {
       notify("Payment failed: " + error.message);
     }

@@ -20,11 +20,20 @@ from devstack.credentials import DevCredentials
 from devstack.payments import SimulatedPayments
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
+from payments.endpoint import RunningReceiver
 from runtime.processes import free_port
 from server.app import App
 from server.config import Settings
 from tests import callers
 from tests.e2e.fulfilment_stack import Partners, running_partners
+from tests.e2e.payments_stack import (
+    PAYER,
+    Provider,
+    new_secret,
+    receiver_settings,
+    running_provider,
+    running_receiver,
+)
 from tests.servers import serving
 
 
@@ -114,18 +123,60 @@ def gateway_settings(
     ).validate()
 
 
+@pytest.fixture
+def secret(tmp_path: Path) -> tuple[bytes, Path]:
+    """The signing secret shared by the provider and the receiver, and its file."""
+    value = new_secret()
+    path = tmp_path / "webhook-secret"
+    path.write_bytes(value + b"\n")
+    path.chmod(0o600)
+    return value, path
+
+
+@pytest.fixture
+def payer(credentials_for: Callable[..., Credentials]) -> Credentials:
+    """What the receiver presents: a token that may confirm payments and nothing else."""
+    return credentials_for(PAYER, scopes=("orders:pay",))
+
+
+@pytest.fixture
+async def receiver(
+    app: App, settings: Settings, secret: tuple[bytes, Path], payer: Credentials
+) -> AsyncIterator[RunningReceiver]:
+    """stockcore's webhook receiver in front of the test server."""
+    assert settings.pg_dsn is not None
+    config = receiver_settings(settings.pg_dsn, app.port, secret[1])
+    async with running_receiver(config, payer) as started:
+        yield started
+
+
+@pytest.fixture
+async def provider(
+    receiver: RunningReceiver, secret: tuple[bytes, Path]
+) -> AsyncIterator[Provider]:
+    """The provider, sending its webhooks to the receiver."""
+    async with running_provider(receiver.url, secret[0]) as started:
+        yield started
+
+
 PAGE_TOKEN_TTL_S = 300.0
 
 
 @pytest.fixture
-def page_sessions(app: App, settings: Settings, credentials: DevCredentials) -> Iterator[Path]:
-    """The checkout page's session endpoint and simulated payment provider as `make run`
-    starts them (devstack/page_session.py), for the test server and signed by the test
-    key, its tokens valid for PAGE_TOKEN_TTL_S; its Unix socket is yielded."""
+def page_sessions(
+    app: App, settings: Settings, credentials: DevCredentials, provider: Provider
+) -> Iterator[Path]:
+    """The checkout page's session endpoint as `make run` starts it (devstack/page_session.py),
+    paying through the simulated provider and stockcore's webhook receiver, for the test
+    server and signed by the test key, its tokens valid for PAGE_TOKEN_TTL_S; its Unix
+    socket is yielded."""
     key = load_signing_key(credentials.signing_key)
     sessions = page_session.PageSessions(key, settings.auth_audience, PAGE_TOKEN_TTL_S)
     tls = callers.client_credentials(credentials, None)
-    payments = SimulatedPayments(f"127.0.0.1:{app.port}", tls, key, settings.auth_audience)
+    # A confirmation later than 2 s is answered as pending (make run waits 10 s).
+    payments = SimulatedPayments(
+        f"127.0.0.1:{app.port}", tls, key, settings.auth_audience, provider.url, confirm_wait_s=2.0
+    )
     with page_session.serving(sessions, payments) as socket:
         yield socket
 

@@ -28,6 +28,8 @@ from simulators.webhooks import WebhookEndpoint
 # Fees as the provider's defaults; money available 0.3 s after capture, refunds settled
 # after 0.05 s; webhooks retried after 0.05 s, doubling up to 0.2 s.
 TERMS = Terms(settle_s=0.3, refund_settle_s=0.05)
+# The subject of the receiver's token, which an order's history records as the payer.
+PAYER = "payment-webhooks"
 RETRY_INITIAL_S = 0.05
 RETRY_MAX_S = 0.2
 

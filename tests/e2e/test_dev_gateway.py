@@ -133,14 +133,22 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
             timeout=5,
         )
         assert created.status_code == 200, created.text
-        paid = requests.post(
-            f"{url}/session/pay",
-            json={"orderId": "dev-o1"},
-            headers={"Origin": url},
-            cookies=cookies,
-            timeout=10,
-        )
+        # The provider charges it (503 until the provider is up: nothing was paid), and its
+        # webhook pays it before the answer comes.
+        deadline = time.monotonic() + 30
+        while True:
+            paid = requests.post(
+                f"{url}/session/pay",
+                json={"orderId": "dev-o1"},
+                headers={"Origin": url},
+                cookies=cookies,
+                timeout=15,
+            )
+            if paid.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert paid.status_code == 200, paid.text
+        assert paid.json()["paymentId"].startswith("ch_"), paid.json()
         order = requests.get(f"{url}/v1/orders/dev-o1", headers=shopper, timeout=5).json()
         assert order["order"]["status"] == "ORDER_STATUS_PAID"
         # The simulated payment provider captures a charge; its signed webhook reaches the

@@ -17,6 +17,7 @@ from devstack.credentials import DevCredentials
 from devstack.page_session import CHECKOUT_PAGE_SCOPES, CHECKOUT_PAGE_SUBJECT, SESSION_COOKIE
 from gateway.envoy import Gateway
 from tests.e2e.conftest import PAGE_TOKEN_TTL_S, STOREFRONT, GatewayCaller
+from tests.e2e.payments_stack import Provider
 
 JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
 
@@ -250,3 +251,49 @@ async def test_the_payment_provider_pays_the_sessions_own_orders_only(
     assert (first["status"], first["paidMinor"]) == ("ORDER_STATUS_PAID", "700")
     assert first["customerId"] == alice_page["customerId"]
     assert second["status"] == "ORDER_STATUS_PENDING_PAYMENT"
+
+
+async def test_a_declined_or_unconfirmed_charge_leaves_the_order_unpaid_and_says_so(
+    api: GatewayCaller, provider: Provider
+) -> None:
+    alice = requests.cookies.RequestsCookieJar()
+    page = await session(api, alice)
+    await http(
+        api,
+        "POST",
+        "/v1/stock/PAY-2:adjust",
+        json={"onHand": "5", "reason": "count", "idempotencyKey": "count-pay-2"},
+    )
+    for order_id in ("declined-o1", "unconfirmed-o1"):
+        created = await http(
+            api.with_token(page["token"]),
+            "POST",
+            "/v1/orders",
+            json={"orderId": order_id, "lines": [
+                {"sku": "PAY-2", "quantity": "1", "unitPriceMinor": "900"}
+            ], "currencyCode": "EUR"},
+        )  # fmt: skip
+        assert created.status_code == 200, created.text
+
+    def pay(order_id: str) -> requests.Response:
+        return requests.post(
+            api.url + "/session/pay",
+            json={"orderId": order_id},
+            headers={"Origin": api.url},
+            cookies=alice,
+            timeout=30,
+        )
+
+    await provider.faults(decline_rate=1.0)
+    declined = await asyncio.to_thread(pay, "declined-o1")
+    # Captured, but its webhook is never sent: the answer says the payment is pending.
+    await provider.faults(decline_rate=0.0, confirmation_lost_rate=1.0)
+    unconfirmed = await asyncio.to_thread(pay, "unconfirmed-o1")
+
+    assert declined.status_code == 400 and reason(declined) == "PAYMENT_DECLINED"
+    assert unconfirmed.status_code == 202, unconfirmed.text
+    body = unconfirmed.json()
+    assert body["status"] == "PENDING" and body["paymentId"].startswith("ch_")
+    for order_id in ("declined-o1", "unconfirmed-o1"):
+        order = (await http(api, "GET", f"/v1/orders/{order_id}")).json()["order"]
+        assert order["status"] == "ORDER_STATUS_PENDING_PAYMENT", order

@@ -12,12 +12,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from clients.cli import ExitCode
 from clients.credentials import Credentials
@@ -31,6 +29,7 @@ from server.config import Settings
 from simulators.payments import Terms
 from simulators.webhooks import Event
 from tests.e2e.payments_stack import (
+    PAYER,
     TERMS,
     Provider,
     new_secret,
@@ -44,46 +43,8 @@ from tests.waiting import until
 
 SKU = "PAY-SKU-1"
 PRICE = 5999
-# The subject of the receiver's token, which the order's history records as the payer.
-PAYER = "payment-webhooks"
 PENDING = OrderStatus.ORDER_STATUS_PENDING_PAYMENT
 PAID = OrderStatus.ORDER_STATUS_PAID
-
-
-@pytest.fixture
-def secret(tmp_path: Path) -> tuple[bytes, Path]:
-    """The signing secret shared by the provider and the receiver, and its file."""
-    value = new_secret()
-    path = tmp_path / "webhook-secret"
-    path.write_bytes(value + b"\n")
-    path.chmod(0o600)
-    return value, path
-
-
-@pytest.fixture
-def payer(credentials_for: Callable[..., Credentials]) -> Credentials:
-    """What the receiver presents: a token that may confirm payments and nothing else."""
-    return credentials_for(PAYER, scopes=("orders:pay",))
-
-
-@pytest.fixture
-async def receiver(
-    app: App, settings: Settings, secret: tuple[bytes, Path], payer: Credentials
-) -> AsyncIterator[RunningReceiver]:
-    """stockcore's webhook receiver in front of the test server."""
-    assert settings.pg_dsn is not None
-    config = receiver_settings(settings.pg_dsn, app.port, secret[1])
-    async with running_receiver(config, payer) as started:
-        yield started
-
-
-@pytest.fixture
-async def provider(
-    receiver: RunningReceiver, secret: tuple[bytes, Path]
-) -> AsyncIterator[Provider]:
-    """The provider, sending its webhooks to the receiver."""
-    async with running_provider(receiver.url, secret[0]) as started:
-        yield started
 
 
 async def new_order(app: App, order_id: str, window: float = 600.0) -> Order:
