@@ -168,7 +168,7 @@ clean-data:
 # Load tests (reports and plots under .reports/). The day and the flash sale are Locust
 # scenarios (headless; its CSV and HTML report); the knee is the closed-loop driver. Each
 # starts a fresh local stack unless STOCKCORE_TARGET names a server. Settable, e.g.
-#   make load-day DURATION=180 SCALE=0.5 PROCESSES=2 API=inventory
+#   make load-day DURATION=180 SCALE=0.5 PROCESSES=2 API=inventory PAY_VIA=confirm
 #   make load-flash USERS=2000 STOCK=1000     make load-knee LEVELS=16,64,128 DURATION=5
 # and for every load target REPORTS=folder, where the run folders go instead of .reports/.
 LOAD := $(PY) -m loadtests.scenarios
@@ -179,7 +179,7 @@ LOAD_COMMON = $(call load_opt,API,api) $(call load_opt,PROCESSES,processes) \
 	$(call load_opt,SKUS,catalogue)
 LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEAK_HOLD,peak-hold) \
 	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing) $(if $(PROFILE),--profile) \
-	$(call load_opt,FLOOR,floor-seconds)
+	$(call load_opt,FLOOR,floor-seconds) $(call load_opt,PAY_VIA,pay-via)
 
 .PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos soak hostile
 

@@ -191,12 +191,13 @@ def payments_and_receiver(
     logs_dir: Path,
     *,
     receiver_env: Mapping[str, str] | None = None,
-) -> Iterator[None]:
+) -> Iterator[dict[str, int]]:
     """The simulated payment provider on dev_payments_port, sending its webhooks, signed
     with the receiver's secret, to stockcore's webhook receiver (`receiver`), as child
-    processes that die with this one (their logs under `logs_dir`). `receiver_env` adds
-    what the receiver's client presents to the server (clients/credentials.py). The secret
-    reaches both by its file, never on a command line."""
+    processes that die with this one (their logs under `logs_dir`); their pids are yielded
+    by name ("payments-receiver", "payment-provider"). `receiver_env` adds what the
+    receiver's client presents to the server (clients/credentials.py). The secret reaches
+    both by its file, never on a command line."""
     host = "127.0.0.1" if receiver.webhook_host in ("", "0.0.0.0", "::") else receiver.webhook_host
     url = f"http://{host}:{receiver.webhook_port}{WEBHOOK_PATH}"
     provider = [
@@ -205,29 +206,27 @@ def payments_and_receiver(
     ]  # fmt: skip
     env = program_env(receiver_env, payments_config.to_env(receiver))
     logs_dir.mkdir(parents=True, exist_ok=True)
-    started: list[subprocess.Popen[bytes]] = []
+    started: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, argv, child_env in (
             ("payments-receiver", [sys.executable, "-m", "payments"], env),
             ("payment-provider", provider, None),
         ):
             with open(logs_dir / f"{name}.log", "ab") as out:
-                started.append(
-                    spawn(
-                        argv,
-                        death_signal=signal.SIGTERM,
-                        env=child_env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
+                started[name] = spawn(
+                    argv,
+                    death_signal=signal.SIGTERM,
+                    env=child_env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                 )
         log.info(
             "simulated payment provider and webhook receiver started",
             extra={"provider": f"http://127.0.0.1:{dev.dev_payments_port}", "webhooks": url},
         )
-        yield
+        yield {name: proc.pid for name, proc in started.items()}
     finally:
-        for proc in reversed(started):
+        for proc in reversed(started.values()):
             stop_child(proc)
 
 

@@ -7,6 +7,12 @@ plaintext without token checks (PLAINTEXT_ENV). With STOCKCORE_TARGET=host:port 
 goes to that server, which must then serve plaintext as well; STOCKCORE_PG_DSN and
 STOCKCORE_REDIS_URL then only enable the read-only checks after the run, and
 STOCKCORE_SERVER_PID lets the run sample that server's memory.
+
+With `payments`, the simulated payment provider and stockcore's webhook receiver run
+beside the server (devstack.stack.payments_and_receiver), so a run can pay as shoppers do:
+the provider captures a charge and its signed webhook makes the receiver confirm the
+payment. The receiver records events in PostgreSQL, so it needs one (STOCKCORE_PG_DSN
+with STOCKCORE_TARGET).
 """
 
 from __future__ import annotations
@@ -16,21 +22,28 @@ import contextlib
 import itertools
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
+import requests
 from stockcore.v1 import inventory_pb2 as pb
 from stockcore.v1 import inventory_pb2_grpc as pb_grpc
 
+from devstack.config import DevSettings
 from devstack.servers import LocalStockcore, local_servers
+from devstack.stack import payments_and_receiver, with_webhook_secret
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
 from loadtests.sampler import ProcessSampler
+from payments.config import PaymentsSettings
 from runtime.processes import free_port
 
 SHARDS = 16
+# The sampled process group of the simulated payment provider (with `payments`).
+PROVIDER_GROUP = "payment-provider"
 PLAINTEXT_ENV = {"STOCKCORE_PLAINTEXT": "true", "STOCKCORE_AUTH_DISABLED": "true"}
 """How the load tools' own servers are started: plaintext without token checks, asked for
 explicitly, so the load runs measure the core alone and stay comparable with earlier runs;
@@ -55,6 +68,8 @@ class Stack:
     and "gateway" (Envoy) when asked for."""
     gateway_url: str | None = None
     """The HTTP/JSON gateway in front of the server, when asked for."""
+    provider_url: str | None = None
+    """The simulated payment provider, when asked for (its webhooks reach the receiver)."""
 
     def sampler(self, load_pids: list[int]) -> ProcessSampler:
         """A sampler of the services' processes and of the load processes in `load_pids`
@@ -84,14 +99,21 @@ def open_stack(
     extra_env: dict[str, str] | None = None,
     gateway: bool = False,
     shed: bool = False,
+    payments: bool = False,
 ) -> Iterator[Stack]:
     """The servers named by the environment, or a fresh local stack under `data_dir`; with
-    `gateway`, Envoy in front of the server (on a free port, its access log in `data_dir`).
+    `gateway`, Envoy in front of the server (on a free port, its access log in `data_dir`);
+    with `payments`, the payment provider and the webhook receiver beside it.
 
     A local server is started admitting every call (UNSHED_ENV) unless `shed`: these
     tools measure what the server does at each concurrency (their callers do not back
     off when refused); `make load-overload` and the flash sale measure admission itself."""
-    with _open_stack(data_dir, server_workers, extra_env, shed) as stack:
+    with (
+        _open_stack(data_dir, server_workers, extra_env, shed) as stack,
+        contextlib.ExitStack() as more,
+    ):
+        if payments:
+            stack = more.enter_context(_with_payments(stack, data_dir.resolve()))
         if not gateway:
             yield stack
             return
@@ -108,6 +130,46 @@ def open_stack(
             assert envoy.proc is not None
             pids = {**stack.service_pids, "gateway": envoy.proc.pid}
             yield replace(stack, service_pids=pids, gateway_url=envoy.url)
+
+
+@contextlib.contextmanager
+def _with_payments(stack: Stack, data_dir: Path) -> Iterator[Stack]:
+    """`stack` with the provider and the receiver beside its server, until they answer."""
+    if stack.pg_dsn is None:
+        raise SystemExit(
+            "paying through the provider needs the receiver's PostgreSQL: set STOCKCORE_PG_DSN"
+            " (or pay with ConfirmPayment: PAY_VIA=confirm)"
+        )
+    receiver = with_webhook_secret(
+        PaymentsSettings(
+            pg_dsn=stack.pg_dsn, payments_target=stack.target, webhook_port=free_port()
+        ),
+        data_dir / "payments",
+    ).validate()
+    dev = DevSettings(dev_payments_port=free_port())
+    provider_url = f"http://127.0.0.1:{dev.dev_payments_port}"
+    # The load runs' servers serve plaintext without token checks (PLAINTEXT_ENV).
+    client_env = {"STOCKCORE_PLAINTEXT": "true"}
+    with payments_and_receiver(dev, receiver, data_dir / "logs", receiver_env=client_env) as pids:
+        _wait_answering(
+            [f"{provider_url}/v1/balance", f"http://127.0.0.1:{receiver.webhook_port}/"],
+            timeout_s=60.0,
+        )
+        yield replace(stack, service_pids={**stack.service_pids, **pids}, provider_url=provider_url)
+
+
+def _wait_answering(urls: Sequence[str], timeout_s: float) -> None:
+    """Until every URL answers HTTP (any status)."""
+    deadline = time.monotonic() + timeout_s
+    for url in urls:
+        while True:
+            try:
+                requests.get(url, timeout=1.0)
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{url} did not answer within {timeout_s:g} s") from None
+                time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,9 @@
 
 Buyers each start one journey every `--pacing` seconds on average (Poisson arrivals), so the
 shape sets the buyer count to rate x pacing. A journey browses stock (GetStock of a few variants, one to three pages),
-creates an order of one to three lines, thinks, then pays the order's total (most), cancels
+creates an order of one to three lines, thinks, then pays the order's total (most: with
+--provider-url, at the payment provider, whose webhook pays it, the page then reading the
+order until it is paid, as loadtests/locust/provider.py says), cancels
 it (some) or abandons it (a few: its hold expires after --payment-window), and afterwards
 looks the order up (GetOrder) and lists the customer's orders (ListOrders). A small share of
 paid orders is cancelled for a refund. Warehouse users ship what was paid in their own load
@@ -39,6 +41,7 @@ from loadtests.locust.daycurve import CompressedDay, DayCurve
 from loadtests.locust.interceptor import RejectionPolicy
 from loadtests.locust.options import add_common_options, catalogue
 from loadtests.locust.pacing import PoissonPacing
+from loadtests.locust.provider import ProviderCheckout
 from loadtests.locust.record import install_tally, write_plan
 from loadtests.locust.shop import Api, OrderIds, OrderShop, Outcome, make_shop, tally
 
@@ -72,6 +75,11 @@ def _options(parser: Any) -> None:
     group.add_argument("--cancel-share", type=float, default=0.08)
     group.add_argument("--refund-share", type=float, default=0.02, help="of paid orders")
     group.add_argument("--carrier", default="sf-express", help="one of the server's carriers")
+    group.add_argument(
+        "--provider-url",
+        default="",
+        help="pay at this payment provider (its webhook pays the order); empty: ConfirmPayment",
+    )
     group.add_argument(
         "--warehouse-per-process", type=int, default=8, help="warehouse users per load process"
     )
@@ -109,7 +117,12 @@ class Buyer(GrpcUser):
         super().on_start()
         self.options = self.environment.parsed_options
         self.api = Api(self.options.api)
-        self.shop = make_shop(self.api, self.inventory, self.orders)
+        checkout = (
+            ProviderCheckout(self.options.provider_url, self.environment.events.request.fire)
+            if self.options.provider_url
+            else None
+        )
+        self.shop = make_shop(self.api, self.inventory, self.orders, checkout, gevent.sleep)
         self.skus = catalogue(self.options.catalogue_prefix, self.options.catalogue_size)
         self.ids = OrderIds(self.options.run_tag)
         pacing = PoissonPacing(self.options.pacing)

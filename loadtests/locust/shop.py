@@ -13,10 +13,12 @@ import enum
 import itertools
 import os
 import random
+import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -24,6 +26,9 @@ from stockcore.v1 import inventory_pb2 as inv
 from stockcore.v1 import orders_pb2 as ords
 
 from clients.errors import StatusCode, error_from_status
+
+if TYPE_CHECKING:
+    from loadtests.locust.provider import ProviderCheckout
 
 CURRENCY = "CNY"
 
@@ -134,11 +139,20 @@ class InventoryReads:
 
 
 class OrderShop(InventoryReads):
-    """Journeys on OrderService."""
+    """Journeys on OrderService. With a `checkout` (loadtests/locust/provider.py), orders
+    are paid at the payment provider, whose webhook pays them; `sleep` waits meanwhile."""
 
-    def __init__(self, inventory: Any, orders: Any) -> None:
+    def __init__(
+        self,
+        inventory: Any,
+        orders: Any,
+        checkout: ProviderCheckout | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         super().__init__(inventory)
         self.orders = orders
+        self.checkout = checkout
+        self._sleep = sleep
 
     def place(
         self, order_id: str, customer_id: str, lines: list[tuple[str, int]], window_s: float
@@ -163,7 +177,11 @@ class OrderShop(InventoryReads):
         return Outcome.DONE, Placed(order_id, customer_id, order.total_minor, units)
 
     def pay(self, placed: Placed) -> Outcome:
-        """ConfirmPayment with the order's total."""
+        """ConfirmPayment with the order's total; with a checkout, the provider's charge
+        instead, and GetOrder until the provider's confirmation paid the order (AMBIGUOUS
+        when it did not within the checkout's confirm_wait_s: the charge may pay it later)."""
+        if self.checkout is not None:
+            return self._pay_at_provider(placed, self.checkout)
         request = ords.ConfirmPaymentRequest(
             order_id=placed.order_id,
             payment_id=f"pay-{placed.order_id}",
@@ -176,6 +194,28 @@ class OrderShop(InventoryReads):
             self.pushback = _pushback(error)
             return _outcome(error)
         return Outcome.DONE
+
+    def _pay_at_provider(self, placed: Placed, checkout: ProviderCheckout) -> Outcome:
+        charged = checkout.charge(placed)
+        if charged is not Outcome.DONE:
+            return charged
+        deadline = time.monotonic() + checkout.confirm_wait_s
+        self._sleep(checkout.return_s)
+        while True:
+            try:
+                status = self.orders.GetOrder(
+                    ords.GetOrderRequest(order_id=placed.order_id)
+                ).order.status
+            except grpc.RpcError as error:
+                return _outcome(error)
+            if status == ords.ORDER_STATUS_PAID:
+                return Outcome.DONE
+            if status != ords.ORDER_STATUS_PENDING_PAYMENT:
+                # Expired or cancelled first: the charge is money to return.
+                return Outcome.REJECTED
+            if time.monotonic() >= deadline:
+                return Outcome.AMBIGUOUS
+            self._sleep(checkout.poll_s)
 
     def cancel(self, placed: Placed, reason: str) -> Outcome:
         """CancelOrder."""
@@ -288,6 +328,15 @@ class HoldShop(InventoryReads):
         return Outcome.DONE
 
 
-def make_shop(api: Api, inventory: Any, orders: Any) -> OrderShop | HoldShop:
-    """The gRPC shop for `api` (OrderShop for the gRPC half of an HTTP run)."""
-    return HoldShop(inventory) if api is Api.INVENTORY else OrderShop(inventory, orders)
+def make_shop(
+    api: Api,
+    inventory: Any,
+    orders: Any,
+    checkout: ProviderCheckout | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> OrderShop | HoldShop:
+    """The gRPC shop for `api` (OrderShop for the gRPC half of an HTTP run), paying with
+    `checkout` when given."""
+    if api is Api.INVENTORY:
+        return HoldShop(inventory)
+    return OrderShop(inventory, orders, checkout, sleep)

@@ -44,7 +44,8 @@ _SHORT_DAY = (
 SHORT: dict[str, tuple[str, ...]] = {
     "bench": ("LEVELS=8", "DURATION=1", "SECURITY_ROUNDS=1", "SALE_UNITS=50"),
     "load-day": (*_SHORT_DAY, "PROFILE=1"),
-    "load-report": _SHORT_DAY,
+    # The report pays with ConfirmPayment, the day at the payment provider (its default).
+    "load-report": (*_SHORT_DAY, "PAY_VIA=confirm"),
     "load-flash": (
         "USERS=40",
         "SPAWN_RATE=40",
