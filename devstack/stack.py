@@ -310,7 +310,11 @@ def dev(stack: StackSettings) -> None:
                 payments_and_receiver(
                     dev_settings, receiver, root / "logs", receiver_env=receiver_env
                 ),
-                _prometheus(dev_settings, scrape_jobs(server, fulfilment, gateway), root),
+                _prometheus(
+                    dev_settings,
+                    scrape_jobs(server, fulfilment, gateway, receiver=receiver),
+                    root,
+                ),
             ):
                 app.serve(server)
 
@@ -321,11 +325,17 @@ DEV_SCRAPE_INTERVAL_S = 5.0
 
 
 def scrape_jobs(
-    server: Settings, fulfilment: FulfilmentSettings, gateway: Gateway | None, *, workers: int = 1
+    server: Settings,
+    fulfilment: FulfilmentSettings,
+    gateway: Gateway | None,
+    *,
+    workers: int = 1,
+    receiver: PaymentsSettings | None = None,
 ) -> list[Job]:
     """What Prometheus scrapes of a stack: each server process's metrics, each of `workers`
     fulfilment workers' (the first on fulfil_metrics_port, the next on the ports after it,
-    as `make run` and the tests start them), and Envoy's admin interface."""
+    as `make run` and the tests start them), the payment webhook receiver's, and Envoy's
+    admin interface."""
     jobs = []
     if server.metrics_port:
         host = "127.0.0.1" if server.metrics_host in ("", "0.0.0.0", "::") else server.metrics_host
@@ -334,6 +344,8 @@ def scrape_jobs(
     if fulfilment.fulfil_metrics_port:
         ports = range(fulfilment.fulfil_metrics_port, fulfilment.fulfil_metrics_port + workers)
         jobs.append(Job("stockcore-fulfilment", tuple(f"127.0.0.1:{port}" for port in ports)))
+    if receiver is not None and receiver.webhook_metrics_port:
+        jobs.append(Job("stockcore-payments", (f"127.0.0.1:{receiver.webhook_metrics_port}",)))
     if gateway is not None:
         stats = gateway.stats_url().removeprefix("http://")
         jobs.append(Job("envoy", (stats,), metrics_path="/stats/prometheus"))

@@ -142,7 +142,10 @@ def _with_payments(stack: Stack, data_dir: Path) -> Iterator[Stack]:
         )
     receiver = with_webhook_secret(
         PaymentsSettings(
-            pg_dsn=stack.pg_dsn, payments_target=stack.target, webhook_port=free_port()
+            pg_dsn=stack.pg_dsn,
+            payments_target=stack.target,
+            webhook_port=free_port(),
+            webhook_metrics_port=0,
         ),
         data_dir / "payments",
     ).validate()

@@ -31,6 +31,8 @@ class PaymentsSettings(EnvSettings):
     # How far a delivery's signed timestamp may be from this machine's clock, either way.
     webhook_tolerance_s: float = 300.0
     webhook_max_body_bytes: int = 65_536
+    # Prometheus metrics (payments/metrics.py) on 127.0.0.1 at this port; 0: none.
+    webhook_metrics_port: int = 9475
     # The deadline of one ConfirmPayment, retries of UNAVAILABLE included.
     webhook_call_timeout_s: float = 5.0
     db_timeout_s: float = 10.0
@@ -48,6 +50,7 @@ class PaymentsSettings(EnvSettings):
         "STOCKCORE_WEBHOOK_SECRET_FILE": ("webhook_secret_file", str),
         "STOCKCORE_WEBHOOK_TOLERANCE": ("webhook_tolerance_s", float),
         "STOCKCORE_WEBHOOK_MAX_BODY_BYTES": ("webhook_max_body_bytes", int),
+        "STOCKCORE_WEBHOOK_METRICS_PORT": ("webhook_metrics_port", int),
         "STOCKCORE_WEBHOOK_CALL_TIMEOUT": ("webhook_call_timeout_s", float),
         "STOCKCORE_DB_TIMEOUT": ("db_timeout_s", float),
         "STOCKCORE_LOG_LEVEL": ("log_level", str),
@@ -59,6 +62,10 @@ class PaymentsSettings(EnvSettings):
         return [
             (1 <= self.grpc_port <= 65535, "grpc_port must be 1-65535"),
             (0 <= self.webhook_port <= 65535, "webhook_port must be 0-65535"),
+            (
+                0 <= self.webhook_metrics_port <= 65535,
+                "webhook_metrics_port must be 0-65535",
+            ),
             (
                 # Long enough for clocks a little apart and a slow delivery, short enough
                 # that a captured request is soon worthless.

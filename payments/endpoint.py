@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import start_http_server
 
 from clients.credentials import Credentials
 from clients.inventory import RetryPolicy
 from clients.orders import OrderClient
 from payments.config import PaymentsSettings
-from payments.receiver import WebhookReceiver
+from payments.metrics import REGISTRY, WEBHOOK_DURATION, WEBHOOKS
+from payments.receiver import Reply, WebhookReceiver
 from payments.signature import SIGNATURE_HEADER, load_secrets
 from payments.store import PaymentEventStore
 
@@ -30,10 +33,25 @@ WEBHOOK_PATH = "/webhooks/payments"
 RECEIVER_KEY: web.AppKey[WebhookReceiver] = web.AppKey("receiver", WebhookReceiver)
 
 
+# The metrics' outcome of each refusal, by status (payments/metrics.py).
+_REFUSALS = {401: "refused_signature", 400: "refused", 409: "conflict", 503: "unavailable"}
+
+
+def outcome_of(reply: Reply) -> str:
+    """A delivery's outcome as the metrics name it."""
+    if reply.status == 200:
+        return "repeat" if reply.body.get("duplicate") else str(reply.body["outcome"]).lower()
+    return _REFUSALS.get(reply.status, f"http_{reply.status}")
+
+
 async def deliver(request: web.Request) -> web.Response:
     """POST /webhooks/payments."""
+    started = time.perf_counter()
     body = await request.read()
     reply = await request.app[RECEIVER_KEY].receive(request.headers.get(SIGNATURE_HEADER), body)
+    outcome = outcome_of(reply)
+    WEBHOOKS.labels(outcome).inc()
+    WEBHOOK_DURATION.labels(outcome).observe(time.perf_counter() - started)
     return web.json_response(reply.body, status=reply.status)
 
 
@@ -113,7 +131,9 @@ async def start(settings: PaymentsSettings, credentials: Credentials) -> Running
 
 
 async def serve(settings: PaymentsSettings, credentials: Credentials) -> None:
-    """Receive webhooks until SIGINT or SIGTERM."""
+    """Receive webhooks until SIGINT or SIGTERM; metrics on loopback, when a port is set."""
+    if settings.webhook_metrics_port:
+        start_http_server(settings.webhook_metrics_port, addr="127.0.0.1", registry=REGISTRY)
     running = await start(settings, credentials)
     log.info(
         "payment webhook receiver serving",

@@ -366,6 +366,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "worker metrics": FulfilmentSettings.fulfil_metrics_port,
     "payment provider": DevSettings.dev_payments_port,
     "webhook receiver": PaymentsSettings.webhook_port,
+    "webhook receiver metrics": PaymentsSettings.webhook_metrics_port,
     "Prometheus": DevSettings.dev_prometheus_port,
     "PostgreSQL": DevSettings.dev_pg_port,
     "Redis": DevSettings.dev_redis_port,

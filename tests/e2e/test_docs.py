@@ -72,6 +72,7 @@ _PORT_VARIABLES = {
     "worker metrics": "STOCKCORE_FULFIL_METRICS_PORT",
     "payment provider": "STOCKCORE_DEV_PAYMENTS_PORT",
     "webhook receiver": "STOCKCORE_WEBHOOK_PORT",
+    "webhook receiver metrics": "STOCKCORE_WEBHOOK_METRICS_PORT",
     "Prometheus": "STOCKCORE_DEV_PROMETHEUS_PORT",
 }
 _START_S = 120.0

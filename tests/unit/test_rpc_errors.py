@@ -312,15 +312,15 @@ def test_a_caller_past_its_share_is_told_what_is_bounded_and_when_to_come_back()
 
 
 def test_a_caller_past_its_rate_is_told_the_rate_and_when_to_come_back() -> None:
-    status, rich = rich_status(CallerLimit("database_reads", 100, 0.05, per="a second"))
+    status, rich = rich_status(CallerLimit("database_rows", 400, 0.05, per="a second"))
 
     assert status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     info = error_info(rich)
-    assert dict(info.metadata) == {"resource": "database_reads", "limit": "100", "per": "a second"}
+    assert dict(info.metadata) == {"resource": "database_rows", "limit": "400", "per": "a second"}
     (quota,) = unpack(rich, error_details_pb2.QuotaFailure)
-    assert [v.description for v in quota.violations] == ["at most 100 per caller a second"]
+    assert [v.description for v in quota.violations] == ["at most 400 per caller a second"]
     assert dict(status.trailing_metadata)["grpc-retry-pushback-ms"] == "50"
-    assert "started 100 database reads a second" in rich.message
+    assert "already used 400 database rows a second" in rich.message
 
 
 def test_a_refusal_while_shutting_down_is_unavailable_with_a_retry_delay() -> None:
