@@ -1,7 +1,8 @@
 """The development stack (`make run`): project-owned PostgreSQL and Redis unless the
 environment names servers, the migrations and the demo catalogue, then the gRPC server in
 this process with Envoy, the simulated partners, a fulfilment worker, the simulated payment
-provider and the payment webhook receiver beside it as child processes that die with it."""
+provider, the payment webhook receiver and the reconciler beside it as child processes
+that die with it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from gateway.envoy import Gateway
 from payments import config as payments_config
 from payments.config import PaymentsSettings
 from payments.endpoint import WEBHOOK_PATH
+from payments.reconciler import config as reconciler_config
+from payments.reconciler.config import ReconcilerSettings
 from runtime.processes import spawn, stop_child
 from server import app
 from server.config import Settings
@@ -52,6 +55,7 @@ class StackSettings:
     gateway: GatewaySettings
     fulfilment: FulfilmentSettings
     payments: PaymentsSettings
+    reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
     stockctl_config: Path | None = None
     """stockctl's config file, written for this stack (None: none)."""
 
@@ -191,13 +195,17 @@ def payments_and_receiver(
     logs_dir: Path,
     *,
     receiver_env: Mapping[str, str] | None = None,
+    reconciler: ReconcilerSettings | None = None,
 ) -> Iterator[dict[str, int]]:
     """The simulated payment provider on dev_payments_port, sending its webhooks, signed
-    with the receiver's secret, to stockcore's webhook receiver (`receiver`), as child
+    with the receiver's secret, to stockcore's webhook receiver (`receiver`), and the
+    reconciler following its settlement feed (`reconciler`, None: not started), as child
     processes that die with this one (their logs under `logs_dir`); their pids are yielded
-    by name ("payments-receiver", "payment-provider"). `receiver_env` adds what the
-    receiver's client presents to the server (clients/credentials.py). The secret reaches
-    both by its file, never on a command line."""
+    by name ("payments-receiver", "payment-provider", "payments-reconciler").
+    `receiver_env` adds what the receiver's client presents to the server
+    (clients/credentials.py); the reconciler presents the same, to confirm the payments
+    whose webhook never came. The secret reaches the provider and the receiver by its file,
+    never on a command line."""
     host = "127.0.0.1" if receiver.webhook_host in ("", "0.0.0.0", "::") else receiver.webhook_host
     url = f"http://{host}:{receiver.webhook_port}{WEBHOOK_PATH}"
     provider = [
@@ -205,13 +213,25 @@ def payments_and_receiver(
         "--webhook-url", url, "--webhook-secret-file", receiver.webhook_secret_file,
     ]  # fmt: skip
     env = program_env(receiver_env, payments_config.to_env(receiver))
+    programs: list[tuple[str, list[str], dict[str, str] | None]] = [
+        ("payments-receiver", [sys.executable, "-m", "payments"], env),
+        ("payment-provider", provider, None),
+    ]
+    if reconciler is not None:
+        following = reconciler.with_overrides(
+            provider_url=f"http://127.0.0.1:{dev.dev_payments_port}"
+        )
+        programs.append(
+            (
+                "payments-reconciler",
+                [sys.executable, "-m", "payments.reconciler"],
+                program_env(receiver_env, reconciler_config.to_env(following)),
+            )
+        )
     logs_dir.mkdir(parents=True, exist_ok=True)
     started: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name, argv, child_env in (
-            ("payments-receiver", [sys.executable, "-m", "payments"], env),
-            ("payment-provider", provider, None),
-        ):
+        for name, argv, child_env in programs:
             with open(logs_dir / f"{name}.log", "ab") as out:
                 started[name] = spawn(
                     argv,
@@ -221,7 +241,7 @@ def payments_and_receiver(
                     stderr=subprocess.STDOUT,
                 )
         log.info(
-            "simulated payment provider and webhook receiver started",
+            "simulated payment provider, webhook receiver and reconciler started",
             extra={"provider": f"http://127.0.0.1:{dev.dev_payments_port}", "webhooks": url},
         )
         yield {name: proc.pid for name, proc in started.items()}
@@ -289,7 +309,8 @@ def dev(stack: StackSettings) -> None:
                 f" {fulfilment.fallback_carrier or '-'} on"
                 f" :{dev_settings.dev_fallback_carrier_port},"
                 f" a fulfilment worker, a payment provider on :{dev_settings.dev_payments_port}"
-                f" sending its webhooks to the receiver on :{receiver.webhook_port}"
+                f" sending its webhooks to the receiver on :{receiver.webhook_port}, its"
+                " settlement feed followed by the reconciler"
                 f" (logs in {root}/logs); Ctrl-C stops\n"
                 + (
                     f"stockctl's settings for this stack: {stockctl_config}\n"
@@ -308,7 +329,11 @@ def dev(stack: StackSettings) -> None:
                 renewing_service_token(receiver_env, root, PAYMENT_WEBHOOKS),
                 partners_and_worker(dev_settings, fulfilment, root / "logs", worker_env=worker_env),
                 payments_and_receiver(
-                    dev_settings, receiver, root / "logs", receiver_env=receiver_env
+                    dev_settings,
+                    receiver,
+                    root / "logs",
+                    receiver_env=receiver_env,
+                    reconciler=stack.reconciler.with_overrides(pg_dsn=server.pg_dsn),
                 ),
                 _prometheus(
                     dev_settings,

@@ -107,7 +107,7 @@ class WebhookReceiver:
             earlier = await self.store.delivered_again(event.event_id)
             if earlier is not None:
                 return self._acknowledged(event, earlier, duplicate=True)
-            decided = await self._decide(event)
+            decided = await decide(self.orders, event)
             if isinstance(decided, Refused):
                 log.warning(
                     "webhook refused",
@@ -144,48 +144,51 @@ class WebhookReceiver:
             200, {"event_id": event.event_id, "outcome": outcome.name, "duplicate": duplicate}
         )
 
-    async def _decide(self, event: ProviderEvent) -> Decision | Refused:
-        """What the event does: a captured charge pays its order, or is money to return."""
-        if not event.captures_money:
-            return Decision(Outcome.NOTED)
-        assert event.order_id and event.amount_minor is not None and event.currency
-        try:
-            await self.orders.confirm_payment(
-                event.order_id, event.object_id, event.amount_minor, event.currency
-            )
-        except NotFound:
-            return Refused(400, "unknown order")
-        except InvalidArgument as invalid:
-            fields = ", ".join(v.field for v in invalid.field_violations) or "the request"
-            return Refused(400, f"invalid {fields}")
-        except AlreadyExists:
-            log.error(
-                "a charge id already paid another order",
-                extra={"event_id": event.event_id, "order_id": event.order_id},
-            )
-            return Refused(409, "the charge already paid another order")
-        except FailedPrecondition as refused:
-            reason = refused.error_info.reason if refused.error_info else ""
-            if reason == _NOT_PAYABLE:
-                return Decision(Outcome.TO_RETURN, ReturnReason.ORDER_NOT_PAYABLE)
-            if reason == _MISMATCH:
-                return Decision(Outcome.TO_RETURN, ReturnReason.AMOUNT_DIFFERS)
-            return self._unknown(event, refused)
-        except StockcoreError as failed:
-            return self._unknown(event, failed)
-        return Decision(Outcome.PAID)
 
-    @staticmethod
-    def _unknown(event: ProviderEvent, error: StockcoreError) -> Refused:
-        # Unavailable, a deadline, an overloaded server, a token refused, a refusal this
-        # receiver does not know: the outcome is not known, so nothing is recorded.
-        log.error(
-            "payment not confirmed; the provider will deliver it again",
-            extra={
-                "event_id": event.event_id,
-                "order_id": event.order_id,
-                "code": error.code.name,
-                "reason": error.error_info.reason if error.error_info else "",
-            },
+async def decide(orders: OrderClient, event: ProviderEvent) -> Decision | Refused:
+    """What an event does: a captured charge pays its order through `orders`
+    (ConfirmPayment), or is money to return; any other event is noted. The reconciler
+    decides a charge whose webhook never came with this same code."""
+    if not event.captures_money:
+        return Decision(Outcome.NOTED)
+    assert event.order_id and event.amount_minor is not None and event.currency
+    try:
+        await orders.confirm_payment(
+            event.order_id, event.object_id, event.amount_minor, event.currency
         )
-        return Refused(503, "not decided; deliver it again")
+    except NotFound:
+        return Refused(400, "unknown order")
+    except InvalidArgument as invalid:
+        fields = ", ".join(v.field for v in invalid.field_violations) or "the request"
+        return Refused(400, f"invalid {fields}")
+    except AlreadyExists:
+        log.error(
+            "a charge id already paid another order",
+            extra={"event_id": event.event_id, "order_id": event.order_id},
+        )
+        return Refused(409, "the charge already paid another order")
+    except FailedPrecondition as refused:
+        reason = refused.error_info.reason if refused.error_info else ""
+        if reason == _NOT_PAYABLE:
+            return Decision(Outcome.TO_RETURN, ReturnReason.ORDER_NOT_PAYABLE)
+        if reason == _MISMATCH:
+            return Decision(Outcome.TO_RETURN, ReturnReason.AMOUNT_DIFFERS)
+        return _unknown(event, refused)
+    except StockcoreError as failed:
+        return _unknown(event, failed)
+    return Decision(Outcome.PAID)
+
+
+def _unknown(event: ProviderEvent, error: StockcoreError) -> Refused:
+    # Unavailable, a deadline, an overloaded server, a token refused, a refusal this
+    # receiver does not know: the outcome is not known, so nothing is recorded.
+    log.error(
+        "payment not confirmed; the provider will deliver it again",
+        extra={
+            "event_id": event.event_id,
+            "order_id": event.order_id,
+            "code": error.code.name,
+            "reason": error.error_info.reason if error.error_info else "",
+        },
+    )
+    return Refused(503, "not decided; deliver it again")

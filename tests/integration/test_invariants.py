@@ -3,6 +3,7 @@ checks speaks up when the data it guards is broken (in a transaction rolled back
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -66,6 +67,39 @@ async def world(store: StockStore, db: asyncpg.Connection) -> asyncpg.Connection
             outcome,
             reason,
         )
+    # The settlement feed as the reconciler records it (PAID's charge, its fee, a payout,
+    # a refund of the charge to return and its failure), and its statements: PAID's
+    # charge matched, REFUNDED's payment first missing at the provider and then matched
+    # (its exception closed as corrected), the charge to return's amount differing.
+    await db.fetchrow(
+        "SELECT * FROM stockcore.record_settlement_page('provider', 0, 5,"
+        " $1, '{1,2,3,4,5}', '{charge,fee,payout,refund,refund_failure}', $2, $3, $4,"
+        " '{400,-42,-358,-401,401}', '{EUR,EUR,EUR,EUR,EUR}', $5, $5)",
+        ["txn-1", "txn-2", "txn-3", "txn-4", "txn-5"],
+        [f"pay-{PAID}", f"pay-{PAID}", "po-1", "re-1", "re-1"],
+        [f"pay-{PAID}", f"pay-{PAID}", None, "ch-differs", "ch-differs"],
+        [PAID, PAID, None, PENDING, PENDING],
+        [datetime.now(UTC)] * 5,
+    )
+    statement = (
+        "SELECT stockcore.record_statements('provider', $1, $2, $3, $4, '{400}', '{EUR}',"
+        " $5, $6, '{f}', ARRAY[now()], $7)"
+    )
+    for subject, order_id, verdict, theirs, latest in (
+        (f"pay-{PAID}", PAID, 1, 400, None),
+        (f"pay-{REFUNDED}", REFUNDED, 2, None, None),
+        ("ch-differs", PENDING, 4, 401, None),
+    ):
+        await db.execute(
+            statement, [1], [subject], [order_id], [verdict], [theirs],
+            [None if theirs is None else "EUR"], [latest],
+        )  # fmt: skip
+    missing = await db.fetchval(
+        "SELECT statement_id FROM stockcore.reconciliation_statements WHERE verdict = 2"
+    )
+    await db.execute(
+        statement, [1], [f"pay-{REFUNDED}"], [REFUNDED], [1], [400], ["EUR"], [missing]
+    )
     return db
 
 
@@ -78,6 +112,20 @@ async def test_a_database_written_by_the_store_has_no_violations(world: asyncpg.
     ]
     assert await world.fetchval("SELECT count(cursor) FROM stockcore.order_events") == 6
     assert await world.fetchval("SELECT count(*) FROM stockcore.payments_to_return") == 1
+    posted = await world.fetch(
+        "SELECT kind, debit_account, credit_account, amount_minor FROM stockcore.ledger_transfers"
+        " WHERE kind >= 4 ORDER BY kind"
+    )
+    # The refund of a charge to return, and its failure, move to_return's money (8).
+    assert [tuple(r) for r in posted] == [
+        (4, 5, 1, 400), (5, 8, 5, 401), (6, 6, 5, 42), (7, 7, 5, 358), (8, 5, 8, 401)
+    ]  # fmt: skip
+    assert (
+        await world.fetchval(
+            "SELECT count(*) FROM stockcore.reconciliation_exceptions WHERE resolution = 4"
+        )
+        == 1
+    )
     await assert_invariants_hold(world)
 
 
@@ -167,6 +215,22 @@ BREAKAGES: dict[str, list[str]] = {
     "ledger_transfer_accounts": [
         "UPDATE stockcore.ledger_transfers SET credit_account = 4"
         f" WHERE kind = 1 AND order_id = '{PAID}'"
+    ],
+    "feed_transfer_has_its_transaction": [
+        "UPDATE stockcore.ledger_transfers SET amount_minor = 41 WHERE kind = 6"
+    ],
+    "feed_transaction_posted": ["DELETE FROM stockcore.ledger_transfers WHERE kind = 7"],
+    "settlement_cursor_at_last_read": ["UPDATE stockcore.settlement_cursor SET cursor = 6"],
+    "statement_corrects_its_subject": [
+        "UPDATE stockcore.reconciliation_statements SET subject_id = 'other'"
+        " WHERE corrects IS NOT NULL"
+    ],
+    "discrepancy_has_exception": [
+        "DELETE FROM stockcore.reconciliation_exceptions WHERE resolution IS NULL"
+    ],
+    "corrected_exception_resolved": [
+        "UPDATE stockcore.reconciliation_exceptions SET resolution = NULL, resolved_by = NULL,"
+        " resolved_why = NULL, resolved_at = NULL WHERE resolution = 4"
     ],
     "event_cursors_gap_free": [
         "UPDATE stockcore.order_events SET cursor = cursor + 1"

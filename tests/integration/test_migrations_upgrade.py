@@ -269,8 +269,13 @@ PAYMENT_EVENTS = "stockcore.payment_events"
 PAYMENTS_TO_RETURN = "stockcore.payments_to_return"
 # Tables whose rows a later migration changes on purpose, or that it makes, compared apart.
 LEDGER = ("stockcore.ledger_accounts", "stockcore.ledger_kinds", "stockcore.ledger_transfers")
+RECONCILIATION = (
+    "stockcore.settlement_cursor", "stockcore.settlement_transactions",
+    "stockcore.reconciliation_statements", "stockcore.reconciliation_exceptions",
+)  # fmt: skip
 _CHANGED = (
-    ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN, *LEDGER
+    ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN, *LEDGER,
+    *RECONCILIATION,
 )  # fmt: skip
 
 
@@ -391,6 +396,16 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
         for where in ("payment_id IS NOT NULL AND paid_minor > 0", "refund_owed_minor > 0")
     ]
     assert [(r["kind"], r["n"]) for r in posted] == [(1, paid), (2, owed)] and owed > 0
+    # 018: the reconciler starts at the feed's beginning, with nothing read or stated, and
+    # the ledger knows a failed refund's kind.
+    assert not set(RECONCILIATION) & set(before)
+    assert {t: after[t][0] for t in RECONCILIATION} == dict.fromkeys(RECONCILIATION, 0) | {
+        "stockcore.settlement_cursor": 1
+    }
+    assert await conn.fetchval("SELECT cursor FROM stockcore.settlement_cursor") == 0
+    assert await conn.fetchval("SELECT name FROM stockcore.ledger_kinds WHERE kind = 8") == (
+        "PROVIDER_REFUND_FAILED"
+    )
     # The cancel's row became o-refunded's own (no key); callers' rows kept their keys,
     # the one under a cancel's old key included; nothing else of any row changed.
     assert await adjustments(conn) == [

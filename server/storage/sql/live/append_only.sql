@@ -1,8 +1,8 @@
 -- Rows that never change once written: the stock ledger (stockcore.movements), the money
 -- ledger (stockcore.ledger_transfers), the orders' status history, the fulfilments'
--- history, and the order events, which only
--- get their cursor (once) and their publication. Triggers refuse anything else, whoever
--- runs the statement.
+-- history, the reconciler's statements, and the order events, which only get their cursor
+-- (once) and their publication, and the reconciliation exceptions, which only get their
+-- resolution (once). Triggers refuse anything else, whoever runs the statement.
 
 CREATE OR REPLACE FUNCTION stockcore.refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -40,3 +40,31 @@ END $$;
 
 CREATE OR REPLACE TRIGGER order_events_immutable BEFORE UPDATE OR DELETE ON stockcore.order_events
     FOR EACH ROW EXECUTE FUNCTION stockcore.keep_event();
+
+-- The reconciler's statements never change; a later finding is a new line naming the one
+-- it corrects (live/reconciliation.sql).
+CREATE OR REPLACE TRIGGER reconciliation_statements_append_only
+    BEFORE UPDATE OR DELETE ON stockcore.reconciliation_statements
+    FOR EACH ROW EXECUTE FUNCTION stockcore.refuse_change();
+
+-- An exception is never deleted, and only resolved, once: its resolution columns go from
+-- NULL to set, and nothing else of it changes.
+CREATE OR REPLACE FUNCTION stockcore.keep_exception() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'reconciliation exceptions are never deleted'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF OLD.resolution IS NOT NULL OR NEW.exception_id IS DISTINCT FROM OLD.exception_id
+       OR NEW.statement_id IS DISTINCT FROM OLD.statement_id
+       OR NEW.reason IS DISTINCT FROM OLD.reason OR NEW.opened_at IS DISTINCT FROM OLD.opened_at THEN
+        RAISE EXCEPTION 'a reconciliation exception is resolved once and otherwise never changes'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER reconciliation_exceptions_resolved_once
+    BEFORE UPDATE OR DELETE ON stockcore.reconciliation_exceptions
+    FOR EACH ROW EXECUTE FUNCTION stockcore.keep_exception();

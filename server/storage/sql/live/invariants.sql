@@ -1,6 +1,8 @@
 -- What must always hold, written once: stock against adjustments, commits, live holds and
 -- the movement ledger; orders against their holds, status history, payments and events;
--- the payment provider's charges, as the webhook receiver recorded them, against payments.
+-- the payment provider's charges, as the webhook receiver recorded them, against payments;
+-- the money ledger against its facts and the settlement feed; the reconciler's statements
+-- against their exceptions.
 -- The test suite and the load runs call stockcore.invariant_violations() after they ran;
 -- it returns one row per violation ("check" names the rule, subject the SKU, reservation
 -- or order, detail what was found) and none when everything holds. It only reads, in one
@@ -244,7 +246,65 @@ SELECT 'ledger_transfer_accounts', t.transfer_id::text,
        format('kind %s from %s to %s', t.kind, t.debit_account, t.credit_account)
   FROM stockcore.ledger_transfers t
  WHERE (t.kind, t.debit_account, t.credit_account) NOT IN
-       ((1, 1, 2), (2, 3, 4), (3, 1, 8), (4, 5, 1), (5, 4, 5), (5, 8, 5), (6, 6, 5), (7, 7, 5))
+       ((1, 1, 2), (2, 3, 4), (3, 1, 8), (4, 5, 1), (5, 4, 5), (5, 8, 5), (6, 6, 5), (7, 7, 5),
+        (8, 5, 4), (8, 5, 8))
+UNION ALL
+-- The settlement feed as the reconciler read it (018_reconciliation.sql). Every transfer
+-- posted from the feed is one of its transactions, of its amount and currency ...
+SELECT 'feed_transfer_has_its_transaction', t.transfer_id::text,
+       format('kind %s of %s %s from %s: %s', t.kind, t.amount_minor, t.currency, t.source_id,
+              coalesce(f.type || ' of ' || f.amount_minor || ' ' || f.currency, 'not in the feed'))
+  FROM stockcore.ledger_transfers t
+  LEFT JOIN stockcore.settlement_transactions f ON f.txn_id = t.source_id
+ WHERE t.kind BETWEEN 4 AND 8
+   AND (f.txn_id IS NULL OR (f.type, abs(f.amount_minor), f.currency) IS DISTINCT FROM
+        (CASE t.kind WHEN 4 THEN 'charge' WHEN 5 THEN 'refund' WHEN 6 THEN 'fee'
+                     WHEN 7 THEN 'payout' ELSE 'refund_failure' END, t.amount_minor, t.currency))
+UNION ALL
+-- ... every transaction read that moved money is posted ...
+SELECT 'feed_transaction_posted', f.txn_id,
+       format('%s of %s %s, cursor %s: no transfer', f.type, f.amount_minor, f.currency, f.cursor)
+  FROM stockcore.settlement_transactions f
+ WHERE f.amount_minor <> 0
+   AND NOT EXISTS (SELECT FROM stockcore.ledger_transfers t
+                    WHERE t.kind = CASE f.type WHEN 'charge' THEN 4 WHEN 'refund' THEN 5
+                                               WHEN 'fee' THEN 6 WHEN 'payout' THEN 7 ELSE 8 END
+                      AND t.source_id = f.txn_id)
+UNION ALL
+-- ... and the cursor is the last transaction read, every one before it read too: it never
+-- passed a transaction it did not record and post.
+SELECT 'settlement_cursor_at_last_read', c.feed,
+       format('cursor %s; %s transactions read, the last at cursor %s', c.cursor, count(f.txn_id),
+              coalesce(max(f.cursor), 0))
+  FROM stockcore.settlement_cursor c LEFT JOIN stockcore.settlement_transactions f ON true
+ GROUP BY c.feed, c.cursor
+HAVING c.cursor <> coalesce(max(f.cursor), 0) OR count(f.txn_id) <> coalesce(max(f.cursor), 0)
+UNION ALL
+-- A statement corrects an earlier one about the same subject ...
+SELECT 'statement_corrects_its_subject', s.statement_id::text,
+       format('about %s %s, corrects statement %s about %s %s', s.subject_kind, s.subject_id,
+              s.corrects, c.subject_kind, c.subject_id)
+  FROM stockcore.reconciliation_statements s
+  JOIN stockcore.reconciliation_statements c ON c.statement_id = s.corrects
+ WHERE (c.subject_kind, c.subject_id) IS DISTINCT FROM (s.subject_kind, s.subject_id)
+    OR c.statement_id >= s.statement_id
+UNION ALL
+-- ... each discrepancy has its exception, of its verdict, and a match none ...
+SELECT 'discrepancy_has_exception', s.statement_id::text,
+       format('verdict %s, exception %s', s.verdict,
+              coalesce('of reason ' || e.reason, 'none'))
+  FROM stockcore.reconciliation_statements s
+  LEFT JOIN stockcore.reconciliation_exceptions e ON e.statement_id = s.statement_id
+ WHERE CASE WHEN s.verdict = 1 THEN e.exception_id IS NOT NULL
+            ELSE e.reason IS DISTINCT FROM s.verdict END
+UNION ALL
+-- ... and the exception of a corrected statement is resolved.
+SELECT 'corrected_exception_resolved', e.exception_id::text,
+       format('statement %s corrected by statement %s, exception open', e.statement_id,
+              s.statement_id)
+  FROM stockcore.reconciliation_exceptions e
+  JOIN stockcore.reconciliation_statements s ON s.corrects = e.statement_id
+ WHERE e.resolution IS NULL
 UNION ALL
 -- Cursors are unique: gap-free from 1 means as many as the highest.
 SELECT 'event_cursors_gap_free', 'order_events',

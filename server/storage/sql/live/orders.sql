@@ -42,6 +42,12 @@
 --   7. Payment provider events, by event id, then payments to return, by charge id:
 --      record_payment_event (payments.sql) claims them and takes no other lock;
 --      count_payment_event_delivery changes one event row.
+--   8. The reconciler's settlement cursor row (reconciliation.sql): record_settlement_page
+--      and record_statements lock it first, then claim settlement transaction ids and
+--      ledger transfers of the feed (kinds 4-8, whose ids no other function posts) or
+--      append statements and exceptions, and update the open exceptions they supersede
+--      (no other function but resolve_reconciliation_exception, which locks that one row
+--      alone, touches them). They take no lock of the ranks above.
 --
 -- Every function returns the levels of the SKUs it touched (stockcore.stock_level, for
 -- the Redis mirror) and, when it wrote order events, notifies channel

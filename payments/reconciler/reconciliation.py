@@ -1,0 +1,193 @@
+"""The reconciler's work, one step after another (each step does all three, in this order):
+
+1. **Follow the feed.** Read the settlement feed after the cursor kept in PostgreSQL, a
+   page at a time, and record each page, post its ledger transfers and move the cursor in
+   one transaction (stockcore.record_settlement_page), until it has nothing new. A crash
+   before that commit reads the page again; after it, reads on: nothing is skipped, nothing
+   posted twice (transfers are unique by the provider's transaction id as well).
+2. **Recover lost webhooks.** A captured charge in the feed for which stockcore has
+   neither a payment nor money to return, past the grace period, is decided as the webhook
+   receiver decides a `charge.succeeded` event, by the same code (payments.receiver.decide:
+   ConfirmPayment, idempotent on the charge id, so a webhook arriving after changes
+   nothing), and recorded as an event `feed:<transaction id>`. Its order is paid, or the
+   charge is money to return; a refusal (an unknown order) leaves it to its MISSING_HERE
+   statement.
+3. **State.** Compare both sides of every charge and refund still to be stated
+   (payments/reconciler/matching.py decides) and write the new statement lines, their
+   exceptions opened and the ones they correct closed (stockcore.record_statements).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from clients.orders import OrderClient
+from payments.events import CHARGE_SUCCEEDED, ProviderEvent
+from payments.receiver import Refused, decide
+from payments.reconciler.feed import REFUND_TYPES, FeedError, SettlementFeed
+from payments.reconciler.matching import Policy, charge_statement, refund_statement
+from payments.reconciler.store import ReconciliationStore, UnrecordedCharge
+from payments.store import PaymentEventStore
+
+log = logging.getLogger(__name__)
+
+#: How a recovered charge's event id starts (stockcore.charges_to_state looks for it).
+RECOVERED_PREFIX = "feed:"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """What one step did: transactions posted, charges recovered, statement lines written."""
+
+    posted: int
+    recovered: int
+    stated: int
+
+
+@dataclass
+class Reconciler:
+    """Follows `feed` into `store`, recovers lost webhooks through `orders` (None: never)
+    recording them in `events`, and states what it finds under `policy`."""
+
+    store: ReconciliationStore
+    feed: SettlementFeed
+    events: PaymentEventStore
+    orders: OrderClient | None
+    policy: Policy
+    page_size: int = 100
+    clock: Callable[[], datetime] = field(default=_now)
+
+    async def follow(self) -> int:
+        """Read, record and post the feed until it has nothing new; transfers posted."""
+        posted = 0
+        while True:
+            after = await self.store.cursor()
+            page = await self.feed.page(after, self.page_size)
+            if not page.transactions:
+                return posted
+            charges = {
+                t.source_id: await self.feed.refunded_charge(t.source_id)
+                for t in page.transactions
+                if t.type in REFUND_TYPES
+            }
+            done = await self.store.record_page(after, page, charges)
+            posted += done.posted
+            if done.moved and done.posted:
+                log.info(
+                    "settlement feed posted",
+                    extra={"cursor": done.cursor, "posted": done.posted},
+                )
+            if not page.has_more:
+                return posted
+
+    async def recover(self) -> int:
+        """Decide the captured charges whose webhook never came; how many were."""
+        if self.orders is None:
+            return 0
+        waited = self.clock() - timedelta(seconds=self.policy.grace_s)
+        recovered = 0
+        for charge in await self.store.unrecorded_charges(waited):
+            event = _event(charge)
+            decided = await decide(self.orders, event)
+            if isinstance(decided, Refused):
+                log.warning(
+                    "a charge without webhook not recovered",
+                    extra={
+                        "charge_id": charge.charge_id,
+                        "order_id": charge.order_id,
+                        "why": decided.error,
+                    },
+                )
+                continue
+            await self.events.record(event, decided.outcome, decided.reason)
+            recovered += 1
+            log.info(
+                "a charge without webhook recovered from the feed",
+                extra={
+                    "charge_id": charge.charge_id,
+                    "order_id": charge.order_id,
+                    "outcome": decided.outcome.name,
+                },
+            )
+        return recovered
+
+    async def state(self) -> int:
+        """Write the statements of what changed; how many lines."""
+        now = self.clock()
+        found = [charge_statement(f, now, self.policy) for f in await self.store.charges_to_state()]
+        found += [
+            refund_statement(f, now, self.policy) for f in await self.store.refunds_to_state()
+        ]
+        statements = [s for s in found if s is not None]
+        stated = await self.store.record_statements(statements)
+        for s in statements:
+            if s.verdict.name != "MATCHED":
+                log.warning(
+                    "reconciliation discrepancy",
+                    extra={
+                        "subject": s.subject_id,
+                        "order_id": s.order_id,
+                        "verdict": s.verdict.name,
+                    },
+                )
+        return stated
+
+    async def step(self) -> StepDone:
+        """Follow the feed, recover, state: once each."""
+        posted = await self.follow()
+        recovered = await self.recover()
+        return StepDone(posted, recovered, await self.state())
+
+    async def run(self, stopping: asyncio.Event, interval_s: float) -> None:
+        """Step every `interval_s` until `stopping` is set; a provider or a database that
+        fails is logged and tried again at the next step."""
+        while not stopping.is_set():
+            try:
+                await self.step()
+            except (FeedError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.error(
+                    "reconciliation step failed; tried again",
+                    extra={"error": type(exc).__name__, "detail": str(exc)[:200]},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval_s)
+
+
+def _event(charge: UnrecordedCharge) -> ProviderEvent:
+    """The charge as the event its lost webhook would have been."""
+    document = {
+        "id": RECOVERED_PREFIX + charge.txn_id,
+        "type": CHARGE_SUCCEEDED,
+        "created": int(charge.created_at.timestamp()),
+        "data": {
+            "object": {
+                "id": charge.charge_id,
+                "object": "charge",
+                "order_id": charge.order_id,
+                "amount": charge.amount_minor,
+                "currency": charge.currency,
+                "balance_transaction": charge.txn_id,
+            }
+        },
+    }
+    return ProviderEvent(
+        RECOVERED_PREFIX + charge.txn_id,
+        CHARGE_SUCCEEDED,
+        charge.created_at,
+        charge.charge_id,
+        charge.order_id,
+        charge.amount_minor,
+        charge.currency,
+        document,
+    )

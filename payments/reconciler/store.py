@@ -1,0 +1,191 @@
+"""The reconciler's tables in PostgreSQL (018_reconciliation.sql, sql/live/reconciliation.sql):
+the settlement feed as read and its ledger postings, the facts to state, the statements and
+exceptions. Each write is one function call answering with a typed value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from payments.reconciler.feed import BalanceTransaction, FeedPage
+from payments.reconciler.matching import (
+    ChargeFacts,
+    Money,
+    RefundFacts,
+    Resolution,
+    Resolved,
+    Statement,
+    Verdict,
+)
+from runtime.pools import open_pool
+
+#: The settlement feed's name in stockcore.settlement_cursor.
+FEED = "provider"
+
+
+@dataclass(frozen=True)
+class PageRecorded:
+    """What recording a page did: whether the cursor moved (False: another reader had
+    moved it), where it is now, and how many transactions were posted."""
+
+    moved: bool
+    cursor: int
+    posted: int
+
+
+@dataclass(frozen=True)
+class UnrecordedCharge:
+    """A captured charge in the feed for which stockcore records nothing."""
+
+    txn_id: str
+    charge_id: str
+    order_id: str
+    amount_minor: int
+    currency: str
+    created_at: datetime
+
+
+def _money(amount: int | None, currency: str | None) -> Money | None:
+    return None if amount is None or currency is None else Money(amount, currency)
+
+
+def _verdict(code: int | None) -> Verdict | None:
+    return None if code is None else Verdict(code)
+
+
+class ReconciliationStore:
+    """The reconciler's tables, through one pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, pool_size: int, timeout: float, name: str = "stockcore-reconciler"
+    ) -> ReconciliationStore:
+        """Open a pool; `name` is what PostgreSQL shows as its connections' application."""
+        return cls(await open_pool(dsn, name=name, max_size=pool_size, command_timeout=timeout))
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The pool, which the reconciler's record of a recovered event shares."""
+        return self._pool
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self._pool.close()
+
+    async def cursor(self) -> int:
+        """The cursor of the last transaction read and posted."""
+        return int(await self._pool.fetchval("SELECT stockcore.read_settlement_cursor($1)", FEED))
+
+    async def record_page(
+        self, after: int, page: FeedPage, charges: dict[str, str]
+    ) -> PageRecorded:
+        """Record and post a page read after `after` and move the cursor past it, in one
+        transaction; `charges` names the charge of each refund's source."""
+        txns: list[BalanceTransaction] = page.transactions
+        row = await self._pool.fetchrow(
+            "SELECT * FROM stockcore.record_settlement_page($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+            " $10, $11, $12, $13)",
+            FEED,
+            after,
+            page.next_cursor,
+            [t.txn_id for t in txns],
+            [t.cursor for t in txns],
+            [t.type for t in txns],
+            [t.source_id for t in txns],
+            [charges.get(t.source_id, t.source_id) if t.type != "payout" else None for t in txns],
+            [t.order_id for t in txns],
+            [t.amount for t in txns],
+            [t.currency for t in txns],
+            [t.created for t in txns],
+            [t.available_on for t in txns],
+        )
+        assert row is not None
+        return PageRecorded(row["moved"], row["at_cursor"], row["recorded"])
+
+    async def unrecorded_charges(self, before: datetime) -> list[UnrecordedCharge]:
+        """Charges in the feed created before `before` that stockcore records nothing of."""
+        rows = await self._pool.fetch("SELECT * FROM stockcore.unrecorded_charges($1)", before)
+        return [UnrecordedCharge(**dict(r)) for r in rows]
+
+    async def charges_to_state(self) -> list[ChargeFacts]:
+        """Both sides of every charge whose latest statement is missing or open."""
+        rows = await self._pool.fetch("SELECT * FROM stockcore.charges_to_state()")
+        return [
+            ChargeFacts(
+                charge_id=r["charge_id"],
+                order_id=r["order_id"],
+                recorded=r["ours_kind"] is not None,
+                recorded_at=r["ours_at"],
+                asked=_money(r["ours_amount"], r["ours_currency"]),
+                paid_by=r["paid_by"],
+                captured=_money(r["theirs_amount"], r["theirs_currency"]),
+                captured_at=r["theirs_at"],
+                settled_at=r["settled_at"],
+                recovered=r["recovered"],
+                latest=r["latest"],
+                latest_verdict=_verdict(r["latest_verdict"]),
+            )
+            for r in rows
+        ]
+
+    async def refunds_to_state(self) -> list[RefundFacts]:
+        """Every refund in the feed whose latest statement is missing or open."""
+        rows = await self._pool.fetch("SELECT * FROM stockcore.refunds_to_state()")
+        return [
+            RefundFacts(
+                refund_id=r["refund_id"],
+                charge_id=r["charge_id"],
+                order_id=r["order_id"],
+                owed=_money(r["owed_amount"], r["owed_currency"]),
+                owed_at=r["owed_at"],
+                refunded=Money(r["theirs_amount"], r["theirs_currency"]),
+                refunded_at=r["theirs_at"],
+                settled_at=r["settled_at"],
+                latest=r["latest"],
+                latest_verdict=_verdict(r["latest_verdict"]),
+            )
+            for r in rows
+        ]
+
+    async def record_statements(self, statements: list[Statement]) -> int:
+        """Write the lines (and open or close their exceptions); how many were written (a
+        subject stated meanwhile is skipped)."""
+        if not statements:
+            return 0
+        return int(
+            await self._pool.fetchval(
+                "SELECT stockcore.record_statements($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+                " $11, $12)",
+                FEED,
+                [int(s.kind) for s in statements],
+                [s.subject_id for s in statements],
+                [s.order_id for s in statements],
+                [int(s.verdict) for s in statements],
+                [None if s.ours is None else s.ours.amount for s in statements],
+                [None if s.ours is None else s.ours.currency for s in statements],
+                [None if s.theirs is None else s.theirs.amount for s in statements],
+                [None if s.theirs is None else s.theirs.currency for s in statements],
+                [s.recovered for s in statements],
+                [s.fact_at for s in statements],
+                [s.corrects for s in statements],
+            )
+        )
+
+    async def resolve(
+        self, exception_id: int, resolution: Resolution, by: str, why: str
+    ) -> Resolved:
+        """Resolve one exception, as a person decided; the answer says whether it was."""
+        return Resolved(
+            await self._pool.fetchval(
+                "SELECT stockcore.resolve_reconciliation_exception($1, $2, $3, $4)",
+                exception_id,
+                int(resolution),
+                by,
+                why,
+            )
+        )

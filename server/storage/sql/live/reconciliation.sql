@@ -1,0 +1,245 @@
+-- The reconciler (python -m payments.reconciler): the payment provider's settlement feed
+-- read into stockcore.settlement_transactions and posted in the ledger, and the statements
+-- and exceptions of what it found (018_reconciliation.sql has the tables and what their
+-- codes mean; payments/reconciler/matching.py decides the verdicts).
+--
+-- Every function here that writes first locks the one settlement_cursor row (lock order:
+-- the top of orders.sql, rank 8), so one reconciler at a time reads the feed and writes
+-- statements, whatever runs.
+
+-- One page of the feed, read after cursor p_after: each balance transaction recorded
+-- once, its ledger transfer posted (kinds 4-8, source the provider's transaction id), and
+-- the cursor moved to p_next, all in this transaction, so a crash neither skips a
+-- transaction nor posts one twice. When the cursor is no longer p_after (another
+-- reconciler read the page first), nothing is written and moved is false; at_cursor is
+-- where the feed's reader is now. A refund (and its failure) is owed to the shopper
+-- (refunds_payable) unless its charge is money to return (to_return). A transaction of
+-- amount 0 is recorded and posts nothing (a transfer moves a positive amount).
+CREATE OR REPLACE FUNCTION stockcore.record_settlement_page(
+    p_feed text, p_after bigint, p_next bigint,
+    p_txn_ids text[], p_cursors bigint[], p_types text[], p_sources text[], p_charges text[],
+    p_orders text[], p_amounts bigint[], p_currencies text[], p_created timestamptz[],
+    p_available timestamptz[],
+    OUT moved boolean, OUT at_cursor bigint, OUT recorded int
+)
+LANGUAGE plpgsql SET jit = off AS $$
+DECLARE
+    t record;
+BEGIN
+    SELECT s.cursor INTO at_cursor FROM stockcore.settlement_cursor s WHERE s.feed = p_feed
+       FOR UPDATE;
+    IF at_cursor IS DISTINCT FROM p_after THEN
+        moved := false;
+        recorded := 0;
+        RETURN;
+    END IF;
+    recorded := 0;
+    FOR t IN
+        SELECT * FROM unnest(p_txn_ids, p_cursors, p_types, p_sources, p_charges, p_orders,
+                             p_amounts, p_currencies, p_created, p_available)
+                   AS u(txn_id, cursor, type, source_id, charge_id, order_id, amount_minor,
+                        currency, created_at, available_on)
+         ORDER BY u.cursor
+    LOOP
+        INSERT INTO stockcore.settlement_transactions
+               (txn_id, cursor, type, source_id, charge_id, order_id, amount_minor, currency,
+                created_at, available_on)
+        VALUES (t.txn_id, t.cursor, t.type, t.source_id, t.charge_id, t.order_id,
+                t.amount_minor, t.currency, t.created_at, t.available_on)
+        ON CONFLICT (txn_id) DO NOTHING;
+        CONTINUE WHEN NOT FOUND OR t.amount_minor = 0;
+        recorded := recorded + 1;
+        INSERT INTO stockcore.ledger_transfers
+               (kind, source_id, order_id, debit_account, credit_account, amount_minor, currency)
+        SELECT k.kind, t.txn_id, nullif(t.order_id, ''), k.debit, k.credit, abs(t.amount_minor),
+               t.currency
+          FROM (SELECT CASE WHEN EXISTS (SELECT FROM stockcore.payments_to_return r
+                                          WHERE r.charge_id = t.charge_id)
+                            THEN 8 ELSE 4 END AS owed) o,
+               LATERAL (VALUES ('charge', 4, 5, 1), ('fee', 6, 6, 5),
+                               ('refund', 5, o.owed, 5), ('refund_failure', 8, 5, o.owed),
+                               ('payout', 7, 7, 5)) AS k(type, kind, debit, credit)
+         WHERE k.type = t.type;
+    END LOOP;
+    UPDATE stockcore.settlement_cursor s SET cursor = p_next, updated_at = now()
+     WHERE s.feed = p_feed;
+    at_cursor := p_next;
+    moved := true;
+END $$;
+
+-- The cursor the reconciler reads the feed after.
+CREATE OR REPLACE FUNCTION stockcore.read_settlement_cursor(p_feed text) RETURNS bigint
+LANGUAGE sql STABLE SET jit = off AS $$
+    SELECT cursor FROM stockcore.settlement_cursor WHERE feed = p_feed
+$$;
+
+-- Captured charges in the feed for which stockcore has neither a payment nor money to
+-- return, created before p_before: those whose webhook may be lost, for the reconciler to
+-- decide as the webhook receiver would.
+CREATE OR REPLACE FUNCTION stockcore.unrecorded_charges(p_before timestamptz)
+RETURNS TABLE (txn_id text, charge_id text, order_id text, amount_minor bigint,
+               currency text, created_at timestamptz)
+LANGUAGE sql STABLE SET jit = off AS $$
+    SELECT t.txn_id, t.charge_id, t.order_id, t.amount_minor, t.currency, t.created_at
+      FROM stockcore.settlement_transactions t
+     WHERE t.type = 'charge' AND t.created_at < p_before AND t.order_id IS NOT NULL
+       AND NOT EXISTS (SELECT FROM stockcore.payments p WHERE p.payment_id = t.charge_id)
+       AND NOT EXISTS (SELECT FROM stockcore.payments_to_return r WHERE r.charge_id = t.charge_id)
+     ORDER BY t.cursor
+$$;
+
+-- The latest statement of each subject of a kind (1 charges, 2 refunds), and whether it is
+-- still to be looked at: it is not MATCHED and a person has not resolved its exception.
+CREATE OR REPLACE FUNCTION stockcore.latest_statements(p_kind smallint)
+RETURNS TABLE (subject_id text, statement_id bigint, verdict smallint, open boolean)
+LANGUAGE sql STABLE SET jit = off AS $$
+    SELECT DISTINCT ON (s.subject_id) s.subject_id, s.statement_id, s.verdict,
+           s.verdict <> 1 AND e.resolution IS NULL
+      FROM stockcore.reconciliation_statements s
+      LEFT JOIN stockcore.reconciliation_exceptions e ON e.statement_id = s.statement_id
+     WHERE s.subject_kind = p_kind
+     ORDER BY s.subject_id, s.statement_id DESC
+$$;
+
+-- What each charge still to be stated is, on both sides: every charge id of a payment, a
+-- charge to return or a captured charge in the feed whose latest statement is missing or
+-- still open. ours_*: the order's price (what the charge should have been) when stockcore
+-- recorded the charge, as the order's payment (ours_kind 1) or as money to return (2);
+-- paid_by: the charge that paid the order; theirs_*: the captured charge in the feed,
+-- settled_at when it was read there; recovered: the reconciler decided it, its webhook
+-- having never come (an event it recorded as 'feed:<transaction id>').
+CREATE OR REPLACE FUNCTION stockcore.charges_to_state()
+RETURNS TABLE (charge_id text, order_id text, ours_kind smallint, ours_amount bigint,
+               ours_currency text, ours_at timestamptz, paid_by text, theirs_amount bigint,
+               theirs_currency text, theirs_at timestamptz, settled_at timestamptz,
+               recovered boolean, latest bigint, latest_verdict smallint)
+LANGUAGE sql STABLE SET jit = off AS $$
+WITH ours AS (
+    SELECT p.payment_id AS charge_id, p.order_id, 1::smallint AS kind, o.total_minor AS amount,
+           o.currency, p.created_at AS at
+      FROM stockcore.payments p JOIN stockcore.orders o ON o.order_id = p.order_id
+    UNION ALL
+    SELECT r.charge_id, r.order_id, 2::smallint, o.total_minor, o.currency, r.recorded_at
+      FROM stockcore.payments_to_return r LEFT JOIN stockcore.orders o ON o.order_id = r.order_id
+), theirs AS (
+    SELECT t.charge_id, t.order_id, t.amount_minor, t.currency, t.created_at, t.read_at
+      FROM stockcore.settlement_transactions t WHERE t.type = 'charge'
+), subjects AS (
+    SELECT charge_id FROM ours UNION SELECT charge_id FROM theirs
+)
+SELECT s.charge_id, coalesce(u.order_id, t.order_id), u.kind, u.amount, u.currency, u.at,
+       o.payment_id, t.amount_minor, t.currency, t.created_at, t.read_at,
+       EXISTS (SELECT FROM stockcore.payment_events e
+                WHERE e.object_id = s.charge_id AND e.event_id LIKE 'feed:%'),
+       l.statement_id, l.verdict
+  FROM subjects s
+  LEFT JOIN ours u ON u.charge_id = s.charge_id
+  LEFT JOIN theirs t ON t.charge_id = s.charge_id
+  LEFT JOIN stockcore.orders o ON o.order_id = coalesce(u.order_id, t.order_id)
+  LEFT JOIN stockcore.latest_statements(1::smallint) l ON l.subject_id = s.charge_id
+ WHERE l.statement_id IS NULL OR l.open
+ ORDER BY s.charge_id
+$$;
+
+-- Each refund in the feed whose latest statement is missing or still open, with what
+-- stockcore owes back for its charge: the charge's money to return, or the refund owed
+-- by the order the charge paid (NULL: nothing is owed).
+CREATE OR REPLACE FUNCTION stockcore.refunds_to_state()
+RETURNS TABLE (refund_id text, charge_id text, order_id text, owed_amount bigint,
+               owed_currency text, owed_at timestamptz, theirs_amount bigint,
+               theirs_currency text, theirs_at timestamptz, settled_at timestamptz,
+               latest bigint, latest_verdict smallint)
+LANGUAGE sql STABLE SET jit = off AS $$
+SELECT t.source_id, t.charge_id, t.order_id,
+       coalesce(r.amount_minor, nullif(o.refund_owed_minor, 0)),
+       coalesce(r.currency, CASE WHEN o.refund_owed_minor > 0 THEN o.currency END),
+       coalesce(r.recorded_at, CASE WHEN o.refund_owed_minor > 0 THEN o.updated_at END),
+       -t.amount_minor, t.currency, t.created_at, t.read_at, l.statement_id, l.verdict
+  FROM stockcore.settlement_transactions t
+  LEFT JOIN stockcore.payments_to_return r ON r.charge_id = t.charge_id
+  LEFT JOIN stockcore.payments p ON p.payment_id = t.charge_id
+  LEFT JOIN stockcore.orders o ON o.order_id = p.order_id
+  LEFT JOIN stockcore.latest_statements(2::smallint) l ON l.subject_id = t.source_id
+ WHERE t.type = 'refund' AND (l.statement_id IS NULL OR l.open)
+ ORDER BY t.cursor
+$$;
+
+-- Write the statements the reconciler decided, each about a subject whose latest
+-- statement was p_latest[i] (NULL: none): a line correcting it, an exception opened for a
+-- discrepancy, and the corrected line's open exception closed as CORRECTED. A subject
+-- whose latest statement is no longer p_latest[i] is skipped (it was stated meanwhile).
+-- Returns how many lines were written.
+CREATE OR REPLACE FUNCTION stockcore.record_statements(
+    p_feed text, p_kinds smallint[], p_subjects text[], p_orders text[], p_verdicts smallint[],
+    p_ours_amounts bigint[], p_ours_currencies text[], p_theirs_amounts bigint[],
+    p_theirs_currencies text[], p_recovered boolean[], p_fact_at timestamptz[],
+    p_latest bigint[]
+) RETURNS int
+LANGUAGE plpgsql SET jit = off AS $$
+DECLARE
+    s        record;
+    written  int := 0;
+    new_id   bigint;
+BEGIN
+    PERFORM FROM stockcore.settlement_cursor WHERE feed = p_feed FOR UPDATE;
+    FOR s IN
+        SELECT * FROM unnest(p_kinds, p_subjects, p_orders, p_verdicts, p_ours_amounts,
+                             p_ours_currencies, p_theirs_amounts, p_theirs_currencies,
+                             p_recovered, p_fact_at, p_latest)
+                   AS u(kind, subject_id, order_id, verdict, ours_amount, ours_currency,
+                        theirs_amount, theirs_currency, recovered, fact_at, latest)
+    LOOP
+        CONTINUE WHEN (SELECT max(x.statement_id) FROM stockcore.reconciliation_statements x
+                        WHERE x.subject_kind = s.kind AND x.subject_id = s.subject_id)
+                      IS DISTINCT FROM s.latest;
+        INSERT INTO stockcore.reconciliation_statements
+               (subject_kind, subject_id, order_id, verdict, ours_amount, ours_currency,
+                theirs_amount, theirs_currency, recovered, corrects, fact_at)
+        VALUES (s.kind, s.subject_id, s.order_id, s.verdict, s.ours_amount, s.ours_currency,
+                s.theirs_amount, s.theirs_currency, s.recovered, s.latest, s.fact_at)
+        RETURNING statement_id INTO new_id;
+        written := written + 1;
+        IF s.latest IS NOT NULL THEN
+            UPDATE stockcore.reconciliation_exceptions
+               SET resolution = 4, resolved_by = 'reconciler',
+                   resolved_why = format('corrected by statement %s', new_id),
+                   resolved_at = now()
+             WHERE statement_id = s.latest AND resolution IS NULL;
+        END IF;
+        IF s.verdict <> 1 THEN
+            INSERT INTO stockcore.reconciliation_exceptions (statement_id, reason)
+            VALUES (new_id, s.verdict);
+        END IF;
+    END LOOP;
+    RETURN written;
+END $$;
+
+-- Resolve one exception, as a person decided: 1 ACCEPTED, 2 REFUNDED or 3 WRITTEN_OFF,
+-- by whom and why (both required). Answers (payments.reconciler.matching.Resolved):
+-- 0 resolved, 1 no such exception, 2 resolved already (the first resolution stands),
+-- 3 refused: not a person's resolution, or no who or why. Locks the exception's row.
+CREATE OR REPLACE FUNCTION stockcore.resolve_reconciliation_exception(
+    p_exception_id bigint, p_resolution smallint, p_by text, p_why text
+) RETURNS smallint
+LANGUAGE plpgsql SET jit = off AS $$
+DECLARE
+    found_resolution smallint;
+BEGIN
+    IF p_resolution NOT BETWEEN 1 AND 3 OR coalesce(btrim(p_by), '') = ''
+       OR coalesce(btrim(p_why), '') = '' THEN
+        RETURN 3;
+    END IF;
+    SELECT resolution INTO found_resolution FROM stockcore.reconciliation_exceptions
+     WHERE exception_id = p_exception_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 1;
+    END IF;
+    IF found_resolution IS NOT NULL THEN
+        RETURN 2;
+    END IF;
+    UPDATE stockcore.reconciliation_exceptions
+       SET resolution = p_resolution, resolved_by = p_by, resolved_why = p_why,
+           resolved_at = now()
+     WHERE exception_id = p_exception_id;
+    RETURN 0;
+END $$;
