@@ -192,7 +192,8 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
             time.sleep(0.5)
             targets = requests.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]
             jobs = {t["labels"]["job"] for t in targets["activeTargets"]}
-        assert jobs == {"stockcore-fulfilment", "envoy", "prometheus"}  # server metrics: off here
+        # Server metrics: off here.
+        assert jobs == {"stockcore-fulfilment", "stockcore-payments", "envoy", "prometheus"}
         console = requests.get(f"{prometheus}/consoles/stockcore-overview.html", timeout=10)
         assert console.status_code == 200, console.text
 
