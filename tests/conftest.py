@@ -70,7 +70,8 @@ async def reset_state(pg_dsn: str, redis_url: str) -> None:
             " stockcore.payments, stockcore.order_events, stockcore.fulfilments,"
             " stockcore.fulfilment_history, stockcore.fulfilment_dead_letters,"
             " stockcore.fulfilment_workers, stockcore.fulfilment_breaker_transitions,"
-            " stockcore.payment_events, stockcore.payments_to_return, stockcore.ledger_transfers"
+            " stockcore.payment_events, stockcore.payments_to_return, stockcore.ledger_transfers,"
+            " stockcore.refunds"
         )
         await conn.execute("UPDATE stockcore.outbox_state SET published_upto = 0")
     client = aioredis.Redis.from_url(redis_url)

@@ -269,8 +269,10 @@ PAYMENT_EVENTS = "stockcore.payment_events"
 PAYMENTS_TO_RETURN = "stockcore.payments_to_return"
 # Tables whose rows a later migration changes on purpose, or that it makes, compared apart.
 LEDGER = ("stockcore.ledger_accounts", "stockcore.ledger_kinds", "stockcore.ledger_transfers")
+REFUNDS = "stockcore.refunds"
 _CHANGED = (
-    ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN, *LEDGER
+    ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN, *LEDGER,
+    REFUNDS,
 )  # fmt: skip
 
 
@@ -391,6 +393,12 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
         for where in ("payment_id IS NOT NULL AND paid_minor > 0", "refund_owed_minor > 0")
     ]
     assert [(r["kind"], r["n"]) for r in posted] == [(1, paid), (2, owed)] and owed > 0
+    # 019: every refund owed is a refund to make, due now (the invariants check each
+    # against its order).
+    assert REFUNDS not in before
+    assert await conn.fetch(
+        "SELECT reason, state, count(*) AS n FROM stockcore.refunds GROUP BY 1, 2"
+    ) == [(1, 1, owed)]
     # The cancel's row became o-refunded's own (no key); callers' rows kept their keys,
     # the one under a cancel's old key included; nothing else of any row changed.
     assert await adjustments(conn) == [
