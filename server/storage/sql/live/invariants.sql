@@ -287,11 +287,11 @@ SELECT 'refund_events_complete', f.refund_id,
        format('state %s, events %s', f.state, coalesce(e.found, 'none'))
   FROM stockcore.refunds f
   JOIN stockcore.orders o ON o.order_id = f.order_id
-  LEFT JOIN (SELECT split_part(event_id, '/refund/', 2) AS tail,
+  LEFT JOIN (SELECT split_part(split_part(event_id, '/refund/', 2), '/', 1) AS refund_id,
                     string_agg(type::text, ' ' ORDER BY type) AS found
                FROM stockcore.order_events WHERE type >= 8
               GROUP BY 1) e
-    ON e.tail LIKE f.refund_id || '/%'
+    ON e.refund_id = f.refund_id
  WHERE NOT (coalesce(e.found, '') = ANY (CASE f.state WHEN 1 THEN ARRAY['']
                                                      WHEN 2 THEN ARRAY['8']
                                                      WHEN 3 THEN ARRAY['8 9']
