@@ -1,7 +1,8 @@
 """The development stack (`make run`): project-owned PostgreSQL and Redis unless the
 environment names servers, the migrations and the demo catalogue, then the gRPC server in
 this process with Envoy, the simulated partners, a fulfilment worker, the simulated payment
-provider and the payment webhook receiver beside it as child processes that die with it."""
+provider, the payment webhook receiver and the refund sender beside it as child processes
+that die with it."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from gateway.envoy import Gateway
 from payments import config as payments_config
 from payments.config import PaymentsSettings
 from payments.endpoint import WEBHOOK_PATH
+from refunds import config as refunds_config
+from refunds.config import RefundSettings
 from runtime.processes import spawn, stop_child
 from server import app
 from server.config import Settings
@@ -193,7 +196,8 @@ def payments_and_receiver(
     receiver_env: Mapping[str, str] | None = None,
 ) -> Iterator[None]:
     """The simulated payment provider on dev_payments_port, sending its webhooks, signed
-    with the receiver's secret, to stockcore's webhook receiver (`receiver`), as child
+    with the receiver's secret, to stockcore's webhook receiver (`receiver`), and the
+    refund sender (python -m refunds) sending refunds to that provider, as child
     processes that die with this one (their logs under `logs_dir`). `receiver_env` adds
     what the receiver's client presents to the server (clients/credentials.py). The secret
     reaches both by its file, never on a command line."""
@@ -204,12 +208,19 @@ def payments_and_receiver(
         "--webhook-url", url, "--webhook-secret-file", receiver.webhook_secret_file,
     ]  # fmt: skip
     env = program_env(receiver_env, payments_config.to_env(receiver))
+    # The refund sender pays back what stockcore owes through the same provider; it needs
+    # the database alone (no token: it calls no server).
+    sender = RefundSettings(
+        pg_dsn=receiver.pg_dsn, provider_url=f"http://127.0.0.1:{dev.dev_payments_port}"
+    ).validate()
+    sender_env = program_env(None, refunds_config.to_env(sender))
     logs_dir.mkdir(parents=True, exist_ok=True)
     started: list[subprocess.Popen[bytes]] = []
     try:
         for name, argv, child_env in (
             ("payments-receiver", [sys.executable, "-m", "payments"], env),
             ("payment-provider", provider, None),
+            ("refund-sender", [sys.executable, "-m", "refunds"], sender_env),
         ):
             with open(logs_dir / f"{name}.log", "ab") as out:
                 started.append(
@@ -222,7 +233,7 @@ def payments_and_receiver(
                     )
                 )
         log.info(
-            "simulated payment provider and webhook receiver started",
+            "simulated payment provider, webhook receiver and refund sender started",
             extra={"provider": f"http://127.0.0.1:{dev.dev_payments_port}", "webhooks": url},
         )
         yield
