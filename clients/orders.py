@@ -49,6 +49,9 @@ OrderStatus = pb.OrderStatus
 
 #: What happened to an order: the contract's enum, as OrderStatus is.
 EventType = pb.EventType
+#: Why a refund is owed, and how far it got: the contract's enums (a refund event's Refund).
+RefundReason = pb.RefundReason
+RefundState = pb.RefundState
 
 
 def status_name(status: OrderStatus.ValueType) -> str:
@@ -136,7 +139,22 @@ class OrderEvent:
     order_version: int
     occur_time: datetime
     order: Order
-    change: StatusChange
+    # The status change; None for a refund event (EVENT_TYPE_REFUND_*), which has `refund`.
+    change: StatusChange | None
+    refund: Refund | None = None
+
+
+@dataclass(frozen=True)
+class Refund:
+    """The refund a refund event reports (protos/stockcore/v1/orders.proto, Refund)."""
+
+    refund_id: str
+    reason: RefundReason.ValueType
+    amount_minor: int
+    currency_code: str
+    state: RefundState.ValueType
+    charge_id: str
+    provider_refund_id: str
 
 
 @dataclass(frozen=True)
@@ -429,7 +447,20 @@ def event_from_message(message: pb.OrderEvent) -> OrderEvent:
         order_version=message.order_version,
         occur_time=to_datetime(message.occur_time),
         order=order_from_message(message.order),
-        change=_change(message.change),
+        change=_change(message.change) if message.HasField("change") else None,
+        refund=_refund(message.refund) if message.HasField("refund") else None,
+    )
+
+
+def _refund(message: pb.Refund) -> Refund:
+    return Refund(
+        refund_id=message.refund_id,
+        reason=message.reason,
+        amount_minor=message.amount_minor,
+        currency_code=message.currency_code,
+        state=message.state,
+        charge_id=message.charge_id,
+        provider_refund_id=message.provider_refund_id,
     )
 
 

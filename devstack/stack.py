@@ -1,8 +1,8 @@
 """The development stack (`make run`): project-owned PostgreSQL and Redis unless the
 environment names servers, the migrations and the demo catalogue, then the gRPC server in
 this process with Envoy, the simulated partners, a fulfilment worker, the simulated payment
-provider, the payment webhook receiver and the reconciler beside it as child processes
-that die with it."""
+provider, the payment webhook receiver, the reconciler and the refund sender beside it as
+child processes that die with it."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ from payments.config import PaymentsSettings
 from payments.endpoint import WEBHOOK_PATH
 from payments.reconciler import config as reconciler_config
 from payments.reconciler.config import ReconcilerSettings
+from refunds import config as refunds_config
+from refunds.config import RefundSettings
 from runtime.processes import spawn, stop_child
 from server import app
 from server.config import Settings
@@ -199,9 +201,10 @@ def payments_and_receiver(
 ) -> Iterator[dict[str, int]]:
     """The simulated payment provider on dev_payments_port, sending its webhooks, signed
     with the receiver's secret, to stockcore's webhook receiver (`receiver`), and the
-    reconciler following its settlement feed (`reconciler`, None: not started), as child
-    processes that die with this one (their logs under `logs_dir`); their pids are yielded
-    by name ("payments-receiver", "payment-provider", "payments-reconciler").
+    reconciler following its settlement feed (`reconciler`, None: not started), and the
+    refund sender (python -m refunds) sending refunds to that provider, as child processes
+    that die with this one (their logs under `logs_dir`); their pids are yielded by name
+    ("payments-receiver", "payment-provider", "refund-sender", "payments-reconciler").
     `receiver_env` adds what the receiver's client presents to the server
     (clients/credentials.py); the reconciler presents the same, to confirm the payments
     whose webhook never came. The secret reaches the provider and the receiver by its file,
@@ -213,9 +216,16 @@ def payments_and_receiver(
         "--webhook-url", url, "--webhook-secret-file", receiver.webhook_secret_file,
     ]  # fmt: skip
     env = program_env(receiver_env, payments_config.to_env(receiver))
+    # The refund sender pays back what stockcore owes through the same provider; it needs
+    # the database alone (no token: it calls no server).
+    sender = RefundSettings(
+        pg_dsn=receiver.pg_dsn, provider_url=f"http://127.0.0.1:{dev.dev_payments_port}"
+    ).validate()
+    sender_env = program_env(None, refunds_config.to_env(sender))
     programs: list[tuple[str, list[str], dict[str, str] | None]] = [
         ("payments-receiver", [sys.executable, "-m", "payments"], env),
         ("payment-provider", provider, None),
+        ("refund-sender", [sys.executable, "-m", "refunds"], sender_env),
     ]
     if reconciler is not None:
         following = reconciler.with_overrides(
@@ -241,7 +251,7 @@ def payments_and_receiver(
                     stderr=subprocess.STDOUT,
                 )
         log.info(
-            "simulated payment provider, webhook receiver and reconciler started",
+            "simulated payment provider, webhook receiver, reconciler and refund sender started",
             extra={"provider": f"http://127.0.0.1:{dev.dev_payments_port}", "webhooks": url},
         )
         yield {name: proc.pid for name, proc in started.items()}

@@ -62,7 +62,7 @@ class FulfilmentSettings(EnvSettings):
     # carrier about a parcel not yet delivered.
     pack_poll_s: float = 1.0
     track_poll_s: float = 60.0
-    # The circuit breaker of each partner (fulfilment/breaker.py).
+    # The circuit breaker of each partner (runtime/breaker.py).
     breaker_slow_call_s: float = 3.0
     breaker_slow_rate: float = 0.5
     breaker_error_rate: float = 0.05

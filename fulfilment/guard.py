@@ -18,7 +18,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from fulfilment.breaker import CircuitBreaker
 from fulfilment.metrics import PARTNER_CALL_DURATION, PARTNER_CALLS, PARTNER_RETRIES
 from fulfilment.partners import (
     MalformedReply,
@@ -27,6 +26,7 @@ from fulfilment.partners import (
     PartnerError,
     Rejected,
 )
+from runtime.breaker import CircuitBreaker
 
 T = TypeVar("T")
 

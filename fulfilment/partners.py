@@ -21,34 +21,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+# The errors every adapter answers with are every partner caller's (runtime/partner_http.py).
+from runtime.partner_http import (
+    MalformedReply,
+    NotApplied,
+    OutcomeUnknown,
+    PartnerError,
+    Rejected,
+)
 
-class PartnerError(Exception):
-    """A call to a partner failed."""
-
-    def __init__(self, partner: str, detail: str) -> None:
-        super().__init__(f"{partner}: {detail}")
-        self.partner = partner
-        self.detail = detail
-
-
-class NotApplied(PartnerError):
-    """The partner did nothing: the connection was refused, or it answered with a status
-    its contract says applied nothing (unavailable, rate limited). Safe to send elsewhere."""
-
-
-class OutcomeUnknown(PartnerError):
-    """The request may have been applied: no answer in time, the connection dropped after
-    the request was sent, a server error, or a reply that cannot be read. Only a retry to
-    the same partner with the same idempotency key is safe."""
-
-
-class MalformedReply(OutcomeUnknown):
-    """The partner answered, but not with what its API promises."""
-
-
-class Rejected(PartnerError):
-    """The partner refused the request for good (it is invalid for that partner); retrying
-    it unchanged cannot help."""
+__all__ = [
+    "Booking",
+    "BookingRequest",
+    "Carrier",
+    "HandOff",
+    "HandOffAck",
+    "MalformedReply",
+    "NotApplied",
+    "OutcomeUnknown",
+    "PackState",
+    "PackStatus",
+    "PartnerError",
+    "Rejected",
+    "TrackingUpdate",
+    "Warehouse",
+]
 
 
 @dataclass(frozen=True)

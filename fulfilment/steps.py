@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 
 from clients.errors import EventBeforeOrder, FailedPrecondition, InvalidArgument, StockcoreError
 from clients.orders import OrderClient, OrderStatus, status_name
-from fulfilment.breaker import BreakerState
 from fulfilment.config import FulfilmentSettings
 from fulfilment.domain import CANCELLABLE, Fulfilment, Outcome, Stage, step_backoff
 from fulfilment.guard import CallFailed, PartnerGuard
@@ -40,6 +39,7 @@ from fulfilment.partners import (
     Warehouse,
 )
 from fulfilment.store import FulfilmentStore
+from runtime.breaker import BreakerState
 
 log = logging.getLogger(__name__)
 

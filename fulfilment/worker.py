@@ -33,7 +33,6 @@ from clients.credentials import Credentials
 from clients.events import REDIS_OUTAGES, OrderEventConsumer
 from clients.inventory import RetryPolicy as ClientRetryPolicy
 from clients.orders import EventType, OrderClient, OrderEvent
-from fulfilment.breaker import BreakerSettings, CircuitBreaker, Transition
 from fulfilment.config import FulfilmentSettings
 from fulfilment.guard import PartnerGuard, RetryPolicy
 from fulfilment.http_partners import HttpCarrier, HttpWarehouse
@@ -49,6 +48,7 @@ from fulfilment.metrics import (
 )
 from fulfilment.steps import CarrierLink, Partners, Steps
 from fulfilment.store import BreakerTransitionRow, FulfilmentStore, StaleScan
+from runtime.breaker import BreakerSettings, CircuitBreaker, Transition
 
 log = logging.getLogger(__name__)
 

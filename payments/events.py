@@ -1,9 +1,11 @@
 """The payment provider's events as the receiver reads them, and what an event did.
 
 An event is JSON: `{"id", "type", "created", "data": {"object": {...}}}`, the object being
-the charge, refund or payout it reports (simulators/payments.py shows them). Only a
-captured charge (`charge.succeeded`) changes an order; its object must name the order,
-the amount in minor units and the ISO 4217 currency. Every other type is noted.
+the charge, refund or payout it reports (simulators/payments.py shows them). A captured
+charge (`charge.succeeded`) changes an order; its object must name the order, the amount
+in minor units and the ISO 4217 currency. A refund's outcome (`refund.succeeded`,
+`refund.failed`) settles the refund of stockcore's it reports (stockcore.refunds, by the
+provider's refund id); its object must name the charge. Every other type is noted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 CHARGE_SUCCEEDED = "charge.succeeded"
+#: The events that settle a refund.
+REFUND_OUTCOMES = frozenset({"refund.succeeded", "refund.failed"})
 _MAX_ID = 128
 _MAX_TYPE = 64
 _CURRENCY = re.compile(r"[A-Z]{3}")
@@ -30,6 +34,8 @@ class Outcome(enum.IntEnum):
     """A captured charge paid nothing: its money is to be given back."""
     NOTED = 3
     """Anything else: recorded, no order changed."""
+    REFUND_SETTLED = 4
+    """A refund's outcome, recorded on stockcore's refund (sql/live/refunds.sql)."""
 
 
 class ReturnReason(enum.IntEnum):
@@ -48,7 +54,8 @@ class MalformedEvent(ValueError):
 @dataclass(frozen=True)
 class ProviderEvent:
     """One event: its id, type and time, the object it is about and, for a charge, the
-    order, amount and currency; `document` is the whole event as sent."""
+    order, amount and currency; `charge_id`, the charge a refund is of; `document` is the
+    whole event as sent."""
 
     event_id: str
     type: str
@@ -58,11 +65,17 @@ class ProviderEvent:
     amount_minor: int | None
     currency: str | None
     document: dict[str, Any]
+    charge_id: str | None = None
 
     @property
     def captures_money(self) -> bool:
         """Whether it reports a captured charge, which pays an order."""
         return self.type == CHARGE_SUCCEEDED
+
+    @property
+    def settles_refund(self) -> bool:
+        """Whether it reports a refund's outcome."""
+        return self.type in REFUND_OUTCOMES
 
 
 def _id(value: object, what: str, limit: int = _MAX_ID) -> str:
@@ -109,10 +122,15 @@ def parse_event(body: bytes) -> ProviderEvent:
             raise MalformedEvent("data.object.amount of a captured charge must be positive")
         if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
             raise MalformedEvent("data.object.currency must be an ISO 4217 code")
-    else:
+    charge_id = None
+    if kind in REFUND_OUTCOMES:
+        charge_id = _id(target.get("charge"), "data.object.charge")
+    if kind != CHARGE_SUCCEEDED:
         # Noted as sent, when it names them well; nothing depends on them.
         named = isinstance(order_id, str) and len(order_id) <= _MAX_ID and order_id.isprintable()
         order_id = order_id if named else None
         amount = amount if isinstance(amount, int) and not isinstance(amount, bool) else None
         currency = currency if isinstance(currency, str) and _CURRENCY.fullmatch(currency) else None
-    return ProviderEvent(event_id, kind, created, object_id, order_id, amount, currency, document)
+    return ProviderEvent(
+        event_id, kind, created, object_id, order_id, amount, currency, document, charge_id
+    )

@@ -13,7 +13,14 @@ HTTP to it):
    or because the amount or currency is not the order's (PAYMENT_MISMATCH): the money
    paid nothing and is recorded to return (TO_RETURN), never dropped. An unknown order or
    an invalid id is refused (400) and recorded nowhere; a charge id that already paid
-   another order is refused (409). Every other type of event is NOTED.
+   another order is refused (409). A refund's outcome (refund.succeeded, refund.failed)
+   settles the refund of stockcore's it reports, found by the provider's refund id
+   (REFUND_SETTLED: the refund REFUNDED or FAILED, the order's REFUNDED or REFUND_FAILED
+   event, a charge to return marked returned, in the transaction that records the event;
+   sql/live/refunds.sql). One that arrives before the refund sender recorded the
+   provider's id (its send under way, or cut short by a crash: the sender sends again
+   with the same idempotency key) is answered 503, recorded nowhere, and delivered again.
+   A refund stockcore did not make is NOTED, as is every other type of event.
 5. **Recorded, then acknowledged.** What the event did is written in one transaction
    (payments/store.py); only then is the provider answered 2xx, so an acknowledged event
    survives a crash. Anything that leaves the outcome unknown (the order server or the
@@ -107,6 +114,8 @@ class WebhookReceiver:
             earlier = await self.store.delivered_again(event.event_id)
             if earlier is not None:
                 return self._acknowledged(event, earlier, duplicate=True)
+            if event.settles_refund:
+                return await self._settle_refund(event)
             decided = await decide(self.orders, event)
             if isinstance(decided, Refused):
                 log.warning(
@@ -137,6 +146,28 @@ class WebhookReceiver:
                 },
             )
         return self._acknowledged(event, decided.outcome, duplicate=not first)
+
+    async def _settle_refund(self, event: ProviderEvent) -> Reply:
+        """A refund's outcome: recorded and settled in one call; 503 while the refund it
+        reports is not yet bound to the provider's id (the sender's send is under way)."""
+        outcome = await self.store.record_refund_outcome(event)
+        if outcome is None:
+            log.warning(
+                "refund outcome before its send was recorded; asking for it again",
+                extra={"event_id": event.event_id, "provider_refund_id": event.object_id},
+            )
+            return Reply(503, {"error": "refund not yet known; deliver it again"})
+        log.info(
+            "webhook recorded",
+            extra={
+                "event_id": event.event_id,
+                "type": event.type,
+                "object_id": event.object_id,
+                "order_id": event.order_id,
+                "outcome": outcome.name,
+            },
+        )
+        return self._acknowledged(event, outcome, duplicate=False)
 
     @staticmethod
     def _acknowledged(event: ProviderEvent, outcome: Outcome, *, duplicate: bool) -> Reply:

@@ -103,6 +103,26 @@ class PaymentEventStore:
             )
         )
 
+    async def record_refund_outcome(self, event: ProviderEvent) -> Outcome | None:
+        """Record a refund's outcome and settle the refund of stockcore's it reports, in one
+        transaction (stockcore.record_refund_event): REFUND_SETTLED, NOTED (not a refund of
+        stockcore's), the outcome of an event recorded already, or None, recording nothing,
+        when a refund of that charge is not yet bound to the provider's id (deliver it
+        again)."""
+        outcome = await self._pool.fetchval(
+            "SELECT stockcore.record_refund_event($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
+            event.event_id,
+            event.type,
+            event.object_id,
+            event.charge_id,
+            event.order_id,
+            event.amount_minor,
+            event.currency,
+            event.created,
+            json.dumps(event.document),
+        )
+        return None if outcome is None else Outcome(outcome)
+
     async def event(self, event_id: str) -> RecordedEvent | None:
         """A recorded event (None: not recorded)."""
         row = await self._pool.fetchrow(

@@ -66,6 +66,31 @@ class EventType(IntEnum):
     ORDER_SHIPPED = 5
     ORDER_IN_TRANSIT = 6
     ORDER_DELIVERED = 7
+    # A refund's steps (REFUND_EVENTS): events of the order, not status changes.
+    REFUND_REQUESTED = 8
+    REFUNDED = 9
+    REFUND_FAILED = 10
+
+
+#: The events of a refund of the order (sql/live/refunds.sql writes them): no status
+#: change, no history row, the order's version unchanged.
+REFUND_EVENTS = frozenset({EventType.REFUND_REQUESTED, EventType.REFUNDED, EventType.REFUND_FAILED})
+
+
+class RefundReason(IntEnum):
+    """Why a refund is owed; the values are stored and sent on the wire."""
+
+    ORDER_CANCELLED = 1
+    CHARGE_TO_RETURN = 2
+
+
+class RefundState(IntEnum):
+    """How far a refund got; the values are stored and sent on the wire."""
+
+    REQUESTED = 1
+    SENT = 2
+    REFUNDED = 3
+    FAILED = 4
 
 
 INITIAL_STATUS = OrderStatus.PENDING_PAYMENT
@@ -211,17 +236,47 @@ class StatusChange:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundNote:
+    """A refund as a refund event reports it: its state after the event, and when."""
+
+    refund_id: str
+    reason: RefundReason
+    amount_minor: int
+    currency: str
+    state: RefundState
+    charge_id: str
+    provider_refund_id: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class OrderEvent:
-    """One change of one order, as written to the outbox."""
+    """One change of one order, as written to the outbox: a status change (`change`), or
+    a step of one of its refunds (`refund`, a REFUND_EVENTS type)."""
 
     type: EventType
     order: Order
-    change: StatusChange
+    change: StatusChange | None
+    refund: RefundNote | None = None
 
     @property
     def event_id(self) -> str:
-        """Unique and stable: "<order_id>/<order_version>"."""
+        """Unique and stable: "<order_id>/<order_version>", and for a refund event
+        "<order_id>/<order_version>/refund/<refund_id>/<type>"."""
+        if self.refund is not None:
+            return (
+                f"{self.order.order_id}/{self.order.version}/refund/{self.refund.refund_id}"
+                f"/{int(self.type)}"
+            )
         return f"{self.order.order_id}/{self.order.version}"
+
+    @property
+    def occurred_at(self) -> datetime:
+        """When the change was made."""
+        if self.refund is not None:
+            return self.refund.at
+        assert self.change is not None
+        return self.change.changed_at
 
 
 # --- requests -----------------------------------------------------------------------

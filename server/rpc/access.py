@@ -235,5 +235,10 @@ class OrderView:
         copy = pb.OrderEvent()
         copy.CopyFrom(message)
         self.order(copy.order)
-        self.change(copy.change)
+        if copy.HasField("change"):
+            self.change(copy.change)
+        if copy.HasField("refund"):
+            # As with a payment, a customer does not see the provider's ids.
+            copy.refund.charge_id = ""
+            copy.refund.provider_refund_id = ""
         return copy

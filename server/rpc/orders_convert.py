@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 from stockcore.v1 import orders_pb2 as pb
 
-from server.domain.orders import Order, OrderEvent, StatusChange
+from server.domain.orders import Order, OrderEvent, RefundNote, StatusChange
 from server.rpc.convert import timestamp
 from server.storage.orders_pg import StoredEvent, event_from_body
 
@@ -66,18 +66,35 @@ def status_change(value: StatusChange) -> pb.StatusChange:
     )
 
 
+def refund_note(value: RefundNote) -> pb.Refund:
+    """The wire form of a refund event's refund."""
+    return pb.Refund(
+        refund_id=value.refund_id,
+        reason=pb.RefundReason.ValueType(int(value.reason)),
+        amount_minor=value.amount_minor,
+        currency_code=value.currency,
+        state=pb.RefundState.ValueType(int(value.state)),
+        charge_id=value.charge_id,
+        provider_refund_id=value.provider_refund_id or "",
+    )
+
+
 def event(value: OrderEvent, cursor: int) -> pb.OrderEvent:
     """The wire form of an order event at its cursor."""
-    return pb.OrderEvent(
+    message = pb.OrderEvent(
         event_id=value.event_id,
         cursor=cursor,
         type=pb.EventType.ValueType(int(value.type)),
         order_id=value.order.order_id,
         order_version=value.order.version,
-        occur_time=timestamp(value.change.changed_at),
+        occur_time=timestamp(value.occurred_at),
         order=order(value.order),
-        change=status_change(value.change),
     )
+    if value.change is not None:
+        message.change.CopyFrom(status_change(value.change))
+    if value.refund is not None:
+        message.refund.CopyFrom(refund_note(value.refund))
+    return message
 
 
 def stored_event(stored: StoredEvent) -> pb.OrderEvent:

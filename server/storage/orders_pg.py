@@ -27,6 +27,9 @@ from server.domain.orders import (
     OrderEvent,
     OrderLine,
     OrderStatus,
+    RefundNote,
+    RefundReason,
+    RefundState,
     Shipment,
     ShipOrder,
     StatusChange,
@@ -279,6 +282,20 @@ def event_from_body(body: str, event_type: EventType) -> OrderEvent:
         if order[name] is not None:
             order[name] = datetime.fromisoformat(order[name])
     order["fingerprint"] = b""
+    refund = data.get("refund")
+    if refund is not None:
+        # A refund event (sql/live/refunds.sql): the order as it was, and the refund.
+        note = RefundNote(
+            refund["refund_id"],
+            RefundReason(refund["reason"]),
+            refund["amount_minor"],
+            refund["currency"],
+            RefundState(refund["state"]),
+            refund["charge_id"],
+            refund.get("provider_refund_id"),
+            datetime.fromisoformat(refund["at"]),
+        )
+        return OrderEvent(event_type, order_from_row(order), None, note)
     change = {"from_status": None, "order_id": order["order_id"], "version": order["version"]}
     change |= data["change"]
     change["changed_at"] = datetime.fromisoformat(change["changed_at"])

@@ -17,7 +17,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fulfilment.breaker import BreakerSettings, CircuitBreaker
 from fulfilment.guard import CallFailed, PartnerGuard, RetryPolicy
 from fulfilment.http_partners import HttpCarrier, HttpWarehouse
 from fulfilment.partners import (
@@ -29,6 +28,7 @@ from fulfilment.partners import (
     PartnerError,
     Rejected,
 )
+from runtime.breaker import BreakerSettings, CircuitBreaker
 from simulators.carrier import carrier_app
 from simulators.run import RunningSimulator, start
 from simulators.warehouse import warehouse_app

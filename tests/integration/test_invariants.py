@@ -232,6 +232,15 @@ BREAKAGES: dict[str, list[str]] = {
         "UPDATE stockcore.reconciliation_exceptions SET resolution = NULL, resolved_by = NULL,"
         " resolved_why = NULL, resolved_at = NULL WHERE resolution = 4"
     ],
+    # REFUNDED's cancel and the charge to return each owe a refund (019_refunds.sql).
+    "refund_of_refund_owed": ["DELETE FROM stockcore.refunds WHERE reason = 1"],
+    "refund_of_payment_to_return": [
+        "UPDATE stockcore.refunds SET amount_minor = 1 WHERE reason = 2"
+    ],
+    "refund_has_provider_id": ["UPDATE stockcore.refunds SET state = 3 WHERE reason = 1"],
+    "refund_events_complete": [
+        "UPDATE stockcore.refunds SET state = 2, provider_refund_id = 're_x' WHERE reason = 1"
+    ],
     "event_cursors_gap_free": [
         "UPDATE stockcore.order_events SET cursor = cursor + 1"
         " WHERE cursor = (SELECT max(cursor) FROM stockcore.order_events)"

@@ -273,9 +273,10 @@ RECONCILIATION = (
     "stockcore.settlement_cursor", "stockcore.settlement_transactions",
     "stockcore.reconciliation_statements", "stockcore.reconciliation_exceptions",
 )  # fmt: skip
+REFUNDS = "stockcore.refunds"
 _CHANGED = (
     ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN, *LEDGER,
-    *RECONCILIATION,
+    *RECONCILIATION, REFUNDS,
 )  # fmt: skip
 
 
@@ -406,6 +407,12 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
     assert await conn.fetchval("SELECT name FROM stockcore.ledger_kinds WHERE kind = 8") == (
         "PROVIDER_REFUND_FAILED"
     )
+    # 019: every refund owed is a refund to make, due now (the invariants check each
+    # against its order).
+    assert REFUNDS not in before
+    assert await conn.fetch(
+        "SELECT reason, state, count(*) AS n FROM stockcore.refunds GROUP BY 1, 2"
+    ) == [(1, 1, owed)]
     # The cancel's row became o-refunded's own (no key); callers' rows kept their keys,
     # the one under a cancel's old key included; nothing else of any row changed.
     assert await adjustments(conn) == [

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fulfilment.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
+from runtime.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
 
 SETTINGS = BreakerSettings(
     slow_call_s=3.0,

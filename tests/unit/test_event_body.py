@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+from stockcore.v1 import orders_pb2 as pb
+
 from server.domain.orders import EventType, OrderStatus
+from server.rpc import orders_convert as convert
 from server.storage.orders_pg import event_from_body
 
 ORDER = {
@@ -76,3 +79,35 @@ def test_a_creation_leaves_out_the_status_it_came_from() -> None:
     }
     event = event_from_body(json.dumps(created), EventType.ORDER_CREATED)
     assert (event.change.from_status, event.change.to_status) == (None, OrderStatus.PENDING_PAYMENT)
+
+
+def test_a_refund_body_decodes_to_a_refund_event_without_a_status_change() -> None:
+    refund = {
+        "refund_id": "rf_0123",
+        "reason": 1,
+        "charge_id": "ch_1",
+        "amount_minor": 300,
+        "currency": "EUR",
+        "state": 3,
+        "provider_refund_id": "re_1",
+        "at": "2030-01-01T00:02:00.25+00:00",
+    }
+    body = {"order": ORDER | {"status": 6, "path": [1, 2, 6], "version": 3}, "refund": refund}
+
+    event = event_from_body(json.dumps(body), EventType.REFUNDED)
+    message = convert.event(event, 7)
+
+    assert event.change is None and event.refund is not None
+    assert event.event_id == "o-1/3/refund/rf_0123/9"
+    assert (message.event_id, message.type, message.order_version) == (
+        "o-1/3/refund/rf_0123/9",
+        pb.EVENT_TYPE_REFUNDED,
+        3,
+    )
+    assert not message.HasField("change")
+    assert (message.refund.refund_id, message.refund.state, message.refund.amount_minor) == (
+        "rf_0123",
+        pb.REFUND_STATE_REFUNDED,
+        300,
+    )
+    assert message.occur_time.ToJsonString() == "2030-01-01T00:02:00.250Z"

@@ -9,7 +9,7 @@ import yarl
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fulfilment.http_partners import partner_url
+from runtime.partner_http import partner_url
 
 BASE = yarl.URL("http://127.0.0.1:58080")
 

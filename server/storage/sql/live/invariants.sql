@@ -56,9 +56,10 @@ WITH lines AS (
     SELECT order_id, string_agg(version || ':' || to_status, ' ' ORDER BY version) AS found
       FROM stockcore.order_history GROUP BY order_id
 ), events AS (
+    -- Status events only: refund events (types 8-10, refunds.sql) are checked apart.
     SELECT order_id, string_agg(order_version || ':' || type, ' ' ORDER BY order_version, type)
                AS found
-      FROM stockcore.order_events GROUP BY order_id
+      FROM stockcore.order_events WHERE type < 8 GROUP BY order_id
 ), wanted AS (
     -- Version v of an order is its v-th status: a history row to path[v], and an event
     -- for the move from path[v - 1] (ORDER_CREATED for the first).
@@ -305,6 +306,56 @@ SELECT 'corrected_exception_resolved', e.exception_id::text,
   FROM stockcore.reconciliation_exceptions e
   JOIN stockcore.reconciliation_statements s ON s.corrects = e.statement_id
  WHERE e.resolution IS NULL
+UNION ALL
+-- Refunds (019_refunds.sql). Every refund owed by a cancelled paid order is exactly one
+-- refund of that amount, in its currency, to the charge that paid it, and no other order
+-- has one ...
+SELECT 'refund_of_refund_owed', coalesce(o.order_id, f.source_id),
+       format('owed %s %s by charge %s; refunds %s', coalesce(o.refund_owed_minor::text, 'nothing'),
+              o.currency, o.payment_id, coalesce(f.made, 'none'))
+  FROM (SELECT * FROM stockcore.orders WHERE refund_owed_minor > 0) o
+  FULL JOIN (SELECT source_id, count(*) AS n, min(amount_minor) AS amount, min(currency) AS currency,
+                    min(charge_id) AS charge_id,
+                    string_agg(amount_minor || ' ' || currency || ' to ' || charge_id, ', ') AS made
+               FROM stockcore.refunds WHERE reason = 1 GROUP BY source_id) f
+    ON f.source_id = o.order_id
+ WHERE o.order_id IS NULL OR f.source_id IS NULL OR f.n <> 1
+    OR (f.amount, f.currency, f.charge_id) IS DISTINCT FROM (o.refund_owed_minor, o.currency, o.payment_id)
+UNION ALL
+-- ... every payment to return (but one returned before refunds were rows) is one refund
+-- of its amount, and it is returned exactly when that refund is REFUNDED ...
+SELECT 'refund_of_payment_to_return', coalesce(p.charge_id, f.source_id),
+       format('to return %s %s, returned %s; refund %s',
+              coalesce(p.amount_minor::text, 'nothing'), p.currency,
+              coalesce(p.returned_at::text, 'no'),
+              coalesce(f.amount_minor || ' ' || f.currency || ' state ' || f.state, 'none'))
+  FROM stockcore.payments_to_return p
+  FULL JOIN (SELECT * FROM stockcore.refunds WHERE reason = 2) f ON f.source_id = p.charge_id
+ WHERE (f.source_id IS NULL AND p.returned_at IS NULL) OR p.charge_id IS NULL
+    OR (f.source_id IS NOT NULL
+        AND ((f.amount_minor, f.currency) IS DISTINCT FROM (p.amount_minor, p.currency)
+             OR (p.returned_at IS NOT NULL) <> (f.state = 3)))
+UNION ALL
+-- ... a refund the provider accepted or settled has the provider's refund id ...
+SELECT 'refund_has_provider_id', refund_id, format('state %s without the provider''s id', state)
+  FROM stockcore.refunds
+ WHERE state IN (2, 3) AND provider_refund_id IS NULL
+UNION ALL
+-- ... and its order has one event per step it took: REFUND_REQUESTED once sent, then
+-- REFUNDED or REFUND_FAILED once settled.
+SELECT 'refund_events_complete', f.refund_id,
+       format('state %s, events %s', f.state, coalesce(e.found, 'none'))
+  FROM stockcore.refunds f
+  JOIN stockcore.orders o ON o.order_id = f.order_id
+  LEFT JOIN (SELECT split_part(split_part(event_id, '/refund/', 2), '/', 1) AS refund_id,
+                    string_agg(type::text, ' ' ORDER BY type) AS found
+               FROM stockcore.order_events WHERE type >= 8
+              GROUP BY 1) e
+    ON e.refund_id = f.refund_id
+ WHERE NOT (coalesce(e.found, '') = ANY (CASE f.state WHEN 1 THEN ARRAY['']
+                                                     WHEN 2 THEN ARRAY['8']
+                                                     WHEN 3 THEN ARRAY['8 9']
+                                                     ELSE ARRAY['10', '8 10'] END))
 UNION ALL
 -- Cursors are unique: gap-free from 1 means as many as the highest.
 SELECT 'event_cursors_gap_free', 'order_events',

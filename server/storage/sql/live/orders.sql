@@ -40,7 +40,7 @@
 --      events and fulfilment history (appended, never contended), and the outbox
 --      watermark and cursors (the relay alone, under its session's advisory lock).
 --   7. Payment provider events, by event id, then payments to return, by charge id:
---      record_payment_event (payments.sql) claims them and takes no other lock;
+--      record_payment_event (payments.sql) claims them, then its charge's refund (rank 8);
 --      count_payment_event_delivery changes one event row.
 --   8. The reconciler's settlement cursor row (reconciliation.sql): record_settlement_page
 --      and record_statements lock it first, then claim settlement transaction ids and
@@ -48,6 +48,12 @@
 --      append statements and exceptions, and update the open exceptions they supersede
 --      (no other function but resolve_reconciliation_exception, which locks that one row
 --      alone, touches them). They take no lock of the ranks above.
+--   9. Refunds, by refund id (refunds.sql): a new one is claimed under its fact's claim
+--      (its order's lock in record_changes, its charge's in record_payment_event), so that
+--      insert never waits; claim_refunds skips locked rows; record_refund_attempt and
+--      record_refund_event (after its event id) lock one, then append its order's event
+--      and mark its charge to return returned, rows nobody waits for a refund while
+--      holding.
 --
 -- Every function returns the levels of the SKUs it touched (stockcore.stock_level, for
 -- the Redis mirror) and, when it wrote order events, notifies channel
@@ -910,6 +916,8 @@ BEGIN
                   FROM generate_subscripts(p_orders, 1) AS i) x
          WHERE (x.from_status = 1 AND (o).status = 2 AND (o).paid_minor > 0)
             OR (x.from_status = 2 AND (o).status = 6 AND (o).refund_owed_minor > 0);
+        -- ... and a refund owed is a refund to make (live/refunds.sql), in this transaction.
+        PERFORM stockcore.owe_order_refunds(p_orders, p_from);
     END IF;
 
     WITH h AS (
