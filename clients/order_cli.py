@@ -167,7 +167,8 @@ def _event_type(text: str) -> EventType.ValueType:
     known = {event_type_name(t): t for t in EventType.values() if t}
     name = text.upper()
     try:
-        return known[name if name.startswith("ORDER_") else f"ORDER_{name}"]
+        # PAID for ORDER_PAID; the refund events' names (REFUNDED) as they are.
+        return known[name] if name in known else known[f"ORDER_{name}"]
     except KeyError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an order event type") from None
 

@@ -21,8 +21,9 @@ for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
 
 WEBHOOKS = Counter(
     "stockcore_payment_webhooks_total",
-    "Deliveries of the payment provider's webhooks, by outcome: paid, to_return, noted (an "
-    "event recorded that moves no money here), repeat (an event recorded before: counted, "
+    "Deliveries of the payment provider's webhooks, by outcome: paid, to_return, "
+    "refund_settled (a refund's outcome settled its refund), noted (an event recorded that "
+    "moves no money here), repeat (an event recorded before: counted, "
     "nothing else), refused_signature (401: not the provider's, or not fresh), refused (400: "
     "unreadable, an unknown order or id), conflict (409: the charge paid another order), "
     "unavailable (503: not recorded, the provider delivers it again).",

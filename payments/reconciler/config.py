@@ -43,7 +43,7 @@ class ReconcilerSettings(EnvSettings):
     # The STOCKCORE_* variable of each field that one can set.
     VARIABLES: ClassVar[Variables] = {
         "STOCKCORE_PG_DSN": ("pg_dsn", str),
-        "STOCKCORE_PROVIDER_URL": ("provider_url", str),
+        "STOCKCORE_PAYMENT_PROVIDER_URL": ("provider_url", str),
         "STOCKCORE_PAYMENTS_TARGET": ("payments_target", str),
         "STOCKCORE_GRPC_HOST": ("grpc_host", str),
         "STOCKCORE_GRPC_PORT": ("grpc_port", int),
@@ -52,7 +52,7 @@ class ReconcilerSettings(EnvSettings):
         "STOCKCORE_RECONCILE_PAGE_SIZE": ("page_size", int),
         "STOCKCORE_RECONCILE_GRACE": ("grace_s", float),
         "STOCKCORE_RECONCILE_SETTLE_DEADLINE": ("settle_deadline_s", float),
-        "STOCKCORE_PROVIDER_TIMEOUT": ("provider_timeout_s", float),
+        "STOCKCORE_PAYMENT_PROVIDER_TIMEOUT": ("provider_timeout_s", float),
         "STOCKCORE_RECONCILE_CALL_TIMEOUT": ("call_timeout_s", float),
         "STOCKCORE_DB_TIMEOUT": ("db_timeout_s", float),
         "STOCKCORE_LOG_LEVEL": ("log_level", str),

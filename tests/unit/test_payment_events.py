@@ -51,8 +51,9 @@ def test_what_is_not_a_readable_event_is_malformed(body: bytes) -> None:
 
 
 def test_other_events_are_read_without_an_order_and_keep_what_they_name_well() -> None:
-    refund = parse_event(event("refund.succeeded", id="re_1", amount=100))
-    assert not refund.captures_money
+    refund = parse_event(event("refund.succeeded", id="re_1", amount=100, charge="ch_1"))
+    assert not refund.captures_money and refund.settles_refund
     assert (refund.object_id, refund.order_id, refund.amount_minor) == ("re_1", "order-7", 100)
+    assert refund.charge_id == "ch_1"
     payout = parse_event(event("payout.paid", id="po_1", order_id=None, currency="eur"))
     assert (payout.order_id, payout.currency) == (None, None)
