@@ -6,9 +6,8 @@ happens, every charge is stated, and the invariants hold after each."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,10 +23,6 @@ from server.app import App
 from server.config import Settings
 from tests.e2e.payments_stack import (
     Provider,
-    new_secret,
-    receiver_settings,
-    running_provider,
-    running_receiver,
 )
 from tests.e2e.test_payment_webhooks import (
     PAID,
@@ -61,29 +56,6 @@ def reconciler_settings(
         log_json=False,
         **changes,
     ).validate()
-
-
-@pytest.fixture
-def payer(credentials_for: Callable[..., Credentials]) -> Credentials:
-    """What the receiver and the reconciler present: a token that may only pay."""
-    return credentials_for(PAYER, scopes=("orders:pay",))
-
-
-@pytest.fixture
-async def provider(
-    app: App, settings: Settings, payer: Credentials, tmp_path: Path
-) -> AsyncIterator[Provider]:
-    """The provider, sending its webhooks to stockcore's receiver in front of the server."""
-    assert settings.pg_dsn is not None
-    secret = new_secret()
-    secret_file = tmp_path / "webhook-secret"
-    secret_file.write_bytes(secret + b"\n")
-    config = receiver_settings(settings.pg_dsn, app.port, secret_file)
-    async with (
-        running_receiver(config, payer) as receiver,
-        running_provider(receiver.url, secret) as started,
-    ):
-        yield started
 
 
 @pytest.fixture

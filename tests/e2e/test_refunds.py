@@ -12,17 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from clients.credentials import Credentials
 from clients.inventory import InventoryClient
 from clients.orders import Order, OrderClient, OrderStatus
-from payments.endpoint import RunningReceiver
 from refunds import config as refund_config
 from refunds.config import RefundSettings
 from refunds.provider import RefundsApi
@@ -30,13 +25,8 @@ from refunds.store import RefundStore
 from refunds.worker import RefundSender
 from runtime.breaker import BreakerState
 from server.app import App
-from server.config import Settings
 from tests.e2e.payments_stack import (
     Provider,
-    new_secret,
-    receiver_settings,
-    running_provider,
-    running_receiver,
 )
 from tests.invariants import assert_invariants_hold
 from tests.support import connected
@@ -46,39 +36,6 @@ SKU = "REFUND-SKU-1"
 PRICE = 5999
 PAID = OrderStatus.ORDER_STATUS_PAID
 REQUESTED, REFUNDED, REFUND_FAILED = 8, 9, 10
-
-
-@pytest.fixture
-def secret(tmp_path: Path) -> tuple[bytes, Path]:
-    """The signing secret shared by the provider and the receiver, and its file."""
-    value = new_secret()
-    path = tmp_path / "webhook-secret"
-    path.write_bytes(value + b"\n")
-    path.chmod(0o600)
-    return value, path
-
-
-@pytest.fixture
-async def receiver(
-    app: App,
-    settings: Settings,
-    secret: tuple[bytes, Path],
-    credentials_for: Callable[..., Credentials],
-) -> AsyncIterator[RunningReceiver]:
-    """stockcore's webhook receiver in front of the test server."""
-    assert settings.pg_dsn is not None
-    config = receiver_settings(settings.pg_dsn, app.port, secret[1])
-    async with running_receiver(config, credentials_for("refunds", scopes=("orders:pay",))) as r:
-        yield r
-
-
-@pytest.fixture
-async def provider(
-    receiver: RunningReceiver, secret: tuple[bytes, Path]
-) -> AsyncIterator[Provider]:
-    """The provider, sending its webhooks to the receiver."""
-    async with running_provider(receiver.url, secret[0]) as started:
-        yield started
 
 
 def sender_settings(dsn: str, provider: Provider, **changes: Any) -> RefundSettings:
