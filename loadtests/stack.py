@@ -52,11 +52,11 @@ PLAINTEXT_ENV = {"STOCKCORE_PLAINTEXT": "true", "STOCKCORE_AUTH_DISABLED": "true
 explicitly, so the load runs measure the core alone and stay comparable with earlier runs;
 `make bench` measures what TLS and token checks add (loadtests/bench.py)."""
 
-LOAD_RECONCILER = ReconcilerSettings(grace_s=15.0, settle_deadline_s=15.0, interval_s=1.0)
-"""The reconciler of a load run. A fact waits 15 s for the other side before it is a
-discrepancy, past the provider's own webhook faults (a delivery delayed 5 s, or held back
-up to 10 s behind a later one), so a charge it recovers from the feed is one whose webhook
-never came; a balance transaction read more than 15 s after its creation is late, well
+LOAD_RECONCILER = ReconcilerSettings(grace_s=20.0, settle_deadline_s=15.0, interval_s=1.0)
+"""The reconciler of a load run. A fact waits 20 s for the other side before it is a
+discrepancy, past the provider's own webhook faults together (a delivery delayed 5 s,
+held back up to 10 s behind a later one, lost once and sent again 1 s later), so a
+charge it recovers from the feed is one whose webhook never came; a balance transaction read more than 15 s after its creation is late, well
 under the provider's late settlement (30 s) and well over a reconciler that keeps up."""
 
 _SEED_CONCURRENCY = 64
