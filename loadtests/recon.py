@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections import Counter
@@ -330,7 +331,8 @@ def measure(args: argparse.Namespace, run: Run) -> None:
         tag_driver = Driver(args, stack.target, stack.provider_url, stack.pg_dsn)
         skus = [f"{tag_driver.tag}-SKU-{i:03d}" for i in range(_SKUS)]
         asyncio.run(stock_catalogue(stack.target, skus, _DEEP_STOCK, key=run.tag))
-        sampler = stack.sampler([])
+        # The driver is this process: its CPU is the "load" row.
+        sampler = stack.sampler([os.getpid()])
         sampler.start()
         began = time.time()
         try:
