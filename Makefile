@@ -19,6 +19,7 @@ help:
 	@echo "make bench  - the Reserve/Commit tables beside the empty call, and the hot-SKU sale"
 	@echo "make load-day, load-report, load-flash, load-knee, load-scale, load-overload, load-fanout,"
 	@echo "           load-outage - load tests (BENCHMARKS.md)"
+	@echo "make load-recon - every payment provider fault injected: what reconciliation finds (BENCHMARKS.md)"
 	@echo "make soak   - the day's plateau held for 30 minutes (DURATION=), compared window by window"
 	@echo "make chaos  - a seeded fault schedule under mixed load, then every check (RELIABILITY.md)"
 	@echo "make hostile - abusive callers beside an ordinary one: what the abuse costs (SECURITY.md)"
@@ -181,7 +182,8 @@ LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEA
 	$(call load_opt,SCALE,scale) $(call load_opt,PACING,pacing) $(if $(PROFILE),--profile) \
 	$(call load_opt,FLOOR,floor-seconds) $(call load_opt,PAY_VIA,pay-via)
 
-.PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos soak hostile
+.PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos soak hostile \
+	load-recon
 
 load-day: deps
 	$(LOAD) $(REPORTS_OPT) day $(LOAD_DAY)
@@ -223,6 +225,14 @@ load-outage: deps
 load-scale: deps
 	$(PY) -m loadtests.scale $(call load_opt,SKUS,skus) $(call load_opt,HOLDS,holds) \
 		$(call load_opt,CALLERS,callers) $(call load_opt,DURATION,duration) $(REPORTS_OPT)
+
+# The payment provider injecting every fault kind at FAULT_RATE= (0.01) over ORDERS= orders
+# (20,000) at RATE= orders/s (50), CANCEL= of them cancelled once paid (0.2): each injected
+# fault beside what reconciliation found (recall, false exceptions), the ledger's balance.
+#   make load-recon ORDERS=2000 RATE=20
+load-recon: deps
+	$(PY) -m loadtests.recon $(call load_opt,ORDERS,orders) $(call load_opt,RATE,rate) \
+		$(call load_opt,FAULT_RATE,fault-rate) $(call load_opt,CANCEL,cancel-share) $(REPORTS_OPT)
 
 # A seeded fault schedule (kill -9, SIGSTOP, slow PostgreSQL, Redis restarts) under mixed
 # load, then the invariants, every acknowledged outcome and the gate checked (RELIABILITY.md).

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtests import drift, invariants, plots, redis_memory, report
+from loadtests import drift, invariants, plots, reconciliation, redis_memory, report
 from loadtests.arguments import non_negative_float, positive_float, positive_int, share
 from loadtests.floor import measure_floor
 from loadtests.locust.http_shop import HTTP_PREFIX
@@ -44,6 +44,7 @@ from loadtests.profile import Profile
 from loadtests.report import Run
 from loadtests.sampler import ProcessSampler, redis_used_mb
 from loadtests.stack import (
+    LOAD_RECONCILER,
     PROVIDER_GROUP,
     Stack,
     open_stack,
@@ -55,6 +56,9 @@ from server.config import from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP_STOCK = 1_000_000
+# How long the day waits after its load for the reconciler to state every payment and
+# refund: past the grace period, with room for a refund sent late and the feed's reading.
+_RECONCILED_WITHIN_S = LOAD_RECONCILER.grace_s + 60.0
 
 
 def _swarm(run: Run, swarm: Swarm, sampler: ProcessSampler, load_pids: list[int]) -> SwarmRun:
@@ -136,7 +140,10 @@ def day(args: argparse.Namespace) -> int:
                     else ""
                 )
                 + ". The provider stands for a remote party: its CPU is on its own line and"
-                " left out of the CPU per order",
+                " left out of the CPU per order. The reconciler follows its settlement feed"
+                f" (grace {LOAD_RECONCILER.grace_s:g} s, settle deadline"
+                f" {LOAD_RECONCILER.settle_deadline_s:g} s) and the refund sender pays refunds"
+                " back through it; their CPU and the receiver's are rows of their own",
                 "",
             )
         asyncio.run(stock_catalogue(stack.target, skus, DEEP_STOCK, key=run.tag))
@@ -206,6 +213,12 @@ def day(args: argparse.Namespace) -> int:
         footprint = (
             redis_memory.measure(stack.redis_url, stack.pg_dsn)
             if stack.redis_url and stack.pg_dsn
+            else None
+        )
+        # After the figures above, so the reconciler's catching up does not count in them.
+        settled = (
+            reconciliation.settle(stack.pg_dsn, _RECONCILED_WITHIN_S)
+            if via_provider and stack.pg_dsn
             else None
         )
     tally = read_tallies(swarm.run_dir)
@@ -281,6 +294,8 @@ def day(args: argparse.Namespace) -> int:
     if footprint is not None:
         run.say("", "## Redis memory after the run (loadtests/redis_memory.py)", "")
         run.say(*redis_memory.report_lines(footprint, from_env()))
+    if settled is not None:
+        reconciliation.report(run, settled)
     floor_ms = _floor_section(run, args, history, sampler, plan, figures.achieved_peak_per_s)
     run.say("", "## Targets", "")
     run.target(

@@ -11,8 +11,10 @@ STOCKCORE_SERVER_PID lets the run sample that server's memory.
 With `payments`, the simulated payment provider and stockcore's webhook receiver run
 beside the server (devstack.stack.payments_and_receiver), so a run can pay as shoppers do:
 the provider captures a charge and its signed webhook makes the receiver confirm the
-payment. The receiver records events in PostgreSQL, so it needs one (STOCKCORE_PG_DSN
-with STOCKCORE_TARGET).
+payment. The reconciler follows the provider's settlement feed beside them, with a grace
+period and a settle deadline suited to a run of minutes (LOAD_RECONCILER), and the refund
+sender pays refunds back through the provider. The receiver and the reconciler record in
+PostgreSQL, so they need one (STOCKCORE_PG_DSN with STOCKCORE_TARGET).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
 from loadtests.sampler import ProcessSampler
 from payments.config import PaymentsSettings
+from payments.reconciler.config import ReconcilerSettings
 from runtime.processes import free_port
 
 SHARDS = 16
@@ -48,6 +51,13 @@ PLAINTEXT_ENV = {"STOCKCORE_PLAINTEXT": "true", "STOCKCORE_AUTH_DISABLED": "true
 """How the load tools' own servers are started: plaintext without token checks, asked for
 explicitly, so the load runs measure the core alone and stay comparable with earlier runs;
 `make bench` measures what TLS and token checks add (loadtests/bench.py)."""
+
+LOAD_RECONCILER = ReconcilerSettings(grace_s=20.0, settle_deadline_s=15.0, interval_s=1.0)
+"""The reconciler of a load run. A fact waits 20 s for the other side before it is a
+discrepancy, past the provider's own webhook faults together (a delivery delayed 5 s,
+held back up to 10 s behind a later one, lost once and sent again 1 s later), so a
+charge it recovers from the feed is one whose webhook never came; a balance transaction read more than 15 s after its creation is late, well
+under the provider's late settlement (30 s) and well over a reconciler that keeps up."""
 
 _SEED_CONCURRENCY = 64
 _CALLER = [("stockcore-caller", "loadtests-seed")]
@@ -100,10 +110,12 @@ def open_stack(
     gateway: bool = False,
     shed: bool = False,
     payments: bool = False,
+    reconciler: ReconcilerSettings = LOAD_RECONCILER,
 ) -> Iterator[Stack]:
     """The servers named by the environment, or a fresh local stack under `data_dir`; with
     `gateway`, Envoy in front of the server (on a free port, its access log in `data_dir`);
-    with `payments`, the payment provider and the webhook receiver beside it.
+    with `payments`, the payment provider, the webhook receiver, the refund sender and the
+    reconciler (`reconciler`'s policy; its database and server are the stack's) beside it.
 
     A local server is started admitting every call (UNSHED_ENV) unless `shed`: these
     tools measure what the server does at each concurrency (their callers do not back
@@ -113,7 +125,7 @@ def open_stack(
         contextlib.ExitStack() as more,
     ):
         if payments:
-            stack = more.enter_context(_with_payments(stack, data_dir.resolve()))
+            stack = more.enter_context(_with_payments(stack, data_dir.resolve(), reconciler))
         if not gateway:
             yield stack
             return
@@ -133,8 +145,9 @@ def open_stack(
 
 
 @contextlib.contextmanager
-def _with_payments(stack: Stack, data_dir: Path) -> Iterator[Stack]:
-    """`stack` with the provider and the receiver beside its server, until they answer."""
+def _with_payments(stack: Stack, data_dir: Path, reconciler: ReconcilerSettings) -> Iterator[Stack]:
+    """`stack` with the provider, the receiver, the refund sender and the reconciler beside
+    its server, until the provider and the receiver answer."""
     if stack.pg_dsn is None:
         raise SystemExit(
             "paying through the provider needs the receiver's PostgreSQL: set STOCKCORE_PG_DSN"
@@ -153,7 +166,12 @@ def _with_payments(stack: Stack, data_dir: Path) -> Iterator[Stack]:
     provider_url = f"http://127.0.0.1:{dev.dev_payments_port}"
     # The load runs' servers serve plaintext without token checks (PLAINTEXT_ENV).
     client_env = {"STOCKCORE_PLAINTEXT": "true"}
-    with payments_and_receiver(dev, receiver, data_dir / "logs", receiver_env=client_env) as pids:
+    following = reconciler.with_overrides(
+        pg_dsn=stack.pg_dsn, payments_target=stack.target, provider_url=provider_url
+    )
+    with payments_and_receiver(
+        dev, receiver, data_dir / "logs", receiver_env=client_env, reconciler=following
+    ) as pids:
         _wait_answering(
             [f"{provider_url}/v1/balance", f"http://127.0.0.1:{receiver.webhook_port}/"],
             timeout_s=60.0,

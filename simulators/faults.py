@@ -16,7 +16,9 @@ taken off the list). The API's own endpoints (under /v1) all go through them; /_
 
 Rates are spread evenly rather than drawn at random: with `error_rate` 0.06, exactly 6 of
 every 100 requests fail (the 17th, the 34th ...), so a test or a load run sees the share it
-asked for, every time.
+asked for, every time. A PUT starts the spread of the rates it names afresh and leaves the
+others' where they are, so rates set at different times fall on different requests (a
+`reset` starts every one afresh).
 
 A simulator with knobs of its own (the payment provider's, simulators/payment_faults.py)
 adds them to the same /_faults: a PUT naming them changes them, `reset` clears them too."""
@@ -157,7 +159,7 @@ class FaultState:
         if self.faults.lose_next > 0:
             self.faults.lose_next -= 1
             return True
-        return self._due("lost", self.faults.lost_ack_rate)
+        return self._due("lost_ack", self.faults.lost_ack_rate)
 
 
 STATE_KEY: web.AppKey[FaultState] = web.AppKey("faults", FaultState)
@@ -232,7 +234,11 @@ async def put_faults(request: web.Request) -> web.Response:
                 state.extra.reset()
             state.extra.update({k: v for k, v in body.items() if k in own})
         state.faults.update({k: v for k, v in body.items() if k not in own})
-        state.credit.clear()
+        if body.get("reset"):
+            state.credit.clear()
+        for name in body:
+            # A knob's credit is kept under its name without "_rate" (see `due`'s callers).
+            state.credit.pop(str(name).removesuffix("_rate"), None)
     except (ValueError, TypeError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
     return web.json_response(_view(request.app[STATE_KEY]))
