@@ -11,8 +11,8 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.domain.errors import (
-    AlreadyResolved,
     AlreadyExists,
+    AlreadyResolved,
     CallerLimit,
     DeadlineExpired,
     DomainError,
