@@ -23,7 +23,7 @@ import asyncpg
 import redis.exceptions
 
 from clients import stockctl_config
-from clients.commands import Missing, OwnedCommand, added_groups, bounded_int, rfc3339
+from clients.commands import Missing, OwnedCommand, added_groups, bounded_int, rfc3339, table
 from clients.config_cli import CONFIG_COMMANDS, ConfigCommand, add_config_commands, execute_config
 from clients.errors import StockcoreError
 from clients.events_cli import EVENT_COMMANDS, EventCommand, add_event_commands, execute_events
@@ -37,6 +37,8 @@ from clients.failures import (
 from clients.inventory import InventoryClient, Reservation, StockLevel
 from clients.order_cli import ORDER_COMMANDS, OrderCommand, add_order_commands, execute_order
 from clients.orders import OrderClient
+from clients.recon_cli import RECON_COMMANDS, ReconCommand, add_recon_commands, execute_recon
+from clients.reconciliation import ReconciliationClient
 from clients.stockctl_config import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
@@ -135,7 +137,15 @@ class GetReservation:
 
 
 StockCommand = GetStock | AdjustStock | Reserve | SetLine | Commit | Release | GetReservation
-Command = StockCommand | OrderCommand | EventCommand | TokenCommand | ConfigCommand | OwnedCommand
+Command = (
+    StockCommand
+    | OrderCommand
+    | ReconCommand
+    | EventCommand
+    | TokenCommand
+    | ConfigCommand
+    | OwnedCommand
+)
 
 
 def _parse_set_line(text: str) -> tuple[str, int]:
@@ -346,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(make=lambda ns: GetReservation(reservation_id=ns.reservation_id))
 
     add_order_commands(commands, leaf)
+    add_recon_commands(commands, leaf)
     add_event_commands(commands, leaf)
     add_token_commands(commands, leaf)
     add_config_commands(commands, leaf)
@@ -401,23 +412,9 @@ def _reservation_data(reservation: Reservation) -> dict[str, object]:
     }
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [list(header), *([str(cell) for cell in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    # Text left, numbers right, so columns of quantities line up by digit.
-    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.rjust(width) if is_number else cell.ljust(width)
-            for cell, width, is_number in zip(row, widths, numeric, strict=True)
-        ).rstrip()
-        for row in cells
-    )
-
-
 def format_levels(levels: Sequence[StockLevel]) -> str:
     """Stock levels as a table."""
-    return _table(
+    return table(
         ("SKU", "ON_HAND", "RESERVED", "AVAILABLE"),
         [(lv.sku, lv.on_hand, lv.reserved, lv.available) for lv in levels],
     )
@@ -425,7 +422,7 @@ def format_levels(levels: Sequence[StockLevel]) -> str:
 
 def format_reservation(reservation: Reservation) -> str:
     """A reservation as a block of fields followed by a table of its lines."""
-    fields = _table(
+    fields = table(
         ("reservation", reservation.reservation_id),
         [
             ("status", reservation.status.name),
@@ -434,7 +431,7 @@ def format_reservation(reservation: Reservation) -> str:
             ("finished", _time(reservation.finish_time) or "-"),
         ],
     )
-    lines = _table(("SKU", "QUANTITY"), [(line.sku, line.quantity) for line in reservation.lines])
+    lines = table(("SKU", "QUANTITY"), [(line.sku, line.quantity) for line in reservation.lines])
     return f"{fields}\n\n{lines}"
 
 
@@ -501,6 +498,12 @@ async def run(
     if isinstance(command, ORDER_COMMANDS):
         async with OrderClient(target, credentials=credentials, default_timeout=timeout) as orders:
             await execute_order(orders, command, out=out, as_json=options.json)
+        return
+    if isinstance(command, RECON_COMMANDS):
+        async with ReconciliationClient(
+            target, credentials=credentials, default_timeout=timeout
+        ) as recon:
+            await execute_recon(recon, command, out=out, as_json=options.json)
         return
     async with InventoryClient(target, credentials=credentials, default_timeout=timeout) as client:
         data, text = await execute(client, command)

@@ -9,7 +9,7 @@ program, which is itself a client of clients/."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from typing import Protocol, TextIO, TypeAlias, runtime_checkable
@@ -77,3 +77,18 @@ def rfc3339(moment: datetime) -> str:
     a `Z` (2026-01-02T03:04:05.678Z); a naive time is taken to be UTC already."""
     utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     return utc.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Rows under a header, columns aligned: text left, numbers right."""
+    cells = [list(header), *([str(cell) for cell in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    # Text left, numbers right, so columns of quantities line up by digit.
+    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(width) if is_number else cell.ljust(width)
+            for cell, width, is_number in zip(row, widths, numeric, strict=True)
+        ).rstrip()
+        for row in cells
+    )

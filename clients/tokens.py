@@ -38,6 +38,8 @@ SERVICE_SCOPES = (
     "orders:read",
     "orders:watch",
     "orders:fulfil",
+    "finance:read",
+    "finance:resolve",
 )
 """Every scope of an internal service (server/auth/scopes.py is the server's list)."""
 BESIDE_CUSTOMER = ("inventory:read", "inventory:hold", "orders:create")

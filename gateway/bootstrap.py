@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import descriptor
-from stockcore.v1 import inventory_pb2, orders_pb2
+from stockcore.v1 import inventory_pb2, orders_pb2, reconciliation_pb2
 
 from gateway.config import GatewaySettings, SettingsError
 
@@ -35,6 +35,7 @@ Config = dict[str, Any]
 SERVICES: tuple[descriptor.ServiceDescriptor, ...] = (
     inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"],
     orders_pb2.DESCRIPTOR.services_by_name["OrderService"],
+    reconciliation_pb2.DESCRIPTOR.services_by_name["ReconciliationService"],
 )
 CLUSTER = "stockcore_grpc"
 ADMIN_CLUSTER = "envoy_admin"

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from stockcore.v1 import inventory_pb2, orders_pb2
+from stockcore.v1 import inventory_pb2, orders_pb2, reconciliation_pb2
 
 from runtime import logs
 from server import metrics
@@ -35,6 +35,7 @@ from server.rpc.health import HealthService
 from server.rpc.inventory_servicer import InventoryServicer
 from server.rpc.observe import service_handler
 from server.rpc.orders_servicer import OrderServicer
+from server.rpc.reconciliation_servicer import ReconciliationServicer
 from server.rpc.shedding import LoadShedder
 from server.shares import CONTENDED_WINDOW_S, Shares
 from server.shutdown import cancel_and_wait
@@ -42,6 +43,7 @@ from server.storage.event_stream import EventStream
 from server.storage.migrations import migrate
 from server.storage.orders_pg import OrderStore
 from server.storage.postgres import StockStore
+from server.storage.reconciliation_pg import ReconciliationReader
 from server.storage.redis_gate import AdmissionGate
 from server.supervisor import Supervisor
 
@@ -58,6 +60,8 @@ _INVENTORY = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 INVENTORY_SERVICE = _INVENTORY.full_name
 _ORDERS = orders_pb2.DESCRIPTOR.services_by_name["OrderService"]
 ORDER_SERVICE = _ORDERS.full_name
+_RECONCILIATION = reconciliation_pb2.DESCRIPTOR.services_by_name["ReconciliationService"]
+RECONCILIATION_SERVICE = _RECONCILIATION.full_name
 # Health of the Redis admission gate: NOT_SERVING while PostgreSQL serves alone.
 ADMISSION_GATE = "stockcore.admission_gate"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -147,6 +151,7 @@ async def _set_health(app: App) -> None:
         service = _NOT_SERVING
     await app.health.publish(INVENTORY_SERVICE, service)
     await app.health.publish(ORDER_SERVICE, service)
+    await app.health.publish(RECONCILIATION_SERVICE, service)
     await app.health.publish("", service)
     await app.health.publish(ADMISSION_GATE, _SERVING if app.core.mirror.usable else _NOT_SERVING)
 
@@ -237,13 +242,26 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> App:
             service_handler(
                 OrderServicer(orders, settings, pricing), _ORDERS, shedder, gatekeeper, streams
             ),
+            service_handler(
+                ReconciliationServicer(ReconciliationReader(store)),
+                _RECONCILIATION,
+                shedder,
+                gatekeeper,
+                streams,
+            ),
         ]
     )
     health_servicer = HealthService(settings.health_watches_per_peer, settings.max_health_watches)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
-            [INVENTORY_SERVICE, ORDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            [
+                INVENTORY_SERVICE,
+                ORDER_SERVICE,
+                RECONCILIATION_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ],
             server,
         )
     address = f"{settings.grpc_host}:{settings.grpc_port}"

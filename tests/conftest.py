@@ -72,7 +72,8 @@ async def reset_state(pg_dsn: str, redis_url: str) -> None:
             " stockcore.fulfilment_workers, stockcore.fulfilment_breaker_transitions,"
             " stockcore.payment_events, stockcore.payments_to_return, stockcore.ledger_transfers,"
             " stockcore.settlement_transactions, stockcore.reconciliation_statements,"
-            " stockcore.reconciliation_exceptions, stockcore.refunds"
+            " stockcore.reconciliation_exceptions, stockcore.refunds,"
+            " stockcore.daily_closes, stockcore.daily_close_items"
         )
         await conn.execute("UPDATE stockcore.outbox_state SET published_upto = 0")
         await conn.execute("UPDATE stockcore.settlement_cursor SET cursor = 0")

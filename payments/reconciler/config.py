@@ -33,6 +33,9 @@ class ReconcilerSettings(EnvSettings):
     # after its creation a balance transaction may reach the feed before it is late.
     grace_s: float = 300.0
     settle_deadline_s: float = 60.0
+    # How long after a UTC day ends its daily close waits for the day's late settlements;
+    # one that comes after lands in the next open day.
+    close_margin_s: float = 3600.0
     # The deadline of one request to the provider, and of one ConfirmPayment.
     provider_timeout_s: float = 10.0
     call_timeout_s: float = 5.0
@@ -52,6 +55,7 @@ class ReconcilerSettings(EnvSettings):
         "STOCKCORE_RECONCILE_PAGE_SIZE": ("page_size", int),
         "STOCKCORE_RECONCILE_GRACE": ("grace_s", float),
         "STOCKCORE_RECONCILE_SETTLE_DEADLINE": ("settle_deadline_s", float),
+        "STOCKCORE_RECONCILE_CLOSE_MARGIN": ("close_margin_s", float),
         "STOCKCORE_PAYMENT_PROVIDER_TIMEOUT": ("provider_timeout_s", float),
         "STOCKCORE_RECONCILE_CALL_TIMEOUT": ("call_timeout_s", float),
         "STOCKCORE_DB_TIMEOUT": ("db_timeout_s", float),
@@ -72,6 +76,7 @@ class ReconcilerSettings(EnvSettings):
             (1 <= self.page_size <= 100, "page_size must be 1-100"),
             (self.grace_s >= 0, "grace_s must be 0 or more"),
             (self.settle_deadline_s >= 0, "settle_deadline_s must be 0 or more"),
+            (self.close_margin_s >= 0, "close_margin_s must be 0 or more"),
             (self.provider_timeout_s > 0, "provider_timeout_s must be positive"),
             (self.call_timeout_s > 0, "call_timeout_s must be positive"),
             (self.db_timeout_s > 0, "db_timeout_s must be positive"),

@@ -15,6 +15,10 @@
 3. **State.** Compare both sides of every charge and refund still to be stated
    (payments/reconciler/matching.py decides) and write the new statement lines, their
    exceptions opened and the ones they correct closed (stockcore.record_statements).
+4. **Close days.** Close each currency's provider balance of every UTC day that ended
+   more than the close margin ago (stockcore.close_due_days): once, in order, each
+   opening at the previous day's closing. A transfer of a closed day read after lands in
+   the next open day.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class Reconciler:
     orders: OrderClient | None
     policy: Policy
     page_size: int = 100
+    close_margin_s: float = 3600.0
     clock: Callable[[], datetime] = field(default=_now)
 
     async def follow(self) -> int:
@@ -143,11 +148,22 @@ class Reconciler:
                 )
         return stated
 
+    async def close_days(self) -> int:
+        """Close the days past the close margin; how many were."""
+        closed = await self.store.close_due_days(
+            self.clock() - timedelta(seconds=self.close_margin_s)
+        )
+        for currency, day in closed:
+            log.info("daily close", extra={"currency": currency, "day": day.isoformat()})
+        return len(closed)
+
     async def step(self) -> StepDone:
-        """Follow the feed, recover, state: once each."""
+        """Follow the feed, recover, state, close the days due: once each."""
         posted = await self.follow()
         recovered = await self.recover()
-        return StepDone(posted, recovered, await self.state())
+        stated = await self.state()
+        await self.close_days()
+        return StepDone(posted, recovered, stated)
 
     async def run(self, stopping: asyncio.Event, interval_s: float) -> None:
         """Step every `interval_s` until `stopping` is set; a provider or a database that

@@ -55,6 +55,7 @@ async def opened(
             orders,
             Policy(settings.grace_s, settings.settle_deadline_s),
             settings.page_size,
+            settings.close_margin_s,
         )
     finally:
         if orders is not None:

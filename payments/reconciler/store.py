@@ -5,7 +5,7 @@ exceptions. Each write is one function call answering with a typed value."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 
@@ -23,6 +23,8 @@ from runtime.pools import open_pool
 
 #: The settlement feed's name in stockcore.settlement_cursor.
 FEED = "provider"
+#: Who closes the days, as stockcore.daily_closes.closed_by records it.
+CLOSER = "reconciler"
 
 
 @dataclass(frozen=True)
@@ -189,3 +191,11 @@ class ReconciliationStore:
                 why,
             )
         )
+
+    async def close_due_days(self, before: datetime) -> list[tuple[str, date]]:
+        """Close every currency's days that ended before `before`, in order; (currency,
+        day) of each closed (stockcore.close_due_days)."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM stockcore.close_due_days($1, $2)", before, CLOSER
+        )
+        return [(r["currency"], r["day"]) for r in rows]

@@ -26,6 +26,11 @@ ORDERS_WATCH = "orders:watch"
 """WatchOrders: every customer's events."""
 ORDERS_FULFIL = "orders:fulfil"
 """ShipOrder, RecordInTransit, RecordDelivery."""
+FINANCE_READ = "finance:read"
+"""GetStatement, ListExceptions, GetDailyClose: what the reconciler found about the money,
+and the provider balance's daily closes."""
+FINANCE_RESOLVE = "finance:resolve"
+"""ResolveException: a person's decision about a reconciliation discrepancy."""
 CUSTOMER = "customer"
 """A shopper's token, minted by a checkout gateway with the shopper's customer_id claim:
 that customer's orders only (read, watch, cancel while unpaid), nothing else unless it
@@ -41,6 +46,8 @@ SERVICE_SCOPES = (
     ORDERS_READ,
     ORDERS_WATCH,
     ORDERS_FULFIL,
+    FINANCE_READ,
+    FINANCE_RESOLVE,
 )
 """Scopes of internal services; a customer-bound token carries none of them."""
 

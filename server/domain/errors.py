@@ -237,3 +237,16 @@ class ShuttingDown(Unavailable):
         super().__init__(
             "this server process is shutting down; nothing was done: retry with the same id"
         )
+
+
+class AlreadyResolved(DomainError):
+    """A reconciliation exception was resolved before: the first resolution stands."""
+
+    def __init__(self, exception_id: int, resolution: str, resolved_by: str) -> None:
+        self.exception_id = exception_id
+        self.resolution = resolution
+        self.resolved_by = resolved_by
+        super().__init__(
+            f"exception {exception_id} was resolved already ({resolution} by {resolved_by});"
+            " the first resolution stands"
+        )

@@ -41,6 +41,7 @@ _BEARER = "bearer "
 
 _INVENTORY = "/stockcore.v1.InventoryService/"
 _ORDERS = "/stockcore.v1.OrderService/"
+_RECONCILIATION = "/stockcore.v1.ReconciliationService/"
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ RULES: Mapping[str, Rule] = {
     _ORDERS + "RecordInTransit": Rule(scopes.ORDERS_FULFIL),
     _ORDERS + "RecordDelivery": Rule(scopes.ORDERS_FULFIL),
     _ORDERS + "WatchOrders": Rule(scopes.ORDERS_WATCH, customer_scope=scopes.CUSTOMER),
+    # The business's records of money: finance's, never a shopper's.
+    _RECONCILIATION + "GetStatement": Rule(scopes.FINANCE_READ),
+    _RECONCILIATION + "ListExceptions": Rule(scopes.FINANCE_READ),
+    _RECONCILIATION + "GetDailyClose": Rule(scopes.FINANCE_READ),
+    _RECONCILIATION + "ResolveException": Rule(scopes.FINANCE_RESOLVE),
 }
 """Every RPC of the API; a method missing here cannot be served (service_handler refuses)."""
 

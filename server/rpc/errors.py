@@ -12,6 +12,7 @@ from stockcore.v1 import inventory_pb2
 
 from server.domain.errors import (
     AlreadyExists,
+    AlreadyResolved,
     CallerLimit,
     DeadlineExpired,
     DomainError,
@@ -44,6 +45,7 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     EventBeforeOrder: grpc.StatusCode.FAILED_PRECONDITION,
     ReservationFull: grpc.StatusCode.FAILED_PRECONDITION,
     LinesDiffer: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyResolved: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -175,6 +177,10 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
         reason = "RESERVATION_LINES"
         lines = f"holds {exc.held or 'no line'}; the order lists {exc.requested}"
         details.append(_precondition(("RESERVATION_LINES", exc.reservation_id, lines)))
+    elif isinstance(exc, AlreadyResolved):
+        reason = "ALREADY_RESOLVED"
+        how = f"resolved as {exc.resolution} by {exc.resolved_by}"
+        details.append(_precondition(("RESOLVED", f"exception {exc.exception_id}", how)))
     elif isinstance(exc, AlreadyExists) and exc.owner:
         details.append(
             _pack(

@@ -47,7 +47,7 @@ from server.shares import Shares
 log = logging.getLogger(__name__)
 
 # Calls with these scopes only read: they queue apart from the writes.
-READ_SCOPES = frozenset({scopes.INVENTORY_READ, scopes.ORDERS_READ})
+READ_SCOPES = frozenset({scopes.INVENTORY_READ, scopes.ORDERS_READ, scopes.FINANCE_READ})
 
 
 def _public(exc: DomainError, method: str, context: grpc.aio.ServicerContext) -> DomainError:  # type: ignore[type-arg]

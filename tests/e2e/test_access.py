@@ -13,8 +13,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from stockcore.v1 import inventory_pb2 as ipb
-from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc
+from stockcore.v1 import inventory_pb2_grpc, orders_pb2_grpc, reconciliation_pb2_grpc
 from stockcore.v1 import orders_pb2 as pb
+from stockcore.v1 import reconciliation_pb2 as rpb
 
 from clients.tokens import issue_token, load_signing_key, new_signing_key
 from devstack.credentials import DevCredentials
@@ -39,6 +40,7 @@ _STATE = {
     "order_history": "SELECT * FROM stockcore.order_history",
     "payments": "SELECT * FROM stockcore.payments",
     "order_events": "SELECT event_id, order_id, order_version, type FROM stockcore.order_events",
+    "reconciliation_exceptions": "SELECT * FROM stockcore.reconciliation_exceptions",
 }
 
 
@@ -54,10 +56,13 @@ async def state(dsn: str) -> dict[str, list[str]]:
 class Stubs:
     inventory: inventory_pb2_grpc.InventoryServiceStub
     orders: orders_pb2_grpc.OrderServiceStub
+    reconciliation: reconciliation_pb2_grpc.ReconciliationServiceStub
 
     def method(self, name: str) -> Callable[..., object]:
-        service = self.inventory if hasattr(self.inventory, name) else self.orders
-        return getattr(service, name)  # type: ignore[no-any-return]
+        for service in (self.inventory, self.orders, self.reconciliation):
+            if hasattr(service, name):
+                return getattr(service, name)  # type: ignore[no-any-return]
+        raise AttributeError(name)
 
 
 @pytest.fixture
@@ -67,6 +72,7 @@ async def bare(app: App, credentials: DevCredentials) -> AsyncIterator[Stubs]:
         yield Stubs(
             inventory_pb2_grpc.InventoryServiceStub(channel),
             orders_pb2_grpc.OrderServiceStub(channel),
+            reconciliation_pb2_grpc.ReconciliationServiceStub(channel),
         )
 
 
@@ -109,6 +115,36 @@ async def setup(stubs: Stubs, service: str) -> None:
     await orders.CreateOrder(create_request("o-bob", customer=BOB), metadata=md)
 
 
+async def setup_money(dsn: str) -> None:
+    """What the reconciler would have found about o-paid's payment (an open exception,
+    number 1), and a provider charge of it in the ledger, posted on 2020-01-01."""
+    async with connected(dsn) as conn:
+        await conn.execute(
+            "ALTER TABLE stockcore.reconciliation_exceptions"
+            " ALTER COLUMN exception_id RESTART WITH 1"
+        )
+        statement = await conn.fetchval(
+            "INSERT INTO stockcore.reconciliation_statements (subject_kind, subject_id,"
+            " order_id, verdict, ours_amount, ours_currency, fact_at)"
+            " VALUES (1, 'pay-o-paid', 'o-paid', 2, 300, 'EUR', now()) RETURNING statement_id"
+        )
+        await conn.execute(
+            "INSERT INTO stockcore.reconciliation_exceptions (statement_id, reason) VALUES ($1, 2)",
+            statement,
+        )
+        await conn.execute(
+            "INSERT INTO stockcore.settlement_transactions (txn_id, cursor, type, source_id,"
+            " charge_id, order_id, amount_minor, currency, created_at, available_on)"
+            " VALUES ('txn_1', 1, 'charge', 'pay-o-paid', 'pay-o-paid', 'o-paid', 300, 'EUR',"
+            " '2020-01-01T12:00Z', '2020-01-01T12:00Z')"
+        )
+        await conn.execute(
+            "INSERT INTO stockcore.ledger_transfers (kind, source_id, order_id, debit_account,"
+            " credit_account, amount_minor, currency) VALUES (4, 'txn_1', 'o-paid', 5, 1, 300,"
+            " 'EUR')"
+        )
+
+
 # One well-formed request per RPC, about alice's data: a service with the scope may make
 # it; bob's token may not. (The Reserve is a repeat of the service's own r-1: from bob's
 # page, which reserves for bob, it is another request under a taken id.)
@@ -138,6 +174,12 @@ REQUESTS: dict[str, object] = {
     "RecordInTransit": pb.RecordInTransitRequest(order_id="o-shipped"),
     "RecordDelivery": pb.RecordDeliveryRequest(order_id="o-moving"),
     "WatchOrders": pb.WatchOrdersRequest(customer_id=ALICE),
+    "GetStatement": rpb.GetStatementRequest(id="o-paid"),
+    "ListExceptions": rpb.ListExceptionsRequest(),
+    "ResolveException": rpb.ResolveExceptionRequest(
+        exception_id=1, resolution=rpb.RESOLUTION_ACCEPTED, why="accepted"
+    ),
+    "GetDailyClose": rpb.GetDailyCloseRequest(currency_code="EUR", day="2020-01-01"),
 }
 
 
@@ -162,6 +204,10 @@ SCOPE_OF = {
     "RecordInTransit": ("orders:fulfil", None),
     "RecordDelivery": ("orders:fulfil", None),
     "WatchOrders": ("orders:watch", "customer"),
+    "GetStatement": ("finance:read", None),
+    "ListExceptions": ("finance:read", None),
+    "ResolveException": ("finance:resolve", None),
+    "GetDailyClose": ("finance:read", None),
 }
 # What a checkout page's token carries beside `customer` (devstack/page_session.py).
 SHOPPER = [scopes.CUSTOMER, scopes.INVENTORY_READ, scopes.INVENTORY_HOLD, scopes.ORDERS_CREATE]
@@ -285,6 +331,7 @@ async def test_every_rpc_refuses_bad_callers_without_a_change_and_serves_the_rig
     bare: Stubs, credentials: DevCredentials, service_token: str, dsn: str, name: str
 ) -> None:
     await setup(bare, service_token)
+    await setup_money(dsn)
     callers_by_case = tokens(credentials, name)
     before = await state(dsn)
 

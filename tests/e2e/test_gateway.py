@@ -198,7 +198,12 @@ async def test_watch_orders_streams_events_as_they_happen(api: GatewayCaller) ->
 
 def test_every_rpc_has_a_route() -> None:
     routes = describe_routes()
-    assert len(routes) == 16
+    assert len(routes) == 20
+    assert routes["GetStatement"] == ("GET", "/v1/reconciliation/statements/{id}")
+    assert routes["ResolveException"] == (
+        "POST",
+        "/v1/reconciliation/exceptions/{exception_id}:resolve",
+    )
     assert routes["Reserve"] == ("POST", "/v1/reservations")
     assert routes["SetReservationLine"] == ("POST", "/v1/reservations/{reservation_id}:setLine")
     assert routes["Commit"] == ("POST", "/v1/reservations/{reservation_id}:commit")

@@ -19,7 +19,7 @@ from stockcore.v1 import inventory_pb2_grpc
 
 from devstack.credentials import DevCredentials
 from devstack.servers import LocalStockcore
-from server.app import INVENTORY_SERVICE, ORDER_SERVICE, App
+from server.app import INVENTORY_SERVICE, ORDER_SERVICE, RECONCILIATION_SERVICE, App
 from server.domain.errors import Unavailable
 from tests import callers
 from tests.servers import Servers, server_process
@@ -68,7 +68,7 @@ async def test_health_is_published_only_when_a_status_changes(
     failing = True
     start = pings
     await until_true(lambda: pings >= start + 4, "four rounds with PostgreSQL failing")
-    services = {"", INVENTORY_SERVICE, ORDER_SERVICE}
+    services = {"", INVENTORY_SERVICE, ORDER_SERVICE, RECONCILIATION_SERVICE}
     assert sorted(published) == sorted((s, NOT_SERVING) for s in services)
 
     published.clear()

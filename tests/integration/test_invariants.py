@@ -3,7 +3,7 @@ checks speaks up when the data it guards is broken (in a transaction rolled back
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -79,8 +79,10 @@ async def world(store: StockStore, db: asyncpg.Connection) -> asyncpg.Connection
         [f"pay-{PAID}", f"pay-{PAID}", "po-1", "re-1", "re-1"],
         [f"pay-{PAID}", f"pay-{PAID}", None, "ch-differs", "ch-differs"],
         [PAID, PAID, None, PENDING, PENDING],
-        [datetime.now(UTC)] * 5,
+        [datetime.now(UTC) - timedelta(days=2)] * 2 + [datetime.now(UTC) - timedelta(days=1)] * 3,
     )
+    # The two days closed, the first opening at 0, the second at the first's closing.
+    await db.fetch("SELECT * FROM stockcore.close_due_days(now(), 'tests')")
     statement = (
         "SELECT stockcore.record_statements('provider', $1, $2, $3, $4, '{400}', '{EUR}',"
         " $5, $6, '{f}', ARRAY[now()], $7)"
@@ -240,6 +242,16 @@ BREAKAGES: dict[str, list[str]] = {
     "refund_has_provider_id": ["UPDATE stockcore.refunds SET state = 3 WHERE reason = 1"],
     "refund_events_complete": [
         "UPDATE stockcore.refunds SET state = 2, provider_refund_id = 're_x' WHERE reason = 1"
+    ],
+    "daily_close_continuity": [
+        "UPDATE stockcore.daily_closes SET opening_minor = opening_minor + 1,"
+        " closing_minor = closing_minor + 1"
+        " WHERE day = (SELECT max(day) FROM stockcore.daily_closes)"
+    ],
+    "daily_close_counts_its_items": [
+        "UPDATE stockcore.daily_closes SET fees_minor = fees_minor + 1,"
+        " closing_minor = closing_minor - 1"
+        " WHERE day = (SELECT max(day) FROM stockcore.daily_closes)"
     ],
     "event_cursors_gap_free": [
         "UPDATE stockcore.order_events SET cursor = cursor + 1"

@@ -274,9 +274,10 @@ RECONCILIATION = (
     "stockcore.reconciliation_statements", "stockcore.reconciliation_exceptions",
 )  # fmt: skip
 REFUNDS = "stockcore.refunds"
+CLOSES = ("stockcore.daily_closes", "stockcore.daily_close_items")
 _CHANGED = (
     ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN, *LEDGER,
-    *RECONCILIATION, REFUNDS,
+    *RECONCILIATION, REFUNDS, *CLOSES,
 )  # fmt: skip
 
 
@@ -413,6 +414,9 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
     assert await conn.fetch(
         "SELECT reason, state, count(*) AS n FROM stockcore.refunds GROUP BY 1, 2"
     ) == [(1, 1, owed)]
+    # 020: no day is closed yet; the reconciler closes the past days from the first.
+    assert not set(CLOSES) & set(before)
+    assert {t: after[t][0] for t in CLOSES} == dict.fromkeys(CLOSES, 0)
     # The cancel's row became o-refunded's own (no key); callers' rows kept their keys,
     # the one under a cancel's old key included; nothing else of any row changed.
     assert await adjustments(conn) == [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
-from stockcore.v1 import inventory_pb2, orders_pb2
+from stockcore.v1 import inventory_pb2, orders_pb2, reconciliation_pb2
 
 from server.domain.errors import MAX_VIOLATIONS, FieldViolation, InvalidArgument
 from server.rpc import bounds
@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = (
     inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"],
     orders_pb2.DESCRIPTOR.services_by_name["OrderService"],
+    reconciliation_pb2.DESCRIPTOR.services_by_name["ReconciliationService"],
 )
 
 

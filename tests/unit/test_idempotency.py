@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import message_factory
-from stockcore.v1 import inventory_pb2, orders_pb2
+from stockcore.v1 import inventory_pb2, orders_pb2, reconciliation_pb2
 
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.rpc import idempotency
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = (
     inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"],
     orders_pb2.DESCRIPTOR.services_by_name["OrderService"],
+    reconciliation_pb2.DESCRIPTOR.services_by_name["ReconciliationService"],
 )
 
 

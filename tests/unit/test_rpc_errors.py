@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.domain.errors import (
     AlreadyExists,
+    AlreadyResolved,
     CallerLimit,
     DeadlineExpired,
     DomainError,
@@ -57,6 +58,7 @@ EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
     ),
     (ReservationFull("cart-1", 100), grpc.StatusCode.FAILED_PRECONDITION),
     (LinesDiffer("cart-1", "A x 2", "A x 3"), grpc.StatusCode.FAILED_PRECONDITION),
+    (AlreadyResolved(7, "ACCEPTED", "finance"), grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable("database unreachable"), grpc.StatusCode.UNAVAILABLE),
     (DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unauthenticated("TOKEN_EXPIRED", "the token has expired"), grpc.StatusCode.UNAUTHENTICATED),
@@ -330,3 +332,14 @@ def test_a_refusal_while_shutting_down_is_unavailable_with_a_retry_delay() -> No
     assert retry.retry_delay.ToMilliseconds() == 500
     (info,) = unpack(rich, error_details_pb2.ErrorInfo)
     assert info.reason == "SHUTTING_DOWN"
+
+
+def test_a_second_resolution_names_the_first_in_its_details() -> None:
+    status = to_status(AlreadyResolved(7, "ACCEPTED", "finance"))
+    rich = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+    info, failure = error_details_pb2.ErrorInfo(), error_details_pb2.PreconditionFailure()
+    assert rich.details[0].Unpack(info) and rich.details[1].Unpack(failure)
+    assert (info.reason, info.domain) == ("ALREADY_RESOLVED", DOMAIN)
+    [violation] = failure.violations
+    assert (violation.type, violation.subject) == ("RESOLVED", "exception 7")
+    assert violation.description == "resolved as ACCEPTED by finance"

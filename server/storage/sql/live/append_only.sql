@@ -68,3 +68,11 @@ END $$;
 CREATE OR REPLACE TRIGGER reconciliation_exceptions_resolved_once
     BEFORE UPDATE OR DELETE ON stockcore.reconciliation_exceptions
     FOR EACH ROW EXECUTE FUNCTION stockcore.keep_exception();
+
+-- A closed day never changes, nor what it counted (live/closing.sql).
+CREATE OR REPLACE TRIGGER daily_closes_append_only
+    BEFORE UPDATE OR DELETE ON stockcore.daily_closes
+    FOR EACH ROW EXECUTE FUNCTION stockcore.refuse_change();
+CREATE OR REPLACE TRIGGER daily_close_items_append_only
+    BEFORE UPDATE OR DELETE ON stockcore.daily_close_items
+    FOR EACH ROW EXECUTE FUNCTION stockcore.refuse_change();

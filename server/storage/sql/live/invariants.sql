@@ -2,7 +2,7 @@
 -- the movement ledger; orders against their holds, status history, payments and events;
 -- the payment provider's charges, as the webhook receiver recorded them, against payments;
 -- the money ledger against its facts and the settlement feed; the reconciler's statements
--- against their exceptions.
+-- against their exceptions; the daily closes against each other and what they counted.
 -- The test suite and the load runs call stockcore.invariant_violations() after they ran;
 -- it returns one row per violation ("check" names the rule, subject the SKU, reservation
 -- or order, detail what was found) and none when everything holds. It only reads, in one
@@ -356,6 +356,38 @@ SELECT 'refund_events_complete', f.refund_id,
                                                      WHEN 2 THEN ARRAY['8']
                                                      WHEN 3 THEN ARRAY['8 9']
                                                      ELSE ARRAY['10', '8 10'] END))
+UNION ALL
+-- The provider balance's daily closes (020_daily_close.sql): a currency's days close one
+-- after another, each opening at the previous day's closing (the first at 0) ...
+SELECT 'daily_close_continuity', c.currency || ' ' || c.day,
+       format('opening %s, the day before %s', c.opening_minor,
+              coalesce(p.closing_minor::text, 'not closed'))
+  FROM stockcore.daily_closes c
+  LEFT JOIN stockcore.daily_closes p ON p.currency = c.currency AND p.day = c.day - 1
+ WHERE (p.day IS NOT NULL AND c.opening_minor <> p.closing_minor)
+    OR (p.day IS NULL AND (c.opening_minor <> 0
+                           OR EXISTS (SELECT FROM stockcore.daily_closes e
+                                       WHERE e.currency = c.currency AND e.day < c.day)))
+UNION ALL
+-- ... and its figures are what the transfers it counted add up to, as when it closed.
+SELECT 'daily_close_counts_its_items', c.currency || ' ' || c.day,
+       format('figures %s/%s/%s/%s/%s, items %s/%s/%s/%s/%s', c.charges_minor,
+              c.refunds_minor, c.fees_minor, c.payouts_minor, c.refund_failures_minor,
+              i.charges, i.refunds, i.fees, i.payouts, i.failures)
+  FROM stockcore.daily_closes c
+  LEFT JOIN (SELECT i.currency, i.day,
+                    coalesce(sum(t.amount_minor) FILTER (WHERE t.kind = 4), 0) AS charges,
+                    coalesce(sum(t.amount_minor) FILTER (WHERE t.kind = 5), 0) AS refunds,
+                    coalesce(sum(t.amount_minor) FILTER (WHERE t.kind = 6), 0) AS fees,
+                    coalesce(sum(t.amount_minor) FILTER (WHERE t.kind = 7), 0) AS payouts,
+                    coalesce(sum(t.amount_minor) FILTER (WHERE t.kind = 8), 0) AS failures
+               FROM stockcore.daily_close_items i
+               JOIN stockcore.ledger_transfers t ON t.transfer_id = i.transfer_id
+              GROUP BY 1, 2) i ON i.currency = c.currency AND i.day = c.day
+ WHERE (c.charges_minor, c.refunds_minor, c.fees_minor, c.payouts_minor,
+        c.refund_failures_minor)
+       IS DISTINCT FROM (coalesce(i.charges, 0), coalesce(i.refunds, 0), coalesce(i.fees, 0),
+                         coalesce(i.payouts, 0), coalesce(i.failures, 0))
 UNION ALL
 -- Cursors are unique: gap-free from 1 means as many as the highest.
 SELECT 'event_cursors_gap_free', 'order_events',

@@ -243,3 +243,48 @@ BEGIN
      WHERE exception_id = p_exception_id;
     RETURN 0;
 END $$;
+
+-- The statement lines a reader asks for by one id: those whose subject (a charge or a
+-- provider refund) is p_id, and every line about an order p_id, oldest first, each with
+-- the exception it opened; at most p_limit.
+CREATE OR REPLACE FUNCTION stockcore.statement_lines(p_id text, p_limit int)
+RETURNS TABLE (statement_id bigint, subject_kind smallint, subject_id text, order_id text,
+               verdict smallint, ours_amount bigint, ours_currency text, theirs_amount bigint,
+               theirs_currency text, recovered boolean, corrects bigint, fact_at timestamptz,
+               stated_at timestamptz, lag_s double precision, exception_id bigint,
+               resolution smallint)
+LANGUAGE sql STABLE SET jit = off AS $$
+    SELECT s.statement_id, s.subject_kind, s.subject_id, s.order_id, s.verdict, s.ours_amount,
+           s.ours_currency, s.theirs_amount, s.theirs_currency, s.recovered, s.corrects,
+           s.fact_at, s.stated_at, s.lag_s, e.exception_id, e.resolution
+      FROM stockcore.reconciliation_statements s
+      LEFT JOIN stockcore.reconciliation_exceptions e ON e.statement_id = s.statement_id
+     WHERE s.subject_id = p_id OR s.order_id = p_id
+     ORDER BY s.statement_id
+     LIMIT p_limit
+$$;
+
+-- One page of exceptions after exception p_after, oldest first: the open ones unless
+-- p_all, of verdict p_reason unless it is NULL, each with its statement line.
+CREATE OR REPLACE FUNCTION stockcore.reconciliation_exception_page(
+    p_all boolean, p_reason smallint, p_after bigint, p_limit int
+) RETURNS TABLE (exception_id bigint, reason smallint, opened_at timestamptz,
+                 resolution smallint, resolved_by text, resolved_why text,
+                 resolved_at timestamptz, statement_id bigint, subject_kind smallint,
+                 subject_id text, order_id text, verdict smallint, ours_amount bigint,
+                 ours_currency text, theirs_amount bigint, theirs_currency text,
+                 recovered boolean, corrects bigint, fact_at timestamptz,
+                 stated_at timestamptz, lag_s double precision)
+LANGUAGE sql STABLE SET jit = off AS $$
+    SELECT e.exception_id, e.reason, e.opened_at, e.resolution, e.resolved_by,
+           e.resolved_why, e.resolved_at, s.statement_id, s.subject_kind, s.subject_id,
+           s.order_id, s.verdict, s.ours_amount, s.ours_currency, s.theirs_amount,
+           s.theirs_currency, s.recovered, s.corrects, s.fact_at, s.stated_at, s.lag_s
+      FROM stockcore.reconciliation_exceptions e
+      JOIN stockcore.reconciliation_statements s ON s.statement_id = e.statement_id
+     WHERE e.exception_id > p_after
+       AND (p_all OR e.resolution IS NULL)
+       AND (p_reason IS NULL OR e.reason = p_reason)
+     ORDER BY e.exception_id
+     LIMIT p_limit
+$$;
