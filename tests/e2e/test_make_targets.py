@@ -68,7 +68,7 @@ SHORT: dict[str, tuple[str, ...]] = {
     "load-fanout": ("STREAMS=50", "DURATION=2", "HISTORY=200", "CALLERS=16"),
     # 10 s of orders with every provider fault at 5 %; most of its time is the wait for the
     # provider's late settlements (30 s) and the reconciler's grace.
-    "load-recon": ("ORDERS=200", "RATE=20", "FAULT_RATE=0.05"),
+    "load-recon": ("ORDERS=200", "RATE=20", "FAULT_RATE=0.05", "CANCEL=0.1"),
     "load-outage": (
         "DURATION=12",
         "OUTAGE_AT=3",
