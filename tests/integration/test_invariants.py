@@ -227,6 +227,13 @@ BREAKAGES: dict[str, list[str]] = {
         "UPDATE stockcore.reconciliation_statements SET subject_id = 'other'"
         " WHERE corrects IS NOT NULL"
     ],
+    # The reconciler's first statement of a subject, written again.
+    "statement_corrects_the_one_before": [
+        "INSERT INTO stockcore.reconciliation_statements"
+        " (subject_kind, subject_id, order_id, verdict, fact_at)"
+        " SELECT subject_kind, subject_id, order_id, verdict, fact_at"
+        " FROM stockcore.reconciliation_statements WHERE corrects IS NULL"
+    ],
     "discrepancy_has_exception": [
         "DELETE FROM stockcore.reconciliation_exceptions WHERE resolution IS NULL"
     ],

@@ -290,6 +290,18 @@ SELECT 'statement_corrects_its_subject', s.statement_id::text,
  WHERE (c.subject_kind, c.subject_id) IS DISTINCT FROM (s.subject_kind, s.subject_id)
     OR c.statement_id >= s.statement_id
 UNION ALL
+-- ... so a subject's statements form one line: each after its first corrects the one
+-- before (corrects is unique), and a subject stated again from scratch, as a reconciler
+-- that repeated its work after a crash would, shows here ...
+SELECT 'statement_corrects_the_one_before', s.statement_id::text,
+       format('about %s %s, verdict %s, after statement %s of verdict %s without correcting it',
+              s.subject_kind, s.subject_id, s.verdict, s.before, s.before_verdict)
+  FROM (SELECT statement_id, subject_kind, subject_id, verdict, corrects,
+               lag(statement_id) OVER subject AS before, lag(verdict) OVER subject AS before_verdict
+          FROM stockcore.reconciliation_statements
+        WINDOW subject AS (PARTITION BY subject_kind, subject_id ORDER BY statement_id)) s
+ WHERE s.before IS NOT NULL AND s.corrects IS DISTINCT FROM s.before
+UNION ALL
 -- ... each discrepancy has its exception, of its verdict, and a match none ...
 SELECT 'discrepancy_has_exception', s.statement_id::text,
        format('verdict %s, exception %s', s.verdict,
