@@ -236,10 +236,14 @@ load-recon: deps
 
 # A seeded fault schedule (kill -9, SIGSTOP, slow PostgreSQL, Redis restarts) under mixed
 # load, then the invariants, every acknowledged outcome and the gate checked (RELIABILITY.md).
+# Paying at the payment provider too (refunds included), with the reconciler: its kinds of
+# fault kill -9 the reconciler, the webhook receiver or the refund sender. FAULTS= (comma-
+# separated kinds) strikes those first, GAP= seconds apart (12).
 #   make chaos SEED=7 DURATION=180
+#   make chaos SEED=3 DURATION=31 GAP=1 FAULTS=kill-reconciler,kill-receiver
 chaos: deps
 	$(PY) -m loadtests.chaos $(call load_opt,SEED,seed) $(call load_opt,DURATION,duration) \
-		$(REPORTS_OPT)
+		$(call load_opt,GAP,gap) $(call load_opt,FAULTS,faults) $(REPORTS_OPT)
 
 # Abusive callers (worst requests, 10,000 Health/Watch streams, one customer's 2,000
 # WatchOrders streams, 64 STRONG readers) beside an ordinary Reserve caller, over TLS with

@@ -190,6 +190,67 @@ def with_webhook_secret(settings: PaymentsSettings, data_dir: Path | str) -> Pay
     return settings.with_overrides(webhook_secret_file=str(credentials.webhook_secret))
 
 
+PaymentProgram = tuple[str, list[str], dict[str, str] | None]
+"""A program of the payment side: its name (that of its log), its argv, its environment
+(None: this process's)."""
+
+
+def _webhook_url(receiver: PaymentsSettings) -> str:
+    host = "127.0.0.1" if receiver.webhook_host in ("", "0.0.0.0", "::") else receiver.webhook_host
+    return f"http://{host}:{receiver.webhook_port}{WEBHOOK_PATH}"
+
+
+def payment_programs(
+    dev: DevSettings,
+    receiver: PaymentsSettings,
+    *,
+    receiver_env: Mapping[str, str] | None = None,
+    reconciler: ReconcilerSettings | None = None,
+) -> list[PaymentProgram]:
+    """What payments_and_receiver starts, in its order: the receiver, the provider, the
+    refund sender and (unless `reconciler` is None) the reconciler."""
+    url = _webhook_url(receiver)
+    provider = [
+        sys.executable, "-m", "simulators", "payments", "--port", str(dev.dev_payments_port),
+        "--webhook-url", url, "--webhook-secret-file", receiver.webhook_secret_file,
+    ]  # fmt: skip
+    env = program_env(receiver_env, payments_config.to_env(receiver))
+    # The refund sender pays back what stockcore owes through the same provider; it needs
+    # the database alone (no token: it calls no server).
+    sender = RefundSettings(
+        pg_dsn=receiver.pg_dsn, provider_url=f"http://127.0.0.1:{dev.dev_payments_port}"
+    ).validate()
+    sender_env = program_env(None, refunds_config.to_env(sender))
+    programs: list[PaymentProgram] = [
+        ("payments-receiver", [sys.executable, "-m", "payments"], env),
+        ("payment-provider", provider, None),
+        ("refund-sender", [sys.executable, "-m", "refunds"], sender_env),
+    ]
+    if reconciler is not None:
+        following = reconciler.with_overrides(
+            provider_url=f"http://127.0.0.1:{dev.dev_payments_port}"
+        )
+        programs.append(
+            (
+                "payments-reconciler",
+                [sys.executable, "-m", "payments.reconciler"],
+                program_env(receiver_env, reconciler_config.to_env(following)),
+            )
+        )
+    return programs
+
+
+def start_payment_program(program: PaymentProgram, logs_dir: Path) -> subprocess.Popen[bytes]:
+    """One program of payment_programs as a child that dies with this process, its output
+    appended to its log under `logs_dir`."""
+    name, argv, child_env = program
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    with open(logs_dir / f"{name}.log", "ab") as out:
+        return spawn(
+            argv, death_signal=signal.SIGTERM, env=child_env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 @contextlib.contextmanager
 def payments_and_receiver(
     dev: DevSettings,
@@ -209,50 +270,17 @@ def payments_and_receiver(
     (clients/credentials.py); the reconciler presents the same, to confirm the payments
     whose webhook never came. The secret reaches the provider and the receiver by its file,
     never on a command line."""
-    host = "127.0.0.1" if receiver.webhook_host in ("", "0.0.0.0", "::") else receiver.webhook_host
-    url = f"http://{host}:{receiver.webhook_port}{WEBHOOK_PATH}"
-    provider = [
-        sys.executable, "-m", "simulators", "payments", "--port", str(dev.dev_payments_port),
-        "--webhook-url", url, "--webhook-secret-file", receiver.webhook_secret_file,
-    ]  # fmt: skip
-    env = program_env(receiver_env, payments_config.to_env(receiver))
-    # The refund sender pays back what stockcore owes through the same provider; it needs
-    # the database alone (no token: it calls no server).
-    sender = RefundSettings(
-        pg_dsn=receiver.pg_dsn, provider_url=f"http://127.0.0.1:{dev.dev_payments_port}"
-    ).validate()
-    sender_env = program_env(None, refunds_config.to_env(sender))
-    programs: list[tuple[str, list[str], dict[str, str] | None]] = [
-        ("payments-receiver", [sys.executable, "-m", "payments"], env),
-        ("payment-provider", provider, None),
-        ("refund-sender", [sys.executable, "-m", "refunds"], sender_env),
-    ]
-    if reconciler is not None:
-        following = reconciler.with_overrides(
-            provider_url=f"http://127.0.0.1:{dev.dev_payments_port}"
-        )
-        programs.append(
-            (
-                "payments-reconciler",
-                [sys.executable, "-m", "payments.reconciler"],
-                program_env(receiver_env, reconciler_config.to_env(following)),
-            )
-        )
-    logs_dir.mkdir(parents=True, exist_ok=True)
+    programs = payment_programs(dev, receiver, receiver_env=receiver_env, reconciler=reconciler)
     started: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name, argv, child_env in programs:
-            with open(logs_dir / f"{name}.log", "ab") as out:
-                started[name] = spawn(
-                    argv,
-                    death_signal=signal.SIGTERM,
-                    env=child_env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+        for program in programs:
+            started[program[0]] = start_payment_program(program, logs_dir)
         log.info(
             "simulated payment provider, webhook receiver, reconciler and refund sender started",
-            extra={"provider": f"http://127.0.0.1:{dev.dev_payments_port}", "webhooks": url},
+            extra={
+                "provider": f"http://127.0.0.1:{dev.dev_payments_port}",
+                "webhooks": _webhook_url(receiver),
+            },
         )
         yield {name: proc.pid for name, proc in started.items()}
     finally:

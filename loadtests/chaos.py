@@ -39,7 +39,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
 import grpc
 from google.protobuf import duration_pb2
@@ -54,7 +56,9 @@ from loadtests import invariants, report
 from loadtests.arguments import positive_float, positive_int
 from loadtests.driver import percentile, run_on_uvloop
 from loadtests.locust.shop import CURRENCY, unit_price_minor
-from loadtests.stack import PLAINTEXT_ENV
+from loadtests.money_checks import charges_unaccounted, refunds_at_provider, settle
+from loadtests.payment_programs import PaymentPrograms
+from loadtests.stack import LOAD_RECONCILER, PLAINTEXT_ENV, payment_side
 from runtime.processes import descendants, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,9 +81,22 @@ FAULTS = (
     "stop-worker",
     "slow-postgres",
     "restart-redis",
+    "kill-reconciler",
+    "kill-receiver",
+    "kill-refund-sender",
 )
+# The payment side's programs each struck with kill -9, then started again.
+KILLED_PROGRAM = {
+    "kill-reconciler": "payments-reconciler",
+    "kill-receiver": "payments-receiver",
+    "kill-refund-sender": "refund-sender",
+}
 DELAYED_S = 1.0
 SCARCE_UNITS = 60
+_PROVIDER_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+# How long a shopper who paid at the provider waits for the order to be PAID before
+# cancelling it: past the reconciler's grace, which pays it when the webhook never came.
+_PAID_WAIT_S = LOAD_RECONCILER.grace_s + 20.0
 
 
 @dataclass(frozen=True)
@@ -90,12 +107,15 @@ class Fault:
     pick: int  # which worker, for worker faults
 
 
-def schedule(seed: int, duration: float, gap: float) -> list[Fault]:
-    """The faults of a run: every kind once in a seeded order, then seeded extras, one
-    every `gap` seconds (+-30 %), from 10 s in until 20 s before the end."""
+def schedule(seed: int, duration: float, gap: float, forced: Sequence[str] = ()) -> list[Fault]:
+    """The faults of a run: every kind once in a seeded order (the kinds `forced`, in their
+    order, instead when given), then seeded extras, one every `gap` seconds (+-30 %), from
+    10 s in until 20 s before the end."""
     rng = random.Random(seed)
     kinds = list(FAULTS)
     rng.shuffle(kinds)
+    if forced:
+        kinds = list(forced)
     faults: list[Fault] = []
     at = 10.0
     while at < duration - 20:
@@ -125,11 +145,17 @@ class Seen:
     orders: set[str] = field(default_factory=set)
     paid: set[str] = field(default_factory=set)
     cancelled: set[str] = field(default_factory=set)
+    charged: dict[str, str] = field(default_factory=dict)
+    """Orders charged at the provider, with the charge id it acknowledged."""
+    refunded: set[str] = field(default_factory=set)
+    """Orders paid at the provider whose cancellation (a refund owed) was acknowledged."""
 
 
 class Load:
-    def __init__(self, target: str, skus: list[str], budget: float) -> None:
+    def __init__(self, target: str, skus: list[str], budget: float, provider_url: str) -> None:
         self._target = target
+        self._provider = provider_url
+        self._http = aiohttp.ClientSession(timeout=_PROVIDER_TIMEOUT)
         self._channels: list[grpc.aio.Channel] = []
         self._retired: list[grpc.aio.Channel] = []
         self._connect()
@@ -165,6 +191,7 @@ class Load:
     async def close(self) -> None:
         for channel in self._channels + self._retired:
             await channel.close()
+        await self._http.close()
 
     async def _call(self, kind: str, send) -> tuple[str, object]:
         op = Op(kind, time.monotonic())
@@ -251,11 +278,15 @@ class Load:
         if got != "ok":
             return
         self.seen.orders.add(oid)
-        if rng.random() < 0.7:
+        total = reply.order.total_minor  # type: ignore[attr-defined]
+        roll = rng.random()
+        if roll < 0.35:
+            await self._pay_at_provider(stub, oid, customer, total, rng)
+        elif roll < 0.7:
             pay = ords.ConfirmPaymentRequest(
                 order_id=oid,
                 payment_id=f"pay-{oid}",
-                amount_minor=reply.order.total_minor,  # type: ignore[attr-defined]
+                amount_minor=total,
                 currency_code=CURRENCY,
             )
             got, _ = await self._call(
@@ -270,6 +301,78 @@ class Load:
             )
             if got == "ok":
                 self.seen.cancelled.add(oid)
+
+    async def _pay_at_provider(
+        self, stub, oid: str, customer: str, total: int, rng: random.Random
+    ) -> None:
+        """The shopper pays the provider (its webhook makes the receiver confirm the
+        payment); three in ten cancel once the order is paid, which owes a refund."""
+        body = {"order_id": oid, "customer_id": customer, "amount": total, "currency": CURRENCY}
+        charge_id = await self._charge(oid, body)
+        if charge_id is None:
+            return
+        self.seen.charged[oid] = charge_id
+        if rng.random() >= 0.3 or not await self._until_paid(oid):
+            return
+        # The connections of a moment ago may be closed by now (reconnect_every).
+        stub = self._ords[rng.randrange(len(self._ords))]
+        cancel = ords.CancelOrderRequest(order_id=oid, reason="a refund, please")
+        got, _ = await self._call(
+            "CancelPaid", lambda t: stub.CancelOrder(cancel, timeout=t, metadata=_CALLER)
+        )
+        if got == "ok":
+            self.seen.cancelled.add(oid)
+            self.seen.refunded.add(oid)
+
+    async def _charge(self, oid: str, body: dict[str, object]) -> str | None:
+        """POST /v1/charges, retried with its Idempotency-Key until a definite answer or the
+        budget ran out; the charge id when captured."""
+        op = Op("Charge", time.monotonic())
+        self.ops.append(op)
+        deadline = op.started + self._budget
+        delay = 0.05
+        url = f"{self._provider}/v1/charges"
+        headers = {"Idempotency-Key": f"chaos:{oid}"}
+        while True:
+            op.attempts += 1
+            try:
+                async with self._http.post(url, json=body, headers=headers) as answer:
+                    status = answer.status
+                    charge: Any = await answer.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                op.codes[type(exc).__name__] += 1
+            else:
+                if status == 200:
+                    op.outcome, op.ended = "ok", time.monotonic()
+                    return str(charge["id"])
+                op.codes[f"HTTP {status}"] += 1
+                if status < 500:
+                    op.outcome, op.ended = "refused", time.monotonic()
+                    return None
+            if time.monotonic() + delay > deadline:
+                op.outcome, op.ended = "failed", time.monotonic()
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _until_paid(self, oid: str) -> bool:
+        """Whether the order became PAID (by its webhook, or by the reconciler when the
+        webhook never came) within _PAID_WAIT_S; polls that fail are waited through."""
+        deadline = time.monotonic() + _PAID_WAIT_S
+        while not self.stopping and time.monotonic() < deadline:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                stub = self._ords[0]  # the current connections: a wait outlasts them
+                o = (
+                    await stub.GetOrder(
+                        ords.GetOrderRequest(order_id=oid), timeout=2.0, metadata=_CALLER
+                    )
+                ).order
+                if o.status == ords.ORDER_STATUS_PAID:
+                    return True
+                if o.status != ords.ORDER_STATUS_PENDING_PAYMENT:
+                    return False
+            await asyncio.sleep(0.5)
+        return False
 
 
 def _workers(server: LocalStockcore) -> list[int]:
@@ -296,11 +399,23 @@ def _signal_tree(pid: int, sig: signal.Signals) -> None:
 class Striker:
     """Carries out faults on the stack."""
 
-    def __init__(self, pg: LocalPostgres, redis: LocalRedis, server: LocalStockcore) -> None:
-        self.pg, self.redis, self.server = pg, redis, server
+    def __init__(
+        self,
+        pg: LocalPostgres,
+        redis: LocalRedis,
+        server: LocalStockcore,
+        programs: PaymentPrograms,
+    ) -> None:
+        self.pg, self.redis, self.server, self.programs = pg, redis, server, programs
 
     async def strike(self, fault: Fault) -> str:
         kind, seconds = fault.kind, fault.seconds
+        if kind in KILLED_PROGRAM:
+            name = KILLED_PROGRAM[kind]
+            pid = self.programs.kill(name)
+            await asyncio.sleep(seconds)
+            self.programs.start(name)
+            return f"{name} {pid} killed, started again {seconds:g} s later"
         if kind == "kill-redis":
             self.redis.kill()
             await asyncio.sleep(seconds)
@@ -439,7 +554,7 @@ async def _gate_agrees(target: str, skus: list[str], timeout: float = 30.0) -> l
 
 
 async def run_chaos(args: argparse.Namespace, run: report.Run, stack) -> None:
-    pg, redis, server = stack
+    pg, redis, server, programs, provider_url = stack
     skus = [f"CH-{i:03d}" for i in range(args.skus)]
     scarce = set(skus[:10])
     async with grpc.aio.insecure_channel(server.target) as channel:
@@ -454,7 +569,7 @@ async def run_chaos(args: argparse.Namespace, run: report.Run, stack) -> None:
                 ),
                 timeout=30,
             )
-    faults = schedule(args.seed, args.duration, args.gap)
+    faults = schedule(args.seed, args.duration, args.gap, args.faults)
     run.say(
         "# Chaos: faults under mixed load",
         "",
@@ -462,10 +577,15 @@ async def run_chaos(args: argparse.Namespace, run: report.Run, stack) -> None:
         f"- **seed {args.seed}** (replay: `make chaos SEED={args.seed} DURATION={args.duration:g}`)",
         f"- machine: {report.describe_machine()}",
         f"- {args.callers} callers: half Reserve then Commit (60 %) or Release; half "
-        f"CreateOrder then ConfirmPayment (70 %) or CancelOrder; {args.skus} SKUs, 10 scarce "
+        f"CreateOrder then a charge at the payment provider (35 %: its webhook pays the order;"
+        f" 30 % of those cancelled once paid, a refund), ConfirmPayment (35 %) or CancelOrder;"
+        f" {args.skus} SKUs, 10 scarce "
         f"({SCARCE_UNITS} units: they sell out); every call retried with its id for up to {args.budget:g} s",
         "- the server runs 2 workers; Redis keeps an append-only file; the callers open "
         "new connections every 10 s, as pooled clients do",
+        "- beside them the simulated payment provider (no faults of its own), the webhook "
+        f"receiver, the refund sender and the reconciler (grace {LOAD_RECONCILER.grace_s:g} s)"
+        + (f"; faults forced: {', '.join(args.faults)}" if args.faults else ""),
         "",
         "## Schedule",
         "",
@@ -475,8 +595,8 @@ async def run_chaos(args: argparse.Namespace, run: report.Run, stack) -> None:
         ),
         "",
     )
-    load = Load(server.target, skus, args.budget)
-    striker = Striker(pg, redis, server)
+    load = Load(server.target, skus, args.budget, provider_url)
+    striker = Striker(pg, redis, server, programs)
     struck: list[Struck] = []
     t0 = time.monotonic()
     callers = [asyncio.create_task(load.caller(i)) for i in range(args.callers)]
@@ -542,13 +662,52 @@ async def run_chaos(args: argparse.Namespace, run: report.Run, stack) -> None:
         + (", ".join(f"{k} {v:,}" for k, v in sorted(codes.items())) or "none"),
         f"- acknowledged: {len(load.seen.holds):,} holds ({len(load.seen.committed):,} "
         f"committed, {len(load.seen.released):,} released), {len(load.seen.orders):,} orders "
-        f"({len(load.seen.paid):,} paid, {len(load.seen.cancelled):,} cancelled)",
+        f"({len(load.seen.paid):,} paid by ConfirmPayment, {len(load.seen.charged):,} "
+        f"charged at the provider, {len(load.seen.cancelled):,} cancelled of which "
+        f"{len(load.seen.refunded):,} once paid)",
         "",
         "## Checks",
         "",
     )
+    settled = await settle(pg.dsn, args.settle_timeout)
+    found = settled.found
+    run.say(
+        f"- reconciliation: waited {settled.waited_s:.1f} s after the load for every payment,"
+        f" charge to return and refund to be stated and every refund settled (at most"
+        f" {args.settle_timeout:g} s); open exceptions: "
+        + (", ".join(f"{k} {v:,}" for k, v in sorted(found.open_exceptions.items())) or "none")
+        + " (ConfirmPayment's payments are no charge of the provider's: MISSING_AT_PROVIDER)",
+        f"- refunds by state: {settled.refund_states or 'none'}",
+        "",
+    )
+    run.check(
+        settled.ok,
+        f"reconciliation settled: {len(found.subjects) - found.unstated:,} of"
+        f" {len(found.subjects):,} subjects stated, {settled.unsettled_refunds} refunds"
+        " not settled",
+    )
     sql = await invariants.check_via_sql(pg.dsn)
     run.check(sql.ok, f"stockcore.invariant_violations(): {sql.describe()}")
+    lost = await charges_unaccounted(pg.dsn, load.seen.charged)
+    run.check(
+        not lost,
+        f"every acknowledged charge ({len(load.seen.charged):,}) paid its order or is money"
+        " to return" + (f": {len(lost)} neither, e.g. {lost[:3]}" if lost else ""),
+    )
+    refunds = await refunds_at_provider(pg.dsn, provider_url, load.seen.refunded)
+    run.check(
+        not refunds.wrong,
+        f"every refund owed exists once at the provider: {refunds.checked:,} refunds of"
+        f" {refunds.charges:,} charges, each found by its id with its charge and amount, and"
+        " each charge's amount refunded the sum of ours"
+        + (f"; {len(refunds.wrong)} not, e.g. {refunds.wrong[:3]}" if refunds.wrong else ""),
+    )
+    exited = programs.exited()
+    run.check(
+        not exited,
+        "the payment side's programs still run (those killed were started again)"
+        + (f"; ended by themselves: {exited}" if exited else ""),
+    )
     wrong = await _acknowledged(server.target, load.seen)
     run.check(
         not wrong,
@@ -576,8 +735,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--budget", type=positive_float, default=60.0, help="seconds of retries per call"
     )
+    parser.add_argument(
+        "--faults",
+        type=_fault_kinds,
+        default=(),
+        help=f"comma-separated kinds struck first, in this order (of {', '.join(FAULTS)});"
+        " default: every kind once in a seeded order",
+    )
+    parser.add_argument(
+        "--settle-timeout",
+        type=positive_float,
+        default=120.0,
+        help="seconds to wait after the load for reconciliation to settle",
+    )
     parser.add_argument("--reports", default=str(ROOT / ".reports"))
     return parser.parse_args(argv)
+
+
+def _fault_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FAULTS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"not fault kinds: {unknown or text!r}")
+    return kinds
 
 
 def main() -> None:
@@ -603,7 +783,10 @@ def main() -> None:
     )
     try:
         asyncio.run(server.start(timeout=120.0))
-        run_on_uvloop(run_chaos(args, run, (pg, redis, server)))
+        side = payment_side(pg.dsn, server.target, data, LOAD_RECONCILER)
+        with PaymentPrograms(side, data / "logs") as programs:
+            side.wait_answering()
+            run_on_uvloop(run_chaos(args, run, (pg, redis, server, programs, side.provider_url)))
     finally:
         server.stop()
         redis.stop()

@@ -153,30 +153,66 @@ def _with_payments(stack: Stack, data_dir: Path, reconciler: ReconcilerSettings)
             "paying through the provider needs the receiver's PostgreSQL: set STOCKCORE_PG_DSN"
             " (or pay with ConfirmPayment: PAY_VIA=confirm)"
         )
+    side = payment_side(stack.pg_dsn, stack.target, data_dir, reconciler)
+    with payments_and_receiver(
+        side.dev,
+        side.receiver,
+        data_dir / "logs",
+        receiver_env=side.client_env,
+        reconciler=side.reconciler,
+    ) as pids:
+        side.wait_answering()
+        yield replace(
+            stack, service_pids={**stack.service_pids, **pids}, provider_url=side.provider_url
+        )
+
+
+@dataclass(frozen=True)
+class PaymentSide:
+    """The settings of the payment side of a load run's stack (payments_and_receiver's
+    arguments): the provider on a free port, the receiver checking deliveries with a secret
+    of the run's own, the reconciler following that provider."""
+
+    dev: DevSettings
+    receiver: PaymentsSettings
+    client_env: dict[str, str]
+    """What the receiver and the reconciler present to the server."""
+    reconciler: ReconcilerSettings
+
+    @property
+    def provider_url(self) -> str:
+        """The simulated provider's API."""
+        return f"http://127.0.0.1:{self.dev.dev_payments_port}"
+
+    @property
+    def receiver_url(self) -> str:
+        """The webhook receiver's HTTP root."""
+        return f"http://127.0.0.1:{self.receiver.webhook_port}/"
+
+    def wait_answering(self, timeout_s: float = 60.0) -> None:
+        """Until the provider and the receiver answer HTTP."""
+        _wait_answering([f"{self.provider_url}/v1/balance", self.receiver_url], timeout_s)
+
+
+def payment_side(
+    pg_dsn: str, target: str, data_dir: Path, reconciler: ReconcilerSettings
+) -> PaymentSide:
+    """The payment side beside the server `target` and its database `pg_dsn`, its secret
+    under `data_dir` (`reconciler`'s policy)."""
     receiver = with_webhook_secret(
         PaymentsSettings(
-            pg_dsn=stack.pg_dsn,
-            payments_target=stack.target,
-            webhook_port=free_port(),
-            webhook_metrics_port=0,
+            pg_dsn=pg_dsn, payments_target=target, webhook_port=free_port(), webhook_metrics_port=0
         ),
         data_dir / "payments",
     ).validate()
     dev = DevSettings(dev_payments_port=free_port())
-    provider_url = f"http://127.0.0.1:{dev.dev_payments_port}"
-    # The load runs' servers serve plaintext without token checks (PLAINTEXT_ENV).
-    client_env = {"STOCKCORE_PLAINTEXT": "true"}
     following = reconciler.with_overrides(
-        pg_dsn=stack.pg_dsn, payments_target=stack.target, provider_url=provider_url
+        pg_dsn=pg_dsn,
+        payments_target=target,
+        provider_url=f"http://127.0.0.1:{dev.dev_payments_port}",
     )
-    with payments_and_receiver(
-        dev, receiver, data_dir / "logs", receiver_env=client_env, reconciler=following
-    ) as pids:
-        _wait_answering(
-            [f"{provider_url}/v1/balance", f"http://127.0.0.1:{receiver.webhook_port}/"],
-            timeout_s=60.0,
-        )
-        yield replace(stack, service_pids={**stack.service_pids, **pids}, provider_url=provider_url)
+    # The load runs' servers serve plaintext without token checks (PLAINTEXT_ENV).
+    return PaymentSide(dev, receiver, {"STOCKCORE_PLAINTEXT": "true"}, following)
 
 
 def _wait_answering(urls: Sequence[str], timeout_s: float) -> None:

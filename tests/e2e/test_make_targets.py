@@ -39,8 +39,9 @@ _SHORT_DAY = (
     "WINDOW=2",
     "FLOOR=2",
 )
-# load-day also runs its profile (py-spy and pg_stat_statements). The chaos seed strikes
-# once, at 10 s: Redis killed and started again from its append-only file.
+# load-day also runs its profile (py-spy and pg_stat_statements). The chaos run strikes
+# from 10 s, a second apart: Redis killed and started again from its append-only file, then
+# kill -9 of the reconciler, the webhook receiver and the refund sender, each started again.
 SHORT: dict[str, tuple[str, ...]] = {
     "bench": ("LEVELS=8", "DURATION=1", "SECURITY_ROUNDS=1", "SALE_UNITS=50"),
     "load-day": (*_SHORT_DAY, "PROFILE=1"),
@@ -77,7 +78,12 @@ SHORT: dict[str, tuple[str, ...]] = {
         "WORKERS=1",
         "DRAIN=60",
     ),
-    "chaos": ("SEED=3", "DURATION=31"),
+    "chaos": (
+        "SEED=3",
+        "DURATION=34",
+        "GAP=1",
+        "FAULTS=kill-redis,kill-reconciler,kill-receiver,kill-refund-sender",
+    ),
     "hostile": ("DURATION=3", "HEALTH_STREAMS=300", "CUSTOMER_STREAMS=100"),
     # Three 10 s windows of a small plateau compare noisily on a shared machine: the soak's
     # check runs with a loose tolerance here (10 % by default).

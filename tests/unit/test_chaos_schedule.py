@@ -15,3 +15,10 @@ def test_a_run_long_enough_strikes_with_every_kind_of_fault_inside_the_run() -> 
     assert {f.kind for f in faults} == set(FAULTS)
     assert all(10 <= f.at < 160 and 1 <= f.seconds <= 4 for f in faults)
     assert [f.at for f in faults] == sorted(f.at for f in faults)
+
+
+def test_forced_kinds_strike_first_in_their_order() -> None:
+    forced = ("kill-reconciler", "kill-receiver", "kill-refund-sender")
+    faults = schedule(3, 40, 1, forced)
+    assert [f.kind for f in faults][:3] == list(forced)
+    assert schedule(3, 40, 1, forced) == faults

@@ -129,6 +129,7 @@ def _flash(argv: Sequence[str]) -> argparse.Namespace:
         (chaos.parse_args, ["--skus", "0"], "--skus"),
         (chaos.parse_args, ["--duration", "-1"], "--duration"),
         (chaos.parse_args, ["--budget", "0"], "--budget"),
+        (chaos.parse_args, ["--faults", "kill-everything"], "--faults"),
     ],
 )
 def test_a_bad_number_is_a_usage_error_naming_its_option(
