@@ -13,9 +13,17 @@ Meanwhile the schedule, drawn from `--seed` alone (the same seed replays the sam
 faults at the same moments), strikes every `--gap` seconds or so with one of:
 kill -9 of Redis, of PostgreSQL or of one server worker; SIGSTOP (then SIGCONT) of
 each of those; PostgreSQL slow (a session locks the stock table for a few seconds);
-Redis restarted with its data on disk.
+Redis restarted with its data on disk; kill -9 of the reconciler, the webhook receiver or
+the refund sender, each started again (`--faults` strikes the kinds named first).
 
-At the end: stockcore.invariant_violations() over the database; every acknowledged
+Beside the server run the simulated payment provider, the webhook receiver, the refund
+sender and the reconciler; a share of the buyers pay at the provider (its webhook pays the
+order) and some of those cancel once paid (a refund).
+
+At the end, once reconciliation settled (every payment, charge to return and refund
+stated, every refund settled; at most `--settle-timeout` s): every acknowledged charge
+paid its order or is money to return; every refund owed exists once at the provider;
+the payment side's programs still run; stockcore.invariant_violations() over the database; every acknowledged
 operation found with its acknowledged outcome (holds with their lines, commits,
 releases, orders, payments, cancellations); and the gate never refusing what PostgreSQL
 would accept (the mirror's levels, which the gate admits against, equal PostgreSQL's for
