@@ -9,17 +9,20 @@ Each fault kind the provider injects (simulators/payment_faults.py) has one righ
 | amount_mismatch | detected: the charge's open exception is AMOUNT_DIFFERS |
 | currency_mismatch | detected: the charge's open exception is CURRENCY_DIFFERS |
 | settlement_late of a charge / a refund | detected: that charge's / refund's open exception is SETTLED_LATE |
-| settlement_late of a fee / a refund_failure | detected: SETTLED_LATE of that transaction; nothing states fees or refund failures today, so MISSED |
-| refund_failed | detected: an exception on the refund (money still owed); refund failures have no verdict today, so MISSED |
+| settlement_late of a fee | detected: its charge's open exception is SETTLED_LATE (a fee is settled with its charge) |
+| settlement_late of a refund_failure | detected: its refund's open exception is SETTLED_LATE, which its refund_failed always masks |
+| settlement_late of a payout | detected: SETTLED_LATE of the payout; nothing states payouts today, so MISSED |
+| refund_failed | detected: the refund's open exception is REFUND_FAILED (the money is still owed) |
 | confirmation_lost | recovered: the charge stated with `recovered` (the reconciler paid its order from the feed) |
 | webhook_dropped, webhook_duplicated, webhook_delayed, webhook_reordered | absorbed: the event's charge recorded once (its order's payment or money to return; nothing for a declined charge's `charge.failed`) or its refund settled, and no exception on it |
 | declined | absorbed: nothing recorded for the charge, no exception |
 | refund_late | absorbed: the refund settled, no exception |
 
 A subject (a charge or a refund) has one open exception at most, its latest statement's:
-when two detected faults fall on one subject, the reconciler's precedence (CURRENCY_DIFFERS,
-then AMOUNT_DIFFERS, then SETTLED_LATE: payments/reconciler/matching.py) says which one its
-verdict names, and the other is counted as masked, neither found nor missed. An open
+when two detected faults fall on one subject, the reconciler's precedence (REFUND_FAILED,
+then CURRENCY_DIFFERS, then AMOUNT_DIFFERS, then SETTLED_LATE:
+payments/reconciler/matching.py) says which one its verdict names, and the other is
+counted as masked, neither found nor missed. An open
 exception on a subject that no detected fault expects that reason of is a false one.
 """
 
@@ -38,7 +41,7 @@ RECOVERED = "recovered"
 ABSORBED = "absorbed"
 
 # Which verdict names a subject's discrepancy when several are true (matching.py's order).
-_PRECEDENCE = ("CURRENCY_DIFFERS", "AMOUNT_DIFFERS", "SETTLED_LATE")
+_PRECEDENCE = ("REFUND_FAILED", "CURRENCY_DIFFERS", "AMOUNT_DIFFERS", "SETTLED_LATE")
 
 WEBHOOK_KINDS = ("webhook_dropped", "webhook_duplicated", "webhook_delayed", "webhook_reordered")
 
@@ -55,15 +58,6 @@ class Expectation:
     """Why the reconciler cannot detect it today, and what would fix it (empty: it can)."""
 
 
-_FEE_LATE = (
-    "nothing states a fee: state each fee with its charge (a charge's statement compares its"
-    " fee transaction too), or each balance transaction as a subject of its own"
-)
-_FAILURE = (
-    "nothing states a refund_failure transaction: a verdict for a refund the provider failed"
-    " (the money is still owed), opened when its refund_failure is read in the feed"
-)
-
 EXPECTATIONS: dict[str, Expectation] = {
     e.row: e
     for e in (
@@ -71,10 +65,10 @@ EXPECTATIONS: dict[str, Expectation] = {
         Expectation("currency_mismatch", DETECTED, "CURRENCY_DIFFERS"),
         Expectation("settlement_late (charge)", DETECTED, "SETTLED_LATE"),
         Expectation("settlement_late (refund)", DETECTED, "SETTLED_LATE"),
-        Expectation("settlement_late (fee)", DETECTED, "SETTLED_LATE", _FEE_LATE),
-        Expectation("settlement_late (refund_failure)", DETECTED, "SETTLED_LATE", _FAILURE),
+        Expectation("settlement_late (fee)", DETECTED, "SETTLED_LATE"),
+        Expectation("settlement_late (refund_failure)", DETECTED, "SETTLED_LATE"),
         Expectation("settlement_late (payout)", DETECTED, "SETTLED_LATE", "payouts are not stated"),
-        Expectation("refund_failed", DETECTED, "REFUND_FAILED", _FAILURE),
+        Expectation("refund_failed", DETECTED, "REFUND_FAILED"),
         Expectation("confirmation_lost", RECOVERED),
         *(Expectation(kind, ABSORBED) for kind in WEBHOOK_KINDS),
         Expectation("declined", ABSORBED),
@@ -173,9 +167,10 @@ def row_and_subject(fault: Injected, found: Found) -> tuple[str, tuple[int, str]
     if fault.kind == "settlement_late":
         txn_type, source = found.transactions.get(fault.object_id, ("unread", ""))
         row = f"settlement_late ({txn_type})"
-        if txn_type == "charge":
+        # A fee's source is its charge, a refund_failure's its refund: the subjects stated.
+        if txn_type in ("charge", "fee"):
             return row, (CHARGE, source)
-        if txn_type == "refund":
+        if txn_type in ("refund", "refund_failure"):
             return row, (REFUND, source)
         return row, None
     kind = _subject_kind(fault.object_id)

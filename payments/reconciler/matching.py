@@ -12,13 +12,23 @@ order asked, and the captured charge in the settlement feed.
 | nothing, past the grace period | captured | MISSING_HERE |
 | anything | captured, while another charge paid its order | DUPLICATED |
 | recorded | captured in another currency / of another amount | CURRENCY_DIFFERS / AMOUNT_DIFFERS |
-| recorded | captured, read in the feed more than the settle deadline after | SETTLED_LATE |
-| recorded | captured, as asked, in time | MATCHED |
+| recorded | captured as asked, its fee not in the feed past the grace period | MISSING_AT_PROVIDER |
+| recorded | captured, the charge or its fee read in the feed more than the settle deadline after | SETTLED_LATE |
+| recorded | captured, as asked, its fee too, all in time | MATCHED |
+
+A charge's **fee** is part of its settlement: the provider takes it from the charge in a
+transaction of its own (`fee`, its source the charge), which may reach the feed apart from
+the charge. A charge is settled when both are read; its fee late is the charge SETTLED_LATE,
+first stated MISSING_AT_PROVIDER once the grace period passes without it, then corrected
+when it arrives, as a late charge is. The fee's amount is the provider's terms, which
+stockcore does not hold: the ledger posts what the feed says, and the daily close counts it.
 
 Within the grace period nothing is stated yet: a webhook or a settlement is on its way. A
 **refund** in the feed is compared with what stockcore owes back for its charge (its money
 to return, or the refund owed by the order it paid): none past the grace period is
-MISSING_HERE, then currency, amount and lateness as for a charge.
+MISSING_HERE; one the provider failed (its `refund_failure` read in the feed) is
+REFUND_FAILED, whatever it was stated before: the money is still owed, and a person
+refunds it by hand or writes it off; then currency, amount and lateness as for a charge.
 
 A verdict is written only when it differs from the subject's latest statement: a later
 line names the one it corrects (MISSING_AT_PROVIDER, then MATCHED when a late settlement
@@ -42,6 +52,8 @@ class Verdict(enum.IntEnum):
     CURRENCY_DIFFERS = 5
     DUPLICATED = 6
     SETTLED_LATE = 7
+    REFUND_FAILED = 8
+    """The provider failed a refund: what it was to pay back is still owed."""
 
 
 class SubjectKind(enum.IntEnum):
@@ -93,7 +105,8 @@ class ChargeFacts:
     """Both sides of one charge. `recorded`: stockcore has a payment or money to return by
     this id (at `recorded_at`); `asked`: its order's price; `paid_by`: the charge that
     paid the order; `captured`: the charge in the feed, created at `captured_at` and read
-    there at `settled_at`; `latest`: its latest statement and verdict (None: none)."""
+    there at `settled_at`; its fee created at `fee_created_at` and read at `fee_settled_at`
+    (None: not in the feed yet); `latest`: its latest statement and verdict (None: none)."""
 
     charge_id: str
     order_id: str | None
@@ -104,6 +117,8 @@ class ChargeFacts:
     captured: Money | None
     captured_at: datetime | None
     settled_at: datetime | None
+    fee_created_at: datetime | None = None
+    fee_settled_at: datetime | None = None
     recovered: bool = False
     latest: int | None = None
     latest_verdict: Verdict | None = None
@@ -111,8 +126,9 @@ class ChargeFacts:
 
 @dataclass(frozen=True)
 class RefundFacts:
-    """A refund in the feed (`refunded`, created at `refunded_at`, read at `settled_at`)
-    and what stockcore owes back for its charge (`owed`, since `owed_at`; None: nothing)."""
+    """A refund in the feed (`refunded`, created at `refunded_at`, read at `settled_at`),
+    what stockcore owes back for its charge (`owed`, since `owed_at`; None: nothing), and
+    when the provider failed it (`failed_at`, its refund_failure's creation; None: not)."""
 
     refund_id: str
     charge_id: str
@@ -122,6 +138,7 @@ class RefundFacts:
     refunded: Money
     refunded_at: datetime
     settled_at: datetime
+    failed_at: datetime | None = None
     latest: int | None = None
     latest_verdict: Verdict | None = None
 
@@ -176,7 +193,12 @@ def charge_verdict(facts: ChargeFacts, now: datetime, policy: Policy) -> Verdict
     differs = None if facts.asked is None else _compared(facts.asked, facts.captured)
     if differs is not None:
         return differs
-    if _late(facts.captured_at, facts.settled_at, policy):
+    if facts.fee_settled_at is None:
+        # The fee is taken at capture: a charge is not settled until it is read too.
+        return Verdict.MISSING_AT_PROVIDER if _waited(facts.captured_at, now, policy) else None
+    if _late(facts.captured_at, facts.settled_at, policy) or _late(
+        facts.fee_created_at, facts.fee_settled_at, policy
+    ):
         return Verdict.SETTLED_LATE
     return Verdict.MATCHED
 
@@ -185,6 +207,8 @@ def refund_verdict(facts: RefundFacts, now: datetime, policy: Policy) -> Verdict
     """The verdict on a refund (the module's notes); None while it is too early to say."""
     if facts.owed is None:
         return Verdict.MISSING_HERE if _waited(facts.refunded_at, now, policy) else None
+    if facts.failed_at is not None:
+        return Verdict.REFUND_FAILED
     differs = _compared(facts.owed, facts.refunded)
     if differs is not None:
         return differs
@@ -219,6 +243,8 @@ def refund_statement(facts: RefundFacts, now: datetime, policy: Policy) -> State
     verdict = refund_verdict(facts, now, policy)
     if verdict is None or verdict == facts.latest_verdict:
         return None
+    # A failure is a fact of its own, later than the refund: its lag runs from it.
+    fact_at = facts.failed_at if verdict is Verdict.REFUND_FAILED else None
     return Statement(
         SubjectKind.REFUND,
         facts.refund_id,
@@ -226,6 +252,6 @@ def refund_statement(facts: RefundFacts, now: datetime, policy: Policy) -> State
         verdict,
         facts.owed,
         facts.refunded,
-        facts.refunded_at,
+        fact_at or facts.refunded_at,
         facts.latest,
     )

@@ -128,6 +128,8 @@ class ReconciliationStore:
                 captured=_money(r["theirs_amount"], r["theirs_currency"]),
                 captured_at=r["theirs_at"],
                 settled_at=r["settled_at"],
+                fee_created_at=r["fee_created_at"],
+                fee_settled_at=r["fee_settled_at"],
                 recovered=r["recovered"],
                 latest=r["latest"],
                 latest_verdict=_verdict(r["latest_verdict"]),
@@ -136,7 +138,8 @@ class ReconciliationStore:
         ]
 
     async def refunds_to_state(self) -> list[RefundFacts]:
-        """Every refund in the feed whose latest statement is missing or open."""
+        """Every refund in the feed whose latest statement is missing or open, or that the
+        provider failed since its latest statement."""
         rows = await self._pool.fetch("SELECT * FROM stockcore.refunds_to_state()")
         return [
             RefundFacts(
@@ -148,6 +151,7 @@ class ReconciliationStore:
                 refunded=Money(r["theirs_amount"], r["theirs_currency"]),
                 refunded_at=r["theirs_at"],
                 settled_at=r["settled_at"],
+                failed_at=r["failed_at"],
                 latest=r["latest"],
                 latest_verdict=_verdict(r["latest_verdict"]),
             )

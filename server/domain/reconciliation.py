@@ -37,6 +37,7 @@ class Verdict(enum.IntEnum):
     CURRENCY_DIFFERS = 5
     DUPLICATED = 6
     SETTLED_LATE = 7
+    REFUND_FAILED = 8
 
 
 class SubjectKind(enum.IntEnum):

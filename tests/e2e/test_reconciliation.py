@@ -35,6 +35,7 @@ from tests.e2e.test_payment_webhooks import (
     wait_recorded,
     wait_status,
 )
+from tests.e2e.test_refunds import cancel, paid_order, running_sender, sender_settings, settled
 from tests.waiting import until
 
 # A fact waits this long for the other side in these tests: above a second, since the
@@ -52,9 +53,8 @@ def reconciler_settings(
         provider_url=provider.url,
         payments_target=f"127.0.0.1:{app.port}",
         grace_s=GRACE_S,
-        settle_deadline_s=30.0,
         log_json=False,
-        **changes,
+        **{"settle_deadline_s": 30.0, **changes},
     ).validate()
 
 
@@ -195,6 +195,102 @@ async def test_a_second_charge_of_an_order_is_duplicated_and_the_order_paid_once
         (4, order.order_id, PRICE),
         (4, order.order_id, PRICE),
     ]
+    await invariants_hold(dsn)
+
+
+async def test_a_charge_whose_fee_settles_late_is_missing_then_settled_late(
+    app: App,
+    settings: Settings,
+    provider: Provider,
+    payer: Credentials,
+    dsn: str,
+) -> None:
+    # Every other transaction late, from the first: the charge in time, its fee late.
+    await provider.faults(settlement_late_rate=0.5, settlement_late_s=LATE_S)
+    order = await new_order(app, "rc-late-fee")
+    charge = await provider.charge(order.order_id, PRICE, key="rc-late-fee")
+    await wait_status(app, order.order_id, PAID)
+    feed, _ = await provider.feed()
+    [late] = await provider.injected("settlement_late")
+    assert [t["type"] for t in feed] == ["charge"] and late["object_id"] != feed[0]["id"]
+    config = reconciler_settings(settings, app, provider, settle_deadline_s=LATE_S - 1)
+    async with opened(config, payer) as reconciler:
+        # The charge is read, its fee not yet: within the grace period nothing is said.
+        assert (await reconciler.step()).stated == 0
+        await asyncio.sleep(GRACE_S + 0.1)
+        await reconciler.step()
+        [missing] = await statements(dsn)
+        assert (missing["subject_id"], missing["verdict"], missing["reason"]) == (
+            charge["id"],
+            2,
+            2,
+        )
+        assert (missing["ours_amount"], missing["theirs_amount"]) == (PRICE, PRICE)
+        await invariants_hold(dsn)
+
+        async def fee_stated() -> bool:
+            await reconciler.step()
+            return len(await statements(dsn)) == 2
+
+        await until(fee_stated, "the late fee stated", 10)
+
+    first, late_line = await statements(dsn)
+    assert (late_line["subject_id"], late_line["verdict"], late_line["reason"]) == (
+        charge["id"],
+        7,
+        7,
+    )
+    assert late_line["corrects"] == first["statement_id"] and late_line["resolution"] is None
+    assert first["resolution"] == Resolution.CORRECTED
+    assert await transfers(dsn, 6) == [(6, order.order_id, fee(PRICE))]
+    await invariants_hold(dsn)
+
+
+async def test_a_refund_the_provider_fails_after_a_match_is_refund_failed_and_owed(
+    app: App, provider: Provider, reconciler: Reconciler, dsn: str
+) -> None:
+    order, _ = await paid_order(app, provider, "rc-refund-fails")
+    # The failure comes LATE_S after the refund: the refund is read and matched first.
+    await provider.faults(refund_fail_rate=1, refund_late_rate=1, refund_late_s=LATE_S)
+    await cancel(app, order.order_id)
+    async with running_sender(sender_settings(dsn, provider)):
+        sent = await settled(dsn, order.order_id, 2)
+        await reconciler.step()
+        refund_id = sent["provider_refund_id"]
+        [matched] = [line for line in await statements(dsn) if line["subject_id"] == refund_id]
+        assert (matched["verdict"], matched["exception_id"]) == (1, None)
+        await invariants_hold(dsn)
+        await settled(dsn, order.order_id, 4)
+
+    async def failure_stated() -> bool:
+        await reconciler.step()
+        return any(line["verdict"] == 8 for line in await statements(dsn))
+
+    await until(failure_stated, "the failed refund stated", 10)
+
+    refund_lines = [line for line in await statements(dsn) if line["subject_id"] == refund_id]
+    assert [(line["verdict"], line["reason"]) for line in refund_lines] == [(1, None), (8, 8)]
+    failed = refund_lines[-1]
+    assert (failed["subject_kind"], failed["order_id"], failed["corrects"]) == (
+        2,
+        order.order_id,
+        matched["statement_id"],
+    )
+    assert (failed["ours_amount"], failed["theirs_amount"]) == (PRICE, PRICE)
+    assert failed["resolution"] is None
+    # The provider gave the money back to its balance: posted, and still owed.
+    assert await transfers(dsn, 5, 8) == [
+        (5, order.order_id, PRICE),
+        (8, order.order_id, PRICE),
+    ]
+    await invariants_hold(dsn)
+    # Nothing new: stated once. Finance refunds it by hand and resolves it.
+    assert (await reconciler.step()).stated == 0
+    resolved = await reconciler.store.resolve(
+        failed["exception_id"], Resolution.REFUNDED, "finance", "refunded by bank transfer"
+    )
+    assert resolved is Resolved.RESOLVED
+    assert (await reconciler.step()).stated == 0
     await invariants_hold(dsn)
 
 

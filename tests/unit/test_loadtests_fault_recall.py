@@ -74,9 +74,36 @@ def test_a_late_settlement_is_judged_on_the_subject_of_its_transaction() -> None
 
     assert _row(result, "settlement_late (charge)") == (1, 1, 0, 0)
     assert _row(result, "settlement_late (refund)") == (1, 1, 0, 0)
-    # Nothing states a fee: missed, honestly.
+    # A fee is stated with its charge, which has no exception here: missed.
     assert _row(result, "settlement_late (fee)") == (1, 0, 1, 0)
     assert result.false_exceptions == 0
+
+
+def test_a_late_fee_is_right_as_its_charge_settled_late() -> None:
+    faults = [Injected("settlement_late", "txn_f"), Injected("settlement_late", "txn_c")]
+    found = Found(
+        open={(CHARGE, "ch_1"): "SETTLED_LATE"},
+        transactions={"txn_f": ("fee", "ch_1"), "txn_c": ("charge", "ch_1")},
+    )
+
+    result = judge(faults, found)
+
+    # Both the charge and its fee late: one exception explains both.
+    assert _row(result, "settlement_late (fee)") == (1, 1, 0, 0)
+    assert _row(result, "settlement_late (charge)") == (1, 1, 0, 0)
+    assert result.false_exceptions == 0
+
+
+def test_a_late_fee_beside_a_mismatch_is_masked() -> None:
+    faults = [Injected("settlement_late", "txn_f"), Injected("amount_mismatch", "ch_1")]
+    found = Found(
+        open={(CHARGE, "ch_1"): "AMOUNT_DIFFERS"}, transactions={"txn_f": ("fee", "ch_1")}
+    )
+
+    result = judge(faults, found)
+
+    assert _row(result, "amount_mismatch") == (1, 1, 0, 0)
+    assert _row(result, "settlement_late (fee)") == (1, 0, 0, 1)
 
 
 def test_a_lost_confirmation_is_right_once_recovered_from_the_feed() -> None:
@@ -118,14 +145,36 @@ def test_a_declined_charge_and_its_failed_event_are_absorbed_when_nothing_is_rec
     assert _row(result, "webhook_reordered") == (1, 1, 0, 0)
 
 
-def test_refund_faults_a_late_one_absorbed_a_failed_one_missed() -> None:
-    faults = [Injected("refund_late", "re_1"), Injected("refund_failed", "re_2")]
-    found = Found(open={}, settled_refunds=frozenset({"re_1", "re_2"}))
+def test_refund_faults_a_late_one_absorbed_a_failed_one_found_as_refund_failed() -> None:
+    faults = [
+        Injected("refund_late", "re_1"),
+        Injected("refund_failed", "re_2"),
+        Injected("refund_failed", "re_3"),
+    ]
+    found = Found(
+        open={(REFUND, "re_2"): "REFUND_FAILED"},
+        settled_refunds=frozenset({"re_1", "re_2", "re_3"}),
+    )
 
     result = judge(faults, found)
 
     assert _row(result, "refund_late") == (1, 1, 0, 0)
-    assert _row(result, "refund_failed") == (1, 0, 1, 0)
+    assert _row(result, "refund_failed") == (2, 1, 1, 0)
+    assert result.false_exceptions == 0
+
+
+def test_a_late_refund_failure_is_masked_by_its_refund_failed() -> None:
+    faults = [Injected("refund_failed", "re_1"), Injected("settlement_late", "txn_x")]
+    found = Found(
+        open={(REFUND, "re_1"): "REFUND_FAILED"},
+        transactions={"txn_x": ("refund_failure", "re_1")},
+    )
+
+    result = judge(faults, found)
+
+    assert _row(result, "refund_failed") == (1, 1, 0, 0)
+    assert _row(result, "settlement_late (refund_failure)") == (1, 0, 0, 1)
+    assert result.recall == 1.0
 
 
 def test_an_exception_nothing_explains_is_false() -> None:

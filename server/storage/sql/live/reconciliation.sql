@@ -89,7 +89,8 @@ LANGUAGE sql STABLE SET jit = off AS $$
 $$;
 
 -- The latest statement of each subject of a kind (1 charges, 2 refunds), and whether it is
--- still to be looked at: it is not MATCHED and a person has not resolved its exception.
+-- still to be looked at: it is not MATCHED and a person has not resolved its exception (a
+-- refund the provider failed after it was MATCHED is looked at again: refunds_to_state).
 CREATE OR REPLACE FUNCTION stockcore.latest_statements(p_kind smallint)
 RETURNS TABLE (subject_id text, statement_id bigint, verdict smallint, open boolean)
 LANGUAGE sql STABLE SET jit = off AS $$
@@ -106,12 +107,16 @@ $$;
 -- still open. ours_*: the order's price (what the charge should have been) when stockcore
 -- recorded the charge, as the order's payment (ours_kind 1) or as money to return (2);
 -- paid_by: the charge that paid the order; theirs_*: the captured charge in the feed,
--- settled_at when it was read there; recovered: the reconciler decided it, its webhook
--- having never come (an event it recorded as 'feed:<transaction id>').
+-- settled_at when it was read there; fee_*: its fee transaction's creation and reading
+-- (NULL: not in the feed yet); recovered: the reconciler decided it, its webhook having
+-- never come (an event it recorded as 'feed:<transaction id>').
+-- The function's result changes (the fee's columns): it is dropped and made again.
+DROP FUNCTION IF EXISTS stockcore.charges_to_state();
 CREATE OR REPLACE FUNCTION stockcore.charges_to_state()
 RETURNS TABLE (charge_id text, order_id text, ours_kind smallint, ours_amount bigint,
                ours_currency text, ours_at timestamptz, paid_by text, theirs_amount bigint,
                theirs_currency text, theirs_at timestamptz, settled_at timestamptz,
+               fee_created_at timestamptz, fee_settled_at timestamptz,
                recovered boolean, latest bigint, latest_verdict smallint)
 LANGUAGE sql STABLE SET jit = off AS $$
 WITH ours AS (
@@ -124,43 +129,59 @@ WITH ours AS (
 ), theirs AS (
     SELECT t.charge_id, t.order_id, t.amount_minor, t.currency, t.created_at, t.read_at
       FROM stockcore.settlement_transactions t WHERE t.type = 'charge'
+), fees AS (
+    SELECT t.charge_id, min(t.created_at) AS created_at, max(t.read_at) AS read_at
+      FROM stockcore.settlement_transactions t WHERE t.type = 'fee'
+     GROUP BY t.charge_id
 ), subjects AS (
     SELECT charge_id FROM ours UNION SELECT charge_id FROM theirs
 )
 SELECT s.charge_id, coalesce(u.order_id, t.order_id), u.kind, u.amount, u.currency, u.at,
        o.payment_id, t.amount_minor, t.currency, t.created_at, t.read_at,
+       f.created_at, f.read_at,
        EXISTS (SELECT FROM stockcore.payment_events e
                 WHERE e.object_id = s.charge_id AND e.event_id LIKE 'feed:%'),
        l.statement_id, l.verdict
   FROM subjects s
   LEFT JOIN ours u ON u.charge_id = s.charge_id
   LEFT JOIN theirs t ON t.charge_id = s.charge_id
+  LEFT JOIN fees f ON f.charge_id = s.charge_id
   LEFT JOIN stockcore.orders o ON o.order_id = coalesce(u.order_id, t.order_id)
   LEFT JOIN stockcore.latest_statements(1::smallint) l ON l.subject_id = s.charge_id
  WHERE l.statement_id IS NULL OR l.open
  ORDER BY s.charge_id
 $$;
 
--- Each refund in the feed whose latest statement is missing or still open, with what
--- stockcore owes back for its charge: the charge's money to return, or the refund owed
--- by the order the charge paid (NULL: nothing is owed).
+-- Each refund in the feed whose latest statement is missing or still open, or which the
+-- provider failed (a refund_failure of it in the feed) while its latest statement does not
+-- say so yet: with what stockcore owes back for its charge (the charge's money to return,
+-- or the refund owed by the order the charge paid; NULL: nothing is owed), and failed_at,
+-- when its refund_failure was created (NULL: it did not fail).
+-- The function's result changes (failed_at): it is dropped and made again.
+DROP FUNCTION IF EXISTS stockcore.refunds_to_state();
 CREATE OR REPLACE FUNCTION stockcore.refunds_to_state()
 RETURNS TABLE (refund_id text, charge_id text, order_id text, owed_amount bigint,
                owed_currency text, owed_at timestamptz, theirs_amount bigint,
                theirs_currency text, theirs_at timestamptz, settled_at timestamptz,
-               latest bigint, latest_verdict smallint)
+               failed_at timestamptz, latest bigint, latest_verdict smallint)
 LANGUAGE sql STABLE SET jit = off AS $$
 SELECT t.source_id, t.charge_id, t.order_id,
        coalesce(r.amount_minor, nullif(o.refund_owed_minor, 0)),
        coalesce(r.currency, CASE WHEN o.refund_owed_minor > 0 THEN o.currency END),
        coalesce(r.recorded_at, CASE WHEN o.refund_owed_minor > 0 THEN o.updated_at END),
-       -t.amount_minor, t.currency, t.created_at, t.read_at, l.statement_id, l.verdict
+       -t.amount_minor, t.currency, t.created_at, t.read_at, f.created_at, l.statement_id,
+       l.verdict
   FROM stockcore.settlement_transactions t
   LEFT JOIN stockcore.payments_to_return r ON r.charge_id = t.charge_id
   LEFT JOIN stockcore.payments p ON p.payment_id = t.charge_id
   LEFT JOIN stockcore.orders o ON o.order_id = p.order_id
+  LEFT JOIN LATERAL (SELECT min(x.created_at) AS created_at
+                       FROM stockcore.settlement_transactions x
+                      WHERE x.type = 'refund_failure' AND x.source_id = t.source_id) f ON true
   LEFT JOIN stockcore.latest_statements(2::smallint) l ON l.subject_id = t.source_id
- WHERE t.type = 'refund' AND (l.statement_id IS NULL OR l.open)
+ WHERE t.type = 'refund'
+   AND (l.statement_id IS NULL OR l.open
+        OR (f.created_at IS NOT NULL AND l.verdict <> 8))
  ORDER BY t.cursor
 $$;
 
