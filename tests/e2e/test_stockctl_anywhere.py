@@ -95,6 +95,8 @@ def readme_stockctl_lines() -> list[str]:
         for line in commands
         if re.match(r"(export \w+=\$\()?\.venv/bin/stockctl ", line)
         and not re.search(r" (fulfilment|order watch) ", line)
+        # A command naming a shell variable a line before it set (`"$id"`) runs only there.
+        and not re.search(r"\$\w", line)
     ]
 
 
