@@ -22,7 +22,7 @@ import asyncpg
 from loadtests import invariants
 from loadtests.driver import percentile
 from loadtests.report import Run, table
-from payments.reconciler.matching import Verdict
+from server.domain.reconciliation import Verdict
 
 SUBJECTS = ("payment", "charge to return", "refund")
 """What stockcore records that the reconciler must state, in the order reported."""

@@ -41,36 +41,10 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from server.domain.reconciliation import SubjectKind, Verdict
 
-class Verdict(enum.IntEnum):
-    """A statement's finding (stockcore.reconciliation_statements.verdict)."""
-
-    MATCHED = 1
-    MISSING_AT_PROVIDER = 2
-    MISSING_HERE = 3
-    AMOUNT_DIFFERS = 4
-    CURRENCY_DIFFERS = 5
-    DUPLICATED = 6
-    SETTLED_LATE = 7
-    REFUND_FAILED = 8
-    """The provider failed a refund: what it was to pay back is still owed."""
-
-
-class SubjectKind(enum.IntEnum):
-    """What a statement is about (stockcore.reconciliation_statements.subject_kind)."""
-
-    CHARGE = 1
-    REFUND = 2
-
-
-class Resolution(enum.IntEnum):
-    """How an exception was resolved (stockcore.reconciliation_exceptions.resolution)."""
-
-    ACCEPTED = 1
-    REFUNDED = 2
-    WRITTEN_OFF = 3
-    CORRECTED = 4
-    """By the reconciler: a later statement about the same subject superseded it."""
+# Verdict, SubjectKind and Resolution, the SQL's codes of 018/021, are defined once, in
+# server/domain/reconciliation.py, for the server and this program alike.
 
 
 class Resolved(enum.IntEnum):

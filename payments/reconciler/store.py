@@ -14,12 +14,11 @@ from payments.reconciler.matching import (
     ChargeFacts,
     Money,
     RefundFacts,
-    Resolution,
     Resolved,
     Statement,
-    Verdict,
 )
 from runtime.pools import open_pool
+from server.domain.reconciliation import Resolution, Verdict
 
 #: The settlement feed's name in stockcore.settlement_cursor.
 FEED = "provider"

@@ -38,6 +38,7 @@ class Verdict(enum.IntEnum):
     DUPLICATED = 6
     SETTLED_LATE = 7
     REFUND_FAILED = 8
+    """The provider failed a refund: what it was to pay back is still owed."""
 
 
 class SubjectKind(enum.IntEnum):
@@ -54,6 +55,7 @@ class Resolution(enum.IntEnum):
     REFUNDED = 2
     WRITTEN_OFF = 3
     CORRECTED = 4
+    """By the reconciler: a later statement about the same subject superseded it."""
 
 
 #: The resolutions a person may give; CORRECTED is the reconciler's.

@@ -16,11 +16,12 @@ from clients.credentials import Credentials
 from clients.orders import OrderClient
 from payments.reconciler.config import ReconcilerSettings
 from payments.reconciler.feed import FeedError, FeedPage, SettlementFeed
-from payments.reconciler.matching import Resolution, Resolved
+from payments.reconciler.matching import Resolved
 from payments.reconciler.reconciliation import Reconciler
 from payments.reconciler.service import opened
 from server.app import App
 from server.config import Settings
+from server.domain.reconciliation import Resolution
 from tests.e2e.payments_stack import (
     Provider,
 )

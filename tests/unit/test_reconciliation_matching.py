@@ -11,12 +11,12 @@ from payments.reconciler.matching import (
     Money,
     Policy,
     RefundFacts,
-    Verdict,
     charge_statement,
     charge_verdict,
     refund_statement,
     refund_verdict,
 )
+from server.domain.reconciliation import Verdict
 
 POLICY = Policy(grace_s=60, settle_deadline_s=10)
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
