@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from runtime.pools import keep_session
 from server.domain.errors import Shortage, Unavailable
 from server.domain.inventory import (
     AdjustCommand,
@@ -249,10 +250,6 @@ def shortages_of(
     )
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Nothing to reset: no session state is ever set."""
-
-
 async def _open_pool(dsn: str, size: int, timeout: float, name: str) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -264,7 +261,7 @@ async def _open_pool(dsn: str, size: int, timeout: float, name: str) -> asyncpg.
         server_settings={"application_name": name, "jit": "off"},
         # Connections hold no session state between uses; skipping asyncpg's
         # RESET ALL on release saves a round trip per batch.
-        reset=_keep_session,
+        reset=keep_session,
     )
     assert pool is not None
     return pool
