@@ -5,8 +5,7 @@ HTTP to it):
    received (payments/signature.py); a delivery that is not the provider's, or not fresh,
    changes nothing.
 2. **Readable, or refused (400).** A body that is no event changes nothing.
-3. **Once per event id.** An event already recorded is counted and answered 2xx at once.
-4. **Decided through the contract.** A captured charge is reported with ConfirmPayment,
+3. **Decided through the contract.** A captured charge is reported with ConfirmPayment,
    the charge id as payment id (the same code path as any caller's; idempotent on it, so
    deciding again after a crash gives the same answer). Paid: PAID. Refused because the
    order cannot be paid (cancelled, expired, paid by another payment: ILLEGAL_TRANSITION)
@@ -21,11 +20,15 @@ HTTP to it):
    provider's id (its send under way, or cut short by a crash: the sender sends again
    with the same idempotency key) is answered 503, recorded nowhere, and delivered again.
    A refund stockcore did not make is NOTED, as is every other type of event.
-5. **Recorded, then acknowledged.** What the event did is written in one transaction
-   (payments/store.py); only then is the provider answered 2xx, so an acknowledged event
-   survives a crash. Anything that leaves the outcome unknown (the order server or the
-   database unreachable, a refusal the receiver does not know) is answered 503: nothing
-   is recorded and the provider delivers the event again.
+4. **Recorded once per event id, then acknowledged.** What the event did is written in one
+   transaction (payments/store.py); only then is the provider answered 2xx, so an
+   acknowledged event survives a crash. Another delivery of an event already recorded is
+   counted, changes nothing else and is answered with what the first recorded: deciding
+   it again is harmless (ConfirmPayment is idempotent on the charge id), and costs one
+   call for the rare duplicate instead of a database round trip for every delivery.
+   Anything that leaves the outcome unknown (the order server or the database
+   unreachable, a refusal the receiver does not know) is answered 503: nothing is
+   recorded and the provider delivers the event again.
 """
 
 from __future__ import annotations
@@ -111,9 +114,6 @@ class WebhookReceiver:
             log.warning("webhook refused", extra={"why": str(malformed)})
             return Reply(400, {"error": str(malformed)})
         try:
-            earlier = await self.store.delivered_again(event.event_id)
-            if earlier is not None:
-                return self._acknowledged(event, earlier, duplicate=True)
             if event.settles_refund:
                 return await self._settle_refund(event)
             decided = await decide(self.orders, event)
@@ -128,24 +128,28 @@ class WebhookReceiver:
                 )
                 return Reply(decided.status, {"error": decided.error})
             first = await self.store.record(event, decided.outcome, decided.reason)
+            if not first:
+                # Delivered again: what counts is what the first delivery recorded.
+                recorded = await self.store.event(event.event_id)
+                assert recorded is not None
+                return self._acknowledged(event, recorded.outcome, duplicate=True)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.error(
                 "webhook not recorded: the database failed",
                 extra={"event_id": event.event_id, "error": type(exc).__name__},
             )
             return Reply(503, {"error": "not recorded; deliver it again"})
-        if first:
-            log.info(
-                "webhook recorded",
-                extra={
-                    "event_id": event.event_id,
-                    "type": event.type,
-                    "object_id": event.object_id,
-                    "order_id": event.order_id,
-                    "outcome": decided.outcome.name,
-                },
-            )
-        return self._acknowledged(event, decided.outcome, duplicate=not first)
+        log.info(
+            "webhook recorded",
+            extra={
+                "event_id": event.event_id,
+                "type": event.type,
+                "object_id": event.object_id,
+                "order_id": event.order_id,
+                "outcome": decided.outcome.name,
+            },
+        )
+        return self._acknowledged(event, decided.outcome, duplicate=False)
 
     async def _settle_refund(self, event: ProviderEvent) -> Reply:
         """A refund's outcome: recorded and settled in one call; 503 while the refund it

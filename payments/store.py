@@ -73,14 +73,6 @@ class PaymentEventStore:
         """Close the pool."""
         await self._pool.close()
 
-    async def delivered_again(self, event_id: str) -> Outcome | None:
-        """Count another delivery of an event already recorded, and say what it did; None
-        when it is not recorded."""
-        outcome = await self._pool.fetchval(
-            "SELECT stockcore.count_payment_event_delivery($1)", event_id
-        )
-        return None if outcome is None else Outcome(outcome)
-
     async def record(
         self, event: ProviderEvent, outcome: Outcome, reason: ReturnReason | None
     ) -> bool:

@@ -224,6 +224,36 @@ async def test_a_replayed_delivery_is_counted_once_also_after_the_receiver_resta
     await invariants_hold(dsn)
 
 
+async def test_a_payment_replayed_after_its_order_was_cancelled_stays_paid_and_owes_no_return(
+    app: App, receiver: RunningReceiver, secret: tuple[bytes, Path], dsn: str
+) -> None:
+    # A delivery again is decided again (ConfirmPayment is idempotent on the charge id);
+    # what the answer and the tables say is what the first delivery recorded.
+    order = await new_order(app, "wh-replayed-late")
+    body = charge_event(order.order_id, "ch_replayed_late")
+    assert await post(receiver.url, body, sign(secret[0], body, int(time.time()))) == (
+        200,
+        {"event_id": "evt_ch_replayed_late", "outcome": "PAID", "duplicate": False},
+    )
+    async with OrderClient(f"127.0.0.1:{app.port}") as orders:
+        await orders.cancel_order(order.order_id, "changed their mind")
+
+    assert await post(receiver.url, body, sign(secret[0], body, int(time.time()))) == (
+        200,
+        {"event_id": "evt_ch_replayed_late", "outcome": "PAID", "duplicate": True},
+    )
+    [event] = await recorded(dsn, "ch_replayed_late")
+    assert (event["outcome"], event["deliveries"]) == (1, 2)
+    assert await to_return(dsn) == []
+    found, history = await order_of(app, order.order_id)
+    assert (found.status, found.payment_id) == (
+        OrderStatus.ORDER_STATUS_CANCELLED,
+        "ch_replayed_late",
+    )
+    assert [c.to_status for c in history].count(PAID) == 1
+    await invariants_hold(dsn)
+
+
 async def test_a_duplicated_webhook_is_counted_once(app: App, provider: Provider, dsn: str) -> None:
     await provider.faults(webhook_duplicate_rate=1)
     order = await new_order(app, "wh-twice")

@@ -40,8 +40,7 @@
 --      events and fulfilment history (appended, never contended), and the outbox
 --      watermark and cursors (the relay alone, under its session's advisory lock).
 --   7. Payment provider events, by event id, then payments to return, by charge id:
---      record_payment_event (payments.sql) claims them, then its charge's refund (rank 8);
---      count_payment_event_delivery changes one event row.
+--      record_payment_event (payments.sql) claims them, then its charge's refund (rank 8).
 --   8. The reconciler's settlement cursor row (reconciliation.sql): record_settlement_page
 --      and record_statements lock it first, then claim settlement transaction ids and
 --      ledger transfers of the feed (kinds 4-8, whose ids no other function posts) or

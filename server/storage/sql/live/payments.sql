@@ -50,14 +50,5 @@ BEGIN
     RETURN true;
 END $$;
 
--- Another delivery of an event already recorded: counted, and the outcome it was
--- recorded with returned; NULL when the event is not recorded (yet), and the receiver
--- must decide it.
-CREATE OR REPLACE FUNCTION stockcore.count_payment_event_delivery(p_event_id text)
-RETURNS smallint
-LANGUAGE sql SET jit = off AS $$
-    UPDATE stockcore.payment_events
-       SET deliveries = deliveries + 1, last_delivery_at = now()
-     WHERE event_id = p_event_id
-    RETURNING outcome
-$$;
+-- Removed: the receiver counts another delivery through record_payment_event.
+DROP FUNCTION IF EXISTS stockcore.count_payment_event_delivery(text);
