@@ -20,6 +20,7 @@ help:
 	@echo "make load-day, load-report, load-flash, load-knee, load-scale, load-overload, load-fanout,"
 	@echo "           load-outage - load tests (BENCHMARKS.md)"
 	@echo "make load-recon - every payment provider fault injected: what reconciliation finds (BENCHMARKS.md)"
+	@echo "make load-pay - the day paid with ConfirmPayment, then at the payment provider: one table"
 	@echo "make soak   - the day's plateau held for 30 minutes (DURATION=), compared window by window"
 	@echo "make chaos  - a seeded fault schedule under mixed load, then every check (RELIABILITY.md)"
 	@echo "make hostile - abusive callers beside an ordinary one: what the abuse costs (SECURITY.md)"
@@ -183,13 +184,21 @@ LOAD_DAY = $(LOAD_COMMON) $(call load_opt,DURATION,duration) $(call load_opt,PEA
 	$(call load_opt,FLOOR,floor-seconds) $(call load_opt,PAY_VIA,pay-via)
 
 .PHONY: load-day load-flash load-knee load-report load-scale load-overload load-fanout load-outage chaos soak hostile \
-	load-recon
+	load-recon load-pay
 
 load-day: deps
 	$(LOAD) $(REPORTS_OPT) day $(LOAD_DAY)
 
 load-report: deps
 	$(LOAD) $(REPORTS_OPT) day --compare $(LOAD_DAY)
+
+# The day twice with the same knobs (those of load-day but PAY_VIA and PROFILE), paying
+# with ConfirmPayment, then at the payment provider with the receiver, the reconciler and
+# the refund sender beside it; one table sets the runs side by side (loadtests/paying.py).
+load-pay: deps
+	$(LOAD) $(REPORTS_OPT) pay $(LOAD_COMMON) $(call load_opt,DURATION,duration) \
+		$(call load_opt,PEAK_HOLD,peak-hold) $(call load_opt,SCALE,scale) \
+		$(call load_opt,PACING,pacing) $(call load_opt,FLOOR,floor-seconds)
 
 # The day's plateau held for DURATION= seconds (1800; hours if asked), reported per
 # REPORT_WINDOW= seconds of it (300); fails when the last full window is more than

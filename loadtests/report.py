@@ -81,6 +81,8 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lines: list[str] = []
         self.failed: list[str] = []
+        self.figures: dict[str, float] = {}
+        """Named figures of the run that another report may set beside another run's."""
 
     def say(self, *lines: str) -> None:
         """Print and keep for summary.md."""

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtests import drift, invariants, plots, reconciliation, redis_memory, report
+from loadtests import drift, invariants, paying, plots, reconciliation, redis_memory, report
 from loadtests.arguments import non_negative_float, positive_float, positive_int, share
 from loadtests.floor import measure_floor
 from loadtests.locust.http_shop import HTTP_PREFIX
@@ -101,6 +101,37 @@ def _wrote_statistics(run: Run, swarm: SwarmRun) -> bool:
 def day(args: argparse.Namespace) -> int:
     """The reference day, compressed; with --compare, beside the competitor's table; as a
     soak, with its plateau held long and compared window by window."""
+    return run_day(args).finish()
+
+
+def pay(args: argparse.Namespace) -> int:
+    """The reference day paid with ConfirmPayment, then at the payment provider, and one
+    table of both (loadtests/paying.py)."""
+    runs = {}
+    for via in ("confirm", "provider"):
+        one = argparse.Namespace(
+            **{**vars(args), "scenario": "day", "pay_via": via, "compare": False}
+        )
+        runs[via] = run_day(one)
+        runs[via].finish()
+    run = Run("pay", Path(args.reports))
+    run.say(
+        "# The reference day paid two ways: ConfirmPayment, and the payment provider",
+        "",
+        f"- runs: {runs['confirm'].dir.name} (ConfirmPayment), {runs['provider'].dir.name}"
+        " (the provider), the same knobs, a fresh stack each; their summary.md has the rest",
+        "",
+    )
+    run.say(*paying.comparison(runs["confirm"].figures, runs["provider"].figures))
+    run.say("", "## Checks", "")
+    for via, one in runs.items():
+        failed = "; ".join(one.failed) or "none"
+        run.check(not one.failed, f"the run paying via {via}: failed checks: {failed}")
+    return run.finish()
+
+
+def run_day(args: argparse.Namespace) -> Run:
+    """The reference day as `day` runs it; the run, its figures set, not yet finished."""
     soak = args.scenario == "soak"
     run = Run("report" if args.compare else args.scenario, Path(args.reports))
     prefix = f"DAY{run.tag[-6:]}"
@@ -231,7 +262,7 @@ def day(args: argparse.Namespace) -> int:
     )
     run.check(bool(plan), "the shape recorded its plan (plan.json)")
     if not plan or not _wrote_statistics(run, swarm):
-        return run.finish()
+        return run
     stats = read_stats(swarm.csv_prefix)
     history = History.read(swarm.csv_prefix)
     server_rss, _ = sampler.max_rss_mb("server")
@@ -341,7 +372,8 @@ def day(args: argparse.Namespace) -> int:
         soak_windows(run, args, history, sampler, creates, plan)
     if plots.plot_day(history, plan, sampler, run.dir / "day.png"):
         run.say("", f"plot: {run.dir.name}/day.png")
-    return run.finish()
+    run.figures.update(paying.day_figures(figures, history, sampler, (p0, p1), lag, settled))
+    return run
 
 
 def _floor_section(
@@ -634,6 +666,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     d.set_defaults(run=day)
 
+    p = sub.add_parser(
+        "pay",
+        parents=[common],
+        help="the reference day paid with ConfirmPayment, then at the provider: one table",
+    )
+    for option, default in (("--duration", 240.0), ("--peak-hold", 60.0), ("--scale", 1.0)):
+        p.add_argument(option, type=positive_float, default=default)
+    p.add_argument("--pacing", type=positive_float, default=2.0)
+    p.add_argument(
+        "--floor-seconds", type=non_negative_float, default=0.0,
+        help="seconds of each run's empty-call floor (0: none, the default here)",
+    )  # fmt: skip
+    p.set_defaults(run=pay, profile=False)
+
     s = sub.add_parser(
         "soak",
         parents=[common, paying],
@@ -679,9 +725,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 f"--report-window {args.report_window:g} s"
             )
         args.duration = args.peak_hold + args.rest_of_day  # the whole day, as for `day`
-    if args.scenario == "day" and args.peak_hold >= args.duration:
+    if args.scenario in ("day", "pay") and args.peak_hold >= args.duration:
         # The compressed day needs time outside its plateau (daycurve.CompressedDay).
-        d.error(f"--peak-hold {args.peak_hold:g} must be shorter than --duration {args.duration:g}")
+        parser.error(
+            f"--peak-hold {args.peak_hold:g} must be shorter than --duration {args.duration:g}"
+        )
+    if args.scenario == "pay" and args.api != "orders":
+        p.error("the day is paid two ways with --api orders (the default)")
     if args.scenario == "flash" and args.api == "http":
         f.error("the flash sale runs over gRPC (--api orders or inventory)")
     return args

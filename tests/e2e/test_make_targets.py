@@ -47,6 +47,7 @@ SHORT: dict[str, tuple[str, ...]] = {
     "load-day": (*_SHORT_DAY, "PROFILE=1"),
     # The report pays with ConfirmPayment, the day at the payment provider (its default).
     "load-report": (*_SHORT_DAY, "PAY_VIA=confirm"),
+    "load-pay": _SHORT_DAY,
     "load-flash": (
         "USERS=40",
         "SPAWN_RATE=40",
@@ -276,11 +277,15 @@ def _assert_clean_verdict(run: MakeRun, reports: Path) -> None:
     problems = [line for line in run.output.splitlines() if any(p in line for p in _PROBLEMS)]
     assert not problems, f"{problems}\n{run.shown()}"
     assert re.search(r"^- PASS: ", run.output, re.MULTILINE), f"no check passed\n{run.shown()}"
+    # One folder a run; load-pay names its two days' folders, then its own.
     folders = re.findall(r"^report folder: (.+)$", run.output, re.MULTILINE)
-    assert len(folders) == 1, f"no report folder named\n{run.shown()}"
-    folder = Path(folders[0]).resolve()
-    assert folder.parent == reports.resolve(), f"the run wrote to {folder}, not to {reports}"
-    assert (folder / "summary.md").is_file(), run.shown()
+    assert len(folders) in ((3,) if run.command[1] == "load-pay" else (1,)), (
+        f"not the report folders expected\n{run.shown()}"
+    )
+    for named in folders:
+        folder = Path(named).resolve()
+        assert folder.parent == reports.resolve(), f"the run wrote to {folder}, not to {reports}"
+        assert (folder / "summary.md").is_file(), run.shown()
 
 
 @pytest.mark.parametrize("target", list(SHORT))
@@ -292,6 +297,13 @@ def test_target_runs_to_a_clean_verdict(
     assert not run.outlived, f"still running after make ended: {run.outlived}\n{run.shown()}"
     _assert_clean_verdict(run, reports)
     assert _fingerprint(PUBLISHED) == published, "docs/benchmarks/ changed"
+    if target == "load-pay":
+        # Both runs measured: the provider's run has its statements' lag.
+        assert "| plateau | ConfirmPayment | the provider |" in run.output, run.shown()
+        lag = re.search(
+            r"^\| reconciliation statement lag p99, s \| - \| ([\d.]+) \|", run.output, re.M
+        )
+        assert lag is not None, run.shown()
     if "PROFILE=1" in SHORT[target]:
         # Both instruments reported: the server's stacks by area and the statements.
         assert "share of busy samples" in run.output, run.shown()
