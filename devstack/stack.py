@@ -58,6 +58,7 @@ class StackSettings:
     fulfilment: FulfilmentSettings
     payments: PaymentsSettings
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
+    refunds: RefundSettings = field(default_factory=RefundSettings)
     stockctl_config: Path | None = None
     """stockctl's config file, written for this stack (None: none)."""
 
@@ -206,9 +207,11 @@ def payment_programs(
     *,
     receiver_env: Mapping[str, str] | None = None,
     reconciler: ReconcilerSettings | None = None,
+    sender: RefundSettings | None = None,
 ) -> list[PaymentProgram]:
     """What payments_and_receiver starts, in its order: the receiver, the provider, the
-    refund sender and (unless `reconciler` is None) the reconciler."""
+    refund sender (`sender`'s settings; None: the defaults, serving no metrics) and
+    (unless `reconciler` is None) the reconciler."""
     url = _webhook_url(receiver)
     provider = [
         sys.executable, "-m", "simulators", "payments", "--port", str(dev.dev_payments_port),
@@ -217,9 +220,9 @@ def payment_programs(
     env = program_env(receiver_env, payments_config.to_env(receiver))
     # The refund sender pays back what stockcore owes through the same provider; it needs
     # the database alone (no token: it calls no server).
-    sender = RefundSettings(
+    sender = (sender or RefundSettings(refund_metrics_port=0)).with_overrides(
         pg_dsn=receiver.pg_dsn, provider_url=f"http://127.0.0.1:{dev.dev_payments_port}"
-    ).validate()
+    )
     sender_env = program_env(None, refunds_config.to_env(sender))
     programs: list[PaymentProgram] = [
         ("payments-receiver", [sys.executable, "-m", "payments"], env),
@@ -259,18 +262,22 @@ def payments_and_receiver(
     *,
     receiver_env: Mapping[str, str] | None = None,
     reconciler: ReconcilerSettings | None = None,
+    sender: RefundSettings | None = None,
 ) -> Iterator[dict[str, int]]:
     """The simulated payment provider on dev_payments_port, sending its webhooks, signed
     with the receiver's secret, to stockcore's webhook receiver (`receiver`), and the
     reconciler following its settlement feed (`reconciler`, None: not started), and the
-    refund sender (python -m refunds) sending refunds to that provider, as child processes
-    that die with this one (their logs under `logs_dir`); their pids are yielded by name
+    refund sender (python -m refunds, `sender`'s settings; None: the defaults without
+    metrics) sending refunds to that provider, as child processes that die with this one
+    (their logs under `logs_dir`); their pids are yielded by name
     ("payments-receiver", "payment-provider", "refund-sender", "payments-reconciler").
     `receiver_env` adds what the receiver's client presents to the server
     (clients/credentials.py); the reconciler presents the same, to confirm the payments
     whose webhook never came. The secret reaches the provider and the receiver by its file,
     never on a command line."""
-    programs = payment_programs(dev, receiver, receiver_env=receiver_env, reconciler=reconciler)
+    programs = payment_programs(
+        dev, receiver, receiver_env=receiver_env, reconciler=reconciler, sender=sender
+    )
     started: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for program in programs:
@@ -372,6 +379,7 @@ def dev(stack: StackSettings) -> None:
                     root / "logs",
                     receiver_env=receiver_env,
                     reconciler=stack.reconciler.with_overrides(pg_dsn=server.pg_dsn),
+                    sender=stack.refunds,
                 ),
                 _prometheus(
                     dev_settings,
