@@ -383,7 +383,14 @@ def dev(stack: StackSettings) -> None:
                 ),
                 _prometheus(
                     dev_settings,
-                    scrape_jobs(server, fulfilment, gateway, receiver=receiver),
+                    scrape_jobs(
+                        server,
+                        fulfilment,
+                        gateway,
+                        receiver=receiver,
+                        reconciler=stack.reconciler,
+                        sender=stack.refunds,
+                    ),
                     root,
                 ),
             ):
@@ -402,11 +409,14 @@ def scrape_jobs(
     *,
     workers: int = 1,
     receiver: PaymentsSettings | None = None,
+    reconciler: ReconcilerSettings | None = None,
+    sender: RefundSettings | None = None,
 ) -> list[Job]:
     """What Prometheus scrapes of a stack: each server process's metrics, each of `workers`
     fulfilment workers' (the first on fulfil_metrics_port, the next on the ports after it,
-    as `make run` and the tests start them), the payment webhook receiver's, and Envoy's
-    admin interface."""
+    as `make run` and the tests start them), the money programs' (the payment webhook
+    receiver, the reconciler, the refund sender: on loopback), and Envoy's admin
+    interface."""
     jobs = []
     if server.metrics_port:
         host = "127.0.0.1" if server.metrics_host in ("", "0.0.0.0", "::") else server.metrics_host
@@ -417,6 +427,11 @@ def scrape_jobs(
         jobs.append(Job("stockcore-fulfilment", tuple(f"127.0.0.1:{port}" for port in ports)))
     if receiver is not None and receiver.webhook_metrics_port:
         jobs.append(Job("stockcore-payments", (f"127.0.0.1:{receiver.webhook_metrics_port}",)))
+    if reconciler is not None and reconciler.reconcile_metrics_port:
+        port = reconciler.reconcile_metrics_port
+        jobs.append(Job("stockcore-reconciler", (f"127.0.0.1:{port}",)))
+    if sender is not None and sender.refund_metrics_port:
+        jobs.append(Job("stockcore-refunds", (f"127.0.0.1:{sender.refund_metrics_port}",)))
     if gateway is not None:
         stats = gateway.stats_url().removeprefix("http://")
         jobs.append(Job("envoy", (stats,), metrics_path="/stats/prometheus"))

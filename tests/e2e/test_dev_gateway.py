@@ -85,6 +85,8 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         "STOCKCORE_DEV_PAYMENTS_PORT": str(payments_port),
         "STOCKCORE_WEBHOOK_PORT": str(free_port()),
         "STOCKCORE_WEBHOOK_METRICS_PORT": str(free_port()),
+        "STOCKCORE_RECONCILE_METRICS_PORT": str(free_port()),
+        "STOCKCORE_REFUND_METRICS_PORT": str(free_port()),
         # Not the user's own: the file stockctl reads is written here.
         "STOCKCORE_CONFIG": str(stockctl_config),
     }
