@@ -41,9 +41,11 @@ REQUESTED, REFUNDED, REFUND_FAILED = 8, 9, 10
 
 def sender_settings(dsn: str, provider: Provider, **changes: Any) -> RefundSettings:
     """A sender at test speed: retries from 0.05 s, polls every 0.5 s, a breaker that opens
-    after 3 failures in a row for 1 s."""
+    after 3 failures in a row for 1 s; a sender process serves no metrics (a stack beside
+    the tests may hold the port)."""
     base = RefundSettings(
         pg_dsn=dsn,
+        refund_metrics_port=0,
         provider_url=provider.url,
         provider_timeout_s=2.0,
         refund_lease_s=3.0,
