@@ -139,7 +139,7 @@ node-caller:
 	fi
 
 # Every Python package of the project: the programs, their shared pieces, load tests, tests.
-PACKAGES := runtime server clients fulfilment payments simulators gateway devstack dashboards loadtests tests
+PACKAGES := runtime server clients fulfilment payments refunds simulators gateway devstack dashboards loadtests tests
 
 lint: deps
 	$(VENV)/bin/ruff check $(PACKAGES)

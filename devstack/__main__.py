@@ -19,6 +19,7 @@ from gateway import config as gateway_config
 from gateway.envoy import serve as serve_gateway
 from payments import config as payments_config
 from payments.reconciler import config as reconciler_config
+from refunds import config as refunds_config
 from runtime import logs
 from runtime.settings import command_line, exit_if_invalid
 from server import config as server_config
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
             fulfilment=fulfilment_config.from_env(),
             payments=payments_config.from_env(),
             reconciler=reconciler_config.from_env(),
+            refunds=refunds_config.from_env(),
             stockctl_config=config_path(os.environ)[0],
         )
         logs.configure(stack.server.log_level, stack.server.log_json)

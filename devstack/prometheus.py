@@ -1,7 +1,8 @@
 """A project-owned Prometheus (Debian's `prometheus` package) for `make run` and the tests:
-it scrapes the servers, the fulfilment workers, Envoy's admin interface and itself, loads
-the programs' rule files and serves the stockcore consoles (docs/consoles/), on loopback,
-its data under the given folder, dying with the process that started it."""
+it scrapes the servers, the fulfilment workers, the money programs, Envoy's admin
+interface and itself, loads the programs' rule files and serves the stockcore consoles
+(docs/consoles/), on loopback, its data under the given folder, dying with the process
+that started it."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ CONSOLE_LIBRARIES = _ROOT / "docs" / "console_libraries"
 
 
 def rule_files() -> list[Path]:
-    """The rule files the programs ship (server's and the fulfilment workers')."""
+    """The rule files the programs ship: the servers', the fulfilment workers', and the
+    money programs' (the webhook receiver, the reconciler, the refund sender)."""
     return [
         Path(str(resources.files(package) / "alerts.rules.yml"))
-        for package in ("server", "fulfilment")
+        for package in ("server", "fulfilment", "payments")
     ]
 
 

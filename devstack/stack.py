@@ -58,6 +58,7 @@ class StackSettings:
     fulfilment: FulfilmentSettings
     payments: PaymentsSettings
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
+    refunds: RefundSettings = field(default_factory=RefundSettings)
     stockctl_config: Path | None = None
     """stockctl's config file, written for this stack (None: none)."""
 
@@ -206,9 +207,11 @@ def payment_programs(
     *,
     receiver_env: Mapping[str, str] | None = None,
     reconciler: ReconcilerSettings | None = None,
+    sender: RefundSettings | None = None,
 ) -> list[PaymentProgram]:
     """What payments_and_receiver starts, in its order: the receiver, the provider, the
-    refund sender and (unless `reconciler` is None) the reconciler."""
+    refund sender (`sender`'s settings; None: the defaults, serving no metrics) and
+    (unless `reconciler` is None) the reconciler."""
     url = _webhook_url(receiver)
     provider = [
         sys.executable, "-m", "simulators", "payments", "--port", str(dev.dev_payments_port),
@@ -217,9 +220,9 @@ def payment_programs(
     env = program_env(receiver_env, payments_config.to_env(receiver))
     # The refund sender pays back what stockcore owes through the same provider; it needs
     # the database alone (no token: it calls no server).
-    sender = RefundSettings(
+    sender = (sender or RefundSettings(refund_metrics_port=0)).with_overrides(
         pg_dsn=receiver.pg_dsn, provider_url=f"http://127.0.0.1:{dev.dev_payments_port}"
-    ).validate()
+    )
     sender_env = program_env(None, refunds_config.to_env(sender))
     programs: list[PaymentProgram] = [
         ("payments-receiver", [sys.executable, "-m", "payments"], env),
@@ -259,18 +262,22 @@ def payments_and_receiver(
     *,
     receiver_env: Mapping[str, str] | None = None,
     reconciler: ReconcilerSettings | None = None,
+    sender: RefundSettings | None = None,
 ) -> Iterator[dict[str, int]]:
     """The simulated payment provider on dev_payments_port, sending its webhooks, signed
     with the receiver's secret, to stockcore's webhook receiver (`receiver`), and the
     reconciler following its settlement feed (`reconciler`, None: not started), and the
-    refund sender (python -m refunds) sending refunds to that provider, as child processes
-    that die with this one (their logs under `logs_dir`); their pids are yielded by name
+    refund sender (python -m refunds, `sender`'s settings; None: the defaults without
+    metrics) sending refunds to that provider, as child processes that die with this one
+    (their logs under `logs_dir`); their pids are yielded by name
     ("payments-receiver", "payment-provider", "refund-sender", "payments-reconciler").
     `receiver_env` adds what the receiver's client presents to the server
     (clients/credentials.py); the reconciler presents the same, to confirm the payments
     whose webhook never came. The secret reaches the provider and the receiver by its file,
     never on a command line."""
-    programs = payment_programs(dev, receiver, receiver_env=receiver_env, reconciler=reconciler)
+    programs = payment_programs(
+        dev, receiver, receiver_env=receiver_env, reconciler=reconciler, sender=sender
+    )
     started: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for program in programs:
@@ -372,10 +379,18 @@ def dev(stack: StackSettings) -> None:
                     root / "logs",
                     receiver_env=receiver_env,
                     reconciler=stack.reconciler.with_overrides(pg_dsn=server.pg_dsn),
+                    sender=stack.refunds,
                 ),
                 _prometheus(
                     dev_settings,
-                    scrape_jobs(server, fulfilment, gateway, receiver=receiver),
+                    scrape_jobs(
+                        server,
+                        fulfilment,
+                        gateway,
+                        receiver=receiver,
+                        reconciler=stack.reconciler,
+                        sender=stack.refunds,
+                    ),
                     root,
                 ),
             ):
@@ -394,11 +409,14 @@ def scrape_jobs(
     *,
     workers: int = 1,
     receiver: PaymentsSettings | None = None,
+    reconciler: ReconcilerSettings | None = None,
+    sender: RefundSettings | None = None,
 ) -> list[Job]:
     """What Prometheus scrapes of a stack: each server process's metrics, each of `workers`
     fulfilment workers' (the first on fulfil_metrics_port, the next on the ports after it,
-    as `make run` and the tests start them), the payment webhook receiver's, and Envoy's
-    admin interface."""
+    as `make run` and the tests start them), the money programs' (the payment webhook
+    receiver, the reconciler, the refund sender: on loopback), and Envoy's admin
+    interface."""
     jobs = []
     if server.metrics_port:
         host = "127.0.0.1" if server.metrics_host in ("", "0.0.0.0", "::") else server.metrics_host
@@ -409,6 +427,11 @@ def scrape_jobs(
         jobs.append(Job("stockcore-fulfilment", tuple(f"127.0.0.1:{port}" for port in ports)))
     if receiver is not None and receiver.webhook_metrics_port:
         jobs.append(Job("stockcore-payments", (f"127.0.0.1:{receiver.webhook_metrics_port}",)))
+    if reconciler is not None and reconciler.reconcile_metrics_port:
+        port = reconciler.reconcile_metrics_port
+        jobs.append(Job("stockcore-reconciler", (f"127.0.0.1:{port}",)))
+    if sender is not None and sender.refund_metrics_port:
+        jobs.append(Job("stockcore-refunds", (f"127.0.0.1:{sender.refund_metrics_port}",)))
     if gateway is not None:
         stats = gateway.stats_url().removeprefix("http://")
         jobs.append(Job("envoy", (stats,), metrics_path="/stats/prometheus"))

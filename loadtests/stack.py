@@ -206,10 +206,13 @@ def payment_side(
         data_dir / "payments",
     ).validate()
     dev = DevSettings(dev_payments_port=free_port())
+    # No metrics of the payment side, as the receiver's: a run beside `make run` would take
+    # its ports.
     following = reconciler.with_overrides(
         pg_dsn=pg_dsn,
         payments_target=target,
         provider_url=f"http://127.0.0.1:{dev.dev_payments_port}",
+        reconcile_metrics_port=0,
     )
     # The load runs' servers serve plaintext without token checks (PLAINTEXT_ENV).
     return PaymentSide(dev, receiver, {"STOCKCORE_PLAINTEXT": "true"}, following)

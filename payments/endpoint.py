@@ -22,6 +22,7 @@ from clients.credentials import Credentials
 from clients.inventory import RetryPolicy
 from clients.orders import OrderClient
 from payments.config import PaymentsSettings
+from payments.events import Outcome
 from payments.metrics import REGISTRY, WEBHOOK_DURATION, WEBHOOKS
 from payments.receiver import Reply, WebhookReceiver
 from payments.signature import SIGNATURE_HEADER, load_secrets
@@ -35,6 +36,10 @@ RECEIVER_KEY: web.AppKey[WebhookReceiver] = web.AppKey("receiver", WebhookReceiv
 
 # The metrics' outcome of each refusal, by status (payments/metrics.py).
 _REFUSALS = {401: "refused_signature", 400: "refused", 409: "conflict", 503: "unavailable"}
+# Every outcome counted from the start, at 0, so the rate of signature refusals that an
+# alert reads (payments/alerts.rules.yml) is 0 before the first one, not nothing.
+for _outcome in (*(o.name.lower() for o in Outcome), "repeat", *_REFUSALS.values()):
+    WEBHOOKS.labels(_outcome)
 
 
 def outcome_of(reply: Reply) -> str:

@@ -42,6 +42,8 @@ class RefundSettings(EnvSettings):
     breaker_open_s: float = 30.0
     breaker_half_open_calls: int = 1
     db_timeout_s: float = 10.0
+    # Prometheus metrics (refunds/metrics.py) on 127.0.0.1 at this port; 0: none.
+    refund_metrics_port: int = 9477
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -65,6 +67,7 @@ class RefundSettings(EnvSettings):
         "STOCKCORE_REFUND_BREAKER_OPEN": ("breaker_open_s", float),
         "STOCKCORE_REFUND_BREAKER_HALF_OPEN_CALLS": ("breaker_half_open_calls", int),
         "STOCKCORE_DB_TIMEOUT": ("db_timeout_s", float),
+        "STOCKCORE_REFUND_METRICS_PORT": ("refund_metrics_port", int),
         "STOCKCORE_LOG_LEVEL": ("log_level", str),
         "STOCKCORE_LOG_JSON": ("log_json", bool),
     }
@@ -92,6 +95,7 @@ class RefundSettings(EnvSettings):
             ),
             (self.refund_poll_s > 0, "refund_poll_s must be positive"),
             (self.db_timeout_s > 0, "db_timeout_s must be positive"),
+            (0 <= self.refund_metrics_port <= 65535, "refund_metrics_port must be 0-65535"),
         ]
 
     def breaker(self) -> BreakerSettings:

@@ -71,6 +71,29 @@ def _refund(row: asyncpg.Record) -> Refund:
     )
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """The refunds not settled: by state (REQUESTED, SENT), how many and how long since the
+    oldest was owed (seconds, 0 when none); and how long the refund due longest has waited
+    for a sender to claim it (0 when none is due)."""
+
+    unsettled: dict[RefundState, int]
+    oldest_s: dict[RefundState, float]
+    oldest_due_s: float
+
+
+# The unsettled rows alone, which the refunds_due index holds: a refund settles within
+# seconds to days, so they stay few however many refunds were ever made.
+_BACKLOG = """
+SELECT state, count(*) AS unsettled,
+       extract(epoch FROM now() - min(created_at))::float8 AS oldest_s,
+       extract(epoch FROM now() - min(next_attempt_at) FILTER (
+           WHERE next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
+       ))::float8 AS due_s
+  FROM stockcore.refunds WHERE state IN (1, 2) GROUP BY state
+"""
+
+
 class RefundStore:
     """stockcore.refunds through one pool."""
 
@@ -127,3 +150,15 @@ class RefundStore:
             order_id,
         )
         return [_refund(r) for r in rows]
+
+    async def backlog(self) -> Backlog:
+        """The refunds not settled, read in one statement."""
+        unsettled = dict.fromkeys((RefundState.REQUESTED, RefundState.SENT), 0)
+        oldest = dict.fromkeys((RefundState.REQUESTED, RefundState.SENT), 0.0)
+        due = 0.0
+        for r in await self._pool.fetch(_BACKLOG):
+            state = RefundState(r["state"])
+            unsettled[state] = int(r["unsettled"])
+            oldest[state] = max(0.0, float(r["oldest_s"]))
+            due = max(due, float(r["due_s"] or 0.0))
+        return Backlog(unsettled, oldest, due)

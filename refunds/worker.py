@@ -14,11 +14,15 @@ however many sends reach it; a sender killed mid-send leaves its lease to lapse 
 next claim sends again. A refusal for good (4xx: no such charge, nothing left to refund)
 fails the refund (REFUND_FAILED). Every call is counted by one circuit breaker
 (runtime/breaker.py): while it is open no call is made and the refunds claimed are due
-again when it half-opens."""
+again when it half-opens.
+
+Beside the rounds, every few seconds the sender reads how many refunds are not settled and
+how long the oldest has been owed and due (refunds/metrics.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -27,8 +31,10 @@ import socket
 import time
 
 import asyncpg
+from prometheus_client import start_http_server
 
 from refunds.config import RefundSettings
+from refunds.metrics import OLDEST_DUE, OLDEST_UNSETTLED, REFUND_CALLS, REGISTRY, UNSETTLED
 from refunds.provider import ProviderRefund, ProviderStatus, RefundRequest, RefundsApi
 from refunds.store import AttemptOutcome, Refund, RefundReason, RefundStore
 from runtime.breaker import CircuitBreaker, Transition
@@ -46,6 +52,16 @@ _OUTCOMES = {
     ProviderStatus.SUCCEEDED: AttemptOutcome.SUCCEEDED,
     ProviderStatus.FAILED: AttemptOutcome.FAILED,
 }
+# Seconds between two reads of the refunds not settled: about a scrape's interval (15 s;
+# 5 s under make run), since reading more often changes nothing Prometheus sees, and one
+# read of the unsettled rows costs the database little.
+BACKLOG_READ_S = 5.0
+
+
+def _call_of(refund: Refund) -> str:
+    """The call a claimed refund needs, as the metrics name it: a send until the provider
+    has it, then a poll."""
+    return "send" if refund.provider_refund_id is None else "poll"
 
 
 def sender_name() -> str:
@@ -103,6 +119,7 @@ class RefundSender:
         """Send (or poll) one claimed refund and record what it learnt."""
         permit = self.breaker.allow()
         if permit is None:
+            REFUND_CALLS.labels(_call_of(refund), "breaker_open").inc()
             wait = max(0.1, self.breaker.retry_at() - time.monotonic())
             await self.store.record(
                 refund.refund_id,
@@ -122,6 +139,7 @@ class RefundSender:
             return
         except PartnerError as failed:
             self.breaker.record(permit, time.monotonic() - started, ok=False)
+            REFUND_CALLS.labels(_call_of(refund), "retry").inc()
             log.warning(
                 "refund not sent; trying again",
                 extra={"refund_id": refund.refund_id, "error": str(failed)},
@@ -136,6 +154,7 @@ class RefundSender:
             return
         self.breaker.record(permit, time.monotonic() - started, ok=True)
         outcome = _OUTCOMES[reply.status]
+        REFUND_CALLS.labels(_call_of(refund), outcome.name.lower()).inc()
         recorded = await self.store.record(
             refund.refund_id,
             self.name,
@@ -172,6 +191,7 @@ class RefundSender:
         if refund.provider_refund_id is not None:
             # A poll refused: the refund exists (the provider said so), so this is the
             # provider's fault, not the refund's; ask again later.
+            REFUND_CALLS.labels("poll", "retry").inc()
             log.error(
                 "refund poll refused", extra={"refund_id": refund.refund_id, "error": str(refused)}
             )
@@ -183,6 +203,7 @@ class RefundSender:
                 error=str(refused),
             )
             return
+        REFUND_CALLS.labels("send", "refused").inc()
         log.error(
             "refund refused by the payment provider; an operator must return the money",
             extra={
@@ -195,10 +216,35 @@ class RefundSender:
             refund.refund_id, self.name, AttemptOutcome.FAILED, error=str(refused)
         )
 
+    async def read_backlog(self) -> None:
+        """Set the gauges of the refunds not settled."""
+        found = await self.store.backlog()
+        for state, count in found.unsettled.items():
+            UNSETTLED.labels(state.name.lower()).set(count)
+            OLDEST_UNSETTLED.labels(state.name.lower()).set(found.oldest_s[state])
+        OLDEST_DUE.set(found.oldest_due_s)
+
     async def run(self) -> None:
-        """Rounds until stopped: at once again after a round that claimed a full batch,
-        else after refund_idle_s. A database that fails is tried again after the idle
-        wait."""
+        """Rounds, and reads of the backlog every BACKLOG_READ_S beside them, until
+        stopped."""
+        async with asyncio.TaskGroup() as both:
+            both.create_task(self._rounds())
+            both.create_task(self._backlog_reads())
+
+    async def _backlog_reads(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.read_backlog()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.error(
+                    "refund backlog read failed", extra={"error": f"{type(exc).__name__}: {exc}"}
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), BACKLOG_READ_S)
+
+    async def _rounds(self) -> None:
+        """At once again after a round that claimed a full batch, else after
+        refund_idle_s. A database that fails is tried again after the idle wait."""
         while not self._stopping.is_set():
             try:
                 claimed = await self.run_once()
@@ -219,6 +265,8 @@ class RefundSender:
 async def run_sender(settings: RefundSettings) -> None:
     """`python -m refunds`: send refunds until SIGINT or SIGTERM."""
     assert settings.pg_dsn is not None
+    if settings.refund_metrics_port:
+        start_http_server(settings.refund_metrics_port, addr="127.0.0.1", registry=REGISTRY)
     store = await RefundStore.connect(settings.pg_dsn, pool_size=4, timeout=settings.db_timeout_s)
     api = RefundsApi(
         settings.provider_url,

@@ -38,6 +38,8 @@ from devstack.config import DevSettings
 from fulfilment.config import FulfilmentSettings
 from gateway.config import GatewaySettings
 from payments.config import PaymentsSettings
+from payments.reconciler.config import ReconcilerSettings
+from refunds.config import RefundSettings
 from server.config import Settings
 
 SHELL_LANGUAGES = frozenset({"sh", "bash", "shell", "console"})
@@ -286,6 +288,8 @@ def program_variables() -> frozenset[str]:
             FulfilmentSettings,
             GatewaySettings,
             PaymentsSettings,
+            ReconcilerSettings,
+            RefundSettings,
             DevSettings,
         )
         for name in settings.VARIABLES
@@ -367,6 +371,8 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "payment provider": DevSettings.dev_payments_port,
     "webhook receiver": PaymentsSettings.webhook_port,
     "webhook receiver metrics": PaymentsSettings.webhook_metrics_port,
+    "reconciler metrics": ReconcilerSettings.reconcile_metrics_port,
+    "refund sender metrics": RefundSettings.refund_metrics_port,
     "Prometheus": DevSettings.dev_prometheus_port,
     "PostgreSQL": DevSettings.dev_pg_port,
     "Redis": DevSettings.dev_redis_port,

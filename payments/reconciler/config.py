@@ -40,6 +40,11 @@ class ReconcilerSettings(EnvSettings):
     provider_timeout_s: float = 10.0
     call_timeout_s: float = 5.0
     db_timeout_s: float = 10.0
+    # Seconds between two checks of the ledger against its facts: a check reads whole
+    # tables (stockcore.ledger_imbalance), so it runs far less often than a pass.
+    ledger_check_s: float = 60.0
+    # Prometheus metrics (payments/reconciler/metrics.py) on 127.0.0.1 at this port; 0: none.
+    reconcile_metrics_port: int = 9476
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -56,6 +61,8 @@ class ReconcilerSettings(EnvSettings):
         "STOCKCORE_RECONCILE_GRACE": ("grace_s", float),
         "STOCKCORE_RECONCILE_SETTLE_DEADLINE": ("settle_deadline_s", float),
         "STOCKCORE_RECONCILE_CLOSE_MARGIN": ("close_margin_s", float),
+        "STOCKCORE_RECONCILE_LEDGER_CHECK_INTERVAL": ("ledger_check_s", float),
+        "STOCKCORE_RECONCILE_METRICS_PORT": ("reconcile_metrics_port", int),
         "STOCKCORE_PAYMENT_PROVIDER_TIMEOUT": ("provider_timeout_s", float),
         "STOCKCORE_RECONCILE_CALL_TIMEOUT": ("call_timeout_s", float),
         "STOCKCORE_DB_TIMEOUT": ("db_timeout_s", float),
@@ -80,6 +87,11 @@ class ReconcilerSettings(EnvSettings):
             (self.provider_timeout_s > 0, "provider_timeout_s must be positive"),
             (self.call_timeout_s > 0, "call_timeout_s must be positive"),
             (self.db_timeout_s > 0, "db_timeout_s must be positive"),
+            (self.ledger_check_s > 0, "ledger_check_s must be positive"),
+            (
+                0 <= self.reconcile_metrics_port <= 65535,
+                "reconcile_metrics_port must be 0-65535",
+            ),
         ]
 
     @property

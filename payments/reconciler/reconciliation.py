@@ -19,6 +19,10 @@
    more than the close margin ago (stockcore.close_due_days): once, in order, each
    opening at the previous day's closing. A transfer of a closed day read after lands in
    the next open day.
+
+The program's loop runs a step per pass, counts the open exceptions after it, and beside
+the passes checks the ledger against its facts on a slower period (the metrics of
+payments/reconciler/metrics.py).
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ from payments.events import CHARGE_SUCCEEDED, ProviderEvent
 from payments.receiver import Refused, decide
 from payments.reconciler.feed import REFUND_TYPES, FeedError, SettlementFeed
 from payments.reconciler.matching import Policy, charge_statement, refund_statement
+from payments.reconciler.metrics import (
+    LAST_PASS,
+    LEDGER_CHECKS,
+    LEDGER_IMBALANCE,
+    OPEN_EXCEPTIONS,
+    PASSES,
+    REASONS,
+    STATEMENT_LAG,
+    label,
+)
 from payments.reconciler.store import ReconciliationStore, UnrecordedCharge
 from payments.store import PaymentEventStore
 
@@ -71,6 +85,7 @@ class Reconciler:
     policy: Policy
     page_size: int = 100
     close_margin_s: float = 3600.0
+    ledger_check_s: float = 60.0
     clock: Callable[[], datetime] = field(default=_now)
 
     async def follow(self) -> int:
@@ -136,6 +151,8 @@ class Reconciler:
         ]
         statements = [s for s in found if s is not None]
         stated = await self.store.record_statements(statements)
+        for line in stated:
+            STATEMENT_LAG.labels(label(line.kind), label(line.verdict)).observe(line.lag_s)
         for s in statements:
             if s.verdict.name != "MATCHED":
                 log.warning(
@@ -146,7 +163,7 @@ class Reconciler:
                         "verdict": s.verdict.name,
                     },
                 )
-        return stated
+        return len(stated)
 
     async def close_days(self) -> int:
         """Close the days past the close margin; how many were."""
@@ -165,19 +182,71 @@ class Reconciler:
         await self.close_days()
         return StepDone(posted, recovered, stated)
 
+    async def count_open_exceptions(self) -> None:
+        """Set the open exceptions gauge, every reason (0 when none has any)."""
+        found = await self.store.open_exceptions()
+        for reason in REASONS:
+            OPEN_EXCEPTIONS.labels(label(reason)).set(found.get(reason, 0))
+
+    async def check_ledger(self) -> dict[str, int]:
+        """Set the ledger imbalance gauge of every currency; the imbalances."""
+        imbalance = await self.store.ledger_imbalance()
+        for currency, amount in imbalance.items():
+            LEDGER_IMBALANCE.labels(currency).set(amount)
+        broken = {currency: amount for currency, amount in imbalance.items() if amount}
+        if broken:
+            log.error(
+                "the ledger differs from the facts it records; see"
+                " stockcore.invariant_violations()",
+                extra={"imbalance_minor": broken},
+            )
+        return imbalance
+
     async def run(self, stopping: asyncio.Event, interval_s: float) -> None:
-        """Step every `interval_s` until `stopping` is set; a provider or a database that
-        fails is logged and tried again at the next step."""
+        """Pass every `interval_s`, and check the ledger every `ledger_check_s`, until
+        `stopping` is set."""
+        async with asyncio.TaskGroup() as both:
+            both.create_task(self._passes(stopping, interval_s))
+            both.create_task(self._ledger_checks(stopping))
+
+    async def _passes(self, stopping: asyncio.Event, interval_s: float) -> None:
+        """A step and the open exceptions' count per pass; a provider or a database that
+        fails is logged and tried again at the next pass."""
         while not stopping.is_set():
             try:
                 await self.step()
+                # One read of the open rows per pass, so the gauge follows each step.
+                await self.count_open_exceptions()
             except (FeedError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                PASSES.labels("failed").inc()
                 log.error(
                     "reconciliation step failed; tried again",
                     extra={"error": type(exc).__name__, "detail": str(exc)[:200]},
                 )
+            else:
+                PASSES.labels("ok").inc()
+                LAST_PASS.set_to_current_time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), interval_s)
+
+    async def _ledger_checks(self, stopping: asyncio.Event) -> None:
+        """The ledger checked every `ledger_check_s`, apart from the passes: the check reads
+        whole tables (stockcore.ledger_imbalance), so it runs far less often than a pass,
+        and a check that fails or outlasts the database timeout never fails a pass."""
+        while not stopping.is_set():
+            try:
+                await self.check_ledger()
+            # TimeoutError, a check past the pool's command timeout, is an OSError.
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                LEDGER_CHECKS.labels("failed").inc()
+                log.error(
+                    "ledger check failed; tried again",
+                    extra={"error": type(exc).__name__, "detail": str(exc)[:200]},
+                )
+            else:
+                LEDGER_CHECKS.labels("ok").inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.ledger_check_s)
 
 
 def _event(charge: UnrecordedCharge) -> ProviderEvent:

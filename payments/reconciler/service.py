@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
+from prometheus_client import start_http_server
 
 from clients.credentials import Credentials
 from clients.inventory import RetryPolicy
@@ -17,6 +18,7 @@ from clients.orders import OrderClient
 from payments.reconciler.config import ReconcilerSettings
 from payments.reconciler.feed import SettlementFeed
 from payments.reconciler.matching import Policy
+from payments.reconciler.metrics import LAST_PASS, REGISTRY
 from payments.reconciler.reconciliation import Reconciler
 from payments.reconciler.store import ReconciliationStore
 from payments.store import PaymentEventStore
@@ -56,6 +58,7 @@ async def opened(
             Policy(settings.grace_s, settings.settle_deadline_s),
             settings.page_size,
             settings.close_margin_s,
+            settings.ledger_check_s,
         )
     finally:
         if orders is not None:
@@ -65,7 +68,12 @@ async def opened(
 
 
 async def serve(settings: ReconcilerSettings, credentials: Credentials) -> None:
-    """Reconcile until SIGINT or SIGTERM."""
+    """Reconcile until SIGINT or SIGTERM; metrics on loopback, when a port is set."""
+    # A pass's age counts from the start until the first pass ends: a reconciler that never
+    # completes one is stuck, not new.
+    LAST_PASS.set_to_current_time()
+    if settings.reconcile_metrics_port:
+        start_http_server(settings.reconcile_metrics_port, addr="127.0.0.1", registry=REGISTRY)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,7 +18,7 @@ from payments.reconciler.matching import (
     Statement,
 )
 from runtime.pools import open_pool
-from server.domain.reconciliation import Resolution, Verdict
+from server.domain.reconciliation import Resolution, SubjectKind, Verdict
 
 #: The settlement feed's name in stockcore.settlement_cursor.
 FEED = "provider"
@@ -46,6 +46,16 @@ class UnrecordedCharge:
     amount_minor: int
     currency: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class StatedLine:
+    """A statement line written: what it is about, its verdict, and its lag (seconds from
+    the fact it states to the line, as reconciliation_statements.lag_s has it)."""
+
+    kind: SubjectKind
+    verdict: Verdict
+    lag_s: float
 
 
 def _money(amount: int | None, currency: str | None) -> Money | None:
@@ -157,29 +167,33 @@ class ReconciliationStore:
             for r in rows
         ]
 
-    async def record_statements(self, statements: list[Statement]) -> int:
-        """Write the lines (and open or close their exceptions); how many were written (a
-        subject stated meanwhile is skipped)."""
+    async def record_statements(self, statements: list[Statement]) -> list[StatedLine]:
+        """Write the lines (and open or close their exceptions); those written (a subject
+        stated meanwhile is skipped)."""
         if not statements:
-            return 0
-        return int(
-            await self._pool.fetchval(
-                "SELECT stockcore.record_statements($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-                " $11, $12)",
-                FEED,
-                [int(s.kind) for s in statements],
-                [s.subject_id for s in statements],
-                [s.order_id for s in statements],
-                [int(s.verdict) for s in statements],
-                [None if s.ours is None else s.ours.amount for s in statements],
-                [None if s.ours is None else s.ours.currency for s in statements],
-                [None if s.theirs is None else s.theirs.amount for s in statements],
-                [None if s.theirs is None else s.theirs.currency for s in statements],
-                [s.recovered for s in statements],
-                [s.fact_at for s in statements],
-                [s.corrects for s in statements],
-            )
+            return []
+        rows = await self._pool.fetch(
+            "SELECT * FROM stockcore.record_statements($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+            " $11, $12)",
+            FEED,
+            [int(s.kind) for s in statements],
+            [s.subject_id for s in statements],
+            [s.order_id for s in statements],
+            [int(s.verdict) for s in statements],
+            [None if s.ours is None else s.ours.amount for s in statements],
+            [None if s.ours is None else s.ours.currency for s in statements],
+            [None if s.theirs is None else s.theirs.amount for s in statements],
+            [None if s.theirs is None else s.theirs.currency for s in statements],
+            [s.recovered for s in statements],
+            [s.fact_at for s in statements],
+            [s.corrects for s in statements],
         )
+        return [
+            StatedLine(
+                SubjectKind(r["stated_kind"]), Verdict(r["stated_verdict"]), r["stated_lag_s"]
+            )
+            for r in rows
+        ]
 
     async def resolve(
         self, exception_id: int, resolution: Resolution, by: str, why: str
@@ -202,3 +216,21 @@ class ReconciliationStore:
             "SELECT * FROM stockcore.close_due_days($1, $2)", before, CLOSER
         )
         return [(r["currency"], r["day"]) for r in rows]
+
+    async def open_exceptions(self) -> dict[Verdict, int]:
+        """How many exceptions are open, by reason (a reason with none is absent)."""
+        # The open rows alone, by the partial index of open exceptions: a person resolves
+        # them, so they stay few however many statements there are.
+        rows = await self._pool.fetch(
+            "SELECT reason, count(*) AS open FROM stockcore.reconciliation_exceptions"
+            " WHERE resolution IS NULL GROUP BY reason"
+        )
+        return {Verdict(r["reason"]): int(r["open"]) for r in rows}
+
+    async def ledger_imbalance(self) -> dict[str, int]:
+        """By currency, the minor units by which the ledger differs from the facts it
+        records (stockcore.ledger_imbalance: 0 in each while it is whole)."""
+        rows = await self._pool.fetch(
+            "SELECT currency, imbalance_minor FROM stockcore.ledger_imbalance()"
+        )
+        return {r["currency"]: int(r["imbalance_minor"]) for r in rows}

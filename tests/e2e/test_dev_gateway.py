@@ -85,6 +85,8 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
         "STOCKCORE_DEV_PAYMENTS_PORT": str(payments_port),
         "STOCKCORE_WEBHOOK_PORT": str(free_port()),
         "STOCKCORE_WEBHOOK_METRICS_PORT": str(free_port()),
+        "STOCKCORE_RECONCILE_METRICS_PORT": str(free_port()),
+        "STOCKCORE_REFUND_METRICS_PORT": str(free_port()),
         # Not the user's own: the file stockctl reads is written here.
         "STOCKCORE_CONFIG": str(stockctl_config),
     }
@@ -193,7 +195,14 @@ def test_dev_serves_http_beside_grpc_and_ctrl_c_stops_envoy(clean: Servers, tmp_
             targets = requests.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]
             jobs = {t["labels"]["job"] for t in targets["activeTargets"]}
         # Server metrics: off here.
-        assert jobs == {"stockcore-fulfilment", "stockcore-payments", "envoy", "prometheus"}
+        assert jobs == {
+            "stockcore-fulfilment",
+            "stockcore-payments",
+            "stockcore-reconciler",
+            "stockcore-refunds",
+            "envoy",
+            "prometheus",
+        }
         console = requests.get(f"{prometheus}/consoles/stockcore-overview.html", timeout=10)
         assert console.status_code == 200, console.text
 

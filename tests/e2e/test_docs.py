@@ -73,6 +73,8 @@ _PORT_VARIABLES = {
     "payment provider": "STOCKCORE_DEV_PAYMENTS_PORT",
     "webhook receiver": "STOCKCORE_WEBHOOK_PORT",
     "webhook receiver metrics": "STOCKCORE_WEBHOOK_METRICS_PORT",
+    "reconciler metrics": "STOCKCORE_RECONCILE_METRICS_PORT",
+    "refund sender metrics": "STOCKCORE_REFUND_METRICS_PORT",
     "Prometheus": "STOCKCORE_DEV_PROMETHEUS_PORT",
 }
 _START_S = 120.0

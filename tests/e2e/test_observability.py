@@ -1,8 +1,9 @@
 """What an operator sees, end to end: a real Prometheus (devstack/prometheus.py, as `make run`
-starts it) scrapes a real server process, a fulfilment worker process and Envoy while a short
-load runs; then every dashboard panel's query (dashboards/panels.py) and every recording and
-alert rule that Prometheus loaded is run against its HTTP API, and every console page is
-fetched from it.
+starts it) scrapes a real server process, a fulfilment worker process, the money programs
+(the webhook receiver, the reconciler and the refund sender, beside the simulated payment
+provider, as `make run` starts them) and Envoy while a short load runs; then every
+dashboard panel's query (dashboards/panels.py) and every recording and alert rule that
+Prometheus loaded is run against its HTTP API, and every console page is fetched from it.
 
 A query fails here when Prometheus cannot parse it or it returns no series. An alert's
 expression returns nothing while all is well, so what must return series is its parts: the
@@ -42,16 +43,21 @@ from stockcore.v1 import orders_pb2 as opb
 
 from dashboards import consoles
 from dashboards.panels import DASHBOARDS
+from devstack.config import DevSettings
 from devstack.credentials import DevCredentials
 from devstack.prometheus import LocalPrometheus, binary
-from devstack.stack import scrape_jobs
+from devstack.stack import payments_and_receiver, scrape_jobs
 from fulfilment import config as fulfilment_config
 from gateway.config import GatewaySettings
 from gateway.envoy import Gateway
+from payments.config import PaymentsSettings
+from payments.reconciler.config import ReconcilerSettings
+from refunds.config import RefundSettings
 from runtime.processes import free_port, spawn, stop_child
 from server.config import Settings
 from tests import callers
 from tests.e2e.fulfilment_stack import fulfil_settings, running_partners
+from tests.e2e.payments_stack import new_secret
 from tests.servers import Servers, server_process
 
 WATCHED = ("OBS-HOT", "OBS-PLENTY")
@@ -272,6 +278,42 @@ def _gateway(server_port: int, credentials: DevCredentials, workdir: Path) -> It
 
 
 @contextmanager
+def _money_programs(
+    pg_dsn: str, target: str, workdir: Path
+) -> Iterator[tuple[PaymentsSettings, ReconcilerSettings, RefundSettings]]:
+    """The simulated payment provider, the webhook receiver, the refund sender and the
+    reconciler as `make run` starts them (devstack.stack.payments_and_receiver), against
+    the server `target` and its database, each program's metrics on a free port; the
+    reconciler checks the ledger every second. They present the session's token
+    (tests/conftest.py, caller_environment)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    secret = workdir / "webhook-secret"
+    secret.write_bytes(new_secret() + b"\n")
+    secret.chmod(0o600)
+    receiver = PaymentsSettings(
+        pg_dsn=pg_dsn,
+        payments_target=target,
+        webhook_port=free_port(),
+        webhook_metrics_port=free_port(),
+        webhook_secret_file=str(secret),
+        log_json=False,
+    ).validate()
+    reconciler = ReconcilerSettings(
+        pg_dsn=pg_dsn,
+        payments_target=target,
+        reconcile_metrics_port=free_port(),
+        ledger_check_s=1.0,
+        log_json=False,
+    ).validate()
+    sender = RefundSettings(refund_metrics_port=free_port(), log_json=False).validate()
+    dev = DevSettings(dev_payments_port=free_port())
+    with payments_and_receiver(
+        dev, receiver, workdir / "logs", reconciler=reconciler, sender=sender
+    ):
+        yield receiver, reconciler, sender
+
+
+@contextmanager
 def _worker(env: dict[str, str], log: Path) -> Iterator[None]:
     """`python -m fulfilment` as a child process with `env`'s settings."""
     with open(log, "ab") as out:
@@ -323,9 +365,20 @@ async def test_every_panel_and_rule_query_returns_data_and_every_console_renders
             fulfil_metrics_port=worker_metrics_port,
             stale_scan_interval_s=2.0,
         )
-        with _worker(fulfilment_config.to_env(worker), tmp_path / "worker.log"):
+        with (
+            _worker(fulfilment_config.to_env(worker), tmp_path / "worker.log"),
+            _money_programs(clean.pg_dsn, server.target, tmp_path / "money") as money,
+        ):
+            receiver, reconciler, sender = money
             with _gateway(server.port, credentials, tmp_path / "gateway") as gateway:
-                jobs = scrape_jobs(Settings(metrics_port=metrics_port), worker, gateway)
+                jobs = scrape_jobs(
+                    Settings(metrics_port=metrics_port),
+                    worker,
+                    gateway,
+                    receiver=receiver,
+                    reconciler=reconciler,
+                    sender=sender,
+                )
                 with LocalPrometheus(
                     tmp_path / "prometheus", free_port(), jobs, interval_s=1
                 ) as prom:

@@ -6,6 +6,7 @@ happens, every charge is stated, and the invariants hold after each."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from clients.orders import OrderClient
 from payments.reconciler.config import ReconcilerSettings
 from payments.reconciler.feed import FeedError, FeedPage, SettlementFeed
 from payments.reconciler.matching import Resolved
+from payments.reconciler.metrics import REGISTRY as RECONCILER_METRICS
 from payments.reconciler.reconciliation import Reconciler
 from payments.reconciler.service import opened
 from server.app import App
@@ -176,6 +178,31 @@ async def test_a_charge_of_another_amount_is_a_discrepancy_resolved_once(
     # Resolved by a person, it is not looked at again.
     assert (await reconciler.step()).stated == 0
     await invariants_hold(dsn)
+
+
+def sample(name: str, **labels: str) -> float:
+    """A sample of the reconciler's metrics (0 when it has none)."""
+    return RECONCILER_METRICS.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_metrics_count_each_line_the_open_exceptions_and_the_ledger(
+    app: App, provider: Provider, reconciler: Reconciler, dsn: str
+) -> None:
+    lines = "stockcore_reconciliation_statement_lag_seconds_count"
+    before = sample(lines, kind="charge", verdict="amount_differs")
+    await provider.faults(amount_mismatch_rate=1)
+    order = await new_order(app, "rc-metrics")
+    charge = await provider.charge(order.order_id, PRICE, key="rc-metrics")
+    await wait_recorded(dsn, charge["id"])
+
+    await reconciler.step()
+    await reconciler.count_open_exceptions()
+    assert await reconciler.check_ledger() == {"EUR": 0}
+
+    assert sample(lines, kind="charge", verdict="amount_differs") == before + 1
+    assert sample("stockcore_reconciliation_open_exceptions", reason="amount_differs") == 1
+    assert sample("stockcore_reconciliation_open_exceptions", reason="missing_here") == 0
+    assert sample("stockcore_ledger_imbalance_minor", currency="EUR") == 0
 
 
 async def test_a_second_charge_of_an_order_is_duplicated_and_the_order_paid_once(
@@ -388,6 +415,8 @@ async def test_the_program_reconciles_until_stopped(
     await provider.charge(order.order_id, PRICE, key="rc-program")
     await wait_status(app, order.order_id, PAID)
     stopping = asyncio.Event()
+    passes = sample("stockcore_reconciliation_passes_total", outcome="ok")
+    checks = sample("stockcore_ledger_checks_total", outcome="ok")
     async with opened(reconciler_settings(settings, app, provider), payer) as started:
         running = asyncio.create_task(started.run(stopping, 0.05))
         try:
@@ -401,4 +430,9 @@ async def test_the_program_reconciles_until_stopped(
     assert [line["verdict"] for line in await statements(dsn)] == [1]
     async with OrderClient(f"127.0.0.1:{app.port}") as orders:
         assert (await orders.get_order(order.order_id))[0].status == PAID
+    # Each pass counted and timed; the ledger checked once at the start, its period apart.
+    assert sample("stockcore_reconciliation_passes_total", outcome="ok") > passes
+    last = sample("stockcore_reconciliation_last_pass_timestamp_seconds")
+    assert 0 <= time.time() - last < 10
+    assert sample("stockcore_ledger_checks_total", outcome="ok") == checks + 1
     await invariants_hold(dsn)

@@ -20,8 +20,9 @@ from clients.inventory import InventoryClient
 from clients.orders import Order, OrderClient, OrderStatus
 from refunds import config as refund_config
 from refunds.config import RefundSettings
+from refunds.metrics import REGISTRY as REFUND_METRICS
 from refunds.provider import RefundsApi
-from refunds.store import RefundStore
+from refunds.store import RefundState, RefundStore
 from refunds.worker import RefundSender
 from runtime.breaker import BreakerState
 from server.app import App
@@ -40,9 +41,11 @@ REQUESTED, REFUNDED, REFUND_FAILED = 8, 9, 10
 
 def sender_settings(dsn: str, provider: Provider, **changes: Any) -> RefundSettings:
     """A sender at test speed: retries from 0.05 s, polls every 0.5 s, a breaker that opens
-    after 3 failures in a row for 1 s."""
+    after 3 failures in a row for 1 s; a sender process serves no metrics (a stack beside
+    the tests may hold the port)."""
     base = RefundSettings(
         pg_dsn=dsn,
+        refund_metrics_port=0,
         provider_url=provider.url,
         provider_timeout_s=2.0,
         refund_lease_s=3.0,
@@ -160,6 +163,40 @@ async def test_a_paid_order_cancelled_is_refunded_with_its_events(
     ]
     assert await refunded_at_provider(provider, charge_id) == PRICE
     await invariants_hold(dsn)
+
+
+def sample(name: str, **labels: str) -> float:
+    """A sample of the refund sender's metrics (0 when it has none)."""
+    return REFUND_METRICS.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_sender_counts_its_calls_and_reads_the_refunds_waiting(
+    app: App, provider: Provider, dsn: str
+) -> None:
+    calls = "stockcore_refund_calls_total"
+    sent = sum(sample(calls, call="send", outcome=o) for o in ("pending", "succeeded"))
+    order, _ = await paid_order(app, provider, "rf-metrics")
+    await cancel(app, order.order_id)
+    store = await RefundStore.connect(dsn, pool_size=1, timeout=10.0)
+    try:
+        waiting = await store.backlog()
+    finally:
+        await store.close()
+    # Owed just now and due at once: a sender has not claimed it yet.
+    assert waiting.unsettled == {RefundState.REQUESTED: 1, RefundState.SENT: 0}
+    assert 0 <= waiting.oldest_s[RefundState.REQUESTED] < 10
+    assert waiting.oldest_s[RefundState.SENT] == 0
+    assert 0 <= waiting.oldest_due_s < 10
+
+    async with running_sender(sender_settings(dsn, provider)) as sender:
+        await settled(dsn, order.order_id, 3)
+        await sender.read_backlog()
+
+    assert sum(sample(calls, call="send", outcome=o) for o in ("pending", "succeeded")) == sent + 1
+    for state in ("requested", "sent"):
+        assert sample("stockcore_refunds_unsettled", state=state) == 0
+        assert sample("stockcore_refunds_oldest_unsettled_seconds", state=state) == 0
+    assert sample("stockcore_refunds_oldest_due_seconds") == 0
 
 
 async def test_a_refund_the_provider_fails_ends_failed_with_its_event(

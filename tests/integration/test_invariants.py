@@ -289,3 +289,40 @@ async def test_each_check_reports_the_data_it_guards_when_broken(
 
     assert check in {name for name, _, _ in found}, found
     await assert_invariants_hold(world)
+
+
+async def imbalance(db: asyncpg.Connection) -> dict[str, int]:
+    """stockcore.ledger_imbalance(), by currency."""
+    rows = await db.fetch("SELECT currency, imbalance_minor FROM stockcore.ledger_imbalance()")
+    return {r["currency"]: r["imbalance_minor"] for r in rows}
+
+
+async def test_the_ledger_the_store_wrote_has_no_imbalance(world: asyncpg.Connection) -> None:
+    assert await imbalance(world) == {"EUR": 0}
+
+
+# The ledger checks' breakages, and what each leaves the ledger off by against its facts.
+IMBALANCES: dict[str, dict[str, int]] = {
+    "ledger_order_paid": {"EUR": 400},
+    "ledger_refund_owed": {"EUR": 399},
+    "ledger_charge_to_return": {"EUR": 401, "USD": 401},
+    "feed_transfer_has_its_transaction": {"EUR": 1},
+    "feed_transaction_posted": {"EUR": 358},
+}
+
+
+@pytest.mark.parametrize("check", sorted(IMBALANCES))
+async def test_the_ledger_imbalance_is_what_a_broken_ledger_is_off_by(
+    world: asyncpg.Connection, check: str
+) -> None:
+    transaction = world.transaction()
+    await transaction.start()
+    try:
+        await world.execute("SET LOCAL session_replication_role = replica")
+        for statement in BREAKAGES[check]:
+            await world.execute(statement)
+        found = await imbalance(world)
+    finally:
+        await transaction.rollback()
+
+    assert found == IMBALANCES[check]

@@ -1,10 +1,12 @@
-"""Each program's shipped alert rules (server/alerts.rules.yml, fulfilment/alerts.rules.yml)
-are valid, fire as their promtool unit tests say, and read metrics that program exports.
-promtool comes from Debian's `prometheus` package (`make test` installs it); without it these
-tests fail, never skip."""
+"""Each program's shipped alert rules (server/alerts.rules.yml, fulfilment/alerts.rules.yml,
+and payments/alerts.rules.yml for the money programs: the webhook receiver, the reconciler
+and the refund sender) are valid, fire as their promtool unit tests say, and read metrics
+those programs export. promtool comes from Debian's `prometheus` package (`make test`
+installs it); without it these tests fail, never skip."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -15,6 +17,9 @@ from types import ModuleType
 import pytest
 
 from fulfilment import metrics as worker_metrics
+from payments import metrics as receiver_metrics
+from payments.reconciler import metrics as reconciler_metrics
+from refunds import metrics as refund_metrics
 from server import metrics as server_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,11 +30,12 @@ RECORDED = re.compile(r"\b[a-z_]+:stockcore_[a-z0-9_]+:[a-z0-9_]+\b")
 
 @dataclass(frozen=True)
 class Rules:
-    """One program's rule file, its promtool unit tests and the metrics it exports."""
+    """A rule file (`program`/alerts.rules.yml), its promtool unit tests and the metrics
+    modules of the programs whose series it reads."""
 
     program: str
     count: int
-    metrics: ModuleType
+    metrics: tuple[ModuleType, ...]
 
     @property
     def path(self) -> Path:
@@ -40,7 +46,19 @@ class Rules:
         return Path(__file__).with_name(f"alert_rules_{self.program}_test.yml")
 
 
-RULES = [Rules("server", 33, server_metrics), Rules("fulfilment", 11, worker_metrics)]
+RULES = [
+    Rules("server", 33, (server_metrics,)),
+    Rules("fulfilment", 11, (worker_metrics,)),
+    Rules("payments", 19, (receiver_metrics, reconciler_metrics, refund_metrics)),
+]
+# Every program's own registry (server/metrics.py says why each has one).
+REGISTRIES = {
+    "server": server_metrics,
+    "fulfilment": worker_metrics,
+    "receiver": receiver_metrics,
+    "reconciler": reconciler_metrics,
+    "refunds": refund_metrics,
+}
 
 
 def _exported(metrics: ModuleType) -> set[str]:
@@ -76,8 +94,8 @@ def test_the_alerts_fire_as_their_unit_tests_expect(rules: Rules) -> None:
 
 
 @pytest.mark.parametrize("rules", RULES, ids=lambda r: r.program)
-def test_the_rules_read_only_metrics_their_program_exports(rules: Rules) -> None:
-    exported = _exported(rules.metrics)
+def test_the_rules_read_only_metrics_their_programs_export(rules: Rules) -> None:
+    exported = set().union(*(_exported(metrics) for metrics in rules.metrics))
     # Recording rules' names (level:metric:operations) hold metric names, not series read.
     text = RECORDED.sub("", rules.path.read_text())
     used = set(re.findall(r"\bstockcore_[a-z_]+", text))
@@ -96,11 +114,13 @@ def test_a_programs_unit_tests_load_its_rules_alone_and_test_every_alert(rules: 
 
 
 def test_each_program_serves_only_its_own_series() -> None:
-    server = _exported(server_metrics)
-    worker = _exported(worker_metrics)
-    assert server and worker and not server & worker, server & worker
+    exported = {program: _exported(metrics) for program, metrics in REGISTRIES.items()}
+    assert all(exported.values()), exported
+    for (one, mine), (other, theirs) in itertools.combinations(exported.items(), 2):
+        assert not mine & theirs, (one, other, mine & theirs)
     assert not any(
-        name.startswith(("stockcore_fulfilment_", "stockcore_partner_")) for name in server
+        name.startswith(("stockcore_fulfilment_", "stockcore_partner_"))
+        for name in exported["server"]
     )
 
 

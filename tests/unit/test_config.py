@@ -15,6 +15,10 @@ from fulfilment import config as fulfilment_config
 from fulfilment.config import FulfilmentSettings
 from payments import config as payments_config
 from payments.config import PaymentsSettings
+from payments.reconciler import config as reconciler_config
+from payments.reconciler.config import ReconcilerSettings
+from refunds import config as refunds_config
+from refunds.config import RefundSettings
 from server.config import Settings, SettingsError, from_env, to_env
 
 DEV_VARIABLES = {
@@ -436,3 +440,25 @@ def test_the_webhook_receivers_settings_round_trip_and_keep_the_replay_window_bo
             payments_config.from_env({"STOCKCORE_WEBHOOK_TOLERANCE": raw})
     with pytest.raises(SettingsError, match="webhook_max_body_bytes"):
         payments_config.from_env({"STOCKCORE_WEBHOOK_MAX_BODY_BYTES": str((1 << 20) + 1)})
+
+
+def test_the_reconciler_and_the_refund_sender_serve_metrics_on_ports_of_their_own() -> None:
+    assert reconciler_config.from_env({}).reconcile_metrics_port == 9476
+    assert refunds_config.from_env({}).refund_metrics_port == 9477
+    assert ReconcilerSettings().ledger_check_s == 60.0
+    read = reconciler_config.from_env(
+        {
+            "STOCKCORE_RECONCILE_METRICS_PORT": "0",
+            "STOCKCORE_RECONCILE_LEDGER_CHECK_INTERVAL": "5",
+        }
+    )
+    assert (read.reconcile_metrics_port, read.ledger_check_s) == (0, 5.0)
+    assert refunds_config.from_env({"STOCKCORE_REFUND_METRICS_PORT": "0"}).refund_metrics_port == 0
+    with pytest.raises(SettingsError, match="reconcile_metrics_port must be 0-65535"):
+        reconciler_config.from_env({"STOCKCORE_RECONCILE_METRICS_PORT": "65536"})
+    with pytest.raises(SettingsError, match="ledger_check_s must be positive"):
+        reconciler_config.from_env({"STOCKCORE_RECONCILE_LEDGER_CHECK_INTERVAL": "0"})
+    with pytest.raises(SettingsError, match="refund_metrics_port must be 0-65535"):
+        refunds_config.from_env({"STOCKCORE_REFUND_METRICS_PORT": "-1"})
+    sender = RefundSettings(refund_metrics_port=9999)
+    assert refunds_config.from_env(refunds_config.to_env(sender)) == sender

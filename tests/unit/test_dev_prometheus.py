@@ -8,6 +8,9 @@ from devstack.config import DevSettings
 from devstack.prometheus import CONSOLE_LIBRARIES, CONSOLES, Job, LocalPrometheus, rule_files
 from devstack.stack import scrape_jobs
 from fulfilment.config import FulfilmentSettings
+from payments.config import PaymentsSettings
+from payments.reconciler.config import ReconcilerSettings
+from refunds.config import RefundSettings
 from server.config import Settings
 
 
@@ -21,13 +24,37 @@ def test_the_stack_scrapes_every_server_process_and_worker_on_their_ports() -> N
     ]
 
 
+def test_the_stack_scrapes_the_money_programs_on_loopback() -> None:
+    jobs = scrape_jobs(
+        Settings(metrics_port=0),
+        FulfilmentSettings(fulfil_metrics_port=0),
+        None,
+        receiver=PaymentsSettings(webhook_metrics_port=9475),
+        reconciler=ReconcilerSettings(reconcile_metrics_port=9476),
+        sender=RefundSettings(refund_metrics_port=9477),
+    )
+
+    assert jobs == [
+        Job("stockcore-payments", ("127.0.0.1:9475",)),
+        Job("stockcore-reconciler", ("127.0.0.1:9476",)),
+        Job("stockcore-refunds", ("127.0.0.1:9477",)),
+    ]
+
+
 def test_a_program_without_metrics_is_not_scraped() -> None:
-    jobs = scrape_jobs(Settings(metrics_port=0), FulfilmentSettings(fulfil_metrics_port=0), None)
+    jobs = scrape_jobs(
+        Settings(metrics_port=0),
+        FulfilmentSettings(fulfil_metrics_port=0),
+        None,
+        receiver=PaymentsSettings(webhook_metrics_port=0),
+        reconciler=ReconcilerSettings(reconcile_metrics_port=0),
+        sender=RefundSettings(refund_metrics_port=0),
+    )
 
     assert jobs == []
 
 
-def test_prometheus_scrapes_itself_and_loads_both_programs_rules(tmp_path: Path) -> None:
+def test_prometheus_scrapes_itself_and_loads_every_programs_rules(tmp_path: Path) -> None:
     prometheus = LocalPrometheus(
         tmp_path, 9090, [Job("envoy", ("127.0.0.1:9901",), "/stats/prometheus")], interval_s=5
     )
@@ -46,7 +73,11 @@ def test_prometheus_scrapes_itself_and_loads_both_programs_rules(tmp_path: Path)
             "static_configs": [{"targets": ["127.0.0.1:9090"]}],
         },
     ]
-    assert [Path(p).parent.name for p in config["rule_files"]] == ["server", "fulfilment"]  # type: ignore[attr-defined]
+    assert [Path(p).parent.name for p in config["rule_files"]] == [
+        "server",
+        "fulfilment",
+        "payments",
+    ]  # type: ignore[attr-defined]
     assert all(path.is_file() for path in rule_files())
     assert "--web.listen-address=127.0.0.1:9090" in prometheus.argv("prometheus")
     assert any(CONSOLES.glob("stockcore-*.html")) and any(CONSOLE_LIBRARIES.glob("*.lib"))

@@ -408,3 +408,45 @@ SELECT 'event_cursors_gap_free', 'order_events',
 HAVING count(cursor) > 0 AND (min(cursor) <> 1 OR max(cursor) <> count(cursor))
 ORDER BY 1, 2
 $$;
+
+-- The money ledger against the facts it records, per currency, in minor units: for each
+-- kind of transfer (017_ledger.sql, 018_reconciliation.sql), what the transfers of that
+-- kind add up to less what their facts add up to (the orders paid, the refunds owed, the
+-- charges to return, the settlement feed's transactions of each type), those differences
+-- taken whole and summed. 0 in every currency while each fact has its transfer and each
+-- transfer its fact; the ledger_* and feed_* checks of invariant_violations() then say
+-- which. (The accounts' balances of a currency sum to 0 whatever is posted, since a
+-- transfer debits what it credits: that sum proves nothing, and is not this.) Facts and
+-- their transfers commit together and this is one statement, so a payment in flight never
+-- shows. It reads whole tables: the reconciler runs it on a period of its own
+-- (STOCKCORE_RECONCILE_LEDGER_CHECK_INTERVAL), not at every pass.
+CREATE OR REPLACE FUNCTION stockcore.ledger_imbalance()
+RETURNS TABLE (currency text, imbalance_minor bigint)
+LANGUAGE sql STABLE SET jit = off AS $$
+WITH posted AS (
+    SELECT t.currency, t.kind, sum(t.amount_minor) AS amount
+      FROM stockcore.ledger_transfers t GROUP BY t.currency, t.kind
+), facts AS (
+    SELECT o.currency, 1 AS kind, sum(o.paid_minor) AS amount
+      FROM stockcore.orders o WHERE o.payment_id IS NOT NULL AND o.paid_minor > 0
+     GROUP BY o.currency
+    UNION ALL
+    SELECT o.currency, 2, sum(o.refund_owed_minor)
+      FROM stockcore.orders o WHERE o.refund_owed_minor > 0 GROUP BY o.currency
+    UNION ALL
+    SELECT r.currency, 3, sum(r.amount_minor)
+      FROM stockcore.payments_to_return r GROUP BY r.currency
+    UNION ALL
+    SELECT f.currency,
+           CASE f.type WHEN 'charge' THEN 4 WHEN 'refund' THEN 5 WHEN 'fee' THEN 6
+                       WHEN 'payout' THEN 7 ELSE 8 END,
+           sum(abs(f.amount_minor))
+      FROM stockcore.settlement_transactions f GROUP BY f.currency, f.type
+)
+SELECT coalesce(p.currency, f.currency),
+       sum(abs(coalesce(p.amount, 0) - coalesce(f.amount, 0)))::bigint
+  FROM posted p
+  FULL JOIN facts f ON f.currency = p.currency AND f.kind = p.kind
+ GROUP BY 1
+ ORDER BY 1
+$$;

@@ -189,17 +189,21 @@ $$;
 -- statement was p_latest[i] (NULL: none): a line correcting it, an exception opened for a
 -- discrepancy, and the corrected line's open exception closed as CORRECTED. A subject
 -- whose latest statement is no longer p_latest[i] is skipped (it was stated meanwhile).
--- Returns how many lines were written.
+-- Returns a row per line written: its subject kind, its verdict and its lag_s, which the
+-- reconciler's lag histogram observes (the lines written, as the table measures them).
+-- The function's result changes (from the count of lines): it is dropped and made again.
+DROP FUNCTION IF EXISTS stockcore.record_statements(
+    text, smallint[], text[], text[], smallint[], bigint[], text[], bigint[], text[], boolean[],
+    timestamptz[], bigint[]);
 CREATE OR REPLACE FUNCTION stockcore.record_statements(
     p_feed text, p_kinds smallint[], p_subjects text[], p_orders text[], p_verdicts smallint[],
     p_ours_amounts bigint[], p_ours_currencies text[], p_theirs_amounts bigint[],
     p_theirs_currencies text[], p_recovered boolean[], p_fact_at timestamptz[],
     p_latest bigint[]
-) RETURNS int
+) RETURNS TABLE (stated_kind smallint, stated_verdict smallint, stated_lag_s double precision)
 LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     s        record;
-    written  int := 0;
     new_id   bigint;
 BEGIN
     PERFORM FROM stockcore.settlement_cursor WHERE feed = p_feed FOR UPDATE;
@@ -218,8 +222,7 @@ BEGIN
                 theirs_amount, theirs_currency, recovered, corrects, fact_at)
         VALUES (s.kind, s.subject_id, s.order_id, s.verdict, s.ours_amount, s.ours_currency,
                 s.theirs_amount, s.theirs_currency, s.recovered, s.latest, s.fact_at)
-        RETURNING statement_id INTO new_id;
-        written := written + 1;
+        RETURNING statement_id, lag_s INTO new_id, stated_lag_s;
         IF s.latest IS NOT NULL THEN
             UPDATE stockcore.reconciliation_exceptions
                SET resolution = 4, resolved_by = 'reconciler',
@@ -231,8 +234,10 @@ BEGIN
             INSERT INTO stockcore.reconciliation_exceptions (statement_id, reason)
             VALUES (new_id, s.verdict);
         END IF;
+        stated_kind := s.kind;
+        stated_verdict := s.verdict;
+        RETURN NEXT;
     END LOOP;
-    RETURN written;
 END $$;
 
 -- Resolve one exception, as a person decided: 1 ACCEPTED, 2 REFUNDED or 3 WRITTEN_OFF,
