@@ -10,9 +10,9 @@ cancelled once paid so that refunds flow too. Then, once reconciliation has sett
 the provider lists on `GET /_faults/injected` is judged kind by kind against what stockcore
 holds (loadtests/fault_recall.py has the table of each kind's right outcome: detected as
 an exception of a given reason, recovered from the feed, or absorbed with no exception),
-and every open exception no injected fault explains is a false one. The ledger's balance
-per currency (its accounts' balances sum to 0) is sampled throughout, and the invariants
-(stockcore.invariant_violations()) checked at the end.
+and every open exception no injected fault explains is a false one. The ledger's imbalance
+per currency (its transfers against their facts, stockcore.ledger_imbalance()) is sampled
+throughout, and the invariants (stockcore.invariant_violations()) checked at the end.
 
 This measures detection, not throughput: the orders come from a simple open-loop asyncio
 driver using the typed clients (clients/orders.py) and aiohttp for the provider, not from

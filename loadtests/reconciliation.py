@@ -1,8 +1,8 @@
 """What the reconciler (python -m payments.reconciler) stated of a load run, read after the
 load stops: every payment, charge to return and refund stockcore recorded, with the lag of
 its first statement (`lag_s` of stockcore.reconciliation_statements: seconds from the fact
-to its statement), the exceptions still open by reason, and the money ledger's balance per
-currency (its accounts' balances sum to 0 in each currency, or the ledger is broken).
+to its statement), the exceptions still open by reason, and the money ledger's imbalance per
+currency (its transfers against the facts they record: 0, or the ledger is broken).
 
 A refund's subject is the provider's refund id, so a refund the provider has not accepted
 yet (no provider id) is not stated. The provider's times are whole seconds, so the lag of
@@ -53,18 +53,12 @@ SELECT e.reason, count(*) AS n FROM stockcore.reconciliation_exceptions e
  WHERE e.resolution IS NULL GROUP BY e.reason ORDER BY e.reason
 """
 
-# Each account's balance (credits less debits) per currency, summed over the accounts.
+# Per currency, by how much the ledger's transfers differ from the facts they record,
+# kind by kind (stockcore.ledger_imbalance(), live/invariants.sql): one statement, so one
+# snapshot, in which a fact and its transfer are always both or neither. (The accounts'
+# balances always sum to 0, since every transfer debits what it credits: no check.)
 _IMBALANCE_SQL = """
-WITH legs AS (
-    SELECT credit_account AS account, currency, amount_minor AS amount
-      FROM stockcore.ledger_transfers
-    UNION ALL
-    SELECT debit_account, currency, -amount_minor FROM stockcore.ledger_transfers
-), balances AS (
-    SELECT account, currency, sum(amount) AS balance FROM legs GROUP BY account, currency
-)
-SELECT currency, sum(balance)::bigint AS imbalance FROM balances
- GROUP BY currency ORDER BY currency
+SELECT currency, imbalance_minor AS imbalance FROM stockcore.ledger_imbalance()
 """
 
 
@@ -107,7 +101,7 @@ class Reconciled:
     open_exceptions: dict[str, int]
     """Open exceptions by reason (a Verdict's name)."""
     imbalance: dict[str, int]
-    """Per currency, the sum of the ledger accounts' balances (0 when whole)."""
+    """Per currency, by how much the transfers differ from their facts (0 when whole)."""
 
     def of(self, what: str) -> list[Subject]:
         """The subjects of one kind."""
@@ -125,7 +119,7 @@ class Reconciled:
 
     @property
     def balanced(self) -> bool:
-        """Every currency's accounts sum to 0."""
+        """In every currency the transfers equal their facts."""
         return all(v == 0 for v in self.imbalance.values())
 
 
@@ -258,5 +252,8 @@ def report(run: Run, settled: Settled) -> None:
         f"{total - found.unstated:,} of {total:,}",
     )
     shown = ", ".join(f"{c} {v:+,}" for c, v in found.imbalance.items()) or "no transfers"
-    run.check(found.balanced, f"the ledger's accounts sum to 0 in each currency ({shown})")
+    run.check(
+        found.balanced,
+        f"the ledger's transfers equal the facts they record in each currency ({shown})",
+    )
     run.check(settled.invariants.ok, "after reconciliation: " + settled.invariants.describe())
