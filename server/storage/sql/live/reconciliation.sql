@@ -165,6 +165,14 @@ RETURNS TABLE (refund_id text, charge_id text, order_id text, owed_amount bigint
                theirs_currency text, theirs_at timestamptz, settled_at timestamptz,
                failed_at timestamptz, latest bigint, latest_verdict smallint)
 LANGUAGE sql STABLE SET jit = off AS $$
+-- Every failure read once per call, not looked up per refund: the feed's transactions have
+-- no index by source id, and a lookup per refund made each call quadratic in the feed.
+WITH failures AS (
+    SELECT x.source_id, min(x.created_at) AS created_at
+      FROM stockcore.settlement_transactions x
+     WHERE x.type = 'refund_failure'
+     GROUP BY x.source_id
+)
 SELECT t.source_id, t.charge_id, t.order_id,
        coalesce(r.amount_minor, nullif(o.refund_owed_minor, 0)),
        coalesce(r.currency, CASE WHEN o.refund_owed_minor > 0 THEN o.currency END),
@@ -175,9 +183,7 @@ SELECT t.source_id, t.charge_id, t.order_id,
   LEFT JOIN stockcore.payments_to_return r ON r.charge_id = t.charge_id
   LEFT JOIN stockcore.payments p ON p.payment_id = t.charge_id
   LEFT JOIN stockcore.orders o ON o.order_id = p.order_id
-  LEFT JOIN LATERAL (SELECT min(x.created_at) AS created_at
-                       FROM stockcore.settlement_transactions x
-                      WHERE x.type = 'refund_failure' AND x.source_id = t.source_id) f ON true
+  LEFT JOIN failures f ON f.source_id = t.source_id
   LEFT JOIN stockcore.latest_statements(2::smallint) l ON l.subject_id = t.source_id
  WHERE t.type = 'refund'
    AND (l.statement_id IS NULL OR l.open
