@@ -214,7 +214,7 @@ async def test_watch_orders_streams_events_as_they_happen(api: GatewayCaller) ->
 
 def test_every_rpc_has_a_route() -> None:
     routes = describe_routes()
-    assert len(routes) == 20
+    assert len(routes) == 21
     assert routes["GetStatement"] == ("GET", "/v1/reconciliation/statements/{id}")
     assert routes["ResolveException"] == (
         "POST",
@@ -227,6 +227,7 @@ def test_every_rpc_has_a_route() -> None:
     assert routes["CreateOrder"] == ("POST", "/v1/orders")
     assert routes["GetOrder"] == ("GET", "/v1/orders/{order_id}")
     assert routes["ConfirmPayment"] == ("POST", "/v1/orders/{order_id}:pay")
+    assert routes["RefundLine"] == ("POST", "/v1/orders/{order_id}:refundLine")
     assert routes["WatchOrders"] == ("GET", "/v1/orders:watch")
 
 
