@@ -247,7 +247,9 @@ class OrderView:
         if copy.HasField("change"):
             self.change(copy.change)
         if copy.HasField("refund"):
-            # As with a payment, a customer does not see the provider's ids.
+            # As with a payment, a customer does not see the provider's ids, nor the id a
+            # service refunded a line under (as it does not see services' request ids).
             copy.refund.charge_id = ""
             copy.refund.provider_refund_id = ""
+            copy.refund.line_refund_id = ""
         return copy

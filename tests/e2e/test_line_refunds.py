@@ -9,6 +9,7 @@ a line has left is refused, a repeat refunds once, and a cancel after owes only 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from clients.orders import EventType, Order, OrderClient, OrderEvent, OrderStatu
 from payments.reconciler.reconciliation import Reconciler
 from payments.reconciler.service import opened
 from server.app import App
+from server.auth import scopes
 from server.config import Settings
 from tests.e2e.payments_stack import Provider
 from tests.e2e.test_payment_webhooks import rows
@@ -85,10 +87,13 @@ async def refunded_at_provider(provider: Provider, charge_id: str) -> int:
     return int(charge["amount_refunded"])
 
 
-async def refund_events(app: App, order_id: str, count: int) -> list[OrderEvent]:
-    """The order's first `count` refund events, as WatchOrders streams them."""
+async def refund_events(
+    app: App, order_id: str, count: int, credentials: Credentials | None = None
+) -> list[OrderEvent]:
+    """The order's first `count` refund events, as WatchOrders streams them (to the caller
+    of `credentials`, the service's by default)."""
     found: list[OrderEvent] = []
-    async with OrderClient(f"127.0.0.1:{app.port}") as orders:
+    async with OrderClient(f"127.0.0.1:{app.port}", credentials=credentials) as orders:
 
         async def read() -> None:
             async for event in orders.watch(order_id=order_id, types=[REQUESTED, REFUNDED]):
@@ -121,7 +126,11 @@ async def reconciler(app: App, settings: Settings, provider: Provider, payer: Cr
 
 
 async def test_a_line_refunded_is_paid_back_with_its_events_and_stated_matched(
-    app: App, provider: Provider, reconciler: Reconciler, dsn: str
+    app: App,
+    provider: Provider,
+    reconciler: Reconciler,
+    dsn: str,
+    credentials_for: Callable[..., Credentials],
 ) -> None:
     order, charge_id = await paid_order(app, provider, "lr-one")
     async with OrderClient(f"127.0.0.1:{app.port}") as orders:
@@ -169,6 +178,11 @@ async def test_a_line_refunded_is_paid_back_with_its_events_and_stated_matched(
         SHIRT,
         1,
     )
+    # The shopper sees the line refunded, not the provider's ids nor the service's id.
+    shopper = credentials_for("shop-web", scopes=[scopes.CUSTOMER], customer_id="cust-1")
+    seen = (await refund_events(app, order.order_id, 2, shopper))[-1].refund
+    assert seen is not None and (seen.sku, seen.quantity, seen.note) == (SHIRT, 1, "arrived torn")
+    assert (seen.charge_id, seen.provider_refund_id, seen.line_refund_id) == ("", "", "")
     async with OrderClient(f"127.0.0.1:{app.port}") as orders:
         now, history = await orders.get_order(order.order_id)
     assert history == history_before and now.status == PAID
