@@ -1,4 +1,5 @@
-"""`stockctl order ...`: create, read, pay, cancel, ship and watch orders from a shell."""
+"""`stockctl order ...`: create, read, pay, cancel, refund, ship and watch orders from a
+shell."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from clients.orders import (
     OrderClient,
     OrderEvent,
     OrderStatus,
+    Refund,
     StatusChange,
     event_type_name,
+    refund_reason_name,
+    refund_state_name,
     status_name,
 )
 
@@ -70,6 +74,18 @@ class CancelOrder:
 
 
 @dataclass(frozen=True)
+class RefundLine:
+    """`order refund`: owe back some units of one line of a paid order (None: a new line
+    refund id)."""
+
+    order_id: str
+    sku: str
+    quantity: int
+    reason: str
+    line_refund_id: str | None
+
+
+@dataclass(frozen=True)
 class ShipOrder:
     """`order ship`: record a carrier's pick-up."""
 
@@ -112,6 +128,7 @@ OrderCommand = (
     | ListOrders
     | PayOrder
     | CancelOrder
+    | RefundLine
     | ShipOrder
     | RecordInTransit
     | RecordDelivery
@@ -123,6 +140,7 @@ ORDER_COMMANDS = (
     ListOrders,
     PayOrder,
     CancelOrder,
+    RefundLine,
     ShipOrder,
     RecordInTransit,
     RecordDelivery,
@@ -177,7 +195,7 @@ def add_order_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], leaf: Leaf
 ) -> None:
     """Add `order` and its subcommands to stockctl's parser."""
-    order = commands.add_parser("order", help="create, pay, cancel, ship and watch orders")
+    order = commands.add_parser("order", help="create, pay, cancel, refund, ship and watch orders")
     group = order.add_subparsers(dest="order_command", required=True, metavar="COMMAND")
 
     create = leaf(group, "create", "hold stock for every line and create an order")
@@ -232,6 +250,25 @@ def add_order_commands(
     cancel.add_argument("--reason", required=True)
     cancel.set_defaults(make=lambda ns: CancelOrder(ns.order_id, ns.reason))
 
+    refund = leaf(
+        group, "refund", "owe back some units of one line of a paid order (no stock comes back)"
+    )
+    refund.add_argument("order_id", metavar="ID")
+    refund.add_argument("--sku", required=True, help="the line's SKU")
+    refund.add_argument(
+        "--quantity", type=bounded_int(1, 1_000_000), required=True, help="units to refund"
+    )
+    refund.add_argument("--reason", required=True)
+    refund.add_argument(
+        "--id",
+        dest="line_refund_id",
+        help="the refund's idempotency id: the same id again makes no second refund"
+        " (a new one when left out, printed with the refund)",
+    )
+    refund.set_defaults(
+        make=lambda ns: RefundLine(ns.order_id, ns.sku, ns.quantity, ns.reason, ns.line_refund_id)
+    )
+
     ship = leaf(group, "ship", "record a carrier's acknowledged pick-up")
     ship.add_argument("order_id", metavar="ID")
     ship.add_argument("--carrier", required=True)
@@ -281,6 +318,7 @@ def order_data(order: Order) -> dict[str, object]:
                 "quantity": line.quantity,
                 "unit_price_minor": line.unit_price_minor,
                 "line_total_minor": line.line_total_minor,
+                "refunded_quantity": line.refunded_quantity,
             }
             for line in order.lines
         ],
@@ -290,6 +328,7 @@ def order_data(order: Order) -> dict[str, object]:
         "payment_id": order.payment_id,
         "paid_minor": order.paid_minor,
         "refund_owed_minor": order.refund_owed_minor,
+        "line_refunds_minor": order.line_refunds_minor,
         "cancel_reason": order.cancel_reason,
         "shipment": None
         if shipment is None
@@ -303,6 +342,34 @@ def order_data(order: Order) -> dict[str, object]:
             "last_sync_time": _time(shipment.last_sync_time),
         },
     }
+
+
+def refund_data(refund: Refund) -> dict[str, object]:
+    """A refund as JSON-ready data."""
+    return {
+        "refund_id": refund.refund_id,
+        "reason": refund_reason_name(refund.reason),
+        "state": refund_state_name(refund.state),
+        "amount_minor": refund.amount_minor,
+        "currency_code": refund.currency_code,
+        "charge_id": refund.charge_id,
+        "provider_refund_id": refund.provider_refund_id,
+        "sku": refund.sku,
+        "quantity": refund.quantity,
+        "line_refund_id": refund.line_refund_id,
+        "note": refund.note,
+    }
+
+
+def format_refund(refund: Refund) -> str:
+    """A refund as one readable line."""
+    text = (
+        f"refund    {refund.refund_id}  {refund.amount_minor} {refund.currency_code}"
+        f"  {refund_state_name(refund.state)}"
+    )
+    if refund.sku:
+        text += f"  ({refund.sku} x {refund.quantity}, id {refund.line_refund_id})"
+    return text
 
 
 def _change_data(change: StatusChange) -> dict[str, object]:
@@ -329,10 +396,13 @@ def format_order(order: Order, history: Sequence[StatusChange] = ()) -> str:
         rows.append(f"paid      {order.paid_minor} by {order.payment_id}")
     if order.refund_owed_minor:
         rows.append(f"refund    {order.refund_owed_minor} owed")
+    if order.line_refunds_minor:
+        rows.append(f"lines     {order.line_refunds_minor} owed back for lines refunded")
     if order.shipment is not None:
         rows.append(f"parcel    {order.shipment.carrier} {order.shipment.tracking_no}")
     rows += [
         f"  {line.sku}  {line.quantity} x {line.unit_price_minor} = {line.line_total_minor}"
+        + (f"  ({line.refunded_quantity} refunded)" if line.refunded_quantity else "")
         for line in order.lines
     ]
     rows += [
@@ -407,6 +477,23 @@ async def execute_order(
             )
         case CancelOrder(order_id=order_id, reason=reason):
             order = await client.cancel_order(order_id, reason)
+        case RefundLine():
+            order, refund = await client.refund_line(
+                command.order_id,
+                command.sku,
+                command.quantity,
+                command.reason,
+                line_refund_id=command.line_refund_id,
+            )
+            if as_json:
+                print(
+                    json.dumps(order_data(order) | {"refund": refund_data(refund)}, indent=2),
+                    file=out,
+                )
+            else:
+                print(format_order(order), file=out)
+                print(format_refund(refund), file=out)
+            return
         case ShipOrder():
             order = await client.ship_order(
                 command.order_id, command.carrier, command.tracking_no, command.carrier_ack_id

@@ -65,6 +65,18 @@ def event_type_name(event_type: EventType.ValueType) -> str:
     return _short_name(EventType.Name, event_type, "EVENT_TYPE_")
 
 
+def refund_reason_name(reason: RefundReason.ValueType) -> str:
+    """A refund's reason as people read it (`LINE_REFUNDED`); the number of one this client
+    does not know."""
+    return _short_name(RefundReason.Name, reason, "REFUND_REASON_")
+
+
+def refund_state_name(state: RefundState.ValueType) -> str:
+    """A refund's state as people read it (`REFUNDED`); the number of one this client does
+    not know."""
+    return _short_name(RefundState.Name, state, "REFUND_STATE_")
+
+
 def _short_name(name: Callable[[_V], str], value: _V, prefix: str) -> str:
     try:
         return name(value).removeprefix(prefix)
@@ -74,12 +86,14 @@ def _short_name(name: Callable[[_V], str], value: _V, prefix: str) -> str:
 
 @dataclass(frozen=True)
 class OrderLine:
-    """One SKU of an order; money in minor units of the order currency."""
+    """One SKU of an order; money in minor units of the order currency; `refunded_quantity`
+    of its units were refunded (refund_line)."""
 
     sku: str
     quantity: int
     unit_price_minor: int
     line_total_minor: int = 0
+    refunded_quantity: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,8 @@ class Order:
     refund_owed_minor: int
     cancel_reason: str
     version: int
+    # What its lines refunded owe back; refund_owed_minor is what its cancel owes besides.
+    line_refunds_minor: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,12 @@ class Refund:
     state: RefundState.ValueType
     charge_id: str
     provider_refund_id: str
+    # A line refunded (REFUND_REASON_LINE_REFUNDED): its SKU, the units, the caller's
+    # line refund id and why; empty for other refunds.
+    sku: str = ""
+    quantity: int = 0
+    line_refund_id: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -269,6 +291,30 @@ class OrderClient(ChannelClient):
         request = pb.CancelOrderRequest(order_id=order_id, reason=reason)
         reply = await self._call(self._stub.CancelOrder, request, read=False, timeout=timeout)
         return order_from_message(reply.order)
+
+    async def refund_line(
+        self,
+        order_id: str,
+        sku: str,
+        quantity: int,
+        reason: str,
+        *,
+        line_refund_id: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Order, Refund]:
+        """Owe back `quantity` units of the line `sku` of a paid order (money only: no stock
+        comes back); the order and its refund. Idempotent on `line_refund_id`: the same id
+        and request again answer with the same refund as it is now, never a second one.
+        Without one, a new id is made for this call, which its retries share."""
+        request = pb.RefundLineRequest(
+            order_id=order_id,
+            sku=sku,
+            quantity=quantity,
+            reason=reason,
+            line_refund_id=line_refund_id or f"line-refund-{uuid.uuid4().hex}",
+        )
+        reply = await self._call(self._stub.RefundLine, request, read=False, timeout=timeout)
+        return order_from_message(reply.order), _refund(reply.refund)
 
     async def ship_order(
         self,
@@ -410,7 +456,13 @@ def order_from_message(message: pb.Order) -> Order:
         status=message.status,
         currency_code=message.currency_code,
         lines=tuple(
-            OrderLine(line.sku, line.quantity, line.unit_price_minor, line.line_total_minor)
+            OrderLine(
+                line.sku,
+                line.quantity,
+                line.unit_price_minor,
+                line.line_total_minor,
+                line.refunded_quantity,
+            )
             for line in message.lines
         ),
         total_minor=message.total_minor,
@@ -423,6 +475,7 @@ def order_from_message(message: pb.Order) -> Order:
         refund_owed_minor=message.refund_owed_minor,
         cancel_reason=message.cancel_reason,
         version=message.version,
+        line_refunds_minor=message.line_refunds_minor,
     )
 
 
@@ -461,6 +514,10 @@ def _refund(message: pb.Refund) -> Refund:
         state=message.state,
         charge_id=message.charge_id,
         provider_refund_id=message.provider_refund_id,
+        sku=message.sku,
+        quantity=message.quantity,
+        line_refund_id=message.line_refund_id,
+        note=message.note,
     )
 
 

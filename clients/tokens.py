@@ -35,6 +35,7 @@ SERVICE_SCOPES = (
     "orders:create",
     "orders:pay",
     "orders:cancel",
+    "orders:refund",
     "orders:read",
     "orders:watch",
     "orders:fulfil",

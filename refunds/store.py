@@ -18,6 +18,7 @@ class RefundReason(enum.IntEnum):
 
     ORDER_CANCELLED = 1
     CHARGE_TO_RETURN = 2
+    LINE_REFUNDED = 3
 
 
 class RefundState(enum.IntEnum):

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _PROVIDER_REASONS = {
     RefundReason.ORDER_CANCELLED: "requested_by_customer",
     RefundReason.CHARGE_TO_RETURN: "duplicate",
+    RefundReason.LINE_REFUNDED: "requested_by_customer",
 }
 _OUTCOMES = {
     ProviderStatus.PENDING: AttemptOutcome.PENDING,

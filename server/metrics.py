@@ -106,7 +106,8 @@ ORDER_PAID_MINOR = Counter(
 )
 ORDER_REFUNDS_OWED_MINOR = Counter(
     "stockcore_order_refunds_owed_minor_total",
-    "Amounts owed back for paid orders cancelled, in minor units of their currency, by currency.",
+    "Amounts owed back for paid orders cancelled (what their lines refunded did not owe"
+    " already) and for lines refunded, in minor units of their currency, by currency.",
     ["currency"],
     registry=REGISTRY,
 )

@@ -24,9 +24,11 @@ when it arrives, as a late charge is. The fee's amount is the provider's terms, 
 stockcore does not hold: the ledger posts what the feed says, and the daily close counts it.
 
 Within the grace period nothing is stated yet: a webhook or a settlement is on its way. A
-**refund** in the feed is compared with what stockcore owes back for its charge (its money
-to return, or the refund owed by the order it paid): none past the grace period is
-MISSING_HERE; one the provider failed (its `refund_failure` read in the feed) is
+**refund** in the feed is compared with what stockcore owes back by it: the refund of
+stockcore's the provider's refund id is bound to (a charge refunded in parts, its lines
+refunded and then the rest, is so stated refund by refund), or, for one bound to none,
+what its charge owes back whole (its money to return, or the refund owed by the order it
+paid; stockcore.refunds_to_state finds it): none past the grace period is MISSING_HERE; one the provider failed (its `refund_failure` read in the feed) is
 REFUND_FAILED, whatever it was stated before: the money is still owed, and a person
 refunds it by hand or writes it off; then currency, amount and lateness as for a charge.
 

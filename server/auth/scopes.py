@@ -17,6 +17,8 @@ ORDERS_PAY = "orders:pay"
 """ConfirmPayment: the payment provider's (or its webhook's) word that money arrived."""
 ORDERS_CANCEL = "orders:cancel"
 """CancelOrder, of any customer's order, paid or not."""
+ORDERS_REFUND = "orders:refund"
+"""RefundLine: owe back part of any customer's paid order."""
 ORDERS_WRITE = "orders:write"
 """An alias of orders:create, orders:pay and orders:cancel together, as tokens carried it
 before the three were told apart."""
@@ -43,6 +45,7 @@ SERVICE_SCOPES = (
     ORDERS_CREATE,
     ORDERS_PAY,
     ORDERS_CANCEL,
+    ORDERS_REFUND,
     ORDERS_READ,
     ORDERS_WATCH,
     ORDERS_FULFIL,

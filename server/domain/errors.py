@@ -43,12 +43,25 @@ class InvalidArgument(DomainError):
 
 
 class NotFound(DomainError):
-    """A named SKU or reservation does not exist."""
+    """A named SKU, reservation, order or order line does not exist; `message` says more
+    than "unknown <kind>" when given."""
 
-    def __init__(self, kind: str, names: Sequence[str]) -> None:
+    def __init__(self, kind: str, names: Sequence[str], message: str | None = None) -> None:
         self.kind = kind
         self.names = tuple(names)
-        super().__init__(f"unknown {kind}: {', '.join(self.names)}")
+        super().__init__(message or f"unknown {kind}: {', '.join(self.names)}")
+
+
+class NoSuchLine(NotFound):
+    """A line named by its SKU is not one of the order's lines."""
+
+    def __init__(self, order_id: str, sku: str, lines: Sequence[str]) -> None:
+        super().__init__(
+            "order line",
+            [sku],
+            f"order {order_id!r} has no line of SKU {sku!r}; its lines: {', '.join(lines)}",
+        )
+        self.order_id = order_id
 
 
 class AlreadyExists(DomainError):
@@ -102,6 +115,39 @@ class IllegalTransition(DomainError):
         self.wanted = wanted
         self.allowed = tuple(allowed)
         super().__init__(reason)
+
+
+class NotRefundable(DomainError):
+    """An order or line that RefundLine cannot refund at all: the order was not paid, or
+    what it was paid is owed back already (`check` STATUS, `subject` the order), or the
+    line cost nothing (`check` PRICE, `subject` the SKU). Nothing was changed."""
+
+    def __init__(self, check: str, subject: str, description: str, message: str) -> None:
+        self.check = check
+        self.subject = subject
+        self.description = description
+        super().__init__(message)
+
+
+class LineRefundExceeded(DomainError):
+    """More units of a line asked to be refunded than it has left (`bought` less
+    `refunded` already); nothing was changed."""
+
+    def __init__(self, order_id: str, sku: str, bought: int, refunded: int, asked: int) -> None:
+        self.order_id = order_id
+        self.sku = sku
+        self.bought = bought
+        self.refunded = refunded
+        self.asked = asked
+        super().__init__(
+            f"order {order_id!r} has {self.left} of {bought} units of {sku!r} left to refund"
+            f" ({refunded} refunded already); {asked} asked"
+        )
+
+    @property
+    def left(self) -> int:
+        """Units the line may still be refunded."""
+        return self.bought - self.refunded
 
 
 class PaymentMismatch(DomainError):

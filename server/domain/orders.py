@@ -18,15 +18,20 @@ from server.domain.errors import (
     FieldViolation,
     IllegalTransition,
     InvalidArgument,
+    LineRefundExceeded,
+    NoSuchLine,
+    NotRefundable,
     PaymentMismatch,
     PermissionDenied,
 )
 from server.domain.inventory import (
+    MAX_QUANTITY,
     OTHER_CUSTOMER,
     Line,
     ReserveCommand,
     check_id,
     check_reason,
+    check_sku,
     merge_lines,
     ttl_ms,
 )
@@ -82,6 +87,7 @@ class RefundReason(IntEnum):
 
     ORDER_CANCELLED = 1
     CHARGE_TO_RETURN = 2
+    LINE_REFUNDED = 3
 
 
 class RefundState(IntEnum):
@@ -161,11 +167,13 @@ def status_diagram() -> str:
 
 @dataclass(frozen=True, slots=True)
 class OrderLine:
-    """One SKU of an order, priced in minor units of the order currency."""
+    """One SKU of an order, priced in minor units of the order currency; `refunded_quantity`
+    of its units were refunded (RefundLine)."""
 
     sku: str
     quantity: int
     unit_price_minor: int
+    refunded_quantity: int = 0
 
     @property
     def total_minor(self) -> int:
@@ -212,6 +220,11 @@ class Order:
         """Number of status changes so far, the creation included."""
         return len(self.path)
 
+    @property
+    def line_refunds_minor(self) -> int:
+        """What its lines refunded owe back: each one's refunded units at its price."""
+        return sum(line.refunded_quantity * line.unit_price_minor for line in self.lines)
+
 
 @dataclass(frozen=True, slots=True)
 class Actor:
@@ -237,7 +250,9 @@ class StatusChange:
 
 @dataclass(frozen=True, slots=True)
 class RefundNote:
-    """A refund as a refund event reports it: its state after the event, and when."""
+    """A refund as a refund event or RefundLine reports it: its state then, and since
+    when. A line refunded (LINE_REFUNDED) names the line's SKU, the units, the caller's
+    line refund id and why; other refunds leave them empty."""
 
     refund_id: str
     reason: RefundReason
@@ -247,6 +262,10 @@ class RefundNote:
     charge_id: str
     provider_refund_id: str | None
     at: datetime
+    sku: str = ""
+    quantity: int = 0
+    line_refund_id: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +478,38 @@ def cancel_order(
 
 
 @dataclass(frozen=True, slots=True)
+class RefundLine:
+    """A validated RefundLine: owe back `quantity` units of the line `sku` of a paid order;
+    `line_refund_id` makes it idempotent."""
+
+    order_id: str
+    sku: str
+    quantity: int
+    reason: str
+    line_refund_id: str
+    actor: Actor
+
+
+def refund_line(
+    order_id: str, sku: str, quantity: int, reason: str, line_refund_id: str, actor: Actor
+) -> RefundLine:
+    """Validate a RefundLine request, reporting every violation at once. (Whether the order
+    is paid, has the line and has that many units left to refund is decided under the
+    order's lock, by the refund function.)"""
+    violations = (
+        check_id(order_id, "order_id")
+        + check_sku(sku, "sku")
+        + check_reason(reason)
+        + check_id(line_refund_id, "line_refund_id")
+    )
+    if not 1 <= quantity <= MAX_QUANTITY:
+        violations.append(_violation("quantity", f"must be 1 to {MAX_QUANTITY}, got {quantity}"))
+    if violations:
+        raise InvalidArgument(violations)
+    return RefundLine(order_id, sku, quantity, reason, line_refund_id, actor)
+
+
+@dataclass(frozen=True, slots=True)
 class ShipOrder:
     """A validated ShipOrder: the carrier is allowed and acknowledged the tracking number."""
 
@@ -580,6 +631,50 @@ def reported_before_creation(order: Order, report: CarrierReport) -> EventBefore
     return EventBeforeOrder(
         order.order_id, report.event_time.isoformat(), order.created_at.isoformat()
     )
+
+
+# RefundLine's refusals: the order or the line cannot be refunded (as much).
+
+#: Statuses whose orders were paid and owe nothing back yet as a whole.
+REFUNDABLE = frozenset(
+    {OrderStatus.PAID, OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED}
+)
+
+
+def not_refundable(order: Order) -> NotRefundable:
+    """RefundLine of an order not paid, or cancelled (what it was paid is owed back)."""
+    why = (
+        "what it was paid is owed back already"
+        if order.status is OrderStatus.CANCELLED
+        else "nothing was paid"
+    )
+    return NotRefundable(
+        "STATUS",
+        order.order_id,
+        f"status is {order.status.name}: {why}",
+        f"order {order.order_id!r} is {order.status.name}: {why}; a line can be refunded only"
+        f" of an order {', '.join(s.name for s in sorted(REFUNDABLE))}",
+    )
+
+
+def free_line(order: Order, sku: str) -> NotRefundable:
+    """RefundLine of a line that cost nothing."""
+    return NotRefundable(
+        "PRICE",
+        sku,
+        "the line cost nothing",
+        f"line {sku!r} of order {order.order_id!r} cost nothing: there is nothing to refund",
+    )
+
+
+def no_such_line(order: Order, sku: str) -> NoSuchLine:
+    """RefundLine naming a SKU the order has no line of."""
+    return NoSuchLine(order.order_id, sku, [line.sku for line in order.lines])
+
+
+def exceeds_line(request: RefundLine, bought: int, refunded: int) -> LineRefundExceeded:
+    """RefundLine of more units than its line has left to refund."""
+    return LineRefundExceeded(request.order_id, request.sku, bought, refunded, request.quantity)
 
 
 def mismatch(order: Order, payment: ConfirmPayment) -> PaymentMismatch:

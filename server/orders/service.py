@@ -4,8 +4,9 @@ PostgreSQL decided to answers.
 Each batch is one statement (server/storage/orders_pg.py): it locks the orders, their
 holds and their stock rows, decides every request by the status machine, writes the
 order, history, outbox and ledger rows and commits. Races (two payments, one payment
-for two orders, a cancel against a payment, expiry against a payment) are decided there,
-under the locks, once. CreateOrder goes through the Redis gate first, like Reserve.
+for two orders, a cancel against a payment, expiry against a payment, a line refund
+against a cancel) are decided there, under the locks, once. CreateOrder goes through the
+Redis gate first, like Reserve.
 """
 
 from __future__ import annotations
@@ -33,12 +34,18 @@ from server.domain.orders import (
     CreateOrder,
     Order,
     OrderStatus,
+    RefundLine,
+    RefundNote,
     ShipOrder,
     StatusChange,
     customer_cannot_cancel,
+    exceeds_line,
+    free_line,
     lines_text,
     mismatch,
+    no_such_line,
     not_customers,
+    not_refundable,
     paid_by_another,
     refusal,
     reported_before_creation,
@@ -57,6 +64,8 @@ from server.storage.orders_pg import (
     Changed,
     CreateCode,
     Created,
+    LineRefundCode,
+    LineRefunded,
     OrderStore,
     TakenOver,
     TakeOverCode,
@@ -105,6 +114,9 @@ class OrderCore:
         self._shipper: Batcher[ShipOrder, Order] = Batcher(
             "ship_order", self._ship_batch, **options
         )
+        self._refunder: Batcher[RefundLine, tuple[Order, RefundNote]] = Batcher(
+            "refund_line", self._refund_batch, **options
+        )
         self._carrier: dict[OrderStatus, Batcher[CarrierReport, Order]] = {
             wanted: Batcher(
                 f"record_{wanted.name.lower()}", partial(self._carrier_batch, wanted), **options
@@ -126,6 +138,7 @@ class OrderCore:
             self._payer,
             self._canceller,
             self._shipper,
+            self._refunder,
             *self._carrier.values(),
             self._reader,
             self._lister,
@@ -162,6 +175,14 @@ class OrderCore:
         """Cancel an order that has not shipped: an unpaid one gives its hold back, a paid
         one returns its stock by an adjustment and owes its payment back."""
         return await self._canceller.submit(request, deadline)
+
+    async def refund_line(
+        self, request: RefundLine, deadline: float | None = None
+    ) -> tuple[Order, RefundNote]:
+        """Owe back some units of one line of a paid order (money only: no stock moves, the
+        status stays); a repeat of the same request returns the order and its refund as
+        they are now."""
+        return await self._refunder.submit(request, deadline)
 
     async def ship_order(self, request: ShipOrder, deadline: float | None = None) -> Order:
         """PAID -> SHIPPED with the carrier's acknowledged tracking number."""
@@ -242,6 +263,12 @@ class OrderCore:
                     )
                 )
         return answers
+
+    async def _refund_batch(
+        self, requests: Sequence[RefundLine]
+    ) -> list[tuple[Order, RefundNote] | BaseException]:
+        outcomes = await self.store.refund_lines(requests)
+        return [_line_refunded(r, o) for r, o in zip(requests, outcomes, strict=True)]
 
     async def _ship_batch(self, requests: Sequence[ShipOrder]) -> list[Answer]:
         changed = await self.store.ship(requests)
@@ -368,6 +395,34 @@ def _taken_over(command: CreateOrder, outcome: TakenOver) -> Answer:
         lines_text((line.sku, line.quantity) for line in hold.lines),
         lines_text((line.sku, line.quantity) for line in command.lines),
     )
+
+
+def _line_refunded(
+    request: RefundLine, outcome: LineRefunded
+) -> tuple[Order, RefundNote] | BaseException:
+    """What PostgreSQL's outcome of one RefundLine means to its caller."""
+    code, order = outcome.code, outcome.order
+    if code is LineRefundCode.UNKNOWN:
+        return NotFound("order", [request.order_id])
+    if code is LineRefundCode.CONFLICT:
+        return AlreadyExists("line refund", request.line_refund_id)
+    assert order is not None, code
+    if code is LineRefundCode.REFUNDED or code is LineRefundCode.REPEAT:
+        assert outcome.refund is not None
+        if code is LineRefundCode.REFUNDED:
+            ORDER_REFUNDS_OWED_MINOR.labels(order.currency).inc(outcome.refund.amount_minor)
+            log.info(
+                "line refunded; refund owed",
+                extra={"order_id": order.order_id, "refund_id": outcome.refund.refund_id},
+            )
+        return order, outcome.refund
+    if code is LineRefundCode.NOT_REFUNDABLE:
+        return not_refundable(order)
+    if code is LineRefundCode.NO_SUCH_LINE:
+        return no_such_line(order, request.sku)
+    if code is LineRefundCode.FREE_LINE:
+        return free_line(order, request.sku)
+    return exceeds_line(request, outcome.bought, outcome.refunded)
 
 
 def _count_done(entered: OrderStatus, order: Order) -> None:

@@ -75,6 +75,9 @@ RULES: Mapping[str, Rule] = {
     # Paying is the payment provider's word, never a shopper's.
     _ORDERS + "ConfirmPayment": Rule(scopes.ORDERS_PAY),
     _ORDERS + "CancelOrder": Rule(scopes.ORDERS_CANCEL, customer_scope=scopes.CUSTOMER),
+    # Money back is the merchant's word, as a paid order's cancel is (a shopper may cancel
+    # only unpaid orders): never a shopper's token, not even for its own order.
+    _ORDERS + "RefundLine": Rule(scopes.ORDERS_REFUND),
     _ORDERS + "ShipOrder": Rule(scopes.ORDERS_FULFIL),
     _ORDERS + "RecordInTransit": Rule(scopes.ORDERS_FULFIL),
     _ORDERS + "RecordDelivery": Rule(scopes.ORDERS_FULFIL),
@@ -244,7 +247,9 @@ class OrderView:
         if copy.HasField("change"):
             self.change(copy.change)
         if copy.HasField("refund"):
-            # As with a payment, a customer does not see the provider's ids.
+            # As with a payment, a customer does not see the provider's ids, nor the id a
+            # service refunded a line under (as it does not see services' request ids).
             copy.refund.charge_id = ""
             copy.refund.provider_refund_id = ""
+            copy.refund.line_refund_id = ""
         return copy

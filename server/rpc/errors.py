@@ -20,8 +20,11 @@ from server.domain.errors import (
     IllegalTransition,
     InsufficientStock,
     InvalidArgument,
+    LineRefundExceeded,
     LinesDiffer,
+    NoSuchLine,
     NotFound,
+    NotRefundable,
     Overloaded,
     PaymentMismatch,
     PermissionDenied,
@@ -45,6 +48,8 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     EventBeforeOrder: grpc.StatusCode.FAILED_PRECONDITION,
     ReservationFull: grpc.StatusCode.FAILED_PRECONDITION,
     LinesDiffer: grpc.StatusCode.FAILED_PRECONDITION,
+    NotRefundable: grpc.StatusCode.FAILED_PRECONDITION,
+    LineRefundExceeded: grpc.StatusCode.FAILED_PRECONDITION,
     AlreadyResolved: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -68,6 +73,7 @@ def status_code_for(exc: DomainError) -> grpc.StatusCode:
 _REASONS: dict[type[DomainError], str] = {
     InvalidArgument: "INVALID_ARGUMENT",
     NotFound: "NOT_FOUND",
+    NoSuchLine: "NOT_FOUND",
     AlreadyExists: "ALREADY_EXISTS",
     Unavailable: "UNAVAILABLE",
     DeadlineExpired: "DEADLINE_EXPIRED",
@@ -177,6 +183,14 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
         reason = "RESERVATION_LINES"
         lines = f"holds {exc.held or 'no line'}; the order lists {exc.requested}"
         details.append(_precondition(("RESERVATION_LINES", exc.reservation_id, lines)))
+    elif isinstance(exc, NotRefundable):
+        reason = "NOT_REFUNDABLE"
+        details.append(_precondition((exc.check, exc.subject, exc.description)))
+    elif isinstance(exc, LineRefundExceeded):
+        reason = "LINE_REFUND_EXCEEDED"
+        metadata = {"bought": str(exc.bought), "refunded": str(exc.refunded), "left": str(exc.left)}
+        left = f"bought {exc.bought}, refunded {exc.refunded} already: at most {exc.left} more"
+        details.append(_precondition(("LINE_REFUND", exc.sku, left)))
     elif isinstance(exc, AlreadyResolved):
         reason = "ALREADY_RESOLVED"
         how = f"resolved as {exc.resolution} by {exc.resolved_by}"
@@ -186,6 +200,16 @@ def _details(exc: DomainError) -> list[any_pb2.Any]:
             _pack(
                 error_details_pb2.ResourceInfo(
                     resource_type=exc.kind, resource_name=exc.name, owner=exc.owner
+                )
+            )
+        )
+    elif isinstance(exc, NoSuchLine):
+        details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=exc.kind,
+                    resource_name=exc.names[0],
+                    owner=f"order {exc.order_id}",
                 )
             )
         )

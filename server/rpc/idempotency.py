@@ -26,6 +26,7 @@ ID_FIELDS: dict[str, str] = {
     "stockcore.v1.ConfirmPaymentRequest": "payment_id",
     "stockcore.v1.AdjustStockRequest": "idempotency_key",
     "stockcore.v1.SetReservationLineRequest": "change_id",
+    "stockcore.v1.RefundLineRequest": "line_refund_id",
 }
 
 Metadata = Iterable[tuple[str, str | bytes]] | None

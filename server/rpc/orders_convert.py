@@ -25,6 +25,7 @@ def order(value: Order) -> pb.Order:
                 quantity=line.quantity,
                 unit_price_minor=line.unit_price_minor,
                 line_total_minor=line.total_minor,
+                refunded_quantity=line.refunded_quantity,
             )
             for line in value.lines
         ],
@@ -37,6 +38,7 @@ def order(value: Order) -> pb.Order:
         refund_owed_minor=value.refund_owed_minor,
         cancel_reason=value.cancel_reason,
         version=value.version,
+        line_refunds_minor=value.line_refunds_minor,
     )
     shipment = value.shipment
     if shipment is not None:
@@ -67,7 +69,7 @@ def status_change(value: StatusChange) -> pb.StatusChange:
 
 
 def refund_note(value: RefundNote) -> pb.Refund:
-    """The wire form of a refund event's refund."""
+    """The wire form of a refund (a refund event's, or RefundLine's)."""
     return pb.Refund(
         refund_id=value.refund_id,
         reason=pb.RefundReason.ValueType(int(value.reason)),
@@ -76,6 +78,10 @@ def refund_note(value: RefundNote) -> pb.Refund:
         state=pb.RefundState.ValueType(int(value.state)),
         charge_id=value.charge_id,
         provider_refund_id=value.provider_refund_id or "",
+        sku=value.sku,
+        quantity=value.quantity,
+        line_refund_id=value.line_refund_id,
+        note=value.note,
     )
 
 

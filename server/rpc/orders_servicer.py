@@ -19,6 +19,7 @@ from server.domain.orders import (
     carrier_report,
     confirm_payment,
     create_order,
+    refund_line,
     ship_order,
 )
 from server.orders.pricing import Pricing
@@ -122,6 +123,22 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
         )
         order = await self._core.cancel_order(command, deadline_of(context))
         return pb.CancelOrderResponse(order=view.order(convert.order(order)))
+
+    async def RefundLine(
+        self, request: pb.RefundLineRequest, context: Context
+    ) -> pb.RefundLineResponse:
+        """Owe back some units of one line of a paid order (a service's word: customers'
+        tokens are refused before this runs)."""
+        command = refund_line(
+            request.order_id,
+            request.sku,
+            request.quantity,
+            request.reason,
+            request.line_refund_id,
+            actor_of(context),
+        )
+        order, refund = await self._core.refund_line(command, deadline_of(context))
+        return pb.RefundLineResponse(order=convert.order(order), refund=convert.refund_note(refund))
 
     async def ShipOrder(
         self, request: pb.ShipOrderRequest, context: Context

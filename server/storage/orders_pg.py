@@ -27,6 +27,7 @@ from server.domain.orders import (
     OrderEvent,
     OrderLine,
     OrderStatus,
+    RefundLine,
     RefundNote,
     RefundReason,
     RefundState,
@@ -99,6 +100,32 @@ class ChangeCode(IntEnum):
     """The carrier's event time is before the order was created."""
 
 
+class LineRefundCode(IntEnum):
+    """What refund_lines did with one RefundLine (codes of the SQL function)."""
+
+    REFUNDED = 0
+    REPEAT = 1
+    UNKNOWN = 2
+    CONFLICT = 3
+    NOT_REFUNDABLE = 4
+    NO_SUCH_LINE = 5
+    FREE_LINE = 6
+    EXCEEDS_LINE = 7
+
+
+@dataclass(frozen=True, slots=True)
+class LineRefunded:
+    """The outcome of one RefundLine: the order and its refund (new, or as they are on a
+    repeat), the order alone when it could not be refunded, and for EXCEEDS_LINE the
+    line's units bought and refunded already."""
+
+    code: LineRefundCode
+    order: Order | None
+    refund: RefundNote | None
+    bought: int = 0
+    refunded: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Created:
     """The outcome of one CreateOrder: the order (created or as it is, on a repeat), or
@@ -146,15 +173,16 @@ def order_from_row(row: asyncpg.Record) -> Order:
             row["in_transit_at"],
             row["delivered_at"],
         )
+    refunded = row["refunded_quantities"] or [0] * len(row["skus"])
     return Order(
         order_id=row["order_id"],
         customer_id=row["customer_id"],
         status=OrderStatus(row["status"]),
         currency=row["currency"],
         lines=tuple(
-            OrderLine(sku, quantity, price)
-            for sku, quantity, price in zip(
-                row["skus"], row["quantities"], row["unit_prices"], strict=True
+            OrderLine(sku, quantity, price, done)
+            for sku, quantity, price, done in zip(
+                row["skus"], row["quantities"], row["unit_prices"], refunded, strict=True
             )
         ),
         total_minor=row["total_minor"],
@@ -169,6 +197,25 @@ def order_from_row(row: asyncpg.Record) -> Order:
         last_sync_at=row["last_sync_at"],
         refund_owed_minor=row["refund_owed_minor"],
         cancel_reason=row["cancel_reason"] or "",
+    )
+
+
+def refund_from_row(row: asyncpg.Record) -> RefundNote:
+    """A refund as its stockcore.refunds row holds it now, as of its last step."""
+    line = row["reason"] == RefundReason.LINE_REFUNDED
+    return RefundNote(
+        row["refund_id"],
+        RefundReason(row["reason"]),
+        row["amount_minor"],
+        row["currency"],
+        RefundState(row["state"]),
+        row["charge_id"],
+        row["provider_refund_id"],
+        row["settled_at"] or row["sent_at"] or row["created_at"],
+        sku=row["sku"] or "",
+        quantity=row["quantity"] or 0,
+        line_refund_id=row["source_id"] if line else "",
+        note=row["note"] or "",
     )
 
 
@@ -217,6 +264,7 @@ _TAKE_OVER = "SELECT * FROM stockcore.order_holds($1, $2)"
 _PAY = "SELECT * FROM stockcore.pay_orders($1, $2, $3, $4, $5, $6, $7, $8)"
 _CANCEL = "SELECT * FROM stockcore.cancel_orders_as($1, $2, $3, $4, $5, $6)"
 _ADVANCE = "SELECT * FROM stockcore.advance_orders($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_REFUND_LINES = "SELECT * FROM stockcore.refund_lines($1)"
 
 _WITH_HISTORY = """
 SELECT o AS ord,
@@ -271,6 +319,7 @@ _BODY_NULLABLE = (
     "delivered_at",
     "last_sync_at",
     "cancel_reason",
+    "refunded_quantities",
 )
 
 
@@ -294,6 +343,10 @@ def event_from_body(body: str, event_type: EventType) -> OrderEvent:
             refund["charge_id"],
             refund.get("provider_refund_id"),
             datetime.fromisoformat(refund["at"]),
+            sku=refund.get("sku", ""),
+            quantity=refund.get("quantity", 0),
+            line_refund_id=refund.get("line_refund_id", ""),
+            note=refund.get("note", ""),
         )
         return OrderEvent(event_type, order_from_row(order), None, note)
     change = {"from_status": None, "order_id": order["order_id"], "version": order["version"]}
@@ -450,6 +503,34 @@ class OrderStore:
             [r.reason(wanted) for r in batch],
         )
         return _in_request_order(order, row)
+
+    async def refund_lines(self, requests: Sequence[RefundLine]) -> list[LineRefunded]:
+        """Owe back each request's units of its line, or say why not."""
+        row = await self.stock.call(
+            _REFUND_LINES,
+            [
+                (
+                    r.line_refund_id,
+                    r.order_id,
+                    r.sku,
+                    r.quantity,
+                    r.reason,
+                    r.actor.caller,
+                    r.actor.request_id,
+                )
+                for r in requests
+            ],
+        )
+        return [
+            LineRefunded(
+                LineRefundCode(found["code"]),
+                None if found["ord"] is None else order_from_row(found["ord"]),
+                None if found["refund"] is None else refund_from_row(found["refund"]),
+                found["bought"] or 0,
+                found["refunded"] or 0,
+            )
+            for found in row["results"]
+        ]
 
     # --- reads ----------------------------------------------------------------------
 

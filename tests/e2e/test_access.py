@@ -29,8 +29,8 @@ ALICE = "alice"
 BOB = "bob"
 
 # What a refused call must leave untouched: every row of stock, holds, movements, orders,
-# their history, payments and events (the relay's publication marks aside: they move on
-# their own).
+# their history, payments, refunds and events (the relay's publication marks aside: they
+# move on their own).
 _STATE = {
     "stock": "SELECT sku, on_hand, reserved FROM stockcore.stock",
     "reservations": "SELECT * FROM stockcore.reservations",
@@ -39,6 +39,7 @@ _STATE = {
     "orders": "SELECT * FROM stockcore.orders",
     "order_history": "SELECT * FROM stockcore.order_history",
     "payments": "SELECT * FROM stockcore.payments",
+    "refunds": "SELECT * FROM stockcore.refunds",
     "order_events": "SELECT event_id, order_id, order_version, type FROM stockcore.order_events",
     "reconciliation_exceptions": "SELECT * FROM stockcore.reconciliation_exceptions",
 }
@@ -167,6 +168,9 @@ REQUESTS: dict[str, object] = {
         order_id="o-open", payment_id="pay-o-open", amount_minor=300, currency_code="EUR"
     ),
     "CancelOrder": pb.CancelOrderRequest(order_id="o-open", reason="changed mind"),
+    "RefundLine": pb.RefundLineRequest(
+        order_id="o-shipped", sku="A", quantity=1, reason="arrived torn", line_refund_id="lr-1"
+    ),
     "ShipOrder": pb.ShipOrderRequest(
         order_id="o-paid", carrier="dhl", tracking_no="T-o-paid", carrier_ack_id="ack"
     ),
@@ -200,6 +204,7 @@ SCOPE_OF = {
     "ListOrders": ("orders:read", "customer"),
     "ConfirmPayment": ("orders:pay", None),
     "CancelOrder": ("orders:cancel", "customer"),
+    "RefundLine": ("orders:refund", None),
     "ShipOrder": ("orders:fulfil", None),
     "RecordInTransit": ("orders:fulfil", None),
     "RecordDelivery": ("orders:fulfil", None),
@@ -384,6 +389,7 @@ async def test_a_shoppers_token_creates_orders_for_its_own_customer_only(
         bare.orders.CreateOrder(create_request("o-b1", customer=BOB), metadata=alice)
     )
     paying = await refusal(call_as(bare, "ConfirmPayment", alice))
+    refunding = await refusal(call_as(bare, "RefundLine", alice))
     peeking = await refusal(call_as(bare, "GetReservation", alice))
 
     assert named.order.customer_id == ALICE
@@ -392,6 +398,9 @@ async def test_a_shoppers_token_creates_orders_for_its_own_customer_only(
     assert for_bob[:2] == (grpc.StatusCode.PERMISSION_DENIED, "OTHER_CUSTOMER")
     # Paying is the payment provider's, not the shopper's browser.
     assert paying[:2] == (grpc.StatusCode.PERMISSION_DENIED, "CUSTOMER_TOKEN")
+    # Nor is money back, even of the shopper's own order: the merchant's word, as a paid
+    # order's cancel is.
+    assert refunding[:2] == (grpc.StatusCode.PERMISSION_DENIED, "CUSTOMER_TOKEN")
     # Another order's hold (its lines) is not the shopper's to read.
     assert peeking[:2] == (grpc.StatusCode.PERMISSION_DENIED, "CUSTOMER_TOKEN")
     assert await state(dsn) == before

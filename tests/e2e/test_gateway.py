@@ -136,6 +136,22 @@ async def test_order_routes_walk_an_order_to_delivered(api: GatewayCaller) -> No
     assert moving["order"]["status"] == "ORDER_STATUS_IN_TRANSIT"
     done = await ok(api, "POST", "/v1/orders/order-1:recordDelivery", json={"eventTime": now})
     assert done["order"]["status"] == "ORDER_STATUS_DELIVERED"
+    # One of the two bags came back torn: its price is owed back, the order stays delivered.
+    refunded = await ok(
+        api,
+        "POST",
+        "/v1/orders/order-1:refundLine",
+        json={"sku": "BAG-1", "quantity": "1", "reason": "arrived torn"},
+        headers={"Idempotency-Key": "refund-order-1-bag"},
+    )
+    assert refunded["order"]["status"] == "ORDER_STATUS_DELIVERED"
+    assert refunded["order"]["lines"][0]["refundedQuantity"] == "1"
+    assert refunded["order"]["lineRefundsMinor"] == "1250"
+    assert (refunded["refund"]["reason"], refunded["refund"]["state"]) == (
+        "REFUND_REASON_LINE_REFUNDED",
+        "REFUND_STATE_REQUESTED",
+    )
+    assert refunded["refund"]["lineRefundId"] == "refund-order-1-bag"
 
     read = await ok(api, "GET", "/v1/orders/order-1")
     assert [h["toStatus"] for h in read["history"]][-1] == "ORDER_STATUS_DELIVERED"
@@ -198,7 +214,7 @@ async def test_watch_orders_streams_events_as_they_happen(api: GatewayCaller) ->
 
 def test_every_rpc_has_a_route() -> None:
     routes = describe_routes()
-    assert len(routes) == 20
+    assert len(routes) == 21
     assert routes["GetStatement"] == ("GET", "/v1/reconciliation/statements/{id}")
     assert routes["ResolveException"] == (
         "POST",
@@ -211,6 +227,7 @@ def test_every_rpc_has_a_route() -> None:
     assert routes["CreateOrder"] == ("POST", "/v1/orders")
     assert routes["GetOrder"] == ("GET", "/v1/orders/{order_id}")
     assert routes["ConfirmPayment"] == ("POST", "/v1/orders/{order_id}:pay")
+    assert routes["RefundLine"] == ("POST", "/v1/orders/{order_id}:refundLine")
     assert routes["WatchOrders"] == ("GET", "/v1/orders:watch")
 
 

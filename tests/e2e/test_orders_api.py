@@ -540,6 +540,12 @@ UNKNOWN = [
     ),
     ("CancelOrder", pb.CancelOrderRequest(order_id="nope", reason="r")),
     (
+        "RefundLine",
+        pb.RefundLineRequest(
+            order_id="nope", sku="A", quantity=1, reason="r", line_refund_id="lr-nope"
+        ),
+    ),
+    (
         "ShipOrder",
         pb.ShipOrderRequest(order_id="nope", carrier="dhl", tracking_no="T", carrier_ack_id="a"),
     ),
@@ -562,6 +568,12 @@ def _create(**changes) -> pb.CreateOrderRequest:
     fields = {"order_id": "o", "customer_id": "c", "currency_code": "EUR", "lines": [_line()]}
     fields.update(changes)
     return pb.CreateOrderRequest(**fields)
+
+
+def _refund(**changes) -> pb.RefundLineRequest:
+    fields = {"order_id": "o", "sku": "A", "quantity": 1, "reason": "torn", "line_refund_id": "l"}
+    fields.update(changes)
+    return pb.RefundLineRequest(**fields)
 
 
 BAD_REQUESTS = [
@@ -623,6 +635,13 @@ BAD_REQUESTS = [
     ("CancelOrder", pb.CancelOrderRequest(order_id="o", reason="x" * 201), "reason"),
     ("CancelOrder", pb.CancelOrderRequest(order_id="o", reason="late\x00payment"), "reason"),
     ("CancelOrder", pb.CancelOrderRequest(order_id="o", reason="two\nlines"), "reason"),
+    ("RefundLine", _refund(order_id=""), "order_id"),
+    ("RefundLine", _refund(sku="bad sku"), "sku"),
+    ("RefundLine", _refund(quantity=0), "quantity"),
+    ("RefundLine", _refund(quantity=1_000_001), "quantity"),
+    ("RefundLine", _refund(reason=""), "reason"),
+    ("RefundLine", _refund(line_refund_id=""), "line_refund_id"),
+    ("RefundLine", _refund(line_refund_id="x/../y"), "line_refund_id"),
     (
         "ShipOrder",
         pb.ShipOrderRequest(order_id="", carrier="dhl", tracking_no="T", carrier_ack_id="a"),

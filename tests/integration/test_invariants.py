@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from server.domain.inventory import AdjustCommand, Finish, Line, ReserveCommand
-from server.domain.orders import Actor, cancel_order, confirm_payment, create_order
+from server.domain.orders import Actor, cancel_order, confirm_payment, create_order, refund_line
 from server.storage.orders_pg import OrderStore
 from server.storage.postgres import StockStore
 from tests.invariants import assert_invariants_hold, violations
@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ACTOR = Actor("tests", "req-1")
 EXPIRY = "stockcore-expiry"
 HOUR_MS = 3_600_000
-# A hold of the inventory API alone, one committed, and orders pending, paid, and
-# cancelled after payment (its units returned by adjustment, its payment owed back).
+# A hold of the inventory API alone, one committed, and orders pending, paid (one line
+# refunded), and cancelled after payment (its units returned by adjustment, its payment
+# owed back).
 HELD, COMMITTED = "h-held", "h-committed"
 PENDING, PAID, REFUNDED = "o-pending", "o-paid", "o-refunded"
 
@@ -50,6 +51,7 @@ async def world(store: StockStore, db: asyncpg.Connection) -> asyncpg.Connection
         EXPIRY,
     )
     await orders.cancel([cancel_order(REFUNDED, "refund", ACTOR)], EXPIRY)
+    await orders.refund_lines([refund_line(PAID, "B", 1, "arrived broken", "lr-1", ACTOR)])
     await db.fetch("SELECT * FROM stockcore.relay_step(100, 0)")
     # The provider's events as the webhook receiver records them: the charge that paid
     # PAID, and one for PENDING of another amount, which paid nothing and is to return.
@@ -119,8 +121,10 @@ async def test_a_database_written_by_the_store_has_no_violations(world: asyncpg.
         " WHERE kind >= 4 ORDER BY kind"
     )
     # The refund of a charge to return, and its failure, move to_return's money (8).
+    # ... and a line refunded owes its price back (9), as a cancel owes all it was paid (2).
     assert [tuple(r) for r in posted] == [
-        (4, 5, 1, 400), (5, 8, 5, 401), (6, 6, 5, 42), (7, 7, 5, 358), (8, 5, 8, 401)
+        (4, 5, 1, 400), (5, 8, 5, 401), (6, 6, 5, 42), (7, 7, 5, 358), (8, 5, 8, 401),
+        (9, 3, 4, 100),
     ]  # fmt: skip
     assert (
         await world.fetchval(
@@ -190,6 +194,14 @@ BREAKAGES: dict[str, list[str]] = {
     "refund_owed": [
         f"UPDATE stockcore.orders SET refund_owed_minor = 0 WHERE order_id = '{REFUNDED}'"
     ],
+    # PAID's line B refunded (022_line_refunds.sql).
+    "line_refunded_units": [
+        f"UPDATE stockcore.orders SET refunded_quantities = '{{0,0}}' WHERE order_id = '{PAID}'"
+    ],
+    "line_refund_of_its_line": ["UPDATE stockcore.refunds SET sku = 'A' WHERE reason = 3"],
+    "refunds_within_paid": [
+        "UPDATE stockcore.refunds SET amount_minor = amount_minor + 1 WHERE reason = 1"
+    ],
     "cancelled_units_returned": [
         f"DELETE FROM stockcore.adjustments WHERE order_id = '{REFUNDED}' AND sku = 'B'"
     ],
@@ -211,6 +223,7 @@ BREAKAGES: dict[str, list[str]] = {
         "UPDATE stockcore.ledger_transfers SET amount_minor = 1"
         f" WHERE kind = 2 AND order_id = '{REFUNDED}'"
     ],
+    "ledger_line_refund_owed": ["DELETE FROM stockcore.ledger_transfers WHERE kind = 9"],
     "ledger_charge_to_return": [
         "UPDATE stockcore.ledger_transfers SET currency = 'USD' WHERE kind = 3"
     ],

@@ -4,8 +4,9 @@ every status, payments, events (sequenced, published and not), fulfilments, and 
 caller's adjustment under the key a cancel of a paid order used to take, is migrated by
 today's migrate(). Its data is untouched but for what a later migration changes on
 purpose (014: a cancel's adjustments become the order's own rows; 015: reservations get
-a customer, none for these), its functions are a fresh database's, every invariant
-holds, and the stock, order and outbox functions work on old rows and new."""
+a customer, none for these; 022: orders get their lines' refunded units, none for
+these), its functions are a fresh database's, every invariant holds, and the stock,
+order, refund and outbox functions work on old rows and new."""
 
 from __future__ import annotations
 
@@ -24,12 +25,13 @@ from server.domain.orders import (
     carrier_report,
     confirm_payment,
     create_order,
+    refund_line,
     ship_order,
 )
 from server.domain.sharding import shard_of
 from server.storage.migrations import checksum, live_files, migrate, migration_files
 from server.storage.migrations import sync_transitions as copy_status_machine
-from server.storage.orders_pg import ChangeCode, CreateCode, OrderStore
+from server.storage.orders_pg import ChangeCode, CreateCode, LineRefundCode, OrderStore
 from server.storage.outbox_pg import OutboxSession
 from server.storage.postgres import AdjustCode, FinishCode, ReserveCode, StockStore
 from tests.support import connected
@@ -265,6 +267,15 @@ _RESERVATIONS_BUT_CUSTOMER = (
     " encode(fingerprint, 'hex'), caller, created_at, expires_at, finished_at), ','"
     " ORDER BY reservation_id)) FROM stockcore.reservations"
 )
+ORDERS = "stockcore.orders"
+# A digest of every column of the orders but the one 022 adds: the lines' refunded units.
+_ORDERS_BUT_REFUNDED = (
+    "SELECT md5(string_agg(concat_ws('|', order_id, customer_id, status, path, version,"
+    " currency, skus, quantities, unit_prices, total_minor, encode(fingerprint, 'hex'),"
+    " created_at, payment_deadline, updated_at, payment_id, paid_minor, carrier, tracking_no,"
+    " carrier_ack_id, shipped_at, in_transit_at, delivered_at, last_sync_at, refund_owed_minor,"
+    " cancel_reason), ',' ORDER BY order_id)) FROM stockcore.orders"
+)
 PAYMENT_EVENTS = "stockcore.payment_events"
 PAYMENTS_TO_RETURN = "stockcore.payments_to_return"
 # Tables whose rows a later migration changes on purpose, or that it makes, compared apart.
@@ -277,7 +288,7 @@ REFUNDS = "stockcore.refunds"
 CLOSES = ("stockcore.daily_closes", "stockcore.daily_close_items")
 _CHANGED = (
     ADJUSTMENTS, RESERVATIONS, RESERVATION_CHANGES, PAYMENT_EVENTS, PAYMENTS_TO_RETURN, *LEDGER,
-    *RECONCILIATION, REFUNDS, *CLOSES,
+    *RECONCILIATION, REFUNDS, *CLOSES, ORDERS,
 )  # fmt: skip
 
 
@@ -360,6 +371,7 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
     before = await contents(conn)
     adjustments_but_origin = await conn.fetchval(_ADJUSTMENTS_BUT_ORIGIN)
     reservations_but_customer = await conn.fetchval(_RESERVATIONS_BUT_CUSTOMER)
+    orders_but_refunded = await conn.fetchval(_ORDERS_BUT_REFUNDED)
 
     applied = await migrate(conn, SHARD_COUNT)
 
@@ -417,6 +429,19 @@ async def test_migrate_takes_the_live_sql_and_leaves_the_data_as_it_was(
     # 020: no day is closed yet; the reconciler closes the past days from the first.
     assert not set(CLOSES) & set(before)
     assert {t: after[t][0] for t in CLOSES} == dict.fromkeys(CLOSES, 0)
+    # 022: no line of any order was refunded (no row rewritten), and the ledger knows a
+    # line refund's kind.
+    assert await conn.fetchval(_ORDERS_BUT_REFUNDED) == orders_but_refunded
+    assert after[ORDERS][0] == before[ORDERS][0]
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM stockcore.orders WHERE refunded_quantities IS NOT NULL"
+        )
+        == 0
+    )
+    assert await conn.fetchval("SELECT name FROM stockcore.ledger_kinds WHERE kind = 9") == (
+        "LINE_REFUND_OWED"
+    )
     # The cancel's row became o-refunded's own (no key); callers' rows kept their keys,
     # the one under a cancel's old key included; nothing else of any row changed.
     assert await adjustments(conn) == [
@@ -466,6 +491,10 @@ async def test_the_stock_and_order_functions_work_on_the_upgraded_database(
     shipped = await orders.ship(
         [ship_order("o-new", "dhl", "T-new", "ack-new", ACTOR, carriers=["dhl"])]
     )
+    # A line of an order delivered before the upgrade, one unit of two, refunded.
+    (line_refunded,) = await orders.refund_lines(
+        [refund_line("o-delivered", "B", 1, "arrived broken", "lr-after-upgrade", ACTOR)]
+    )
     now = datetime.now(UTC)
     delivered = await orders.record_carrier(
         OrderStatus.DELIVERED, [carrier_report("o-in-transit", now, ACTOR, now=now)]
@@ -507,6 +536,9 @@ async def test_the_stock_and_order_functions_work_on_the_upgraded_database(
     assert [(c.code, c.order and c.order.status) for c in delivered] == [
         (ChangeCode.DONE, OrderStatus.DELIVERED)
     ]
+    assert line_refunded.code is LineRefundCode.REFUNDED and line_refunded.refund is not None
+    assert line_refunded.refund.amount_minor == 150
+    assert line_refunded.order is not None and line_refunded.order.line_refunds_minor == 150
     assert sweep.due == 0
     # Events written before the upgrade and after it are published in one sequence.
     assert backlog == len(pending) and left == 0

@@ -24,13 +24,14 @@ from server.domain.orders import (
     carrier_report,
     confirm_payment,
     create_order,
+    refund_line,
     ship_order,
 )
 from server.rpc.orders_convert import stored_event
-from server.storage.orders_pg import ChangeCode, CreateCode, OrderStore
+from server.storage.orders_pg import ChangeCode, CreateCode, LineRefundCode, OrderStore
 from server.storage.outbox_pg import OutboxSession
 from server.storage.postgres import FinishCode, StockStore
-from tests.conftest import Servers
+from tests.conftest import SHARDS, Servers
 from tests.invariants import assert_invariants_hold
 from tests.support import connected
 from tests.waiting import until
@@ -347,6 +348,193 @@ async def test_cancelling_a_paid_order_returns_its_units_and_owes_its_payment_ba
         "SELECT kind, on_hand_delta FROM stockcore.movements WHERE order_id = 'o-1'"
     )
     assert [(m["kind"], m["on_hand_delta"]) for m in moves] == [("adjust", 2)]
+
+
+def two_lines(order_id: str) -> CreateOrder:
+    """An order of 2 A at 150 and 1 B at 1000: 1300 in all."""
+    return create_order(
+        order_id, "c-1", [("A", 2, 150), ("B", 1, 1000)], "EUR", None, ACTOR, **LIMITS
+    )
+
+
+async def refunded_rows(db: asyncpg.Connection) -> list[tuple[object, ...]]:
+    """(reason, source, order, SKU, units, amount) of every refund, and of every refund owed
+    in the ledger (kind, source, order, amount), by source."""
+    refunds = await db.fetch(
+        "SELECT reason, source_id, order_id, sku, quantity, amount_minor FROM stockcore.refunds"
+        " ORDER BY source_id"
+    )
+    owed = await db.fetch(
+        "SELECT kind, source_id, order_id, amount_minor FROM stockcore.ledger_transfers"
+        " WHERE kind IN (2, 9) ORDER BY source_id"
+    )
+    return [tuple(r) for r in refunds] + [tuple(t) for t in owed]
+
+
+async def test_a_line_refund_owes_its_units_at_the_lines_price_and_moves_no_stock(
+    orders: OrderStore, db: asyncpg.Connection
+) -> None:
+    await create(orders, two_lines("o-1"))
+    await pay(orders, "o-1", "p-1", 1300)
+    stock_before = await units(db, "A")
+    events_before = await events_of(db, "o-1")
+
+    (done,) = await orders.refund_lines([refund_line("o-1", "A", 1, "torn", "lr-1", ACTOR)])
+    (again,) = await orders.refund_lines([refund_line("o-1", "A", 1, "torn", "lr-1", ACTOR)])
+    (other,) = await orders.refund_lines([refund_line("o-1", "A", 1, "other", "lr-1", ACTOR)])
+
+    assert done.code is LineRefundCode.REFUNDED and done.order and done.refund
+    assert (done.order.status, done.order.version) == (OrderStatus.PAID, 2)
+    assert [(x.sku, x.refunded_quantity) for x in done.order.lines] == [("A", 1), ("B", 0)]
+    assert (done.order.line_refunds_minor, done.order.refund_owed_minor) == (150, 0)
+    assert (done.refund.amount_minor, done.refund.charge_id, done.refund.line_refund_id) == (
+        150,
+        "p-1",
+        "lr-1",
+    )
+    assert again.code is LineRefundCode.REPEAT and again.refund == done.refund
+    assert other.code is LineRefundCode.CONFLICT
+    assert await refunded_rows(db) == [(3, "lr-1", "o-1", "A", 1, 150), (9, "lr-1", "o-1", 150)]
+    # Money only: the stock, the status history and the order events are as they were.
+    assert await units(db, "A") == stock_before
+    assert await events_of(db, "o-1") == events_before
+    assert len((await orders.with_history(["o-1"]))["o-1"][1]) == 2
+    await assert_invariants_hold(db)
+
+
+async def test_a_line_is_refunded_at_most_its_units_also_within_one_batch(
+    orders: OrderStore, db: asyncpg.Connection
+) -> None:
+    await create(orders, two_lines("o-1"))
+    await pay(orders, "o-1", "p-1", 1300)
+
+    outcomes = await orders.refund_lines(
+        [
+            refund_line("o-1", "A", 1, "torn", "lr-1", ACTOR),
+            refund_line("o-1", "A", 2, "torn", "lr-2", ACTOR),
+            refund_line("o-1", "A", 1, "torn", "lr-3", ACTOR),
+            refund_line("o-1", "A", 1, "torn", "lr-1", ACTOR),
+            refund_line("o-1", "A", 1, "again", "lr-3", ACTOR),
+        ]
+    )
+
+    assert [(o.code, o.bought, o.refunded) for o in outcomes] == [
+        (LineRefundCode.REFUNDED, 0, 0),
+        (LineRefundCode.EXCEEDS_LINE, 2, 2),
+        (LineRefundCode.REFUNDED, 0, 0),
+        (LineRefundCode.REPEAT, 0, 0),
+        (LineRefundCode.CONFLICT, 0, 0),
+    ]
+    assert outcomes[3].refund == outcomes[0].refund
+    (full,) = await orders.refund_lines([refund_line("o-1", "A", 1, "torn", "lr-4", ACTOR)])
+    assert (full.code, full.bought, full.refunded) == (LineRefundCode.EXCEEDS_LINE, 2, 2)
+    await assert_invariants_hold(db)
+
+
+async def test_a_line_refund_is_refused_for_an_order_unpaid_cancelled_unknown_or_free_line(
+    orders: OrderStore, db: asyncpg.Connection
+) -> None:
+    free = create_order("o-free", "c-1", [("A", 1, 150), ("B", 1, 0)], "EUR", None, ACTOR, **LIMITS)
+    await create(orders, two_lines("o-pending"), two_lines("o-cancelled"), free)
+    await pay(orders, "o-cancelled", "p-c", 1300)
+    await pay(orders, "o-free", "p-f", 150)
+    await orders.cancel([cancel_order("o-cancelled", "changed mind", ACTOR)], EXPIRY)
+
+    outcomes = await orders.refund_lines(
+        [
+            refund_line("o-pending", "A", 1, "r", "lr-1", ACTOR),
+            refund_line("o-cancelled", "A", 1, "r", "lr-2", ACTOR),
+            refund_line("o-nope", "A", 1, "r", "lr-3", ACTOR),
+            refund_line("o-free", "B", 1, "r", "lr-4", ACTOR),
+            refund_line("o-free", "C", 1, "r", "lr-5", ACTOR),
+        ]
+    )
+
+    assert [(o.code, o.order and o.order.status) for o in outcomes] == [
+        (LineRefundCode.NOT_REFUNDABLE, OrderStatus.PENDING_PAYMENT),
+        (LineRefundCode.NOT_REFUNDABLE, OrderStatus.CANCELLED),
+        (LineRefundCode.UNKNOWN, None),
+        (LineRefundCode.FREE_LINE, OrderStatus.PAID),
+        (LineRefundCode.NO_SUCH_LINE, OrderStatus.PAID),
+    ]
+    assert await db.fetchval("SELECT count(*) FROM stockcore.refunds WHERE reason = 3") == 0
+    await assert_invariants_hold(db)
+
+
+async def test_a_cancel_after_lines_refunded_owes_only_the_rest_and_returns_every_unit(
+    orders: OrderStore, db: asyncpg.Connection
+) -> None:
+    await create(orders, two_lines("o-1"), two_lines("o-2"))
+    await pay(orders, "o-1", "p-1", 1300)
+    await pay(orders, "o-2", "p-2", 1300)
+    await orders.refund_lines(
+        [
+            refund_line("o-1", "B", 1, "broken", "lr-1", ACTOR),
+            refund_line("o-2", "A", 2, "torn", "lr-2", ACTOR),
+            refund_line("o-2", "B", 1, "broken", "lr-3", ACTOR),
+        ]
+    )
+
+    changed, _ = await orders.cancel(
+        [cancel_order("o-1", "changed mind", ACTOR), cancel_order("o-2", "changed mind", ACTOR)],
+        EXPIRY,
+    )
+
+    assert [(c.code, c.order and c.order.refund_owed_minor) for c in changed] == [
+        (ChangeCode.DONE, 300),
+        (ChangeCode.DONE, 0),
+    ]
+    assert await refunded_rows(db) == [
+        (3, "lr-1", "o-1", "B", 1, 1000),
+        (3, "lr-2", "o-2", "A", 2, 300),
+        (3, "lr-3", "o-2", "B", 1, 1000),
+        (1, "o-1", "o-1", None, None, 300),
+        (9, "lr-1", "o-1", 1000),
+        (9, "lr-2", "o-2", 300),
+        (9, "lr-3", "o-2", 1000),
+        (2, "o-1", "o-1", 300),
+    ]
+    # A line refund moves no stock: a paid order cancelled gives every unit back.
+    assert await units(db, "A") == (1000, 0)
+    (late,) = await orders.refund_lines([refund_line("o-1", "A", 1, "torn", "lr-9", ACTOR)])
+    assert late.code is LineRefundCode.NOT_REFUNDABLE
+    await assert_invariants_hold(db)
+
+
+async def test_one_line_refund_id_sent_for_two_orders_at_once_refunds_one(
+    orders: OrderStore, clean: Servers, db: asyncpg.Connection
+) -> None:
+    await create(orders, two_lines("o-1"), two_lines("o-2"))
+    await pay(orders, "o-1", "p-1", 1300)
+    await pay(orders, "o-2", "p-2", 1300)
+    stores = [
+        await StockStore.connect(clean.pg_dsn, shard_count=SHARDS, pool_size=1, timeout=5)
+        for _ in range(2)
+    ]
+    try:
+        # Each batch claims both ids, in id order, whatever order its requests come in.
+        results = await asyncio.gather(
+            OrderStore(stores[0]).refund_lines(
+                [
+                    refund_line("o-1", "A", 1, "r", "lr-x", ACTOR),
+                    refund_line("o-1", "B", 1, "r", "lr-y", ACTOR),
+                ]
+            ),
+            OrderStore(stores[1]).refund_lines(
+                [
+                    refund_line("o-2", "B", 1, "r", "lr-y", ACTOR),
+                    refund_line("o-2", "A", 1, "r", "lr-x", ACTOR),
+                ]
+            ),
+        )
+    finally:
+        for opened in stores:
+            await opened.close()
+
+    codes = sorted(o.code for batch in results for o in batch)
+    assert codes == [LineRefundCode.REFUNDED] * 2 + [LineRefundCode.CONFLICT] * 2, results
+    assert await db.fetchval("SELECT count(*) FROM stockcore.refunds WHERE reason = 3") == 2
+    await assert_invariants_hold(db)
 
 
 async def test_shipping_and_carrier_reports_keep_carrier_times_and_the_last_sync_time(

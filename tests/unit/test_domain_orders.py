@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.domain.errors import IllegalTransition, InvalidArgument, PaymentMismatch
+from server.domain.errors import (
+    IllegalTransition,
+    InvalidArgument,
+    LineRefundExceeded,
+    NoSuchLine,
+    NotRefundable,
+    PaymentMismatch,
+)
 from server.domain.inventory import MAX_LINES, MAX_QUANTITY
 from server.domain.orders import (
     CREATED_EVENT,
@@ -22,6 +29,7 @@ from server.domain.orders import (
     Actor,
     EventType,
     Order,
+    OrderLine,
     OrderStatus,
     Shipment,
     allowed_next,
@@ -30,8 +38,13 @@ from server.domain.orders import (
     confirm_payment,
     create_order,
     decide,
+    exceeds_line,
+    free_line,
     mismatch,
+    no_such_line,
+    not_refundable,
     paid_by_another,
+    refund_line,
     refusal,
     ship_order,
     shipped_as_another,
@@ -320,6 +333,58 @@ def test_cancel_needs_a_reason_of_sensible_length(reason: str) -> None:
     with pytest.raises(InvalidArgument) as raised:
         cancel_order("o", reason, ACTOR)
     assert fields_of(raised) == ["reason"]
+
+
+def test_refund_line_reports_every_violation_at_once() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        refund_line("", "-bad", 0, "", "has space", ACTOR)
+    assert fields_of(raised) == ["order_id", "sku", "reason", "line_refund_id", "quantity"]
+
+
+@pytest.mark.parametrize("quantity", [0, -1, MAX_QUANTITY + 1])
+def test_refund_line_quantity_is_at_least_one_unit_and_at_most_the_line_limit(
+    quantity: int,
+) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        refund_line("o", "A", quantity, "torn", "lr-1", ACTOR)
+    assert fields_of(raised) == ["quantity"]
+
+
+def test_refund_line_needs_its_idempotency_id() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        refund_line("o", "A", 1, "torn", "", ACTOR)
+    assert fields_of(raised) == ["line_refund_id"]
+    made = refund_line("o", "A", MAX_QUANTITY, "arrived torn", "lr/1", ACTOR)
+    assert (made.quantity, made.line_refund_id, made.actor) == (MAX_QUANTITY, "lr/1", ACTOR)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [OrderStatus.PENDING_PAYMENT, OrderStatus.EXPIRED, OrderStatus.CANCELLED],
+)
+def test_an_order_unpaid_or_cancelled_is_not_refundable_and_says_why(
+    status: OrderStatus,
+) -> None:
+    refused = not_refundable(make_order(status=status))
+    assert isinstance(refused, NotRefundable)
+    assert (refused.check, refused.subject) == ("STATUS", "o-1")
+    assert refused.description.startswith(f"status is {status.name}: ")
+    assert "PAID, SHIPPED, IN_TRANSIT, DELIVERED" in str(refused)
+
+
+def test_a_line_refund_refusal_names_the_line_and_the_units_left() -> None:
+    order = make_order(lines=(OrderLine("A", 2, 150, 1), OrderLine("B", 1, 0)))
+    assert order.line_refunds_minor == 150
+    missing = no_such_line(order, "C")
+    assert isinstance(missing, NoSuchLine) and (missing.kind, missing.names) == (
+        "order line",
+        ("C",),
+    )
+    assert (free_line(order, "B").check, free_line(order, "B").subject) == ("PRICE", "B")
+    beyond = exceeds_line(refund_line("o-1", "A", 2, "torn", "lr-1", ACTOR), 2, 1)
+    assert isinstance(beyond, LineRefundExceeded)
+    assert (beyond.bought, beyond.refunded, beyond.left, beyond.asked) == (2, 1, 1, 2)
+    assert "1 of 2 units of 'A' left to refund" in str(beyond)
 
 
 def test_ship_order_requires_an_allowed_carrier_a_tracking_number_and_an_ack() -> None:

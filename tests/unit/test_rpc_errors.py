@@ -21,8 +21,11 @@ from server.domain.errors import (
     IllegalTransition,
     InsufficientStock,
     InvalidArgument,
+    LineRefundExceeded,
     LinesDiffer,
+    NoSuchLine,
     NotFound,
+    NotRefundable,
     Overloaded,
     PaymentMismatch,
     PermissionDenied,
@@ -59,6 +62,11 @@ EXAMPLES: list[tuple[DomainError, grpc.StatusCode]] = [
     (ReservationFull("cart-1", 100), grpc.StatusCode.FAILED_PRECONDITION),
     (LinesDiffer("cart-1", "A x 2", "A x 3"), grpc.StatusCode.FAILED_PRECONDITION),
     (AlreadyResolved(7, "ACCEPTED", "finance"), grpc.StatusCode.FAILED_PRECONDITION),
+    (
+        NotRefundable("STATUS", "o-1", "status is EXPIRED: nothing was paid", "not paid"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    (LineRefundExceeded("o-1", "A", 3, 2, 2), grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable("database unreachable"), grpc.StatusCode.UNAVAILABLE),
     (DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unauthenticated("TOKEN_EXPIRED", "the token has expired"), grpc.StatusCode.UNAUTHENTICATED),
@@ -240,6 +248,41 @@ def test_not_found_names_each_missing_resource() -> None:
     assert [(i.resource_type, i.resource_name) for i in infos] == [
         ("sku", "A-1"),
         ("sku", "B-2"),
+    ]
+
+
+def test_a_line_the_order_lacks_is_not_found_and_names_its_order() -> None:
+    exc = NoSuchLine("o-1", "C", ["A", "B"])
+    status, rich = rich_status(exc)
+
+    assert status.code is grpc.StatusCode.NOT_FOUND
+    (info,) = unpack(rich, error_details_pb2.ResourceInfo)
+    assert (info.resource_type, info.resource_name, info.owner) == ("order line", "C", "order o-1")
+    assert error_info(rich).reason == "NOT_FOUND"
+    assert "its lines: A, B" in str(exc)
+
+
+def test_an_order_not_refundable_names_what_stands_in_the_way() -> None:
+    _, rich = rich_status(
+        NotRefundable("PRICE", "GIFT", "the line cost nothing", "line 'GIFT' cost nothing")
+    )
+
+    (failure,) = unpack(rich, error_details_pb2.PreconditionFailure)
+    assert [(v.type, v.subject, v.description) for v in failure.violations] == [
+        ("PRICE", "GIFT", "the line cost nothing"),
+    ]
+    assert error_info(rich).reason == "NOT_REFUNDABLE"
+
+
+def test_a_refund_beyond_the_line_gives_the_figures_as_numbers() -> None:
+    _, rich = rich_status(LineRefundExceeded("o-1", "A", bought=3, refunded=2, asked=2))
+
+    info = error_info(rich)
+    assert info.reason == "LINE_REFUND_EXCEEDED"
+    assert dict(info.metadata) == {"bought": "3", "refunded": "2", "left": "1"}
+    (failure,) = unpack(rich, error_details_pb2.PreconditionFailure)
+    assert [(v.type, v.subject, v.description) for v in failure.violations] == [
+        ("LINE_REFUND", "A", "bought 3, refunded 2 already: at most 1 more"),
     ]
 
 

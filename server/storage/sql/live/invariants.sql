@@ -155,12 +155,53 @@ SELECT 'payment_has_paid_order', p.payment_id, format('payment of order %s', p.o
   FROM stockcore.payments p
  WHERE NOT EXISTS (SELECT FROM stockcore.orders o WHERE o.payment_id = p.payment_id)
 UNION ALL
--- Only a paid order cancelled before shipping owes a refund: all it was paid.
-SELECT 'refund_owed', order_id,
-       format('status %s, paid %s, refund owed %s', status, paid_minor, refund_owed_minor)
-  FROM stockcore.orders
- WHERE refund_owed_minor <> CASE WHEN status = 6 AND payment_id IS NOT NULL THEN paid_minor
-                                 ELSE 0 END
+-- Only a paid order cancelled before shipping owes a refund as cancelled: all it was paid
+-- but what its lines refunded owe (022_line_refunds.sql) ...
+SELECT 'refund_owed', o.order_id,
+       format('status %s, paid %s, lines refunded %s, refund owed %s', o.status, o.paid_minor,
+              l.minor, o.refund_owed_minor)
+  FROM stockcore.orders o
+ CROSS JOIN LATERAL (SELECT coalesce(sum(u.q * u.p), 0) AS minor
+                       FROM unnest(o.refunded_quantities, o.unit_prices) AS u(q, p)) l
+ WHERE o.refund_owed_minor <> CASE WHEN o.status = 6 AND o.payment_id IS NOT NULL
+                                   THEN o.paid_minor - l.minor ELSE 0 END
+UNION ALL
+-- ... each line's refunded units are those of its line refunds, no more than it has, of
+-- an order that was paid ...
+SELECT 'line_refunded_units', coalesce(l.order_id, f.order_id),
+       format('%s: bought %s, refunded %s; line refunds of %s units (order %s)',
+              coalesce(l.sku, f.sku), coalesce(l.quantity::text, 'no such line'), l.refunded,
+              coalesce(f.units, 0), CASE WHEN l.paid THEN 'paid' ELSE 'unpaid' END)
+  FROM (SELECT o.order_id, u.sku, u.quantity, coalesce(u.refunded, 0) AS refunded,
+               o.payment_id IS NOT NULL AS paid
+          FROM stockcore.orders o,
+               unnest(o.skus, o.quantities, o.refunded_quantities) AS u(sku, quantity, refunded)) l
+  FULL JOIN (SELECT order_id, sku, sum(quantity) AS units FROM stockcore.refunds
+              WHERE reason = 3 GROUP BY order_id, sku) f
+    ON f.order_id = l.order_id AND f.sku = l.sku
+ WHERE l.order_id IS NULL OR l.refunded <> coalesce(f.units, 0) OR l.refunded > l.quantity
+    OR (l.refunded > 0 AND NOT l.paid)
+UNION ALL
+-- ... each line refund owes its units at the line's price, to the charge that paid the
+-- order ...
+SELECT 'line_refund_of_its_line', f.refund_id,
+       format('%s x %s: %s %s to %s; order %s', f.sku, f.quantity, f.amount_minor, f.currency,
+              f.charge_id, coalesce('lines ' || o.skus::text || ' at ' || o.unit_prices::text
+                                    || ', paid by ' || o.payment_id, 'missing'))
+  FROM stockcore.refunds f
+  LEFT JOIN stockcore.orders o ON o.order_id = f.order_id
+ WHERE f.reason = 3
+   AND (o.order_id IS NULL
+        OR (f.amount_minor, f.currency, f.charge_id) IS DISTINCT FROM
+           (f.quantity * o.unit_prices[array_position(o.skus, f.sku)], o.currency, o.payment_id))
+UNION ALL
+-- ... and all of an order's refunds never owe back more than it was paid.
+SELECT 'refunds_within_paid', o.order_id,
+       format('paid %s; refunds of %s', o.paid_minor, f.minor)
+  FROM stockcore.orders o
+  JOIN (SELECT order_id, sum(amount_minor) AS minor FROM stockcore.refunds
+         WHERE reason IN (1, 3) GROUP BY order_id) f ON f.order_id = o.order_id
+ WHERE f.minor > o.paid_minor
 UNION ALL
 -- ... and took its units back by one adjustment per line, its own (order_id, sku) ...
 SELECT 'cancelled_units_returned', o.order_id,
@@ -233,6 +274,19 @@ SELECT 'ledger_refund_owed', coalesce(o.order_id, t.order_id),
  WHERE o.order_id IS NULL OR t.order_id IS NULL OR t.n <> 1
     OR (t.amount, t.currency) IS DISTINCT FROM (o.refund_owed_minor, o.currency)
 UNION ALL
+-- ... every line refund, one LINE_REFUND_OWED of its amount, and nothing else ...
+SELECT 'ledger_line_refund_owed', coalesce(f.source_id, t.source_id),
+       format('line refund of order %s: %s; posted %s', coalesce(f.order_id, t.order_id),
+              coalesce(f.amount_minor || ' ' || f.currency, 'none'),
+              coalesce(t.amount_minor || ' ' || t.currency || ' for order ' || t.order_id,
+                       'nothing'))
+  FROM (SELECT * FROM stockcore.refunds WHERE reason = 3) f
+  FULL JOIN (SELECT * FROM stockcore.ledger_transfers WHERE kind = 9) t
+    ON t.source_id = f.source_id
+ WHERE f.source_id IS NULL OR t.source_id IS NULL
+    OR (t.amount_minor, t.currency, t.order_id) IS DISTINCT FROM
+       (f.amount_minor, f.currency, f.order_id)
+UNION ALL
 -- ... every charge to return, one CHARGE_TO_RETURN of its amount ...
 SELECT 'ledger_charge_to_return', coalesce(r.charge_id, t.source_id),
        format('to return %s %s; posted %s', coalesce(r.amount_minor::text, 'nothing'),
@@ -248,7 +302,7 @@ SELECT 'ledger_transfer_accounts', t.transfer_id::text,
   FROM stockcore.ledger_transfers t
  WHERE (t.kind, t.debit_account, t.credit_account) NOT IN
        ((1, 1, 2), (2, 3, 4), (3, 1, 8), (4, 5, 1), (5, 4, 5), (5, 8, 5), (6, 6, 5), (7, 7, 5),
-        (8, 5, 4), (8, 5, 8))
+        (8, 5, 4), (8, 5, 8), (9, 3, 4))
 UNION ALL
 -- The settlement feed as the reconciler read it (018_reconciliation.sql). Every transfer
 -- posted from the feed is one of its transactions, of its amount and currency ...

@@ -1,5 +1,6 @@
 -- Orders: CreateOrder (holding stock, or taking over a held reservation), ConfirmPayment,
--- CancelOrder, ShipOrder, RecordInTransit, RecordDelivery and the expiry sweep. Each batch
+-- CancelOrder, ShipOrder, RecordInTransit, RecordDelivery and the expiry sweep (RefundLine,
+-- which changes no status, is refunds.sql's refund_lines). Each batch
 -- of requests of one kind is one call of one function that takes its locks, decides every
 -- request by the status machine, writes the order, status-history, outbox and ledger rows,
 -- and returns one typed row per request; the server only validates requests before and
@@ -18,8 +19,9 @@
 --      scan_stale_fulfilments (after its advisory lock, which only it takes) lock theirs
 --      before changing them; fulfilment_paid, fulfilment_cancelled and
 --      replay_fulfilment_dead_letter touch one; claim_fulfilments skips locked rows.
---   2. Orders, by id: lock_orders (pay_orders, cancel_orders, advance_orders),
---      cancel_orders_as, record_fulfilments (after rank 1); expire_due skips locked ones.
+--   2. Orders, by id: lock_orders (pay_orders, cancel_orders, advance_orders,
+--      refund_lines), cancel_orders_as, record_fulfilments (after rank 1); expire_due
+--      skips locked ones.
 --      A new order's id is claimed by its hold (rank 3, same id): create_step inserts
 --      an order only for a hold it inserted itself, order_holds only for a hold it
 --      locked, so that insert never waits.
@@ -52,7 +54,10 @@
 --      insert never waits; claim_refunds skips locked rows; record_refund_attempt and
 --      record_refund_event (after its event id) lock one, then append its order's event
 --      and mark its charge to return returned, rows nobody waits for a refund while
---      holding.
+--      holding. A line refund's id is the caller's, and may be sent for two orders at
+--      once: refund_lines claims the ids of its batch after every order lock it takes, in
+--      one statement, in id order (as pay_orders claims payment ids), so it waits only for
+--      a transaction claiming the same id, which waits for no lock it holds.
 --
 -- Every function returns the levels of the SKUs it touched (stockcore.stock_level, for
 -- the Redis mirror) and, when it wrote order events, notifies channel
@@ -161,7 +166,8 @@ BEGIN
                      p_prices[p_first[i] : p_first[i] + p_count[i] - 1], p_totals[i],
                      p_order_fingerprints[i], (h.reservation).created_at,
                      (h.reservation).expires_at, (h.reservation).created_at,
-                     NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL)::stockcore.orders;
+                     NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL,
+                     NULL)::stockcore.orders;
             fresh := fresh || o;
             fresh_i := fresh_i || i;
         ELSIF h.code IN (1, 2) THEN
@@ -281,7 +287,8 @@ BEGIN
                  r.quantities,
                  ARRAY(SELECT l.unit_price FROM unnest(q.lines) WITH ORDINALITY AS l ORDER BY l.ordinality),
                  q.total, q.fingerprint, v_now, v_now + q.ttl_ms * interval '1 millisecond',
-                 v_now, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL)::stockcore.orders;
+                 v_now, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL,
+                 NULL)::stockcore.orders;
         r.expires_at := o.payment_deadline;
         r.customer_id := q.customer_id;
         taken := taken || r;
@@ -469,7 +476,9 @@ END $$;
 
 -- CancelOrder for a batch, sorted by order id. Unpaid: the hold is released. Paid (not
 -- shipped): the units go back on hand by adjustments (one per line, the order's own:
--- order_id and sku, no idempotency key) and the payment is owed back. Codes: 0 cancelled,
+-- order_id and sku, no idempotency key; lines refunded too, as a line refund moves no
+-- stock) and what was paid is owed back, but for what lines refunded owe already (nothing
+-- when they owe it all). Codes: 0 cancelled,
 -- 1 repeat, 2 unknown order, 5 the status machine refuses, 6 the order and its hold
 -- disagree, 10 its hold had lapsed and the order expired now.
 CREATE OR REPLACE FUNCTION stockcore.cancel_orders(
@@ -555,7 +564,7 @@ BEGIN
         ELSE
             -- Paid, not shipped (the status machine allows nothing else here).
             back_ids := back_ids || o.order_id; back_by := back_by || p_callers[i];
-            o.refund_owed_minor := o.paid_minor;
+            o.refund_owed_minor := o.paid_minor - stockcore.line_refunds_minor(o);
         END IF;
         o.status := 6; o.path := o.path || 6::smallint; o.version := o.version + 1;
         o.updated_at := v_now; o.cancel_reason := p_reasons[i];
@@ -848,6 +857,14 @@ BEGIN
     END IF;
 END $$;
 
+-- What the lines refunded of an order owe back (RefundLine): each line's refunded units at
+-- its unit price.
+CREATE OR REPLACE FUNCTION stockcore.line_refunds_minor(o stockcore.orders) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(sum(u.q * u.p), 0)::bigint
+      FROM unnest(o.refunded_quantities, o.unit_prices) AS u(q, p)
+$$;
+
 -- The event of moving an order along p_path to p_wanted: 0 when the move was made
 -- already (a repeat), NULL when the status machine does not allow it.
 CREATE OR REPLACE FUNCTION stockcore.order_move(p_path smallint[], p_wanted smallint) RETURNS smallint
@@ -900,8 +917,10 @@ BEGIN
 
     -- The money the changes moved, in the ledger (017_ledger.sql), in this transaction: a
     -- payment (PENDING_PAYMENT to PAID) posts ORDER_PAID, a paid order cancelled posts
-    -- REFUND_OWED; each once per order (a second would conflict and fail the batch). An
-    -- order of nothing to pay (a free one) moves no money and posts nothing.
+    -- REFUND_OWED (its refund_owed_minor: what lines refunded owe is posted apart, by
+    -- refund_lines); each once per order (a second would conflict and fail the batch). An
+    -- order of nothing to pay or owe back (a free one, one whose lines were all refunded)
+    -- moves no money and posts nothing.
     IF NOT p_new THEN
         INSERT INTO stockcore.ledger_transfers
                (kind, source_id, order_id, debit_account, credit_account, amount_minor,

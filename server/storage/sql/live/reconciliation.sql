@@ -154,9 +154,12 @@ $$;
 
 -- Each refund in the feed whose latest statement is missing or still open, or which the
 -- provider failed (a refund_failure of it in the feed) while its latest statement does not
--- say so yet: with what stockcore owes back for its charge (the charge's money to return,
--- or the refund owed by the order the charge paid; NULL: nothing is owed), and failed_at,
--- when its refund_failure was created (NULL: it did not fail).
+-- say so yet: with what stockcore owes back by it (NULL: nothing is owed), and failed_at,
+-- when its refund_failure was created (NULL: it did not fail). What is owed is the
+-- refund of ours the provider's id is bound to (stockcore.refunds); for one bound to none
+-- (made by hand at the provider, or its send's answer not recorded yet), what its charge
+-- owes back whole: its money to return, or the refund owed by the order it paid when the
+-- order had no line refunded (a charge refunded in parts is matched refund by refund).
 -- The function's result changes (failed_at): it is dropped and made again.
 DROP FUNCTION IF EXISTS stockcore.refunds_to_state();
 CREATE OR REPLACE FUNCTION stockcore.refunds_to_state()
@@ -174,15 +177,17 @@ WITH failures AS (
      GROUP BY x.source_id
 )
 SELECT t.source_id, t.charge_id, t.order_id,
-       coalesce(r.amount_minor, nullif(o.refund_owed_minor, 0)),
-       coalesce(r.currency, CASE WHEN o.refund_owed_minor > 0 THEN o.currency END),
-       coalesce(r.recorded_at, CASE WHEN o.refund_owed_minor > 0 THEN o.updated_at END),
+       coalesce(b.amount_minor, r.amount_minor, nullif(o.refund_owed_minor, 0)),
+       coalesce(b.currency, r.currency, CASE WHEN o.refund_owed_minor > 0 THEN o.currency END),
+       coalesce(b.created_at, r.recorded_at,
+                CASE WHEN o.refund_owed_minor > 0 THEN o.updated_at END),
        -t.amount_minor, t.currency, t.created_at, t.read_at, f.created_at, l.statement_id,
        l.verdict
   FROM stockcore.settlement_transactions t
+  LEFT JOIN stockcore.refunds b ON b.provider_refund_id = t.source_id
   LEFT JOIN stockcore.payments_to_return r ON r.charge_id = t.charge_id
   LEFT JOIN stockcore.payments p ON p.payment_id = t.charge_id
-  LEFT JOIN stockcore.orders o ON o.order_id = p.order_id
+  LEFT JOIN stockcore.orders o ON o.order_id = p.order_id AND o.refunded_quantities IS NULL
   LEFT JOIN failures f ON f.source_id = t.source_id
   LEFT JOIN stockcore.latest_statements(2::smallint) l ON l.subject_id = t.source_id
  WHERE t.type = 'refund'
