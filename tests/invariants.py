@@ -20,11 +20,17 @@ async def violations(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
 
 
 async def assert_invariants_hold(conn: asyncpg.Connection) -> None:
-    """Fail the test with every violation found, one per line."""
+    """Fail the test with every violation found, one per line, and with every currency in
+    which the money ledger differs from the facts it records."""
     found = await violations(conn)
     assert found == [], "invariants violated:\n" + "\n".join(
         f"  {check} {subject}: {detail}" for check, subject, detail in found
     )
+    off = await conn.fetch(
+        "SELECT currency, imbalance_minor FROM stockcore.ledger_imbalance()"
+        " WHERE imbalance_minor <> 0"
+    )
+    assert off == [], f"the ledger differs from its facts: {[tuple(r) for r in off]}"
 
 
 async def assert_mirror_converges(pg_dsn: str, redis_url: str, timeout: float = 10.0) -> None:

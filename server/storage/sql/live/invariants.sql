@@ -465,8 +465,9 @@ $$;
 
 -- The money ledger against the facts it records, per currency, in minor units: for each
 -- kind of transfer (017_ledger.sql, 018_reconciliation.sql), what the transfers of that
--- kind add up to less what their facts add up to (the orders paid, the refunds owed, the
--- charges to return, the settlement feed's transactions of each type), those differences
+-- kind add up to less what their facts add up to (the orders paid, the refunds owed by
+-- cancels and by line refunds, the charges to return, the settlement feed's transactions
+-- of each type), those differences
 -- taken whole and summed. 0 in every currency while each fact has its transfer and each
 -- transfer its fact; the ledger_* and feed_* checks of invariant_violations() then say
 -- which. (The accounts' balances of a currency sum to 0 whatever is posted, since a
@@ -490,6 +491,9 @@ WITH posted AS (
     UNION ALL
     SELECT r.currency, 3, sum(r.amount_minor)
       FROM stockcore.payments_to_return r GROUP BY r.currency
+    UNION ALL
+    SELECT f.currency, 9, sum(f.amount_minor)
+      FROM stockcore.refunds f WHERE f.reason = 3 GROUP BY f.currency
     UNION ALL
     SELECT f.currency,
            CASE f.type WHEN 'charge' THEN 4 WHEN 'refund' THEN 5 WHEN 'fee' THEN 6
