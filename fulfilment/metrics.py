@@ -5,19 +5,15 @@ server's exports neither program's series for the other (server/metrics.py says 
 from __future__ import annotations
 
 from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
 )
 
-REGISTRY = CollectorRegistry()
+from runtime.registries import program_registry
+
+REGISTRY = program_registry()
 """What a worker's /metrics serves: the metrics below and the process's own."""
-for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_collector)
 
 PARTNER_CALLS = Counter(
     "stockcore_partner_calls_total",

@@ -6,18 +6,14 @@ its own registry."""
 from __future__ import annotations
 
 from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
     Counter,
     Histogram,
 )
 
-REGISTRY = CollectorRegistry()
+from runtime.registries import program_registry
+
+REGISTRY = program_registry()
 """What the receiver's /metrics serves: the metrics below and the process's own."""
-for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_collector)
 
 WEBHOOKS = Counter(
     "stockcore_payment_webhooks_total",

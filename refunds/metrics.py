@@ -9,18 +9,14 @@ the start, at 0."""
 from __future__ import annotations
 
 from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
     Counter,
     Gauge,
 )
 
-REGISTRY = CollectorRegistry()
+from runtime.registries import program_registry
+
+REGISTRY = program_registry()
 """What a sender's /metrics serves: the metrics below and the process's own."""
-for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_collector)
 
 #: The calls a sender makes: a refund's send (POST), or its poll (GET) once the provider has it.
 CALLS = ("send", "poll")

@@ -9,20 +9,16 @@ alert on the other program's series from ever firing.
 from __future__ import annotations
 
 from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
 )
 
-REGISTRY = CollectorRegistry()
+from runtime.registries import program_registry
+
+REGISTRY = program_registry()
 """What the server's /metrics serves: the metrics below and the process's own (CPU, memory,
 file descriptors, garbage collection)."""
-for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_collector)
 
 _LATENCY_BUCKETS = (
     0.0005,

@@ -10,21 +10,16 @@ judge."""
 from __future__ import annotations
 
 from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
 )
 
+from runtime.registries import program_registry
 from server.domain.reconciliation import SubjectKind, Verdict
 
-REGISTRY = CollectorRegistry()
+REGISTRY = program_registry()
 """What the reconciler's /metrics serves: the metrics below and the process's own."""
-for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_collector)
 
 
 def label(code: SubjectKind | Verdict) -> str:
