@@ -139,21 +139,15 @@ class WebhookReceiver:
                 extra={"event_id": event.event_id, "error": type(exc).__name__},
             )
             return Reply(503, {"error": "not recorded; deliver it again"})
-        log.info(
-            "webhook recorded",
-            extra={
-                "event_id": event.event_id,
-                "type": event.type,
-                "object_id": event.object_id,
-                "order_id": event.order_id,
-                "outcome": decided.outcome.name,
-            },
-        )
+        _recorded(event, decided.outcome)
         return self._acknowledged(event, decided.outcome, duplicate=False)
 
     async def _settle_refund(self, event: ProviderEvent) -> Reply:
         """A refund's outcome: recorded and settled in one call; 503 while the refund it
-        reports is not yet bound to the provider's id (the sender's send is under way)."""
+        reports is not yet bound to the provider's id (the sender's send is under way).
+        Whether it was recorded before is read first, for the answer and the metrics only
+        (the call itself counts another delivery and changes nothing else)."""
+        earlier = await self.store.event(event.event_id)
         outcome = await self.store.record_refund_outcome(event)
         if outcome is None:
             log.warning(
@@ -161,23 +155,28 @@ class WebhookReceiver:
                 extra={"event_id": event.event_id, "provider_refund_id": event.object_id},
             )
             return Reply(503, {"error": "refund not yet known; deliver it again"})
-        log.info(
-            "webhook recorded",
-            extra={
-                "event_id": event.event_id,
-                "type": event.type,
-                "object_id": event.object_id,
-                "order_id": event.order_id,
-                "outcome": outcome.name,
-            },
-        )
-        return self._acknowledged(event, outcome, duplicate=False)
+        if earlier is None:
+            _recorded(event, outcome)
+        return self._acknowledged(event, outcome, duplicate=earlier is not None)
 
     @staticmethod
     def _acknowledged(event: ProviderEvent, outcome: Outcome, *, duplicate: bool) -> Reply:
         return Reply(
             200, {"event_id": event.event_id, "outcome": outcome.name, "duplicate": duplicate}
         )
+
+
+def _recorded(event: ProviderEvent, outcome: Outcome) -> None:
+    log.info(
+        "webhook recorded",
+        extra={
+            "event_id": event.event_id,
+            "type": event.type,
+            "object_id": event.object_id,
+            "order_id": event.order_id,
+            "outcome": outcome.name,
+        },
+    )
 
 
 async def decide(orders: OrderClient, event: ProviderEvent) -> Decision | Refused:

@@ -37,6 +37,7 @@ from tests.e2e.payments_stack import (
     running_provider,
     running_receiver,
 )
+from tests.e2e.test_refunds import cancel, paid_order, running_sender, sender_settings, settled
 from tests.invariants import assert_invariants_hold
 from tests.support import connected
 from tests.waiting import until
@@ -431,3 +432,38 @@ async def test_the_settlement_feed_lists_the_charge_and_its_fee(
     event = await wait_recorded(dsn, charge["id"])
     assert event["amount_minor"] == feed[0]["amount"]
     assert json.loads(event["body"])["data"]["object"]["balance_transaction"] == feed[0]["id"]
+
+
+async def test_a_refunds_outcome_delivered_again_is_answered_as_a_repeat_and_counted(
+    app: App, provider: Provider, receiver: RunningReceiver, secret: tuple[bytes, Path], dsn: str
+) -> None:
+    order, charge_id = await paid_order(app, provider, "wh-refund-again")
+    await cancel(app, order.order_id)
+    async with running_sender(sender_settings(dsn, provider)):
+        refund = await settled(dsn, order.order_id, 3)
+    [delivered] = await provider.events_of(refund["provider_refund_id"])
+    await until(lambda: acknowledged(provider, refund["provider_refund_id"]), "acknowledged", 10)
+    body = Event(
+        delivered["event_id"],
+        "refund.succeeded",
+        int(time.time()),
+        {
+            "id": refund["provider_refund_id"],
+            "object": "refund",
+            "charge": charge_id,
+            "order_id": order.order_id,
+            "amount": PRICE,
+            "currency": "EUR",
+            "status": "succeeded",
+        },
+    ).body()
+
+    answer = await post(receiver.url, body, sign(secret[0], body, int(time.time())))
+
+    assert answer == (
+        200,
+        {"event_id": delivered["event_id"], "outcome": "REFUND_SETTLED", "duplicate": True},
+    )
+    event = await wait_recorded(dsn, refund["provider_refund_id"])
+    assert (event["outcome"], event["deliveries"]) == (4, 2)
+    await invariants_hold(dsn)
