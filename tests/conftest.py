@@ -6,6 +6,7 @@ the Redis keys under the gate's prefix, so point those variables at scratch serv
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +24,13 @@ from tests.servers import SHARDS, Servers, server_settings
 from tests.support import connected
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A suite started as a background job of a non-interactive shell (`make test &`, nohup, a
+# CI step that backgrounds it) inherits SIGINT ignored and passes that on to every command
+# it starts, so the doc runner's Ctrl-C (tests/doc_session.py) would end none of them.
+# A handler, unlike SIG_IGN, is reset to the default in a child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
