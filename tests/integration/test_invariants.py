@@ -3,8 +3,10 @@ checks speaks up when the data it guards is broken (in a transaction rolled back
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -14,6 +16,8 @@ from server.domain.orders import Actor, cancel_order, confirm_payment, create_or
 from server.storage.orders_pg import OrderStore
 from server.storage.postgres import StockStore
 from tests.invariants import assert_invariants_hold, violations
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 ACTOR = Actor("tests", "req-1")
@@ -286,19 +290,29 @@ def test_every_check_of_the_function_has_a_breakage() -> None:
     assert named == set(BREAKAGES)
 
 
-@pytest.mark.parametrize("check", sorted(BREAKAGES))
-async def test_each_check_reports_the_data_it_guards_when_broken(
-    world: asyncpg.Connection, check: str
-) -> None:
+async def broken(
+    world: asyncpg.Connection,
+    check: str,
+    read: Callable[[asyncpg.Connection], Awaitable[T]],
+) -> T:
+    """What `read` finds with the check's breakage applied, in a transaction rolled back
+    after (triggers off, as a repair by hand would run)."""
     transaction = world.transaction()
     await transaction.start()
     try:
         await world.execute("SET LOCAL session_replication_role = replica")
         for statement in BREAKAGES[check]:
             await world.execute(statement)
-        found = await violations(world)
+        return await read(world)
     finally:
         await transaction.rollback()
+
+
+@pytest.mark.parametrize("check", sorted(BREAKAGES))
+async def test_each_check_reports_the_data_it_guards_when_broken(
+    world: asyncpg.Connection, check: str
+) -> None:
+    found = await broken(world, check, violations)
 
     assert check in {name for name, _, _ in found}, found
     await assert_invariants_hold(world)
@@ -318,6 +332,7 @@ async def test_the_ledger_the_store_wrote_has_no_imbalance(world: asyncpg.Connec
 IMBALANCES: dict[str, dict[str, int]] = {
     "ledger_order_paid": {"EUR": 400},
     "ledger_refund_owed": {"EUR": 399},
+    "ledger_line_refund_owed": {"EUR": 100},  # lr-1: one B at 100
     "ledger_charge_to_return": {"EUR": 401, "USD": 401},
     "feed_transfer_has_its_transaction": {"EUR": 1},
     "feed_transaction_posted": {"EUR": 358},
@@ -328,14 +343,6 @@ IMBALANCES: dict[str, dict[str, int]] = {
 async def test_the_ledger_imbalance_is_what_a_broken_ledger_is_off_by(
     world: asyncpg.Connection, check: str
 ) -> None:
-    transaction = world.transaction()
-    await transaction.start()
-    try:
-        await world.execute("SET LOCAL session_replication_role = replica")
-        for statement in BREAKAGES[check]:
-            await world.execute(statement)
-        found = await imbalance(world)
-    finally:
-        await transaction.rollback()
+    found = await broken(world, check, imbalance)
 
     assert found == IMBALANCES[check]
